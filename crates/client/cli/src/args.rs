@@ -1,0 +1,276 @@
+//! Command-line arguments. The command forms here are a contract that docs and scripts rely on: add options,
+//! never rename or drop one.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// CloudSync: encrypted file sync for teams.
+#[derive(Debug, Parser)]
+#[command(name = "cloudsync", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run and administer a CloudSync server.
+    #[command(subcommand)]
+    Server(ServerCmd),
+    /// Log in to a server and remember the session in the OS credential store.
+    Login(LoginArgs),
+    /// End this device's session and forget its token.
+    Logout,
+    /// Show the logged-in account.
+    Whoami(JsonFlag),
+    /// List or revoke your sessions (devices).
+    #[command(subcommand)]
+    Devices(DevicesCmd),
+    /// Create, list and delete workspaces, and manage their members.
+    #[command(subcommand)]
+    Workspace(WorkspaceCmd),
+    /// Upload a local folder (or file) to WORKSPACE[:PATH]. Only changed files are sent.
+    Push {
+        /// Local folder or file.
+        local: PathBuf,
+        /// Destination: WORKSPACE or WORKSPACE:PATH.
+        remote: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Download WORKSPACE[:PATH] into a local folder.
+    Pull {
+        /// Source: WORKSPACE or WORKSPACE:PATH.
+        remote: String,
+        /// Local folder (created if missing).
+        local: PathBuf,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List files in WORKSPACE[:PATH].
+    Ls {
+        /// WORKSPACE or WORKSPACE:PATH.
+        remote: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Move a file or folder to the workspace trash (restorable).
+    Rm {
+        /// WORKSPACE:PATH.
+        remote: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List a file's versions.
+    Versions {
+        /// WORKSPACE:PATH.
+        remote: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Restore a file from the trash, or make an older version current again.
+    Restore {
+        /// WORKSPACE:PATH.
+        remote: String,
+        /// Version number to restore (default: from the trash, the latest; otherwise the previous version).
+        #[arg(long)]
+        version: Option<u64>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show the trash.
+    #[command(subcommand)]
+    Trash(TrashCmd),
+}
+
+/// `--json`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct JsonFlag {
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cloudsync server ...`.
+#[derive(Debug, Subcommand)]
+pub enum ServerCmd {
+    /// Start the server (creates its data directory, database, master key and certificate on first run).
+    Start(ServerStartArgs),
+    /// Print a commented example configuration.
+    DefaultConfig,
+    /// Manage accounts directly in the server's database (run on the server host).
+    #[command(subcommand)]
+    User(ServerUserCmd),
+}
+
+/// Options shared by server commands.
+#[derive(Debug, Clone, Args)]
+pub struct ServerCommon {
+    /// Data directory (database, chunks, master key, certificate).
+    #[arg(long, env = "CLOUDSYNC_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file (TOML; see `cloudsync server default-config`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `server start`.
+#[derive(Debug, Clone, Args)]
+pub struct ServerStartArgs {
+    #[command(flatten)]
+    pub common: ServerCommon,
+    /// Address to listen on, e.g. 127.0.0.1:8443 (port 0 picks a free port).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+/// `server user ...`.
+#[derive(Debug, Subcommand)]
+pub enum ServerUserCmd {
+    /// Create an account.
+    Create {
+        /// Email address.
+        email: String,
+        /// Make the account a server administrator.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        common: ServerCommon,
+    },
+}
+
+/// `login`.
+#[derive(Debug, Clone, Args)]
+pub struct LoginArgs {
+    /// Server URL, e.g. https://files.example.com:8443.
+    #[arg(long, env = "CLOUDSYNC_SERVER")]
+    pub server: String,
+    /// Account email.
+    #[arg(long)]
+    pub email: String,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Expected SHA-256 fingerprint of the server's certificate (as printed by `cloudsync server start`).
+    #[arg(long, env = "CLOUDSYNC_SERVER_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// Trust certificates issued by this CA (PEM) instead of pinning a fingerprint.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Trust the operating system's root certificates instead of pinning.
+    #[arg(long, conflicts_with_all = ["fingerprint", "ca_cert"])]
+    pub system_roots: bool,
+    /// Name of this device in the device list (default: the host name).
+    #[arg(long)]
+    pub device_name: Option<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `devices ...`.
+#[derive(Debug, Subcommand)]
+pub enum DevicesCmd {
+    /// List your sessions.
+    List(JsonFlag),
+    /// Revoke a session at once.
+    Revoke {
+        /// Session id (from `devices list`).
+        id: String,
+    },
+}
+
+/// `workspace ...`.
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCmd {
+    /// Create a workspace you own.
+    Create {
+        /// Name.
+        name: String,
+        /// End-to-end encryption (the server never sees contents or names).
+        #[arg(long)]
+        e2e_encryption: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List your workspaces.
+    List(JsonFlag),
+    /// Delete a workspace and destroy its key (Owner). Asks for confirmation on a terminal.
+    Delete {
+        /// Name or id.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Manage members.
+    #[command(subcommand)]
+    Members(MembersCmd),
+}
+
+/// `workspace members ...`.
+#[derive(Debug, Subcommand)]
+pub enum MembersCmd {
+    /// List members.
+    List {
+        /// Workspace name or id.
+        #[arg(long)]
+        workspace: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Add an existing account.
+    Add {
+        /// Workspace name or id.
+        #[arg(long)]
+        workspace: String,
+        /// Account email.
+        email: String,
+        /// Role to give.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Change a member's role.
+    SetRole {
+        /// Workspace name or id.
+        #[arg(long)]
+        workspace: String,
+        /// Member email.
+        email: String,
+        /// New role.
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Remove a member.
+    Remove {
+        /// Workspace name or id.
+        #[arg(long)]
+        workspace: String,
+        /// Member email.
+        email: String,
+    },
+}
+
+/// `trash ...`.
+#[derive(Debug, Subcommand)]
+pub enum TrashCmd {
+    /// List deleted files.
+    List {
+        /// Workspace name or id.
+        workspace: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}

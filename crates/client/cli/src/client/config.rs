@@ -1,0 +1,77 @@
+//! The client's configuration file: which server, how its certificate is trusted, which account. It holds no
+//! secret — the session token lives in the OS credential store. Location: `$CLOUDSYNC_CONFIG_DIR` or the
+//! platform config directory (`~/.config/cloudsync`), file `client.toml`, mode 0600.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Saved login.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientConfig {
+    /// Server URL.
+    pub server: Option<String>,
+    /// Pinned certificate fingerprint (hex).
+    pub fingerprint: Option<String>,
+    /// CA file to trust instead of a pin.
+    pub ca_cert: Option<PathBuf>,
+    /// Trust the OS roots instead of a pin.
+    #[serde(default)]
+    pub system_roots: bool,
+    /// Account email.
+    pub email: Option<String>,
+}
+
+/// The configuration directory.
+pub fn config_dir() -> PathBuf {
+    std::env::var_os("CLOUDSYNC_CONFIG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dirs::config_dir().unwrap_or_else(|| PathBuf::from(".")).join("cloudsync"))
+}
+
+fn path() -> PathBuf {
+    config_dir().join("client.toml")
+}
+
+impl ClientConfig {
+    /// Loads the file, or an empty configuration when there is none.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file.
+    pub fn load() -> Result<Self> {
+        let p = path();
+        match std::fs::read_to_string(&p) {
+            Ok(text) => toml::from_str(&text).with_context(|| format!("{} is not a valid client configuration", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+        }
+    }
+
+    /// Writes the file atomically with mode 0600.
+    ///
+    /// # Errors
+    /// When the directory or file cannot be written.
+    pub fn save(&self) -> Result<()> {
+        let dir = config_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let text = toml::to_string_pretty(self).context("serialising the client configuration")?;
+        write_private(&path(), text.as_bytes())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file with mode 0600 and a rename.
+///
+/// # Errors
+/// Any I/O failure.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+}

@@ -1,0 +1,206 @@
+//! File commands: push, pull, ls, rm, versions, restore, trash. `WORKSPACE[:PATH]` names a workspace (by name
+//! or id) and an optional path inside it.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use cloudsync_sdk::Client;
+use cloudsync_sync::{TransferOptions, TransferSummary};
+use cloudsync_types::WsPath;
+use cloudsync_types::api::{RestoreRequest, Workspace};
+
+use super::output::{date, print_json, size, table};
+use super::{connect, workspace};
+
+/// Splits `WORKSPACE[:PATH]`.
+///
+/// # Errors
+/// An empty workspace name or an invalid path.
+pub fn parse_remote(spec: &str) -> Result<(String, WsPath)> {
+    let (ws, path) = spec.split_once(':').unwrap_or((spec, ""));
+    if ws.is_empty() {
+        bail!("{spec:?} names no workspace: write WORKSPACE or WORKSPACE:PATH");
+    }
+    let path = WsPath::parse_prefix(path.trim_start_matches('/')).with_context(|| format!("invalid path in {spec:?}"))?;
+    Ok((ws.to_owned(), path))
+}
+
+async fn resolve(spec: &str) -> Result<(Client, Workspace, WsPath)> {
+    let (name, path) = parse_remote(spec)?;
+    let client = connect()?;
+    let w = workspace(&client, &name).await?;
+    Ok((client, w, path))
+}
+
+fn require_file(path: &WsPath, spec: &str) -> Result<()> {
+    if path.is_root() {
+        bail!("{spec:?} names a whole workspace; write WORKSPACE:PATH to name a file");
+    }
+    Ok(())
+}
+
+fn options() -> TransferOptions {
+    TransferOptions {
+        progress: std::io::stderr().is_terminal(),
+        device_name: gethostname::gethostname().to_string_lossy().into_owned(),
+    }
+}
+
+fn report(verb: &str, s: &TransferSummary, json: bool) -> Result<()> {
+    if json {
+        print_json(s)?;
+    } else {
+        for w in &s.warnings {
+            eprintln!("warning: {w}");
+        }
+        for c in &s.conflicts {
+            eprintln!("conflict: {c}");
+        }
+        eprintln!(
+            "{verb}: {} files scanned, {} uploaded, {} downloaded, {} unchanged, {} conflicted; {} sent, {} received ({} new chunks, {} deduplicated) in {:.1}s",
+            s.files_scanned,
+            s.files_uploaded,
+            s.files_downloaded,
+            s.files_unchanged,
+            s.files_conflicted,
+            size(s.bytes_uploaded),
+            size(s.bytes_downloaded),
+            s.chunks_uploaded,
+            s.chunks_deduplicated,
+            s.seconds
+        );
+    }
+    if s.files_conflicted > 0 {
+        bail!("{} file(s) changed on the server since your copy and were not overwritten; pull them first", s.files_conflicted);
+    }
+    Ok(())
+}
+
+/// `cloudsync push LOCAL WORKSPACE[:PATH]`.
+///
+/// # Errors
+/// Unreadable local files, server errors, or conflicts.
+pub async fn push(local: &Path, remote: &str, json: bool) -> Result<()> {
+    let (client, w, path) = resolve(remote).await?;
+    let s = cloudsync_sync::push(&client, w.id, local, &path, &options()).await?;
+    report("push", &s, json)
+}
+
+/// `cloudsync pull WORKSPACE[:PATH] LOCAL`.
+///
+/// # Errors
+/// Server errors, integrity failures, or unwritable local paths.
+pub async fn pull(remote: &str, local: &Path, json: bool) -> Result<()> {
+    let (client, w, path) = resolve(remote).await?;
+    let s = cloudsync_sync::pull(&client, w.id, &path, local, &options()).await?;
+    report("pull", &s, json)
+}
+
+/// `cloudsync ls WORKSPACE[:PATH]`.
+///
+/// # Errors
+/// Server errors.
+pub async fn ls(remote: &str, json: bool) -> Result<()> {
+    let (client, w, path) = resolve(remote).await?;
+    let files = client.files(w.id).list_all(&path).await?;
+    if json {
+        return print_json(&files);
+    }
+    table(
+        &["SIZE", "MODIFIED", "VERSION", "PATH"],
+        files.iter().map(|f| vec![size(f.size), date(f.modified_at), f.version.to_string(), f.path.to_string()]).collect(),
+    );
+    Ok(())
+}
+
+/// `cloudsync rm WORKSPACE:PATH`.
+///
+/// # Errors
+/// Nothing at the path, or a role below Admin.
+pub async fn rm(remote: &str, json: bool) -> Result<()> {
+    let (client, w, path) = resolve(remote).await?;
+    require_file(&path, remote)?;
+    let r = client.files(w.id).delete(&path).await?;
+    if json {
+        return print_json(&r);
+    }
+    eprintln!("Moved {} file(s) to the trash of {:?} (restore with `cloudsync restore`).", r.deleted, w.name);
+    Ok(())
+}
+
+/// `cloudsync versions WORKSPACE:PATH`.
+///
+/// # Errors
+/// Unknown file.
+pub async fn versions(remote: &str, json: bool) -> Result<()> {
+    let (client, w, path) = resolve(remote).await?;
+    require_file(&path, remote)?;
+    let list = client.files(w.id).versions(&path).await?;
+    if json {
+        return print_json(&list);
+    }
+    table(
+        &["VERSION", "SIZE", "CREATED", "BY", ""],
+        list.iter()
+            .map(|v| {
+                vec![
+                    v.version.to_string(),
+                    size(v.size),
+                    date(v.created_at),
+                    v.created_by.clone().unwrap_or_default(),
+                    if v.current { "current".into() } else { String::new() },
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
+/// `cloudsync restore WORKSPACE:PATH [--version V]`.
+///
+/// # Errors
+/// Nothing to restore, or a role below Admin.
+pub async fn restore(remote: &str, version: Option<u64>, json: bool) -> Result<()> {
+    let (client, w, path) = resolve(remote).await?;
+    require_file(&path, remote)?;
+    let f = client.files(w.id).restore(&RestoreRequest { path, version }).await?;
+    if json {
+        return print_json(&f);
+    }
+    eprintln!("Restored {} (now version {}).", f.path, f.version);
+    Ok(())
+}
+
+/// `cloudsync trash list WORKSPACE`.
+///
+/// # Errors
+/// Server errors.
+pub async fn trash(name: &str, json: bool) -> Result<()> {
+    let client = connect()?;
+    let w = workspace(&client, name).await?;
+    let list = client.files(w.id).trash().await?;
+    if json {
+        return print_json(&list);
+    }
+    table(
+        &["DELETED", "SIZE", "VERSION", "PATH"],
+        list.iter().map(|t| vec![date(t.deleted_at), size(t.size), t.version.to_string(), t.path.to_string()]).collect(),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_specs_parse() {
+        assert_eq!(parse_remote("Team").expect("ws").1, WsPath::root());
+        let (ws, p) = parse_remote("Team:docs/a.txt").expect("path");
+        assert_eq!((ws.as_str(), p.as_str()), ("Team", "docs/a.txt"));
+        assert_eq!(parse_remote("Team:/docs").expect("leading slash").1.as_str(), "docs");
+        assert!(parse_remote(":x").is_err());
+        assert!(parse_remote("Team:../x").is_err());
+    }
+}

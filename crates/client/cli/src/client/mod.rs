@@ -1,0 +1,296 @@
+//! The client commands. Each talks to the server only through the SDK. `--json` prints one JSON document on
+//! stdout; human output goes to stdout as text, and messages and progress to stderr.
+
+pub mod config;
+pub mod credentials;
+mod files;
+mod output;
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::{Context, Result, bail};
+use cloudsync_sdk::{Client, ErrorKind, Trust, format_fingerprint, parse_fingerprint, probe_fingerprint};
+use cloudsync_types::api::{AddMemberRequest, CreateWorkspaceRequest, LoginRequest, Workspace};
+use cloudsync_types::{Role, SessionId};
+use zeroize::Zeroizing;
+
+use crate::args::{DevicesCmd, LoginArgs, MembersCmd, WorkspaceCmd};
+use config::ClientConfig;
+use credentials::CredentialStore;
+pub use files::{ls, pull, push, restore, rm, trash, versions};
+use output::{print_json, table};
+
+/// Reads one line of standard input (a password or passphrase), without the newline.
+///
+/// # Errors
+/// Empty input or a read failure.
+pub fn read_stdin_line(what: &str) -> Result<Zeroizing<String>> {
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin().lock().read_line(&mut line).with_context(|| format!("cannot read the {what} from standard input"))?;
+    let trimmed = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
+    if trimmed.is_empty() {
+        bail!("standard input was empty; pipe the {what} in, e.g. `printf '%s\\n' \"$PASSWORD\" | cloudsync ...`");
+    }
+    Ok(trimmed)
+}
+
+/// Asks a yes/no question on the terminal.
+fn confirm(question: &str) -> Result<bool> {
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).context("cannot read the answer")?;
+    Ok(matches!(answer.trim().to_lowercase().as_str(), "y" | "yes"))
+}
+
+fn trust_of(cfg: &ClientConfig) -> Result<Trust> {
+    if let Some(ca) = &cfg.ca_cert {
+        return Ok(Trust::CaFile(ca.clone()));
+    }
+    if cfg.system_roots {
+        return Ok(Trust::System);
+    }
+    let fp = cfg.fingerprint.as_deref().context("the saved login has no certificate fingerprint; log in again")?;
+    Ok(Trust::Fingerprint(parse_fingerprint(fp)?))
+}
+
+/// A client for the saved login.
+///
+/// # Errors
+/// No saved login, or an unavailable credential store.
+pub fn connect() -> Result<Client> {
+    let cfg = ClientConfig::load()?;
+    let server = cfg.server.clone().context("not logged in: run `cloudsync login --server https://HOST:PORT --email EMAIL`")?;
+    let token = CredentialStore::from_env()?
+        .get(&server)?
+        .context("no session token for this server in the credential store; run `cloudsync login` again")?;
+    Ok(Client::new(&server, trust_of(&cfg)?)?.with_token(token.as_str()))
+}
+
+/// Resolves a workspace by name or id among the caller's workspaces.
+///
+/// # Errors
+/// None or several match.
+pub async fn workspace(client: &Client, name: &str) -> Result<Workspace> {
+    Ok(client.workspaces().find_by_name(name).await?)
+}
+
+/// `cloudsync login`.
+///
+/// # Errors
+/// Bad credentials, an unconfirmed or changed certificate, or no credential store.
+pub async fn login(args: LoginArgs) -> Result<()> {
+    let server = args.server.trim_end_matches('/').to_owned();
+    if !server.starts_with("https://") {
+        bail!("the server URL must start with https:// (CloudSync speaks TLS 1.3 only), e.g. https://127.0.0.1:8443");
+    }
+    let store = CredentialStore::from_env()?;
+    let old = ClientConfig::load()?;
+    let mut cfg = ClientConfig { server: Some(server.clone()), email: Some(args.email.clone()), ..ClientConfig::default() };
+    let trust = if let Some(ca) = &args.ca_cert {
+        cfg.ca_cert = Some(ca.clone());
+        Trust::CaFile(ca.clone())
+    } else if args.system_roots {
+        cfg.system_roots = true;
+        Trust::System
+    } else {
+        let fp = match (&args.fingerprint, old.server.as_deref() == Some(server.as_str())) {
+            (Some(given), _) => parse_fingerprint(given)?,
+            (None, true) if old.fingerprint.is_some() => parse_fingerprint(old.fingerprint.as_deref().unwrap_or_default())?,
+            (None, _) => {
+                let seen = probe_fingerprint(&server).await?;
+                eprintln!("The server presented a certificate with SHA-256 fingerprint\n  {}", format_fingerprint(&seen));
+                eprintln!("Compare it with the fingerprint printed by `cloudsync server start` on the server.");
+                if !std::io::stdin().is_terminal() || args.password_stdin {
+                    bail!(
+                        "cannot confirm the server's certificate without a terminal; pass --fingerprint {} if it matches the one the server printed",
+                        format_fingerprint(&seen)
+                    );
+                }
+                if !confirm("Trust this certificate?")? {
+                    bail!("certificate not trusted; nothing was saved");
+                }
+                seen
+            }
+        };
+        cfg.fingerprint = Some(hex::encode(fp));
+        Trust::Fingerprint(fp)
+    };
+    let password = if args.password_stdin {
+        read_stdin_line("password")?
+    } else {
+        Zeroizing::new(rpassword::prompt_password(format!("Password for {}: ", args.email)).context("cannot read the password")?)
+    };
+    let device = args.device_name.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    let client = Client::new(&server, trust)?;
+    let resp = client
+        .auth()
+        .login(&LoginRequest { email: args.email.clone(), password: password.to_string(), device_name: device })
+        .await?;
+    store.set(&server, &resp.token)?;
+    cfg.save()?;
+    if args.json.json {
+        print_json(&serde_json::json!({"server": server, "user": resp.user, "session_id": resp.session_id}))?;
+    } else {
+        eprintln!("Logged in to {server} as {}.", resp.user.email);
+    }
+    Ok(())
+}
+
+/// `cloudsync logout`.
+///
+/// # Errors
+/// When the local token cannot be removed.
+pub async fn logout() -> Result<()> {
+    let cfg = ClientConfig::load()?;
+    let Some(server) = cfg.server.clone() else {
+        eprintln!("Not logged in.");
+        return Ok(());
+    };
+    match connect() {
+        Ok(client) => match client.auth().logout().await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Unauthenticated => {}
+            Err(e) => eprintln!("warning: the server did not confirm the logout ({e}); the local token is removed anyway"),
+        },
+        Err(e) => eprintln!("warning: {e:#}"),
+    }
+    CredentialStore::from_env()?.delete(&server)?;
+    eprintln!("Logged out of {server}.");
+    Ok(())
+}
+
+/// `cloudsync whoami`.
+///
+/// # Errors
+/// Not logged in or a server error.
+pub async fn whoami(json: bool) -> Result<()> {
+    let client = connect()?;
+    let me = client.auth().whoami().await?;
+    if json {
+        return print_json(&serde_json::json!({"server": client.base_url(), "user": me.user, "session_id": me.session_id}));
+    }
+    println!("{} on {}{}", me.user.email, client.base_url(), if me.user.is_admin { " (server administrator)" } else { "" });
+    Ok(())
+}
+
+/// `cloudsync devices ...`.
+///
+/// # Errors
+/// Not logged in or a server error.
+pub async fn devices(cmd: DevicesCmd) -> Result<()> {
+    let client = connect()?;
+    match cmd {
+        DevicesCmd::List(j) => {
+            let list = client.devices().list().await?;
+            if j.json {
+                return print_json(&list);
+            }
+            let rows = list
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.id.to_string(),
+                        format!("{}{}", d.name, if d.current { " (this device)" } else { "" }),
+                        output::date(d.last_seen_at),
+                        d.last_ip.clone(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "DEVICE", "LAST SEEN", "ADDRESS"], rows);
+        }
+        DevicesCmd::Revoke { id } => {
+            let id: SessionId = id.parse().map_err(|_| anyhow::anyhow!("{id:?} is not a device id; see `cloudsync devices list`"))?;
+            client.devices().revoke(id).await?;
+            eprintln!("Revoked device {id}; its token no longer works.");
+        }
+    }
+    Ok(())
+}
+
+fn parse_role(s: &str) -> Result<Role> {
+    s.parse::<Role>().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `cloudsync workspace ...`.
+///
+/// # Errors
+/// Not logged in or a server error.
+pub async fn workspace_cmd(cmd: WorkspaceCmd) -> Result<()> {
+    let client = connect()?;
+    match cmd {
+        WorkspaceCmd::Create { name, e2e_encryption, json } => {
+            let w = client.workspaces().create(&CreateWorkspaceRequest { name, e2e_encryption }).await?;
+            if json.json {
+                return print_json(&w);
+            }
+            eprintln!("Created workspace {:?} ({}).", w.name, w.id);
+        }
+        WorkspaceCmd::List(j) => {
+            let list = client.workspaces().list().await?;
+            if j.json {
+                return print_json(&list);
+            }
+            let rows = list
+                .iter()
+                .map(|w| vec![w.name.clone(), w.role.to_string(), if w.e2e_encryption { "e2ee" } else { "at rest" }.into(), w.id.to_string()])
+                .collect();
+            table(&["NAME", "ROLE", "ENCRYPTION", "ID"], rows);
+        }
+        WorkspaceCmd::Delete { name, yes } => {
+            let w = workspace(&client, &name).await?;
+            if !yes && std::io::stdin().is_terminal() && !confirm(&format!("Delete workspace {:?} and destroy its key? Its files cannot be recovered.", w.name))? {
+                bail!("not deleted");
+            }
+            client.workspaces().delete(w.id).await?;
+            eprintln!("Deleted workspace {:?}; its key is destroyed.", w.name);
+        }
+        WorkspaceCmd::Members(m) => members(&client, m).await?,
+    }
+    Ok(())
+}
+
+async fn members(client: &Client, cmd: MembersCmd) -> Result<()> {
+    match cmd {
+        MembersCmd::List { workspace: name, json } => {
+            let w = workspace(client, &name).await?;
+            let list = client.members(w.id).list().await?;
+            if json.json {
+                return print_json(&list);
+            }
+            table(&["EMAIL", "ROLE", "ADDED"], list.iter().map(|m| vec![m.email.clone(), m.role.to_string(), output::date(m.added_at)]).collect());
+        }
+        MembersCmd::Add { workspace: name, email, role, json } => {
+            let w = workspace(client, &name).await?;
+            let m = client.members(w.id).add(&AddMemberRequest { email, role: parse_role(&role)? }).await?;
+            if json.json {
+                return print_json(&m);
+            }
+            eprintln!("Added {} to {:?} as {}.", m.email, w.name, m.role);
+        }
+        MembersCmd::SetRole { workspace: name, email, role, json } => {
+            let w = workspace(client, &name).await?;
+            let user = member_id(client, &w, &email).await?;
+            let m = client.members(w.id).set_role(user, parse_role(&role)?).await?;
+            if json.json {
+                return print_json(&m);
+            }
+            eprintln!("{} is now {} in {:?}.", m.email, m.role, w.name);
+        }
+        MembersCmd::Remove { workspace: name, email } => {
+            let w = workspace(client, &name).await?;
+            let user = member_id(client, &w, &email).await?;
+            client.members(w.id).remove(user).await?;
+            eprintln!("Removed {email} from {:?}.", w.name);
+        }
+    }
+    Ok(())
+}
+
+async fn member_id(client: &Client, w: &Workspace, email: &str) -> Result<cloudsync_types::UserId> {
+    let list = client.members(w.id).list().await?;
+    list.iter()
+        .find(|m| m.email.eq_ignore_ascii_case(email.trim()))
+        .map(|m| m.user_id)
+        .with_context(|| format!("{email} is not a member of {:?} (see `cloudsync workspace members list`)", w.name))
+}

@@ -1,0 +1,132 @@
+//! `cloudsync`: the client and, under `cloudsync server`, the server.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use cloudsync_cli::args::{Cli, Command, ServerCmd, ServerCommon, ServerUserCmd, TrashCmd};
+use cloudsync_cli::client;
+use cloudsync_cli::server::{self, DEFAULT_CONFIG, ServerConfig};
+use zeroize::Zeroizing;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, matches!(cli.command, Command::Server(ServerCmd::Start(_))));
+    // OpenDAL and reqwest can both pull in rustls providers; pick one explicitly, once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, server: bool) {
+    let default = match (verbose, server) {
+        (0, false) => "warn",
+        (0, true) => "info",
+        (1, _) => "info,cloudsync=debug",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDSYNC_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn load_config(common: &ServerCommon) -> Result<ServerConfig> {
+    let mut cfg = ServerConfig::load(common.config.as_deref())?;
+    if let Some(d) = &common.data_dir {
+        cfg.server.data_dir = Some(d.clone());
+    }
+    Ok(cfg)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Server(cmd) => server_cmd(cmd).await,
+        Command::Login(args) => client::login(args).await,
+        Command::Logout => client::logout().await,
+        Command::Whoami(j) => client::whoami(j.json).await,
+        Command::Devices(cmd) => client::devices(cmd).await,
+        Command::Workspace(cmd) => client::workspace_cmd(cmd).await,
+        Command::Push { local, remote, json } => client::push(&local, &remote, json.json).await,
+        Command::Pull { remote, local, json } => client::pull(&remote, &local, json.json).await,
+        Command::Ls { remote, json } => client::ls(&remote, json.json).await,
+        Command::Rm { remote, json } => client::rm(&remote, json.json).await,
+        Command::Versions { remote, json } => client::versions(&remote, json.json).await,
+        Command::Restore { remote, version, json } => client::restore(&remote, version, json.json).await,
+        Command::Trash(TrashCmd::List { workspace, json }) => client::trash(&workspace, json.json).await,
+    }
+}
+
+async fn server_cmd(cmd: ServerCmd) -> Result<()> {
+    match cmd {
+        ServerCmd::DefaultConfig => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(())
+        }
+        ServerCmd::Start(args) => {
+            let mut cfg = load_config(&args.common)?;
+            if let Some(l) = args.listen {
+                cfg.server.listen = l;
+            }
+            let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (is another server running there? pick another with --listen)", cfg.server.listen))?;
+            let data_dir = cfg.data_dir();
+            server::run(cfg, listener, shutdown_signal(), |s| {
+                println!("CloudSync server listening on {}", s.url);
+                println!("TLS certificate SHA-256 fingerprint: {}", cloudsync_sdk::format_fingerprint(&s.fingerprint));
+                println!("Data directory: {}", data_dir.display());
+                println!("Create an account: cloudsync server user create EMAIL --admin --data-dir {}", data_dir.display());
+                let _ = std::io::stdout().flush();
+            })
+            .await
+        }
+        ServerCmd::User(ServerUserCmd::Create { email, admin, password_stdin, common }) => {
+            let cfg = load_config(&common)?;
+            let password = if password_stdin {
+                client::read_stdin_line("password")?
+            } else {
+                let a = Zeroizing::new(rpassword::prompt_password(format!("New password for {email}: ")).context("cannot read the password")?);
+                let b = Zeroizing::new(rpassword::prompt_password("Repeat it: ").context("cannot read the password")?);
+                anyhow::ensure!(*a == *b, "the two passwords differ; nothing was created");
+                a
+            };
+            let user = server::create_user(&cfg, &email, &password, admin).await?;
+            eprintln!("Created account {} ({}){}.", user.email, user.id, if admin { ", server administrator" } else { "" });
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down; letting open requests finish");
+}

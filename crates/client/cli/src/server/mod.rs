@@ -1,0 +1,119 @@
+//! `cloudsync server ...`: the embedded server. This is the one place that picks the store backend (by URL
+//! scheme) and the chunk backend (by configuration), loads the master key, and wires the services together.
+
+pub mod config;
+mod master_key;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use cloudsync_blob::BlobStore;
+use cloudsync_server_core::{Core, LoginLimits, SystemClock};
+use cloudsync_server_http::{AppState, tls};
+use cloudsync_store::Store;
+use tokio::net::TcpListener;
+
+pub use config::{DEFAULT_CONFIG, ServerConfig};
+
+/// Opens the metadata store named by the configuration.
+///
+/// # Errors
+/// An unknown scheme or a database that cannot be opened.
+pub async fn open_store(cfg: &ServerConfig, data_dir: &Path) -> Result<Arc<dyn Store>> {
+    let url = cfg
+        .storage
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("meta.db").display()));
+    if url.starts_with("sqlite:") {
+        let store = cloudsync_store_sqlite::SqliteStore::connect(&url)
+            .await
+            .with_context(|| format!("cannot open the database {url}"))?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        bail!("PostgreSQL support is not in this build yet; use the embedded sqlite:// database")
+    } else {
+        bail!("unknown database URL scheme in {url:?}: use sqlite://PATH")
+    }
+}
+
+/// Builds the services from configuration (creating the data directory and master key on first run).
+///
+/// # Errors
+/// Unusable directories, master key, or database.
+pub async fn build_core(cfg: &ServerConfig) -> Result<Core> {
+    let data_dir = cfg.data_dir();
+    create_private_dir(&data_dir)?;
+    let master = master_key::load_or_create(cfg, &data_dir)?;
+    let store = open_store(cfg, &data_dir).await?;
+    let chunks_dir = cfg.storage.chunks_dir.clone().unwrap_or_else(|| data_dir.join("chunks"));
+    let blobs = BlobStore::local(&chunks_dir).with_context(|| format!("cannot use the chunk directory {}", chunks_dir.display()))?;
+    let limits = LoginLimits {
+        per_account: cfg.security.login_attempts_per_account,
+        per_ip: cfg.security.login_attempts_per_ip,
+        window_ms: i64::try_from(cfg.security.login_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+    };
+    Ok(Core::new(store, blobs, master, Arc::new(SystemClock)).with_login_limits(limits))
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot restrict {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A server that is listening.
+#[derive(Debug)]
+pub struct Started {
+    /// `https://host:port`.
+    pub url: String,
+    /// Certificate fingerprint.
+    pub fingerprint: [u8; 32],
+}
+
+/// Starts serving on `listener` until `shutdown`; `on_ready` is told the URL and fingerprint once listening.
+///
+/// # Errors
+/// Setup failures (directories, key, database, certificate).
+pub async fn run(
+    cfg: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Started),
+) -> Result<()> {
+    let core = build_core(&cfg).await?;
+    let data_dir = cfg.data_dir();
+    let material = match (&cfg.security.tls_cert, &cfg.security.tls_key) {
+        (Some(c), Some(k)) => tls::from_files(c, k),
+        (None, None) => tls::load_or_create(&data_dir.join("tls"), &cfg.server.public_names),
+        _ => bail!("set both security.tls_cert and security.tls_key, or neither"),
+    }
+    .map_err(anyhow::Error::msg)?;
+    let addr = listener.local_addr().context("listener address")?;
+    let host = if addr.ip().is_unspecified() { "localhost".to_owned() } else if addr.is_ipv6() { format!("[{}]", addr.ip()) } else { addr.ip().to_string() };
+    let started = Started { url: format!("https://{host}:{}", addr.port()), fingerprint: material.fingerprint };
+    on_ready(&started);
+    let state = AppState { core, trusted_proxies: Arc::new(cfg.server.trusted_proxies.clone()) };
+    cloudsync_server_http::serve(listener, material.config, cloudsync_server_http::app(state), shutdown)
+        .await
+        .context("the server stopped with an error")
+}
+
+/// Creates an account directly in the server's database (for the operator on the host; works while the server
+/// runs).
+///
+/// # Errors
+/// Invalid input, an existing account, or an unusable data directory.
+pub async fn create_user(cfg: &ServerConfig, email: &str, password: &str, admin: bool) -> Result<cloudsync_store::UserRecord> {
+    let core = build_core(cfg).await?;
+    Ok(core.create_user(email, password, admin, None).await?)
+}

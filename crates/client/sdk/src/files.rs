@@ -1,0 +1,330 @@
+//! File endpoints of one workspace: content-addressed chunks (ask which are missing, upload them, fetch
+//! them), commits that make a new version visible, listing, versions, trash and the change journal. Upload
+//! is two-phase — chunks first, then a commit naming them — so an interrupted upload never leaves a
+//! half-written file visible and re-uploads skip chunks the server already holds.
+
+use bytes::Bytes;
+use cloudsync_types::api::{
+    ChangeList, CommitRequest, DeleteRequest, DeleteResponse, FileEntry, FileList,
+    MAX_MISSING_QUERY, MissingChunksRequest, MissingChunksResponse, RestoreRequest, TrashEntry,
+    UploadChunksResponse, VersionInfo, VersionManifest,
+};
+use cloudsync_types::{ChunkId, MAX_CHUNK_SIZE, WorkspaceId, WsPath};
+use futures_util::{Stream, StreamExt};
+use reqwest::Method;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
+
+use crate::{Client, Error, ErrorKind};
+
+/// Page size [`Files::list_all`] asks for.
+const LIST_ALL_PAGE: u32 = 1000;
+
+/// `/workspaces/{ws}/...` file endpoints; see [`Client::files`].
+#[derive(Debug, Clone, Copy)]
+pub struct Files<'a> {
+    pub(crate) client: &'a Client,
+    pub(crate) ws: WorkspaceId,
+}
+
+impl Files<'_> {
+    fn path(&self, rest: &str) -> String {
+        format!("/workspaces/{}{rest}", self.ws)
+    }
+
+    /// `POST /workspaces/{ws}/chunks/missing`: which of `ids` the workspace does not hold yet. Asks in
+    /// batches of [`MAX_MISSING_QUERY`]; an empty `ids` makes no request.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Forbidden`] below Editor, and any transport failure.
+    pub async fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, Error> {
+        let mut missing = Vec::new();
+        for batch in ids.chunks(MAX_MISSING_QUERY) {
+            let req = MissingChunksRequest {
+                ids: batch.to_vec(),
+            };
+            let rb = self
+                .client
+                .request(Method::POST, &self.path("/chunks/missing"))?
+                .json(&req);
+            let resp: MissingChunksResponse = self.client.call(rb).await?;
+            missing.extend(resp.missing);
+        }
+        Ok(missing)
+    }
+
+    /// `POST /workspaces/{ws}/chunks`: uploads chunks as one framed `application/octet-stream` body (see
+    /// [`crate::frame_header`]); payloads are streamed, not copied. An empty `frames` makes no request.
+    ///
+    /// # Errors
+    /// [`ErrorKind::TooLarge`] for a chunk over [`MAX_CHUNK_SIZE`] (checked before sending) or a body the
+    /// server refuses, [`ErrorKind::BadRequest`] when an id does not match its content, and any transport
+    /// failure.
+    pub async fn upload_chunks(
+        &self,
+        frames: Vec<(ChunkId, Bytes)>,
+    ) -> Result<UploadChunksResponse, Error> {
+        if frames.is_empty() {
+            return Ok(UploadChunksResponse {
+                stored: 0,
+                already_present: 0,
+            });
+        }
+        let (len, body) = crate::frames::upload_body(frames)?;
+        let rb = self
+            .client
+            .request(Method::POST, &self.path("/chunks"))?
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(body));
+        self.client.call(rb).await
+    }
+
+    /// `GET /workspaces/{ws}/chunks/{id}`: one chunk's plaintext.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] when the workspace does not hold it, [`ErrorKind::TooLarge`] when the server
+    /// sends more than [`MAX_CHUNK_SIZE`], and any transport failure.
+    pub async fn get_chunk(&self, id: ChunkId) -> Result<Bytes, Error> {
+        let rb = self
+            .client
+            .request(Method::GET, &self.path(&format!("/chunks/{}", id.to_hex())))?;
+        let mut resp = self.client.send(rb).await?;
+        let body = self
+            .client
+            .read_limited(&mut resp, MAX_CHUNK_SIZE)
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::Decode => Error::new(
+                    ErrorKind::TooLarge,
+                    format!("the server sent more than {MAX_CHUNK_SIZE} bytes for chunk {id}"),
+                ),
+                _ => e,
+            })?;
+        Ok(Bytes::from(body))
+    }
+
+    /// `POST /workspaces/{ws}/files/commit`: makes a new version of a file visible.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`] for a stale `base_version` (code `conflict`) or unknown chunks (code
+    /// `missing_chunks`), [`ErrorKind::Forbidden`] below Editor, and any transport failure.
+    pub async fn commit(&self, req: &CommitRequest) -> Result<FileEntry, Error> {
+        self.client
+            .call(
+                self.client
+                    .request(Method::POST, &self.path("/files/commit"))?
+                    .json(req),
+            )
+            .await
+    }
+
+    /// `GET /workspaces/{ws}/files`: one page of live files below `prefix`, in path order, starting after
+    /// the path `after`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for non-members, [`ErrorKind::BadRequest`] for a bad cursor, and any
+    /// transport failure.
+    pub async fn list(
+        &self,
+        prefix: &WsPath,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<FileList, Error> {
+        let mut query = vec![
+            ("prefix", prefix.as_str().to_owned()),
+            ("limit", limit.to_string()),
+        ];
+        if let Some(after) = after {
+            query.push(("after", after.to_owned()));
+        }
+        self.client
+            .call(
+                self.client
+                    .request(Method::GET, &self.path("/files"))?
+                    .query(&query),
+            )
+            .await
+    }
+
+    /// Every live file below `prefix`, following the pages of [`Files::list`].
+    ///
+    /// # Errors
+    /// As [`Files::list`]; [`ErrorKind::Decode`] when the server repeats a page cursor.
+    pub async fn list_all(&self, prefix: &WsPath) -> Result<Vec<FileEntry>, Error> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list(prefix, after.as_deref(), LIST_ALL_PAGE).await?;
+            out.extend(page.files);
+            match page.next_after {
+                None => return Ok(out),
+                Some(next) if after.as_deref() == Some(next.as_str()) => {
+                    return Err(Error::new(
+                        ErrorKind::Decode,
+                        "the server's file listing did not advance (a page cursor repeated); retry, and report it \
+                         if it persists",
+                    ));
+                }
+                Some(next) => after = Some(next),
+            }
+        }
+    }
+
+    /// `GET /workspaces/{ws}/files/manifest`: a version's chunk list (default: the current version).
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for an unknown path or version, and any transport failure.
+    pub async fn manifest(
+        &self,
+        path: &WsPath,
+        version: Option<u64>,
+    ) -> Result<VersionManifest, Error> {
+        let rb = self
+            .client
+            .request(Method::GET, &self.path("/files/manifest"))?
+            .query(&path_query(path, version));
+        self.client.call(rb).await
+    }
+
+    /// `GET /workspaces/{ws}/files/content`: streams a version's content (default: the current version).
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for an unknown path or version, and any transport failure before the body
+    /// starts; failures while reading come from [`Download`].
+    pub async fn content(&self, path: &WsPath, version: Option<u64>) -> Result<Download, Error> {
+        let rb = self
+            .client
+            .request(Method::GET, &self.path("/files/content"))?
+            .query(&path_query(path, version));
+        let resp = self.client.send(rb).await?;
+        Ok(Download {
+            client: self.client.clone(),
+            resp,
+        })
+    }
+
+    /// `GET /workspaces/{ws}/files/versions`: every version of a file, newest first as the server sends them.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for an unknown path, and any transport failure.
+    pub async fn versions(&self, path: &WsPath) -> Result<Vec<VersionInfo>, Error> {
+        let rb = self
+            .client
+            .request(Method::GET, &self.path("/files/versions"))?
+            .query(&path_query(path, None));
+        self.client.call(rb).await
+    }
+
+    /// `POST /workspaces/{ws}/files/delete`: moves a file, or every file below a folder, to the trash.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Forbidden`] below Admin, [`ErrorKind::NotFound`], and any transport failure.
+    pub async fn delete(&self, path: &WsPath) -> Result<DeleteResponse, Error> {
+        let req = DeleteRequest { path: path.clone() };
+        self.client
+            .call(
+                self.client
+                    .request(Method::POST, &self.path("/files/delete"))?
+                    .json(&req),
+            )
+            .await
+    }
+
+    /// `POST /workspaces/{ws}/files/restore`: brings a file back from the trash or makes an old version
+    /// current (as a new version).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Forbidden`] below Admin, [`ErrorKind::NotFound`], [`ErrorKind::Conflict`] when a live
+    /// file took the path, and any transport failure.
+    pub async fn restore(&self, req: &RestoreRequest) -> Result<FileEntry, Error> {
+        self.client
+            .call(
+                self.client
+                    .request(Method::POST, &self.path("/files/restore"))?
+                    .json(req),
+            )
+            .await
+    }
+
+    /// `GET /workspaces/{ws}/trash`: deleted files that can still be restored.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for non-members, and any transport failure.
+    pub async fn trash(&self) -> Result<Vec<TrashEntry>, Error> {
+        self.client
+            .call(self.client.request(Method::GET, &self.path("/trash"))?)
+            .await
+    }
+
+    /// `GET /workspaces/{ws}/changes`: up to `limit` journal entries after sequence number `since`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for non-members, and any transport failure.
+    pub async fn changes(&self, since: u64, limit: u32) -> Result<ChangeList, Error> {
+        let query = [("since", since.to_string()), ("limit", limit.to_string())];
+        self.client
+            .call(
+                self.client
+                    .request(Method::GET, &self.path("/changes"))?
+                    .query(&query),
+            )
+            .await
+    }
+}
+
+fn path_query(path: &WsPath, version: Option<u64>) -> Vec<(&'static str, String)> {
+    let mut query = vec![("path", path.as_str().to_owned())];
+    if let Some(v) = version {
+        query.push(("version", v.to_string()));
+    }
+    query
+}
+
+/// A file download in progress: read it piece by piece with [`Download::chunk`], or as a stream with
+/// [`Download::into_stream`]. Nothing is buffered beyond what the connection delivers.
+#[derive(Debug)]
+pub struct Download {
+    client: Client,
+    resp: reqwest::Response,
+}
+
+impl Download {
+    /// The content length the server announced, if any.
+    pub fn content_length(&self) -> Option<u64> {
+        self.resp.content_length()
+    }
+
+    /// The next piece of content, or `None` at the end.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Network`] when the connection breaks.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        self.resp
+            .chunk()
+            .await
+            .map_err(|e| self.client.transport_error(e))
+    }
+
+    /// The content as a stream of pieces.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
+        let client = self.client;
+        self.resp
+            .bytes_stream()
+            .map(move |piece| piece.map_err(|e| client.transport_error(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_query_includes_version_only_when_given() {
+        let p = WsPath::parse("a b/c&d.txt").expect("path");
+        assert_eq!(
+            path_query(&p, None),
+            vec![("path", "a b/c&d.txt".to_owned())]
+        );
+        assert_eq!(path_query(&p, Some(3))[1], ("version", "3".to_owned()));
+    }
+}

@@ -1,0 +1,150 @@
+//! Streaming chunking and hashing of one file. Both run on a blocking thread (they are CPU and disk bound)
+//! and read the file piece by piece, so memory stays bounded by the chunker's window however large the file
+//! is. The chunk ids and the whole-content hash come from the same single read, so they always describe
+//! the same bytes even if the file changes while it is being read.
+
+use std::io::{self, Read};
+use std::ops::ControlFlow;
+
+use cloudsync_chunker::{Boundaries, ChunkerError, chunk_reader};
+use cloudsync_types::ChunkId;
+
+use crate::keys::ChunkKeys;
+
+/// Read size for plain hashing.
+const HASH_BUF: usize = 1024 * 1024;
+
+/// Size and keyed content hash of everything read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Digest {
+    pub(crate) size: u64,
+    pub(crate) hash: [u8; 32],
+}
+
+/// Hashes all of `reader` with the workspace key, without chunking (the cheap "is it unchanged?" check).
+pub(crate) fn hash_reader(mut reader: impl Read, keys: &ChunkKeys) -> io::Result<Digest> {
+    let mut hasher = keys.content_hasher();
+    let mut buf = vec![0u8; HASH_BUF];
+    let mut size = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(Digest {
+        size,
+        hash: hasher.finalize(),
+    })
+}
+
+/// Cuts `reader` into chunks, hands each to `on_chunk` with its id, and returns the size and content hash
+/// of the whole. `on_chunk` may stop early by returning `Break`; then `Ok(None)` is returned.
+pub(crate) fn chunk_stream(
+    reader: impl Read,
+    keys: &ChunkKeys,
+    mut on_chunk: impl FnMut(ChunkId, Vec<u8>) -> ControlFlow<()>,
+) -> io::Result<Option<Digest>> {
+    let mut hasher = keys.content_hasher();
+    let mut size = 0u64;
+    for chunk in chunk_reader(reader, keys.params, Boundaries::Public) {
+        let chunk = chunk.map_err(|e| match e {
+            ChunkerError::Io(e) => e,
+            other => io::Error::other(other.to_string()),
+        })?;
+        hasher.update(&chunk.data);
+        size += chunk.data.len() as u64;
+        let id = keys.chunk_id(&chunk.data);
+        if on_chunk(id, chunk.data).is_break() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Digest {
+        size,
+        hash: hasher.finalize(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, SeekFrom, Write};
+
+    use cloudsync_chunker::ChunkerParams;
+    use cloudsync_crypto::{SecretKey, keyed_hash};
+
+    use super::*;
+
+    fn small_params() -> ChunkerParams {
+        ChunkerParams {
+            min: 1024,
+            avg: 4096,
+            max: 16384,
+        }
+    }
+
+    /// Deterministic, incompressible-looking bytes.
+    fn pseudo_random(len: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_and_hash_of_a_file_match_in_memory_hashing() {
+        let keys = ChunkKeys::for_test(small_params());
+        let key = SecretKey::from_bytes([42; 32]);
+        let data = pseudo_random(300_000);
+        let mut file = tempfile::tempfile().expect("tempfile");
+        file.write_all(&data).expect("write");
+        file.seek(SeekFrom::Start(0)).expect("seek");
+
+        let mut chunks = Vec::new();
+        let digest = chunk_stream(&file, &keys, |id, bytes| {
+            chunks.push((id, bytes));
+            ControlFlow::Continue(())
+        })
+        .expect("chunk")
+        .expect("not stopped");
+
+        assert!(chunks.len() > 10, "{} chunks", chunks.len());
+        assert_eq!(digest.size, data.len() as u64);
+        assert_eq!(digest.hash, keyed_hash(&key, &data));
+        let joined: Vec<u8> = chunks.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+        assert_eq!(joined, data);
+        for (id, bytes) in &chunks {
+            assert_eq!(id.0, keyed_hash(&key, bytes));
+            assert!(bytes.len() <= small_params().max as usize);
+        }
+
+        file.seek(SeekFrom::Start(0)).expect("seek");
+        assert_eq!(hash_reader(&file, &keys).expect("hash"), digest);
+    }
+
+    #[test]
+    fn empty_input_has_no_chunks_and_the_empty_hash() {
+        let keys = ChunkKeys::for_test(small_params());
+        let digest = chunk_stream(&b""[..], &keys, |_, _| panic!("no chunk expected"))
+            .expect("chunk")
+            .expect("not stopped");
+        assert_eq!(digest.size, 0);
+        assert_eq!(digest.hash, keyed_hash(&SecretKey::from_bytes([42; 32]), b""));
+    }
+
+    #[test]
+    fn stopping_early_returns_none() {
+        let keys = ChunkKeys::for_test(small_params());
+        let data = pseudo_random(100_000);
+        let got = chunk_stream(&data[..], &keys, |_, _| ControlFlow::Break(())).expect("chunk");
+        assert_eq!(got, None);
+    }
+}

@@ -1,0 +1,75 @@
+//! The sync engine's error type. Callers need to tell apart a server/network failure (possibly worth a
+//! retry), a local file-system failure (the message names the path so the user can fix it), a download that
+//! failed verification, and a bad local argument.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Why a [`crate::push`] or [`crate::pull`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The server refused a request or could not be reached.
+    #[error(transparent)]
+    Api(#[from] cloudsync_sdk::Error),
+    /// A local file-system operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder involved.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// Downloaded content (or the server's keys) did not verify; nothing was written under the final name.
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+    /// The local path given cannot be used.
+    #[error("{0}")]
+    InvalidLocal(String),
+}
+
+impl SyncError {
+    /// True when running the same transfer again later may succeed (network trouble, rate limiting, an
+    /// overloaded server). Local and integrity failures need attention first.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SyncError::Api(e) => e.is_retryable(),
+            SyncError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ),
+            SyncError::Integrity(_) | SyncError::InvalidLocal(_) => false,
+        }
+    }
+
+    /// An I/O error about `path`.
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
+        SyncError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// A background task panicked or was cancelled; surfaced instead of crashing the caller.
+    pub(crate) fn task(e: tokio::task::JoinError) -> Self {
+        SyncError::Io {
+            path: PathBuf::from("<background task>"),
+            source: io::Error::other(format!("failed unexpectedly: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_error_names_the_path() {
+        let e = SyncError::io(
+            Path::new("/tmp/x/y.txt"),
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        assert!(e.to_string().contains("/tmp/x/y.txt"), "{e}");
+        assert!(!e.is_retryable());
+        assert!(!SyncError::Integrity("x".into()).is_retryable());
+    }
+}

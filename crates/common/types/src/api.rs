@@ -1,0 +1,407 @@
+//! Request and response bodies of the HTTP API (`/api/v1`). The SDK and the server both use these types, so
+//! the wire format has one definition.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use crate::{ChunkId, FileId, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
+
+/// Longest accepted email address (RFC 5321 path limit).
+pub const MAX_EMAIL_BYTES: usize = 254;
+/// Longest accepted workspace or device name.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// `GET /api/v1/health`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always "ok" when the server answers.
+    pub status: String,
+    /// Server version.
+    pub version: String,
+}
+
+/// `POST /api/v1/auth/login`.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// Account email.
+    pub email: String,
+    /// Account password.
+    pub password: String,
+    /// A name for this device, shown in the device list.
+    pub device_name: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("email", &self.email)
+            .field("password", &"***")
+            .field("device_name", &self.device_name)
+            .finish()
+    }
+}
+
+/// The answer to a successful login. The token is shown once; the server keeps only its hash.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    /// Bearer token for `Authorization: Bearer ...`.
+    pub token: String,
+    /// The session (device) this token belongs to.
+    pub session_id: SessionId,
+    /// The account.
+    pub user: UserInfo,
+}
+
+impl std::fmt::Debug for LoginResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginResponse")
+            .field("token", &"***")
+            .field("session_id", &self.session_id)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+/// An account as others see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserInfo {
+    /// Account id.
+    pub id: UserId,
+    /// Email (lower-case).
+    pub email: String,
+    /// Server administrator (may create accounts).
+    pub is_admin: bool,
+}
+
+/// `GET /api/v1/auth/whoami`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// The account.
+    pub user: UserInfo,
+    /// The session the request came with.
+    pub session_id: SessionId,
+}
+
+/// `POST /api/v1/users` (server administrators only).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateUserRequest {
+    /// Email of the new account.
+    pub email: String,
+    /// Initial password.
+    pub password: String,
+    /// Make the account a server administrator.
+    #[serde(default)]
+    pub is_admin: bool,
+}
+
+impl std::fmt::Debug for CreateUserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUserRequest")
+            .field("email", &self.email)
+            .field("password", &"***")
+            .field("is_admin", &self.is_admin)
+            .finish()
+    }
+}
+
+/// A login session on one device.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Device {
+    /// Session id (revoke with it).
+    pub id: SessionId,
+    /// Name given at login.
+    pub name: String,
+    /// When the session was created.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// When the session was last used (updated at most once a minute).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub last_seen_at: OffsetDateTime,
+    /// Address of the last use.
+    pub last_ip: String,
+    /// True for the session making this request.
+    pub current: bool,
+}
+
+/// `POST /api/v1/workspaces`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateWorkspaceRequest {
+    /// Display name, unique among the creator's workspaces.
+    pub name: String,
+    /// End-to-end encryption (the server never sees contents or names).
+    #[serde(default)]
+    pub e2e_encryption: bool,
+}
+
+/// A workspace as a member sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Workspace {
+    /// Workspace id.
+    pub id: WorkspaceId,
+    /// Display name.
+    pub name: String,
+    /// End-to-end encrypted.
+    pub e2e_encryption: bool,
+    /// The caller's role.
+    pub role: Role,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+}
+
+/// `GET /api/v1/workspaces/{id}/keys`: what a member's client needs to address chunks. The chunk-id key keys
+/// the BLAKE3 content addresses so equal chunks dedup inside this workspace only; it is not the data key,
+/// which never leaves the server.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceKeys {
+    /// 32-byte chunk-id key, hex.
+    pub chunk_id_key: String,
+    /// FastCDC minimum chunk size.
+    pub chunk_min: u32,
+    /// FastCDC average chunk size.
+    pub chunk_avg: u32,
+    /// FastCDC maximum chunk size.
+    pub chunk_max: u32,
+}
+
+impl std::fmt::Debug for WorkspaceKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkspaceKeys").field("chunk_id_key", &"***").finish_non_exhaustive()
+    }
+}
+
+/// A workspace member.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    /// Account id.
+    pub user_id: UserId,
+    /// Account email.
+    pub email: String,
+    /// Role in this workspace.
+    pub role: Role,
+    /// When the member was added.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub added_at: OffsetDateTime,
+}
+
+/// `POST /api/v1/workspaces/{id}/members`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AddMemberRequest {
+    /// Email of an existing account.
+    pub email: String,
+    /// Role to give.
+    pub role: Role,
+}
+
+/// `PUT /api/v1/workspaces/{id}/members/{user_id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SetRoleRequest {
+    /// New role.
+    pub role: Role,
+}
+
+/// One chunk of a file, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ManifestChunk {
+    /// Content address.
+    pub id: ChunkId,
+    /// Plaintext size in bytes.
+    pub size: u32,
+}
+
+/// The content of one file version: its chunks in order. In E2EE workspaces (later) the manifest is sealed by
+/// the client and this structure only exists on clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Manifest {
+    /// Total size in bytes (the sum of chunk sizes).
+    pub size: u64,
+    /// Keyed BLAKE3 (chunk-id key) of the whole content, hex: lets a client verify a download end to end.
+    pub content_hash: String,
+    /// Chunks in file order.
+    pub chunks: Vec<ManifestChunk>,
+}
+
+/// `POST /api/v1/workspaces/{id}/chunks/missing`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MissingChunksRequest {
+    /// Chunk ids the client is about to reference (at most 10,000 per request).
+    pub ids: Vec<ChunkId>,
+}
+
+/// Which of the asked chunks this workspace does not hold yet.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MissingChunksResponse {
+    /// Ids to upload.
+    pub missing: Vec<ChunkId>,
+}
+
+/// The answer to a chunk upload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UploadChunksResponse {
+    /// Chunks newly stored.
+    pub stored: u32,
+    /// Chunks the workspace already held (not written again).
+    pub already_present: u32,
+}
+
+/// Most chunk ids accepted in one missing-chunks request.
+pub const MAX_MISSING_QUERY: usize = 10_000;
+
+/// `POST /api/v1/workspaces/{id}/files/commit`: make a new version of `path` visible.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CommitRequest {
+    /// Where the file lives.
+    pub path: WsPath,
+    /// The version the client's copy is based on; `None` for a new file. A stale base is a 409 conflict and
+    /// nothing is overwritten.
+    pub base_version: Option<u64>,
+    /// Content.
+    pub manifest: Manifest,
+    /// The file's modification time on the client (Unix milliseconds), kept as metadata.
+    #[serde(default)]
+    pub mtime_ms: Option<i64>,
+}
+
+/// A live file.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileEntry {
+    /// File id.
+    pub file_id: FileId,
+    /// Path.
+    pub path: WsPath,
+    /// Current version number (1, 2, ...).
+    pub version: u64,
+    /// Current version id.
+    pub version_id: VersionId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Keyed BLAKE3 of the content, hex.
+    pub content_hash: String,
+    /// Client modification time, Unix milliseconds, if known.
+    pub mtime_ms: Option<i64>,
+    /// When the current version was committed.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub modified_at: OffsetDateTime,
+}
+
+/// `GET /api/v1/workspaces/{id}/files` answer (paged by path).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileList {
+    /// Files in path order.
+    pub files: Vec<FileEntry>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+/// One version of a file.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VersionInfo {
+    /// Version number.
+    pub version: u64,
+    /// Version id.
+    pub version_id: VersionId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Keyed BLAKE3 of the content, hex.
+    pub content_hash: String,
+    /// Who committed it.
+    pub created_by: Option<String>,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// True for the current version.
+    pub current: bool,
+}
+
+/// A version with its manifest (`GET .../files/manifest`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VersionManifest {
+    /// The file.
+    pub file: FileEntry,
+    /// Its content.
+    pub manifest: Manifest,
+}
+
+/// A deleted file in the trash.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrashEntry {
+    /// File id.
+    pub file_id: FileId,
+    /// Path it had.
+    pub path: WsPath,
+    /// Last version number.
+    pub version: u64,
+    /// Size of the last version.
+    pub size: u64,
+    /// When it was deleted.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub deleted_at: OffsetDateTime,
+}
+
+/// `POST /api/v1/workspaces/{id}/files/delete`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeleteRequest {
+    /// File (or folder: every file below it) to move to the trash.
+    pub path: WsPath,
+}
+
+/// How many files a delete moved to the trash.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeleteResponse {
+    /// Files moved to the trash.
+    pub deleted: u64,
+}
+
+/// `POST /api/v1/workspaces/{id}/files/restore`: bring a file back from the trash, or make an old version
+/// current again (as a new version, so history is never rewritten).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RestoreRequest {
+    /// The file's path.
+    pub path: WsPath,
+    /// The version to restore; default: the latest (from the trash) or the previous one.
+    pub version: Option<u64>,
+}
+
+/// Kind of a change journal entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// A new version became current (upload or restore).
+    Upsert,
+    /// The file went to the trash.
+    Delete,
+}
+
+/// One entry of the per-workspace change journal.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Change {
+    /// Monotonic sequence number within the workspace.
+    pub seq: u64,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// File id.
+    pub file_id: FileId,
+    /// Path.
+    pub path: WsPath,
+    /// Version number after the change.
+    pub version: u64,
+}
+
+/// `GET /api/v1/workspaces/{id}/changes?since=N` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChangeList {
+    /// Changes with `seq > since`, oldest first.
+    pub changes: Vec<Change>,
+    /// The highest sequence number returned (or `since` when none): pass it as the next `since`.
+    pub latest: u64,
+    /// More changes are waiting beyond this page.
+    pub more: bool,
+}

@@ -1,0 +1,196 @@
+//! Workspaces, their keys and their members.
+//!
+//! Each workspace gets two random 256-bit keys at creation: a data key that seals its chunks at rest and a
+//! chunk-id key that keys its content addresses. Both are stored only wrapped by the server master key (which
+//! lives in a file or the environment, never the database); deleting the workspace deletes the wrapped keys,
+//! which makes every chunk it ever stored unreadable even if a backup of the chunk store survives.
+
+use cloudsync_chunker::ChunkerParams;
+use cloudsync_crypto::{SecretKey, unwrap_key, wrap_key};
+use cloudsync_store::{MemberRecord, WorkspaceRecord};
+use cloudsync_types::api::{MAX_NAME_BYTES, WorkspaceKeys};
+use cloudsync_types::{AuditEvent, Role, UserId, WorkspaceId};
+
+use crate::{Access, Actor, AuditExt, Core, CoreError, CoreResult};
+
+fn wrap_context(ws: WorkspaceId, which: &str) -> Vec<u8> {
+    let mut c = ws.as_uuid().as_bytes().to_vec();
+    c.extend_from_slice(which.as_bytes());
+    c
+}
+
+fn check_name(name: &str) -> CoreResult<String> {
+    let n = name.trim();
+    if n.is_empty() || n.len() > MAX_NAME_BYTES || n.chars().any(char::is_control) {
+        return Err(CoreError::BadRequest(format!(
+            "a workspace name must be 1 to {MAX_NAME_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(n.to_owned())
+}
+
+impl Core {
+    /// Creates a workspace owned by `actor`.
+    ///
+    /// # Errors
+    /// Invalid name, a name the actor already uses, or E2EE (not available yet).
+    pub async fn create_workspace(&self, actor: &Actor, name: &str, e2ee: bool) -> CoreResult<WorkspaceRecord> {
+        let name = check_name(name)?;
+        if e2ee {
+            return Err(CoreError::NotSupported(
+                "end-to-end encrypted workspaces are not available in this server version yet; create the workspace without --e2e-encryption (its files are still encrypted at rest)".into(),
+            ));
+        }
+        let mine = self.store.workspaces_for_user(actor.user_id).await?;
+        if mine.iter().any(|(w, _)| w.name == name) {
+            return Err(CoreError::Conflict(format!("you already have a workspace named {name:?}; pick another name")));
+        }
+        let id = WorkspaceId::new();
+        let (data, chunk) = (SecretKey::generate(), SecretKey::generate());
+        let ws = WorkspaceRecord {
+            id,
+            name,
+            e2ee,
+            created_ms: self.now_ms(),
+            wrapped_data_key: wrap_key(&self.master, &wrap_context(id, "data"), &data),
+            wrapped_chunk_key: wrap_key(&self.master, &wrap_context(id, "chunk-id"), &chunk),
+        };
+        let row = self.audit(AuditEvent::WorkspaceCreated, Some(actor), Some(id)).target(id.to_string());
+        self.store.create_workspace(&ws, actor.user_id, &[row]).await?;
+        Ok(ws)
+    }
+
+    /// The workspaces the actor belongs to, with their role.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn list_workspaces(&self, actor: &Actor) -> CoreResult<Vec<(WorkspaceRecord, Role)>> {
+        Ok(self.store.workspaces_for_user(actor.user_id).await?)
+    }
+
+    /// The workspace record.
+    ///
+    /// # Errors
+    /// `NotFound` when it vanished.
+    pub async fn workspace(&self, access: &Access) -> CoreResult<WorkspaceRecord> {
+        self.store.workspace(access.workspace).await?.ok_or(CoreError::NotFound("workspace"))
+    }
+
+    pub(crate) async fn keys(&self, ws: WorkspaceId) -> CoreResult<(SecretKey, SecretKey)> {
+        let rec = self.store.workspace(ws).await?.ok_or(CoreError::NotFound("workspace"))?;
+        let data = unwrap_key(&self.master, &wrap_context(ws, "data"), &rec.wrapped_data_key)
+            .map_err(|_| CoreError::Internal("a workspace data key does not open under the master key".into()))?;
+        let chunk = unwrap_key(&self.master, &wrap_context(ws, "chunk-id"), &rec.wrapped_chunk_key)
+            .map_err(|_| CoreError::Internal("a workspace chunk-id key does not open under the master key".into()))?;
+        Ok((data, chunk))
+    }
+
+    /// What a member's client needs to address chunks.
+    ///
+    /// # Errors
+    /// A store or key failure.
+    pub async fn workspace_keys(&self, access: &Access) -> CoreResult<WorkspaceKeys> {
+        let (_, chunk) = self.keys(access.workspace).await?;
+        let p = ChunkerParams::DEFAULT;
+        Ok(WorkspaceKeys { chunk_id_key: chunk.to_hex().to_string(), chunk_min: p.min, chunk_avg: p.avg, chunk_max: p.max })
+    }
+
+    /// Deletes the workspace: its keys first (crypto-shredding), then metadata, then stored chunks.
+    ///
+    /// # Errors
+    /// A store failure. Chunk removal failures are logged, not returned: the chunks are already unreadable.
+    pub async fn delete_workspace(&self, access: &Access) -> CoreResult<()> {
+        let row = self
+            .audit(AuditEvent::WorkspaceDeleted, Some(&access.actor), None)
+            .target(access.workspace.to_string());
+        if !self.store.delete_workspace(access.workspace, &[row]).await? {
+            return Err(CoreError::NotFound("workspace"));
+        }
+        if let Err(e) = self.blobs.delete_workspace(access.workspace).await {
+            tracing::warn!(workspace = %access.workspace, error = %e, "chunks of a deleted workspace were not all removed; they are unreadable without its key");
+        }
+        Ok(())
+    }
+
+    /// Members by email.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn list_members(&self, access: &Access) -> CoreResult<Vec<MemberRecord>> {
+        Ok(self.store.list_members(access.workspace).await?)
+    }
+
+    fn may_manage(access: &Access, target_role: Role, new_role: Option<Role>) -> CoreResult<()> {
+        if access.role == Role::Owner {
+            return Ok(());
+        }
+        let too_high = target_role >= Role::Admin || new_role.is_some_and(|r| r >= Role::Admin);
+        if access.role < Role::Admin || too_high {
+            return Err(CoreError::Forbidden(
+                "admins manage viewers and editors only; ask an owner to manage admins and owners".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn member(&self, access: &Access, user: UserId) -> CoreResult<MemberRecord> {
+        self.store
+            .list_members(access.workspace)
+            .await?
+            .into_iter()
+            .find(|m| m.user_id == user)
+            .ok_or(CoreError::NotFound("member"))
+    }
+
+    /// Adds an existing account as a member.
+    ///
+    /// # Errors
+    /// Unknown account, already a member, or a role the actor may not give.
+    pub async fn add_member(&self, access: &Access, email: &str, role: Role) -> CoreResult<MemberRecord> {
+        Self::may_manage(access, Role::Viewer, Some(role))?;
+        let email = crate::auth::normalize_email(email)?;
+        let user = self.store.user_by_email(&email).await?.ok_or(CoreError::NotFound("account with that email"))?;
+        let row = self
+            .audit(AuditEvent::MemberAdded, Some(&access.actor), Some(access.workspace))
+            .target(user.id.to_string())
+            .detail("role", role.as_str());
+        self.store.add_member(access.workspace, user.id, role, &[row]).await.map_err(|e| match e {
+            cloudsync_store::StoreError::Conflict(_) => {
+                CoreError::Conflict(format!("{email} is already a member; use `members set-role` to change the role"))
+            }
+            other => other.into(),
+        })?;
+        self.member(access, user.id).await
+    }
+
+    /// Changes a member's role.
+    ///
+    /// # Errors
+    /// Not a member, a change the actor may not make, or the last Owner.
+    pub async fn set_member_role(&self, access: &Access, user: UserId, role: Role) -> CoreResult<MemberRecord> {
+        let current = self.member(access, user).await?;
+        Self::may_manage(access, current.role, Some(role))?;
+        let row = self
+            .audit(AuditEvent::PermissionChanged, Some(&access.actor), Some(access.workspace))
+            .target(user.to_string())
+            .detail("old_role", current.role.as_str())
+            .detail("new_role", role.as_str());
+        self.store.set_member_role(access.workspace, user, role, &[row]).await?;
+        self.member(access, user).await
+    }
+
+    /// Removes a member.
+    ///
+    /// # Errors
+    /// Not a member, a removal the actor may not make, or the last Owner.
+    pub async fn remove_member(&self, access: &Access, user: UserId) -> CoreResult<()> {
+        let current = self.member(access, user).await?;
+        Self::may_manage(access, current.role, None)?;
+        let row = self
+            .audit(AuditEvent::MemberRemoved, Some(&access.actor), Some(access.workspace))
+            .target(user.to_string())
+            .detail("role", current.role.as_str());
+        self.store.remove_member(access.workspace, user, &[row]).await?;
+        Ok(())
+    }
+}

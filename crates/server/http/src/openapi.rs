@@ -1,0 +1,45 @@
+//! The OpenAPI document, generated from the handlers' annotations and the shared types.
+
+use axum::response::IntoResponse;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "CloudSync API", description = "Self-hosted, encrypted file sync. All calls but health, login and this document need `Authorization: Bearer TOKEN`."),
+    paths(
+        routes::health, routes::login, routes::logout, routes::whoami, routes::list_devices, routes::revoke_device,
+        routes::create_user, routes::list_workspaces, routes::create_workspace, routes::get_workspace,
+        routes::delete_workspace, routes::workspace_keys, routes::list_members, routes::add_member,
+        routes::set_member_role, routes::remove_member, routes::missing_chunks, routes::upload_chunks,
+        routes::get_chunk, routes::commit, routes::list_files, routes::manifest, routes::content, routes::versions,
+        routes::delete_files, routes::restore, routes::trash, routes::changes, openapi_json,
+    ),
+    modifiers(&Bearer),
+)]
+struct ApiDoc;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        doc.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new())]);
+    }
+}
+
+/// The document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "server", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub(crate) async fn openapi_json() -> impl IntoResponse {
+    axum::Json(document())
+}

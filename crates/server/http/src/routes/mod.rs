@@ -1,0 +1,109 @@
+//! The whole API on one screen. Every route's permission is in its handler's signature (an extractor);
+//! [`ROUTES`] restates them so a table test can walk every route with every role and prove each lower role is
+//! refused, and so the OpenAPI document and this table cannot drift apart.
+
+mod auth;
+mod chunks;
+mod files;
+mod members;
+mod workspaces;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post, put};
+use cloudsync_types::Role;
+
+use crate::AppState;
+
+pub(crate) use auth::*;
+pub(crate) use chunks::*;
+pub(crate) use files::*;
+pub(crate) use members::*;
+pub(crate) use workspaces::*;
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Nothing (health, login, API document).
+    Public,
+    /// Any signed-in account.
+    Session,
+    /// A server administrator.
+    ServerAdmin,
+    /// Membership of the workspace in the path with at least this role.
+    Role(Role),
+}
+
+/// Every route: method, path (OpenAPI syntax), permission.
+pub const ROUTES: &[(&str, &str, Needs)] = &[
+    ("GET", "/api/v1/health", Needs::Public),
+    ("GET", "/api/v1/openapi.json", Needs::Public),
+    ("POST", "/api/v1/auth/login", Needs::Public),
+    ("POST", "/api/v1/auth/logout", Needs::Session),
+    ("GET", "/api/v1/auth/whoami", Needs::Session),
+    ("GET", "/api/v1/devices", Needs::Session),
+    ("DELETE", "/api/v1/devices/{id}", Needs::Session),
+    ("POST", "/api/v1/users", Needs::ServerAdmin),
+    ("GET", "/api/v1/workspaces", Needs::Session),
+    ("POST", "/api/v1/workspaces", Needs::Session),
+    ("GET", "/api/v1/workspaces/{ws}", Needs::Role(Role::Viewer)),
+    ("DELETE", "/api/v1/workspaces/{ws}", Needs::Role(Role::Owner)),
+    ("GET", "/api/v1/workspaces/{ws}/keys", Needs::Role(Role::Viewer)),
+    ("GET", "/api/v1/workspaces/{ws}/members", Needs::Role(Role::Viewer)),
+    ("POST", "/api/v1/workspaces/{ws}/members", Needs::Role(Role::Admin)),
+    ("PUT", "/api/v1/workspaces/{ws}/members/{user}", Needs::Role(Role::Admin)),
+    ("DELETE", "/api/v1/workspaces/{ws}/members/{user}", Needs::Role(Role::Admin)),
+    ("POST", "/api/v1/workspaces/{ws}/chunks/missing", Needs::Role(Role::Editor)),
+    ("POST", "/api/v1/workspaces/{ws}/chunks", Needs::Role(Role::Editor)),
+    ("GET", "/api/v1/workspaces/{ws}/chunks/{chunk}", Needs::Role(Role::Viewer)),
+    ("POST", "/api/v1/workspaces/{ws}/files/commit", Needs::Role(Role::Editor)),
+    ("GET", "/api/v1/workspaces/{ws}/files", Needs::Role(Role::Viewer)),
+    ("GET", "/api/v1/workspaces/{ws}/files/manifest", Needs::Role(Role::Viewer)),
+    ("GET", "/api/v1/workspaces/{ws}/files/content", Needs::Role(Role::Viewer)),
+    ("GET", "/api/v1/workspaces/{ws}/files/versions", Needs::Role(Role::Viewer)),
+    ("POST", "/api/v1/workspaces/{ws}/files/delete", Needs::Role(Role::Admin)),
+    ("POST", "/api/v1/workspaces/{ws}/files/restore", Needs::Role(Role::Admin)),
+    ("GET", "/api/v1/workspaces/{ws}/trash", Needs::Role(Role::Viewer)),
+    ("GET", "/api/v1/workspaces/{ws}/changes", Needs::Role(Role::Viewer)),
+];
+
+/// Largest JSON body (a commit of a ~16 GB file's manifest fits).
+const JSON_LIMIT: usize = 32 * 1024 * 1024;
+
+/// The API router.
+pub fn api() -> Router<AppState> {
+    let ws = Router::new()
+        .route("/", get(get_workspace).delete(delete_workspace))
+        .route("/keys", get(workspace_keys))
+        .route("/members", get(list_members).post(add_member))
+        .route("/members/{user}", put(set_member_role).delete(remove_member))
+        .route("/chunks/missing", post(missing_chunks))
+        .route("/chunks", post(upload_chunks).layer(DefaultBodyLimit::disable()))
+        .route("/chunks/{chunk}", get(get_chunk))
+        .route("/files/commit", post(commit))
+        .route("/files", get(list_files))
+        .route("/files/manifest", get(manifest))
+        .route("/files/content", get(content))
+        .route("/files/versions", get(versions))
+        .route("/files/delete", post(delete_files))
+        .route("/files/restore", post(restore))
+        .route("/trash", get(trash))
+        .route("/changes", get(changes));
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/openapi.json", get(crate::openapi::openapi_json))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/auth/whoami", get(whoami))
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{id}", delete(revoke_device))
+        .route("/api/v1/users", post(create_user))
+        .route("/api/v1/workspaces", get(list_workspaces).post(create_workspace))
+        .route("/api/v1/workspaces/{ws}", get(get_workspace).delete(delete_workspace))
+        .nest("/api/v1/workspaces/{ws}", ws)
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+}
+
+pub(crate) fn time_of(ms: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}

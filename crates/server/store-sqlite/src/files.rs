@@ -1,0 +1,398 @@
+//! Files, versions, trash, the change journal and per-workspace chunk presence.
+//!
+//! A file row is a file's identity; `current_version_id` points at the version that is visible. A commit
+//! inserts the version and moves the pointer in one transaction, after the chunks it references are recorded
+//! as durable, so a reader sees either the old or the new version, never a half.
+
+use async_trait::async_trait;
+use cloudsync_store::{ChangeRecord, FileRecord, FileStore, NewAudit, NewVersion, StoreError, StoreResult, VersionRecord};
+use cloudsync_types::{ChunkId, FileId, VersionId, WorkspaceId, WsPath};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::{SqliteStore, audit::append, i64_of, id, map_err, u64_of};
+
+const SELECT_FILE: &str = "SELECT f.id, f.path, f.current_version, f.current_version_id, f.deleted_ms,
+            v.size, v.content_hash, v.mtime_ms, v.created_ms
+     FROM files f JOIN versions v ON v.id = f.current_version_id";
+
+fn path_of(r: &SqliteRow, col: &str) -> StoreResult<WsPath> {
+    let p: String = r.get(col);
+    WsPath::parse(&p).map_err(|e| StoreError::Backend(format!("stored path {p:?} is invalid: {e}")))
+}
+
+fn file_of(r: &SqliteRow) -> StoreResult<FileRecord> {
+    Ok(FileRecord {
+        id: id(r, "id", FileId::from_uuid),
+        path: path_of(r, "path")?,
+        version: u64_of(r.get("current_version")),
+        version_id: id(r, "current_version_id", VersionId::from_uuid),
+        size: u64_of(r.get("size")),
+        content_hash: r.get("content_hash"),
+        mtime_ms: r.get("mtime_ms"),
+        modified_ms: r.get("created_ms"),
+        deleted_ms: r.get("deleted_ms"),
+    })
+}
+
+async fn live_file(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, path: &WsPath) -> StoreResult<Option<FileRecord>> {
+    let row = sqlx::query(&format!("{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NULL"))
+        .bind(ws.as_uuid())
+        .bind(path.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    row.as_ref().map(file_of).transpose()
+}
+
+async fn file_by_id(tx: &mut Transaction<'_, Sqlite>, fid: FileId) -> StoreResult<FileRecord> {
+    let row = sqlx::query(&format!("{SELECT_FILE} WHERE f.id = ?"))
+        .bind(fid.as_uuid())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    file_of(&row)
+}
+
+async fn journal(
+    tx: &mut Transaction<'_, Sqlite>,
+    ws: WorkspaceId,
+    file: FileId,
+    path: &WsPath,
+    deleted: bool,
+    version: u64,
+) -> StoreResult<()> {
+    let seq: i64 = sqlx::query_scalar("UPDATE workspaces SET journal_seq = journal_seq + 1 WHERE id = ? RETURNING journal_seq")
+        .bind(ws.as_uuid())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(map_err)?
+        .ok_or(StoreError::NotFound)?;
+    sqlx::query("INSERT INTO journal (workspace_id, seq, file_id, path, deleted, version) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(ws.as_uuid())
+        .bind(seq)
+        .bind(file.as_uuid())
+        .bind(path.as_str())
+        .bind(i64::from(deleted))
+        .bind(i64_of(version))
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
+async fn insert_version(
+    tx: &mut Transaction<'_, Sqlite>,
+    ws: WorkspaceId,
+    file: FileId,
+    number: u64,
+    v: &NewVersion,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO versions (id, file_id, workspace_id, version, size, content_hash, manifest, mtime_ms, created_by, created_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(v.id.as_uuid())
+    .bind(file.as_uuid())
+    .bind(ws.as_uuid())
+    .bind(i64_of(number))
+    .bind(i64_of(v.size))
+    .bind(&v.content_hash)
+    .bind(&v.manifest)
+    .bind(v.mtime_ms)
+    .bind(v.created_by.map(|u| u.as_uuid()))
+    .bind(v.created_ms)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    sqlx::query("UPDATE files SET current_version = ?, current_version_id = ? WHERE id = ?")
+        .bind(i64_of(number))
+        .bind(v.id.as_uuid())
+        .bind(file.as_uuid())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
+fn prefix_bounds(prefix: &WsPath) -> (String, String) {
+    // Everything strictly below `prefix/` sorts in [prefix + "/", prefix + "0"): '0' is the byte after '/'.
+    (format!("{}/", prefix.as_str()), format!("{}0", prefix.as_str()))
+}
+
+#[async_trait]
+impl FileStore for SqliteStore {
+    async fn missing_chunks(&self, ws: WorkspaceId, ids: &[ChunkId]) -> StoreResult<Vec<ChunkId>> {
+        let mut missing = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        for cid in ids {
+            if !seen.insert(*cid) {
+                continue;
+            }
+            let present: Option<i64> = sqlx::query_scalar("SELECT 1 FROM chunks WHERE workspace_id = ? AND chunk_id = ?")
+                .bind(ws.as_uuid())
+                .bind(&cid.0[..])
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            if present.is_none() {
+                missing.push(*cid);
+            }
+        }
+        Ok(missing)
+    }
+
+    async fn record_chunk(&self, ws: WorkspaceId, cid: ChunkId, size: u32, stored_size: u32) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "INSERT INTO chunks (workspace_id, chunk_id, size, stored_size, created_ms) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(ws.as_uuid())
+        .bind(&cid.0[..])
+        .bind(i64::from(size))
+        .bind(i64::from(stored_size))
+        .bind(crate::now_ms())
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn commit_version(
+        &self,
+        ws: WorkspaceId,
+        path: &WsPath,
+        base: Option<u64>,
+        version: &NewVersion,
+        audit: &[NewAudit],
+    ) -> StoreResult<FileRecord> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let live = live_file(&mut tx, ws, path).await?;
+        let (fid, number) = match (&live, base) {
+            (None, None) => {
+                let fid = FileId::new();
+                sqlx::query(
+                    "INSERT INTO files (id, workspace_id, path, current_version, current_version_id) VALUES (?, ?, ?, 0, ?)",
+                )
+                .bind(fid.as_uuid())
+                .bind(ws.as_uuid())
+                .bind(path.as_str())
+                .bind(version.id.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                (fid, 1)
+            }
+            (Some(f), Some(b)) if f.version == b => (f.id, b + 1),
+            (live, _) => return Err(StoreError::StaleBase { current: live.as_ref().map(|f| f.version) }),
+        };
+        insert_version(&mut tx, ws, fid, number, version).await?;
+        journal(&mut tx, ws, fid, path, false, number).await?;
+        append(&mut tx, audit).await?;
+        let rec = file_by_id(&mut tx, fid).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(rec)
+    }
+
+    async fn file_by_path(&self, ws: WorkspaceId, path: &WsPath) -> StoreResult<Option<FileRecord>> {
+        let row = sqlx::query(&format!("{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NULL"))
+            .bind(ws.as_uuid())
+            .bind(path.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(file_of).transpose()
+    }
+
+    async fn list_files(
+        &self,
+        ws: WorkspaceId,
+        prefix: &WsPath,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<FileRecord>> {
+        let after = after.unwrap_or("");
+        let rows = if prefix.is_root() {
+            sqlx::query(&format!(
+                "{SELECT_FILE} WHERE f.workspace_id = ? AND f.deleted_ms IS NULL AND f.path > ? ORDER BY f.path LIMIT ?"
+            ))
+            .bind(ws.as_uuid())
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+        } else {
+            let (lo, hi) = prefix_bounds(prefix);
+            sqlx::query(&format!(
+                "{SELECT_FILE} WHERE f.workspace_id = ? AND f.deleted_ms IS NULL AND f.path > ?
+                   AND (f.path = ? OR (f.path >= ? AND f.path < ?)) ORDER BY f.path LIMIT ?"
+            ))
+            .bind(ws.as_uuid())
+            .bind(after)
+            .bind(prefix.as_str())
+            .bind(lo)
+            .bind(hi)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+        }
+        .map_err(map_err)?;
+        rows.iter().map(file_of).collect()
+    }
+
+    async fn version(&self, ws: WorkspaceId, file: FileId, version: u64) -> StoreResult<Option<VersionRecord>> {
+        let row = sqlx::query(
+            "SELECT v.*, u.email FROM versions v LEFT JOIN users u ON u.id = v.created_by
+             WHERE v.workspace_id = ? AND v.file_id = ? AND v.version = ?",
+        )
+        .bind(ws.as_uuid())
+        .bind(file.as_uuid())
+        .bind(i64_of(version))
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(row.as_ref().map(version_of))
+    }
+
+    async fn list_versions(&self, ws: WorkspaceId, file: FileId) -> StoreResult<Vec<VersionRecord>> {
+        let rows = sqlx::query(
+            "SELECT v.*, u.email FROM versions v LEFT JOIN users u ON u.id = v.created_by
+             WHERE v.workspace_id = ? AND v.file_id = ? ORDER BY v.version DESC",
+        )
+        .bind(ws.as_uuid())
+        .bind(file.as_uuid())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(rows.iter().map(version_of).collect())
+    }
+
+    async fn delete_path(
+        &self,
+        ws: WorkspaceId,
+        path: &WsPath,
+        at_ms: i64,
+        audit: &[NewAudit],
+    ) -> StoreResult<Vec<FileRecord>> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let (lo, hi) = prefix_bounds(path);
+        let rows = sqlx::query(&format!(
+            "{SELECT_FILE} WHERE f.workspace_id = ? AND f.deleted_ms IS NULL AND (f.path = ? OR (f.path >= ? AND f.path < ?))
+             ORDER BY f.path"
+        ))
+        .bind(ws.as_uuid())
+        .bind(path.as_str())
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let mut gone = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut f = file_of(r)?;
+            sqlx::query("UPDATE files SET deleted_ms = ? WHERE id = ?")
+                .bind(at_ms)
+                .bind(f.id.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            journal(&mut tx, ws, f.id, &f.path, true, f.version).await?;
+            f.deleted_ms = Some(at_ms);
+            gone.push(f);
+        }
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        append(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(gone)
+    }
+
+    async fn list_trash(&self, ws: WorkspaceId) -> StoreResult<Vec<FileRecord>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_FILE} WHERE f.workspace_id = ? AND f.deleted_ms IS NOT NULL ORDER BY f.deleted_ms DESC, f.path"
+        ))
+        .bind(ws.as_uuid())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(file_of).collect()
+    }
+
+    async fn restore_from_trash(
+        &self,
+        ws: WorkspaceId,
+        path: &WsPath,
+        version: Option<NewVersion>,
+        audit: &[NewAudit],
+    ) -> StoreResult<FileRecord> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        if live_file(&mut tx, ws, path).await?.is_some() {
+            return Err(StoreError::Conflict(format!("a file already exists at {path}")));
+        }
+        let row = sqlx::query(&format!(
+            "{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NOT NULL
+             ORDER BY f.deleted_ms DESC LIMIT 1"
+        ))
+        .bind(ws.as_uuid())
+        .bind(path.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let file = file_of(&row.ok_or(StoreError::NotFound)?)?;
+        sqlx::query("UPDATE files SET deleted_ms = NULL WHERE id = ?")
+            .bind(file.id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let number = match &version {
+            Some(v) => {
+                insert_version(&mut tx, ws, file.id, file.version + 1, v).await?;
+                file.version + 1
+            }
+            None => file.version,
+        };
+        journal(&mut tx, ws, file.id, path, false, number).await?;
+        append(&mut tx, audit).await?;
+        let rec = file_by_id(&mut tx, file.id).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(rec)
+    }
+
+    async fn changes(&self, ws: WorkspaceId, since: u64, limit: u32) -> StoreResult<Vec<ChangeRecord>> {
+        let rows = sqlx::query("SELECT * FROM journal WHERE workspace_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+            .bind(ws.as_uuid())
+            .bind(i64_of(since))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChangeRecord {
+                    seq: u64_of(r.get("seq")),
+                    file_id: id(r, "file_id", FileId::from_uuid),
+                    path: path_of(r, "path")?,
+                    deleted: r.get::<i64, _>("deleted") != 0,
+                    version: u64_of(r.get("version")),
+                })
+            })
+            .collect()
+    }
+}
+
+fn version_of(r: &SqliteRow) -> VersionRecord {
+    VersionRecord {
+        id: id(r, "id", VersionId::from_uuid),
+        file_id: id(r, "file_id", FileId::from_uuid),
+        version: u64_of(r.get("version")),
+        size: u64_of(r.get("size")),
+        content_hash: r.get("content_hash"),
+        manifest: r.get("manifest"),
+        mtime_ms: r.get("mtime_ms"),
+        created_by_email: r.get("email"),
+        created_ms: r.get("created_ms"),
+    }
+}

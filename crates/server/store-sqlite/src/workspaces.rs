@@ -1,0 +1,226 @@
+//! Workspaces, their wrapped keys, and members. The last-Owner rule is checked inside the write transaction,
+//! so two Admins demoting each other at once cannot leave a workspace ownerless.
+
+use async_trait::async_trait;
+use cloudsync_store::{MemberRecord, NewAudit, StoreError, StoreResult, WorkspaceRecord, WorkspaceStore};
+use cloudsync_types::{Role, UserId, WorkspaceId};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::{SqliteStore, audit::append, id, map_err};
+
+fn workspace_of(r: &SqliteRow) -> WorkspaceRecord {
+    WorkspaceRecord {
+        id: id(r, "id", WorkspaceId::from_uuid),
+        name: r.get("name"),
+        e2ee: r.get::<i64, _>("e2ee") != 0,
+        created_ms: r.get("created_ms"),
+        wrapped_data_key: r.get("wrapped_data_key"),
+        wrapped_chunk_key: r.get("wrapped_chunk_key"),
+    }
+}
+
+fn role_of(s: &str) -> StoreResult<Role> {
+    s.parse().map_err(|e| StoreError::Backend(format!("{e}")))
+}
+
+async fn role_in(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, user: UserId) -> StoreResult<Option<Role>> {
+    let r: Option<String> = sqlx::query_scalar("SELECT role FROM members WHERE workspace_id = ? AND user_id = ?")
+        .bind(ws.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    r.as_deref().map(role_of).transpose()
+}
+
+async fn other_owners(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, user: UserId) -> StoreResult<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM members WHERE workspace_id = ? AND role = 'owner' AND user_id <> ?")
+        .bind(ws.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(map_err)
+}
+
+const SELECT_WS: &str = "SELECT w.id, w.name, w.e2ee, w.created_ms, k.wrapped_data_key, k.wrapped_chunk_key
+     FROM workspaces w JOIN workspace_keys k ON k.workspace_id = w.id";
+
+#[async_trait]
+impl WorkspaceStore for SqliteStore {
+    async fn create_workspace(&self, ws: &WorkspaceRecord, owner: UserId, audit: &[NewAudit]) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        sqlx::query("INSERT INTO workspaces (id, name, e2ee, created_ms) VALUES (?, ?, ?, ?)")
+            .bind(ws.id.as_uuid())
+            .bind(&ws.name)
+            .bind(i64::from(ws.e2ee))
+            .bind(ws.created_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query("INSERT INTO workspace_keys (workspace_id, wrapped_data_key, wrapped_chunk_key) VALUES (?, ?, ?)")
+            .bind(ws.id.as_uuid())
+            .bind(&ws.wrapped_data_key)
+            .bind(&ws.wrapped_chunk_key)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query("INSERT INTO members (workspace_id, user_id, role, added_ms) VALUES (?, ?, 'owner', ?)")
+            .bind(ws.id.as_uuid())
+            .bind(owner.as_uuid())
+            .bind(ws.created_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        append(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn workspace(&self, wid: WorkspaceId) -> StoreResult<Option<WorkspaceRecord>> {
+        let row = sqlx::query(&format!("{SELECT_WS} WHERE w.id = ?"))
+            .bind(wid.as_uuid())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(row.as_ref().map(workspace_of))
+    }
+
+    async fn workspaces_for_user(&self, user: UserId) -> StoreResult<Vec<(WorkspaceRecord, Role)>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_WS} JOIN members m ON m.workspace_id = w.id WHERE m.user_id = ? ORDER BY w.name, w.id"
+        ))
+        .bind(user.as_uuid())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let roles = sqlx::query("SELECT workspace_id, role FROM members WHERE user_id = ?")
+            .bind(user.as_uuid())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let ws = workspace_of(r);
+                let role = roles
+                    .iter()
+                    .find(|m| m.get::<uuid::Uuid, _>("workspace_id") == ws.id.as_uuid())
+                    .map(|m| m.get::<String, _>("role"))
+                    .ok_or(StoreError::NotFound)?;
+                Ok((ws, role_of(&role)?))
+            })
+            .collect()
+    }
+
+    async fn delete_workspace(&self, wid: WorkspaceId, audit: &[NewAudit]) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        // Keys first and explicitly: this is the crypto-shredding step.
+        sqlx::query("DELETE FROM workspace_keys WHERE workspace_id = ?")
+            .bind(wid.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        for table in ["journal", "versions", "files", "chunks", "members"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE workspace_id = ?"))
+                .bind(wid.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        let n = sqlx::query("DELETE FROM workspaces WHERE id = ?")
+            .bind(wid.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        append(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn member_role(&self, ws: WorkspaceId, user: UserId) -> StoreResult<Option<Role>> {
+        let r: Option<String> = sqlx::query_scalar("SELECT role FROM members WHERE workspace_id = ? AND user_id = ?")
+            .bind(ws.as_uuid())
+            .bind(user.as_uuid())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        r.as_deref().map(role_of).transpose()
+    }
+
+    async fn list_members(&self, ws: WorkspaceId) -> StoreResult<Vec<MemberRecord>> {
+        let rows = sqlx::query(
+            "SELECT m.user_id, u.email, m.role, m.added_ms FROM members m JOIN users u ON u.id = m.user_id
+             WHERE m.workspace_id = ? ORDER BY u.email",
+        )
+        .bind(ws.as_uuid())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(MemberRecord {
+                    user_id: id(r, "user_id", UserId::from_uuid),
+                    email: r.get("email"),
+                    role: role_of(&r.get::<String, _>("role"))?,
+                    added_ms: r.get("added_ms"),
+                })
+            })
+            .collect()
+    }
+
+    async fn add_member(&self, ws: WorkspaceId, user: UserId, role: Role, audit: &[NewAudit]) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let now = audit.first().map_or(0, |a| a.at_ms);
+        sqlx::query("INSERT INTO members (workspace_id, user_id, role, added_ms) VALUES (?, ?, ?, ?)")
+            .bind(ws.as_uuid())
+            .bind(user.as_uuid())
+            .bind(role.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match map_err(e) {
+                StoreError::Conflict(_) => StoreError::Conflict("already a member".into()),
+                other => other,
+            })?;
+        append(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn set_member_role(&self, ws: WorkspaceId, user: UserId, role: Role, audit: &[NewAudit]) -> StoreResult<Role> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let old = role_in(&mut tx, ws, user).await?.ok_or(StoreError::NotFound)?;
+        if old == Role::Owner && role != Role::Owner && other_owners(&mut tx, ws, user).await? == 0 {
+            return Err(StoreError::LastOwner);
+        }
+        sqlx::query("UPDATE members SET role = ? WHERE workspace_id = ? AND user_id = ?")
+            .bind(role.as_str())
+            .bind(ws.as_uuid())
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        append(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(old)
+    }
+
+    async fn remove_member(&self, ws: WorkspaceId, user: UserId, audit: &[NewAudit]) -> StoreResult<Role> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let old = role_in(&mut tx, ws, user).await?.ok_or(StoreError::NotFound)?;
+        if old == Role::Owner && other_owners(&mut tx, ws, user).await? == 0 {
+            return Err(StoreError::LastOwner);
+        }
+        sqlx::query("DELETE FROM members WHERE workspace_id = ? AND user_id = ?")
+            .bind(ws.as_uuid())
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        append(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(old)
+    }
+}

@@ -1,0 +1,153 @@
+//! The metadata store: one trait per aggregate (users and sessions, workspaces and members, files and chunks,
+//! audit, rate limits), and one crate per database backend that implements them all. Everything above the store
+//! talks to `dyn Store`; only the binary picks the backend, by URL scheme.
+//!
+//! Every mutating method takes the audit rows that describe it and writes them in the same database
+//! transaction, so an action is never visible without its audit row (and an audit row never describes an
+//! action that rolled back). The audit hash chain is computed here ([`audit_row_hash`]) so every backend
+//! chains rows identically.
+//!
+//! [`story`] is the conformance story: one scenario every backend must pass.
+
+mod audit;
+mod error;
+mod records;
+pub mod story;
+
+use async_trait::async_trait;
+use cloudsync_types::{ChunkId, FileId, Role, SessionId, UserId, WorkspaceId, WsPath};
+
+pub use audit::{AuditRow, GLOBAL_CHAIN, NewAudit, audit_row_hash, verify_chain};
+pub use error::{StoreError, StoreResult};
+pub use records::{
+    ChangeRecord, FileRecord, MemberRecord, NewVersion, SessionRecord, UserRecord, VersionRecord, WorkspaceRecord,
+};
+
+/// Accounts and their sessions (devices).
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Creates an account. `Conflict` when the email is taken.
+    async fn create_user(&self, user: &UserRecord, audit: &[NewAudit]) -> StoreResult<()>;
+    /// Looks an account up by (lower-case) email.
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
+    /// Looks an account up by id.
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+    /// How many accounts exist.
+    async fn count_users(&self) -> StoreResult<u64>;
+
+    /// Stores a new session.
+    async fn create_session(&self, session: &SessionRecord, audit: &[NewAudit]) -> StoreResult<()>;
+    /// Finds a session by the hash of its token.
+    async fn session_by_token_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>>;
+    /// Records a use of the session.
+    async fn touch_session(&self, id: SessionId, at_ms: i64, ip: &str) -> StoreResult<()>;
+    /// The user's sessions, newest first.
+    async fn list_sessions(&self, user: UserId) -> StoreResult<Vec<SessionRecord>>;
+    /// Deletes one of the user's sessions; false when it did not exist (or is another user's).
+    async fn delete_session(&self, user: UserId, id: SessionId, audit: &[NewAudit]) -> StoreResult<bool>;
+}
+
+/// Workspaces, their wrapped keys and their members.
+#[async_trait]
+pub trait WorkspaceStore: Send + Sync {
+    /// Creates a workspace with `owner` as its first Owner.
+    async fn create_workspace(&self, ws: &WorkspaceRecord, owner: UserId, audit: &[NewAudit]) -> StoreResult<()>;
+    /// A workspace by id.
+    async fn workspace(&self, id: WorkspaceId) -> StoreResult<Option<WorkspaceRecord>>;
+    /// The workspaces `user` is a member of, with the user's role, by name.
+    async fn workspaces_for_user(&self, user: UserId) -> StoreResult<Vec<(WorkspaceRecord, Role)>>;
+    /// Deletes a workspace and everything it holds, including its wrapped keys (crypto-shredding). Audit rows
+    /// stay. Returns false when it did not exist.
+    async fn delete_workspace(&self, id: WorkspaceId, audit: &[NewAudit]) -> StoreResult<bool>;
+
+    /// The role of `user` in `ws`, or None for a non-member.
+    async fn member_role(&self, ws: WorkspaceId, user: UserId) -> StoreResult<Option<Role>>;
+    /// Members ordered by email.
+    async fn list_members(&self, ws: WorkspaceId) -> StoreResult<Vec<MemberRecord>>;
+    /// Adds a member; `Conflict` when already a member.
+    async fn add_member(&self, ws: WorkspaceId, user: UserId, role: Role, audit: &[NewAudit]) -> StoreResult<()>;
+    /// Changes a member's role; `LastOwner` when that would leave the workspace without an Owner, `NotFound`
+    /// for a non-member. Returns the previous role.
+    async fn set_member_role(&self, ws: WorkspaceId, user: UserId, role: Role, audit: &[NewAudit])
+    -> StoreResult<Role>;
+    /// Removes a member; `LastOwner` / `NotFound` as for [`WorkspaceStore::set_member_role`]. Returns the role.
+    async fn remove_member(&self, ws: WorkspaceId, user: UserId, audit: &[NewAudit]) -> StoreResult<Role>;
+}
+
+/// Files, versions, trash, the change journal, and which chunks a workspace holds.
+#[async_trait]
+pub trait FileStore: Send + Sync {
+    /// Of `ids`, those this workspace does not hold (in the order given, without duplicates).
+    async fn missing_chunks(&self, ws: WorkspaceId, ids: &[ChunkId]) -> StoreResult<Vec<ChunkId>>;
+    /// Records that a chunk is durably stored for this workspace (idempotent). Returns false if it already was.
+    async fn record_chunk(&self, ws: WorkspaceId, id: ChunkId, size: u32, stored_size: u32) -> StoreResult<bool>;
+
+    /// Makes a new version of `path` current, if the live file's version equals `base` (`None`: no live file).
+    /// `StaleBase` otherwise. Appends to the change journal.
+    async fn commit_version(
+        &self,
+        ws: WorkspaceId,
+        path: &WsPath,
+        base: Option<u64>,
+        version: &NewVersion,
+        audit: &[NewAudit],
+    ) -> StoreResult<FileRecord>;
+    /// The live file at `path`.
+    async fn file_by_path(&self, ws: WorkspaceId, path: &WsPath) -> StoreResult<Option<FileRecord>>;
+    /// Live files under `prefix` (the file itself when `prefix` names one), path order, after `after`.
+    async fn list_files(
+        &self,
+        ws: WorkspaceId,
+        prefix: &WsPath,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<FileRecord>>;
+    /// One version of a file (live or in the trash).
+    async fn version(&self, ws: WorkspaceId, file: FileId, version: u64) -> StoreResult<Option<VersionRecord>>;
+    /// All versions of a file, newest first.
+    async fn list_versions(&self, ws: WorkspaceId, file: FileId) -> StoreResult<Vec<VersionRecord>>;
+    /// Moves the file at `path`, or every live file below it, to the trash. Returns the files moved.
+    async fn delete_path(
+        &self,
+        ws: WorkspaceId,
+        path: &WsPath,
+        at_ms: i64,
+        audit: &[NewAudit],
+    ) -> StoreResult<Vec<FileRecord>>;
+    /// Files in the trash, most recently deleted first.
+    async fn list_trash(&self, ws: WorkspaceId) -> StoreResult<Vec<FileRecord>>;
+    /// Brings the most recently deleted file at `path` back (`Conflict` if a live file holds the path), then,
+    /// if `version` is given, commits a copy of that version as the new current one.
+    async fn restore_from_trash(
+        &self,
+        ws: WorkspaceId,
+        path: &WsPath,
+        version: Option<NewVersion>,
+        audit: &[NewAudit],
+    ) -> StoreResult<FileRecord>;
+    /// Journal entries with `seq > since`, oldest first.
+    async fn changes(&self, ws: WorkspaceId, since: u64, limit: u32) -> StoreResult<Vec<ChangeRecord>>;
+}
+
+/// The append-only audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends rows that belong to no other write (a failed login, a download).
+    async fn append_audit(&self, audit: &[NewAudit]) -> StoreResult<()>;
+    /// The rows of one chain (a workspace id, or [`GLOBAL_CHAIN`]) in chain order.
+    async fn audit_chain(&self, chain: &str, after_seq: u64, limit: u32) -> StoreResult<Vec<AuditRow>>;
+}
+
+/// Fixed-window counters shared by every server process (nothing that must be shared lives in memory).
+#[async_trait]
+pub trait RateLimitStore: Send + Sync {
+    /// Counts one hit on `key` in the window starting at `window_start_ms` and returns the count so far in that
+    /// window (a new window starts at 1).
+    async fn rate_limit_hit(&self, key: &str, window_start_ms: i64) -> StoreResult<u32>;
+    /// Forgets `key` (after a successful login, say).
+    async fn rate_limit_clear(&self, key: &str) -> StoreResult<()>;
+}
+
+/// The whole store.
+pub trait Store: UserStore + WorkspaceStore + FileStore + AuditStore + RateLimitStore + std::fmt::Debug {}
+impl<T: UserStore + WorkspaceStore + FileStore + AuditStore + RateLimitStore + std::fmt::Debug> Store for T {}

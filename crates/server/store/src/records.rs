@@ -1,0 +1,167 @@
+//! Rows as the store hands them out. Times are Unix milliseconds; the layers above turn them into dates.
+
+use cloudsync_types::{FileId, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
+
+/// An account.
+#[derive(Clone)]
+pub struct UserRecord {
+    /// Id.
+    pub id: UserId,
+    /// Lower-case email.
+    pub email: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Server administrator.
+    pub is_admin: bool,
+    /// Creation time.
+    pub created_ms: i64,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("is_admin", &self.is_admin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session (one device's login). Only the token's hash is stored.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// Id.
+    pub id: SessionId,
+    /// Owner.
+    pub user_id: UserId,
+    /// Hash of the bearer token.
+    pub token_hash: [u8; 32],
+    /// Device name.
+    pub device_name: String,
+    /// Creation time.
+    pub created_ms: i64,
+    /// Last use.
+    pub last_seen_ms: i64,
+    /// Address of the last use.
+    pub last_ip: String,
+}
+
+/// A workspace with its keys wrapped by the server master key.
+#[derive(Clone)]
+pub struct WorkspaceRecord {
+    /// Id.
+    pub id: WorkspaceId,
+    /// Display name.
+    pub name: String,
+    /// End-to-end encrypted.
+    pub e2ee: bool,
+    /// Creation time.
+    pub created_ms: i64,
+    /// The data key (seals chunks at rest), wrapped by the master key.
+    pub wrapped_data_key: Vec<u8>,
+    /// The chunk-id key (keys content addresses), wrapped by the master key.
+    pub wrapped_chunk_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for WorkspaceRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkspaceRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("e2ee", &self.e2ee)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A member with the account's email.
+#[derive(Debug, Clone)]
+pub struct MemberRecord {
+    /// Account.
+    pub user_id: UserId,
+    /// Account email.
+    pub email: String,
+    /// Role.
+    pub role: Role,
+    /// When added.
+    pub added_ms: i64,
+}
+
+/// A version about to be committed.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    /// Id of the new version.
+    pub id: VersionId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Content hash, hex.
+    pub content_hash: String,
+    /// Encoded manifest (opaque to the store).
+    pub manifest: Vec<u8>,
+    /// Client modification time.
+    pub mtime_ms: Option<i64>,
+    /// Who commits it.
+    pub created_by: Option<UserId>,
+    /// When.
+    pub created_ms: i64,
+}
+
+/// A file with its current version.
+#[derive(Debug, Clone)]
+pub struct FileRecord {
+    /// File id.
+    pub id: FileId,
+    /// Path.
+    pub path: WsPath,
+    /// Current version number.
+    pub version: u64,
+    /// Current version id.
+    pub version_id: VersionId,
+    /// Size of the current version.
+    pub size: u64,
+    /// Content hash of the current version.
+    pub content_hash: String,
+    /// Client modification time.
+    pub mtime_ms: Option<i64>,
+    /// When the current version was committed.
+    pub modified_ms: i64,
+    /// When it went to the trash (None: live).
+    pub deleted_ms: Option<i64>,
+}
+
+/// One version.
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    /// Version id.
+    pub id: VersionId,
+    /// File.
+    pub file_id: FileId,
+    /// Version number.
+    pub version: u64,
+    /// Size.
+    pub size: u64,
+    /// Content hash.
+    pub content_hash: String,
+    /// Encoded manifest.
+    pub manifest: Vec<u8>,
+    /// Client modification time.
+    pub mtime_ms: Option<i64>,
+    /// Committer's email, if the account still exists.
+    pub created_by_email: Option<String>,
+    /// When.
+    pub created_ms: i64,
+}
+
+/// One change journal entry.
+#[derive(Debug, Clone)]
+pub struct ChangeRecord {
+    /// Sequence number.
+    pub seq: u64,
+    /// File.
+    pub file_id: FileId,
+    /// Path.
+    pub path: WsPath,
+    /// True for a deletion.
+    pub deleted: bool,
+    /// Version after the change.
+    pub version: u64,
+}

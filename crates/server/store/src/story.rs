@@ -1,0 +1,206 @@
+//! The store conformance story: one scenario that walks every method of [`Store`](crate::Store) and checks
+//! the rules the layers above rely on (uniqueness, last owner, stale bases, trash, journal, audit chain,
+//! rate-limit windows). Every backend runs it: SQLite always, PostgreSQL in the interop suite.
+
+use cloudsync_types::{AuditEvent, ChunkId, Outcome, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
+
+use crate::{
+    GLOBAL_CHAIN, NewAudit, NewVersion, SessionRecord, Store, StoreError, UserRecord, WorkspaceRecord, verify_chain,
+};
+
+fn audit(event: AuditEvent, actor: Option<UserId>, ws: Option<WorkspaceId>, at_ms: i64) -> NewAudit {
+    NewAudit {
+        event,
+        outcome: Outcome::Success,
+        actor,
+        workspace: ws,
+        ip: Some("127.0.0.1".into()),
+        target: None,
+        details: serde_json::json!({"story": true}),
+        at_ms,
+    }
+}
+
+fn p(s: &str) -> WsPath {
+    WsPath::parse(s).expect("story paths are valid")
+}
+
+fn version(by: UserId, size: u64, at: i64) -> NewVersion {
+    NewVersion {
+        id: VersionId::new(),
+        size,
+        content_hash: format!("{size:064x}"),
+        manifest: vec![1, 2, 3],
+        mtime_ms: Some(at),
+        created_by: Some(by),
+        created_ms: at,
+    }
+}
+
+fn user(email: &str) -> UserRecord {
+    UserRecord {
+        id: UserId::new(),
+        email: email.into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        is_admin: false,
+        created_ms: 1,
+    }
+}
+
+/// Runs the whole story against a fresh, empty store. Panics with a message naming the broken rule.
+pub async fn story(store: &dyn Store) {
+    // Users.
+    let alice = user("alice@example.com");
+    let bob = user("bob@example.com");
+    store.create_user(&alice, &[audit(AuditEvent::UserCreated, None, None, 1)]).await.expect("create alice");
+    store.create_user(&bob, &[]).await.expect("create bob");
+    let dup = UserRecord { id: UserId::new(), ..alice.clone() };
+    assert!(matches!(store.create_user(&dup, &[]).await, Err(StoreError::Conflict(_))), "duplicate email");
+    assert_eq!(store.count_users().await.expect("count"), 2);
+    assert_eq!(store.user_by_email("alice@example.com").await.expect("by email").expect("alice").id, alice.id);
+    assert_eq!(store.user_by_id(bob.id).await.expect("by id").expect("bob").email, "bob@example.com");
+    assert!(store.user_by_email("nobody@example.com").await.expect("lookup").is_none());
+
+    // Sessions.
+    let s1 = SessionRecord {
+        id: SessionId::new(),
+        user_id: alice.id,
+        token_hash: [1; 32],
+        device_name: "laptop".into(),
+        created_ms: 10,
+        last_seen_ms: 10,
+        last_ip: "127.0.0.1".into(),
+    };
+    let s2 = SessionRecord { id: SessionId::new(), token_hash: [2; 32], device_name: "phone".into(), ..s1.clone() };
+    store.create_session(&s1, &[audit(AuditEvent::AuthLogin, Some(alice.id), None, 10)]).await.expect("s1");
+    store.create_session(&s2, &[]).await.expect("s2");
+    assert_eq!(store.session_by_token_hash(&[1; 32]).await.expect("by hash").expect("s1").id, s1.id);
+    store.touch_session(s1.id, 99, "::1").await.expect("touch");
+    let found = store.session_by_token_hash(&[1; 32]).await.expect("by hash").expect("s1");
+    assert_eq!((found.last_seen_ms, found.last_ip.as_str()), (99, "::1"));
+    assert_eq!(store.list_sessions(alice.id).await.expect("list").len(), 2);
+    assert!(!store.delete_session(bob.id, s1.id, &[]).await.expect("other user's"), "cross-user revoke");
+    assert!(store.delete_session(alice.id, s2.id, &[]).await.expect("revoke"));
+    assert!(store.session_by_token_hash(&[2; 32]).await.expect("lookup").is_none(), "revoked at once");
+
+    // Workspaces and members.
+    let ws = WorkspaceRecord {
+        id: WorkspaceId::new(),
+        name: "Team".into(),
+        e2ee: false,
+        created_ms: 20,
+        wrapped_data_key: vec![9; 61],
+        wrapped_chunk_key: vec![8; 61],
+    };
+    store.create_workspace(&ws, alice.id, &[audit(AuditEvent::WorkspaceCreated, Some(alice.id), Some(ws.id), 20)])
+        .await
+        .expect("create ws");
+    let got = store.workspace(ws.id).await.expect("ws").expect("exists");
+    assert_eq!((got.wrapped_data_key, got.wrapped_chunk_key), (vec![9; 61], vec![8; 61]));
+    assert_eq!(store.member_role(ws.id, alice.id).await.expect("role"), Some(Role::Owner));
+    assert_eq!(store.member_role(ws.id, bob.id).await.expect("role"), None);
+    store.add_member(ws.id, bob.id, Role::Viewer, &[]).await.expect("add bob");
+    assert!(matches!(store.add_member(ws.id, bob.id, Role::Editor, &[]).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.list_members(ws.id).await.expect("members").len(), 2);
+    assert_eq!(store.workspaces_for_user(bob.id).await.expect("mine")[0].1, Role::Viewer);
+    assert_eq!(store.set_member_role(ws.id, bob.id, Role::Editor, &[]).await.expect("promote"), Role::Viewer);
+    assert!(matches!(store.set_member_role(ws.id, alice.id, Role::Admin, &[]).await, Err(StoreError::LastOwner)));
+    assert!(matches!(store.remove_member(ws.id, alice.id, &[]).await, Err(StoreError::LastOwner)));
+    assert!(matches!(store.set_member_role(ws.id, UserId::new(), Role::Admin, &[]).await, Err(StoreError::NotFound)));
+    store.set_member_role(ws.id, bob.id, Role::Owner, &[]).await.expect("second owner");
+    store.set_member_role(ws.id, alice.id, Role::Admin, &[]).await.expect("demote: bob is still owner");
+    store.set_member_role(ws.id, alice.id, Role::Owner, &[]).await.expect("re-promote");
+    assert_eq!(store.remove_member(ws.id, bob.id, &[]).await.expect("remove"), Role::Owner);
+    assert_eq!(store.member_role(ws.id, bob.id).await.expect("role"), None);
+
+    // Chunks: "missing" is per workspace.
+    let (c1, c2) = (ChunkId([1; 32]), ChunkId([2; 32]));
+    assert!(store.record_chunk(ws.id, c1, 10, 39).await.expect("record"));
+    assert!(!store.record_chunk(ws.id, c1, 10, 39).await.expect("again"), "idempotent");
+    assert_eq!(store.missing_chunks(ws.id, &[c1, c2, c2]).await.expect("missing"), vec![c2]);
+
+    // Files: commit, stale base, list, versions.
+    let a = p("docs/a.txt");
+    let f1 = store.commit_version(ws.id, &a, None, &version(alice.id, 5, 30), &[]).await.expect("v1");
+    assert_eq!(f1.version, 1);
+    let stale = store.commit_version(ws.id, &a, None, &version(alice.id, 6, 31), &[]).await;
+    assert!(matches!(stale, Err(StoreError::StaleBase { current: Some(1) })), "new-file commit over a live file");
+    let f2 = store.commit_version(ws.id, &a, Some(1), &version(alice.id, 7, 32), &[]).await.expect("v2");
+    assert_eq!((f2.id, f2.version, f2.size), (f1.id, 2, 7));
+    let stale = store.commit_version(ws.id, &a, Some(1), &version(alice.id, 8, 33), &[]).await;
+    assert!(matches!(stale, Err(StoreError::StaleBase { current: Some(2) })), "stale base refused");
+    assert_eq!(store.file_by_path(ws.id, &a).await.expect("get").expect("live").size, 7, "nothing overwritten");
+    store.commit_version(ws.id, &p("docs/b.txt"), None, &version(alice.id, 1, 34), &[]).await.expect("b");
+    store.commit_version(ws.id, &p("docsx/c.txt"), None, &version(alice.id, 1, 35), &[]).await.expect("c");
+    let docs = store.list_files(ws.id, &p("docs"), None, 100).await.expect("list");
+    assert_eq!(docs.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["docs/a.txt", "docs/b.txt"]);
+    let page = store.list_files(ws.id, &WsPath::root(), Some("docs/a.txt"), 1).await.expect("page");
+    assert_eq!(page[0].path.as_str(), "docs/b.txt", "paging by path");
+    let versions = store.list_versions(ws.id, f1.id).await.expect("versions");
+    assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(versions[0].created_by_email.as_deref(), Some("alice@example.com"));
+    assert_eq!(store.version(ws.id, f1.id, 1).await.expect("v").expect("v1").size, 5);
+    assert!(store.version(WorkspaceId::new(), f1.id, 1).await.expect("v").is_none(), "scoped by workspace");
+
+    // Trash and restore.
+    let gone = store.delete_path(ws.id, &p("docs"), 40, &[]).await.expect("delete folder");
+    assert_eq!(gone.len(), 2);
+    assert!(store.file_by_path(ws.id, &a).await.expect("get").is_none());
+    assert_eq!(store.list_trash(ws.id).await.expect("trash").len(), 2);
+    store.commit_version(ws.id, &a, None, &version(alice.id, 9, 41), &[]).await.expect("new file at same path");
+    let blocked = store.restore_from_trash(ws.id, &a, None, &[]).await;
+    assert!(matches!(blocked, Err(StoreError::Conflict(_))), "restore onto a live path");
+    let b = store.restore_from_trash(ws.id, &p("docs/b.txt"), None, &[]).await.expect("restore b");
+    assert_eq!(b.deleted_ms, None);
+    assert!(matches!(store.restore_from_trash(ws.id, &p("nope"), None, &[]).await, Err(StoreError::NotFound)));
+    store.delete_path(ws.id, &a, 42, &[]).await.expect("delete new a");
+    // The newest deleted a.txt is the 1-version file; restoring it with its v1 content makes v2.
+    let r = store.restore_from_trash(ws.id, &a, Some(version(alice.id, 9, 43)), &[]).await.expect("restore");
+    assert_eq!((r.version, r.size), (2, 9));
+
+    // Journal: monotonic, complete.
+    let changes = store.changes(ws.id, 0, 1000).await.expect("changes");
+    let seqs: Vec<u64> = changes.iter().map(|c| c.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1) && seqs[0] == 1, "gapless: {seqs:?}");
+    assert_eq!(changes.iter().filter(|c| c.deleted).count(), 3);
+    let tail = store.changes(ws.id, seqs[seqs.len() - 2], 1000).await.expect("since");
+    assert_eq!(tail.len(), 1);
+
+    // Audit: chained per workspace and globally, verifiable, appended with the action.
+    store.append_audit(&[audit(AuditEvent::FileAccess, Some(alice.id), Some(ws.id), 50)]).await.expect("append");
+    let global = store.audit_chain(GLOBAL_CHAIN, 0, 100).await.expect("global");
+    assert_eq!(global.iter().map(|r| r.row.event).collect::<Vec<_>>(), [AuditEvent::UserCreated, AuditEvent::AuthLogin]);
+    verify_chain(&global).expect("global chain verifies");
+    let chain = store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("ws chain");
+    assert_eq!(chain.len(), 2);
+    verify_chain(&chain).expect("workspace chain verifies");
+    assert_eq!(chain[0].row.details, serde_json::json!({"story": true}));
+    let mut tampered = chain.clone();
+    tampered[0].row.target = Some("edited".into());
+    assert_eq!(verify_chain(&tampered), Err(1), "an edited row is detected");
+    assert_eq!(verify_chain(&chain[1..]), Err(1), "a deleted row is detected");
+
+    // An action that fails writes no audit row.
+    let before = store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("chain").len();
+    let _ = store
+        .commit_version(ws.id, &a, Some(1), &version(alice.id, 1, 60), &[audit(AuditEvent::FileUpload, None, Some(ws.id), 60)])
+        .await
+        .expect_err("stale");
+    assert_eq!(store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("chain").len(), before, "rolled back");
+
+    // Rate limits: counts per window, cleared on demand.
+    assert_eq!(store.rate_limit_hit("login:x", 1000).await.expect("hit"), 1);
+    assert_eq!(store.rate_limit_hit("login:x", 1000).await.expect("hit"), 2);
+    assert_eq!(store.rate_limit_hit("login:x", 2000).await.expect("new window"), 1);
+    store.rate_limit_clear("login:x").await.expect("clear");
+    assert_eq!(store.rate_limit_hit("login:x", 2000).await.expect("after clear"), 1);
+
+    // Deleting a workspace destroys its keys and contents; audit rows stay.
+    assert!(store.delete_workspace(ws.id, &[audit(AuditEvent::WorkspaceDeleted, Some(alice.id), None, 70)]).await.expect("delete"));
+    assert!(store.workspace(ws.id).await.expect("get").is_none());
+    assert!(store.file_by_path(ws.id, &p("docs/b.txt")).await.expect("get").is_none());
+    assert_eq!(store.missing_chunks(ws.id, &[c1]).await.expect("missing"), vec![c1]);
+    assert!(store.workspaces_for_user(alice.id).await.expect("mine").is_empty());
+    assert_eq!(store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("chain").len(), before);
+    assert!(!store.delete_workspace(ws.id, &[]).await.expect("again"));
+}

@@ -1,0 +1,1 @@
+//! cloudsync-testkit
