@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// CloudSync: encrypted file sync for teams.
 #[derive(Debug, Parser)]
-#[command(name = "cloudsync", version, about, propagate_version = true)]
+#[command(name = "cloudsync", version, about)]
 pub struct Cli {
     /// More log output on stderr (-v, -vv).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

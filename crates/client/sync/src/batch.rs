@@ -19,10 +19,7 @@ pub(crate) struct BatchLimits {
 
 impl BatchLimits {
     /// About 16 MiB or 2000 chunks.
-    pub(crate) const DEFAULT: Self = Self {
-        max_bytes: 16 * 1024 * 1024,
-        max_chunks: 2000,
-    };
+    pub(crate) const DEFAULT: Self = Self { max_bytes: 16 * 1024 * 1024, max_chunks: 2000 };
 
     /// True when a batch holding `bytes` in `chunks` chunks must be flushed.
     pub(crate) fn is_full(&self, bytes: u64, chunks: usize) -> bool {
@@ -44,13 +41,7 @@ pub(crate) struct Batch {
 
 impl Batch {
     pub(crate) fn new(seq: u64) -> Self {
-        Self {
-            seq,
-            chunks: Vec::new(),
-            ids: HashSet::new(),
-            bytes: 0,
-            duplicates: 0,
-        }
+        Self { seq, chunks: Vec::new(), ids: HashSet::new(), bytes: 0, duplicates: 0 }
     }
 
     /// Adds a chunk (once per id) and reports whether the batch is now full.
@@ -81,10 +72,7 @@ impl Batch {
 
     /// Gives up the chunks, keeping only those whose id is in `wanted`.
     pub(crate) fn into_wanted(self, wanted: &HashSet<ChunkId>) -> Vec<(ChunkId, Bytes)> {
-        self.chunks
-            .into_iter()
-            .filter(|(id, _)| wanted.contains(id))
-            .collect()
+        self.chunks.into_iter().filter(|(id, _)| wanted.contains(id)).collect()
     }
 }
 
@@ -109,10 +97,7 @@ mod tests {
 
     #[test]
     fn flushes_at_the_chunk_count() {
-        let limits = BatchLimits {
-            max_bytes: u64::MAX,
-            max_chunks: 3,
-        };
+        let limits = BatchLimits { max_bytes: u64::MAX, max_chunks: 3 };
         let mut b = Batch::new(0);
         assert!(!b.add(id(1), Bytes::from_static(b"a"), &limits));
         assert!(!b.add(id(2), Bytes::from_static(b"b"), &limits));
@@ -125,10 +110,7 @@ mod tests {
 
     #[test]
     fn flushes_at_the_byte_size() {
-        let limits = BatchLimits {
-            max_bytes: 10,
-            max_chunks: usize::MAX,
-        };
+        let limits = BatchLimits { max_bytes: 10, max_chunks: usize::MAX };
         let mut b = Batch::new(7);
         assert!(b.is_empty());
         assert!(!b.add(id(1), Bytes::from(vec![0u8; 6]), &limits));

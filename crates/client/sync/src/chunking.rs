@@ -36,10 +36,7 @@ pub(crate) fn hash_reader(mut reader: impl Read, keys: &ChunkKeys) -> io::Result
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    Ok(Digest {
-        size,
-        hash: hasher.finalize(),
-    })
+    Ok(Digest { size, hash: hasher.finalize() })
 }
 
 /// Cuts `reader` into chunks, hands each to `on_chunk` with its id, and returns the size and content hash
@@ -63,10 +60,7 @@ pub(crate) fn chunk_stream(
             return Ok(None);
         }
     }
-    Ok(Some(Digest {
-        size,
-        hash: hasher.finalize(),
-    }))
+    Ok(Some(Digest { size, hash: hasher.finalize() }))
 }
 
 #[cfg(test)]
@@ -79,11 +73,7 @@ mod tests {
     use super::*;
 
     fn small_params() -> ChunkerParams {
-        ChunkerParams {
-            min: 1024,
-            avg: 4096,
-            max: 16384,
-        }
+        ChunkerParams { min: 1024, avg: 4096, max: 16384 }
     }
 
     /// Deterministic, incompressible-looking bytes.
@@ -133,9 +123,8 @@ mod tests {
     #[test]
     fn empty_input_has_no_chunks_and_the_empty_hash() {
         let keys = ChunkKeys::for_test(small_params());
-        let digest = chunk_stream(&b""[..], &keys, |_, _| panic!("no chunk expected"))
-            .expect("chunk")
-            .expect("not stopped");
+        let digest =
+            chunk_stream(&b""[..], &keys, |_, _| panic!("no chunk expected")).expect("chunk").expect("not stopped");
         assert_eq!(digest.size, 0);
         assert_eq!(digest.hash, keyed_hash(&SecretKey::from_bytes([42; 32]), b""));
     }

@@ -43,10 +43,7 @@ impl SyncError {
 
     /// An I/O error about `path`.
     pub(crate) fn io(path: &Path, source: io::Error) -> Self {
-        SyncError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        SyncError::Io { path: path.to_path_buf(), source }
     }
 
     /// A background task panicked or was cancelled; surfaced instead of crashing the caller.
@@ -64,10 +61,7 @@ mod tests {
 
     #[test]
     fn io_error_names_the_path() {
-        let e = SyncError::io(
-            Path::new("/tmp/x/y.txt"),
-            io::Error::from(io::ErrorKind::PermissionDenied),
-        );
+        let e = SyncError::io(Path::new("/tmp/x/y.txt"), io::Error::from(io::ErrorKind::PermissionDenied));
         assert!(e.to_string().contains("/tmp/x/y.txt"), "{e}");
         assert!(!e.is_retryable());
         assert!(!SyncError::Integrity("x".into()).is_retryable());

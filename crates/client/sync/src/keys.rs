@@ -20,27 +20,19 @@ pub(crate) struct ChunkKeys {
 impl ChunkKeys {
     /// Validates the server's answer.
     pub(crate) fn from_api(keys: &WorkspaceKeys) -> Result<Self, SyncError> {
-        let key = SecretKey::from_hex(&keys.chunk_id_key).map_err(|e| {
-            SyncError::Integrity(format!("the server sent an unusable chunk-id key: {e}"))
-        })?;
-        let params = ChunkerParams {
-            min: keys.chunk_min,
-            avg: keys.chunk_avg,
-            max: keys.chunk_max,
-        };
-        params.validate().map_err(|e| {
-            SyncError::Integrity(format!("the server sent unusable chunking parameters: {e}"))
-        })?;
+        let key = SecretKey::from_hex(&keys.chunk_id_key)
+            .map_err(|e| SyncError::Integrity(format!("the server sent an unusable chunk-id key: {e}")))?;
+        let params = ChunkerParams { min: keys.chunk_min, avg: keys.chunk_avg, max: keys.chunk_max };
+        params
+            .validate()
+            .map_err(|e| SyncError::Integrity(format!("the server sent unusable chunking parameters: {e}")))?;
         Ok(Self { key, params })
     }
 
     /// For tests: a fixed key with the given parameters.
     #[cfg(test)]
     pub(crate) fn for_test(params: ChunkerParams) -> Self {
-        Self {
-            key: SecretKey::from_bytes([42; 32]),
-            params,
-        }
+        Self { key: SecretKey::from_bytes([42; 32]), params }
     }
 
     /// The content address of one chunk.
@@ -77,22 +69,10 @@ mod tests {
             chunk_max: 4 * 1024 * 1024,
         };
         assert!(ChunkKeys::from_api(&good).is_ok());
-        let bad_key = WorkspaceKeys {
-            chunk_id_key: "zz".into(),
-            ..good.clone()
-        };
-        assert!(matches!(
-            ChunkKeys::from_api(&bad_key),
-            Err(SyncError::Integrity(_))
-        ));
-        let bad_params = WorkspaceKeys {
-            chunk_min: 0,
-            ..good
-        };
-        assert!(matches!(
-            ChunkKeys::from_api(&bad_params),
-            Err(SyncError::Integrity(_))
-        ));
+        let bad_key = WorkspaceKeys { chunk_id_key: "zz".into(), ..good.clone() };
+        assert!(matches!(ChunkKeys::from_api(&bad_key), Err(SyncError::Integrity(_))));
+        let bad_params = WorkspaceKeys { chunk_min: 0, ..good };
+        assert!(matches!(ChunkKeys::from_api(&bad_params), Err(SyncError::Integrity(_))));
     }
 
     #[test]

@@ -58,16 +58,10 @@ pub(crate) fn scan_single(path: &Path, meta: &fs::Metadata, remote: &WsPath) -> 
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| SyncError::InvalidLocal(format!("{}: the file name is not valid UTF-8", path.display())))?;
-    let ws = remote
-        .join(name)
-        .map_err(|e| SyncError::InvalidLocal(format!("{}: cannot be pushed: {e}", path.display())))?;
+    let ws =
+        remote.join(name).map_err(|e| SyncError::InvalidLocal(format!("{}: cannot be pushed: {e}", path.display())))?;
     Ok(Scan {
-        files: vec![LocalFile {
-            abs: path.to_path_buf(),
-            ws,
-            size: meta.len(),
-            identity: identity(meta),
-        }],
+        files: vec![LocalFile { abs: path.to_path_buf(), ws, size: meta.len(), identity: identity(meta) }],
         skipped: Vec::new(),
     })
 }
@@ -88,12 +82,7 @@ pub(crate) fn scan_dir(root: &Path, remote: &WsPath) -> Result<Scan, SyncError> 
 }
 
 /// Reads one directory: files go to `scan`, sub-directories onto `stack`.
-fn read_dir_into(
-    dir: &Path,
-    ws_dir: &WsPath,
-    scan: &mut Scan,
-    stack: &mut Vec<(PathBuf, WsPath)>,
-) -> io::Result<()> {
+fn read_dir_into(dir: &Path, ws_dir: &WsPath, scan: &mut Scan, stack: &mut Vec<(PathBuf, WsPath)>) -> io::Result<()> {
     let mut entries = fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()?;
     entries.sort_by_key(fs::DirEntry::file_name);
     for entry in entries {
@@ -135,12 +124,7 @@ fn read_dir_into(
         if kind.is_dir() {
             stack.push((path, ws));
         } else {
-            scan.files.push(LocalFile {
-                abs: path,
-                ws,
-                size: meta.len(),
-                identity: identity(&meta),
-            });
+            scan.files.push(LocalFile { abs: path, ws, size: meta.len(), identity: identity(&meta) });
         }
     }
     Ok(())
@@ -228,19 +212,13 @@ mod tests {
         let bad = dir.path().join("aux.txt");
         touch(&bad, b"x");
         let meta = fs::metadata(&bad).expect("meta");
-        assert!(matches!(
-            scan_single(&bad, &meta, &WsPath::root()),
-            Err(SyncError::InvalidLocal(_))
-        ));
+        assert!(matches!(scan_single(&bad, &meta, &WsPath::root()), Err(SyncError::InvalidLocal(_))));
     }
 
     #[test]
     fn unreadable_root_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("nope");
-        assert!(matches!(
-            scan_dir(&missing, &WsPath::root()),
-            Err(SyncError::Io { .. })
-        ));
+        assert!(matches!(scan_dir(&missing, &WsPath::root()), Err(SyncError::Io { .. })));
     }
 }

@@ -80,7 +80,62 @@ pub struct Started {
     pub fingerprint: [u8; 32],
 }
 
-/// Starts serving on `listener` until `shutdown`; `on_ready` is told the URL and fingerprint once listening.
+/// A server ready to serve: services built, certificate loaded.
+#[derive(Debug)]
+pub struct Prepared {
+    state: AppState,
+    tls: Arc<rustls::ServerConfig>,
+    /// Certificate fingerprint.
+    pub fingerprint: [u8; 32],
+}
+
+/// Builds everything a server needs from configuration. Kept apart from [`Prepared::serve`] so that the serving
+/// half can run on any runtime thread.
+///
+/// # Errors
+/// Setup failures (directories, key, database, certificate).
+pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared> {
+    let core = build_core(cfg).await?;
+    let data_dir = cfg.data_dir();
+    let material = match (&cfg.security.tls_cert, &cfg.security.tls_key) {
+        (Some(c), Some(k)) => tls::from_files(c, k),
+        (None, None) => tls::load_or_create(&data_dir.join("tls"), &cfg.server.public_names),
+        _ => bail!("set both security.tls_cert and security.tls_key, or neither"),
+    }
+    .map_err(anyhow::Error::msg)?;
+    let state = AppState { core, trusted_proxies: Arc::new(cfg.server.trusted_proxies.clone()) };
+    Ok(Prepared { state, tls: material.config, fingerprint: material.fingerprint })
+}
+
+impl Prepared {
+    /// What clients see at `listener`.
+    ///
+    /// # Errors
+    /// When the listener has no address.
+    pub fn started(&self, listener: &TcpListener) -> Result<Started> {
+        let addr = listener.local_addr().context("listener address")?;
+        let host = if addr.ip().is_unspecified() {
+            "localhost".to_owned()
+        } else if addr.is_ipv6() {
+            format!("[{}]", addr.ip())
+        } else {
+            addr.ip().to_string()
+        };
+        Ok(Started { url: format!("https://{host}:{}", addr.port()), fingerprint: self.fingerprint })
+    }
+
+    /// Serves until `shutdown`.
+    ///
+    /// # Errors
+    /// A fatal listener failure.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        cloudsync_server_http::serve(listener, self.tls, cloudsync_server_http::app(self.state), shutdown)
+            .await
+            .context("the server stopped with an error")
+    }
+}
+
+/// Prepares and serves on `listener` until `shutdown`; `on_ready` is told the URL and fingerprint first.
 ///
 /// # Errors
 /// Setup failures (directories, key, database, certificate).
@@ -90,22 +145,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Started),
 ) -> Result<()> {
-    let core = build_core(&cfg).await?;
-    let data_dir = cfg.data_dir();
-    let material = match (&cfg.security.tls_cert, &cfg.security.tls_key) {
-        (Some(c), Some(k)) => tls::from_files(c, k),
-        (None, None) => tls::load_or_create(&data_dir.join("tls"), &cfg.server.public_names),
-        _ => bail!("set both security.tls_cert and security.tls_key, or neither"),
-    }
-    .map_err(anyhow::Error::msg)?;
-    let addr = listener.local_addr().context("listener address")?;
-    let host = if addr.ip().is_unspecified() { "localhost".to_owned() } else if addr.is_ipv6() { format!("[{}]", addr.ip()) } else { addr.ip().to_string() };
-    let started = Started { url: format!("https://{host}:{}", addr.port()), fingerprint: material.fingerprint };
-    on_ready(&started);
-    let state = AppState { core, trusted_proxies: Arc::new(cfg.server.trusted_proxies.clone()) };
-    cloudsync_server_http::serve(listener, material.config, cloudsync_server_http::app(state), shutdown)
-        .await
-        .context("the server stopped with an error")
+    let prepared = prepare(&cfg).await?;
+    on_ready(&prepared.started(&listener)?);
+    prepared.serve(listener, shutdown).await
 }
 
 /// Creates an account directly in the server's database (for the operator on the host; works while the server

@@ -73,7 +73,6 @@ const JSON_LIMIT: usize = 32 * 1024 * 1024;
 /// The API router.
 pub fn api() -> Router<AppState> {
     let ws = Router::new()
-        .route("/", get(get_workspace).delete(delete_workspace))
         .route("/keys", get(workspace_keys))
         .route("/members", get(list_members).post(add_member))
         .route("/members/{user}", put(set_member_role).delete(remove_member))

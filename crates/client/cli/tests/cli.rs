@@ -1,0 +1,297 @@
+//! The `cloudsync` binary driven as a user would: a real server started with `cloudsync server start` on port
+//! 0, accounts created with `cloudsync server user create`, and every client command run as a process in a
+//! temporary home. Tokens go to the opt-in file store here; `keyring.rs` covers the OS credential store.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cloudsync");
+const PASSWORD: &str = "a long enough password";
+
+struct Server {
+    child: Child,
+    url: String,
+    fingerprint: String,
+    data: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(data: &Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["server", "start", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut url, mut fingerprint) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        if let Some(u) = line.strip_prefix("CloudSync server listening on ") {
+            url = u.trim().to_owned();
+        }
+        if let Some(f) = line.strip_prefix("TLS certificate SHA-256 fingerprint: ") {
+            fingerprint = f.trim().to_owned();
+            break;
+        }
+    }
+    assert!(url.starts_with("https://127.0.0.1:") && fingerprint.len() == 95, "server did not start: {url} {fingerprint}");
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url, fingerprint, data: data.to_path_buf() }
+}
+
+/// A client "machine": its own config directory and file credential store.
+struct Client {
+    home: PathBuf,
+}
+
+impl Client {
+    fn new(root: &Path, name: &str) -> Self {
+        let home = root.join(name);
+        std::fs::create_dir_all(&home).expect("home");
+        Self { home }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("CLOUDSYNC_CONFIG_DIR", self.home.join("config"))
+            .env("CLOUDSYNC_CREDENTIAL_STORE", "file")
+            .env("HOME", &self.home)
+            .env_remove("CLOUDSYNC_SERVER")
+            .env_remove("CLOUDSYNC_SERVER_FINGERPRINT")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run cloudsync")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "cloudsync {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    fn fail(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "cloudsync {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn with_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child.wait_with_output().expect("wait")
+    }
+
+    fn login(&self, srv: &Server, email: &str) {
+        let out = self.with_stdin(
+            &["login", "--server", &srv.url, "--email", email, "--password-stdin", "--fingerprint", &srv.fingerprint],
+            &format!("{PASSWORD}\n"),
+        );
+        assert!(out.status.success(), "login failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+fn create_user(srv: &Server, email: &str, admin: bool) {
+    let mut args = vec!["server", "user", "create", email, "--password-stdin", "--data-dir"];
+    let data = srv.data.to_str().expect("utf8 path");
+    args.push(data);
+    if admin {
+        args.push("--admin");
+    }
+    let mut child = Command::new(BIN).args(&args).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    child.stdin.take().expect("stdin").write_all(format!("{PASSWORD}\n").as_bytes()).expect("stdin");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "user create: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not one JSON document ({e}): {s}"))
+}
+
+fn write(p: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, bytes).expect("write");
+}
+
+#[test]
+fn quick_start_push_pull_versions_trash_restore() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = start_server(&tmp.path().join("server"));
+    create_user(&srv, "alice@example.com", true);
+    let alice = Client::new(tmp.path(), "alice");
+    alice.login(&srv, "alice@example.com");
+    let me = json(&alice.ok(&["whoami", "--json"]));
+    assert_eq!(me["user"]["email"], "alice@example.com");
+
+    alice.ok(&["workspace", "create", "Team Docs"]);
+    let list = json(&alice.ok(&["workspace", "list", "--json"]));
+    assert_eq!(list[0]["name"], "Team Docs");
+    assert_eq!(list[0]["role"], "owner");
+
+    let src = tmp.path().join("src");
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    write(&src.join("big.bin"), &big);
+    write(&src.join("notes/a.txt"), b"hello");
+    write(&src.join("notes/deep/b.txt"), b"world");
+    write(&src.join("empty.txt"), b"");
+    let summary = json(&alice.ok(&["push", src.to_str().expect("p"), "Team Docs", "--json"]));
+    assert_eq!(summary["files_uploaded"], 4, "{summary}");
+    assert!(summary["bytes_uploaded"].as_u64().expect("bytes") >= big.len() as u64);
+    // A second push sends nothing.
+    let again = json(&alice.ok(&["push", src.to_str().expect("p"), "Team Docs", "--json"]));
+    assert_eq!((again["files_uploaded"].as_u64(), again["bytes_uploaded"].as_u64()), (Some(0), Some(0)), "{again}");
+
+    let ls = json(&alice.ok(&["ls", "Team Docs:notes", "--json"]));
+    let paths: Vec<&str> = ls.as_array().expect("array").iter().map(|f| f["path"].as_str().expect("path")).collect();
+    assert_eq!(paths, ["notes/a.txt", "notes/deep/b.txt"]);
+
+    let dst = tmp.path().join("dst");
+    let pulled = json(&alice.ok(&["pull", "Team Docs", dst.to_str().expect("p"), "--json"]));
+    assert_eq!(pulled["files_downloaded"], 4, "{pulled}");
+    assert_eq!(std::fs::read(dst.join("big.bin")).expect("big"), big);
+    assert_eq!(std::fs::read(dst.join("notes/deep/b.txt")).expect("b"), b"world");
+    assert_eq!(std::fs::read(dst.join("empty.txt")).expect("empty"), b"");
+
+    // Edit, push, see two versions, restore the first.
+    write(&src.join("notes/a.txt"), b"hello, edited");
+    alice.ok(&["push", src.to_str().expect("p"), "Team Docs"]);
+    let versions = json(&alice.ok(&["versions", "Team Docs:notes/a.txt", "--json"]));
+    assert_eq!(versions.as_array().expect("array").len(), 2);
+    alice.ok(&["restore", "Team Docs:notes/a.txt", "--version", "1"]);
+    let sub = tmp.path().join("sub");
+    alice.ok(&["pull", "Team Docs:notes", sub.to_str().expect("p")]);
+    assert_eq!(std::fs::read(sub.join("a.txt")).expect("a"), b"hello");
+
+    // Delete goes to the trash and comes back.
+    alice.ok(&["rm", "Team Docs:notes/deep"]);
+    let trash = json(&alice.ok(&["trash", "list", "Team Docs", "--json"]));
+    assert_eq!(trash[0]["path"], "notes/deep/b.txt");
+    alice.ok(&["restore", "Team Docs:notes/deep/b.txt"]);
+    assert_eq!(json(&alice.ok(&["trash", "list", "Team Docs", "--json"])).as_array().expect("array").len(), 0);
+
+    let devices = json(&alice.ok(&["devices", "list", "--json"]));
+    assert_eq!(devices.as_array().expect("array").len(), 1);
+    alice.ok(&["logout"]);
+    let err = alice.fail(&["workspace", "list"]);
+    assert!(err.contains("cloudsync login"), "{err}");
+}
+
+#[test]
+fn members_and_roles_through_the_cli() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = start_server(&tmp.path().join("server"));
+    create_user(&srv, "owner@example.com", false);
+    create_user(&srv, "bob@example.com", false);
+    let owner = Client::new(tmp.path(), "owner");
+    let bob = Client::new(tmp.path(), "bob");
+    owner.login(&srv, "owner@example.com");
+    bob.login(&srv, "bob@example.com");
+    owner.ok(&["workspace", "create", "Shared"]);
+    owner.ok(&["workspace", "members", "add", "--workspace", "Shared", "bob@example.com", "--role", "viewer"]);
+    let members = json(&owner.ok(&["workspace", "members", "list", "--workspace", "Shared", "--json"]));
+    assert_eq!(members.as_array().expect("array").len(), 2);
+    let src = tmp.path().join("bobs");
+    write(&src.join("x.txt"), b"from bob");
+    let err = bob.fail(&["push", src.to_str().expect("p"), "Shared"]);
+    assert!(err.contains("editor"), "a viewer is told which role is needed: {err}");
+    owner.ok(&["workspace", "members", "set-role", "--workspace", "Shared", "bob@example.com", "--role", "editor"]);
+    bob.ok(&["push", src.to_str().expect("p"), "Shared"]);
+    let err = owner.fail(&["workspace", "members", "remove", "--workspace", "Shared", "owner@example.com"]);
+    assert!(err.contains("at least one owner"), "{err}");
+    let err = bob.fail(&["workspace", "delete", "Shared"]);
+    assert!(err.contains("owner"), "{err}");
+    owner.ok(&["workspace", "members", "remove", "--workspace", "Shared", "bob@example.com"]);
+    let err = bob.fail(&["ls", "Shared"]);
+    assert!(err.contains("no workspace named"), "{err}");
+    owner.ok(&["workspace", "delete", "Shared"]);
+}
+
+#[test]
+fn login_pins_the_certificate_and_explains_every_refusal() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = start_server(&tmp.path().join("server"));
+    create_user(&srv, "a@example.com", false);
+    let c = Client::new(tmp.path(), "c");
+    // No terminal and no --fingerprint: refuse, and say how to proceed.
+    let out = c.with_stdin(&["login", "--server", &srv.url, "--email", "a@example.com", "--password-stdin"], "x\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--fingerprint") && err.contains(&srv.fingerprint), "{err}");
+    // A wrong fingerprint: refuse and explain.
+    let wrong = "00:".repeat(31) + "00";
+    let out = c.with_stdin(&["login", "--server", &srv.url, "--email", "a@example.com", "--password-stdin", "--fingerprint", &wrong], &format!("{PASSWORD}\n"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("fingerprint"), "{err}");
+    // A wrong password.
+    let out = c.with_stdin(&["login", "--server", &srv.url, "--email", "a@example.com", "--password-stdin", "--fingerprint", &srv.fingerprint], "nope nope nope\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong email or password"));
+    // Plain http is refused with a reason.
+    let err = c.fail(&["login", "--server", "http://127.0.0.1:1", "--email", "a@example.com", "--password-stdin"]);
+    assert!(err.contains("https://"), "{err}");
+    c.login(&srv, "a@example.com");
+    // The saved config holds no token.
+    let cfg = std::fs::read_to_string(c.home.join("config/client.toml")).expect("config");
+    let creds = std::fs::read_to_string(c.home.join("config/credentials.json")).expect("credentials");
+    let token_in_creds = json(&creds);
+    let token = token_in_creds[&srv.url].as_str().expect("token saved");
+    assert!(!cfg.contains(token));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(c.home.join("config/credentials.json")).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "credential file is private");
+    }
+}
+
+#[test]
+fn the_server_refuses_a_readable_master_key_and_prints_its_config() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("server");
+    drop(start_server(&data));
+    let key = data.join("master.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let out = Command::new(BIN).args(["server", "start", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("chmod 600"), "{err}");
+    }
+    let out = Command::new(BIN).args(["server", "default-config"]).output().expect("run");
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    assert!(text.contains("[server]") && text.contains("listen"));
+}
+
+#[test]
+fn without_a_credential_store_login_names_the_file_opt_in() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = start_server(&tmp.path().join("server"));
+    create_user(&srv, "a@example.com", false);
+    let c = Client::new(tmp.path(), "c");
+    let mut cmd = c.cmd(&["login", "--server", &srv.url, "--email", "a@example.com", "--password-stdin", "--fingerprint", &srv.fingerprint]);
+    cmd.env_remove("CLOUDSYNC_CREDENTIAL_STORE")
+        .env("DBUS_SESSION_BUS_ADDRESS", format!("unix:path={}", tmp.path().join("no-bus").display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    child.stdin.take().expect("stdin").write_all(format!("{PASSWORD}\n").as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must not silently store the token elsewhere");
+    assert!(err.contains("CLOUDSYNC_CREDENTIAL_STORE=file"), "{err}");
+    assert!(!c.home.join("config/credentials.json").exists());
+}

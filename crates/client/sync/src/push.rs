@@ -1,0 +1,221 @@
+//! `push`: send a local folder (or one file) to a workspace folder. The local tree is scanned once, the
+//! remote listing and the workspace keys are fetched once, and then a blocking thread reads each file
+//! exactly once through the chunker (hashing is CPU work and must not stall the async runtime) while the
+//! async side uploads and commits (see [`crate::upload`]). A file whose content hash equals the server's is
+//! not uploaded at all.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek as _, SeekFrom};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use cloudsync_sdk::Client;
+use cloudsync_types::{WorkspaceId, WsPath};
+use indicatif::ProgressBar;
+use tokio::sync::mpsc;
+
+use crate::chunking::{chunk_stream, hash_reader};
+use crate::keys::{ChunkKeys, hash_matches};
+use crate::scan::{LocalFile, Scan, identity, scan_dir, scan_single};
+use crate::upload::{Event, RemoteInfo, Uploader};
+use crate::{SyncError, TransferOptions, TransferSummary, progress};
+
+/// Events buffered between the hashing thread and the uploader (each may hold one chunk).
+const CHANNEL_CAPACITY: usize = 2;
+
+/// Uploads every regular file below `local_dir` to the same relative path below `remote` (or, when
+/// `local_dir` is a file, that file to `remote/<its name>`). Files identical on the server are skipped;
+/// files changed on the server since the listing are reported in `conflicts` and not overwritten. Symlinks,
+/// special files and names the workspace refuses are skipped with a warning.
+///
+/// # Errors
+/// [`SyncError::InvalidLocal`] when `local_dir` does not exist or is neither a file nor a folder,
+/// [`SyncError::Api`] for server failures, [`SyncError::Io`] when `local_dir` cannot be read.
+pub async fn push(
+    client: &Client,
+    ws: WorkspaceId,
+    local_dir: &Path,
+    remote: &WsPath,
+    opts: &TransferOptions,
+) -> Result<TransferSummary, SyncError> {
+    let started = Instant::now();
+    let (local, prefix) = (local_dir.to_path_buf(), remote.clone());
+    let (scan, single) =
+        tokio::task::spawn_blocking(move || scan_local(&local, &prefix)).await.map_err(SyncError::task)??;
+    tracing::info!(workspace = %ws, remote = %remote, device = %opts.device_name, files = scan.files.len(), "push started");
+    let mut summary = TransferSummary { files_scanned: scan.files.len() as u64, ..TransferSummary::default() };
+    for why in scan.skipped {
+        summary.skip(why);
+    }
+
+    let keys = ChunkKeys::from_api(&client.workspaces().keys(ws).await?)?;
+    // A single file: list just its own path (a prefix matches itself) instead of the whole folder.
+    let listed = match (single, scan.files.first()) {
+        (true, Some(f)) => client.files(ws).list_all(&f.ws).await?,
+        _ => client.files(ws).list_all(remote).await?,
+    };
+    let remote_files: HashMap<WsPath, RemoteInfo> = listed
+        .into_iter()
+        .map(|e| {
+            let info = RemoteInfo { version: e.version, size: e.size, content_hash: e.content_hash };
+            (e.path, info)
+        })
+        .collect();
+
+    let files = Arc::new(scan.files);
+    let remote_files = Arc::new(remote_files);
+    let bar = progress::bar(opts.progress, files.iter().map(|f| f.size).sum());
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let producer = {
+        let (files, remote_files, bar) = (Arc::clone(&files), Arc::clone(&remote_files), bar.clone());
+        tokio::task::spawn_blocking(move || produce(&files, &remote_files, &keys, &tx, &bar))
+    };
+    let uploaded = Uploader::new(client.clone(), ws, &files, &remote_files).run(rx, &mut summary).await;
+    if let Err(e) = uploaded {
+        // The hashing thread notices the closed channel and stops at its next read.
+        bar.abandon();
+        return Err(e);
+    }
+    producer.await.map_err(SyncError::task)?;
+    bar.finish_and_clear();
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Scans `local` as a folder or a single file; the flag is true for a single file.
+fn scan_local(local: &Path, remote: &WsPath) -> Result<(Scan, bool), SyncError> {
+    let meta = match std::fs::metadata(local) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(SyncError::InvalidLocal(format!(
+                "{} does not exist; give an existing folder (or file) to push",
+                local.display()
+            )));
+        }
+        Err(e) => return Err(SyncError::io(local, e)),
+    };
+    if meta.is_dir() {
+        Ok((scan_dir(local, remote)?, false))
+    } else if meta.is_file() {
+        Ok((scan_single(local, &meta, remote)?, true))
+    } else {
+        Err(SyncError::InvalidLocal(format!("{} is neither a folder nor a regular file", local.display())))
+    }
+}
+
+/// The hashing thread: reads every file in order and reports chunks and outcomes to the uploader.
+fn produce(
+    files: &[LocalFile],
+    remote: &HashMap<WsPath, RemoteInfo>,
+    keys: &ChunkKeys,
+    tx: &mpsc::Sender<Event>,
+    bar: &ProgressBar,
+) {
+    for (idx, file) in files.iter().enumerate() {
+        bar.set_message(file.ws.to_string());
+        let event = match read_file(idx, file, remote.get(&file.ws), keys, tx, bar) {
+            Ok(Some(event)) => event,
+            Ok(None) => return,
+            Err(e) => Event::Skipped { why: format!("{}: skipped, cannot read it: {e}", file.abs.display()) },
+        };
+        if tx.blocking_send(event).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one file: `Unchanged` when it matches the server copy, otherwise its chunks (sent as they are
+/// cut) followed by `Done`. `Ok(None)` when the uploader has gone away.
+fn read_file(
+    idx: usize,
+    file: &LocalFile,
+    remote: Option<&RemoteInfo>,
+    keys: &ChunkKeys,
+    tx: &mpsc::Sender<Event>,
+    bar: &ProgressBar,
+) -> io::Result<Option<Event>> {
+    let handle = File::open(&file.abs)?;
+    let meta = handle.metadata()?;
+    // What was opened must be what was scanned: never a symlink or device swapped in meanwhile.
+    if !meta.is_file() || identity(&meta) != file.identity {
+        return Err(io::Error::other("it was replaced while the push was running"));
+    }
+    let mtime_ms = meta.modified().ok().and_then(unix_ms);
+    let reader = StopWhenClosed { inner: &handle, tx };
+    // Same size as the server copy: a cheap hash-only pass decides whether chunking is needed at all.
+    if let Some(r) = remote.filter(|r| r.size == meta.len()) {
+        let digest = hash_reader(&reader, keys)?;
+        if digest.size == r.size && hash_matches(&digest.hash, &r.content_hash) {
+            bar.inc(digest.size);
+            return Ok(Some(Event::Unchanged));
+        }
+        (&handle).seek(SeekFrom::Start(0))?;
+    }
+    let digest = chunk_stream(&reader, keys, |id, data| {
+        bar.inc(data.len() as u64);
+        let event = Event::Chunk { id, data: Bytes::from(data) };
+        match tx.blocking_send(event) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
+    })?;
+    Ok(digest.map(|d| Event::Done { idx, size: d.size, hash: d.hash, mtime_ms }))
+}
+
+/// A reader that fails once the uploader is gone, so a failed push does not keep hashing a huge file.
+struct StopWhenClosed<'a> {
+    inner: &'a File,
+    tx: &'a mpsc::Sender<Event>,
+}
+
+impl Read for &StopWhenClosed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.tx.is_closed() {
+            return Err(io::Error::other("the push was stopped"));
+        }
+        let mut file: &File = self.inner;
+        file.read(buf)
+    }
+}
+
+/// Milliseconds since the Unix epoch (negative before it).
+fn unix_ms(t: SystemTime) -> Option<i64> {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).ok(),
+        Err(e) => i64::try_from(e.duration().as_millis()).ok().map(|ms| -ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn refuses_missing_local_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope");
+        let e = scan_local(&missing, &WsPath::root()).expect_err("missing");
+        assert!(matches!(&e, SyncError::InvalidLocal(m) if m.contains("nope")), "{e}");
+        let file = dir.path().join("one.txt");
+        std::fs::write(&file, b"1").expect("write");
+        let (scan, single) = scan_local(&file, &WsPath::parse("r").expect("r")).expect("file");
+        assert!(single);
+        assert_eq!(scan.files[0].ws.as_str(), "r/one.txt");
+        let (_, single) = scan_local(dir.path(), &WsPath::root()).expect("dir");
+        assert!(!single);
+    }
+
+    #[test]
+    fn millisecond_times() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_234);
+        assert_eq!(unix_ms(t), Some(1_234));
+        let before = SystemTime::UNIX_EPOCH - Duration::from_millis(5);
+        assert_eq!(unix_ms(before), Some(-5));
+    }
+}

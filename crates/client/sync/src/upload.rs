@@ -1,0 +1,331 @@
+//! The upload side of a push: receives chunks from the hashing thread, groups them into batches (see
+//! [`crate::batch`]), asks the server which it lacks, uploads only those, and commits each file once every
+//! batch holding its chunks is stored. The server refuses a commit naming chunks it does not hold, so this
+//! ordering is what makes a commit succeed; committing against the listed version is what turns a
+//! concurrent change on the server into a reported conflict instead of a silent overwrite.
+//!
+//! At most two batches are in memory: one being uploaded while the next one fills, so hashing and network
+//! transfer overlap without memory growing with the tree.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cloudsync_sdk::{Client, ErrorKind};
+use cloudsync_types::api::{CommitRequest, FileEntry, Manifest, ManifestChunk};
+use cloudsync_types::{ChunkId, ErrorCode, WorkspaceId, WsPath};
+use futures_util::{StreamExt as _, stream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::batch::{Batch, BatchLimits};
+use crate::keys::hash_hex;
+use crate::scan::LocalFile;
+use crate::{SyncError, TransferSummary};
+
+/// Batches being uploaded while the next one fills (so at most this + 1 batches are in memory).
+const MAX_IN_FLIGHT: usize = 1;
+/// Commits sent concurrently.
+const COMMIT_CONCURRENCY: usize = 4;
+/// Attempts for the idempotent chunk requests when the failure is retryable.
+const ATTEMPTS: u32 = 3;
+
+/// What the hashing thread reports, in file order.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The next chunk of the file being read.
+    Chunk { id: ChunkId, data: Bytes },
+    /// The file being read is complete.
+    Done { idx: usize, size: u64, hash: [u8; 32], mtime_ms: Option<i64> },
+    /// The file has the same content as on the server.
+    Unchanged,
+    /// The file could not be read; its chunks so far are abandoned.
+    Skipped { why: String },
+}
+
+/// The server's copy of a path, as listed at the start.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteInfo {
+    pub(crate) version: u64,
+    pub(crate) size: u64,
+    pub(crate) content_hash: String,
+}
+
+/// A fully read file waiting for its chunks to be stored.
+#[derive(Debug)]
+struct Ready {
+    req: CommitRequest,
+    /// The last batch holding its chunks; `None` when it has none (an empty file).
+    needs: Option<u64>,
+}
+
+/// What flushing one batch did.
+#[derive(Debug)]
+struct Flushed {
+    seq: u64,
+    uploaded: u64,
+    deduplicated: u64,
+    bytes: u64,
+}
+
+/// Upload state of one push.
+pub(crate) struct Uploader<'a> {
+    client: Client,
+    ws: WorkspaceId,
+    files: &'a [LocalFile],
+    remote: &'a HashMap<WsPath, RemoteInfo>,
+    limits: BatchLimits,
+    filling: Batch,
+    in_flight: JoinSet<Result<Flushed, SyncError>>,
+    /// Finished batches not yet contiguous with `done_below`.
+    done: BTreeSet<u64>,
+    /// Every batch with a smaller sequence number is stored.
+    done_below: u64,
+    current: Vec<ManifestChunk>,
+    current_last: Option<u64>,
+    ready: Vec<Ready>,
+}
+
+impl<'a> Uploader<'a> {
+    pub(crate) fn new(
+        client: Client,
+        ws: WorkspaceId,
+        files: &'a [LocalFile],
+        remote: &'a HashMap<WsPath, RemoteInfo>,
+    ) -> Self {
+        Self {
+            client,
+            ws,
+            files,
+            remote,
+            limits: BatchLimits::DEFAULT,
+            filling: Batch::new(0),
+            in_flight: JoinSet::new(),
+            done: BTreeSet::new(),
+            done_below: 0,
+            current: Vec::new(),
+            current_last: None,
+            ready: Vec::new(),
+        }
+    }
+
+    /// Consumes events until the hashing thread is done, then flushes and commits everything left.
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Event>,
+        summary: &mut TransferSummary,
+    ) -> Result<(), SyncError> {
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.on_event(ev, summary).await?,
+                    None => break,
+                },
+                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    self.on_flushed(joined.map_err(SyncError::task)??, summary).await?;
+                }
+            }
+        }
+        self.seal(summary).await?;
+        while let Some(joined) = self.in_flight.join_next().await {
+            self.on_flushed(joined.map_err(SyncError::task)??, summary).await?;
+        }
+        self.commit_ready(summary).await?;
+        if self.ready.is_empty() {
+            Ok(())
+        } else {
+            Err(SyncError::Integrity(format!(
+                "{} files were read but never committed; run the push again",
+                self.ready.len()
+            )))
+        }
+    }
+
+    async fn on_event(&mut self, ev: Event, summary: &mut TransferSummary) -> Result<(), SyncError> {
+        match ev {
+            Event::Chunk { id, data } => {
+                let size =
+                    u32::try_from(data.len()).map_err(|_| SyncError::Integrity(format!("chunk {id} is too large")))?;
+                self.current.push(ManifestChunk { id, size });
+                self.current_last = Some(self.filling.seq);
+                if self.filling.add(id, data, &self.limits) {
+                    self.seal(summary).await?;
+                }
+            }
+            Event::Done { idx, size, hash, mtime_ms } => {
+                let Some(file) = self.files.get(idx) else {
+                    return Err(SyncError::Integrity(format!("unknown file #{idx}")));
+                };
+                let chunks = std::mem::take(&mut self.current);
+                let req = CommitRequest {
+                    path: file.ws.clone(),
+                    base_version: self.remote.get(&file.ws).map(|r| r.version),
+                    manifest: Manifest { size, content_hash: hash_hex(&hash), chunks },
+                    mtime_ms,
+                };
+                let needs = self.current_last.take();
+                self.ready.push(Ready { req, needs });
+                if needs.is_none_or(|n| n < self.done_below) {
+                    self.commit_ready(summary).await?;
+                }
+            }
+            Event::Unchanged => summary.files_unchanged += 1,
+            Event::Skipped { why } => {
+                self.current.clear();
+                self.current_last = None;
+                summary.skip(why);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the filling batch and starts uploading it, first waiting for room.
+    async fn seal(&mut self, summary: &mut TransferSummary) -> Result<(), SyncError> {
+        let next = Batch::new(self.filling.seq + 1);
+        let batch = std::mem::replace(&mut self.filling, next);
+        summary.chunks_deduplicated += batch.duplicates;
+        if batch.is_empty() {
+            self.mark_done(batch.seq);
+            return self.commit_ready(summary).await;
+        }
+        while self.in_flight.len() >= MAX_IN_FLIGHT {
+            match self.in_flight.join_next().await {
+                Some(joined) => self.on_flushed(joined.map_err(SyncError::task)??, summary).await?,
+                None => break,
+            }
+        }
+        self.in_flight.spawn(flush(self.client.clone(), self.ws, batch));
+        Ok(())
+    }
+
+    async fn on_flushed(&mut self, f: Flushed, summary: &mut TransferSummary) -> Result<(), SyncError> {
+        summary.chunks_uploaded += f.uploaded;
+        summary.chunks_deduplicated += f.deduplicated;
+        summary.bytes_uploaded += f.bytes;
+        self.mark_done(f.seq);
+        self.commit_ready(summary).await
+    }
+
+    fn mark_done(&mut self, seq: u64) {
+        self.done.insert(seq);
+        while self.done.remove(&self.done_below) {
+            self.done_below += 1;
+        }
+    }
+
+    /// Commits every file whose chunks are all stored.
+    async fn commit_ready(&mut self, summary: &mut TransferSummary) -> Result<(), SyncError> {
+        let done_below = self.done_below;
+        let (now, later): (Vec<Ready>, Vec<Ready>) =
+            std::mem::take(&mut self.ready).into_iter().partition(|r| r.needs.is_none_or(|n| n < done_below));
+        self.ready = later;
+        let files = self.client.files(self.ws);
+        let mut results = stream::iter(now)
+            .map(|r| async move {
+                let res = files.commit(&r.req).await;
+                (r.req, res)
+            })
+            .buffer_unordered(COMMIT_CONCURRENCY);
+        while let Some((req, res)) = results.next().await {
+            record_commit(&req, res, summary)?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts a commit's outcome; a conflict is reported, any other failure stops the push.
+fn record_commit(
+    req: &CommitRequest,
+    res: Result<FileEntry, cloudsync_sdk::Error>,
+    summary: &mut TransferSummary,
+) -> Result<(), SyncError> {
+    match res {
+        Ok(_) => {
+            summary.files_uploaded += 1;
+            Ok(())
+        }
+        Err(e) if is_conflict(e.kind(), e.code()) => {
+            summary.files_conflicted += 1;
+            summary.conflicts.push(conflict_message(req));
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A stale base version (or a file created meanwhile). Missing chunks are also a 409, but they mean the
+/// server lost chunks it acknowledged, which is an error, not a conflict.
+fn is_conflict(kind: ErrorKind, code: Option<ErrorCode>) -> bool {
+    kind == ErrorKind::Conflict && code != Some(ErrorCode::MissingChunks)
+}
+
+fn conflict_message(req: &CommitRequest) -> String {
+    let since = match req.base_version {
+        Some(v) => format!("version {v} this push compared against"),
+        None => "this push listed it (someone else created it)".to_owned(),
+    };
+    format!("{}: changed on the server since {since}; your copy was not uploaded", req.path)
+}
+
+/// One batch: one `missing_chunks` and one `upload_chunks` with only what the server lacks.
+async fn flush(client: Client, ws: WorkspaceId, batch: Batch) -> Result<Flushed, SyncError> {
+    let files = client.files(ws);
+    let ids = batch.ids();
+    let missing = retry(|| files.missing_chunks(&ids)).await?;
+    let missing: HashSet<ChunkId> = missing.into_iter().collect();
+    let seq = batch.seq;
+    let upload = batch.into_wanted(&missing);
+    let bytes = upload.iter().map(|(_, d)| d.len() as u64).sum();
+    let uploaded = upload.len() as u64;
+    if !upload.is_empty() {
+        retry(|| files.upload_chunks(upload.clone())).await?;
+    }
+    Ok(Flushed { seq, uploaded, deduplicated: ids.len() as u64 - uploaded, bytes })
+}
+
+/// Runs an idempotent request up to [`ATTEMPTS`] times while it fails with a retryable error.
+async fn retry<T, F, Fut>(mut op: F) -> Result<T, cloudsync_sdk::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, cloudsync_sdk::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
+                let wait =
+                    e.retry_after().unwrap_or(Duration::from_secs(u64::from(attempt))).min(Duration::from_secs(30));
+                tracing::warn!("{e}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stale_versions_are_conflicts() {
+        assert!(is_conflict(ErrorKind::Conflict, Some(ErrorCode::Conflict)));
+        assert!(is_conflict(ErrorKind::Conflict, None));
+        assert!(!is_conflict(ErrorKind::Conflict, Some(ErrorCode::MissingChunks)));
+        assert!(!is_conflict(ErrorKind::NotFound, None));
+    }
+
+    #[test]
+    fn conflict_message_names_the_path() {
+        let req = CommitRequest {
+            path: WsPath::parse("docs/a.txt").expect("path"),
+            base_version: Some(3),
+            manifest: Manifest { size: 0, content_hash: String::new(), chunks: Vec::new() },
+            mtime_ms: None,
+        };
+        let m = conflict_message(&req);
+        assert!(m.starts_with("docs/a.txt: changed on the server since version 3"), "{m}");
+        assert!(m.ends_with("your copy was not uploaded"), "{m}");
+    }
+}

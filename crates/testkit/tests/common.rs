@@ -1,0 +1,40 @@
+//! Helpers shared by the integration tests: commit a file through the SDK the way a client does.
+
+use bytes::Bytes;
+use cloudsync_crypto::{SecretKey, keyed_hash};
+use cloudsync_sdk::Client;
+use cloudsync_types::api::{CommitRequest, FileEntry, Manifest, ManifestChunk};
+use cloudsync_types::{ChunkId, WorkspaceId, WsPath};
+
+/// Uploads `content` as one chunk (or none when empty) and commits it at `path`.
+pub async fn put_file(c: &Client, ws: WorkspaceId, path: &str, content: &[u8], base: Option<u64>) -> Result<FileEntry, cloudsync_sdk::Error> {
+    let keys = c.workspaces().keys(ws).await?;
+    let key = SecretKey::from_hex(&keys.chunk_id_key).expect("chunk key");
+    let mut chunks = Vec::new();
+    if !content.is_empty() {
+        let id = ChunkId(keyed_hash(&key, content));
+        let missing = c.files(ws).missing_chunks(&[id]).await?;
+        if !missing.is_empty() {
+            c.files(ws).upload_chunks(vec![(id, Bytes::copy_from_slice(content))]).await?;
+        }
+        chunks.push(ManifestChunk { id, size: content.len() as u32 });
+    }
+    let manifest = Manifest { size: content.len() as u64, content_hash: hex(&keyed_hash(&key, content)), chunks };
+    c.files(ws)
+        .commit(&CommitRequest { path: WsPath::parse(path).expect("path"), base_version: base, manifest, mtime_ms: None })
+        .await
+}
+
+/// Downloads the current content of `path`.
+pub async fn get_file(c: &Client, ws: WorkspaceId, path: &str) -> Result<Vec<u8>, cloudsync_sdk::Error> {
+    let mut d = c.files(ws).content(&WsPath::parse(path).expect("path"), None).await?;
+    let mut out = Vec::new();
+    while let Some(b) = d.chunk().await? {
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
