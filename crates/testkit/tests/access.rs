@@ -31,7 +31,9 @@ fn body_for(method: &str, path: &str, viewer_id: &str) -> Option<serde_json::Val
         ("POST", "members") => serde_json::json!({"email": "nobody-yet@example.com", "role": "viewer"}),
         ("PUT", "{user}") => serde_json::json!({"role": "editor"}),
         ("POST", "missing") => serde_json::json!({"ids": []}),
-        ("POST", "commit") => serde_json::json!({"path": "new.txt", "base_version": null, "manifest": {"size": 0, "content_hash": "00".repeat(32), "chunks": []}}),
+        ("POST", "commit") => {
+            serde_json::json!({"path": "new.txt", "base_version": null, "manifest": {"size": 0, "content_hash": "00".repeat(32), "chunks": []}})
+        }
         ("POST", "delete") | ("POST", "restore") => serde_json::json!({"path": "f.txt"}),
         ("POST", "workspaces") => serde_json::json!({"name": format!("w-{viewer_id}")}),
         _ => return None,
@@ -43,19 +45,52 @@ fn body_for(method: &str, path: &str, viewer_id: &str) -> Option<serde_json::Val
 async fn every_route_refuses_every_lower_role_and_hides_workspaces_from_non_members() {
     let srv = TestServer::start().await;
     let owner = srv.user("owner@example.com").await;
-    for e in ["viewer@example.com", "editor@example.com", "admin@example.com", "owner2@example.com", "outsider@example.com", "target@example.com"] {
+    for e in [
+        "viewer@example.com",
+        "editor@example.com",
+        "admin@example.com",
+        "owner2@example.com",
+        "outsider@example.com",
+        "target@example.com",
+    ] {
         srv.create_user(e, false).await.expect("account");
     }
-    let ws = owner.workspaces().create(&CreateWorkspaceRequest { name: "Roles".into(), e2e_encryption: false }).await.expect("ws");
-    for (e, r) in [("viewer", Role::Viewer), ("editor", Role::Editor), ("admin", Role::Admin), ("owner2", Role::Owner), ("target", Role::Viewer)] {
+    let ws = owner
+        .workspaces()
+        .create(&CreateWorkspaceRequest { name: "Roles".into(), e2e_encryption: false })
+        .await
+        .expect("ws");
+    for (e, r) in [
+        ("viewer", Role::Viewer),
+        ("editor", Role::Editor),
+        ("admin", Role::Admin),
+        ("owner2", Role::Owner),
+        ("target", Role::Viewer),
+    ] {
         owner.members(ws.id).add(&AddMemberRequest { email: format!("{e}@example.com"), role: r }).await.expect("add");
     }
     common::put_file(&owner, ws.id, "f.txt", b"content", None).await.expect("file");
     // Member routes act on a separate member, so the walk never changes the roles it is testing.
-    let viewer_id = owner.members(ws.id).list().await.expect("members").into_iter().find(|m| m.email == "target@example.com").expect("target").user_id;
-    let chunk = owner.files(ws.id).manifest(&cloudsync_types::WsPath::parse("f.txt").expect("p"), None).await.expect("m").manifest.chunks[0].id;
+    let viewer_id = owner
+        .members(ws.id)
+        .list()
+        .await
+        .expect("members")
+        .into_iter()
+        .find(|m| m.email == "target@example.com")
+        .expect("target")
+        .user_id;
+    let chunk = owner
+        .files(ws.id)
+        .manifest(&cloudsync_types::WsPath::parse("f.txt").expect("p"), None)
+        .await
+        .expect("m")
+        .manifest
+        .chunks[0]
+        .id;
     let mut tokens = Vec::new();
-    for (e, r) in [("viewer", Role::Viewer), ("editor", Role::Editor), ("admin", Role::Admin), ("owner2", Role::Owner)] {
+    for (e, r) in [("viewer", Role::Viewer), ("editor", Role::Editor), ("admin", Role::Admin), ("owner2", Role::Owner)]
+    {
         tokens.push((Some(r), token(&srv, &format!("{e}@example.com")).await));
     }
     tokens.push((None, token(&srv, "outsider@example.com").await));
@@ -69,9 +104,15 @@ async fn every_route_refuses_every_lower_role_and_hides_workspaces_from_non_memb
         let url = format!(
             "{}{}",
             srv.url,
-            template.replace("{ws}", &ws.id.to_string()).replace("{user}", &viewer_id.to_string()).replace("{chunk}", &chunk.to_hex())
+            template
+                .replace("{ws}", &ws.id.to_string())
+                .replace("{user}", &viewer_id.to_string())
+                .replace("{chunk}", &chunk.to_hex())
         );
-        let url = if template.ends_with("/files/manifest") || template.ends_with("/files/content") || template.ends_with("/files/versions") {
+        let url = if template.ends_with("/files/manifest")
+            || template.ends_with("/files/content")
+            || template.ends_with("/files/versions")
+        {
             format!("{url}?path=f.txt")
         } else {
             url
@@ -88,8 +129,14 @@ async fn every_route_refuses_every_lower_role_and_hides_workspaces_from_non_memb
             let status = resp.status().as_u16();
             let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
             match role {
-                None => assert!(status == 404 && body["code"] == "not_found", "{method} {template}: a non-member must get 404, got {status} {body}"),
-                Some(r) if r < needed => assert!(status == 403 && body["code"] == "forbidden", "{method} {template} as {r}: want 403, got {status} {body}"),
+                None => assert!(
+                    status == 404 && body["code"] == "not_found",
+                    "{method} {template}: a non-member must get 404, got {status} {body}"
+                ),
+                Some(r) if r < needed => assert!(
+                    status == 403 && body["code"] == "forbidden",
+                    "{method} {template} as {r}: want 403, got {status} {body}"
+                ),
                 Some(r) => assert!(
                     status != 403 && !(status == 404 && body["message"] == "workspace not found"),
                     "{method} {template} as {r}: should be allowed, got {status} {body}"
@@ -105,11 +152,17 @@ async fn every_route_refuses_every_lower_role_and_hides_workspaces_from_non_memb
         if *role == Some(Role::Owner) {
             continue;
         }
-        let r = http.delete(format!("{}/api/v1/workspaces/{}", srv.url, ws.id)).bearer_auth(tok).send().await.expect("send");
+        let r = http
+            .delete(format!("{}/api/v1/workspaces/{}", srv.url, ws.id))
+            .bearer_auth(tok)
+            .send()
+            .await
+            .expect("send");
         assert_eq!(r.status().as_u16(), if role.is_some() { 403 } else { 404 }, "delete as {role:?}");
     }
     let owner2 = &tokens.iter().find(|(r, _)| *r == Some(Role::Owner)).expect("owner2").1;
-    let r = http.delete(format!("{}/api/v1/workspaces/{}", srv.url, ws.id)).bearer_auth(owner2).send().await.expect("send");
+    let r =
+        http.delete(format!("{}/api/v1/workspaces/{}", srv.url, ws.id)).bearer_auth(owner2).send().await.expect("send");
     assert_eq!(r.status().as_u16(), 204);
     srv.stop().await;
 }
@@ -120,7 +173,15 @@ async fn unauthenticated_requests_reach_only_public_routes() {
     let http = http();
     let ws = WorkspaceId::new();
     for (method, template, needs) in ROUTES {
-        let url = format!("{}{}", srv.url, template.replace("{ws}", &ws.to_string()).replace("{user}", &ws.to_string()).replace("{id}", &ws.to_string()).replace("{chunk}", &"0".repeat(64)));
+        let url = format!(
+            "{}{}",
+            srv.url,
+            template
+                .replace("{ws}", &ws.to_string())
+                .replace("{user}", &ws.to_string())
+                .replace("{id}", &ws.to_string())
+                .replace("{chunk}", &"0".repeat(64))
+        );
         let r = http.request(method.parse().expect("method"), &url).send().await.expect("send");
         let status = r.status().as_u16();
         match needs {
@@ -136,7 +197,8 @@ async fn unauthenticated_requests_reach_only_public_routes() {
 #[tokio::test]
 async fn the_openapi_document_lists_exactly_the_route_table() {
     let srv = TestServer::start().await;
-    let doc: serde_json::Value = http().get(format!("{}/api/v1/openapi.json", srv.url)).send().await.expect("send").json().await.expect("json");
+    let doc: serde_json::Value =
+        http().get(format!("{}/api/v1/openapi.json", srv.url)).send().await.expect("send").json().await.expect("json");
     let mut documented = Vec::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for m in ["get", "post", "put", "delete"] {
@@ -158,18 +220,34 @@ async fn last_owner_stays_and_admins_manage_only_below_admin() {
     let owner = srv.user("owner@example.com").await;
     let admin = srv.user("admin@example.com").await;
     srv.create_user("viewer@example.com", false).await.expect("account");
-    let ws = owner.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
-    owner.members(ws.id).add(&AddMemberRequest { email: "admin@example.com".into(), role: Role::Admin }).await.expect("add admin");
+    let ws = owner
+        .workspaces()
+        .create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false })
+        .await
+        .expect("ws");
+    owner
+        .members(ws.id)
+        .add(&AddMemberRequest { email: "admin@example.com".into(), role: Role::Admin })
+        .await
+        .expect("add admin");
     let me = owner.auth().whoami().await.expect("whoami").user.id;
     let err = owner.members(ws.id).set_role(me, Role::Admin).await.expect_err("last owner demotion");
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     let err = owner.members(ws.id).remove(me).await.expect_err("last owner removal");
     assert_eq!(err.kind(), ErrorKind::Conflict);
-    let err = admin.members(ws.id).add(&AddMemberRequest { email: "viewer@example.com".into(), role: Role::Admin }).await.expect_err("admin makes admin");
+    let err = admin
+        .members(ws.id)
+        .add(&AddMemberRequest { email: "viewer@example.com".into(), role: Role::Admin })
+        .await
+        .expect_err("admin makes admin");
     assert_eq!(err.kind(), ErrorKind::Forbidden);
     let err = admin.members(ws.id).remove(me).await.expect_err("admin removes owner");
     assert_eq!(err.kind(), ErrorKind::Forbidden);
-    let v = admin.members(ws.id).add(&AddMemberRequest { email: "viewer@example.com".into(), role: Role::Viewer }).await.expect("admin adds viewer");
+    let v = admin
+        .members(ws.id)
+        .add(&AddMemberRequest { email: "viewer@example.com".into(), role: Role::Viewer })
+        .await
+        .expect("admin adds viewer");
     admin.members(ws.id).set_role(v.user_id, Role::Editor).await.expect("admin promotes to editor");
     admin.members(ws.id).remove(v.user_id).await.expect("admin removes editor");
     srv.stop().await;
@@ -198,7 +276,11 @@ async fn failed_logins_are_audited_and_rate_limited_with_retry_after() {
     let anon = srv.anonymous();
     let attempt = |pw: &'static str| {
         let anon = anon.clone();
-        async move { anon.auth().login(&LoginRequest { email: "a@example.com".into(), password: pw.into(), device_name: "t".into() }).await }
+        async move {
+            anon.auth()
+                .login(&LoginRequest { email: "a@example.com".into(), password: pw.into(), device_name: "t".into() })
+                .await
+        }
     };
     for _ in 0..3 {
         let e = attempt("wrong password!").await.expect_err("wrong");
@@ -210,15 +292,27 @@ async fn failed_logins_are_audited_and_rate_limited_with_retry_after() {
     let wait = e.retry_after().expect("Retry-After").as_secs();
     assert!((1..=900).contains(&wait), "{wait}");
     // An unknown account gets the same answer as a wrong password.
-    let e = anon.auth().login(&LoginRequest { email: "ghost@example.com".into(), password: "whatever12".into(), device_name: "t".into() }).await.expect_err("ghost");
+    let e = anon
+        .auth()
+        .login(&LoginRequest {
+            email: "ghost@example.com".into(),
+            password: "whatever12".into(),
+            device_name: "t".into(),
+        })
+        .await
+        .expect_err("ghost");
     assert_eq!(e.message(), "wrong email or password");
 
     let store = cloudsync_cli::server::open_store(&srv.config, &srv.data_dir()).await.expect("store");
     let rows = store.audit_chain(GLOBAL_CHAIN, 0, 100).await.expect("audit");
-    let failures: Vec<_> = rows.iter().filter(|r| r.row.event == AuditEvent::AuthLogin && r.row.outcome == Outcome::Failure).collect();
+    let failures: Vec<_> =
+        rows.iter().filter(|r| r.row.event == AuditEvent::AuthLogin && r.row.outcome == Outcome::Failure).collect();
     assert_eq!(failures.len(), 5, "3 wrong, 1 limited, 1 unknown");
     assert_eq!(failures[3].row.details["reason"], "rate_limited");
-    assert!(failures[4].row.target.as_deref().is_some_and(|t| t.starts_with("email-sha256:")), "unknown emails are not stored");
+    assert!(
+        failures[4].row.target.as_deref().is_some_and(|t| t.starts_with("email-sha256:")),
+        "unknown emails are not stored"
+    );
     cloudsync_store::verify_chain(&rows).expect("chain verifies");
     srv.stop().await;
 }
@@ -229,8 +323,16 @@ async fn actions_are_audited_and_no_secret_reaches_the_database() {
     let a = srv.user("a@example.com").await;
     srv.create_user("b@example.com", false).await.expect("b");
     let tok = token(&srv, "a@example.com").await;
-    let ws = a.workspaces().create(&CreateWorkspaceRequest { name: "Audited".into(), e2e_encryption: false }).await.expect("ws");
-    let m = a.members(ws.id).add(&AddMemberRequest { email: "b@example.com".into(), role: Role::Viewer }).await.expect("add");
+    let ws = a
+        .workspaces()
+        .create(&CreateWorkspaceRequest { name: "Audited".into(), e2e_encryption: false })
+        .await
+        .expect("ws");
+    let m = a
+        .members(ws.id)
+        .add(&AddMemberRequest { email: "b@example.com".into(), role: Role::Viewer })
+        .await
+        .expect("add");
     a.members(ws.id).set_role(m.user_id, Role::Editor).await.expect("role");
     a.members(ws.id).remove(m.user_id).await.expect("remove");
     common::put_file(&a, ws.id, "f.txt", b"audited content", None).await.expect("put");

@@ -7,7 +7,13 @@ use cloudsync_types::api::{CommitRequest, FileEntry, Manifest, ManifestChunk};
 use cloudsync_types::{ChunkId, WorkspaceId, WsPath};
 
 /// Uploads `content` as one chunk (or none when empty) and commits it at `path`.
-pub async fn put_file(c: &Client, ws: WorkspaceId, path: &str, content: &[u8], base: Option<u64>) -> Result<FileEntry, cloudsync_sdk::Error> {
+pub async fn put_file(
+    c: &Client,
+    ws: WorkspaceId,
+    path: &str,
+    content: &[u8],
+    base: Option<u64>,
+) -> Result<FileEntry, cloudsync_sdk::Error> {
     let keys = c.workspaces().keys(ws).await?;
     let key = SecretKey::from_hex(&keys.chunk_id_key).expect("chunk key");
     let mut chunks = Vec::new();
@@ -21,7 +27,12 @@ pub async fn put_file(c: &Client, ws: WorkspaceId, path: &str, content: &[u8], b
     }
     let manifest = Manifest { size: content.len() as u64, content_hash: hex(&keyed_hash(&key, content)), chunks };
     c.files(ws)
-        .commit(&CommitRequest { path: WsPath::parse(path).expect("path"), base_version: base, manifest, mtime_ms: None })
+        .commit(&CommitRequest {
+            path: WsPath::parse(path).expect("path"),
+            base_version: base,
+            manifest,
+            mtime_ms: None,
+        })
         .await
 }
 

@@ -13,7 +13,11 @@ use common::{get_file, put_file};
 async fn file_contents_are_encrypted_at_rest_and_round_trip() {
     let srv = TestServer::start().await;
     let alice = srv.user("alice@example.com").await;
-    let ws = alice.workspaces().create(&CreateWorkspaceRequest { name: "Team".into(), e2e_encryption: false }).await.expect("ws");
+    let ws = alice
+        .workspaces()
+        .create(&CreateWorkspaceRequest { name: "Team".into(), e2e_encryption: false })
+        .await
+        .expect("ws");
     let marker = format!("MARKER-{}", cloudsync_crypto::random_token());
     let content = format!("{marker} {}", "x".repeat(5000)).into_bytes();
     put_file(&alice, ws.id, "secret/plan.txt", &content, None).await.expect("put");
@@ -27,7 +31,8 @@ async fn file_contents_are_encrypted_at_rest_and_round_trip() {
 async fn stale_base_is_a_conflict_and_overwrites_nothing() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
-    let ws = a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
+    let ws =
+        a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
     let v1 = put_file(&a, ws.id, "f.txt", b"one", None).await.expect("v1");
     let v2 = put_file(&a, ws.id, "f.txt", b"two", Some(v1.version)).await.expect("v2");
     assert_eq!(v2.version, 2);
@@ -43,9 +48,14 @@ async fn stale_base_is_a_conflict_and_overwrites_nothing() {
 async fn commits_need_their_chunks_and_chunks_must_match_their_ids() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
-    let ws = a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
+    let ws =
+        a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
     let fake = ChunkId([7; 32]);
-    let err = a.files(ws.id).upload_chunks(vec![(fake, bytes::Bytes::from_static(b"not this content"))]).await.expect_err("mismatch");
+    let err = a
+        .files(ws.id)
+        .upload_chunks(vec![(fake, bytes::Bytes::from_static(b"not this content"))])
+        .await
+        .expect_err("mismatch");
     assert_eq!(err.kind(), ErrorKind::BadRequest, "{err}");
     let req = cloudsync_types::api::CommitRequest {
         path: WsPath::parse("x.bin").expect("p"),
@@ -67,7 +77,8 @@ async fn commits_need_their_chunks_and_chunks_must_match_their_ids() {
 async fn hostile_paths_get_a_clear_400() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
-    let ws = a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
+    let ws =
+        a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
     let http = reqwest::Client::builder().danger_accept_invalid_certs(true).build().expect("http");
     let token = login_token(&srv, "a@example.com").await;
     for bad in ["../etc/passwd", "/abs", "a\u{0}b", "a//b"] {
@@ -92,7 +103,11 @@ async fn hostile_paths_get_a_clear_400() {
 async fn login_token(srv: &TestServer, email: &str) -> String {
     srv.anonymous()
         .auth()
-        .login(&cloudsync_types::api::LoginRequest { email: email.into(), password: cloudsync_testkit::PASSWORD.into(), device_name: "raw".into() })
+        .login(&cloudsync_types::api::LoginRequest {
+            email: email.into(),
+            password: cloudsync_testkit::PASSWORD.into(),
+            device_name: "raw".into(),
+        })
         .await
         .expect("login")
         .token
@@ -102,7 +117,8 @@ async fn login_token(srv: &TestServer, email: &str) -> String {
 async fn versions_trash_restore_and_the_change_journal() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
-    let ws = a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
+    let ws =
+        a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
     let f = a.files(ws.id);
     let p = WsPath::parse("docs/report.txt").expect("p");
     put_file(&a, ws.id, "docs/report.txt", b"draft", None).await.expect("v1");
@@ -128,7 +144,13 @@ async fn versions_trash_restore_and_the_change_journal() {
     let kinds: Vec<_> = changes.changes.iter().map(|c| (c.seq, c.kind, c.version)).collect();
     assert_eq!(
         kinds,
-        [(1, ChangeKind::Upsert, 1), (2, ChangeKind::Upsert, 2), (3, ChangeKind::Upsert, 3), (4, ChangeKind::Delete, 3), (5, ChangeKind::Upsert, 4)]
+        [
+            (1, ChangeKind::Upsert, 1),
+            (2, ChangeKind::Upsert, 2),
+            (3, ChangeKind::Upsert, 3),
+            (4, ChangeKind::Delete, 3),
+            (5, ChangeKind::Upsert, 4)
+        ]
     );
     assert_eq!(changes.latest, 5);
     assert!(f.changes(5, 100).await.expect("none").changes.is_empty());
@@ -139,7 +161,11 @@ async fn versions_trash_restore_and_the_change_journal() {
 async fn deleting_a_workspace_destroys_its_key_and_chunks() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
-    let ws = a.workspaces().create(&CreateWorkspaceRequest { name: "Doomed".into(), e2e_encryption: false }).await.expect("ws");
+    let ws = a
+        .workspaces()
+        .create(&CreateWorkspaceRequest { name: "Doomed".into(), e2e_encryption: false })
+        .await
+        .expect("ws");
     put_file(&a, ws.id, "a.txt", b"soon unreadable content", None).await.expect("put");
     let chunk_dir = srv.data_dir().join("chunks").join("ws").join(ws.id.to_string());
     assert!(chunk_dir.exists(), "chunks stored under the workspace");
@@ -158,7 +184,11 @@ async fn deleting_a_workspace_destroys_its_key_and_chunks() {
 async fn e2ee_workspaces_say_not_yet_supported() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
-    let err = a.workspaces().create(&CreateWorkspaceRequest { name: "Secret Project".into(), e2e_encryption: true }).await.expect_err("e2ee");
+    let err = a
+        .workspaces()
+        .create(&CreateWorkspaceRequest { name: "Secret Project".into(), e2e_encryption: true })
+        .await
+        .expect_err("e2ee");
     assert_eq!(err.kind(), ErrorKind::NotSupported);
     assert!(err.message().contains("end-to-end"), "{err}");
     srv.stop().await;

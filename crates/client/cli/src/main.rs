@@ -38,7 +38,8 @@ fn init_logging(verbose: u8, server: bool) {
         (1, _) => "info,cloudsync=debug",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDSYNC_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
@@ -79,15 +80,21 @@ async fn server_cmd(cmd: ServerCmd) -> Result<()> {
             if let Some(l) = args.listen {
                 cfg.server.listen = l;
             }
-            let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
-                .await
-                .with_context(|| format!("cannot listen on {} (is another server running there? pick another with --listen)", cfg.server.listen))?;
+            let listener = tokio::net::TcpListener::bind(&cfg.server.listen).await.with_context(|| {
+                format!(
+                    "cannot listen on {} (is another server running there? pick another with --listen)",
+                    cfg.server.listen
+                )
+            })?;
             let data_dir = cfg.data_dir();
             server::run(cfg, listener, shutdown_signal(), |s| {
                 println!("CloudSync server listening on {}", s.url);
                 println!("TLS certificate SHA-256 fingerprint: {}", cloudsync_sdk::format_fingerprint(&s.fingerprint));
                 println!("Data directory: {}", data_dir.display());
-                println!("Create an account: cloudsync server user create EMAIL --admin --data-dir {}", data_dir.display());
+                println!(
+                    "Create an account: cloudsync server user create EMAIL --admin --data-dir {}",
+                    data_dir.display()
+                );
                 let _ = std::io::stdout().flush();
             })
             .await
@@ -97,13 +104,21 @@ async fn server_cmd(cmd: ServerCmd) -> Result<()> {
             let password = if password_stdin {
                 client::read_stdin_line("password")?
             } else {
-                let a = Zeroizing::new(rpassword::prompt_password(format!("New password for {email}: ")).context("cannot read the password")?);
+                let a = Zeroizing::new(
+                    rpassword::prompt_password(format!("New password for {email}: "))
+                        .context("cannot read the password")?,
+                );
                 let b = Zeroizing::new(rpassword::prompt_password("Repeat it: ").context("cannot read the password")?);
                 anyhow::ensure!(*a == *b, "the two passwords differ; nothing was created");
                 a
             };
             let user = server::create_user(&cfg, &email, &password, admin).await?;
-            eprintln!("Created account {} ({}){}.", user.email, user.id, if admin { ", server administrator" } else { "" });
+            eprintln!(
+                "Created account {} ({}){}.",
+                user.email,
+                user.id,
+                if admin { ", server administrator" } else { "" }
+            );
             Ok(())
         }
     }

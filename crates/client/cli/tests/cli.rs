@@ -44,7 +44,10 @@ fn start_server(data: &Path) -> Server {
             break;
         }
     }
-    assert!(url.starts_with("https://127.0.0.1:") && fingerprint.len() == 95, "server did not start: {url} {fingerprint}");
+    assert!(
+        url.starts_with("https://127.0.0.1:") && fingerprint.len() == 95,
+        "server did not start: {url} {fingerprint}"
+    );
     std::thread::spawn(move || for _ in lines {});
     Server { child, url, fingerprint, data: data.to_path_buf() }
 }
@@ -90,7 +93,8 @@ impl Client {
     }
 
     fn with_stdin(&self, args: &[&str], input: &str) -> Output {
-        let mut child = self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let mut child =
+            self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
         child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
         child.wait_with_output().expect("wait")
     }
@@ -231,11 +235,26 @@ fn login_pins_the_certificate_and_explains_every_refusal() {
     assert!(!out.status.success() && err.contains("--fingerprint") && err.contains(&srv.fingerprint), "{err}");
     // A wrong fingerprint: refuse and explain.
     let wrong = "00:".repeat(31) + "00";
-    let out = c.with_stdin(&["login", "--server", &srv.url, "--email", "a@example.com", "--password-stdin", "--fingerprint", &wrong], &format!("{PASSWORD}\n"));
+    let out = c.with_stdin(
+        &["login", "--server", &srv.url, "--email", "a@example.com", "--password-stdin", "--fingerprint", &wrong],
+        &format!("{PASSWORD}\n"),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("fingerprint"), "{err}");
     // A wrong password.
-    let out = c.with_stdin(&["login", "--server", &srv.url, "--email", "a@example.com", "--password-stdin", "--fingerprint", &srv.fingerprint], "nope nope nope\n");
+    let out = c.with_stdin(
+        &[
+            "login",
+            "--server",
+            &srv.url,
+            "--email",
+            "a@example.com",
+            "--password-stdin",
+            "--fingerprint",
+            &srv.fingerprint,
+        ],
+        "nope nope nope\n",
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong email or password"));
     // Plain http is refused with a reason.
     let err = c.fail(&["login", "--server", "http://127.0.0.1:1", "--email", "a@example.com", "--password-stdin"]);
@@ -266,7 +285,11 @@ fn the_server_refuses_a_readable_master_key_and_prints_its_config() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600);
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let out = Command::new(BIN).args(["server", "start", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data).output().expect("run");
+        let out = Command::new(BIN)
+            .args(["server", "start", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .output()
+            .expect("run");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("chmod 600"), "{err}");
     }
@@ -281,7 +304,16 @@ fn without_a_credential_store_login_names_the_file_opt_in() {
     let srv = start_server(&tmp.path().join("server"));
     create_user(&srv, "a@example.com", false);
     let c = Client::new(tmp.path(), "c");
-    let mut cmd = c.cmd(&["login", "--server", &srv.url, "--email", "a@example.com", "--password-stdin", "--fingerprint", &srv.fingerprint]);
+    let mut cmd = c.cmd(&[
+        "login",
+        "--server",
+        &srv.url,
+        "--email",
+        "a@example.com",
+        "--password-stdin",
+        "--fingerprint",
+        &srv.fingerprint,
+    ]);
     cmd.env_remove("CLOUDSYNC_CREDENTIAL_STORE")
         .env("DBUS_SESSION_BUS_ADDRESS", format!("unix:path={}", tmp.path().join("no-bus").display()))
         .stdin(Stdio::piped())

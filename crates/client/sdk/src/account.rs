@@ -2,9 +2,7 @@
 //! server administrators.
 
 use cloudsync_types::SessionId;
-use cloudsync_types::api::{
-    CreateUserRequest, Device, LoginRequest, LoginResponse, UserInfo, WhoAmI,
-};
+use cloudsync_types::api::{CreateUserRequest, Device, LoginRequest, LoginResponse, UserInfo, WhoAmI};
 use reqwest::Method;
 
 use crate::{Client, Error};
@@ -23,9 +21,7 @@ impl Auth<'_> {
     /// [`crate::ErrorKind::Unauthenticated`] for wrong credentials, [`crate::ErrorKind::RateLimited`] after too
     /// many attempts, and any transport failure.
     pub async fn login(&self, req: &LoginRequest) -> Result<LoginResponse, Error> {
-        self.client
-            .call(self.client.request(Method::POST, "/auth/login")?.json(req))
-            .await
+        self.client.call(self.client.request(Method::POST, "/auth/login")?.json(req)).await
     }
 
     /// `POST /auth/logout`: ends the current session; the token stops working.
@@ -33,9 +29,7 @@ impl Auth<'_> {
     /// # Errors
     /// [`crate::ErrorKind::Unauthenticated`] when the token is already invalid, and any transport failure.
     pub async fn logout(&self) -> Result<(), Error> {
-        self.client
-            .call_empty(self.client.request(Method::POST, "/auth/logout")?)
-            .await
+        self.client.call_empty(self.client.request(Method::POST, "/auth/logout")?).await
     }
 
     /// `GET /auth/whoami`: the account and session the token belongs to.
@@ -43,9 +37,7 @@ impl Auth<'_> {
     /// # Errors
     /// [`crate::ErrorKind::Unauthenticated`] without a valid token, and any transport failure.
     pub async fn whoami(&self) -> Result<WhoAmI, Error> {
-        self.client
-            .call(self.client.request(Method::GET, "/auth/whoami")?)
-            .await
+        self.client.call(self.client.request(Method::GET, "/auth/whoami")?).await
     }
 }
 
@@ -61,9 +53,7 @@ impl Devices<'_> {
     /// # Errors
     /// [`crate::ErrorKind::Unauthenticated`] without a valid token, and any transport failure.
     pub async fn list(&self) -> Result<Vec<Device>, Error> {
-        self.client
-            .call(self.client.request(Method::GET, "/devices")?)
-            .await
+        self.client.call(self.client.request(Method::GET, "/devices")?).await
     }
 
     /// `DELETE /devices/{id}`: logs that device out.
@@ -71,12 +61,7 @@ impl Devices<'_> {
     /// # Errors
     /// [`crate::ErrorKind::NotFound`] for an unknown session, and any transport failure.
     pub async fn revoke(&self, id: SessionId) -> Result<(), Error> {
-        self.client
-            .call_empty(
-                self.client
-                    .request(Method::DELETE, &format!("/devices/{id}"))?,
-            )
-            .await
+        self.client.call_empty(self.client.request(Method::DELETE, &format!("/devices/{id}"))?).await
     }
 }
 
@@ -93,8 +78,6 @@ impl Users<'_> {
     /// [`crate::ErrorKind::Forbidden`] for non-administrators, [`crate::ErrorKind::Conflict`] when the email
     /// is taken, [`crate::ErrorKind::BadRequest`] for a weak password or bad email, and any transport failure.
     pub async fn create(&self, req: &CreateUserRequest) -> Result<UserInfo, Error> {
-        self.client
-            .call(self.client.request(Method::POST, "/users")?.json(req))
-            .await
+        self.client.call(self.client.request(Method::POST, "/users")?.json(req)).await
     }
 }

@@ -46,33 +46,21 @@ pub(crate) fn parse_base_url(input: &str) -> Result<BaseUrl, Error> {
     let bad = |why: &str| {
         Error::new(
             ErrorKind::BadRequest,
-            format!(
-                "{input:?} is not a usable server address: {why}; give it like https://cloud.example.org:8443"
-            ),
+            format!("{input:?} is not a usable server address: {why}; give it like https://cloud.example.org:8443"),
         )
     };
     let url = reqwest::Url::parse(input.trim()).map_err(|e| bad(&e.to_string()))?;
     if url.scheme() != "https" {
-        return Err(bad(
-            "CloudSync only talks HTTPS, so it must start with https://",
-        ));
+        return Err(bad("CloudSync only talks HTTPS, so it must start with https://"));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("it names no host"));
     }
-    if !url.username().is_empty()
-        || url.password().is_some()
-        || url.query().is_some()
-        || url.fragment().is_some()
-    {
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
         return Err(bad("it must not contain credentials, '?' or '#'"));
     }
     let text = url.as_str().trim_end_matches('/');
-    let text = text
-        .strip_suffix("/api/v1")
-        .unwrap_or(text)
-        .trim_end_matches('/')
-        .to_owned();
+    let text = text.strip_suffix("/api/v1").unwrap_or(text).trim_end_matches('/').to_owned();
     Ok(BaseUrl { url, text })
 }
 
@@ -119,37 +107,20 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Tls,
-                    format!("could not set up the HTTP client: {e}"),
-                )
-                .with_source(e)
-            })?;
+            .map_err(|e| Error::new(ErrorKind::Tls, format!("could not set up the HTTP client: {e}")).with_source(e))?;
         let pin = match trust {
             Trust::Fingerprint(fp) => Some(fp),
             _ => None,
         };
         let api = format!("{}/api/v1", base.text);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                http,
-                base: base.text,
-                api,
-                token: None,
-                pin,
-                trust,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { http, base: base.text, api, token: None, pin, trust }) })
     }
 
     /// The same client, sending `token` as `Authorization: Bearer ...` on every request.
     pub fn with_token(self, token: impl Into<String>) -> Self {
         let mut inner = Arc::unwrap_or_clone(self.inner);
         inner.token = Some(Token(Zeroizing::new(token.into())));
-        Self {
-            inner: Arc::new(inner),
-        }
+        Self { inner: Arc::new(inner) }
     }
 
     /// The server's base URL, normalised (no trailing `/`, no `/api/v1`).
@@ -197,19 +168,13 @@ impl Client {
 
     /// A request to `/api/v1{path}` with the bearer token, if any.
     pub(crate) fn request(&self, method: Method, path: &str) -> Result<RequestBuilder, Error> {
-        let rb = self
-            .inner
-            .http
-            .request(method, format!("{}{path}", self.inner.api));
+        let rb = self.inner.http.request(method, format!("{}{path}", self.inner.api));
         let Some(token) = &self.inner.token else {
             return Ok(rb);
         };
         let header = Zeroizing::new(format!("Bearer {}", token.0.as_str()));
         let mut value = HeaderValue::from_str(&header).map_err(|_| {
-            Error::new(
-                ErrorKind::Unauthenticated,
-                "the stored token contains invalid characters; log in again",
-            )
+            Error::new(ErrorKind::Unauthenticated, "the stored token contains invalid characters; log in again")
         })?;
         value.set_sensitive(true);
         Ok(rb.header(AUTHORIZATION, value))
@@ -227,42 +192,22 @@ impl Client {
         if status.is_success() {
             return Ok(resp);
         }
-        let header = |name| {
-            resp.headers()
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header = |name| resp.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
         let retry_after = header(RETRY_AFTER);
         let request_id = header(reqwest::header::HeaderName::from_static("x-request-id"));
         // A body that breaks off or is too long is not a CloudSync error body: map by status alone.
-        let body = self
-            .read_limited(&mut resp, MAX_ERROR_BYTES)
-            .await
-            .unwrap_or_default();
-        Err(mapping::from_http(
-            status.as_u16(),
-            &body,
-            retry_after.as_deref(),
-            request_id.as_deref(),
-        ))
+        let body = self.read_limited(&mut resp, MAX_ERROR_BYTES).await.unwrap_or_default();
+        Err(mapping::from_http(status.as_u16(), &body, retry_after.as_deref(), request_id.as_deref()))
     }
 
     /// Reads a whole body, refusing more than `limit` bytes.
-    pub(crate) async fn read_limited(
-        &self,
-        resp: &mut Response,
-        limit: usize,
-    ) -> Result<Vec<u8>, Error> {
+    pub(crate) async fn read_limited(&self, resp: &mut Response, limit: usize) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
             if out.len() + chunk.len() > limit {
                 return Err(Error::new(
                     ErrorKind::Decode,
-                    format!(
-                        "the answer of {} is larger than {limit} bytes",
-                        self.inner.base
-                    ),
+                    format!("the answer of {} is larger than {limit} bytes", self.inner.base),
                 ));
             }
             out.extend_from_slice(&chunk);
@@ -290,9 +235,7 @@ impl Client {
     /// Sends a request whose answer has no body (204).
     pub(crate) async fn call_empty(&self, rb: RequestBuilder) -> Result<(), Error> {
         let mut resp = self.send(rb).await?;
-        self.read_limited(&mut resp, MAX_ERROR_BYTES)
-            .await
-            .map(drop)
+        self.read_limited(&mut resp, MAX_ERROR_BYTES).await.map(drop)
     }
 }
 
@@ -311,26 +254,14 @@ mod tests {
         ] {
             assert_eq!(parse_base_url(input).expect(input).text, want);
         }
-        for bad in [
-            "http://h",
-            "h:8443",
-            "https://u:p@h",
-            "https://h/?x=1",
-            "file:///etc",
-        ] {
-            assert_eq!(
-                parse_base_url(bad).err().map(|e| e.kind()),
-                Some(ErrorKind::BadRequest),
-                "{bad}"
-            );
+        for bad in ["http://h", "h:8443", "https://u:p@h", "https://h/?x=1", "file:///etc"] {
+            assert_eq!(parse_base_url(bad).err().map(|e| e.kind()), Some(ErrorKind::BadRequest), "{bad}");
         }
     }
 
     #[test]
     fn debug_never_shows_the_token() {
-        let client = Client::new("https://h", Trust::Fingerprint([1; 32]))
-            .expect("client")
-            .with_token("s3cret");
+        let client = Client::new("https://h", Trust::Fingerprint([1; 32])).expect("client").with_token("s3cret");
         let shown = format!("{client:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("***"), "{shown}");

@@ -5,9 +5,9 @@
 
 use bytes::Bytes;
 use cloudsync_types::api::{
-    ChangeList, CommitRequest, DeleteRequest, DeleteResponse, FileEntry, FileList,
-    MAX_MISSING_QUERY, MissingChunksRequest, MissingChunksResponse, RestoreRequest, TrashEntry,
-    UploadChunksResponse, VersionInfo, VersionManifest,
+    ChangeList, CommitRequest, DeleteRequest, DeleteResponse, FileEntry, FileList, MAX_MISSING_QUERY,
+    MissingChunksRequest, MissingChunksResponse, RestoreRequest, TrashEntry, UploadChunksResponse, VersionInfo,
+    VersionManifest,
 };
 use cloudsync_types::{ChunkId, MAX_CHUNK_SIZE, WorkspaceId, WsPath};
 use futures_util::{Stream, StreamExt};
@@ -39,13 +39,8 @@ impl Files<'_> {
     pub async fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, Error> {
         let mut missing = Vec::new();
         for batch in ids.chunks(MAX_MISSING_QUERY) {
-            let req = MissingChunksRequest {
-                ids: batch.to_vec(),
-            };
-            let rb = self
-                .client
-                .request(Method::POST, &self.path("/chunks/missing"))?
-                .json(&req);
+            let req = MissingChunksRequest { ids: batch.to_vec() };
+            let rb = self.client.request(Method::POST, &self.path("/chunks/missing"))?.json(&req);
             let resp: MissingChunksResponse = self.client.call(rb).await?;
             missing.extend(resp.missing);
         }
@@ -59,15 +54,9 @@ impl Files<'_> {
     /// [`ErrorKind::TooLarge`] for a chunk over [`MAX_CHUNK_SIZE`] (checked before sending) or a body the
     /// server refuses, [`ErrorKind::BadRequest`] when an id does not match its content, and any transport
     /// failure.
-    pub async fn upload_chunks(
-        &self,
-        frames: Vec<(ChunkId, Bytes)>,
-    ) -> Result<UploadChunksResponse, Error> {
+    pub async fn upload_chunks(&self, frames: Vec<(ChunkId, Bytes)>) -> Result<UploadChunksResponse, Error> {
         if frames.is_empty() {
-            return Ok(UploadChunksResponse {
-                stored: 0,
-                already_present: 0,
-            });
+            return Ok(UploadChunksResponse { stored: 0, already_present: 0 });
         }
         let (len, body) = crate::frames::upload_body(frames)?;
         let rb = self
@@ -85,21 +74,15 @@ impl Files<'_> {
     /// [`ErrorKind::NotFound`] when the workspace does not hold it, [`ErrorKind::TooLarge`] when the server
     /// sends more than [`MAX_CHUNK_SIZE`], and any transport failure.
     pub async fn get_chunk(&self, id: ChunkId) -> Result<Bytes, Error> {
-        let rb = self
-            .client
-            .request(Method::GET, &self.path(&format!("/chunks/{}", id.to_hex())))?;
+        let rb = self.client.request(Method::GET, &self.path(&format!("/chunks/{}", id.to_hex())))?;
         let mut resp = self.client.send(rb).await?;
-        let body = self
-            .client
-            .read_limited(&mut resp, MAX_CHUNK_SIZE)
-            .await
-            .map_err(|e| match e.kind() {
-                ErrorKind::Decode => Error::new(
-                    ErrorKind::TooLarge,
-                    format!("the server sent more than {MAX_CHUNK_SIZE} bytes for chunk {id}"),
-                ),
-                _ => e,
-            })?;
+        let body = self.client.read_limited(&mut resp, MAX_CHUNK_SIZE).await.map_err(|e| match e.kind() {
+            ErrorKind::Decode => Error::new(
+                ErrorKind::TooLarge,
+                format!("the server sent more than {MAX_CHUNK_SIZE} bytes for chunk {id}"),
+            ),
+            _ => e,
+        })?;
         Ok(Bytes::from(body))
     }
 
@@ -109,13 +92,7 @@ impl Files<'_> {
     /// [`ErrorKind::Conflict`] for a stale `base_version` (code `conflict`) or unknown chunks (code
     /// `missing_chunks`), [`ErrorKind::Forbidden`] below Editor, and any transport failure.
     pub async fn commit(&self, req: &CommitRequest) -> Result<FileEntry, Error> {
-        self.client
-            .call(
-                self.client
-                    .request(Method::POST, &self.path("/files/commit"))?
-                    .json(req),
-            )
-            .await
+        self.client.call(self.client.request(Method::POST, &self.path("/files/commit"))?.json(req)).await
     }
 
     /// `GET /workspaces/{ws}/files`: one page of live files below `prefix`, in path order, starting after
@@ -124,26 +101,12 @@ impl Files<'_> {
     /// # Errors
     /// [`ErrorKind::NotFound`] for non-members, [`ErrorKind::BadRequest`] for a bad cursor, and any
     /// transport failure.
-    pub async fn list(
-        &self,
-        prefix: &WsPath,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<FileList, Error> {
-        let mut query = vec![
-            ("prefix", prefix.as_str().to_owned()),
-            ("limit", limit.to_string()),
-        ];
+    pub async fn list(&self, prefix: &WsPath, after: Option<&str>, limit: u32) -> Result<FileList, Error> {
+        let mut query = vec![("prefix", prefix.as_str().to_owned()), ("limit", limit.to_string())];
         if let Some(after) = after {
             query.push(("after", after.to_owned()));
         }
-        self.client
-            .call(
-                self.client
-                    .request(Method::GET, &self.path("/files"))?
-                    .query(&query),
-            )
-            .await
+        self.client.call(self.client.request(Method::GET, &self.path("/files"))?.query(&query)).await
     }
 
     /// Every live file below `prefix`, following the pages of [`Files::list`].
@@ -174,15 +137,8 @@ impl Files<'_> {
     ///
     /// # Errors
     /// [`ErrorKind::NotFound`] for an unknown path or version, and any transport failure.
-    pub async fn manifest(
-        &self,
-        path: &WsPath,
-        version: Option<u64>,
-    ) -> Result<VersionManifest, Error> {
-        let rb = self
-            .client
-            .request(Method::GET, &self.path("/files/manifest"))?
-            .query(&path_query(path, version));
+    pub async fn manifest(&self, path: &WsPath, version: Option<u64>) -> Result<VersionManifest, Error> {
+        let rb = self.client.request(Method::GET, &self.path("/files/manifest"))?.query(&path_query(path, version));
         self.client.call(rb).await
     }
 
@@ -192,15 +148,9 @@ impl Files<'_> {
     /// [`ErrorKind::NotFound`] for an unknown path or version, and any transport failure before the body
     /// starts; failures while reading come from [`Download`].
     pub async fn content(&self, path: &WsPath, version: Option<u64>) -> Result<Download, Error> {
-        let rb = self
-            .client
-            .request(Method::GET, &self.path("/files/content"))?
-            .query(&path_query(path, version));
+        let rb = self.client.request(Method::GET, &self.path("/files/content"))?.query(&path_query(path, version));
         let resp = self.client.send(rb).await?;
-        Ok(Download {
-            client: self.client.clone(),
-            resp,
-        })
+        Ok(Download { client: self.client.clone(), resp })
     }
 
     /// `GET /workspaces/{ws}/files/versions`: every version of a file, newest first as the server sends them.
@@ -208,10 +158,7 @@ impl Files<'_> {
     /// # Errors
     /// [`ErrorKind::NotFound`] for an unknown path, and any transport failure.
     pub async fn versions(&self, path: &WsPath) -> Result<Vec<VersionInfo>, Error> {
-        let rb = self
-            .client
-            .request(Method::GET, &self.path("/files/versions"))?
-            .query(&path_query(path, None));
+        let rb = self.client.request(Method::GET, &self.path("/files/versions"))?.query(&path_query(path, None));
         self.client.call(rb).await
     }
 
@@ -221,13 +168,7 @@ impl Files<'_> {
     /// [`ErrorKind::Forbidden`] below Admin, [`ErrorKind::NotFound`], and any transport failure.
     pub async fn delete(&self, path: &WsPath) -> Result<DeleteResponse, Error> {
         let req = DeleteRequest { path: path.clone() };
-        self.client
-            .call(
-                self.client
-                    .request(Method::POST, &self.path("/files/delete"))?
-                    .json(&req),
-            )
-            .await
+        self.client.call(self.client.request(Method::POST, &self.path("/files/delete"))?.json(&req)).await
     }
 
     /// `POST /workspaces/{ws}/files/restore`: brings a file back from the trash or makes an old version
@@ -237,13 +178,7 @@ impl Files<'_> {
     /// [`ErrorKind::Forbidden`] below Admin, [`ErrorKind::NotFound`], [`ErrorKind::Conflict`] when a live
     /// file took the path, and any transport failure.
     pub async fn restore(&self, req: &RestoreRequest) -> Result<FileEntry, Error> {
-        self.client
-            .call(
-                self.client
-                    .request(Method::POST, &self.path("/files/restore"))?
-                    .json(req),
-            )
-            .await
+        self.client.call(self.client.request(Method::POST, &self.path("/files/restore"))?.json(req)).await
     }
 
     /// `GET /workspaces/{ws}/trash`: deleted files that can still be restored.
@@ -251,9 +186,7 @@ impl Files<'_> {
     /// # Errors
     /// [`ErrorKind::NotFound`] for non-members, and any transport failure.
     pub async fn trash(&self) -> Result<Vec<TrashEntry>, Error> {
-        self.client
-            .call(self.client.request(Method::GET, &self.path("/trash"))?)
-            .await
+        self.client.call(self.client.request(Method::GET, &self.path("/trash"))?).await
     }
 
     /// `GET /workspaces/{ws}/changes`: up to `limit` journal entries after sequence number `since`.
@@ -262,13 +195,7 @@ impl Files<'_> {
     /// [`ErrorKind::NotFound`] for non-members, and any transport failure.
     pub async fn changes(&self, since: u64, limit: u32) -> Result<ChangeList, Error> {
         let query = [("since", since.to_string()), ("limit", limit.to_string())];
-        self.client
-            .call(
-                self.client
-                    .request(Method::GET, &self.path("/changes"))?
-                    .query(&query),
-            )
-            .await
+        self.client.call(self.client.request(Method::GET, &self.path("/changes"))?.query(&query)).await
     }
 }
 
@@ -299,18 +226,13 @@ impl Download {
     /// # Errors
     /// [`ErrorKind::Network`] when the connection breaks.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, Error> {
-        self.resp
-            .chunk()
-            .await
-            .map_err(|e| self.client.transport_error(e))
+        self.resp.chunk().await.map_err(|e| self.client.transport_error(e))
     }
 
     /// The content as a stream of pieces.
     pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
         let client = self.client;
-        self.resp
-            .bytes_stream()
-            .map(move |piece| piece.map_err(|e| client.transport_error(e)))
+        self.resp.bytes_stream().map(move |piece| piece.map_err(|e| client.transport_error(e)))
     }
 }
 
@@ -321,10 +243,7 @@ mod tests {
     #[test]
     fn path_query_includes_version_only_when_given() {
         let p = WsPath::parse("a b/c&d.txt").expect("path");
-        assert_eq!(
-            path_query(&p, None),
-            vec![("path", "a b/c&d.txt".to_owned())]
-        );
+        assert_eq!(path_query(&p, None), vec![("path", "a b/c&d.txt".to_owned())]);
         assert_eq!(path_query(&p, Some(3))[1], ("version", "3".to_owned()));
     }
 }

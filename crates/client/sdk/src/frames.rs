@@ -27,28 +27,16 @@ pub fn frame_header(id: &ChunkId, len: u32) -> [u8; FRAME_HEADER_LEN] {
 /// [`ErrorKind::TooLarge`] when a payload exceeds [`MAX_CHUNK_SIZE`].
 pub(crate) fn upload_body(
     frames: Vec<(ChunkId, Bytes)>,
-) -> Result<
-    (
-        u64,
-        impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
-    ),
-    Error,
-> {
+) -> Result<(u64, impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static), Error> {
     let mut total: u64 = 0;
     let mut pieces = Vec::with_capacity(frames.len() * 2);
     for (id, payload) in frames {
-        let len = u32::try_from(payload.len())
-            .ok()
-            .filter(|&l| l as usize <= MAX_CHUNK_SIZE)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::TooLarge,
-                    format!(
-                        "chunk {id} is {} bytes, more than the {MAX_CHUNK_SIZE} a chunk may have",
-                        payload.len()
-                    ),
-                )
-            })?;
+        let len = u32::try_from(payload.len()).ok().filter(|&l| l as usize <= MAX_CHUNK_SIZE).ok_or_else(|| {
+            Error::new(
+                ErrorKind::TooLarge,
+                format!("chunk {id} is {} bytes, more than the {MAX_CHUNK_SIZE} a chunk may have", payload.len()),
+            )
+        })?;
         total += (FRAME_HEADER_LEN + payload.len()) as u64;
         pieces.push(Ok(Bytes::copy_from_slice(&frame_header(&id, len))));
         pieces.push(Ok(payload));
@@ -75,10 +63,7 @@ mod tests {
         let a = (ChunkId([0xaa; 32]), Bytes::from_static(b"hello"));
         let b = (ChunkId([0xbb; 32]), Bytes::new());
         let (len, stream) = upload_body(vec![a.clone(), b.clone()]).expect("body");
-        let parts: Vec<Bytes> = stream
-            .map(|p| p.unwrap_or_else(|never| match never {}))
-            .collect()
-            .await;
+        let parts: Vec<Bytes> = stream.map(|p| p.unwrap_or_else(|never| match never {})).collect().await;
         let body: Vec<u8> = parts.concat();
         let mut want = Vec::new();
         want.extend_from_slice(&[0xaa; 32]);
@@ -95,9 +80,7 @@ mod tests {
     #[test]
     fn refuses_oversized_chunks() {
         let big = Bytes::from(vec![0u8; MAX_CHUNK_SIZE + 1]);
-        let e = upload_body(vec![(ChunkId([1; 32]), big)])
-            .err()
-            .map(|e| e.kind());
+        let e = upload_body(vec![(ChunkId([1; 32]), big)]).err().map(|e| e.kind());
         assert_eq!(e, Some(ErrorKind::TooLarge));
     }
 }

@@ -57,29 +57,15 @@ fn fallback_for_status(status: u16) -> (ErrorKind, String) {
 
 /// Replaces control characters (terminal escape sequences, newlines) in text that came from the server.
 pub(crate) fn sanitize(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// Maps a non-2xx answer to an [`Error`]: by the body's `code` when the body is an [`ApiErrorBody`], else
 /// by status. `retry_after` is the raw `Retry-After` header; only the delay-seconds form is understood.
-pub(crate) fn from_http(
-    status: u16,
-    body: &[u8],
-    retry_after: Option<&str>,
-    header_request_id: Option<&str>,
-) -> Error {
-    let retry_after = retry_after
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+pub(crate) fn from_http(status: u16, body: &[u8], retry_after: Option<&str>, header_request_id: Option<&str>) -> Error {
+    let retry_after = retry_after.and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
     let (kind, message, code, request_id) = match serde_json::from_slice::<ApiErrorBody>(body) {
-        Ok(b) => (
-            kind_of_code(b.code),
-            sanitize(&b.message),
-            Some(b.code),
-            Some(sanitize(&b.request_id)),
-        ),
+        Ok(b) => (kind_of_code(b.code), sanitize(&b.message), Some(b.code), Some(sanitize(&b.request_id))),
         Err(_) => {
             let (kind, message) = fallback_for_status(status);
             (kind, message, None, header_request_id.map(sanitize))
@@ -91,11 +77,7 @@ pub(crate) fn from_http(
         status: Some(status),
         request_id,
         code,
-        retry_after: if kind == ErrorKind::RateLimited || status == 503 {
-            retry_after
-        } else {
-            None
-        },
+        retry_after: if kind == ErrorKind::RateLimited || status == 503 { retry_after } else { None },
         source: None,
     }
 }
@@ -106,10 +88,7 @@ pub(crate) fn pin_mismatch(presented: &str, pinned: Option<&[u8; 32]>) -> Error 
         Ok(fp) => crate::fingerprint::format_fingerprint(&fp),
         Err(_) => sanitize(presented),
     };
-    let pinned = pinned.map_or_else(
-        || "another fingerprint".to_owned(),
-        crate::fingerprint::format_fingerprint,
-    );
+    let pinned = pinned.map_or_else(|| "another fingerprint".to_owned(), crate::fingerprint::format_fingerprint);
     Error::new(
         ErrorKind::CertificateMismatch,
         format!(
@@ -160,9 +139,7 @@ fn find_rustls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rus
         if let Some(r) = e.downcast_ref::<rustls::Error>() {
             return Some(r);
         }
-        if let Some(inner) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
+        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
             && let Some(r) = find_rustls(inner)
         {
             return Some(r);
@@ -185,22 +162,13 @@ pub(crate) fn from_transport(err: reqwest::Error, base: &str, pinned: Option<&[u
     }
     let root = root_cause(&err);
     let e = if err.is_timeout() {
-        Error::new(
-            ErrorKind::Network,
-            format!("{base} did not answer in time ({root}); retry later"),
-        )
+        Error::new(ErrorKind::Network, format!("{base} did not answer in time ({root}); retry later"))
     } else if err.is_connect() {
         unreachable(base, &root)
     } else if err.is_decode() {
-        Error::new(
-            ErrorKind::Decode,
-            format!("the answer of {base} could not be read: {root}"),
-        )
+        Error::new(ErrorKind::Decode, format!("the answer of {base} could not be read: {root}"))
     } else {
-        Error::new(
-            ErrorKind::Network,
-            format!("the connection to {base} failed: {root}; retry later"),
-        )
+        Error::new(ErrorKind::Network, format!("the connection to {base} failed: {root}; retry later"))
     };
     e.with_source(err)
 }
@@ -225,44 +193,14 @@ mod tests {
     #[test]
     fn maps_api_bodies_by_code() {
         let cases = [
-            (
-                "missing_chunks",
-                409,
-                ErrorKind::Conflict,
-                ErrorCode::MissingChunks,
-            ),
-            (
-                "invalid_path",
-                400,
-                ErrorKind::BadRequest,
-                ErrorCode::InvalidPath,
-            ),
-            (
-                "payload_too_large",
-                413,
-                ErrorKind::TooLarge,
-                ErrorCode::PayloadTooLarge,
-            ),
-            (
-                "unauthenticated",
-                401,
-                ErrorKind::Unauthenticated,
-                ErrorCode::Unauthenticated,
-            ),
+            ("missing_chunks", 409, ErrorKind::Conflict, ErrorCode::MissingChunks),
+            ("invalid_path", 400, ErrorKind::BadRequest, ErrorCode::InvalidPath),
+            ("payload_too_large", 413, ErrorKind::TooLarge, ErrorCode::PayloadTooLarge),
+            ("unauthenticated", 401, ErrorKind::Unauthenticated, ErrorCode::Unauthenticated),
             ("forbidden", 403, ErrorKind::Forbidden, ErrorCode::Forbidden),
             ("not_found", 404, ErrorKind::NotFound, ErrorCode::NotFound),
-            (
-                "not_supported",
-                501,
-                ErrorKind::NotSupported,
-                ErrorCode::NotSupported,
-            ),
-            (
-                "unavailable",
-                503,
-                ErrorKind::Server,
-                ErrorCode::Unavailable,
-            ),
+            ("not_supported", 501, ErrorKind::NotSupported, ErrorCode::NotSupported),
+            ("unavailable", 503, ErrorKind::Server, ErrorCode::Unavailable),
         ];
         for (code, status, kind, want_code) in cases {
             let e = from_http(status, &body(code, "do this"), None, None);
@@ -301,29 +239,15 @@ mod tests {
         assert_eq!(e.code(), None);
         assert_eq!(e.request_id(), Some("abc"));
         assert!(e.to_string().ends_with("(request id abc)"));
-        assert_eq!(
-            from_http(401, b"", None, None).kind(),
-            ErrorKind::Unauthenticated
-        );
-        assert_eq!(
-            from_http(413, b"nope", None, None).kind(),
-            ErrorKind::TooLarge
-        );
-        assert_eq!(
-            from_http(418, b"", None, None).kind(),
-            ErrorKind::BadRequest
-        );
+        assert_eq!(from_http(401, b"", None, None).kind(), ErrorKind::Unauthenticated);
+        assert_eq!(from_http(413, b"nope", None, None).kind(), ErrorKind::TooLarge);
+        assert_eq!(from_http(418, b"", None, None).kind(), ErrorKind::BadRequest);
         assert!(!from_http(500, b"", None, None).is_retryable());
     }
 
     #[test]
     fn server_text_cannot_carry_control_characters() {
-        let e = from_http(
-            400,
-            &body("bad_request", "a\\u001b[31mred\\nline"),
-            None,
-            None,
-        );
+        let e = from_http(400, &body("bad_request", "a\\u001b[31mred\\nline"), None, None);
         assert_eq!(e.message(), "a [31mred line");
     }
 
@@ -332,17 +256,8 @@ mod tests {
         let e = pin_mismatch(&"ab".repeat(32), Some(&[0xcd; 32]));
         assert_eq!(e.kind(), ErrorKind::CertificateMismatch);
         let shown = format!("AB{}", ":AB".repeat(31));
-        assert!(
-            e.message().contains(&format!("fingerprint is {shown}")),
-            "{e}"
-        );
-        assert!(
-            e.message().contains(&format!("--fingerprint {shown}")),
-            "{e}"
-        );
-        assert!(
-            e.message().contains(&format!("CD{}", ":CD".repeat(31))),
-            "{e}"
-        );
+        assert!(e.message().contains(&format!("fingerprint is {shown}")), "{e}");
+        assert!(e.message().contains(&format!("--fingerprint {shown}")), "{e}");
+        assert!(e.message().contains(&format!("CD{}", ":CD".repeat(31))), "{e}");
     }
 }

@@ -46,9 +46,7 @@ fn tls13_builder(
 ) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, Error> {
     ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| {
-            Error::new(ErrorKind::Tls, format!("could not set up TLS 1.3: {e}")).with_source(e)
-        })
+        .map_err(|e| Error::new(ErrorKind::Tls, format!("could not set up TLS 1.3: {e}")).with_source(e))
 }
 
 /// The client configuration for `trust`: TLS 1.3 only, ALPN h2 and http/1.1.
@@ -59,17 +57,10 @@ pub(crate) fn client_config(trust: &Trust) -> Result<ClientConfig, Error> {
     let provider = provider();
     let mut config = match trust {
         Trust::Fingerprint(pin) => {
-            let verifier = PinVerifier {
-                pin: *pin,
-                algs: provider.signature_verification_algorithms,
-            };
-            tls13_builder(provider)?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
+            let verifier = PinVerifier { pin: *pin, algs: provider.signature_verification_algorithms };
+            tls13_builder(provider)?.dangerous().with_custom_certificate_verifier(Arc::new(verifier))
         }
-        Trust::CaFile(path) => {
-            tls13_builder(provider)?.with_root_certificates(roots_from_file(path)?)
-        }
+        Trust::CaFile(path) => tls13_builder(provider)?.with_root_certificates(roots_from_file(path)?),
         Trust::System => tls13_builder(provider)?.with_root_certificates(system_roots()?),
     }
     .with_no_client_auth();
@@ -79,36 +70,21 @@ pub(crate) fn client_config(trust: &Trust) -> Result<ClientConfig, Error> {
 
 fn roots_from_file(path: &std::path::Path) -> Result<RootCertStore, Error> {
     let shown = path.display();
-    let pem = std::fs::read(path).map_err(|e| {
-        Error::new(
-            ErrorKind::Tls,
-            format!("could not read the CA file {shown}: {e}"),
-        )
-        .with_source(e)
-    })?;
+    let pem = std::fs::read(path)
+        .map_err(|e| Error::new(ErrorKind::Tls, format!("could not read the CA file {shown}: {e}")).with_source(e))?;
     let mut roots = RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         let cert = cert.map_err(|e| {
-            Error::new(
-                ErrorKind::Tls,
-                format!("the CA file {shown} is not valid PEM: {e}"),
-            )
-            .with_source(e)
+            Error::new(ErrorKind::Tls, format!("the CA file {shown} is not valid PEM: {e}")).with_source(e)
         })?;
         roots.add(cert).map_err(|e| {
-            Error::new(
-                ErrorKind::Tls,
-                format!("the CA file {shown} holds an unusable certificate: {e}"),
-            )
-            .with_source(e)
+            Error::new(ErrorKind::Tls, format!("the CA file {shown} holds an unusable certificate: {e}")).with_source(e)
         })?;
     }
     if roots.is_empty() {
         return Err(Error::new(
             ErrorKind::Tls,
-            format!(
-                "the CA file {shown} holds no certificate; give a PEM file with '-----BEGIN CERTIFICATE-----'"
-            ),
+            format!("the CA file {shown} holds no certificate; give a PEM file with '-----BEGIN CERTIFICATE-----'"),
         ));
     }
     Ok(roots)
@@ -119,11 +95,7 @@ fn system_roots() -> Result<RootCertStore, Error> {
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(found.certs);
     if roots.is_empty() {
-        let why = found
-            .errors
-            .first()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default();
+        let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
         return Err(Error::new(
             ErrorKind::Tls,
             format!(
@@ -155,10 +127,7 @@ impl ServerCertVerifier for PinVerifier {
         if bool::from(presented.ct_eq(&self.pin)) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(format!(
-                "{PIN_MISMATCH_TAG}{}",
-                hex::encode(presented)
-            )))
+            Err(rustls::Error::General(format!("{PIN_MISMATCH_TAG}{}", hex::encode(presented))))
         }
     }
 
@@ -237,68 +206,33 @@ impl ServerCertVerifier for ProbeVerifier {
 /// server cannot be reached, [`ErrorKind::Tls`] when no TLS 1.3 handshake is possible.
 pub async fn probe_fingerprint(url: &str) -> Result<[u8; 32], Error> {
     let base = crate::client::parse_base_url(url)?;
-    let host = base
-        .url
-        .host_str()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let host = base.url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = base.url.port_or_known_default().unwrap_or(443);
-    let server_name = ServerName::try_from(host.clone()).map_err(|e| {
-        Error::new(
-            ErrorKind::BadRequest,
-            format!("{host:?} is not a valid host name: {e}"),
-        )
-    })?;
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|e| Error::new(ErrorKind::BadRequest, format!("{host:?} is not a valid host name: {e}")))?;
 
     let provider = provider();
-    let verifier = ProbeVerifier {
-        algs: provider.signature_verification_algorithms,
-    };
-    let config = tls13_builder(provider)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let verifier = ProbeVerifier { algs: provider.signature_verification_algorithms };
+    let config =
+        tls13_builder(provider)?.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
 
-    let timed_out = || {
-        Error::new(
-            ErrorKind::Network,
-            format!("{} did not answer in time; retry later", base.text),
-        )
-    };
-    let tcp = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await
-    .map_err(|_| timed_out())?
-    .map_err(|e| mapping::unreachable(&base.text, &e).with_source(e))?;
+    let timed_out = || Error::new(ErrorKind::Network, format!("{} did not answer in time; retry later", base.text));
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| mapping::unreachable(&base.text, &e).with_source(e))?;
     let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name, tcp))
         .await
         .map_err(|_| timed_out())?
-        .map_err(|e| {
-            match e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                Some(r) => mapping::tls(&base.text, r),
-                None => Error::new(
-                    ErrorKind::Network,
-                    format!("the TLS handshake with {} failed: {e}", base.text),
-                )
+        .map_err(|e| match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(r) => mapping::tls(&base.text, r),
+            None => Error::new(ErrorKind::Network, format!("the TLS handshake with {} failed: {e}", base.text))
                 .with_source(e),
-            }
         })?;
     let (_, conn) = tls.get_ref();
     conn.peer_certificates()
         .and_then(|chain| chain.first())
         .map(|cert| certificate_fingerprint(cert))
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Tls,
-                format!("{} presented no certificate", base.text),
-            )
-        })
+        .ok_or_else(|| Error::new(ErrorKind::Tls, format!("{} presented no certificate", base.text)))
 }

@@ -21,9 +21,7 @@ impl Workspaces<'_> {
     /// # Errors
     /// [`ErrorKind::Unauthenticated`] without a valid token, and any transport failure.
     pub async fn list(&self) -> Result<Vec<Workspace>, Error> {
-        self.client
-            .call(self.client.request(Method::GET, "/workspaces")?)
-            .await
+        self.client.call(self.client.request(Method::GET, "/workspaces")?).await
     }
 
     /// `POST /workspaces`: creates a workspace owned by the caller.
@@ -32,9 +30,7 @@ impl Workspaces<'_> {
     /// [`ErrorKind::Conflict`] when the caller already has a workspace of that name,
     /// [`ErrorKind::BadRequest`] for an invalid name, and any transport failure.
     pub async fn create(&self, req: &CreateWorkspaceRequest) -> Result<Workspace, Error> {
-        self.client
-            .call(self.client.request(Method::POST, "/workspaces")?.json(req))
-            .await
+        self.client.call(self.client.request(Method::POST, "/workspaces")?.json(req)).await
     }
 
     /// `GET /workspaces/{ws}`.
@@ -42,12 +38,7 @@ impl Workspaces<'_> {
     /// # Errors
     /// [`ErrorKind::NotFound`] when it does not exist or the caller is not a member, and any transport failure.
     pub async fn get(&self, ws: WorkspaceId) -> Result<Workspace, Error> {
-        self.client
-            .call(
-                self.client
-                    .request(Method::GET, &format!("/workspaces/{ws}"))?,
-            )
-            .await
+        self.client.call(self.client.request(Method::GET, &format!("/workspaces/{ws}"))?).await
     }
 
     /// `DELETE /workspaces/{ws}` (owners only).
@@ -55,12 +46,7 @@ impl Workspaces<'_> {
     /// # Errors
     /// [`ErrorKind::Forbidden`] below Owner, [`ErrorKind::NotFound`], and any transport failure.
     pub async fn delete(&self, ws: WorkspaceId) -> Result<(), Error> {
-        self.client
-            .call_empty(
-                self.client
-                    .request(Method::DELETE, &format!("/workspaces/{ws}"))?,
-            )
-            .await
+        self.client.call_empty(self.client.request(Method::DELETE, &format!("/workspaces/{ws}"))?).await
     }
 
     /// `GET /workspaces/{ws}/keys`: the chunk-id key and chunking parameters a member's client needs.
@@ -68,12 +54,7 @@ impl Workspaces<'_> {
     /// # Errors
     /// [`ErrorKind::NotFound`] for non-members, and any transport failure.
     pub async fn keys(&self, ws: WorkspaceId) -> Result<WorkspaceKeys, Error> {
-        self.client
-            .call(
-                self.client
-                    .request(Method::GET, &format!("/workspaces/{ws}/keys"))?,
-            )
-            .await
+        self.client.call(self.client.request(Method::GET, &format!("/workspaces/{ws}/keys"))?).await
     }
 
     /// Finds one of the caller's workspaces by exact name, or by id when `name` is a workspace id.
@@ -90,17 +71,12 @@ impl Workspaces<'_> {
 /// The matching logic of [`Workspaces::find_by_name`], apart from the network.
 fn pick_workspace(all: Vec<Workspace>, name: &str) -> Result<Workspace, Error> {
     let id = name.trim().parse::<WorkspaceId>().ok();
-    let mut found: Vec<Workspace> = all
-        .into_iter()
-        .filter(|w| Some(w.id) == id || w.name == name)
-        .collect();
+    let mut found: Vec<Workspace> = all.into_iter().filter(|w| Some(w.id) == id || w.name == name).collect();
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(Error::new(
             ErrorKind::NotFound,
-            format!(
-                "no workspace named {name:?} among your workspaces (see `cloudsync workspace list`)"
-            ),
+            format!("no workspace named {name:?} among your workspaces (see `cloudsync workspace list`)"),
         )),
         _ => {
             let ids: Vec<String> = found.iter().map(|w| w.id.to_string()).collect();
@@ -132,9 +108,7 @@ impl Members<'_> {
     /// # Errors
     /// [`ErrorKind::NotFound`] for non-members, and any transport failure.
     pub async fn list(&self) -> Result<Vec<Member>, Error> {
-        self.client
-            .call(self.client.request(Method::GET, &self.path())?)
-            .await
+        self.client.call(self.client.request(Method::GET, &self.path())?).await
     }
 
     /// `POST /workspaces/{ws}/members`: adds an existing account.
@@ -143,9 +117,7 @@ impl Members<'_> {
     /// [`ErrorKind::Forbidden`] when the caller's role may not grant that role, [`ErrorKind::NotFound`] for
     /// an unknown email, [`ErrorKind::Conflict`] for an existing member, and any transport failure.
     pub async fn add(&self, req: &AddMemberRequest) -> Result<Member, Error> {
-        self.client
-            .call(self.client.request(Method::POST, &self.path())?.json(req))
-            .await
+        self.client.call(self.client.request(Method::POST, &self.path())?.json(req)).await
     }
 
     /// `PUT /workspaces/{ws}/members/{user}`: changes a member's role.
@@ -154,9 +126,7 @@ impl Members<'_> {
     /// [`ErrorKind::Forbidden`], [`ErrorKind::NotFound`], [`ErrorKind::Conflict`] (e.g. demoting the last
     /// owner), and any transport failure.
     pub async fn set_role(&self, user: UserId, role: Role) -> Result<Member, Error> {
-        let rb = self
-            .client
-            .request(Method::PUT, &format!("{}/{user}", self.path()))?;
+        let rb = self.client.request(Method::PUT, &format!("{}/{user}", self.path()))?;
         self.client.call(rb.json(&SetRoleRequest { role })).await
     }
 
@@ -166,12 +136,7 @@ impl Members<'_> {
     /// [`ErrorKind::Forbidden`], [`ErrorKind::NotFound`], [`ErrorKind::Conflict`] (the last owner), and any
     /// transport failure.
     pub async fn remove(&self, user: UserId) -> Result<(), Error> {
-        self.client
-            .call_empty(
-                self.client
-                    .request(Method::DELETE, &format!("{}/{user}", self.path()))?,
-            )
-            .await
+        self.client.call_empty(self.client.request(Method::DELETE, &format!("{}/{user}", self.path()))?).await
     }
 }
 
@@ -192,22 +157,11 @@ mod tests {
     #[test]
     fn finds_by_exact_name_or_id() {
         let all = vec![ws("Photos"), ws("photos"), ws("Docs"), ws("Docs")];
-        assert_eq!(
-            pick_workspace(all.clone(), "Photos").expect("name").id,
-            all[0].id
-        );
-        assert_eq!(
-            pick_workspace(all.clone(), &all[3].id.to_string())
-                .expect("id")
-                .id,
-            all[3].id
-        );
+        assert_eq!(pick_workspace(all.clone(), "Photos").expect("name").id, all[0].id);
+        assert_eq!(pick_workspace(all.clone(), &all[3].id.to_string()).expect("id").id, all[3].id);
         let e = pick_workspace(all.clone(), "Music").expect_err("none");
         assert_eq!(e.kind(), ErrorKind::NotFound);
-        assert_eq!(
-            e.message(),
-            "no workspace named \"Music\" among your workspaces (see `cloudsync workspace list`)"
-        );
+        assert_eq!(e.message(), "no workspace named \"Music\" among your workspaces (see `cloudsync workspace list`)");
         let e = pick_workspace(all.clone(), "Docs").expect_err("two");
         assert_eq!(e.kind(), ErrorKind::Conflict);
         assert!(e.message().contains(&all[2].id.to_string()), "{e}");

@@ -81,7 +81,7 @@ pub struct TransferOptions {
 
 impl TransferSummary {
     fn warn(&mut self, message: String) {
-        tracing::warn!("{message}");
+        tracing::debug!("{message}");
         self.warnings.push(message);
     }
 

@@ -43,8 +43,7 @@ use std::fmt;
 
 use cloudsync_crypto::SecretKey;
 use fastcdc::v2020::{
-    AVERAGE_MAX, AVERAGE_MIN, FastCDC, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
-    Normalization,
+    AVERAGE_MAX, AVERAGE_MIN, FastCDC, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN, Normalization,
 };
 
 pub use stream::{Chunk, ChunkStream, chunk_reader};
@@ -75,11 +74,7 @@ pub struct ChunkerParams {
 impl ChunkerParams {
     /// 256 KiB / 1 MiB / 4 MiB: few enough chunks for metadata to stay small
     /// on large trees, small enough that edits re-upload little data.
-    pub const DEFAULT: Self = Self {
-        min: 256 * 1024,
-        avg: 1024 * 1024,
-        max: 4 * 1024 * 1024,
-    };
+    pub const DEFAULT: Self = Self { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 };
 
     /// Checks the ranges FastCDC 2020 supports (it would panic otherwise),
     /// `min <= avg <= max`, `max <= MAX_CHUNK_SIZE`, and that `min` is even:
@@ -90,9 +85,7 @@ impl ChunkerParams {
             if (lo..=hi).contains(&value) {
                 Ok(())
             } else {
-                Err(ChunkerError::Params(format!(
-                    "{name} = {value} is outside {lo}..={hi}"
-                )))
+                Err(ChunkerError::Params(format!("{name} = {value} is outside {lo}..={hi}")))
             }
         };
         check("min", self.min, MINIMUM_MIN, MINIMUM_MAX)?;
@@ -105,10 +98,7 @@ impl ChunkerParams {
             )));
         }
         if !self.min.is_multiple_of(2) {
-            return Err(ChunkerError::Params(format!(
-                "min = {} must be even",
-                self.min
-            )));
+            return Err(ChunkerError::Params(format!("min = {} must be even", self.min)));
         }
         if usize::try_from(self.max).map_or(true, |max| max > MAX_CHUNK_SIZE) {
             return Err(ChunkerError::Params(format!(
@@ -189,24 +179,13 @@ pub enum ChunkerError {
 /// If `params` fail [`ChunkerParams::validate`]; parameters are normally
 /// constants, so this is a programming error. Use [`chunk_reader`] to get
 /// the error as a value instead.
-pub fn chunk_slice(
-    data: &[u8],
-    params: ChunkerParams,
-    boundaries: Boundaries,
-) -> Vec<(usize, usize)> {
+pub fn chunk_slice(data: &[u8], params: ChunkerParams, boundaries: Boundaries) -> Vec<(usize, usize)> {
     if let Err(e) = params.validate() {
         panic!("chunk_slice: {e}");
     }
-    FastCDC::with_level_and_seed(
-        data,
-        params.min,
-        params.avg,
-        params.max,
-        LEVEL,
-        boundaries.seed(),
-    )
-    .map(|c| (c.offset, c.length))
-    .collect()
+    FastCDC::with_level_and_seed(data, params.min, params.avg, params.max, LEVEL, boundaries.seed())
+        .map(|c| (c.offset, c.length))
+        .collect()
 }
 
 #[cfg(test)]
@@ -224,49 +203,17 @@ mod tests {
         let p = ChunkerParams::DEFAULT;
         for bad in [
             ChunkerParams { min: 0, ..p },
-            ChunkerParams {
-                min: 2 * 1024 * 1024,
-                ..p
-            },
-            ChunkerParams {
-                avg: 100,
-                min: 64,
-                ..p
-            },
-            ChunkerParams {
-                max: 512,
-                min: 64,
-                avg: 256,
-            },
-            ChunkerParams {
-                min: 4096,
-                avg: 2048,
-                max: 8192,
-            },
-            ChunkerParams {
-                min: 64,
-                avg: 8192,
-                max: 4096,
-            },
-            ChunkerParams {
-                max: 16 * 1024 * 1024,
-                ..p
-            },
-            ChunkerParams {
-                min: 2049,
-                avg: 8192,
-                max: 32768,
-            },
+            ChunkerParams { min: 2 * 1024 * 1024, ..p },
+            ChunkerParams { avg: 100, min: 64, ..p },
+            ChunkerParams { max: 512, min: 64, avg: 256 },
+            ChunkerParams { min: 4096, avg: 2048, max: 8192 },
+            ChunkerParams { min: 64, avg: 8192, max: 4096 },
+            ChunkerParams { max: 16 * 1024 * 1024, ..p },
+            ChunkerParams { min: 2049, avg: 8192, max: 32768 },
         ] {
-            assert!(
-                matches!(bad.validate(), Err(ChunkerError::Params(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(bad.validate(), Err(ChunkerError::Params(_))), "{bad:?}");
         }
-        let at_cap = ChunkerParams {
-            max: MAX_CHUNK_SIZE as u32,
-            ..p
-        };
+        let at_cap = ChunkerParams { max: MAX_CHUNK_SIZE as u32, ..p };
         at_cap.validate().unwrap();
     }
 
@@ -283,20 +230,13 @@ mod tests {
         let mut first = [0u8; 8];
         first.copy_from_slice(&expected[..8]);
         assert_eq!(Boundaries::keyed(&secret).seed(), u64::from_le_bytes(first));
-        assert_ne!(
-            Boundaries::keyed(&secret).seed(),
-            Boundaries::keyed(&SecretKey::from_bytes([4; 32])).seed()
-        );
+        assert_ne!(Boundaries::keyed(&secret).seed(), Boundaries::keyed(&SecretKey::from_bytes([4; 32])).seed());
     }
 
     #[test]
     #[should_panic(expected = "chunk_slice")]
     fn chunk_slice_panics_on_invalid_params() {
-        let bad = ChunkerParams {
-            min: 1,
-            avg: 1,
-            max: 1,
-        };
+        let bad = ChunkerParams { min: 1, avg: 1, max: 1 };
         let _ = chunk_slice(b"abc", bad, Boundaries::Public);
     }
 }

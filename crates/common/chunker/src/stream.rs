@@ -24,10 +24,7 @@ pub struct Chunk {
 impl fmt::Debug for Chunk {
     // File contents stay out of logs; only the shape is shown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Chunk")
-            .field("offset", &self.offset)
-            .field("len", &self.data.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Chunk").field("offset", &self.offset).field("len", &self.data.len()).finish_non_exhaustive()
     }
 }
 
@@ -65,11 +62,7 @@ pub struct ChunkStream<R: Read> {
 
 /// Starts chunking `reader`. Invalid `params` are reported as the first (and
 /// only) item of the stream.
-pub fn chunk_reader<R: Read>(
-    reader: R,
-    params: ChunkerParams,
-    boundaries: Boundaries,
-) -> ChunkStream<R> {
+pub fn chunk_reader<R: Read>(reader: R, params: ChunkerParams, boundaries: Boundaries) -> ChunkStream<R> {
     let state = match params.validate() {
         Ok(()) => State::Running(Box::new(StreamCDC::with_level_and_seed(
             RetryInterrupted(reader),
@@ -94,10 +87,7 @@ impl<R: Read> Iterator for ChunkStream<R> {
             State::Running(mut cdc) => match cdc.next()? {
                 Ok(c) => {
                     self.state = State::Running(cdc);
-                    Some(Ok(Chunk {
-                        offset: c.offset,
-                        data: c.data,
-                    }))
+                    Some(Ok(Chunk { offset: c.offset, data: c.data }))
                 }
                 Err(v2020::Error::IoError(e)) => Some(Err(ChunkerError::Io(e))),
                 Err(other) => Some(Err(ChunkerError::Io(io::Error::from(other)))),
@@ -113,9 +103,6 @@ impl<R: Read> fmt::Debug for ChunkStream<R> {
             State::Invalid(_) => "invalid",
             State::Done => "done",
         };
-        f.debug_struct("ChunkStream")
-            .field("params", &self.params)
-            .field("state", &state)
-            .finish_non_exhaustive()
+        f.debug_struct("ChunkStream").field("params", &self.params).field("state", &state).finish_non_exhaustive()
     }
 }

@@ -23,10 +23,7 @@ fn small_params() -> impl Strategy<Value = ChunkerParams> {
 }
 
 fn boundaries() -> impl Strategy<Value = Boundaries> {
-    prop_oneof![
-        Just(Boundaries::Public),
-        any::<u64>().prop_map(Boundaries::Keyed)
-    ]
+    prop_oneof![Just(Boundaries::Public), any::<u64>().prop_map(Boundaries::Keyed)]
 }
 
 /// Random bytes, plus low-entropy inputs that force cuts at `max`.
@@ -38,12 +35,7 @@ fn data() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn stream_pairs(
-    data: &[u8],
-    params: ChunkerParams,
-    b: Boundaries,
-    seed: u64,
-) -> Vec<(usize, usize)> {
+fn stream_pairs(data: &[u8], params: ChunkerParams, b: Boundaries, seed: u64) -> Vec<(usize, usize)> {
     chunk_reader(ChoppyReader::new(data, seed, 5000), params, b)
         .map(|c| {
             let c = c.unwrap();

@@ -13,36 +13,25 @@ use common::Rng;
 #[test]
 fn empty_input_yields_no_chunks() {
     for b in [Boundaries::Public, Boundaries::Keyed(42)] {
-        assert_eq!(
-            chunk_reader(io::empty(), ChunkerParams::DEFAULT, b).count(),
-            0
-        );
+        assert_eq!(chunk_reader(io::empty(), ChunkerParams::DEFAULT, b).count(), 0);
         assert!(chunk_slice(&[], ChunkerParams::DEFAULT, b).is_empty());
     }
 }
 
 #[test]
 fn small_input_is_one_chunk() {
-    let chunks: Vec<_> = chunk_reader(&b"hello"[..], ChunkerParams::DEFAULT, Boundaries::Public)
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let chunks: Vec<_> =
+        chunk_reader(&b"hello"[..], ChunkerParams::DEFAULT, Boundaries::Public).collect::<Result<_, _>>().unwrap();
     assert_eq!(chunks.len(), 1);
     assert_eq!(chunks[0].offset, 0);
     assert_eq!(chunks[0].data, b"hello");
     let shown = format!("{:?}", chunks[0]);
-    assert!(
-        shown.contains("len: 5") && !shown.contains("104"),
-        "{shown}"
-    );
+    assert!(shown.contains("len: 5") && !shown.contains("104"), "{shown}");
 }
 
 #[test]
 fn invalid_params_are_reported_once() {
-    let bad = ChunkerParams {
-        min: 10,
-        avg: 20,
-        max: 30,
-    };
+    let bad = ChunkerParams { min: 10, avg: 20, max: 30 };
     let mut stream = chunk_reader(&b"data"[..], bad, Boundaries::Public);
     assert!(format!("{stream:?}").contains("invalid"));
     assert!(matches!(stream.next(), Some(Err(ChunkerError::Params(_)))));
@@ -68,11 +57,7 @@ impl Read for FailingReader {
 
 #[test]
 fn io_errors_are_reported_and_end_the_stream() {
-    let params = ChunkerParams {
-        min: 1024,
-        avg: 4096,
-        max: 8192,
-    };
+    let params = ChunkerParams { min: 1024, avg: 4096, max: 8192 };
     let mut stream = chunk_reader(FailingReader { ok: 20_000 }, params, Boundaries::Public);
     let mut ok = 0;
     let err = loop {
@@ -97,9 +82,7 @@ struct LazyReader {
 
 impl Read for LazyReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf
-            .len()
-            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         self.rng.fill(&mut buf[..n]);
         self.remaining -= n as u64;
         self.consumed.set(self.consumed.get() + n as u64);
@@ -112,11 +95,7 @@ fn large_stream_has_bounded_buffering() {
     const TOTAL: u64 = 64 * 1024 * 1024;
     let params = ChunkerParams::DEFAULT;
     let consumed = Rc::new(Cell::new(0));
-    let reader = LazyReader {
-        rng: Rng::new(7),
-        remaining: TOTAL,
-        consumed: Rc::clone(&consumed),
-    };
+    let reader = LazyReader { rng: Rng::new(7), remaining: TOTAL, consumed: Rc::clone(&consumed) };
     let mut next_offset = 0u64;
     let mut count = 0;
     for chunk in chunk_reader(reader, params, Boundaries::Keyed(99)) {

@@ -75,11 +75,8 @@ pub fn seal_into(key: &SecretKey, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8
     out.extend_from_slice(&nonce);
     let body = out.len();
     out.extend_from_slice(plaintext);
-    let sealed = sealing_key.seal_in_place_separate_tag(
-        Nonce::assume_unique_for_key(nonce),
-        Aad::from(aad),
-        &mut out[body..],
-    );
+    let sealed =
+        sealing_key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[body..]);
     match sealed {
         Ok(tag) => out.extend_from_slice(tag.as_ref()),
         Err(_) => {
@@ -156,15 +153,9 @@ mod tests {
     fn short_and_unknown_envelopes_are_rejected() {
         let key = SecretKey::generate();
         assert!(matches!(open(&key, b"", &[]), Err(CryptoError::Decrypt)));
-        assert!(matches!(
-            open(&key, b"", &[VERSION; OVERHEAD - 1]),
-            Err(CryptoError::Decrypt)
-        ));
+        assert!(matches!(open(&key, b"", &[VERSION; OVERHEAD - 1]), Err(CryptoError::Decrypt)));
         let mut env = seal(&key, b"", b"x");
         env[0] = 2;
-        assert!(matches!(
-            open(&key, b"", &env),
-            Err(CryptoError::Version(2))
-        ));
+        assert!(matches!(open(&key, b"", &env), Err(CryptoError::Version(2))));
     }
 }

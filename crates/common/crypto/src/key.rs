@@ -60,9 +60,7 @@ impl SecretKey {
     /// Parses 64 hex digits (either case).
     pub fn from_hex(s: &str) -> Result<Self, CryptoError> {
         if s.len() != KEY_LEN * 2 {
-            return Err(CryptoError::InvalidKey(
-                "a hex key must be exactly 64 hex digits",
-            ));
+            return Err(CryptoError::InvalidKey("a hex key must be exactly 64 hex digits"));
         }
         let mut key = Self([0u8; KEY_LEN]);
         hex::decode_to_slice(s, &mut key.0)
@@ -133,10 +131,7 @@ mod tests {
         let a = key.derive("cloudsync test a");
         let b = key.derive("cloudsync test b");
         assert_ne!(a, b);
-        assert_eq!(
-            a.as_bytes(),
-            &blake3::derive_key("cloudsync test a", &[1; 32])
-        );
+        assert_eq!(a.as_bytes(), &blake3::derive_key("cloudsync test a", &[1; 32]));
     }
 
     #[test]

@@ -33,11 +33,11 @@ const SALT_LEN: usize = 16;
 /// A valid hash with exactly the parameters above (of a random, discarded
 /// password), used by [`dummy_verify`]. A test checks that its parameters
 /// track the constants above.
-const DUMMY_PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$p5VNiigAjA1Fo3SuwMAbgw$nrr/KthWBiprmzX+imSGOYX6uh1b8Bws9sZOGdTNoFM";
+const DUMMY_PHC: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$p5VNiigAjA1Fo3SuwMAbgw$nrr/KthWBiprmzX+imSGOYX6uh1b8Bws9sZOGdTNoFM";
 
 fn argon2() -> Result<Argon2<'static>, CryptoError> {
-    let params = Params::new(M_COST_KIB, T_COST, P_COST, None)
-        .map_err(|e| CryptoError::PasswordHash(e.to_string()))?;
+    let params = Params::new(M_COST_KIB, T_COST, P_COST, None).map_err(|e| CryptoError::PasswordHash(e.to_string()))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -51,11 +51,10 @@ pub fn hash(password: &str) -> Result<String, CryptoError> {
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(CryptoError::PasswordTooLong);
     }
-    let salt = SaltString::encode_b64(&random_bytes::<SALT_LEN>())
-        .map_err(|e| CryptoError::PasswordHash(e.to_string()))?;
-    let phc = argon2()?
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| CryptoError::PasswordHash(e.to_string()))?;
+    let salt =
+        SaltString::encode_b64(&random_bytes::<SALT_LEN>()).map_err(|e| CryptoError::PasswordHash(e.to_string()))?;
+    let phc =
+        argon2()?.hash_password(password.as_bytes(), &salt).map_err(|e| CryptoError::PasswordHash(e.to_string()))?;
     Ok(phc.to_string())
 }
 
@@ -75,9 +74,7 @@ pub fn verify(password: &str, phc: &str) -> bool {
         return false;
     }
     // Parameters, salt and version come from the PHC string itself.
-    Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok()
+    Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
 }
 
 /// Burns the same time as [`verify`] against a real hash. Call it when the
@@ -100,9 +97,6 @@ mod tests {
         assert_eq!(params.t_cost(), T_COST);
         assert_eq!(params.p_cost(), P_COST);
         assert_eq!(parsed.version, Some(u32::from(Version::V0x13)));
-        assert_eq!(
-            parsed.salt.map(|s| s.len()),
-            Some(SaltString::encode_b64(&[0; SALT_LEN]).unwrap().len())
-        );
+        assert_eq!(parsed.salt.map(|s| s.len()), Some(SaltString::encode_b64(&[0; SALT_LEN]).unwrap().len()));
     }
 }

@@ -30,11 +30,7 @@ pub fn wrap_key(kek: &SecretKey, context: &[u8], key: &SecretKey) -> Vec<u8> {
 }
 
 /// Reverses [`wrap_key`]; fails if `kek`, `context` or the data differ.
-pub fn unwrap_key(
-    kek: &SecretKey,
-    context: &[u8],
-    wrapped: &[u8],
-) -> Result<SecretKey, CryptoError> {
+pub fn unwrap_key(kek: &SecretKey, context: &[u8], wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
     let plain = Zeroizing::new(aead::open(kek, &wrap_aad(context), wrapped)?);
     SecretKey::from_slice(&plain)
 }

@@ -110,8 +110,5 @@ fn unwrap_rejects_non_key_payload() {
     let mut aad = b"cloudsync-wrap-v1\0".to_vec();
     aad.extend_from_slice(b"ctx");
     let sealed = aead::seal(&kek, &aad, &[1u8; 31]);
-    assert!(matches!(
-        unwrap_key(&kek, b"ctx", &sealed),
-        Err(CryptoError::InvalidKey(_))
-    ));
+    assert!(matches!(unwrap_key(&kek, b"ctx", &sealed), Err(CryptoError::InvalidKey(_))));
 }

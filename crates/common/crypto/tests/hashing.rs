@@ -2,9 +2,7 @@
 
 use std::collections::HashSet;
 
-use cloudsync_crypto::{
-    KeyedHasher, SecretKey, ct_eq, hash_token, keyed_hash, random_bytes, random_token, sha256,
-};
+use cloudsync_crypto::{KeyedHasher, SecretKey, ct_eq, hash_token, keyed_hash, random_bytes, random_token, sha256};
 use proptest::prelude::*;
 
 /// Key used by the official BLAKE3 test vectors.
@@ -14,27 +12,18 @@ const VECTOR_KEY: &[u8; 32] = b"whats the Elvish word for friend";
 fn keyed_hash_known_answer() {
     // Official BLAKE3 test vector (keyed_hash, input_len = 0).
     let key = SecretKey::from_bytes(*VECTOR_KEY);
-    assert_eq!(
-        hex::encode(keyed_hash(&key, b"")),
-        "92b2b75604ed3c761f9d6f62392c8a9227ad0ea3f09573e783f1498a4ed60d26"
-    );
+    assert_eq!(hex::encode(keyed_hash(&key, b"")), "92b2b75604ed3c761f9d6f62392c8a9227ad0ea3f09573e783f1498a4ed60d26");
 }
 
 #[test]
 fn sha256_known_answer() {
-    assert_eq!(
-        hex::encode(sha256(b"abc")),
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
+    assert_eq!(hex::encode(sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 #[test]
 fn hash_token_is_domain_separated() {
     let t = "some-token";
-    assert_eq!(
-        hash_token(t),
-        blake3::derive_key("cloudsync 2026 token-at-rest v1", t.as_bytes())
-    );
+    assert_eq!(hash_token(t), blake3::derive_key("cloudsync 2026 token-at-rest v1", t.as_bytes()));
     assert_ne!(hash_token(t), *blake3::hash(t.as_bytes()).as_bytes());
     assert_ne!(hash_token(t), hash_token("some-tokem"));
 }
@@ -54,11 +43,7 @@ fn random_token_shape_and_uniqueness() {
     assert_eq!(tokens.len(), 1000);
     for t in &tokens {
         assert_eq!(t.len(), 43);
-        assert!(
-            t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
-            "{t}"
-        );
+        assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{t}");
     }
 }
 

@@ -46,9 +46,7 @@ fn malformed_hashes_fail_closed() {
 
 #[test]
 fn other_argon2_variants_are_rejected() {
-    let phc = password::hash("pw")
-        .unwrap()
-        .replacen("$argon2id$", "$argon2i$", 1);
+    let phc = password::hash("pw").unwrap().replacen("$argon2id$", "$argon2i$", 1);
     assert!(!password::verify("pw", &phc));
 }
 
@@ -58,10 +56,7 @@ fn length_limit() {
     let phc = password::hash(&max).unwrap();
     assert!(password::verify(&max, &phc));
     let long = "a".repeat(MAX_PASSWORD_BYTES + 1);
-    assert!(matches!(
-        password::hash(&long),
-        Err(CryptoError::PasswordTooLong)
-    ));
+    assert!(matches!(password::hash(&long), Err(CryptoError::PasswordTooLong)));
     assert!(!password::verify(&long, &phc));
 }
 

@@ -44,8 +44,8 @@ pub enum PathError {
 pub struct WsPath(String);
 
 const WINDOWS_RESERVED: [&str; 22] = [
-    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8", "COM9", "LPT1",
-    "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8", "COM9", "LPT1", "LPT2",
+    "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
 ];
 
 impl WsPath {
@@ -117,11 +117,7 @@ impl WsPath {
     /// # Errors
     /// When the result breaks a rule.
     pub fn join(&self, child: &str) -> Result<Self, PathError> {
-        if self.is_root() {
-            Self::parse(child)
-        } else {
-            Self::parse(&format!("{}/{}", self.0, child))
-        }
+        if self.is_root() { Self::parse(child) } else { Self::parse(&format!("{}/{}", self.0, child)) }
     }
 
     /// True when `self` is `prefix` or lies below it.

@@ -81,7 +81,13 @@ impl BlobStore {
     ///
     /// # Errors
     /// When the backend fails.
-    pub async fn put_chunk(&self, key: &SecretKey, ws: WorkspaceId, id: &ChunkId, plaintext: &[u8]) -> Result<u32, BlobError> {
+    pub async fn put_chunk(
+        &self,
+        key: &SecretKey,
+        ws: WorkspaceId,
+        id: &ChunkId,
+        plaintext: &[u8],
+    ) -> Result<u32, BlobError> {
         let mut sealed = Vec::with_capacity(plaintext.len() + aead::OVERHEAD);
         aead::seal_into(key, &aad(ws, id), plaintext, &mut sealed);
         let len = u32::try_from(sealed.len()).map_err(|_| BlobError::Setup("chunk too large".into()))?;

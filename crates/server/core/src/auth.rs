@@ -89,7 +89,13 @@ impl Core {
     ///
     /// # Errors
     /// Invalid email or password, or the email is taken.
-    pub async fn create_user(&self, email: &str, pw: &str, is_admin: bool, by: Option<&Actor>) -> CoreResult<UserRecord> {
+    pub async fn create_user(
+        &self,
+        email: &str,
+        pw: &str,
+        is_admin: bool,
+        by: Option<&Actor>,
+    ) -> CoreResult<UserRecord> {
         let email = normalize_email(email)?;
         check_password_policy(pw)?;
         if by.is_some_and(|a| !a.is_admin) {
@@ -156,7 +162,9 @@ impl Core {
             Err(e) => Err(e),
         };
         if let Err(e) = limited {
-            self.store.append_audit(&[self.login_failure(user.as_ref().map(|u| u.id), target, ip, "rate_limited")]).await?;
+            self.store
+                .append_audit(&[self.login_failure(user.as_ref().map(|u| u.id), target, ip, "rate_limited")])
+                .await?;
             return Err(e);
         }
         let ok = {
@@ -228,7 +236,13 @@ impl Core {
         if now - session.last_seen_ms >= TOUCH_EVERY_MS || session.last_ip != ip {
             self.store.touch_session(session.id, now, ip).await?;
         }
-        Ok(Actor { user_id: user.id, email: user.email, is_admin: user.is_admin, session_id: session.id, ip: ip.to_owned() })
+        Ok(Actor {
+            user_id: user.id,
+            email: user.email,
+            is_admin: user.is_admin,
+            session_id: session.id,
+            ip: ip.to_owned(),
+        })
     }
 
     /// Ends the actor's own session.

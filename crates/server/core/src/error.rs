@@ -55,9 +55,9 @@ impl From<StoreError> for CoreError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => CoreError::NotFound("record"),
-            StoreError::LastOwner => CoreError::Conflict(
-                "a workspace must keep at least one owner: make another member owner first".into(),
-            ),
+            StoreError::LastOwner => {
+                CoreError::Conflict("a workspace must keep at least one owner: make another member owner first".into())
+            }
             StoreError::StaleBase { current } => CoreError::Conflict(match current {
                 Some(v) => format!(
                     "the file changed on the server (now at version {v}) since your copy was taken; nothing was overwritten"

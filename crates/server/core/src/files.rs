@@ -100,7 +100,13 @@ impl Core {
     ///
     /// # Errors
     /// A store failure.
-    pub async fn list_files(&self, access: &Access, prefix: &WsPath, after: Option<&str>, limit: u32) -> CoreResult<Vec<FileRecord>> {
+    pub async fn list_files(
+        &self,
+        access: &Access,
+        prefix: &WsPath,
+        after: Option<&str>,
+        limit: u32,
+    ) -> CoreResult<Vec<FileRecord>> {
         Ok(self.store.list_files(access.workspace, prefix, after, limit.clamp(1, MAX_LIST_LIMIT)).await?)
     }
 
@@ -112,14 +118,20 @@ impl Core {
     ///
     /// # Errors
     /// `NotFound` for an unknown path or version.
-    pub async fn open_file(&self, access: &Access, path: &WsPath, version: Option<u64>) -> CoreResult<(FileRecord, VersionRecord, Manifest)> {
+    pub async fn open_file(
+        &self,
+        access: &Access,
+        path: &WsPath,
+        version: Option<u64>,
+    ) -> CoreResult<(FileRecord, VersionRecord, Manifest)> {
         let file = self.live(access, path).await?;
         let v = self
             .store
             .version(access.workspace, file.id, version.unwrap_or(file.version))
             .await?
             .ok_or(CoreError::NotFound("version"))?;
-        let manifest = decode_manifest(&v.manifest).ok_or_else(|| CoreError::Internal("stored manifest is malformed".into()))?;
+        let manifest =
+            decode_manifest(&v.manifest).ok_or_else(|| CoreError::Internal("stored manifest is malformed".into()))?;
         let row = self
             .audit(AuditEvent::FileAccess, Some(&access.actor), Some(access.workspace))
             .target(path.as_str())
@@ -153,7 +165,9 @@ impl Core {
     /// `NotFound` when nothing lives at `path`.
     pub async fn delete_path(&self, access: &Access, path: &WsPath) -> CoreResult<Vec<FileRecord>> {
         if path.is_root() {
-            return Err(CoreError::BadRequest("refusing to delete the whole workspace root; name a file or folder".into()));
+            return Err(CoreError::BadRequest(
+                "refusing to delete the whole workspace root; name a file or folder".into(),
+            ));
         }
         let row = self.audit(AuditEvent::FileDelete, Some(&access.actor), Some(access.workspace)).target(path.as_str());
         let gone = self.store.delete_path(access.workspace, path, self.now_ms(), &[row]).await?;
@@ -197,11 +211,9 @@ impl Core {
         };
         let copy = match wanted {
             Some(n) => {
-                let old = self
-                    .store
-                    .version(access.workspace, file.id, n)
-                    .await?
-                    .ok_or_else(|| CoreError::BadRequest(format!("{path} has no version {n}; see `cloudsync versions`")))?;
+                let old = self.store.version(access.workspace, file.id, n).await?.ok_or_else(|| {
+                    CoreError::BadRequest(format!("{path} has no version {n}; see `cloudsync versions`"))
+                })?;
                 Some(NewVersion {
                     id: VersionId::new(),
                     size: old.size,
@@ -220,7 +232,9 @@ impl Core {
             .detail("version", wanted.unwrap_or(file.version))
             .detail("from_trash", live.is_none());
         match (live, copy) {
-            (Some(f), Some(v)) => Ok(self.store.commit_version(access.workspace, path, Some(f.version), &v, &[row]).await?),
+            (Some(f), Some(v)) => {
+                Ok(self.store.commit_version(access.workspace, path, Some(f.version), &v, &[row]).await?)
+            }
             (None, copy) => Ok(self.store.restore_from_trash(access.workspace, path, copy, &[row]).await?),
             (Some(_), None) => Err(CoreError::Internal("restore without a version".into())),
         }
@@ -230,7 +244,12 @@ impl Core {
     ///
     /// # Errors
     /// A store failure.
-    pub async fn changes(&self, access: &Access, since: u64, limit: u32) -> CoreResult<Vec<cloudsync_store::ChangeRecord>> {
+    pub async fn changes(
+        &self,
+        access: &Access,
+        since: u64,
+        limit: u32,
+    ) -> CoreResult<Vec<cloudsync_store::ChangeRecord>> {
         Ok(self.store.changes(access.workspace, since, limit.clamp(1, MAX_LIST_LIMIT)).await?)
     }
 }

@@ -68,7 +68,10 @@ mod tests {
         let m = Manifest {
             size: 10,
             content_hash: "ab".repeat(32),
-            chunks: vec![ManifestChunk { id: ChunkId([1; 32]), size: 4 }, ManifestChunk { id: ChunkId([2; 32]), size: 6 }],
+            chunks: vec![
+                ManifestChunk { id: ChunkId([1; 32]), size: 4 },
+                ManifestChunk { id: ChunkId([2; 32]), size: 6 },
+            ],
         };
         let enc = encode_manifest(&m);
         assert_eq!(decode_manifest(&enc), Some(m));

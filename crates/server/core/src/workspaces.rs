@@ -92,7 +92,12 @@ impl Core {
     pub async fn workspace_keys(&self, access: &Access) -> CoreResult<WorkspaceKeys> {
         let (_, chunk) = self.keys(access.workspace).await?;
         let p = ChunkerParams::DEFAULT;
-        Ok(WorkspaceKeys { chunk_id_key: chunk.to_hex().to_string(), chunk_min: p.min, chunk_avg: p.avg, chunk_max: p.max })
+        Ok(WorkspaceKeys {
+            chunk_id_key: chunk.to_hex().to_string(),
+            chunk_min: p.min,
+            chunk_avg: p.avg,
+            chunk_max: p.max,
+        })
     }
 
     /// Deletes the workspace: its keys first (crypto-shredding), then metadata, then stored chunks.
@@ -100,9 +105,8 @@ impl Core {
     /// # Errors
     /// A store failure. Chunk removal failures are logged, not returned: the chunks are already unreadable.
     pub async fn delete_workspace(&self, access: &Access) -> CoreResult<()> {
-        let row = self
-            .audit(AuditEvent::WorkspaceDeleted, Some(&access.actor), None)
-            .target(access.workspace.to_string());
+        let row =
+            self.audit(AuditEvent::WorkspaceDeleted, Some(&access.actor), None).target(access.workspace.to_string());
         if !self.store.delete_workspace(access.workspace, &[row]).await? {
             return Err(CoreError::NotFound("workspace"));
         }

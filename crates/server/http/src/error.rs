@@ -50,7 +50,11 @@ impl From<CoreError> for ApiError {
         let code = match &e {
             CoreError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             CoreError::RateLimited { retry_after_secs } => {
-                return Self { code: ErrorCode::RateLimited, message: e.to_string(), retry_after: Some(*retry_after_secs) };
+                return Self {
+                    code: ErrorCode::RateLimited,
+                    message: e.to_string(),
+                    retry_after: Some(*retry_after_secs),
+                };
             }
             CoreError::Forbidden(_) => ErrorCode::Forbidden,
             CoreError::NotFound(_) => ErrorCode::NotFound,
@@ -82,10 +86,8 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ApiErrorBody { code: self.code, message: self.message, request_id: request_id() };
         let mut resp = (status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        if let Some(v) = self.retry_after.and_then(|secs| HeaderValue::from_str(&secs.to_string()).ok()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
     }

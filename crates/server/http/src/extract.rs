@@ -64,7 +64,9 @@ impl FromRequestParts<AppState> for Principal {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthenticated("sign in first: `cloudsync login` (send Authorization: Bearer TOKEN)"))?;
+            .ok_or_else(|| {
+                ApiError::unauthenticated("sign in first: `cloudsync login` (send Authorization: Bearer TOKEN)")
+            })?;
         let actor = state.core.authenticate(token.trim(), &ip.to_string()).await?;
         let p = Principal(actor);
         parts.extensions.insert(p.clone());
@@ -122,9 +124,8 @@ impl<P: Perm> FromRequestParts<AppState> for WorkspaceAccess<P> {
             .find(|(k, _)| *k == "ws")
             .map(|(_, v)| v.to_owned())
             .ok_or_else(|| ApiError::bad_request("missing workspace id in the path"))?;
-        let ws: WorkspaceId = raw
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("{raw:?} is not a workspace id (a UUID)")))?;
+        let ws: WorkspaceId =
+            raw.parse().map_err(|_| ApiError::bad_request(format!("{raw:?} is not a workspace id (a UUID)")))?;
         let access = state.core.access(actor, ws, P::ROLE).await?;
         Ok(WorkspaceAccess(access, PhantomData))
     }

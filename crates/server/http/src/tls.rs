@@ -52,7 +52,8 @@ pub fn from_files(cert_path: &Path, key_path: &Path) -> Result<TlsMaterial, Stri
         .map_err(|e| format!("invalid certificate in {}: {e}", cert_path.display()))?;
     let first = certs.first().ok_or_else(|| format!("no certificate in {}", cert_path.display()))?;
     let fingerprint = cloudsync_crypto::sha256(first.as_ref());
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| format!("invalid key in {}: {e}", key_path.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key_path).map_err(|e| format!("invalid key in {}: {e}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -5,7 +5,9 @@
 //! as durable, so a reader sees either the old or the new version, never a half.
 
 use async_trait::async_trait;
-use cloudsync_store::{ChangeRecord, FileRecord, FileStore, NewAudit, NewVersion, StoreError, StoreResult, VersionRecord};
+use cloudsync_store::{
+    ChangeRecord, FileRecord, FileStore, NewAudit, NewVersion, StoreError, StoreResult, VersionRecord,
+};
 use cloudsync_types::{ChunkId, FileId, VersionId, WorkspaceId, WsPath};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
@@ -35,7 +37,11 @@ fn file_of(r: &SqliteRow) -> StoreResult<FileRecord> {
     })
 }
 
-async fn live_file(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, path: &WsPath) -> StoreResult<Option<FileRecord>> {
+async fn live_file(
+    tx: &mut Transaction<'_, Sqlite>,
+    ws: WorkspaceId,
+    path: &WsPath,
+) -> StoreResult<Option<FileRecord>> {
     let row = sqlx::query(&format!("{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NULL"))
         .bind(ws.as_uuid())
         .bind(path.as_str())
@@ -62,12 +68,13 @@ async fn journal(
     deleted: bool,
     version: u64,
 ) -> StoreResult<()> {
-    let seq: i64 = sqlx::query_scalar("UPDATE workspaces SET journal_seq = journal_seq + 1 WHERE id = ? RETURNING journal_seq")
-        .bind(ws.as_uuid())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(map_err)?
-        .ok_or(StoreError::NotFound)?;
+    let seq: i64 =
+        sqlx::query_scalar("UPDATE workspaces SET journal_seq = journal_seq + 1 WHERE id = ? RETURNING journal_seq")
+            .bind(ws.as_uuid())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(map_err)?
+            .ok_or(StoreError::NotFound)?;
     sqlx::query("INSERT INTO journal (workspace_id, seq, file_id, path, deleted, version) VALUES (?, ?, ?, ?, ?, ?)")
         .bind(ws.as_uuid())
         .bind(seq)
@@ -130,12 +137,13 @@ impl FileStore for SqliteStore {
             if !seen.insert(*cid) {
                 continue;
             }
-            let present: Option<i64> = sqlx::query_scalar("SELECT 1 FROM chunks WHERE workspace_id = ? AND chunk_id = ?")
-                .bind(ws.as_uuid())
-                .bind(&cid.0[..])
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(map_err)?;
+            let present: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM chunks WHERE workspace_id = ? AND chunk_id = ?")
+                    .bind(ws.as_uuid())
+                    .bind(&cid.0[..])
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
             if present.is_none() {
                 missing.push(*cid);
             }
@@ -197,12 +205,13 @@ impl FileStore for SqliteStore {
     }
 
     async fn file_by_path(&self, ws: WorkspaceId, path: &WsPath) -> StoreResult<Option<FileRecord>> {
-        let row = sqlx::query(&format!("{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NULL"))
-            .bind(ws.as_uuid())
-            .bind(path.as_str())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(map_err)?;
+        let row =
+            sqlx::query(&format!("{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NULL"))
+                .bind(ws.as_uuid())
+                .bind(path.as_str())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(map_err)?;
         row.as_ref().map(file_of).transpose()
     }
 

@@ -78,10 +78,12 @@ impl SqliteStore {
 
     async fn migrate(&self) -> StoreResult<()> {
         let mut conn = self.writer.acquire().await.map_err(map_err)?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)")
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
         let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
             .fetch_all(&mut *conn)
             .await
@@ -132,7 +134,9 @@ pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
                 _ => StoreError::Backend(e.to_string()),
             }
         }
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
         _ => StoreError::Backend(e.to_string()),
     }
 }
@@ -167,10 +171,8 @@ mod tests {
         let path = dir.path().join("meta.db");
         SqliteStore::open(&path).await.expect("open").close().await;
         let store = SqliteStore::open(&path).await.expect("reopen");
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM schema_migrations")
-            .fetch_one(&store.reader)
-            .await
-            .expect("count");
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM schema_migrations").fetch_one(&store.reader).await.expect("count");
         assert_eq!(n, MIGRATIONS.len() as i64);
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&store.reader).await.expect("mode");
         assert_eq!(mode, "wal");

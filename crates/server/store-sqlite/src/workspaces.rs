@@ -189,7 +189,13 @@ impl WorkspaceStore for SqliteStore {
         tx.commit().await.map_err(map_err)
     }
 
-    async fn set_member_role(&self, ws: WorkspaceId, user: UserId, role: Role, audit: &[NewAudit]) -> StoreResult<Role> {
+    async fn set_member_role(
+        &self,
+        ws: WorkspaceId,
+        user: UserId,
+        role: Role,
+        audit: &[NewAudit],
+    ) -> StoreResult<Role> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let old = role_in(&mut tx, ws, user).await?.ok_or(StoreError::NotFound)?;
         if old == Role::Owner && role != Role::Owner && other_owners(&mut tx, ws, user).await? == 0 {

@@ -84,8 +84,7 @@ pub fn verify_chain(rows: &[AuditRow]) -> Result<(), u64> {
     let mut prev = [0u8; 32];
     for (i, r) in rows.iter().enumerate() {
         let want_seq = i as u64 + 1;
-        if r.seq != want_seq || r.prev_hash != prev || audit_row_hash(&prev, r.id, &r.chain, r.seq, &r.row) != r.hash
-        {
+        if r.seq != want_seq || r.prev_hash != prev || audit_row_hash(&prev, r.id, &r.chain, r.seq, &r.row) != r.hash {
             return Err(want_seq);
         }
         prev = r.hash;

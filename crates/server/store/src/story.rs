@@ -92,7 +92,8 @@ pub async fn story(store: &dyn Store) {
         wrapped_data_key: vec![9; 61],
         wrapped_chunk_key: vec![8; 61],
     };
-    store.create_workspace(&ws, alice.id, &[audit(AuditEvent::WorkspaceCreated, Some(alice.id), Some(ws.id), 20)])
+    store
+        .create_workspace(&ws, alice.id, &[audit(AuditEvent::WorkspaceCreated, Some(alice.id), Some(ws.id), 20)])
         .await
         .expect("create ws");
     let got = store.workspace(ws.id).await.expect("ws").expect("exists");
@@ -169,7 +170,10 @@ pub async fn story(store: &dyn Store) {
     // Audit: chained per workspace and globally, verifiable, appended with the action.
     store.append_audit(&[audit(AuditEvent::FileAccess, Some(alice.id), Some(ws.id), 50)]).await.expect("append");
     let global = store.audit_chain(GLOBAL_CHAIN, 0, 100).await.expect("global");
-    assert_eq!(global.iter().map(|r| r.row.event).collect::<Vec<_>>(), [AuditEvent::UserCreated, AuditEvent::AuthLogin]);
+    assert_eq!(
+        global.iter().map(|r| r.row.event).collect::<Vec<_>>(),
+        [AuditEvent::UserCreated, AuditEvent::AuthLogin]
+    );
     verify_chain(&global).expect("global chain verifies");
     let chain = store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("ws chain");
     assert_eq!(chain.len(), 2);
@@ -183,7 +187,13 @@ pub async fn story(store: &dyn Store) {
     // An action that fails writes no audit row.
     let before = store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("chain").len();
     let _ = store
-        .commit_version(ws.id, &a, Some(1), &version(alice.id, 1, 60), &[audit(AuditEvent::FileUpload, None, Some(ws.id), 60)])
+        .commit_version(
+            ws.id,
+            &a,
+            Some(1),
+            &version(alice.id, 1, 60),
+            &[audit(AuditEvent::FileUpload, None, Some(ws.id), 60)],
+        )
         .await
         .expect_err("stale");
     assert_eq!(store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("chain").len(), before, "rolled back");
@@ -196,7 +206,12 @@ pub async fn story(store: &dyn Store) {
     assert_eq!(store.rate_limit_hit("login:x", 2000).await.expect("after clear"), 1);
 
     // Deleting a workspace destroys its keys and contents; audit rows stay.
-    assert!(store.delete_workspace(ws.id, &[audit(AuditEvent::WorkspaceDeleted, Some(alice.id), None, 70)]).await.expect("delete"));
+    assert!(
+        store
+            .delete_workspace(ws.id, &[audit(AuditEvent::WorkspaceDeleted, Some(alice.id), None, 70)])
+            .await
+            .expect("delete")
+    );
     assert!(store.workspace(ws.id).await.expect("get").is_none());
     assert!(store.file_by_path(ws.id, &p("docs/b.txt")).await.expect("get").is_none());
     assert_eq!(store.missing_chunks(ws.id, &[c1]).await.expect("missing"), vec![c1]);

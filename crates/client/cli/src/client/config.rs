@@ -42,7 +42,9 @@ impl ClientConfig {
     pub fn load() -> Result<Self> {
         let p = path();
         match std::fs::read_to_string(&p) {
-            Ok(text) => toml::from_str(&text).with_context(|| format!("{} is not a valid client configuration", p.display())),
+            Ok(text) => {
+                toml::from_str(&text).with_context(|| format!("{} is not a valid client configuration", p.display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
         }

@@ -46,9 +46,9 @@ impl CredentialStore {
     /// When the store is unavailable.
     pub fn set(&self, account: &str, secret: &str) -> Result<()> {
         match self {
-            Self::Keyring => keyring::Entry::new(SERVICE, account)
-                .and_then(|e| e.set_password(secret))
-                .map_err(keyring_error),
+            Self::Keyring => {
+                keyring::Entry::new(SERVICE, account).and_then(|e| e.set_password(secret)).map_err(keyring_error)
+            }
             Self::File(path) => {
                 Self::file_warning(path);
                 let mut all = read_file(path)?;

@@ -22,7 +22,8 @@ pub fn parse_remote(spec: &str) -> Result<(String, WsPath)> {
     if ws.is_empty() {
         bail!("{spec:?} names no workspace: write WORKSPACE or WORKSPACE:PATH");
     }
-    let path = WsPath::parse_prefix(path.trim_start_matches('/')).with_context(|| format!("invalid path in {spec:?}"))?;
+    let path =
+        WsPath::parse_prefix(path.trim_start_matches('/')).with_context(|| format!("invalid path in {spec:?}"))?;
     Ok((ws.to_owned(), path))
 }
 
@@ -72,7 +73,10 @@ fn report(verb: &str, s: &TransferSummary, json: bool) -> Result<()> {
         );
     }
     if s.files_conflicted > 0 {
-        bail!("{} file(s) changed on the server since your copy and were not overwritten; pull them first", s.files_conflicted);
+        bail!(
+            "{} file(s) changed on the server since your copy and were not overwritten; pull them first",
+            s.files_conflicted
+        );
     }
     Ok(())
 }
@@ -109,7 +113,10 @@ pub async fn ls(remote: &str, json: bool) -> Result<()> {
     }
     table(
         &["SIZE", "MODIFIED", "VERSION", "PATH"],
-        files.iter().map(|f| vec![size(f.size), date(f.modified_at), f.version.to_string(), f.path.to_string()]).collect(),
+        files
+            .iter()
+            .map(|f| vec![size(f.size), date(f.modified_at), f.version.to_string(), f.path.to_string()])
+            .collect(),
     );
     Ok(())
 }
@@ -185,7 +192,9 @@ pub async fn trash(name: &str, json: bool) -> Result<()> {
     }
     table(
         &["DELETED", "SIZE", "VERSION", "PATH"],
-        list.iter().map(|t| vec![date(t.deleted_at), size(t.size), t.version.to_string(), t.path.to_string()]).collect(),
+        list.iter()
+            .map(|t| vec![date(t.deleted_at), size(t.size), t.version.to_string(), t.path.to_string()])
+            .collect(),
     );
     Ok(())
 }

@@ -26,7 +26,10 @@ use output::{print_json, table};
 /// Empty input or a read failure.
 pub fn read_stdin_line(what: &str) -> Result<Zeroizing<String>> {
     let mut line = Zeroizing::new(String::new());
-    std::io::stdin().lock().read_line(&mut line).with_context(|| format!("cannot read the {what} from standard input"))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .with_context(|| format!("cannot read the {what} from standard input"))?;
     let trimmed = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
     if trimmed.is_empty() {
         bail!("standard input was empty; pipe the {what} in, e.g. `printf '%s\\n' \"$PASSWORD\" | cloudsync ...`");
@@ -60,7 +63,8 @@ fn trust_of(cfg: &ClientConfig) -> Result<Trust> {
 /// No saved login, or an unavailable credential store.
 pub fn connect() -> Result<Client> {
     let cfg = ClientConfig::load()?;
-    let server = cfg.server.clone().context("not logged in: run `cloudsync login --server https://HOST:PORT --email EMAIL`")?;
+    let server =
+        cfg.server.clone().context("not logged in: run `cloudsync login --server https://HOST:PORT --email EMAIL`")?;
     let token = CredentialStore::from_env()?
         .get(&server)?
         .context("no session token for this server in the credential store; run `cloudsync login` again")?;
@@ -86,7 +90,8 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     }
     let store = CredentialStore::from_env()?;
     let old = ClientConfig::load()?;
-    let mut cfg = ClientConfig { server: Some(server.clone()), email: Some(args.email.clone()), ..ClientConfig::default() };
+    let mut cfg =
+        ClientConfig { server: Some(server.clone()), email: Some(args.email.clone()), ..ClientConfig::default() };
     let trust = if let Some(ca) = &args.ca_cert {
         cfg.ca_cert = Some(ca.clone());
         Trust::CaFile(ca.clone())
@@ -96,10 +101,15 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     } else {
         let fp = match (&args.fingerprint, old.server.as_deref() == Some(server.as_str())) {
             (Some(given), _) => parse_fingerprint(given)?,
-            (None, true) if old.fingerprint.is_some() => parse_fingerprint(old.fingerprint.as_deref().unwrap_or_default())?,
+            (None, true) if old.fingerprint.is_some() => {
+                parse_fingerprint(old.fingerprint.as_deref().unwrap_or_default())?
+            }
             (None, _) => {
                 let seen = probe_fingerprint(&server).await?;
-                eprintln!("The server presented a certificate with SHA-256 fingerprint\n  {}", format_fingerprint(&seen));
+                eprintln!(
+                    "The server presented a certificate with SHA-256 fingerprint\n  {}",
+                    format_fingerprint(&seen)
+                );
                 eprintln!("Compare it with the fingerprint printed by `cloudsync server start` on the server.");
                 if !std::io::stdin().is_terminal() || args.password_stdin {
                     bail!(
@@ -119,7 +129,9 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     let password = if args.password_stdin {
         read_stdin_line("password")?
     } else {
-        Zeroizing::new(rpassword::prompt_password(format!("Password for {}: ", args.email)).context("cannot read the password")?)
+        Zeroizing::new(
+            rpassword::prompt_password(format!("Password for {}: ", args.email)).context("cannot read the password")?,
+        )
     };
     let device = args.device_name.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
     let client = Client::new(&server, trust)?;
@@ -151,7 +163,9 @@ pub async fn logout() -> Result<()> {
         Ok(client) => match client.auth().logout().await {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Unauthenticated => {}
-            Err(e) => eprintln!("warning: the server did not confirm the logout ({e}); the local token is removed anyway"),
+            Err(e) => {
+                eprintln!("warning: the server did not confirm the logout ({e}); the local token is removed anyway")
+            }
         },
         Err(e) => eprintln!("warning: {e:#}"),
     }
@@ -168,9 +182,16 @@ pub async fn whoami(json: bool) -> Result<()> {
     let client = connect()?;
     let me = client.auth().whoami().await?;
     if json {
-        return print_json(&serde_json::json!({"server": client.base_url(), "user": me.user, "session_id": me.session_id}));
+        return print_json(
+            &serde_json::json!({"server": client.base_url(), "user": me.user, "session_id": me.session_id}),
+        );
     }
-    println!("{} on {}{}", me.user.email, client.base_url(), if me.user.is_admin { " (server administrator)" } else { "" });
+    println!(
+        "{} on {}{}",
+        me.user.email,
+        client.base_url(),
+        if me.user.is_admin { " (server administrator)" } else { "" }
+    );
     Ok(())
 }
 
@@ -200,7 +221,8 @@ pub async fn devices(cmd: DevicesCmd) -> Result<()> {
             table(&["ID", "DEVICE", "LAST SEEN", "ADDRESS"], rows);
         }
         DevicesCmd::Revoke { id } => {
-            let id: SessionId = id.parse().map_err(|_| anyhow::anyhow!("{id:?} is not a device id; see `cloudsync devices list`"))?;
+            let id: SessionId =
+                id.parse().map_err(|_| anyhow::anyhow!("{id:?} is not a device id; see `cloudsync devices list`"))?;
             client.devices().revoke(id).await?;
             eprintln!("Revoked device {id}; its token no longer works.");
         }
@@ -233,13 +255,26 @@ pub async fn workspace_cmd(cmd: WorkspaceCmd) -> Result<()> {
             }
             let rows = list
                 .iter()
-                .map(|w| vec![w.name.clone(), w.role.to_string(), if w.e2e_encryption { "e2ee" } else { "at rest" }.into(), w.id.to_string()])
+                .map(|w| {
+                    vec![
+                        w.name.clone(),
+                        w.role.to_string(),
+                        if w.e2e_encryption { "e2ee" } else { "at rest" }.into(),
+                        w.id.to_string(),
+                    ]
+                })
                 .collect();
             table(&["NAME", "ROLE", "ENCRYPTION", "ID"], rows);
         }
         WorkspaceCmd::Delete { name, yes } => {
             let w = workspace(&client, &name).await?;
-            if !yes && std::io::stdin().is_terminal() && !confirm(&format!("Delete workspace {:?} and destroy its key? Its files cannot be recovered.", w.name))? {
+            if !yes
+                && std::io::stdin().is_terminal()
+                && !confirm(&format!(
+                    "Delete workspace {:?} and destroy its key? Its files cannot be recovered.",
+                    w.name
+                ))?
+            {
                 bail!("not deleted");
             }
             client.workspaces().delete(w.id).await?;
@@ -258,7 +293,10 @@ async fn members(client: &Client, cmd: MembersCmd) -> Result<()> {
             if json.json {
                 return print_json(&list);
             }
-            table(&["EMAIL", "ROLE", "ADDED"], list.iter().map(|m| vec![m.email.clone(), m.role.to_string(), output::date(m.added_at)]).collect());
+            table(
+                &["EMAIL", "ROLE", "ADDED"],
+                list.iter().map(|m| vec![m.email.clone(), m.role.to_string(), output::date(m.added_at)]).collect(),
+            );
         }
         MembersCmd::Add { workspace: name, email, role, json } => {
             let w = workspace(client, &name).await?;

@@ -91,8 +91,10 @@ impl ServerConfig {
     pub fn load(file: Option<&Path>) -> Result<Self> {
         let mut value = toml::Value::try_from(Self::default()).context("default configuration")?;
         if let Some(f) = file {
-            let text = std::fs::read_to_string(f).with_context(|| format!("cannot read the config file {}", f.display()))?;
-            let overlay: toml::Value = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", f.display()))?;
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("cannot read the config file {}", f.display()))?;
+            let overlay: toml::Value =
+                toml::from_str(&text).with_context(|| format!("{} is not valid TOML", f.display()))?;
             merge(&mut value, overlay);
         }
         for (k, v) in std::env::vars() {
@@ -108,7 +110,8 @@ impl ServerConfig {
             t.insert(section.to_lowercase(), toml::Value::Table(inner));
             merge(&mut value, toml::Value::Table(t));
         }
-        let cfg: Self = value.try_into().context("invalid configuration (check the file and CLOUDSYNC_*__* variables)")?;
+        let cfg: Self =
+            value.try_into().context("invalid configuration (check the file and CLOUDSYNC_*__* variables)")?;
         if cfg.security.login_window_secs == 0 {
             bail!("security.login_window_secs must be at least 1");
         }
@@ -117,9 +120,10 @@ impl ServerConfig {
 
     /// The data directory (configured or the platform default).
     pub fn data_dir(&self) -> PathBuf {
-        self.server.data_dir.clone().unwrap_or_else(|| {
-            dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("cloudsync").join("server")
-        })
+        self.server
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("cloudsync").join("server"))
     }
 }
 

@@ -21,7 +21,9 @@ pub(super) fn load_or_create(cfg: &ServerConfig, data_dir: &Path) -> Result<Secr
     let path = cfg.security.master_key_file.clone().unwrap_or_else(|| data_dir.join("master.key"));
     if path.exists() {
         check_private(&path)?;
-        let text = Zeroizing::new(std::fs::read_to_string(&path).with_context(|| format!("cannot read the master key {}", path.display()))?);
+        let text = Zeroizing::new(
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read the master key {}", path.display()))?,
+        );
         return SecretKey::from_hex(text.trim())
             .map_err(|_| anyhow::anyhow!("{} does not hold a master key (64 hexadecimal characters)", path.display()));
     }
@@ -35,7 +37,10 @@ pub(super) fn load_or_create(cfg: &ServerConfig, data_dir: &Path) -> Result<Secr
         .and_then(|()| f.write_all(b"\n"))
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    eprintln!("Created a new master key in {} — back it up apart from the data: without it nothing can be decrypted.", path.display());
+    eprintln!(
+        "Created a new master key in {} — back it up apart from the data: without it nothing can be decrypted.",
+        path.display()
+    );
     Ok(key)
 }
 

@@ -22,11 +22,8 @@ pub use config::{DEFAULT_CONFIG, ServerConfig};
 /// # Errors
 /// An unknown scheme or a database that cannot be opened.
 pub async fn open_store(cfg: &ServerConfig, data_dir: &Path) -> Result<Arc<dyn Store>> {
-    let url = cfg
-        .storage
-        .database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("meta.db").display()));
+    let url =
+        cfg.storage.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("meta.db").display()));
     if url.starts_with("sqlite:") {
         let store = cloudsync_store_sqlite::SqliteStore::connect(&url)
             .await
@@ -49,7 +46,8 @@ pub async fn build_core(cfg: &ServerConfig) -> Result<Core> {
     let master = master_key::load_or_create(cfg, &data_dir)?;
     let store = open_store(cfg, &data_dir).await?;
     let chunks_dir = cfg.storage.chunks_dir.clone().unwrap_or_else(|| data_dir.join("chunks"));
-    let blobs = BlobStore::local(&chunks_dir).with_context(|| format!("cannot use the chunk directory {}", chunks_dir.display()))?;
+    let blobs = BlobStore::local(&chunks_dir)
+        .with_context(|| format!("cannot use the chunk directory {}", chunks_dir.display()))?;
     let limits = LoginLimits {
         per_account: cfg.security.login_attempts_per_account,
         per_ip: cfg.security.login_attempts_per_ip,
@@ -155,7 +153,12 @@ pub async fn run(
 ///
 /// # Errors
 /// Invalid input, an existing account, or an unusable data directory.
-pub async fn create_user(cfg: &ServerConfig, email: &str, password: &str, admin: bool) -> Result<cloudsync_store::UserRecord> {
+pub async fn create_user(
+    cfg: &ServerConfig,
+    email: &str,
+    password: &str,
+    admin: bool,
+) -> Result<cloudsync_store::UserRecord> {
     let core = build_core(cfg).await?;
     Ok(core.create_user(email, password, admin, None).await?)
 }

@@ -45,11 +45,7 @@ pub struct ChoppyReader<R> {
 
 impl<R> ChoppyReader<R> {
     pub fn new(inner: R, seed: u64, max_read: usize) -> Self {
-        Self {
-            inner,
-            rng: Rng::new(seed),
-            max_read: max_read.max(1),
-        }
+        Self { inner, rng: Rng::new(seed), max_read: max_read.max(1) }
     }
 }
 

@@ -49,7 +49,10 @@ pub(crate) async fn whoami(Principal(actor): Principal) -> axum::Json<WhoAmI> {
 
 /// The caller's sessions (devices).
 #[utoipa::path(get, path = "/api/v1/devices", tag = "auth", responses((status = 200, body = Vec<Device>)))]
-pub(crate) async fn list_devices(State(st): State<AppState>, Principal(actor): Principal) -> Result<axum::Json<Vec<Device>>, ApiError> {
+pub(crate) async fn list_devices(
+    State(st): State<AppState>,
+    Principal(actor): Principal,
+) -> Result<axum::Json<Vec<Device>>, ApiError> {
     let list = st.core.list_devices(&actor).await?;
     Ok(axum::Json(
         list.into_iter()
@@ -73,7 +76,8 @@ pub(crate) async fn revoke_device(
     Principal(actor): Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id: SessionId = id.parse().map_err(|_| ApiError::bad_request("the device id must be a UUID (see `cloudsync devices list`)"))?;
+    let id: SessionId =
+        id.parse().map_err(|_| ApiError::bad_request("the device id must be a UUID (see `cloudsync devices list`)"))?;
     st.core.revoke_device(&actor, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

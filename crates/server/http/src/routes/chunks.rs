@@ -47,7 +47,10 @@ pub(crate) async fn upload_chunks(
         while buf.len() >= FRAME_HEADER {
             let len = u32::from_be_bytes([buf[32], buf[33], buf[34], buf[35]]) as usize;
             if len == 0 || len > MAX_CHUNK_SIZE {
-                return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("a chunk must be 1 to {MAX_CHUNK_SIZE} bytes; got {len}")));
+                return Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("a chunk must be 1 to {MAX_CHUNK_SIZE} bytes; got {len}"),
+                ));
             }
             if buf.len() < FRAME_HEADER + len {
                 buf.reserve(FRAME_HEADER + len - buf.len());

@@ -184,7 +184,10 @@ pub(crate) async fn restore(
 /// The trash.
 #[utoipa::path(get, path = "/api/v1/workspaces/{ws}/trash", tag = "files", params(("ws" = String, Path)),
     responses((status = 200, body = Vec<TrashEntry>)))]
-pub(crate) async fn trash(State(st): State<AppState>, WorkspaceAccess(a, ..): WorkspaceAccess<Viewer>) -> Result<axum::Json<Vec<TrashEntry>>, ApiError> {
+pub(crate) async fn trash(
+    State(st): State<AppState>,
+    WorkspaceAccess(a, ..): WorkspaceAccess<Viewer>,
+) -> Result<axum::Json<Vec<TrashEntry>>, ApiError> {
     let list = st.core.trash(&a).await?;
     Ok(axum::Json(
         list.into_iter()

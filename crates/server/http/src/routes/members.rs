@@ -21,7 +21,10 @@ fn user_id(raw: &str) -> Result<UserId, ApiError> {
 /// Members.
 #[utoipa::path(get, path = "/api/v1/workspaces/{ws}/members", tag = "members", params(("ws" = String, Path)),
     responses((status = 200, body = Vec<Member>)))]
-pub(crate) async fn list_members(State(st): State<AppState>, WorkspaceAccess(a, ..): WorkspaceAccess<Viewer>) -> Result<axum::Json<Vec<Member>>, ApiError> {
+pub(crate) async fn list_members(
+    State(st): State<AppState>,
+    WorkspaceAccess(a, ..): WorkspaceAccess<Viewer>,
+) -> Result<axum::Json<Vec<Member>>, ApiError> {
     Ok(axum::Json(st.core.list_members(&a).await?.into_iter().map(view).collect()))
 }
 

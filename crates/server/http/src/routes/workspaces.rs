@@ -16,7 +16,10 @@ fn view(w: &WorkspaceRecord, role: Role) -> Workspace {
 
 /// The caller's workspaces.
 #[utoipa::path(get, path = "/api/v1/workspaces", tag = "workspaces", responses((status = 200, body = Vec<Workspace>)))]
-pub(crate) async fn list_workspaces(State(st): State<AppState>, Principal(actor): Principal) -> Result<axum::Json<Vec<Workspace>>, ApiError> {
+pub(crate) async fn list_workspaces(
+    State(st): State<AppState>,
+    Principal(actor): Principal,
+) -> Result<axum::Json<Vec<Workspace>>, ApiError> {
     let list = st.core.list_workspaces(&actor).await?;
     Ok(axum::Json(list.iter().map(|(w, r)| view(w, *r)).collect()))
 }
@@ -36,7 +39,10 @@ pub(crate) async fn create_workspace(
 /// One workspace.
 #[utoipa::path(get, path = "/api/v1/workspaces/{ws}", tag = "workspaces", params(("ws" = String, Path)),
     responses((status = 200, body = Workspace), (status = 404, body = ApiErrorBody)))]
-pub(crate) async fn get_workspace(State(st): State<AppState>, WorkspaceAccess(a, ..): WorkspaceAccess<Viewer>) -> Result<axum::Json<Workspace>, ApiError> {
+pub(crate) async fn get_workspace(
+    State(st): State<AppState>,
+    WorkspaceAccess(a, ..): WorkspaceAccess<Viewer>,
+) -> Result<axum::Json<Workspace>, ApiError> {
     let w = st.core.workspace(&a).await?;
     Ok(axum::Json(view(&w, a.role)))
 }
@@ -44,7 +50,10 @@ pub(crate) async fn get_workspace(State(st): State<AppState>, WorkspaceAccess(a,
 /// Deletes a workspace and destroys its keys (Owner).
 #[utoipa::path(delete, path = "/api/v1/workspaces/{ws}", tag = "workspaces", params(("ws" = String, Path)),
     responses((status = 204), (status = 403, body = ApiErrorBody)))]
-pub(crate) async fn delete_workspace(State(st): State<AppState>, WorkspaceAccess(a, ..): WorkspaceAccess<Owner>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn delete_workspace(
+    State(st): State<AppState>,
+    WorkspaceAccess(a, ..): WorkspaceAccess<Owner>,
+) -> Result<StatusCode, ApiError> {
     st.core.delete_workspace(&a).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -52,6 +61,9 @@ pub(crate) async fn delete_workspace(State(st): State<AppState>, WorkspaceAccess
 /// The chunk-id key and chunking parameters a member's client needs.
 #[utoipa::path(get, path = "/api/v1/workspaces/{ws}/keys", tag = "workspaces", params(("ws" = String, Path)),
     responses((status = 200, body = WorkspaceKeys)))]
-pub(crate) async fn workspace_keys(State(st): State<AppState>, WorkspaceAccess(a, ..): WorkspaceAccess<Viewer>) -> Result<axum::Json<WorkspaceKeys>, ApiError> {
+pub(crate) async fn workspace_keys(
+    State(st): State<AppState>,
+    WorkspaceAccess(a, ..): WorkspaceAccess<Viewer>,
+) -> Result<axum::Json<WorkspaceKeys>, ApiError> {
     Ok(axum::Json(st.core.workspace_keys(&a).await?))
 }
