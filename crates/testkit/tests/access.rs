@@ -428,3 +428,17 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAll {
         rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn logins_are_also_limited_per_client_address() {
+    let srv = TestServer::start_with(|c| c.security.login_attempts_per_ip = 4).await;
+    let anon = srv.anonymous();
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let req = LoginRequest { email: format!("user{i}@example.com"), password: "not the password".into(), device_name: "t".into() };
+        statuses.push(anon.auth().login(&req).await.expect_err("no such accounts").kind());
+    }
+    assert_eq!(statuses[..4], [ErrorKind::Unauthenticated; 4], "distinct accounts, same address");
+    assert_eq!(statuses[4..], [ErrorKind::RateLimited; 2], "the address is throttled after its burst");
+    srv.stop().await;
+}
