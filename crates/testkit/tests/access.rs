@@ -197,8 +197,17 @@ async fn unauthenticated_requests_reach_only_public_routes() {
 #[tokio::test]
 async fn the_openapi_document_lists_exactly_the_route_table() {
     let srv = TestServer::start().await;
-    let doc: serde_json::Value =
-        http().get(format!("{}/api/v1/openapi.json", srv.url)).send().await.expect("send").json().await.expect("json");
+    srv.create_user("a@example.com", false).await.expect("account");
+    let tok = token(&srv, "a@example.com").await;
+    let doc: serde_json::Value = http()
+        .get(format!("{}/api/v1/openapi.json", srv.url))
+        .bearer_auth(tok)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     let mut documented = Vec::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for m in ["get", "post", "put", "delete"] {
@@ -435,7 +444,11 @@ async fn logins_are_also_limited_per_client_address() {
     let anon = srv.anonymous();
     let mut statuses = Vec::new();
     for i in 0..6 {
-        let req = LoginRequest { email: format!("user{i}@example.com"), password: "not the password".into(), device_name: "t".into() };
+        let req = LoginRequest {
+            email: format!("user{i}@example.com"),
+            password: "not the password".into(),
+            device_name: "t".into(),
+        };
         statuses.push(anon.auth().login(&req).await.expect_err("no such accounts").kind());
     }
     assert_eq!(statuses[..4], [ErrorKind::Unauthenticated; 4], "distinct accounts, same address");

@@ -8,7 +8,7 @@ use crate::routes;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "CloudSync API", description = "Self-hosted, encrypted file sync. All calls but health, login and this document need `Authorization: Bearer TOKEN`."),
+    info(title = "CloudSync API", description = "Self-hosted, encrypted file sync. All calls but health and login need `Authorization: Bearer TOKEN`."),
     paths(
         routes::health, routes::login, routes::logout, routes::whoami, routes::list_devices, routes::revoke_device,
         routes::create_user, routes::list_workspaces, routes::create_workspace, routes::get_workspace,
@@ -41,8 +41,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// This document.
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "server", responses((status = 200, description = "OpenAPI 3.1 document")))]
-pub(crate) async fn openapi_json() -> impl IntoResponse {
+/// This document (signed-in accounts only: nothing but health and login is reachable without a session).
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "server", responses((status = 200, description = "OpenAPI 3.1 document"), (status = 401)))]
+pub(crate) async fn openapi_json(_: crate::extract::Principal) -> impl IntoResponse {
     axum::Json(document())
 }

@@ -24,7 +24,7 @@ pub(crate) use workspaces::*;
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {
-    /// Nothing (health, login, API document).
+    /// Nothing (health, login).
     Public,
     /// Any signed-in account.
     Session,
@@ -37,7 +37,7 @@ pub enum Needs {
 /// Every route: method, path (OpenAPI syntax), permission.
 pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("GET", "/api/v1/health", Needs::Public),
-    ("GET", "/api/v1/openapi.json", Needs::Public),
+    ("GET", "/api/v1/openapi.json", Needs::Session),
     ("POST", "/api/v1/auth/login", Needs::Public),
     ("POST", "/api/v1/auth/logout", Needs::Session),
     ("GET", "/api/v1/auth/whoami", Needs::Session),
