@@ -16,15 +16,6 @@ fn http() -> reqwest::Client {
     reqwest::Client::builder().danger_accept_invalid_certs(true).build().expect("http client")
 }
 
-async fn token(srv: &TestServer, email: &str) -> String {
-    srv.anonymous()
-        .auth()
-        .login(&LoginRequest { email: email.into(), password: PASSWORD.into(), device_name: "t".into() })
-        .await
-        .expect("login")
-        .token
-}
-
 /// A plausible body for each route, so a permitted call gets past body parsing.
 fn body_for(method: &str, path: &str, viewer_id: &str) -> Option<serde_json::Value> {
     let json = match (method, path.rsplit('/').next().unwrap_or("")) {
@@ -91,9 +82,9 @@ async fn every_route_refuses_every_lower_role_and_hides_workspaces_from_non_memb
     let mut tokens = Vec::new();
     for (e, r) in [("viewer", Role::Viewer), ("editor", Role::Editor), ("admin", Role::Admin), ("owner2", Role::Owner)]
     {
-        tokens.push((Some(r), token(&srv, &format!("{e}@example.com")).await));
+        tokens.push((Some(r), common::token(&srv, &format!("{e}@example.com")).await));
     }
-    tokens.push((None, token(&srv, "outsider@example.com").await));
+    tokens.push((None, common::token(&srv, "outsider@example.com").await));
     let http = http();
     let mut checked = 0;
     for (method, template, needs) in ROUTES {
@@ -198,7 +189,7 @@ async fn unauthenticated_requests_reach_only_public_routes() {
 async fn the_openapi_document_lists_exactly_the_route_table() {
     let srv = TestServer::start().await;
     srv.create_user("a@example.com", false).await.expect("account");
-    let tok = token(&srv, "a@example.com").await;
+    let tok = common::token(&srv, "a@example.com").await;
     let doc: serde_json::Value = http()
         .get(format!("{}/api/v1/openapi.json", srv.url))
         .bearer_auth(tok)
@@ -331,7 +322,7 @@ async fn actions_are_audited_and_no_secret_reaches_the_database() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
     srv.create_user("b@example.com", false).await.expect("b");
-    let tok = token(&srv, "a@example.com").await;
+    let tok = common::token(&srv, "a@example.com").await;
     let ws = a
         .workspaces()
         .create(&CreateWorkspaceRequest { name: "Audited".into(), e2e_encryption: false })

@@ -49,3 +49,17 @@ pub async fn get_file(c: &Client, ws: WorkspaceId, path: &str) -> Result<Vec<u8>
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Logs in with the test password and returns the raw bearer token (for requests made without the SDK).
+pub async fn token(srv: &cloudsync_testkit::TestServer, email: &str) -> String {
+    srv.anonymous()
+        .auth()
+        .login(&cloudsync_types::api::LoginRequest {
+            email: email.into(),
+            password: cloudsync_testkit::PASSWORD.into(),
+            device_name: "raw".into(),
+        })
+        .await
+        .expect("login")
+        .token
+}

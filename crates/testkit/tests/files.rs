@@ -80,7 +80,7 @@ async fn hostile_paths_get_a_clear_400() {
     let ws =
         a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
     let http = reqwest::Client::builder().danger_accept_invalid_certs(true).build().expect("http");
-    let token = login_token(&srv, "a@example.com").await;
+    let token = common::token(&srv, "a@example.com").await;
     for bad in ["../etc/passwd", "/abs", "a\u{0}b", "a//b"] {
         let body = serde_json::json!({"path": bad, "base_version": null, "manifest": {"size": 0, "content_hash": "00".repeat(32), "chunks": []}});
         let r = http
@@ -98,19 +98,6 @@ async fn hostile_paths_get_a_clear_400() {
     let err = a.files(ws.id).versions(&WsPath::parse("nope.txt").expect("p")).await.expect_err("404");
     assert_eq!(err.kind(), ErrorKind::NotFound);
     srv.stop().await;
-}
-
-async fn login_token(srv: &TestServer, email: &str) -> String {
-    srv.anonymous()
-        .auth()
-        .login(&cloudsync_types::api::LoginRequest {
-            email: email.into(),
-            password: cloudsync_testkit::PASSWORD.into(),
-            device_name: "raw".into(),
-        })
-        .await
-        .expect("login")
-        .token
 }
 
 #[tokio::test]
