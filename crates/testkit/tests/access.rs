@@ -9,7 +9,7 @@ use cloudsync_sdk::ErrorKind;
 use cloudsync_server_http::routes::{Needs, ROUTES};
 use cloudsync_store::GLOBAL_CHAIN;
 use cloudsync_testkit::{PASSWORD, TestServer, files_containing};
-use cloudsync_types::api::{AddMemberRequest, CreateWorkspaceRequest, LoginRequest};
+use cloudsync_types::api::{AddMemberRequest, LoginRequest};
 use cloudsync_types::{AuditEvent, Outcome, Role, WorkspaceId};
 
 fn http() -> reqwest::Client {
@@ -46,11 +46,7 @@ async fn every_route_refuses_every_lower_role_and_hides_workspaces_from_non_memb
     ] {
         srv.create_user(e, false).await.expect("account");
     }
-    let ws = owner
-        .workspaces()
-        .create(&CreateWorkspaceRequest { name: "Roles".into(), e2e_encryption: false })
-        .await
-        .expect("ws");
+    let ws = common::workspace(&owner, "Roles").await;
     for (e, r) in [
         ("viewer", Role::Viewer),
         ("editor", Role::Editor),
@@ -220,11 +216,7 @@ async fn last_owner_stays_and_admins_manage_only_below_admin() {
     let owner = srv.user("owner@example.com").await;
     let admin = srv.user("admin@example.com").await;
     srv.create_user("viewer@example.com", false).await.expect("account");
-    let ws = owner
-        .workspaces()
-        .create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false })
-        .await
-        .expect("ws");
+    let ws = common::workspace(&owner, "W").await;
     owner
         .members(ws.id)
         .add(&AddMemberRequest { email: "admin@example.com".into(), role: Role::Admin })
@@ -310,7 +302,7 @@ async fn failed_logins_are_audited_and_rate_limited_with_retry_after() {
     assert_eq!(failures.len(), 5, "3 wrong, 1 limited, 1 unknown");
     assert_eq!(failures[3].row.details["reason"], "rate_limited");
     assert!(
-        failures[4].row.target.as_deref().is_some_and(|t| t.starts_with("email-sha256:")),
+        failures[4].row.target.as_deref().is_some_and(|t| t.starts_with("email-tag:")),
         "unknown emails are not stored"
     );
     cloudsync_store::verify_chain(&rows).expect("chain verifies");
@@ -323,11 +315,7 @@ async fn actions_are_audited_and_no_secret_reaches_the_database() {
     let a = srv.user("a@example.com").await;
     srv.create_user("b@example.com", false).await.expect("b");
     let tok = common::token(&srv, "a@example.com").await;
-    let ws = a
-        .workspaces()
-        .create(&CreateWorkspaceRequest { name: "Audited".into(), e2e_encryption: false })
-        .await
-        .expect("ws");
+    let ws = common::workspace(&a, "Audited").await;
     let m = a
         .members(ws.id)
         .add(&AddMemberRequest { email: "b@example.com".into(), role: Role::Viewer })
@@ -378,55 +366,37 @@ async fn tls_1_2_clients_are_refused() {
     let srv = TestServer::start().await;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Trust the server's own certificate, so the only thing that can fail is the protocol version.
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(srv.data_dir().join("tls/cert.pem")).expect("server certificate");
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    let tls13 = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS12])
         .expect("tls12")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAll))
+        .with_root_certificates(roots)
         .with_no_client_auth();
     let port = srv.url.rsplit(':').next().expect("port").to_owned();
-    let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await.expect("tcp");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let result = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await;
+    let handshake = |config: rustls::ClientConfig| {
+        let addr = format!("127.0.0.1:{port}");
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+        }
+    };
+    let result = handshake(config).await;
     assert!(result.is_err(), "a TLS 1.2 handshake must fail");
-    // And TLS 1.3 works.
+    // And TLS 1.3 works, with the same trust.
+    assert!(handshake(tls13).await.is_ok(), "a TLS 1.3 handshake with the same roots succeeds");
     assert_eq!(srv.anonymous().health().await.expect("health").status, "ok");
     srv.stop().await;
-}
-
-#[derive(Debug)]
-struct AcceptAll;
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAll {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[tokio::test]

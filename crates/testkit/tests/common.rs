@@ -63,3 +63,11 @@ pub async fn token(srv: &cloudsync_testkit::TestServer, email: &str) -> String {
         .expect("login")
         .token
 }
+
+/// Creates a workspace (at-rest encryption only) owned by the client's account.
+pub async fn workspace(c: &Client, name: &str) -> cloudsync_types::api::Workspace {
+    c.workspaces()
+        .create(&cloudsync_types::api::CreateWorkspaceRequest { name: name.into(), e2e_encryption: false })
+        .await
+        .expect("create workspace")
+}

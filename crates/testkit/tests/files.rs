@@ -13,11 +13,7 @@ use common::{get_file, put_file};
 async fn file_contents_are_encrypted_at_rest_and_round_trip() {
     let srv = TestServer::start().await;
     let alice = srv.user("alice@example.com").await;
-    let ws = alice
-        .workspaces()
-        .create(&CreateWorkspaceRequest { name: "Team".into(), e2e_encryption: false })
-        .await
-        .expect("ws");
+    let ws = common::workspace(&alice, "Team").await;
     let marker = format!("MARKER-{}", cloudsync_crypto::random_token());
     let content = format!("{marker} {}", "x".repeat(5000)).into_bytes();
     put_file(&alice, ws.id, "secret/plan.txt", &content, None).await.expect("put");
@@ -31,8 +27,7 @@ async fn file_contents_are_encrypted_at_rest_and_round_trip() {
 async fn stale_base_is_a_conflict_and_overwrites_nothing() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
-    let ws =
-        a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
+    let ws = common::workspace(&a, "W").await;
     let v1 = put_file(&a, ws.id, "f.txt", b"one", None).await.expect("v1");
     let v2 = put_file(&a, ws.id, "f.txt", b"two", Some(v1.version)).await.expect("v2");
     assert_eq!(v2.version, 2);
@@ -48,8 +43,7 @@ async fn stale_base_is_a_conflict_and_overwrites_nothing() {
 async fn commits_need_their_chunks_and_chunks_must_match_their_ids() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
-    let ws =
-        a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
+    let ws = common::workspace(&a, "W").await;
     let fake = ChunkId([7; 32]);
     let err = a
         .files(ws.id)
@@ -77,8 +71,7 @@ async fn commits_need_their_chunks_and_chunks_must_match_their_ids() {
 async fn hostile_paths_get_a_clear_400() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
-    let ws =
-        a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
+    let ws = common::workspace(&a, "W").await;
     let http = reqwest::Client::builder().danger_accept_invalid_certs(true).build().expect("http");
     let token = common::token(&srv, "a@example.com").await;
     for bad in ["../etc/passwd", "/abs", "a\u{0}b", "a//b"] {
@@ -104,8 +97,7 @@ async fn hostile_paths_get_a_clear_400() {
 async fn versions_trash_restore_and_the_change_journal() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
-    let ws =
-        a.workspaces().create(&CreateWorkspaceRequest { name: "W".into(), e2e_encryption: false }).await.expect("ws");
+    let ws = common::workspace(&a, "W").await;
     let f = a.files(ws.id);
     let p = WsPath::parse("docs/report.txt").expect("p");
     put_file(&a, ws.id, "docs/report.txt", b"draft", None).await.expect("v1");
@@ -148,11 +140,7 @@ async fn versions_trash_restore_and_the_change_journal() {
 async fn deleting_a_workspace_destroys_its_key_and_chunks() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
-    let ws = a
-        .workspaces()
-        .create(&CreateWorkspaceRequest { name: "Doomed".into(), e2e_encryption: false })
-        .await
-        .expect("ws");
+    let ws = common::workspace(&a, "Doomed").await;
     put_file(&a, ws.id, "a.txt", b"soon unreadable content", None).await.expect("put");
     let chunk_dir = srv.data_dir().join("chunks").join("ws").join(ws.id.to_string());
     assert!(chunk_dir.exists(), "chunks stored under the workspace");

@@ -24,15 +24,9 @@ const MAX_JSON_BYTES: usize = 256 * 1024 * 1024;
 const MAX_ERROR_BYTES: usize = 64 * 1024;
 const USER_AGENT: &str = concat!("cloudsync/", env!("CARGO_PKG_VERSION"));
 
-/// A bearer token; wiped from memory when dropped and never printed.
-#[derive(Clone)]
-struct Token(Zeroizing<String>);
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(***)")
-    }
-}
+/// The `Authorization` header, built once when the token is set (marked sensitive, so it is never printed),
+/// or `Err` when the token is not valid header text.
+type AuthHeader = Result<HeaderValue, ()>;
 
 /// A validated base URL: `url` for host/port, `text` without a trailing slash.
 pub(crate) struct BaseUrl {
@@ -69,8 +63,7 @@ struct Inner {
     http: reqwest::Client,
     base: String,
     api: String,
-    token: Option<Token>,
-    pin: Option<[u8; 32]>,
+    token: Option<AuthHeader>,
     trust: Trust,
 }
 
@@ -85,7 +78,7 @@ impl fmt::Debug for Client {
         f.debug_struct("Client")
             .field("base_url", &self.inner.base)
             .field("trust", &self.inner.trust)
-            .field("token", &self.inner.token)
+            .field("token", &self.inner.token.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -108,18 +101,23 @@ impl Client {
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| Error::new(ErrorKind::Tls, format!("could not set up the HTTP client: {e}")).with_source(e))?;
-        let pin = match trust {
-            Trust::Fingerprint(fp) => Some(fp),
-            _ => None,
-        };
         let api = format!("{}/api/v1", base.text);
-        Ok(Self { inner: Arc::new(Inner { http, base: base.text, api, token: None, pin, trust }) })
+        Ok(Self { inner: Arc::new(Inner { http, base: base.text, api, token: None, trust }) })
     }
 
     /// The same client, sending `token` as `Authorization: Bearer ...` on every request.
     pub fn with_token(self, token: impl Into<String>) -> Self {
         let mut inner = Arc::unwrap_or_clone(self.inner);
-        inner.token = Some(Token(Zeroizing::new(token.into())));
+        let token = Zeroizing::new(token.into());
+        let header = Zeroizing::new(format!("Bearer {}", token.as_str()));
+        inner.token = Some(
+            HeaderValue::from_str(&header)
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                })
+                .map_err(drop),
+        );
         Self { inner: Arc::new(inner) }
     }
 
@@ -169,20 +167,23 @@ impl Client {
     /// A request to `/api/v1{path}` with the bearer token, if any.
     pub(crate) fn request(&self, method: Method, path: &str) -> Result<RequestBuilder, Error> {
         let rb = self.inner.http.request(method, format!("{}{path}", self.inner.api));
-        let Some(token) = &self.inner.token else {
-            return Ok(rb);
-        };
-        let header = Zeroizing::new(format!("Bearer {}", token.0.as_str()));
-        let mut value = HeaderValue::from_str(&header).map_err(|_| {
-            Error::new(ErrorKind::Unauthenticated, "the stored token contains invalid characters; log in again")
-        })?;
-        value.set_sensitive(true);
-        Ok(rb.header(AUTHORIZATION, value))
+        match &self.inner.token {
+            None => Ok(rb),
+            Some(Ok(value)) => Ok(rb.header(AUTHORIZATION, value.clone())),
+            Some(Err(())) => Err(Error::new(
+                ErrorKind::Unauthenticated,
+                "the stored token contains invalid characters; log in again",
+            )),
+        }
     }
 
     /// Maps a transport failure to an [`Error`].
     pub(crate) fn transport_error(&self, err: reqwest::Error) -> Error {
-        mapping::from_transport(err, &self.inner.base, self.inner.pin.as_ref())
+        let pin = match &self.inner.trust {
+            Trust::Fingerprint(fp) => Some(fp),
+            _ => None,
+        };
+        mapping::from_transport(err, &self.inner.base, pin)
     }
 
     /// Sends a request; any non-2xx answer becomes an [`Error`].
@@ -206,7 +207,7 @@ impl Client {
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
             if out.len() + chunk.len() > limit {
                 return Err(Error::new(
-                    ErrorKind::Decode,
+                    ErrorKind::TooLarge,
                     format!("the answer of {} is larger than {limit} bytes", self.inner.base),
                 ));
             }
@@ -218,9 +219,9 @@ impl Client {
     /// Sends a request and decodes a JSON answer.
     pub(crate) async fn call<T: DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T, Error> {
         let mut resp = self.send(rb).await?;
-        let what = format!("{} {}", resp.url().path(), resp.status());
         let body = self.read_limited(&mut resp, MAX_JSON_BYTES).await?;
         serde_json::from_slice(&body).map_err(|e| {
+            let what = format!("{} {}", resp.url().path(), resp.status());
             Error::new(
                 ErrorKind::Decode,
                 format!(

@@ -76,13 +76,7 @@ impl Files<'_> {
     pub async fn get_chunk(&self, id: ChunkId) -> Result<Bytes, Error> {
         let rb = self.client.request(Method::GET, &self.path(&format!("/chunks/{}", id.to_hex())))?;
         let mut resp = self.client.send(rb).await?;
-        let body = self.client.read_limited(&mut resp, MAX_CHUNK_SIZE).await.map_err(|e| match e.kind() {
-            ErrorKind::Decode => Error::new(
-                ErrorKind::TooLarge,
-                format!("the server sent more than {MAX_CHUNK_SIZE} bytes for chunk {id}"),
-            ),
-            _ => e,
-        })?;
+        let body = self.client.read_limited(&mut resp, MAX_CHUNK_SIZE).await?;
         Ok(Bytes::from(body))
     }
 

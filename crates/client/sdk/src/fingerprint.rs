@@ -7,22 +7,12 @@ use crate::error::{Error, ErrorKind};
 
 /// SHA-256 of a certificate's DER encoding.
 pub fn certificate_fingerprint(der: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+    cloudsync_crypto::sha256(der)
 }
 
 /// Upper-case hex pairs separated by `:` (`AB:CD:...`), the form servers and browsers show.
 pub fn format_fingerprint(fp: &[u8; 32]) -> String {
-    let mut out = String::with_capacity(32 * 3);
-    for (i, b) in fp.iter().enumerate() {
-        if i > 0 {
-            out.push(':');
-        }
-        out.push_str(&format!("{b:02X}"));
-    }
-    out
+    fp.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 /// Parses a fingerprint as printed by [`format_fingerprint`], or as 64 plain hex digits, optionally with a

@@ -13,7 +13,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use subtle::ConstantTimeEq;
 
 use crate::error::{Error, ErrorKind};
 use crate::fingerprint::certificate_fingerprint;
@@ -124,7 +123,7 @@ impl ServerCertVerifier for PinVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let presented = certificate_fingerprint(end_entity);
-        if bool::from(presented.ct_eq(&self.pin)) {
+        if cloudsync_crypto::ct_eq(&presented, &self.pin) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!("{PIN_MISMATCH_TAG}{}", hex::encode(presented))))

@@ -51,7 +51,7 @@ pub use stream::{Chunk, ChunkStream, chunk_reader};
 /// Hard upper bound on a chunk's size that servers enforce. Parameters with a
 /// larger `max` are rejected by [`ChunkerParams::validate`], so a client can
 /// never produce a chunk the server will refuse.
-pub const MAX_CHUNK_SIZE: usize = 8 * 1024 * 1024;
+pub use cloudsync_types::MAX_CHUNK_SIZE;
 
 /// KDF context for deriving the keyed-boundary seed from a workspace secret.
 const SEED_CONTEXT: &str = "cloudsync 2026 chunker-seed v1";

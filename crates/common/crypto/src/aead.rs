@@ -32,9 +32,7 @@ const HEADER_LEN: usize = 1 + NONCE_LEN;
 const TAG_LEN: usize = 16;
 
 /// Bytes an envelope adds to its plaintext.
-pub const OVERHEAD: usize = 1 + 12 + 16;
-
-const _: () = assert!(OVERHEAD == HEADER_LEN + TAG_LEN);
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 
 fn aes_key(key: &SecretKey) -> LessSafeKey {
     // AES-256 takes exactly 32 bytes and `SecretKey` always holds 32 bytes,

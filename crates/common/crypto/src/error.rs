@@ -17,7 +17,7 @@ pub enum CryptoError {
     #[error("password hashing failed: {0}")]
     PasswordHash(String),
     /// The password exceeds [`crate::password::MAX_PASSWORD_BYTES`].
-    #[error("password is longer than 1024 bytes")]
+    #[error("the password is longer than {} bytes; use a shorter one", crate::password::MAX_PASSWORD_BYTES)]
     PasswordTooLong,
     /// The envelope starts with a version byte this build does not know.
     #[error("unsupported envelope version {0}")]

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod audit;
 pub mod error;
+pub mod frame;
 pub mod ids;
 pub mod path;
 pub mod role;

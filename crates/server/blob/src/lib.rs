@@ -88,11 +88,10 @@ impl BlobStore {
         id: &ChunkId,
         plaintext: &[u8],
     ) -> Result<u32, BlobError> {
-        let mut sealed = Vec::with_capacity(plaintext.len() + aead::OVERHEAD);
-        aead::seal_into(key, &aad(ws, id), plaintext, &mut sealed);
-        let len = u32::try_from(sealed.len()).map_err(|_| BlobError::Setup("chunk too large".into()))?;
+        let sealed = aead::seal(key, &aad(ws, id), plaintext);
+        let len = sealed.len();
         self.op.write(&object_key(ws, id), sealed).await?;
-        Ok(len)
+        Ok(u32::try_from(len).unwrap_or(u32::MAX))
     }
 
     /// Reads and opens a chunk, checking its integrity.

@@ -6,10 +6,11 @@
 //! the seconds left, before the password is even checked. Every attempt is audited, failures included, with
 //! the account id (or, for an unknown email, a short hash prefix of it), never the password.
 
-use cloudsync_crypto::{hash_token, password, random_token};
+use cloudsync_crypto::{hash_token, keyed_hash, password, random_token};
 use cloudsync_store::{NewAudit, SessionRecord, UserRecord};
 use cloudsync_types::api::{MAX_EMAIL_BYTES, MAX_NAME_BYTES};
 use cloudsync_types::{AuditEvent, Outcome, SessionId, UserId};
+use zeroize::Zeroizing;
 
 use crate::{Actor, AuditExt, Core, CoreError, CoreResult};
 
@@ -80,8 +81,13 @@ fn check_password_policy(pw: &str) -> CoreResult<()> {
     Ok(())
 }
 
-fn email_tag(email: &str) -> String {
-    format!("email-sha256:{}", &hex::encode(cloudsync_crypto::sha256(email.as_bytes()))[..12])
+impl Core {
+    /// How an email that matches no account appears in the audit log: a short keyed hash, so repeated attempts
+    /// on one address can be correlated but a reader of the log cannot confirm a guessed address offline.
+    fn email_tag(&self, email: &str) -> String {
+        let key = self.master.derive("cloudsync 2026 audit-email-tag v1");
+        format!("email-tag:{}", &hex::encode(keyed_hash(&key, email.as_bytes()))[..12])
+    }
 }
 
 impl Core {
@@ -101,7 +107,7 @@ impl Core {
         if by.is_some_and(|a| !a.is_admin) {
             return Err(CoreError::Forbidden("only server administrators can create accounts".into()));
         }
-        let pw = pw.to_owned();
+        let pw = Zeroizing::new(pw.to_owned());
         let hash = tokio::task::spawn_blocking(move || password::hash(&pw))
             .await
             .map_err(|e| CoreError::Internal(e.to_string()))?
@@ -156,7 +162,7 @@ impl Core {
             )));
         }
         let user = self.store.user_by_email(&email).await?;
-        let target = user.as_ref().map_or_else(|| email_tag(&email), |u| u.id.to_string());
+        let target = user.as_ref().map_or_else(|| self.email_tag(&email), |u| u.id.to_string());
         let limited = match self.charge(format!("login-ip:{ip}"), self.limits.per_ip).await {
             Ok(()) => self.charge(format!("login-account:{email}"), self.limits.per_account).await,
             Err(e) => Err(e),
@@ -168,10 +174,10 @@ impl Core {
             return Err(e);
         }
         let ok = {
-            let pw = pw.to_owned();
+            let pw = Zeroizing::new(pw.to_owned());
             let hash = user.as_ref().map(|u| u.password_hash.clone());
             tokio::task::spawn_blocking(move || match hash {
-                Some(h) if pw.len() <= password::MAX_PASSWORD_BYTES => password::verify(&pw, &h),
+                Some(h) => password::verify(&pw, &h),
                 _ => {
                     password::dummy_verify(&pw);
                     false

@@ -1,12 +1,9 @@
-//! Files: chunk upload, commit, listing, download, versions, trash, restore and the change journal.
+//! Files: commit, listing, download, versions, trash, restore and the change journal.
 //!
-//! A chunk is accepted only if its id is the keyed hash of its content under the workspace's chunk-id key (so
-//! nobody can poison dedup with wrong content under a known id), sealed under the workspace data key, written
-//! durably, and only then recorded. A commit is accepted only when every chunk it names is recorded for this
+//! A commit is accepted only when every chunk it names is recorded for this
 //! workspace; so a version never becomes visible before all its bytes are durable, and a killed client or
 //! server leaves at worst unreferenced chunks (collected later), never a half-visible file.
 
-use cloudsync_crypto::keyed_hash;
 use cloudsync_store::{FileRecord, NewVersion, VersionRecord};
 use cloudsync_types::api::{CommitRequest, MAX_MISSING_QUERY, Manifest};
 use cloudsync_types::{AuditEvent, ChunkId, MAX_CHUNK_SIZE, MAX_MANIFEST_CHUNKS, VersionId, WsPath};
@@ -26,40 +23,6 @@ impl Core {
             return Err(CoreError::TooLarge(format!("ask about at most {MAX_MISSING_QUERY} chunks per request")));
         }
         Ok(self.store.missing_chunks(access.workspace, ids).await?)
-    }
-
-    /// Verifies, seals and stores one chunk. Returns true if it was new.
-    ///
-    /// # Errors
-    /// A chunk over the size cap, an id that does not match the content, or a storage failure.
-    pub async fn put_chunk(&self, access: &Access, id: ChunkId, plaintext: &[u8]) -> CoreResult<bool> {
-        if plaintext.len() > MAX_CHUNK_SIZE {
-            return Err(CoreError::TooLarge(format!("a chunk may be at most {MAX_CHUNK_SIZE} bytes")));
-        }
-        let (data_key, chunk_key) = self.keys(access.workspace).await?;
-        if keyed_hash(&chunk_key, plaintext) != id.0 {
-            return Err(CoreError::BadRequest(format!(
-                "chunk {id} does not match its content (ids are keyed BLAKE3 under the workspace chunk-id key)"
-            )));
-        }
-        if self.store.missing_chunks(access.workspace, &[id]).await?.is_empty() {
-            return Ok(false);
-        }
-        let stored = self.blobs.put_chunk(&data_key, access.workspace, &id, plaintext).await?;
-        let size = u32::try_from(plaintext.len()).map_err(|_| CoreError::TooLarge("chunk too large".into()))?;
-        Ok(self.store.record_chunk(access.workspace, id, size, stored).await?)
-    }
-
-    /// Reads one chunk of this workspace.
-    ///
-    /// # Errors
-    /// `NotFound` when the workspace does not hold it.
-    pub async fn get_chunk(&self, access: &Access, id: ChunkId) -> CoreResult<Vec<u8>> {
-        if !self.store.missing_chunks(access.workspace, &[id]).await?.is_empty() {
-            return Err(CoreError::NotFound("chunk"));
-        }
-        let (data_key, _) = self.keys(access.workspace).await?;
-        Ok(self.blobs.get_chunk(&data_key, access.workspace, &id).await?)
     }
 
     /// Commits a new version.
@@ -147,13 +110,7 @@ impl Core {
     pub async fn versions(&self, access: &Access, path: &WsPath) -> CoreResult<(FileRecord, Vec<VersionRecord>)> {
         let file = match self.store.file_by_path(access.workspace, path).await? {
             Some(f) => f,
-            None => self
-                .store
-                .list_trash(access.workspace)
-                .await?
-                .into_iter()
-                .find(|f| &f.path == path)
-                .ok_or(CoreError::NotFound("file"))?,
+            None => self.store.trashed_file(access.workspace, path).await?.ok_or(CoreError::NotFound("file"))?,
         };
         let versions = self.store.list_versions(access.workspace, file.id).await?;
         Ok((file, versions))
@@ -186,58 +143,61 @@ impl Core {
     }
 
     /// Restores: from the trash when no live file is at `path` (optionally a given version of it), otherwise
-    /// makes `version` (default: the previous one) current again as a new version.
+    /// makes `version` (default: the previous one) current again as a new version. History is never rewritten:
+    /// restoring an old version commits a copy of it.
     ///
     /// # Errors
     /// `NotFound` for nothing to restore, `BadRequest` for a version that does not exist.
     pub async fn restore(&self, access: &Access, path: &WsPath, version: Option<u64>) -> CoreResult<FileRecord> {
-        let live = self.store.file_by_path(access.workspace, path).await?;
-        let file = match &live {
-            Some(f) => f.clone(),
-            None => self
-                .store
-                .list_trash(access.workspace)
-                .await?
-                .into_iter()
-                .find(|f| &f.path == path)
-                .ok_or(CoreError::NotFound("file in the trash"))?,
+        let ws = access.workspace;
+        let row = |n: u64, from_trash: bool| {
+            self.audit(AuditEvent::FileRestore, Some(&access.actor), Some(ws))
+                .target(path.as_str())
+                .detail("version", n)
+                .detail("from_trash", from_trash)
         };
-        let wanted = match (&live, version) {
-            (Some(f), None) if f.version <= 1 => {
-                return Err(CoreError::BadRequest(format!("{path} has only one version; nothing older to restore")));
-            }
-            (Some(f), None) => Some(f.version - 1),
-            (_, v) => v,
-        };
-        let copy = match wanted {
+        if let Some(live) = self.store.file_by_path(ws, path).await? {
+            let n = match version {
+                Some(n) => n,
+                None if live.version > 1 => live.version - 1,
+                None => {
+                    return Err(CoreError::BadRequest(format!(
+                        "{path} has only one version; nothing older to restore"
+                    )));
+                }
+            };
+            let copy = self.copy_of_version(access, &live, n).await?;
+            return Ok(self.store.commit_version(ws, path, Some(live.version), &copy, &[row(n, false)]).await?);
+        }
+        let copy = match version {
             Some(n) => {
-                let old = self.store.version(access.workspace, file.id, n).await?.ok_or_else(|| {
-                    CoreError::BadRequest(format!("{path} has no version {n}; see `cloudsync versions`"))
-                })?;
-                Some(NewVersion {
-                    id: VersionId::new(),
-                    size: old.size,
-                    content_hash: old.content_hash,
-                    manifest: old.manifest,
-                    mtime_ms: old.mtime_ms,
-                    created_by: Some(access.actor.user_id),
-                    created_ms: self.now_ms(),
-                })
+                let trashed =
+                    self.store.trashed_file(ws, path).await?.ok_or(CoreError::NotFound("file in the trash"))?;
+                Some(self.copy_of_version(access, &trashed, n).await?)
             }
             None => None,
         };
-        let row = self
-            .audit(AuditEvent::FileRestore, Some(&access.actor), Some(access.workspace))
-            .target(path.as_str())
-            .detail("version", wanted.unwrap_or(file.version))
-            .detail("from_trash", live.is_none());
-        match (live, copy) {
-            (Some(f), Some(v)) => {
-                Ok(self.store.commit_version(access.workspace, path, Some(f.version), &v, &[row]).await?)
-            }
-            (None, copy) => Ok(self.store.restore_from_trash(access.workspace, path, copy, &[row]).await?),
-            (Some(_), None) => Err(CoreError::Internal("restore without a version".into())),
-        }
+        let rec = self.store.restore_from_trash(ws, path, copy, &[row(version.unwrap_or_default(), true)]).await;
+        rec.map_err(|e| match e {
+            cloudsync_store::StoreError::NotFound => CoreError::NotFound("file in the trash"),
+            other => other.into(),
+        })
+    }
+
+    /// A new version with the content of version `n` of `file`, committed by the actor now.
+    async fn copy_of_version(&self, access: &Access, file: &FileRecord, n: u64) -> CoreResult<NewVersion> {
+        let old = self.store.version(access.workspace, file.id, n).await?.ok_or_else(|| {
+            CoreError::BadRequest(format!("{} has no version {n}; see `cloudsync versions`", file.path))
+        })?;
+        Ok(NewVersion {
+            id: VersionId::new(),
+            size: old.size,
+            content_hash: old.content_hash,
+            manifest: old.manifest,
+            mtime_ms: old.mtime_ms,
+            created_by: Some(access.actor.user_id),
+            created_ms: self.now_ms(),
+        })
     }
 
     /// The change journal after `since`.

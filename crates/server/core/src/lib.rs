@@ -5,6 +5,7 @@
 //! references only durable chunks) and writes every action's audit row with it.
 
 mod auth;
+mod chunks;
 mod error;
 mod files;
 mod manifest;
@@ -19,6 +20,7 @@ use cloudsync_store::{NewAudit, Store};
 use cloudsync_types::{AuditEvent, Outcome, Role, SessionId, UserId, WorkspaceId};
 
 pub use auth::{LoginLimits, Session};
+pub use chunks::ChunkIo;
 pub use error::{CoreError, CoreResult};
 pub use manifest::{decode_manifest, encode_manifest};
 

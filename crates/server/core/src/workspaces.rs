@@ -19,6 +19,9 @@ fn wrap_context(ws: WorkspaceId, which: &str) -> Vec<u8> {
     c
 }
 
+const WRONG_MASTER_KEY: &str = "a workspace key does not open under the master key: the server is running with a different master \
+     key (CLOUDSYNC_MASTER_KEY or security.master_key_file) than the one this data directory was created with; restore the original key";
+
 fn check_name(name: &str) -> CoreResult<String> {
     let n = name.trim();
     if n.is_empty() || n.len() > MAX_NAME_BYTES || n.chars().any(char::is_control) {
@@ -79,9 +82,9 @@ impl Core {
     pub(crate) async fn keys(&self, ws: WorkspaceId) -> CoreResult<(SecretKey, SecretKey)> {
         let rec = self.store.workspace(ws).await?.ok_or(CoreError::NotFound("workspace"))?;
         let data = unwrap_key(&self.master, &wrap_context(ws, "data"), &rec.wrapped_data_key)
-            .map_err(|_| CoreError::Internal("a workspace data key does not open under the master key".into()))?;
+            .map_err(|_| CoreError::Internal(WRONG_MASTER_KEY.into()))?;
         let chunk = unwrap_key(&self.master, &wrap_context(ws, "chunk-id"), &rec.wrapped_chunk_key)
-            .map_err(|_| CoreError::Internal("a workspace chunk-id key does not open under the master key".into()))?;
+            .map_err(|_| CoreError::Internal(WRONG_MASTER_KEY.into()))?;
         Ok((data, chunk))
     }
 
@@ -158,13 +161,14 @@ impl Core {
             .audit(AuditEvent::MemberAdded, Some(&access.actor), Some(access.workspace))
             .target(user.id.to_string())
             .detail("role", role.as_str());
-        self.store.add_member(access.workspace, user.id, role, &[row]).await.map_err(|e| match e {
+        let added_ms = self.now_ms();
+        self.store.add_member(access.workspace, user.id, role, added_ms, &[row]).await.map_err(|e| match e {
             cloudsync_store::StoreError::Conflict(_) => {
                 CoreError::Conflict(format!("{email} is already a member; use `members set-role` to change the role"))
             }
             other => other.into(),
         })?;
-        self.member(access, user.id).await
+        Ok(MemberRecord { user_id: user.id, email: user.email, role, added_ms })
     }
 
     /// Changes a member's role.
@@ -180,7 +184,7 @@ impl Core {
             .detail("old_role", current.role.as_str())
             .detail("new_role", role.as_str());
         self.store.set_member_role(access.workspace, user, role, &[row]).await?;
-        self.member(access, user).await
+        Ok(MemberRecord { role, ..current })
     }
 
     /// Removes a member.

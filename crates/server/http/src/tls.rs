@@ -16,11 +16,6 @@ pub struct TlsMaterial {
     pub fingerprint: [u8; 32],
 }
 
-/// Formats a fingerprint as `AB:CD:...`.
-pub fn format_fingerprint(fp: &[u8; 32]) -> String {
-    fp.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
-}
-
 /// Loads `cert.pem` and `key.pem` from `dir`, creating a self-signed pair for `names` (plus localhost and the
 /// loopback addresses) when absent. The key file is written with mode 0600.
 ///

@@ -122,6 +122,26 @@ async fn insert_version(
     Ok(())
 }
 
+async fn newest_trashed(
+    tx: &mut Transaction<'_, Sqlite>,
+    ws: WorkspaceId,
+    path: &WsPath,
+) -> StoreResult<Option<FileRecord>> {
+    let row = sqlx::query(&format!(
+        "{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NOT NULL
+         ORDER BY f.deleted_ms DESC LIMIT 1"
+    ))
+    .bind(ws.as_uuid())
+    .bind(path.as_str())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    row.as_ref().map(file_of).transpose()
+}
+
+/// Ids per `IN (...)` query in [`FileStore::missing_chunks`] (well under SQLite's variable limit).
+const MISSING_BATCH: usize = 500;
+
 fn prefix_bounds(prefix: &WsPath) -> (String, String) {
     // Everything strictly below `prefix/` sorts in [prefix + "/", prefix + "0"): '0' is the byte after '/'.
     (format!("{}/", prefix.as_str()), format!("{}0", prefix.as_str()))
@@ -130,25 +150,20 @@ fn prefix_bounds(prefix: &WsPath) -> (String, String) {
 #[async_trait]
 impl FileStore for SqliteStore {
     async fn missing_chunks(&self, ws: WorkspaceId, ids: &[ChunkId]) -> StoreResult<Vec<ChunkId>> {
-        let mut missing = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        // One query per batch of ids, not per id: a sync asks about thousands of chunks at once.
+        let mut present = std::collections::HashSet::new();
         let mut conn = self.reader.acquire().await.map_err(map_err)?;
-        for cid in ids {
-            if !seen.insert(*cid) {
-                continue;
+        for batch in ids.chunks(MISSING_BATCH) {
+            let marks = vec!["?"; batch.len()].join(",");
+            let sql = format!("SELECT chunk_id FROM chunks WHERE workspace_id = ? AND chunk_id IN ({marks})");
+            let mut q = sqlx::query_scalar::<_, Vec<u8>>(&sql).bind(ws.as_uuid());
+            for cid in batch {
+                q = q.bind(&cid.0[..]);
             }
-            let present: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM chunks WHERE workspace_id = ? AND chunk_id = ?")
-                    .bind(ws.as_uuid())
-                    .bind(&cid.0[..])
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(map_err)?;
-            if present.is_none() {
-                missing.push(*cid);
-            }
+            present.extend(q.fetch_all(&mut *conn).await.map_err(map_err)?);
         }
-        Ok(missing)
+        let mut seen = std::collections::HashSet::new();
+        Ok(ids.iter().filter(|c| !present.contains(&c.0[..]) && seen.insert(**c)).copied().collect())
     }
 
     async fn record_chunk(&self, ws: WorkspaceId, cid: ChunkId, size: u32, stored_size: u32) -> StoreResult<bool> {
@@ -330,6 +345,13 @@ impl FileStore for SqliteStore {
         rows.iter().map(file_of).collect()
     }
 
+    async fn trashed_file(&self, ws: WorkspaceId, path: &WsPath) -> StoreResult<Option<FileRecord>> {
+        let mut tx = self.reader.begin().await.map_err(map_err)?;
+        let f = newest_trashed(&mut tx, ws, path).await;
+        tx.rollback().await.map_err(map_err)?;
+        f
+    }
+
     async fn restore_from_trash(
         &self,
         ws: WorkspaceId,
@@ -341,16 +363,7 @@ impl FileStore for SqliteStore {
         if live_file(&mut tx, ws, path).await?.is_some() {
             return Err(StoreError::Conflict(format!("a file already exists at {path}")));
         }
-        let row = sqlx::query(&format!(
-            "{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NOT NULL
-             ORDER BY f.deleted_ms DESC LIMIT 1"
-        ))
-        .bind(ws.as_uuid())
-        .bind(path.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let file = file_of(&row.ok_or(StoreError::NotFound)?)?;
+        let file = newest_trashed(&mut tx, ws, path).await?.ok_or(StoreError::NotFound)?;
         sqlx::query("UPDATE files SET deleted_ms = NULL WHERE id = ?")
             .bind(file.id.as_uuid())
             .execute(&mut *tx)

@@ -33,14 +33,7 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened or a migration fails.
     pub async fn open(path: &Path) -> StoreResult<Self> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        Self::with_options(opts).await
+        Self::with_options(SqliteConnectOptions::new().filename(path)).await
     }
 
     /// Opens a database from a `sqlite://PATH` URL.
@@ -49,16 +42,18 @@ impl SqliteStore {
     /// As [`SqliteStore::open`], or for a malformed URL.
     pub async fn connect(url: &str) -> StoreResult<Self> {
         let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Backend(format!("invalid sqlite URL: {e}")))?
+            .map_err(|e| StoreError::Backend(format!("invalid sqlite URL {url:?}: {e}; use sqlite://PATH")))?;
+        Self::with_options(opts).await
+    }
+
+    /// Applies the settings every connection needs (WAL, durable commits, foreign keys) and opens the pools.
+    async fn with_options(opts: SqliteConnectOptions) -> StoreResult<Self> {
+        let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        Self::with_options(opts).await
-    }
-
-    async fn with_options(opts: SqliteConnectOptions) -> StoreResult<Self> {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))

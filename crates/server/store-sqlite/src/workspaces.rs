@@ -86,29 +86,16 @@ impl WorkspaceStore for SqliteStore {
     }
 
     async fn workspaces_for_user(&self, user: UserId) -> StoreResult<Vec<(WorkspaceRecord, Role)>> {
-        let rows = sqlx::query(&format!(
-            "{SELECT_WS} JOIN members m ON m.workspace_id = w.id WHERE m.user_id = ? ORDER BY w.name, w.id"
-        ))
+        let rows = sqlx::query(
+            "SELECT w.id, w.name, w.e2ee, w.created_ms, k.wrapped_data_key, k.wrapped_chunk_key, m.role
+             FROM workspaces w JOIN workspace_keys k ON k.workspace_id = w.id JOIN members m ON m.workspace_id = w.id
+             WHERE m.user_id = ? ORDER BY w.name, w.id",
+        )
         .bind(user.as_uuid())
         .fetch_all(&self.reader)
         .await
         .map_err(map_err)?;
-        let roles = sqlx::query("SELECT workspace_id, role FROM members WHERE user_id = ?")
-            .bind(user.as_uuid())
-            .fetch_all(&self.reader)
-            .await
-            .map_err(map_err)?;
-        rows.iter()
-            .map(|r| {
-                let ws = workspace_of(r);
-                let role = roles
-                    .iter()
-                    .find(|m| m.get::<uuid::Uuid, _>("workspace_id") == ws.id.as_uuid())
-                    .map(|m| m.get::<String, _>("role"))
-                    .ok_or(StoreError::NotFound)?;
-                Ok((ws, role_of(&role)?))
-            })
-            .collect()
+        rows.iter().map(|r| Ok((workspace_of(r), role_of(&r.get::<String, _>("role"))?))).collect()
     }
 
     async fn delete_workspace(&self, wid: WorkspaceId, audit: &[NewAudit]) -> StoreResult<bool> {
@@ -171,9 +158,15 @@ impl WorkspaceStore for SqliteStore {
             .collect()
     }
 
-    async fn add_member(&self, ws: WorkspaceId, user: UserId, role: Role, audit: &[NewAudit]) -> StoreResult<()> {
+    async fn add_member(
+        &self,
+        ws: WorkspaceId,
+        user: UserId,
+        role: Role,
+        now: i64,
+        audit: &[NewAudit],
+    ) -> StoreResult<()> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let now = audit.first().map_or(0, |a| a.at_ms);
         sqlx::query("INSERT INTO members (workspace_id, user_id, role, added_ms) VALUES (?, ?, ?, ?)")
             .bind(ws.as_uuid())
             .bind(user.as_uuid())

@@ -64,8 +64,15 @@ pub trait WorkspaceStore: Send + Sync {
     async fn member_role(&self, ws: WorkspaceId, user: UserId) -> StoreResult<Option<Role>>;
     /// Members ordered by email.
     async fn list_members(&self, ws: WorkspaceId) -> StoreResult<Vec<MemberRecord>>;
-    /// Adds a member; `Conflict` when already a member.
-    async fn add_member(&self, ws: WorkspaceId, user: UserId, role: Role, audit: &[NewAudit]) -> StoreResult<()>;
+    /// Adds a member (joined at `at_ms`); `Conflict` when already a member.
+    async fn add_member(
+        &self,
+        ws: WorkspaceId,
+        user: UserId,
+        role: Role,
+        at_ms: i64,
+        audit: &[NewAudit],
+    ) -> StoreResult<()>;
     /// Changes a member's role; `LastOwner` when that would leave the workspace without an Owner, `NotFound`
     /// for a non-member. Returns the previous role.
     async fn set_member_role(&self, ws: WorkspaceId, user: UserId, role: Role, audit: &[NewAudit])
@@ -114,6 +121,8 @@ pub trait FileStore: Send + Sync {
         at_ms: i64,
         audit: &[NewAudit],
     ) -> StoreResult<Vec<FileRecord>>;
+    /// The most recently deleted file that lived at `path`.
+    async fn trashed_file(&self, ws: WorkspaceId, path: &WsPath) -> StoreResult<Option<FileRecord>>;
     /// Files in the trash, most recently deleted first.
     async fn list_trash(&self, ws: WorkspaceId) -> StoreResult<Vec<FileRecord>>;
     /// Brings the most recently deleted file at `path` back (`Conflict` if a live file holds the path), then,

@@ -100,8 +100,8 @@ pub async fn story(store: &dyn Store) {
     assert_eq!((got.wrapped_data_key, got.wrapped_chunk_key), (vec![9; 61], vec![8; 61]));
     assert_eq!(store.member_role(ws.id, alice.id).await.expect("role"), Some(Role::Owner));
     assert_eq!(store.member_role(ws.id, bob.id).await.expect("role"), None);
-    store.add_member(ws.id, bob.id, Role::Viewer, &[]).await.expect("add bob");
-    assert!(matches!(store.add_member(ws.id, bob.id, Role::Editor, &[]).await, Err(StoreError::Conflict(_))));
+    store.add_member(ws.id, bob.id, Role::Viewer, 21, &[]).await.expect("add bob");
+    assert!(matches!(store.add_member(ws.id, bob.id, Role::Editor, 22, &[]).await, Err(StoreError::Conflict(_))));
     assert_eq!(store.list_members(ws.id).await.expect("members").len(), 2);
     assert_eq!(store.workspaces_for_user(bob.id).await.expect("mine")[0].1, Role::Viewer);
     assert_eq!(store.set_member_role(ws.id, bob.id, Role::Editor, &[]).await.expect("promote"), Role::Viewer);
@@ -148,6 +148,8 @@ pub async fn story(store: &dyn Store) {
     assert_eq!(gone.len(), 2);
     assert!(store.file_by_path(ws.id, &a).await.expect("get").is_none());
     assert_eq!(store.list_trash(ws.id).await.expect("trash").len(), 2);
+    assert_eq!(store.trashed_file(ws.id, &a).await.expect("trashed").expect("a in trash").id, f1.id);
+    assert!(store.trashed_file(ws.id, &p("docs/none.txt")).await.expect("trashed").is_none());
     store.commit_version(ws.id, &a, None, &version(alice.id, 9, 41), &[]).await.expect("new file at same path");
     let blocked = store.restore_from_trash(ws.id, &a, None, &[]).await;
     assert!(matches!(blocked, Err(StoreError::Conflict(_))), "restore onto a live path");

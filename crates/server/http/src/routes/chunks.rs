@@ -1,8 +1,8 @@
 //! Chunk upload and download.
 //!
-//! Upload body: a sequence of frames `[32-byte chunk id][u32 big-endian length][payload]`, parsed as the body
-//! streams in. Each chunk is verified, sealed and stored as soon as its frame is complete, so memory holds at
-//! most one chunk plus one network read, however large the request.
+//! Upload body: frames as defined in [`cloudsync_types::frame`], parsed as the body streams in. Each chunk is
+//! verified, sealed and stored as soon as its frame is complete, so memory holds at most one chunk plus one
+//! network read, however large the request.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -10,7 +10,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, BytesMut};
 use cloudsync_types::api::{MissingChunksRequest, MissingChunksResponse, UploadChunksResponse};
-use cloudsync_types::{ApiErrorBody, ChunkId, ErrorCode, MAX_CHUNK_SIZE};
+use cloudsync_types::frame::{FRAME_HEADER_LEN, parse_frame_header};
+use cloudsync_types::{ApiErrorBody, ChunkId, ErrorCode};
 use futures_util::StreamExt;
 
 use crate::extract::{Editor, Json, Viewer, WorkspaceAccess};
@@ -18,7 +19,6 @@ use crate::{ApiError, AppState};
 
 /// Most bytes in one upload request.
 const MAX_UPLOAD_BYTES: usize = 1024 * 1024 * 1024;
-const FRAME_HEADER: usize = 36;
 
 /// Which of these chunks the workspace lacks (only chunks this workspace holds count as present).
 #[utoipa::path(post, path = "/api/v1/workspaces/{ws}/chunks/missing", tag = "chunks", params(("ws" = String, Path)),
@@ -40,27 +40,20 @@ pub(crate) async fn upload_chunks(
     WorkspaceAccess(a, ..): WorkspaceAccess<Editor>,
     body: Body,
 ) -> Result<axum::Json<UploadChunksResponse>, ApiError> {
+    let io = st.core.chunk_io(&a).await?;
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
     let (mut total, mut stored, mut present) = (0usize, 0u32, 0u32);
     loop {
-        while buf.len() >= FRAME_HEADER {
-            let len = u32::from_be_bytes([buf[32], buf[33], buf[34], buf[35]]) as usize;
-            if len == 0 || len > MAX_CHUNK_SIZE {
-                return Err(ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!("a chunk must be 1 to {MAX_CHUNK_SIZE} bytes; got {len}"),
-                ));
-            }
-            if buf.len() < FRAME_HEADER + len {
-                buf.reserve(FRAME_HEADER + len - buf.len());
+        while let Some(header) = parse_frame_header(&buf) {
+            let (id, len) = header.map_err(|e| ApiError::new(ErrorCode::PayloadTooLarge, e))?;
+            if buf.len() < FRAME_HEADER_LEN + len {
+                buf.reserve(FRAME_HEADER_LEN + len - buf.len());
                 break;
             }
-            let mut id = [0u8; 32];
-            id.copy_from_slice(&buf[..32]);
-            buf.advance(FRAME_HEADER);
+            buf.advance(FRAME_HEADER_LEN);
             let data = buf.split_to(len);
-            if st.core.put_chunk(&a, ChunkId(id), &data).await? {
+            if io.put(id, &data).await? {
                 stored += 1;
             } else {
                 present += 1;
@@ -94,6 +87,6 @@ pub(crate) async fn get_chunk(
     Path((_, chunk)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let id = ChunkId::from_hex(&chunk).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let data = st.core.get_chunk(&a, id).await?;
+    let data = st.core.chunk_io(&a).await?.get(id).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from(Bytes::from(data))).into_response())
 }

@@ -107,11 +107,11 @@ pub(crate) async fn content(
     Query(q): Query<FileQuery>,
 ) -> Result<Response, ApiError> {
     let (_, v, manifest) = st.core.open_file(&a, &path_param(&q.path)?, q.version).await?;
-    let core = st.core.clone();
+    let io = st.core.chunk_io(&a).await?;
     let stream = futures_util::stream::iter(manifest.chunks).then(move |c| {
-        let (core, a) = (core.clone(), a.clone());
+        let io = io.clone();
         async move {
-            core.get_chunk(&a, c.id).await.map(Bytes::from).map_err(|e| {
+            io.get(c.id).await.map(Bytes::from).map_err(|e| {
                 tracing::error!(error = %e, "a chunk failed while streaming a download");
                 std::io::Error::other("chunk unavailable")
             })
