@@ -100,12 +100,14 @@ impl Client {
     }
 
     fn login(&self, srv: &Server, email: &str) {
-        let out = self.with_stdin(
-            &["login", "--server", &srv.url, "--email", email, "--password-stdin", "--fingerprint", &srv.fingerprint],
-            &format!("{PASSWORD}\n"),
-        );
+        let out = self.with_stdin(&login_args(srv, email, &srv.fingerprint), &format!("{PASSWORD}\n"));
         assert!(out.status.success(), "login failed: {}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+/// `cloudsync login` for scripts: password on stdin, certificate pinned by `fingerprint`.
+fn login_args<'a>(srv: &'a Server, email: &'a str, fingerprint: &'a str) -> [&'a str; 8] {
+    ["login", "--server", &srv.url, "--email", email, "--password-stdin", "--fingerprint", fingerprint]
 }
 
 fn create_user(srv: &Server, email: &str, admin: bool) {
@@ -235,26 +237,11 @@ fn login_pins_the_certificate_and_explains_every_refusal() {
     assert!(!out.status.success() && err.contains("--fingerprint") && err.contains(&srv.fingerprint), "{err}");
     // A wrong fingerprint: refuse and explain.
     let wrong = "00:".repeat(31) + "00";
-    let out = c.with_stdin(
-        &["login", "--server", &srv.url, "--email", "a@example.com", "--password-stdin", "--fingerprint", &wrong],
-        &format!("{PASSWORD}\n"),
-    );
+    let out = c.with_stdin(&login_args(&srv, "a@example.com", &wrong), &format!("{PASSWORD}\n"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("fingerprint"), "{err}");
     // A wrong password.
-    let out = c.with_stdin(
-        &[
-            "login",
-            "--server",
-            &srv.url,
-            "--email",
-            "a@example.com",
-            "--password-stdin",
-            "--fingerprint",
-            &srv.fingerprint,
-        ],
-        "nope nope nope\n",
-    );
+    let out = c.with_stdin(&login_args(&srv, "a@example.com", &srv.fingerprint), "nope nope nope\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong email or password"));
     // Plain http is refused with a reason.
     let err = c.fail(&["login", "--server", "http://127.0.0.1:1", "--email", "a@example.com", "--password-stdin"]);
@@ -304,16 +291,7 @@ fn without_a_credential_store_login_names_the_file_opt_in() {
     let srv = start_server(&tmp.path().join("server"));
     create_user(&srv, "a@example.com", false);
     let c = Client::new(tmp.path(), "c");
-    let mut cmd = c.cmd(&[
-        "login",
-        "--server",
-        &srv.url,
-        "--email",
-        "a@example.com",
-        "--password-stdin",
-        "--fingerprint",
-        &srv.fingerprint,
-    ]);
+    let mut cmd = c.cmd(&login_args(&srv, "a@example.com", &srv.fingerprint));
     cmd.env_remove("CLOUDSYNC_CREDENTIAL_STORE")
         .env("DBUS_SESSION_BUS_ADDRESS", format!("unix:path={}", tmp.path().join("no-bus").display()))
         .stdin(Stdio::piped())
@@ -326,4 +304,36 @@ fn without_a_credential_store_login_names_the_file_opt_in() {
     assert!(!out.status.success(), "must not silently store the token elsewhere");
     assert!(err.contains("CLOUDSYNC_CREDENTIAL_STORE=file"), "{err}");
     assert!(!c.home.join("config/credentials.json").exists());
+}
+
+#[test]
+fn pull_replaces_stale_copies_but_keeps_local_edits() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = start_server(&tmp.path().join("server"));
+    create_user(&srv, "a@example.com", false);
+    let a = Client::new(tmp.path(), "a");
+    a.login(&srv, "a@example.com");
+    a.ok(&["workspace", "create", "W"]);
+    let src = tmp.path().join("src");
+    write(&src.join("stale.txt"), b"version one");
+    write(&src.join("edited.txt"), b"server text");
+    a.ok(&["push", src.to_str().expect("p"), "W"]);
+    let dst = tmp.path().join("dst");
+    a.ok(&["pull", "W", dst.to_str().expect("p")]);
+    // The server moves on; the local copy of stale.txt is untouched, edited.txt is changed locally.
+    write(&src.join("stale.txt"), b"version two");
+    write(&src.join("edited.txt"), b"server text, revised");
+    a.ok(&["push", src.to_str().expect("p"), "W"]);
+    write(&dst.join("edited.txt"), b"my own local change");
+    let summary = json(&a.ok(&["pull", "W", dst.to_str().expect("p"), "--json"]));
+    assert_eq!(summary["files_conflicted"], 1, "{summary}");
+    assert_eq!(std::fs::read(dst.join("stale.txt")).expect("stale"), b"version two");
+    assert_eq!(std::fs::read(dst.join("edited.txt")).expect("edited"), b"server text, revised");
+    let names: Vec<String> = std::fs::read_dir(&dst)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let copy = names.iter().find(|n| n.starts_with("edited (conflicted copy from ")).expect("the local edit was kept");
+    assert_eq!(std::fs::read(dst.join(copy)).expect("copy"), b"my own local change");
+    assert_eq!(names.len(), 3, "no copy of the merely stale file: {names:?}");
 }

@@ -2,11 +2,19 @@
 //! trees of small files crawl; one giant batch would hold a whole tree in memory. A batch is flushed once
 //! it reaches about 16 MiB or 2000 chunks, so each `missing_chunks` + `upload_chunks` pair carries a useful
 //! amount of data while memory stays bounded. Kept free of I/O so the thresholds can be tested directly.
+//!
+//! Files whose chunks the batch already holds (identical files, or files made of chunks seen before) add
+//! nothing to it, so a tree of duplicates never fills a batch; their commits would wait for it without
+//! bound. Reaching [`MAX_READY_COMMITS`] waiting commits therefore flushes too.
 
 use std::collections::HashSet;
 
 use bytes::Bytes;
 use cloudsync_types::ChunkId;
+
+/// Files read and waiting for their batch to be stored before they are committed; reaching this many
+/// flushes the filling batch even when it is not full, and waits for every batch in flight.
+pub(crate) const MAX_READY_COMMITS: usize = 1000;
 
 /// When a batch is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

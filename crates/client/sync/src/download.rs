@@ -3,7 +3,8 @@
 //! renamed over the final name only after its size and keyed content hash match what the server listed and
 //! it has been fsynced. A failed check, a broken connection or a killed process therefore never leaves a
 //! partial or tampered file under the final name; at worst a `.cloudsync-*.part` file remains (push skips
-//! those).
+//! those). Whatever is still at the final name by then differs from the download (pull leaves identical
+//! files alone), so it is first moved aside as a conflicted copy (see [`crate::conflict`]), never lost.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -13,11 +14,17 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use indicatif::ProgressBar;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncWriteExt as _, BufWriter};
 
 use crate::SyncError;
+use crate::conflict::move_aside;
 use crate::keys::{ChunkKeys, hash_hex, hash_matches};
-use crate::scan::{PART_PREFIX, PART_SUFFIX};
+
+/// Prefix and suffix of the temporary files a pull downloads into.
+pub(crate) const PART_PREFIX: &str = ".cloudsync-";
+pub(crate) const PART_SUFFIX: &str = ".part";
+/// Write buffer of a download, so small network pieces do not each become a write.
+const WRITE_BUF: usize = 1 << 20;
 
 /// What the downloaded content must be.
 #[derive(Debug, Clone)]
@@ -25,6 +32,15 @@ pub(crate) struct Expected<'a> {
     pub(crate) size: u64,
     pub(crate) content_hash: &'a str,
     pub(crate) mtime_ms: Option<i64>,
+}
+
+/// What a completed download did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Downloaded {
+    /// Bytes written.
+    pub(crate) bytes: u64,
+    /// Where the file that was at the target before was moved, when there was one.
+    pub(crate) kept_as: Option<PathBuf>,
 }
 
 /// Removes the temporary file unless the download completed.
@@ -61,8 +77,26 @@ fn system_time(ms: i64) -> Option<SystemTime> {
     if ms >= 0 { SystemTime::UNIX_EPOCH.checked_add(magnitude) } else { SystemTime::UNIX_EPOCH.checked_sub(magnitude) }
 }
 
-/// Streams `content` into a temporary file beside `target`, verifies it against `expected`, and renames it
-/// to `target`. Returns the number of bytes written. `shown` names the file in error messages.
+/// What a local file looked like when it was inspected: if it still looks the same just before the download
+/// is renamed over it, nobody has touched it in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Stamp {
+    /// The stamp of `meta`.
+    pub(crate) fn of(meta: &fs::Metadata) -> Self {
+        Self { len: meta.len(), modified: meta.modified().ok() }
+    }
+}
+
+/// Streams `content` into a temporary file beside `target`, verifies it against `expected`, and renames the
+/// download to `target`. A file already at `target` is moved aside as a conflicted copy from `device`, unless
+/// it still matches `replaceable` (a file known to hold an earlier server version, so nothing is lost by
+/// replacing it). `shown` names the file in error messages.
+#[expect(clippy::too_many_arguments, reason = "internal; each argument is a distinct input of one download")]
 pub(crate) async fn download_to<S, E>(
     content: S,
     target: &Path,
@@ -70,7 +104,9 @@ pub(crate) async fn download_to<S, E>(
     expected: &Expected<'_>,
     keys: &ChunkKeys,
     progress: &ProgressBar,
-) -> Result<u64, SyncError>
+    device: &str,
+    replaceable: Option<Stamp>,
+) -> Result<Downloaded, SyncError>
 where
     S: Stream<Item = Result<Bytes, E>>,
     E: Into<SyncError>,
@@ -81,7 +117,7 @@ where
         .to_path_buf();
     let (tmp, file) = tokio::task::spawn_blocking(move || create_temp(&dir)).await.map_err(SyncError::task)??;
     let mut guard = TempGuard(Some(tmp.clone()));
-    let mut out = tokio::fs::File::from_std(file);
+    let mut out = BufWriter::with_capacity(WRITE_BUF, tokio::fs::File::from_std(file));
     let mut hasher = keys.content_hasher();
     let mut written = 0u64;
     let mut content = std::pin::pin!(content);
@@ -113,16 +149,27 @@ where
             expected.content_hash
         )));
     }
-    let file = out.into_std().await;
+    // Flushed above, so the buffer is empty and the std file holds everything before the fsync.
+    let file = out.into_inner().into_std().await;
     let mtime = expected.mtime_ms.and_then(system_time);
-    let (tmp2, target2) = (tmp.clone(), target.to_path_buf());
-    tokio::task::spawn_blocking(move || finish(file, &tmp2, &target2, mtime)).await.map_err(SyncError::task)??;
+    let (tmp2, target2, device) = (tmp.clone(), target.to_path_buf(), device.to_owned());
+    let kept_as = tokio::task::spawn_blocking(move || finish(file, &tmp2, &target2, mtime, &device, replaceable))
+        .await
+        .map_err(SyncError::task)??;
     guard.0 = None;
-    Ok(written)
+    Ok(Downloaded { bytes: written, kept_as })
 }
 
-/// Sets the modification time, makes the content durable, and renames the file into place.
-fn finish(file: File, tmp: &Path, target: &Path, mtime: Option<SystemTime>) -> Result<(), SyncError> {
+/// Sets the modification time, makes the content durable, moves anything at `target` aside, and renames
+/// the file into place. Returns where the previous file went.
+fn finish(
+    file: File,
+    tmp: &Path,
+    target: &Path,
+    mtime: Option<SystemTime>,
+    device: &str,
+    replaceable: Option<Stamp>,
+) -> Result<Option<PathBuf>, SyncError> {
     if let Some(t) = mtime {
         // Best effort: a file system without settable times still gets the content.
         if let Err(e) = file.set_modified(t) {
@@ -131,13 +178,27 @@ fn finish(file: File, tmp: &Path, target: &Path, mtime: Option<SystemTime>) -> R
     }
     file.sync_all().map_err(|e| SyncError::io(tmp, e))?;
     drop(file);
-    fs::rename(tmp, target).map_err(|e| SyncError::io(target, e))?;
+    // Looked at again now rather than trusting the check before the download: a file created or edited
+    // meanwhile is kept too.
+    let kept_as = match fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_file() && replaceable == Some(Stamp::of(&meta)) => None,
+        Ok(_) => Some(move_aside(target, device, SystemTime::now()).map_err(|e| SyncError::io(target, e))?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(SyncError::io(target, e)),
+    };
+    if let Err(e) = fs::rename(tmp, target) {
+        if let Some(copy) = &kept_as {
+            // Put the local file back under its own name rather than leave the user without it.
+            let _ = fs::rename(copy, target);
+        }
+        return Err(SyncError::io(target, e));
+    }
     #[cfg(unix)]
     if let Some(dir) = target.parent() {
-        // Make the rename itself durable; failure here does not undo a completed download.
+        // Make the renames themselves durable; failure here does not undo a completed download.
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }
-    Ok(())
+    Ok(kept_as)
 }
 
 #[cfg(test)]
@@ -147,6 +208,8 @@ mod tests {
     use futures_util::stream;
 
     use super::*;
+
+    const DEVICE: &str = "test device";
 
     fn keys() -> ChunkKeys {
         ChunkKeys::for_test(ChunkerParams::DEFAULT)
@@ -175,10 +238,19 @@ mod tests {
         let target = dir.path().join("f.txt");
         let hash = hash_of(b"hello world");
         let expected = Expected { size: 11, content_hash: &hash, mtime_ms: Some(1_600_000_000_123) };
-        let n =
-            download_to(pieces(&[b"hello ", b"world"]), &target, "f.txt", &expected, &keys(), &ProgressBar::hidden())
-                .await
-                .expect("download");
+        let n = download_to(
+            pieces(&[b"hello ", b"world"]),
+            &target,
+            "f.txt",
+            &expected,
+            &keys(),
+            &ProgressBar::hidden(),
+            DEVICE,
+            None,
+        )
+        .await
+        .expect("download")
+        .bytes;
         assert_eq!(n, 11);
         assert_eq!(fs::read(&target).expect("read"), b"hello world");
         let mtime = fs::metadata(&target).expect("meta").modified().expect("mtime");
@@ -194,28 +266,120 @@ mod tests {
         let expected = Expected { size: 11, content_hash: &hash, mtime_ms: None };
         let bar = ProgressBar::hidden();
         // Same length, different bytes.
-        let e = download_to(pieces(&[b"hello ", b"WORLD"]), &target, "docs/f.txt", &expected, &keys(), &bar)
-            .await
-            .expect_err("corrupt");
+        let e =
+            download_to(pieces(&[b"hello ", b"WORLD"]), &target, "docs/f.txt", &expected, &keys(), &bar, DEVICE, None)
+                .await
+                .expect_err("corrupt");
         assert!(matches!(&e, SyncError::Integrity(m) if m.contains("docs/f.txt")), "{e}");
         assert!(dir_names(dir.path()).is_empty());
 
         // Truncated, too long, and broken mid-way: the existing file stays untouched.
         fs::write(&target, b"old").expect("write");
         for bad in [pieces(&[b"hello"]).boxed(), pieces(&[b"hello world", b"!"]).boxed()] {
-            let e = download_to(bad, &target, "f.txt", &expected, &keys(), &bar).await.expect_err("bad");
+            let e = download_to(bad, &target, "f.txt", &expected, &keys(), &bar, DEVICE, None).await.expect_err("bad");
             assert!(matches!(e, SyncError::Integrity(_)), "{e}");
         }
         let broken =
             stream::iter(vec![Ok(Bytes::from_static(b"hello")), Err(SyncError::Integrity("connection reset".into()))]);
-        assert!(download_to(broken, &target, "f.txt", &expected, &keys(), &bar).await.is_err());
+        assert!(download_to(broken, &target, "f.txt", &expected, &keys(), &bar, DEVICE, None).await.is_err());
         assert_eq!(fs::read(&target).expect("read"), b"old");
         assert_eq!(dir_names(dir.path()), ["f.txt"]);
+    }
+
+    #[tokio::test]
+    async fn a_differing_local_file_is_kept_as_a_conflicted_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("notes.txt");
+        fs::write(&target, b"my local edit").expect("write");
+        let hash = hash_of(b"server version");
+        let expected = Expected { size: 14, content_hash: &hash, mtime_ms: None };
+        let got = download_to(
+            pieces(&[b"server ", b"version"]),
+            &target,
+            "docs/notes.txt",
+            &expected,
+            &keys(),
+            &ProgressBar::hidden(),
+            "Bob's laptop: work",
+            None,
+        )
+        .await
+        .expect("download");
+        assert_eq!(got.bytes, 14);
+        assert_eq!(fs::read(&target).expect("read"), b"server version");
+        let kept = got.kept_as.expect("the local file was kept");
+        assert_eq!(fs::read(&kept).expect("read"), b"my local edit");
+        let names = dir_names(dir.path());
+        assert_eq!(names.len(), 2, "{names:?}");
+        let copy = kept.file_name().and_then(|n| n.to_str()).expect("name");
+        assert!(copy.starts_with("notes (conflicted copy from Bob's laptop- work 2"), "{copy}");
+        assert!(copy.ends_with(").txt"), "{copy}");
+        assert!(names.iter().any(|n| n == copy), "{names:?}");
+
+        // Nothing at the target: nothing to keep.
+        let fresh = dir.path().join("fresh.txt");
+        let got = download_to(
+            pieces(&[b"server version"]),
+            &fresh,
+            "fresh.txt",
+            &expected,
+            &keys(),
+            &ProgressBar::hidden(),
+            DEVICE,
+            None,
+        )
+        .await
+        .expect("download");
+        assert_eq!(got.kept_as, None);
     }
 
     #[test]
     fn converts_millisecond_times() {
         assert_eq!(system_time(0), Some(SystemTime::UNIX_EPOCH));
         assert_eq!(system_time(-1_000), SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(1)));
+    }
+
+    #[tokio::test]
+    async fn a_stale_copy_of_an_earlier_version_is_replaced_unless_touched_since() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("notes.txt");
+        let hash = hash_of(b"server version");
+        let expected = Expected { size: 14, content_hash: &hash, mtime_ms: None };
+        // Untouched since inspection: replaced, no conflicted copy.
+        fs::write(&target, b"old server version").expect("write");
+        let stamp = Stamp::of(&fs::metadata(&target).expect("meta"));
+        let got = download_to(
+            pieces(&[b"server version"]),
+            &target,
+            "n",
+            &expected,
+            &keys(),
+            &ProgressBar::hidden(),
+            DEVICE,
+            Some(stamp),
+        )
+        .await
+        .expect("download");
+        assert!(got.kept_as.is_none());
+        assert_eq!(fs::read(&target).expect("read"), b"server version");
+        assert_eq!(dir_names(dir.path()).len(), 1);
+        // Edited after inspection: kept aside after all.
+        fs::write(&target, b"old server version").expect("write");
+        let stamp = Stamp::of(&fs::metadata(&target).expect("meta"));
+        fs::write(&target, b"an edit made during the download").expect("edit");
+        let got = download_to(
+            pieces(&[b"server version"]),
+            &target,
+            "n",
+            &expected,
+            &keys(),
+            &ProgressBar::hidden(),
+            DEVICE,
+            Some(stamp),
+        )
+        .await
+        .expect("download");
+        let kept = got.kept_as.expect("the edited file was kept");
+        assert_eq!(fs::read(&kept).expect("read"), b"an edit made during the download");
     }
 }

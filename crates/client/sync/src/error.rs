@@ -25,6 +25,9 @@ pub enum SyncError {
     /// The local path given cannot be used.
     #[error("{0}")]
     InvalidLocal(String),
+    /// Something that cannot happen did: a background task panicked, or an internal invariant broke.
+    #[error("internal error: {0}; this is a bug; please report it")]
+    Internal(String),
 }
 
 impl SyncError {
@@ -37,7 +40,7 @@ impl SyncError {
                 source.kind(),
                 io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
             ),
-            SyncError::Integrity(_) | SyncError::InvalidLocal(_) => false,
+            SyncError::Integrity(_) | SyncError::InvalidLocal(_) | SyncError::Internal(_) => false,
         }
     }
 
@@ -48,10 +51,7 @@ impl SyncError {
 
     /// A background task panicked or was cancelled; surfaced instead of crashing the caller.
     pub(crate) fn task(e: tokio::task::JoinError) -> Self {
-        SyncError::Io {
-            path: PathBuf::from("<background task>"),
-            source: io::Error::other(format!("failed unexpectedly: {e}")),
-        }
+        SyncError::Internal(format!("a background task failed unexpectedly: {e}"))
     }
 }
 
@@ -65,5 +65,14 @@ mod tests {
         assert!(e.to_string().contains("/tmp/x/y.txt"), "{e}");
         assert!(!e.is_retryable());
         assert!(!SyncError::Integrity("x".into()).is_retryable());
+    }
+
+    #[tokio::test]
+    async fn a_panicked_task_is_an_internal_error() {
+        let joined = tokio::spawn(async { panic!("boom") }).await.expect_err("panicked");
+        let e = SyncError::task(joined);
+        assert!(matches!(e, SyncError::Internal(_)), "{e}");
+        assert!(e.to_string().ends_with("this is a bug; please report it"), "{e}");
+        assert!(!e.is_retryable());
     }
 }

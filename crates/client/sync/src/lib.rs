@@ -18,9 +18,12 @@
 //!   again, component by component; nothing escapes the target folder, symlinks on disk are never followed,
 //!   and a download is verified (size and keyed content hash) in a temporary file before it is renamed
 //!   into place, so a killed or tampered download never leaves a partial file under the final name.
+//! - **A pull never loses a local edit.** A local file that differs from the server's is renamed to a
+//!   "conflicted copy" beside the downloaded one instead of being overwritten.
 
 mod batch;
 mod chunking;
+mod conflict;
 mod download;
 mod error;
 mod keys;
@@ -28,6 +31,7 @@ mod localpath;
 mod progress;
 mod pull;
 mod push;
+mod retry;
 mod scan;
 mod upload;
 
@@ -48,9 +52,8 @@ pub struct TransferSummary {
     pub files_downloaded: u64,
     /// Files whose content was already identical on both sides.
     pub files_unchanged: u64,
-    /// Files deleted (push and pull never delete; kept for the sync engine to come).
-    pub files_deleted: u64,
-    /// Files not uploaded because the server copy changed meanwhile; see `conflicts`.
+    /// Push: files not uploaded because the server copy changed meanwhile. Pull: local files that differed
+    /// from the server's and were kept as a conflicted copy beside the download. See `conflicts`.
     pub files_conflicted: u64,
     /// Entries left alone: symlinks, special files, invalid or unsafe names, unreadable files.
     pub files_skipped: u64,
@@ -66,9 +69,16 @@ pub struct TransferSummary {
     pub seconds: f64,
     /// One line per conflicted file.
     pub conflicts: Vec<String>,
-    /// One line per skipped entry or other oddity worth telling the user.
+    /// One line per skipped entry or other oddity worth telling the user; at most [`MAX_WARNINGS`] of them,
+    /// then one line saying how many more there were.
     pub warnings: Vec<String>,
+    /// Warnings left out of `warnings` (its last line then says how many).
+    pub warnings_omitted: u64,
 }
+
+/// Warnings kept in a [`TransferSummary`]; a tree with many unsyncable entries must not grow it without
+/// bound.
+pub const MAX_WARNINGS: usize = 1000;
 
 /// How to run a transfer.
 #[derive(Debug, Clone)]
@@ -82,11 +92,45 @@ pub struct TransferOptions {
 impl TransferSummary {
     fn warn(&mut self, message: String) {
         tracing::debug!("{message}");
-        self.warnings.push(message);
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(message);
+            return;
+        }
+        self.warnings_omitted += 1;
+        let n = self.warnings_omitted;
+        let more = format!("... and {n} more warning{}", if n == 1 { "" } else { "s" });
+        if n == 1 {
+            self.warnings.push(more);
+        } else if let Some(last) = self.warnings.last_mut() {
+            *last = more;
+        }
     }
 
     fn skip(&mut self, message: String) {
         self.files_skipped += 1;
         self.warn(message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_capped_with_a_count_of_the_rest() {
+        let mut s = TransferSummary::default();
+        for i in 0..MAX_WARNINGS {
+            s.skip(format!("w{i}"));
+        }
+        assert_eq!(s.warnings.len(), MAX_WARNINGS);
+        s.skip("one more".into());
+        assert_eq!(s.warnings.last().map(String::as_str), Some("... and 1 more warning"));
+        for _ in 0..41 {
+            s.warn("and more".into());
+        }
+        assert_eq!(s.warnings.len(), MAX_WARNINGS + 1);
+        assert_eq!(s.warnings.last().map(String::as_str), Some("... and 42 more warnings"));
+        assert_eq!(s.warnings[MAX_WARNINGS - 1], format!("w{}", MAX_WARNINGS - 1));
+        assert_eq!(s.files_skipped, MAX_WARNINGS as u64 + 1);
     }
 }

@@ -2,10 +2,12 @@
 //! JSON summaries) or redirecting stderr to a log never receive terminal control sequences.
 
 use std::io::IsTerminal as _;
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 const TEMPLATE: &str = "{spinner} {wide_msg} {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} ETA {eta}";
+const SPINNER_TEMPLATE: &str = "{spinner} {wide_msg}";
 
 /// A byte-counting bar of `total` bytes, or a hidden one (all calls become no-ops).
 pub(crate) fn bar(enabled: bool, total: u64) -> ProgressBar {
@@ -17,6 +19,19 @@ pub(crate) fn bar(enabled: bool, total: u64) -> ProgressBar {
     ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()).with_style(style)
 }
 
+/// A spinner showing `message` (updated by the caller), or a hidden one. It keeps turning on its own, so a
+/// long wait (like scanning a big tree) visibly progresses.
+pub(crate) fn spinner(enabled: bool, message: &str) -> ProgressBar {
+    if !enabled || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(SPINNER_TEMPLATE).unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(style);
+    spinner.set_message(message.to_owned());
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    spinner
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -24,6 +39,8 @@ mod tests {
     #[test]
     fn template_is_valid_and_disabled_bars_are_hidden() {
         assert!(ProgressStyle::with_template(TEMPLATE).is_ok());
+        assert!(ProgressStyle::with_template(SPINNER_TEMPLATE).is_ok());
         assert!(bar(false, 10).is_hidden());
+        assert!(spinner(false, "scanning").is_hidden());
     }
 }

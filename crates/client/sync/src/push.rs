@@ -14,14 +14,16 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use cloudsync_sdk::Client;
-use cloudsync_types::{WorkspaceId, WsPath};
+use cloudsync_types::api::FileEntry;
+use cloudsync_types::{MAX_MANIFEST_CHUNKS, WorkspaceId, WsPath};
 use indicatif::ProgressBar;
 use tokio::sync::mpsc;
 
 use crate::chunking::{chunk_stream, hash_reader};
 use crate::keys::{ChunkKeys, hash_matches};
+use crate::retry::retry;
 use crate::scan::{LocalFile, Scan, identity, scan_dir, scan_single};
-use crate::upload::{Event, RemoteInfo, Uploader};
+use crate::upload::{Event, Uploader};
 use crate::{SyncError, TransferOptions, TransferSummary, progress};
 
 /// Events buffered between the hashing thread and the uploader (each may hold one chunk).
@@ -44,27 +46,26 @@ pub async fn push(
 ) -> Result<TransferSummary, SyncError> {
     let started = Instant::now();
     let (local, prefix) = (local_dir.to_path_buf(), remote.clone());
-    let (scan, single) =
-        tokio::task::spawn_blocking(move || scan_local(&local, &prefix)).await.map_err(SyncError::task)??;
+    let spinner = progress::spinner(opts.progress, "scanning…");
+    let scanning = spinner.clone();
+    let scanned = tokio::task::spawn_blocking(move || scan_local(&local, &prefix, &scanning)).await;
+    spinner.finish_and_clear();
+    let (scan, single) = scanned.map_err(SyncError::task)??;
     tracing::info!(workspace = %ws, remote = %remote, device = %opts.device_name, files = scan.files.len(), "push started");
     let mut summary = TransferSummary { files_scanned: scan.files.len() as u64, ..TransferSummary::default() };
     for why in scan.skipped {
         summary.skip(why);
     }
 
-    let keys = ChunkKeys::from_api(&client.workspaces().keys(ws).await?)?;
+    let (workspaces, files) = (client.workspaces(), client.files(ws));
+    let keys = ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)?;
     // A single file: list just its own path (a prefix matches itself) instead of the whole folder.
-    let listed = match (single, scan.files.first()) {
-        (true, Some(f)) => client.files(ws).list_all(&f.ws).await?,
-        _ => client.files(ws).list_all(remote).await?,
+    let listing = match (single, scan.files.first()) {
+        (true, Some(f)) => &f.ws,
+        _ => remote,
     };
-    let remote_files: HashMap<WsPath, RemoteInfo> = listed
-        .into_iter()
-        .map(|e| {
-            let info = RemoteInfo { version: e.version, size: e.size, content_hash: e.content_hash };
-            (e.path, info)
-        })
-        .collect();
+    let listed = retry(|| files.list_all(listing)).await?;
+    let remote_files: HashMap<WsPath, FileEntry> = listed.into_iter().map(|e| (e.path.clone(), e)).collect();
 
     let files = Arc::new(scan.files);
     let remote_files = Arc::new(remote_files);
@@ -87,7 +88,7 @@ pub async fn push(
 }
 
 /// Scans `local` as a folder or a single file; the flag is true for a single file.
-fn scan_local(local: &Path, remote: &WsPath) -> Result<(Scan, bool), SyncError> {
+fn scan_local(local: &Path, remote: &WsPath, spinner: &ProgressBar) -> Result<(Scan, bool), SyncError> {
     let meta = match std::fs::metadata(local) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -99,7 +100,7 @@ fn scan_local(local: &Path, remote: &WsPath) -> Result<(Scan, bool), SyncError> 
         Err(e) => return Err(SyncError::io(local, e)),
     };
     if meta.is_dir() {
-        Ok((scan_dir(local, remote)?, false))
+        Ok((scan_dir(local, remote, spinner)?, false))
     } else if meta.is_file() {
         Ok((scan_single(local, &meta, remote)?, true))
     } else {
@@ -110,60 +111,105 @@ fn scan_local(local: &Path, remote: &WsPath) -> Result<(Scan, bool), SyncError> 
 /// The hashing thread: reads every file in order and reports chunks and outcomes to the uploader.
 fn produce(
     files: &[LocalFile],
-    remote: &HashMap<WsPath, RemoteInfo>,
+    remote: &HashMap<WsPath, FileEntry>,
     keys: &ChunkKeys,
     tx: &mpsc::Sender<Event>,
     bar: &ProgressBar,
 ) {
+    let hashing = Hashing { keys, tx, bar, max_chunks: MAX_MANIFEST_CHUNKS };
     for (idx, file) in files.iter().enumerate() {
         bar.set_message(file.ws.to_string());
-        let event = match read_file(idx, file, remote.get(&file.ws), keys, tx, bar) {
+        let mut counted = 0;
+        let event = match hashing.read_file(idx, file, remote.get(&file.ws), &mut counted) {
             Ok(Some(event)) => event,
             Ok(None) => return,
             Err(e) => Event::Skipped { why: format!("{}: skipped, cannot read it: {e}", file.abs.display()) },
         };
+        if matches!(event, Event::Skipped { .. }) {
+            // Count what was not read, so the bar still ends at 100%.
+            bar.inc(file.size.saturating_sub(counted));
+        }
         if tx.blocking_send(event).is_err() {
             return;
         }
     }
 }
 
-/// Reads one file: `Unchanged` when it matches the server copy, otherwise its chunks (sent as they are
-/// cut) followed by `Done`. `Ok(None)` when the uploader has gone away.
-fn read_file(
-    idx: usize,
-    file: &LocalFile,
-    remote: Option<&RemoteInfo>,
-    keys: &ChunkKeys,
-    tx: &mpsc::Sender<Event>,
-    bar: &ProgressBar,
-) -> io::Result<Option<Event>> {
-    let handle = File::open(&file.abs)?;
-    let meta = handle.metadata()?;
-    // What was opened must be what was scanned: never a symlink or device swapped in meanwhile.
-    if !meta.is_file() || identity(&meta) != file.identity {
-        return Err(io::Error::other("it was replaced while the push was running"));
-    }
-    let mtime_ms = meta.modified().ok().and_then(unix_ms);
-    let reader = StopWhenClosed { inner: &handle, tx };
-    // Same size as the server copy: a cheap hash-only pass decides whether chunking is needed at all.
-    if let Some(r) = remote.filter(|r| r.size == meta.len()) {
-        let digest = hash_reader(&reader, keys)?;
-        if digest.size == r.size && hash_matches(&digest.hash, &r.content_hash) {
-            bar.inc(digest.size);
-            return Ok(Some(Event::Unchanged));
+/// What the hashing thread reads with.
+struct Hashing<'a> {
+    keys: &'a ChunkKeys,
+    tx: &'a mpsc::Sender<Event>,
+    bar: &'a ProgressBar,
+    /// The most chunks a file may have ([`MAX_MANIFEST_CHUNKS`]; smaller in tests).
+    max_chunks: usize,
+}
+
+impl Hashing<'_> {
+    /// Reads one file: `Unchanged` when it matches the server copy, otherwise its chunks (sent as they are
+    /// cut) followed by `Done`, or `Skipped` when it has more chunks than the server accepts for one file.
+    /// `Ok(None)` when the uploader has gone away. `counted` tracks the bytes added to the progress bar.
+    fn read_file(
+        &self,
+        idx: usize,
+        file: &LocalFile,
+        remote: Option<&FileEntry>,
+        counted: &mut u64,
+    ) -> io::Result<Option<Event>> {
+        let (keys, tx, bar) = (self.keys, self.tx, self.bar);
+        let handle = File::open(&file.abs)?;
+        let meta = handle.metadata()?;
+        // What was opened must be what was scanned: never a symlink or device swapped in meanwhile.
+        if !meta.is_file() || identity(&meta) != file.identity {
+            return Err(io::Error::other("it was replaced while the push was running"));
         }
-        (&handle).seek(SeekFrom::Start(0))?;
-    }
-    let digest = chunk_stream(&reader, keys, |id, data| {
-        bar.inc(data.len() as u64);
-        let event = Event::Chunk { id, data: Bytes::from(data) };
-        match tx.blocking_send(event) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(_) => ControlFlow::Break(()),
+        // No chunk is longer than the maximum, so a file this large has too many chunks however it is cut.
+        if meta.len().div_ceil(u64::from(keys.params.max.max(1))) > self.max_chunks as u64 {
+            return Ok(Some(self.too_many_chunks(file)));
         }
-    })?;
-    Ok(digest.map(|d| Event::Done { idx, size: d.size, hash: d.hash, mtime_ms }))
+        let mtime_ms = meta.modified().ok().and_then(unix_ms);
+        let reader = StopWhenClosed { inner: &handle, tx };
+        // Same size as the server copy: a cheap hash-only pass decides whether chunking is needed at all.
+        if let Some(r) = remote.filter(|r| r.size == meta.len()) {
+            let digest = hash_reader(&reader, keys)?;
+            if digest.size == r.size && hash_matches(&digest.hash, &r.content_hash) {
+                bar.inc(digest.size);
+                *counted += digest.size;
+                return Ok(Some(Event::Unchanged));
+            }
+            (&handle).seek(SeekFrom::Start(0))?;
+        }
+        let (mut chunks, mut too_many) = (0usize, false);
+        let digest = chunk_stream(&reader, keys, |id, data| {
+            chunks += 1;
+            if chunks > self.max_chunks {
+                too_many = true;
+                return ControlFlow::Break(());
+            }
+            bar.inc(data.len() as u64);
+            *counted += data.len() as u64;
+            let event = Event::Chunk { id, data: Bytes::from(data) };
+            match tx.blocking_send(event) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            }
+        })?;
+        if too_many {
+            return Ok(Some(self.too_many_chunks(file)));
+        }
+        Ok(digest.map(|d| Event::Done { idx, size: d.size, hash: d.hash, mtime_ms }))
+    }
+
+    /// A file the server would refuse for having too many chunks. Its chunks so far are abandoned (the
+    /// uploader drops them on `Skipped`) and the push goes on with the next file.
+    fn too_many_chunks(&self, file: &LocalFile) -> Event {
+        Event::Skipped {
+            why: format!(
+                "{}: skipped, it is too large: a file may have at most {} chunks",
+                file.abs.display(),
+                self.max_chunks
+            ),
+        }
+    }
 }
 
 /// A reader that fails once the uploader is gone, so a failed push does not keep hashing a huge file.
@@ -200,15 +246,64 @@ mod tests {
     fn refuses_missing_local_paths() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("nope");
-        let e = scan_local(&missing, &WsPath::root()).expect_err("missing");
+        let hidden = ProgressBar::hidden();
+        let e = scan_local(&missing, &WsPath::root(), &hidden).expect_err("missing");
         assert!(matches!(&e, SyncError::InvalidLocal(m) if m.contains("nope")), "{e}");
         let file = dir.path().join("one.txt");
         std::fs::write(&file, b"1").expect("write");
-        let (scan, single) = scan_local(&file, &WsPath::parse("r").expect("r")).expect("file");
+        let (scan, single) = scan_local(&file, &WsPath::parse("r").expect("r"), &hidden).expect("file");
         assert!(single);
         assert_eq!(scan.files[0].ws.as_str(), "r/one.txt");
-        let (_, single) = scan_local(dir.path(), &WsPath::root()).expect("dir");
+        let (_, single) = scan_local(dir.path(), &WsPath::root(), &hidden).expect("dir");
         assert!(!single);
+    }
+
+    #[test]
+    fn a_file_with_too_many_chunks_is_skipped_while_chunking() {
+        use cloudsync_chunker::ChunkerParams;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big.bin");
+        // Varied bytes, so the chunker cuts content-defined chunks between min and max.
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let meta = std::fs::metadata(&path).expect("meta");
+        let file = LocalFile {
+            abs: path,
+            ws: WsPath::parse("big.bin").expect("path"),
+            size: meta.len(),
+            identity: identity(&meta),
+        };
+        let keys = ChunkKeys::for_test(ChunkerParams { min: 1024, avg: 4096, max: 16384 });
+        let (tx, mut rx) = mpsc::channel(10_000);
+        let bar = ProgressBar::hidden();
+
+        // Allowed enough chunks: the file is read and ends with `Done`.
+        let roomy = Hashing { keys: &keys, tx: &tx, bar: &bar, max_chunks: 1000 };
+        let mut counted = 0;
+        let done = roomy.read_file(0, &file, None, &mut counted).expect("read").expect("not stopped");
+        assert!(matches!(done, Event::Done { size: 200_000, .. }), "{done:?}");
+        assert_eq!(counted, 200_000);
+        let mut chunks = 0;
+        while let Ok(ev) = rx.try_recv() {
+            assert!(matches!(ev, Event::Chunk { .. }), "{ev:?}");
+            chunks += 1;
+        }
+        assert!(chunks > 13, "{chunks} chunks");
+
+        // One chunk fewer than it needs: skipped part-way, not an error.
+        let tight = Hashing { max_chunks: chunks - 1, ..roomy };
+        let mut counted = 0;
+        let skipped = tight.read_file(0, &file, None, &mut counted).expect("read").expect("not stopped");
+        assert!(matches!(&skipped, Event::Skipped { why } if why.contains("too large")), "{skipped:?}");
+        assert!(counted < 200_000);
+
+        // Larger than the limit allows however it is cut: skipped without reading.
+        let tiny = Hashing { max_chunks: 2, ..roomy };
+        let mut counted = 0;
+        let skipped = tiny.read_file(0, &file, None, &mut counted).expect("read").expect("not stopped");
+        assert!(matches!(skipped, Event::Skipped { .. }), "{skipped:?}");
+        assert_eq!(counted, 0);
     }
 
     #[test]

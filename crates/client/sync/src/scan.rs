@@ -8,13 +8,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use cloudsync_types::WsPath;
-use cloudsync_types::path::validate_component;
+use indicatif::ProgressBar;
 
 use crate::SyncError;
+use crate::download::{PART_PREFIX, PART_SUFFIX};
 
-/// Prefix and suffix of the temporary files a pull downloads into.
-pub(crate) const PART_PREFIX: &str = ".cloudsync-";
-pub(crate) const PART_SUFFIX: &str = ".part";
+/// Files found between two updates of the scanning spinner.
+const SPINNER_EVERY: usize = 256;
 
 /// A regular file to push.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,16 +67,23 @@ pub(crate) fn scan_single(path: &Path, meta: &fs::Metadata, remote: &WsPath) -> 
 }
 
 /// Walks `root` recursively (without following symlinks) and maps every regular file to a path below
-/// `remote`. Fails only when `root` itself cannot be read; problems below it become warnings.
-pub(crate) fn scan_dir(root: &Path, remote: &WsPath) -> Result<Scan, SyncError> {
+/// `remote`, counting the files found on `spinner`. Fails only when `root` itself cannot be read; problems
+/// below it become warnings.
+pub(crate) fn scan_dir(root: &Path, remote: &WsPath, spinner: &ProgressBar) -> Result<Scan, SyncError> {
     let mut scan = Scan::default();
     let mut stack: Vec<(PathBuf, WsPath)> = Vec::new();
     read_dir_into(root, remote, &mut scan, &mut stack).map_err(|e| SyncError::io(root, e))?;
+    let mut shown = 0;
     while let Some((dir, ws_dir)) = stack.pop() {
         if let Err(e) = read_dir_into(&dir, &ws_dir, &mut scan, &mut stack) {
             scan.skipped.push(format!("{}: folder skipped, cannot read it: {e}", dir.display()));
         }
+        if scan.files.len() >= shown + SPINNER_EVERY {
+            shown = scan.files.len();
+            spinner.set_message(format!("scanning… {shown} files"));
+        }
     }
+    spinner.set_message(format!("scanning… {} files", scan.files.len()));
     scan.files.sort_by(|a, b| a.ws.cmp(&b.ws));
     Ok(scan)
 }
@@ -92,8 +99,8 @@ fn read_dir_into(dir: &Path, ws_dir: &WsPath, scan: &mut Scan, stack: &mut Vec<(
             scan.skipped.push(format!("{shown}: skipped, the name is not valid UTF-8"));
             continue;
         };
-        // `symlink_metadata` describes the entry itself, never a symlink's target.
-        let meta = match fs::symlink_metadata(&path) {
+        // Like `symlink_metadata`, `DirEntry::metadata` describes the entry itself, never a symlink's target.
+        let meta = match entry.metadata() {
             Ok(m) => m,
             Err(e) => {
                 scan.skipped.push(format!("{shown}: skipped, cannot read it: {e}"));
@@ -113,7 +120,8 @@ fn read_dir_into(dir: &Path, ws_dir: &WsPath, scan: &mut Scan, stack: &mut Vec<(
             scan.skipped.push(format!("{shown}: skipped, a partial download left by an interrupted pull"));
             continue;
         }
-        let ws = match validate_component(&name).and_then(|()| ws_dir.join(&name)) {
+        // `join` validates the new component (and the whole path) with the workspace's rules.
+        let ws = match ws_dir.join(&name) {
             Ok(ws) => ws,
             Err(e) => {
                 let what = if kind.is_dir() { "folder" } else { "file" };
@@ -153,7 +161,7 @@ mod tests {
         touch(&root.join(".hidden"), b"");
 
         let remote = WsPath::parse("backup/laptop").expect("remote");
-        let scan = scan_dir(root, &remote).expect("scan");
+        let scan = scan_dir(root, &remote, &ProgressBar::hidden()).expect("scan");
         assert_eq!(
             ws_paths(&scan),
             [
@@ -167,7 +175,7 @@ mod tests {
         assert_eq!(scan.files[2].size, 2);
         assert!(scan.skipped.is_empty(), "{:?}", scan.skipped);
 
-        let at_root = scan_dir(root, &WsPath::root()).expect("scan");
+        let at_root = scan_dir(root, &WsPath::root(), &ProgressBar::hidden()).expect("scan");
         assert_eq!(ws_paths(&at_root)[1], "a.txt");
     }
 
@@ -191,7 +199,7 @@ mod tests {
         touch(&root.join("LPT1/inside.txt"), b"x");
         touch(&root.join(".cloudsync-0123abcd.part"), b"partial");
 
-        let scan = scan_dir(root, &WsPath::parse("r").expect("remote")).expect("scan");
+        let scan = scan_dir(root, &WsPath::parse("r").expect("remote"), &ProgressBar::hidden()).expect("scan");
         assert_eq!(ws_paths(&scan), ["r/ok.txt"]);
         assert_eq!(scan.skipped.len(), 8, "{:#?}", scan.skipped);
         let all = scan.skipped.join("\n");
@@ -219,6 +227,6 @@ mod tests {
     fn unreadable_root_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("nope");
-        assert!(matches!(scan_dir(&missing, &WsPath::root()), Err(SyncError::Io { .. })));
+        assert!(matches!(scan_dir(&missing, &WsPath::root(), &ProgressBar::hidden()), Err(SyncError::Io { .. })));
     }
 }

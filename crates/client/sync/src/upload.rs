@@ -8,7 +8,6 @@
 //! transfer overlap without memory growing with the tree.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::time::Duration;
 
 use bytes::Bytes;
 use cloudsync_sdk::{Client, ErrorKind};
@@ -18,8 +17,9 @@ use futures_util::{StreamExt as _, stream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::batch::{Batch, BatchLimits};
+use crate::batch::{Batch, BatchLimits, MAX_READY_COMMITS};
 use crate::keys::hash_hex;
+use crate::retry::retry;
 use crate::scan::LocalFile;
 use crate::{SyncError, TransferSummary};
 
@@ -27,8 +27,6 @@ use crate::{SyncError, TransferSummary};
 const MAX_IN_FLIGHT: usize = 1;
 /// Commits sent concurrently.
 const COMMIT_CONCURRENCY: usize = 4;
-/// Attempts for the idempotent chunk requests when the failure is retryable.
-const ATTEMPTS: u32 = 3;
 
 /// What the hashing thread reports, in file order.
 #[derive(Debug)]
@@ -41,14 +39,6 @@ pub(crate) enum Event {
     Unchanged,
     /// The file could not be read; its chunks so far are abandoned.
     Skipped { why: String },
-}
-
-/// The server's copy of a path, as listed at the start.
-#[derive(Debug, Clone)]
-pub(crate) struct RemoteInfo {
-    pub(crate) version: u64,
-    pub(crate) size: u64,
-    pub(crate) content_hash: String,
 }
 
 /// A fully read file waiting for its chunks to be stored.
@@ -73,7 +63,7 @@ pub(crate) struct Uploader<'a> {
     client: Client,
     ws: WorkspaceId,
     files: &'a [LocalFile],
-    remote: &'a HashMap<WsPath, RemoteInfo>,
+    remote: &'a HashMap<WsPath, FileEntry>,
     limits: BatchLimits,
     filling: Batch,
     in_flight: JoinSet<Result<Flushed, SyncError>>,
@@ -91,7 +81,7 @@ impl<'a> Uploader<'a> {
         client: Client,
         ws: WorkspaceId,
         files: &'a [LocalFile],
-        remote: &'a HashMap<WsPath, RemoteInfo>,
+        remote: &'a HashMap<WsPath, FileEntry>,
     ) -> Self {
         Self {
             client,
@@ -134,8 +124,8 @@ impl<'a> Uploader<'a> {
         if self.ready.is_empty() {
             Ok(())
         } else {
-            Err(SyncError::Integrity(format!(
-                "{} files were read but never committed; run the push again",
+            Err(SyncError::Internal(format!(
+                "{} files were read but never committed; running the push again may work around it",
                 self.ready.len()
             )))
         }
@@ -144,8 +134,9 @@ impl<'a> Uploader<'a> {
     async fn on_event(&mut self, ev: Event, summary: &mut TransferSummary) -> Result<(), SyncError> {
         match ev {
             Event::Chunk { id, data } => {
+                // The chunker never cuts chunks anywhere near 4 GiB.
                 let size =
-                    u32::try_from(data.len()).map_err(|_| SyncError::Integrity(format!("chunk {id} is too large")))?;
+                    u32::try_from(data.len()).map_err(|_| SyncError::Internal(format!("chunk {id} is too large")))?;
                 self.current.push(ManifestChunk { id, size });
                 self.current_last = Some(self.filling.seq);
                 if self.filling.add(id, data, &self.limits) {
@@ -154,7 +145,7 @@ impl<'a> Uploader<'a> {
             }
             Event::Done { idx, size, hash, mtime_ms } => {
                 let Some(file) = self.files.get(idx) else {
-                    return Err(SyncError::Integrity(format!("unknown file #{idx}")));
+                    return Err(SyncError::Internal(format!("the hashing thread reported unknown file #{idx}")));
                 };
                 let chunks = std::mem::take(&mut self.current);
                 let req = CommitRequest {
@@ -167,6 +158,9 @@ impl<'a> Uploader<'a> {
                 self.ready.push(Ready { req, needs });
                 if needs.is_none_or(|n| n < self.done_below) {
                     self.commit_ready(summary).await?;
+                }
+                if self.ready.len() >= MAX_READY_COMMITS {
+                    self.drain(summary).await?;
                 }
             }
             Event::Unchanged => summary.files_unchanged += 1,
@@ -198,6 +192,16 @@ impl<'a> Uploader<'a> {
         Ok(())
     }
 
+    /// Flushes the filling batch even if it is not full, waits for every batch in flight and commits what
+    /// waited for them, so waiting commits never pile up (see [`MAX_READY_COMMITS`]).
+    async fn drain(&mut self, summary: &mut TransferSummary) -> Result<(), SyncError> {
+        self.seal(summary).await?;
+        while let Some(joined) = self.in_flight.join_next().await {
+            self.on_flushed(joined.map_err(SyncError::task)??, summary).await?;
+        }
+        self.commit_ready(summary).await
+    }
+
     async fn on_flushed(&mut self, f: Flushed, summary: &mut TransferSummary) -> Result<(), SyncError> {
         summary.chunks_uploaded += f.uploaded;
         summary.chunks_deduplicated += f.deduplicated;
@@ -213,7 +217,8 @@ impl<'a> Uploader<'a> {
         }
     }
 
-    /// Commits every file whose chunks are all stored.
+    /// Commits every file whose chunks are all stored. A commit is never retried (see [`crate::retry`]): if
+    /// its answer was lost it may have been stored, and repeating it would then be refused as a conflict.
     async fn commit_ready(&mut self, summary: &mut TransferSummary) -> Result<(), SyncError> {
         let done_below = self.done_below;
         let (now, later): (Vec<Ready>, Vec<Ready>) =
@@ -281,27 +286,6 @@ async fn flush(client: Client, ws: WorkspaceId, batch: Batch) -> Result<Flushed,
         retry(|| files.upload_chunks(upload.clone())).await?;
     }
     Ok(Flushed { seq, uploaded, deduplicated: ids.len() as u64 - uploaded, bytes })
-}
-
-/// Runs an idempotent request up to [`ATTEMPTS`] times while it fails with a retryable error.
-async fn retry<T, F, Fut>(mut op: F) -> Result<T, cloudsync_sdk::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, cloudsync_sdk::Error>>,
-{
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
-                let wait =
-                    e.retry_after().unwrap_or(Duration::from_secs(u64::from(attempt))).min(Duration::from_secs(30));
-                tracing::warn!("{e}; retrying in {wait:?}");
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
 }
 
 #[cfg(test)]

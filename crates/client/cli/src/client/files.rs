@@ -48,7 +48,10 @@ fn options() -> TransferOptions {
     }
 }
 
-fn report(verb: &str, s: &TransferSummary, json: bool) -> Result<()> {
+/// Prints what a transfer did. `conflicts_fail` is true for a push, whose conflicted files were not uploaded
+/// (an error the user must act on); a pull's conflicts are local copies kept beside the download, which are
+/// listed but are not a failure.
+fn report(verb: &str, s: &TransferSummary, json: bool, conflicts_fail: bool) -> Result<()> {
     if json {
         print_json(s)?;
     } else {
@@ -72,7 +75,7 @@ fn report(verb: &str, s: &TransferSummary, json: bool) -> Result<()> {
             s.seconds
         );
     }
-    if s.files_conflicted > 0 {
+    if conflicts_fail && s.files_conflicted > 0 {
         bail!(
             "{} file(s) changed on the server since your copy and were not overwritten; pull them first",
             s.files_conflicted
@@ -88,17 +91,18 @@ fn report(verb: &str, s: &TransferSummary, json: bool) -> Result<()> {
 pub async fn push(local: &Path, remote: &str, json: bool) -> Result<()> {
     let (client, w, path) = resolve(remote).await?;
     let s = cloudsync_sync::push(&client, w.id, local, &path, &options()).await?;
-    report("push", &s, json)
+    report("push", &s, json, true)
 }
 
-/// `cloudsync pull WORKSPACE[:PATH] LOCAL`.
+/// `cloudsync pull WORKSPACE[:PATH] LOCAL`. A local file that differs from the server's is kept as a
+/// conflicted copy beside the download; those are listed, and are not an error.
 ///
 /// # Errors
 /// Server errors, integrity failures, or unwritable local paths.
 pub async fn pull(remote: &str, local: &Path, json: bool) -> Result<()> {
     let (client, w, path) = resolve(remote).await?;
     let s = cloudsync_sync::pull(&client, w.id, &path, local, &options()).await?;
-    report("pull", &s, json)
+    report("pull", &s, json, false)
 }
 
 /// `cloudsync ls WORKSPACE[:PATH]`.
@@ -202,6 +206,18 @@ pub async fn trash(name: &str, json: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_push_conflicts_fail() {
+        let s = TransferSummary {
+            files_conflicted: 1,
+            conflicts: vec!["a.txt: your local copy differed from the server".into()],
+            ..TransferSummary::default()
+        };
+        assert!(report("push", &s, false, true).is_err());
+        assert!(report("pull", &s, false, false).is_ok());
+        assert!(report("push", &TransferSummary::default(), false, true).is_ok());
+    }
 
     #[test]
     fn remote_specs_parse() {
