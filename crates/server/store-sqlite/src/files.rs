@@ -37,17 +37,22 @@ fn file_of(r: &SqliteRow) -> StoreResult<FileRecord> {
     })
 }
 
-async fn live_file(
-    tx: &mut Transaction<'_, Sqlite>,
+/// The live file at `path` (`live`), or the most recently deleted one that lived there (`!live`).
+async fn file_at<'e, E: sqlx::Executor<'e, Database = Sqlite>>(
+    ex: E,
     ws: WorkspaceId,
     path: &WsPath,
+    live: bool,
 ) -> StoreResult<Option<FileRecord>> {
-    let row = sqlx::query(&format!("{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NULL"))
-        .bind(ws.as_uuid())
-        .bind(path.as_str())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(map_err)?;
+    let sql = if live {
+        format!("{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NULL")
+    } else {
+        format!(
+            "{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NOT NULL
+             ORDER BY f.deleted_ms DESC LIMIT 1"
+        )
+    };
+    let row = sqlx::query(&sql).bind(ws.as_uuid()).bind(path.as_str()).fetch_optional(ex).await.map_err(map_err)?;
     row.as_ref().map(file_of).transpose()
 }
 
@@ -122,23 +127,6 @@ async fn insert_version(
     Ok(())
 }
 
-async fn newest_trashed(
-    tx: &mut Transaction<'_, Sqlite>,
-    ws: WorkspaceId,
-    path: &WsPath,
-) -> StoreResult<Option<FileRecord>> {
-    let row = sqlx::query(&format!(
-        "{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NOT NULL
-         ORDER BY f.deleted_ms DESC LIMIT 1"
-    ))
-    .bind(ws.as_uuid())
-    .bind(path.as_str())
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(map_err)?;
-    row.as_ref().map(file_of).transpose()
-}
-
 /// Ids per `IN (...)` query in [`FileStore::missing_chunks`] (well under SQLite's variable limit).
 const MISSING_BATCH: usize = 500;
 
@@ -192,7 +180,7 @@ impl FileStore for SqliteStore {
         audit: &[NewAudit],
     ) -> StoreResult<FileRecord> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let live = live_file(&mut tx, ws, path).await?;
+        let live = file_at(&mut *tx, ws, path, true).await?;
         let (fid, number) = match (&live, base) {
             (None, None) => {
                 let fid = FileId::new();
@@ -220,14 +208,7 @@ impl FileStore for SqliteStore {
     }
 
     async fn file_by_path(&self, ws: WorkspaceId, path: &WsPath) -> StoreResult<Option<FileRecord>> {
-        let row =
-            sqlx::query(&format!("{SELECT_FILE} WHERE f.workspace_id = ? AND f.path = ? AND f.deleted_ms IS NULL"))
-                .bind(ws.as_uuid())
-                .bind(path.as_str())
-                .fetch_optional(&self.reader)
-                .await
-                .map_err(map_err)?;
-        row.as_ref().map(file_of).transpose()
+        file_at(&self.reader, ws, path, true).await
     }
 
     async fn list_files(
@@ -346,10 +327,7 @@ impl FileStore for SqliteStore {
     }
 
     async fn trashed_file(&self, ws: WorkspaceId, path: &WsPath) -> StoreResult<Option<FileRecord>> {
-        let mut tx = self.reader.begin().await.map_err(map_err)?;
-        let f = newest_trashed(&mut tx, ws, path).await;
-        tx.rollback().await.map_err(map_err)?;
-        f
+        file_at(&self.reader, ws, path, false).await
     }
 
     async fn restore_from_trash(
@@ -360,10 +338,10 @@ impl FileStore for SqliteStore {
         audit: &[NewAudit],
     ) -> StoreResult<FileRecord> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        if live_file(&mut tx, ws, path).await?.is_some() {
+        if file_at(&mut *tx, ws, path, true).await?.is_some() {
             return Err(StoreError::Conflict(format!("a file already exists at {path}")));
         }
-        let file = newest_trashed(&mut tx, ws, path).await?.ok_or(StoreError::NotFound)?;
+        let file = file_at(&mut *tx, ws, path, false).await?.ok_or(StoreError::NotFound)?;
         sqlx::query("UPDATE files SET deleted_ms = NULL WHERE id = ?")
             .bind(file.id.as_uuid())
             .execute(&mut *tx)
