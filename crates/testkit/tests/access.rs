@@ -25,6 +25,9 @@ fn body_for(method: &str, path: &str, viewer_id: &str) -> Option<serde_json::Val
         ("POST", "commit") => {
             serde_json::json!({"path": "new.txt", "base_version": null, "manifest": {"size": 0, "content_hash": "00".repeat(32), "chunks": []}})
         }
+        ("POST", "commit-batch") => serde_json::json!({"commits": []}),
+        ("POST", "manifests") => serde_json::json!({"files": [{"path": "f.txt"}]}),
+        ("POST", "fetch") => serde_json::json!({"ids": []}),
         ("POST", "delete") | ("POST", "restore") => serde_json::json!({"path": "f.txt"}),
         ("POST", "workspaces") => serde_json::json!({"name": format!("w-{viewer_id}")}),
         _ => return None,

@@ -53,6 +53,33 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Two-way sync of a local folder with WORKSPACE[:PATH]: changes on either side flow to the other,
+    /// deletions go to the server's trash, and a file changed on both sides keeps both versions
+    /// ("NAME (conflicted copy from DEVICE DATE).EXT"). Patterns in LOCAL_DIR/.cloudsyncignore are skipped.
+    Sync {
+        /// Local folder (must exist).
+        local: PathBuf,
+        /// WORKSPACE or WORKSPACE:PATH.
+        remote: String,
+        /// Keep running: sync again on local changes and when the server's change journal moves.
+        #[arg(long)]
+        watch: bool,
+        /// Show what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show what a sync of LOCAL_DIR would change now, including conflicts.
+    Status {
+        /// A folder synced before with `cloudsync sync`.
+        local: PathBuf,
+        /// Forget the folder's pairing (its sync index) so it can be synced elsewhere; files are untouched.
+        #[arg(long)]
+        forget: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// List files in WORKSPACE[:PATH].
     Ls {
         /// WORKSPACE or WORKSPACE:PATH.

@@ -61,6 +61,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Workspace(cmd) => client::workspace_cmd(cmd).await,
         Command::Push { local, remote, json } => client::push(&local, &remote, json.json).await,
         Command::Pull { remote, local, json } => client::pull(&remote, &local, json.json).await,
+        Command::Sync { local, remote, watch, dry_run, json } => {
+            client::sync(&local, &remote, watch, dry_run, json.json).await
+        }
+        Command::Status { local, forget, json } => client::status(&local, forget, json.json).await,
         Command::Ls { remote, json } => client::ls(&remote, json.json).await,
         Command::Rm { remote, json } => client::rm(&remote, json.json).await,
         Command::Versions { remote, json } => client::versions(&remote, json.json).await,

@@ -337,3 +337,114 @@ fn pull_replaces_stale_copies_but_keeps_local_edits() {
     assert_eq!(std::fs::read(dst.join(copy)).expect("copy"), b"my own local change");
     assert_eq!(names.len(), 3, "no copy of the merely stale file: {names:?}");
 }
+
+#[test]
+fn sync_and_status_through_the_cli_with_the_json_summary() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = start_server(&tmp.path().join("server"));
+    create_user(&srv, "alice@example.com", false);
+    let alice = Client::new(tmp.path(), "alice");
+    alice.login(&srv, "alice@example.com");
+    alice.ok(&["workspace", "create", "Team"]);
+    let dir = tmp.path().join("folder");
+    write(&dir.join("a.txt"), b"alpha");
+    write(&dir.join("sub/b.txt"), b"beta");
+    let d = dir.to_str().expect("p");
+
+    let dry = json(&alice.ok(&["sync", d, "Team:shared", "--dry-run", "--json"]));
+    assert_eq!(dry["plan"]["upload"], serde_json::json!(["a.txt", "sub/b.txt"]), "{dry}");
+    assert_eq!(dry["files_uploaded"], 0);
+    let first = json(&alice.ok(&["sync", d, "Team:shared", "--json"]));
+    for field in [
+        "files_scanned",
+        "files_uploaded",
+        "files_downloaded",
+        "files_deleted",
+        "files_conflicted",
+        "bytes_uploaded",
+        "bytes_downloaded",
+        "chunks_uploaded",
+        "chunks_deduplicated",
+        "seconds",
+    ] {
+        assert!(first.get(field).is_some(), "{field} missing from {first}");
+    }
+    assert_eq!(first["files_uploaded"], 2, "{first}");
+    let ls = json(&alice.ok(&["ls", "Team:shared", "--json"]));
+    assert_eq!(ls.as_array().expect("array").len(), 2);
+
+    std::fs::remove_file(dir.join("a.txt")).expect("rm");
+    let st = json(&alice.ok(&["status", d, "--json"]));
+    assert_eq!(st["pending"]["delete_remote"], serde_json::json!(["a.txt"]), "{st}");
+    let text = alice.ok(&["status", d]);
+    assert!(text.contains("delete on server (to trash): a.txt"), "{text}");
+    let r = json(&alice.ok(&["sync", d, "Team:shared", "--json"]));
+    assert_eq!(r["files_deleted"], 1, "{r}");
+    let trash = json(&alice.ok(&["trash", "list", "Team", "--json"]));
+    assert_eq!(trash[0]["path"], "shared/a.txt");
+
+    let err = alice.fail(&["status", tmp.path().join("never").to_str().expect("p")]);
+    assert!(err.contains("does not exist"), "{err}");
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    let err = alice.fail(&["status", other.to_str().expect("p")]);
+    assert!(err.contains("has not been synced yet"), "{err}");
+}
+
+#[test]
+fn a_killed_sync_resumes_without_resending_stored_chunks() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = start_server(&tmp.path().join("server"));
+    create_user(&srv, "alice@example.com", false);
+    let alice = Client::new(tmp.path(), "alice");
+    alice.login(&srv, "alice@example.com");
+    alice.ok(&["workspace", "create", "Team"]);
+    let dir = tmp.path().join("folder");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let big: Vec<u8> = (0..192 * 1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    write(&dir.join("big.bin"), &big);
+    let d = dir.to_str().expect("p");
+
+    // Kill the client once the server has stored some of the file's chunks.
+    let mut child =
+        alice.cmd(&["sync", d, "Team", "--json"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    let chunks_dir = srv.data.join("chunks");
+    let started = std::time::Instant::now();
+    let stored = loop {
+        let n = count_files(&chunks_dir);
+        if n >= 48 {
+            break n;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "no chunks stored");
+        if child.try_wait().expect("wait").is_some() {
+            panic!("the sync finished before it could be killed; make the file larger");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    child.kill().expect("kill");
+    let _ = child.wait();
+    assert!(json(&alice.ok(&["ls", "Team", "--json"])).as_array().expect("array").is_empty(), "nothing committed");
+
+    let resumed = json(&alice.ok(&["sync", d, "Team", "--json"]));
+    assert_eq!(resumed["files_uploaded"], 1, "{resumed}");
+    let dedup = resumed["chunks_deduplicated"].as_u64().expect("dedup");
+    assert!(dedup >= 1, "stored chunks are not sent again ({stored} stored before the kill): {resumed}");
+    assert!(resumed["bytes_uploaded"].as_u64().expect("bytes") < big.len() as u64, "{resumed}");
+    let out = tmp.path().join("out");
+    alice.ok(&["pull", "Team", out.to_str().expect("p")]);
+    assert_eq!(std::fs::read(out.join("big.bin")).expect("read"), big);
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.filter_map(Result::ok)
+        .map(|e| if e.file_type().map(|t| t.is_dir()).unwrap_or(false) { count_files(&e.path()) } else { 1 })
+        .sum()
+}

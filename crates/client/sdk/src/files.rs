@@ -1,20 +1,22 @@
 //! File endpoints of one workspace: content-addressed chunks (ask which are missing, upload them, fetch
 //! them), commits that make a new version visible, listing, versions, trash and the change journal. Upload
 //! is two-phase — chunks first, then a commit naming them — so an interrupted upload never leaves a
-//! half-written file visible and re-uploads skip chunks the server already holds.
+//! half-written file visible and re-uploads skip chunks the server already holds. A sync engine moving many
+//! files uses the batch forms: [`Files::commit_batch`], [`Files::manifests`] and [`Files::fetch_chunks`].
 
 use bytes::Bytes;
 use cloudsync_types::api::{
-    ChangeList, CommitRequest, DeleteRequest, DeleteResponse, FileEntry, FileList, MAX_MISSING_QUERY,
-    MissingChunksRequest, MissingChunksResponse, RestoreRequest, TrashEntry, UploadChunksResponse, VersionInfo,
-    VersionManifest,
+    ChangeList, CommitBatchRequest, CommitBatchResponse, CommitRequest, CommitResult, DeleteRequest, DeleteResponse,
+    FetchChunksRequest, FileEntry, FileList, MAX_BATCH_COMMITS, MAX_BATCH_MANIFESTS, MAX_FETCH_CHUNKS,
+    MAX_MISSING_QUERY, ManifestRef, ManifestsRequest, ManifestsResponse, MissingChunksRequest, MissingChunksResponse,
+    RestoreRequest, TrashEntry, UploadChunksResponse, VersionInfo, VersionManifest,
 };
 use cloudsync_types::{ChunkId, MAX_CHUNK_SIZE, WorkspaceId, WsPath};
 use futures_util::{Stream, StreamExt};
 use reqwest::Method;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 
-use crate::{Client, Error, ErrorKind};
+use crate::{ChunkStream, Client, Error, ErrorKind};
 
 /// Page size [`Files::list_all`] asks for.
 const LIST_ALL_PAGE: u32 = 1000;
@@ -80,6 +82,32 @@ impl Files<'_> {
         Ok(Bytes::from(body))
     }
 
+    /// `POST /workspaces/{ws}/chunks/fetch`: many chunks' plaintext in one streamed answer, in the order of
+    /// `ids` (a repeated id comes again). Read them with [`ChunkStream::next`], which checks that each frame
+    /// is the one asked for at its place; checking content against the keyed ids is the caller's job. An empty
+    /// `ids` makes no request.
+    ///
+    /// # Errors
+    /// [`ErrorKind::TooLarge`] for more than [`MAX_FETCH_CHUNKS`] ids (checked before sending),
+    /// [`ErrorKind::NotFound`] when the workspace does not hold some of them (nothing is sent then; the
+    /// message names them), and any transport failure.
+    pub async fn fetch_chunks(&self, ids: &[ChunkId]) -> Result<ChunkStream, Error> {
+        if ids.len() > MAX_FETCH_CHUNKS {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("fetch at most {MAX_FETCH_CHUNKS} chunks per request; got {}", ids.len()),
+            ));
+        }
+        if ids.is_empty() {
+            return Ok(ChunkStream::new(Vec::new(), futures_util::stream::empty().boxed()));
+        }
+        let req = FetchChunksRequest { ids: ids.to_vec() };
+        let resp = self.client.send(self.client.request(Method::POST, &self.path("/chunks/fetch"))?.json(&req)).await?;
+        let client = self.client.clone();
+        let body = resp.bytes_stream().map(move |piece| piece.map_err(|e| client.transport_error(e)));
+        Ok(ChunkStream::new(req.ids, body.boxed()))
+    }
+
     /// `POST /workspaces/{ws}/files/commit`: makes a new version of a file visible.
     ///
     /// # Errors
@@ -87,6 +115,46 @@ impl Files<'_> {
     /// `missing_chunks`), [`ErrorKind::Forbidden`] below Editor, and any transport failure.
     pub async fn commit(&self, req: &CommitRequest) -> Result<FileEntry, Error> {
         self.client.call(self.client.request(Method::POST, &self.path("/files/commit"))?.json(req)).await
+    }
+
+    /// `POST /workspaces/{ws}/files/commit-batch`: many commits, one result each in the same order. Each
+    /// commit succeeds or fails on its own: a stale base is that result's `error` with code `conflict` (nothing
+    /// overwritten), unknown chunks `missing_chunks`, while the other commits go ahead. Up to
+    /// [`MAX_BATCH_COMMITS`] go in one request (one server transaction); more are sent as several requests in
+    /// order. An empty `commits` makes no request.
+    ///
+    /// # Errors
+    /// Only failures of a whole request: [`ErrorKind::Forbidden`] below Editor, [`ErrorKind::TooLarge`] for a
+    /// body the server refuses, [`ErrorKind::Decode`] when the server answers a different number of results,
+    /// and any transport failure. Requests sent before a failing one stay committed.
+    pub async fn commit_batch(&self, commits: &[CommitRequest]) -> Result<Vec<CommitResult>, Error> {
+        let mut out = Vec::with_capacity(commits.len());
+        for batch in commits.chunks(MAX_BATCH_COMMITS) {
+            let req = CommitBatchRequest { commits: batch.to_vec() };
+            let rb = self.client.request(Method::POST, &self.path("/files/commit-batch"))?.json(&req);
+            let resp: CommitBatchResponse = self.client.call(rb).await?;
+            out.extend(same_count(resp.results, batch.len(), "commit results")?);
+        }
+        Ok(out)
+    }
+
+    /// `POST /workspaces/{ws}/files/manifests`: the manifests of many live files (each at `version`, or the
+    /// current one), in the order asked; `None` where no live file is at that path or it has no such version.
+    /// Up to [`MAX_BATCH_MANIFESTS`] go in one request; more are sent as several. An empty `files` makes no
+    /// request.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for non-members, [`ErrorKind::Decode`] when the server answers a different
+    /// number of manifests, and any transport failure.
+    pub async fn manifests(&self, files: &[ManifestRef]) -> Result<Vec<Option<VersionManifest>>, Error> {
+        let mut out = Vec::with_capacity(files.len());
+        for batch in files.chunks(MAX_BATCH_MANIFESTS) {
+            let req = ManifestsRequest { files: batch.to_vec() };
+            let rb = self.client.request(Method::POST, &self.path("/files/manifests"))?.json(&req);
+            let resp: ManifestsResponse = self.client.call(rb).await?;
+            out.extend(same_count(resp.manifests, batch.len(), "manifests")?);
+        }
+        Ok(out)
     }
 
     /// `GET /workspaces/{ws}/files`: one page of live files below `prefix`, in path order, starting after
@@ -190,6 +258,21 @@ impl Files<'_> {
     pub async fn changes(&self, since: u64, limit: u32) -> Result<ChangeList, Error> {
         let query = [("since", since.to_string()), ("limit", limit.to_string())];
         self.client.call(self.client.request(Method::GET, &self.path("/changes"))?.query(&query)).await
+    }
+}
+
+/// `items` if the server answered one per request item.
+fn same_count<T>(items: Vec<T>, asked: usize, what: &str) -> Result<Vec<T>, Error> {
+    if items.len() == asked {
+        Ok(items)
+    } else {
+        Err(Error::new(
+            ErrorKind::Decode,
+            format!(
+                "the server answered {} {what} for {asked} asked; the server may run a different CloudSync version",
+                items.len()
+            ),
+        ))
     }
 }
 

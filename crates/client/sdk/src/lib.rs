@@ -52,5 +52,6 @@ pub use cloudsync_types::frame::{FRAME_HEADER_LEN, frame_header};
 pub use error::{Error, ErrorKind};
 pub use files::{Download, Files};
 pub use fingerprint::{certificate_fingerprint, format_fingerprint, parse_fingerprint};
+pub use frames::ChunkStream;
 pub use tls::{Trust, probe_fingerprint};
 pub use workspaces::{Members, Workspaces};

@@ -24,22 +24,31 @@
 mod batch;
 mod chunking;
 mod conflict;
-mod download;
+mod engine;
 mod error;
+mod fetch;
+mod ignore;
+mod index;
 mod keys;
 mod localpath;
+mod plan;
 mod progress;
 mod pull;
 mod push;
 mod retry;
 mod scan;
 mod upload;
+mod watch;
 
 use serde::Serialize;
 
+pub use engine::{MAX_ROUNDS, Status, SyncOptions, SyncReport, forget, status, sync, synced_pair};
 pub use error::SyncError;
+pub use ignore::IGNORE_FILE;
+pub use plan::PlanSummary;
 pub use pull::pull;
 pub use push::push;
+pub use watch::watch;
 
 /// What a [`push`] or [`pull`] did; the CLI prints it (as text or JSON).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -50,6 +59,11 @@ pub struct TransferSummary {
     pub files_uploaded: u64,
     /// Files written locally.
     pub files_downloaded: u64,
+    /// Files deleted: moved to the server's trash (deleted locally), or deleted locally (deleted on the
+    /// server, restorable from its trash).
+    pub files_deleted: u64,
+    /// Files renamed on one side and renamed the same way on the other, without transferring content.
+    pub files_renamed: u64,
     /// Files whose content was already identical on both sides.
     pub files_unchanged: u64,
     /// Push: files not uploaded because the server copy changed meanwhile. Pull: local files that differed

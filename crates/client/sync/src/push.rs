@@ -20,10 +20,12 @@ use indicatif::ProgressBar;
 use tokio::sync::mpsc;
 
 use crate::chunking::{chunk_stream, hash_reader};
+use crate::ignore::Rules;
+use crate::index::Stat;
 use crate::keys::{ChunkKeys, hash_matches};
 use crate::retry::retry;
 use crate::scan::{LocalFile, Scan, identity, scan_dir, scan_single};
-use crate::upload::{Event, Uploader};
+use crate::upload::{Event, Outcome, Uploader};
 use crate::{SyncError, TransferOptions, TransferSummary, progress};
 
 /// Events buffered between the hashing thread and the uploader (each may hold one chunk).
@@ -67,24 +69,42 @@ pub async fn push(
     let listed = retry(|| files.list_all(listing)).await?;
     let remote_files: HashMap<WsPath, FileEntry> = listed.into_iter().map(|e| (e.path.clone(), e)).collect();
 
-    let files = Arc::new(scan.files);
-    let remote_files = Arc::new(remote_files);
-    let bar = progress::bar(opts.progress, files.iter().map(|f| f.size).sum());
-    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let producer = {
-        let (files, remote_files, bar) = (Arc::clone(&files), Arc::clone(&remote_files), bar.clone());
-        tokio::task::spawn_blocking(move || produce(&files, &remote_files, &keys, &tx, &bar))
-    };
-    let uploaded = Uploader::new(client.clone(), ws, &files, &remote_files).run(rx, &mut summary).await;
-    if let Err(e) = uploaded {
-        // The hashing thread notices the closed channel and stops at its next read.
+    let bar = progress::bar(opts.progress, scan.files.iter().map(|f| f.size).sum());
+    let result = upload(client, ws, scan.files, remote_files, &keys, &bar, &mut summary).await;
+    if result.is_err() {
         bar.abandon();
-        return Err(e);
+    } else {
+        bar.finish_and_clear();
     }
-    producer.await.map_err(SyncError::task)?;
-    bar.finish_and_clear();
+    result?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Uploads `files`: each is compared with its entry in `compare` (skipped when the content is the same),
+/// committed against that entry's version (or as a new file when it has none), and only the chunks the
+/// server lacks are sent. Returns what became of each file, by its index in `files`.
+pub(crate) async fn upload(
+    client: &Client,
+    ws: WorkspaceId,
+    files: Vec<LocalFile>,
+    compare: HashMap<WsPath, FileEntry>,
+    keys: &ChunkKeys,
+    bar: &ProgressBar,
+    summary: &mut TransferSummary,
+) -> Result<Vec<(usize, Outcome)>, SyncError> {
+    let files = Arc::new(files);
+    let compare = Arc::new(compare);
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let producer = {
+        let (files, compare, bar, keys) = (Arc::clone(&files), Arc::clone(&compare), bar.clone(), keys.clone());
+        tokio::task::spawn_blocking(move || produce(&files, &compare, &keys, &tx, &bar))
+    };
+    let mut uploader = Uploader::new(client.clone(), ws, &files, &compare);
+    // On failure the hashing thread notices the closed channel and stops at its next read.
+    uploader.run(rx, summary).await?;
+    producer.await.map_err(SyncError::task)?;
+    Ok(uploader.outcomes)
 }
 
 /// Scans `local` as a folder or a single file; the flag is true for a single file.
@@ -100,7 +120,7 @@ fn scan_local(local: &Path, remote: &WsPath, spinner: &ProgressBar) -> Result<(S
         Err(e) => return Err(SyncError::io(local, e)),
     };
     if meta.is_dir() {
-        Ok((scan_dir(local, remote, spinner)?, false))
+        Ok((scan_dir(local, remote, &Rules::load(local)?, spinner)?, false))
     } else if meta.is_file() {
         Ok((scan_single(local, &meta, remote)?, true))
     } else {
@@ -167,6 +187,7 @@ impl Hashing<'_> {
             return Ok(Some(self.too_many_chunks(file)));
         }
         let mtime_ms = meta.modified().ok().and_then(unix_ms);
+        let stat = Stat::of(&meta);
         let reader = StopWhenClosed { inner: &handle, tx };
         // Same size as the server copy: a cheap hash-only pass decides whether chunking is needed at all.
         if let Some(r) = remote.filter(|r| r.size == meta.len()) {
@@ -174,7 +195,7 @@ impl Hashing<'_> {
             if digest.size == r.size && hash_matches(&digest.hash, &r.content_hash) {
                 bar.inc(digest.size);
                 *counted += digest.size;
-                return Ok(Some(Event::Unchanged));
+                return Ok(Some(Event::Unchanged { idx, stat }));
             }
             (&handle).seek(SeekFrom::Start(0))?;
         }
@@ -196,7 +217,7 @@ impl Hashing<'_> {
         if too_many {
             return Ok(Some(self.too_many_chunks(file)));
         }
-        Ok(digest.map(|d| Event::Done { idx, size: d.size, hash: d.hash, mtime_ms }))
+        Ok(digest.map(|d| Event::Done { idx, size: d.size, hash: d.hash, mtime_ms, stat }))
     }
 
     /// A file the server would refuse for having too many chunks. Its chunks so far are abandoned (the
@@ -271,7 +292,9 @@ mod tests {
         let file = LocalFile {
             abs: path,
             ws: WsPath::parse("big.bin").expect("path"),
+            rel: "big.bin".into(),
             size: meta.len(),
+            stat: Stat::of(&meta),
             identity: identity(&meta),
         };
         let keys = ChunkKeys::for_test(ChunkerParams { min: 1024, avg: 4096, max: 16384 });

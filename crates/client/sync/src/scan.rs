@@ -11,7 +11,9 @@ use cloudsync_types::WsPath;
 use indicatif::ProgressBar;
 
 use crate::SyncError;
-use crate::download::{PART_PREFIX, PART_SUFFIX};
+use crate::fetch::{PART_PREFIX, PART_SUFFIX};
+use crate::ignore::Rules;
+use crate::index::Stat;
 
 /// Files found between two updates of the scanning spinner.
 const SPINNER_EVERY: usize = 256;
@@ -23,8 +25,12 @@ pub(crate) struct LocalFile {
     pub(crate) abs: PathBuf,
     /// Where it goes in the workspace.
     pub(crate) ws: WsPath,
+    /// Its path relative to the scanned folder ('/'-separated; the file name for a single file).
+    pub(crate) rel: String,
     /// Size when scanned (for progress and the unchanged check).
     pub(crate) size: u64,
+    /// Size, mtime and inode when scanned (compared with the sync index).
+    pub(crate) stat: Stat,
     /// Identity when scanned, to notice the file being swapped (e.g. for a symlink) before it is opened.
     pub(crate) identity: Option<(u64, u64)>,
 }
@@ -61,22 +67,30 @@ pub(crate) fn scan_single(path: &Path, meta: &fs::Metadata, remote: &WsPath) -> 
     let ws =
         remote.join(name).map_err(|e| SyncError::InvalidLocal(format!("{}: cannot be pushed: {e}", path.display())))?;
     Ok(Scan {
-        files: vec![LocalFile { abs: path.to_path_buf(), ws, size: meta.len(), identity: identity(meta) }],
+        files: vec![LocalFile {
+            abs: path.to_path_buf(),
+            ws,
+            rel: name.to_owned(),
+            size: meta.len(),
+            stat: Stat::of(meta),
+            identity: identity(meta),
+        }],
         skipped: Vec::new(),
     })
 }
 
 /// Walks `root` recursively (without following symlinks) and maps every regular file to a path below
-/// `remote`, counting the files found on `spinner`. Fails only when `root` itself cannot be read; problems
-/// below it become warnings.
-pub(crate) fn scan_dir(root: &Path, remote: &WsPath, spinner: &ProgressBar) -> Result<Scan, SyncError> {
+/// `remote`, leaving out what `rules` ignore and counting the files found on `spinner`. Fails only when
+/// `root` itself cannot be read; problems below it become warnings.
+pub(crate) fn scan_dir(root: &Path, remote: &WsPath, rules: &Rules, spinner: &ProgressBar) -> Result<Scan, SyncError> {
     let mut scan = Scan::default();
-    let mut stack: Vec<(PathBuf, WsPath)> = Vec::new();
-    read_dir_into(root, remote, &mut scan, &mut stack).map_err(|e| SyncError::io(root, e))?;
+    let mut stack: Vec<Dir> = Vec::new();
+    let top = Dir { abs: root.to_path_buf(), ws: remote.clone(), rel: String::new() };
+    read_dir_into(&top, rules, &mut scan, &mut stack).map_err(|e| SyncError::io(root, e))?;
     let mut shown = 0;
-    while let Some((dir, ws_dir)) = stack.pop() {
-        if let Err(e) = read_dir_into(&dir, &ws_dir, &mut scan, &mut stack) {
-            scan.skipped.push(format!("{}: folder skipped, cannot read it: {e}", dir.display()));
+    while let Some(dir) = stack.pop() {
+        if let Err(e) = read_dir_into(&dir, rules, &mut scan, &mut stack) {
+            scan.skipped.push(format!("{}: folder skipped, cannot read it: {e}", dir.abs.display()));
         }
         if scan.files.len() >= shown + SPINNER_EVERY {
             shown = scan.files.len();
@@ -88,9 +102,17 @@ pub(crate) fn scan_dir(root: &Path, remote: &WsPath, spinner: &ProgressBar) -> R
     Ok(scan)
 }
 
+/// A folder still to read.
+struct Dir {
+    abs: PathBuf,
+    ws: WsPath,
+    /// Relative to the scanned folder ("" for the folder itself).
+    rel: String,
+}
+
 /// Reads one directory: files go to `scan`, sub-directories onto `stack`.
-fn read_dir_into(dir: &Path, ws_dir: &WsPath, scan: &mut Scan, stack: &mut Vec<(PathBuf, WsPath)>) -> io::Result<()> {
-    let mut entries = fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()?;
+fn read_dir_into(dir: &Dir, rules: &Rules, scan: &mut Scan, stack: &mut Vec<Dir>) -> io::Result<()> {
+    let mut entries = fs::read_dir(&dir.abs)?.collect::<io::Result<Vec<_>>>()?;
     entries.sort_by_key(fs::DirEntry::file_name);
     for entry in entries {
         let path = entry.path();
@@ -108,6 +130,10 @@ fn read_dir_into(dir: &Path, ws_dir: &WsPath, scan: &mut Scan, stack: &mut Vec<(
             }
         };
         let kind = meta.file_type();
+        let rel = if dir.rel.is_empty() { name.clone() } else { format!("{}/{name}", dir.rel) };
+        if rules.is_ignored(&rel, kind.is_dir()) {
+            continue;
+        }
         if kind.is_symlink() {
             scan.skipped.push(format!("{shown}: skipped, symbolic links are not followed"));
             continue;
@@ -121,7 +147,7 @@ fn read_dir_into(dir: &Path, ws_dir: &WsPath, scan: &mut Scan, stack: &mut Vec<(
             continue;
         }
         // `join` validates the new component (and the whole path) with the workspace's rules.
-        let ws = match ws_dir.join(&name) {
+        let ws = match dir.ws.join(&name) {
             Ok(ws) => ws,
             Err(e) => {
                 let what = if kind.is_dir() { "folder" } else { "file" };
@@ -130,9 +156,10 @@ fn read_dir_into(dir: &Path, ws_dir: &WsPath, scan: &mut Scan, stack: &mut Vec<(
             }
         };
         if kind.is_dir() {
-            stack.push((path, ws));
+            stack.push(Dir { abs: path, ws, rel });
         } else {
-            scan.files.push(LocalFile { abs: path, ws, size: meta.len(), identity: identity(&meta) });
+            let (size, stat, identity) = (meta.len(), Stat::of(&meta), identity(&meta));
+            scan.files.push(LocalFile { abs: path, ws, rel, size, stat, identity });
         }
     }
     Ok(())
@@ -161,7 +188,7 @@ mod tests {
         touch(&root.join(".hidden"), b"");
 
         let remote = WsPath::parse("backup/laptop").expect("remote");
-        let scan = scan_dir(root, &remote, &ProgressBar::hidden()).expect("scan");
+        let scan = scan_dir(root, &remote, &Rules::defaults_only(), &ProgressBar::hidden()).expect("scan");
         assert_eq!(
             ws_paths(&scan),
             [
@@ -175,7 +202,7 @@ mod tests {
         assert_eq!(scan.files[2].size, 2);
         assert!(scan.skipped.is_empty(), "{:?}", scan.skipped);
 
-        let at_root = scan_dir(root, &WsPath::root(), &ProgressBar::hidden()).expect("scan");
+        let at_root = scan_dir(root, &WsPath::root(), &Rules::defaults_only(), &ProgressBar::hidden()).expect("scan");
         assert_eq!(ws_paths(&at_root)[1], "a.txt");
     }
 
@@ -199,14 +226,35 @@ mod tests {
         touch(&root.join("LPT1/inside.txt"), b"x");
         touch(&root.join(".cloudsync-0123abcd.part"), b"partial");
 
-        let scan = scan_dir(root, &WsPath::parse("r").expect("remote"), &ProgressBar::hidden()).expect("scan");
+        let scan =
+            scan_dir(root, &WsPath::parse("r").expect("remote"), &Rules::defaults_only(), &ProgressBar::hidden())
+                .expect("scan");
         assert_eq!(ws_paths(&scan), ["r/ok.txt"]);
-        assert_eq!(scan.skipped.len(), 8, "{:#?}", scan.skipped);
+        // The partial download is ignored silently (a default ignore rule); the rest are reported.
+        assert_eq!(scan.skipped.len(), 7, "{:#?}", scan.skipped);
         let all = scan.skipped.join("\n");
-        for needle in ["link-to-file", "link-to-dir", "sock", "con.txt", "slash", "LPT1", ".part"] {
+        for needle in ["link-to-file", "link-to-dir", "sock", "con.txt", "slash", "LPT1"] {
             assert!(all.contains(needle), "{needle} not reported in {all}");
         }
         assert!(!all.contains("secret"));
+    }
+
+    #[test]
+    fn ignore_rules_leave_out_files_and_whole_folders() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("build/deep")).expect("mkdir");
+        fs::create_dir_all(root.join("src")).expect("mkdir");
+        touch(&root.join(crate::ignore::IGNORE_FILE), b"build/\n*.log\n");
+        touch(&root.join("build/deep/out.bin"), b"x");
+        touch(&root.join("src/main.rs"), b"fn main() {}");
+        touch(&root.join("src/debug.log"), b"x");
+        touch(&root.join("src/.main.rs.swp"), b"x");
+        let rules = Rules::load(root).expect("rules");
+        let scan = scan_dir(root, &WsPath::root(), &rules, &ProgressBar::hidden()).expect("scan");
+        assert_eq!(ws_paths(&scan), [crate::ignore::IGNORE_FILE, "src/main.rs"]);
+        assert_eq!(scan.files[1].rel, "src/main.rs");
+        assert!(scan.skipped.is_empty(), "{:?}", scan.skipped);
     }
 
     #[test]
@@ -227,6 +275,9 @@ mod tests {
     fn unreadable_root_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("nope");
-        assert!(matches!(scan_dir(&missing, &WsPath::root(), &ProgressBar::hidden()), Err(SyncError::Io { .. })));
+        assert!(matches!(
+            scan_dir(&missing, &WsPath::root(), &Rules::defaults_only(), &ProgressBar::hidden()),
+            Err(SyncError::Io { .. })
+        ));
     }
 }

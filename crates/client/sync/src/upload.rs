@@ -10,21 +10,23 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
-use cloudsync_sdk::{Client, ErrorKind};
-use cloudsync_types::api::{CommitRequest, FileEntry, Manifest, ManifestChunk};
+use cloudsync_sdk::Client;
+use cloudsync_types::api::{CommitRequest, CommitResult, FileEntry, MAX_BATCH_COMMITS, Manifest, ManifestChunk};
 use cloudsync_types::{ChunkId, ErrorCode, WorkspaceId, WsPath};
 use futures_util::{StreamExt as _, stream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::batch::{Batch, BatchLimits, MAX_READY_COMMITS};
+use crate::index::Stat;
 use crate::keys::hash_hex;
 use crate::retry::retry;
 use crate::scan::LocalFile;
 use crate::{SyncError, TransferSummary};
 
-/// Batches being uploaded while the next one fills (so at most this + 1 batches are in memory).
-const MAX_IN_FLIGHT: usize = 1;
+/// Batches being uploaded while the next one fills (so at most this + 1 batches are in memory): several
+/// requests in flight hide the round trip and keep the server's disk busy.
+const MAX_IN_FLIGHT: usize = 3;
 /// Commits sent concurrently.
 const COMMIT_CONCURRENCY: usize = 4;
 
@@ -33,17 +35,30 @@ const COMMIT_CONCURRENCY: usize = 4;
 pub(crate) enum Event {
     /// The next chunk of the file being read.
     Chunk { id: ChunkId, data: Bytes },
-    /// The file being read is complete.
-    Done { idx: usize, size: u64, hash: [u8; 32], mtime_ms: Option<i64> },
+    /// The file being read is complete; `stat` is what it looked like when it was opened.
+    Done { idx: usize, size: u64, hash: [u8; 32], mtime_ms: Option<i64>, stat: Stat },
     /// The file has the same content as on the server.
-    Unchanged,
+    Unchanged { idx: usize, stat: Stat },
     /// The file could not be read; its chunks so far are abandoned.
     Skipped { why: String },
+}
+
+/// What became of one file of an upload, by its index in the file list.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    /// Committed as this server entry; the local file looked like `stat` when it was read.
+    Committed { entry: FileEntry, stat: Stat },
+    /// Its content equals the server copy it was compared with.
+    Unchanged { stat: Stat },
+    /// The server copy changed meanwhile; nothing was committed.
+    Conflict,
 }
 
 /// A fully read file waiting for its chunks to be stored.
 #[derive(Debug)]
 struct Ready {
+    idx: usize,
+    stat: Stat,
     req: CommitRequest,
     /// The last batch holding its chunks; `None` when it has none (an empty file).
     needs: Option<u64>,
@@ -74,6 +89,8 @@ pub(crate) struct Uploader<'a> {
     current: Vec<ManifestChunk>,
     current_last: Option<u64>,
     ready: Vec<Ready>,
+    /// What became of each file that got that far, by index.
+    pub(crate) outcomes: Vec<(usize, Outcome)>,
 }
 
 impl<'a> Uploader<'a> {
@@ -96,12 +113,13 @@ impl<'a> Uploader<'a> {
             current: Vec::new(),
             current_last: None,
             ready: Vec::new(),
+            outcomes: Vec::new(),
         }
     }
 
     /// Consumes events until the hashing thread is done, then flushes and commits everything left.
     pub(crate) async fn run(
-        mut self,
+        &mut self,
         mut rx: mpsc::Receiver<Event>,
         summary: &mut TransferSummary,
     ) -> Result<(), SyncError> {
@@ -143,7 +161,7 @@ impl<'a> Uploader<'a> {
                     self.seal(summary).await?;
                 }
             }
-            Event::Done { idx, size, hash, mtime_ms } => {
+            Event::Done { idx, size, hash, mtime_ms, stat } => {
                 let Some(file) = self.files.get(idx) else {
                     return Err(SyncError::Internal(format!("the hashing thread reported unknown file #{idx}")));
                 };
@@ -155,7 +173,7 @@ impl<'a> Uploader<'a> {
                     mtime_ms,
                 };
                 let needs = self.current_last.take();
-                self.ready.push(Ready { req, needs });
+                self.ready.push(Ready { idx, stat, req, needs });
                 if needs.is_none_or(|n| n < self.done_below) {
                     self.commit_ready(summary).await?;
                 }
@@ -163,7 +181,10 @@ impl<'a> Uploader<'a> {
                     self.drain(summary).await?;
                 }
             }
-            Event::Unchanged => summary.files_unchanged += 1,
+            Event::Unchanged { idx, stat } => {
+                summary.files_unchanged += 1;
+                self.outcomes.push((idx, Outcome::Unchanged { stat }));
+            }
             Event::Skipped { why } => {
                 self.current.clear();
                 self.current_last = None;
@@ -217,22 +238,40 @@ impl<'a> Uploader<'a> {
         }
     }
 
-    /// Commits every file whose chunks are all stored. A commit is never retried (see [`crate::retry`]): if
-    /// its answer was lost it may have been stored, and repeating it would then be refused as a conflict.
+    /// Commits every file whose chunks are all stored, many per request. A commit is never retried (see
+    /// [`crate::retry`]): if its answer was lost it may have been stored, and repeating it would then be
+    /// refused as a conflict.
     async fn commit_ready(&mut self, summary: &mut TransferSummary) -> Result<(), SyncError> {
         let done_below = self.done_below;
         let (now, later): (Vec<Ready>, Vec<Ready>) =
             std::mem::take(&mut self.ready).into_iter().partition(|r| r.needs.is_none_or(|n| n < done_below));
         self.ready = later;
         let files = self.client.files(self.ws);
-        let mut results = stream::iter(now)
-            .map(|r| async move {
-                let res = files.commit(&r.req).await;
-                (r.req, res)
+        let mut groups = Vec::new();
+        let mut now = now.into_iter().peekable();
+        while now.peek().is_some() {
+            groups.push(now.by_ref().take(MAX_BATCH_COMMITS).collect::<Vec<_>>());
+        }
+        let mut results = stream::iter(groups)
+            .map(|group| async move {
+                let reqs: Vec<CommitRequest> = group.iter().map(|r| r.req.clone()).collect();
+                let res = files.commit_batch(&reqs).await;
+                (group, res)
             })
             .buffer_unordered(COMMIT_CONCURRENCY);
-        while let Some((req, res)) = results.next().await {
-            record_commit(&req, res, summary)?;
+        while let Some((group, res)) = results.next().await {
+            let res = res?;
+            if res.len() != group.len() {
+                return Err(SyncError::Integrity(format!(
+                    "the server answered {} of {} commits in a batch",
+                    res.len(),
+                    group.len()
+                )));
+            }
+            for (ready, result) in group.into_iter().zip(res) {
+                let outcome = record_commit(&ready.req, result, ready.stat, summary)?;
+                self.outcomes.push((ready.idx, outcome));
+            }
         }
         Ok(())
     }
@@ -241,33 +280,35 @@ impl<'a> Uploader<'a> {
 /// Counts a commit's outcome; a conflict is reported, any other failure stops the push.
 fn record_commit(
     req: &CommitRequest,
-    res: Result<FileEntry, cloudsync_sdk::Error>,
+    res: CommitResult,
+    stat: Stat,
     summary: &mut TransferSummary,
-) -> Result<(), SyncError> {
-    match res {
-        Ok(_) => {
+) -> Result<Outcome, SyncError> {
+    match (res.entry, res.error) {
+        (Some(entry), None) => {
             summary.files_uploaded += 1;
-            Ok(())
+            Ok(Outcome::Committed { entry, stat })
         }
-        Err(e) if is_conflict(e.kind(), e.code()) => {
+        (_, Some(e)) if is_conflict(e.code) => {
             summary.files_conflicted += 1;
             summary.conflicts.push(conflict_message(req));
-            Ok(())
+            Ok(Outcome::Conflict)
         }
-        Err(e) => Err(e.into()),
+        (_, Some(e)) => Err(SyncError::Internal(format!("{}: the server refused the commit: {}", req.path, e.message))),
+        (None, None) => Err(SyncError::Integrity(format!("{}: the server answered a commit with nothing", req.path))),
     }
 }
 
-/// A stale base version (or a file created meanwhile). Missing chunks are also a 409, but they mean the
+/// A stale base version (or a file created meanwhile). Missing chunks are a different error: they mean the
 /// server lost chunks it acknowledged, which is an error, not a conflict.
-fn is_conflict(kind: ErrorKind, code: Option<ErrorCode>) -> bool {
-    kind == ErrorKind::Conflict && code != Some(ErrorCode::MissingChunks)
+fn is_conflict(code: ErrorCode) -> bool {
+    code == ErrorCode::Conflict
 }
 
 fn conflict_message(req: &CommitRequest) -> String {
     let since = match req.base_version {
-        Some(v) => format!("version {v} this push compared against"),
-        None => "this push listed it (someone else created it)".to_owned(),
+        Some(v) => format!("version {v} this sync compared against"),
+        None => "this sync listed it (someone else created it)".to_owned(),
     };
     format!("{}: changed on the server since {since}; your copy was not uploaded", req.path)
 }
@@ -294,10 +335,9 @@ mod tests {
 
     #[test]
     fn only_stale_versions_are_conflicts() {
-        assert!(is_conflict(ErrorKind::Conflict, Some(ErrorCode::Conflict)));
-        assert!(is_conflict(ErrorKind::Conflict, None));
-        assert!(!is_conflict(ErrorKind::Conflict, Some(ErrorCode::MissingChunks)));
-        assert!(!is_conflict(ErrorKind::NotFound, None));
+        assert!(is_conflict(ErrorCode::Conflict));
+        assert!(!is_conflict(ErrorCode::MissingChunks));
+        assert!(!is_conflict(ErrorCode::NotFound));
     }
 
     #[test]

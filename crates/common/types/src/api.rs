@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use crate::{ChunkId, FileId, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
+use crate::{ApiErrorBody, ChunkId, FileId, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
 
 /// Longest accepted email address (RFC 5321 path limit).
 pub const MAX_EMAIL_BYTES: usize = 254;
@@ -267,8 +267,79 @@ pub struct CommitRequest {
     pub mtime_ms: Option<i64>,
 }
 
-/// A live file.
+/// Most commits in one [`CommitBatchRequest`]; more is a 413 (`payload_too_large`).
+pub const MAX_BATCH_COMMITS: usize = 1000;
+/// Most files in one [`ManifestsRequest`]; more is a 413 (`payload_too_large`).
+pub const MAX_BATCH_MANIFESTS: usize = 1000;
+/// Most chunk ids in one [`FetchChunksRequest`]; more is a 413 (`payload_too_large`).
+pub const MAX_FETCH_CHUNKS: usize = 4096;
+
+/// `POST /api/v1/workspaces/{id}/files/commit-batch`: many commits in one request and one database
+/// transaction. Each commit succeeds or fails on its own (see [`CommitResult`]); the request as a whole fails
+/// only for what concerns all of them (authentication, role, a body over the caps).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CommitBatchRequest {
+    /// The commits, applied in order (at most [`MAX_BATCH_COMMITS`]). A path may appear more than once: a
+    /// later commit sees the version an earlier one made.
+    pub commits: Vec<CommitRequest>,
+}
+
+/// The answer to a [`CommitBatchRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CommitBatchResponse {
+    /// One result per commit, in request order.
+    pub results: Vec<CommitResult>,
+}
+
+/// What became of one commit of a batch: exactly one of `entry` and `error` is set.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CommitResult {
+    /// The path of the commit (as in the request).
+    pub path: WsPath,
+    /// The new current version, when the commit succeeded.
+    pub entry: Option<FileEntry>,
+    /// Why it was refused, with the code a single commit would get: `conflict` for a stale base (nothing was
+    /// overwritten), `missing_chunks`, `bad_request`, `invalid_path`, `payload_too_large`.
+    pub error: Option<ApiErrorBody>,
+}
+
+/// One file (and version) in a [`ManifestsRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ManifestRef {
+    /// Path of a live file.
+    pub path: WsPath,
+    /// Version number; `None` for the current one.
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// `POST /api/v1/workspaces/{id}/files/manifests`: the manifests of many files at once (each audited as
+/// `file.access`, like `GET .../files/manifest`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ManifestsRequest {
+    /// The files, at most [`MAX_BATCH_MANIFESTS`].
+    pub files: Vec<ManifestRef>,
+}
+
+/// The answer to a [`ManifestsRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ManifestsResponse {
+    /// One entry per requested file, in request order; `None` where no live file is at that path or it has
+    /// no such version.
+    pub manifests: Vec<Option<VersionManifest>>,
+}
+
+/// `POST /api/v1/workspaces/{id}/chunks/fetch`: many chunks in one response. The answer is an
+/// `application/octet-stream` body of frames ([`crate::frame`]) in request order, one per id (a repeated id is
+/// sent again). If the workspace lacks any of the ids, the answer is a 404 naming them and no frame is sent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FetchChunksRequest {
+    /// Chunk ids, at most [`MAX_FETCH_CHUNKS`].
+    pub ids: Vec<ChunkId>,
+}
+
+/// A live file.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct FileEntry {
     /// File id.
     pub file_id: FileId,

@@ -4,25 +4,26 @@
 //!
 //! A chunk is accepted only if its id is the keyed hash of its content under the workspace's chunk-id key (so
 //! nobody can poison dedup with wrong content under a known id), sealed under the workspace data key, written
-//! durably, and only then recorded. Reads need no presence check in the database: object keys carry the
-//! workspace id, so a chunk of another workspace cannot be addressed, and a sealed chunk opens only under its
-//! own workspace's key.
+//! durably, and only then recorded (uploads go through [`ChunkUpload`](crate::ChunkUpload), which does this a
+//! batch at a time). Reads need no presence check in the database: object keys carry the workspace id, so a
+//! chunk of another workspace cannot be addressed, and a sealed chunk opens only under its own workspace's key.
 
 use std::sync::Arc;
 
-use cloudsync_blob::{BlobError, BlobStore};
+use cloudsync_blob::{BlobError, BlobStore, StagedChunk};
 use cloudsync_crypto::{SecretKey, keyed_hash};
 use cloudsync_store::Store;
-use cloudsync_types::{ChunkId, MAX_CHUNK_SIZE, WorkspaceId};
+use cloudsync_types::api::MAX_FETCH_CHUNKS;
+use cloudsync_types::{ChunkId, WorkspaceId};
 
 use crate::{Access, Core, CoreError, CoreResult};
 
 /// Chunk access to one workspace with its keys already unwrapped. Cheap to clone (for streaming bodies).
 #[derive(Clone)]
 pub struct ChunkIo {
-    store: Arc<dyn Store>,
-    blobs: BlobStore,
-    ws: WorkspaceId,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) blobs: BlobStore,
+    pub(crate) ws: WorkspaceId,
     data_key: SecretKey,
     chunk_key: SecretKey,
 }
@@ -45,26 +46,29 @@ impl Core {
 }
 
 impl ChunkIo {
-    /// Verifies, seals and stores one chunk. Returns true if it was new (a chunk the workspace already holds is
-    /// neither hashed nor written again).
-    ///
-    /// # Errors
-    /// A chunk over the size cap, an id that does not match the content, or a storage failure.
-    pub async fn put(&self, id: ChunkId, plaintext: &[u8]) -> CoreResult<bool> {
-        if plaintext.len() > MAX_CHUNK_SIZE {
-            return Err(CoreError::TooLarge(format!("a chunk may be at most {MAX_CHUNK_SIZE} bytes")));
-        }
-        if self.store.missing_chunks(self.ws, &[id]).await?.is_empty() {
-            return Ok(false);
-        }
+    /// Checks a chunk against its id, seals it and stages it (see [`BlobStore::stage`]). Blocking (hashing,
+    /// sealing, a file write): call it from a blocking thread.
+    pub(crate) fn verify_and_stage(&self, id: ChunkId, plaintext: &[u8]) -> CoreResult<(ChunkId, u32, StagedChunk)> {
+        let size = u32::try_from(plaintext.len()).map_err(|_| CoreError::TooLarge("chunk too large".into()))?;
         if keyed_hash(&self.chunk_key, plaintext) != id.0 {
             return Err(CoreError::BadRequest(format!(
                 "chunk {id} does not match its content (ids are keyed BLAKE3 under the workspace chunk-id key)"
             )));
         }
-        let stored = self.blobs.put_chunk(&self.data_key, self.ws, &id, plaintext).await?;
-        let size = u32::try_from(plaintext.len()).map_err(|_| CoreError::TooLarge("chunk too large".into()))?;
-        Ok(self.store.record_chunk(self.ws, id, size, stored).await?)
+        Ok((id, size, self.blobs.stage(&self.data_key, self.ws, &id, plaintext)?))
+    }
+
+    /// Checks, with one store query, that this workspace holds every chunk in `ids` (at most
+    /// [`MAX_FETCH_CHUNKS`]), before a download of many chunks starts.
+    ///
+    /// # Errors
+    /// `TooLarge` over the cap, `ChunksNotFound` naming the chunks the workspace does not hold.
+    pub async fn check_held(&self, ids: &[ChunkId]) -> CoreResult<()> {
+        if ids.len() > MAX_FETCH_CHUNKS {
+            return Err(CoreError::TooLarge(format!("fetch at most {MAX_FETCH_CHUNKS} chunks per request")));
+        }
+        let missing = self.store.missing_chunks(self.ws, ids).await?;
+        if missing.is_empty() { Ok(()) } else { Err(CoreError::ChunksNotFound { missing, asked: ids.len() }) }
     }
 
     /// Reads one chunk of this workspace.

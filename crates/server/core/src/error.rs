@@ -28,6 +28,14 @@ pub enum CoreError {
     /// A commit referenced chunks the workspace does not hold.
     #[error("{} chunks referenced by the manifest are not stored yet; upload them first", .0.len())]
     MissingChunks(Vec<ChunkId>),
+    /// A download named chunks the workspace does not hold.
+    #[error("{} of the {asked} requested chunks are not in this workspace (first: {}); list the files again and fetch what their manifests name", .missing.len(), first_ids(.missing))]
+    ChunksNotFound {
+        /// The chunks not held (without repeats).
+        missing: Vec<ChunkId>,
+        /// How many ids were asked for.
+        asked: usize,
+    },
     /// A path broke a rule.
     #[error("invalid path: {0}")]
     InvalidPath(#[from] PathError),
@@ -79,6 +87,16 @@ impl CoreError {
             _ => false,
         }
     }
+}
+
+/// The first few ids of a list, for messages.
+fn first_ids(ids: &[ChunkId]) -> String {
+    const SHOWN: usize = 3;
+    let mut out = ids.iter().take(SHOWN).map(ChunkId::to_hex).collect::<Vec<_>>().join(", ");
+    if ids.len() > SHOWN {
+        out.push_str(", ...");
+    }
+    out
 }
 
 /// Result of a service call.

@@ -4,8 +4,12 @@
 //! workspace; so a version never becomes visible before all its bytes are durable, and a killed client or
 //! server leaves at worst unreferenced chunks (collected later), never a half-visible file.
 
-use cloudsync_store::{FileRecord, NewVersion, VersionRecord};
-use cloudsync_types::api::{CommitRequest, MAX_MISSING_QUERY, Manifest};
+use std::collections::HashSet;
+
+use cloudsync_store::{FileRecord, NewAudit, NewCommit, NewVersion, StoreError, VersionRecord};
+use cloudsync_types::api::{
+    CommitRequest, MAX_BATCH_COMMITS, MAX_BATCH_MANIFESTS, MAX_MISSING_QUERY, Manifest, ManifestRef,
+};
 use cloudsync_types::{AuditEvent, ChunkId, MAX_CHUNK_SIZE, MAX_MANIFEST_CHUNKS, VersionId, WsPath};
 
 use crate::{Access, AuditExt, Core, CoreError, CoreResult, decode_manifest, encode_manifest};
@@ -30,10 +34,7 @@ impl Core {
     /// # Errors
     /// A malformed manifest, missing chunks, or a stale base version (conflict; nothing is overwritten).
     pub async fn commit(&self, access: &Access, req: &CommitRequest) -> CoreResult<FileRecord> {
-        if req.path.is_root() {
-            return Err(CoreError::BadRequest("name a file to commit, not the workspace root".into()));
-        }
-        validate_manifest(&req.manifest)?;
+        check_commit(req)?;
         let ids: Vec<ChunkId> = req.manifest.chunks.iter().map(|c| c.id).collect();
         let mut missing = Vec::new();
         for batch in ids.chunks(MAX_MISSING_QUERY) {
@@ -42,6 +43,70 @@ impl Core {
         if !missing.is_empty() {
             return Err(CoreError::MissingChunks(missing));
         }
+        let (v, row) = self.new_upload(access, req);
+        Ok(self.store.commit_version(access.workspace, &req.path, req.base_version, &v, &[row]).await?)
+    }
+
+    /// Commits many versions in one store transaction, each on its own terms: a malformed request, missing
+    /// chunks or a stale base refuses that commit only (with the error a single [`Core::commit`] would give)
+    /// and the others go ahead. Results are in request order. One presence query covers every chunk named.
+    ///
+    /// # Errors
+    /// More than [`MAX_BATCH_COMMITS`] commits, or a store failure (then nothing was committed).
+    pub async fn commit_batch(
+        &self,
+        access: &Access,
+        reqs: &[CommitRequest],
+    ) -> CoreResult<Vec<CoreResult<FileRecord>>> {
+        if reqs.len() > MAX_BATCH_COMMITS {
+            return Err(CoreError::TooLarge(format!("send at most {MAX_BATCH_COMMITS} commits per batch")));
+        }
+        let mut results: Vec<CoreResult<()>> = reqs.iter().map(check_commit).collect();
+        let mut seen = HashSet::new();
+        let ids: Vec<ChunkId> = reqs
+            .iter()
+            .zip(&results)
+            .filter(|(_, ok)| ok.is_ok())
+            .flat_map(|(r, _)| r.manifest.chunks.iter().map(|c| c.id))
+            .filter(|id| seen.insert(*id))
+            .collect();
+        let missing: HashSet<ChunkId> = self.store.missing_chunks(access.workspace, &ids).await?.into_iter().collect();
+        let mut commits = Vec::new();
+        for (req, result) in reqs.iter().zip(&mut results) {
+            if result.is_err() {
+                continue;
+            }
+            let mut seen = HashSet::new();
+            let lacking: Vec<ChunkId> = req
+                .manifest
+                .chunks
+                .iter()
+                .map(|c| c.id)
+                .filter(|id| missing.contains(id) && seen.insert(*id))
+                .collect();
+            if !lacking.is_empty() {
+                *result = Err(CoreError::MissingChunks(lacking));
+                continue;
+            }
+            let (version, row) = self.new_upload(access, req);
+            commits.push(NewCommit { path: req.path.clone(), base: req.base_version, version, audit: vec![row] });
+        }
+        let mut done = self.store.commit_versions(access.workspace, &commits).await?.into_iter();
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                Ok(()) => match done.next() {
+                    Some(Ok(rec)) => Ok(rec),
+                    Some(Err(stale)) => Err(CoreError::from(StoreError::from(stale))),
+                    None => Err(CoreError::Internal("the store answered fewer commits than it was given".into())),
+                },
+                Err(e) => Err(e),
+            })
+            .collect())
+    }
+
+    /// The version a commit makes, and its `file.upload` audit row.
+    fn new_upload(&self, access: &Access, req: &CommitRequest) -> (NewVersion, NewAudit) {
         let v = NewVersion {
             id: VersionId::new(),
             size: req.manifest.size,
@@ -56,7 +121,7 @@ impl Core {
             .target(req.path.as_str())
             .detail("size", req.manifest.size)
             .detail("version_id", v.id.to_string());
-        Ok(self.store.commit_version(access.workspace, &req.path, req.base_version, &v, &[row]).await?)
+        (v, row)
     }
 
     /// Live files under `prefix`.
@@ -101,6 +166,44 @@ impl Core {
             .detail("version", v.version);
         self.store.append_audit(&[row]).await?;
         Ok((file, v, manifest))
+    }
+
+    /// The manifests of many live files (each at a given version or the current one), in request order;
+    /// `None` where there is no such live file or version. Each manifest found is audited as `file.access`,
+    /// as [`Core::open_file`] does, with one audit write for the whole request.
+    ///
+    /// # Errors
+    /// More than [`MAX_BATCH_MANIFESTS`] files, or a store failure.
+    pub async fn manifests(
+        &self,
+        access: &Access,
+        files: &[ManifestRef],
+    ) -> CoreResult<Vec<Option<(VersionRecord, Manifest)>>> {
+        if files.len() > MAX_BATCH_MANIFESTS {
+            return Err(CoreError::TooLarge(format!("ask for at most {MAX_BATCH_MANIFESTS} manifests per request")));
+        }
+        let lookups: Vec<(WsPath, Option<u64>)> = files.iter().map(|f| (f.path.clone(), f.version)).collect();
+        let found = self.store.live_versions(access.workspace, &lookups).await?;
+        let mut rows = Vec::new();
+        let mut out = Vec::with_capacity(found.len());
+        for (f, v) in files.iter().zip(found) {
+            let Some(v) = v else {
+                out.push(None);
+                continue;
+            };
+            let manifest = decode_manifest(&v.manifest)
+                .ok_or_else(|| CoreError::Internal("stored manifest is malformed".into()))?;
+            rows.push(
+                self.audit(AuditEvent::FileAccess, Some(&access.actor), Some(access.workspace))
+                    .target(f.path.as_str())
+                    .detail("version", v.version),
+            );
+            out.push(Some((v, manifest)));
+        }
+        if !rows.is_empty() {
+            self.store.append_audit(&rows).await?;
+        }
+        Ok(out)
     }
 
     /// All versions of the live file at `path`, newest first.
@@ -212,6 +315,14 @@ impl Core {
     ) -> CoreResult<Vec<cloudsync_store::ChangeRecord>> {
         Ok(self.store.changes(access.workspace, since, limit.clamp(1, MAX_LIST_LIMIT)).await?)
     }
+}
+
+/// What a commit must satisfy before the store is asked anything.
+fn check_commit(req: &CommitRequest) -> CoreResult<()> {
+    if req.path.is_root() {
+        return Err(CoreError::BadRequest("name a file to commit, not the workspace root".into()));
+    }
+    validate_manifest(&req.manifest)
 }
 
 fn validate_manifest(m: &Manifest) -> CoreResult<()> {

@@ -9,6 +9,7 @@ mod chunks;
 mod error;
 mod files;
 mod manifest;
+mod upload;
 mod workspaces;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub use auth::{LoginLimits, Session};
 pub use chunks::ChunkIo;
 pub use error::{CoreError, CoreResult};
 pub use manifest::{decode_manifest, encode_manifest};
+pub use upload::{ChunkUpload, FLUSH_BYTES, FLUSH_CHUNKS, GROUP_BYTES, GROUP_CHUNKS, MAX_TASKS};
 
 /// A source of time, injected so expiry and rate limits are testable.
 pub trait Clock: Send + Sync + std::fmt::Debug {

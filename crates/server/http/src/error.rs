@@ -45,6 +45,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The body this error is answered with (also used for the per-item errors of batch answers).
+    pub fn into_body(self) -> ApiErrorBody {
+        ApiErrorBody { code: self.code, message: self.message, request_id: request_id() }
+    }
+}
+
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         let code = match &e {
@@ -57,7 +64,7 @@ impl From<CoreError> for ApiError {
                 };
             }
             CoreError::Forbidden(_) => ErrorCode::Forbidden,
-            CoreError::NotFound(_) => ErrorCode::NotFound,
+            CoreError::NotFound(_) | CoreError::ChunksNotFound { .. } => ErrorCode::NotFound,
             CoreError::Conflict(_) => ErrorCode::Conflict,
             CoreError::MissingChunks(_) => ErrorCode::MissingChunks,
             CoreError::InvalidPath(_) => ErrorCode::InvalidPath,
@@ -84,9 +91,9 @@ impl From<CoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ApiErrorBody { code: self.code, message: self.message, request_id: request_id() };
-        let mut resp = (status, axum::Json(body)).into_response();
-        if let Some(v) = self.retry_after.and_then(|secs| HeaderValue::from_str(&secs.to_string()).ok()) {
+        let retry_after = self.retry_after;
+        let mut resp = (status, axum::Json(self.into_body())).into_response();
+        if let Some(v) = retry_after.and_then(|secs| HeaderValue::from_str(&secs.to_string()).ok()) {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp

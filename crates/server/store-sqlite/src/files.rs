@@ -6,7 +6,8 @@
 
 use async_trait::async_trait;
 use cloudsync_store::{
-    ChangeRecord, FileRecord, FileStore, NewAudit, NewVersion, StoreError, StoreResult, VersionRecord,
+    ChangeRecord, FileRecord, FileStore, NewAudit, NewCommit, NewVersion, StaleBase, StoreError, StoreResult,
+    VersionRecord,
 };
 use cloudsync_types::{ChunkId, FileId, VersionId, WorkspaceId, WsPath};
 use sqlx::sqlite::SqliteRow;
@@ -127,8 +128,47 @@ async fn insert_version(
     Ok(())
 }
 
+/// Makes `version` the current version of `path` inside `tx` if the live version is `base`. A stale base
+/// writes nothing and is answered as the inner `Err`, so a batch can go on with its other commits.
+async fn commit_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    ws: WorkspaceId,
+    path: &WsPath,
+    base: Option<u64>,
+    version: &NewVersion,
+    audit: &[NewAudit],
+) -> StoreResult<Result<FileRecord, StaleBase>> {
+    let live = file_at(&mut **tx, ws, path, true).await?;
+    let (fid, number) = match (&live, base) {
+        (None, None) => {
+            let fid = FileId::new();
+            sqlx::query(
+                "INSERT INTO files (id, workspace_id, path, current_version, current_version_id) VALUES (?, ?, ?, 0, ?)",
+            )
+            .bind(fid.as_uuid())
+            .bind(ws.as_uuid())
+            .bind(path.as_str())
+            .bind(version.id.as_uuid())
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+            (fid, 1)
+        }
+        (Some(f), Some(b)) if f.version == b => (f.id, b + 1),
+        (live, _) => return Ok(Err(StaleBase { current: live.as_ref().map(|f| f.version) })),
+    };
+    insert_version(tx, ws, fid, number, version).await?;
+    journal(tx, ws, fid, path, false, number).await?;
+    append(tx, audit).await?;
+    Ok(Ok(file_by_id(tx, fid).await?))
+}
+
 /// Ids per `IN (...)` query in [`FileStore::missing_chunks`] (well under SQLite's variable limit).
 const MISSING_BATCH: usize = 500;
+/// Rows per multi-row statement in [`FileStore::record_chunks`] (5 variables a row).
+const RECORD_BATCH: usize = 200;
+/// Requests per query in [`FileStore::live_versions`] (3 variables a request).
+const LOOKUP_BATCH: usize = 300;
 
 fn prefix_bounds(prefix: &WsPath) -> (String, String) {
     // Everything strictly below `prefix/` sorts in [prefix + "/", prefix + "0"): '0' is the byte after '/'.
@@ -154,21 +194,28 @@ impl FileStore for SqliteStore {
         Ok(ids.iter().filter(|c| !present.contains(&c.0[..]) && seen.insert(**c)).copied().collect())
     }
 
-    async fn record_chunk(&self, ws: WorkspaceId, cid: ChunkId, size: u32, stored_size: u32) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "INSERT INTO chunks (workspace_id, chunk_id, size, stored_size, created_ms) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(ws.as_uuid())
-        .bind(&cid.0[..])
-        .bind(i64::from(size))
-        .bind(i64::from(stored_size))
-        .bind(crate::now_ms())
-        .execute(&self.writer)
-        .await
-        .map_err(map_err)?
-        .rows_affected();
-        Ok(n == 1)
+    async fn record_chunks(&self, ws: WorkspaceId, chunks: &[(ChunkId, u32, u32)]) -> StoreResult<u64> {
+        if chunks.is_empty() {
+            return Ok(0);
+        }
+        // One transaction (one durable commit) for the whole batch, a few multi-row statements inside it.
+        let now = crate::now_ms();
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let mut new = 0;
+        for batch in chunks.chunks(RECORD_BATCH) {
+            let rows = vec!["(?, ?, ?, ?, ?)"; batch.len()].join(",");
+            let sql = format!(
+                "INSERT INTO chunks (workspace_id, chunk_id, size, stored_size, created_ms) VALUES {rows}
+                 ON CONFLICT DO NOTHING"
+            );
+            let mut q = sqlx::query(&sql);
+            for (cid, size, stored) in batch {
+                q = q.bind(ws.as_uuid()).bind(&cid.0[..]).bind(i64::from(*size)).bind(i64::from(*stored)).bind(now);
+            }
+            new += q.execute(&mut *tx).await.map_err(map_err)?.rows_affected();
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(new)
     }
 
     async fn commit_version(
@@ -180,31 +227,23 @@ impl FileStore for SqliteStore {
         audit: &[NewAudit],
     ) -> StoreResult<FileRecord> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let live = file_at(&mut *tx, ws, path, true).await?;
-        let (fid, number) = match (&live, base) {
-            (None, None) => {
-                let fid = FileId::new();
-                sqlx::query(
-                    "INSERT INTO files (id, workspace_id, path, current_version, current_version_id) VALUES (?, ?, ?, 0, ?)",
-                )
-                .bind(fid.as_uuid())
-                .bind(ws.as_uuid())
-                .bind(path.as_str())
-                .bind(version.id.as_uuid())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                (fid, 1)
-            }
-            (Some(f), Some(b)) if f.version == b => (f.id, b + 1),
-            (live, _) => return Err(StoreError::StaleBase { current: live.as_ref().map(|f| f.version) }),
-        };
-        insert_version(&mut tx, ws, fid, number, version).await?;
-        journal(&mut tx, ws, fid, path, false, number).await?;
-        append(&mut tx, audit).await?;
-        let rec = file_by_id(&mut tx, fid).await?;
+        let rec = commit_in(&mut tx, ws, path, base, version, audit).await??;
         tx.commit().await.map_err(map_err)?;
         Ok(rec)
+    }
+
+    async fn commit_versions(
+        &self,
+        ws: WorkspaceId,
+        commits: &[NewCommit],
+    ) -> StoreResult<Vec<Result<FileRecord, StaleBase>>> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let mut out = Vec::with_capacity(commits.len());
+        for c in commits {
+            out.push(commit_in(&mut tx, ws, &c.path, c.base, &c.version, &c.audit).await?);
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(out)
     }
 
     async fn file_by_path(&self, ws: WorkspaceId, path: &WsPath) -> StoreResult<Option<FileRecord>> {
@@ -259,6 +298,37 @@ impl FileStore for SqliteStore {
         .await
         .map_err(map_err)?;
         Ok(row.as_ref().map(version_of))
+    }
+
+    async fn live_versions(
+        &self,
+        ws: WorkspaceId,
+        files: &[(WsPath, Option<u64>)],
+    ) -> StoreResult<Vec<Option<VersionRecord>>> {
+        let mut out = vec![None; files.len()];
+        // One read transaction (one snapshot), a few queries that each look up a batch of paths.
+        let mut tx = self.reader.begin().await.map_err(map_err)?;
+        for (n, batch) in files.chunks(LOOKUP_BATCH).enumerate() {
+            let rows = vec!["(?, ?, ?)"; batch.len()].join(",");
+            let sql = format!(
+                "WITH req(i, path, ver) AS (VALUES {rows})
+                 SELECT req.i AS req_i, v.*, u.email FROM req
+                 JOIN files f ON f.workspace_id = ? AND f.path = req.path AND f.deleted_ms IS NULL
+                 JOIN versions v ON v.file_id = f.id AND v.version = coalesce(req.ver, f.current_version)
+                 LEFT JOIN users u ON u.id = v.created_by"
+            );
+            let mut q = sqlx::query(&sql);
+            for (i, (path, ver)) in batch.iter().enumerate() {
+                q = q.bind(i64_of((n * LOOKUP_BATCH + i) as u64)).bind(path.as_str()).bind(ver.map(i64_of));
+            }
+            for r in q.bind(ws.as_uuid()).fetch_all(&mut *tx).await.map_err(map_err)? {
+                if let Some(slot) = usize::try_from(r.get::<i64, _>("req_i")).ok().and_then(|i| out.get_mut(i)) {
+                    *slot = Some(version_of(&r));
+                }
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(out)
     }
 
     async fn list_versions(&self, ws: WorkspaceId, file: FileId) -> StoreResult<Vec<VersionRecord>> {

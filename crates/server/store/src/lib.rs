@@ -20,7 +20,8 @@ use cloudsync_types::{ChunkId, FileId, Role, SessionId, UserId, WorkspaceId, WsP
 pub use audit::{AuditRow, GLOBAL_CHAIN, NewAudit, audit_row_hash, verify_chain};
 pub use error::{StoreError, StoreResult};
 pub use records::{
-    ChangeRecord, FileRecord, MemberRecord, NewVersion, SessionRecord, UserRecord, VersionRecord, WorkspaceRecord,
+    ChangeRecord, FileRecord, MemberRecord, NewCommit, NewVersion, SessionRecord, StaleBase, UserRecord, VersionRecord,
+    WorkspaceRecord,
 };
 
 /// Accounts and their sessions (devices).
@@ -86,8 +87,10 @@ pub trait WorkspaceStore: Send + Sync {
 pub trait FileStore: Send + Sync {
     /// Of `ids`, those this workspace does not hold (in the order given, without duplicates).
     async fn missing_chunks(&self, ws: WorkspaceId, ids: &[ChunkId]) -> StoreResult<Vec<ChunkId>>;
-    /// Records that a chunk is durably stored for this workspace (idempotent). Returns false if it already was.
-    async fn record_chunk(&self, ws: WorkspaceId, id: ChunkId, size: u32, stored_size: u32) -> StoreResult<bool>;
+    /// Records that chunks `(id, size, stored_size)` are durably stored for this workspace, all in one
+    /// transaction (idempotent per chunk; repeated ids are fine). Returns how many were not recorded before.
+    /// Callers record a chunk only after its blob is durable, so a recorded chunk always has its bytes.
+    async fn record_chunks(&self, ws: WorkspaceId, chunks: &[(ChunkId, u32, u32)]) -> StoreResult<u64>;
 
     /// Makes a new version of `path` current, if the live file's version equals `base` (`None`: no live file).
     /// `StaleBase` otherwise. Appends to the change journal.
@@ -99,6 +102,14 @@ pub trait FileStore: Send + Sync {
         version: &NewVersion,
         audit: &[NewAudit],
     ) -> StoreResult<FileRecord>;
+    /// Applies `commits` in order in one transaction, each as [`FileStore::commit_version`] would: a commit
+    /// whose base is stale is refused on its own (nothing of it written, its audit rows neither) while the
+    /// others go ahead. One result per commit, in order. An `Err` (a database failure) means none was applied.
+    async fn commit_versions(
+        &self,
+        ws: WorkspaceId,
+        commits: &[NewCommit],
+    ) -> StoreResult<Vec<Result<FileRecord, StaleBase>>>;
     /// The live file at `path`.
     async fn file_by_path(&self, ws: WorkspaceId, path: &WsPath) -> StoreResult<Option<FileRecord>>;
     /// Live files under `prefix` (the file itself when `prefix` names one), path order, after `after`.
@@ -111,6 +122,13 @@ pub trait FileStore: Send + Sync {
     ) -> StoreResult<Vec<FileRecord>>;
     /// One version of a file (live or in the trash).
     async fn version(&self, ws: WorkspaceId, file: FileId, version: u64) -> StoreResult<Option<VersionRecord>>;
+    /// For each `(path, version)`: that version (`None`: the current one) of the live file at `path`, or
+    /// `None` when no live file is there or it has no such version. One consistent read, in request order.
+    async fn live_versions(
+        &self,
+        ws: WorkspaceId,
+        files: &[(WsPath, Option<u64>)],
+    ) -> StoreResult<Vec<Option<VersionRecord>>>;
     /// All versions of a file, newest first.
     async fn list_versions(&self, ws: WorkspaceId, file: FileId) -> StoreResult<Vec<VersionRecord>>;
     /// Moves the file at `path`, or every live file below it, to the trash. Returns the files moved.

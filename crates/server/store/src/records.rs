@@ -2,6 +2,8 @@
 
 use cloudsync_types::{FileId, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
 
+use crate::{NewAudit, StoreError};
+
 /// An account.
 #[derive(Clone)]
 pub struct UserRecord {
@@ -103,6 +105,33 @@ pub struct NewVersion {
     pub created_by: Option<UserId>,
     /// When.
     pub created_ms: i64,
+}
+
+/// One commit of a batch ([`FileStore::commit_versions`](crate::FileStore::commit_versions)).
+#[derive(Debug, Clone)]
+pub struct NewCommit {
+    /// Where the file lives.
+    pub path: WsPath,
+    /// The live version the commit is based on (`None`: no live file).
+    pub base: Option<u64>,
+    /// The version to make current.
+    pub version: NewVersion,
+    /// Audit rows written only if this commit succeeds, in the batch's transaction.
+    pub audit: Vec<NewAudit>,
+}
+
+/// Why one commit of a batch was refused: the live file's version (`None`: no live file) is not the base.
+/// Nothing of that commit was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleBase {
+    /// The live version, if a live file is at the path.
+    pub current: Option<u64>,
+}
+
+impl From<StaleBase> for StoreError {
+    fn from(s: StaleBase) -> Self {
+        StoreError::StaleBase { current: s.current }
+    }
 }
 
 /// A file with its current version.

@@ -5,7 +5,8 @@
 use cloudsync_types::{AuditEvent, ChunkId, Outcome, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
 
 use crate::{
-    GLOBAL_CHAIN, NewAudit, NewVersion, SessionRecord, Store, StoreError, UserRecord, WorkspaceRecord, verify_chain,
+    GLOBAL_CHAIN, NewAudit, NewCommit, NewVersion, SessionRecord, StaleBase, Store, StoreError, UserRecord,
+    WorkspaceRecord, verify_chain,
 };
 
 fn audit(event: AuditEvent, actor: Option<UserId>, ws: Option<WorkspaceId>, at_ms: i64) -> NewAudit {
@@ -35,6 +36,10 @@ fn version(by: UserId, size: u64, at: i64) -> NewVersion {
         created_by: Some(by),
         created_ms: at,
     }
+}
+
+fn commit(path: WsPath, base: Option<u64>, version: NewVersion, by: UserId, ws: WorkspaceId) -> NewCommit {
+    NewCommit { path, base, version, audit: vec![audit(AuditEvent::FileUpload, Some(by), Some(ws), 36)] }
 }
 
 fn user(email: &str) -> UserRecord {
@@ -114,11 +119,22 @@ pub async fn story(store: &dyn Store) {
     assert_eq!(store.remove_member(ws.id, bob.id, &[]).await.expect("remove"), Role::Owner);
     assert_eq!(store.member_role(ws.id, bob.id).await.expect("role"), None);
 
-    // Chunks: "missing" is per workspace.
+    // Chunks: recorded in batches, idempotently; "missing" is per workspace.
     let (c1, c2) = (ChunkId([1; 32]), ChunkId([2; 32]));
-    assert!(store.record_chunk(ws.id, c1, 10, 39).await.expect("record"));
-    assert!(!store.record_chunk(ws.id, c1, 10, 39).await.expect("again"), "idempotent");
+    assert_eq!(store.record_chunks(ws.id, &[(c1, 10, 39)]).await.expect("record"), 1);
+    assert_eq!(store.record_chunks(ws.id, &[(c1, 10, 39)]).await.expect("again"), 0, "idempotent");
+    assert_eq!(store.record_chunks(ws.id, &[]).await.expect("nothing"), 0);
     assert_eq!(store.missing_chunks(ws.id, &[c1, c2, c2]).await.expect("missing"), vec![c2]);
+    // A batch larger than any one statement, with repeats and already recorded ids, in one call.
+    let many: Vec<(ChunkId, u32, u32)> =
+        (0..1200u32).map(|i| (ChunkId(std::array::from_fn(|b| (i >> (8 * (b % 4))) as u8 ^ 0x5a)), 1, 29)).collect();
+    let mut with_repeats = many.clone();
+    with_repeats.extend_from_slice(&many[..10]);
+    with_repeats.push((c1, 10, 39));
+    assert_eq!(store.record_chunks(ws.id, &with_repeats).await.expect("batch"), 1200, "each new chunk counted once");
+    let ids: Vec<ChunkId> = many.iter().map(|c| c.0).collect();
+    assert!(store.missing_chunks(ws.id, &ids).await.expect("missing").is_empty(), "the whole batch is recorded");
+    assert_eq!(store.missing_chunks(WorkspaceId::new(), &ids[..3]).await.expect("other ws").len(), 3);
 
     // Files: commit, stale base, list, versions.
     let a = p("docs/a.txt");
@@ -142,6 +158,55 @@ pub async fn story(store: &dyn Store) {
     assert_eq!(versions[0].created_by_email.as_deref(), Some("alice@example.com"));
     assert_eq!(store.version(ws.id, f1.id, 1).await.expect("v").expect("v1").size, 5);
     assert!(store.version(WorkspaceId::new(), f1.id, 1).await.expect("v").is_none(), "scoped by workspace");
+
+    // Batched commits: one transaction, each commit judged on its own, in order.
+    let batch = vec![
+        commit(p("batch/new.txt"), None, version(alice.id, 11, 36), alice.id, ws.id),
+        commit(a.clone(), Some(1), version(alice.id, 12, 36), alice.id, ws.id), // stale: a is at version 2
+        commit(a.clone(), Some(2), version(alice.id, 13, 36), alice.id, ws.id),
+        commit(a.clone(), Some(3), version(alice.id, 14, 36), alice.id, ws.id), // sees the commit before it
+        commit(p("batch/new.txt"), None, version(alice.id, 15, 36), alice.id, ws.id), // exists by now
+    ];
+    let audit_before = store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("chain").len();
+    let results = store.commit_versions(ws.id, &batch).await.expect("batch");
+    let summary: Vec<Result<(u64, u64), StaleBase>> =
+        results.iter().map(|r| r.as_ref().map(|f| (f.version, f.size)).map_err(|e| *e)).collect();
+    assert_eq!(
+        summary,
+        [
+            Ok((1, 11)),
+            Err(StaleBase { current: Some(2) }),
+            Ok((3, 13)),
+            Ok((4, 14)),
+            Err(StaleBase { current: Some(1) })
+        ],
+        "per-commit outcomes"
+    );
+    assert_eq!(store.file_by_path(ws.id, &a).await.expect("get").expect("live").size, 14);
+    let audit_after = store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("chain").len();
+    assert_eq!(audit_after - audit_before, 3, "audit rows of refused commits are not written");
+    assert!(store.commit_versions(ws.id, &[]).await.expect("empty").is_empty());
+
+    // Batched version lookups: live files only, current or a given version, in request order.
+    let lookups = [
+        (a.clone(), None),
+        (a.clone(), Some(1)),
+        (a.clone(), Some(99)),
+        (p("nope.txt"), None),
+        (p("batch/new.txt"), Some(1)),
+        (a.clone(), Some(4)),
+    ];
+    let found = store.live_versions(ws.id, &lookups).await.expect("lookups");
+    let sizes: Vec<Option<(u64, u64)>> = found.iter().map(|v| v.as_ref().map(|v| (v.version, v.size))).collect();
+    assert_eq!(sizes, [Some((4, 14)), Some((1, 5)), None, None, Some((1, 11)), Some((4, 14))]);
+    assert_eq!(found[0].as_ref().expect("a").file_id, f1.id);
+    assert_eq!(found[0].as_ref().expect("a").created_by_email.as_deref(), Some("alice@example.com"));
+    let many: Vec<(WsPath, Option<u64>)> =
+        (0..700).map(|i| (if i % 2 == 0 { a.clone() } else { p("x") }, None)).collect();
+    let found = store.live_versions(ws.id, &many).await.expect("many");
+    assert_eq!(found.len(), 700);
+    assert!(found.iter().enumerate().all(|(i, v)| v.is_some() == (i % 2 == 0)), "order kept across query batches");
+    assert!(store.live_versions(WorkspaceId::new(), &lookups).await.expect("other ws").iter().all(Option::is_none));
 
     // Trash and restore.
     let gone = store.delete_path(ws.id, &p("docs"), 40, &[]).await.expect("delete folder");
@@ -178,7 +243,7 @@ pub async fn story(store: &dyn Store) {
     );
     verify_chain(&global).expect("global chain verifies");
     let chain = store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("ws chain");
-    assert_eq!(chain.len(), 2);
+    assert_eq!(chain.len(), 5, "workspace created, three batched uploads, one access");
     verify_chain(&chain).expect("workspace chain verifies");
     assert_eq!(chain[0].row.details, serde_json::json!({"story": true}));
     let mut tampered = chain.clone();

@@ -30,6 +30,18 @@ pub fn config_dir() -> PathBuf {
         .unwrap_or_else(|| dirs::config_dir().unwrap_or_else(|| PathBuf::from(".")).join("cloudsync"))
 }
 
+/// The state directory (sync indexes): `$CLOUDSYNC_STATE_DIR`, else `state` in `$CLOUDSYNC_CONFIG_DIR` when
+/// that is set, else the platform's local data directory (`~/.local/share/cloudsync`).
+pub fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CLOUDSYNC_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("CLOUDSYNC_CONFIG_DIR") {
+        return PathBuf::from(dir).join("state");
+    }
+    dirs::data_local_dir().unwrap_or_else(|| PathBuf::from(".")).join("cloudsync")
+}
+
 fn path() -> PathBuf {
     config_dir().join("client.toml")
 }

@@ -27,7 +27,7 @@ pub fn parse_remote(spec: &str) -> Result<(String, WsPath)> {
     Ok((ws.to_owned(), path))
 }
 
-async fn resolve(spec: &str) -> Result<(Client, Workspace, WsPath)> {
+pub(crate) async fn resolve(spec: &str) -> Result<(Client, Workspace, WsPath)> {
     let (name, path) = parse_remote(spec)?;
     let client = connect()?;
     let w = workspace(&client, &name).await?;

@@ -5,6 +5,7 @@ pub mod config;
 pub mod credentials;
 mod files;
 mod output;
+mod sync;
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -19,6 +20,7 @@ use config::ClientConfig;
 use credentials::CredentialStore;
 pub use files::{ls, pull, push, restore, rm, trash, versions};
 use output::{print_json, table};
+pub use sync::{status, sync};
 
 /// Reads one line of standard input (a password or passphrase), without the newline.
 ///

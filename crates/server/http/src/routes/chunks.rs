@@ -1,16 +1,17 @@
 //! Chunk upload and download.
 //!
-//! Upload body: frames as defined in [`cloudsync_types::frame`], parsed as the body streams in. Each chunk is
-//! verified, sealed and stored as soon as its frame is complete, so memory holds at most one chunk plus one
-//! network read, however large the request.
+//! Upload body: frames as defined in [`cloudsync_types::frame`], parsed as the body streams in and handed to a
+//! [`ChunkUpload`](cloudsync_server_core::ChunkUpload), which verifies and stores them a group at a time and
+//! makes them durable and recorded a batch at a time; memory holds a few groups of chunks, however large the
+//! request. Fetch answers use the same frames, read a few chunks ahead of the one being sent.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, BytesMut};
-use cloudsync_types::api::{MissingChunksRequest, MissingChunksResponse, UploadChunksResponse};
-use cloudsync_types::frame::{FRAME_HEADER_LEN, parse_frame_header};
+use cloudsync_types::api::{FetchChunksRequest, MissingChunksRequest, MissingChunksResponse, UploadChunksResponse};
+use cloudsync_types::frame::{FRAME_HEADER_LEN, check_len, frame_header, parse_frame_header};
 use cloudsync_types::{ApiErrorBody, ChunkId, ErrorCode};
 use futures_util::StreamExt;
 
@@ -40,10 +41,10 @@ pub(crate) async fn upload_chunks(
     WorkspaceAccess(a, ..): WorkspaceAccess<Editor>,
     body: Body,
 ) -> Result<axum::Json<UploadChunksResponse>, ApiError> {
-    let io = st.core.chunk_io(&a).await?;
+    let mut upload = st.core.chunk_io(&a).await?.upload();
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
-    let (mut total, mut stored, mut present) = (0usize, 0u32, 0u32);
+    let mut total = 0usize;
     loop {
         while let Some(header) = parse_frame_header(&buf) {
             let (id, len) = header.map_err(|e| ApiError::new(ErrorCode::PayloadTooLarge, e))?;
@@ -52,12 +53,7 @@ pub(crate) async fn upload_chunks(
                 break;
             }
             buf.advance(FRAME_HEADER_LEN);
-            let data = buf.split_to(len);
-            if io.put(id, &data).await? {
-                stored += 1;
-            } else {
-                present += 1;
-            }
+            upload.push(id, buf.split_to(len).freeze()).await?;
         }
         match stream.next().await {
             Some(Ok(bytes)) => {
@@ -74,7 +70,72 @@ pub(crate) async fn upload_chunks(
     if !buf.is_empty() {
         return Err(ApiError::bad_request("the upload ended inside a chunk frame (truncated body)"));
     }
-    Ok(axum::Json(UploadChunksResponse { stored, already_present: present }))
+    Ok(axum::Json(upload.finish().await?))
+}
+
+/// Chunks a fetch reads (and decrypts) ahead of the one being sent, and packs together at most: memory holds
+/// about twice this many chunks, whatever the number asked for.
+const FETCH_AHEAD: usize = 4;
+/// Payloads at least this large are sent as they are; smaller ones are packed with the frame headers into
+/// pieces, because each piece is at least one HTTP/2 DATA frame, and a client's HTTP/2 stack treats a stream
+/// of tiny frames it has not consumed yet as a flood and closes the connection.
+const PASS_THROUGH: usize = 16 * 1024;
+
+/// Downloads many chunks (plaintext) as one framed body, in request order.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/chunks/fetch", tag = "chunks", params(("ws" = String, Path)),
+    request_body = FetchChunksRequest,
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>, description = "frames: 32-byte id, u32 BE length, payload; one per requested id, in order"),
+        (status = 404, body = ApiErrorBody, description = "the workspace does not hold some of the chunks; nothing is sent"),
+        (status = 413, body = ApiErrorBody)))]
+pub(crate) async fn fetch_chunks(
+    State(st): State<AppState>,
+    WorkspaceAccess(a, ..): WorkspaceAccess<Viewer>,
+    Json(req): Json<FetchChunksRequest>,
+) -> Result<Response, ApiError> {
+    let io = st.core.chunk_io(&a).await?;
+    io.check_held(&req.ids).await?;
+    let frames = futures_util::stream::iter(req.ids)
+        .map(move |id| {
+            let io = io.clone();
+            async move { (id, io.get(id).await) }
+        })
+        .buffered(FETCH_AHEAD)
+        .ready_chunks(FETCH_AHEAD)
+        .flat_map(|ready| futures_util::stream::iter(pack(ready)));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(frames)).into_response())
+}
+
+/// The frames of the chunks read so far, as body pieces: large payloads as they are, everything else packed
+/// together. A chunk that cannot be read breaks the body off, so the client sees a truncated answer rather
+/// than a wrong one.
+fn pack(ready: Vec<(ChunkId, cloudsync_server_core::CoreResult<Vec<u8>>)>) -> Vec<Result<Bytes, std::io::Error>> {
+    let mut pieces = Vec::new();
+    let mut packed = BytesMut::new();
+    for (id, got) in ready {
+        let frame = got.map_err(|e| e.to_string()).and_then(|data| check_len(data.len()).map(|len| (len, data)));
+        let (len, data) = match frame {
+            Ok(f) => f,
+            Err(why) => {
+                tracing::error!(chunk = %id, error = %why, "a chunk failed while streaming a fetch");
+                if !packed.is_empty() {
+                    pieces.push(Ok(packed.split().freeze()));
+                }
+                pieces.push(Err(std::io::Error::other("chunk unavailable")));
+                return pieces;
+            }
+        };
+        packed.extend_from_slice(&frame_header(&id, len));
+        if data.len() >= PASS_THROUGH {
+            pieces.push(Ok(packed.split().freeze()));
+            pieces.push(Ok(Bytes::from(data)));
+        } else {
+            packed.extend_from_slice(&data);
+        }
+    }
+    if !packed.is_empty() {
+        pieces.push(Ok(packed.freeze()));
+    }
+    pieces
 }
 
 /// Downloads one chunk (plaintext).

@@ -5,8 +5,10 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use cloudsync_store::FileRecord;
+use cloudsync_store::VersionRecord;
 use cloudsync_types::api::{
-    Change, ChangeKind, ChangeList, CommitRequest, DeleteRequest, DeleteResponse, FileEntry, FileList, RestoreRequest,
+    Change, ChangeKind, ChangeList, CommitBatchRequest, CommitBatchResponse, CommitRequest, CommitResult,
+    DeleteRequest, DeleteResponse, FileEntry, FileList, ManifestsRequest, ManifestsResponse, RestoreRequest,
     TrashEntry, VersionInfo, VersionManifest,
 };
 use cloudsync_types::{ApiErrorBody, ErrorCode, WsPath};
@@ -43,6 +45,61 @@ pub(crate) async fn commit(
     Json(req): Json<CommitRequest>,
 ) -> Result<axum::Json<FileEntry>, ApiError> {
     Ok(axum::Json(entry(&st.core.commit(&a, &req).await?)))
+}
+
+/// Commits many versions in one transaction; each succeeds or fails on its own (a stale base is that commit's
+/// `conflict`, and the others still commit).
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/files/commit-batch", tag = "files", params(("ws" = String, Path)),
+    request_body = CommitBatchRequest, responses((status = 200, body = CommitBatchResponse), (status = 413, body = ApiErrorBody)))]
+pub(crate) async fn commit_batch(
+    State(st): State<AppState>,
+    WorkspaceAccess(a, ..): WorkspaceAccess<Editor>,
+    Json(req): Json<CommitBatchRequest>,
+) -> Result<axum::Json<CommitBatchResponse>, ApiError> {
+    let done = st.core.commit_batch(&a, &req.commits).await?;
+    let results = req
+        .commits
+        .into_iter()
+        .zip(done)
+        .map(|(c, r)| match r {
+            Ok(f) => CommitResult { path: c.path, entry: Some(entry(&f)), error: None },
+            Err(e) => CommitResult { path: c.path, entry: None, error: Some(ApiError::from(e).into_body()) },
+        })
+        .collect();
+    Ok(axum::Json(CommitBatchResponse { results }))
+}
+
+/// A version as a file entry: `file_id` and `path` of the file, everything else of that version.
+fn version_entry(file_id: cloudsync_types::FileId, path: WsPath, v: &VersionRecord) -> FileEntry {
+    FileEntry {
+        file_id,
+        path,
+        version: v.version,
+        version_id: v.id,
+        size: v.size,
+        content_hash: v.content_hash.clone(),
+        mtime_ms: v.mtime_ms,
+        modified_at: time_of(v.created_ms),
+    }
+}
+
+/// The manifests of many live files, in request order (`null` where there is no such file or version; each
+/// one found is audited as file.access).
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/files/manifests", tag = "files", params(("ws" = String, Path)),
+    request_body = ManifestsRequest, responses((status = 200, body = ManifestsResponse), (status = 413, body = ApiErrorBody)))]
+pub(crate) async fn manifests(
+    State(st): State<AppState>,
+    WorkspaceAccess(a, ..): WorkspaceAccess<Viewer>,
+    Json(req): Json<ManifestsRequest>,
+) -> Result<axum::Json<ManifestsResponse>, ApiError> {
+    let found = st.core.manifests(&a, &req.files).await?;
+    let manifests = req
+        .files
+        .into_iter()
+        .zip(found)
+        .map(|(f, m)| m.map(|(v, manifest)| VersionManifest { file: version_entry(v.file_id, f.path, &v), manifest }))
+        .collect();
+    Ok(axum::Json(ManifestsResponse { manifests }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -88,14 +145,7 @@ pub(crate) async fn manifest(
     Query(q): Query<FileQuery>,
 ) -> Result<axum::Json<VersionManifest>, ApiError> {
     let (f, v, manifest) = st.core.open_file(&a, &path_param(&q.path)?, q.version).await?;
-    let mut file = entry(&f);
-    file.version = v.version;
-    file.version_id = v.id;
-    file.size = v.size;
-    file.content_hash = v.content_hash;
-    file.mtime_ms = v.mtime_ms;
-    file.modified_at = time_of(v.created_ms);
-    Ok(axum::Json(VersionManifest { file, manifest }))
+    Ok(axum::Json(VersionManifest { file: version_entry(f.id, f.path, &v), manifest }))
 }
 
 /// A version's content, streamed chunk by chunk (audited as file.access).

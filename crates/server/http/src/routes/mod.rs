@@ -56,9 +56,12 @@ pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("POST", "/api/v1/workspaces/{ws}/chunks/missing", Needs::Role(Role::Editor)),
     ("POST", "/api/v1/workspaces/{ws}/chunks", Needs::Role(Role::Editor)),
     ("GET", "/api/v1/workspaces/{ws}/chunks/{chunk}", Needs::Role(Role::Viewer)),
+    ("POST", "/api/v1/workspaces/{ws}/chunks/fetch", Needs::Role(Role::Viewer)),
     ("POST", "/api/v1/workspaces/{ws}/files/commit", Needs::Role(Role::Editor)),
+    ("POST", "/api/v1/workspaces/{ws}/files/commit-batch", Needs::Role(Role::Editor)),
     ("GET", "/api/v1/workspaces/{ws}/files", Needs::Role(Role::Viewer)),
     ("GET", "/api/v1/workspaces/{ws}/files/manifest", Needs::Role(Role::Viewer)),
+    ("POST", "/api/v1/workspaces/{ws}/files/manifests", Needs::Role(Role::Viewer)),
     ("GET", "/api/v1/workspaces/{ws}/files/content", Needs::Role(Role::Viewer)),
     ("GET", "/api/v1/workspaces/{ws}/files/versions", Needs::Role(Role::Viewer)),
     ("POST", "/api/v1/workspaces/{ws}/files/delete", Needs::Role(Role::Admin)),
@@ -79,9 +82,12 @@ pub fn api() -> Router<AppState> {
         .route("/chunks/missing", post(missing_chunks))
         .route("/chunks", post(upload_chunks).layer(DefaultBodyLimit::disable()))
         .route("/chunks/{chunk}", get(get_chunk))
+        .route("/chunks/fetch", post(fetch_chunks))
         .route("/files/commit", post(commit))
+        .route("/files/commit-batch", post(commit_batch))
         .route("/files", get(list_files))
         .route("/files/manifest", get(manifest))
+        .route("/files/manifests", post(manifests))
         .route("/files/content", get(content))
         .route("/files/versions", get(versions))
         .route("/files/delete", post(delete_files))

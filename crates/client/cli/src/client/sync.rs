@@ -1,0 +1,150 @@
+//! `cloudsync sync LOCAL_DIR WORKSPACE[:PATH]` (two-way, optionally `--watch`) and `cloudsync status
+//! LOCAL_DIR`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use cloudsync_sync::{PlanSummary, SyncOptions, SyncReport};
+
+use super::config::{ClientConfig, state_dir};
+use super::connect;
+use super::files::resolve;
+use super::output::{print_json, size};
+
+fn options(dry_run: bool) -> Result<SyncOptions> {
+    let server = ClientConfig::load()?
+        .server
+        .context("not logged in: run `cloudsync login --server https://HOST:PORT --email EMAIL`")?;
+    Ok(SyncOptions {
+        progress: std::io::stderr().is_terminal(),
+        device_name: gethostname::gethostname().to_string_lossy().into_owned(),
+        state_dir: index_dir(),
+        server,
+        dry_run,
+    })
+}
+
+/// Where sync indexes are kept.
+fn index_dir() -> PathBuf {
+    state_dir().join("index")
+}
+
+/// `cloudsync sync LOCAL_DIR WORKSPACE[:PATH] [--watch] [--dry-run] [--json]`.
+///
+/// # Errors
+/// A missing local folder, server errors, or a folder already synced elsewhere.
+pub async fn sync(local: &Path, remote: &str, watch: bool, dry_run: bool, json: bool) -> Result<()> {
+    if watch && dry_run {
+        bail!("--watch and --dry-run do not go together: a dry run changes nothing, so there is nothing to watch");
+    }
+    let (client, w, path) = resolve(remote).await?;
+    let opts = options(dry_run)?;
+    if watch {
+        let shown = |r: &SyncReport| {
+            if let Err(e) = print_report(r, false, json) {
+                eprintln!("warning: cannot print the sync report: {e}");
+            }
+        };
+        eprintln!("Watching {} (Ctrl-C to stop)…", local.display());
+        return Ok(cloudsync_sync::watch(&client, w.id, &path, local, &opts, shown).await?);
+    }
+    let report = cloudsync_sync::sync(&client, w.id, &path, local, &opts).await?;
+    print_report(&report, dry_run, json)
+}
+
+fn print_report(r: &SyncReport, dry_run: bool, json: bool) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    let s = &r.summary;
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
+    if dry_run {
+        print_plan(&r.plan);
+        return Ok(());
+    }
+    for c in &s.conflicts {
+        eprintln!("conflict: {c}");
+    }
+    eprintln!(
+        "sync: {} files scanned, {} uploaded, {} downloaded, {} deleted, {} renamed, {} conflicted; {} sent, {} received ({} new chunks, {} deduplicated) in {:.1}s",
+        s.files_scanned,
+        s.files_uploaded,
+        s.files_downloaded,
+        s.files_deleted,
+        s.files_renamed,
+        s.files_conflicted,
+        size(s.bytes_uploaded),
+        size(s.bytes_downloaded),
+        s.chunks_uploaded,
+        s.chunks_deduplicated,
+        s.seconds
+    );
+    Ok(())
+}
+
+fn print_plan(p: &PlanSummary) {
+    if p.is_empty() {
+        println!("Up to date: nothing to sync.");
+        return;
+    }
+    let groups: [(&str, &Vec<String>); 6] = [
+        ("upload", &p.upload),
+        ("download", &p.download),
+        ("conflict (both kept)", &p.conflicts),
+        ("delete on server (to trash)", &p.delete_remote),
+        ("delete locally", &p.delete_local),
+        ("rename", &p.renames),
+    ];
+    for (what, paths) in groups {
+        for path in paths {
+            println!("{what}: {path}");
+        }
+    }
+}
+
+/// `cloudsync status LOCAL_DIR [--json] [--forget]`.
+///
+/// # Errors
+/// A folder never synced, or server errors.
+pub async fn status(local: &Path, forget: bool, json: bool) -> Result<()> {
+    if forget {
+        let removed = cloudsync_sync::forget(&index_dir(), local)?;
+        if json {
+            return print_json(&serde_json::json!({ "forgotten": removed }));
+        }
+        if removed {
+            eprintln!("{} is no longer paired; its files were not touched.", local.display());
+        } else {
+            eprintln!("{} was not paired with any workspace.", local.display());
+        }
+        return Ok(());
+    }
+    let (server, _, _) = cloudsync_sync::synced_pair(&index_dir(), local)?;
+    let opts = options(true)?;
+    if opts.server != server {
+        bail!(
+            "{} is synced with {server}, but you are logged in to {}; log in to {server} first",
+            local.display(),
+            opts.server
+        );
+    }
+    let client = connect()?;
+    let st = cloudsync_sync::status(&client, local, &opts).await?;
+    if json {
+        return print_json(&st);
+    }
+    let remote = if st.remote.is_empty() { "/".to_owned() } else { st.remote.clone() };
+    println!("{} syncs with {remote} in workspace {} on {}", local.display(), st.workspace, st.server);
+    match st.synced_at_ms.and_then(|ms| time::OffsetDateTime::from_unix_timestamp(ms / 1000).ok()) {
+        Some(t) => println!("Last sync: {} ({} files tracked)", super::output::date(t), st.files_tracked),
+        None => println!("Last sync: never completed"),
+    }
+    for w in &st.warnings {
+        eprintln!("warning: {w}");
+    }
+    print_plan(&st.pending);
+    Ok(())
+}

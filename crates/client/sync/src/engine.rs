@@ -1,0 +1,612 @@
+//! Two-way sync of a local folder with a workspace folder: scan, learn what changed on the server, plan
+//! (see [`crate::plan`]), carry the plan out, record the agreed state in the index (see [`crate::index`]).
+//!
+//! The server side is learned from the change journal: when nothing under the synced folder changed since
+//! the index's cursor, the index itself is the server's state and no listing is fetched, so a no-op sync
+//! costs one folder walk (stat only) and one small request. The engine's own commits and deletions are
+//! recognised in the journal afterwards, so they do not force a listing on the next run either.
+//!
+//! A sync runs up to [`MAX_ROUNDS`] rounds: a conflict leaves a conflicted copy on disk that the next round
+//! uploads, and a file that changed on the server mid-sync is merged in the next round instead of failing
+//! the run. Each round saves the index, so a killed sync loses at most the unsaved part of its bookkeeping
+//! (those files are then compared by content; chunks already uploaded are not sent again).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use cloudsync_sdk::{Client, ErrorKind};
+use cloudsync_types::api::{ChangeKind, CommitRequest, FileEntry, ManifestRef};
+use cloudsync_types::{WorkspaceId, WsPath};
+use futures_util::{StreamExt as _, stream};
+use serde::Serialize;
+
+use crate::fetch::{self, Fetched, Job};
+use crate::ignore::Rules;
+use crate::index::{Entry, Index, IndexFile, Pair, Stat, canonical_folder, peek, unix_ns};
+use crate::keys::ChunkKeys;
+use crate::localpath::local_path;
+use crate::plan::{Action, LocalState, Plan, PlanSummary, Remote, join, plan, remote_from_index};
+use crate::push::upload;
+use crate::retry::retry;
+use crate::scan::{LocalFile, scan_dir};
+use crate::upload::Outcome;
+use crate::{SyncError, TransferSummary, progress};
+
+/// Rounds of scan-plan-execute per sync (see the module docs).
+pub const MAX_ROUNDS: usize = 3;
+/// Journal entries asked for per request.
+const CHANGES_PAGE: u32 = 1000;
+/// Deletions sent concurrently.
+const DELETE_CONCURRENCY: usize = 8;
+
+/// How to run a sync.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Show progress bars on stderr (only when stderr is a terminal).
+    pub progress: bool,
+    /// This device's name (conflicted copies carry it).
+    pub device_name: String,
+    /// The client's state directory; indexes live in it.
+    pub state_dir: PathBuf,
+    /// The server URL, part of what a folder is paired with.
+    pub server: String,
+    /// Plan only: change nothing on either side.
+    pub dry_run: bool,
+}
+
+/// What a sync did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    /// Counts and bytes.
+    #[serde(flatten)]
+    pub summary: TransferSummary,
+    /// With `dry_run`: what would change. Otherwise what the first round found to do.
+    pub plan: PlanSummary,
+    /// Journal position the index now reflects.
+    pub cursor: u64,
+    /// Rounds run.
+    pub rounds: usize,
+}
+
+/// Where a folder stands, for `cloudsync status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The workspace it syncs with.
+    pub workspace: WorkspaceId,
+    /// The workspace folder ("" for the root).
+    pub remote: String,
+    /// The server.
+    pub server: String,
+    /// When the last sync completed (Unix ms).
+    pub synced_at_ms: Option<i64>,
+    /// Files in the index.
+    pub files_tracked: usize,
+    /// What a sync would do now.
+    pub pending: PlanSummary,
+    /// Entries that would be skipped, and other oddities.
+    pub warnings: Vec<String>,
+}
+
+/// The workspace a folder is synced with, from its index (for `status`).
+///
+/// # Errors
+/// `InvalidLocal` when the folder does not exist or has never been synced.
+pub fn synced_pair(state_dir: &Path, local: &Path) -> Result<(String, WorkspaceId, WsPath), SyncError> {
+    let canonical = canonical_folder(local)?;
+    let index = peek(state_dir, &canonical).ok_or_else(|| {
+        SyncError::InvalidLocal(format!(
+            "{} has not been synced yet; run `cloudsync sync {} WORKSPACE[:PATH]` first",
+            local.display(),
+            local.display()
+        ))
+    })?;
+    let remote = WsPath::parse_prefix(&index.pair.remote)
+        .map_err(|e| SyncError::Internal(format!("the index names an invalid folder: {e}")))?;
+    Ok((index.pair.server, index.pair.workspace, remote))
+}
+
+/// Syncs `local` with `remote` in workspace `ws` both ways.
+///
+/// # Errors
+/// `InvalidLocal` when `local` is not a folder, is synced with another place, or is being synced by another
+/// process; `Api` for server failures; `Io` for local ones; `Integrity` when the server sends something that
+/// does not verify (nothing is written under that file's name then).
+pub async fn sync(
+    client: &Client,
+    ws: WorkspaceId,
+    remote: &WsPath,
+    local: &Path,
+    opts: &SyncOptions,
+) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let canonical = canonical_folder(local)?;
+    let file = IndexFile::lock(&opts.state_dir, &canonical)?;
+    let pair = Pair { server: opts.server.clone(), workspace: ws, remote: remote.as_str().to_owned() };
+    let mut index = match file.load() {
+        Some(i) if i.pair == pair => i,
+        Some(i) => {
+            return Err(SyncError::InvalidLocal(format!(
+                "{} is already synced with folder '{}' of workspace {} on {}; a folder syncs with one place. \
+                 Sync a different local folder, or move this one's old pairing away with `cloudsync status {} --forget`",
+                local.display(),
+                i.pair.remote,
+                i.pair.workspace,
+                i.pair.server,
+                local.display()
+            )));
+        }
+        None => Index::new(pair, canonical.clone()),
+    };
+    let workspaces = client.workspaces();
+    let keys = ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)?;
+    let mut engine = Engine { client, ws, remote, root: &canonical, keys, opts, own: Own::default() };
+    let mut report = SyncReport::default();
+    for round in 0..MAX_ROUNDS {
+        let (plan, local_count, cursor) = engine.plan_round(&mut index, &mut report.summary, round == 0).await?;
+        if round == 0 {
+            report.summary.files_scanned = local_count;
+            report.plan = plan.summary();
+        }
+        report.rounds = round + 1;
+        if opts.dry_run {
+            break;
+        }
+        if plan.actions.is_empty() {
+            index.cursor = cursor;
+            break;
+        }
+        let result = engine.execute(plan, &mut index, &mut report.summary).await;
+        // What was done is recorded even when the round failed part-way.
+        index.cursor = cursor;
+        file.save(&index)?;
+        result?;
+    }
+    if !opts.dry_run {
+        index.synced_at_ms = Some(unix_ns(SystemTime::now()) / 1_000_000);
+        file.save(&index)?;
+    }
+    report.cursor = index.cursor;
+    report.summary.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// What a sync of `local` would do now, without changing anything.
+///
+/// # Errors
+/// As [`sync`]; `InvalidLocal` when the folder has not been synced yet.
+pub async fn status(client: &Client, local: &Path, opts: &SyncOptions) -> Result<Status, SyncError> {
+    let (server, ws, remote) = synced_pair(&opts.state_dir, local)?;
+    let canonical = canonical_folder(local)?;
+    let mut index = peek(&opts.state_dir, &canonical)
+        .ok_or_else(|| SyncError::InvalidLocal(format!("{} has not been synced yet", local.display())))?;
+    let workspaces = client.workspaces();
+    let keys = ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)?;
+    let engine = Engine { client, ws, remote: &remote, root: &canonical, keys, opts, own: Own::default() };
+    let mut summary = TransferSummary::default();
+    let (plan, _, _) = engine.plan_round(&mut index, &mut summary, true).await?;
+    let mut warnings = summary.warnings;
+    warnings.extend(plan.warnings.iter().cloned());
+    Ok(Status {
+        workspace: ws,
+        remote: remote.as_str().to_owned(),
+        server,
+        synced_at_ms: index.synced_at_ms,
+        files_tracked: index.entries.len(),
+        pending: plan.summary(),
+        warnings,
+    })
+}
+
+/// Forgets the pairing of `local` (its index), so it can be synced with another place. Files are untouched.
+///
+/// # Errors
+/// `InvalidLocal` when another sync holds the folder; `Io` when the index cannot be removed.
+pub fn forget(state_dir: &Path, local: &Path) -> Result<bool, SyncError> {
+    let canonical = canonical_folder(local)?;
+    let file = IndexFile::lock(state_dir, &canonical)?;
+    file.remove()
+}
+
+/// The engine's own changes in this run, to recognise them in the journal.
+#[derive(Debug, Default)]
+struct Own {
+    /// (path, version) of our commits.
+    commits: HashSet<(String, u64)>,
+    /// Paths we moved to the trash.
+    deletes: HashSet<String>,
+}
+
+struct Engine<'a> {
+    client: &'a Client,
+    ws: WorkspaceId,
+    remote: &'a WsPath,
+    root: &'a Path,
+    keys: ChunkKeys,
+    opts: &'a SyncOptions,
+    own: Own,
+}
+
+impl Engine<'_> {
+    /// Scans, learns the server state and plans. Returns the plan, the number of local files and the journal
+    /// position the server state reflects.
+    async fn plan_round(
+        &self,
+        index: &mut Index,
+        summary: &mut TransferSummary,
+        first: bool,
+    ) -> Result<(Plan, u64, u64), SyncError> {
+        let (root, prefix) = (self.root.to_path_buf(), self.remote.clone());
+        let spinner = progress::spinner(self.opts.progress, "scanning…");
+        let scanning = spinner.clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let rules = Rules::load(&root)?;
+            let scan = scan_dir(&root, &prefix, &rules, &scanning)?;
+            Ok::<_, SyncError>((rules, scan))
+        })
+        .await
+        .map_err(SyncError::task)?;
+        spinner.finish_and_clear();
+        let (rules, scan) = scanned?;
+        if first {
+            for why in scan.skipped {
+                summary.skip(why);
+            }
+        }
+        let local: BTreeMap<String, LocalState> =
+            scan.files.into_iter().map(|f| (f.rel, LocalState { abs: f.abs, stat: f.stat })).collect();
+
+        let (cursor, changed) = self.remote_changes(index.cursor).await?;
+        let remote = if changed || index.cursor == 0 {
+            self.list_remote().await?
+        } else {
+            remote_from_index(&index.entries, self.remote)
+        };
+        let plan = plan(&local, &index.entries, &remote, &rules);
+        if first {
+            for w in &plan.warnings {
+                summary.warn(w.clone());
+            }
+        }
+        Ok((plan, local.len() as u64, cursor))
+    }
+
+    /// The journal position now, and whether anything under the synced folder changed since `since` that
+    /// this engine did not do itself.
+    async fn remote_changes(&self, since: u64) -> Result<(u64, bool), SyncError> {
+        let files = self.client.files(self.ws);
+        let mut at = since;
+        let mut changed = false;
+        loop {
+            let page = retry(|| files.changes(at, CHANGES_PAGE)).await?;
+            for c in &page.changes {
+                at = at.max(c.seq);
+                if changed || !under(self.remote, &c.path) {
+                    continue;
+                }
+                let ours = match c.kind {
+                    ChangeKind::Upsert => self.own.commits.contains(&(c.path.as_str().to_owned(), c.version)),
+                    ChangeKind::Delete => self.own.deletes.contains(c.path.as_str()),
+                };
+                changed |= !ours;
+            }
+            if !page.more || page.changes.is_empty() {
+                return Ok((page.latest.max(at), changed));
+            }
+            // Without an index there is nothing to compare with: only the latest position matters.
+            if since == 0 {
+                return Ok((page.latest, true));
+            }
+        }
+    }
+
+    /// The server's files below the synced folder, by relative path.
+    async fn list_remote(&self) -> Result<Remote, SyncError> {
+        let files = self.client.files(self.ws);
+        let listed = retry(|| files.list_all(self.remote)).await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|e| {
+                let rel = e.path.strip_prefix(self.remote)?;
+                if rel.is_empty() { None } else { Some((rel.to_owned(), e)) }
+            })
+            .collect())
+    }
+
+    /// Carries out one plan, recording every completed step in `index`.
+    async fn execute(&mut self, plan: Plan, index: &mut Index, summary: &mut TransferSummary) -> Result<(), SyncError> {
+        let now_ns = unix_ns(SystemTime::now());
+        let mut uploads = Vec::new();
+        let mut downloads = Vec::new();
+        let mut delete_remote = Vec::new();
+        let mut moves_remote = Vec::new();
+        for action in plan.actions {
+            match action {
+                Action::Upload { rel, compare, .. } => uploads.push((rel, compare)),
+                Action::Download { rel, remote, replace } => downloads.push((rel, remote, replace)),
+                Action::DeleteRemote { rel, remote } => delete_remote.push((rel, remote)),
+                Action::DeleteLocal { rel, stat } => self.delete_local(&rel, stat, index, summary),
+                Action::Forget { rel } => {
+                    index.entries.remove(&rel);
+                }
+                Action::MoveLocal { from, to, remote, stat } => {
+                    self.move_local(&from, &to, &remote, stat, index, summary, now_ns);
+                }
+                Action::MoveRemote { from, to, remote, stat } => moves_remote.push((from, to, remote, stat)),
+            }
+        }
+        self.move_remote(moves_remote, index, summary, now_ns).await?;
+        self.upload(uploads, index, summary, now_ns).await?;
+        self.download(downloads, index, summary).await?;
+        self.delete_remote(delete_remote, index, summary).await
+    }
+
+    async fn upload(
+        &mut self,
+        uploads: Vec<(String, Option<FileEntry>)>,
+        index: &mut Index,
+        summary: &mut TransferSummary,
+        now_ns: i64,
+    ) -> Result<(), SyncError> {
+        if uploads.is_empty() {
+            return Ok(());
+        }
+        let mut files = Vec::with_capacity(uploads.len());
+        let mut compare = HashMap::new();
+        let mut rels = Vec::with_capacity(uploads.len());
+        for (rel, cmp) in uploads {
+            let (Some(ws_path), Ok(abs)) = (join(self.remote, &rel), local_path(self.root, &rel)) else {
+                summary.skip(format!("{rel}: skipped, the name cannot be synced"));
+                continue;
+            };
+            let meta = match std::fs::symlink_metadata(&abs) {
+                Ok(m) if m.is_file() => m,
+                // Gone or replaced since the scan: the next sync looks again.
+                _ => continue,
+            };
+            if let Some(c) = cmp.clone() {
+                compare.insert(ws_path.clone(), c);
+            }
+            files.push(LocalFile {
+                abs,
+                ws: ws_path,
+                rel: rel.clone(),
+                size: meta.len(),
+                stat: Stat::of(&meta),
+                identity: crate::scan::identity(&meta),
+            });
+            rels.push((rel, cmp));
+        }
+        let bar = progress::bar(self.opts.progress, files.iter().map(|f| f.size).sum());
+        let result = upload(self.client, self.ws, files, compare, &self.keys, &bar, summary).await;
+        bar.finish_and_clear();
+        for (i, outcome) in result? {
+            let Some((rel, cmp)) = rels.get(i) else { continue };
+            match outcome {
+                Outcome::Committed { entry, stat } => {
+                    self.own.commits.insert((entry.path.as_str().to_owned(), entry.version));
+                    index.entries.insert(rel.clone(), Entry::new(stat, &entry, now_ns));
+                }
+                Outcome::Unchanged { stat } => {
+                    if let Some(c) = cmp {
+                        index.entries.insert(rel.clone(), Entry::new(stat, c, now_ns));
+                    }
+                }
+                Outcome::Conflict => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn download(
+        &mut self,
+        downloads: Vec<(String, FileEntry, Option<Stat>)>,
+        index: &mut Index,
+        summary: &mut TransferSummary,
+    ) -> Result<(), SyncError> {
+        if downloads.is_empty() {
+            return Ok(());
+        }
+        let mut jobs = Vec::with_capacity(downloads.len());
+        let mut rels = Vec::with_capacity(downloads.len());
+        for (rel, entry, replace) in downloads {
+            // The server named this path: it is validated before it touches the file system.
+            match local_path(self.root, &rel) {
+                Ok(target) => {
+                    jobs.push(Job { entry, root: self.root.to_path_buf(), target, replace });
+                    rels.push(rel);
+                }
+                Err(why) => summary.skip(format!("{rel}: skipped, {why}")),
+            }
+        }
+        let bar = progress::bar(self.opts.progress, jobs.iter().map(|j| j.entry.size).sum());
+        let entries: Vec<FileEntry> = jobs.iter().map(|j| j.entry.clone()).collect();
+        let result =
+            fetch::download(self.client, self.ws, &self.keys, jobs, &self.opts.device_name, &bar, summary).await;
+        bar.finish_and_clear();
+        let now_ns = unix_ns(SystemTime::now());
+        for (i, fetched) in result? {
+            let (Some(rel), Some(entry)) = (rels.get(i), entries.get(i)) else { continue };
+            match fetched {
+                Fetched::Written { stat, kept_as } => {
+                    summary.files_downloaded += 1;
+                    index.entries.insert(rel.clone(), Entry::new(stat, entry, now_ns));
+                    if let Some(kept) = kept_as {
+                        let name = kept.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        summary.files_conflicted += 1;
+                        summary.conflicts.push(format!(
+                            "{rel}: changed on both sides; the server's version is at {rel}, yours was kept as '{name}'"
+                        ));
+                    }
+                }
+                Fetched::AlreadyThere { stat } => {
+                    summary.files_unchanged += 1;
+                    index.entries.insert(rel.clone(), Entry::new(stat, entry, now_ns));
+                }
+                Fetched::Gone => {}
+                Fetched::Skipped(why) => summary.skip(format!("{rel}: skipped, {why}")),
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_remote(
+        &mut self,
+        deletes: Vec<(String, FileEntry)>,
+        index: &mut Index,
+        summary: &mut TransferSummary,
+    ) -> Result<(), SyncError> {
+        let files = self.client.files(self.ws);
+        let mut results = stream::iter(deletes)
+            .map(|(rel, entry)| {
+                let files = &files;
+                async move {
+                    let res = retry(|| files.delete(&entry.path)).await;
+                    (rel, entry, res)
+                }
+            })
+            .buffer_unordered(DELETE_CONCURRENCY);
+        while let Some((rel, entry, res)) = results.next().await {
+            match res {
+                Ok(_) => {
+                    summary.files_deleted += 1;
+                    self.own.deletes.insert(entry.path.as_str().to_owned());
+                    index.entries.remove(&rel);
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    index.entries.remove(&rel);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a local file the server deleted, if it is still the copy the index knows (the server's trash
+    /// keeps that content); a file edited since is left for the next round to re-upload.
+    fn delete_local(&self, rel: &str, stat: Stat, index: &mut Index, summary: &mut TransferSummary) {
+        let Ok(abs) = local_path(self.root, rel) else { return };
+        match std::fs::symlink_metadata(&abs) {
+            Ok(m) if m.is_file() && Stat::of(&m) == stat => {}
+            Ok(_) => return,
+            Err(_) => {
+                index.entries.remove(rel);
+                return;
+            }
+        }
+        match std::fs::remove_file(&abs) {
+            Ok(()) => {
+                summary.files_deleted += 1;
+                index.entries.remove(rel);
+                remove_empty_parents(self.root, &abs);
+            }
+            Err(e) => summary.warn(format!("{}: could not be deleted: {e}", abs.display())),
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one step with its bookkeeping")]
+    fn move_local(
+        &self,
+        from: &str,
+        to: &str,
+        remote: &FileEntry,
+        stat: Stat,
+        index: &mut Index,
+        summary: &mut TransferSummary,
+        now_ns: i64,
+    ) {
+        let (Ok(src), Ok(dst)) = (local_path(self.root, from), local_path(self.root, to)) else {
+            summary.skip(format!("{to}: skipped, the name cannot be synced"));
+            return;
+        };
+        let still_same = matches!(std::fs::symlink_metadata(&src), Ok(m) if m.is_file() && Stat::of(&m) == stat);
+        if !still_same {
+            return;
+        }
+        match crate::localpath::prepare(self.root, &dst) {
+            Ok(Ok(crate::localpath::Existing::Missing)) => {}
+            Ok(Ok(_)) => return,
+            Ok(Err(why)) => {
+                summary.skip(format!("{to}: skipped, {why}"));
+                return;
+            }
+            Err((path, e)) => {
+                summary.warn(format!("{}: {e}", path.display()));
+                return;
+            }
+        }
+        if let Err(e) = std::fs::rename(&src, &dst) {
+            summary.warn(format!("{from} -> {to}: could not rename: {e}"));
+            return;
+        }
+        remove_empty_parents(self.root, &src);
+        let moved = std::fs::symlink_metadata(&dst).map(|m| Stat::of(&m)).unwrap_or(stat);
+        index.entries.remove(from);
+        index.entries.insert(to.to_owned(), Entry::new(moved, remote, now_ns));
+        summary.files_renamed += 1;
+    }
+
+    /// Local renames: the server gets the same manifest under the new name (no chunk is sent), then the old
+    /// name goes to the trash.
+    async fn move_remote(
+        &mut self,
+        moves: Vec<(String, String, FileEntry, Stat)>,
+        index: &mut Index,
+        summary: &mut TransferSummary,
+        now_ns: i64,
+    ) -> Result<(), SyncError> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let files = self.client.files(self.ws);
+        for group in moves.chunks(cloudsync_types::api::MAX_BATCH_COMMITS) {
+            let refs: Vec<ManifestRef> = group
+                .iter()
+                .map(|(_, _, r, _)| ManifestRef { path: r.path.clone(), version: Some(r.version) })
+                .collect();
+            let manifests = retry(|| files.manifests(&refs)).await?;
+            let mut reqs = Vec::new();
+            let mut which = Vec::new();
+            for ((from, to, remote, stat), m) in group.iter().zip(manifests) {
+                let (Some(m), Some(path)) = (m, join(self.remote, to)) else { continue };
+                reqs.push(CommitRequest { path, base_version: None, manifest: m.manifest, mtime_ms: remote.mtime_ms });
+                which.push((from.clone(), to.clone(), remote.clone(), *stat));
+            }
+            if reqs.is_empty() {
+                continue;
+            }
+            let results = files.commit_batch(&reqs).await?;
+            let mut trash = Vec::new();
+            for ((from, to, remote, stat), res) in which.into_iter().zip(results) {
+                if let Some(entry) = res.entry {
+                    self.own.commits.insert((entry.path.as_str().to_owned(), entry.version));
+                    index.entries.insert(to, Entry::new(stat, &entry, now_ns));
+                    summary.files_renamed += 1;
+                    trash.push((from, remote));
+                }
+                // A conflict (someone created `to` meanwhile) is merged by the next round.
+            }
+            let before = summary.files_deleted;
+            self.delete_remote(trash, index, summary).await?;
+            // The old names are part of the renames, not deletions of their own.
+            summary.files_deleted = before;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `path` is `prefix` or below it.
+fn under(prefix: &WsPath, path: &WsPath) -> bool {
+    path.strip_prefix(prefix).is_some()
+}
+
+/// Removes now-empty folders between `file` and `root` (exclusive), as a deletion on the server leaves none.
+fn remove_empty_parents(root: &Path, file: &Path) {
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) || std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}

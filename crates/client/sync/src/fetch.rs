@@ -1,0 +1,523 @@
+//! Downloads of many files at once, moving only the chunks the local side lacks.
+//!
+//! 1. **Inspect** (blocking): for every file, create its folders (never through a symlink, see
+//!    [`crate::localpath`]) and, when a local file is already there, cut it with the workspace chunker. Its
+//!    chunks can be reused, so an edit in the middle of a large file downloads only the chunks around the
+//!    edit; and when its content already equals the server's nothing is downloaded at all.
+//! 2. **Manifests**: fetched 1000 files per request.
+//! 3. **Chunks**: every chunk that is neither in the old local file nor earlier in the same download is
+//!    requested, in the order the files will be written, packed into requests of about 16 MiB with several
+//!    in flight. Each chunk is checked against its keyed id as it arrives.
+//! 4. **Write** (one blocking thread): each file is assembled in a fresh temporary file beside its target,
+//!    checked against the listed size and keyed content hash, and only then renamed into place. Renames
+//!    happen in groups after one file-system flush (`syncfs` on Linux) rather than one fsync per file, so
+//!    thousands of small files do not each wait for the disk, and a crash never leaves a half-written file
+//!    under its final name.
+//!
+//! A local file found at a target is replaced only when it still looks exactly as the caller said may be
+//! replaced (an older copy the server keeps); anything else is renamed to a conflicted copy first.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use cloudsync_sdk::Client;
+use cloudsync_types::api::{FileEntry, Manifest, ManifestRef};
+use cloudsync_types::{ChunkId, MAX_CHUNK_SIZE, WorkspaceId};
+use futures_util::{StreamExt as _, stream};
+use indicatif::ProgressBar;
+use tokio::sync::mpsc;
+
+use crate::chunking::chunk_stream;
+use crate::conflict::move_aside;
+use crate::index::Stat;
+use crate::keys::{ChunkKeys, hash_hex, hash_matches};
+use crate::localpath::{Existing, prepare};
+use crate::retry::retry;
+use crate::{SyncError, TransferSummary};
+
+/// Prefix and suffix of the temporary files downloads are assembled in (sync and push skip them).
+pub(crate) const PART_PREFIX: &str = ".cloudsync-";
+pub(crate) const PART_SUFFIX: &str = ".part";
+/// Manifests asked for per request.
+const MANIFESTS_PER_REQUEST: usize = 1000;
+/// Payload bytes asked for per chunk request.
+const FETCH_BYTES: u64 = 16 * 1024 * 1024;
+/// Chunks asked for per request (the server's cap is higher).
+const FETCH_CHUNKS: usize = 2048;
+/// Chunk requests in flight.
+const FETCH_IN_FLIGHT: usize = 3;
+/// Files written before their group is flushed and renamed into place.
+const GROUP_FILES: usize = 1000;
+/// Bytes written before a group is flushed.
+const GROUP_BYTES: u64 = 256 * 1024 * 1024;
+
+/// One file to bring down.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    /// The listed server file.
+    pub(crate) entry: FileEntry,
+    /// The local folder being synced; `target` is inside it.
+    pub(crate) root: PathBuf,
+    /// Validated local path (see [`crate::localpath::local_path`]).
+    pub(crate) target: PathBuf,
+    /// The local file that may be replaced, as it looked when the caller decided; `None`: whatever is at
+    /// the target is kept as a conflicted copy (unless its content already equals the server's).
+    pub(crate) replace: Option<Stat>,
+}
+
+/// What became of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fetched {
+    /// Written; `stat` describes the new local file; `kept_as` is where a differing local file went.
+    Written { stat: Stat, kept_as: Option<PathBuf> },
+    /// The local file already had this content; nothing was written.
+    AlreadyThere { stat: Stat },
+    /// The file vanished from the server (deleted or changed) before it was fetched.
+    Gone,
+    /// Left alone, with the reason.
+    Skipped(String),
+}
+
+/// The old local file of a job and which of its chunks can be reused.
+#[derive(Debug, Default)]
+pub(crate) struct Reuse {
+    /// Chunk id → (offset, length) in the old local file.
+    chunks: HashMap<ChunkId, (u64, u32)>,
+    /// The old local file's stat and keyed content hash, when there is one.
+    pub(crate) local: Option<(Stat, [u8; 32])>,
+}
+
+/// A job after inspection.
+#[derive(Debug)]
+pub(crate) enum Inspected {
+    /// Nothing to do: the outcome is already known.
+    Done(Fetched),
+    /// To be written (reusing what `reuse` has).
+    Fetch(Reuse),
+}
+
+/// Downloads `jobs` and returns each outcome by index. Bytes and files are counted in `summary`; a
+/// download that fails verification stops everything with [`SyncError::Integrity`] and leaves no file
+/// under its final name.
+pub(crate) async fn download(
+    client: &Client,
+    ws: WorkspaceId,
+    keys: &ChunkKeys,
+    jobs: Vec<Job>,
+    device: &str,
+    bar: &ProgressBar,
+    summary: &mut TransferSummary,
+) -> Result<Vec<(usize, Fetched)>, SyncError> {
+    let (jobs, inspected) = inspect_all(jobs, keys).await?;
+    download_inspected(client, ws, keys, jobs, inspected, device, bar, summary).await
+}
+
+/// Prepares every job's folders and looks at what is at its target (blocking work, off the runtime).
+pub(crate) async fn inspect_all(jobs: Vec<Job>, keys: &ChunkKeys) -> Result<(Vec<Job>, Vec<Inspected>), SyncError> {
+    let keys = keys.clone();
+    tokio::task::spawn_blocking(move || {
+        let inspected = jobs.iter().map(|j| inspect(j, &keys)).collect::<Result<Vec<_>, _>>()?;
+        Ok((jobs, inspected))
+    })
+    .await
+    .map_err(SyncError::task)?
+}
+
+/// [`download`] after [`inspect_all`] (the caller may have adjusted `jobs[i].replace` meanwhile).
+#[expect(clippy::too_many_arguments, reason = "internal; the inputs of one download")]
+pub(crate) async fn download_inspected(
+    client: &Client,
+    ws: WorkspaceId,
+    keys: &ChunkKeys,
+    jobs: Vec<Job>,
+    inspected: Vec<Inspected>,
+    device: &str,
+    bar: &ProgressBar,
+    summary: &mut TransferSummary,
+) -> Result<Vec<(usize, Fetched)>, SyncError> {
+    let root_jobs = jobs;
+    let mut outcomes = Vec::new();
+    let mut todo: Vec<(usize, Reuse)> = Vec::new();
+    for (i, ins) in inspected.into_iter().enumerate() {
+        match ins {
+            Inspected::Done(f) => {
+                bar.inc(root_jobs[i].entry.size);
+                outcomes.push((i, f));
+            }
+            Inspected::Fetch(r) => todo.push((i, r)),
+        }
+    }
+    if todo.is_empty() {
+        return Ok(outcomes);
+    }
+
+    // Manifests of exactly the listed versions, so a concurrent change cannot make verification fail.
+    let files = client.files(ws);
+    let mut manifests: Vec<Option<Manifest>> = Vec::with_capacity(todo.len());
+    for group in todo.chunks(MANIFESTS_PER_REQUEST) {
+        let refs: Vec<ManifestRef> = group
+            .iter()
+            .map(|(i, _)| ManifestRef {
+                path: root_jobs[*i].entry.path.clone(),
+                version: Some(root_jobs[*i].entry.version),
+            })
+            .collect();
+        let got = retry(|| files.manifests(&refs)).await?;
+        if got.len() != refs.len() {
+            return Err(SyncError::Integrity(format!("the server answered {} of {} manifests", got.len(), refs.len())));
+        }
+        manifests.extend(got.into_iter().map(|m| m.map(|vm| vm.manifest)));
+    }
+
+    // What to write, in order, and the chunks that must come from the server, in the order they are needed.
+    let mut work: Vec<Work> = Vec::new();
+    let mut wanted: Vec<(ChunkId, u32)> = Vec::new();
+    for ((i, reuse), manifest) in todo.into_iter().zip(manifests) {
+        let job = &root_jobs[i];
+        let Some(manifest) = manifest else {
+            outcomes.push((i, Fetched::Gone));
+            bar.inc(job.entry.size);
+            continue;
+        };
+        check_manifest(&manifest, &job.entry)?;
+        let mut seen_here = HashSet::new();
+        for c in &manifest.chunks {
+            if !reuse.chunks.contains_key(&c.id) && seen_here.insert(c.id) {
+                wanted.push((c.id, c.size));
+            }
+        }
+        work.push(Work { idx: i, job: job.clone(), manifest, reuse });
+    }
+
+    // The writer thread: consumes chunks in `wanted` order.
+    let (tx, rx) = mpsc::channel::<(ChunkId, Bytes)>(FETCH_CHUNKS);
+    let writer = {
+        let (keys, device, bar) = (keys.clone(), device.to_owned(), bar.clone());
+        tokio::task::spawn_blocking(move || write_all(work, rx, &keys, &device, &bar))
+    };
+    let mut requests = Vec::new();
+    let (mut ids, mut bytes) = (Vec::new(), 0u64);
+    for (id, size) in wanted {
+        if !ids.is_empty() && (bytes + u64::from(size) > FETCH_BYTES || ids.len() >= FETCH_CHUNKS) {
+            requests.push(std::mem::take(&mut ids));
+            bytes = 0;
+        }
+        ids.push(id);
+        bytes += u64::from(size);
+    }
+    if !ids.is_empty() {
+        requests.push(ids);
+    }
+    let mut fetched = stream::iter(requests)
+        .map(|ids| {
+            let files = client.files(ws);
+            async move { retry(|| fetch_all(&files, &ids)).await }
+        })
+        .buffered(FETCH_IN_FLIGHT);
+    let mut fetch_error = None;
+    'outer: while let Some(res) = fetched.next().await {
+        match res {
+            Ok(chunks) => {
+                for (id, data) in chunks {
+                    summary.bytes_downloaded += data.len() as u64;
+                    if tx.send((id, data)).await.is_err() {
+                        // The writer stopped; its own error says why.
+                        break 'outer;
+                    }
+                }
+            }
+            Err(e) => {
+                fetch_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(fetched);
+    drop(tx);
+    let written = writer.await.map_err(SyncError::task)?;
+    if let Some(e) = fetch_error {
+        return Err(e);
+    }
+    outcomes.extend(written?);
+    Ok(outcomes)
+}
+
+/// Fetches one request's chunks into memory (so a retry restarts it cleanly).
+async fn fetch_all(files: &cloudsync_sdk::Files<'_>, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Bytes)>, SyncError> {
+    let mut stream = files.fetch_chunks(ids).await?;
+    let mut out = Vec::with_capacity(ids.len());
+    while let Some(chunk) = stream.next().await? {
+        out.push(chunk);
+    }
+    if out.len() != ids.len() {
+        return Err(SyncError::Integrity(format!("the server sent {} of {} chunks", out.len(), ids.len())));
+    }
+    Ok(out)
+}
+
+/// The manifest must describe the listed file.
+fn check_manifest(m: &Manifest, entry: &FileEntry) -> Result<(), SyncError> {
+    let total: u64 = m.chunks.iter().map(|c| u64::from(c.size)).sum();
+    let too_big = m.chunks.iter().any(|c| c.size as usize > MAX_CHUNK_SIZE);
+    if total != entry.size
+        || m.size != entry.size
+        || too_big
+        || !m.content_hash.eq_ignore_ascii_case(&entry.content_hash)
+    {
+        return Err(SyncError::Integrity(format!(
+            "{}: the server's manifest does not describe the listed file (size {} vs {}); nothing was written",
+            entry.path, m.size, entry.size
+        )));
+    }
+    Ok(())
+}
+
+/// Prepares one job's folders and looks at what is at its target.
+fn inspect(job: &Job, keys: &ChunkKeys) -> Result<Inspected, SyncError> {
+    let existing = match prepare(&job.root, &job.target).map_err(|(path, e)| SyncError::io(&path, e))? {
+        Ok(x) => x,
+        Err(why) => return Ok(Inspected::Done(Fetched::Skipped(why))),
+    };
+    if existing == Existing::Missing {
+        return Ok(Inspected::Fetch(Reuse::default()));
+    }
+    // A regular file (prepare refuses anything else): learn its chunks, and whether it already matches.
+    let file = match File::open(&job.target) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Inspected::Fetch(Reuse::default())),
+        Err(e) => return Err(SyncError::io(&job.target, e)),
+    };
+    let meta = file.metadata().map_err(|e| SyncError::io(&job.target, e))?;
+    let stat = Stat::of(&meta);
+    let mut reuse = Reuse::default();
+    let mut offset = 0u64;
+    let digest = chunk_stream(&file, keys, |id, data| {
+        let len = data.len() as u32;
+        reuse.chunks.entry(id).or_insert((offset, len));
+        offset += u64::from(len);
+        std::ops::ControlFlow::Continue(())
+    })
+    .map_err(|e| SyncError::io(&job.target, e))?;
+    if let Some(d) = digest {
+        if d.size == job.entry.size && hash_matches(&d.hash, &job.entry.content_hash) && stat.size == d.size {
+            return Ok(Inspected::Done(Fetched::AlreadyThere { stat }));
+        }
+        reuse.local = Some((stat, d.hash));
+    }
+    Ok(Inspected::Fetch(reuse))
+}
+
+/// One file for the writer.
+#[derive(Debug)]
+struct Work {
+    idx: usize,
+    job: Job,
+    manifest: Manifest,
+    reuse: Reuse,
+}
+
+/// A verified temporary file waiting to be renamed into place.
+struct Pending {
+    idx: usize,
+    tmp: PathBuf,
+    job: Job,
+    stat: Stat,
+}
+
+/// Removes temporary files that never got renamed.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in self.0.drain(..) {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// The writer: assembles every file from reused and fetched chunks, verifies it, and installs groups.
+fn write_all(
+    work: Vec<Work>,
+    mut rx: mpsc::Receiver<(ChunkId, Bytes)>,
+    keys: &ChunkKeys,
+    device: &str,
+    bar: &ProgressBar,
+) -> Result<Vec<(usize, Fetched)>, SyncError> {
+    let mut out = Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut cleanup = Cleanup(Vec::new());
+    let mut group_bytes = 0u64;
+    for w in work {
+        let (tmp, file) = create_temp(&w.job.target)?;
+        cleanup.0.push(tmp.clone());
+        let stat = write_one(&w, &tmp, file, &mut rx, keys, bar)?;
+        group_bytes += w.job.entry.size;
+        pending.push(Pending { idx: w.idx, tmp, job: w.job, stat });
+        if pending.len() >= GROUP_FILES || group_bytes >= GROUP_BYTES {
+            install(&mut pending, &mut cleanup, device, &mut out)?;
+            group_bytes = 0;
+        }
+    }
+    install(&mut pending, &mut cleanup, device, &mut out)?;
+    Ok(out)
+}
+
+/// Writes one file into `tmp` and verifies it; returns the stat of the finished temporary file.
+fn write_one(
+    w: &Work,
+    tmp: &Path,
+    file: File,
+    rx: &mut mpsc::Receiver<(ChunkId, Bytes)>,
+    keys: &ChunkKeys,
+    bar: &ProgressBar,
+) -> Result<Stat, SyncError> {
+    let shown = w.job.entry.path.as_str();
+    let io_err = |e: io::Error| SyncError::io(tmp, e);
+    let old = if w.reuse.chunks.is_empty() { None } else { File::open(&w.job.target).ok() };
+    let mut out = io::BufWriter::with_capacity(1 << 20, &file);
+    let mut hasher = keys.content_hasher();
+    // Chunks already written to this file, for ids that repeat within it.
+    let mut written: HashMap<ChunkId, (u64, u32)> = HashMap::new();
+    let mut offset = 0u64;
+    let mut buf = Vec::new();
+    for c in &w.manifest.chunks {
+        let data: Bytes = if let Some(&(at, len)) = w.reuse.chunks.get(&c.id) {
+            read_at(old.as_ref(), &w.job.target, at, len, &mut buf)?;
+            // The old file may have changed since it was inspected: reuse only what still matches.
+            if keys.chunk_id(&buf) != c.id {
+                return Err(SyncError::Integrity(format!(
+                    "{shown}: the local file changed while it was being updated; run the sync again"
+                )));
+            }
+            Bytes::copy_from_slice(&buf)
+        } else if let Some(&(at, len)) = written.get(&c.id) {
+            out.flush().map_err(io_err)?;
+            read_at(Some(&file), tmp, at, len, &mut buf)?;
+            Bytes::copy_from_slice(&buf)
+        } else {
+            let (id, data) = rx.blocking_recv().ok_or_else(|| {
+                SyncError::Integrity(format!("{shown}: the download ended before all chunks arrived"))
+            })?;
+            if id != c.id || data.len() != c.size as usize || keys.chunk_id(&data) != c.id {
+                return Err(SyncError::Integrity(format!(
+                    "{shown}: the server sent a chunk that does not match the manifest; nothing was written"
+                )));
+            }
+            written.insert(c.id, (offset, c.size));
+            data
+        };
+        hasher.update(&data);
+        out.write_all(&data).map_err(io_err)?;
+        offset += data.len() as u64;
+        bar.inc(data.len() as u64);
+    }
+    out.flush().map_err(io_err)?;
+    drop(out);
+    let hash = hasher.finalize();
+    if offset != w.job.entry.size || !hash_matches(&hash, &w.job.entry.content_hash) {
+        return Err(SyncError::Integrity(format!(
+            "{shown}: the assembled file (hash {}) does not match the listed one ({}); nothing was written",
+            hash_hex(&hash),
+            w.job.entry.content_hash
+        )));
+    }
+    if let Some(t) = w.job.entry.mtime_ms.and_then(system_time)
+        && let Err(e) = file.set_modified(t)
+    {
+        tracing::debug!("{}: cannot set the modification time: {e}", w.job.target.display());
+    }
+    let meta = file.metadata().map_err(io_err)?;
+    Ok(Stat::of(&meta))
+}
+
+/// Reads `len` bytes at `at` from `file` into `buf`.
+fn read_at(file: Option<&File>, path: &Path, at: u64, len: u32, buf: &mut Vec<u8>) -> Result<(), SyncError> {
+    use std::io::{Seek as _, SeekFrom};
+    let file =
+        file.ok_or_else(|| SyncError::Integrity(format!("{}: vanished while it was updated", path.display())))?;
+    buf.resize(len as usize, 0);
+    let mut f = file;
+    f.seek(SeekFrom::Start(at)).and_then(|_| f.read_exact(buf)).map_err(|e| SyncError::io(path, e))
+}
+
+/// Makes the group durable with one flush, then renames each file into place.
+fn install(
+    pending: &mut Vec<Pending>,
+    cleanup: &mut Cleanup,
+    device: &str,
+    out: &mut Vec<(usize, Fetched)>,
+) -> Result<(), SyncError> {
+    let Some(first) = pending.first() else { return Ok(()) };
+    flush_to_disk(pending.iter().map(|p| p.tmp.as_path()), &first.tmp)?;
+    for p in pending.drain(..) {
+        let kept_as = place(&p.tmp, &p.job.target, p.job.replace, device)?;
+        cleanup.0.retain(|t| t != &p.tmp);
+        out.push((p.idx, Fetched::Written { stat: p.stat, kept_as }));
+    }
+    Ok(())
+}
+
+/// Durably writes the given files' data: one `syncfs` on Linux, an fsync per file elsewhere.
+fn flush_to_disk<'a>(files: impl Iterator<Item = &'a Path>, any: &Path) -> Result<(), SyncError> {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = files;
+        let f = File::open(any).map_err(|e| SyncError::io(any, e))?;
+        rustix::fs::syncfs(&f).map_err(|e| SyncError::io(any, io::Error::from(e)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = any;
+        for p in files {
+            File::open(p).and_then(|f| f.sync_all()).map_err(|e| SyncError::io(p, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Renames `tmp` to `target`; whatever is there and does not look like `replace` is kept as a conflicted
+/// copy first. Returns where it went.
+fn place(tmp: &Path, target: &Path, replace: Option<Stat>, device: &str) -> Result<Option<PathBuf>, SyncError> {
+    let kept_as = match fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_file() && replace == Some(Stat::of(&meta)) => None,
+        Ok(_) => Some(move_aside(target, device, SystemTime::now()).map_err(|e| SyncError::io(target, e))?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(SyncError::io(target, e)),
+    };
+    if let Err(e) = fs::rename(tmp, target) {
+        if let Some(copy) = &kept_as {
+            let _ = fs::rename(copy, target);
+        }
+        return Err(SyncError::io(target, e));
+    }
+    Ok(kept_as)
+}
+
+/// Creates a fresh temporary file beside `target` with `create_new` (an existing file or a planted symlink
+/// under that name is never opened).
+fn create_temp(target: &Path) -> Result<(PathBuf, File), SyncError> {
+    let dir = target
+        .parent()
+        .ok_or_else(|| SyncError::InvalidLocal(format!("{}: has no parent folder", target.display())))?;
+    let mut last = None;
+    for _ in 0..8 {
+        let name = format!("{PART_PREFIX}{}{PART_SUFFIX}", hex::encode(cloudsync_crypto::random_bytes::<8>()));
+        let path = dir.join(name);
+        match OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(SyncError::io(&path, e)),
+        }
+    }
+    Err(SyncError::io(dir, last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists))))
+}
+
+/// Unix milliseconds as a `SystemTime`, if representable.
+fn system_time(ms: i64) -> Option<SystemTime> {
+    let magnitude = std::time::Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 { SystemTime::UNIX_EPOCH.checked_add(magnitude) } else { SystemTime::UNIX_EPOCH.checked_sub(magnitude) }
+}
