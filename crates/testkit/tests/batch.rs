@@ -229,6 +229,16 @@ async fn batch_requests_over_their_caps_are_413() {
     let results = a.files(ws.id).commit_batch(&at_cap).await.expect("batch at the cap, then a second request");
     assert_eq!(results.len(), MAX_BATCH_COMMITS + 5);
     assert!(results.iter().all(|r| r.entry.is_some()));
+
+    // Commits whose manifests together exceed the server's body limit are split by size too.
+    let big = |i: usize| {
+        let chunks = vec![ManifestChunk { id: ChunkId([0x77; 32]), size: 1 }; 150_000];
+        let manifest = Manifest { size: chunks.len() as u64, content_hash: "00".repeat(32), chunks };
+        CommitRequest { path: p(&format!("big/{i}.bin")), base_version: None, manifest, mtime_ms: None }
+    };
+    let results = a.files(ws.id).commit_batch(&[big(1), big(2), big(3)]).await.expect("split by size");
+    let codes: Vec<Option<ErrorCode>> = results.iter().map(|r| r.error.as_ref().map(|e| e.code)).collect();
+    assert_eq!(codes, [Some(ErrorCode::MissingChunks); 3], "each reached the server and was judged on its own");
     srv.stop().await;
 }
 

@@ -6,10 +6,10 @@
 
 use bytes::Bytes;
 use cloudsync_types::api::{
-    ChangeList, CommitBatchRequest, CommitBatchResponse, CommitRequest, CommitResult, DeleteRequest, DeleteResponse,
-    FetchChunksRequest, FileEntry, FileList, MAX_BATCH_COMMITS, MAX_BATCH_MANIFESTS, MAX_FETCH_CHUNKS,
-    MAX_MISSING_QUERY, ManifestRef, ManifestsRequest, ManifestsResponse, MissingChunksRequest, MissingChunksResponse,
-    RestoreRequest, TrashEntry, UploadChunksResponse, VersionInfo, VersionManifest,
+    ChangeList, CommitBatchResponse, CommitRequest, CommitResult, DeleteRequest, DeleteResponse, FetchChunksRequest,
+    FileEntry, FileList, MAX_BATCH_COMMITS, MAX_BATCH_MANIFESTS, MAX_FETCH_CHUNKS, MAX_MISSING_QUERY, ManifestRef,
+    ManifestsRequest, ManifestsResponse, MissingChunksRequest, MissingChunksResponse, RestoreRequest, TrashEntry,
+    UploadChunksResponse, VersionInfo, VersionManifest,
 };
 use cloudsync_types::{ChunkId, MAX_CHUNK_SIZE, WorkspaceId, WsPath};
 use futures_util::{Stream, StreamExt};
@@ -20,6 +20,8 @@ use crate::{ChunkStream, Client, Error, ErrorKind};
 
 /// Page size [`Files::list_all`] asks for.
 const LIST_ALL_PAGE: u32 = 1000;
+/// Body size past which [`Files::commit_batch`] starts another request (the server takes 32 MiB of JSON).
+const COMMIT_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// `/workspaces/{ws}/...` file endpoints; see [`Client::files`].
 #[derive(Debug, Clone, Copy)]
@@ -120,8 +122,8 @@ impl Files<'_> {
     /// `POST /workspaces/{ws}/files/commit-batch`: many commits, one result each in the same order. Each
     /// commit succeeds or fails on its own: a stale base is that result's `error` with code `conflict` (nothing
     /// overwritten), unknown chunks `missing_chunks`, while the other commits go ahead. Up to
-    /// [`MAX_BATCH_COMMITS`] go in one request (one server transaction); more are sent as several requests in
-    /// order. An empty `commits` makes no request.
+    /// [`MAX_BATCH_COMMITS`] commits, and about 16 MiB of manifests, go in one request (one server
+    /// transaction); more are sent as several requests in order. An empty `commits` makes no request.
     ///
     /// # Errors
     /// Only failures of a whole request: [`ErrorKind::Forbidden`] below Editor, [`ErrorKind::TooLarge`] for a
@@ -129,13 +131,39 @@ impl Files<'_> {
     /// and any transport failure. Requests sent before a failing one stay committed.
     pub async fn commit_batch(&self, commits: &[CommitRequest]) -> Result<Vec<CommitResult>, Error> {
         let mut out = Vec::with_capacity(commits.len());
-        for batch in commits.chunks(MAX_BATCH_COMMITS) {
-            let req = CommitBatchRequest { commits: batch.to_vec() };
-            let rb = self.client.request(Method::POST, &self.path("/files/commit-batch"))?.json(&req);
-            let resp: CommitBatchResponse = self.client.call(rb).await?;
-            out.extend(same_count(resp.results, batch.len(), "commit results")?);
+        let mut body = Vec::new();
+        let mut count = 0;
+        for (i, commit) in commits.iter().enumerate() {
+            let json = serde_json::to_vec(commit)
+                .map_err(|e| Error::new(ErrorKind::BadRequest, format!("cannot encode a commit: {e}")))?;
+            if count > 0 && body.len() + json.len() > COMMIT_BATCH_BYTES {
+                out.extend(self.send_commit_batch(&mut body, count).await?);
+                count = 0;
+            }
+            body.push(if count == 0 { b'[' } else { b',' });
+            body.extend_from_slice(&json);
+            count += 1;
+            if count == MAX_BATCH_COMMITS || i + 1 == commits.len() {
+                out.extend(self.send_commit_batch(&mut body, count).await?);
+                count = 0;
+            }
         }
         Ok(out)
+    }
+
+    /// Sends the `count` commits encoded in `body` (a JSON array without its closing bracket) and empties it.
+    async fn send_commit_batch(&self, body: &mut Vec<u8>, count: usize) -> Result<Vec<CommitResult>, Error> {
+        let mut json = Vec::with_capacity(body.len() + 16);
+        json.extend_from_slice(b"{\"commits\":");
+        json.append(body);
+        json.extend_from_slice(b"]}");
+        let rb = self
+            .client
+            .request(Method::POST, &self.path("/files/commit-batch"))?
+            .header(CONTENT_TYPE, "application/json")
+            .body(json);
+        let resp: CommitBatchResponse = self.client.call(rb).await?;
+        same_count(resp.results, count, "commit results")
     }
 
     /// `POST /workspaces/{ws}/files/manifests`: the manifests of many live files (each at `version`, or the
