@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use cloudsync_sdk::Client;
@@ -64,22 +64,15 @@ impl Device {
 
     /// Every file below the folder: relative path → content.
     fn tree(&self) -> BTreeMap<String, Vec<u8>> {
-        let mut out = BTreeMap::new();
-        walk(self.dir.path(), self.dir.path(), &mut out);
-        out
-    }
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-    for e in fs::read_dir(dir).expect("ls") {
-        let e = e.expect("entry");
-        let p = e.path();
-        if e.file_type().expect("type").is_dir() {
-            walk(root, &p, out);
-        } else {
-            let rel = p.strip_prefix(root).expect("rel").to_string_lossy().replace('\\', "/");
-            out.insert(rel, fs::read(&p).expect("read"));
-        }
+        let root = self.dir.path();
+        cloudsync_testkit::all_files(root)
+            .into_iter()
+            .map(|p| {
+                let rel = p.strip_prefix(root).expect("rel").to_string_lossy().replace('\\', "/");
+                let content = fs::read(&p).expect("read");
+                (rel, content)
+            })
+            .collect()
     }
 }
 

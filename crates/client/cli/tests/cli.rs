@@ -106,6 +106,16 @@ impl Client {
 }
 
 /// `cloudsync login` for scripts: password on stdin, certificate pinned by `fingerprint`.
+/// A fresh server with one account (named after the email's local part) logged in and owning `workspace`.
+fn signed_in(root: &Path, email: &str, admin: bool, workspace: &str) -> (Server, Client) {
+    let srv = start_server(&root.join("server"));
+    create_user(&srv, email, admin);
+    let client = Client::new(root, email.split('@').next().unwrap_or(email));
+    client.login(&srv, email);
+    client.ok(&["workspace", "create", workspace]);
+    (srv, client)
+}
+
 fn login_args<'a>(srv: &'a Server, email: &'a str, fingerprint: &'a str) -> [&'a str; 8] {
     ["login", "--server", &srv.url, "--email", email, "--password-stdin", "--fingerprint", fingerprint]
 }
@@ -135,14 +145,10 @@ fn write(p: &Path, bytes: &[u8]) {
 #[test]
 fn quick_start_push_pull_versions_trash_restore() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let srv = start_server(&tmp.path().join("server"));
-    create_user(&srv, "alice@example.com", true);
-    let alice = Client::new(tmp.path(), "alice");
-    alice.login(&srv, "alice@example.com");
+    let (_srv, alice) = signed_in(tmp.path(), "alice@example.com", true, "Team Docs");
     let me = json(&alice.ok(&["whoami", "--json"]));
     assert_eq!(me["user"]["email"], "alice@example.com");
 
-    alice.ok(&["workspace", "create", "Team Docs"]);
     let list = json(&alice.ok(&["workspace", "list", "--json"]));
     assert_eq!(list[0]["name"], "Team Docs");
     assert_eq!(list[0]["role"], "owner");
@@ -309,11 +315,7 @@ fn without_a_credential_store_login_names_the_file_opt_in() {
 #[test]
 fn pull_replaces_stale_copies_but_keeps_local_edits() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let srv = start_server(&tmp.path().join("server"));
-    create_user(&srv, "a@example.com", false);
-    let a = Client::new(tmp.path(), "a");
-    a.login(&srv, "a@example.com");
-    a.ok(&["workspace", "create", "W"]);
+    let (_srv, a) = signed_in(tmp.path(), "a@example.com", false, "W");
     let src = tmp.path().join("src");
     write(&src.join("stale.txt"), b"version one");
     write(&src.join("edited.txt"), b"server text");
@@ -341,11 +343,7 @@ fn pull_replaces_stale_copies_but_keeps_local_edits() {
 #[test]
 fn sync_and_status_through_the_cli_with_the_json_summary() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let srv = start_server(&tmp.path().join("server"));
-    create_user(&srv, "alice@example.com", false);
-    let alice = Client::new(tmp.path(), "alice");
-    alice.login(&srv, "alice@example.com");
-    alice.ok(&["workspace", "create", "Team"]);
+    let (_srv, alice) = signed_in(tmp.path(), "alice@example.com", false, "Team");
     let dir = tmp.path().join("folder");
     write(&dir.join("a.txt"), b"alpha");
     write(&dir.join("sub/b.txt"), b"beta");
@@ -394,11 +392,7 @@ fn sync_and_status_through_the_cli_with_the_json_summary() {
 #[test]
 fn a_killed_sync_resumes_without_resending_stored_chunks() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let srv = start_server(&tmp.path().join("server"));
-    create_user(&srv, "alice@example.com", false);
-    let alice = Client::new(tmp.path(), "alice");
-    alice.login(&srv, "alice@example.com");
-    alice.ok(&["workspace", "create", "Team"]);
+    let (srv, alice) = signed_in(tmp.path(), "alice@example.com", false, "Team");
     let dir = tmp.path().join("folder");
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let big: Vec<u8> = (0..192 * 1024 * 1024)

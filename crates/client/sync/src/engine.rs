@@ -93,6 +93,12 @@ pub struct Status {
 /// # Errors
 /// `InvalidLocal` when the folder does not exist or has never been synced.
 pub fn synced_pair(state_dir: &Path, local: &Path) -> Result<(String, WorkspaceId, WsPath), SyncError> {
+    let (_, index, remote) = pairing(state_dir, local)?;
+    Ok((index.pair.server, index.pair.workspace, remote))
+}
+
+/// The canonical folder, its index and the workspace folder it names.
+fn pairing(state_dir: &Path, local: &Path) -> Result<(PathBuf, Index, WsPath), SyncError> {
     let canonical = canonical_folder(local)?;
     let index = peek(state_dir, &canonical).ok_or_else(|| {
         SyncError::InvalidLocal(format!(
@@ -103,7 +109,7 @@ pub fn synced_pair(state_dir: &Path, local: &Path) -> Result<(String, WorkspaceI
     })?;
     let remote = WsPath::parse_prefix(&index.pair.remote)
         .map_err(|e| SyncError::Internal(format!("the index names an invalid folder: {e}")))?;
-    Ok((index.pair.server, index.pair.workspace, remote))
+    Ok((canonical, index, remote))
 }
 
 /// Syncs `local` with `remote` in workspace `ws` both ways.
@@ -176,10 +182,8 @@ pub async fn sync(
 /// # Errors
 /// As [`sync`]; `InvalidLocal` when the folder has not been synced yet.
 pub async fn status(client: &Client, local: &Path, opts: &SyncOptions) -> Result<Status, SyncError> {
-    let (server, ws, remote) = synced_pair(&opts.state_dir, local)?;
-    let canonical = canonical_folder(local)?;
-    let mut index = peek(&opts.state_dir, &canonical)
-        .ok_or_else(|| SyncError::InvalidLocal(format!("{} has not been synced yet", local.display())))?;
+    let (canonical, mut index, remote) = pairing(&opts.state_dir, local)?;
+    let (server, ws) = (index.pair.server.clone(), index.pair.workspace);
     let workspaces = client.workspaces();
     let keys = ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)?;
     let engine = Engine { client, ws, remote: &remote, root: &canonical, keys, opts, own: Own::default() };
@@ -262,13 +266,45 @@ impl Engine<'_> {
         } else {
             remote_from_index(&index.entries, self.remote)
         };
-        let plan = plan(&local, &index.entries, &remote, &rules);
+        let mut plan = plan(&local, &index.entries, &remote, &rules);
+        let scanned = local.len() as u64;
+        if self.opts.dry_run {
+            plan = self.drop_unchanged_uploads(plan, local).await?;
+        }
         if first {
             for w in &plan.warnings {
                 summary.warn(w.clone());
             }
         }
-        Ok((plan, local.len() as u64, cursor))
+        Ok((plan, scanned, cursor))
+    }
+
+    /// For a preview only: uploads of files whose stat moved but whose content still equals the server's
+    /// (touched, or modified within the clock tick of the last sync) are hashed and left out, so `status`
+    /// and `--dry-run` list real changes. A real sync needs no such pass: its upload skips them the same way.
+    async fn drop_unchanged_uploads(
+        &self,
+        mut plan: Plan,
+        local: BTreeMap<String, LocalState>,
+    ) -> Result<Plan, SyncError> {
+        let keys = self.keys.clone();
+        let actions = std::mem::take(&mut plan.actions);
+        plan.actions = tokio::task::spawn_blocking(move || {
+            actions
+                .into_iter()
+                .filter(|a| {
+                    let Action::Upload { rel, compare: Some(c), .. } = a else { return true };
+                    let Some(l) = local.get(rel).filter(|l| l.stat.size == c.size) else { return true };
+                    let same = std::fs::File::open(&l.abs)
+                        .and_then(|f| crate::chunking::hash_reader(f, &keys))
+                        .is_ok_and(|d| crate::keys::hash_matches(&d.hash, &c.content_hash));
+                    !same
+                })
+                .collect()
+        })
+        .await
+        .map_err(SyncError::task)?;
+        Ok(plan)
     }
 
     /// The journal position now, and whether anything under the synced folder changed since `since` that
@@ -338,7 +374,8 @@ impl Engine<'_> {
         self.move_remote(moves_remote, index, summary, now_ns).await?;
         self.upload(uploads, index, summary, now_ns).await?;
         self.download(downloads, index, summary).await?;
-        self.delete_remote(delete_remote, index, summary).await
+        summary.files_deleted += self.delete_remote(delete_remote, index).await?;
+        Ok(())
     }
 
     async fn upload(
@@ -371,13 +408,12 @@ impl Engine<'_> {
                 abs,
                 ws: ws_path,
                 rel: rel.clone(),
-                size: meta.len(),
                 stat: Stat::of(&meta),
                 identity: crate::scan::identity(&meta),
             });
             rels.push((rel, cmp));
         }
-        let bar = progress::bar(self.opts.progress, files.iter().map(|f| f.size).sum());
+        let bar = progress::bar(self.opts.progress, files.iter().map(|f| f.stat.size).sum());
         let result = upload(self.client, self.ws, files, compare, &self.keys, &bar, summary).await;
         bar.finish_and_clear();
         for (i, outcome) in result? {
@@ -450,12 +486,8 @@ impl Engine<'_> {
         Ok(())
     }
 
-    async fn delete_remote(
-        &mut self,
-        deletes: Vec<(String, FileEntry)>,
-        index: &mut Index,
-        summary: &mut TransferSummary,
-    ) -> Result<(), SyncError> {
+    /// Moves the server files of local deletions to the trash; returns how many it moved.
+    async fn delete_remote(&mut self, deletes: Vec<(String, FileEntry)>, index: &mut Index) -> Result<u64, SyncError> {
         let files = self.client.files(self.ws);
         let mut results = stream::iter(deletes)
             .map(|(rel, entry)| {
@@ -466,10 +498,11 @@ impl Engine<'_> {
                 }
             })
             .buffer_unordered(DELETE_CONCURRENCY);
+        let mut deleted = 0;
         while let Some((rel, entry, res)) = results.next().await {
             match res {
                 Ok(_) => {
-                    summary.files_deleted += 1;
+                    deleted += 1;
                     self.own.deletes.insert(entry.path.as_str().to_owned());
                     index.entries.remove(&rel);
                 }
@@ -479,7 +512,7 @@ impl Engine<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
+        Ok(deleted)
     }
 
     /// Deletes a local file the server deleted, if it is still the copy the index knows (the server's trash
@@ -586,10 +619,8 @@ impl Engine<'_> {
                 }
                 // A conflict (someone created `to` meanwhile) is merged by the next round.
             }
-            let before = summary.files_deleted;
-            self.delete_remote(trash, index, summary).await?;
             // The old names are part of the renames, not deletions of their own.
-            summary.files_deleted = before;
+            self.delete_remote(trash, index).await?;
         }
         Ok(())
     }

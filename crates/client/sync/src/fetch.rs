@@ -112,15 +112,29 @@ pub(crate) async fn download(
     bar: &ProgressBar,
     summary: &mut TransferSummary,
 ) -> Result<Vec<(usize, Fetched)>, SyncError> {
-    let (jobs, inspected) = inspect_all(jobs, keys).await?;
+    let (jobs, inspected) = inspect_all(jobs, keys, bar).await?;
     download_inspected(client, ws, keys, jobs, inspected, device, bar, summary).await
 }
 
-/// Prepares every job's folders and looks at what is at its target (blocking work, off the runtime).
-pub(crate) async fn inspect_all(jobs: Vec<Job>, keys: &ChunkKeys) -> Result<(Vec<Job>, Vec<Inspected>), SyncError> {
-    let keys = keys.clone();
+/// Prepares every job's folders and looks at what is at its target (blocking work, off the runtime). Local
+/// files already there are read in full, so the bar says which one is being compared.
+pub(crate) async fn inspect_all(
+    jobs: Vec<Job>,
+    keys: &ChunkKeys,
+    bar: &ProgressBar,
+) -> Result<(Vec<Job>, Vec<Inspected>), SyncError> {
+    let (keys, bar) = (keys.clone(), bar.clone());
     tokio::task::spawn_blocking(move || {
-        let inspected = jobs.iter().map(|j| inspect(j, &keys)).collect::<Result<Vec<_>, _>>()?;
+        let total = jobs.len();
+        let inspected = jobs
+            .iter()
+            .enumerate()
+            .map(|(n, j)| {
+                bar.set_message(format!("comparing {}/{total}: {}", n + 1, j.entry.path));
+                inspect(j, &keys)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        bar.set_message("downloading");
         Ok((jobs, inspected))
     })
     .await
@@ -139,13 +153,12 @@ pub(crate) async fn download_inspected(
     bar: &ProgressBar,
     summary: &mut TransferSummary,
 ) -> Result<Vec<(usize, Fetched)>, SyncError> {
-    let root_jobs = jobs;
     let mut outcomes = Vec::new();
     let mut todo: Vec<(usize, Reuse)> = Vec::new();
     for (i, ins) in inspected.into_iter().enumerate() {
         match ins {
             Inspected::Done(f) => {
-                bar.inc(root_jobs[i].entry.size);
+                bar.inc(jobs[i].entry.size);
                 outcomes.push((i, f));
             }
             Inspected::Fetch(r) => todo.push((i, r)),
@@ -161,10 +174,7 @@ pub(crate) async fn download_inspected(
     for group in todo.chunks(MANIFESTS_PER_REQUEST) {
         let refs: Vec<ManifestRef> = group
             .iter()
-            .map(|(i, _)| ManifestRef {
-                path: root_jobs[*i].entry.path.clone(),
-                version: Some(root_jobs[*i].entry.version),
-            })
+            .map(|(i, _)| ManifestRef { path: jobs[*i].entry.path.clone(), version: Some(jobs[*i].entry.version) })
             .collect();
         let got = retry(|| files.manifests(&refs)).await?;
         if got.len() != refs.len() {
@@ -177,7 +187,7 @@ pub(crate) async fn download_inspected(
     let mut work: Vec<Work> = Vec::new();
     let mut wanted: Vec<(ChunkId, u32)> = Vec::new();
     for ((i, reuse), manifest) in todo.into_iter().zip(manifests) {
-        let job = &root_jobs[i];
+        let job = &jobs[i];
         let Some(manifest) = manifest else {
             outcomes.push((i, Fetched::Gone));
             bar.inc(job.entry.size);

@@ -299,6 +299,15 @@ mod tests {
     }
 
     #[test]
+    fn times_since_the_epoch() {
+        use std::time::Duration;
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_234);
+        assert_eq!(unix_ns(t) / 1_000_000, 1_234);
+        let before = SystemTime::UNIX_EPOCH - Duration::from_millis(5);
+        assert_eq!(unix_ns(before) / 1_000_000, -5);
+    }
+
+    #[test]
     fn recent_modifications_are_racy() {
         let stat = Stat { size: 1, mtime_ns: 5_000_000_000, inode: 1 };
         assert!(stat.is_racy(5_050_000_000));

@@ -91,9 +91,40 @@ pub(crate) fn prepare(root: &Path, target: &Path) -> Result<Result<Existing, Str
     }
 }
 
+/// Remembers paths by their lower-case form, to notice two that would be the same file on a
+/// case-insensitive file system (Windows, macOS by default).
+#[derive(Debug, Default)]
+pub(crate) struct CaseFold {
+    seen: std::collections::HashMap<String, String>,
+}
+
+impl CaseFold {
+    /// The earlier path whose lower-case form equals `path`'s, or `None` (and `path` is remembered).
+    pub(crate) fn first_with_same_name(&mut self, path: &str) -> Option<String> {
+        match self.seen.entry(path.to_lowercase()) {
+            std::collections::hash_map::Entry::Occupied(first) => Some(first.get().clone()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(path.to_owned());
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_differing_only_in_case_are_noticed() {
+        let mut names = CaseFold::default();
+        assert_eq!(names.first_with_same_name("docs/Report.pdf"), None);
+        assert_eq!(names.first_with_same_name("docs/report.pdf"), Some("docs/Report.pdf".to_owned()));
+        assert_eq!(names.first_with_same_name("DOCS/REPORT.PDF"), Some("docs/Report.pdf".to_owned()));
+        assert_eq!(names.first_with_same_name("docs/report.pdf.bak"), None);
+        assert_eq!(names.first_with_same_name("Ünïcode/Ä"), None);
+        assert_eq!(names.first_with_same_name("ünïcode/ä"), Some("Ünïcode/Ä".to_owned()));
+    }
 
     #[test]
     fn maps_relative_paths_below_the_root() {

@@ -19,7 +19,7 @@
 //! file that vanished and a new one with the same content hash is a server-side move, done locally by a
 //! rename.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use cloudsync_types::WsPath;
@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use crate::ignore::Rules;
 use crate::index::{Entry, Stat};
+use crate::localpath::CaseFold;
 
 /// A local regular file as scanned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,20 +155,19 @@ pub(crate) fn plan(
     rules: &Rules,
 ) -> Plan {
     let mut out = Plan::default();
-    let mut paths: Vec<&String> = local.keys().chain(index.keys()).chain(remote.keys()).collect();
-    paths.sort();
-    paths.dedup();
-    let mut case_seen: HashMap<String, &str> = HashMap::new();
+    let paths: BTreeSet<&String> = local.keys().chain(index.keys()).chain(remote.keys()).collect();
+    let mut names = CaseFold::default();
     for rel in paths {
         if rules.is_ignored(rel, false) {
             continue;
         }
         let (l, b, r) = (local.get(rel), index.get(rel), remote.get(rel));
         // Two server names that differ only in letter case cannot coexist on case-insensitive file systems.
+        let clash = names.first_with_same_name(rel);
         if l.is_none()
             && b.is_none()
             && r.is_some()
-            && let Some(first) = case_seen.get(&rel.to_lowercase())
+            && let Some(first) = clash
         {
             out.warnings.push(format!(
                 "{rel}: skipped, its name differs only in letter case from {first} (they cannot both exist on \
@@ -175,7 +175,6 @@ pub(crate) fn plan(
             ));
             continue;
         }
-        case_seen.entry(rel.to_lowercase()).or_insert(rel);
         let local_changed = match (l, b) {
             (Some(l), Some(b)) => l.stat != b.local || b.racy,
             (None, None) => false,

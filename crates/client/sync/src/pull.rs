@@ -3,7 +3,6 @@
 //! the old local copy already has, verified and renamed into place (see [`crate::fetch`]). Pull never deletes local files, and never writes through a symlink or outside
 //! the target folder (see [`crate::localpath`]).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -14,7 +13,7 @@ use futures_util::{StreamExt as _, stream};
 use crate::fetch::{Fetched, Inspected, Job, download_inspected, inspect_all};
 use crate::index::Stat;
 use crate::keys::{ChunkKeys, hash_matches};
-use crate::localpath::local_path;
+use crate::localpath::{CaseFold, local_path};
 use crate::retry::retry;
 use crate::{SyncError, TransferOptions, TransferSummary, progress};
 
@@ -47,7 +46,7 @@ pub async fn pull(
     let mut jobs = Vec::with_capacity(entries.len());
     for entry in entries {
         let shown = entry.path.to_string();
-        if let Some(first) = names.first_with_same_name(&entry.path) {
+        if let Some(first) = names.first_with_same_name(entry.path.as_str()) {
             summary.skip(format!(
                 "{shown}: skipped, its name differs only in letter case from {first}, which was pulled instead \
                  (they cannot both exist on a case-insensitive file system)"
@@ -65,7 +64,7 @@ pub async fn pull(
         }
     }
     let bar = progress::bar(opts.progress, jobs.iter().map(|j| j.entry.size).sum());
-    let (mut jobs, inspected) = inspect_all(jobs, &keys).await?;
+    let (mut jobs, inspected) = inspect_all(jobs, &keys, &bar).await?;
     // A differing local file that holds an earlier server version of its path is only stale: replacing it
     // loses nothing (the version history has it). Anything else is a local edit and is kept aside.
     let stale: Vec<(usize, Stat, [u8; 32])> = inspected
@@ -129,26 +128,6 @@ pub async fn pull(
 /// Version lists asked for concurrently when deciding whether differing local files are stale.
 const VERSION_CHECKS: usize = 8;
 
-/// Remembers the paths of one listing by their lower-case form, to notice two that would be the same file
-/// on a case-insensitive file system (Windows, macOS by default).
-#[derive(Debug, Default)]
-struct CaseFold {
-    seen: HashMap<String, WsPath>,
-}
-
-impl CaseFold {
-    /// The earlier path whose lower-case form equals `path`'s, or `None` (and `path` is remembered).
-    fn first_with_same_name(&mut self, path: &WsPath) -> Option<WsPath> {
-        match self.seen.entry(path.as_str().to_lowercase()) {
-            std::collections::hash_map::Entry::Occupied(first) => Some(first.get().clone()),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(path.clone());
-                None
-            }
-        }
-    }
-}
-
 /// Refuses a local path that exists but is not a folder; creates it otherwise.
 fn ensure_dir(root: &Path) -> Result<(), SyncError> {
     match std::fs::metadata(root) {
@@ -183,18 +162,6 @@ mod tests {
         assert_eq!(relative(&remote, &p("docs")), Some("docs"));
         assert_eq!(relative(&remote, &p("docsx/a")), None);
         assert_eq!(relative(&WsPath::root(), &p("x/y")), Some("x/y"));
-    }
-
-    #[test]
-    fn names_differing_only_in_case_are_noticed() {
-        let p = |s: &str| WsPath::parse(s).expect("path");
-        let mut names = CaseFold::default();
-        assert_eq!(names.first_with_same_name(&p("docs/Report.pdf")), None);
-        assert_eq!(names.first_with_same_name(&p("docs/report.pdf")), Some(p("docs/Report.pdf")));
-        assert_eq!(names.first_with_same_name(&p("DOCS/REPORT.PDF")), Some(p("docs/Report.pdf")));
-        assert_eq!(names.first_with_same_name(&p("docs/report.pdf.bak")), None);
-        assert_eq!(names.first_with_same_name(&p("Ünïcode/Ä")), None);
-        assert_eq!(names.first_with_same_name(&p("ünïcode/ä")), Some(p("Ünïcode/Ä")));
     }
 
     #[test]

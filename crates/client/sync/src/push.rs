@@ -10,7 +10,7 @@ use std::io::{self, Read, Seek as _, SeekFrom};
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use cloudsync_sdk::Client;
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::chunking::{chunk_stream, hash_reader};
 use crate::ignore::Rules;
-use crate::index::Stat;
+use crate::index::{Stat, unix_ns};
 use crate::keys::{ChunkKeys, hash_matches};
 use crate::retry::retry;
 use crate::scan::{LocalFile, Scan, identity, scan_dir, scan_single};
@@ -69,7 +69,7 @@ pub async fn push(
     let listed = retry(|| files.list_all(listing)).await?;
     let remote_files: HashMap<WsPath, FileEntry> = listed.into_iter().map(|e| (e.path.clone(), e)).collect();
 
-    let bar = progress::bar(opts.progress, scan.files.iter().map(|f| f.size).sum());
+    let bar = progress::bar(opts.progress, scan.files.iter().map(|f| f.stat.size).sum());
     let result = upload(client, ws, scan.files, remote_files, &keys, &bar, &mut summary).await;
     if result.is_err() {
         bar.abandon();
@@ -147,7 +147,7 @@ fn produce(
         };
         if matches!(event, Event::Skipped { .. }) {
             // Count what was not read, so the bar still ends at 100%.
-            bar.inc(file.size.saturating_sub(counted));
+            bar.inc(file.stat.size.saturating_sub(counted));
         }
         if tx.blocking_send(event).is_err() {
             return;
@@ -186,7 +186,7 @@ impl Hashing<'_> {
         if meta.len().div_ceil(u64::from(keys.params.max.max(1))) > self.max_chunks as u64 {
             return Ok(Some(self.too_many_chunks(file)));
         }
-        let mtime_ms = meta.modified().ok().and_then(unix_ms);
+        let mtime_ms = meta.modified().ok().map(|t| unix_ns(t) / 1_000_000);
         let stat = Stat::of(&meta);
         let reader = StopWhenClosed { inner: &handle, tx };
         // Same size as the server copy: a cheap hash-only pass decides whether chunking is needed at all.
@@ -249,17 +249,8 @@ impl Read for &StopWhenClosed<'_> {
     }
 }
 
-/// Milliseconds since the Unix epoch (negative before it).
-fn unix_ms(t: SystemTime) -> Option<i64> {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).ok(),
-        Err(e) => i64::try_from(e.duration().as_millis()).ok().map(|ms| -ms),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
 
@@ -293,7 +284,6 @@ mod tests {
             abs: path,
             ws: WsPath::parse("big.bin").expect("path"),
             rel: "big.bin".into(),
-            size: meta.len(),
             stat: Stat::of(&meta),
             identity: identity(&meta),
         };
@@ -327,13 +317,5 @@ mod tests {
         let skipped = tiny.read_file(0, &file, None, &mut counted).expect("read").expect("not stopped");
         assert!(matches!(skipped, Event::Skipped { .. }), "{skipped:?}");
         assert_eq!(counted, 0);
-    }
-
-    #[test]
-    fn millisecond_times() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_234);
-        assert_eq!(unix_ms(t), Some(1_234));
-        let before = SystemTime::UNIX_EPOCH - Duration::from_millis(5);
-        assert_eq!(unix_ms(before), Some(-5));
     }
 }

@@ -27,8 +27,6 @@ pub(crate) struct LocalFile {
     pub(crate) ws: WsPath,
     /// Its path relative to the scanned folder ('/'-separated; the file name for a single file).
     pub(crate) rel: String,
-    /// Size when scanned (for progress and the unchanged check).
-    pub(crate) size: u64,
     /// Size, mtime and inode when scanned (compared with the sync index).
     pub(crate) stat: Stat,
     /// Identity when scanned, to notice the file being swapped (e.g. for a symlink) before it is opened.
@@ -71,7 +69,6 @@ pub(crate) fn scan_single(path: &Path, meta: &fs::Metadata, remote: &WsPath) -> 
             abs: path.to_path_buf(),
             ws,
             rel: name.to_owned(),
-            size: meta.len(),
             stat: Stat::of(meta),
             identity: identity(meta),
         }],
@@ -158,8 +155,8 @@ fn read_dir_into(dir: &Dir, rules: &Rules, scan: &mut Scan, stack: &mut Vec<Dir>
         if kind.is_dir() {
             stack.push(Dir { abs: path, ws, rel });
         } else {
-            let (size, stat, identity) = (meta.len(), Stat::of(&meta), identity(&meta));
-            scan.files.push(LocalFile { abs: path, ws, rel, size, stat, identity });
+            let (stat, identity) = (Stat::of(&meta), identity(&meta));
+            scan.files.push(LocalFile { abs: path, ws, rel, stat, identity });
         }
     }
     Ok(())
@@ -199,7 +196,7 @@ mod tests {
             ]
         );
         assert_eq!(scan.files[2].abs, root.join("sub/b.txt"));
-        assert_eq!(scan.files[2].size, 2);
+        assert_eq!(scan.files[2].stat.size, 2);
         assert!(scan.skipped.is_empty(), "{:?}", scan.skipped);
 
         let at_root = scan_dir(root, &WsPath::root(), &Rules::defaults_only(), &ProgressBar::hidden()).expect("scan");

@@ -55,25 +55,7 @@ fn report(verb: &str, s: &TransferSummary, json: bool, conflicts_fail: bool) -> 
     if json {
         print_json(s)?;
     } else {
-        for w in &s.warnings {
-            eprintln!("warning: {w}");
-        }
-        for c in &s.conflicts {
-            eprintln!("conflict: {c}");
-        }
-        eprintln!(
-            "{verb}: {} files scanned, {} uploaded, {} downloaded, {} unchanged, {} conflicted; {} sent, {} received ({} new chunks, {} deduplicated) in {:.1}s",
-            s.files_scanned,
-            s.files_uploaded,
-            s.files_downloaded,
-            s.files_unchanged,
-            s.files_conflicted,
-            size(s.bytes_uploaded),
-            size(s.bytes_downloaded),
-            s.chunks_uploaded,
-            s.chunks_deduplicated,
-            s.seconds
-        );
+        print_summary(verb, s);
     }
     if conflicts_fail && s.files_conflicted > 0 {
         bail!(
@@ -82,6 +64,36 @@ fn report(verb: &str, s: &TransferSummary, json: bool, conflicts_fail: bool) -> 
         );
     }
     Ok(())
+}
+
+/// Prints a transfer's warnings, conflicts and counts on stderr.
+pub(crate) fn print_summary(verb: &str, s: &TransferSummary) {
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
+    for c in &s.conflicts {
+        eprintln!("conflict: {c}");
+    }
+    let mut moved = String::new();
+    if s.files_deleted > 0 {
+        moved.push_str(&format!(", {} deleted", s.files_deleted));
+    }
+    if s.files_renamed > 0 {
+        moved.push_str(&format!(", {} renamed", s.files_renamed));
+    }
+    eprintln!(
+        "{verb}: {} files scanned, {} uploaded, {} downloaded{moved}, {} unchanged, {} conflicted; {} sent, {} received ({} new chunks, {} deduplicated) in {:.1}s",
+        s.files_scanned,
+        s.files_uploaded,
+        s.files_downloaded,
+        s.files_unchanged,
+        s.files_conflicted,
+        size(s.bytes_uploaded),
+        size(s.bytes_downloaded),
+        s.chunks_uploaded,
+        s.chunks_deduplicated,
+        s.seconds
+    );
 }
 
 /// `cloudsync push LOCAL WORKSPACE[:PATH]`.

@@ -9,8 +9,8 @@ use cloudsync_sync::{PlanSummary, SyncOptions, SyncReport};
 
 use super::config::{ClientConfig, state_dir};
 use super::connect;
-use super::files::resolve;
-use super::output::{print_json, size};
+use super::files::{print_summary, resolve};
+use super::output::print_json;
 
 fn options(dry_run: bool) -> Result<SyncOptions> {
     let server = ClientConfig::load()?
@@ -57,31 +57,14 @@ fn print_report(r: &SyncReport, dry_run: bool, json: bool) -> Result<()> {
     if json {
         return print_json(r);
     }
-    let s = &r.summary;
-    for w in &s.warnings {
-        eprintln!("warning: {w}");
-    }
     if dry_run {
+        for w in &r.summary.warnings {
+            eprintln!("warning: {w}");
+        }
         print_plan(&r.plan);
-        return Ok(());
+    } else {
+        print_summary("sync", &r.summary);
     }
-    for c in &s.conflicts {
-        eprintln!("conflict: {c}");
-    }
-    eprintln!(
-        "sync: {} files scanned, {} uploaded, {} downloaded, {} deleted, {} renamed, {} conflicted; {} sent, {} received ({} new chunks, {} deduplicated) in {:.1}s",
-        s.files_scanned,
-        s.files_uploaded,
-        s.files_downloaded,
-        s.files_deleted,
-        s.files_renamed,
-        s.files_conflicted,
-        size(s.bytes_uploaded),
-        size(s.bytes_downloaded),
-        s.chunks_uploaded,
-        s.chunks_deduplicated,
-        s.seconds
-    );
     Ok(())
 }
 
