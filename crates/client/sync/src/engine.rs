@@ -149,7 +149,7 @@ pub async fn sync(
     let mut engine = Engine { client, ws, remote, root: &canonical, keys, opts, own: Own::default() };
     let mut report = SyncReport::default();
     for round in 0..MAX_ROUNDS {
-        let (plan, local_count, cursor) = engine.plan_round(&mut index, &mut report.summary, round == 0).await?;
+        let (plan, local_count, cursor) = engine.plan_round(&index, &mut report.summary, round == 0).await?;
         if round == 0 {
             report.summary.files_scanned = local_count;
             report.plan = plan.summary();
@@ -182,15 +182,15 @@ pub async fn sync(
 /// # Errors
 /// As [`sync`]; `InvalidLocal` when the folder has not been synced yet.
 pub async fn status(client: &Client, local: &Path, opts: &SyncOptions) -> Result<Status, SyncError> {
-    let (canonical, mut index, remote) = pairing(&opts.state_dir, local)?;
+    let (canonical, index, remote) = pairing(&opts.state_dir, local)?;
     let (server, ws) = (index.pair.server.clone(), index.pair.workspace);
     let workspaces = client.workspaces();
     let keys = ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)?;
     let engine = Engine { client, ws, remote: &remote, root: &canonical, keys, opts, own: Own::default() };
     let mut summary = TransferSummary::default();
-    let (plan, _, _) = engine.plan_round(&mut index, &mut summary, true).await?;
-    let mut warnings = summary.warnings;
-    warnings.extend(plan.warnings.iter().cloned());
+    // The first round's warnings (scan and plan) are collected in `summary`.
+    let (plan, _, _) = engine.plan_round(&index, &mut summary, true).await?;
+    let warnings = summary.warnings;
     Ok(Status {
         workspace: ws,
         remote: remote.as_str().to_owned(),
@@ -236,7 +236,7 @@ impl Engine<'_> {
     /// position the server state reflects.
     async fn plan_round(
         &self,
-        index: &mut Index,
+        index: &Index,
         summary: &mut TransferSummary,
         first: bool,
     ) -> Result<(Plan, u64, u64), SyncError> {
@@ -592,36 +592,33 @@ impl Engine<'_> {
             return Ok(());
         }
         let files = self.client.files(self.ws);
-        for group in moves.chunks(cloudsync_types::api::MAX_BATCH_COMMITS) {
-            let refs: Vec<ManifestRef> = group
-                .iter()
-                .map(|(_, _, r, _)| ManifestRef { path: r.path.clone(), version: Some(r.version) })
-                .collect();
-            let manifests = retry(|| files.manifests(&refs)).await?;
-            let mut reqs = Vec::new();
-            let mut which = Vec::new();
-            for ((from, to, remote, stat), m) in group.iter().zip(manifests) {
-                let (Some(m), Some(path)) = (m, join(self.remote, to)) else { continue };
-                reqs.push(CommitRequest { path, base_version: None, manifest: m.manifest, mtime_ms: remote.mtime_ms });
-                which.push((from.clone(), to.clone(), remote.clone(), *stat));
-            }
-            if reqs.is_empty() {
-                continue;
-            }
-            let results = files.commit_batch(&reqs).await?;
-            let mut trash = Vec::new();
-            for ((from, to, remote, stat), res) in which.into_iter().zip(results) {
-                if let Some(entry) = res.entry {
-                    self.own.commits.insert((entry.path.as_str().to_owned(), entry.version));
-                    index.entries.insert(to, Entry::new(stat, &entry, now_ns));
-                    summary.files_renamed += 1;
-                    trash.push((from, remote));
-                }
-                // A conflict (someone created `to` meanwhile) is merged by the next round.
-            }
-            // The old names are part of the renames, not deletions of their own.
-            self.delete_remote(trash, index).await?;
+        // The SDK splits both calls into requests within the server's caps.
+        let refs: Vec<ManifestRef> =
+            moves.iter().map(|(_, _, r, _)| ManifestRef { path: r.path.clone(), version: Some(r.version) }).collect();
+        let manifests = retry(|| files.manifests(&refs)).await?;
+        let mut reqs = Vec::new();
+        let mut which = Vec::new();
+        for ((from, to, remote, stat), m) in moves.into_iter().zip(manifests) {
+            let (Some(m), Some(path)) = (m, join(self.remote, &to)) else { continue };
+            reqs.push(CommitRequest { path, base_version: None, manifest: m.manifest, mtime_ms: remote.mtime_ms });
+            which.push((from, to, remote, stat));
         }
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        let results = files.commit_batch(&reqs).await?;
+        let mut trash = Vec::new();
+        for ((from, to, remote, stat), res) in which.into_iter().zip(results) {
+            if let Some(entry) = res.entry {
+                self.own.commits.insert((entry.path.as_str().to_owned(), entry.version));
+                index.entries.insert(to, Entry::new(stat, &entry, now_ns));
+                summary.files_renamed += 1;
+                trash.push((from, remote));
+            }
+            // A conflict (someone created `to` meanwhile) is merged by the next round.
+        }
+        // The old names are part of the renames, not deletions of their own.
+        self.delete_remote(trash, index).await?;
         Ok(())
     }
 }

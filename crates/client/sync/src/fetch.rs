@@ -42,8 +42,6 @@ use crate::{SyncError, TransferSummary};
 /// Prefix and suffix of the temporary files downloads are assembled in (sync and push skip them).
 pub(crate) const PART_PREFIX: &str = ".cloudsync-";
 pub(crate) const PART_SUFFIX: &str = ".part";
-/// Manifests asked for per request.
-const MANIFESTS_PER_REQUEST: usize = 1000;
 /// Payload bytes asked for per chunk request.
 const FETCH_BYTES: u64 = 16 * 1024 * 1024;
 /// Chunks asked for per request (the server's cap is higher).
@@ -170,18 +168,20 @@ pub(crate) async fn download_inspected(
 
     // Manifests of exactly the listed versions, so a concurrent change cannot make verification fail.
     let files = client.files(ws);
-    let mut manifests: Vec<Option<Manifest>> = Vec::with_capacity(todo.len());
-    for group in todo.chunks(MANIFESTS_PER_REQUEST) {
-        let refs: Vec<ManifestRef> = group
-            .iter()
-            .map(|(i, _)| ManifestRef { path: jobs[*i].entry.path.clone(), version: Some(jobs[*i].entry.version) })
-            .collect();
-        let got = retry(|| files.manifests(&refs)).await?;
-        if got.len() != refs.len() {
-            return Err(SyncError::Integrity(format!("the server answered {} of {} manifests", got.len(), refs.len())));
-        }
-        manifests.extend(got.into_iter().map(|m| m.map(|vm| vm.manifest)));
+    let refs: Vec<ManifestRef> = todo
+        .iter()
+        .map(|(i, _)| ManifestRef { path: jobs[*i].entry.path.clone(), version: Some(jobs[*i].entry.version) })
+        .collect();
+    // The SDK splits this into requests of at most 1000 files.
+    let manifests = retry(|| files.manifests(&refs)).await?;
+    if manifests.len() != refs.len() {
+        return Err(SyncError::Integrity(format!(
+            "the server answered {} of {} manifests",
+            manifests.len(),
+            refs.len()
+        )));
     }
+    let manifests = manifests.into_iter().map(|m| m.map(|vm| vm.manifest));
 
     // What to write, in order, and the chunks that must come from the server, in the order they are needed.
     let mut work: Vec<Work> = Vec::new();
