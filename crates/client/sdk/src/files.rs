@@ -7,9 +7,9 @@
 use bytes::Bytes;
 use cloudsync_types::api::{
     ChangeList, CommitBatchResponse, CommitRequest, CommitResult, DeleteRequest, DeleteResponse, FetchChunksRequest,
-    FileEntry, FileList, MAX_BATCH_COMMITS, MAX_BATCH_MANIFESTS, MAX_FETCH_CHUNKS, MAX_MISSING_QUERY, ManifestRef,
-    ManifestsRequest, ManifestsResponse, MissingChunksRequest, MissingChunksResponse, RestoreRequest, TrashEntry,
-    UploadChunksResponse, VersionInfo, VersionManifest,
+    FileEntry, FileList, MAX_BATCH_COMMITS, MAX_BATCH_MANIFESTS, MAX_FETCH_CHUNKS, MAX_JSON_BODY, MAX_MISSING_QUERY,
+    ManifestRef, ManifestsRequest, ManifestsResponse, MissingChunksRequest, MissingChunksResponse, RestoreRequest,
+    TrashEntry, UploadChunksResponse, VersionInfo, VersionManifest,
 };
 use cloudsync_types::{ChunkId, MAX_CHUNK_SIZE, WorkspaceId, WsPath};
 use futures_util::{Stream, StreamExt};
@@ -20,8 +20,10 @@ use crate::{ChunkStream, Client, Error, ErrorKind};
 
 /// Page size [`Files::list_all`] asks for.
 const LIST_ALL_PAGE: u32 = 1000;
-/// Body size past which [`Files::commit_batch`] starts another request (the server takes 32 MiB of JSON).
-const COMMIT_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Body size past which [`Files::commit_batch`] starts another request. Half of [`MAX_JSON_BODY`] leaves a
+/// wide margin under the server's cap (for the `{"commits": ...}` wrapper as well), so a request of several
+/// commits is never refused for its size; only a single commit too large on its own can be.
+const COMMIT_BATCH_BYTES: usize = MAX_JSON_BODY / 2;
 
 /// `/workspaces/{ws}/...` file endpoints; see [`Client::files`].
 #[derive(Debug, Clone, Copy)]

@@ -131,11 +131,12 @@ impl ChunkStream {
             if let Some(header) = parse_frame_header(&self.buf) {
                 let (id, len) = header.map_err(|e| self.bad_length(e))?;
                 if id != want {
+                    let n = self.asked - self.expected.len() + 1;
                     return Err(Error::new(
                         ErrorKind::Decode,
                         format!(
-                            "the server answered out of order: chunk {} of the fetch should be {want}, but it sent                              {id}",
-                            self.asked - self.expected.len() + 1
+                            "the server answered out of order: chunk {n} of the fetch should be {want}, \
+                             but it sent {id}"
                         ),
                     ));
                 }
@@ -274,6 +275,7 @@ mod tests {
         let (kind, message) = kind_of(read_all(&mut s).await).expect("out of order");
         assert_eq!(kind, ErrorKind::Decode);
         assert!(message.contains("out of order"), "{message}");
+        assert!(message.ends_with(&format!("but it sent {b}")) && !message.contains("  "), "{message}");
         assert_eq!(s.next().await.err().map(|e| e.kind()), Some(ErrorKind::Decode), "stays failed");
 
         let full = frames(&[(a, b"abc"), (b, b"def")]);

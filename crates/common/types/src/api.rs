@@ -273,6 +273,9 @@ pub const MAX_BATCH_COMMITS: usize = 1000;
 pub const MAX_BATCH_MANIFESTS: usize = 1000;
 /// Most chunk ids in one [`FetchChunksRequest`]; more is a 413 (`payload_too_large`).
 pub const MAX_FETCH_CHUNKS: usize = 4096;
+/// Largest JSON request body the server accepts (a commit of a ~16 GB file's manifest fits); more is a 413
+/// (`payload_too_large`).
+pub const MAX_JSON_BODY: usize = 32 * 1024 * 1024;
 
 /// `POST /api/v1/workspaces/{id}/files/commit-batch`: many commits in one request and one database
 /// transaction. Each commit succeeds or fails on its own (see [`CommitResult`]); the request as a whole fails

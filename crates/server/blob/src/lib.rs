@@ -14,7 +14,7 @@
 
 mod local;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cloudsync_crypto::{SecretKey, aead};
@@ -42,9 +42,22 @@ pub enum BlobError {
     /// Local setup failed.
     #[error("chunk store setup failed: {0}")]
     Setup(String),
-    /// A local file operation failed.
-    #[error("chunk store I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    /// A local file operation failed: the step (as in "cannot {action} {path}") and the path it concerned.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or folder it was done to.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A blocking task of the chunk store panicked (or was cancelled at shutdown).
+    #[error("a chunk store task did not finish: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// A chunk staged by another kind of chunk store (local disk or remote backend) was handed to this one.
+    #[error("chunk {0} was staged by another chunk store and cannot be stored by this one")]
+    Mismatch(String),
 }
 
 impl BlobError {
@@ -109,10 +122,11 @@ impl BlobStore {
     pub fn local(root: &Path) -> Result<Self, BlobError> {
         let tmp = root.join(".tmp");
         std::fs::create_dir_all(&tmp).map_err(|e| BlobError::Setup(format!("cannot create {}: {e}", tmp.display())))?;
-        let root_s = root.to_str().ok_or_else(|| BlobError::Setup("chunk directory is not valid UTF-8".into()))?;
-        let tmp_s = tmp.to_str().ok_or_else(|| BlobError::Setup("chunk directory is not valid UTF-8".into()))?;
-        let builder = opendal::services::Fs::default().root(root_s).atomic_write_dir(tmp_s);
-        let op = Operator::new(builder)?;
+        let root_s = root
+            .to_str()
+            .ok_or_else(|| BlobError::Setup(format!("chunk directory {} is not valid UTF-8", root.display())))?;
+        // Reads and deletes only: local writes go through `LocalDisk`.
+        let op = Operator::new(opendal::services::Fs::default().root(root_s))?;
         Ok(Self { op, local: Some(Arc::new(LocalDisk::new(root.to_path_buf(), tmp))) })
     }
 
@@ -150,7 +164,8 @@ impl BlobStore {
     /// fresh nonce, which is harmless; callers skip it by asking the metadata store.
     ///
     /// # Errors
-    /// When the backend fails; then none of the chunks may be recorded (some may exist, unrecorded).
+    /// When the backend fails, or a chunk was staged by another kind of chunk store (then nothing is written);
+    /// then none of the chunks may be recorded (some may exist, unrecorded).
     pub async fn persist(&self, chunks: Vec<StagedChunk>) -> Result<(), BlobError> {
         if chunks.is_empty() {
             return Ok(());
@@ -159,48 +174,26 @@ impl BlobStore {
             let disk = disk.clone();
             let temps = chunks
                 .into_iter()
-                .filter_map(|c| match c.pending {
-                    Pending::Local(t) => Some(t),
-                    Pending::Remote(_) => None,
+                .map(|c| match c.pending {
+                    Pending::Local(t) => Ok(t),
+                    Pending::Remote(_) => Err(BlobError::Mismatch(c.key)),
                 })
-                .collect();
-            return tokio::task::spawn_blocking(move || disk.persist(temps))
-                .await
-                .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
-                .map_err(BlobError::Io);
+                .collect::<Result<Vec<_>, _>>()?;
+            return tokio::task::spawn_blocking(move || disk.persist(temps)).await.map_err(BlobError::Task)?;
         }
-        futures_util::stream::iter(chunks)
-            .map(|c| async move {
-                match c.pending {
-                    Pending::Remote(sealed) => self.op.write(&c.key, sealed).await.map(drop),
-                    Pending::Local(_) => Ok(()),
-                }
+        let writes = chunks
+            .into_iter()
+            .map(|c| match c.pending {
+                Pending::Remote(sealed) => Ok((c.key, sealed)),
+                Pending::Local(_) => Err(BlobError::Mismatch(c.key)),
             })
+            .collect::<Result<Vec<_>, _>>()?;
+        futures_util::stream::iter(writes)
+            .map(|(key, sealed)| async move { self.op.write(&key, sealed).await.map(drop) })
             .buffer_unordered(REMOTE_WRITE_CONCURRENCY)
             .try_collect::<()>()
             .await
             .map_err(BlobError::Backend)
-    }
-
-    /// Seals and durably stores one chunk ([`BlobStore::stage`] then [`BlobStore::persist`]). Returns the
-    /// stored (sealed) size. For many chunks, stage them all and persist them together.
-    ///
-    /// # Errors
-    /// When the backend fails.
-    pub async fn put_chunk(
-        &self,
-        key: &SecretKey,
-        ws: WorkspaceId,
-        id: &ChunkId,
-        plaintext: &[u8],
-    ) -> Result<u32, BlobError> {
-        let (this, key, id, plaintext) = (self.clone(), key.clone(), *id, plaintext.to_vec());
-        let staged = tokio::task::spawn_blocking(move || this.stage(&key, ws, &id, &plaintext))
-            .await
-            .map_err(|e| BlobError::Io(std::io::Error::other(e)))??;
-        let size = staged.stored_size();
-        self.persist(vec![staged]).await?;
-        Ok(size)
     }
 
     /// Reads and opens a chunk, checking its integrity.
@@ -241,7 +234,8 @@ mod tests {
         let key = SecretKey::generate();
         let id = ChunkId([5; 32]);
         let plaintext = b"marker-6f1c2d plaintext that must never hit the disk".repeat(10);
-        store.put_chunk(&key, ws, &id, &plaintext).await.expect("put");
+        let staged = store.stage(&key, ws, &id, &plaintext).expect("stage");
+        store.persist(vec![staged]).await.expect("put");
         assert_eq!(store.get_chunk(&key, ws, &id).await.expect("get"), plaintext);
 
         // Nothing under the root holds the plaintext.
@@ -298,6 +292,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         staged_chunks_appear_only_once_persisted(BlobStore::local(dir.path()).expect("store")).await;
         assert_eq!(std::fs::read_dir(dir.path().join(".tmp")).expect("tmp").count(), 0, "no temporary file left");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_staged_by_another_kind_of_store_is_refused() {
+        let (local_dir, remote_dir) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        let local = BlobStore::local(local_dir.path()).expect("store");
+        let root = remote_dir.path().to_str().expect("utf-8");
+        let remote = BlobStore::from_operator(Operator::new(opendal::services::Fs::default().root(root)).expect("op"));
+        let (ws, key, id) = (WorkspaceId::new(), SecretKey::generate(), ChunkId([7; 32]));
+        for (from, to) in [(&local, &remote), (&remote, &local)] {
+            let staged = from.stage(&key, ws, &id, b"data").expect("stage");
+            assert!(matches!(to.persist(vec![staged]).await, Err(BlobError::Mismatch(_))));
+            assert!(matches!(to.get_chunk(&key, ws, &id).await, Err(BlobError::NotFound(_))), "nothing written");
+        }
+        assert_eq!(std::fs::read_dir(local_dir.path().join(".tmp")).expect("tmp").count(), 0, "no temporary file left");
     }
 
     #[tokio::test]

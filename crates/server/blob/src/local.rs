@@ -30,6 +30,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::BlobError;
+
 /// Temporary files older than this are left-overs of a crash and are removed when the store is opened.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -76,23 +78,23 @@ impl LocalDisk {
     }
 
     /// Writes `sealed` to a new temporary file for the object `key`. Blocking.
-    pub(crate) fn stage(&self, key: &str, sealed: &[u8]) -> std::io::Result<TempChunk> {
+    pub(crate) fn stage(&self, key: &str, sealed: &[u8]) -> Result<TempChunk, BlobError> {
         let name = format!("{}.{}", key.rsplit('/').next().unwrap_or("chunk"), hex::encode(random_suffix()));
         let tmp = self.tmp.join(name);
         let chunk = TempChunk { tmp, target: self.root.join(key), persisted: false };
-        let mut f = File::create_new(&chunk.tmp)?;
-        f.write_all(sealed)?;
+        let mut f = File::create_new(&chunk.tmp).map_err(io_error("create the staged chunk", &chunk.tmp))?;
+        f.write_all(sealed).map_err(io_error("write the staged chunk", &chunk.tmp))?;
         Ok(chunk)
     }
 
     /// Makes every chunk of the batch durable under its final name (see the module documentation). Blocking.
     /// On error no chunk may be recorded; temporary files of the batch are removed as the chunks drop.
-    pub(crate) fn persist(&self, mut chunks: Vec<TempChunk>) -> std::io::Result<()> {
+    pub(crate) fn persist(&self, mut chunks: Vec<TempChunk>) -> Result<(), BlobError> {
         if chunks.is_empty() {
             return Ok(());
         }
         let temps: Vec<PathBuf> = chunks.iter().map(|c| c.tmp.clone()).collect();
-        (self.barrier)(&self.root, &temps)?;
+        (self.barrier)(&self.root, &temps).map_err(io_error("sync the staged chunks under", &self.root))?;
         let mut dirs = BTreeSet::new();
         for c in &chunks {
             if let Some(parent) = c.target.parent() {
@@ -100,10 +102,10 @@ impl LocalDisk {
             }
         }
         for d in &dirs {
-            std::fs::create_dir_all(d)?;
+            std::fs::create_dir_all(d).map_err(io_error("create the folder", d))?;
         }
         for c in &mut chunks {
-            std::fs::rename(&c.tmp, &c.target)?;
+            std::fs::rename(&c.tmp, &c.target).map_err(io_error("rename the staged chunk to", &c.target))?;
             c.persisted = true;
         }
         // Every directory a rename or a new directory changed, up to the root.
@@ -119,7 +121,13 @@ impl LocalDisk {
         }
         touched.insert(self.tmp.clone());
         (self.barrier)(&self.root, &touched.into_iter().collect::<Vec<_>>())
+            .map_err(io_error("sync the renamed chunks and their folders under", &self.root))
     }
+}
+
+/// Wraps an I/O error with the step that failed (`action`, as in "cannot {action} {path}") and its path.
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BlobError {
+    move |source| BlobError::Io { action, path: path.to_path_buf(), source }
 }
 
 fn random_suffix() -> [u8; 8] {
@@ -192,6 +200,10 @@ mod tests {
         LocalDisk::new(root.to_path_buf(), tmp).with_barrier(barrier)
     }
 
+    fn passing(_root: &Path, _paths: &[PathBuf]) -> std::io::Result<()> {
+        Ok(())
+    }
+
     fn entries(dir: &Path) -> usize {
         std::fs::read_dir(dir).map_or(0, |d| d.count())
     }
@@ -236,6 +248,27 @@ mod tests {
         assert_eq!(entries(&dir.path().join(".tmp")), 1);
         drop(abandoned);
         assert_eq!(entries(&dir.path().join(".tmp")), 0, "an abandoned chunk removes its temporary file");
+    }
+
+    #[test]
+    fn errors_name_the_step_and_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let failing = disk(dir.path(), failing);
+        let staged = vec![failing.stage("ws/w/aa/1", b"one").expect("stage")];
+        let message = failing.persist(staged).expect_err("barrier fails").to_string();
+        assert!(
+            message.contains(&format!("cannot sync the staged chunks under {}", dir.path().display())),
+            "{message}"
+        );
+        assert!(message.ends_with("disk on fire"), "{message}");
+
+        // A file where a folder must go.
+        std::fs::write(dir.path().join("ws"), b"in the way").expect("file");
+        let disk = disk(dir.path(), passing);
+        let staged = vec![disk.stage("ws/w/aa/1", b"one").expect("stage")];
+        let message = disk.persist(staged).expect_err("folder cannot be created").to_string();
+        let folder = dir.path().join("ws/w/aa");
+        assert!(message.starts_with(&format!("cannot create the folder {}: ", folder.display())), "{message}");
     }
 
     #[test]

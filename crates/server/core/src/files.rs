@@ -29,22 +29,13 @@ impl Core {
         Ok(self.store.missing_chunks(access.workspace, ids).await?)
     }
 
-    /// Commits a new version.
+    /// Commits a new version ([`Core::commit_batch`] with one commit).
     ///
     /// # Errors
     /// A malformed manifest, missing chunks, or a stale base version (conflict; nothing is overwritten).
     pub async fn commit(&self, access: &Access, req: &CommitRequest) -> CoreResult<FileRecord> {
-        check_commit(req)?;
-        let ids: Vec<ChunkId> = req.manifest.chunks.iter().map(|c| c.id).collect();
-        let mut missing = Vec::new();
-        for batch in ids.chunks(MAX_MISSING_QUERY) {
-            missing.extend(self.store.missing_chunks(access.workspace, batch).await?);
-        }
-        if !missing.is_empty() {
-            return Err(CoreError::MissingChunks(missing));
-        }
-        let (v, row) = self.new_upload(access, req);
-        Ok(self.store.commit_version(access.workspace, &req.path, req.base_version, &v, &[row]).await?)
+        let mut results = self.commit_batch(access, std::slice::from_ref(req)).await?;
+        results.pop().unwrap_or_else(|| Err(CoreError::Internal("a commit batch of one answered no result".into())))
     }
 
     /// Commits many versions in one store transaction, each on its own terms: a malformed request, missing
@@ -70,7 +61,11 @@ impl Core {
             .flat_map(|(r, _)| r.manifest.chunks.iter().map(|c| c.id))
             .filter(|id| seen.insert(*id))
             .collect();
-        let missing: HashSet<ChunkId> = self.store.missing_chunks(access.workspace, &ids).await?.into_iter().collect();
+        let missing: HashSet<ChunkId> = if ids.is_empty() {
+            HashSet::new()
+        } else {
+            self.store.missing_chunks(access.workspace, &ids).await?.into_iter().collect()
+        };
         let mut commits = Vec::new();
         for (req, result) in reqs.iter().zip(&mut results) {
             if result.is_err() {
@@ -91,7 +86,12 @@ impl Core {
             let (version, row) = self.new_upload(access, req);
             commits.push(NewCommit { path: req.path.clone(), base: req.base_version, version, audit: vec![row] });
         }
-        let mut done = self.store.commit_versions(access.workspace, &commits).await?.into_iter();
+        let done = if commits.is_empty() {
+            Vec::new()
+        } else {
+            self.store.commit_versions(access.workspace, &commits).await?
+        };
+        let mut done = done.into_iter();
         Ok(results
             .into_iter()
             .map(|r| match r {
@@ -158,12 +158,7 @@ impl Core {
             .version(access.workspace, file.id, version.unwrap_or(file.version))
             .await?
             .ok_or(CoreError::NotFound("version"))?;
-        let manifest =
-            decode_manifest(&v.manifest).ok_or_else(|| CoreError::Internal("stored manifest is malformed".into()))?;
-        let row = self
-            .audit(AuditEvent::FileAccess, Some(&access.actor), Some(access.workspace))
-            .target(path.as_str())
-            .detail("version", v.version);
+        let (manifest, row) = self.accessed(access, path, &v)?;
         self.store.append_audit(&[row]).await?;
         Ok((file, v, manifest))
     }
@@ -191,19 +186,25 @@ impl Core {
                 out.push(None);
                 continue;
             };
-            let manifest = decode_manifest(&v.manifest)
-                .ok_or_else(|| CoreError::Internal("stored manifest is malformed".into()))?;
-            rows.push(
-                self.audit(AuditEvent::FileAccess, Some(&access.actor), Some(access.workspace))
-                    .target(f.path.as_str())
-                    .detail("version", v.version),
-            );
+            let (manifest, row) = self.accessed(access, &f.path, &v)?;
+            rows.push(row);
             out.push(Some((v, manifest)));
         }
         if !rows.is_empty() {
             self.store.append_audit(&rows).await?;
         }
         Ok(out)
+    }
+
+    /// The manifest of version `v` of the file at `path`, and the `file.access` audit row for reading it.
+    fn accessed(&self, access: &Access, path: &WsPath, v: &VersionRecord) -> CoreResult<(Manifest, NewAudit)> {
+        let manifest =
+            decode_manifest(&v.manifest).ok_or_else(|| CoreError::Internal("stored manifest is malformed".into()))?;
+        let row = self
+            .audit(AuditEvent::FileAccess, Some(&access.actor), Some(access.workspace))
+            .target(path.as_str())
+            .detail("version", v.version);
+        Ok((manifest, row))
     }
 
     /// All versions of the live file at `path`, newest first.

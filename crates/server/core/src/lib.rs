@@ -24,7 +24,7 @@ pub use auth::{LoginLimits, Session};
 pub use chunks::ChunkIo;
 pub use error::{CoreError, CoreResult};
 pub use manifest::{decode_manifest, encode_manifest};
-pub use upload::{ChunkUpload, FLUSH_BYTES, FLUSH_CHUNKS, GROUP_BYTES, GROUP_CHUNKS, MAX_TASKS};
+pub use upload::{ChunkUpload, FLUSH_CHUNKS};
 
 /// A source of time, injected so expiry and rate limits are testable.
 pub trait Clock: Send + Sync + std::fmt::Debug {

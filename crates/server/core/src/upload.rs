@@ -25,13 +25,13 @@ use tokio::task::JoinHandle;
 use crate::{ChunkIo, CoreError, CoreResult};
 
 /// Most chunks in one group (one presence query, one blocking task).
-pub const GROUP_CHUNKS: usize = 256;
+const GROUP_CHUNKS: usize = 256;
 /// A group is dispatched once it holds this many bytes.
-pub const GROUP_BYTES: usize = 8 * 1024 * 1024;
+const GROUP_BYTES: usize = 8 * 1024 * 1024;
 /// Groups verified and staged at once, besides the one filling.
-pub const MAX_TASKS: usize = 2;
+const MAX_TASKS: usize = 2;
 /// A batch is made durable and recorded once this many new bytes are staged.
-pub const FLUSH_BYTES: usize = 64 * 1024 * 1024;
+const FLUSH_BYTES: usize = 64 * 1024 * 1024;
 /// A batch is made durable and recorded once this many new chunks are staged.
 pub const FLUSH_CHUNKS: usize = 2000;
 
@@ -88,6 +88,7 @@ impl ChunkIo {
 
 impl ChunkUpload {
     /// The same upload with other flush thresholds (tests).
+    #[cfg(test)]
     #[must_use]
     pub fn with_flush_limits(mut self, bytes: usize, chunks: usize) -> Self {
         self.flush_bytes = bytes.max(1);

@@ -47,7 +47,7 @@ impl ApiError {
 
 impl ApiError {
     /// The body this error is answered with (also used for the per-item errors of batch answers).
-    pub fn into_body(self) -> ApiErrorBody {
+    pub(crate) fn into_body(self) -> ApiErrorBody {
         ApiErrorBody { code: self.code, message: self.message, request_id: request_id() }
     }
 }

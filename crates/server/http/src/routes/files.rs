@@ -69,10 +69,10 @@ pub(crate) async fn commit_batch(
     Ok(axum::Json(CommitBatchResponse { results }))
 }
 
-/// A version as a file entry: `file_id` and `path` of the file, everything else of that version.
-fn version_entry(file_id: cloudsync_types::FileId, path: WsPath, v: &VersionRecord) -> FileEntry {
+/// A version as a file entry, at `path`.
+fn version_entry(path: WsPath, v: &VersionRecord) -> FileEntry {
     FileEntry {
-        file_id,
+        file_id: v.file_id,
         path,
         version: v.version,
         version_id: v.id,
@@ -97,7 +97,7 @@ pub(crate) async fn manifests(
         .files
         .into_iter()
         .zip(found)
-        .map(|(f, m)| m.map(|(v, manifest)| VersionManifest { file: version_entry(v.file_id, f.path, &v), manifest }))
+        .map(|(f, m)| m.map(|(v, manifest)| VersionManifest { file: version_entry(f.path, &v), manifest }))
         .collect();
     Ok(axum::Json(ManifestsResponse { manifests }))
 }
@@ -145,7 +145,7 @@ pub(crate) async fn manifest(
     Query(q): Query<FileQuery>,
 ) -> Result<axum::Json<VersionManifest>, ApiError> {
     let (f, v, manifest) = st.core.open_file(&a, &path_param(&q.path)?, q.version).await?;
-    Ok(axum::Json(VersionManifest { file: version_entry(f.id, f.path, &v), manifest }))
+    Ok(axum::Json(VersionManifest { file: version_entry(f.path, &v), manifest }))
 }
 
 /// A version's content, streamed chunk by chunk (audited as file.access).

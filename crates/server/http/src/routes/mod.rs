@@ -70,8 +70,8 @@ pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("GET", "/api/v1/workspaces/{ws}/changes", Needs::Role(Role::Viewer)),
 ];
 
-/// Largest JSON body (a commit of a ~16 GB file's manifest fits).
-const JSON_LIMIT: usize = 32 * 1024 * 1024;
+/// Largest JSON body.
+const JSON_LIMIT: usize = cloudsync_types::api::MAX_JSON_BODY;
 
 /// The API router.
 pub fn api() -> Router<AppState> {
