@@ -1,6 +1,8 @@
 //! Audit rows: appended inside the caller's transaction, chained through `audit_heads` (whose row for the
 //! chain is updated in the same transaction, so concurrent appends serialise on it).
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use cloudsync_store::{AuditRow, AuditStore, NewAudit, StoreResult, audit_row_hash};
 use cloudsync_types::{AuditId, UserId, WorkspaceId};
@@ -8,49 +10,52 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::{SqliteStore, id, map_err, u64_of};
 
-/// Appends `rows` to their chains inside `tx`.
+/// Rows per multi-row INSERT (13 parameters each, well under SQLite's 32,766).
+const INSERT_ROWS: usize = 500;
+
+/// Appends `rows` to their chains inside `tx`. Each chain's head is read once and written once per call, and
+/// the rows go in multi-row INSERTs, so a batch of a thousand commits or manifest reads costs a handful of
+/// statements rather than three per row.
 pub(crate) async fn append(tx: &mut Transaction<'_, Sqlite>, rows: &[NewAudit]) -> StoreResult<()> {
+    let mut heads: HashMap<String, (u64, [u8; 32])> = HashMap::new();
+    let mut chained = Vec::with_capacity(rows.len());
     for row in rows {
         let chain = row.chain();
-        let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE chain = ?")
-            .bind(&chain)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(map_err)?;
-        let (prev_seq, prev_hash) = match head {
-            Some(r) => {
-                let h: Vec<u8> = r.get(1);
-                let mut prev = [0u8; 32];
-                if h.len() == 32 {
-                    prev.copy_from_slice(&h);
-                }
-                (u64_of(r.get::<i64, _>(0)), prev)
-            }
-            None => (0, [0u8; 32]),
+        let (prev_seq, prev_hash) = match heads.get(&chain) {
+            Some(head) => *head,
+            None => read_head(tx, &chain).await?,
         };
-        let seq = prev_seq + 1;
-        let aid = AuditId::new();
+        let (seq, aid) = (prev_seq + 1, AuditId::new());
         let hash = audit_row_hash(&prev_hash, aid, &chain, seq, row);
-        sqlx::query(
+        heads.insert(chain.clone(), (seq, hash));
+        chained.push((aid, chain, seq, row, prev_hash, hash));
+    }
+    for batch in chained.chunks(INSERT_ROWS) {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; batch.len()].join(", ");
+        let sql = format!(
             "INSERT INTO audit (id, chain, seq, at_ms, event, outcome, actor, workspace_id, ip, target, details, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(aid.as_uuid())
-        .bind(&chain)
-        .bind(crate::i64_of(seq))
-        .bind(row.at_ms)
-        .bind(row.event.as_str())
-        .bind(row.outcome.as_str())
-        .bind(row.actor.map(|a| a.as_uuid()))
-        .bind(row.workspace.map(|w| w.as_uuid()))
-        .bind(row.ip.as_deref())
-        .bind(row.target.as_deref())
-        .bind(row.details.to_string())
-        .bind(&prev_hash[..])
-        .bind(&hash[..])
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
+             VALUES {values}"
+        );
+        let mut q = sqlx::query(&sql);
+        for (aid, chain, seq, row, prev_hash, hash) in batch {
+            q = q
+                .bind(aid.as_uuid())
+                .bind(chain)
+                .bind(crate::i64_of(*seq))
+                .bind(row.at_ms)
+                .bind(row.event.as_str())
+                .bind(row.outcome.as_str())
+                .bind(row.actor.map(|a| a.as_uuid()))
+                .bind(row.workspace.map(|w| w.as_uuid()))
+                .bind(row.ip.as_deref())
+                .bind(row.target.as_deref())
+                .bind(row.details.to_string())
+                .bind(&prev_hash[..])
+                .bind(&hash[..]);
+        }
+        q.execute(&mut **tx).await.map_err(map_err)?;
+    }
+    for (chain, (seq, hash)) in heads {
         sqlx::query(
             "INSERT INTO audit_heads (chain, seq, hash) VALUES (?, ?, ?)
              ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
@@ -63,6 +68,16 @@ pub(crate) async fn append(tx: &mut Transaction<'_, Sqlite>, rows: &[NewAudit]) 
         .map_err(map_err)?;
     }
     Ok(())
+}
+
+/// The sequence number and hash of a chain's last row (zero for an empty chain).
+async fn read_head(tx: &mut Transaction<'_, Sqlite>, chain: &str) -> StoreResult<(u64, [u8; 32])> {
+    let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE chain = ?")
+        .bind(chain)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(head.map_or((0, [0u8; 32]), |r| (u64_of(r.get::<i64, _>(0)), hash32(&r.get::<Vec<u8>, _>(1)))))
 }
 
 fn hash32(v: &[u8]) -> [u8; 32] {

@@ -306,14 +306,16 @@ impl FileStore for SqliteStore {
         files: &[(WsPath, Option<u64>)],
     ) -> StoreResult<Vec<Option<VersionRecord>>> {
         let mut out = vec![None; files.len()];
-        // One read transaction (one snapshot), a few queries that each look up a batch of paths.
+        // One read transaction (one snapshot), a few queries that each look up a batch of paths. CROSS JOIN
+        // keeps the requested paths as the outer loop (SQLite never reorders it): left to itself, the bundled
+        // SQLite scanned `files` once per requested path, ~1 ms per path on 10,000 files.
         let mut tx = self.reader.begin().await.map_err(map_err)?;
         for (n, batch) in files.chunks(LOOKUP_BATCH).enumerate() {
             let rows = vec!["(?, ?, ?)"; batch.len()].join(",");
             let sql = format!(
                 "WITH req(i, path, ver) AS (VALUES {rows})
                  SELECT req.i AS req_i, v.*, u.email FROM req
-                 JOIN files f ON f.workspace_id = ? AND f.path = req.path AND f.deleted_ms IS NULL
+                 CROSS JOIN files f ON f.workspace_id = ? AND f.path = req.path AND f.deleted_ms IS NULL
                  JOIN versions v ON v.file_id = f.id AND v.version = coalesce(req.ver, f.current_version)
                  LEFT JOIN users u ON u.id = v.created_by"
             );
