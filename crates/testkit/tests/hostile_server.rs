@@ -61,6 +61,11 @@ async fn start(script: Shared) -> (Client, tokio::sync::oneshot::Sender<()>, tem
         .route(&format!("{ws}/files"), get(list))
         .route(&format!("{ws}/files/manifests"), post(manifests))
         .route(&format!("{ws}/chunks/fetch"), post(fetch))
+        .fallback(|uri: axum::http::Uri| async move {
+            // A route the client needs that this crafted server lacks would otherwise be a bare 404.
+            eprintln!("the crafted server has no route for {uri}");
+            axum::http::StatusCode::NOT_IMPLEMENTED
+        })
         .with_state(script);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("https://{}", listener.local_addr().expect("addr"));

@@ -27,7 +27,7 @@ use crate::index::{Entry, Index, IndexFile, Pair, Stat, canonical_folder, peek, 
 use crate::keys::ChunkKeys;
 use crate::localpath::local_path;
 use crate::plan::{Action, LocalState, Plan, PlanSummary, Remote, join, plan, remote_from_index};
-use crate::push::upload;
+use crate::push::{Reading, upload};
 use crate::retry::retry;
 use crate::scan::{LocalFile, scan_dir};
 use crate::upload::Outcome;
@@ -404,17 +404,19 @@ impl Engine<'_> {
             if let Some(c) = cmp.clone() {
                 compare.insert(ws_path.clone(), c);
             }
+            let stat = Stat::of(&meta);
             files.push(LocalFile {
                 abs,
                 ws: ws_path,
                 rel: rel.clone(),
-                stat: Stat::of(&meta),
+                stat,
+                likely_unchanged: index.entries.get(&rel).is_some_and(|e| e.local == stat),
                 identity: crate::scan::identity(&meta),
             });
             rels.push((rel, cmp));
         }
         let bar = progress::bar(self.opts.progress, files.iter().map(|f| f.stat.size).sum());
-        let result = upload(self.client, self.ws, files, compare, &self.keys, &bar, summary).await;
+        let result = upload(self.client, self.ws, files, compare, &self.keys, Reading::Once, &bar, summary).await;
         bar.finish_and_clear();
         for (i, outcome) in result? {
             let Some((rel, cmp)) = rels.get(i) else { continue };

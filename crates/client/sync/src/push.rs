@@ -70,7 +70,7 @@ pub async fn push(
     let remote_files: HashMap<WsPath, FileEntry> = listed.into_iter().map(|e| (e.path.clone(), e)).collect();
 
     let bar = progress::bar(opts.progress, scan.files.iter().map(|f| f.stat.size).sum());
-    let result = upload(client, ws, scan.files, remote_files, &keys, &bar, &mut summary).await;
+    let result = upload(client, ws, scan.files, remote_files, &keys, Reading::Precheck, &bar, &mut summary).await;
     if result.is_err() {
         bar.abandon();
     } else {
@@ -81,15 +81,29 @@ pub async fn push(
     Ok(summary)
 }
 
+/// How a file that may equal its server copy (same size) is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// Hash it first and chunk it only if it differs: cheapest when most files are unchanged (a push,
+    /// which has no record of what changed).
+    Precheck,
+    /// Chunk it straight away and compare the whole-file hash at the end: one read instead of two when
+    /// the file most likely changed (a sync, whose index saw its size or mtime move). A file the index
+    /// saw unchanged ([`LocalFile::likely_unchanged`]) is still prechecked.
+    Once,
+}
+
 /// Uploads `files`: each is compared with its entry in `compare` (skipped when the content is the same),
 /// committed against that entry's version (or as a new file when it has none), and only the chunks the
 /// server lacks are sent. Returns what became of each file, by its index in `files`.
+#[expect(clippy::too_many_arguments, reason = "internal; the inputs of one upload")]
 pub(crate) async fn upload(
     client: &Client,
     ws: WorkspaceId,
     files: Vec<LocalFile>,
     compare: HashMap<WsPath, FileEntry>,
     keys: &ChunkKeys,
+    reading: Reading,
     bar: &ProgressBar,
     summary: &mut TransferSummary,
 ) -> Result<Vec<(usize, Outcome)>, SyncError> {
@@ -98,7 +112,7 @@ pub(crate) async fn upload(
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let producer = {
         let (files, compare, bar, keys) = (Arc::clone(&files), Arc::clone(&compare), bar.clone(), keys.clone());
-        tokio::task::spawn_blocking(move || produce(&files, &compare, &keys, &tx, &bar))
+        tokio::task::spawn_blocking(move || produce(&files, &compare, &keys, reading, &tx, &bar))
     };
     let mut uploader = Uploader::new(client.clone(), ws, &files, &compare);
     // On failure the hashing thread notices the closed channel and stops at its next read.
@@ -133,10 +147,11 @@ fn produce(
     files: &[LocalFile],
     remote: &HashMap<WsPath, FileEntry>,
     keys: &ChunkKeys,
+    reading: Reading,
     tx: &mpsc::Sender<Event>,
     bar: &ProgressBar,
 ) {
-    let hashing = Hashing { keys, tx, bar, max_chunks: MAX_MANIFEST_CHUNKS };
+    let hashing = Hashing { keys, tx, bar, max_chunks: MAX_MANIFEST_CHUNKS, reading };
     for (idx, file) in files.iter().enumerate() {
         bar.set_message(file.ws.to_string());
         let mut counted = 0;
@@ -162,6 +177,7 @@ struct Hashing<'a> {
     bar: &'a ProgressBar,
     /// The most chunks a file may have ([`MAX_MANIFEST_CHUNKS`]; smaller in tests).
     max_chunks: usize,
+    reading: Reading,
 }
 
 impl Hashing<'_> {
@@ -189,8 +205,11 @@ impl Hashing<'_> {
         let mtime_ms = meta.modified().ok().map(|t| unix_ns(t) / 1_000_000);
         let stat = Stat::of(&meta);
         let reader = StopWhenClosed { inner: &handle, tx };
-        // Same size as the server copy: a cheap hash-only pass decides whether chunking is needed at all.
-        if let Some(r) = remote.filter(|r| r.size == meta.len()) {
+        // Same size as the server copy: with `Precheck`, a cheap hash-only pass decides whether chunking is
+        // needed at all; with `Once`, the chunking pass's own hash decides at the end.
+        let same_size = remote.filter(|r| r.size == meta.len());
+        let precheck = self.reading == Reading::Precheck || file.likely_unchanged;
+        if let Some(r) = same_size.filter(|_| precheck) {
             let digest = hash_reader(&reader, keys)?;
             if digest.size == r.size && hash_matches(&digest.hash, &r.content_hash) {
                 bar.inc(digest.size);
@@ -217,7 +236,11 @@ impl Hashing<'_> {
         if too_many {
             return Ok(Some(self.too_many_chunks(file)));
         }
-        Ok(digest.map(|d| Event::Done { idx, size: d.size, hash: d.hash, mtime_ms, stat }))
+        Ok(digest.map(|d| match same_size {
+            // Read once and still equal: its chunks (all held by the server) are dropped by the uploader.
+            Some(r) if d.size == r.size && hash_matches(&d.hash, &r.content_hash) => Event::Unchanged { idx, stat },
+            _ => Event::Done { idx, size: d.size, hash: d.hash, mtime_ms, stat },
+        }))
     }
 
     /// A file the server would refuse for having too many chunks. Its chunks so far are abandoned (the
@@ -285,6 +308,7 @@ mod tests {
             ws: WsPath::parse("big.bin").expect("path"),
             rel: "big.bin".into(),
             stat: Stat::of(&meta),
+            likely_unchanged: false,
             identity: identity(&meta),
         };
         let keys = ChunkKeys::for_test(ChunkerParams { min: 1024, avg: 4096, max: 16384 });
@@ -292,7 +316,7 @@ mod tests {
         let bar = ProgressBar::hidden();
 
         // Allowed enough chunks: the file is read and ends with `Done`.
-        let roomy = Hashing { keys: &keys, tx: &tx, bar: &bar, max_chunks: 1000 };
+        let roomy = Hashing { keys: &keys, tx: &tx, bar: &bar, max_chunks: 1000, reading: Reading::Precheck };
         let mut counted = 0;
         let done = roomy.read_file(0, &file, None, &mut counted).expect("read").expect("not stopped");
         assert!(matches!(done, Event::Done { size: 200_000, .. }), "{done:?}");
@@ -317,5 +341,54 @@ mod tests {
         let skipped = tiny.read_file(0, &file, None, &mut counted).expect("read").expect("not stopped");
         assert!(matches!(skipped, Event::Skipped { .. }), "{skipped:?}");
         assert_eq!(counted, 0);
+    }
+
+    #[test]
+    fn a_file_equal_to_its_server_copy_is_unchanged_whichever_way_it_is_read() {
+        use cloudsync_chunker::ChunkerParams;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("same.bin");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let meta = std::fs::metadata(&path).expect("meta");
+        let file = LocalFile {
+            abs: path,
+            ws: WsPath::parse("same.bin").expect("path"),
+            rel: "same.bin".into(),
+            stat: Stat::of(&meta),
+            likely_unchanged: false,
+            identity: identity(&meta),
+        };
+        let keys = ChunkKeys::for_test(ChunkerParams { min: 1024, avg: 4096, max: 16384 });
+        let digest = hash_reader(&data[..], &keys).expect("hash");
+        let remote = FileEntry {
+            file_id: cloudsync_types::FileId::new(),
+            path: file.ws.clone(),
+            version: 1,
+            version_id: cloudsync_types::VersionId::new(),
+            size: digest.size,
+            content_hash: crate::keys::hash_hex(&digest.hash),
+            mtime_ms: None,
+            modified_at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        let (tx, mut rx) = mpsc::channel(10_000);
+        let bar = ProgressBar::hidden();
+        // (how, whether the index saw the file unchanged, whether chunks go out before the verdict)
+        for (reading, likely, chunks_expected) in
+            [(Reading::Precheck, false, false), (Reading::Once, false, true), (Reading::Once, true, false)]
+        {
+            let hashing = Hashing { keys: &keys, tx: &tx, bar: &bar, max_chunks: 1000, reading };
+            let file = LocalFile { likely_unchanged: likely, ..file.clone() };
+            let mut counted = 0;
+            let ev = hashing.read_file(0, &file, Some(&remote), &mut counted).expect("read").expect("not stopped");
+            assert!(matches!(ev, Event::Unchanged { idx: 0, .. }), "{reading:?}: {ev:?}");
+            assert_eq!(counted, 100_000, "{reading:?}");
+            let mut chunks = 0;
+            while rx.try_recv().is_ok() {
+                chunks += 1;
+            }
+            assert_eq!(chunks > 0, chunks_expected, "{reading:?}: {chunks} chunks sent before the verdict");
+        }
     }
 }

@@ -29,6 +29,9 @@ pub(crate) struct LocalFile {
     pub(crate) rel: String,
     /// Size, mtime and inode when scanned (compared with the sync index).
     pub(crate) stat: Stat,
+    /// The sync index saw this very stat (the file is read only to confirm it, see `index::Entry::racy`), so
+    /// it most likely equals its server copy.
+    pub(crate) likely_unchanged: bool,
     /// Identity when scanned, to notice the file being swapped (e.g. for a symlink) before it is opened.
     pub(crate) identity: Option<(u64, u64)>,
 }
@@ -70,6 +73,7 @@ pub(crate) fn scan_single(path: &Path, meta: &fs::Metadata, remote: &WsPath) -> 
             ws,
             rel: name.to_owned(),
             stat: Stat::of(meta),
+            likely_unchanged: false,
             identity: identity(meta),
         }],
         skipped: Vec::new(),
@@ -156,7 +160,7 @@ fn read_dir_into(dir: &Dir, rules: &Rules, scan: &mut Scan, stack: &mut Vec<Dir>
             stack.push(Dir { abs: path, ws, rel });
         } else {
             let (stat, identity) = (Stat::of(&meta), identity(&meta));
-            scan.files.push(LocalFile { abs: path, ws, rel, stat, identity });
+            scan.files.push(LocalFile { abs: path, ws, rel, stat, likely_unchanged: false, identity });
         }
     }
     Ok(())

@@ -182,6 +182,9 @@ impl<'a> Uploader<'a> {
                 }
             }
             Event::Unchanged { idx, stat } => {
+                // With a single read its chunks went by first; the file is not committed.
+                self.current.clear();
+                self.current_last = None;
                 summary.files_unchanged += 1;
                 self.outcomes.push((idx, Outcome::Unchanged { stat }));
             }
