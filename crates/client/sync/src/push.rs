@@ -293,25 +293,33 @@ mod tests {
         assert!(!single);
     }
 
-    #[test]
-    fn a_file_with_too_many_chunks_is_skipped_while_chunking() {
-        use cloudsync_chunker::ChunkerParams;
-
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("big.bin");
-        // Varied bytes, so the chunker cuts content-defined chunks between min and max.
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    /// A file of `len` varied bytes (so the chunker cuts content-defined chunks between min and max) in `dir`,
+    /// as the scan would describe it, and its content.
+    fn fixture(dir: &Path, name: &str, len: u32) -> (LocalFile, Vec<u8>) {
+        let path = dir.join(name);
+        let data: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         std::fs::write(&path, &data).expect("write");
         let meta = std::fs::metadata(&path).expect("meta");
         let file = LocalFile {
             abs: path,
-            ws: WsPath::parse("big.bin").expect("path"),
-            rel: "big.bin".into(),
+            ws: WsPath::parse(name).expect("path"),
+            rel: name.into(),
             stat: Stat::of(&meta),
             likely_unchanged: false,
             identity: identity(&meta),
         };
-        let keys = ChunkKeys::for_test(ChunkerParams { min: 1024, avg: 4096, max: 16384 });
+        (file, data)
+    }
+
+    fn small_chunks() -> ChunkKeys {
+        ChunkKeys::for_test(cloudsync_chunker::ChunkerParams { min: 1024, avg: 4096, max: 16384 })
+    }
+
+    #[test]
+    fn a_file_with_too_many_chunks_is_skipped_while_chunking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (file, _) = fixture(dir.path(), "big.bin", 200_000);
+        let keys = small_chunks();
         let (tx, mut rx) = mpsc::channel(10_000);
         let bar = ProgressBar::hidden();
 
@@ -345,22 +353,9 @@ mod tests {
 
     #[test]
     fn a_file_equal_to_its_server_copy_is_unchanged_whichever_way_it_is_read() {
-        use cloudsync_chunker::ChunkerParams;
-
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("same.bin");
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        std::fs::write(&path, &data).expect("write");
-        let meta = std::fs::metadata(&path).expect("meta");
-        let file = LocalFile {
-            abs: path,
-            ws: WsPath::parse("same.bin").expect("path"),
-            rel: "same.bin".into(),
-            stat: Stat::of(&meta),
-            likely_unchanged: false,
-            identity: identity(&meta),
-        };
-        let keys = ChunkKeys::for_test(ChunkerParams { min: 1024, avg: 4096, max: 16384 });
+        let (file, data) = fixture(dir.path(), "same.bin", 100_000);
+        let keys = small_chunks();
         let digest = hash_reader(&data[..], &keys).expect("hash");
         let remote = FileEntry {
             file_id: cloudsync_types::FileId::new(),
