@@ -28,6 +28,7 @@ fn body_for(method: &str, path: &str, viewer_id: &str) -> Option<serde_json::Val
         ("POST", "commit-batch") => serde_json::json!({"commits": []}),
         ("POST", "manifests") => serde_json::json!({"files": [{"path": "f.txt"}]}),
         ("POST", "fetch") => serde_json::json!({"ids": []}),
+        ("POST", "signatures") => serde_json::json!({"bases": []}),
         ("POST", "delete") | ("POST", "restore") => serde_json::json!({"path": "f.txt"}),
         ("POST", "workspaces") => serde_json::json!({"name": format!("w-{viewer_id}")}),
         _ => return None,
@@ -112,7 +113,7 @@ async fn every_route_refuses_every_lower_role_and_hides_workspaces_from_non_memb
             if let Some(b) = body_for(method, template, &viewer_id.to_string()) {
                 req = req.json(&b);
             }
-            if template.ends_with("/chunks") && *method == "POST" {
+            if (template.ends_with("/chunks") || template.ends_with("/chunks/deltas")) && *method == "POST" {
                 req = req.header("content-type", "application/octet-stream").body(Vec::<u8>::new());
             }
             let resp = req.send().await.expect("send");

@@ -6,11 +6,13 @@
 
 use bytes::Bytes;
 use cloudsync_types::api::{
-    ChangeList, CommitBatchResponse, CommitRequest, CommitResult, DeleteRequest, DeleteResponse, FetchChunksRequest,
-    FileEntry, FileList, MAX_BATCH_COMMITS, MAX_BATCH_MANIFESTS, MAX_FETCH_CHUNKS, MAX_JSON_BODY, MAX_MISSING_QUERY,
+    ChangeList, ChunkSignature, ChunkSignaturesRequest, ChunkSignaturesResponse, CommitBatchResponse, CommitRequest,
+    CommitResult, DeleteRequest, DeleteResponse, DeltaBaseRef, FetchChunksRequest, FileEntry, FileList,
+    MAX_BATCH_COMMITS, MAX_BATCH_MANIFESTS, MAX_FETCH_CHUNKS, MAX_JSON_BODY, MAX_MISSING_QUERY, MAX_SIGNATURE_BASES,
     ManifestRef, ManifestsRequest, ManifestsResponse, MissingChunksRequest, MissingChunksResponse, RestoreRequest,
-    TrashEntry, UploadChunksResponse, VersionInfo, VersionManifest,
+    TrashEntry, UploadChunksResponse, UploadDeltasResponse, VersionInfo, VersionManifest,
 };
+use cloudsync_types::frame::delta_payload;
 use cloudsync_types::{ChunkId, MAX_CHUNK_SIZE, WorkspaceId, WsPath};
 use futures_util::{Stream, StreamExt};
 use reqwest::Method;
@@ -24,6 +26,17 @@ const LIST_ALL_PAGE: u32 = 1000;
 /// wide margin under the server's cap (for the `{"commits": ...}` wrapper as well), so a request of several
 /// commits is never refused for its size; only a single commit too large on its own can be.
 const COMMIT_BATCH_BYTES: usize = MAX_JSON_BODY / 2;
+
+/// One chunk to upload as a delta: applying `delta` to the `bases` concatenated rebuilds chunk `id`.
+#[derive(Debug, Clone)]
+pub struct ChunkDelta {
+    /// The chunk to rebuild.
+    pub id: ChunkId,
+    /// Base chunks, as a [`ChunkSignature`] named them.
+    pub bases: Vec<ChunkId>,
+    /// librsync delta against the signature of the bases.
+    pub delta: Vec<u8>,
+}
 
 /// `/workspaces/{ws}/...` file endpoints; see [`Client::files`].
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +81,58 @@ impl Files<'_> {
         let rb = self
             .client
             .request(Method::POST, &self.path("/chunks"))?
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(body));
+        self.client.call(rb).await
+    }
+
+    /// `POST /workspaces/{ws}/chunks/signatures`: for new chunks about to replace bytes of a file's current
+    /// version, the server's choice of base chunks and their rsync signature (see [`Files::upload_deltas`]).
+    /// Asks in batches of [`MAX_SIGNATURE_BASES`]; answers in order, `None` where there is no base.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Forbidden`] below Editor, and any transport failure.
+    pub async fn chunk_signatures(&self, bases: &[DeltaBaseRef]) -> Result<Vec<Option<ChunkSignature>>, Error> {
+        let mut out = Vec::with_capacity(bases.len());
+        for batch in bases.chunks(MAX_SIGNATURE_BASES) {
+            let req = ChunkSignaturesRequest { bases: batch.to_vec() };
+            let rb = self.client.request(Method::POST, &self.path("/chunks/signatures"))?.json(&req);
+            let resp: ChunkSignaturesResponse = self.client.call(rb).await?;
+            if resp.signatures.len() != batch.len() {
+                return Err(Error::new(
+                    ErrorKind::Decode,
+                    format!("asked for {} signatures, the server answered {}", batch.len(), resp.signatures.len()),
+                ));
+            }
+            out.extend(resp.signatures);
+        }
+        Ok(out)
+    }
+
+    /// `POST /workspaces/{ws}/chunks/deltas`: uploads chunks as librsync deltas against base chunks the
+    /// workspace holds (as chosen by [`Files::chunk_signatures`]). The server rebuilds each chunk and stores it
+    /// only if it matches its id; the others come back in `failed`, to be uploaded whole. An empty `deltas`
+    /// makes no request.
+    ///
+    /// # Errors
+    /// [`ErrorKind::TooLarge`] for a delta over [`MAX_CHUNK_SIZE`] or with more than
+    /// [`cloudsync_types::api::MAX_DELTA_BASES`] bases (checked before sending), [`ErrorKind::NotFound`] when
+    /// the workspace does not hold a base, and any transport failure.
+    pub async fn upload_deltas(&self, deltas: Vec<ChunkDelta>) -> Result<UploadDeltasResponse, Error> {
+        if deltas.is_empty() {
+            return Ok(UploadDeltasResponse { stored: 0, already_present: 0, failed: Vec::new() });
+        }
+        let mut frames = Vec::with_capacity(deltas.len());
+        for d in deltas {
+            let payload = delta_payload(&d.bases, &d.delta)
+                .map_err(|e| Error::new(ErrorKind::TooLarge, format!("chunk {}: {e}", d.id)))?;
+            frames.push((d.id, Bytes::from(payload)));
+        }
+        let (len, body) = crate::frames::upload_body(frames)?;
+        let rb = self
+            .client
+            .request(Method::POST, &self.path("/chunks/deltas"))?
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, len)
             .body(reqwest::Body::wrap_stream(body));

@@ -50,7 +50,7 @@ pub use client::Client;
 pub use cloudsync_types as types;
 pub use cloudsync_types::frame::{FRAME_HEADER_LEN, frame_header};
 pub use error::{Error, ErrorKind};
-pub use files::{Download, Files};
+pub use files::{ChunkDelta, Download, Files};
 pub use fingerprint::{certificate_fingerprint, format_fingerprint, parse_fingerprint};
 pub use frames::ChunkStream;
 pub use tls::{Trust, probe_fingerprint};

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use cloudsync_types::ChunkId;
+use cloudsync_types::api::DeltaBaseRef;
 
 /// Files read and waiting for their batch to be stored before they are committed; reaching this many
 /// flushes the filling batch even when it is not full, and waits for every batch in flight.
@@ -35,12 +36,21 @@ impl BatchLimits {
     }
 }
 
+/// A chunk waiting in a batch.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) id: ChunkId,
+    pub(crate) data: Bytes,
+    /// Where it replaces bytes of a file's server copy, for a delta upload (see [`crate::delta`]).
+    pub(crate) base: Option<DeltaBaseRef>,
+}
+
 /// Chunks waiting to be uploaded together. Duplicate ids within a batch are held once.
 #[derive(Debug)]
 pub(crate) struct Batch {
     /// Sequence number; batches are numbered in the order they were started.
     pub(crate) seq: u64,
-    chunks: Vec<(ChunkId, Bytes)>,
+    chunks: Vec<Pending>,
     ids: HashSet<ChunkId>,
     bytes: u64,
     /// Chunks added that were already in this batch.
@@ -53,10 +63,10 @@ impl Batch {
     }
 
     /// Adds a chunk (once per id) and reports whether the batch is now full.
-    pub(crate) fn add(&mut self, id: ChunkId, data: Bytes, limits: &BatchLimits) -> bool {
-        if self.ids.insert(id) {
-            self.bytes += data.len() as u64;
-            self.chunks.push((id, data));
+    pub(crate) fn add(&mut self, chunk: Pending, limits: &BatchLimits) -> bool {
+        if self.ids.insert(chunk.id) {
+            self.bytes += chunk.data.len() as u64;
+            self.chunks.push(chunk);
         } else {
             self.duplicates += 1;
         }
@@ -75,12 +85,12 @@ impl Batch {
 
     /// The distinct chunk ids, in order of first appearance.
     pub(crate) fn ids(&self) -> Vec<ChunkId> {
-        self.chunks.iter().map(|(id, _)| *id).collect()
+        self.chunks.iter().map(|c| c.id).collect()
     }
 
     /// Gives up the chunks, keeping only those whose id is in `wanted`.
-    pub(crate) fn into_wanted(self, wanted: &HashSet<ChunkId>) -> Vec<(ChunkId, Bytes)> {
-        self.chunks.into_iter().filter(|(id, _)| wanted.contains(id)).collect()
+    pub(crate) fn into_wanted(self, wanted: &HashSet<ChunkId>) -> Vec<Pending> {
+        self.chunks.into_iter().filter(|c| wanted.contains(&c.id)).collect()
     }
 }
 
@@ -92,6 +102,10 @@ mod tests {
         let mut b = [0u8; 32];
         b[..4].copy_from_slice(&n.to_le_bytes());
         ChunkId(b)
+    }
+
+    fn chunk(n: u32, data: Bytes) -> Pending {
+        Pending { id: id(n), data, base: None }
     }
 
     #[test]
@@ -107,11 +121,11 @@ mod tests {
     fn flushes_at_the_chunk_count() {
         let limits = BatchLimits { max_bytes: u64::MAX, max_chunks: 3 };
         let mut b = Batch::new(0);
-        assert!(!b.add(id(1), Bytes::from_static(b"a"), &limits));
-        assert!(!b.add(id(2), Bytes::from_static(b"b"), &limits));
+        assert!(!b.add(chunk(1, Bytes::from_static(b"a")), &limits));
+        assert!(!b.add(chunk(2, Bytes::from_static(b"b")), &limits));
         // A duplicate does not count towards the limit.
-        assert!(!b.add(id(2), Bytes::from_static(b"b"), &limits));
-        assert!(b.add(id(3), Bytes::from_static(b"c"), &limits));
+        assert!(!b.add(chunk(2, Bytes::from_static(b"b")), &limits));
+        assert!(b.add(chunk(3, Bytes::from_static(b"c")), &limits));
         assert_eq!(b.duplicates, 1);
         assert_eq!(b.ids(), vec![id(1), id(2), id(3)]);
     }
@@ -121,8 +135,8 @@ mod tests {
         let limits = BatchLimits { max_bytes: 10, max_chunks: usize::MAX };
         let mut b = Batch::new(7);
         assert!(b.is_empty());
-        assert!(!b.add(id(1), Bytes::from(vec![0u8; 6]), &limits));
-        assert!(b.add(id(2), Bytes::from(vec![0u8; 4]), &limits));
+        assert!(!b.add(chunk(1, Bytes::from(vec![0u8; 6])), &limits));
+        assert!(b.add(chunk(2, Bytes::from(vec![0u8; 4])), &limits));
         assert_eq!(b.bytes(), 10);
         assert_eq!(b.seq, 7);
     }
@@ -132,12 +146,12 @@ mod tests {
         let limits = BatchLimits::DEFAULT;
         let mut b = Batch::new(0);
         for n in 0..5 {
-            b.add(id(n), Bytes::from(vec![n as u8; 3]), &limits);
+            b.add(chunk(n, Bytes::from(vec![n as u8; 3])), &limits);
         }
         let wanted: HashSet<ChunkId> = [id(1), id(3)].into_iter().collect();
         let kept = b.into_wanted(&wanted);
         assert_eq!(kept.len(), 2);
-        assert_eq!(kept[0].0, id(1));
-        assert_eq!(kept[1].1, Bytes::from(vec![3u8; 3]));
+        assert_eq!(kept[0].id, id(1));
+        assert_eq!(kept[1].data, Bytes::from(vec![3u8; 3]));
     }
 }

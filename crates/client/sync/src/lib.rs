@@ -24,6 +24,7 @@
 mod batch;
 mod chunking;
 mod conflict;
+mod delta;
 mod engine;
 mod error;
 mod fetch;
@@ -71,7 +72,7 @@ pub struct TransferSummary {
     pub files_conflicted: u64,
     /// Entries left alone: symlinks, special files, invalid or unsafe names, unreadable files.
     pub files_skipped: u64,
-    /// Plaintext bytes of chunks actually sent.
+    /// Bytes of chunk content actually sent: whole chunks, and deltas for chunks sent as deltas.
     pub bytes_uploaded: u64,
     /// Bytes actually downloaded.
     pub bytes_downloaded: u64,
@@ -79,6 +80,9 @@ pub struct TransferSummary {
     pub chunks_uploaded: u64,
     /// Chunks referenced but not sent because the server (or the same batch) already had them.
     pub chunks_deduplicated: u64,
+    /// Of `chunks_uploaded`, chunks sent as a delta against the bytes they replace (their share of
+    /// `bytes_uploaded` is the delta's size).
+    pub chunks_delta: u64,
     /// Wall-clock duration.
     pub seconds: f64,
     /// One line per conflicted file.

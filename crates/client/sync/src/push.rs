@@ -218,16 +218,18 @@ impl Hashing<'_> {
             }
             (&handle).seek(SeekFrom::Start(0))?;
         }
-        let (mut chunks, mut too_many) = (0usize, false);
+        let (mut chunks, mut too_many, mut offset) = (0usize, false, 0u64);
         let digest = chunk_stream(&reader, keys, |id, data| {
             chunks += 1;
             if chunks > self.max_chunks {
                 too_many = true;
                 return ControlFlow::Break(());
             }
-            bar.inc(data.len() as u64);
-            *counted += data.len() as u64;
-            let event = Event::Chunk { id, data: Bytes::from(data) };
+            let len = data.len() as u64;
+            bar.inc(len);
+            *counted += len;
+            let event = Event::Chunk { idx, offset, id, data: Bytes::from(data) };
+            offset += len;
             match tx.blocking_send(event) {
                 Ok(()) => ControlFlow::Continue(()),
                 Err(_) => ControlFlow::Break(()),

@@ -8,16 +8,20 @@
 //! transfer overlap without memory growing with the tree.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cloudsync_sdk::Client;
-use cloudsync_types::api::{CommitRequest, CommitResult, FileEntry, MAX_BATCH_COMMITS, Manifest, ManifestChunk};
+use cloudsync_types::api::{
+    CommitRequest, CommitResult, DeltaBaseRef, FileEntry, MAX_BATCH_COMMITS, Manifest, ManifestChunk,
+};
 use cloudsync_types::{ChunkId, ErrorCode, WorkspaceId, WsPath};
 use futures_util::{StreamExt as _, stream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::batch::{Batch, BatchLimits, MAX_READY_COMMITS};
+use crate::batch::{Batch, BatchLimits, MAX_READY_COMMITS, Pending};
+use crate::delta::{DeltaGate, send_deltas};
 use crate::index::Stat;
 use crate::keys::hash_hex;
 use crate::retry::retry;
@@ -33,8 +37,8 @@ const COMMIT_CONCURRENCY: usize = 4;
 /// What the hashing thread reports, in file order.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// The next chunk of the file being read.
-    Chunk { id: ChunkId, data: Bytes },
+    /// The next chunk of file `idx`, which starts at `offset` in it.
+    Chunk { idx: usize, offset: u64, id: ChunkId, data: Bytes },
     /// The file being read is complete; `stat` is what it looked like when it was opened.
     Done { idx: usize, size: u64, hash: [u8; 32], mtime_ms: Option<i64>, stat: Stat },
     /// The file has the same content as on the server.
@@ -71,6 +75,8 @@ struct Flushed {
     uploaded: u64,
     deduplicated: u64,
     bytes: u64,
+    /// Of `uploaded`, chunks sent as deltas.
+    as_delta: u64,
 }
 
 /// Upload state of one push.
@@ -89,6 +95,7 @@ pub(crate) struct Uploader<'a> {
     current: Vec<ManifestChunk>,
     current_last: Option<u64>,
     ready: Vec<Ready>,
+    gate: Arc<DeltaGate>,
     /// What became of each file that got that far, by index.
     pub(crate) outcomes: Vec<(usize, Outcome)>,
 }
@@ -113,6 +120,7 @@ impl<'a> Uploader<'a> {
             current: Vec::new(),
             current_last: None,
             ready: Vec::new(),
+            gate: Arc::new(DeltaGate::default()),
             outcomes: Vec::new(),
         }
     }
@@ -151,13 +159,20 @@ impl<'a> Uploader<'a> {
 
     async fn on_event(&mut self, ev: Event, summary: &mut TransferSummary) -> Result<(), SyncError> {
         match ev {
-            Event::Chunk { id, data } => {
+            Event::Chunk { idx, offset, id, data } => {
                 // The chunker never cuts chunks anywhere near 4 GiB.
                 let size =
                     u32::try_from(data.len()).map_err(|_| SyncError::Internal(format!("chunk {id} is too large")))?;
                 self.current.push(ManifestChunk { id, size });
                 self.current_last = Some(self.filling.seq);
-                if self.filling.add(id, data, &self.limits) {
+                // A chunk of a file the server has a copy of may go as a delta against that copy.
+                let base = self.files.get(idx).and_then(|f| self.remote.get(&f.ws)).map(|r| DeltaBaseRef {
+                    path: r.path.clone(),
+                    version: r.version,
+                    offset,
+                    len: size,
+                });
+                if self.filling.add(Pending { id, data, base }, &self.limits) {
                     self.seal(summary).await?;
                 }
             }
@@ -212,7 +227,7 @@ impl<'a> Uploader<'a> {
                 None => break,
             }
         }
-        self.in_flight.spawn(flush(self.client.clone(), self.ws, batch));
+        self.in_flight.spawn(flush(self.client.clone(), self.ws, batch, Arc::clone(&self.gate)));
         Ok(())
     }
 
@@ -230,6 +245,7 @@ impl<'a> Uploader<'a> {
         summary.chunks_uploaded += f.uploaded;
         summary.chunks_deduplicated += f.deduplicated;
         summary.bytes_uploaded += f.bytes;
+        summary.chunks_delta += f.as_delta;
         self.mark_done(f.seq);
         self.commit_ready(summary).await
     }
@@ -316,20 +332,22 @@ fn conflict_message(req: &CommitRequest) -> String {
     format!("{}: changed on the server since {since}; your copy was not uploaded", req.path)
 }
 
-/// One batch: one `missing_chunks` and one `upload_chunks` with only what the server lacks.
-async fn flush(client: Client, ws: WorkspaceId, batch: Batch) -> Result<Flushed, SyncError> {
+/// One batch: one `missing_chunks`, then only what the server lacks: as deltas where they pay (see
+/// [`crate::delta`]), the rest whole in one `upload_chunks`.
+async fn flush(client: Client, ws: WorkspaceId, batch: Batch, gate: Arc<DeltaGate>) -> Result<Flushed, SyncError> {
     let files = client.files(ws);
     let ids = batch.ids();
     let missing = retry(|| files.missing_chunks(&ids)).await?;
     let missing: HashSet<ChunkId> = missing.into_iter().collect();
     let seq = batch.seq;
-    let upload = batch.into_wanted(&missing);
-    let bytes = upload.iter().map(|(_, d)| d.len() as u64).sum();
-    let uploaded = upload.len() as u64;
+    let wanted = batch.into_wanted(&missing);
+    let (upload, delta) = send_deltas(&files, wanted, &gate).await?;
+    let bytes = upload.iter().map(|(_, d)| d.len() as u64).sum::<u64>() + delta.bytes;
+    let uploaded = upload.len() as u64 + delta.chunks;
     if !upload.is_empty() {
         retry(|| files.upload_chunks(upload.clone())).await?;
     }
-    Ok(Flushed { seq, uploaded, deduplicated: ids.len() as u64 - uploaded, bytes })
+    Ok(Flushed { seq, uploaded, deduplicated: ids.len() as u64 - uploaded, bytes, as_delta: delta.chunks })
 }
 
 #[cfg(test)]

@@ -252,6 +252,63 @@ pub struct UploadChunksResponse {
 /// Most chunk ids accepted in one missing-chunks request.
 pub const MAX_MISSING_QUERY: usize = 10_000;
 
+/// Most bases in one [`ChunkSignaturesRequest`]; more is a 413 (`payload_too_large`).
+pub const MAX_SIGNATURE_BASES: usize = 256;
+/// Most chunks one delta may be based on (see [`crate::frame::delta_payload`]).
+pub const MAX_DELTA_BASES: usize = 4;
+
+/// Where a new chunk sits in the file it belongs to, so the server can pick the chunks of the version the
+/// client is replacing that covered the same bytes as the base of a delta.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeltaBaseRef {
+    /// The file being replaced.
+    pub path: WsPath,
+    /// Its version the client is replacing (the commit's `base_version`).
+    pub version: u64,
+    /// Offset of the new chunk in the new content.
+    pub offset: u64,
+    /// Length of the new chunk.
+    pub len: u32,
+}
+
+/// `POST /api/v1/workspaces/{id}/chunks/signatures`: rsync block signatures of the old bytes that new chunks
+/// replace, so the client can upload those chunks as deltas (`chunks/deltas`) instead of whole.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChunkSignaturesRequest {
+    /// At most [`MAX_SIGNATURE_BASES`].
+    pub bases: Vec<DeltaBaseRef>,
+}
+
+/// The base the server chose for one [`DeltaBaseRef`] and its signature.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChunkSignature {
+    /// The chunks whose concatenation is the base (at most [`MAX_DELTA_BASES`]), in file order; a delta
+    /// built against `signature` names exactly these.
+    pub bases: Vec<ChunkId>,
+    /// librsync-format signature (MD4 blocks) of the base, base64 (standard alphabet, padded).
+    pub signature: String,
+}
+
+/// The answer to a [`ChunkSignaturesRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChunkSignaturesResponse {
+    /// One per requested base, in order; `None` where there is none (the file or version is gone, the offset
+    /// lies past its end, or the request's budget of base bytes was spent): upload that chunk whole.
+    pub signatures: Vec<Option<ChunkSignature>>,
+}
+
+/// The answer to a delta upload (`chunks/deltas`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UploadDeltasResponse {
+    /// Chunks rebuilt from their delta and newly stored.
+    pub stored: u32,
+    /// Chunks the workspace already held.
+    pub already_present: u32,
+    /// Chunks whose delta did not rebuild content matching their id (rsync's block hashes are weak by
+    /// design): nothing was stored for them; upload them whole.
+    pub failed: Vec<ChunkId>,
+}
+
 /// `POST /api/v1/workspaces/{id}/files/commit`: make a new version of `path` visible.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CommitRequest {

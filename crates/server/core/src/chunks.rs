@@ -25,7 +25,7 @@ pub struct ChunkIo {
     pub(crate) blobs: BlobStore,
     pub(crate) ws: WorkspaceId,
     data_key: SecretKey,
-    chunk_key: SecretKey,
+    pub(crate) chunk_key: SecretKey,
 }
 
 impl std::fmt::Debug for ChunkIo {

@@ -6,6 +6,7 @@
 
 mod auth;
 mod chunks;
+mod delta;
 mod error;
 mod files;
 mod manifest;
@@ -22,6 +23,7 @@ use cloudsync_types::{AuditEvent, Outcome, Role, SessionId, UserId, WorkspaceId}
 
 pub use auth::{LoginLimits, Session};
 pub use chunks::ChunkIo;
+pub use delta::MAX_SIGNATURE_BYTES;
 pub use error::{CoreError, CoreResult};
 pub use manifest::{decode_manifest, encode_manifest};
 pub use upload::{ChunkUpload, FLUSH_CHUNKS};

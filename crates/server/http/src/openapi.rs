@@ -14,6 +14,7 @@ use crate::routes;
         routes::create_user, routes::list_workspaces, routes::create_workspace, routes::get_workspace,
         routes::delete_workspace, routes::workspace_keys, routes::list_members, routes::add_member,
         routes::set_member_role, routes::remove_member, routes::missing_chunks, routes::upload_chunks,
+        routes::chunk_signatures, routes::upload_deltas,
         routes::get_chunk, routes::fetch_chunks, routes::commit, routes::commit_batch, routes::list_files,
         routes::manifest, routes::manifests, routes::content, routes::versions, routes::delete_files, routes::restore,
         routes::trash, routes::changes, openapi_json,

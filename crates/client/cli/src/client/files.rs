@@ -82,7 +82,7 @@ pub(crate) fn print_summary(verb: &str, s: &TransferSummary) {
         moved.push_str(&format!(", {} renamed", s.files_renamed));
     }
     eprintln!(
-        "{verb}: {} files scanned, {} uploaded, {} downloaded{moved}, {} unchanged, {} conflicted; {} sent, {} received ({} new chunks, {} deduplicated) in {:.1}s",
+        "{verb}: {} files scanned, {} uploaded, {} downloaded{moved}, {} unchanged, {} conflicted; {} sent, {} received ({} new chunks{}, {} deduplicated) in {:.1}s",
         s.files_scanned,
         s.files_uploaded,
         s.files_downloaded,
@@ -91,6 +91,7 @@ pub(crate) fn print_summary(verb: &str, s: &TransferSummary) {
         size(s.bytes_uploaded),
         size(s.bytes_downloaded),
         s.chunks_uploaded,
+        if s.chunks_delta > 0 { format!(" of which {} as deltas", s.chunks_delta) } else { String::new() },
         s.chunks_deduplicated,
         s.seconds
     );

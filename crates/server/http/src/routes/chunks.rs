@@ -10,8 +10,11 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, BytesMut};
-use cloudsync_types::api::{FetchChunksRequest, MissingChunksRequest, MissingChunksResponse, UploadChunksResponse};
-use cloudsync_types::frame::{FRAME_HEADER_LEN, check_len, frame_header, parse_frame_header};
+use cloudsync_types::api::{
+    ChunkSignaturesRequest, ChunkSignaturesResponse, FetchChunksRequest, MissingChunksRequest, MissingChunksResponse,
+    UploadChunksResponse, UploadDeltasResponse,
+};
+use cloudsync_types::frame::{FRAME_HEADER_LEN, check_len, frame_header, parse_delta_payload, parse_frame_header};
 use cloudsync_types::{ApiErrorBody, ChunkId, ErrorCode};
 use futures_util::StreamExt;
 
@@ -42,35 +45,94 @@ pub(crate) async fn upload_chunks(
     body: Body,
 ) -> Result<axum::Json<UploadChunksResponse>, ApiError> {
     let mut upload = st.core.chunk_io(&a).await?.upload();
-    let mut stream = body.into_data_stream();
-    let mut buf = BytesMut::new();
-    let mut total = 0usize;
-    loop {
-        while let Some(header) = parse_frame_header(&buf) {
-            let (id, len) = header.map_err(|e| ApiError::new(ErrorCode::PayloadTooLarge, e))?;
-            if buf.len() < FRAME_HEADER_LEN + len {
-                buf.reserve(FRAME_HEADER_LEN + len - buf.len());
-                break;
-            }
-            buf.advance(FRAME_HEADER_LEN);
-            upload.push(id, buf.split_to(len).freeze()).await?;
-        }
-        match stream.next().await {
-            Some(Ok(bytes)) => {
-                total += bytes.len();
-                if total > MAX_UPLOAD_BYTES {
-                    return Err(ApiError::new(ErrorCode::PayloadTooLarge, "send at most 1 GiB of chunks per request"));
-                }
-                buf.extend_from_slice(&bytes);
-            }
-            Some(Err(e)) => return Err(ApiError::bad_request(format!("the upload was interrupted: {e}"))),
-            None => break,
-        }
-    }
-    if !buf.is_empty() {
-        return Err(ApiError::bad_request("the upload ended inside a chunk frame (truncated body)"));
+    let mut frames = Frames::new(body, MAX_UPLOAD_BYTES, "send at most 1 GiB of chunks per request");
+    while let Some((id, payload)) = frames.next().await? {
+        upload.push(id, payload).await?;
     }
     Ok(axum::Json(upload.finish().await?))
+}
+
+/// Most bytes in one delta upload request (deltas are small; whole chunks go to `chunks`).
+const MAX_DELTA_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
+
+/// rsync signatures of the old bytes that new chunks replace, for uploading them as deltas (`chunks/deltas`).
+/// The server chooses each base from the manifest of the named version.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/chunks/signatures", tag = "chunks", params(("ws" = String, Path)),
+    request_body = ChunkSignaturesRequest, responses((status = 200, body = ChunkSignaturesResponse), (status = 413, body = ApiErrorBody)))]
+pub(crate) async fn chunk_signatures(
+    State(st): State<AppState>,
+    WorkspaceAccess(a, ..): WorkspaceAccess<Editor>,
+    Json(req): Json<ChunkSignaturesRequest>,
+) -> Result<axum::Json<ChunkSignaturesResponse>, ApiError> {
+    Ok(axum::Json(ChunkSignaturesResponse { signatures: st.core.chunk_signatures(&a, &req.bases).await? }))
+}
+
+/// Uploads chunks as deltas against chunks the workspace holds (framed binary body; each payload is
+/// `u8 count | count × 32-byte base ids | librsync delta`). A chunk whose delta does not rebuild content
+/// matching its id is not stored and is listed in `failed`.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/chunks/deltas", tag = "chunks", params(("ws" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "frames: 32-byte id of the chunk to rebuild, u32 BE length, delta payload"),
+    responses((status = 200, body = UploadDeltasResponse), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 413, body = ApiErrorBody)))]
+pub(crate) async fn upload_deltas(
+    State(st): State<AppState>,
+    WorkspaceAccess(a, ..): WorkspaceAccess<Editor>,
+    body: Body,
+) -> Result<axum::Json<UploadDeltasResponse>, ApiError> {
+    let io = st.core.chunk_io(&a).await?;
+    let mut upload = io.upload();
+    let mut failed = Vec::new();
+    let mut frames = Frames::new(body, MAX_DELTA_UPLOAD_BYTES, "send at most 256 MiB of deltas per request");
+    while let Some((id, payload)) = frames.next().await? {
+        let (bases, delta) = parse_delta_payload(&payload).map_err(ApiError::bad_request)?;
+        let delta = payload.slice(payload.len() - delta.len()..);
+        match io.rebuild(id, &bases, delta).await? {
+            Some(data) => upload.push(id, Bytes::from(data)).await?,
+            None => failed.push(id),
+        }
+    }
+    let done = upload.finish().await?;
+    Ok(axum::Json(UploadDeltasResponse { stored: done.stored, already_present: done.already_present, failed }))
+}
+
+/// A framed request body, parsed as it streams in: memory holds one frame plus one network read.
+struct Frames {
+    stream: axum::body::BodyDataStream,
+    buf: BytesMut,
+    total: usize,
+    max_total: usize,
+    too_large: &'static str,
+}
+
+impl Frames {
+    fn new(body: Body, max_total: usize, too_large: &'static str) -> Self {
+        Self { stream: body.into_data_stream(), buf: BytesMut::new(), total: 0, max_total, too_large }
+    }
+
+    /// The next frame, `None` at the end of the body.
+    async fn next(&mut self) -> Result<Option<(ChunkId, Bytes)>, ApiError> {
+        loop {
+            if let Some(header) = parse_frame_header(&self.buf) {
+                let (id, len) = header.map_err(|e| ApiError::new(ErrorCode::PayloadTooLarge, e))?;
+                if self.buf.len() >= FRAME_HEADER_LEN + len {
+                    self.buf.advance(FRAME_HEADER_LEN);
+                    return Ok(Some((id, self.buf.split_to(len).freeze())));
+                }
+                self.buf.reserve(FRAME_HEADER_LEN + len - self.buf.len());
+            }
+            match self.stream.next().await {
+                Some(Ok(bytes)) => {
+                    self.total += bytes.len();
+                    if self.total > self.max_total {
+                        return Err(ApiError::new(ErrorCode::PayloadTooLarge, self.too_large));
+                    }
+                    self.buf.extend_from_slice(&bytes);
+                }
+                Some(Err(e)) => return Err(ApiError::bad_request(format!("the upload was interrupted: {e}"))),
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(ApiError::bad_request("the upload ended inside a chunk frame (truncated body)")),
+            }
+        }
+    }
 }
 
 /// Chunks a fetch reads (and decrypts) ahead of the one being sent, and packs together at most: memory holds

@@ -55,6 +55,8 @@ pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("DELETE", "/api/v1/workspaces/{ws}/members/{user}", Needs::Role(Role::Admin)),
     ("POST", "/api/v1/workspaces/{ws}/chunks/missing", Needs::Role(Role::Editor)),
     ("POST", "/api/v1/workspaces/{ws}/chunks", Needs::Role(Role::Editor)),
+    ("POST", "/api/v1/workspaces/{ws}/chunks/signatures", Needs::Role(Role::Editor)),
+    ("POST", "/api/v1/workspaces/{ws}/chunks/deltas", Needs::Role(Role::Editor)),
     ("GET", "/api/v1/workspaces/{ws}/chunks/{chunk}", Needs::Role(Role::Viewer)),
     ("POST", "/api/v1/workspaces/{ws}/chunks/fetch", Needs::Role(Role::Viewer)),
     ("POST", "/api/v1/workspaces/{ws}/files/commit", Needs::Role(Role::Editor)),
@@ -83,6 +85,8 @@ pub fn api() -> Router<AppState> {
         .route("/chunks", post(upload_chunks).layer(DefaultBodyLimit::disable()))
         .route("/chunks/{chunk}", get(get_chunk))
         .route("/chunks/fetch", post(fetch_chunks))
+        .route("/chunks/signatures", post(chunk_signatures))
+        .route("/chunks/deltas", post(upload_deltas).layer(DefaultBodyLimit::disable()))
         .route("/files/commit", post(commit))
         .route("/files/commit-batch", post(commit_batch))
         .route("/files", get(list_files))
