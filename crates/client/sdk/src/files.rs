@@ -26,6 +26,8 @@ const LIST_ALL_PAGE: u32 = 1000;
 /// wide margin under the server's cap (for the `{"commits": ...}` wrapper as well), so a request of several
 /// commits is never refused for its size; only a single commit too large on its own can be.
 const COMMIT_BATCH_BYTES: usize = MAX_JSON_BODY / 2;
+/// Manifest requests [`Files::manifests`] keeps in flight.
+const MANIFESTS_IN_FLIGHT: usize = 3;
 
 /// One chunk to upload as a delta: applying `delta` to the `bases` concatenated rebuilds chunk `id`.
 #[derive(Debug, Clone)]
@@ -99,13 +101,7 @@ impl Files<'_> {
             let req = ChunkSignaturesRequest { bases: batch.to_vec() };
             let rb = self.client.request(Method::POST, &self.path("/chunks/signatures"))?.json(&req);
             let resp: ChunkSignaturesResponse = self.client.call(rb).await?;
-            if resp.signatures.len() != batch.len() {
-                return Err(Error::new(
-                    ErrorKind::Decode,
-                    format!("asked for {} signatures, the server answered {}", batch.len(), resp.signatures.len()),
-                ));
-            }
-            out.extend(resp.signatures);
+            out.extend(same_count(resp.signatures, batch.len(), "signatures")?);
         }
         Ok(out)
     }
@@ -242,12 +238,18 @@ impl Files<'_> {
     /// [`ErrorKind::NotFound`] for non-members, [`ErrorKind::Decode`] when the server answers a different
     /// number of manifests, and any transport failure.
     pub async fn manifests(&self, files: &[ManifestRef]) -> Result<Vec<Option<VersionManifest>>, Error> {
+        // A few requests in flight (answers kept in order): the server reads them on separate connections.
+        let mut answers = futures_util::stream::iter(files.chunks(MAX_BATCH_MANIFESTS))
+            .map(|batch| async move {
+                let req = ManifestsRequest { files: batch.to_vec() };
+                let rb = self.client.request(Method::POST, &self.path("/files/manifests"))?.json(&req);
+                let resp: ManifestsResponse = self.client.call(rb).await?;
+                same_count(resp.manifests, batch.len(), "manifests")
+            })
+            .buffered(MANIFESTS_IN_FLIGHT);
         let mut out = Vec::with_capacity(files.len());
-        for batch in files.chunks(MAX_BATCH_MANIFESTS) {
-            let req = ManifestsRequest { files: batch.to_vec() };
-            let rb = self.client.request(Method::POST, &self.path("/files/manifests"))?.json(&req);
-            let resp: ManifestsResponse = self.client.call(rb).await?;
-            out.extend(same_count(resp.manifests, batch.len(), "manifests")?);
+        while let Some(answer) = answers.next().await {
+            out.extend(answer?);
         }
         Ok(out)
     }

@@ -17,7 +17,7 @@
 //! A local file found at a target is replaced only when it still looks exactly as the caller said may be
 //! replaced (an older copy the server keeps); anything else is renamed to a conflicted copy first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -48,6 +48,9 @@ const FETCH_BYTES: u64 = 16 * 1024 * 1024;
 const FETCH_CHUNKS: usize = 2048;
 /// Chunk requests in flight.
 const FETCH_IN_FLIGHT: usize = 3;
+/// Fetched requests waiting for the writer (memory: about this many times [`FETCH_BYTES`], besides those
+/// in flight).
+const FEED_REQUESTS: usize = 2;
 /// Files written before their group is flushed and renamed into place.
 const GROUP_FILES: usize = 1000;
 /// Bytes written before a group is flushed.
@@ -203,8 +206,8 @@ pub(crate) async fn download_inspected(
         work.push(Work { idx: i, job: job.clone(), manifest, reuse });
     }
 
-    // The writer thread: consumes chunks in `wanted` order.
-    let (tx, rx) = mpsc::channel::<(ChunkId, Bytes)>(FETCH_CHUNKS);
+    // The writer thread: consumes chunks in `wanted` order, a request's worth at a time.
+    let (tx, rx) = mpsc::channel::<Vec<(ChunkId, Bytes)>>(FEED_REQUESTS);
     let writer = {
         let (keys, device, bar) = (keys.clone(), device.to_owned(), bar.clone());
         tokio::task::spawn_blocking(move || write_all(work, rx, &keys, &device, &bar))
@@ -229,15 +232,13 @@ pub(crate) async fn download_inspected(
         })
         .buffered(FETCH_IN_FLIGHT);
     let mut fetch_error = None;
-    'outer: while let Some(res) = fetched.next().await {
+    while let Some(res) = fetched.next().await {
         match res {
             Ok(chunks) => {
-                for (id, data) in chunks {
-                    summary.bytes_downloaded += data.len() as u64;
-                    if tx.send((id, data)).await.is_err() {
-                        // The writer stopped; its own error says why.
-                        break 'outer;
-                    }
+                summary.bytes_downloaded += chunks.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
+                if tx.send(chunks).await.is_err() {
+                    // The writer stopped; its own error says why.
+                    break;
                 }
             }
             Err(e) => {
@@ -338,6 +339,24 @@ struct Pending {
     stat: Stat,
 }
 
+/// The fetched chunks as the writer consumes them: one channel message per request, not per chunk (a tree
+/// of small files has tens of thousands of chunks, and each hand-off between threads costs a wake-up).
+struct Feed {
+    rx: mpsc::Receiver<Vec<(ChunkId, Bytes)>>,
+    ready: VecDeque<(ChunkId, Bytes)>,
+}
+
+impl Feed {
+    /// The next chunk, waiting for the next request's answer when needed; `None` once the fetching side
+    /// is done.
+    fn next(&mut self) -> Option<(ChunkId, Bytes)> {
+        while self.ready.is_empty() {
+            self.ready = self.rx.blocking_recv()?.into();
+        }
+        self.ready.pop_front()
+    }
+}
+
 /// Removes temporary files that never got renamed.
 struct Cleanup(Vec<PathBuf>);
 
@@ -352,11 +371,12 @@ impl Drop for Cleanup {
 /// The writer: assembles every file from reused and fetched chunks, verifies it, and installs groups.
 fn write_all(
     work: Vec<Work>,
-    mut rx: mpsc::Receiver<(ChunkId, Bytes)>,
+    rx: mpsc::Receiver<Vec<(ChunkId, Bytes)>>,
     keys: &ChunkKeys,
     device: &str,
     bar: &ProgressBar,
 ) -> Result<Vec<(usize, Fetched)>, SyncError> {
+    let mut rx = Feed { rx, ready: VecDeque::new() };
     let mut out = Vec::new();
     let mut pending: Vec<Pending> = Vec::new();
     let mut cleanup = Cleanup(Vec::new());
@@ -381,7 +401,7 @@ fn write_one(
     w: &Work,
     tmp: &Path,
     file: File,
-    rx: &mut mpsc::Receiver<(ChunkId, Bytes)>,
+    rx: &mut Feed,
     keys: &ChunkKeys,
     bar: &ProgressBar,
 ) -> Result<Stat, SyncError> {
@@ -409,7 +429,7 @@ fn write_one(
             read_at(Some(&file), tmp, at, len, &mut buf)?;
             Bytes::copy_from_slice(&buf)
         } else {
-            let (id, data) = rx.blocking_recv().ok_or_else(|| {
+            let (id, data) = rx.next().ok_or_else(|| {
                 SyncError::Integrity(format!("{shown}: the download ended before all chunks arrived"))
             })?;
             if id != c.id || data.len() != c.size as usize || keys.chunk_id(&data) != c.id {

@@ -4,6 +4,8 @@
 //! inserts the version and moves the pointer in one transaction, after the chunks it references are recorded
 //! as durable, so a reader sees either the old or the new version, never a half.
 
+use std::collections::{HashMap, HashSet};
+
 use async_trait::async_trait;
 use cloudsync_store::{
     ChangeRecord, FileRecord, FileStore, NewAudit, NewCommit, NewVersion, StaleBase, StoreError, StoreResult,
@@ -66,34 +68,8 @@ async fn file_by_id(tx: &mut Transaction<'_, Sqlite>, fid: FileId) -> StoreResul
     file_of(&row)
 }
 
-async fn journal(
-    tx: &mut Transaction<'_, Sqlite>,
-    ws: WorkspaceId,
-    file: FileId,
-    path: &WsPath,
-    deleted: bool,
-    version: u64,
-) -> StoreResult<()> {
-    let seq: i64 =
-        sqlx::query_scalar("UPDATE workspaces SET journal_seq = journal_seq + 1 WHERE id = ? RETURNING journal_seq")
-            .bind(ws.as_uuid())
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(map_err)?
-            .ok_or(StoreError::NotFound)?;
-    sqlx::query("INSERT INTO journal (workspace_id, seq, file_id, path, deleted, version) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(ws.as_uuid())
-        .bind(seq)
-        .bind(file.as_uuid())
-        .bind(path.as_str())
-        .bind(i64::from(deleted))
-        .bind(i64_of(version))
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
-    Ok(())
-}
-
+/// Inserts version `number` of `file` and makes it current (a restore; commits go through
+/// [`write_landings`]).
 async fn insert_version(
     tx: &mut Transaction<'_, Sqlite>,
     ws: WorkspaceId,
@@ -128,39 +104,150 @@ async fn insert_version(
     Ok(())
 }
 
-/// Makes `version` the current version of `path` inside `tx` if the live version is `base`. A stale base
-/// writes nothing and is answered as the inner `Err`, so a batch can go on with its other commits.
-async fn commit_in(
+/// How one commit of a batch lands, decided in memory before anything is written.
+struct Landing<'a> {
+    commit: &'a NewCommit,
+    file: FileId,
+    number: u64,
+}
+
+/// The live file (id, version) at each of `paths`, in one query per [`LOOKUP_BATCH`] paths.
+async fn live_heads(
     tx: &mut Transaction<'_, Sqlite>,
     ws: WorkspaceId,
-    path: &WsPath,
-    base: Option<u64>,
-    version: &NewVersion,
-    audit: &[NewAudit],
-) -> StoreResult<Result<FileRecord, StaleBase>> {
-    let live = file_at(&mut **tx, ws, path, true).await?;
-    let (fid, number) = match (&live, base) {
-        (None, None) => {
-            let fid = FileId::new();
-            sqlx::query(
-                "INSERT INTO files (id, workspace_id, path, current_version, current_version_id) VALUES (?, ?, ?, 0, ?)",
-            )
-            .bind(fid.as_uuid())
-            .bind(ws.as_uuid())
-            .bind(path.as_str())
-            .bind(version.id.as_uuid())
-            .execute(&mut **tx)
-            .await
-            .map_err(map_err)?;
-            (fid, 1)
+    paths: &[&WsPath],
+) -> StoreResult<HashMap<String, (FileId, u64)>> {
+    let mut out = HashMap::with_capacity(paths.len());
+    for batch in paths.chunks(LOOKUP_BATCH) {
+        let rows = vec!["(?)"; batch.len()].join(",");
+        // CROSS JOIN keeps the requested paths as the outer loop (see `live_versions`).
+        let sql = format!(
+            "WITH req(path) AS (VALUES {rows})
+             SELECT f.id, f.path, f.current_version FROM req
+             CROSS JOIN files f ON f.workspace_id = ? AND f.path = req.path AND f.deleted_ms IS NULL"
+        );
+        let mut q = sqlx::query(&sql);
+        for path in batch {
+            q = q.bind(path.as_str());
         }
-        (Some(f), Some(b)) if f.version == b => (f.id, b + 1),
-        (live, _) => return Ok(Err(StaleBase { current: live.as_ref().map(|f| f.version) })),
-    };
-    insert_version(tx, ws, fid, number, version).await?;
-    journal(tx, ws, fid, path, false, number).await?;
-    append(tx, audit).await?;
-    Ok(Ok(file_by_id(tx, fid).await?))
+        for r in q.bind(ws.as_uuid()).fetch_all(&mut **tx).await.map_err(map_err)? {
+            out.insert(r.get("path"), (id(&r, "id", FileId::from_uuid), u64_of(r.get("current_version"))));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the landed commits of a batch: new file rows, version rows, moved version pointers, journal
+/// entries and audit rows, each kind in a few multi-row statements.
+async fn write_landings(
+    tx: &mut Transaction<'_, Sqlite>,
+    ws: WorkspaceId,
+    landed: &[Landing<'_>],
+    created: &HashSet<FileId>,
+) -> StoreResult<()> {
+    // Where each touched file ends up: its last landing in the batch.
+    let mut last: HashMap<FileId, &Landing<'_>> = HashMap::new();
+    for l in landed {
+        last.insert(l.file, l);
+    }
+    let mut new_files: Vec<&Landing<'_>> = Vec::new();
+    let mut moved: Vec<&Landing<'_>> = Vec::new();
+    for l in last.values() {
+        if created.contains(&l.file) { new_files.push(l) } else { moved.push(l) }
+    }
+    for batch in new_files.chunks(WRITE_BATCH) {
+        let rows = vec!["(?, ?, ?, ?, ?)"; batch.len()].join(",");
+        let sql =
+            format!("INSERT INTO files (id, workspace_id, path, current_version, current_version_id) VALUES {rows}");
+        let mut q = sqlx::query(&sql);
+        for l in batch {
+            q = q
+                .bind(l.file.as_uuid())
+                .bind(ws.as_uuid())
+                .bind(l.commit.path.as_str())
+                .bind(i64_of(l.number))
+                .bind(l.commit.version.id.as_uuid());
+        }
+        q.execute(&mut **tx).await.map_err(map_err)?;
+    }
+    for batch in moved.chunks(WRITE_BATCH) {
+        let rows = vec!["(?, ?, ?)"; batch.len()].join(",");
+        let sql = format!(
+            "WITH u(id, ver, vid) AS (VALUES {rows})
+             UPDATE files SET current_version = u.ver, current_version_id = u.vid FROM u WHERE files.id = u.id"
+        );
+        let mut q = sqlx::query(&sql);
+        for l in batch {
+            q = q.bind(l.file.as_uuid()).bind(i64_of(l.number)).bind(l.commit.version.id.as_uuid());
+        }
+        q.execute(&mut **tx).await.map_err(map_err)?;
+    }
+    for batch in landed.chunks(WRITE_BATCH) {
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; batch.len()].join(",");
+        let sql = format!(
+            "INSERT INTO versions (id, file_id, workspace_id, version, size, content_hash, manifest, mtime_ms, created_by, created_ms)
+             VALUES {rows}"
+        );
+        let mut q = sqlx::query(&sql);
+        for l in batch {
+            let v = &l.commit.version;
+            q = q
+                .bind(v.id.as_uuid())
+                .bind(l.file.as_uuid())
+                .bind(ws.as_uuid())
+                .bind(i64_of(l.number))
+                .bind(i64_of(v.size))
+                .bind(&v.content_hash)
+                .bind(&v.manifest)
+                .bind(v.mtime_ms)
+                .bind(v.created_by.map(|u| u.as_uuid()))
+                .bind(v.created_ms);
+        }
+        q.execute(&mut **tx).await.map_err(map_err)?;
+    }
+    let changes: Vec<(FileId, &WsPath, bool, u64)> =
+        landed.iter().map(|l| (l.file, &l.commit.path, false, l.number)).collect();
+    journal(tx, ws, &changes).await?;
+    let audit: Vec<NewAudit> = landed.iter().flat_map(|l| l.commit.audit.iter().cloned()).collect();
+    append(tx, &audit).await
+}
+
+/// Appends `changes` (file, path, deleted, version) to the workspace's change journal, in order.
+async fn journal(
+    tx: &mut Transaction<'_, Sqlite>,
+    ws: WorkspaceId,
+    changes: &[(FileId, &WsPath, bool, u64)],
+) -> StoreResult<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let n = i64::try_from(changes.len()).map_err(|_| StoreError::Backend("too many journal entries".into()))?;
+    let last: i64 =
+        sqlx::query_scalar("UPDATE workspaces SET journal_seq = journal_seq + ? WHERE id = ? RETURNING journal_seq")
+            .bind(n)
+            .bind(ws.as_uuid())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(map_err)?
+            .ok_or(StoreError::NotFound)?;
+    let mut seq = last - n;
+    for batch in changes.chunks(WRITE_BATCH) {
+        let rows = vec!["(?, ?, ?, ?, ?, ?)"; batch.len()].join(",");
+        let sql = format!("INSERT INTO journal (workspace_id, seq, file_id, path, deleted, version) VALUES {rows}");
+        let mut q = sqlx::query(&sql);
+        for (file, path, deleted, version) in batch {
+            seq += 1;
+            q = q
+                .bind(ws.as_uuid())
+                .bind(seq)
+                .bind(file.as_uuid())
+                .bind(path.as_str())
+                .bind(i64::from(*deleted))
+                .bind(i64_of(*version));
+        }
+        q.execute(&mut **tx).await.map_err(map_err)?;
+    }
+    Ok(())
 }
 
 /// Ids per `IN (...)` query in [`FileStore::missing_chunks`] (well under SQLite's variable limit).
@@ -169,6 +256,8 @@ const MISSING_BATCH: usize = 500;
 const RECORD_BATCH: usize = 200;
 /// Requests per query in [`FileStore::live_versions`] (3 variables a request).
 const LOOKUP_BATCH: usize = 300;
+/// Rows per multi-row statement when a commit batch is written (at most 10 variables a row).
+const WRITE_BATCH: usize = 200;
 
 fn prefix_bounds(prefix: &WsPath) -> (String, String) {
     // Everything strictly below `prefix/` sorts in [prefix + "/", prefix + "0"): '0' is the byte after '/'.
@@ -226,10 +315,9 @@ impl FileStore for SqliteStore {
         version: &NewVersion,
         audit: &[NewAudit],
     ) -> StoreResult<FileRecord> {
-        let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let rec = commit_in(&mut tx, ws, path, base, version, audit).await??;
-        tx.commit().await.map_err(map_err)?;
-        Ok(rec)
+        let commit = NewCommit { path: path.clone(), base, version: version.clone(), audit: audit.to_vec() };
+        let mut results = self.commit_versions(ws, std::slice::from_ref(&commit)).await?;
+        Ok(results.pop().ok_or_else(|| StoreError::Backend("a batch of one commit answered nothing".into()))??)
     }
 
     async fn commit_versions(
@@ -237,11 +325,51 @@ impl FileStore for SqliteStore {
         ws: WorkspaceId,
         commits: &[NewCommit],
     ) -> StoreResult<Vec<Result<FileRecord, StaleBase>>> {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Read every live file the batch names once, judge each commit in order in memory (a later commit to
+        // the same path sees the version an earlier one made), then write everything in a few multi-row
+        // statements: a batch of a thousand small files is a dozen statements, not ten thousand.
         let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let paths: Vec<&WsPath> = {
+            let mut seen = HashSet::new();
+            commits.iter().map(|c| &c.path).filter(|p| seen.insert(p.as_str())).collect()
+        };
+        let mut heads = live_heads(&mut tx, ws, &paths).await?;
+        let mut created = HashSet::new();
+        let mut landed = Vec::new();
         let mut out = Vec::with_capacity(commits.len());
         for c in commits {
-            out.push(commit_in(&mut tx, ws, &c.path, c.base, &c.version, &c.audit).await?);
+            let head = heads.get(c.path.as_str()).copied();
+            let (file, number) = match (head, c.base) {
+                (None, None) => {
+                    let file = FileId::new();
+                    created.insert(file);
+                    (file, 1)
+                }
+                (Some((file, current)), Some(b)) if current == b => (file, b + 1),
+                (head, _) => {
+                    out.push(Err(StaleBase { current: head.map(|h| h.1) }));
+                    continue;
+                }
+            };
+            heads.insert(c.path.as_str().to_owned(), (file, number));
+            let v = &c.version;
+            out.push(Ok(FileRecord {
+                id: file,
+                path: c.path.clone(),
+                version: number,
+                version_id: v.id,
+                size: v.size,
+                content_hash: v.content_hash.clone(),
+                mtime_ms: v.mtime_ms,
+                modified_ms: v.created_ms,
+                deleted_ms: None,
+            }));
+            landed.push(Landing { commit: c, file, number });
         }
+        write_landings(&mut tx, ws, &landed, &created).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(out)
     }
@@ -375,13 +503,14 @@ impl FileStore for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
-            journal(&mut tx, ws, f.id, &f.path, true, f.version).await?;
             f.deleted_ms = Some(at_ms);
             gone.push(f);
         }
         if gone.is_empty() {
             return Ok(gone);
         }
+        let changes: Vec<_> = gone.iter().map(|f| (f.id, &f.path, true, f.version)).collect();
+        journal(&mut tx, ws, &changes).await?;
         append(&mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(gone)
@@ -426,7 +555,7 @@ impl FileStore for SqliteStore {
             }
             None => file.version,
         };
-        journal(&mut tx, ws, file.id, path, false, number).await?;
+        journal(&mut tx, ws, &[(file.id, path, false, number)]).await?;
         append(&mut tx, audit).await?;
         let rec = file_by_id(&mut tx, file.id).await?;
         tx.commit().await.map_err(map_err)?;
