@@ -14,6 +14,10 @@ use crate::keys::ChunkKeys;
 /// Read size for plain hashing.
 const HASH_BUF: usize = 1024 * 1024;
 
+thread_local! {
+    static HASH_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Size and keyed content hash of everything read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Digest {
@@ -24,18 +28,22 @@ pub(crate) struct Digest {
 /// Hashes all of `reader` with the workspace key, without chunking (the cheap "is it unchanged?" check).
 pub(crate) fn hash_reader(mut reader: impl Read, keys: &ChunkKeys) -> io::Result<Digest> {
     let mut hasher = keys.content_hasher();
-    let mut buf = vec![0u8; HASH_BUF];
     let mut size = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
+    // One buffer per thread: a fresh zeroed megabyte per file would cost more than hashing a small file.
+    HASH_BUFFER.with_borrow_mut(|buf| {
+        buf.resize(HASH_BUF, 0);
+        loop {
+            let n = match reader.read(buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok(())
+    })?;
     Ok(Digest { size, hash: hasher.finalize() })
 }
 

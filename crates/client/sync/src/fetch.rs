@@ -358,11 +358,11 @@ impl Feed {
 }
 
 /// Removes temporary files that never got renamed.
-struct Cleanup(Vec<PathBuf>);
+struct Cleanup(HashSet<PathBuf>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for p in self.0.drain(..) {
+        for p in self.0.drain() {
             let _ = fs::remove_file(p);
         }
     }
@@ -379,11 +379,11 @@ fn write_all(
     let mut rx = Feed { rx, ready: VecDeque::new() };
     let mut out = Vec::new();
     let mut pending: Vec<Pending> = Vec::new();
-    let mut cleanup = Cleanup(Vec::new());
+    let mut cleanup = Cleanup(HashSet::new());
     let mut group_bytes = 0u64;
     for w in work {
         let (tmp, file) = create_temp(&w.job.target)?;
-        cleanup.0.push(tmp.clone());
+        cleanup.0.insert(tmp.clone());
         let stat = write_one(&w, &tmp, file, &mut rx, keys, bar)?;
         group_bytes += w.job.entry.size;
         pending.push(Pending { idx: w.idx, tmp, job: w.job, stat });
@@ -485,7 +485,7 @@ fn install(
     flush_to_disk(pending.iter().map(|p| p.tmp.as_path()), &first.tmp)?;
     for p in pending.drain(..) {
         let kept_as = place(&p.tmp, &p.job.target, p.job.replace, device)?;
-        cleanup.0.retain(|t| t != &p.tmp);
+        cleanup.0.remove(&p.tmp);
         out.push((p.idx, Fetched::Written { stat: p.stat, kept_as }));
     }
     Ok(())

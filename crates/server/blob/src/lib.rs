@@ -70,7 +70,7 @@ impl BlobError {
 /// Sealed chunk storage.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
-    /// Reads, deletes, and writes to non-local backends.
+    /// Deletes, and reads and writes of non-local backends.
     op: Operator,
     /// Batched durable writes when the chunks live on the local disk.
     local: Option<Arc<LocalDisk>>,
@@ -125,7 +125,7 @@ impl BlobStore {
         let root_s = root
             .to_str()
             .ok_or_else(|| BlobError::Setup(format!("chunk directory {} is not valid UTF-8", root.display())))?;
-        // Reads and deletes only: local writes go through `LocalDisk`.
+        // Deletes only: local reads and writes go through `LocalDisk`.
         let op = Operator::new(opendal::services::Fs::default().root(root_s))?;
         Ok(Self { op, local: Some(Arc::new(LocalDisk::new(root.to_path_buf(), tmp))) })
     }
@@ -201,10 +201,19 @@ impl BlobStore {
     /// # Errors
     /// `NotFound`, `Corrupt`, or a backend failure.
     pub async fn get_chunk(&self, key: &SecretKey, ws: WorkspaceId, id: &ChunkId) -> Result<Vec<u8>, BlobError> {
-        let buf = match self.op.read(&object_key(ws, id)).await {
-            Ok(b) => b.to_vec(),
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(BlobError::NotFound(id.to_hex())),
-            Err(e) => return Err(e.into()),
+        let key_path = object_key(ws, id);
+        let buf = if let Some(disk) = &self.local {
+            let disk = Arc::clone(disk);
+            match tokio::task::spawn_blocking(move || disk.read(&key_path)).await.map_err(BlobError::Task)?? {
+                Some(b) => b,
+                None => return Err(BlobError::NotFound(id.to_hex())),
+            }
+        } else {
+            match self.op.read(&key_path).await {
+                Ok(b) => b.to_vec(),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Err(BlobError::NotFound(id.to_hex())),
+                Err(e) => return Err(e.into()),
+            }
         };
         aead::open(key, &aad(ws, id), &buf).map_err(|_| BlobError::Corrupt(id.to_hex()))
     }
