@@ -300,7 +300,7 @@ mod tests {
     async fn batches_on_the_local_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
         staged_chunks_appear_only_once_persisted(BlobStore::local(dir.path()).expect("store")).await;
-        assert_eq!(std::fs::read_dir(dir.path().join(".tmp")).expect("tmp").count(), 0, "no temporary file left");
+        assert_eq!(local::tests::entries(&dir.path().join(".tmp")), 0, "no temporary file left");
     }
 
     #[tokio::test]
@@ -315,7 +315,7 @@ mod tests {
             assert!(matches!(to.persist(vec![staged]).await, Err(BlobError::Mismatch(_))));
             assert!(matches!(to.get_chunk(&key, ws, &id).await, Err(BlobError::NotFound(_))), "nothing written");
         }
-        assert_eq!(std::fs::read_dir(local_dir.path().join(".tmp")).expect("tmp").count(), 0, "no temporary file left");
+        assert_eq!(local::tests::entries(&local_dir.path().join(".tmp")), 0, "no temporary file left");
     }
 
     #[tokio::test]

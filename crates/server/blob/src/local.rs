@@ -91,10 +91,20 @@ impl LocalDisk {
 
     /// Writes `sealed` to a new temporary file for the object `key`. Blocking.
     pub(crate) fn stage(&self, key: &str, sealed: &[u8]) -> Result<TempChunk, BlobError> {
-        let name = format!("{}.{}", key.rsplit('/').next().unwrap_or("chunk"), hex::encode(random_suffix()));
-        let tmp = self.tmp.join(name);
+        let base = key.rsplit('/').next().unwrap_or("chunk");
+        // Temporary files are spread over subfolders (by the first two characters of the chunk id), so the
+        // threads staging a batch, and the renames out of it, do not all queue on one folder's lock.
+        let dir = self.tmp.join(base.get(..2).unwrap_or("00"));
+        let tmp = dir.join(format!("{base}.{}", hex::encode(random_suffix())));
         let chunk = TempChunk { tmp, target: self.root.join(key), persisted: false };
-        let mut f = File::create_new(&chunk.tmp).map_err(io_error("create the staged chunk", &chunk.tmp))?;
+        let created = match File::create_new(&chunk.tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&dir).map_err(io_error("create the folder", &dir))?;
+                File::create_new(&chunk.tmp)
+            }
+            other => other,
+        };
+        let mut f = created.map_err(io_error("create the staged chunk", &chunk.tmp))?;
         f.write_all(sealed).map_err(io_error("write the staged chunk", &chunk.tmp))?;
         Ok(chunk)
     }
@@ -131,7 +141,13 @@ impl LocalDisk {
                 }
             }
         }
+        // The staging folders lost entries (and may be new themselves).
         touched.insert(self.tmp.clone());
+        for c in &chunks {
+            if let Some(parent) = c.tmp.parent() {
+                touched.insert(parent.to_path_buf());
+            }
+        }
         (self.barrier)(&self.root, &touched.into_iter().collect::<Vec<_>>())
             .map_err(io_error("sync the renamed chunks and their folders under", &self.root))
     }
@@ -176,6 +192,10 @@ fn remove_stale_temps(tmp: &Path) {
     let Ok(entries) = std::fs::read_dir(tmp) else { return };
     let now = SystemTime::now();
     for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_stale_temps(&e.path());
+            continue;
+        }
         let old = e
             .metadata()
             .and_then(|m| m.modified())
@@ -187,7 +207,7 @@ fn remove_stale_temps(tmp: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Mutex;
 
     use super::*;
@@ -216,8 +236,10 @@ mod tests {
         Ok(())
     }
 
-    fn entries(dir: &Path) -> usize {
-        std::fs::read_dir(dir).map_or(0, |d| d.count())
+    /// Files below `dir` (temporary files sit in subfolders).
+    pub(crate) fn entries(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .map_or(0, |d| d.flatten().map(|e| if e.path().is_dir() { entries(&e.path()) } else { 1 }).sum())
     }
 
     #[test]
@@ -238,7 +260,7 @@ mod tests {
         assert_eq!(seen[0].0.len(), 20, "and covers every temporary file");
         assert!(seen[0].0.iter().all(|p| p.starts_with(dir.path().join(".tmp"))));
         assert_eq!(seen[1].1, 20, "the second barrier runs after every rename");
-        for d in ["ws/w1/00", "ws/w1/03", "ws/w1", "ws", "", ".tmp"] {
+        for d in ["ws/w1/00", "ws/w1/03", "ws/w1", "ws", "", ".tmp", ".tmp/00"] {
             assert!(seen[1].0.contains(&dir.path().join(d)), "directory {d:?} is synced after the renames");
         }
         for (k, p) in keys.iter().zip(&finals) {
