@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -377,23 +378,69 @@ fn write_all(
     bar: &ProgressBar,
 ) -> Result<Vec<(usize, Fetched)>, SyncError> {
     let mut rx = Feed { rx, ready: VecDeque::new() };
-    let mut out = Vec::new();
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut cleanup = Cleanup(HashSet::new());
-    let mut group_bytes = 0u64;
-    for w in work {
-        let (tmp, file) = create_temp(&w.job.target)?;
-        cleanup.0.insert(tmp.clone());
-        let stat = write_one(&w, &tmp, file, &mut rx, keys, bar)?;
-        group_bytes += w.job.entry.size;
-        pending.push(Pending { idx: w.idx, tmp, job: w.job, stat });
-        if pending.len() >= GROUP_FILES || group_bytes >= GROUP_BYTES {
+    let targets: Vec<PathBuf> = work.iter().map(|w| w.job.target.clone()).collect();
+    // Creating a file is most of the cost of writing a small one (the file system allocates an inode and
+    // updates the folder), so a second thread creates the temporary files a little ahead of the writer.
+    let (made_tx, made_rx) = std::sync::mpsc::sync_channel(CREATE_AHEAD);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (targets, stop) = (&targets, &stop);
+        // The sender lives in the thread: once it returns, the draining loop below ends.
+        scope.spawn(move || create_ahead(targets, &made_tx, stop));
+        let result = (|| {
+            let mut out = Vec::new();
+            let mut pending: Vec<Pending> = Vec::new();
+            let mut cleanup = Cleanup(HashSet::new());
+            let mut group_bytes = 0u64;
+            for w in work {
+                let made = made_rx.recv().map_err(|_| SyncError::Internal("the file-creating thread stopped".into()));
+                let (tmp, file) = made??;
+                cleanup.0.insert(tmp.clone());
+                let stat = write_one(&w, &tmp, file, &mut rx, keys, bar)?;
+                group_bytes += w.job.entry.size;
+                pending.push(Pending { idx: w.idx, tmp, job: w.job, stat });
+                if pending.len() >= GROUP_FILES || group_bytes >= GROUP_BYTES {
+                    install(&mut pending, &mut cleanup, device, &mut out)?;
+                    group_bytes = 0;
+                }
+            }
             install(&mut pending, &mut cleanup, device, &mut out)?;
-            group_bytes = 0;
+            Ok(out)
+        })();
+        // After a failure, files created ahead and not yet taken are removed.
+        stop.store(true, Ordering::Relaxed);
+        while let Ok(made) = made_rx.recv() {
+            if let Ok((tmp, _)) = made {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+        result
+    })
+}
+
+/// Temporary files created ahead of the writer.
+const CREATE_AHEAD: usize = 64;
+
+/// Creates the temporary file of each target in order, until done, told to stop, or creation fails.
+fn create_ahead(
+    targets: &[PathBuf],
+    made: &std::sync::mpsc::SyncSender<Result<(PathBuf, File), SyncError>>,
+    stop: &AtomicBool,
+) {
+    for t in targets {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let created = create_temp(t);
+        let failed = created.is_err();
+        if let Err(std::sync::mpsc::SendError(Ok((tmp, _)))) = made.send(created) {
+            let _ = fs::remove_file(tmp);
+            return;
+        }
+        if failed {
+            return;
         }
     }
-    install(&mut pending, &mut cleanup, device, &mut out)?;
-    Ok(out)
 }
 
 /// Writes one file into `tmp` and verifies it; returns the stat of the finished temporary file.
