@@ -77,6 +77,24 @@ async fn a_chunk_is_rebuilt_from_a_delta_and_wrong_or_foreign_deltas_store_nothi
     assert_eq!((res.stored, res.failed.len()), (1, 0), "{res:?}");
     assert_eq!(files.get_chunk(new_id).await.expect("rebuilt"), new);
 
+    // Sent again, the chunk is already held: counted as present, not rebuilt.
+    let res = files
+        .upload_deltas(vec![ChunkDelta { id: new_id, bases: vec![old_id], delta: delta.clone() }])
+        .await
+        .expect("again");
+    assert_eq!((res.stored, res.already_present, res.failed.len()), (0, 1, 0), "{res:?}");
+
+    // A request may carry at most 4096 deltas, however small.
+    let flood: Vec<ChunkDelta> = (0..4097u32)
+        .map(|n| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&n.to_le_bytes());
+            ChunkDelta { id: ChunkId(id), bases: vec![old_id], delta: b"x".to_vec() }
+        })
+        .collect();
+    let err = files.upload_deltas(flood).await.expect_err("too many deltas");
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+
     // A delta under a wrong id, or one that is garbage, is refused chunk by chunk; nothing is stored.
     let claimed = ChunkId(keyed_hash(&key, b"something else"));
     let garbage = ChunkId(keyed_hash(&key, b"garbage"));
@@ -90,7 +108,7 @@ async fn a_chunk_is_rebuilt_from_a_delta_and_wrong_or_foreign_deltas_store_nothi
     assert_eq!((res.stored, res.failed.clone()), (0, vec![claimed, garbage]), "{res:?}");
     assert_eq!(files.missing_chunks(&[claimed, garbage]).await.expect("missing"), vec![claimed, garbage]);
 
-    // A base the workspace does not hold (another workspace's chunk) is refused before anything is read.
+    // A base the workspace does not hold (another workspace's chunk) is refused, and nothing is stored.
     let foreign = a.files(other.id).manifest(&WsPath::parse("elsewhere.bin").expect("p"), None).await.expect("m");
     let foreign = foreign.manifest.chunks[0].id;
     let err = files
@@ -98,5 +116,16 @@ async fn a_chunk_is_rebuilt_from_a_delta_and_wrong_or_foreign_deltas_store_nothi
         .await
         .expect_err("foreign base");
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(files.missing_chunks(&[claimed]).await.expect("missing"), vec![claimed]);
+
+    // Reading signatures is reading the file: audited as an access to that version.
+    let store = cloudsync_cli::server::open_store(&srv.config, &srv.data_dir()).await.expect("store");
+    let audit = store.audit_chain(&ws.id.to_string(), 0, 1000).await.expect("audit");
+    let accesses: Vec<_> = audit
+        .iter()
+        .filter(|r| r.row.event == cloudsync_types::AuditEvent::FileAccess && r.row.details["via"] == "delta signature")
+        .map(|r| r.row.target.as_deref().unwrap_or_default())
+        .collect();
+    assert_eq!(accesses, ["doc.bin"], "one file.access row for the version whose signature was read");
     srv.stop().await;
 }

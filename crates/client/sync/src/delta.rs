@@ -113,7 +113,21 @@ pub(crate) async fn send_deltas(
     if deltas.is_empty() {
         return Ok((whole, sent));
     }
-    let res = retry(|| files.upload_deltas(deltas.clone())).await?;
+    let res = match retry(|| files.upload_deltas(deltas.clone())).await {
+        Ok(res) => res,
+        // Refused as a whole (a base gone meanwhile, a server limit, no delta support): everything goes whole.
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::NotFound | ErrorKind::BadRequest | ErrorKind::TooLarge | ErrorKind::NotSupported
+            ) =>
+        {
+            tracing::debug!("the server refused the deltas ({e}); uploading those chunks whole");
+            whole.extend(held);
+            return Ok((whole, DeltaSent::default()));
+        }
+        Err(e) => return Err(e.into()),
+    };
     for id in res.failed {
         if let Some(data) = held.remove(&id) {
             sent.chunks -= 1;

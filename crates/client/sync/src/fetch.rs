@@ -385,9 +385,12 @@ fn write_all(
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (targets, stop) = (&targets, &stop);
-        // The sender lives in the thread: once it returns, the draining loop below ends.
+        // The sender lives in the thread: once it returns, the draining below ends.
         scope.spawn(move || create_ahead(targets, &made_tx, stop));
-        let result = (|| {
+        // Whichever way the writer ends (done, failed or panicked), files created ahead and not yet taken
+        // are removed, and the creating thread is released so the scope can end.
+        let _drain = DrainAhead { stop, made: &made_rx };
+        (|| {
             let mut out = Vec::new();
             let mut pending: Vec<Pending> = Vec::new();
             let mut cleanup = Cleanup(HashSet::new());
@@ -406,16 +409,28 @@ fn write_all(
             }
             install(&mut pending, &mut cleanup, device, &mut out)?;
             Ok(out)
-        })();
-        // After a failure, files created ahead and not yet taken are removed.
-        stop.store(true, Ordering::Relaxed);
-        while let Ok(made) = made_rx.recv() {
+        })()
+    })
+}
+
+/// Temporary files created ahead and waiting for the writer.
+type Made = std::sync::mpsc::Receiver<Result<(PathBuf, File), SyncError>>;
+
+/// Stops [`create_ahead`] and removes what it created but the writer did not take.
+struct DrainAhead<'a> {
+    stop: &'a AtomicBool,
+    made: &'a Made,
+}
+
+impl Drop for DrainAhead<'_> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        while let Ok(made) = self.made.recv() {
             if let Ok((tmp, _)) = made {
                 let _ = fs::remove_file(tmp);
             }
         }
-        result
-    })
+    }
 }
 
 /// Temporary files created ahead of the writer.

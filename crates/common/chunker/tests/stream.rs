@@ -111,3 +111,23 @@ fn large_stream_has_bounded_buffering() {
     assert_eq!(next_offset, TOTAL);
     assert!(count >= TOTAL / u64::from(params.max), "{count} chunks");
 }
+
+#[test]
+fn default_sizes_stream_exactly_like_the_slice_chunker() {
+    // Larger than twice the maximum chunk, so the window grows, fills and is compacted on the way.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let data: Vec<u8> = (0..11 * 1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let params = ChunkerParams::DEFAULT;
+    let streamed: Vec<(usize, usize)> = chunk_reader(&data[..], params, Boundaries::Public)
+        .map(|c| c.map(|c| (c.offset as usize, c.data.len())).expect("chunk"))
+        .collect();
+    assert_eq!(streamed, chunk_slice(&data, params, Boundaries::Public));
+    assert!(streamed.len() > 4, "{} chunks", streamed.len());
+}

@@ -12,6 +12,8 @@
 //! End-to-end encrypted workspaces (where the server holds no plaintext) cannot use this; their clients
 //! upload whole chunks.
 
+use std::collections::HashSet;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use cloudsync_crypto::keyed_hash;
@@ -19,7 +21,9 @@ use cloudsync_types::api::{ChunkSignature, DeltaBaseRef, MAX_DELTA_BASES, MAX_SI
 use cloudsync_types::{ChunkId, MAX_CHUNK_SIZE};
 use fast_rsync::{Signature, SignatureOptions, apply_limited};
 
-use crate::{Access, ChunkIo, Core, CoreError, CoreResult, decode_manifest};
+use cloudsync_types::AuditEvent;
+
+use crate::{Access, AuditExt as _, ChunkIo, Core, CoreError, CoreResult, decode_manifest};
 
 /// Most base bytes one signatures request reads; bases past this budget get no signature (the client then
 /// uploads those chunks whole), so a request's cost is bounded whatever it asks for.
@@ -52,8 +56,13 @@ impl Core {
         let io = self.chunk_io(access).await?;
         let mut budget = MAX_SIGNATURE_BYTES;
         let mut out = Vec::with_capacity(refs.len());
-        for (r, v) in refs.iter().zip(found) {
+        // A signature reveals the chunk ids and block hashes of a version: read access to it, audited as such
+        // (once per version per request).
+        let mut audited = HashSet::new();
+        let mut rows = Vec::new();
+        'refs: for (r, v) in refs.iter().zip(found) {
             let picked = v
+                .as_ref()
                 .and_then(|v| decode_manifest(&v.manifest))
                 .and_then(|m| pick_bases(&m, r.offset, u64::from(r.len)))
                 .filter(|b| b.len <= budget);
@@ -64,12 +73,31 @@ impl Core {
             budget -= picked.len;
             let mut base = Vec::with_capacity(picked.len);
             for id in &picked.ids {
-                base.extend_from_slice(&io.get(*id).await?);
+                match io.get(*id).await {
+                    Ok(data) => base.extend_from_slice(&data),
+                    Err(e) => {
+                        // The client then uploads that chunk whole; the other refs are unaffected.
+                        tracing::warn!(chunk = %id, error = %e, "a base chunk for a delta signature cannot be read");
+                        out.push(None);
+                        continue 'refs;
+                    }
+                }
             }
             let signature = tokio::task::spawn_blocking(move || signature_of(&base))
                 .await
                 .map_err(|e| CoreError::Internal(format!("signature task failed: {e}")))?;
+            if audited.insert((r.path.as_str(), r.version)) {
+                rows.push(
+                    self.audit(AuditEvent::FileAccess, Some(&access.actor), Some(access.workspace))
+                        .target(r.path.as_str())
+                        .detail("version", r.version)
+                        .detail("via", "delta signature"),
+                );
+            }
             out.push(Some(ChunkSignature { bases: picked.ids, signature: STANDARD.encode(signature) }));
+        }
+        if !rows.is_empty() {
+            self.store.append_audit(&rows).await?;
         }
         Ok(out)
     }
@@ -82,7 +110,16 @@ impl ChunkIo {
     /// # Errors
     /// More than [`MAX_DELTA_BASES`] bases, a base this workspace does not hold (`ChunksNotFound`), or a base
     /// that cannot be read.
-    pub async fn rebuild(&self, id: ChunkId, bases: &[ChunkId], delta: bytes::Bytes) -> CoreResult<Option<Vec<u8>>> {
+    ///
+    /// `spent` grows by the bytes read and rebuilt, so a request can be held to a budget of work however
+    /// small its deltas are.
+    pub async fn rebuild(
+        &self,
+        id: ChunkId,
+        bases: &[ChunkId],
+        delta: bytes::Bytes,
+        spent: &mut usize,
+    ) -> CoreResult<Option<Vec<u8>>> {
         if bases.is_empty() || bases.len() > MAX_DELTA_BASES {
             return Err(CoreError::BadRequest(format!("a delta names 1 to {MAX_DELTA_BASES} base chunks")));
         }
@@ -91,17 +128,28 @@ impl ChunkIo {
         for b in bases {
             base.extend_from_slice(&self.get(*b).await?);
         }
+        *spent += base.len();
         let chunk_key = self.chunk_key.clone();
-        tokio::task::spawn_blocking(move || {
+        let out = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             // The limit stops a delta that would expand past the chunk size cap as soon as it does.
-            if apply_limited(&base, &delta, &mut out, MAX_CHUNK_SIZE).is_err() || out.is_empty() {
-                return None;
-            }
-            (keyed_hash(&chunk_key, &out) == id.0).then_some(out)
+            let ok = apply_limited(&base, &delta, &mut out, MAX_CHUNK_SIZE).is_ok()
+                && !out.is_empty()
+                && keyed_hash(&chunk_key, &out) == id.0;
+            (ok, out)
         })
         .await
-        .map_err(|e| CoreError::Internal(format!("delta task failed: {e}")))
+        .map_err(|e| CoreError::Internal(format!("delta task failed: {e}")))?;
+        *spent += out.1.len();
+        Ok(out.0.then_some(out.1))
+    }
+
+    /// Whether this workspace holds chunk `id`.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn holds(&self, id: ChunkId) -> CoreResult<bool> {
+        Ok(self.store.missing_chunks(self.ws, &[id]).await?.is_empty())
     }
 }
 

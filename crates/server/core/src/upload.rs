@@ -272,7 +272,12 @@ mod tests {
         let err = up.finish().await.expect_err("mismatch");
         assert!(matches!(err, CoreError::BadRequest(_)), "{err}");
         assert_eq!(core.missing_chunks(&access, &[good]).await.expect("missing"), vec![good]);
-        let tmp = dir.path().join("chunks/.tmp");
-        assert_eq!(std::fs::read_dir(tmp).expect("tmp").count(), 0, "staged files of the failed batch are removed");
+        // Staged files sit in subfolders of `.tmp`.
+        let staged = std::fs::read_dir(dir.path().join("chunks/.tmp"))
+            .expect("tmp")
+            .flatten()
+            .map(|d| std::fs::read_dir(d.path()).map_or(1, |f| f.count()))
+            .sum::<usize>();
+        assert_eq!(staged, 0, "staged files of the failed batch are removed");
     }
 }

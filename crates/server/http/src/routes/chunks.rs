@@ -54,6 +54,12 @@ pub(crate) async fn upload_chunks(
 
 /// Most bytes in one delta upload request (deltas are small; whole chunks go to `chunks`).
 const MAX_DELTA_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
+/// Most deltas in one request.
+const MAX_DELTA_FRAMES: usize = 4096;
+/// Base bytes read plus bytes rebuilt per delta request: a tiny delta can name 32 MiB of bases and expand
+/// to 8 MiB, so the work a request may cause is capped, not just its size. Deltas past the budget are
+/// answered as failed (the client uploads those chunks whole).
+const MAX_DELTA_WORK: usize = 1024 * 1024 * 1024;
 
 /// rsync signatures of the old bytes that new chunks replace, for uploading them as deltas (`chunks/deltas`).
 /// The server chooses each base from the manifest of the named version.
@@ -80,18 +86,36 @@ pub(crate) async fn upload_deltas(
 ) -> Result<axum::Json<UploadDeltasResponse>, ApiError> {
     let io = st.core.chunk_io(&a).await?;
     let mut upload = io.upload();
-    let mut failed = Vec::new();
+    let (mut failed, mut present, mut count, mut spent) = (Vec::new(), 0u32, 0usize, 0usize);
     let mut frames = Frames::new(body, MAX_DELTA_UPLOAD_BYTES, "send at most 256 MiB of deltas per request");
     while let Some((id, payload)) = frames.next().await? {
+        count += 1;
+        if count > MAX_DELTA_FRAMES {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("send at most {MAX_DELTA_FRAMES} deltas per request"),
+            ));
+        }
         let (bases, delta) = parse_delta_payload(&payload).map_err(ApiError::bad_request)?;
         let delta = payload.slice(payload.len() - delta.len()..);
-        match io.rebuild(id, &bases, delta).await? {
-            Some(data) => upload.push(id, Bytes::from(data)).await?,
-            None => failed.push(id),
+        if io.holds(id).await? {
+            present += 1;
+        } else if spent >= MAX_DELTA_WORK {
+            // Past this request's budget of reading and rebuilding: the client uploads the rest whole.
+            failed.push(id);
+        } else {
+            match io.rebuild(id, &bases, delta, &mut spent).await? {
+                Some(data) => upload.push(id, Bytes::from(data)).await?,
+                None => failed.push(id),
+            }
         }
     }
     let done = upload.finish().await?;
-    Ok(axum::Json(UploadDeltasResponse { stored: done.stored, already_present: done.already_present, failed }))
+    Ok(axum::Json(UploadDeltasResponse {
+        stored: done.stored,
+        already_present: done.already_present + present,
+        failed,
+    }))
 }
 
 /// A framed request body, parsed as it streams in: memory holds one frame plus one network read.
