@@ -61,11 +61,19 @@ pub(crate) fn chunk_stream(
             ChunkerError::Io(e) => e,
             other => io::Error::other(other.to_string()),
         })?;
-        hasher.update(&chunk.data);
         size += chunk.data.len() as u64;
         let id = keys.chunk_id(&chunk.data);
+        // Chunk ids and content hashes use the same key: a file that is one chunk hashes to its chunk id,
+        // so most small files are hashed once, not twice.
+        let whole = chunk.offset == 0 && chunk.last;
+        if !whole {
+            hasher.update(&chunk.data);
+        }
         if on_chunk(id, chunk.data).is_break() {
             return Ok(None);
+        }
+        if whole {
+            return Ok(Some(Digest { size, hash: id.0 }));
         }
     }
     Ok(Some(Digest { size, hash: hasher.finalize() }))
@@ -126,6 +134,25 @@ mod tests {
 
         file.seek(SeekFrom::Start(0)).expect("seek");
         assert_eq!(hash_reader(&file, &keys).expect("hash"), digest);
+    }
+
+    #[test]
+    fn a_one_chunk_file_hashes_to_its_content_hash() {
+        let keys = ChunkKeys::for_test(small_params());
+        let key = SecretKey::from_bytes([42; 32]);
+        for len in [1, 500, 1024, 3000] {
+            let data = pseudo_random(len);
+            let mut ids = Vec::new();
+            let digest = chunk_stream(&data[..], &keys, |id, _| {
+                ids.push(id);
+                ControlFlow::Continue(())
+            })
+            .expect("chunk")
+            .expect("not stopped");
+            assert_eq!(ids.len(), 1, "{len} bytes");
+            assert_eq!((digest.size, digest.hash), (len as u64, keyed_hash(&key, &data)), "{len} bytes");
+            assert_eq!(hash_reader(&data[..], &keys).expect("hash"), digest);
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Chunk {
     pub offset: u64,
     /// The chunk's contents.
     pub data: Vec<u8>,
+    /// True when the input ends with this chunk.
+    pub last: bool,
 }
 
 impl fmt::Debug for Chunk {
@@ -134,8 +136,8 @@ impl<R: Read> ChunkStream<R> {
         let (_, len) = cdc.cut(0, held);
         let len = len.clamp(1, held);
         let data = self.window[self.start..self.start + len].to_vec();
-        let chunk = Chunk { offset: self.offset, data };
         self.start += len;
+        let chunk = Chunk { offset: self.offset, data, last: self.eof && self.start == self.window.len() };
         self.offset += len as u64;
         Ok(Some(chunk))
     }

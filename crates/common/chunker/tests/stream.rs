@@ -125,9 +125,11 @@ fn default_sizes_stream_exactly_like_the_slice_chunker() {
         })
         .collect();
     let params = ChunkerParams::DEFAULT;
-    let streamed: Vec<(usize, usize)> = chunk_reader(&data[..], params, Boundaries::Public)
-        .map(|c| c.map(|c| (c.offset as usize, c.data.len())).expect("chunk"))
-        .collect();
+    let chunks: Vec<_> = chunk_reader(&data[..], params, Boundaries::Public).map(|c| c.expect("chunk")).collect();
+    let lasts: Vec<bool> = chunks.iter().map(|c| c.last).collect();
+    assert_eq!(lasts.iter().filter(|l| **l).count(), 1, "exactly one chunk is marked last");
+    assert_eq!(lasts.last(), Some(&true));
+    let streamed: Vec<(usize, usize)> = chunks.iter().map(|c| (c.offset as usize, c.data.len())).collect();
     assert_eq!(streamed, chunk_slice(&data, params, Boundaries::Public));
     assert!(streamed.len() > 4, "{} chunks", streamed.len());
 }
