@@ -186,6 +186,11 @@ fn quick_start_push_pull_versions_trash_restore() {
     let sub = tmp.path().join("sub");
     alice.ok(&["pull", "Team Docs:notes", sub.to_str().expect("p")]);
     assert_eq!(std::fs::read(sub.join("a.txt")).expect("a"), b"hello");
+    // A path with nothing on the server is an error, and no local folder is made for it.
+    let typo = tmp.path().join("typo");
+    let err = alice.fail(&["pull", "Team Docs:nots", typo.to_str().expect("p")]);
+    assert!(err.contains("nothing on the server at 'nots'"), "{err}");
+    assert!(!typo.exists());
 
     // Delete goes to the trash and comes back.
     alice.ok(&["rm", "Team Docs:notes/deep"]);

@@ -25,6 +25,9 @@ pub enum SyncError {
     /// The local path given cannot be used.
     #[error("{0}")]
     InvalidLocal(String),
+    /// Nothing lives at the server path given.
+    #[error("{0}")]
+    RemoteNotFound(String),
     /// Something that cannot happen did: a background task panicked, or an internal invariant broke.
     #[error("internal error: {0}; this is a bug; please report it")]
     Internal(String),
@@ -40,7 +43,10 @@ impl SyncError {
                 source.kind(),
                 io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
             ),
-            SyncError::Integrity(_) | SyncError::InvalidLocal(_) | SyncError::Internal(_) => false,
+            SyncError::Integrity(_)
+            | SyncError::InvalidLocal(_)
+            | SyncError::RemoteNotFound(_)
+            | SyncError::Internal(_) => false,
         }
     }
 

@@ -34,13 +34,19 @@ pub async fn pull(
     opts: &TransferOptions,
 ) -> Result<TransferSummary, SyncError> {
     let started = Instant::now();
-    let root = local_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || ensure_dir(&root)).await.map_err(SyncError::task)??;
     tracing::info!(workspace = %ws, remote = %remote, device = %opts.device_name, "pull started");
-
     let (workspaces, files) = (client.workspaces(), client.files(ws));
     let keys = ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)?;
     let entries = retry(|| files.list_all(remote)).await?;
+    // Folders exist only through their files: a path with nothing below it is a typo, not an empty folder
+    // (an empty workspace root is fine). Checked before the local folder is created.
+    if entries.is_empty() && !remote.is_root() {
+        return Err(SyncError::RemoteNotFound(format!(
+            "nothing on the server at '{remote}': no file or folder by that name (`cloudsync ls` shows what is there)"
+        )));
+    }
+    let root = local_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || ensure_dir(&root)).await.map_err(SyncError::task)??;
     let mut summary = TransferSummary { files_scanned: entries.len() as u64, ..TransferSummary::default() };
     let mut names = CaseFold::default();
     let mut jobs = Vec::with_capacity(entries.len());
