@@ -121,6 +121,19 @@ impl TestServer {
     }
 }
 
+/// `len` deterministic, incompressible-looking bytes (xorshift) for `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// Every file below `dir` (recursively).
 pub fn all_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

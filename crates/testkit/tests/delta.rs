@@ -9,22 +9,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use cloudsync_crypto::keyed_hash;
 use cloudsync_sdk::{ChunkDelta, ErrorKind};
-use cloudsync_testkit::TestServer;
+use cloudsync_testkit::{TestServer, noise};
 use cloudsync_types::api::DeltaBaseRef;
 use cloudsync_types::{ChunkId, WsPath};
 use fast_rsync::{Signature, diff};
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn delta_against(signature_b64: &str, data: &[u8]) -> Vec<u8> {
     let sig = Signature::deserialize(STANDARD.decode(signature_b64).expect("base64")).expect("signature");

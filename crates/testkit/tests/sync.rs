@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use cloudsync_sdk::Client;
 use cloudsync_sync::{SyncOptions, SyncReport, sync};
-use cloudsync_testkit::TestServer;
+use cloudsync_testkit::{TestServer, noise};
 use cloudsync_types::api::CreateWorkspaceRequest;
 use cloudsync_types::{WorkspaceId, WsPath};
 
@@ -196,19 +196,6 @@ async fn a_no_op_sync_reads_no_file_contents() {
     let r = a.sync(ws, "").await;
     assert_eq!(r.summary.files_uploaded, 1, "{r:?}");
     srv.stop().await;
-}
-
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -80,7 +80,7 @@ pub(crate) fn chunk_stream(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::{Seek, SeekFrom, Write};
 
     use cloudsync_chunker::ChunkerParams;
@@ -92,9 +92,9 @@ mod tests {
         ChunkerParams { min: 1024, avg: 4096, max: 16384 }
     }
 
-    /// Deterministic, incompressible-looking bytes.
-    fn pseudo_random(len: usize) -> Vec<u8> {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    /// Deterministic, incompressible-looking bytes (the unit tests of this crate share it).
+    pub(crate) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
         (0..len)
             .map(|_| {
                 x ^= x << 13;
@@ -109,7 +109,7 @@ mod tests {
     fn chunks_and_hash_of_a_file_match_in_memory_hashing() {
         let keys = ChunkKeys::for_test(small_params());
         let key = SecretKey::from_bytes([42; 32]);
-        let data = pseudo_random(300_000);
+        let data = pseudo_random(300_000, 0x9e37_79b9_7f4a_7c15);
         let mut file = tempfile::tempfile().expect("tempfile");
         file.write_all(&data).expect("write");
         file.seek(SeekFrom::Start(0)).expect("seek");
@@ -141,7 +141,7 @@ mod tests {
         let keys = ChunkKeys::for_test(small_params());
         let key = SecretKey::from_bytes([42; 32]);
         for len in [1, 500, 1024, 3000] {
-            let data = pseudo_random(len);
+            let data = pseudo_random(len, 0x9e37_79b9_7f4a_7c15);
             let mut ids = Vec::new();
             let digest = chunk_stream(&data[..], &keys, |id, _| {
                 ids.push(id);
@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn stopping_early_returns_none() {
         let keys = ChunkKeys::for_test(small_params());
-        let data = pseudo_random(100_000);
+        let data = pseudo_random(100_000, 0x9e37_79b9_7f4a_7c15);
         let got = chunk_stream(&data[..], &keys, |_, _| ControlFlow::Break(())).expect("chunk");
         assert_eq!(got, None);
     }

@@ -163,18 +163,7 @@ mod tests {
     use fast_rsync::{SignatureOptions, apply};
 
     use super::*;
-
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::chunking::tests::pseudo_random;
 
     fn signature(base: &[u8], bases: Vec<ChunkId>) -> ChunkSignature {
         let sig = Signature::calculate(base, SignatureOptions { block_size: 512, crypto_hash_size: 8 });

@@ -115,15 +115,7 @@ fn large_stream_has_bounded_buffering() {
 #[test]
 fn default_sizes_stream_exactly_like_the_slice_chunker() {
     // Larger than twice the maximum chunk, so the window grows, fills and is compacted on the way.
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let data: Vec<u8> = (0..11 * 1024 * 1024)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let data = common::random_data(11, 11 * 1024 * 1024);
     let params = ChunkerParams::DEFAULT;
     let chunks: Vec<_> = chunk_reader(&data[..], params, Boundaries::Public).map(|c| c.expect("chunk")).collect();
     let lasts: Vec<bool> = chunks.iter().map(|c| c.last).collect();
