@@ -390,27 +390,38 @@ fn write_all(
         // Whichever way the writer ends (done, failed or panicked), files created ahead and not yet taken
         // are removed, and the creating thread is released so the scope can end.
         let _drain = DrainAhead { stop, made: &made_rx };
-        (|| {
-            let mut out = Vec::new();
-            let mut pending: Vec<Pending> = Vec::new();
-            let mut cleanup = Cleanup(HashSet::new());
-            let mut group_bytes = 0u64;
-            for w in work {
-                let made = made_rx.recv().map_err(|_| SyncError::Internal("the file-creating thread stopped".into()));
-                let (tmp, file) = made??;
-                cleanup.0.insert(tmp.clone());
-                let stat = write_one(&w, &tmp, file, &mut rx, keys, bar)?;
-                group_bytes += w.job.entry.size;
-                pending.push(Pending { idx: w.idx, tmp, job: w.job, stat });
-                if pending.len() >= GROUP_FILES || group_bytes >= GROUP_BYTES {
-                    install(&mut pending, &mut cleanup, device, &mut out)?;
-                    group_bytes = 0;
-                }
-            }
-            install(&mut pending, &mut cleanup, device, &mut out)?;
-            Ok(out)
-        })()
+        write_in_order(work, &made_rx, &mut rx, keys, device, bar)
     })
+}
+
+/// Writes every file in `work` order into the temporary files `made` hands over, installing them a group at
+/// a time.
+fn write_in_order(
+    work: Vec<Work>,
+    made: &Made,
+    rx: &mut Feed,
+    keys: &ChunkKeys,
+    device: &str,
+    bar: &ProgressBar,
+) -> Result<Vec<(usize, Fetched)>, SyncError> {
+    let mut out = Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut cleanup = Cleanup(HashSet::new());
+    let mut group_bytes = 0u64;
+    for w in work {
+        let next = made.recv().map_err(|_| SyncError::Internal("the file-creating thread stopped".into()));
+        let (tmp, file) = next??;
+        cleanup.0.insert(tmp.clone());
+        let stat = write_one(&w, &tmp, file, rx, keys, bar)?;
+        group_bytes += w.job.entry.size;
+        pending.push(Pending { idx: w.idx, tmp, job: w.job, stat });
+        if pending.len() >= GROUP_FILES || group_bytes >= GROUP_BYTES {
+            install(&mut pending, &mut cleanup, device, &mut out)?;
+            group_bytes = 0;
+        }
+    }
+    install(&mut pending, &mut cleanup, device, &mut out)?;
+    Ok(out)
 }
 
 /// Temporary files created ahead and waiting for the writer.
