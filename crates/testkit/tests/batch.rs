@@ -269,8 +269,8 @@ async fn one_upload_request_is_stored_in_several_durable_batches() {
         assert_eq!(got.next().await.expect("frame"), Some((*id, data.clone())));
     }
     assert!(got.next().await.expect("end").is_none());
-    let tmp = srv.data_dir().join("chunks/.tmp");
-    assert!(tmp.is_dir(), "the staging folder is where the test looks");
-    assert_eq!(cloudsync_testkit::all_files(&tmp), Vec::<std::path::PathBuf>::new(), "no temporary file is left");
+    // Small chunks are packed: a few files for all of them, not one each.
+    let packs = cloudsync_testkit::all_files(&srv.data_dir().join("chunks"));
+    assert!(!packs.is_empty() && packs.len() * 100 < n, "{} files for {n} chunks", packs.len());
     srv.stop().await;
 }

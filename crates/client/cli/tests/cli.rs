@@ -411,14 +411,14 @@ fn a_killed_sync_resumes_without_resending_stored_chunks() {
     write(&dir.join("big.bin"), &big);
     let d = dir.to_str().expect("p");
 
-    // Kill the client once the server has stored some of the file's chunks.
+    // Kill the client once the server has stored a quarter of the file (in packs of a few MiB each).
     let mut child =
         alice.cmd(&["sync", d, "Team", "--json"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
     let chunks_dir = srv.data.join("chunks");
     let started = std::time::Instant::now();
     let stored = loop {
-        let n = count_files(&chunks_dir);
-        if n >= 48 {
+        let n = tree_bytes(&chunks_dir);
+        if n >= 48 << 20 {
             break n;
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(120), "no chunks stored");
@@ -434,16 +434,21 @@ fn a_killed_sync_resumes_without_resending_stored_chunks() {
     let resumed = json(&alice.ok(&["sync", d, "Team", "--json"]));
     assert_eq!(resumed["files_uploaded"], 1, "{resumed}");
     let dedup = resumed["chunks_deduplicated"].as_u64().expect("dedup");
-    assert!(dedup >= 1, "stored chunks are not sent again ({stored} stored before the kill): {resumed}");
+    assert!(dedup >= 1, "stored chunks are not sent again ({stored} bytes stored before the kill): {resumed}");
     assert!(resumed["bytes_uploaded"].as_u64().expect("bytes") < big.len() as u64, "{resumed}");
     let out = tmp.path().join("out");
     alice.ok(&["pull", "Team", out.to_str().expect("p")]);
     assert_eq!(std::fs::read(out.join("big.bin")).expect("read"), big);
 }
 
-fn count_files(dir: &Path) -> usize {
+/// Bytes in the files below `dir`.
+fn tree_bytes(dir: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
     rd.filter_map(Result::ok)
-        .map(|e| if e.file_type().map(|t| t.is_dir()).unwrap_or(false) { count_files(&e.path()) } else { 1 })
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => tree_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
         .sum()
 }

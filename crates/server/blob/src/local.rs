@@ -1,22 +1,18 @@
 //! Batched durable writes to the local disk.
 //!
-//! Writing each chunk through OpenDAL's fs service costs an fsync per object (its writer calls `sync_all`
-//! before renaming the temporary file into place, and leaves the directory entry itself unsynced). For a push
-//! of thousands of small files that is thousands of fsyncs, so local writes bypass OpenDAL and are made durable
-//! a batch at a time instead:
+//! Writing each object through OpenDAL's fs service costs an fsync per object (its writer calls `sync_all`
+//! before renaming a temporary file into place), so local writes bypass OpenDAL and are made durable a batch
+//! at a time instead:
 //!
-//! 1. [`LocalDisk::stage`]: each sealed chunk goes to its own new file under `root/.tmp`, without fsync.
-//! 2. [`LocalDisk::persist`], for the whole batch: a barrier makes the temporary files' data durable (one
-//!    `syncfs(2)` of the chunk file system on Linux; elsewhere an fsync of each file); the target directories
-//!    are created; each file is renamed to its final name; a second barrier makes the renames and new
-//!    directories durable (`syncfs` again, or an fsync of each touched directory).
+//! 1. [`LocalDisk::write_pack`]: each pack goes to a new file under its final name, without fsync. Pack
+//!    names are random and never reused, and nothing refers to a pack before it is durable, so no temporary
+//!    name and no rename are needed: a crash leaves at worst an unreferenced, possibly partial pack.
+//! 2. [`LocalDisk::persist`], for the whole batch: one barrier makes the packs' data and their directory
+//!    entries durable (one `syncfs(2)` of the chunk file system on Linux; elsewhere an fsync of each pack and
+//!    of each folder from it up to the root).
 //!
-//! Only after `persist` returns may the caller record the chunks in the metadata store. So a crash at any point
-//! leaves either an unrecorded file (a temporary one, or a final one nobody refers to yet, which the next
-//! upload of that chunk overwrites) or a recorded chunk whose bytes are durable under its final name; never a
-//! recorded chunk that is missing or partial. Because the data barrier comes before any rename, a rename never
-//! replaces a durable chunk (say, one a concurrent request just recorded) with a file whose data could still be
-//! lost.
+//! Only after `persist` returns may the caller record the chunks in the metadata store, so a recorded chunk's
+//! bytes are always durable. A pack dropped before it was persisted (a failed upload) removes its file.
 //!
 //! `syncfs` flushes every dirty page of the file system, not only ours: on a file system shared with other
 //! busy writers a barrier waits for their data too, so a dedicated file system for the chunk directory gives
@@ -28,138 +24,139 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use crate::BlobError;
 
-/// Temporary files older than this are left-overs of a crash and are removed when the store is opened.
-const STALE_TEMP_AGE: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// A durability barrier over `paths` (the temporary files, then the touched directories) under `root`.
+/// A durability barrier over `paths` (the pack files, then every folder from them up to `root`).
 pub(crate) type Barrier = fn(root: &Path, paths: &[PathBuf]) -> std::io::Result<()>;
 
 /// The chunk directory on local disk.
 #[derive(Debug)]
 pub(crate) struct LocalDisk {
     root: PathBuf,
-    tmp: PathBuf,
     barrier: Barrier,
 }
 
-/// A sealed chunk in a temporary file, not yet durable and not yet under its final name. Dropped without
-/// being persisted (a failed or abandoned upload), it removes its temporary file.
+/// A pack written to the local disk and not yet durable. Dropped without being persisted (a failed or
+/// abandoned upload), it removes its file.
 #[derive(Debug)]
-pub(crate) struct TempChunk {
-    tmp: PathBuf,
-    target: PathBuf,
+pub(crate) struct LocalPack {
+    path: PathBuf,
+    /// Its size in bytes.
+    pub(crate) len: u64,
     persisted: bool,
 }
 
-impl Drop for TempChunk {
+impl Drop for LocalPack {
     fn drop(&mut self) {
         if !self.persisted {
-            let _ = std::fs::remove_file(&self.tmp);
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
 
 impl LocalDisk {
-    /// Uses `root` (with `root/.tmp` already created) and removes temporary files a crash left behind.
-    pub(crate) fn new(root: PathBuf, tmp: PathBuf) -> Self {
-        remove_stale_temps(&tmp);
-        Self { root, tmp, barrier: sync_barrier }
+    /// Uses `root`, which exists.
+    pub(crate) fn new(root: PathBuf) -> Self {
+        Self { root, barrier: sync_barrier }
     }
 
-    /// Reads the object at `key` (a path relative to the root); `Ok(None)` when there is none. One plain
-    /// read of a file of known size: OpenDAL's fs reader zero-fills a large buffer for every object, which
-    /// dominated the server's CPU while it streamed thousands of small chunks.
-    pub(crate) fn read(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
-        let path = self.root.join(key);
-        match std::fs::read(&path) {
-            Ok(data) => Ok(Some(data)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(BlobError::Io { action: "read the chunk file", path, source }),
-        }
-    }
-
-    /// The same directory with another barrier (tests observe the order of barriers and renames).
+    /// The same directory with another barrier (tests observe what a barrier covers).
     #[cfg(test)]
     pub(crate) fn with_barrier(mut self, barrier: Barrier) -> Self {
         self.barrier = barrier;
         self
     }
 
-    /// Writes `sealed` to a new temporary file for the object `key`. Blocking.
-    pub(crate) fn stage(&self, key: &str, sealed: &[u8]) -> Result<TempChunk, BlobError> {
-        let base = key.rsplit('/').next().unwrap_or("chunk");
-        // Temporary files are spread over subfolders (by the first two characters of the chunk id), so the
-        // threads staging a batch, and the renames out of it, do not all queue on one folder's lock.
-        let dir = self.tmp.join(base.get(..2).unwrap_or("00"));
-        let tmp = dir.join(format!("{base}.{}", hex::encode(random_suffix())));
-        let chunk = TempChunk { tmp, target: self.root.join(key), persisted: false };
-        let created = match File::create_new(&chunk.tmp) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&dir).map_err(io_error("create the folder", &dir))?;
-                File::create_new(&chunk.tmp)
+    /// Reads the object at `key` (a path relative to the root), whole or the `(offset, len)` range of it;
+    /// `Ok(None)` when there is no such object. A range past the end gives fewer bytes (which then fail their
+    /// integrity check). One plain read: OpenDAL's fs reader zero-fills a large buffer for every read, which
+    /// dominated the server's CPU while it streamed thousands of small chunks.
+    pub(crate) fn read(&self, key: &str, range: Option<(u64, u32)>) -> Result<Option<Vec<u8>>, BlobError> {
+        let path = self.root.join(key);
+        let Some((offset, len)) = range else {
+            return match std::fs::read(&path) {
+                Ok(data) => Ok(Some(data)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(BlobError::Io { action: "read the chunk file", path, source }),
+            };
+        };
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(BlobError::Io { action: "open the pack", path, source }),
+        };
+        let mut buf = vec![0; len as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match read_at(&file, &mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(BlobError::Io { action: "read the pack", path, source }),
+            }
+        }
+        buf.truncate(got);
+        Ok(Some(buf))
+    }
+
+    /// Writes a new pack file for the object `key` (which must not exist), without waiting for the disk.
+    /// Blocking.
+    pub(crate) fn write_pack(&self, key: &str, bytes: &[u8]) -> Result<LocalPack, BlobError> {
+        let pack = LocalPack { path: self.root.join(key), len: bytes.len() as u64, persisted: false };
+        let created = match File::create_new(&pack.path) {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+                if let Some(dir) = pack.path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io_error("create the folder", dir))?;
+                }
+                File::create_new(&pack.path)
             }
             other => other,
         };
-        let mut f = created.map_err(io_error("create the staged chunk", &chunk.tmp))?;
-        f.write_all(sealed).map_err(io_error("write the staged chunk", &chunk.tmp))?;
-        Ok(chunk)
+        // From here on, dropping `pack` removes whatever was written.
+        let mut f = created.map_err(io_error("create the pack", &pack.path))?;
+        f.write_all(bytes).map_err(io_error("write the pack", &pack.path))?;
+        Ok(pack)
     }
 
-    /// Makes every chunk of the batch durable under its final name (see the module documentation). Blocking.
-    /// On error no chunk may be recorded; temporary files of the batch are removed as the chunks drop.
-    pub(crate) fn persist(&self, mut chunks: Vec<TempChunk>) -> Result<(), BlobError> {
-        if chunks.is_empty() {
+    /// Makes every pack of the batch durable (see the module documentation). Blocking. On error no chunk may
+    /// be recorded, and the batch's pack files are removed as the packs drop.
+    pub(crate) fn persist(&self, mut packs: Vec<LocalPack>) -> Result<(), BlobError> {
+        if packs.is_empty() {
             return Ok(());
         }
-        let temps: Vec<PathBuf> = chunks.iter().map(|c| c.tmp.clone()).collect();
-        (self.barrier)(&self.root, &temps).map_err(io_error("sync the staged chunks under", &self.root))?;
         let mut dirs = BTreeSet::new();
-        for c in &chunks {
-            if let Some(parent) = c.target.parent() {
-                dirs.insert(parent.to_path_buf());
-            }
-        }
-        for d in &dirs {
-            std::fs::create_dir_all(d).map_err(io_error("create the folder", d))?;
-        }
-        for c in &mut chunks {
-            std::fs::rename(&c.tmp, &c.target).map_err(io_error("rename the staged chunk to", &c.target))?;
-            c.persisted = true;
-        }
-        // Every directory a rename or a new directory changed, up to the root.
-        let mut touched = BTreeSet::new();
-        for d in &dirs {
-            let mut cur = d.as_path();
-            while cur.starts_with(&self.root) && touched.insert(cur.to_path_buf()) && cur != self.root {
-                match cur.parent() {
-                    Some(p) => cur = p,
-                    None => break,
+        for p in &packs {
+            let mut cur = p.path.parent();
+            while let Some(d) = cur.filter(|d| d.starts_with(&self.root)) {
+                if !dirs.insert(d.to_path_buf()) || d == self.root {
+                    break;
                 }
+                cur = d.parent();
             }
         }
-        // The staging folders lost entries (and may be new themselves).
-        touched.insert(self.tmp.clone());
-        for c in &chunks {
-            if let Some(parent) = c.tmp.parent() {
-                touched.insert(parent.to_path_buf());
-            }
+        let paths: Vec<PathBuf> = packs.iter().map(|p| p.path.clone()).chain(dirs).collect();
+        (self.barrier)(&self.root, &paths).map_err(io_error("sync the new packs under", &self.root))?;
+        for p in &mut packs {
+            p.persisted = true;
         }
-        (self.barrier)(&self.root, &touched.into_iter().collect::<Vec<_>>())
-            .map_err(io_error("sync the renamed chunks and their folders under", &self.root))
+        Ok(())
     }
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
 }
 
 /// Wraps an I/O error with the step that failed (`action`, as in "cannot {action} {path}") and its path.
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BlobError {
     move |source| BlobError::Io { action, path: path.to_path_buf(), source }
-}
-
-fn random_suffix() -> [u8; 8] {
-    cloudsync_crypto::random_bytes::<8>()
 }
 
 /// The real barrier: `syncfs(2)` on Linux (one call for the whole batch, whatever its size; it reports
@@ -186,39 +183,17 @@ fn sync_barrier(_root: &Path, paths: &[PathBuf]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Removes temporary files older than [`STALE_TEMP_AGE`] (younger ones may belong to a running upload of
-/// another process using the same directory, such as `cloudsync server user create` next to the server).
-fn remove_stale_temps(tmp: &Path) {
-    let Ok(entries) = std::fs::read_dir(tmp) else { return };
-    let now = SystemTime::now();
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_stale_temps(&e.path());
-            continue;
-        }
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE_TEMP_AGE));
-        if old {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::sync::Mutex;
 
     use super::*;
 
-    /// What each barrier call saw: the paths it was given, and how many final names existed at that moment.
-    static SEEN: Mutex<Vec<(Vec<PathBuf>, usize)>> = Mutex::new(Vec::new());
-    static FINALS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    /// The paths each barrier call was given.
+    static SEEN: Mutex<Vec<Vec<PathBuf>>> = Mutex::new(Vec::new());
 
     fn observing(_root: &Path, paths: &[PathBuf]) -> std::io::Result<()> {
-        let finals = FINALS.lock().expect("lock").iter().filter(|p| p.exists()).count();
-        SEEN.lock().expect("lock").push((paths.to_vec(), finals));
+        SEEN.lock().expect("lock").push(paths.to_vec());
         Ok(())
     }
 
@@ -226,96 +201,75 @@ pub(crate) mod tests {
         Err(std::io::Error::other("disk on fire"))
     }
 
-    fn disk(root: &Path, barrier: Barrier) -> LocalDisk {
-        let tmp = root.join(".tmp");
-        std::fs::create_dir_all(&tmp).expect("tmp");
-        LocalDisk::new(root.to_path_buf(), tmp).with_barrier(barrier)
-    }
-
     fn passing(_root: &Path, _paths: &[PathBuf]) -> std::io::Result<()> {
         Ok(())
     }
 
-    /// Files below `dir` (temporary files sit in subfolders).
-    pub(crate) fn entries(dir: &Path) -> usize {
+    fn disk(root: &Path, barrier: Barrier) -> LocalDisk {
+        LocalDisk::new(root.to_path_buf()).with_barrier(barrier)
+    }
+
+    fn count_files(dir: &Path) -> usize {
         std::fs::read_dir(dir)
-            .map_or(0, |d| d.flatten().map(|e| if e.path().is_dir() { entries(&e.path()) } else { 1 }).sum())
+            .map_or(0, |d| d.flatten().map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 }).sum())
     }
 
     #[test]
-    fn data_is_made_durable_before_any_rename_and_renames_before_persist_returns() {
+    fn one_barrier_covers_the_packs_and_every_folder_up_to_the_root() {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = disk(dir.path(), observing);
-        let keys: Vec<String> = (0..20u8).map(|i| format!("ws/w1/{:02x}/{:064x}", i % 4, i)).collect();
-        let staged: Vec<TempChunk> = keys.iter().map(|k| disk.stage(k, k.as_bytes()).expect("stage")).collect();
-        let finals: Vec<PathBuf> = keys.iter().map(|k| dir.path().join(k)).collect();
-        *FINALS.lock().expect("lock") = finals.clone();
-        assert!(finals.iter().all(|p| !p.exists()), "staged chunks are not under their final names");
-        assert_eq!(entries(&dir.path().join(".tmp")), 20);
-
-        disk.persist(staged).expect("persist");
+        let keys = ["ws/w1/p/00/a", "ws/w1/p/00/b", "ws/w1/p/3f/c"];
+        let packs: Vec<LocalPack> = keys.iter().map(|k| disk.write_pack(k, k.as_bytes()).expect("write")).collect();
+        assert_eq!(packs[2].len, 12);
+        disk.persist(packs).expect("persist");
         let seen = SEEN.lock().expect("lock").clone();
-        assert_eq!(seen.len(), 2, "two barriers per batch, whatever its size");
-        assert_eq!(seen[0].1, 0, "the data barrier runs before any rename");
-        assert_eq!(seen[0].0.len(), 20, "and covers every temporary file");
-        assert!(seen[0].0.iter().all(|p| p.starts_with(dir.path().join(".tmp"))));
-        assert_eq!(seen[1].1, 20, "the second barrier runs after every rename");
-        for d in ["ws/w1/00", "ws/w1/03", "ws/w1", "ws", "", ".tmp", ".tmp/00"] {
-            assert!(seen[1].0.contains(&dir.path().join(d)), "directory {d:?} is synced after the renames");
+        assert_eq!(seen.len(), 1, "one barrier per batch, whatever its size");
+        for p in keys.iter().chain(&["ws/w1/p/00", "ws/w1/p/3f", "ws/w1/p", "ws/w1", "ws", ""]) {
+            assert!(seen[0].contains(&dir.path().join(p)), "{p:?} is covered by the barrier");
         }
-        for (k, p) in keys.iter().zip(&finals) {
-            assert_eq!(std::fs::read(p).expect("final"), k.as_bytes());
+        assert_eq!(seen[0].len(), 9, "and each only once");
+        for k in keys {
+            assert_eq!(std::fs::read(dir.path().join(k)).expect("pack"), k.as_bytes(), "persisted packs stay");
         }
-        assert_eq!(entries(&dir.path().join(".tmp")), 0, "no temporary file is left");
+        assert!(disk.write_pack(keys[0], b"again").is_err(), "a pack name is never reused");
     }
 
     #[test]
-    fn a_failed_barrier_or_an_abandoned_batch_leaves_nothing_behind() {
+    fn a_failed_barrier_or_an_abandoned_pack_leaves_nothing_behind() {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = disk(dir.path(), failing);
-        let staged = vec![disk.stage("ws/w/aa/1", b"one").expect("stage"), disk.stage("ws/w/bb/2", b"two").expect("s")];
-        assert!(disk.persist(staged).is_err());
-        assert!(!dir.path().join("ws").exists(), "nothing reached a final name");
-        assert_eq!(entries(&dir.path().join(".tmp")), 0, "temporary files are removed");
+        let packs =
+            vec![disk.write_pack("ws/w/p/aa/1", b"one").expect("w"), disk.write_pack("ws/w/p/bb/2", b"2").expect("w")];
+        assert_eq!(count_files(dir.path()), 2);
+        let message = disk.persist(packs).expect_err("barrier fails").to_string();
+        assert!(message.contains(&format!("cannot sync the new packs under {}", dir.path().display())), "{message}");
+        assert!(message.ends_with("disk on fire"), "{message}");
+        assert_eq!(count_files(dir.path()), 0, "the batch's packs are removed");
 
-        let abandoned = disk.stage("ws/w/cc/3", b"three").expect("stage");
-        assert_eq!(entries(&dir.path().join(".tmp")), 1);
+        let abandoned = disk.write_pack("ws/w/p/cc/3", b"three").expect("write");
+        assert_eq!(count_files(dir.path()), 1);
         drop(abandoned);
-        assert_eq!(entries(&dir.path().join(".tmp")), 0, "an abandoned chunk removes its temporary file");
+        assert_eq!(count_files(dir.path()), 0, "an abandoned pack removes its file");
     }
 
     #[test]
     fn errors_name_the_step_and_the_path() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let failing = disk(dir.path(), failing);
-        let staged = vec![failing.stage("ws/w/aa/1", b"one").expect("stage")];
-        let message = failing.persist(staged).expect_err("barrier fails").to_string();
-        assert!(
-            message.contains(&format!("cannot sync the staged chunks under {}", dir.path().display())),
-            "{message}"
-        );
-        assert!(message.ends_with("disk on fire"), "{message}");
-
         // A file where a folder must go.
         std::fs::write(dir.path().join("ws"), b"in the way").expect("file");
-        let disk = disk(dir.path(), passing);
-        let staged = vec![disk.stage("ws/w/aa/1", b"one").expect("stage")];
-        let message = disk.persist(staged).expect_err("folder cannot be created").to_string();
-        let folder = dir.path().join("ws/w/aa");
+        let message = disk(dir.path(), passing).write_pack("ws/w/p/aa/1", b"one").expect_err("no folder").to_string();
+        let folder = dir.path().join("ws/w/p/aa");
         assert!(message.starts_with(&format!("cannot create the folder {}: ", folder.display())), "{message}");
     }
 
     #[test]
-    fn old_temporary_files_are_removed_on_open_and_recent_ones_kept() {
+    fn ranged_reads() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let tmp = dir.path().join(".tmp");
-        std::fs::create_dir_all(&tmp).expect("tmp");
-        let (old, young) = (tmp.join("old"), tmp.join("young"));
-        std::fs::write(&old, b"x").expect("old");
-        std::fs::write(&young, b"y").expect("young");
-        let long_ago = SystemTime::now() - STALE_TEMP_AGE - Duration::from_secs(60);
-        File::options().write(true).open(&old).expect("open").set_modified(long_ago).expect("mtime");
-        let _ = LocalDisk::new(dir.path().to_path_buf(), tmp);
-        assert!(!old.exists() && young.exists());
+        let disk = disk(dir.path(), passing);
+        disk.persist(vec![disk.write_pack("ws/w/p/aa/1", b"0123456789").expect("write")]).expect("persist");
+        assert_eq!(disk.read("ws/w/p/aa/1", Some((2, 3))).expect("read"), Some(b"234".to_vec()));
+        assert_eq!(disk.read("ws/w/p/aa/1", Some((8, 5))).expect("read"), Some(b"89".to_vec()), "short at the end");
+        assert_eq!(disk.read("ws/w/p/aa/1", None).expect("read"), Some(b"0123456789".to_vec()));
+        assert_eq!(disk.read("ws/w/p/aa/2", Some((0, 1))).expect("read"), None);
     }
 }

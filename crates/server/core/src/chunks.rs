@@ -3,16 +3,20 @@
 //! would otherwise read the workspace row and unwrap two keys for every chunk.
 //!
 //! A chunk is accepted only if its id is the keyed hash of its content under the workspace's chunk-id key (so
-//! nobody can poison dedup with wrong content under a known id), sealed under the workspace data key, written
-//! durably, and only then recorded (uploads go through [`ChunkUpload`](crate::ChunkUpload), which does this a
-//! batch at a time). Reads need no presence check in the database: object keys carry the workspace id, so a
-//! chunk of another workspace cannot be addressed, and a sealed chunk opens only under its own workspace's key.
+//! nobody can poison dedup with wrong content under a known id), sealed under the workspace data key into a
+//! pack, written durably, and only then recorded with its place (uploads go through
+//! [`ChunkUpload`](crate::ChunkUpload), which does this a batch at a time). Reads look the place up in the
+//! metadata store, one query for many chunks ([`ChunkIo::locate`]); object keys carry the workspace id, so a
+//! chunk of another workspace cannot be addressed, and sealed bytes open only as the chunk and workspace they
+//! were sealed for, so a wrong place fails closed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use cloudsync_blob::{BlobError, BlobStore, StagedChunk};
+use bytes::Bytes;
+use cloudsync_blob::{BlobError, BlobStore, Place, StagedPack};
 use cloudsync_crypto::{SecretKey, keyed_hash};
-use cloudsync_store::Store;
+use cloudsync_store::{ChunkPlace, Store};
 use cloudsync_types::api::MAX_FETCH_CHUNKS;
 use cloudsync_types::{ChunkId, WorkspaceId};
 
@@ -46,39 +50,78 @@ impl Core {
 }
 
 impl ChunkIo {
-    /// Checks a chunk against its id, seals it and stages it (see [`BlobStore::stage`]). Blocking (hashing,
-    /// sealing, a file write): call it from a blocking thread.
-    pub(crate) fn verify_and_stage(&self, id: ChunkId, plaintext: &[u8]) -> CoreResult<(ChunkId, u32, StagedChunk)> {
-        let size = u32::try_from(plaintext.len()).map_err(|_| CoreError::TooLarge("chunk too large".into()))?;
-        if keyed_hash(&self.chunk_key, plaintext) != id.0 {
-            return Err(CoreError::BadRequest(format!(
-                "chunk {id} does not match its content (ids are keyed BLAKE3 under the workspace chunk-id key)"
-            )));
+    /// Checks each chunk against its id, then seals the group into one pack and stages it (see
+    /// [`BlobStore::stage`]). Blocking (hashing, sealing, a file write): call it from a blocking thread.
+    ///
+    /// # Errors
+    /// `BadRequest` naming the first chunk that does not match its id (then nothing is staged), `TooLarge`, or
+    /// a storage failure.
+    pub(crate) fn verify_and_stage(&self, chunks: &[(ChunkId, Bytes)]) -> CoreResult<StagedPack> {
+        for (id, data) in chunks {
+            if u32::try_from(data.len()).is_err() {
+                return Err(CoreError::TooLarge("chunk too large".into()));
+            }
+            if keyed_hash(&self.chunk_key, data) != id.0 {
+                return Err(CoreError::BadRequest(format!(
+                    "chunk {id} does not match its content (ids are keyed BLAKE3 under the workspace chunk-id key)"
+                )));
+            }
         }
-        Ok((id, size, self.blobs.stage(&self.data_key, self.ws, &id, plaintext)?))
+        let refs: Vec<(ChunkId, &[u8])> = chunks.iter().map(|(id, d)| (*id, d.as_ref())).collect();
+        Ok(self.blobs.stage(&self.data_key, self.ws, &refs)?)
     }
 
-    /// Checks, with one store query, that this workspace holds every chunk in `ids` (at most
-    /// [`MAX_FETCH_CHUNKS`]), before a download of many chunks starts.
+    /// Where each of `ids` (at most [`MAX_FETCH_CHUNKS`]) is stored, in the order given, with one store
+    /// query: before a download of many chunks starts, this also checks that the workspace holds them all.
     ///
     /// # Errors
     /// `TooLarge` over the cap, `ChunksNotFound` naming the chunks the workspace does not hold.
-    pub async fn check_held(&self, ids: &[ChunkId]) -> CoreResult<()> {
+    pub async fn locate(&self, ids: &[ChunkId]) -> CoreResult<Vec<Place>> {
         if ids.len() > MAX_FETCH_CHUNKS {
             return Err(CoreError::TooLarge(format!("fetch at most {MAX_FETCH_CHUNKS} chunks per request")));
         }
-        let missing = self.store.missing_chunks(self.ws, ids).await?;
-        if missing.is_empty() { Ok(()) } else { Err(CoreError::ChunksNotFound { missing, asked: ids.len() }) }
+        let found: HashMap<ChunkId, ChunkPlace> = self.store.locate_chunks(self.ws, ids).await?.into_iter().collect();
+        let mut missing = Vec::new();
+        let mut places = Vec::with_capacity(ids.len());
+        for id in ids {
+            match found.get(id) {
+                Some(p) => places.push(place_of(p)),
+                None if !missing.contains(id) => missing.push(*id),
+                None => {}
+            }
+        }
+        if missing.is_empty() { Ok(places) } else { Err(CoreError::ChunksNotFound { missing, asked: ids.len() }) }
     }
 
-    /// Reads one chunk of this workspace.
+    /// Reads chunk `id` at `place` (from [`ChunkIo::locate`]).
+    ///
+    /// # Errors
+    /// `NotFound` when its bytes are gone; `Blob` when they fail their integrity check.
+    pub async fn read(&self, id: ChunkId, place: Place) -> CoreResult<Vec<u8>> {
+        match self.blobs.get_chunk(&self.data_key, self.ws, &id, place).await {
+            Err(BlobError::NotFound(_)) => Err(CoreError::NotFound("chunk")),
+            other => Ok(other?),
+        }
+    }
+
+    /// Reads one chunk of this workspace (a store query, then the read).
     ///
     /// # Errors
     /// `NotFound` when the workspace does not hold it; `Blob` when it fails its integrity check.
     pub async fn get(&self, id: ChunkId) -> CoreResult<Vec<u8>> {
-        match self.blobs.get_chunk(&self.data_key, self.ws, &id).await {
-            Err(BlobError::NotFound(_)) => Err(CoreError::NotFound("chunk")),
-            other => Ok(other?),
-        }
+        let place = match self.locate(&[id]).await {
+            Ok(places) => places[0],
+            Err(CoreError::ChunksNotFound { .. }) => return Err(CoreError::NotFound("chunk")),
+            Err(e) => return Err(e),
+        };
+        self.read(id, place).await
+    }
+}
+
+/// The chunk store's form of a recorded place.
+fn place_of(p: &ChunkPlace) -> Place {
+    match p.pack {
+        Some(pack) => Place::Packed { pack, offset: p.offset, len: p.stored_size },
+        None => Place::Object,
     }
 }

@@ -72,8 +72,16 @@ impl Core {
             };
             budget -= picked.len;
             let mut base = Vec::with_capacity(picked.len);
-            for id in &picked.ids {
-                match io.get(*id).await {
+            let places = match io.locate(&picked.ids).await {
+                Ok(places) => places,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the base chunks for a delta signature cannot be found");
+                    out.push(None);
+                    continue;
+                }
+            };
+            for (id, place) in picked.ids.iter().zip(places) {
+                match io.read(*id, place).await {
                     Ok(data) => base.extend_from_slice(&data),
                     Err(e) => {
                         // The client then uploads that chunk whole; the other refs are unaffected.
@@ -123,10 +131,10 @@ impl ChunkIo {
         if bases.is_empty() || bases.len() > MAX_DELTA_BASES {
             return Err(CoreError::BadRequest(format!("a delta names 1 to {MAX_DELTA_BASES} base chunks")));
         }
-        self.check_held(bases).await?;
+        let places = self.locate(bases).await?;
         let mut base = Vec::new();
-        for b in bases {
-            base.extend_from_slice(&self.get(*b).await?);
+        for (b, place) in bases.iter().zip(places) {
+            base.extend_from_slice(&self.read(*b, place).await?);
         }
         *spent += base.len();
         let chunk_key = self.chunk_key.clone();

@@ -3,28 +3,29 @@
 //!
 //! - frames are grouped (up to [`GROUP_CHUNKS`] chunks or [`GROUP_BYTES`]); each group costs one presence query,
 //!   and ids already seen in this request are not asked about again;
-//! - the new chunks of a group are verified (keyed hash), sealed and staged on a blocking thread, with up to
-//!   [`MAX_TASKS`] groups in flight while the caller goes on reading the request body;
+//! - the new chunks of a group are verified (keyed hash), sealed into one pack and staged on a blocking
+//!   thread, with up to [`MAX_TASKS`] groups in flight while the caller goes on reading the request body;
 //! - every [`FLUSH_BYTES`] or [`FLUSH_CHUNKS`] of new chunks, and at the end, the staged chunks are made
 //!   durable together ([`BlobStore::persist`](cloudsync_blob::BlobStore::persist)) and only then recorded in
 //!   one transaction. A client killed mid-request loses only the batch not yet flushed: chunks of flushed
 //!   batches are recorded, so `chunks/missing` no longer lists them and a retry skips them.
 //!
 //! Memory stays bounded whatever the request size: one filling group, the groups in flight, and the
-//! bookkeeping of staged chunks (their data waits in temporary files on the local disk; with a remote backend,
-//! in memory, up to one flush's worth).
+//! bookkeeping of staged packs (their data waits in pack files on the local disk; with a remote backend, in
+//! memory, up to one flush's worth).
 
 use std::collections::{HashSet, VecDeque};
 
 use bytes::Bytes;
-use cloudsync_blob::StagedChunk;
+use cloudsync_blob::StagedPack;
+use cloudsync_store::{ChunkPlace, NewChunk};
 use cloudsync_types::api::UploadChunksResponse;
 use cloudsync_types::{ChunkId, MAX_CHUNK_SIZE};
 use tokio::task::JoinHandle;
 
 use crate::{ChunkIo, CoreError, CoreResult};
 
-/// Most chunks in one group (one presence query, one blocking task).
+/// Most chunks in one group (one presence query, one blocking task, one pack).
 const GROUP_CHUNKS: usize = 256;
 /// A group is dispatched once it holds this many bytes.
 const GROUP_BYTES: usize = 8 * 1024 * 1024;
@@ -35,9 +36,6 @@ const FLUSH_BYTES: usize = 64 * 1024 * 1024;
 /// A batch is made durable and recorded once this many new chunks are staged.
 pub const FLUSH_CHUNKS: usize = 2000;
 
-/// A staged chunk with what recording it needs: id and plaintext size.
-type Staged = (ChunkId, u32, StagedChunk);
-
 /// A chunk upload in progress: feed it frames with [`ChunkUpload::push`], end it with
 /// [`ChunkUpload::finish`]. Dropped before `finish` (an error, a broken connection), it records nothing
 /// more and its staged chunks are discarded.
@@ -45,8 +43,8 @@ pub struct ChunkUpload {
     io: ChunkIo,
     group: Vec<(ChunkId, Bytes)>,
     group_bytes: usize,
-    tasks: VecDeque<JoinHandle<CoreResult<Vec<Staged>>>>,
-    staged: Vec<Staged>,
+    tasks: VecDeque<JoinHandle<CoreResult<StagedPack>>>,
+    staged: Vec<StagedPack>,
     unflushed_bytes: usize,
     unflushed_chunks: usize,
     flush_bytes: usize,
@@ -150,9 +148,7 @@ impl ChunkUpload {
         }
         if !work.is_empty() {
             let io = self.io.clone();
-            self.tasks.push_back(tokio::task::spawn_blocking(move || {
-                work.iter().map(|(id, data)| io.verify_and_stage(*id, data)).collect()
-            }));
+            self.tasks.push_back(tokio::task::spawn_blocking(move || io.verify_and_stage(&work)));
         }
         while self.tasks.len() > MAX_TASKS {
             self.reap_one().await?;
@@ -167,12 +163,12 @@ impl ChunkUpload {
     async fn reap_one(&mut self) -> CoreResult<()> {
         if let Some(task) = self.tasks.pop_front() {
             let staged = task.await.map_err(|e| CoreError::Internal(format!("chunk staging task failed: {e}")))??;
-            self.staged.extend(staged);
+            self.staged.push(staged);
         }
         Ok(())
     }
 
-    /// Makes every staged chunk durable, then records them all in one transaction.
+    /// Makes every staged pack durable, then records their chunks in one transaction.
     async fn flush(&mut self) -> CoreResult<()> {
         while !self.tasks.is_empty() {
             self.reap_one().await?;
@@ -183,8 +179,16 @@ impl ChunkUpload {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.staged);
-        let rows: Vec<(ChunkId, u32, u32)> = batch.iter().map(|(id, size, s)| (*id, *size, s.stored_size())).collect();
-        self.io.blobs.persist(batch.into_iter().map(|(_, _, s)| s).collect()).await?;
+        let rows: Vec<NewChunk> = batch
+            .iter()
+            .flat_map(StagedPack::chunks)
+            .map(|c| NewChunk {
+                id: c.id,
+                size: c.size,
+                place: ChunkPlace { pack: Some(c.pack), offset: c.offset, stored_size: c.stored_size },
+            })
+            .collect();
+        self.io.blobs.persist(batch).await?;
         self.io.store.record_chunks(self.io.ws, &rows).await?;
         Ok(())
     }
@@ -272,12 +276,34 @@ mod tests {
         let err = up.finish().await.expect_err("mismatch");
         assert!(matches!(err, CoreError::BadRequest(_)), "{err}");
         assert_eq!(core.missing_chunks(&access, &[good]).await.expect("missing"), vec![good]);
-        // Staged files sit in subfolders of `.tmp`.
-        let staged = std::fs::read_dir(dir.path().join("chunks/.tmp"))
-            .expect("tmp")
+        let mut stack = vec![dir.path().join("chunks")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+                assert!(e.path().is_dir(), "the failed batch's pack is removed: {}", e.path().display());
+                stack.push(e.path());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_of_small_chunks_is_one_pack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (core, access, key) = setup(dir.path()).await;
+        let io = core.chunk_io(&access).await.expect("io");
+        let chunks: Vec<(ChunkId, Bytes)> = (0..GROUP_CHUNKS as u32).map(|i| chunk(&key, i)).collect();
+        let mut up = io.upload();
+        for (id, data) in &chunks {
+            up.push(*id, data.clone()).await.expect("push");
+        }
+        up.finish().await.expect("finish");
+        let packs = std::fs::read_dir(dir.path().join("chunks/ws").join(access.workspace.to_string()).join("p"))
+            .expect("pack folder")
             .flatten()
-            .map(|d| std::fs::read_dir(d.path()).map_or(1, |f| f.count()))
+            .map(|d| std::fs::read_dir(d.path()).expect("packs").count())
             .sum::<usize>();
-        assert_eq!(staged, 0, "staged files of the failed batch are removed");
+        assert_eq!(packs, 1, "{} chunks, one file", chunks.len());
+        for (id, data) in &chunks {
+            assert_eq!(io.get(*id).await.expect("get"), data.to_vec());
+        }
     }
 }

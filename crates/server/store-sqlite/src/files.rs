@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use cloudsync_store::{
-    ChangeRecord, FileRecord, FileStore, NewAudit, NewCommit, NewVersion, StaleBase, StoreError, StoreResult,
-    VersionRecord,
+    ChangeRecord, ChunkPlace, FileRecord, FileStore, NewAudit, NewChunk, NewCommit, NewVersion, StaleBase, StoreError,
+    StoreResult, VersionRecord,
 };
 use cloudsync_types::{ChunkId, FileId, VersionId, WorkspaceId, WsPath};
 use sqlx::sqlite::SqliteRow;
@@ -252,7 +252,7 @@ async fn journal(
 
 /// Ids per `IN (...)` query in [`FileStore::missing_chunks`] (well under SQLite's variable limit).
 const MISSING_BATCH: usize = 500;
-/// Rows per multi-row statement in [`FileStore::record_chunks`] (5 variables a row).
+/// Rows per multi-row statement in [`FileStore::record_chunks`] (7 variables a row).
 const RECORD_BATCH: usize = 200;
 /// Requests per query in [`FileStore::live_versions`] (3 variables a request).
 const LOOKUP_BATCH: usize = 300;
@@ -283,7 +283,7 @@ impl FileStore for SqliteStore {
         Ok(ids.iter().filter(|c| !present.contains(&c.0[..]) && seen.insert(**c)).copied().collect())
     }
 
-    async fn record_chunks(&self, ws: WorkspaceId, chunks: &[(ChunkId, u32, u32)]) -> StoreResult<u64> {
+    async fn record_chunks(&self, ws: WorkspaceId, chunks: &[NewChunk]) -> StoreResult<u64> {
         if chunks.is_empty() {
             return Ok(0);
         }
@@ -292,19 +292,59 @@ impl FileStore for SqliteStore {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let mut new = 0;
         for batch in chunks.chunks(RECORD_BATCH) {
-            let rows = vec!["(?, ?, ?, ?, ?)"; batch.len()].join(",");
+            let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; batch.len()].join(",");
             let sql = format!(
-                "INSERT INTO chunks (workspace_id, chunk_id, size, stored_size, created_ms) VALUES {rows}
-                 ON CONFLICT DO NOTHING"
+                "INSERT INTO chunks (workspace_id, chunk_id, size, stored_size, created_ms, pack, pack_offset)
+                 VALUES {rows} ON CONFLICT DO NOTHING"
             );
             let mut q = sqlx::query(&sql);
-            for (cid, size, stored) in batch {
-                q = q.bind(ws.as_uuid()).bind(&cid.0[..]).bind(i64::from(*size)).bind(i64::from(*stored)).bind(now);
+            for c in batch {
+                q = q
+                    .bind(ws.as_uuid())
+                    .bind(&c.id.0[..])
+                    .bind(i64::from(c.size))
+                    .bind(i64::from(c.place.stored_size))
+                    .bind(now)
+                    .bind(c.place.pack.map(|p| p.to_vec()))
+                    .bind(i64_of(c.place.offset));
             }
             new += q.execute(&mut *tx).await.map_err(map_err)?.rows_affected();
         }
         tx.commit().await.map_err(map_err)?;
         Ok(new)
+    }
+
+    async fn locate_chunks(&self, ws: WorkspaceId, ids: &[ChunkId]) -> StoreResult<Vec<(ChunkId, ChunkPlace)>> {
+        let mut out = Vec::new();
+        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        let unique: Vec<ChunkId> = {
+            let mut seen = HashSet::new();
+            ids.iter().filter(|c| seen.insert(**c)).copied().collect()
+        };
+        for batch in unique.chunks(MISSING_BATCH) {
+            let marks = vec!["?"; batch.len()].join(",");
+            let sql = format!(
+                "SELECT chunk_id, stored_size, pack, pack_offset FROM chunks
+                 WHERE workspace_id = ? AND chunk_id IN ({marks})"
+            );
+            let mut q = sqlx::query(&sql).bind(ws.as_uuid());
+            for cid in batch {
+                q = q.bind(&cid.0[..]);
+            }
+            for r in q.fetch_all(&mut *conn).await.map_err(map_err)? {
+                let raw: Vec<u8> = r.get("chunk_id");
+                let pack: Option<Vec<u8>> = r.get("pack");
+                let bad = |what: &str| StoreError::Backend(format!("a stored chunk row has a malformed {what}"));
+                let id = ChunkId(raw.try_into().map_err(|_| bad("chunk id"))?);
+                let pack = match pack {
+                    Some(p) => Some(<[u8; 16]>::try_from(p).map_err(|_| bad("pack id"))?),
+                    None => None,
+                };
+                let stored_size = u32::try_from(r.get::<i64, _>("stored_size")).map_err(|_| bad("size"))?;
+                out.push((id, ChunkPlace { pack, offset: u64_of(r.get("pack_offset")), stored_size }));
+            }
+        }
+        Ok(out)
     }
 
     async fn commit_version(

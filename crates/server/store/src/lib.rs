@@ -20,8 +20,8 @@ use cloudsync_types::{ChunkId, FileId, Role, SessionId, UserId, WorkspaceId, WsP
 pub use audit::{AuditRow, GLOBAL_CHAIN, NewAudit, audit_row_hash, verify_chain};
 pub use error::{StoreError, StoreResult};
 pub use records::{
-    ChangeRecord, FileRecord, MemberRecord, NewCommit, NewVersion, SessionRecord, StaleBase, UserRecord, VersionRecord,
-    WorkspaceRecord,
+    ChangeRecord, ChunkPlace, FileRecord, MemberRecord, NewChunk, NewCommit, NewVersion, SessionRecord, StaleBase,
+    UserRecord, VersionRecord, WorkspaceRecord,
 };
 
 /// Accounts and their sessions (devices).
@@ -87,10 +87,13 @@ pub trait WorkspaceStore: Send + Sync {
 pub trait FileStore: Send + Sync {
     /// Of `ids`, those this workspace does not hold (in the order given, without duplicates).
     async fn missing_chunks(&self, ws: WorkspaceId, ids: &[ChunkId]) -> StoreResult<Vec<ChunkId>>;
-    /// Records that chunks `(id, size, stored_size)` are durably stored for this workspace, all in one
-    /// transaction (idempotent per chunk; repeated ids are fine). Returns how many were not recorded before.
-    /// Callers record a chunk only after its blob is durable, so a recorded chunk always has its bytes.
-    async fn record_chunks(&self, ws: WorkspaceId, chunks: &[(ChunkId, u32, u32)]) -> StoreResult<u64>;
+    /// Records that chunks are durably stored for this workspace, all in one transaction (idempotent per
+    /// chunk; repeated ids are fine, and the place recorded first stays). Returns how many were not recorded
+    /// before. Callers record a chunk only after its bytes are durable, so a recorded chunk always has them.
+    async fn record_chunks(&self, ws: WorkspaceId, chunks: &[NewChunk]) -> StoreResult<u64>;
+    /// Where each of `ids` that this workspace holds is stored (in no particular order, without duplicates;
+    /// ids it does not hold are left out).
+    async fn locate_chunks(&self, ws: WorkspaceId, ids: &[ChunkId]) -> StoreResult<Vec<(ChunkId, ChunkPlace)>>;
 
     /// Makes a new version of `path` current, if the live file's version equals `base` (`None`: no live file).
     /// `StaleBase` otherwise. Appends to the change journal.

@@ -1,6 +1,6 @@
 //! Rows as the store hands them out. Times are Unix milliseconds; the layers above turn them into dates.
 
-use cloudsync_types::{FileId, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
+use cloudsync_types::{ChunkId, FileId, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
 
 use crate::{NewAudit, StoreError};
 
@@ -86,6 +86,29 @@ pub struct MemberRecord {
     pub role: Role,
     /// When added.
     pub added_ms: i64,
+}
+
+/// A chunk durably stored for a workspace, about to be recorded
+/// ([`FileStore::record_chunks`](crate::FileStore::record_chunks)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewChunk {
+    /// The chunk.
+    pub id: ChunkId,
+    /// Plaintext size.
+    pub size: u32,
+    /// Where its sealed bytes are.
+    pub place: ChunkPlace,
+}
+
+/// Where a recorded chunk's sealed bytes are in the chunk store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkPlace {
+    /// The pack holding it; `None` for a chunk stored as an object of its own.
+    pub pack: Option<[u8; 16]>,
+    /// Where in the pack its sealed bytes start (0 for an object of its own).
+    pub offset: u64,
+    /// Sealed size in bytes.
+    pub stored_size: u32,
 }
 
 /// A version about to be committed.

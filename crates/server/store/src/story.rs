@@ -5,8 +5,8 @@
 use cloudsync_types::{AuditEvent, ChunkId, Outcome, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
 
 use crate::{
-    GLOBAL_CHAIN, NewAudit, NewCommit, NewVersion, SessionRecord, StaleBase, Store, StoreError, UserRecord,
-    WorkspaceRecord, verify_chain,
+    ChunkPlace, GLOBAL_CHAIN, NewAudit, NewChunk, NewCommit, NewVersion, SessionRecord, StaleBase, Store, StoreError,
+    UserRecord, WorkspaceRecord, verify_chain,
 };
 
 fn audit(event: AuditEvent, actor: Option<UserId>, ws: Option<WorkspaceId>, at_ms: i64) -> NewAudit {
@@ -119,22 +119,45 @@ pub async fn story(store: &dyn Store) {
     assert_eq!(store.remove_member(ws.id, bob.id, &[]).await.expect("remove"), Role::Owner);
     assert_eq!(store.member_role(ws.id, bob.id).await.expect("role"), None);
 
-    // Chunks: recorded in batches, idempotently; "missing" is per workspace.
+    // Chunks: recorded in batches, idempotently, with where they are; "missing" is per workspace.
     let (c1, c2) = (ChunkId([1; 32]), ChunkId([2; 32]));
-    assert_eq!(store.record_chunks(ws.id, &[(c1, 10, 39)]).await.expect("record"), 1);
-    assert_eq!(store.record_chunks(ws.id, &[(c1, 10, 39)]).await.expect("again"), 0, "idempotent");
+    let packed = |id: ChunkId, pack: u8, offset: u64| NewChunk {
+        id,
+        size: 10,
+        place: ChunkPlace { pack: Some([pack; 16]), offset, stored_size: 39 },
+    };
+    assert_eq!(store.record_chunks(ws.id, &[packed(c1, 1, 44)]).await.expect("record"), 1);
+    assert_eq!(store.record_chunks(ws.id, &[packed(c1, 2, 8)]).await.expect("again"), 0, "idempotent");
     assert_eq!(store.record_chunks(ws.id, &[]).await.expect("nothing"), 0);
     assert_eq!(store.missing_chunks(ws.id, &[c1, c2, c2]).await.expect("missing"), vec![c2]);
+    assert_eq!(
+        store.locate_chunks(ws.id, &[c2, c1, c1]).await.expect("locate"),
+        vec![(c1, packed(c1, 1, 44).place)],
+        "the first place recorded stays; unknown ids are left out"
+    );
+    assert!(store.locate_chunks(WorkspaceId::new(), &[c1]).await.expect("other ws").is_empty());
     // A batch larger than any one statement, with repeats and already recorded ids, in one call.
-    let many: Vec<(ChunkId, u32, u32)> =
-        (0..1200u32).map(|i| (ChunkId(std::array::from_fn(|b| (i >> (8 * (b % 4))) as u8 ^ 0x5a)), 1, 29)).collect();
+    let many: Vec<NewChunk> = (0..1200u32)
+        .map(|i| NewChunk {
+            id: ChunkId(std::array::from_fn(|b| (i >> (8 * (b % 4))) as u8 ^ 0x5a)),
+            size: 1,
+            place: if i % 2 == 0 {
+                ChunkPlace { pack: None, offset: 0, stored_size: 29 }
+            } else {
+                ChunkPlace { pack: Some([3; 16]), offset: u64::from(i) << 33, stored_size: 29 }
+            },
+        })
+        .collect();
     let mut with_repeats = many.clone();
     with_repeats.extend_from_slice(&many[..10]);
-    with_repeats.push((c1, 10, 39));
+    with_repeats.push(packed(c1, 9, 9));
     assert_eq!(store.record_chunks(ws.id, &with_repeats).await.expect("batch"), 1200, "each new chunk counted once");
-    let ids: Vec<ChunkId> = many.iter().map(|c| c.0).collect();
+    let ids: Vec<ChunkId> = many.iter().map(|c| c.id).collect();
     assert!(store.missing_chunks(ws.id, &ids).await.expect("missing").is_empty(), "the whole batch is recorded");
     assert_eq!(store.missing_chunks(WorkspaceId::new(), &ids[..3]).await.expect("other ws").len(), 3);
+    let mut located = store.locate_chunks(ws.id, &ids).await.expect("locate");
+    located.sort_by_key(|(id, _)| ids.iter().position(|i| i == id));
+    assert_eq!(located, many.iter().map(|c| (c.id, c.place)).collect::<Vec<_>>(), "places round-trip");
 
     // Files: commit, stale base, list, versions.
     let a = p("docs/a.txt");

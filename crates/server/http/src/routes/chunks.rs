@@ -179,11 +179,11 @@ pub(crate) async fn fetch_chunks(
     Json(req): Json<FetchChunksRequest>,
 ) -> Result<Response, ApiError> {
     let io = st.core.chunk_io(&a).await?;
-    io.check_held(&req.ids).await?;
-    let frames = futures_util::stream::iter(req.ids)
-        .map(move |id| {
+    let places = io.locate(&req.ids).await?;
+    let frames = futures_util::stream::iter(req.ids.into_iter().zip(places))
+        .map(move |(id, place)| {
             let io = io.clone();
-            async move { (id, io.get(id).await) }
+            async move { (id, io.read(id, place).await) }
         })
         .buffered(FETCH_AHEAD)
         .ready_chunks(FETCH_AHEAD)
