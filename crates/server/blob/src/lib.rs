@@ -190,34 +190,40 @@ fn pack_key(ws: WorkspaceId, pack: &PackId) -> String {
     format!("ws/{ws}/p/{}/{hex}", &hex[..2])
 }
 
-/// Seals `chunks` one after another into a pack (see the crate documentation), checking nothing.
-fn build_pack(
+/// Seals `chunks` one after another into a pack (see the crate documentation), handing the pack's bytes to
+/// `out` piece by piece (so a local pack is written without holding it all in memory), checking nothing.
+/// Returns where each chunk went and the pack's size.
+fn write_pack(
     key: &SecretKey,
     ws: WorkspaceId,
     pack: PackId,
     chunks: &[(ChunkId, &[u8])],
-) -> (Vec<u8>, Vec<PackedChunk>) {
-    let total: usize = chunks.iter().map(|(_, d)| ENTRY_HEADER + aead::OVERHEAD + d.len()).sum();
-    let mut buf = Vec::with_capacity(PACK_MAGIC.len() + total);
-    buf.extend_from_slice(PACK_MAGIC);
+    out: &mut dyn FnMut(&[u8]) -> Result<(), BlobError>,
+) -> Result<(Vec<PackedChunk>, u64), BlobError> {
+    out(PACK_MAGIC)?;
+    let mut at = PACK_MAGIC.len() as u64;
     let mut placed = Vec::with_capacity(chunks.len());
+    let mut sealed = Vec::new();
     for (id, data) in chunks {
-        buf.extend_from_slice(&id.0);
-        let len_at = buf.len();
-        buf.extend_from_slice(&[0; 4]);
-        let start = buf.len();
-        aead::seal_into(key, &aad(ws, id), data, &mut buf);
-        let len = u32::try_from(buf.len() - start).unwrap_or(u32::MAX);
-        buf[len_at..start].copy_from_slice(&len.to_be_bytes());
+        sealed.clear();
+        aead::seal_into(key, &aad(ws, id), data, &mut sealed);
+        let len = u32::try_from(sealed.len()).map_err(|_| BlobError::Setup(format!("chunk {id} is too large")))?;
+        let mut head = [0u8; ENTRY_HEADER];
+        head[..32].copy_from_slice(&id.0);
+        head[32..].copy_from_slice(&len.to_be_bytes());
+        out(&head)?;
+        out(&sealed)?;
+        at += ENTRY_HEADER as u64;
         placed.push(PackedChunk {
             id: *id,
             size: u32::try_from(data.len()).unwrap_or(u32::MAX),
             pack,
-            offset: start as u64,
+            offset: at,
             stored_size: len,
         });
+        at += u64::from(len);
     }
-    (buf, placed)
+    Ok((placed, at))
 }
 
 /// The chunks listed in a pack's bytes, in order, with where each one's sealed bytes are; `None` when `bytes`
@@ -275,12 +281,23 @@ impl BlobStore {
         chunks: &[(ChunkId, &[u8])],
     ) -> Result<StagedPack, BlobError> {
         let pack: PackId = cloudsync_crypto::random_bytes::<16>();
-        let (bytes, placed) = build_pack(key, ws, pack, chunks);
-        let key = pack_key(ws, &pack);
-        let pending = match &self.local {
-            Some(disk) => Pending::Local(disk.write_pack(&key, &bytes)?),
-            None => Pending::Remote(bytes),
+        let object = pack_key(ws, &pack);
+        let (placed, pending) = match &self.local {
+            Some(disk) => {
+                let mut writer = disk.create_pack(&object)?;
+                let (placed, len) = write_pack(key, ws, pack, chunks, &mut |b| writer.write(b))?;
+                (placed, Pending::Local(writer.finish(len)?))
+            }
+            None => {
+                let mut bytes = Vec::new();
+                let (placed, _) = write_pack(key, ws, pack, chunks, &mut |b| {
+                    bytes.extend_from_slice(b);
+                    Ok(())
+                })?;
+                (placed, Pending::Remote(bytes))
+            }
         };
+        let key = object;
         Ok(StagedPack { key, chunks: placed, pending })
     }
 

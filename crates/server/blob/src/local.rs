@@ -22,7 +22,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::BlobError;
@@ -45,6 +45,29 @@ pub(crate) struct LocalPack {
     /// Its size in bytes.
     pub(crate) len: u64,
     persisted: bool,
+}
+
+/// Bytes buffered before a pack file is written to.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// A pack file being written.
+pub(crate) struct PackWriter {
+    file: BufWriter<File>,
+    pack: LocalPack,
+}
+
+impl PackWriter {
+    /// Appends `bytes`.
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
+        self.file.write_all(bytes).map_err(io_error("write the pack", &self.pack.path))
+    }
+
+    /// Flushes what is buffered and hands over the pack (of `len` bytes), not yet durable.
+    pub(crate) fn finish(mut self, len: u64) -> Result<LocalPack, BlobError> {
+        self.file.flush().map_err(io_error("write the pack", &self.pack.path))?;
+        self.pack.len = len;
+        Ok(self.pack)
+    }
 }
 
 impl Drop for LocalPack {
@@ -100,10 +123,10 @@ impl LocalDisk {
         Ok(Some(buf))
     }
 
-    /// Writes a new pack file for the object `key` (which must not exist), without waiting for the disk.
-    /// Blocking.
-    pub(crate) fn write_pack(&self, key: &str, bytes: &[u8]) -> Result<LocalPack, BlobError> {
-        let pack = LocalPack { path: self.root.join(key), len: bytes.len() as u64, persisted: false };
+    /// Creates a new pack file for the object `key` (which must not exist), to be written through the
+    /// returned writer without waiting for the disk. Blocking.
+    pub(crate) fn create_pack(&self, key: &str) -> Result<PackWriter, BlobError> {
+        let pack = LocalPack { path: self.root.join(key), len: 0, persisted: false };
         let created = match File::create_new(&pack.path) {
             Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
                 if let Some(dir) = pack.path.parent() {
@@ -114,9 +137,16 @@ impl LocalDisk {
             other => other,
         };
         // From here on, dropping `pack` removes whatever was written.
-        let mut f = created.map_err(io_error("create the pack", &pack.path))?;
-        f.write_all(bytes).map_err(io_error("write the pack", &pack.path))?;
-        Ok(pack)
+        let file = created.map_err(io_error("create the pack", &pack.path))?;
+        Ok(PackWriter { file: BufWriter::with_capacity(WRITE_BUFFER, file), pack })
+    }
+
+    /// Writes a whole new pack file (tests).
+    #[cfg(test)]
+    pub(crate) fn write_pack(&self, key: &str, bytes: &[u8]) -> Result<LocalPack, BlobError> {
+        let mut w = self.create_pack(key)?;
+        w.write(bytes)?;
+        w.finish(bytes.len() as u64)
     }
 
     /// Makes every pack of the batch durable (see the module documentation). Blocking. On error no chunk may
