@@ -101,7 +101,12 @@ impl TestServer {
         let c = self.anonymous();
         let r = c
             .auth()
-            .login(&LoginRequest { email: email.into(), password: PASSWORD.into(), device_name: "test".into() })
+            .login(&LoginRequest {
+                email: email.into(),
+                password: PASSWORD.into(),
+                device_name: "test".into(),
+                totp: None,
+            })
             .await
             .context("login")?;
         Ok(c.with_token(r.token))

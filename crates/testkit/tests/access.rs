@@ -274,7 +274,12 @@ async fn failed_logins_are_audited_and_rate_limited_with_retry_after() {
         let anon = anon.clone();
         async move {
             anon.auth()
-                .login(&LoginRequest { email: "a@example.com".into(), password: pw.into(), device_name: "t".into() })
+                .login(&LoginRequest {
+                    email: "a@example.com".into(),
+                    password: pw.into(),
+                    device_name: "t".into(),
+                    totp: None,
+                })
                 .await
         }
     };
@@ -294,6 +299,7 @@ async fn failed_logins_are_audited_and_rate_limited_with_retry_after() {
             email: "ghost@example.com".into(),
             password: "whatever12".into(),
             device_name: "t".into(),
+            totp: None,
         })
         .await
         .expect_err("ghost");
@@ -413,6 +419,7 @@ async fn logins_are_also_limited_per_client_address() {
             email: format!("user{i}@example.com"),
             password: "not the password".into(),
             device_name: "t".into(),
+            totp: None,
         };
         statuses.push(anon.auth().login(&req).await.expect_err("no such accounts").kind());
     }

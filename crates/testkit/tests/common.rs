@@ -58,6 +58,7 @@ pub async fn token(srv: &cloudsync_testkit::TestServer, email: &str) -> String {
             email: email.into(),
             password: cloudsync_testkit::PASSWORD.into(),
             device_name: "raw".into(),
+            totp: None,
         })
         .await
         .expect("login")

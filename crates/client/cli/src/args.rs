@@ -32,6 +32,9 @@ pub enum Command {
     /// List or revoke your sessions (devices).
     #[command(subcommand)]
     Devices(DevicesCmd),
+    /// Two-factor authentication with an authenticator app (TOTP), and recovery codes.
+    #[command(subcommand)]
+    Mfa(MfaCmd),
     /// Create, list and delete workspaces, and manage their members.
     #[command(subcommand)]
     Workspace(WorkspaceCmd),
@@ -199,8 +202,47 @@ pub struct LoginArgs {
     /// Name of this device in the device list (default: the host name).
     #[arg(long)]
     pub device_name: Option<String>,
+    /// The code from your authenticator app (or a recovery code), for an account with two-factor
+    /// authentication on. Asked for on a terminal when needed.
+    #[arg(long, value_name = "CODE")]
+    pub totp: Option<String>,
     #[command(flatten)]
     pub json: JsonFlag,
+}
+
+/// `mfa ...`.
+#[derive(Debug, Subcommand)]
+pub enum MfaCmd {
+    /// Turn two-factor authentication on: shows a QR code and the otpauth URI for your authenticator app, asks
+    /// for its first code, and prints your recovery codes once. With --json: prints the URI and secret and
+    /// returns; finish with `cloudsync mfa confirm CODE`.
+    Enable(JsonFlag),
+    /// Finish turning two-factor authentication on with the app's first code; prints the recovery codes once.
+    Confirm {
+        /// The 6-digit code the app shows.
+        code: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Turn two-factor authentication off (needs a current code or a recovery code).
+    Disable {
+        /// The app's current code or a recovery code (asked for on a terminal when missing).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+    },
+    /// How many recovery codes are left; with --regenerate, replace them all (needs a current code).
+    RecoveryCodes {
+        /// Make new codes; the old ones stop working.
+        #[arg(long)]
+        regenerate: bool,
+        /// The app's current code or a recovery code (asked for on a terminal when missing).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Whether two-factor authentication is on.
+    Status(JsonFlag),
 }
 
 /// `devices ...`.

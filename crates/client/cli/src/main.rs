@@ -58,6 +58,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Logout => client::logout().await,
         Command::Whoami(j) => client::whoami(j.json).await,
         Command::Devices(cmd) => client::devices(cmd).await,
+        Command::Mfa(cmd) => client::mfa::run(cmd).await,
         Command::Workspace(cmd) => client::workspace_cmd(cmd).await,
         Command::Push { local, remote, json } => client::push(&local, &remote, json.json).await,
         Command::Pull { remote, local, json } => client::pull(&remote, &local, json.json).await,

@@ -411,14 +411,15 @@ fn a_killed_sync_resumes_without_resending_stored_chunks() {
     write(&dir.join("big.bin"), &big);
     let d = dir.to_str().expect("p");
 
-    // Kill the client once the server has stored a quarter of the file (in packs of a few MiB each).
+    // Kill the client once the server has stored half of the file (in packs of a few MiB each): at most three
+    // requests of about 16 MiB are in flight, each recorded when it completes, so by then some are recorded.
     let mut child =
         alice.cmd(&["sync", d, "Team", "--json"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
     let chunks_dir = srv.data.join("chunks");
     let started = std::time::Instant::now();
     let stored = loop {
         let n = tree_bytes(&chunks_dir);
-        if n >= 48 << 20 {
+        if n >= 96 << 20 {
             break n;
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(120), "no chunks stored");
@@ -451,4 +452,74 @@ fn tree_bytes(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// The code an authenticator app shows now for `secret` (Base32), and the next step's.
+fn totp_codes(secret: &str) -> (String, String) {
+    use cloudsync_crypto::totp::{Algorithm, DIGITS, STEP_SECS, base32_decode, code_at};
+    let key = base32_decode(secret).expect("base32 secret");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+    (code_at(Algorithm::Sha1, &key, now, DIGITS), code_at(Algorithm::Sha1, &key, now + STEP_SECS, DIGITS))
+}
+
+#[test]
+fn mfa_enable_confirm_login_with_totp_recovery_codes_and_disable() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (srv, alice) = signed_in(tmp.path(), "alice@example.com", false, "Team");
+    let enrol = json(&alice.ok(&["mfa", "enable", "--json"]));
+    let uri = enrol["otpauth_uri"].as_str().expect("uri");
+    let secret = enrol["secret"].as_str().expect("secret");
+    assert!(uri.starts_with("otpauth://totp/CloudSync:alice%40example.com?secret=") && uri.contains(secret), "{uri}");
+    assert!(alice.fail(&["mfa", "confirm", "12345"]).contains("that code is wrong"));
+    let (now, next) = totp_codes(secret);
+    let confirmed = json(&alice.ok(&["mfa", "confirm", &now, "--json"]));
+    let codes: Vec<String> =
+        confirmed["recovery_codes"].as_array().expect("codes").iter().map(|c| c.as_str().expect("s").into()).collect();
+    assert_eq!(codes.len(), 10);
+    assert_eq!(json(&alice.ok(&["mfa", "status", "--json"]))["enabled"], true);
+
+    // A login without a code is refused with the way out named; with the code it works; the code then is spent.
+    let bob = Client::new(tmp.path(), "alice-laptop");
+    let login = login_args(&srv, "alice@example.com", &srv.fingerprint);
+    let out = bob.with_stdin(&login, &format!("{PASSWORD}\n"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("two-factor authentication") && err.contains("--totp CODE"), "{err}");
+    let with_code = |code: &str| {
+        let mut args = login.to_vec();
+        args.extend(["--totp", code]);
+        bob.with_stdin(&args, &format!("{PASSWORD}\n"))
+    };
+    // The confirming code was the current step's: only a later step's code signs in.
+    let out = with_code(&now);
+    assert!(!out.status.success(), "the code used to confirm cannot sign in again");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong or was already used"));
+    assert!(with_code(&next).status.success(), "{}", String::from_utf8_lossy(&with_code(&next).stderr));
+    bob.ok(&["whoami"]);
+    assert!(!with_code(&next).status.success(), "a replayed code is refused");
+    assert!(with_code(&codes[0]).status.success(), "a recovery code signs in once");
+    assert!(!with_code(&codes[0]).status.success(), "and only once");
+    assert_eq!(json(&bob.ok(&["mfa", "recovery-codes", "--json"]))["recovery_codes_left"], 9);
+
+    // New recovery codes and turning MFA off need a code.
+    assert!(bob.fail(&["mfa", "recovery-codes", "--regenerate"]).contains("--code CODE"));
+    let fresh = json(&bob.ok(&["mfa", "recovery-codes", "--regenerate", "--code", &codes[1], "--json"]));
+    let fresh: Vec<&str> =
+        fresh["recovery_codes"].as_array().expect("codes").iter().map(|c| c.as_str().expect("s")).collect();
+    assert!(!with_code(&codes[2]).status.success(), "the old set is gone");
+    assert!(bob.fail(&["mfa", "disable", "--code", "000000x"]).contains("wrong or was already used"));
+    bob.ok(&["mfa", "disable", "--code", fresh[0]]);
+    assert_eq!(json(&alice.ok(&["mfa", "status", "--json"]))["enabled"], false);
+    alice.login(&srv, "alice@example.com");
+
+    // The audit log holds none of the codes.
+    let db = std::fs::read(srv.data.join("meta.db")).unwrap_or_default();
+    let wal = std::fs::read(srv.data.join("meta.db-wal")).unwrap_or_default();
+    for code in
+        codes.iter().map(String::as_str).chain(fresh.iter().copied()).chain([now.as_str(), next.as_str(), secret])
+    {
+        let needle = code.as_bytes();
+        assert!(!db.windows(needle.len()).any(|w| w == needle), "{code} is stored in the clear");
+        assert!(!wal.windows(needle.len()).any(|w| w == needle), "{code} is in the WAL in the clear");
+    }
 }

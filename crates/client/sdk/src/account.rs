@@ -2,7 +2,10 @@
 //! server administrators.
 
 use cloudsync_types::SessionId;
-use cloudsync_types::api::{CreateUserRequest, Device, LoginRequest, LoginResponse, UserInfo, WhoAmI};
+use cloudsync_types::api::{
+    CreateUserRequest, Device, LoginRequest, LoginResponse, MfaCode, MfaEnrollment, MfaStatus, RecoveryCodes, UserInfo,
+    WhoAmI,
+};
 use reqwest::Method;
 
 use crate::{Client, Error};
@@ -30,6 +33,53 @@ impl Auth<'_> {
     /// [`crate::ErrorKind::Unauthenticated`] when the token is already invalid, and any transport failure.
     pub async fn logout(&self) -> Result<(), Error> {
         self.client.call_empty(self.client.request(Method::POST, "/auth/logout")?).await
+    }
+
+    /// `GET /auth/mfa`: whether two-factor authentication is on, and how many recovery codes are left.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::Unauthenticated`] without a valid token, and any transport failure.
+    pub async fn mfa_status(&self) -> Result<MfaStatus, Error> {
+        self.client.call(self.client.request(Method::GET, "/auth/mfa")?).await
+    }
+
+    /// `POST /auth/mfa/enroll`: a new TOTP secret for an authenticator app (shown once). Complete the
+    /// enrolment with [`Auth::mfa_confirm`].
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::Conflict`] when MFA is already on, and any transport failure.
+    pub async fn mfa_enroll(&self) -> Result<MfaEnrollment, Error> {
+        self.client.call(self.client.request(Method::POST, "/auth/mfa/enroll")?).await
+    }
+
+    /// `POST /auth/mfa/confirm`: turns MFA on with the app's first code; returns the recovery codes (shown once).
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::BadRequest`] for a wrong code, [`crate::ErrorKind::Conflict`] when no enrolment is
+    /// pending, and any transport failure.
+    pub async fn mfa_confirm(&self, code: &str) -> Result<RecoveryCodes, Error> {
+        let body = MfaCode { code: code.to_owned() };
+        self.client.call(self.client.request(Method::POST, "/auth/mfa/confirm")?.json(&body)).await
+    }
+
+    /// `POST /auth/mfa/disable`: turns MFA off; needs a current app code or a recovery code.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::Unauthenticated`] for a wrong code, [`crate::ErrorKind::Conflict`] when MFA is off,
+    /// and any transport failure.
+    pub async fn mfa_disable(&self, code: &str) -> Result<(), Error> {
+        let body = MfaCode { code: code.to_owned() };
+        self.client.call_empty(self.client.request(Method::POST, "/auth/mfa/disable")?.json(&body)).await
+    }
+
+    /// `POST /auth/mfa/recovery-codes`: replaces the recovery codes; needs a current app code or a recovery
+    /// code.
+    ///
+    /// # Errors
+    /// As [`Auth::mfa_disable`].
+    pub async fn mfa_recovery_codes(&self, code: &str) -> Result<RecoveryCodes, Error> {
+        let body = MfaCode { code: code.to_owned() };
+        self.client.call(self.client.request(Method::POST, "/auth/mfa/recovery-codes")?.json(&body)).await
     }
 
     /// `GET /auth/whoami`: the account and session the token belongs to.

@@ -14,6 +14,9 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ErrorKind {
     /// No valid credentials: log in (again).
     Unauthenticated,
+    /// The password was right and the account also needs a second factor: log in again with the code from the
+    /// authenticator app (or a recovery code).
+    MfaRequired,
     /// Logged in, but the role does not allow this.
     Forbidden,
     /// No such workspace, file, version, user or device (or not visible to the caller).

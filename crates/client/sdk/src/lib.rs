@@ -25,6 +25,7 @@
 //!         email: "alice@example.org".into(),
 //!         password: "correct horse battery staple".into(),
 //!         device_name: "laptop".into(),
+//!         totp: None,
 //!     })
 //!     .await?;
 //! let client = client.with_token(login.token);

@@ -15,6 +15,7 @@ fn kind_of_code(code: ErrorCode) -> ErrorKind {
     match code {
         ErrorCode::BadRequest | ErrorCode::InvalidPath => ErrorKind::BadRequest,
         ErrorCode::Unauthenticated => ErrorKind::Unauthenticated,
+        ErrorCode::MfaRequired => ErrorKind::MfaRequired,
         ErrorCode::Forbidden => ErrorKind::Forbidden,
         ErrorCode::NotFound => ErrorKind::NotFound,
         ErrorCode::Conflict | ErrorCode::MissingChunks => ErrorKind::Conflict,
@@ -197,6 +198,7 @@ mod tests {
             ("invalid_path", 400, ErrorKind::BadRequest, ErrorCode::InvalidPath),
             ("payload_too_large", 413, ErrorKind::TooLarge, ErrorCode::PayloadTooLarge),
             ("unauthenticated", 401, ErrorKind::Unauthenticated, ErrorCode::Unauthenticated),
+            ("mfa_required", 401, ErrorKind::MfaRequired, ErrorCode::MfaRequired),
             ("forbidden", 403, ErrorKind::Forbidden, ErrorCode::Forbidden),
             ("not_found", 404, ErrorKind::NotFound, ErrorCode::NotFound),
             ("not_supported", 501, ErrorKind::NotSupported, ErrorCode::NotSupported),

@@ -39,6 +39,7 @@ mod hash;
 mod key;
 pub mod password;
 mod random;
+pub mod totp;
 mod wrap;
 
 pub use error::CryptoError;

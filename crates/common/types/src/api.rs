@@ -30,6 +30,10 @@ pub struct LoginRequest {
     pub password: String,
     /// A name for this device, shown in the device list.
     pub device_name: String,
+    /// With two-factor authentication on: the 6-digit code from the authenticator app, or a recovery code.
+    /// Without it such an account answers `mfa_required`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
 }
 
 impl std::fmt::Debug for LoginRequest {
@@ -38,7 +42,64 @@ impl std::fmt::Debug for LoginRequest {
             .field("email", &self.email)
             .field("password", &"***")
             .field("device_name", &self.device_name)
+            .field("totp", &self.totp.as_ref().map(|_| "***"))
             .finish()
+    }
+}
+
+/// Longest code accepted where a TOTP or recovery code goes.
+pub const MAX_MFA_CODE_BYTES: usize = 64;
+
+/// `GET /api/v1/auth/mfa`: the caller's two-factor state.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MfaStatus {
+    /// Logins need a code.
+    pub enabled: bool,
+    /// An enrolment was started and not confirmed yet.
+    pub pending: bool,
+    /// Unused recovery codes.
+    pub recovery_codes_left: u32,
+}
+
+/// `POST /api/v1/auth/mfa/enroll`: the secret to add to an authenticator app, shown once. Confirm with the
+/// first code (`POST /api/v1/auth/mfa/confirm`).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct MfaEnrollment {
+    /// `otpauth://totp/...` (what the QR code holds).
+    pub otpauth_uri: String,
+    /// The same secret in Base32, for typing into an app.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for MfaEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaEnrollment").finish_non_exhaustive()
+    }
+}
+
+/// A code from the authenticator app (or, where it says so, a recovery code).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct MfaCode {
+    /// The code.
+    pub code: String,
+}
+
+impl std::fmt::Debug for MfaCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaCode").finish_non_exhaustive()
+    }
+}
+
+/// New single-use recovery codes, shown once (the server keeps only keyed hashes).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct RecoveryCodes {
+    /// Ten codes; each signs in once in place of an app code.
+    pub recovery_codes: Vec<String>,
+}
+
+impl std::fmt::Debug for RecoveryCodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveryCodes").field("count", &self.recovery_codes.len()).finish_non_exhaustive()
     }
 }
 

@@ -45,6 +45,12 @@ audit_events! {
     AuthLogout => "auth.logout",
     /// An account was created.
     UserCreated => "user.created",
+    /// Two-factor authentication (TOTP) was turned on.
+    MfaEnabled => "mfa.enabled",
+    /// Two-factor authentication was turned off.
+    MfaDisabled => "mfa.disabled",
+    /// New recovery codes replaced the old ones.
+    MfaRecoveryCodes => "mfa.recovery_codes",
     /// A session (device) was revoked from another one.
     DeviceRevoked => "device.revoked",
     /// A workspace was created.

@@ -12,6 +12,9 @@ pub enum ErrorCode {
     InvalidPath,
     /// No valid credentials were presented.
     Unauthenticated,
+    /// The password was right, and the account also needs a code from its authenticator app (or a recovery
+    /// code): send the login again with `totp`.
+    MfaRequired,
     /// The credentials are valid but the role is too low.
     Forbidden,
     /// Nothing with that id or path (also: a workspace the caller is not a member of).
@@ -37,7 +40,7 @@ impl ErrorCode {
     pub const fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest | ErrorCode::InvalidPath => 400,
-            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Unauthenticated | ErrorCode::MfaRequired => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict | ErrorCode::MissingChunks => 409,

@@ -12,6 +12,7 @@ use cloudsync_types::api::{MAX_EMAIL_BYTES, MAX_NAME_BYTES};
 use cloudsync_types::{AuditEvent, Outcome, SessionId, UserId};
 use zeroize::Zeroizing;
 
+use crate::mfa::{BAD_CODE, SecondFactor};
 use crate::{Actor, AuditExt, Core, CoreError, CoreResult};
 
 /// How often a session's last-seen time is written (at most).
@@ -148,12 +149,20 @@ impl Core {
         }
     }
 
-    /// Password login: checks the rate limits, then the password, and opens a session for `device`.
+    /// Password login: checks the rate limits, then the password, then (for an account with two-factor
+    /// authentication on) `totp`, an app code or a recovery code, and opens a session for `device`.
     ///
     /// # Errors
-    /// `RateLimited`, `Unauthenticated` (the same message for an unknown account and a wrong password), or
-    /// invalid input.
-    pub async fn login(&self, email: &str, pw: &str, device: &str, ip: &str) -> CoreResult<Session> {
+    /// `RateLimited`, `Unauthenticated` (the same message for an unknown account and a wrong password; another
+    /// for a wrong code), `MfaRequired` when the password was right and a code is needed, or invalid input.
+    pub async fn login(
+        &self,
+        email: &str,
+        pw: &str,
+        device: &str,
+        ip: &str,
+        totp: Option<&str>,
+    ) -> CoreResult<Session> {
         let email = normalize_email(email).map_err(|_| CoreError::Unauthenticated(BAD_LOGIN.into()))?;
         let device = device.trim();
         if device.is_empty() || device.len() > MAX_NAME_BYTES || device.chars().any(char::is_control) {
@@ -194,6 +203,25 @@ impl Core {
                 return Err(CoreError::Unauthenticated(BAD_LOGIN.into()));
             }
         };
+        let mut method = "password";
+        if let Some(m) = self.store.mfa(user.id).await?.filter(|m| m.confirmed) {
+            let Some(code) = totp else {
+                self.store.append_audit(&[self.second_factor_failure(user.id, ip, "mfa_required")]).await?;
+                return Err(CoreError::MfaRequired);
+            };
+            match self.check_second_factor(user.id, &m, code).await? {
+                Ok(how) => {
+                    method = match how {
+                        SecondFactor::Totp => "password+totp",
+                        SecondFactor::RecoveryCode => "password+recovery_code",
+                    }
+                }
+                Err(reason) => {
+                    self.store.append_audit(&[self.second_factor_failure(user.id, ip, reason)]).await?;
+                    return Err(CoreError::Unauthenticated(BAD_CODE.into()));
+                }
+            }
+        }
         let token = random_token();
         let now = self.now_ms();
         let session = SessionRecord {
@@ -212,7 +240,7 @@ impl Core {
             workspace: None,
             ip: Some(ip.to_owned()),
             target: Some(session.id.to_string()),
-            details: serde_json::json!({"method": "password", "device": device}),
+            details: serde_json::json!({"method": method, "device": device}),
             at_ms: now,
         };
         self.store.create_session(&session, &[row]).await?;

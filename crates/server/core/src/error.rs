@@ -10,6 +10,11 @@ pub enum CoreError {
     /// No valid session.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The password was right; a second factor is needed.
+    #[error(
+        "this account uses two-factor authentication: give the code from your authenticator app (or a recovery code)"
+    )]
+    MfaRequired,
     /// Too many attempts.
     #[error("too many attempts; try again in {retry_after_secs} seconds")]
     RateLimited {

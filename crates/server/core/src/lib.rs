@@ -10,6 +10,7 @@ mod delta;
 mod error;
 mod files;
 mod manifest;
+mod mfa;
 mod upload;
 mod workspaces;
 
@@ -26,6 +27,7 @@ pub use chunks::ChunkIo;
 pub use delta::MAX_SIGNATURE_BYTES;
 pub use error::{CoreError, CoreResult};
 pub use manifest::{decode_manifest, encode_manifest};
+pub use mfa::{MFA_LOCKOUT, RECOVERY_CODES};
 pub use upload::{ChunkUpload, FLUSH_CHUNKS};
 
 /// A source of time, injected so expiry and rate limits are testable.
@@ -166,6 +168,7 @@ impl Core {
 trait AuditExt {
     fn target(self, t: impl Into<String>) -> Self;
     fn detail(self, k: &str, v: impl Into<serde_json::Value>) -> Self;
+    fn outcome(self, o: Outcome) -> Self;
 }
 
 impl AuditExt for NewAudit {
@@ -177,6 +180,10 @@ impl AuditExt for NewAudit {
         if let serde_json::Value::Object(m) = &mut self.details {
             m.insert(k.to_owned(), v.into());
         }
+        self
+    }
+    fn outcome(mut self, o: Outcome) -> Self {
+        self.outcome = o;
         self
     }
 }

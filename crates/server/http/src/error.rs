@@ -56,6 +56,7 @@ impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         let code = match &e {
             CoreError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            CoreError::MfaRequired => ErrorCode::MfaRequired,
             CoreError::RateLimited { retry_after_secs } => {
                 return Self {
                     code: ErrorCode::RateLimited,

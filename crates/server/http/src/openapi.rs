@@ -10,7 +10,8 @@ use crate::routes;
 #[openapi(
     info(title = "CloudSync API", description = "Self-hosted, encrypted file sync. All calls but health and login need `Authorization: Bearer TOKEN`."),
     paths(
-        routes::health, routes::login, routes::logout, routes::whoami, routes::list_devices, routes::revoke_device,
+        routes::health, routes::login, routes::logout, routes::whoami, routes::mfa_status, routes::mfa_enroll,
+        routes::mfa_confirm, routes::mfa_disable, routes::mfa_recovery_codes, routes::list_devices, routes::revoke_device,
         routes::create_user, routes::list_workspaces, routes::create_workspace, routes::get_workspace,
         routes::delete_workspace, routes::workspace_keys, routes::list_members, routes::add_member,
         routes::set_member_role, routes::remove_member, routes::missing_chunks, routes::upload_chunks,

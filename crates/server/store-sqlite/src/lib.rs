@@ -7,6 +7,7 @@
 
 mod audit;
 mod files;
+mod mfa;
 mod users;
 mod workspaces;
 
@@ -18,8 +19,11 @@ use cloudsync_store::{StoreError, StoreResult};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/0001_initial.sql")), (2, include_str!("migrations/0002_chunk_packs.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (2, include_str!("migrations/0002_chunk_packs.sql")),
+    (3, include_str!("migrations/0003_mfa.sql")),
+];
 
 /// The SQLite store.
 #[derive(Debug, Clone)]

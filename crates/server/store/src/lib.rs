@@ -20,8 +20,8 @@ use cloudsync_types::{ChunkId, FileId, Role, SessionId, UserId, WorkspaceId, WsP
 pub use audit::{AuditRow, GLOBAL_CHAIN, NewAudit, audit_row_hash, verify_chain};
 pub use error::{StoreError, StoreResult};
 pub use records::{
-    ChangeRecord, ChunkPlace, FileRecord, MemberRecord, NewChunk, NewCommit, NewVersion, SessionRecord, StaleBase,
-    UserRecord, VersionRecord, WorkspaceRecord,
+    ChangeRecord, ChunkPlace, FileRecord, MemberRecord, MfaRecord, NewChunk, NewCommit, NewVersion, SessionRecord,
+    StaleBase, UserRecord, VersionRecord, WorkspaceRecord,
 };
 
 /// Accounts and their sessions (devices).
@@ -179,5 +179,40 @@ pub trait RateLimitStore: Send + Sync {
 }
 
 /// The whole store.
-pub trait Store: UserStore + WorkspaceStore + FileStore + AuditStore + RateLimitStore + std::fmt::Debug {}
-impl<T: UserStore + WorkspaceStore + FileStore + AuditStore + RateLimitStore + std::fmt::Debug> Store for T {}
+/// Second factors: each account's TOTP secret (sealed by the caller), the last step accepted, consecutive
+/// failures, and hashed single-use recovery codes.
+#[async_trait]
+pub trait MfaStore: Send + Sync {
+    /// The account's TOTP state, if an enrolment was started.
+    async fn mfa(&self, user: UserId) -> StoreResult<Option<MfaRecord>>;
+    /// Starts (or restarts) an enrolment: stores the sealed secret, not yet confirmed. `Conflict` when MFA is
+    /// already on for the account.
+    async fn mfa_begin(&self, user: UserId, sealed_secret: &[u8], at_ms: i64) -> StoreResult<()>;
+    /// Turns a pending enrolment on, with the step its first code used and the hashes of its recovery codes.
+    /// False when no enrolment is pending.
+    async fn mfa_confirm(
+        &self,
+        user: UserId,
+        step: u64,
+        recovery: &[[u8; 32]],
+        audit: &[NewAudit],
+    ) -> StoreResult<bool>;
+    /// Records `step` as the last one accepted, only if it is later than the one stored (so of two requests
+    /// racing with one code, one wins), and clears the failure count. False when it was not later.
+    async fn mfa_accept_step(&self, user: UserId, step: u64) -> StoreResult<bool>;
+    /// Marks an unused recovery code used and clears the failure count. False when no such unused code.
+    async fn mfa_use_recovery(&self, user: UserId, hash: &[u8; 32], at_ms: i64) -> StoreResult<bool>;
+    /// Counts one failed code and returns the consecutive failures so far.
+    async fn mfa_failed(&self, user: UserId) -> StoreResult<u32>;
+    /// Replaces the account's recovery codes.
+    async fn mfa_replace_recovery(&self, user: UserId, recovery: &[[u8; 32]], audit: &[NewAudit]) -> StoreResult<()>;
+    /// Turns MFA off and forgets the secret and recovery codes. False when it was not on or pending.
+    async fn mfa_disable(&self, user: UserId, audit: &[NewAudit]) -> StoreResult<bool>;
+}
+
+/// Everything a server keeps, on one backend.
+pub trait Store:
+    UserStore + WorkspaceStore + FileStore + AuditStore + RateLimitStore + MfaStore + std::fmt::Debug
+{
+}
+impl<T: UserStore + WorkspaceStore + FileStore + AuditStore + RateLimitStore + MfaStore + std::fmt::Debug> Store for T {}

@@ -88,6 +88,34 @@ pub struct MemberRecord {
     pub added_ms: i64,
 }
 
+/// An account's TOTP state.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MfaRecord {
+    /// The secret, sealed by the caller (never stored in the clear).
+    pub sealed_secret: Vec<u8>,
+    /// True once the first code confirmed the enrolment: only then do logins need a code.
+    pub confirmed: bool,
+    /// The last step accepted (a code of this step or earlier is refused).
+    pub last_step: Option<u64>,
+    /// Consecutive failed codes.
+    pub failures: u32,
+    /// Recovery codes not yet used.
+    pub recovery_left: u32,
+    /// When the enrolment started.
+    pub created_ms: i64,
+}
+
+impl std::fmt::Debug for MfaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaRecord")
+            .field("confirmed", &self.confirmed)
+            .field("last_step", &self.last_step)
+            .field("failures", &self.failures)
+            .field("recovery_left", &self.recovery_left)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A chunk durably stored for a workspace, about to be recorded
 /// ([`FileStore::record_chunks`](crate::FileStore::record_chunks)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

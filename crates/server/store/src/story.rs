@@ -88,6 +88,42 @@ pub async fn story(store: &dyn Store) {
     assert!(store.delete_session(alice.id, s2.id, &[]).await.expect("revoke"));
     assert!(store.session_by_token_hash(&[2; 32]).await.expect("lookup").is_none(), "revoked at once");
 
+    // Second factor: enrolment, one use per step, recovery codes, failures, disabling.
+    assert!(store.mfa(alice.id).await.expect("mfa").is_none());
+    store.mfa_begin(alice.id, b"sealed one", 11).await.expect("begin");
+    store.mfa_begin(alice.id, b"sealed two", 12).await.expect("restart while pending");
+    let pending = store.mfa(alice.id).await.expect("mfa").expect("pending");
+    assert_eq!(
+        (pending.sealed_secret.as_slice(), pending.confirmed, pending.last_step),
+        (&b"sealed two"[..], false, None)
+    );
+    let codes = [[1u8; 32], [2; 32], [3; 32]];
+    let on = audit(AuditEvent::MfaEnabled, Some(alice.id), None, 13);
+    assert!(store.mfa_confirm(alice.id, 100, &codes, &[on]).await.expect("confirm"));
+    assert!(!store.mfa_confirm(alice.id, 101, &codes, &[]).await.expect("confirm twice"), "only a pending one");
+    assert!(matches!(store.mfa_begin(alice.id, b"x", 14).await, Err(StoreError::Conflict(_))), "on: no restart");
+    let m = store.mfa(alice.id).await.expect("mfa").expect("on");
+    assert_eq!((m.confirmed, m.last_step, m.recovery_left), (true, Some(100), 3));
+    assert!(!store.mfa_accept_step(alice.id, 100).await.expect("same step"), "a step is accepted once");
+    assert!(!store.mfa_accept_step(alice.id, 99).await.expect("older step"));
+    assert_eq!(store.mfa_failed(alice.id).await.expect("fail"), 1);
+    assert_eq!(store.mfa_failed(alice.id).await.expect("fail"), 2);
+    assert!(store.mfa_accept_step(alice.id, 101).await.expect("later step"));
+    assert_eq!(store.mfa(alice.id).await.expect("mfa").expect("on").failures, 0, "success clears failures");
+    assert!(store.mfa_use_recovery(alice.id, &codes[1], 15).await.expect("recovery"));
+    assert!(!store.mfa_use_recovery(alice.id, &codes[1], 16).await.expect("again"), "single use");
+    assert!(!store.mfa_use_recovery(alice.id, &[9; 32], 16).await.expect("unknown"));
+    assert_eq!(store.mfa(alice.id).await.expect("mfa").expect("on").recovery_left, 2);
+    store.mfa_replace_recovery(alice.id, &[[4; 32]], &[]).await.expect("replace");
+    assert!(!store.mfa_use_recovery(alice.id, &codes[0], 17).await.expect("old code"), "old codes are gone");
+    assert_eq!(store.mfa(alice.id).await.expect("mfa").expect("on").recovery_left, 1);
+    assert!(
+        store.mfa_disable(alice.id, &[audit(AuditEvent::MfaDisabled, Some(alice.id), None, 18)]).await.expect("off")
+    );
+    assert!(store.mfa(alice.id).await.expect("mfa").is_none());
+    assert!(!store.mfa_use_recovery(alice.id, &[4; 32], 19).await.expect("gone"), "codes go with it");
+    assert!(!store.mfa_disable(alice.id, &[]).await.expect("off twice"));
+
     // Workspaces and members.
     let ws = WorkspaceRecord {
         id: WorkspaceId::new(),
@@ -262,7 +298,8 @@ pub async fn story(store: &dyn Store) {
     let global = store.audit_chain(GLOBAL_CHAIN, 0, 100).await.expect("global");
     assert_eq!(
         global.iter().map(|r| r.row.event).collect::<Vec<_>>(),
-        [AuditEvent::UserCreated, AuditEvent::AuthLogin]
+        [AuditEvent::UserCreated, AuditEvent::AuthLogin, AuditEvent::MfaEnabled, AuditEvent::MfaDisabled],
+        "written with the action they describe (and not for refused ones)"
     );
     verify_chain(&global).expect("global chain verifies");
     let chain = store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("ws chain");

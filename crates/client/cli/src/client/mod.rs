@@ -4,6 +4,7 @@
 pub mod config;
 pub mod credentials;
 mod files;
+pub mod mfa;
 mod output;
 mod sync;
 
@@ -137,10 +138,22 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     };
     let device = args.device_name.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
     let client = Client::new(&server, trust)?;
-    let resp = client
-        .auth()
-        .login(&LoginRequest { email: args.email.clone(), password: password.to_string(), device_name: device })
-        .await?;
+    let mut req = LoginRequest {
+        email: args.email.clone(),
+        password: password.to_string(),
+        device_name: device,
+        totp: args.totp,
+    };
+    let resp = match client.auth().login(&req).await {
+        Err(e) if e.kind() == ErrorKind::MfaRequired && req.totp.is_none() => {
+            if !std::io::stdin().is_terminal() || args.password_stdin {
+                bail!("{e}: pass --totp CODE");
+            }
+            req.totp = Some(mfa::prompt_code("Code from your authenticator app (or a recovery code): ")?.to_string());
+            client.auth().login(&req).await?
+        }
+        other => other?,
+    };
     store.set(&server, &resp.token)?;
     cfg.save()?;
     if args.json.json {

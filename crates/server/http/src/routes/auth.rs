@@ -2,7 +2,10 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use cloudsync_types::api::{CreateUserRequest, Device, Health, LoginRequest, LoginResponse, UserInfo, WhoAmI};
+use cloudsync_types::api::{
+    CreateUserRequest, Device, Health, LoginRequest, LoginResponse, MfaCode, MfaEnrollment, MfaStatus, RecoveryCodes,
+    UserInfo, WhoAmI,
+};
 use cloudsync_types::{ApiErrorBody, SessionId};
 
 use super::time_of;
@@ -27,8 +30,62 @@ pub(crate) async fn login(
     ClientIp(ip): ClientIp,
     Json(req): Json<LoginRequest>,
 ) -> Result<axum::Json<LoginResponse>, ApiError> {
-    let s = st.core.login(&req.email, &req.password, &req.device_name, &ip.to_string()).await?;
+    let s = st.core.login(&req.email, &req.password, &req.device_name, &ip.to_string(), req.totp.as_deref()).await?;
     Ok(axum::Json(LoginResponse { token: s.token, session_id: s.id, user: user_info(&s.user) }))
+}
+
+/// The caller's two-factor state.
+#[utoipa::path(get, path = "/api/v1/auth/mfa", tag = "auth", responses((status = 200, body = MfaStatus), (status = 401, body = ApiErrorBody)))]
+pub(crate) async fn mfa_status(
+    State(st): State<AppState>,
+    Principal(actor): Principal,
+) -> Result<axum::Json<MfaStatus>, ApiError> {
+    Ok(axum::Json(st.core.mfa_status(&actor).await?))
+}
+
+/// Starts a TOTP enrolment: a new secret, shown once. Logins need codes only after `mfa/confirm`.
+#[utoipa::path(post, path = "/api/v1/auth/mfa/enroll", tag = "auth",
+    responses((status = 200, body = MfaEnrollment), (status = 409, body = ApiErrorBody, description = "MFA is already on")))]
+pub(crate) async fn mfa_enroll(
+    State(st): State<AppState>,
+    Principal(actor): Principal,
+) -> Result<axum::Json<MfaEnrollment>, ApiError> {
+    Ok(axum::Json(st.core.mfa_enroll(&actor).await?))
+}
+
+/// Completes the enrolment with the app's first code; answers the recovery codes, shown once.
+#[utoipa::path(post, path = "/api/v1/auth/mfa/confirm", tag = "auth", request_body = MfaCode,
+    responses((status = 200, body = RecoveryCodes), (status = 400, body = ApiErrorBody, description = "wrong code"),
+        (status = 409, body = ApiErrorBody, description = "no enrolment pending")))]
+pub(crate) async fn mfa_confirm(
+    State(st): State<AppState>,
+    Principal(actor): Principal,
+    Json(req): Json<MfaCode>,
+) -> Result<axum::Json<RecoveryCodes>, ApiError> {
+    Ok(axum::Json(RecoveryCodes { recovery_codes: st.core.mfa_confirm(&actor, &req.code).await? }))
+}
+
+/// Turns two-factor authentication off; needs a current app code or a recovery code.
+#[utoipa::path(post, path = "/api/v1/auth/mfa/disable", tag = "auth", request_body = MfaCode,
+    responses((status = 204), (status = 401, body = ApiErrorBody, description = "wrong code"), (status = 409, body = ApiErrorBody)))]
+pub(crate) async fn mfa_disable(
+    State(st): State<AppState>,
+    Principal(actor): Principal,
+    Json(req): Json<MfaCode>,
+) -> Result<StatusCode, ApiError> {
+    st.core.mfa_disable(&actor, &req.code).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replaces the recovery codes; needs a current app code or a recovery code.
+#[utoipa::path(post, path = "/api/v1/auth/mfa/recovery-codes", tag = "auth", request_body = MfaCode,
+    responses((status = 200, body = RecoveryCodes), (status = 401, body = ApiErrorBody, description = "wrong code"), (status = 409, body = ApiErrorBody)))]
+pub(crate) async fn mfa_recovery_codes(
+    State(st): State<AppState>,
+    Principal(actor): Principal,
+    Json(req): Json<MfaCode>,
+) -> Result<axum::Json<RecoveryCodes>, ApiError> {
+    Ok(axum::Json(RecoveryCodes { recovery_codes: st.core.mfa_regenerate_recovery(&actor, &req.code).await? }))
 }
 
 /// Ends the calling session.

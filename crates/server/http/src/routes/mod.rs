@@ -41,6 +41,11 @@ pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("POST", "/api/v1/auth/login", Needs::Public),
     ("POST", "/api/v1/auth/logout", Needs::Session),
     ("GET", "/api/v1/auth/whoami", Needs::Session),
+    ("GET", "/api/v1/auth/mfa", Needs::Session),
+    ("POST", "/api/v1/auth/mfa/enroll", Needs::Session),
+    ("POST", "/api/v1/auth/mfa/confirm", Needs::Session),
+    ("POST", "/api/v1/auth/mfa/disable", Needs::Session),
+    ("POST", "/api/v1/auth/mfa/recovery-codes", Needs::Session),
     ("GET", "/api/v1/devices", Needs::Session),
     ("DELETE", "/api/v1/devices/{id}", Needs::Session),
     ("POST", "/api/v1/users", Needs::ServerAdmin),
@@ -104,6 +109,11 @@ pub fn api() -> Router<AppState> {
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/auth/whoami", get(whoami))
+        .route("/api/v1/auth/mfa", get(mfa_status))
+        .route("/api/v1/auth/mfa/enroll", post(mfa_enroll))
+        .route("/api/v1/auth/mfa/confirm", post(mfa_confirm))
+        .route("/api/v1/auth/mfa/disable", post(mfa_disable))
+        .route("/api/v1/auth/mfa/recovery-codes", post(mfa_recovery_codes))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", delete(revoke_device))
         .route("/api/v1/users", post(create_user))

@@ -1,0 +1,381 @@
+//! Two-factor authentication with TOTP (RFC 6238) and single-use recovery codes.
+//!
+//! - The secret is sealed (AES-256-GCM) under a key derived from the master key, bound to the account id; the
+//!   database alone does not give it away.
+//! - A code is accepted for the current step ±1 and only for a step later than the last one accepted, so a
+//!   code seen over a shoulder or in a log cannot be used again (the step is moved forward with a
+//!   compare-and-set, so two requests racing with one code cannot both win). A replay is refused and audited
+//!   as such.
+//! - Ten recovery codes of 80 random bits each, stored as keyed hashes; each works once in place of an app
+//!   code.
+//! - Consecutive wrong codes are counted per account; after [`MFA_LOCKOUT`] (NIST SP 800-63B allows at most
+//!   100) app codes are no longer accepted and only a recovery code signs in, which also clears the count.
+//!   Login attempts are rate-limited besides (see `auth.rs`).
+//! - Turning MFA off and making new recovery codes need a current code: a stolen session alone cannot
+//!   remove the second factor.
+
+use cloudsync_crypto::{SecretKey, aead, keyed_hash, totp};
+use cloudsync_store::{MfaRecord, NewAudit};
+use cloudsync_types::api::{MAX_MFA_CODE_BYTES, MfaEnrollment, MfaStatus};
+use cloudsync_types::{AuditEvent, Outcome, UserId};
+use zeroize::Zeroizing;
+
+use crate::{Actor, AuditExt as _, Core, CoreError, CoreResult};
+
+/// Consecutive wrong codes after which only a recovery code is accepted.
+pub const MFA_LOCKOUT: u32 = 100;
+/// Recovery codes per set.
+pub const RECOVERY_CODES: usize = 10;
+/// The issuer shown in authenticator apps.
+const ISSUER: &str = "CloudSync";
+
+/// How a second factor was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SecondFactor {
+    /// A code from the authenticator app.
+    Totp,
+    /// A recovery code.
+    RecoveryCode,
+}
+
+impl SecondFactor {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SecondFactor::Totp => "totp",
+            SecondFactor::RecoveryCode => "recovery_code",
+        }
+    }
+}
+
+fn secret_aad(user: UserId) -> Vec<u8> {
+    let mut aad = b"cloudsync-mfa-secret-v1\0".to_vec();
+    aad.extend_from_slice(user.as_uuid().as_bytes());
+    aad
+}
+
+/// A recovery code as typed: case, spaces and dashes do not matter.
+fn normalize_recovery(code: &str) -> String {
+    code.chars().filter(|c| !matches!(c, ' ' | '-')).collect::<String>().to_ascii_uppercase()
+}
+
+impl Core {
+    fn mfa_key(&self) -> SecretKey {
+        self.master.derive("cloudsync 2026 mfa-secret v1")
+    }
+
+    fn recovery_hash(&self, code: &str) -> [u8; 32] {
+        keyed_hash(&self.master.derive("cloudsync 2026 mfa-recovery v1"), normalize_recovery(code).as_bytes())
+    }
+
+    /// Ten new codes (16 Base32 characters, 80 bits, shown as four groups of four) and their hashes.
+    fn new_recovery_codes(&self) -> (Vec<String>, Vec<[u8; 32]>) {
+        (0..RECOVERY_CODES)
+            .map(|_| {
+                let raw = totp::base32_encode(&cloudsync_crypto::random_bytes::<10>()).to_ascii_lowercase();
+                let shown = format!("{}-{}-{}-{}", &raw[..4], &raw[4..8], &raw[8..12], &raw[12..16]);
+                let hash = self.recovery_hash(&shown);
+                (shown, hash)
+            })
+            .unzip()
+    }
+
+    fn now_secs(&self) -> u64 {
+        u64::try_from(self.now_ms() / 1000).unwrap_or(0)
+    }
+
+    fn open_secret(&self, user: UserId, m: &MfaRecord) -> CoreResult<Zeroizing<Vec<u8>>> {
+        aead::open(&self.mfa_key(), &secret_aad(user), &m.sealed_secret)
+            .map(Zeroizing::new)
+            .map_err(|_| CoreError::Internal("a stored TOTP secret does not open under the master key".into()))
+    }
+
+    /// The caller's two-factor state.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn mfa_status(&self, actor: &Actor) -> CoreResult<MfaStatus> {
+        let m = self.store.mfa(actor.user_id).await?;
+        Ok(MfaStatus {
+            enabled: m.as_ref().is_some_and(|m| m.confirmed),
+            pending: m.as_ref().is_some_and(|m| !m.confirmed),
+            recovery_codes_left: m.filter(|m| m.confirmed).map_or(0, |m| m.recovery_left),
+        })
+    }
+
+    /// Starts (or restarts) an enrolment: a new secret, returned once as an `otpauth://` URI and in Base32.
+    /// Logins do not need a code until [`Core::mfa_confirm`].
+    ///
+    /// # Errors
+    /// `Conflict` when MFA is already on.
+    pub async fn mfa_enroll(&self, actor: &Actor) -> CoreResult<MfaEnrollment> {
+        let secret = totp::generate_secret();
+        let sealed = aead::seal(&self.mfa_key(), &secret_aad(actor.user_id), secret.as_slice());
+        self.store.mfa_begin(actor.user_id, &sealed, self.now_ms()).await.map_err(|e| match e {
+            cloudsync_store::StoreError::Conflict(_) => CoreError::Conflict(
+                "two-factor authentication is already on; turn it off first (`cloudsync mfa disable`) to enrol a new app"
+                    .into(),
+            ),
+            other => other.into(),
+        })?;
+        let uri = totp::otpauth_uri(ISSUER, &actor.email, secret.as_slice());
+        Ok(MfaEnrollment { otpauth_uri: uri.to_string(), secret: totp::base32_encode(secret.as_slice()) })
+    }
+
+    /// Completes an enrolment with the app's first code; returns the recovery codes (shown once).
+    ///
+    /// # Errors
+    /// `Conflict` when no enrolment is pending, `BadRequest` for a wrong code.
+    pub async fn mfa_confirm(&self, actor: &Actor, code: &str) -> CoreResult<Vec<String>> {
+        let m = self.store.mfa(actor.user_id).await?.filter(|m| !m.confirmed).ok_or_else(|| {
+            CoreError::Conflict("no enrolment is pending; start one with `cloudsync mfa enable`".into())
+        })?;
+        if m.failures >= MFA_LOCKOUT {
+            return Err(CoreError::Forbidden(
+                "too many wrong codes for this enrolment; start again with `cloudsync mfa enable`".into(),
+            ));
+        }
+        let secret = self.open_secret(actor.user_id, &m)?;
+        let Some(step) = totp::verify(&secret, bounded(code)?, self.now_secs(), None) else {
+            self.store.mfa_failed(actor.user_id).await?;
+            return Err(CoreError::BadRequest(
+                "that code is wrong: type the 6 digits your authenticator app shows now for CloudSync (check that the \
+                 device's clock is right)"
+                    .into(),
+            ));
+        };
+        let (codes, hashes) = self.new_recovery_codes();
+        let row = self.audit(AuditEvent::MfaEnabled, Some(actor), None).target(actor.user_id.to_string());
+        if !self.store.mfa_confirm(actor.user_id, step, &hashes, &[row]).await? {
+            return Err(CoreError::Conflict("the enrolment changed meanwhile; start again".into()));
+        }
+        Ok(codes)
+    }
+
+    /// Turns MFA off, given a current app code or a recovery code.
+    ///
+    /// # Errors
+    /// `Conflict` when MFA is off, `Unauthenticated` for a wrong code.
+    pub async fn mfa_disable(&self, actor: &Actor, code: &str) -> CoreResult<()> {
+        let how = self.require_second_factor(actor, code, "disable").await?;
+        let row = self
+            .audit(AuditEvent::MfaDisabled, Some(actor), None)
+            .target(actor.user_id.to_string())
+            .detail("with", how.as_str());
+        self.store.mfa_disable(actor.user_id, &[row]).await?;
+        Ok(())
+    }
+
+    /// Replaces the recovery codes, given a current app code or a recovery code; returns the new ones.
+    ///
+    /// # Errors
+    /// `Conflict` when MFA is off, `Unauthenticated` for a wrong code.
+    pub async fn mfa_regenerate_recovery(&self, actor: &Actor, code: &str) -> CoreResult<Vec<String>> {
+        let how = self.require_second_factor(actor, code, "recovery_codes").await?;
+        let (codes, hashes) = self.new_recovery_codes();
+        let row = self
+            .audit(AuditEvent::MfaRecoveryCodes, Some(actor), None)
+            .target(actor.user_id.to_string())
+            .detail("with", how.as_str());
+        self.store.mfa_replace_recovery(actor.user_id, &hashes, &[row]).await?;
+        Ok(codes)
+    }
+
+    /// Checks a second factor for an action of a signed-in account; a failure is audited.
+    async fn require_second_factor(&self, actor: &Actor, code: &str, action: &str) -> CoreResult<SecondFactor> {
+        let m = self
+            .store
+            .mfa(actor.user_id)
+            .await?
+            .filter(|m| m.confirmed)
+            .ok_or_else(|| CoreError::Conflict("two-factor authentication is not on for this account".into()))?;
+        match self.check_second_factor(actor.user_id, &m, code).await? {
+            Ok(how) => Ok(how),
+            Err(reason) => {
+                let row = self
+                    .audit(AuditEvent::AuthLogin, Some(actor), None)
+                    .outcome(Outcome::Failure)
+                    .target(actor.user_id.to_string())
+                    .detail("method", "totp")
+                    .detail("reason", reason)
+                    .detail("action", action);
+                self.store.append_audit(&[row]).await?;
+                Err(CoreError::Unauthenticated(BAD_CODE.into()))
+            }
+        }
+    }
+
+    /// Checks an app code or a recovery code for an account with MFA on. `Ok(Err(reason))` for a refused code
+    /// (counted as a failure; the reason goes to the audit log).
+    pub(crate) async fn check_second_factor(
+        &self,
+        user: UserId,
+        m: &MfaRecord,
+        code: &str,
+    ) -> CoreResult<Result<SecondFactor, &'static str>> {
+        let code = bounded(code)?.trim();
+        let refused = if code.len() == totp::DIGITS as usize && code.bytes().all(|b| b.is_ascii_digit()) {
+            if m.failures >= MFA_LOCKOUT {
+                "locked"
+            } else {
+                let secret = self.open_secret(user, m)?;
+                let now = self.now_secs();
+                match totp::verify(&secret, code, now, m.last_step) {
+                    Some(step) if self.store.mfa_accept_step(user, step).await? => return Ok(Ok(SecondFactor::Totp)),
+                    Some(_) => "totp_replay",
+                    None if totp::verify(&secret, code, now, None).is_some() => "totp_replay",
+                    None => "bad_totp",
+                }
+            }
+        } else if self.store.mfa_use_recovery(user, &self.recovery_hash(code), self.now_ms()).await? {
+            return Ok(Ok(SecondFactor::RecoveryCode));
+        } else {
+            "bad_recovery_code"
+        };
+        self.store.mfa_failed(user).await?;
+        Ok(Err(refused))
+    }
+
+    /// The audit row of a login refused at the second factor.
+    pub(crate) fn second_factor_failure(&self, user: UserId, ip: &str, reason: &str) -> NewAudit {
+        NewAudit {
+            event: AuditEvent::AuthLogin,
+            outcome: Outcome::Failure,
+            actor: Some(user),
+            workspace: None,
+            ip: Some(ip.to_owned()),
+            target: Some(user.to_string()),
+            details: serde_json::json!({"method": "password+totp", "reason": reason}),
+            at_ms: self.now_ms(),
+        }
+    }
+}
+
+/// The message for a refused code (the same whatever the reason, which only the audit log records).
+pub(crate) const BAD_CODE: &str = "the authentication code is wrong or was already used; wait for the next code of your authenticator app, or \
+     use a recovery code";
+
+fn bounded(code: &str) -> CoreResult<&str> {
+    if code.len() > MAX_MFA_CODE_BYTES {
+        return Err(CoreError::TooLarge(format!("a code is at most {MAX_MFA_CODE_BYTES} bytes")));
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cloudsync_blob::BlobStore;
+    use cloudsync_crypto::totp::{Algorithm, DIGITS, base32_decode, code_at};
+    use cloudsync_store_sqlite::SqliteStore;
+
+    use super::*;
+    use crate::{Clock as _, ManualClock};
+
+    async fn setup(dir: &std::path::Path) -> (Core, Arc<ManualClock>, Actor) {
+        let store = SqliteStore::open(&dir.join("meta.db")).await.expect("store");
+        let blobs = BlobStore::local(&dir.join("chunks")).expect("blobs");
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let core = Core::new(Arc::new(store), blobs, SecretKey::generate(), clock.clone());
+        let user = core.create_user("a@example.com", "correct horse battery", false, None).await.expect("user");
+        let actor = Actor {
+            user_id: user.id,
+            email: user.email,
+            is_admin: false,
+            session_id: cloudsync_types::SessionId::new(),
+            ip: "127.0.0.1".into(),
+        };
+        (core, clock, actor)
+    }
+
+    fn code(secret: &[u8], clock: &ManualClock) -> String {
+        code_at(Algorithm::Sha1, secret, u64::try_from(clock.now_ms() / 1000).expect("time"), DIGITS)
+    }
+
+    fn login(core: &Core, totp: Option<&str>) -> impl std::future::Future<Output = CoreResult<crate::Session>> {
+        core.login("a@example.com", "correct horse battery", "laptop", "127.0.0.1", totp)
+    }
+
+    #[tokio::test]
+    async fn enrolment_login_replay_recovery_and_disable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (core, clock, actor) = setup(dir.path()).await;
+        let e = core.mfa_enroll(&actor).await.expect("enroll");
+        assert!(e.otpauth_uri.starts_with("otpauth://totp/CloudSync:a%40example.com?secret="), "{}", e.otpauth_uri);
+        let secret = base32_decode(&e.secret).expect("base32");
+        assert!(login(&core, None).await.is_ok(), "a pending enrolment does not change logins");
+        assert!(matches!(core.mfa_confirm(&actor, "000000x").await, Err(CoreError::BadRequest(_))));
+
+        let codes = core.mfa_confirm(&actor, &code(&secret, &clock)).await.expect("confirm");
+        assert_eq!(codes.len(), RECOVERY_CODES);
+        assert!(codes.iter().all(|c| c.len() == 19), "{codes:?}");
+        assert!(matches!(core.mfa_enroll(&actor).await, Err(CoreError::Conflict(_))), "on: no silent re-enrolment");
+        let status = core.mfa_status(&actor).await.expect("status");
+        assert!(status.enabled && !status.pending && status.recovery_codes_left == 10);
+
+        // Logins need the code; the confirming code cannot be used again, nor can one login's code.
+        assert!(matches!(login(&core, None).await, Err(CoreError::MfaRequired)));
+        assert!(matches!(login(&core, Some(&code(&secret, &clock))).await, Err(CoreError::Unauthenticated(_))));
+        clock.advance_ms(30_000);
+        let now = code(&secret, &clock);
+        login(&core, Some(&now)).await.expect("the next step's code");
+        assert!(matches!(login(&core, Some(&now)).await, Err(CoreError::Unauthenticated(_))), "replay refused");
+        clock.advance_ms(30_000);
+        assert!(matches!(login(&core, Some("123456x")).await, Err(CoreError::Unauthenticated(_))));
+
+        // A recovery code works once, whatever its case and dashes.
+        let typed = codes[3].to_uppercase().replace('-', " ");
+        login(&core, Some(&typed)).await.expect("recovery code");
+        assert!(matches!(login(&core, Some(&codes[3])).await, Err(CoreError::Unauthenticated(_))), "single use");
+        assert_eq!(core.mfa_status(&actor).await.expect("status").recovery_codes_left, 9);
+
+        // The audit log tells replays from wrong codes, and holds no code.
+        let rows = core.store.audit_chain(cloudsync_store::GLOBAL_CHAIN, 0, 1000).await.expect("audit");
+        let reasons: Vec<String> = rows
+            .iter()
+            .filter(|r| r.row.event == AuditEvent::AuthLogin && r.row.outcome == Outcome::Failure)
+            .map(|r| r.row.details["reason"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        for reason in ["mfa_required", "totp_replay", "bad_recovery_code"] {
+            assert!(reasons.iter().any(|r| r == reason), "{reason} in {reasons:?}");
+        }
+        let text = serde_json::to_string(&rows.iter().map(|r| &r.row.details).collect::<Vec<_>>()).expect("json");
+        assert!(!text.contains(&now) && !text.contains(&codes[3]), "no code in the audit log");
+
+        // New recovery codes and turning MFA off need a code.
+        clock.advance_ms(30_000);
+        assert!(matches!(core.mfa_regenerate_recovery(&actor, "000000").await, Err(CoreError::Unauthenticated(_))));
+        let fresh = core.mfa_regenerate_recovery(&actor, &code(&secret, &clock)).await.expect("regenerate");
+        assert!(matches!(login(&core, Some(&codes[0])).await, Err(CoreError::Unauthenticated(_))), "old set gone");
+        core.mfa_disable(&actor, &fresh[0]).await.expect("disable with a recovery code");
+        login(&core, None).await.expect("no second factor any more");
+        assert!(matches!(core.mfa_disable(&actor, "123456").await, Err(CoreError::Conflict(_))));
+    }
+
+    #[tokio::test]
+    async fn after_100_wrong_codes_only_a_recovery_code_signs_in() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (core, clock, actor) = setup(dir.path()).await;
+        let secret = base32_decode(&core.mfa_enroll(&actor).await.expect("enroll").secret).expect("base32");
+        let codes = core.mfa_confirm(&actor, &code(&secret, &clock)).await.expect("confirm");
+        let m = core.store.mfa(actor.user_id).await.expect("mfa").expect("on");
+        for _ in 0..MFA_LOCKOUT {
+            // Straight to the check: the login rate limit would stop this loop long before.
+            let wrong = if code(&secret, &clock) == "000000" { "000001" } else { "000000" };
+            assert!(core.check_second_factor(actor.user_id, &m, wrong).await.expect("check").is_err());
+        }
+        clock.advance_ms(30_000);
+        let m = core.store.mfa(actor.user_id).await.expect("mfa").expect("on");
+        assert_eq!(m.failures, MFA_LOCKOUT);
+        let right = code(&secret, &clock);
+        assert_eq!(core.check_second_factor(actor.user_id, &m, &right).await.expect("check"), Err("locked"));
+        let m = core.store.mfa(actor.user_id).await.expect("mfa").expect("on");
+        assert_eq!(
+            core.check_second_factor(actor.user_id, &m, &codes[0]).await.expect("check"),
+            Ok(SecondFactor::RecoveryCode)
+        );
+        let m = core.store.mfa(actor.user_id).await.expect("mfa").expect("on");
+        assert_eq!(m.failures, 0, "a recovery code clears the count");
+        assert_eq!(core.check_second_factor(actor.user_id, &m, &right).await.expect("check"), Ok(SecondFactor::Totp));
+    }
+}
