@@ -304,3 +304,23 @@ async fn dry_run_and_status_change_nothing_and_ignore_rules_apply_both_ways() {
 
 #[allow(dead_code, reason = "helpers shared with other test files")]
 mod common;
+
+#[tokio::test]
+async fn a_tree_of_identical_files_is_committed_although_it_never_fills_a_batch() {
+    let srv = TestServer::start().await;
+    srv.create_user("a@example.com", false).await.expect("user");
+    let a = Device::new(&srv, "a@example.com", "laptop").await;
+    let ws = workspace(&a.client).await;
+    // More files than may wait for their commit at once (4000), all made of one chunk: the batch holding it
+    // never fills, so the waiting commits themselves must get it flushed.
+    const FILES: usize = 4200;
+    for i in 0..FILES {
+        a.write(&format!("d{:02}/f{i:04}.txt", i % 42), b"the same few bytes in every file");
+    }
+    let up = a.sync(ws, "").await;
+    assert_eq!(up.summary.files_uploaded, FILES as u64, "{:?}", up.summary);
+    assert_eq!(up.summary.chunks_uploaded, 1, "{:?}", up.summary);
+    assert_eq!(up.summary.chunks_deduplicated, FILES as u64 - 1, "{:?}", up.summary);
+    let listed = a.client.files(ws).list_all(&WsPath::parse_prefix("").expect("root")).await.expect("list");
+    assert_eq!(listed.len(), FILES);
+}

@@ -13,9 +13,11 @@ use bytes::Bytes;
 use cloudsync_types::ChunkId;
 use cloudsync_types::api::DeltaBaseRef;
 
-/// Files read and waiting for their batch to be stored before they are committed; reaching this many
-/// flushes the filling batch even when it is not full, and waits for every batch in flight.
-pub(crate) const MAX_READY_COMMITS: usize = 1000;
+/// Files read and waiting for their batch to be stored before they are committed; reaching this many waits
+/// for the oldest batches in flight (and flushes the filling batch even when it is not full, if the oldest
+/// waiting file needs it). Well above what the batches in flight hold (about 500 small files each), so a
+/// push of small files does not stall on it.
+pub(crate) const MAX_READY_COMMITS: usize = 4000;
 
 /// When a batch is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

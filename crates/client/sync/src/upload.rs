@@ -193,7 +193,7 @@ impl<'a> Uploader<'a> {
                     self.commit_ready(summary).await?;
                 }
                 if self.ready.len() >= MAX_READY_COMMITS {
-                    self.drain(summary).await?;
+                    self.make_room(summary).await?;
                 }
             }
             Event::Unchanged { idx, stat } => {
@@ -231,14 +231,29 @@ impl<'a> Uploader<'a> {
         Ok(())
     }
 
-    /// Flushes the filling batch even if it is not full, waits for every batch in flight and commits what
-    /// waited for them, so waiting commits never pile up (see [`MAX_READY_COMMITS`]).
-    async fn drain(&mut self, summary: &mut TransferSummary) -> Result<(), SyncError> {
-        self.seal(summary).await?;
-        while let Some(joined) = self.in_flight.join_next().await {
-            self.on_flushed(joined.map_err(SyncError::task)??, summary).await?;
+    /// Waits until fewer than [`MAX_READY_COMMITS`] files wait for their commit, so waiting commits never pile
+    /// up: batch by batch, oldest first (the other batches stay in flight meanwhile), sealing the filling batch
+    /// first when the oldest waiting file needs it.
+    async fn make_room(&mut self, summary: &mut TransferSummary) -> Result<(), SyncError> {
+        while self.ready.len() >= MAX_READY_COMMITS {
+            let oldest = self.ready.iter().filter_map(|r| r.needs).min();
+            if oldest.is_some_and(|n| n >= self.filling.seq) {
+                self.seal(summary).await?;
+            }
+            match self.in_flight.join_next().await {
+                Some(joined) => self.on_flushed(joined.map_err(SyncError::task)??, summary).await?,
+                None => {
+                    self.commit_ready(summary).await?;
+                    if self.ready.len() >= MAX_READY_COMMITS {
+                        return Err(SyncError::Internal(format!(
+                            "{} files wait for batches that are not being uploaded",
+                            self.ready.len()
+                        )));
+                    }
+                }
+            }
         }
-        self.commit_ready(summary).await
+        Ok(())
     }
 
     async fn on_flushed(&mut self, f: Flushed, summary: &mut TransferSummary) -> Result<(), SyncError> {
