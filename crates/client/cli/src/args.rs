@@ -176,6 +176,14 @@ pub enum ServerUserCmd {
         #[command(flatten)]
         common: ServerCommon,
     },
+    /// Turn two-factor authentication off for an account that lost its authenticator and its recovery codes
+    /// (audited). The user logs in with the password and can enable it again.
+    ResetMfa {
+        /// Email address.
+        email: String,
+        #[command(flatten)]
+        common: ServerCommon,
+    },
 }
 
 /// `login`.
@@ -215,8 +223,15 @@ pub struct LoginArgs {
 pub enum MfaCmd {
     /// Turn two-factor authentication on: shows a QR code and the otpauth URI for your authenticator app, asks
     /// for its first code, and prints your recovery codes once. With --json: prints the URI and secret and
-    /// returns; finish with `cloudsync mfa confirm CODE`.
-    Enable(JsonFlag),
+    /// returns; finish with `cloudsync mfa confirm CODE`. On a login older than 15 minutes the password is
+    /// asked for (or read with --password-stdin).
+    Enable {
+        /// Read the account password from the first line of standard input (needed on an older login).
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Finish turning two-factor authentication on with the app's first code; prints the recovery codes once.
     Confirm {
         /// The 6-digit code the app shows.

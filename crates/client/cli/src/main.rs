@@ -126,6 +126,17 @@ async fn server_cmd(cmd: ServerCmd) -> Result<()> {
             );
             Ok(())
         }
+        ServerCmd::User(ServerUserCmd::ResetMfa { email, common }) => {
+            let cfg = load_config(&common)?;
+            if server::build_core(&cfg).await?.operator_reset_mfa(&email).await? {
+                eprintln!(
+                    "Two-factor authentication is off for {email}; they log in with the password and can enable it again."
+                );
+            } else {
+                eprintln!("Two-factor authentication was not on for {email}; nothing changed.");
+            }
+            Ok(())
+        }
     }
 }
 

@@ -512,6 +512,17 @@ fn mfa_enable_confirm_login_with_totp_recovery_codes_and_disable() {
     assert_eq!(json(&alice.ok(&["mfa", "status", "--json"]))["enabled"], false);
     alice.login(&srv, "alice@example.com");
 
+    // The operator's break-glass: an account that lost its authenticator and its codes gets back in.
+    let again = json(&alice.ok(&["mfa", "enable", "--json"]));
+    alice.ok(&["mfa", "confirm", &totp_codes(again["secret"].as_str().expect("secret")).0]);
+    assert!(!bob.with_stdin(&login, &format!("{PASSWORD}\n")).status.success(), "MFA is on again");
+    let data = srv.data.to_str().expect("utf8");
+    let out = Command::new(BIN).args(["server", "user", "reset-mfa", "alice@example.com", "--data-dir", data]).output();
+    let out = out.expect("reset-mfa");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is off for alice@example.com"));
+    alice.login(&srv, "alice@example.com");
+
     // The audit log holds none of the codes.
     let db = std::fs::read(srv.data.join("meta.db")).unwrap_or_default();
     let wal = std::fs::read(srv.data.join("meta.db-wal")).unwrap_or_default();

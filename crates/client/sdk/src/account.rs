@@ -3,8 +3,8 @@
 
 use cloudsync_types::SessionId;
 use cloudsync_types::api::{
-    CreateUserRequest, Device, LoginRequest, LoginResponse, MfaCode, MfaEnrollment, MfaStatus, RecoveryCodes, UserInfo,
-    WhoAmI,
+    CreateUserRequest, Device, LoginRequest, LoginResponse, MfaCode, MfaEnrollRequest, MfaEnrollment, MfaStatus,
+    RecoveryCodes, UserInfo, WhoAmI,
 };
 use reqwest::Method;
 
@@ -44,12 +44,15 @@ impl Auth<'_> {
     }
 
     /// `POST /auth/mfa/enroll`: a new TOTP secret for an authenticator app (shown once). Complete the
-    /// enrolment with [`Auth::mfa_confirm`].
+    /// enrolment with [`Auth::mfa_confirm`]. `password` is needed on a session opened more than 15 minutes
+    /// ago.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::Conflict`] when MFA is already on, and any transport failure.
-    pub async fn mfa_enroll(&self) -> Result<MfaEnrollment, Error> {
-        self.client.call(self.client.request(Method::POST, "/auth/mfa/enroll")?).await
+    /// [`crate::ErrorKind::Conflict`] when MFA is already on, [`crate::ErrorKind::Forbidden`] with code
+    /// `reauthentication_required` when the password is needed, and any transport failure.
+    pub async fn mfa_enroll(&self, password: Option<&str>) -> Result<MfaEnrollment, Error> {
+        let body = MfaEnrollRequest { password: password.map(str::to_owned) };
+        self.client.call(self.client.request(Method::POST, "/auth/mfa/enroll")?.json(&body)).await
     }
 
     /// `POST /auth/mfa/confirm`: turns MFA on with the app's first code; returns the recovery codes (shown once).
@@ -65,7 +68,7 @@ impl Auth<'_> {
     /// `POST /auth/mfa/disable`: turns MFA off; needs a current app code or a recovery code.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::Unauthenticated`] for a wrong code, [`crate::ErrorKind::Conflict`] when MFA is off,
+    /// [`crate::ErrorKind::BadRequest`] for a wrong code, [`crate::ErrorKind::Conflict`] when MFA is off,
     /// and any transport failure.
     pub async fn mfa_disable(&self, code: &str) -> Result<(), Error> {
         let body = MfaCode { code: code.to_owned() };

@@ -232,8 +232,8 @@ impl<'a> Uploader<'a> {
     }
 
     /// Waits until fewer than [`MAX_READY_COMMITS`] files wait for their commit, so waiting commits never pile
-    /// up: batch by batch, oldest first (the other batches stay in flight meanwhile), sealing the filling batch
-    /// first when the oldest waiting file needs it.
+    /// up: one finished batch at a time (in the order they finish; the others stay in flight meanwhile),
+    /// sealing the filling batch first when the oldest waiting file needs it.
     async fn make_room(&mut self, summary: &mut TransferSummary) -> Result<(), SyncError> {
         while self.ready.len() >= MAX_READY_COMMITS {
             let oldest = self.ready.iter().filter_map(|r| r.needs).min();

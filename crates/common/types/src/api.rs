@@ -61,6 +61,21 @@ pub struct MfaStatus {
     pub recovery_codes_left: u32,
 }
 
+/// `POST /api/v1/auth/mfa/enroll`. On a session opened more than 15 minutes ago the account password is
+/// needed (a stolen old session must not be able to put its own authenticator on the account).
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct MfaEnrollRequest {
+    /// The account password (needed on a session older than 15 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for MfaEnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaEnrollRequest").field("password", &self.password.as_ref().map(|_| "***")).finish()
+    }
+}
+
 /// `POST /api/v1/auth/mfa/enroll`: the secret to add to an authenticator app, shown once. Confirm with the
 /// first code (`POST /api/v1/auth/mfa/confirm`).
 #[derive(Clone, Serialize, Deserialize, ToSchema)]

@@ -15,6 +15,8 @@ pub enum ErrorCode {
     /// The password was right, and the account also needs a code from its authenticator app (or a recovery
     /// code): send the login again with `totp`.
     MfaRequired,
+    /// The session is too old for this security change: send the account password with the request.
+    ReauthenticationRequired,
     /// The credentials are valid but the role is too low.
     Forbidden,
     /// Nothing with that id or path (also: a workspace the caller is not a member of).
@@ -41,7 +43,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::InvalidPath => 400,
             ErrorCode::Unauthenticated | ErrorCode::MfaRequired => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::ReauthenticationRequired => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict | ErrorCode::MissingChunks => 409,
             ErrorCode::PayloadTooLarge => 413,

@@ -27,8 +27,9 @@ use std::path::{Path, PathBuf};
 
 use crate::BlobError;
 
-/// A durability barrier over `paths` (the pack files, then every folder from them up to `root`).
-pub(crate) type Barrier = fn(root: &Path, paths: &[PathBuf]) -> std::io::Result<()>;
+/// A durability barrier over `paths` (the pack files, then every folder from them up to `root`). `watch` is a
+/// handle on `root` opened before any of the batch's packs was written, if there is one.
+pub(crate) type Barrier = fn(root: &Path, paths: &[PathBuf], watch: Option<&File>) -> std::io::Result<()>;
 
 /// The chunk directory on local disk.
 #[derive(Debug)]
@@ -42,6 +43,10 @@ pub(crate) struct LocalDisk {
 #[derive(Debug)]
 pub(crate) struct LocalPack {
     path: PathBuf,
+    /// A handle on the chunk directory opened before the pack was written, and when: `syncfs` through it
+    /// reports write-back errors since then, whoever else has seen them (an error already reported to
+    /// another handle is not reported to one opened later).
+    watch: Option<(File, std::time::Instant)>,
     /// Its size in bytes.
     pub(crate) len: u64,
     persisted: bool,
@@ -126,7 +131,8 @@ impl LocalDisk {
     /// Creates a new pack file for the object `key` (which must not exist), to be written through the
     /// returned writer without waiting for the disk. Blocking.
     pub(crate) fn create_pack(&self, key: &str) -> Result<PackWriter, BlobError> {
-        let pack = LocalPack { path: self.root.join(key), len: 0, persisted: false };
+        let watch = File::open(&self.root).ok().map(|f| (f, std::time::Instant::now()));
+        let pack = LocalPack { path: self.root.join(key), watch, len: 0, persisted: false };
         let created = match File::create_new(&pack.path) {
             Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
                 if let Some(dir) = pack.path.parent() {
@@ -166,7 +172,8 @@ impl LocalDisk {
             }
         }
         let paths: Vec<PathBuf> = packs.iter().map(|p| p.path.clone()).chain(dirs).collect();
-        (self.barrier)(&self.root, &paths).map_err(io_error("sync the new packs under", &self.root))?;
+        let watch = packs.iter().filter_map(|p| p.watch.as_ref()).min_by_key(|w| w.1).map(|w| &w.0);
+        (self.barrier)(&self.root, &paths, watch).map_err(io_error("sync the new packs under", &self.root))?;
         for p in &mut packs {
             p.persisted = true;
         }
@@ -190,17 +197,19 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
 }
 
 /// The real barrier: `syncfs(2)` on Linux (one call for the whole batch, whatever its size; it reports
-/// write-back errors since Linux 5.8), an fsync of each path elsewhere.
+/// write-back errors since Linux 5.8, those since `watch` was opened), an fsync of each path elsewhere.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn sync_barrier(root: &Path, _paths: &[PathBuf]) -> std::io::Result<()> {
-    let dir = File::open(root)?;
-    rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
+fn sync_barrier(root: &Path, _paths: &[PathBuf], watch: Option<&File>) -> std::io::Result<()> {
+    match watch {
+        Some(dir) => rustix::fs::syncfs(dir).map_err(std::io::Error::from),
+        None => rustix::fs::syncfs(&File::open(root)?).map_err(std::io::Error::from),
+    }
 }
 
 /// The real barrier: `syncfs(2)` on Linux (one call for the whole batch, whatever its size; it reports
 /// write-back errors since Linux 5.8), an fsync of each path elsewhere.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn sync_barrier(_root: &Path, paths: &[PathBuf]) -> std::io::Result<()> {
+fn sync_barrier(_root: &Path, paths: &[PathBuf], _watch: Option<&File>) -> std::io::Result<()> {
     for p in paths {
         match File::open(p) {
             Ok(f) => f.sync_all()?,
@@ -222,16 +231,17 @@ mod tests {
     /// The paths each barrier call was given.
     static SEEN: Mutex<Vec<Vec<PathBuf>>> = Mutex::new(Vec::new());
 
-    fn observing(_root: &Path, paths: &[PathBuf]) -> std::io::Result<()> {
+    fn observing(_root: &Path, paths: &[PathBuf], watch: Option<&File>) -> std::io::Result<()> {
+        assert!(watch.is_some(), "the barrier syncs through a handle opened before the packs were written");
         SEEN.lock().expect("lock").push(paths.to_vec());
         Ok(())
     }
 
-    fn failing(_root: &Path, _paths: &[PathBuf]) -> std::io::Result<()> {
+    fn failing(_root: &Path, _paths: &[PathBuf], _watch: Option<&File>) -> std::io::Result<()> {
         Err(std::io::Error::other("disk on fire"))
     }
 
-    fn passing(_root: &Path, _paths: &[PathBuf]) -> std::io::Result<()> {
+    fn passing(_root: &Path, _paths: &[PathBuf], _watch: Option<&File>) -> std::io::Result<()> {
         Ok(())
     }
 

@@ -124,7 +124,7 @@ impl Core {
         Ok(user)
     }
 
-    async fn charge(&self, key: String, limit: u32) -> CoreResult<()> {
+    pub(crate) async fn charge(&self, key: String, limit: u32) -> CoreResult<()> {
         let now = self.now_ms();
         let w = self.limits.window_ms.max(1);
         let start = now - now.rem_euclid(w);
@@ -248,6 +248,18 @@ impl Core {
         Ok(Session { token, id: session.id, user })
     }
 
+    /// Whether `pw` is the password of account `user` (Argon2id, on a blocking thread).
+    ///
+    /// # Errors
+    /// A store failure, or the account vanished.
+    pub(crate) async fn check_password(&self, user: UserId, pw: &str) -> CoreResult<bool> {
+        let u = self.store.user_by_id(user).await?.ok_or(CoreError::NotFound("account"))?;
+        let pw = Zeroizing::new(pw.to_owned());
+        tokio::task::spawn_blocking(move || password::verify(&pw, &u.password_hash))
+            .await
+            .map_err(|e| CoreError::Internal(e.to_string()))
+    }
+
     /// Resolves a bearer token to its actor.
     ///
     /// # Errors
@@ -275,6 +287,7 @@ impl Core {
             email: user.email,
             is_admin: user.is_admin,
             session_id: session.id,
+            session_created_ms: session.created_ms,
             ip: ip.to_owned(),
         })
     }

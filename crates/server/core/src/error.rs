@@ -15,6 +15,11 @@ pub enum CoreError {
         "this account uses two-factor authentication: give the code from your authenticator app (or a recovery code)"
     )]
     MfaRequired,
+    /// The session is too old for a security change; the password is needed.
+    #[error(
+        "this session was opened more than 15 minutes ago: confirm your password to change two-factor authentication"
+    )]
+    ReauthenticationRequired,
     /// Too many attempts.
     #[error("too many attempts; try again in {retry_after_secs} seconds")]
     RateLimited {

@@ -96,6 +96,8 @@ pub struct Actor {
     pub is_admin: bool,
     /// The session the request came with.
     pub session_id: SessionId,
+    /// When that session was opened (a login): security changes on an older session need the password.
+    pub session_created_ms: i64,
     /// Client address (after trusted-proxy resolution).
     pub ip: String,
 }

@@ -12,7 +12,12 @@
 //!   100) app codes are no longer accepted and only a recovery code signs in, which also clears the count.
 //!   Login attempts are rate-limited besides (see `auth.rs`).
 //! - Turning MFA off and making new recovery codes need a current code: a stolen session alone cannot
-//!   remove the second factor.
+//!   remove the second factor. Enrolling on a session opened more than [`RECENT_LOGIN_MS`] ago needs the
+//!   password, so an old stolen session cannot put its own authenticator on the account either. Every such
+//!   request is rate-limited per account like logins, and a wrong code there is a 400, not a 401 (the
+//!   session itself is fine).
+//! - Attempts are counted before the code is checked, atomically (`failures < limit`), so concurrent
+//!   requests cannot all slip in under the limit; a success clears the count.
 
 use cloudsync_crypto::{SecretKey, aead, keyed_hash, totp};
 use cloudsync_store::{MfaRecord, NewAudit};
@@ -26,6 +31,8 @@ use crate::{Actor, AuditExt as _, Core, CoreError, CoreResult};
 pub const MFA_LOCKOUT: u32 = 100;
 /// Recovery codes per set.
 pub const RECOVERY_CODES: usize = 10;
+/// A session younger than this may enrol without the password.
+pub const RECENT_LOGIN_MS: i64 = 15 * 60 * 1000;
 /// The issuer shown in authenticator apps.
 const ISSUER: &str = "CloudSync";
 
@@ -106,8 +113,16 @@ impl Core {
     /// Logins do not need a code until [`Core::mfa_confirm`].
     ///
     /// # Errors
-    /// `Conflict` when MFA is already on.
-    pub async fn mfa_enroll(&self, actor: &Actor) -> CoreResult<MfaEnrollment> {
+    /// `Conflict` when MFA is already on, `ReauthenticationRequired` on an old session without the password,
+    /// `BadRequest` for a wrong password, `RateLimited`.
+    pub async fn mfa_enroll(&self, actor: &Actor, password: Option<&str>) -> CoreResult<MfaEnrollment> {
+        self.charge(format!("mfa:{}", actor.user_id), self.limits.per_account).await?;
+        if self.now_ms() - actor.session_created_ms > RECENT_LOGIN_MS {
+            let Some(pw) = password else { return Err(CoreError::ReauthenticationRequired) };
+            if !self.check_password(actor.user_id, pw).await? {
+                return Err(CoreError::BadRequest("the password is wrong".into()));
+            }
+        }
         let secret = totp::generate_secret();
         let sealed = aead::seal(&self.mfa_key(), &secret_aad(actor.user_id), secret.as_slice());
         self.store.mfa_begin(actor.user_id, &sealed, self.now_ms()).await.map_err(|e| match e {
@@ -126,17 +141,17 @@ impl Core {
     /// # Errors
     /// `Conflict` when no enrolment is pending, `BadRequest` for a wrong code.
     pub async fn mfa_confirm(&self, actor: &Actor, code: &str) -> CoreResult<Vec<String>> {
+        self.charge(format!("mfa:{}", actor.user_id), self.limits.per_account).await?;
         let m = self.store.mfa(actor.user_id).await?.filter(|m| !m.confirmed).ok_or_else(|| {
             CoreError::Conflict("no enrolment is pending; start one with `cloudsync mfa enable`".into())
         })?;
-        if m.failures >= MFA_LOCKOUT {
+        if self.store.mfa_claim_attempt(actor.user_id, MFA_LOCKOUT).await?.is_none() {
             return Err(CoreError::Forbidden(
                 "too many wrong codes for this enrolment; start again with `cloudsync mfa enable`".into(),
             ));
         }
         let secret = self.open_secret(actor.user_id, &m)?;
         let Some(step) = totp::verify(&secret, bounded(code)?, self.now_secs(), None) else {
-            self.store.mfa_failed(actor.user_id).await?;
             return Err(CoreError::BadRequest(
                 "that code is wrong: type the 6 digits your authenticator app shows now for CloudSync (check that the \
                  device's clock is right)"
@@ -145,7 +160,7 @@ impl Core {
         };
         let (codes, hashes) = self.new_recovery_codes();
         let row = self.audit(AuditEvent::MfaEnabled, Some(actor), None).target(actor.user_id.to_string());
-        if !self.store.mfa_confirm(actor.user_id, step, &hashes, &[row]).await? {
+        if !self.store.mfa_confirm(actor.user_id, &m.sealed_secret, step, &hashes, &[row]).await? {
             return Err(CoreError::Conflict("the enrolment changed meanwhile; start again".into()));
         }
         Ok(codes)
@@ -154,7 +169,7 @@ impl Core {
     /// Turns MFA off, given a current app code or a recovery code.
     ///
     /// # Errors
-    /// `Conflict` when MFA is off, `Unauthenticated` for a wrong code.
+    /// `Conflict` when MFA is off, `BadRequest` for a wrong code, `RateLimited`.
     pub async fn mfa_disable(&self, actor: &Actor, code: &str) -> CoreResult<()> {
         let how = self.require_second_factor(actor, code, "disable").await?;
         let row = self
@@ -168,7 +183,7 @@ impl Core {
     /// Replaces the recovery codes, given a current app code or a recovery code; returns the new ones.
     ///
     /// # Errors
-    /// `Conflict` when MFA is off, `Unauthenticated` for a wrong code.
+    /// `Conflict` when MFA is off, `BadRequest` for a wrong code, `RateLimited`.
     pub async fn mfa_regenerate_recovery(&self, actor: &Actor, code: &str) -> CoreResult<Vec<String>> {
         let how = self.require_second_factor(actor, code, "recovery_codes").await?;
         let (codes, hashes) = self.new_recovery_codes();
@@ -180,8 +195,22 @@ impl Core {
         Ok(codes)
     }
 
+    /// Turns MFA off for the account `email`, for the operator on the server host (break-glass for a user who
+    /// lost both the authenticator and the recovery codes). Audited with no actor and `by: operator`. False
+    /// when MFA was not on (or pending).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown account, or a store failure.
+    pub async fn operator_reset_mfa(&self, email: &str) -> CoreResult<bool> {
+        let email = crate::auth::normalize_email(email)?;
+        let user = self.store.user_by_email(&email).await?.ok_or(CoreError::NotFound("account"))?;
+        let row = self.audit(AuditEvent::MfaDisabled, None, None).target(user.id.to_string()).detail("by", "operator");
+        Ok(self.store.mfa_disable(user.id, &[row]).await?)
+    }
+
     /// Checks a second factor for an action of a signed-in account; a failure is audited.
     async fn require_second_factor(&self, actor: &Actor, code: &str, action: &str) -> CoreResult<SecondFactor> {
+        self.charge(format!("mfa:{}", actor.user_id), self.limits.per_account).await?;
         let m = self
             .store
             .mfa(actor.user_id)
@@ -199,7 +228,8 @@ impl Core {
                     .detail("reason", reason)
                     .detail("action", action);
                 self.store.append_audit(&[row]).await?;
-                Err(CoreError::Unauthenticated(BAD_CODE.into()))
+                // The session is fine; only the code was wrong.
+                Err(CoreError::BadRequest(BAD_CODE.into()))
             }
         }
     }
@@ -213,26 +243,27 @@ impl Core {
         code: &str,
     ) -> CoreResult<Result<SecondFactor, &'static str>> {
         let code = bounded(code)?.trim();
-        let refused = if code.len() == totp::DIGITS as usize && code.bytes().all(|b| b.is_ascii_digit()) {
-            if m.failures >= MFA_LOCKOUT {
-                "locked"
-            } else {
-                let secret = self.open_secret(user, m)?;
-                let now = self.now_secs();
-                match totp::verify(&secret, code, now, m.last_step) {
-                    Some(step) if self.store.mfa_accept_step(user, step).await? => return Ok(Ok(SecondFactor::Totp)),
-                    Some(_) => "totp_replay",
-                    None if totp::verify(&secret, code, now, None).is_some() => "totp_replay",
-                    None => "bad_totp",
-                }
+        if code.len() == totp::DIGITS as usize && code.bytes().all(|b| b.is_ascii_digit()) {
+            // Counted before the check (a success clears it), so concurrent guesses cannot pass the limit.
+            if self.store.mfa_claim_attempt(user, MFA_LOCKOUT).await?.is_none() {
+                return Ok(Err("locked"));
             }
-        } else if self.store.mfa_use_recovery(user, &self.recovery_hash(code), self.now_ms()).await? {
+            let secret = self.open_secret(user, m)?;
+            let now = self.now_secs();
+            return Ok(match totp::verify(&secret, code, now, m.last_step) {
+                // Moves the step forward only if no other request did meanwhile; clears the count.
+                Some(step) if self.store.mfa_accept_step(user, step).await? => Ok(SecondFactor::Totp),
+                Some(_) => Err("totp_replay"),
+                None if totp::verify(&secret, code, now, None).is_some() => Err("totp_replay"),
+                None => Err("bad_totp"),
+            });
+        }
+        // Recovery codes (80 bits) are not locked out: they are the way back in after a lockout.
+        if self.store.mfa_use_recovery(user, &self.recovery_hash(code), self.now_ms()).await? {
             return Ok(Ok(SecondFactor::RecoveryCode));
-        } else {
-            "bad_recovery_code"
-        };
+        }
         self.store.mfa_failed(user).await?;
-        Ok(Err(refused))
+        Ok(Err("bad_recovery_code"))
     }
 
     /// The audit row of a login refused at the second factor.
@@ -283,6 +314,7 @@ mod tests {
             email: user.email,
             is_admin: false,
             session_id: cloudsync_types::SessionId::new(),
+            session_created_ms: 1_700_000_000_000,
             ip: "127.0.0.1".into(),
         };
         (core, clock, actor)
@@ -300,7 +332,7 @@ mod tests {
     async fn enrolment_login_replay_recovery_and_disable() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (core, clock, actor) = setup(dir.path()).await;
-        let e = core.mfa_enroll(&actor).await.expect("enroll");
+        let e = core.mfa_enroll(&actor, None).await.expect("enroll");
         assert!(e.otpauth_uri.starts_with("otpauth://totp/CloudSync:a%40example.com?secret="), "{}", e.otpauth_uri);
         let secret = base32_decode(&e.secret).expect("base32");
         assert!(login(&core, None).await.is_ok(), "a pending enrolment does not change logins");
@@ -309,7 +341,10 @@ mod tests {
         let codes = core.mfa_confirm(&actor, &code(&secret, &clock)).await.expect("confirm");
         assert_eq!(codes.len(), RECOVERY_CODES);
         assert!(codes.iter().all(|c| c.len() == 19), "{codes:?}");
-        assert!(matches!(core.mfa_enroll(&actor).await, Err(CoreError::Conflict(_))), "on: no silent re-enrolment");
+        assert!(
+            matches!(core.mfa_enroll(&actor, None).await, Err(CoreError::Conflict(_))),
+            "on: no silent re-enrolment"
+        );
         let status = core.mfa_status(&actor).await.expect("status");
         assert!(status.enabled && !status.pending && status.recovery_codes_left == 10);
 
@@ -344,7 +379,10 @@ mod tests {
 
         // New recovery codes and turning MFA off need a code.
         clock.advance_ms(30_000);
-        assert!(matches!(core.mfa_regenerate_recovery(&actor, "000000").await, Err(CoreError::Unauthenticated(_))));
+        assert!(
+            matches!(core.mfa_regenerate_recovery(&actor, "000000").await, Err(CoreError::BadRequest(_))),
+            "a 400: the session is fine"
+        );
         let fresh = core.mfa_regenerate_recovery(&actor, &code(&secret, &clock)).await.expect("regenerate");
         assert!(matches!(login(&core, Some(&codes[0])).await, Err(CoreError::Unauthenticated(_))), "old set gone");
         core.mfa_disable(&actor, &fresh[0]).await.expect("disable with a recovery code");
@@ -356,7 +394,7 @@ mod tests {
     async fn after_100_wrong_codes_only_a_recovery_code_signs_in() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (core, clock, actor) = setup(dir.path()).await;
-        let secret = base32_decode(&core.mfa_enroll(&actor).await.expect("enroll").secret).expect("base32");
+        let secret = base32_decode(&core.mfa_enroll(&actor, None).await.expect("enroll").secret).expect("base32");
         let codes = core.mfa_confirm(&actor, &code(&secret, &clock)).await.expect("confirm");
         let m = core.store.mfa(actor.user_id).await.expect("mfa").expect("on");
         for _ in 0..MFA_LOCKOUT {
@@ -377,5 +415,25 @@ mod tests {
         let m = core.store.mfa(actor.user_id).await.expect("mfa").expect("on");
         assert_eq!(m.failures, 0, "a recovery code clears the count");
         assert_eq!(core.check_second_factor(actor.user_id, &m, &right).await.expect("check"), Ok(SecondFactor::Totp));
+    }
+
+    #[tokio::test]
+    async fn an_old_session_needs_the_password_to_enrol() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (core, clock, actor) = setup(dir.path()).await;
+        clock.advance_ms(RECENT_LOGIN_MS + 1000);
+        assert!(matches!(core.mfa_enroll(&actor, None).await, Err(CoreError::ReauthenticationRequired)));
+        assert!(matches!(core.mfa_enroll(&actor, Some("not the password")).await, Err(CoreError::BadRequest(_))));
+        assert!(core.store.mfa(actor.user_id).await.expect("mfa").is_none(), "nothing enrolled");
+        core.mfa_enroll(&actor, Some("correct horse battery")).await.expect("with the password");
+        // Security changes are rate-limited per account like logins.
+        let mut limited = false;
+        for _ in 0..20 {
+            if let Err(CoreError::RateLimited { .. }) = core.mfa_confirm(&actor, "000000").await {
+                limited = true;
+                break;
+            }
+        }
+        assert!(limited, "wrong confirmation codes are rate-limited");
     }
 }

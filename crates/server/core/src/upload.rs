@@ -216,6 +216,7 @@ mod tests {
             email: user.email,
             is_admin: false,
             session_id: cloudsync_types::SessionId::new(),
+            session_created_ms: 1_700_000_000_000,
             ip: "127.0.0.1".into(),
         };
         let ws = core.create_workspace(&actor, "W", false).await.expect("workspace");
@@ -269,20 +270,32 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (core, access, key) = setup(dir.path()).await;
         let io = core.chunk_io(&access).await.expect("io");
-        let (good, data) = chunk(&key, 1);
+        // A first group of good chunks is staged (its pack written), then a later group fails.
+        let good: Vec<(ChunkId, Bytes)> = (0..GROUP_CHUNKS as u32).map(|i| chunk(&key, i)).collect();
         let mut up = io.upload();
-        up.push(good, data).await.expect("push");
+        for (id, data) in &good {
+            up.push(*id, data.clone()).await.expect("push");
+        }
+        while let Some(task) = up.tasks.pop_front() {
+            up.staged.push(task.await.expect("task").expect("staged"));
+        }
+        let packs = |root: &std::path::Path| {
+            let mut n = 0;
+            let mut stack = vec![root.to_path_buf()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+                    if e.path().is_dir() { stack.push(e.path()) } else { n += 1 }
+                }
+            }
+            n
+        };
+        assert_eq!(packs(&dir.path().join("chunks")), 1, "the good group's pack is written");
         up.push(ChunkId([9; 32]), Bytes::from_static(b"not the content of that id")).await.expect("queued");
         let err = up.finish().await.expect_err("mismatch");
         assert!(matches!(err, CoreError::BadRequest(_)), "{err}");
-        assert_eq!(core.missing_chunks(&access, &[good]).await.expect("missing"), vec![good]);
-        let mut stack = vec![dir.path().join("chunks")];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-                assert!(e.path().is_dir(), "the failed batch's pack is removed: {}", e.path().display());
-                stack.push(e.path());
-            }
-        }
+        let ids: Vec<ChunkId> = good.iter().map(|c| c.0).collect();
+        assert_eq!(core.missing_chunks(&access, &ids).await.expect("missing").len(), ids.len(), "nothing recorded");
+        assert_eq!(packs(&dir.path().join("chunks")), 0, "the failed batch's pack is removed");
     }
 
     #[tokio::test]

@@ -57,6 +57,7 @@ impl From<CoreError> for ApiError {
         let code = match &e {
             CoreError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             CoreError::MfaRequired => ErrorCode::MfaRequired,
+            CoreError::ReauthenticationRequired => ErrorCode::ReauthenticationRequired,
             CoreError::RateLimited { retry_after_secs } => {
                 return Self {
                     code: ErrorCode::RateLimited,

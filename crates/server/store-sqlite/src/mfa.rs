@@ -57,16 +57,19 @@ impl MfaStore for SqliteStore {
     async fn mfa_confirm(
         &self,
         user: UserId,
+        sealed_secret: &[u8],
         step: u64,
         recovery: &[[u8; 32]],
         audit: &[NewAudit],
     ) -> StoreResult<bool> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let done = sqlx::query(
-            "UPDATE user_mfa SET confirmed = 1, last_step = ?, failures = 0 WHERE user_id = ? AND confirmed = 0",
+            "UPDATE user_mfa SET confirmed = 1, last_step = ?, failures = 0
+             WHERE user_id = ? AND confirmed = 0 AND sealed_secret = ?",
         )
         .bind(i64_of(step))
         .bind(user.as_uuid())
+        .bind(sealed_secret)
         .execute(&mut *tx)
         .await
         .map_err(map_err)?
@@ -126,6 +129,18 @@ impl MfaStore for SqliteStore {
                 .await
                 .map_err(map_err)?;
         Ok(n.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    async fn mfa_claim_attempt(&self, user: UserId, limit: u32) -> StoreResult<Option<u32>> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "UPDATE user_mfa SET failures = failures + 1 WHERE user_id = ? AND failures < ? RETURNING failures",
+        )
+        .bind(user.as_uuid())
+        .bind(i64::from(limit))
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(n.map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
     }
 
     async fn mfa_replace_recovery(&self, user: UserId, recovery: &[[u8; 32]], audit: &[NewAudit]) -> StoreResult<()> {

@@ -188,11 +188,13 @@ pub trait MfaStore: Send + Sync {
     /// Starts (or restarts) an enrolment: stores the sealed secret, not yet confirmed. `Conflict` when MFA is
     /// already on for the account.
     async fn mfa_begin(&self, user: UserId, sealed_secret: &[u8], at_ms: i64) -> StoreResult<()>;
-    /// Turns a pending enrolment on, with the step its first code used and the hashes of its recovery codes.
-    /// False when no enrolment is pending.
+    /// Turns a pending enrolment on, with the step its first code used and the hashes of its recovery codes,
+    /// if its sealed secret is still `sealed_secret` (the one the code was checked against). False when no
+    /// such enrolment is pending.
     async fn mfa_confirm(
         &self,
         user: UserId,
+        sealed_secret: &[u8],
         step: u64,
         recovery: &[[u8; 32]],
         audit: &[NewAudit],
@@ -204,6 +206,10 @@ pub trait MfaStore: Send + Sync {
     async fn mfa_use_recovery(&self, user: UserId, hash: &[u8; 32], at_ms: i64) -> StoreResult<bool>;
     /// Counts one failed code and returns the consecutive failures so far.
     async fn mfa_failed(&self, user: UserId) -> StoreResult<u32>;
+    /// Counts an attempt before its code is checked, atomically and only while fewer than `limit` are counted
+    /// (so concurrent requests cannot all slip under the limit); a success clears the count. Returns the
+    /// count, or `None` when the limit is reached (or the account has no MFA).
+    async fn mfa_claim_attempt(&self, user: UserId, limit: u32) -> StoreResult<Option<u32>>;
     /// Replaces the account's recovery codes.
     async fn mfa_replace_recovery(&self, user: UserId, recovery: &[[u8; 32]], audit: &[NewAudit]) -> StoreResult<()>;
     /// Turns MFA off and forgets the secret and recovery codes. False when it was not on or pending.

@@ -99,15 +99,19 @@ pub async fn story(store: &dyn Store) {
     );
     let codes = [[1u8; 32], [2; 32], [3; 32]];
     let on = audit(AuditEvent::MfaEnabled, Some(alice.id), None, 13);
-    assert!(store.mfa_confirm(alice.id, 100, &codes, &[on]).await.expect("confirm"));
-    assert!(!store.mfa_confirm(alice.id, 101, &codes, &[]).await.expect("confirm twice"), "only a pending one");
+    assert!(!store.mfa_confirm(alice.id, b"sealed one", 100, &codes, &[]).await.expect("old"), "not another secret");
+    assert!(store.mfa_confirm(alice.id, b"sealed two", 100, &codes, &[on]).await.expect("confirm"));
+    assert!(!store.mfa_confirm(alice.id, b"sealed two", 101, &codes, &[]).await.expect("twice"), "only a pending one");
     assert!(matches!(store.mfa_begin(alice.id, b"x", 14).await, Err(StoreError::Conflict(_))), "on: no restart");
     let m = store.mfa(alice.id).await.expect("mfa").expect("on");
     assert_eq!((m.confirmed, m.last_step, m.recovery_left), (true, Some(100), 3));
     assert!(!store.mfa_accept_step(alice.id, 100).await.expect("same step"), "a step is accepted once");
     assert!(!store.mfa_accept_step(alice.id, 99).await.expect("older step"));
     assert_eq!(store.mfa_failed(alice.id).await.expect("fail"), 1);
-    assert_eq!(store.mfa_failed(alice.id).await.expect("fail"), 2);
+    assert_eq!(store.mfa_claim_attempt(alice.id, 3).await.expect("claim"), Some(2));
+    assert_eq!(store.mfa_claim_attempt(alice.id, 3).await.expect("claim"), Some(3));
+    assert_eq!(store.mfa_claim_attempt(alice.id, 3).await.expect("claim"), None, "no attempt past the limit");
+    assert_eq!(store.mfa(alice.id).await.expect("mfa").expect("on").failures, 3);
     assert!(store.mfa_accept_step(alice.id, 101).await.expect("later step"));
     assert_eq!(store.mfa(alice.id).await.expect("mfa").expect("on").failures, 0, "success clears failures");
     assert!(store.mfa_use_recovery(alice.id, &codes[1], 15).await.expect("recovery"));
@@ -123,6 +127,7 @@ pub async fn story(store: &dyn Store) {
     assert!(store.mfa(alice.id).await.expect("mfa").is_none());
     assert!(!store.mfa_use_recovery(alice.id, &[4; 32], 19).await.expect("gone"), "codes go with it");
     assert!(!store.mfa_disable(alice.id, &[]).await.expect("off twice"));
+    assert_eq!(store.mfa_claim_attempt(alice.id, 3).await.expect("claim"), None, "no MFA, nothing to claim");
 
     // Workspaces and members.
     let ws = WorkspaceRecord {

@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, Result, bail};
+use cloudsync_types::ErrorCode;
 use qrcode::QrCode;
 use qrcode::render::unicode::Dense1x2;
 use zeroize::Zeroizing;
@@ -19,8 +20,23 @@ pub async fn run(cmd: MfaCmd) -> Result<()> {
     let client = connect()?;
     let auth = client.auth();
     match cmd {
-        MfaCmd::Enable(json) => {
-            let e = auth.mfa_enroll().await?;
+        MfaCmd::Enable { password_stdin, json } => {
+            let e = match auth.mfa_enroll(None).await {
+                Err(e) if e.code() == Some(ErrorCode::ReauthenticationRequired) => {
+                    let password = if password_stdin {
+                        super::read_stdin_line("password")?
+                    } else if std::io::stdin().is_terminal() {
+                        Zeroizing::new(
+                            rpassword::prompt_password("Your login is older than 15 minutes; password: ")
+                                .context("cannot read the password")?,
+                        )
+                    } else {
+                        bail!("{e}: pass --password-stdin (or log in again first)");
+                    };
+                    auth.mfa_enroll(Some(&password)).await?
+                }
+                other => other?,
+            };
             if json.json {
                 return print_json(&serde_json::json!({"otpauth_uri": e.otpauth_uri, "secret": e.secret}));
             }

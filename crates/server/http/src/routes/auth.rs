@@ -3,8 +3,8 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use cloudsync_types::api::{
-    CreateUserRequest, Device, Health, LoginRequest, LoginResponse, MfaCode, MfaEnrollment, MfaStatus, RecoveryCodes,
-    UserInfo, WhoAmI,
+    CreateUserRequest, Device, Health, LoginRequest, LoginResponse, MfaCode, MfaEnrollRequest, MfaEnrollment,
+    MfaStatus, RecoveryCodes, UserInfo, WhoAmI,
 };
 use cloudsync_types::{ApiErrorBody, SessionId};
 
@@ -43,14 +43,17 @@ pub(crate) async fn mfa_status(
     Ok(axum::Json(st.core.mfa_status(&actor).await?))
 }
 
-/// Starts a TOTP enrolment: a new secret, shown once. Logins need codes only after `mfa/confirm`.
-#[utoipa::path(post, path = "/api/v1/auth/mfa/enroll", tag = "auth",
-    responses((status = 200, body = MfaEnrollment), (status = 409, body = ApiErrorBody, description = "MFA is already on")))]
+/// Starts a TOTP enrolment: a new secret, shown once. Logins need codes only after `mfa/confirm`. A session
+/// opened more than 15 minutes ago must send the password.
+#[utoipa::path(post, path = "/api/v1/auth/mfa/enroll", tag = "auth", request_body = MfaEnrollRequest,
+    responses((status = 200, body = MfaEnrollment), (status = 403, body = ApiErrorBody, description = "reauthentication_required: send the password"),
+        (status = 409, body = ApiErrorBody, description = "MFA is already on"), (status = 429, body = ApiErrorBody)))]
 pub(crate) async fn mfa_enroll(
     State(st): State<AppState>,
     Principal(actor): Principal,
+    Json(req): Json<MfaEnrollRequest>,
 ) -> Result<axum::Json<MfaEnrollment>, ApiError> {
-    Ok(axum::Json(st.core.mfa_enroll(&actor).await?))
+    Ok(axum::Json(st.core.mfa_enroll(&actor, req.password.as_deref()).await?))
 }
 
 /// Completes the enrolment with the app's first code; answers the recovery codes, shown once.
@@ -67,7 +70,7 @@ pub(crate) async fn mfa_confirm(
 
 /// Turns two-factor authentication off; needs a current app code or a recovery code.
 #[utoipa::path(post, path = "/api/v1/auth/mfa/disable", tag = "auth", request_body = MfaCode,
-    responses((status = 204), (status = 401, body = ApiErrorBody, description = "wrong code"), (status = 409, body = ApiErrorBody)))]
+    responses((status = 204), (status = 400, body = ApiErrorBody, description = "wrong code"), (status = 409, body = ApiErrorBody)))]
 pub(crate) async fn mfa_disable(
     State(st): State<AppState>,
     Principal(actor): Principal,
@@ -79,7 +82,7 @@ pub(crate) async fn mfa_disable(
 
 /// Replaces the recovery codes; needs a current app code or a recovery code.
 #[utoipa::path(post, path = "/api/v1/auth/mfa/recovery-codes", tag = "auth", request_body = MfaCode,
-    responses((status = 200, body = RecoveryCodes), (status = 401, body = ApiErrorBody, description = "wrong code"), (status = 409, body = ApiErrorBody)))]
+    responses((status = 200, body = RecoveryCodes), (status = 400, body = ApiErrorBody, description = "wrong code"), (status = 409, body = ApiErrorBody)))]
 pub(crate) async fn mfa_recovery_codes(
     State(st): State<AppState>,
     Principal(actor): Principal,
