@@ -11,6 +11,8 @@ mod error;
 mod files;
 mod manifest;
 mod mfa;
+#[cfg(test)]
+mod testutil;
 mod upload;
 mod workspaces;
 

@@ -296,28 +296,14 @@ fn bounded(code: &str) -> CoreResult<&str> {
 mod tests {
     use std::sync::Arc;
 
-    use cloudsync_blob::BlobStore;
     use cloudsync_crypto::totp::{Algorithm, DIGITS, base32_decode, code_at};
-    use cloudsync_store_sqlite::SqliteStore;
 
     use super::*;
+    use crate::testutil::{PASSWORD, core_with_account};
     use crate::{Clock as _, ManualClock};
 
     async fn setup(dir: &std::path::Path) -> (Core, Arc<ManualClock>, Actor) {
-        let store = SqliteStore::open(&dir.join("meta.db")).await.expect("store");
-        let blobs = BlobStore::local(&dir.join("chunks")).expect("blobs");
-        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-        let core = Core::new(Arc::new(store), blobs, SecretKey::generate(), clock.clone());
-        let user = core.create_user("a@example.com", "correct horse battery", false, None).await.expect("user");
-        let actor = Actor {
-            user_id: user.id,
-            email: user.email,
-            is_admin: false,
-            session_id: cloudsync_types::SessionId::new(),
-            session_created_ms: 1_700_000_000_000,
-            ip: "127.0.0.1".into(),
-        };
-        (core, clock, actor)
+        core_with_account(dir).await
     }
 
     fn code(secret: &[u8], clock: &ManualClock) -> String {
@@ -325,7 +311,7 @@ mod tests {
     }
 
     fn login(core: &Core, totp: Option<&str>) -> impl std::future::Future<Output = CoreResult<crate::Session>> {
-        core.login("a@example.com", "correct horse battery", "laptop", "127.0.0.1", totp)
+        core.login("a@example.com", PASSWORD, "laptop", "127.0.0.1", totp)
     }
 
     #[tokio::test]
@@ -425,7 +411,7 @@ mod tests {
         assert!(matches!(core.mfa_enroll(&actor, None).await, Err(CoreError::ReauthenticationRequired)));
         assert!(matches!(core.mfa_enroll(&actor, Some("not the password")).await, Err(CoreError::BadRequest(_))));
         assert!(core.store.mfa(actor.user_id).await.expect("mfa").is_none(), "nothing enrolled");
-        core.mfa_enroll(&actor, Some("correct horse battery")).await.expect("with the password");
+        core.mfa_enroll(&actor, Some(PASSWORD)).await.expect("with the password");
         // Security changes are rate-limited per account like logins.
         let mut limited = false;
         for _ in 0..20 {

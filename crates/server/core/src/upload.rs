@@ -196,29 +196,16 @@ impl ChunkUpload {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
-    use cloudsync_blob::BlobStore;
     use cloudsync_crypto::{SecretKey, keyed_hash};
-    use cloudsync_store_sqlite::SqliteStore;
     use cloudsync_types::Role;
 
     use super::*;
-    use crate::{Access, Actor, Core, ManualClock};
+    use crate::testutil::{core_with_account, files_below};
+    use crate::{Access, Core};
 
     async fn setup(dir: &std::path::Path) -> (Core, Access, SecretKey) {
-        let store = SqliteStore::open(&dir.join("meta.db")).await.expect("store");
-        let blobs = BlobStore::local(&dir.join("chunks")).expect("blobs");
-        let core = Core::new(Arc::new(store), blobs, SecretKey::generate(), Arc::new(ManualClock::new(1)));
-        let user = core.create_user("a@example.com", "correct horse battery", false, None).await.expect("user");
-        let actor = Actor {
-            user_id: user.id,
-            email: user.email,
-            is_admin: false,
-            session_id: cloudsync_types::SessionId::new(),
-            session_created_ms: 1_700_000_000_000,
-            ip: "127.0.0.1".into(),
-        };
+        let (core, _, actor) = core_with_account(dir).await;
         let ws = core.create_workspace(&actor, "W", false).await.expect("workspace");
         let access = core.access(actor, ws.id, Role::Editor).await.expect("access");
         let (_, chunk_key) = core.keys(ws.id).await.expect("keys");
@@ -279,23 +266,13 @@ mod tests {
         while let Some(task) = up.tasks.pop_front() {
             up.staged.push(task.await.expect("task").expect("staged"));
         }
-        let packs = |root: &std::path::Path| {
-            let mut n = 0;
-            let mut stack = vec![root.to_path_buf()];
-            while let Some(d) = stack.pop() {
-                for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-                    if e.path().is_dir() { stack.push(e.path()) } else { n += 1 }
-                }
-            }
-            n
-        };
-        assert_eq!(packs(&dir.path().join("chunks")), 1, "the good group's pack is written");
+        assert_eq!(files_below(&dir.path().join("chunks")), 1, "the good group's pack is written");
         up.push(ChunkId([9; 32]), Bytes::from_static(b"not the content of that id")).await.expect("queued");
         let err = up.finish().await.expect_err("mismatch");
         assert!(matches!(err, CoreError::BadRequest(_)), "{err}");
         let ids: Vec<ChunkId> = good.iter().map(|c| c.0).collect();
         assert_eq!(core.missing_chunks(&access, &ids).await.expect("missing").len(), ids.len(), "nothing recorded");
-        assert_eq!(packs(&dir.path().join("chunks")), 0, "the failed batch's pack is removed");
+        assert_eq!(files_below(&dir.path().join("chunks")), 0, "the failed batch's pack is removed");
     }
 
     #[tokio::test]
@@ -309,11 +286,7 @@ mod tests {
             up.push(*id, data.clone()).await.expect("push");
         }
         up.finish().await.expect("finish");
-        let packs = std::fs::read_dir(dir.path().join("chunks/ws").join(access.workspace.to_string()).join("p"))
-            .expect("pack folder")
-            .flatten()
-            .map(|d| std::fs::read_dir(d.path()).expect("packs").count())
-            .sum::<usize>();
+        let packs = files_below(&dir.path().join("chunks"));
         assert_eq!(packs, 1, "{} chunks, one file", chunks.len());
         for (id, data) in &chunks {
             assert_eq!(io.get(*id).await.expect("get"), data.to_vec());

@@ -1,0 +1,40 @@
+//! What the unit tests of this crate share.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cloudsync_blob::BlobStore;
+use cloudsync_crypto::SecretKey;
+use cloudsync_store_sqlite::SqliteStore;
+
+use crate::{Actor, Core, ManualClock};
+
+/// Where the test clock starts (Unix milliseconds).
+pub(crate) const START_MS: i64 = 1_700_000_000_000;
+/// The password of the test account.
+pub(crate) const PASSWORD: &str = "correct horse battery";
+
+/// A core on SQLite and the local disk under `dir`, its clock, and account a@example.com with a session opened
+/// at [`START_MS`].
+pub(crate) async fn core_with_account(dir: &Path) -> (Core, Arc<ManualClock>, Actor) {
+    let store = SqliteStore::open(&dir.join("meta.db")).await.expect("store");
+    let blobs = BlobStore::local(&dir.join("chunks")).expect("blobs");
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let core = Core::new(Arc::new(store), blobs, SecretKey::generate(), clock.clone());
+    let user = core.create_user("a@example.com", PASSWORD, false, None).await.expect("user");
+    let actor = Actor {
+        user_id: user.id,
+        email: user.email,
+        is_admin: false,
+        session_id: cloudsync_types::SessionId::new(),
+        session_created_ms: START_MS,
+        ip: "127.0.0.1".into(),
+    };
+    (core, clock, actor)
+}
+
+/// Files below `dir` (folders not counted).
+pub(crate) fn files_below(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map_or(0, |d| d.flatten().map(|e| if e.path().is_dir() { files_below(&e.path()) } else { 1 }).sum())
+}
