@@ -295,9 +295,27 @@ pub enum WorkspaceCmd {
         #[arg(long, short)]
         yes: bool,
     },
+    /// Show a workspace's settings, or change them (Owner).
+    Settings {
+        /// Name or id.
+        name: String,
+        /// Require two-factor authentication of every member (yours must be on first).
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        require_mfa: Option<bool>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Manage members.
     #[command(subcommand)]
     Members(MembersCmd),
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        other => Err(format!("{other:?}: say on or off")),
+    }
 }
 
 /// `workspace members ...`.

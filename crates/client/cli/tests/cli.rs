@@ -516,12 +516,18 @@ fn mfa_enable_confirm_login_with_totp_recovery_codes_and_disable() {
     let again = json(&alice.ok(&["mfa", "enable", "--json"]));
     alice.ok(&["mfa", "confirm", &totp_codes(again["secret"].as_str().expect("secret")).0]);
     assert!(!bob.with_stdin(&login, &format!("{PASSWORD}\n")).status.success(), "MFA is on again");
+    // With MFA on, the owner can require it of every member of the workspace.
+    assert_eq!(json(&alice.ok(&["workspace", "settings", "Team", "--json"]))["require_mfa"], false);
+    let set = json(&alice.ok(&["workspace", "settings", "Team", "--require-mfa", "on", "--json"]));
+    assert_eq!(set["require_mfa"], true, "{set}");
     let data = srv.data.to_str().expect("utf8");
     let out = Command::new(BIN).args(["server", "user", "reset-mfa", "alice@example.com", "--data-dir", data]).output();
     let out = out.expect("reset-mfa");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is off for alice@example.com"));
     alice.login(&srv, "alice@example.com");
+    // Without MFA now, the workspace that requires it refuses her, and says how to get in.
+    assert!(alice.fail(&["ls", "Team"]).contains("requires two-factor authentication"));
 
     // The audit log holds none of the codes.
     let db = std::fs::read(srv.data.join("meta.db")).unwrap_or_default();

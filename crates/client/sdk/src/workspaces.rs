@@ -2,7 +2,7 @@
 //! name on the command line, while the API addresses them by id.
 
 use cloudsync_types::api::{
-    AddMemberRequest, CreateWorkspaceRequest, Member, SetRoleRequest, Workspace, WorkspaceKeys,
+    AddMemberRequest, CreateWorkspaceRequest, Member, SetRoleRequest, UpdateSettings, Workspace, WorkspaceKeys,
 };
 use cloudsync_types::{Role, UserId, WorkspaceId};
 use reqwest::Method;
@@ -47,6 +47,15 @@ impl Workspaces<'_> {
     /// [`ErrorKind::Forbidden`] below Owner, [`ErrorKind::NotFound`], and any transport failure.
     pub async fn delete(&self, ws: WorkspaceId) -> Result<(), Error> {
         self.client.call_empty(self.client.request(Method::DELETE, &format!("/workspaces/{ws}"))?).await
+    }
+
+    /// `PUT /workspaces/{ws}/settings` (owners only): changes the settings given, leaves the others.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Forbidden`] below Owner (or when requiring MFA without one's own), [`ErrorKind::NotFound`],
+    /// and any transport failure.
+    pub async fn update_settings(&self, ws: WorkspaceId, settings: &UpdateSettings) -> Result<Workspace, Error> {
+        self.client.call(self.client.request(Method::PUT, &format!("/workspaces/{ws}/settings"))?.json(settings)).await
     }
 
     /// `GET /workspaces/{ws}/keys`: the chunk-id key and chunking parameters a member's client needs.
@@ -149,6 +158,7 @@ mod tests {
             id: WorkspaceId::new(),
             name: name.to_owned(),
             e2e_encryption: false,
+            require_mfa: false,
             role: Role::Owner,
             created_at: time::OffsetDateTime::UNIX_EPOCH,
         }

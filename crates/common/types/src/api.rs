@@ -221,12 +221,23 @@ pub struct Workspace {
     pub name: String,
     /// End-to-end encrypted.
     pub e2e_encryption: bool,
+    /// Members must have two-factor authentication on to reach it.
+    #[serde(default)]
+    pub require_mfa: bool,
     /// The caller's role.
     pub role: Role,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
+}
+
+/// `PUT /api/v1/workspaces/{id}/settings` (Owner): the settings to change; those left out stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct UpdateSettings {
+    /// Require two-factor authentication of every member (the Owner's own must be on first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_mfa: Option<bool>,
 }
 
 /// `GET /api/v1/workspaces/{id}/keys`: what a member's client needs to address chunks. The chunk-id key keys

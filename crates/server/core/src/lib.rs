@@ -139,13 +139,21 @@ impl Core {
         self.clock.now_ms()
     }
 
-    /// Checks that `actor` is a member of `ws` with at least `needed`. A non-member gets `NotFound` (so ids of
-    /// other workspaces are not confirmed), a member with a lower role `Forbidden`.
+    /// Checks that `actor` is a member of `ws` with at least `needed`, and meets the workspace's policy. A
+    /// non-member gets `NotFound` (so ids of other workspaces are not confirmed), a member with a lower role, or
+    /// without two-factor authentication where the workspace requires it, `Forbidden`.
     ///
     /// # Errors
     /// As above, or a store failure.
     pub async fn access(&self, actor: Actor, ws: WorkspaceId, needed: Role) -> CoreResult<Access> {
-        let role = self.store.member_role(ws, actor.user_id).await?.ok_or(CoreError::NotFound("workspace"))?;
+        let member = self.store.member_access(ws, actor.user_id).await?.ok_or(CoreError::NotFound("workspace"))?;
+        let role = member.role;
+        if member.require_mfa && !member.has_mfa {
+            return Err(CoreError::Forbidden(
+                "this workspace requires two-factor authentication of its members: turn it on with `cloudsync mfa enable`"
+                    .into(),
+            ));
+        }
         if role < needed {
             return Err(CoreError::Forbidden(format!(
                 "this needs the {needed} role in the workspace; you are {role}. Ask a workspace admin or owner"

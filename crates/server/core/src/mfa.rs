@@ -422,4 +422,46 @@ mod tests {
         }
         assert!(limited, "wrong confirmation codes are rate-limited");
     }
+
+    #[tokio::test]
+    async fn a_workspace_can_require_mfa_of_its_members() {
+        use cloudsync_types::Role;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (core, clock, owner) = setup(dir.path()).await;
+        let ws = core.create_workspace(&owner, "W", false).await.expect("workspace").id;
+        let bob_user = core.create_user("bob@example.com", PASSWORD, false, None).await.expect("bob");
+        let bob = Actor { user_id: bob_user.id, email: bob_user.email, ..owner.clone() };
+        let as_owner = core.access(owner.clone(), ws, Role::Owner).await.expect("owner");
+        core.add_member(&as_owner, "bob@example.com", Role::Admin).await.expect("add bob");
+
+        // Requiring it without one's own MFA would lock the owner out: refused.
+        assert!(matches!(core.update_settings(&as_owner, Some(true)).await, Err(CoreError::Forbidden(_))));
+        let secret = base32_decode(&core.mfa_enroll(&owner, None).await.expect("enroll").secret).expect("b32");
+        core.mfa_confirm(&owner, &code(&secret, &clock)).await.expect("confirm");
+        let as_admin = core.access(bob.clone(), ws, Role::Admin).await.expect("bob, before");
+        assert!(
+            matches!(core.update_settings(&as_admin, Some(true)).await, Err(CoreError::Forbidden(_))),
+            "owners only"
+        );
+        assert!(core.update_settings(&as_owner, Some(true)).await.expect("require").require_mfa);
+
+        // A member without MFA is refused at the door, with the way in named; the owner is not.
+        match core.access(bob.clone(), ws, Role::Viewer).await {
+            Err(CoreError::Forbidden(m)) => assert!(m.contains("cloudsync mfa enable"), "{m}"),
+            other => panic!("expected Forbidden, got {other:?}"),
+        }
+        core.access(owner.clone(), ws, Role::Viewer).await.expect("the owner has MFA");
+        let bob_secret = base32_decode(&core.mfa_enroll(&bob, None).await.expect("enroll").secret).expect("b32");
+        core.mfa_confirm(&bob, &code(&bob_secret, &clock)).await.expect("confirm");
+        core.access(bob, ws, Role::Viewer).await.expect("bob with MFA");
+
+        // Audited with old and new values; setting the same value again changes (and audits) nothing.
+        core.update_settings(&as_owner, Some(true)).await.expect("same again");
+        let rows = core.store.audit_chain(&ws.to_string(), 0, 1000).await.expect("audit");
+        let changed: Vec<_> = rows.iter().filter(|r| r.row.event == AuditEvent::SettingsChanged).collect();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].row.details["old"], false);
+        assert_eq!(changed[0].row.details["new"], true);
+        assert_eq!(changed[0].row.details["setting"], "require_mfa");
+    }
 }

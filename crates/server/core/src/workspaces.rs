@@ -54,12 +54,45 @@ impl Core {
             id,
             name,
             e2ee,
+            require_mfa: false,
             created_ms: self.now_ms(),
             wrapped_data_key: wrap_key(&self.master, &wrap_context(id, "data"), &data),
             wrapped_chunk_key: wrap_key(&self.master, &wrap_context(id, "chunk-id"), &chunk),
         };
         let row = self.audit(AuditEvent::WorkspaceCreated, Some(actor), Some(id)).target(id.to_string());
         self.store.create_workspace(&ws, actor.user_id, &[row]).await?;
+        Ok(ws)
+    }
+
+    /// Changes the workspace's settings (Owner only: the route checks the role). Requiring two-factor
+    /// authentication needs it on for the Owner first, so nobody locks themselves out. Audited as
+    /// `settings.changed` with the old and new values; a setting given with its current value changes nothing.
+    ///
+    /// # Errors
+    /// `Forbidden` below Owner or without MFA of one's own, a store failure.
+    pub async fn update_settings(&self, access: &Access, require_mfa: Option<bool>) -> CoreResult<WorkspaceRecord> {
+        if access.role < Role::Owner {
+            return Err(CoreError::Forbidden("only workspace owners change its settings".into()));
+        }
+        let ws = self.workspace(access).await?;
+        if let Some(on) = require_mfa.filter(|on| *on != ws.require_mfa) {
+            if on && !self.store.mfa(access.actor.user_id).await?.is_some_and(|m| m.confirmed) {
+                return Err(CoreError::Forbidden(
+                    "turn on two-factor authentication for yourself first (`cloudsync mfa enable`), or you would be locked out of this workspace"
+                        .into(),
+                ));
+            }
+            let row = self
+                .audit(AuditEvent::SettingsChanged, Some(&access.actor), Some(access.workspace))
+                .target(access.workspace.to_string())
+                .detail("setting", "require_mfa")
+                .detail("old", ws.require_mfa)
+                .detail("new", on);
+            if !self.store.set_require_mfa(access.workspace, on, &[row]).await? {
+                return Err(CoreError::NotFound("workspace"));
+            }
+            return self.workspace(access).await;
+        }
         Ok(ws)
     }
 

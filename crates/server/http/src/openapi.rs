@@ -13,7 +13,7 @@ use crate::routes;
         routes::health, routes::login, routes::logout, routes::whoami, routes::mfa_status, routes::mfa_enroll,
         routes::mfa_confirm, routes::mfa_disable, routes::mfa_recovery_codes, routes::list_devices, routes::revoke_device,
         routes::create_user, routes::list_workspaces, routes::create_workspace, routes::get_workspace,
-        routes::delete_workspace, routes::workspace_keys, routes::list_members, routes::add_member,
+        routes::delete_workspace, routes::update_settings, routes::workspace_keys, routes::list_members, routes::add_member,
         routes::set_member_role, routes::remove_member, routes::missing_chunks, routes::upload_chunks,
         routes::chunk_signatures, routes::upload_deltas,
         routes::get_chunk, routes::fetch_chunks, routes::commit, routes::commit_batch, routes::list_files,

@@ -2,7 +2,7 @@
 //! so two Admins demoting each other at once cannot leave a workspace ownerless.
 
 use async_trait::async_trait;
-use cloudsync_store::{MemberRecord, NewAudit, StoreError, StoreResult, WorkspaceRecord, WorkspaceStore};
+use cloudsync_store::{MemberAccess, MemberRecord, NewAudit, StoreError, StoreResult, WorkspaceRecord, WorkspaceStore};
 use cloudsync_types::{Role, UserId, WorkspaceId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
@@ -14,6 +14,7 @@ fn workspace_of(r: &SqliteRow) -> WorkspaceRecord {
         id: id(r, "id", WorkspaceId::from_uuid),
         name: r.get("name"),
         e2ee: r.get::<i64, _>("e2ee") != 0,
+        require_mfa: r.get::<i64, _>("require_mfa") != 0,
         created_ms: r.get("created_ms"),
         wrapped_data_key: r.get("wrapped_data_key"),
         wrapped_chunk_key: r.get("wrapped_chunk_key"),
@@ -43,7 +44,8 @@ async fn other_owners(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, user: U
         .map_err(map_err)
 }
 
-const SELECT_WS: &str = "SELECT w.id, w.name, w.e2ee, w.created_ms, k.wrapped_data_key, k.wrapped_chunk_key
+const SELECT_WS: &str =
+    "SELECT w.id, w.name, w.e2ee, w.require_mfa, w.created_ms, k.wrapped_data_key, k.wrapped_chunk_key
      FROM workspaces w JOIN workspace_keys k ON k.workspace_id = w.id";
 
 #[async_trait]
@@ -87,7 +89,7 @@ impl WorkspaceStore for SqliteStore {
 
     async fn workspaces_for_user(&self, user: UserId) -> StoreResult<Vec<(WorkspaceRecord, Role)>> {
         let rows = sqlx::query(
-            "SELECT w.id, w.name, w.e2ee, w.created_ms, k.wrapped_data_key, k.wrapped_chunk_key, m.role
+            "SELECT w.id, w.name, w.e2ee, w.require_mfa, w.created_ms, k.wrapped_data_key, k.wrapped_chunk_key, m.role
              FROM workspaces w JOIN workspace_keys k ON k.workspace_id = w.id JOIN members m ON m.workspace_id = w.id
              WHERE m.user_id = ? ORDER BY w.name, w.id",
         )
@@ -135,6 +137,45 @@ impl WorkspaceStore for SqliteStore {
             .await
             .map_err(map_err)?;
         r.as_deref().map(role_of).transpose()
+    }
+
+    async fn member_access(&self, ws: WorkspaceId, user: UserId) -> StoreResult<Option<MemberAccess>> {
+        let row = sqlx::query(
+            "SELECT m.role, w.require_mfa,
+                    EXISTS (SELECT 1 FROM user_mfa u WHERE u.user_id = m.user_id AND u.confirmed = 1) AS has_mfa
+             FROM members m JOIN workspaces w ON w.id = m.workspace_id
+             WHERE m.workspace_id = ? AND m.user_id = ?",
+        )
+        .bind(ws.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        row.map(|r| {
+            Ok(MemberAccess {
+                role: role_of(&r.get::<String, _>("role"))?,
+                require_mfa: r.get::<i64, _>("require_mfa") != 0,
+                has_mfa: r.get::<i64, _>("has_mfa") != 0,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_require_mfa(&self, ws: WorkspaceId, on: bool, audit: &[NewAudit]) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let done = sqlx::query("UPDATE workspaces SET require_mfa = ? WHERE id = ?")
+            .bind(i64::from(on))
+            .bind(ws.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if done == 0 {
+            return Ok(false);
+        }
+        append(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
     }
 
     async fn list_members(&self, ws: WorkspaceId) -> StoreResult<Vec<MemberRecord>> {

@@ -20,8 +20,8 @@ use cloudsync_types::{ChunkId, FileId, Role, SessionId, UserId, WorkspaceId, WsP
 pub use audit::{AuditRow, GLOBAL_CHAIN, NewAudit, audit_row_hash, verify_chain};
 pub use error::{StoreError, StoreResult};
 pub use records::{
-    ChangeRecord, ChunkPlace, FileRecord, MemberRecord, MfaRecord, NewChunk, NewCommit, NewVersion, SessionRecord,
-    StaleBase, UserRecord, VersionRecord, WorkspaceRecord,
+    ChangeRecord, ChunkPlace, FileRecord, MemberAccess, MemberRecord, MfaRecord, NewChunk, NewCommit, NewVersion,
+    SessionRecord, StaleBase, UserRecord, VersionRecord, WorkspaceRecord,
 };
 
 /// Accounts and their sessions (devices).
@@ -63,6 +63,12 @@ pub trait WorkspaceStore: Send + Sync {
 
     /// The role of `user` in `ws`, or None for a non-member.
     async fn member_role(&self, ws: WorkspaceId, user: UserId) -> StoreResult<Option<Role>>;
+    /// A member's role with what the workspace's policy needs to judge the request, in one query; `None` for a
+    /// non-member.
+    async fn member_access(&self, ws: WorkspaceId, user: UserId) -> StoreResult<Option<MemberAccess>>;
+    /// Sets whether the workspace requires two-factor authentication of its members, with its audit rows.
+    /// False when the workspace does not exist.
+    async fn set_require_mfa(&self, ws: WorkspaceId, on: bool, audit: &[NewAudit]) -> StoreResult<bool>;
     /// Members ordered by email.
     async fn list_members(&self, ws: WorkspaceId) -> StoreResult<Vec<MemberRecord>>;
     /// Adds a member (joined at `at_ms`); `Conflict` when already a member.

@@ -57,6 +57,8 @@ pub struct WorkspaceRecord {
     pub name: String,
     /// End-to-end encrypted.
     pub e2ee: bool,
+    /// Members must have two-factor authentication on.
+    pub require_mfa: bool,
     /// Creation time.
     pub created_ms: i64,
     /// The data key (seals chunks at rest), wrapped by the master key.
@@ -86,6 +88,17 @@ pub struct MemberRecord {
     pub role: Role,
     /// When added.
     pub added_ms: i64,
+}
+
+/// A member's role and what the workspace's access policy needs to know about the member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberAccess {
+    /// The member's role.
+    pub role: Role,
+    /// The workspace requires two-factor authentication.
+    pub require_mfa: bool,
+    /// The member has two-factor authentication on.
+    pub has_mfa: bool,
 }
 
 /// An account's TOTP state.

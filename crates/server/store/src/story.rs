@@ -5,8 +5,8 @@
 use cloudsync_types::{AuditEvent, ChunkId, Outcome, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
 
 use crate::{
-    ChunkPlace, GLOBAL_CHAIN, NewAudit, NewChunk, NewCommit, NewVersion, SessionRecord, StaleBase, Store, StoreError,
-    UserRecord, WorkspaceRecord, verify_chain,
+    ChunkPlace, GLOBAL_CHAIN, MemberAccess, NewAudit, NewChunk, NewCommit, NewVersion, SessionRecord, StaleBase, Store,
+    StoreError, UserRecord, WorkspaceRecord, verify_chain,
 };
 
 fn audit(event: AuditEvent, actor: Option<UserId>, ws: Option<WorkspaceId>, at_ms: i64) -> NewAudit {
@@ -131,6 +131,7 @@ pub async fn story(store: &dyn Store) {
 
     // Workspaces and members.
     let ws = WorkspaceRecord {
+        require_mfa: false,
         id: WorkspaceId::new(),
         name: "Team".into(),
         e2ee: false,
@@ -159,6 +160,16 @@ pub async fn story(store: &dyn Store) {
     store.set_member_role(ws.id, alice.id, Role::Owner, &[]).await.expect("re-promote");
     assert_eq!(store.remove_member(ws.id, bob.id, &[]).await.expect("remove"), Role::Owner);
     assert_eq!(store.member_role(ws.id, bob.id).await.expect("role"), None);
+    assert_eq!(store.member_access(ws.id, bob.id).await.expect("access"), None);
+
+    // The workspace's MFA policy travels with the member's role (alice turned MFA off above).
+    let access = |require_mfa| MemberAccess { role: Role::Owner, require_mfa, has_mfa: false };
+    assert_eq!(store.member_access(ws.id, alice.id).await.expect("access"), Some(access(false)));
+    assert!(store.set_require_mfa(ws.id, true, &[]).await.expect("require"));
+    assert_eq!(store.member_access(ws.id, alice.id).await.expect("access"), Some(access(true)));
+    assert!(store.workspace(ws.id).await.expect("ws").expect("exists").require_mfa);
+    assert!(store.set_require_mfa(ws.id, false, &[]).await.expect("relax"));
+    assert!(!store.set_require_mfa(WorkspaceId::new(), true, &[]).await.expect("none"), "no such workspace");
 
     // Chunks: recorded in batches, idempotently, with where they are; "missing" is per workspace.
     let (c1, c2) = (ChunkId([1; 32]), ChunkId([2; 32]));

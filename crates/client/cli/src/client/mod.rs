@@ -12,7 +12,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, Result, bail};
 use cloudsync_sdk::{Client, ErrorKind, Trust, format_fingerprint, parse_fingerprint, probe_fingerprint};
-use cloudsync_types::api::{AddMemberRequest, CreateWorkspaceRequest, LoginRequest, Workspace};
+use cloudsync_types::api::{AddMemberRequest, CreateWorkspaceRequest, LoginRequest, UpdateSettings, Workspace};
 use cloudsync_types::{Role, SessionId};
 use zeroize::Zeroizing;
 
@@ -294,6 +294,20 @@ pub async fn workspace_cmd(cmd: WorkspaceCmd) -> Result<()> {
             }
             client.workspaces().delete(w.id).await?;
             eprintln!("Deleted workspace {:?}; its key is destroyed.", w.name);
+        }
+        WorkspaceCmd::Settings { name, require_mfa, json } => {
+            let mut w = workspace(&client, &name).await?;
+            if require_mfa.is_some() {
+                w = client.workspaces().update_settings(w.id, &UpdateSettings { require_mfa }).await?;
+            }
+            if json.json {
+                return print_json(&serde_json::json!({"workspace": w.name, "id": w.id, "require_mfa": w.require_mfa}));
+            }
+            println!(
+                "{}: two-factor authentication {}",
+                w.name,
+                if w.require_mfa { "required of every member" } else { "not required" }
+            );
         }
         WorkspaceCmd::Members(m) => members(&client, m).await?,
     }

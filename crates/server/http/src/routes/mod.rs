@@ -53,6 +53,7 @@ pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("POST", "/api/v1/workspaces", Needs::Session),
     ("GET", "/api/v1/workspaces/{ws}", Needs::Role(Role::Viewer)),
     ("DELETE", "/api/v1/workspaces/{ws}", Needs::Role(Role::Owner)),
+    ("PUT", "/api/v1/workspaces/{ws}/settings", Needs::Role(Role::Owner)),
     ("GET", "/api/v1/workspaces/{ws}/keys", Needs::Role(Role::Viewer)),
     ("GET", "/api/v1/workspaces/{ws}/members", Needs::Role(Role::Viewer)),
     ("POST", "/api/v1/workspaces/{ws}/members", Needs::Role(Role::Admin)),
@@ -84,6 +85,7 @@ const JSON_LIMIT: usize = cloudsync_types::api::MAX_JSON_BODY;
 pub fn api() -> Router<AppState> {
     let ws = Router::new()
         .route("/keys", get(workspace_keys))
+        .route("/settings", put(update_settings))
         .route("/members", get(list_members).post(add_member))
         .route("/members/{user}", put(set_member_role).delete(remove_member))
         .route("/chunks/missing", post(missing_chunks))

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use cloudsync_store::WorkspaceRecord;
-use cloudsync_types::api::{CreateWorkspaceRequest, Workspace, WorkspaceKeys};
+use cloudsync_types::api::{CreateWorkspaceRequest, UpdateSettings, Workspace, WorkspaceKeys};
 use cloudsync_types::{ApiErrorBody, Role};
 
 use super::time_of;
@@ -11,7 +11,14 @@ use crate::extract::{Json, Owner, Principal, Viewer, WorkspaceAccess};
 use crate::{ApiError, AppState};
 
 fn view(w: &WorkspaceRecord, role: Role) -> Workspace {
-    Workspace { id: w.id, name: w.name.clone(), e2e_encryption: w.e2ee, role, created_at: time_of(w.created_ms) }
+    Workspace {
+        id: w.id,
+        name: w.name.clone(),
+        e2e_encryption: w.e2ee,
+        require_mfa: w.require_mfa,
+        role,
+        created_at: time_of(w.created_ms),
+    }
 }
 
 /// The caller's workspaces.
@@ -44,6 +51,19 @@ pub(crate) async fn get_workspace(
     WorkspaceAccess(a, ..): WorkspaceAccess<Viewer>,
 ) -> Result<axum::Json<Workspace>, ApiError> {
     let w = st.core.workspace(&a).await?;
+    Ok(axum::Json(view(&w, a.role)))
+}
+
+/// Changes the workspace's settings (Owner); audited as settings.changed with old and new values.
+#[utoipa::path(put, path = "/api/v1/workspaces/{ws}/settings", tag = "workspaces", params(("ws" = String, Path)),
+    request_body = UpdateSettings,
+    responses((status = 200, body = Workspace), (status = 403, body = ApiErrorBody, description = "below Owner, or requiring MFA without one's own")))]
+pub(crate) async fn update_settings(
+    State(st): State<AppState>,
+    WorkspaceAccess(a, ..): WorkspaceAccess<Owner>,
+    Json(req): Json<UpdateSettings>,
+) -> Result<axum::Json<Workspace>, ApiError> {
+    let w = st.core.update_settings(&a, req.require_mfa).await?;
     Ok(axum::Json(view(&w, a.role)))
 }
 
