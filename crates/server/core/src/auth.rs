@@ -232,6 +232,7 @@ impl Core {
             created_ms: now,
             last_seen_ms: now,
             last_ip: ip.to_owned(),
+            mfa: method != "password",
         };
         let row = NewAudit {
             event: AuditEvent::AuthLogin,
@@ -288,6 +289,7 @@ impl Core {
             is_admin: user.is_admin,
             session_id: session.id,
             session_created_ms: session.created_ms,
+            session_mfa: session.mfa,
             ip: ip.to_owned(),
         })
     }

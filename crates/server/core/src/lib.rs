@@ -100,6 +100,8 @@ pub struct Actor {
     pub session_id: SessionId,
     /// When that session was opened (a login): security changes on an older session need the password.
     pub session_created_ms: i64,
+    /// That session was opened with a second factor (or one was proven on it since).
+    pub session_mfa: bool,
     /// Client address (after trusted-proxy resolution).
     pub ip: String,
 }
@@ -148,9 +150,17 @@ impl Core {
     pub async fn access(&self, actor: Actor, ws: WorkspaceId, needed: Role) -> CoreResult<Access> {
         let member = self.store.member_access(ws, actor.user_id).await?.ok_or(CoreError::NotFound("workspace"))?;
         let role = member.role;
+        // The account must have MFA on, and this session must have been opened with it (a session opened with
+        // the password alone, before MFA was turned on, does not count).
         if member.require_mfa && !member.has_mfa {
             return Err(CoreError::Forbidden(
                 "this workspace requires two-factor authentication of its members: turn it on with `cloudsync mfa enable`"
+                    .into(),
+            ));
+        }
+        if member.require_mfa && !actor.session_mfa {
+            return Err(CoreError::Forbidden(
+                "this workspace requires two-factor authentication of its members, and this session was opened without it: log in again with your code (`cloudsync login ... --totp CODE`)"
                     .into(),
             ));
         }

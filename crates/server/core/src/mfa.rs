@@ -160,7 +160,7 @@ impl Core {
         };
         let (codes, hashes) = self.new_recovery_codes();
         let row = self.audit(AuditEvent::MfaEnabled, Some(actor), None).target(actor.user_id.to_string());
-        if !self.store.mfa_confirm(actor.user_id, &m.sealed_secret, step, &hashes, &[row]).await? {
+        if !self.store.mfa_confirm(actor.user_id, actor.session_id, &m.sealed_secret, step, &hashes, &[row]).await? {
             return Err(CoreError::Conflict("the enrolment changed meanwhile; start again".into()));
         }
         Ok(codes)
@@ -321,7 +321,8 @@ mod tests {
         let e = core.mfa_enroll(&actor, None).await.expect("enroll");
         assert!(e.otpauth_uri.starts_with("otpauth://totp/CloudSync:a%40example.com?secret="), "{}", e.otpauth_uri);
         let secret = base32_decode(&e.secret).expect("base32");
-        assert!(login(&core, None).await.is_ok(), "a pending enrolment does not change logins");
+        let s = login(&core, None).await.expect("a pending enrolment does not change logins");
+        assert!(!core.authenticate(&s.token, "127.0.0.1").await.expect("auth").session_mfa, "password only");
         assert!(matches!(core.mfa_confirm(&actor, "000000x").await, Err(CoreError::BadRequest(_))));
 
         let codes = core.mfa_confirm(&actor, &code(&secret, &clock)).await.expect("confirm");
@@ -339,7 +340,8 @@ mod tests {
         assert!(matches!(login(&core, Some(&code(&secret, &clock))).await, Err(CoreError::Unauthenticated(_))));
         clock.advance_ms(30_000);
         let now = code(&secret, &clock);
-        login(&core, Some(&now)).await.expect("the next step's code");
+        let s = login(&core, Some(&now)).await.expect("the next step's code");
+        assert!(core.authenticate(&s.token, "127.0.0.1").await.expect("auth").session_mfa, "opened with a code");
         assert!(matches!(login(&core, Some(&now)).await, Err(CoreError::Unauthenticated(_))), "replay refused");
         clock.advance_ms(30_000);
         assert!(matches!(login(&core, Some("123456x")).await, Err(CoreError::Unauthenticated(_))));
@@ -438,6 +440,8 @@ mod tests {
         assert!(matches!(core.update_settings(&as_owner, Some(true)).await, Err(CoreError::Forbidden(_))));
         let secret = base32_decode(&core.mfa_enroll(&owner, None).await.expect("enroll").secret).expect("b32");
         core.mfa_confirm(&owner, &code(&secret, &clock)).await.expect("confirm");
+        // The owner's next requests come on a session that proved the code.
+        let owner = Actor { session_mfa: true, ..owner };
         let as_admin = core.access(bob.clone(), ws, Role::Admin).await.expect("bob, before");
         assert!(
             matches!(core.update_settings(&as_admin, Some(true)).await, Err(CoreError::Forbidden(_))),
@@ -452,8 +456,17 @@ mod tests {
         }
         core.access(owner.clone(), ws, Role::Viewer).await.expect("the owner has MFA");
         let bob_secret = base32_decode(&core.mfa_enroll(&bob, None).await.expect("enroll").secret).expect("b32");
+        assert!(core.access(bob.clone(), ws, Role::Viewer).await.is_err(), "a pending enrolment is not MFA");
         core.mfa_confirm(&bob, &code(&bob_secret, &clock)).await.expect("confirm");
-        core.access(bob, ws, Role::Viewer).await.expect("bob with MFA");
+        // A session opened with the password alone does not count, even once the account has MFA.
+        match core
+            .access(Actor { session_id: cloudsync_types::SessionId::new(), ..bob.clone() }, ws, Role::Viewer)
+            .await
+        {
+            Err(CoreError::Forbidden(m)) => assert!(m.contains("log in again"), "{m}"),
+            other => panic!("expected Forbidden, got {other:?}"),
+        }
+        core.access(Actor { session_mfa: true, ..bob }, ws, Role::Viewer).await.expect("bob with MFA");
 
         // Audited with old and new values; setting the same value again changes (and audits) nothing.
         core.update_settings(&as_owner, Some(true)).await.expect("same again");

@@ -28,6 +28,7 @@ pub(crate) async fn core_with_account(dir: &Path) -> (Core, Arc<ManualClock>, Ac
         is_admin: false,
         session_id: cloudsync_types::SessionId::new(),
         session_created_ms: START_MS,
+        session_mfa: false,
         ip: "127.0.0.1".into(),
     };
     (core, clock, actor)

@@ -89,7 +89,9 @@ impl Core {
                 .detail("old", ws.require_mfa)
                 .detail("new", on);
             if !self.store.set_require_mfa(access.workspace, on, &[row]).await? {
-                return Err(CoreError::NotFound("workspace"));
+                return Err(CoreError::Conflict(
+                    "another owner changed this setting at the same moment; look at it again".into(),
+                ));
             }
             return self.workspace(access).await;
         }

@@ -23,7 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_chunk_packs.sql")),
     (3, include_str!("migrations/0003_mfa.sql")),
-    (4, include_str!("migrations/0004_workspace_require_mfa.sql")),
+    (4, include_str!("migrations/0004_mfa_policy.sql")),
 ];
 
 /// The SQLite store.

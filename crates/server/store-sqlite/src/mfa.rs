@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use cloudsync_store::{MfaRecord, MfaStore, NewAudit, StoreError, StoreResult};
-use cloudsync_types::UserId;
+use cloudsync_types::{SessionId, UserId};
 use sqlx::Row;
 
 use crate::{SqliteStore, audit::append, i64_of, map_err, u64_of};
@@ -57,6 +57,7 @@ impl MfaStore for SqliteStore {
     async fn mfa_confirm(
         &self,
         user: UserId,
+        session: SessionId,
         sealed_secret: &[u8],
         step: u64,
         recovery: &[[u8; 32]],
@@ -78,6 +79,12 @@ impl MfaStore for SqliteStore {
             return Ok(false);
         }
         replace_recovery(&mut tx, user, recovery).await?;
+        sqlx::query("UPDATE sessions SET mfa = 1 WHERE id = ? AND user_id = ?")
+            .bind(session.as_uuid())
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         append(&mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)

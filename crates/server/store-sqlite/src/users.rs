@@ -31,6 +31,7 @@ fn session_of(r: &SqliteRow) -> SessionRecord {
         device_name: r.get("device_name"),
         created_ms: r.get("created_ms"),
         last_seen_ms: r.get("last_seen_ms"),
+        mfa: r.get::<i64, _>("mfa") != 0,
         last_ip: r.get("last_ip"),
     }
 }
@@ -78,8 +79,8 @@ impl UserStore for SqliteStore {
     async fn create_session(&self, s: &SessionRecord, audit: &[NewAudit]) -> StoreResult<()> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         sqlx::query(
-            "INSERT INTO sessions (id, user_id, token_hash, device_name, created_ms, last_seen_ms, last_ip)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sessions (id, user_id, token_hash, device_name, created_ms, last_seen_ms, last_ip, mfa)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(s.id.as_uuid())
         .bind(s.user_id.as_uuid())
@@ -88,6 +89,7 @@ impl UserStore for SqliteStore {
         .bind(s.created_ms)
         .bind(s.last_seen_ms)
         .bind(&s.last_ip)
+        .bind(i64::from(s.mfa))
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;

@@ -163,9 +163,10 @@ impl WorkspaceStore for SqliteStore {
 
     async fn set_require_mfa(&self, ws: WorkspaceId, on: bool, audit: &[NewAudit]) -> StoreResult<bool> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let done = sqlx::query("UPDATE workspaces SET require_mfa = ? WHERE id = ?")
+        let done = sqlx::query("UPDATE workspaces SET require_mfa = ? WHERE id = ? AND require_mfa = ?")
             .bind(i64::from(on))
             .bind(ws.as_uuid())
+            .bind(i64::from(!on))
             .execute(&mut *tx)
             .await
             .map_err(map_err)?

@@ -66,8 +66,9 @@ pub trait WorkspaceStore: Send + Sync {
     /// A member's role with what the workspace's policy needs to judge the request, in one query; `None` for a
     /// non-member.
     async fn member_access(&self, ws: WorkspaceId, user: UserId) -> StoreResult<Option<MemberAccess>>;
-    /// Sets whether the workspace requires two-factor authentication of its members, with its audit rows.
-    /// False when the workspace does not exist.
+    /// Sets whether the workspace requires two-factor authentication of its members, with its audit rows, if
+    /// it is still the opposite (compare-and-set: of two Owners racing, the audit's old value stays true).
+    /// False when the workspace does not exist or the value is already `on`.
     async fn set_require_mfa(&self, ws: WorkspaceId, on: bool, audit: &[NewAudit]) -> StoreResult<bool>;
     /// Members ordered by email.
     async fn list_members(&self, ws: WorkspaceId) -> StoreResult<Vec<MemberRecord>>;
@@ -195,11 +196,13 @@ pub trait MfaStore: Send + Sync {
     /// already on for the account.
     async fn mfa_begin(&self, user: UserId, sealed_secret: &[u8], at_ms: i64) -> StoreResult<()>;
     /// Turns a pending enrolment on, with the step its first code used and the hashes of its recovery codes,
-    /// if its sealed secret is still `sealed_secret` (the one the code was checked against). False when no
-    /// such enrolment is pending.
+    /// if its sealed secret is still `sealed_secret` (the one the code was checked against), and marks
+    /// `session` (on which the code was proven) as having a second factor. False when no such enrolment is
+    /// pending.
     async fn mfa_confirm(
         &self,
         user: UserId,
+        session: SessionId,
         sealed_secret: &[u8],
         step: u64,
         recovery: &[[u8; 32]],

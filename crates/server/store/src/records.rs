@@ -46,6 +46,8 @@ pub struct SessionRecord {
     pub last_seen_ms: i64,
     /// Address of the last use.
     pub last_ip: String,
+    /// Opened with a second factor (or one was proven on it since): what workspaces that require MFA ask for.
+    pub mfa: bool,
 }
 
 /// A workspace with its keys wrapped by the server master key.

@@ -75,10 +75,18 @@ pub async fn story(store: &dyn Store) {
         created_ms: 10,
         last_seen_ms: 10,
         last_ip: "127.0.0.1".into(),
+        mfa: false,
     };
-    let s2 = SessionRecord { id: SessionId::new(), token_hash: [2; 32], device_name: "phone".into(), ..s1.clone() };
+    let s2 = SessionRecord {
+        id: SessionId::new(),
+        token_hash: [2; 32],
+        device_name: "phone".into(),
+        mfa: true,
+        ..s1.clone()
+    };
     store.create_session(&s1, &[audit(AuditEvent::AuthLogin, Some(alice.id), None, 10)]).await.expect("s1");
     store.create_session(&s2, &[]).await.expect("s2");
+    assert!(store.session_by_token_hash(&[2; 32]).await.expect("by hash").expect("s2").mfa, "stored as given");
     assert_eq!(store.session_by_token_hash(&[1; 32]).await.expect("by hash").expect("s1").id, s1.id);
     store.touch_session(s1.id, 99, "::1").await.expect("touch");
     let found = store.session_by_token_hash(&[1; 32]).await.expect("by hash").expect("s1");
@@ -99,9 +107,17 @@ pub async fn story(store: &dyn Store) {
     );
     let codes = [[1u8; 32], [2; 32], [3; 32]];
     let on = audit(AuditEvent::MfaEnabled, Some(alice.id), None, 13);
-    assert!(!store.mfa_confirm(alice.id, b"sealed one", 100, &codes, &[]).await.expect("old"), "not another secret");
-    assert!(store.mfa_confirm(alice.id, b"sealed two", 100, &codes, &[on]).await.expect("confirm"));
-    assert!(!store.mfa_confirm(alice.id, b"sealed two", 101, &codes, &[]).await.expect("twice"), "only a pending one");
+    assert!(
+        !store.mfa_confirm(alice.id, s1.id, b"sealed one", 100, &codes, &[]).await.expect("old"),
+        "not another secret"
+    );
+    assert!(!store.session_by_token_hash(&[1; 32]).await.expect("s1").expect("s1").mfa);
+    assert!(store.mfa_confirm(alice.id, s1.id, b"sealed two", 100, &codes, &[on]).await.expect("confirm"));
+    assert!(store.session_by_token_hash(&[1; 32]).await.expect("s1").expect("s1").mfa, "the session proved the code");
+    assert!(
+        !store.mfa_confirm(alice.id, s1.id, b"sealed two", 101, &codes, &[]).await.expect("twice"),
+        "only a pending one"
+    );
     assert!(matches!(store.mfa_begin(alice.id, b"x", 14).await, Err(StoreError::Conflict(_))), "on: no restart");
     let m = store.mfa(alice.id).await.expect("mfa").expect("on");
     assert_eq!((m.confirmed, m.last_step, m.recovery_left), (true, Some(100), 3));
@@ -166,6 +182,7 @@ pub async fn story(store: &dyn Store) {
     let access = |require_mfa| MemberAccess { role: Role::Owner, require_mfa, has_mfa: false };
     assert_eq!(store.member_access(ws.id, alice.id).await.expect("access"), Some(access(false)));
     assert!(store.set_require_mfa(ws.id, true, &[]).await.expect("require"));
+    assert!(!store.set_require_mfa(ws.id, true, &[]).await.expect("again"), "compare-and-set: already on");
     assert_eq!(store.member_access(ws.id, alice.id).await.expect("access"), Some(access(true)));
     assert!(store.workspace(ws.id).await.expect("ws").expect("exists").require_mfa);
     assert!(store.set_require_mfa(ws.id, false, &[]).await.expect("relax"));
