@@ -155,19 +155,6 @@ impl StagedPack {
     pub fn chunks(&self) -> &[PackedChunk] {
         &self.chunks
     }
-
-    /// The pack's size in bytes.
-    pub fn len(&self) -> u64 {
-        match &self.pending {
-            Pending::Local(p) => p.len,
-            Pending::Remote(b) => b.len() as u64,
-        }
-    }
-
-    /// True when the pack holds no chunk.
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
 }
 
 fn aad(ws: WorkspaceId, id: &ChunkId) -> Vec<u8> {
@@ -192,14 +179,14 @@ fn pack_key(ws: WorkspaceId, pack: &PackId) -> String {
 
 /// Seals `chunks` one after another into a pack (see the crate documentation), handing the pack's bytes to
 /// `out` piece by piece (so a local pack is written without holding it all in memory), checking nothing.
-/// Returns where each chunk went and the pack's size.
+/// Returns where each chunk went.
 fn write_pack(
     key: &SecretKey,
     ws: WorkspaceId,
     pack: PackId,
     chunks: &[(ChunkId, &[u8])],
     out: &mut dyn FnMut(&[u8]) -> Result<(), BlobError>,
-) -> Result<(Vec<PackedChunk>, u64), BlobError> {
+) -> Result<Vec<PackedChunk>, BlobError> {
     out(PACK_MAGIC)?;
     let mut at = PACK_MAGIC.len() as u64;
     let mut placed = Vec::with_capacity(chunks.len());
@@ -223,7 +210,7 @@ fn write_pack(
         });
         at += u64::from(len);
     }
-    Ok((placed, at))
+    Ok(placed)
 }
 
 /// The chunks listed in a pack's bytes, in order, with where each one's sealed bytes are; `None` when `bytes`
@@ -285,20 +272,19 @@ impl BlobStore {
         let (placed, pending) = match &self.local {
             Some(disk) => {
                 let mut writer = disk.create_pack(&object)?;
-                let (placed, len) = write_pack(key, ws, pack, chunks, &mut |b| writer.write(b))?;
-                (placed, Pending::Local(writer.finish(len)?))
+                let placed = write_pack(key, ws, pack, chunks, &mut |b| writer.write(b))?;
+                (placed, Pending::Local(writer.finish()?))
             }
             None => {
                 let mut bytes = Vec::new();
-                let (placed, _) = write_pack(key, ws, pack, chunks, &mut |b| {
+                let placed = write_pack(key, ws, pack, chunks, &mut |b| {
                     bytes.extend_from_slice(b);
                     Ok(())
                 })?;
                 (placed, Pending::Remote(bytes))
             }
         };
-        let key = object;
-        Ok(StagedPack { key, chunks: placed, pending })
+        Ok(StagedPack { key: object, chunks: placed, pending })
     }
 
     /// Makes staged packs durable, as one batch. Only after this returns `Ok` may their chunks be recorded as
@@ -463,7 +449,11 @@ mod tests {
             vec![store.stage(&key, ws, &refs[..30]).expect("stage"), store.stage(&key, ws, &refs[30..]).expect("s")];
         let placed: Vec<PackedChunk> = packs.iter().flat_map(|p| p.chunks().to_vec()).collect();
         assert_eq!(placed.iter().map(|c| c.id).collect::<Vec<_>>(), chunks.iter().map(|c| c.0).collect::<Vec<_>>());
-        let keys: Vec<(String, u64)> = packs.iter().map(|p| (p.key.clone(), p.len())).collect();
+        // A pack ends where its last chunk's sealed bytes end.
+        let keys: Vec<(String, u64)> = packs
+            .iter()
+            .map(|p| (p.key.clone(), p.chunks().last().map_or(0, |c| c.offset + u64::from(c.stored_size))))
+            .collect();
         store.persist(packs).await.expect("persist");
         for (c, (_, data)) in placed.iter().zip(&chunks) {
             assert_eq!(&store.get_chunk(&key, ws, &c.id, c.place()).await.expect("get"), data);

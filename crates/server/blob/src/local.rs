@@ -47,8 +47,6 @@ pub(crate) struct LocalPack {
     /// reports write-back errors since then, whoever else has seen them (an error already reported to
     /// another handle is not reported to one opened later).
     watch: Option<(File, std::time::Instant)>,
-    /// Its size in bytes.
-    pub(crate) len: u64,
     persisted: bool,
 }
 
@@ -67,10 +65,9 @@ impl PackWriter {
         self.file.write_all(bytes).map_err(io_error("write the pack", &self.pack.path))
     }
 
-    /// Flushes what is buffered and hands over the pack (of `len` bytes), not yet durable.
-    pub(crate) fn finish(mut self, len: u64) -> Result<LocalPack, BlobError> {
+    /// Flushes what is buffered and hands over the pack, not yet durable.
+    pub(crate) fn finish(mut self) -> Result<LocalPack, BlobError> {
         self.file.flush().map_err(io_error("write the pack", &self.pack.path))?;
-        self.pack.len = len;
         Ok(self.pack)
     }
 }
@@ -132,7 +129,7 @@ impl LocalDisk {
     /// returned writer without waiting for the disk. Blocking.
     pub(crate) fn create_pack(&self, key: &str) -> Result<PackWriter, BlobError> {
         let watch = File::open(&self.root).ok().map(|f| (f, std::time::Instant::now()));
-        let pack = LocalPack { path: self.root.join(key), watch, len: 0, persisted: false };
+        let pack = LocalPack { path: self.root.join(key), watch, persisted: false };
         let created = match File::create_new(&pack.path) {
             Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
                 if let Some(dir) = pack.path.parent() {
@@ -152,7 +149,7 @@ impl LocalDisk {
     pub(crate) fn write_pack(&self, key: &str, bytes: &[u8]) -> Result<LocalPack, BlobError> {
         let mut w = self.create_pack(key)?;
         w.write(bytes)?;
-        w.finish(bytes.len() as u64)
+        w.finish()
     }
 
     /// Makes every pack of the batch durable (see the module documentation). Blocking. On error no chunk may
@@ -260,7 +257,7 @@ mod tests {
         let disk = disk(dir.path(), observing);
         let keys = ["ws/w1/p/00/a", "ws/w1/p/00/b", "ws/w1/p/3f/c"];
         let packs: Vec<LocalPack> = keys.iter().map(|k| disk.write_pack(k, k.as_bytes()).expect("write")).collect();
-        assert_eq!(packs[2].len, 12);
+        assert_eq!(std::fs::metadata(&packs[2].path).expect("pack").len(), 12);
         disk.persist(packs).expect("persist");
         let seen = SEEN.lock().expect("lock").clone();
         assert_eq!(seen.len(), 1, "one barrier per batch, whatever its size");

@@ -136,7 +136,15 @@ impl Core {
         Ok(())
     }
 
-    fn login_failure(&self, actor: Option<UserId>, target: String, ip: &str, reason: &str) -> NewAudit {
+    /// The audit row of a refused login; `method` is what was tried (`password`, `password+totp`).
+    pub(crate) fn login_failure(
+        &self,
+        actor: Option<UserId>,
+        target: String,
+        ip: &str,
+        method: &str,
+        reason: &str,
+    ) -> NewAudit {
         NewAudit {
             event: AuditEvent::AuthLogin,
             outcome: Outcome::Failure,
@@ -144,7 +152,7 @@ impl Core {
             workspace: None,
             ip: Some(ip.to_owned()),
             target: Some(target),
-            details: serde_json::json!({"method": "password", "reason": reason}),
+            details: serde_json::json!({"method": method, "reason": reason}),
             at_ms: self.now_ms(),
         }
     }
@@ -178,7 +186,13 @@ impl Core {
         };
         if let Err(e) = limited {
             self.store
-                .append_audit(&[self.login_failure(user.as_ref().map(|u| u.id), target, ip, "rate_limited")])
+                .append_audit(&[self.login_failure(
+                    user.as_ref().map(|u| u.id),
+                    target,
+                    ip,
+                    "password",
+                    "rate_limited",
+                )])
                 .await?;
             return Err(e);
         }
@@ -199,14 +213,22 @@ impl Core {
             (Some(u), true) => u,
             (u, _) => {
                 let reason = if u.is_some() { "bad_password" } else { "unknown_account" };
-                self.store.append_audit(&[self.login_failure(u.map(|u| u.id), target, ip, reason)]).await?;
+                self.store.append_audit(&[self.login_failure(u.map(|u| u.id), target, ip, "password", reason)]).await?;
                 return Err(CoreError::Unauthenticated(BAD_LOGIN.into()));
             }
         };
         let mut method = "password";
         if let Some(m) = self.store.mfa(user.id).await?.filter(|m| m.confirmed) {
             let Some(code) = totp else {
-                self.store.append_audit(&[self.second_factor_failure(user.id, ip, "mfa_required")]).await?;
+                self.store
+                    .append_audit(&[self.login_failure(
+                        Some(user.id),
+                        user.id.to_string(),
+                        ip,
+                        "password+totp",
+                        "mfa_required",
+                    )])
+                    .await?;
                 return Err(CoreError::MfaRequired);
             };
             match self.check_second_factor(user.id, &m, code).await? {
@@ -217,7 +239,15 @@ impl Core {
                     }
                 }
                 Err(reason) => {
-                    self.store.append_audit(&[self.second_factor_failure(user.id, ip, reason)]).await?;
+                    self.store
+                        .append_audit(&[self.login_failure(
+                            Some(user.id),
+                            user.id.to_string(),
+                            ip,
+                            "password+totp",
+                            reason,
+                        )])
+                        .await?;
                     return Err(CoreError::Unauthenticated(BAD_CODE.into()));
                 }
             }

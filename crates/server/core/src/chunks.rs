@@ -10,7 +10,7 @@
 //! chunk of another workspace cannot be addressed, and sealed bytes open only as the chunk and workspace they
 //! were sealed for, so a wrong place fails closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -54,13 +54,10 @@ impl ChunkIo {
     /// [`BlobStore::stage`]). Blocking (hashing, sealing, a file write): call it from a blocking thread.
     ///
     /// # Errors
-    /// `BadRequest` naming the first chunk that does not match its id (then nothing is staged), `TooLarge`, or
-    /// a storage failure.
+    /// `BadRequest` naming the first chunk that does not match its id (then nothing is staged), or a storage
+    /// failure. (Sizes are capped where chunks come in, [`ChunkUpload::push`](crate::ChunkUpload::push).)
     pub(crate) fn verify_and_stage(&self, chunks: &[(ChunkId, Bytes)]) -> CoreResult<StagedPack> {
         for (id, data) in chunks {
-            if u32::try_from(data.len()).is_err() {
-                return Err(CoreError::TooLarge("chunk too large".into()));
-            }
             if keyed_hash(&self.chunk_key, data) != id.0 {
                 return Err(CoreError::BadRequest(format!(
                     "chunk {id} does not match its content (ids are keyed BLAKE3 under the workspace chunk-id key)"
@@ -81,16 +78,29 @@ impl ChunkIo {
             return Err(CoreError::TooLarge(format!("fetch at most {MAX_FETCH_CHUNKS} chunks per request")));
         }
         let found: HashMap<ChunkId, ChunkPlace> = self.store.locate_chunks(self.ws, ids).await?.into_iter().collect();
-        let mut missing = Vec::new();
+        let (mut missing, mut seen) = (Vec::new(), HashSet::new());
         let mut places = Vec::with_capacity(ids.len());
         for id in ids {
             match found.get(id) {
                 Some(p) => places.push(place_of(p)),
-                None if !missing.contains(id) => missing.push(*id),
+                None if seen.insert(*id) => missing.push(*id),
                 None => {}
             }
         }
         if missing.is_empty() { Ok(places) } else { Err(CoreError::ChunksNotFound { missing, asked: ids.len() }) }
+    }
+
+    /// Where each of `ids` is stored, any number of them, one [`ChunkIo::locate`] per
+    /// [`MAX_FETCH_CHUNKS`] (a whole file's manifest, before its content streams).
+    ///
+    /// # Errors
+    /// `ChunksNotFound` naming chunks the workspace does not hold.
+    pub async fn locate_all(&self, ids: &[ChunkId]) -> CoreResult<Vec<Place>> {
+        let mut places = Vec::with_capacity(ids.len());
+        for part in ids.chunks(MAX_FETCH_CHUNKS) {
+            places.extend(self.locate(part).await?);
+        }
+        Ok(places)
     }
 
     /// Reads chunk `id` at `place` (from [`ChunkIo::locate`]).

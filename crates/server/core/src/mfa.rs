@@ -20,7 +20,7 @@
 //!   requests cannot all slip in under the limit; a success clears the count.
 
 use cloudsync_crypto::{SecretKey, aead, keyed_hash, totp};
-use cloudsync_store::{MfaRecord, NewAudit};
+use cloudsync_store::MfaRecord;
 use cloudsync_types::api::{MAX_MFA_CODE_BYTES, MfaEnrollment, MfaStatus};
 use cloudsync_types::{AuditEvent, Outcome, UserId};
 use zeroize::Zeroizing;
@@ -265,20 +265,6 @@ impl Core {
         self.store.mfa_failed(user).await?;
         Ok(Err("bad_recovery_code"))
     }
-
-    /// The audit row of a login refused at the second factor.
-    pub(crate) fn second_factor_failure(&self, user: UserId, ip: &str, reason: &str) -> NewAudit {
-        NewAudit {
-            event: AuditEvent::AuthLogin,
-            outcome: Outcome::Failure,
-            actor: Some(user),
-            workspace: None,
-            ip: Some(ip.to_owned()),
-            target: Some(user.to_string()),
-            details: serde_json::json!({"method": "password+totp", "reason": reason}),
-            at_ms: self.now_ms(),
-        }
-    }
 }
 
 /// The message for a refused code (the same whatever the reason, which only the audit log records).
@@ -294,17 +280,12 @@ fn bounded(code: &str) -> CoreResult<&str> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use cloudsync_crypto::totp::{Algorithm, DIGITS, base32_decode, code_at};
 
     use super::*;
     use crate::testutil::{PASSWORD, core_with_account};
     use crate::{Clock as _, ManualClock};
-
-    async fn setup(dir: &std::path::Path) -> (Core, Arc<ManualClock>, Actor) {
-        core_with_account(dir).await
-    }
 
     fn code(secret: &[u8], clock: &ManualClock) -> String {
         code_at(Algorithm::Sha1, secret, u64::try_from(clock.now_ms() / 1000).expect("time"), DIGITS)
@@ -317,7 +298,7 @@ mod tests {
     #[tokio::test]
     async fn enrolment_login_replay_recovery_and_disable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (core, clock, actor) = setup(dir.path()).await;
+        let (core, clock, actor) = core_with_account(dir.path()).await;
         let e = core.mfa_enroll(&actor, None).await.expect("enroll");
         assert!(e.otpauth_uri.starts_with("otpauth://totp/CloudSync:a%40example.com?secret="), "{}", e.otpauth_uri);
         let secret = base32_decode(&e.secret).expect("base32");
@@ -381,7 +362,7 @@ mod tests {
     #[tokio::test]
     async fn after_100_wrong_codes_only_a_recovery_code_signs_in() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (core, clock, actor) = setup(dir.path()).await;
+        let (core, clock, actor) = core_with_account(dir.path()).await;
         let secret = base32_decode(&core.mfa_enroll(&actor, None).await.expect("enroll").secret).expect("base32");
         let codes = core.mfa_confirm(&actor, &code(&secret, &clock)).await.expect("confirm");
         let m = core.store.mfa(actor.user_id).await.expect("mfa").expect("on");
@@ -408,7 +389,7 @@ mod tests {
     #[tokio::test]
     async fn an_old_session_needs_the_password_to_enrol() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (core, clock, actor) = setup(dir.path()).await;
+        let (core, clock, actor) = core_with_account(dir.path()).await;
         clock.advance_ms(RECENT_LOGIN_MS + 1000);
         assert!(matches!(core.mfa_enroll(&actor, None).await, Err(CoreError::ReauthenticationRequired)));
         assert!(matches!(core.mfa_enroll(&actor, Some("not the password")).await, Err(CoreError::BadRequest(_))));
@@ -429,7 +410,7 @@ mod tests {
     async fn a_workspace_can_require_mfa_of_its_members() {
         use cloudsync_types::Role;
         let dir = tempfile::tempdir().expect("tempdir");
-        let (core, clock, owner) = setup(dir.path()).await;
+        let (core, clock, owner) = core_with_account(dir.path()).await;
         let ws = core.create_workspace(&owner, "W", false).await.expect("workspace").id;
         let bob_user = core.create_user("bob@example.com", PASSWORD, false, None).await.expect("bob");
         let bob = Actor { user_id: bob_user.id, email: bob_user.email, ..owner.clone() };

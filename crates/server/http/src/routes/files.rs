@@ -158,10 +158,14 @@ pub(crate) async fn content(
 ) -> Result<Response, ApiError> {
     let (_, v, manifest) = st.core.open_file(&a, &path_param(&q.path)?, q.version).await?;
     let io = st.core.chunk_io(&a).await?;
-    let stream = futures_util::stream::iter(manifest.chunks).then(move |c| {
+    // Every chunk is located before the answer starts (a few queries, not one per chunk), so a chunk the
+    // workspace lacks is a 404 rather than a body cut short.
+    let ids: Vec<_> = manifest.chunks.iter().map(|c| c.id).collect();
+    let places = io.locate_all(&ids).await?;
+    let stream = futures_util::stream::iter(ids.into_iter().zip(places)).then(move |(id, place)| {
         let io = io.clone();
         async move {
-            io.get(c.id).await.map(Bytes::from).map_err(|e| {
+            io.read(id, place).await.map(Bytes::from).map_err(|e| {
                 tracing::error!(error = %e, "a chunk failed while streaming a download");
                 std::io::Error::other("chunk unavailable")
             })
