@@ -117,6 +117,53 @@ pub enum Command {
     /// Show the trash.
     #[command(subcommand)]
     Trash(TrashCmd),
+    /// Read, export and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+/// `audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// List audit rows, newest first: a workspace's (its Admins and Owners), or without --workspace your
+    /// account's events (logins, devices, MFA, API keys; every account's for a server administrator).
+    /// --json prints JSON Lines and --csv CSV, for export; both read every matching row unless --limit says
+    /// otherwise.
+    List {
+        /// Workspace name or id.
+        #[arg(long)]
+        workspace: Option<String>,
+        /// From this time: 2026-01-01, 2026-01-01T09:30:00Z, or a span back from now (30m, 12h, 7d).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Up to this time (a date alone includes that whole day, UTC); same forms as --since.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+        /// Comma-separated events, e.g. auth.login,file.access,settings.changed; file.* matches a group.
+        #[arg(long, value_name = "EVENTS")]
+        events: Option<String>,
+        /// Only rows by this account.
+        #[arg(long, value_name = "EMAIL")]
+        actor: Option<String>,
+        /// At most this many rows (default: 100 as a table; all with --json or --csv).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// JSON Lines: one JSON object per row.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// CSV with a header row.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Re-hash the audit chain and name the first broken row (exit status 1 when one is broken). Without
+    /// --workspace: every workspace you administer, and the account chain if you are a server administrator.
+    Verify {
+        /// Workspace name or id.
+        #[arg(long)]
+        workspace: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 /// `--json`.

@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Versions { remote, json } => client::versions(&remote, json.json).await,
         Command::Restore { remote, version, json } => client::restore(&remote, version, json.json).await,
         Command::Trash(TrashCmd::List { workspace, json }) => client::trash(&workspace, json.json).await,
+        Command::Audit(cmd) => client::audit::run(cmd).await,
     }
 }
 

@@ -540,3 +540,63 @@ fn mfa_enable_confirm_login_with_totp_recovery_codes_and_disable() {
         assert!(!wal.windows(needle.len()).any(|w| w == needle), "{code} is in the WAL in the clear");
     }
 }
+
+/// Runs one SQL statement on the server's database, as someone with write access to the host might.
+fn tamper(srv: &Server, sql: &str) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", srv.data.join("meta.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let mut c = sqlx::SqliteConnection::connect(&url).await.expect("open database");
+        sqlx::query(sql).execute(&mut c).await.expect("tamper");
+    });
+}
+
+#[test]
+fn audit_list_exports_and_verify_names_the_broken_row() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (srv, alice) = signed_in(root.path(), "alice@example.org", true, "Books");
+    let dir = root.path().join("books");
+    write(&dir.join("a.txt"), b"alpha");
+    write(&dir.join("b.txt"), b"beta");
+    alice.ok(&["push", dir.to_str().expect("utf8"), "Books"]);
+    alice.ok(&["pull", "Books", root.path().join("copy").to_str().expect("utf8")]);
+
+    let table = alice.ok(&["audit", "list", "--workspace", "Books"]);
+    assert!(
+        table.starts_with("TIME") && table.contains("file.upload") && table.contains("workspace.created"),
+        "{table}"
+    );
+
+    let lines = alice.ok(&["audit", "list", "--workspace", "Books", "--events", "file.upload,file.access", "--json"]);
+    let rows: Vec<serde_json::Value> = lines.lines().map(json).collect();
+    assert_eq!(rows.iter().filter(|r| r["event"] == "file.upload").count(), 2, "{lines}");
+    assert!(rows.iter().all(|r| r["event"] == "file.upload" || r["event"] == "file.access"));
+    assert!(rows.windows(2).all(|w| w[0]["seq"].as_u64() > w[1]["seq"].as_u64()), "newest first");
+
+    let csv = alice.ok(&["audit", "list", "--workspace", "Books", "--since", "1d", "--until", "2999-01-01", "--csv"]);
+    let mut csv_lines = csv.lines();
+    assert_eq!(
+        csv_lines.next(),
+        Some("id,chain,seq,at,event,outcome,actor_id,actor_email,workspace_id,ip,target,details,prev_hash,hash")
+    );
+    assert_eq!(csv_lines.count(), rows.len() + 1, "every row, the workspace's creation too:\n{csv}");
+    assert!(alice.ok(&["audit", "list", "--workspace", "Books", "--since", "2999-01-01", "--json"]).is_empty());
+    let err = alice.fail(&["audit", "list", "--since", "last tuesday"]);
+    assert!(err.contains("--since") && err.contains("2026-01-01"), "{err}");
+
+    let mine = alice.ok(&["audit", "list", "--events", "auth.login", "--json"]);
+    assert!(mine.lines().map(json).all(|r| r["event"] == "auth.login"));
+    assert!(!mine.is_empty());
+
+    let ok = alice.ok(&["audit", "verify"]);
+    assert!(ok.contains("OK      Books") && ok.contains("OK      account events"), "{ok}");
+
+    let ws = json(&alice.ok(&["workspace", "list", "--json"]))[0]["id"].as_str().expect("id").to_owned();
+    tamper(&srv, &format!("UPDATE audit SET ip = '10.9.9.9' WHERE chain = '{ws}' AND seq = 2"));
+    let out = alice.run(&["audit", "verify", "--workspace", "Books"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("BROKEN  Books: at row 2") && stdout.contains("edited"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken"));
+}

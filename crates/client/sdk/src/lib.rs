@@ -37,6 +37,7 @@
 //! ```
 
 mod account;
+mod audit;
 mod client;
 mod error;
 mod files;
@@ -47,6 +48,7 @@ mod tls;
 mod workspaces;
 
 pub use account::{Auth, Devices, Users};
+pub use audit::{Audit, AuditQuery};
 pub use client::Client;
 pub use cloudsync_types as types;
 pub use cloudsync_types::frame::{FRAME_HEADER_LEN, frame_header};

@@ -623,3 +623,105 @@ pub struct ChangeList {
     /// More changes are waiting beyond this page.
     pub more: bool,
 }
+
+/// Most audit rows in one page.
+pub const MAX_AUDIT_PAGE: u32 = 1000;
+
+/// `GET /api/v1/audit` and `GET /api/v1/workspaces/{id}/audit` query: which rows, newest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditListParams {
+    /// Only rows at or after this time (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub since: Option<OffsetDateTime>,
+    /// Only rows before this time (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub until: Option<OffsetDateTime>,
+    /// Comma-separated event names; a trailing `*` matches a group (`file.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<String>,
+    /// Only rows by the account with this email.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Paging cursor: only rows before this position (`next_before` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    /// Page size (default 100, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// One audit row. It holds ids and short hash prefixes, never a secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Row id.
+    #[schema(value_type = String)]
+    pub id: crate::AuditId,
+    /// The chain: a workspace id, or `global` for account events.
+    pub chain: String,
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+    /// What happened.
+    pub event: crate::AuditEvent,
+    /// Success or failure.
+    pub outcome: crate::Outcome,
+    /// Who did it (absent for a login attempt on an unknown account).
+    pub actor_id: Option<UserId>,
+    /// That account's email, when it still exists.
+    pub actor_email: Option<String>,
+    /// The workspace.
+    pub workspace_id: Option<WorkspaceId>,
+    /// Client address.
+    pub ip: Option<String>,
+    /// What it was done to (a path, an account or key id, a session id).
+    pub target: Option<String>,
+    /// Small structured details (method, roles, old and new settings, reason).
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    /// Hash of the previous row in the chain, hex.
+    pub prev_hash: String,
+    /// This row's hash, hex.
+    pub hash: String,
+}
+
+/// A page of audit rows, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    /// The rows.
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    pub next_before: Option<u64>,
+}
+
+/// The first broken row of a chain.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BrokenAuditRow {
+    /// The position where the chain breaks.
+    pub seq: u64,
+    /// The row found there, if any.
+    #[schema(value_type = Option<String>)]
+    pub id: Option<crate::AuditId>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// `GET .../audit/verify`: the result of re-hashing a whole chain.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerifyReport {
+    /// The chain: a workspace id, or `global`.
+    pub chain: String,
+    /// Rows checked before the first break (all of them when intact).
+    pub rows: u64,
+    /// True when every row links to the one before and matches its hash, and the chain ends at its head.
+    pub ok: bool,
+    /// The hash of the chain's last row, hex: note it somewhere else to detect a rewrite of the whole chain.
+    pub head_hash: String,
+    /// The first broken row, when not ok.
+    pub first_broken: Option<BrokenAuditRow>,
+}

@@ -46,11 +46,11 @@ audit_events! {
     /// An account was created.
     UserCreated => "user.created",
     /// Two-factor authentication (TOTP) was turned on.
-    MfaEnabled => "mfa.enabled",
+    MfaEnabled => "auth.mfa.enabled",
     /// Two-factor authentication was turned off.
-    MfaDisabled => "mfa.disabled",
+    MfaDisabled => "auth.mfa.disabled",
     /// New recovery codes replaced the old ones.
-    MfaRecoveryCodes => "mfa.recovery_codes",
+    MfaRecoveryCodes => "auth.mfa.recovery_codes",
     /// A session (device) was revoked from another one.
     DeviceRevoked => "device.revoked",
     /// A workspace was created.
@@ -73,11 +73,45 @@ audit_events! {
     FileDelete => "file.delete",
     /// A file came back from the trash or an old version was made current.
     FileRestore => "file.restore",
+    /// An API key was created.
+    ApiKeyCreated => "apikey.created",
+    /// An API key was used (recorded at most once a minute per key).
+    ApiKeyUsed => "apikey.used",
+    /// An API key got a new secret.
+    ApiKeyRotated => "apikey.rotated",
+    /// An API key was revoked.
+    ApiKeyRevoked => "apikey.revoked",
+    /// A share link was created.
+    ShareCreated => "share.created",
+    /// A share link was used to download (or refused).
+    ShareAccessed => "share.accessed",
+    /// A share link was revoked.
+    ShareRevoked => "share.revoked",
+}
+
+impl AuditEvent {
+    /// The events a filter names: an exact name, or a prefix ending in `*` (`file.*`, `auth.mfa.*`).
+    ///
+    /// # Errors
+    /// When it matches no event.
+    pub fn matching(pattern: &str) -> Result<Vec<AuditEvent>, UnknownAuditEvent> {
+        let pattern = pattern.trim();
+        let found: Vec<AuditEvent> = match pattern.strip_suffix('*') {
+            Some(prefix) => Self::ALL.iter().copied().filter(|e| e.as_str().starts_with(prefix)).collect(),
+            None => pattern.parse().map(|e| vec![e])?,
+        };
+        if found.is_empty() {
+            return Err(UnknownAuditEvent(pattern.to_owned()));
+        }
+        Ok(found)
+    }
 }
 
 /// A name that is not an audit event.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown audit event {0:?}")]
+#[error(
+    "unknown audit event {0:?}; events are named like auth.login, file.access or settings.changed (a trailing * matches a group, as in file.*)"
+)]
 pub struct UnknownAuditEvent(pub String);
 
 impl fmt::Display for AuditEvent {
@@ -118,5 +152,15 @@ mod tests {
             assert_eq!(e.as_str().parse::<AuditEvent>().expect("parse"), *e);
             assert_eq!(serde_json::to_string(e).expect("json"), format!("\"{}\"", e.as_str()));
         }
+    }
+
+    #[test]
+    fn patterns_match_groups() {
+        assert_eq!(AuditEvent::matching("auth.login").expect("exact"), vec![AuditEvent::AuthLogin]);
+        let mfa = AuditEvent::matching("auth.mfa.*").expect("group");
+        assert_eq!(mfa, vec![AuditEvent::MfaEnabled, AuditEvent::MfaDisabled, AuditEvent::MfaRecoveryCodes]);
+        assert_eq!(AuditEvent::matching("*").expect("all").len(), AuditEvent::ALL.len());
+        assert!(AuditEvent::matching("file.nope").is_err());
+        assert!(AuditEvent::matching("nope.*").is_err());
     }
 }

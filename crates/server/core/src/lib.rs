@@ -4,6 +4,7 @@
 //! manages only members below Admin, the last Owner stays, a chunk id must match its content, a commit
 //! references only durable chunks) and writes every action's audit row with it.
 
+mod audit;
 mod auth;
 mod chunks;
 mod delta;

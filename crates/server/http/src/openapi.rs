@@ -18,7 +18,8 @@ use crate::routes;
         routes::chunk_signatures, routes::upload_deltas,
         routes::get_chunk, routes::fetch_chunks, routes::commit, routes::commit_batch, routes::list_files,
         routes::manifest, routes::manifests, routes::content, routes::versions, routes::delete_files, routes::restore,
-        routes::trash, routes::changes, openapi_json,
+        routes::trash, routes::changes, routes::workspace_audit, routes::verify_workspace_audit,
+        routes::account_audit, routes::verify_account_audit, openapi_json,
     ),
     modifiers(&Bearer),
 )]

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use cloudsync_store::{AuditRow, AuditStore, NewAudit, StoreResult, audit_row_hash};
-use cloudsync_types::{AuditId, UserId, WorkspaceId};
-use sqlx::{Row, Sqlite, Transaction};
+use cloudsync_store::{AuditFilter, AuditRow, AuditStore, NewAudit, StoreError, StoreResult, audit_row_hash};
+use cloudsync_types::{AuditId, Outcome, UserId, WorkspaceId};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::{SqliteStore, id, map_err, u64_of};
 
@@ -88,6 +89,33 @@ fn hash32(v: &[u8]) -> [u8; 32] {
     out
 }
 
+const COLUMNS: &str =
+    "id, chain, seq, at_ms, event, outcome, actor, workspace_id, ip, target, details, prev_hash, hash";
+
+fn row_of(r: &SqliteRow) -> StoreResult<AuditRow> {
+    let event: String = r.get("event");
+    let outcome: String = r.get("outcome");
+    let details: String = r.get("details");
+    Ok(AuditRow {
+        id: id(r, "id", AuditId::from_uuid),
+        chain: r.get("chain"),
+        seq: u64_of(r.get("seq")),
+        row: NewAudit {
+            event: event.parse().map_err(|e| StoreError::Backend(format!("{e}")))?,
+            outcome: if outcome == "success" { Outcome::Success } else { Outcome::Failure },
+            actor: r.get::<Option<uuid::Uuid>, _>("actor").map(UserId::from_uuid),
+            workspace: r.get::<Option<uuid::Uuid>, _>("workspace_id").map(WorkspaceId::from_uuid),
+            ip: r.get("ip"),
+            target: r.get("target"),
+            // A row whose details are not JSON was edited; keep the text so its hash shows the edit.
+            details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+            at_ms: r.get("at_ms"),
+        },
+        prev_hash: hash32(&r.get::<Vec<u8>, _>("prev_hash")),
+        hash: hash32(&r.get::<Vec<u8>, _>("hash")),
+    })
+}
+
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn append_audit(&self, audit: &[NewAudit]) -> StoreResult<()> {
@@ -97,43 +125,51 @@ impl AuditStore for SqliteStore {
     }
 
     async fn audit_chain(&self, chain: &str, after_seq: u64, limit: u32) -> StoreResult<Vec<AuditRow>> {
-        let rows = sqlx::query(
-            "SELECT id, chain, seq, at_ms, event, outcome, actor, workspace_id, ip, target, details, prev_hash, hash
-             FROM audit WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(chain)
-        .bind(crate::i64_of(after_seq))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        rows.iter()
-            .map(|r| {
-                let event: String = r.get("event");
-                let outcome: String = r.get("outcome");
-                let details: String = r.get("details");
-                Ok(AuditRow {
-                    id: id(r, "id", AuditId::from_uuid),
-                    chain: r.get("chain"),
-                    seq: u64_of(r.get("seq")),
-                    row: NewAudit {
-                        event: event.parse().map_err(|e| cloudsync_store::StoreError::Backend(format!("{e}")))?,
-                        outcome: if outcome == "success" {
-                            cloudsync_types::Outcome::Success
-                        } else {
-                            cloudsync_types::Outcome::Failure
-                        },
-                        actor: r.get::<Option<uuid::Uuid>, _>("actor").map(UserId::from_uuid),
-                        workspace: r.get::<Option<uuid::Uuid>, _>("workspace_id").map(WorkspaceId::from_uuid),
-                        ip: r.get("ip"),
-                        target: r.get("target"),
-                        details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
-                        at_ms: r.get("at_ms"),
-                    },
-                    prev_hash: hash32(&r.get::<Vec<u8>, _>("prev_hash")),
-                    hash: hash32(&r.get::<Vec<u8>, _>("hash")),
-                })
-            })
-            .collect()
+        let rows =
+            sqlx::query(&format!("SELECT {COLUMNS} FROM audit WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?"))
+                .bind(chain)
+                .bind(crate::i64_of(after_seq))
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(map_err)?;
+        rows.iter().map(row_of).collect()
+    }
+
+    async fn query_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRow>> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM audit WHERE chain = "));
+        q.push_bind(&f.chain);
+        if let Some(before) = f.before_seq {
+            q.push(" AND seq < ").push_bind(crate::i64_of(before));
+        }
+        if let Some(since) = f.since_ms {
+            q.push(" AND at_ms >= ").push_bind(since);
+        }
+        if let Some(until) = f.until_ms {
+            q.push(" AND at_ms < ").push_bind(until);
+        }
+        if let Some(actor) = f.actor {
+            q.push(" AND actor = ").push_bind(actor.as_uuid());
+        }
+        if !f.events.is_empty() {
+            q.push(" AND event IN (");
+            let mut list = q.separated(", ");
+            for e in &f.events {
+                list.push_bind(e.as_str());
+            }
+            q.push(")");
+        }
+        q.push(" ORDER BY seq DESC LIMIT ").push_bind(i64::from(f.limit));
+        let rows = q.build().fetch_all(&self.reader).await.map_err(map_err)?;
+        rows.iter().map(row_of).collect()
+    }
+
+    async fn audit_head(&self, chain: &str) -> StoreResult<Option<(u64, [u8; 32])>> {
+        let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE chain = ?")
+            .bind(chain)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(head.map(|r| (u64_of(r.get::<i64, _>(0)), hash32(&r.get::<Vec<u8>, _>(1)))))
     }
 }

@@ -76,18 +76,130 @@ pub fn audit_row_hash(prev: &[u8; 32], id: AuditId, chain: &str, seq: u64, row: 
     *h.finalize().as_bytes()
 }
 
+/// Which audit rows of one chain to read, newest first.
+#[derive(Debug, Clone)]
+pub struct AuditFilter {
+    /// The chain: a workspace id, or [`GLOBAL_CHAIN`].
+    pub chain: String,
+    /// Only rows before this position (the paging cursor).
+    pub before_seq: Option<u64>,
+    /// Only rows at or after this time.
+    pub since_ms: Option<i64>,
+    /// Only rows before this time.
+    pub until_ms: Option<i64>,
+    /// Only these events (empty: all).
+    pub events: Vec<AuditEvent>,
+    /// Only rows by this account.
+    pub actor: Option<UserId>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+/// Why a chain does not verify, at its first broken row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenChain {
+    /// The position where the chain breaks.
+    pub seq: u64,
+    /// The row found there, if any.
+    pub id: Option<AuditId>,
+    /// What is wrong, in words.
+    pub reason: String,
+}
+
+/// Checks a chain row by row, in chain order, without holding it all in memory.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    prev: [u8; 32],
+    next_seq: u64,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self { prev: [0u8; 32], next_seq: 1 }
+    }
+}
+
+impl ChainVerifier {
+    /// Rows checked so far.
+    pub fn rows(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// The hash of the last row checked (zeros before the first).
+    pub fn last_hash(&self) -> [u8; 32] {
+        self.prev
+    }
+
+    /// Checks the next row.
+    ///
+    /// # Errors
+    /// The row is not the next position, does not link to the previous row, or its content does not match its
+    /// hash.
+    pub fn push(&mut self, r: &AuditRow) -> Result<(), BrokenChain> {
+        let want = self.next_seq;
+        let broken = |reason: String| BrokenChain { seq: want, id: Some(r.id), reason };
+        if r.seq != want {
+            return Err(if r.seq > want {
+                BrokenChain {
+                    seq: want,
+                    id: None,
+                    reason: format!("row {want} is missing: the chain jumps from row {} to row {}", want - 1, r.seq),
+                }
+            } else {
+                broken(format!("row {} appears again at position {want}", r.seq))
+            });
+        }
+        if r.prev_hash != self.prev {
+            return Err(broken(format!(
+                "row {want} does not link to row {}: rows were reordered, replaced or deleted",
+                want - 1
+            )));
+        }
+        if audit_row_hash(&self.prev, r.id, &r.chain, r.seq, &r.row) != r.hash {
+            return Err(broken(format!("row {want} was edited: its content does not match its hash")));
+        }
+        self.prev = r.hash;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Checks that the chain ended where its recorded head says (`head`: the head's seq and hash, None when
+    /// the chain has no head).
+    ///
+    /// # Errors
+    /// Rows were deleted from the end, or the last row is not the one the head recorded.
+    pub fn finish(&self, head: Option<(u64, [u8; 32])>) -> Result<(), BrokenChain> {
+        let (seq, hash) = head.unwrap_or((0, [0u8; 32]));
+        let last = self.rows();
+        if seq != last {
+            return Err(BrokenChain {
+                seq: last + 1,
+                id: None,
+                reason: if seq > last {
+                    format!(
+                        "the chain ends at row {last} but its head records row {seq}: rows were deleted from the end"
+                    )
+                } else {
+                    format!("the chain has {last} rows but its head records {seq}: the head was rewound")
+                },
+            });
+        }
+        if hash != self.prev {
+            return Err(BrokenChain {
+                seq: last,
+                id: None,
+                reason: format!("row {last} is not the row the chain's head recorded: it was replaced"),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Checks a chain read in order from its first row. Returns the seq of the first broken row.
 ///
 /// # Errors
 /// The position of the first row whose sequence, link or hash does not match.
 pub fn verify_chain(rows: &[AuditRow]) -> Result<(), u64> {
-    let mut prev = [0u8; 32];
-    for (i, r) in rows.iter().enumerate() {
-        let want_seq = i as u64 + 1;
-        if r.seq != want_seq || r.prev_hash != prev || audit_row_hash(&prev, r.id, &r.chain, r.seq, &r.row) != r.hash {
-            return Err(want_seq);
-        }
-        prev = r.hash;
-    }
-    Ok(())
+    let mut v = ChainVerifier::default();
+    rows.iter().try_for_each(|r| v.push(r)).map_err(|b| b.seq)
 }

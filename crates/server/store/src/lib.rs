@@ -17,7 +17,9 @@ pub mod story;
 use async_trait::async_trait;
 use cloudsync_types::{ChunkId, FileId, Role, SessionId, UserId, WorkspaceId, WsPath};
 
-pub use audit::{AuditRow, GLOBAL_CHAIN, NewAudit, audit_row_hash, verify_chain};
+pub use audit::{
+    AuditFilter, AuditRow, BrokenChain, ChainVerifier, GLOBAL_CHAIN, NewAudit, audit_row_hash, verify_chain,
+};
 pub use error::{StoreError, StoreResult};
 pub use records::{
     ChangeRecord, ChunkPlace, FileRecord, MemberAccess, MemberRecord, MfaRecord, NewChunk, NewCommit, NewVersion,
@@ -173,6 +175,10 @@ pub trait AuditStore: Send + Sync {
     async fn append_audit(&self, audit: &[NewAudit]) -> StoreResult<()>;
     /// The rows of one chain (a workspace id, or [`GLOBAL_CHAIN`]) in chain order.
     async fn audit_chain(&self, chain: &str, after_seq: u64, limit: u32) -> StoreResult<Vec<AuditRow>>;
+    /// The rows of one chain that match `filter`, newest (highest seq) first.
+    async fn query_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRow>>;
+    /// The position and hash of a chain's last row as recorded when it was appended (None: never written).
+    async fn audit_head(&self, chain: &str) -> StoreResult<Option<(u64, [u8; 32])>>;
 }
 
 /// Fixed-window counters shared by every server process (nothing that must be shared lives in memory).

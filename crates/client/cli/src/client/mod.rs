@@ -1,6 +1,7 @@
 //! The client commands. Each talks to the server only through the SDK. `--json` prints one JSON document on
 //! stdout; human output goes to stdout as text, and messages and progress to stderr.
 
+pub mod audit;
 pub mod config;
 pub mod credentials;
 mod files;

@@ -2,6 +2,7 @@
 //! [`ROUTES`] restates them so a table test can walk every route with every role and prove each lower role is
 //! refused, and so the OpenAPI document and this table cannot drift apart.
 
+mod audit;
 mod auth;
 mod chunks;
 mod files;
@@ -15,6 +16,7 @@ use cloudsync_types::Role;
 
 use crate::AppState;
 
+pub(crate) use audit::*;
 pub(crate) use auth::*;
 pub(crate) use chunks::*;
 pub(crate) use files::*;
@@ -49,6 +51,8 @@ pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("GET", "/api/v1/devices", Needs::Session),
     ("DELETE", "/api/v1/devices/{id}", Needs::Session),
     ("POST", "/api/v1/users", Needs::ServerAdmin),
+    ("GET", "/api/v1/audit", Needs::Session),
+    ("GET", "/api/v1/audit/verify", Needs::ServerAdmin),
     ("GET", "/api/v1/workspaces", Needs::Session),
     ("POST", "/api/v1/workspaces", Needs::Session),
     ("GET", "/api/v1/workspaces/{ws}", Needs::Role(Role::Viewer)),
@@ -76,6 +80,8 @@ pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("POST", "/api/v1/workspaces/{ws}/files/restore", Needs::Role(Role::Admin)),
     ("GET", "/api/v1/workspaces/{ws}/trash", Needs::Role(Role::Viewer)),
     ("GET", "/api/v1/workspaces/{ws}/changes", Needs::Role(Role::Viewer)),
+    ("GET", "/api/v1/workspaces/{ws}/audit", Needs::Role(Role::Admin)),
+    ("GET", "/api/v1/workspaces/{ws}/audit/verify", Needs::Role(Role::Admin)),
 ];
 
 /// Largest JSON body.
@@ -104,7 +110,9 @@ pub fn api() -> Router<AppState> {
         .route("/files/delete", post(delete_files))
         .route("/files/restore", post(restore))
         .route("/trash", get(trash))
-        .route("/changes", get(changes));
+        .route("/changes", get(changes))
+        .route("/audit", get(workspace_audit))
+        .route("/audit/verify", get(verify_workspace_audit));
     Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/openapi.json", get(crate::openapi::openapi_json))
@@ -119,6 +127,8 @@ pub fn api() -> Router<AppState> {
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", delete(revoke_device))
         .route("/api/v1/users", post(create_user))
+        .route("/api/v1/audit", get(account_audit))
+        .route("/api/v1/audit/verify", get(verify_account_audit))
         .route("/api/v1/workspaces", get(list_workspaces).post(create_workspace))
         .route("/api/v1/workspaces/{ws}", get(get_workspace).delete(delete_workspace))
         .nest("/api/v1/workspaces/{ws}", ws)
