@@ -117,9 +117,57 @@ pub enum Command {
     /// Show the trash.
     #[command(subcommand)]
     Trash(TrashCmd),
+    /// API keys for scripts and services: `CLOUDSYNC_API_KEY=csk_... cloudsync ...` runs any command with one.
+    #[command(subcommand)]
+    Apikey(ApikeyCmd),
     /// Read, export and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+}
+
+/// `apikey ...`.
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCmd {
+    /// Create a key; its secret (csk_...) is printed once. Asks for an authenticator code when two-factor
+    /// authentication is on.
+    Create {
+        /// A name for the key, unique among yours.
+        name: String,
+        /// The highest role it acts with (in each workspace, the lower of this and your own role).
+        #[arg(long, value_name = "viewer|editor|admin")]
+        role: String,
+        /// Limit it to this workspace (name or id; repeat for more). Default: all of yours.
+        #[arg(long = "workspace", value_name = "NAME")]
+        workspaces: Vec<String>,
+        /// When it stops working: a span (90d, 12h, 2w), a date (2027-01-01) or `never`.
+        #[arg(long, value_name = "WHEN", default_value = "90d")]
+        expires: String,
+        /// The authenticator app's current code (asked for on a terminal when needed).
+        #[arg(long, value_name = "CODE")]
+        totp: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List your keys (never their secrets).
+    List(JsonFlag),
+    /// Give a key a new secret (printed once); the old one keeps working for --grace only.
+    Rotate {
+        /// The key's name (or id).
+        name: String,
+        /// How long the old secret keeps working: 0 (default), 30m, 24h, up to 30d.
+        #[arg(long, value_name = "SPAN", default_value = "0")]
+        grace: String,
+        /// The authenticator app's current code (asked for on a terminal when needed).
+        #[arg(long, value_name = "CODE")]
+        totp: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        /// The key's name (or id).
+        name: String,
+    },
 }
 
 /// `audit ...`.

@@ -72,6 +72,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Restore { remote, version, json } => client::restore(&remote, version, json.json).await,
         Command::Trash(TrashCmd::List { workspace, json }) => client::trash(&workspace, json.json).await,
         Command::Audit(cmd) => client::audit::run(cmd).await,
+        Command::Apikey(cmd) => client::apikey::run(cmd).await,
     }
 }
 

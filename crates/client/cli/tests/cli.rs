@@ -600,3 +600,74 @@ fn audit_list_exports_and_verify_names_the_broken_row() {
     assert!(stdout.contains("BROKEN  Books: at row 2") && stdout.contains("edited"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("broken"));
 }
+
+#[test]
+fn apikey_create_use_from_the_environment_rotate_and_revoke() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (srv, alice) = signed_in(root.path(), "alice@example.org", false, "Books");
+    alice.ok(&["workspace", "create", "Private"]);
+    let dir = root.path().join("books");
+    write(&dir.join("a.txt"), b"alpha");
+    alice.ok(&["push", dir.to_str().expect("utf8"), "Books"]);
+
+    let out =
+        alice.run(&["apikey", "create", "reader", "--role", "viewer", "--workspace", "Books", "--expires", "30d"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secret = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
+    assert!(secret.starts_with("csk_"), "{secret}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shown only now"));
+    let err = alice.fail(&["apikey", "create", "boss", "--role", "owner"]);
+    assert!(err.contains("viewer, editor or admin"), "{err}");
+    let err = alice.fail(&["apikey", "create", "reader", "--role", "viewer"]);
+    assert!(err.contains("already have an API key named"), "{err}");
+
+    let listed = json(&alice.ok(&["apikey", "list", "--json"]));
+    assert_eq!(listed[0]["name"], "reader");
+    assert_eq!(listed[0]["role"], "viewer");
+    assert!(listed[0]["expires_at"].is_string());
+    assert!(!listed.to_string().contains(&secret[21..]));
+    let table = alice.ok(&["apikey", "list"]);
+    assert!(table.contains("reader") && table.contains("Books") && table.contains("never"), "{table}");
+
+    // A machine with no saved login: the key and the server come from the environment.
+    let ci = Client::new(root.path(), "ci");
+    let with_key = |key: &str, args: &[&str]| {
+        ci.cmd(args)
+            .env("CLOUDSYNC_API_KEY", key)
+            .env("CLOUDSYNC_SERVER", &srv.url)
+            .env("CLOUDSYNC_SERVER_FINGERPRINT", &srv.fingerprint)
+            .output()
+            .expect("run")
+    };
+    let ls = with_key(&secret, &["ls", "Books"]);
+    assert!(ls.status.success(), "{}", String::from_utf8_lossy(&ls.stderr));
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("a.txt"));
+    let private = with_key(&secret, &["ls", "Private"]);
+    assert!(!private.status.success(), "a key scoped to Books does not see Private");
+    let pushed = with_key(&secret, &["push", dir.to_str().expect("utf8"), "Books:copy"]);
+    assert!(!pushed.status.success());
+    assert!(
+        String::from_utf8_lossy(&pushed.stderr).contains("API key acts as viewer"),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let minted = with_key(&secret, &["apikey", "list"]);
+    assert!(!minted.status.success() && String::from_utf8_lossy(&minted.stderr).contains("an API key cannot"));
+    let nowhere = ci.cmd(&["ls", "Books"]).env("CLOUDSYNC_API_KEY", &secret).output().expect("run");
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("CLOUDSYNC_SERVER"), "says what is missing");
+
+    // Rotation with a grace period keeps the old secret working; revocation ends both.
+    let out = alice.run(&["apikey", "rotate", "reader", "--grace", "1h"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let new_secret = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
+    assert_ne!(new_secret, secret);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keeps working until"));
+    assert!(with_key(&secret, &["ls", "Books"]).status.success(), "old secret in its grace period");
+    assert!(with_key(&new_secret, &["ls", "Books"]).status.success());
+    alice.ok(&["apikey", "revoke", "reader"]);
+    let refused = with_key(&new_secret, &["ls", "Books"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("revoked"));
+    assert!(!with_key(&secret, &["ls", "Books"]).status.success());
+    assert!(json(&alice.ok(&["apikey", "list", "--json"])).as_array().expect("array").is_empty());
+}

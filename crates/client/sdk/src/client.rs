@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use crate::error::{Error, ErrorKind};
 use crate::mapping;
 use crate::tls::{CONNECT_TIMEOUT, Trust};
-use crate::{Audit, Auth, Devices, Files, Members, Users, Workspaces};
+use crate::{ApiKeys, Audit, Auth, Devices, Files, Members, Users, Workspaces};
 
 /// Largest JSON answer read (a manifest of a very large file is tens of MB).
 const MAX_JSON_BYTES: usize = 256 * 1024 * 1024;
@@ -157,6 +157,11 @@ impl Client {
     /// Members of workspace `ws`.
     pub fn members(&self, ws: WorkspaceId) -> Members<'_> {
         Members { client: self, ws }
+    }
+
+    /// The caller's API keys.
+    pub fn api_keys(&self) -> ApiKeys<'_> {
+        ApiKeys { client: self }
     }
 
     /// The audit log of a workspace or of account events.

@@ -37,6 +37,7 @@
 //! ```
 
 mod account;
+mod apikeys;
 mod audit;
 mod client;
 mod error;
@@ -48,6 +49,7 @@ mod tls;
 mod workspaces;
 
 pub use account::{Auth, Devices, Users};
+pub use apikeys::ApiKeys;
 pub use audit::{Audit, AuditQuery};
 pub use client::Client;
 pub use cloudsync_types as types;

@@ -155,8 +155,22 @@ pub struct UserInfo {
 pub struct WhoAmI {
     /// The account.
     pub user: UserInfo,
-    /// The session the request came with.
+    /// The session the request came with (the nil id for an API key).
     pub session_id: SessionId,
+    /// The API key the request came with, if any: its id and role ceiling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyIdentity>,
+}
+
+/// The API key a request came with.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyIdentity {
+    /// Public id.
+    pub id: String,
+    /// Role ceiling.
+    pub role: Role,
+    /// The workspaces it may reach; absent: all of the owner's.
+    pub workspaces: Option<Vec<WorkspaceId>>,
 }
 
 /// `POST /api/v1/users` (server administrators only).
@@ -724,4 +738,109 @@ pub struct AuditVerifyReport {
     pub head_hash: String,
     /// The first broken row, when not ok.
     pub first_broken: Option<BrokenAuditRow>,
+}
+
+/// The prefix of every API key (`csk_<id>_<secret>`).
+pub const API_KEY_PREFIX: &str = "csk_";
+/// Most API keys one account may hold.
+pub const MAX_API_KEYS: usize = 50;
+/// Most workspaces one API key may name.
+pub const MAX_API_KEY_WORKSPACES: usize = 100;
+/// Longest rotation grace period (30 days).
+pub const MAX_API_KEY_GRACE_SECS: u64 = 30 * 24 * 3600;
+
+/// `POST /api/v1/apikeys`: a new key acting for the caller.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateApiKeyRequest {
+    /// A name, unique among the caller's keys.
+    pub name: String,
+    /// The highest role the key acts with: viewer, editor or admin (never owner). In each workspace it acts
+    /// with the lower of this and the account's own role.
+    pub role: Role,
+    /// The workspaces it may reach (the caller must be a member of each); absent: all of the caller's,
+    /// including ones joined later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspaces: Option<Vec<WorkspaceId>>,
+    /// When it stops working; absent: never.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<OffsetDateTime>,
+    /// A current authenticator code (or a recovery code): required when the account has two-factor
+    /// authentication on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
+}
+
+impl std::fmt::Debug for CreateApiKeyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateApiKeyRequest")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("workspaces", &self.workspaces)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/apikeys/{id}/rotate`: a new secret for the key.
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct RotateApiKeyRequest {
+    /// How long the old secret keeps working, in seconds (default 0: it stops at once; at most 30 days).
+    #[serde(default)]
+    pub grace_seconds: u64,
+    /// A current authenticator code: required when the account has two-factor authentication on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
+}
+
+impl std::fmt::Debug for RotateApiKeyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateApiKeyRequest").field("grace_seconds", &self.grace_seconds).finish_non_exhaustive()
+    }
+}
+
+/// An API key as its owner sees it (never its secret).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKey {
+    /// Public id: the `<id>` in `csk_<id>_<secret>`.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// The highest role it acts with.
+    pub role: Role,
+    /// The workspaces it may reach; absent: all of the owner's.
+    pub workspaces: Option<Vec<WorkspaceId>>,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// Expiry; absent: never.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Last use (recorded at most once a minute).
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<OffsetDateTime>,
+    /// Address of the last use.
+    pub last_used_ip: Option<String>,
+    /// After a rotation, until when the previous secret still works.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub previous_secret_valid_until: Option<OffsetDateTime>,
+}
+
+/// A created or rotated key with its secret, shown this once.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct NewApiKey {
+    /// The key.
+    pub key: ApiKey,
+    /// `csk_<id>_<secret>`: send it as `Authorization: Bearer ...`. It cannot be shown again.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for NewApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewApiKey").field("key", &self.key).finish_non_exhaustive()
+    }
 }

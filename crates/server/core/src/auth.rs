@@ -297,13 +297,14 @@ impl Core {
     /// `Unauthenticated` for an unknown, revoked or malformed token.
     pub async fn authenticate(&self, token: &str, ip: &str) -> CoreResult<Actor> {
         if token.is_empty() || token.len() > 256 {
-            return Err(CoreError::Unauthenticated(BAD_TOKEN.into()));
+            return Err(self.bearer_failure(None, "-".into(), ip, "session", "malformed", BAD_TOKEN).await);
         }
-        let session = self
-            .store
-            .session_by_token_hash(&hash_token(token))
-            .await?
-            .ok_or_else(|| CoreError::Unauthenticated(BAD_TOKEN.into()))?;
+        if token.starts_with(crate::API_KEY_PREFIX) {
+            return self.authenticate_api_key(token, ip).await;
+        }
+        let Some(session) = self.store.session_by_token_hash(&hash_token(token)).await? else {
+            return Err(self.bearer_failure(None, "-".into(), ip, "session", "unknown_session", BAD_TOKEN).await);
+        };
         let user = self
             .store
             .user_by_id(session.user_id)
@@ -321,6 +322,7 @@ impl Core {
             session_created_ms: session.created_ms,
             session_mfa: session.mfa,
             ip: ip.to_owned(),
+            api_key: None,
         })
     }
 
@@ -329,6 +331,7 @@ impl Core {
     /// # Errors
     /// A store failure.
     pub async fn logout(&self, actor: &Actor) -> CoreResult<()> {
+        actor.require_session("log out (revoke the key instead: `cloudsync apikey revoke NAME`)")?;
         let row = self.audit(AuditEvent::AuthLogout, Some(actor), None).target(actor.session_id.to_string());
         self.store.delete_session(actor.user_id, actor.session_id, &[row]).await?;
         Ok(())
@@ -339,6 +342,7 @@ impl Core {
     /// # Errors
     /// A store failure.
     pub async fn list_devices(&self, actor: &Actor) -> CoreResult<Vec<SessionRecord>> {
+        actor.require_session("list devices")?;
         Ok(self.store.list_sessions(actor.user_id).await?)
     }
 
@@ -347,6 +351,7 @@ impl Core {
     /// # Errors
     /// `NotFound` when the actor has no such session.
     pub async fn revoke_device(&self, actor: &Actor, id: SessionId) -> CoreResult<()> {
+        actor.require_session("revoke devices")?;
         let row = self.audit(AuditEvent::DeviceRevoked, Some(actor), None).target(id.to_string());
         if !self.store.delete_session(actor.user_id, id, &[row]).await? {
             return Err(CoreError::NotFound("device"));

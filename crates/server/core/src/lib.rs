@@ -4,6 +4,7 @@
 //! manages only members below Admin, the last Owner stays, a chunk id must match its content, a commit
 //! references only durable chunks) and writes every action's audit row with it.
 
+mod apikeys;
 mod audit;
 mod auth;
 mod chunks;
@@ -25,6 +26,7 @@ use cloudsync_crypto::SecretKey;
 use cloudsync_store::{NewAudit, Store};
 use cloudsync_types::{AuditEvent, Outcome, Role, SessionId, UserId, WorkspaceId};
 
+pub use apikeys::{API_KEY_PREFIX, ApiKeyGrant, api_key_view};
 pub use auth::{LoginLimits, Session};
 pub use chunks::ChunkIo;
 pub use delta::MAX_SIGNATURE_BYTES;
@@ -105,6 +107,8 @@ pub struct Actor {
     pub session_mfa: bool,
     /// Client address (after trusted-proxy resolution).
     pub ip: String,
+    /// Set when the request came with an API key rather than a session: what the key allows.
+    pub api_key: Option<ApiKeyGrant>,
 }
 
 /// An actor's verified access to one workspace; only the HTTP extractor (and tests) build one, after checking
@@ -149,8 +153,11 @@ impl Core {
     /// # Errors
     /// As above, or a store failure.
     pub async fn access(&self, actor: Actor, ws: WorkspaceId, needed: Role) -> CoreResult<Access> {
+        if actor.api_key.as_ref().is_some_and(|k| !k.reaches(ws)) {
+            return Err(CoreError::NotFound("workspace"));
+        }
         let member = self.store.member_access(ws, actor.user_id).await?.ok_or(CoreError::NotFound("workspace"))?;
-        let role = member.role;
+        let role = actor.api_key.as_ref().map_or(member.role, |k| member.role.min(k.role));
         // The account must have MFA on, and this session must have been opened with it (a session opened with
         // the password alone, before MFA was turned on, does not count).
         if member.require_mfa && !member.has_mfa {
@@ -165,6 +172,14 @@ impl Core {
                     .into(),
             ));
         }
+        if role < needed
+            && let Some(k) = actor.api_key.as_ref().filter(|k| k.role < member.role)
+        {
+            return Err(CoreError::Forbidden(format!(
+                "this needs the {needed} role in the workspace; this API key acts as {} at most",
+                k.role
+            )));
+        }
         if role < needed {
             return Err(CoreError::Forbidden(format!(
                 "this needs the {needed} role in the workspace; you are {role}. Ask a workspace admin or owner"
@@ -174,6 +189,10 @@ impl Core {
     }
 
     fn audit(&self, event: AuditEvent, actor: Option<&Actor>, ws: Option<WorkspaceId>) -> NewAudit {
+        let mut details = serde_json::Map::new();
+        if let Some(k) = actor.and_then(|a| a.api_key.as_ref()) {
+            details.insert("api_key".into(), k.id.clone().into());
+        }
         NewAudit {
             event,
             outcome: Outcome::Success,
@@ -181,7 +200,7 @@ impl Core {
             workspace: ws,
             ip: actor.map(|a| a.ip.clone()),
             target: None,
-            details: serde_json::Value::Object(serde_json::Map::new()),
+            details: serde_json::Value::Object(details),
             at_ms: self.clock.now_ms(),
         }
     }

@@ -116,6 +116,7 @@ impl Core {
     /// `Conflict` when MFA is already on, `ReauthenticationRequired` on an old session without the password,
     /// `BadRequest` for a wrong password, `RateLimited`.
     pub async fn mfa_enroll(&self, actor: &Actor, password: Option<&str>) -> CoreResult<MfaEnrollment> {
+        actor.require_session("change two-factor authentication")?;
         self.charge(format!("mfa:{}", actor.user_id), self.limits.per_account).await?;
         if self.now_ms() - actor.session_created_ms > RECENT_LOGIN_MS {
             let Some(pw) = password else { return Err(CoreError::ReauthenticationRequired) };
@@ -141,6 +142,7 @@ impl Core {
     /// # Errors
     /// `Conflict` when no enrolment is pending, `BadRequest` for a wrong code.
     pub async fn mfa_confirm(&self, actor: &Actor, code: &str) -> CoreResult<Vec<String>> {
+        actor.require_session("change two-factor authentication")?;
         self.charge(format!("mfa:{}", actor.user_id), self.limits.per_account).await?;
         let m = self.store.mfa(actor.user_id).await?.filter(|m| !m.confirmed).ok_or_else(|| {
             CoreError::Conflict("no enrolment is pending; start one with `cloudsync mfa enable`".into())
@@ -171,6 +173,7 @@ impl Core {
     /// # Errors
     /// `Conflict` when MFA is off, `BadRequest` for a wrong code, `RateLimited`.
     pub async fn mfa_disable(&self, actor: &Actor, code: &str) -> CoreResult<()> {
+        actor.require_session("change two-factor authentication")?;
         let how = self.require_second_factor(actor, code, "disable").await?;
         let row = self
             .audit(AuditEvent::MfaDisabled, Some(actor), None)
@@ -185,6 +188,7 @@ impl Core {
     /// # Errors
     /// `Conflict` when MFA is off, `BadRequest` for a wrong code, `RateLimited`.
     pub async fn mfa_regenerate_recovery(&self, actor: &Actor, code: &str) -> CoreResult<Vec<String>> {
+        actor.require_session("change recovery codes")?;
         let how = self.require_second_factor(actor, code, "recovery_codes").await?;
         let (codes, hashes) = self.new_recovery_codes();
         let row = self
@@ -209,7 +213,12 @@ impl Core {
     }
 
     /// Checks a second factor for an action of a signed-in account; a failure is audited.
-    async fn require_second_factor(&self, actor: &Actor, code: &str, action: &str) -> CoreResult<SecondFactor> {
+    pub(crate) async fn require_second_factor(
+        &self,
+        actor: &Actor,
+        code: &str,
+        action: &str,
+    ) -> CoreResult<SecondFactor> {
         self.charge(format!("mfa:{}", actor.user_id), self.limits.per_account).await?;
         let m = self
             .store

@@ -30,6 +30,7 @@ pub(crate) async fn core_with_account(dir: &Path) -> (Core, Arc<ManualClock>, Ac
         session_created_ms: START_MS,
         session_mfa: false,
         ip: "127.0.0.1".into(),
+        api_key: None,
     };
     (core, clock, actor)
 }

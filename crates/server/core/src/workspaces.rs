@@ -39,6 +39,11 @@ impl Core {
     /// Invalid name, a name the actor already uses, or E2EE (not available yet).
     pub async fn create_workspace(&self, actor: &Actor, name: &str, e2ee: bool) -> CoreResult<WorkspaceRecord> {
         let name = check_name(name)?;
+        if actor.api_key.as_ref().is_some_and(|k| k.workspaces.is_some()) {
+            return Err(CoreError::Forbidden(
+                "this API key is limited to some workspaces, so it cannot create one; use a key without --workspace, or sign in".into(),
+            ));
+        }
         if e2ee {
             return Err(CoreError::NotSupported(
                 "end-to-end encrypted workspaces are not available in this server version yet; create the workspace without --e2e-encryption (its files are still encrypted at rest)".into(),
@@ -103,7 +108,11 @@ impl Core {
     /// # Errors
     /// A store failure.
     pub async fn list_workspaces(&self, actor: &Actor) -> CoreResult<Vec<(WorkspaceRecord, Role)>> {
-        Ok(self.store.workspaces_for_user(actor.user_id).await?)
+        let all = self.store.workspaces_for_user(actor.user_id).await?;
+        Ok(match &actor.api_key {
+            None => all,
+            Some(k) => all.into_iter().filter(|(w, _)| k.reaches(w.id)).map(|(w, r)| (w, r.min(k.role))).collect(),
+        })
     }
 
     /// The workspace record.

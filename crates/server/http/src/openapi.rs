@@ -19,7 +19,8 @@ use crate::routes;
         routes::get_chunk, routes::fetch_chunks, routes::commit, routes::commit_batch, routes::list_files,
         routes::manifest, routes::manifests, routes::content, routes::versions, routes::delete_files, routes::restore,
         routes::trash, routes::changes, routes::workspace_audit, routes::verify_workspace_audit,
-        routes::account_audit, routes::verify_account_audit, openapi_json,
+        routes::account_audit, routes::verify_account_audit, routes::list_api_keys, routes::create_api_key,
+        routes::rotate_api_key, routes::revoke_api_key, openapi_json,
     ),
     modifiers(&Bearer),
 )]

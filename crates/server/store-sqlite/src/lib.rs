@@ -5,6 +5,7 @@
 //! see consistent WAL snapshots. `synchronous = FULL` makes every committed transaction durable, so a commit
 //! the client saw acknowledged survives a power cut.
 
+mod apikeys;
 mod audit;
 mod files;
 mod mfa;
@@ -24,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_chunk_packs.sql")),
     (3, include_str!("migrations/0003_mfa.sql")),
     (4, include_str!("migrations/0004_mfa_policy.sql")),
+    (5, include_str!("migrations/0005_api_keys.sql")),
 ];
 
 /// The SQLite store.

@@ -22,8 +22,8 @@ pub use audit::{
 };
 pub use error::{StoreError, StoreResult};
 pub use records::{
-    ChangeRecord, ChunkPlace, FileRecord, MemberAccess, MemberRecord, MfaRecord, NewChunk, NewCommit, NewVersion,
-    SessionRecord, StaleBase, UserRecord, VersionRecord, WorkspaceRecord,
+    ApiKeyRecord, ChangeRecord, ChunkPlace, FileRecord, MemberAccess, MemberRecord, MfaRecord, NewChunk, NewCommit,
+    NewVersion, SessionRecord, StaleBase, UserRecord, VersionRecord, WorkspaceRecord,
 };
 
 /// Accounts and their sessions (devices).
@@ -231,9 +231,38 @@ pub trait MfaStore: Send + Sync {
     async fn mfa_disable(&self, user: UserId, audit: &[NewAudit]) -> StoreResult<bool>;
 }
 
+/// API keys.
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    /// Stores a new key. `Conflict` when the account already has a key of that name.
+    async fn create_api_key(&self, key: &ApiKeyRecord, audit: &[NewAudit]) -> StoreResult<()>;
+    /// A key by its public id.
+    async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    /// The account's keys, by name.
+    async fn list_api_keys(&self, user: UserId) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Gives the key a new secret; the old one stays valid until `old_valid_until_ms`. False when the account
+    /// has no such key.
+    async fn rotate_api_key(
+        &self,
+        user: UserId,
+        id: &str,
+        secret_hash: &[u8; 32],
+        old_valid_until_ms: i64,
+        mfa: bool,
+        audit: &[NewAudit],
+    ) -> StoreResult<bool>;
+    /// Deletes the key; it stops working at once. False when the account has no such key.
+    async fn revoke_api_key(&self, user: UserId, id: &str, audit: &[NewAudit]) -> StoreResult<bool>;
+    /// Records a use (time and address) with its audit rows.
+    async fn touch_api_key(&self, id: &str, at_ms: i64, ip: &str, audit: &[NewAudit]) -> StoreResult<()>;
+}
+
 /// Everything a server keeps, on one backend.
 pub trait Store:
-    UserStore + WorkspaceStore + FileStore + AuditStore + RateLimitStore + MfaStore + std::fmt::Debug
+    UserStore + WorkspaceStore + FileStore + AuditStore + RateLimitStore + MfaStore + ApiKeyStore + std::fmt::Debug
 {
 }
-impl<T: UserStore + WorkspaceStore + FileStore + AuditStore + RateLimitStore + MfaStore + std::fmt::Debug> Store for T {}
+impl<T: UserStore + WorkspaceStore + FileStore + AuditStore + RateLimitStore + MfaStore + ApiKeyStore + std::fmt::Debug>
+    Store for T
+{
+}

@@ -260,3 +260,45 @@ pub struct ChangeRecord {
     /// Version after the change.
     pub version: u64,
 }
+
+/// An API key as stored: the secret only as a hash.
+#[derive(Clone)]
+pub struct ApiKeyRecord {
+    /// The public id (the `<id>` of `csk_<id>_<secret>`).
+    pub id: String,
+    /// The account it acts for.
+    pub user_id: UserId,
+    /// Its name, unique among the account's keys.
+    pub name: String,
+    /// The highest role it acts with in any workspace.
+    pub role: Role,
+    /// The workspaces it may reach; None: all of the account's.
+    pub workspaces: Option<Vec<WorkspaceId>>,
+    /// Hash of the current secret.
+    pub secret_hash: [u8; 32],
+    /// Hash of the secret before the last rotation, valid until `old_valid_until_ms`.
+    pub old_secret_hash: Option<[u8; 32]>,
+    /// End of the rotation's grace period.
+    pub old_valid_until_ms: Option<i64>,
+    /// Created (or last rotated) with a second factor: counts as MFA for workspaces that require it.
+    pub mfa: bool,
+    /// Expiry; None: never.
+    pub expires_ms: Option<i64>,
+    /// Creation time.
+    pub created_ms: i64,
+    /// Last use.
+    pub last_used_ms: Option<i64>,
+    /// Address of the last use.
+    pub last_used_ip: Option<String>,
+}
+
+impl std::fmt::Debug for ApiKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyRecord")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}

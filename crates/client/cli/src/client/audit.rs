@@ -133,18 +133,8 @@ fn parse_when(s: &str, now: OffsetDateTime, end_of_day: bool) -> Result<OffsetDa
         let t = d.midnight().assume_utc();
         return Ok(if end_of_day { t + time::Duration::DAY } else { t });
     }
-    if let Some(unit) = s.chars().last()
-        && let Ok(n) = s[..s.len() - unit.len_utf8()].parse::<i64>()
-        && n >= 0
-    {
-        let span = match unit {
-            'm' => time::Duration::minutes(n),
-            'h' => time::Duration::hours(n),
-            'd' => time::Duration::days(n),
-            'w' => time::Duration::weeks(n),
-            _ => bail!("{s:?}: unknown unit {unit:?}; use m, h, d or w (7d)"),
-        };
-        return Ok(now - span);
+    if s.starts_with(|c: char| c.is_ascii_digit()) && s.ends_with(|c: char| c.is_ascii_alphabetic()) {
+        return Ok(now - output::parse_span(s)?);
     }
     bail!(
         "{s:?} is not a time: give a date (2026-01-01), an RFC 3339 time (2026-01-01T09:30:00Z) or a span back from now (7d)"

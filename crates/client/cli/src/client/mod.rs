@@ -1,6 +1,7 @@
 //! The client commands. Each talks to the server only through the SDK. `--json` prints one JSON document on
 //! stdout; human output goes to stdout as text, and messages and progress to stderr.
 
+pub mod apikey;
 pub mod audit;
 pub mod config;
 pub mod credentials;
@@ -61,12 +62,31 @@ fn trust_of(cfg: &ClientConfig) -> Result<Trust> {
     Ok(Trust::Fingerprint(parse_fingerprint(fp)?))
 }
 
-/// A client for the saved login.
+/// A client for the saved login, or for the API key in `CLOUDSYNC_API_KEY` when that is set (with the server
+/// from `CLOUDSYNC_SERVER` or the saved login, and its certificate pinned by `CLOUDSYNC_SERVER_FINGERPRINT`,
+/// the saved login's trust for the same server, or else the system roots).
 ///
 /// # Errors
 /// No saved login, or an unavailable credential store.
 pub fn connect() -> Result<Client> {
     let cfg = ClientConfig::load()?;
+    let env = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    if let Some(key) = env("CLOUDSYNC_API_KEY").map(Zeroizing::new) {
+        let server = env("CLOUDSYNC_SERVER").or_else(|| cfg.server.clone()).context(
+            "CLOUDSYNC_API_KEY is set but no server is known: set CLOUDSYNC_SERVER=https://HOST:PORT (and CLOUDSYNC_SERVER_FINGERPRINT to the fingerprint the server printed)",
+        )?;
+        let trust = match env("CLOUDSYNC_SERVER_FINGERPRINT") {
+            Some(fp) => Trust::Fingerprint(parse_fingerprint(&fp).context("CLOUDSYNC_SERVER_FINGERPRINT")?),
+            None if cfg.server.as_deref().map(|s| s.trim_end_matches('/')) == Some(server.trim_end_matches('/')) => {
+                trust_of(&cfg)?
+            }
+            None => Trust::System,
+        };
+        if !key.starts_with(cloudsync_types::api::API_KEY_PREFIX) {
+            bail!("CLOUDSYNC_API_KEY does not hold a CloudSync API key (they start with csk_)");
+        }
+        return Ok(Client::new(&server, trust)?.with_token(key.as_str()));
+    }
     let server =
         cfg.server.clone().context("not logged in: run `cloudsync login --server https://HOST:PORT --email EMAIL`")?;
     let token = CredentialStore::from_env()?

@@ -53,3 +53,27 @@ pub fn size(bytes: u64) -> String {
     }
     if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
+
+/// Parses a span like `30m`, `24h`, `90d`, `2w` or `0`.
+///
+/// # Errors
+/// Any other form.
+pub fn parse_span(s: &str) -> Result<time::Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(time::Duration::ZERO);
+    }
+    let unit = s.chars().last().unwrap_or(' ');
+    let n: i64 =
+        s[..s.len() - unit.len_utf8()].parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            anyhow::anyhow!("{s:?} is not a span: give a number and a unit, like 30m, 24h, 90d or 2w")
+        })?;
+    Ok(match unit {
+        's' => time::Duration::seconds(n),
+        'm' => time::Duration::minutes(n),
+        'h' => time::Duration::hours(n),
+        'd' => time::Duration::days(n),
+        'w' => time::Duration::weeks(n),
+        _ => anyhow::bail!("{s:?}: unknown unit {unit:?}; use s, m, h, d or w (like 90d)"),
+    })
+}

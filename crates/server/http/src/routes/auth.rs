@@ -3,8 +3,8 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use cloudsync_types::api::{
-    CreateUserRequest, Device, Health, LoginRequest, LoginResponse, MfaCode, MfaEnrollRequest, MfaEnrollment,
-    MfaStatus, RecoveryCodes, UserInfo, WhoAmI,
+    ApiKeyIdentity, CreateUserRequest, Device, Health, LoginRequest, LoginResponse, MfaCode, MfaEnrollRequest,
+    MfaEnrollment, MfaStatus, RecoveryCodes, UserInfo, WhoAmI,
 };
 use cloudsync_types::{ApiErrorBody, SessionId};
 
@@ -104,6 +104,7 @@ pub(crate) async fn whoami(Principal(actor): Principal) -> axum::Json<WhoAmI> {
     axum::Json(WhoAmI {
         user: UserInfo { id: actor.user_id, email: actor.email, is_admin: actor.is_admin },
         session_id: actor.session_id,
+        api_key: actor.api_key.map(|k| ApiKeyIdentity { id: k.id, role: k.role, workspaces: k.workspaces }),
     })
 }
 

@@ -2,6 +2,7 @@
 //! [`ROUTES`] restates them so a table test can walk every route with every role and prove each lower role is
 //! refused, and so the OpenAPI document and this table cannot drift apart.
 
+mod apikeys;
 mod audit;
 mod auth;
 mod chunks;
@@ -16,6 +17,7 @@ use cloudsync_types::Role;
 
 use crate::AppState;
 
+pub(crate) use apikeys::*;
 pub(crate) use audit::*;
 pub(crate) use auth::*;
 pub(crate) use chunks::*;
@@ -51,6 +53,10 @@ pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("GET", "/api/v1/devices", Needs::Session),
     ("DELETE", "/api/v1/devices/{id}", Needs::Session),
     ("POST", "/api/v1/users", Needs::ServerAdmin),
+    ("GET", "/api/v1/apikeys", Needs::Session),
+    ("POST", "/api/v1/apikeys", Needs::Session),
+    ("POST", "/api/v1/apikeys/{id}/rotate", Needs::Session),
+    ("DELETE", "/api/v1/apikeys/{id}", Needs::Session),
     ("GET", "/api/v1/audit", Needs::Session),
     ("GET", "/api/v1/audit/verify", Needs::ServerAdmin),
     ("GET", "/api/v1/workspaces", Needs::Session),
@@ -127,6 +133,9 @@ pub fn api() -> Router<AppState> {
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", delete(revoke_device))
         .route("/api/v1/users", post(create_user))
+        .route("/api/v1/apikeys", get(list_api_keys).post(create_api_key))
+        .route("/api/v1/apikeys/{id}/rotate", post(rotate_api_key))
+        .route("/api/v1/apikeys/{id}", delete(revoke_api_key))
         .route("/api/v1/audit", get(account_audit))
         .route("/api/v1/audit/verify", get(verify_account_audit))
         .route("/api/v1/workspaces", get(list_workspaces).post(create_workspace))
