@@ -42,7 +42,8 @@ async fn history(srv: &TestServer) -> (Client, Client, WorkspaceId) {
         put_file(&editor, ws, &format!("doc{i}.txt"), format!("body {i}").as_bytes(), None).await.expect("put");
     }
     get_file(&owner, ws, "doc0.txt").await.expect("get");
-    owner.workspaces().update_settings(ws, &UpdateSettings { require_mfa: Some(false) }).await.ok();
+    let nets = UpdateSettings { ip_allowlist: Some(vec!["127.0.0.0/8".into()]), ..UpdateSettings::default() };
+    owner.workspaces().update_settings(ws, &nets).await.expect("allowlist");
     (owner, editor, ws)
 }
 

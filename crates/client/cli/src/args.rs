@@ -232,6 +232,21 @@ pub enum ServerCmd {
     /// Manage accounts directly in the server's database (run on the server host).
     #[command(subcommand)]
     User(ServerUserCmd),
+    /// Workspace break-glass tools for the operator (run on the server host).
+    #[command(subcommand)]
+    Workspace(ServerWorkspaceCmd),
+}
+
+/// `server workspace ...`.
+#[derive(Debug, Subcommand)]
+pub enum ServerWorkspaceCmd {
+    /// Remove a workspace's IP allowlist, for owners who locked themselves out (audited).
+    ClearAllowlist {
+        /// Workspace name, or id when several share the name.
+        name: String,
+        #[command(flatten)]
+        common: ServerCommon,
+    },
 }
 
 /// Options shared by server commands.
@@ -397,6 +412,20 @@ pub enum WorkspaceCmd {
         /// Require two-factor authentication of every member (yours must be on first).
         #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
         require_mfa: Option<bool>,
+        /// Accept requests (sessions, API keys, share links) only from these networks, comma-separated, e.g.
+        /// 192.168.1.0/24,10.0.0.0/8,2001:db8::/32. Replaces the current list.
+        #[arg(long, value_name = "CIDR,...", value_delimiter = ',', conflicts_with = "clear_ip_allowlist")]
+        ip_allowlist: Option<Vec<String>>,
+        /// Remove the IP allowlist: every address may reach the workspace again.
+        #[arg(long)]
+        clear_ip_allowlist: bool,
+        /// Apply an allowlist even though it leaves out your own address (you lose access with this request).
+        #[arg(long)]
+        force: bool,
+        /// Your authenticator app's current code: changing the allowlist asks for one when two-factor
+        /// authentication is on (asked for on a terminal when missing).
+        #[arg(long, value_name = "CODE")]
+        totp: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
     },

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use cloudsync_cli::args::{Cli, Command, ServerCmd, ServerCommon, ServerUserCmd, TrashCmd};
+use cloudsync_cli::args::{Cli, Command, ServerCmd, ServerCommon, ServerUserCmd, ServerWorkspaceCmd, TrashCmd};
 use cloudsync_cli::client;
 use cloudsync_cli::server::{self, DEFAULT_CONFIG, ServerConfig};
 use zeroize::Zeroizing;
@@ -125,6 +125,15 @@ async fn server_cmd(cmd: ServerCmd) -> Result<()> {
                 user.email,
                 user.id,
                 if admin { ", server administrator" } else { "" }
+            );
+            Ok(())
+        }
+        ServerCmd::Workspace(ServerWorkspaceCmd::ClearAllowlist { name, common }) => {
+            let cfg = load_config(&common)?;
+            let ws = server::build_core(&cfg).await?.operator_clear_allowlist(&name).await?;
+            eprintln!(
+                "Workspace {:?} ({}) has no IP allowlist now: every address can reach it. Its owners can set a new one with `cloudsync workspace settings`.",
+                ws.name, ws.id
             );
             Ok(())
         }

@@ -671,3 +671,34 @@ fn apikey_create_use_from_the_environment_rotate_and_revoke() {
     assert!(!with_key(&secret, &["ls", "Books"]).status.success());
     assert!(json(&alice.ok(&["apikey", "list", "--json"])).as_array().expect("array").is_empty());
 }
+
+#[test]
+fn ip_allowlist_settings_lock_out_needs_force_and_the_operator_clears_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (srv, alice) = signed_in(root.path(), "alice@example.org", false, "Books");
+    let set = json(&alice.ok(&["workspace", "settings", "Books", "--ip-allowlist", "127.0.0.0/8,::1", "--json"]));
+    assert_eq!(set["ip_allowlist"], serde_json::json!(["127.0.0.0/8", "::1/128"]));
+    let text = alice.ok(&["workspace", "settings", "Books"]);
+    assert!(text.contains("reachable only from 127.0.0.0/8, ::1/128"), "{text}");
+    let err = alice.fail(&["workspace", "settings", "Books", "--ip-allowlist", "192.168.1.0/24"]);
+    assert!(err.contains("lock you out") && err.contains("--force"), "{err}");
+    let err = alice.fail(&["workspace", "settings", "Books", "--ip-allowlist", "192.168.1.0/99"]);
+    assert!(err.contains("192.168.1.0/99"), "{err}");
+    alice.ok(&["workspace", "settings", "Books", "--ip-allowlist", "192.168.1.0/24", "--force"]);
+    let err = alice.fail(&["ls", "Books"]);
+    assert!(err.contains("IP allowlist"), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["server", "workspace", "clear-allowlist", "Books", "--data-dir"])
+        .arg(&srv.data)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    alice.ok(&["ls", "Books"]);
+    assert!(alice.ok(&["workspace", "settings", "Books"]).contains("reachable from any address"));
+    let cleared = alice.ok(&["audit", "list", "--workspace", "Books", "--events", "settings.changed", "--json"]);
+    assert!(cleared.lines().next().is_some_and(|l| json(l)["details"]["by"] == "operator"), "{cleared}");
+    alice.ok(&["workspace", "settings", "Books", "--ip-allowlist", "127.0.0.1"]);
+    alice.ok(&["workspace", "settings", "Books", "--clear-ip-allowlist"]);
+    assert!(alice.ok(&["workspace", "settings", "Books"]).contains("reachable from any address"));
+}

@@ -58,6 +58,19 @@ pub(crate) fn parse_base_url(input: &str) -> Result<BaseUrl, Error> {
     Ok(BaseUrl { url, text })
 }
 
+fn http_client(trust: &Trust, local: Option<std::net::IpAddr>) -> Result<reqwest::Client, Error> {
+    let config = crate::tls::client_config(trust)?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .user_agent(USER_AGENT)
+        .https_only(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .local_address(local)
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Tls, format!("could not set up the HTTP client: {e}")).with_source(e))
+}
+
 #[derive(Clone)]
 struct Inner {
     http: reqwest::Client,
@@ -92,17 +105,20 @@ impl Client {
     /// roots cannot be loaded.
     pub fn new(base_url: &str, trust: Trust) -> Result<Self, Error> {
         let base = parse_base_url(base_url)?;
-        let config = crate::tls::client_config(&trust)?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(config)
-            .user_agent(USER_AGENT)
-            .https_only(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Tls, format!("could not set up the HTTP client: {e}")).with_source(e))?;
+        let http = http_client(&trust, None)?;
         let api = format!("{}/api/v1", base.text);
         Ok(Self { inner: Arc::new(Inner { http, base: base.text, api, token: None, trust }) })
+    }
+
+    /// The same client, making its connections from the local address `addr` (a machine with several
+    /// addresses, or a test acting as another client on the loopback network).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Tls`] when the HTTP client cannot be rebuilt.
+    pub fn bound_to(self, addr: std::net::IpAddr) -> Result<Self, Error> {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.http = http_client(&inner.trust, Some(addr))?;
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// The same client, sending `token` as `Authorization: Bearer ...` on every request.

@@ -159,6 +159,7 @@ mod tests {
             name: name.to_owned(),
             e2e_encryption: false,
             require_mfa: false,
+            ip_allowlist: Vec::new(),
             role: Role::Owner,
             created_at: time::OffsetDateTime::UNIX_EPOCH,
         }

@@ -238,6 +238,9 @@ pub struct Workspace {
     /// Members must have two-factor authentication on to reach it.
     #[serde(default)]
     pub require_mfa: bool,
+    /// Networks (canonical CIDR) that may reach it; empty: any address.
+    #[serde(default)]
+    pub ip_allowlist: Vec<String>,
     /// The caller's role.
     pub role: Role,
     /// Creation time.
@@ -247,12 +250,36 @@ pub struct Workspace {
 }
 
 /// `PUT /api/v1/workspaces/{id}/settings` (Owner): the settings to change; those left out stay as they are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct UpdateSettings {
     /// Require two-factor authentication of every member (the Owner's own must be on first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_mfa: Option<bool>,
+    /// Replace the IP allowlist: IPv4 and IPv6 networks in CIDR notation (a bare address is one host); an
+    /// empty list allows every address. Applies to sessions, API keys and share links alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_allowlist: Option<Vec<String>>,
+    /// Apply an allowlist that does not include the caller's own address (which locks the caller out).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// A current authenticator code: changing the allowlist needs one when the owner has two-factor
+    /// authentication on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
 }
+
+impl std::fmt::Debug for UpdateSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateSettings")
+            .field("require_mfa", &self.require_mfa)
+            .field("ip_allowlist", &self.ip_allowlist)
+            .field("force", &self.force)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most networks in one IP allowlist.
+pub const MAX_ALLOWLIST_ENTRIES: usize = 256;
 
 /// `GET /api/v1/workspaces/{id}/keys`: what a member's client needs to address chunks. The chunk-id key keys
 /// the BLAKE3 content addresses so equal chunks dedup inside this workspace only; it is not the data key,

@@ -87,6 +87,8 @@ audit_events! {
     ShareAccessed => "share.accessed",
     /// A share link was revoked.
     ShareRevoked => "share.revoked",
+    /// A member was refused by a workspace policy (the IP allowlist).
+    AccessDenied => "access.denied",
 }
 
 impl AuditEvent {

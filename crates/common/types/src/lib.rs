@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod cidr;
 pub mod error;
 pub mod frame;
 pub mod ids;
@@ -11,6 +12,7 @@ pub mod path;
 pub mod role;
 
 pub use audit::{AuditEvent, Outcome};
+pub use cidr::{BadCidr, Cidr, allowlist_permits};
 pub use error::{ApiErrorBody, ErrorCode};
 pub use ids::{AuditId, ChunkId, FileId, SessionId, UserId, VersionId, WorkspaceId};
 pub use path::{PathError, WsPath};

@@ -252,7 +252,7 @@ impl Core {
     }
 
     /// A fresh second factor for a risky action when the account has MFA on: true when one was given.
-    async fn step_up(&self, actor: &Actor, code: Option<&str>, action: &str) -> CoreResult<bool> {
+    pub(crate) async fn step_up(&self, actor: &Actor, code: Option<&str>, action: &str) -> CoreResult<bool> {
         let on = self.store.mfa(actor.user_id).await?.is_some_and(|m| m.confirmed);
         if !on {
             return Ok(false);
@@ -364,7 +364,7 @@ mod tests {
     use cloudsync_types::AuditEvent;
 
     use super::*;
-    use crate::testutil::core_with_account;
+    use crate::testutil::{core_with_account, mfa_on};
     use crate::{Clock as _, LoginLimits, ManualClock};
 
     fn req(name: &str, role: Role, workspaces: Option<Vec<WorkspaceId>>) -> CreateApiKeyRequest {
@@ -409,7 +409,7 @@ mod tests {
         assert!(matches!(core.list_devices(&actor).await, Err(CoreError::Forbidden(_))));
 
         // What a key does is audited with the key's id.
-        core.update_settings(&core.access(owner.clone(), a.id, Role::Owner).await.expect("owner"), Some(false))
+        core.update_settings(&core.access(owner.clone(), a.id, Role::Owner).await.expect("owner"), &mfa_on(false))
             .await
             .ok();
         let ws_rows = core.store.audit_chain(&a.id.to_string(), 0, 100).await.expect("ws audit");
@@ -498,7 +498,7 @@ mod tests {
         core.mfa_confirm(&owner, &code(&secret, &clock)).await.expect("confirm");
         let owner = Actor { session_mfa: true, ..owner };
         let ws = core.create_workspace(&owner, "Strict", false).await.expect("ws");
-        core.update_settings(&core.access(owner.clone(), ws.id, Role::Owner).await.expect("owner"), Some(true))
+        core.update_settings(&core.access(owner.clone(), ws.id, Role::Owner).await.expect("owner"), &mfa_on(true))
             .await
             .expect("require MFA");
 
@@ -518,6 +518,18 @@ mod tests {
             matches!(core.rotate_api_key(&owner, &k.key.id, 0, None).await, Err(CoreError::MfaRequired)),
             "rotation asks for a code too"
         );
+
+        // So does changing the workspace's IP allowlist.
+        let as_owner = core.access(owner.clone(), ws.id, Role::Owner).await.expect("owner");
+        let mut nets = cloudsync_types::api::UpdateSettings {
+            ip_allowlist: Some(vec!["127.0.0.1/32".into()]),
+            ..Default::default()
+        };
+        assert!(matches!(core.update_settings(&as_owner, &nets).await, Err(CoreError::MfaRequired)));
+        clock.advance_ms(30_000);
+        nets.totp = Some(code(&secret, &clock));
+        let w = core.update_settings(&as_owner, &nets).await.expect("with a code");
+        assert_eq!(w.ip_allowlist, vec!["127.0.0.1/32"]);
     }
 
     #[tokio::test]

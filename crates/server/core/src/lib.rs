@@ -158,6 +158,26 @@ impl Core {
         }
         let member = self.store.member_access(ws, actor.user_id).await?.ok_or(CoreError::NotFound("workspace"))?;
         let role = actor.api_key.as_ref().map_or(member.role, |k| member.role.min(k.role));
+        // The address is checked first: a refused network learns nothing else about the workspace.
+        if !member.ip_allowlist.is_empty() {
+            let permitted =
+                actor.ip.parse().is_ok_and(|ip| cloudsync_types::allowlist_permits(&member.ip_allowlist, ip));
+            if !permitted {
+                let mut row = self
+                    .audit(AuditEvent::AccessDenied, Some(&actor), Some(ws))
+                    .outcome(Outcome::Failure)
+                    .target(ws.to_string())
+                    .detail("reason", "ip_allowlist");
+                if actor.api_key.is_none() {
+                    row = row.detail("session", actor.session_id.to_string());
+                }
+                self.store.append_audit(&[row]).await?;
+                return Err(CoreError::Forbidden(format!(
+                    "this workspace accepts requests only from its IP allowlist, and your address {} is not on it; ask a workspace owner",
+                    actor.ip
+                )));
+            }
+        }
         // The account must have MFA on, and this session must have been opened with it (a session opened with
         // the password alone, before MFA was turned on, does not count).
         if member.require_mfa && !member.has_mfa {

@@ -293,7 +293,7 @@ mod tests {
     use cloudsync_crypto::totp::{Algorithm, DIGITS, base32_decode, code_at};
 
     use super::*;
-    use crate::testutil::{PASSWORD, core_with_account};
+    use crate::testutil::{PASSWORD, core_with_account, mfa_on};
     use crate::{Clock as _, ManualClock};
 
     fn code(secret: &[u8], clock: &ManualClock) -> String {
@@ -427,17 +427,17 @@ mod tests {
         core.add_member(&as_owner, "bob@example.com", Role::Admin).await.expect("add bob");
 
         // Requiring it without one's own MFA would lock the owner out: refused.
-        assert!(matches!(core.update_settings(&as_owner, Some(true)).await, Err(CoreError::Forbidden(_))));
+        assert!(matches!(core.update_settings(&as_owner, &mfa_on(true)).await, Err(CoreError::Forbidden(_))));
         let secret = base32_decode(&core.mfa_enroll(&owner, None).await.expect("enroll").secret).expect("b32");
         core.mfa_confirm(&owner, &code(&secret, &clock)).await.expect("confirm");
         // The owner's next requests come on a session that proved the code.
         let owner = Actor { session_mfa: true, ..owner };
         let as_admin = core.access(bob.clone(), ws, Role::Admin).await.expect("bob, before");
         assert!(
-            matches!(core.update_settings(&as_admin, Some(true)).await, Err(CoreError::Forbidden(_))),
+            matches!(core.update_settings(&as_admin, &mfa_on(true)).await, Err(CoreError::Forbidden(_))),
             "owners only"
         );
-        assert!(core.update_settings(&as_owner, Some(true)).await.expect("require").require_mfa);
+        assert!(core.update_settings(&as_owner, &mfa_on(true)).await.expect("require").require_mfa);
 
         // A member without MFA is refused at the door, with the way in named; the owner is not.
         match core.access(bob.clone(), ws, Role::Viewer).await {
@@ -459,7 +459,7 @@ mod tests {
         core.access(Actor { session_mfa: true, ..bob }, ws, Role::Viewer).await.expect("bob with MFA");
 
         // Audited with old and new values; setting the same value again changes (and audits) nothing.
-        core.update_settings(&as_owner, Some(true)).await.expect("same again");
+        core.update_settings(&as_owner, &mfa_on(true)).await.expect("same again");
         let rows = core.store.audit_chain(&ws.to_string(), 0, 1000).await.expect("audit");
         let changed: Vec<_> = rows.iter().filter(|r| r.row.event == AuditEvent::SettingsChanged).collect();
         assert_eq!(changed.len(), 1);

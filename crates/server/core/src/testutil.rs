@@ -40,3 +40,8 @@ pub(crate) fn files_below(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map_or(0, |d| d.flatten().map(|e| if e.path().is_dir() { files_below(&e.path()) } else { 1 }).sum())
 }
+
+/// Settings that only turn the MFA requirement on or off.
+pub(crate) fn mfa_on(on: bool) -> cloudsync_types::api::UpdateSettings {
+    cloudsync_types::api::UpdateSettings { require_mfa: Some(on), ..Default::default() }
+}

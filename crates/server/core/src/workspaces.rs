@@ -8,8 +8,10 @@
 use cloudsync_chunker::ChunkerParams;
 use cloudsync_crypto::{SecretKey, unwrap_key, wrap_key};
 use cloudsync_store::{MemberRecord, WorkspaceRecord};
-use cloudsync_types::api::{MAX_NAME_BYTES, WorkspaceKeys};
-use cloudsync_types::{AuditEvent, Role, UserId, WorkspaceId};
+use std::net::IpAddr;
+
+use cloudsync_types::api::{MAX_ALLOWLIST_ENTRIES, MAX_NAME_BYTES, UpdateSettings, WorkspaceKeys};
+use cloudsync_types::{AuditEvent, Cidr, Role, UserId, WorkspaceId, allowlist_permits};
 
 use crate::{Access, Actor, AuditExt, Core, CoreError, CoreResult};
 
@@ -21,6 +23,21 @@ fn wrap_context(ws: WorkspaceId, which: &str) -> Vec<u8> {
 
 const WRONG_MASTER_KEY: &str = "a workspace key does not open under the master key: the server is running with a different master \
      key (CLOUDSYNC_MASTER_KEY or security.master_key_file) than the one this data directory was created with; restore the original key";
+
+/// Parses and canonicalises an allowlist: each entry a network or address, duplicates dropped, order kept.
+fn canonical_allowlist(list: &[String]) -> CoreResult<Vec<String>> {
+    if list.len() > MAX_ALLOWLIST_ENTRIES {
+        return Err(CoreError::BadRequest(format!("an allowlist holds at most {MAX_ALLOWLIST_ENTRIES} networks")));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for entry in list.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        let c = entry.parse::<Cidr>().map_err(|e| CoreError::BadRequest(e.to_string()))?.to_string();
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
 
 fn check_name(name: &str) -> CoreResult<String> {
     let n = name.trim();
@@ -60,6 +77,7 @@ impl Core {
             name,
             e2ee,
             require_mfa: false,
+            ip_allowlist: Vec::new(),
             created_ms: self.now_ms(),
             wrapped_data_key: wrap_key(&self.master, &wrap_context(id, "data"), &data),
             wrapped_chunk_key: wrap_key(&self.master, &wrap_context(id, "chunk-id"), &chunk),
@@ -69,18 +87,45 @@ impl Core {
         Ok(ws)
     }
 
-    /// Changes the workspace's settings (Owner only: the route checks the role). Requiring two-factor
-    /// authentication needs it on for the Owner first, so nobody locks themselves out. Audited as
-    /// `settings.changed` with the old and new values; a setting given with its current value changes nothing.
+    /// Changes the workspace's settings (Owner), each audited as `settings.changed` with its old and new value.
+    /// An IP allowlist that leaves out the caller's own address is refused unless `force` is set.
     ///
     /// # Errors
-    /// `Forbidden` below Owner or without MFA of one's own, a store failure.
-    pub async fn update_settings(&self, access: &Access, require_mfa: Option<bool>) -> CoreResult<WorkspaceRecord> {
+    /// `Forbidden` below Owner or when requiring MFA without one's own, `MfaRequired` for an allowlist change
+    /// without a code when the owner has MFA on, `BadRequest` for a bad network or code,
+    /// `Conflict` for an allowlist that would lock the caller out, or when another owner changed it meanwhile.
+    pub async fn update_settings(&self, access: &Access, req: &UpdateSettings) -> CoreResult<WorkspaceRecord> {
         if access.role < Role::Owner {
             return Err(CoreError::Forbidden("only workspace owners change its settings".into()));
         }
         let ws = self.workspace(access).await?;
-        if let Some(on) = require_mfa.filter(|on| *on != ws.require_mfa) {
+        if let Some(list) = &req.ip_allowlist {
+            let new = canonical_allowlist(list)?;
+            if new != ws.ip_allowlist {
+                // A risky change: with MFA on, it needs a fresh code.
+                self.step_up(&access.actor, req.totp.as_deref(), "settings.ip_allowlist").await?;
+                let ip: Option<IpAddr> = access.actor.ip.parse().ok();
+                if !req.force && !ip.is_some_and(|ip| allowlist_permits(&new, ip)) {
+                    return Err(CoreError::Conflict(format!(
+                        "this allowlist does not include your own address ({}), so it would lock you out of the workspace: add your network, or repeat with --force",
+                        access.actor.ip
+                    )));
+                }
+                let row = self
+                    .audit(AuditEvent::SettingsChanged, Some(&access.actor), Some(access.workspace))
+                    .target(access.workspace.to_string())
+                    .detail("setting", "ip_allowlist")
+                    .detail("old", ws.ip_allowlist.clone())
+                    .detail("new", new.clone())
+                    .detail("forced", req.force && !ip.is_some_and(|ip| allowlist_permits(&new, ip)));
+                if !self.store.set_ip_allowlist(access.workspace, &ws.ip_allowlist, &new, &[row]).await? {
+                    return Err(CoreError::Conflict(
+                        "another owner changed the allowlist at the same moment; look at it again".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(on) = req.require_mfa.filter(|on| *on != ws.require_mfa) {
             if on && !self.store.mfa(access.actor.user_id).await?.is_some_and(|m| m.confirmed) {
                 return Err(CoreError::Forbidden(
                     "turn on two-factor authentication for yourself first (`cloudsync mfa enable`), or you would be locked out of this workspace"
@@ -98,9 +143,46 @@ impl Core {
                     "another owner changed this setting at the same moment; look at it again".into(),
                 ));
             }
-            return self.workspace(access).await;
         }
-        Ok(ws)
+        self.workspace(access).await
+    }
+
+    /// Clears the IP allowlist of the workspaces named `name_or_id`, for the operator on the server host
+    /// (break-glass after a lock-out). Audited with no actor and `by: operator`. Returns the workspaces
+    /// changed.
+    ///
+    /// # Errors
+    /// `NotFound` when no workspace has that name or id; `Conflict` when several share the name (give the id).
+    pub async fn operator_clear_allowlist(&self, name_or_id: &str) -> CoreResult<WorkspaceRecord> {
+        let found = match name_or_id.trim().parse::<WorkspaceId>() {
+            Ok(id) => self.store.workspace(id).await?.into_iter().collect(),
+            Err(_) => self.store.workspaces_named(name_or_id.trim()).await?,
+        };
+        let ws = match found.as_slice() {
+            [] => return Err(CoreError::NotFound("workspace")),
+            [one] => one.clone(),
+            many => {
+                return Err(CoreError::Conflict(format!(
+                    "{} workspaces are named {name_or_id:?}; give the id of the one to clear: {}",
+                    many.len(),
+                    many.iter().map(|w| w.id.to_string()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        };
+        if ws.ip_allowlist.is_empty() {
+            return Ok(ws);
+        }
+        let row = self
+            .audit(AuditEvent::SettingsChanged, None, Some(ws.id))
+            .target(ws.id.to_string())
+            .detail("setting", "ip_allowlist")
+            .detail("old", ws.ip_allowlist.clone())
+            .detail("new", Vec::<String>::new())
+            .detail("by", "operator");
+        if !self.store.set_ip_allowlist(ws.id, &ws.ip_allowlist, &[], &[row]).await? {
+            return Err(CoreError::Conflict("the allowlist changed meanwhile; run the command again".into()));
+        }
+        Ok(WorkspaceRecord { ip_allowlist: Vec::new(), ..ws })
     }
 
     /// The workspaces the actor belongs to, with their role.

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_mfa.sql")),
     (4, include_str!("migrations/0004_mfa_policy.sql")),
     (5, include_str!("migrations/0005_api_keys.sql")),
+    (6, include_str!("migrations/0006_ip_allowlist.sql")),
 ];
 
 /// The SQLite store.

@@ -15,10 +15,15 @@ fn workspace_of(r: &SqliteRow) -> WorkspaceRecord {
         name: r.get("name"),
         e2ee: r.get::<i64, _>("e2ee") != 0,
         require_mfa: r.get::<i64, _>("require_mfa") != 0,
+        ip_allowlist: split_list(&r.get::<String, _>("ip_allowlist")),
         created_ms: r.get("created_ms"),
         wrapped_data_key: r.get("wrapped_data_key"),
         wrapped_chunk_key: r.get("wrapped_chunk_key"),
     }
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect()
 }
 
 fn role_of(s: &str) -> StoreResult<Role> {
@@ -45,7 +50,7 @@ async fn other_owners(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, user: U
 }
 
 const SELECT_WS: &str =
-    "SELECT w.id, w.name, w.e2ee, w.require_mfa, w.created_ms, k.wrapped_data_key, k.wrapped_chunk_key
+    "SELECT w.id, w.name, w.e2ee, w.require_mfa, w.ip_allowlist, w.created_ms, k.wrapped_data_key, k.wrapped_chunk_key
      FROM workspaces w JOIN workspace_keys k ON k.workspace_id = w.id";
 
 #[async_trait]
@@ -89,7 +94,7 @@ impl WorkspaceStore for SqliteStore {
 
     async fn workspaces_for_user(&self, user: UserId) -> StoreResult<Vec<(WorkspaceRecord, Role)>> {
         let rows = sqlx::query(
-            "SELECT w.id, w.name, w.e2ee, w.require_mfa, w.created_ms, k.wrapped_data_key, k.wrapped_chunk_key, m.role
+            "SELECT w.id, w.name, w.e2ee, w.require_mfa, w.ip_allowlist, w.created_ms, k.wrapped_data_key, k.wrapped_chunk_key, m.role
              FROM workspaces w JOIN workspace_keys k ON k.workspace_id = w.id JOIN members m ON m.workspace_id = w.id
              WHERE m.user_id = ? ORDER BY w.name, w.id",
         )
@@ -141,7 +146,7 @@ impl WorkspaceStore for SqliteStore {
 
     async fn member_access(&self, ws: WorkspaceId, user: UserId) -> StoreResult<Option<MemberAccess>> {
         let row = sqlx::query(
-            "SELECT m.role, w.require_mfa,
+            "SELECT m.role, w.require_mfa, w.ip_allowlist,
                     EXISTS (SELECT 1 FROM user_mfa u WHERE u.user_id = m.user_id AND u.confirmed = 1) AS has_mfa
              FROM members m JOIN workspaces w ON w.id = m.workspace_id
              WHERE m.workspace_id = ? AND m.user_id = ?",
@@ -156,6 +161,7 @@ impl WorkspaceStore for SqliteStore {
                 role: role_of(&r.get::<String, _>("role"))?,
                 require_mfa: r.get::<i64, _>("require_mfa") != 0,
                 has_mfa: r.get::<i64, _>("has_mfa") != 0,
+                ip_allowlist: split_list(&r.get::<String, _>("ip_allowlist")),
             })
         })
         .transpose()
@@ -177,6 +183,39 @@ impl WorkspaceStore for SqliteStore {
         append(&mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
+    }
+
+    async fn set_ip_allowlist(
+        &self,
+        ws: WorkspaceId,
+        old: &[String],
+        new: &[String],
+        audit: &[NewAudit],
+    ) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let done = sqlx::query("UPDATE workspaces SET ip_allowlist = ? WHERE id = ? AND ip_allowlist = ?")
+            .bind(new.join(","))
+            .bind(ws.as_uuid())
+            .bind(old.join(","))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if done == 0 {
+            return Ok(false);
+        }
+        append(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn workspaces_named(&self, name: &str) -> StoreResult<Vec<WorkspaceRecord>> {
+        let rows = sqlx::query(&format!("{SELECT_WS} WHERE w.name = ? ORDER BY w.created_ms"))
+            .bind(name)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(rows.iter().map(workspace_of).collect())
     }
 
     async fn list_members(&self, ws: WorkspaceId) -> StoreResult<Vec<MemberRecord>> {

@@ -72,6 +72,17 @@ pub trait WorkspaceStore: Send + Sync {
     /// it is still the opposite (compare-and-set: of two Owners racing, the audit's old value stays true).
     /// False when the workspace does not exist or the value is already `on`.
     async fn set_require_mfa(&self, ws: WorkspaceId, on: bool, audit: &[NewAudit]) -> StoreResult<bool>;
+    /// Replaces the workspace's IP allowlist with `new`, with its audit rows, if it is still `old`
+    /// (compare-and-set). False when the workspace does not exist or its list changed meanwhile.
+    async fn set_ip_allowlist(
+        &self,
+        ws: WorkspaceId,
+        old: &[String],
+        new: &[String],
+        audit: &[NewAudit],
+    ) -> StoreResult<bool>;
+    /// Every workspace with this exact name (names are unique per owner, not per server), for operators.
+    async fn workspaces_named(&self, name: &str) -> StoreResult<Vec<WorkspaceRecord>>;
     /// Members ordered by email.
     async fn list_members(&self, ws: WorkspaceId) -> StoreResult<Vec<MemberRecord>>;
     /// Adds a member (joined at `at_ms`); `Conflict` when already a member.

@@ -61,6 +61,8 @@ pub struct WorkspaceRecord {
     pub e2ee: bool,
     /// Members must have two-factor authentication on.
     pub require_mfa: bool,
+    /// Networks (canonical CIDR) that may reach it; empty: any address.
+    pub ip_allowlist: Vec<String>,
     /// Creation time.
     pub created_ms: i64,
     /// The data key (seals chunks at rest), wrapped by the master key.
@@ -93,7 +95,7 @@ pub struct MemberRecord {
 }
 
 /// A member's role and what the workspace's access policy needs to know about the member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberAccess {
     /// The member's role.
     pub role: Role,
@@ -101,6 +103,8 @@ pub struct MemberAccess {
     pub require_mfa: bool,
     /// The member has two-factor authentication on.
     pub has_mfa: bool,
+    /// Networks (canonical CIDR) that may reach the workspace; empty: any address.
+    pub ip_allowlist: Vec<String>,
 }
 
 /// An account's TOTP state.

@@ -148,6 +148,7 @@ pub async fn story(store: &dyn Store) {
     // Workspaces and members.
     let ws = WorkspaceRecord {
         require_mfa: false,
+        ip_allowlist: Vec::new(),
         id: WorkspaceId::new(),
         name: "Team".into(),
         e2ee: false,
@@ -179,7 +180,7 @@ pub async fn story(store: &dyn Store) {
     assert_eq!(store.member_access(ws.id, bob.id).await.expect("access"), None);
 
     // The workspace's MFA policy travels with the member's role (alice turned MFA off above).
-    let access = |require_mfa| MemberAccess { role: Role::Owner, require_mfa, has_mfa: false };
+    let access = |require_mfa| MemberAccess { role: Role::Owner, require_mfa, has_mfa: false, ip_allowlist: vec![] };
     assert_eq!(store.member_access(ws.id, alice.id).await.expect("access"), Some(access(false)));
     assert!(store.set_require_mfa(ws.id, true, &[]).await.expect("require"));
     assert!(!store.set_require_mfa(ws.id, true, &[]).await.expect("again"), "compare-and-set: already on");
@@ -187,6 +188,20 @@ pub async fn story(store: &dyn Store) {
     assert!(store.workspace(ws.id).await.expect("ws").expect("exists").require_mfa);
     assert!(store.set_require_mfa(ws.id, false, &[]).await.expect("relax"));
     assert!(!store.set_require_mfa(WorkspaceId::new(), true, &[]).await.expect("none"), "no such workspace");
+
+    // The IP allowlist: compare-and-set, and read with the member's access.
+    let nets = vec!["10.0.0.0/8".to_owned(), "2001:db8::/32".to_owned()];
+    assert!(store.set_ip_allowlist(ws.id, &[], &nets, &[]).await.expect("set"));
+    assert!(
+        !store.set_ip_allowlist(ws.id, &[], &["1.2.3.4/32".to_owned()], &[]).await.expect("stale"),
+        "changed meanwhile"
+    );
+    assert_eq!(store.member_access(ws.id, alice.id).await.expect("access").expect("member").ip_allowlist, nets);
+    assert_eq!(store.workspace(ws.id).await.expect("ws").expect("exists").ip_allowlist, nets);
+    assert_eq!(store.workspaces_named("Team").await.expect("named").len(), 1);
+    assert!(store.workspaces_named("Nope").await.expect("named").is_empty());
+    assert!(store.set_ip_allowlist(ws.id, &nets, &[], &[]).await.expect("clear"));
+    assert!(store.workspace(ws.id).await.expect("ws").expect("exists").ip_allowlist.is_empty());
 
     // Chunks: recorded in batches, idempotently, with where they are; "missing" is per workspace.
     let (c1, c2) = (ChunkId([1; 32]), ChunkId([2; 32]));

@@ -316,19 +316,41 @@ pub async fn workspace_cmd(cmd: WorkspaceCmd) -> Result<()> {
             client.workspaces().delete(w.id).await?;
             eprintln!("Deleted workspace {:?}; its key is destroyed.", w.name);
         }
-        WorkspaceCmd::Settings { name, require_mfa, json } => {
+        WorkspaceCmd::Settings { name, require_mfa, ip_allowlist, clear_ip_allowlist, force, totp, json } => {
             let mut w = workspace(&client, &name).await?;
-            if require_mfa.is_some() {
-                w = client.workspaces().update_settings(w.id, &UpdateSettings { require_mfa }).await?;
+            let ip_allowlist = if clear_ip_allowlist {
+                Some(Vec::new())
+            } else {
+                ip_allowlist.map(|l| l.into_iter().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect())
+            };
+            if require_mfa.is_some() || ip_allowlist.is_some() {
+                let mut req = UpdateSettings { require_mfa, ip_allowlist, force, totp };
+                w = match client.workspaces().update_settings(w.id, &req).await {
+                    Err(e) if e.kind() == ErrorKind::MfaRequired && req.totp.is_none() => {
+                        if !std::io::stdin().is_terminal() {
+                            bail!("{e}: pass --totp CODE");
+                        }
+                        req.totp = Some(mfa::prompt_code("Code from your authenticator app: ")?.to_string());
+                        client.workspaces().update_settings(w.id, &req).await?
+                    }
+                    other => other?,
+                };
             }
             if json.json {
-                return print_json(&serde_json::json!({"workspace": w.name, "id": w.id, "require_mfa": w.require_mfa}));
+                return print_json(&serde_json::json!({
+                    "workspace": w.name, "id": w.id, "require_mfa": w.require_mfa, "ip_allowlist": w.ip_allowlist,
+                }));
             }
             println!(
                 "{}: two-factor authentication {}",
                 w.name,
                 if w.require_mfa { "required of every member" } else { "not required" }
             );
+            if w.ip_allowlist.is_empty() {
+                println!("{}: reachable from any address (no IP allowlist)", w.name);
+            } else {
+                println!("{}: reachable only from {}", w.name, w.ip_allowlist.join(", "));
+            }
         }
         WorkspaceCmd::Members(m) => members(&client, m).await?,
     }

@@ -16,6 +16,7 @@ fn view(w: &WorkspaceRecord, role: Role) -> Workspace {
         name: w.name.clone(),
         e2e_encryption: w.e2ee,
         require_mfa: w.require_mfa,
+        ip_allowlist: w.ip_allowlist.clone(),
         role,
         created_at: time_of(w.created_ms),
     }
@@ -63,7 +64,7 @@ pub(crate) async fn update_settings(
     WorkspaceAccess(a, ..): WorkspaceAccess<Owner>,
     Json(req): Json<UpdateSettings>,
 ) -> Result<axum::Json<Workspace>, ApiError> {
-    let w = st.core.update_settings(&a, req.require_mfa).await?;
+    let w = st.core.update_settings(&a, &req).await?;
     Ok(axum::Json(view(&w, a.role)))
 }
 
