@@ -120,6 +120,9 @@ pub enum Command {
     /// API keys for scripts and services: `CLOUDSYNC_API_KEY=csk_... cloudsync ...` runs any command with one.
     #[command(subcommand)]
     Apikey(ApikeyCmd),
+    /// Share links: a file anyone with the link can download (no account needed).
+    #[command(subcommand)]
+    Share(ShareCmd),
     /// Read, export and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -167,6 +170,43 @@ pub enum ApikeyCmd {
     Revoke {
         /// The key's name (or id).
         name: String,
+    },
+}
+
+/// `share ...`.
+#[derive(Debug, Subcommand)]
+pub enum ShareCmd {
+    /// Make a link to WORKSPACE:PATH and print its URL (shown once). Downloads: `curl -OJ URL`, or with a
+    /// password `curl -d password=... -OJ URL`; a browser gets a password form.
+    Create {
+        /// WORKSPACE:PATH of a file.
+        remote: String,
+        /// Protect the link with a password read from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// When the link stops working: a span (7d, 12h), a date (2027-01-01) or `never`.
+        #[arg(long, value_name = "WHEN", default_value = "7d")]
+        expires: String,
+        /// Stop after this many downloads.
+        #[arg(long, value_name = "N")]
+        max_downloads: Option<u64>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List live links: of one workspace, or of every workspace where you can make them.
+    List {
+        /// Workspace name or id.
+        workspace: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Revoke a link at once (yours, or any as a workspace admin).
+    Revoke {
+        /// The link's id (from `share list`).
+        id: String,
+        /// The workspace (default: searched among yours).
+        #[arg(long)]
+        workspace: Option<String>,
     },
 }
 

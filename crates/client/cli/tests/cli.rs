@@ -24,13 +24,18 @@ impl Drop for Server {
 }
 
 fn start_server(data: &Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["server", "start", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn server");
+    start_server_logging(data, None)
+}
+
+/// Starts a server; with `log`, its debug log (`-vv`) goes to that file.
+fn start_server_logging(data: &Path, log: Option<&Path>) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["server", "start", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data).stdout(Stdio::piped());
+    match log {
+        Some(path) => cmd.arg("-vv").stderr(std::fs::File::create(path).expect("log file")),
+        None => cmd.stderr(Stdio::null()),
+    };
+    let mut child = cmd.spawn().expect("spawn server");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let (mut url, mut fingerprint) = (String::new(), String::new());
@@ -701,4 +706,165 @@ fn ip_allowlist_settings_lock_out_needs_force_and_the_operator_clears_it() {
     alice.ok(&["workspace", "settings", "Books", "--ip-allowlist", "127.0.0.1"]);
     alice.ok(&["workspace", "settings", "Books", "--clear-ip-allowlist"]);
     assert!(alice.ok(&["workspace", "settings", "Books"]).contains("reachable from any address"));
+}
+
+#[test]
+fn share_links_from_the_cli_download_with_curl() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (_srv, alice) = signed_in(root.path(), "alice@example.org", false, "Books");
+    let dir = root.path().join("books");
+    write(&dir.join("notes.txt"), b"shared notes");
+    alice.ok(&["push", dir.to_str().expect("utf8"), "Books"]);
+
+    let err = alice.fail(&["share", "create", "Books"]);
+    assert!(err.contains("one file"), "{err}");
+    let url = alice.ok(&["share", "create", "Books:notes.txt", "--max-downloads", "1"]).trim().to_owned();
+    assert!(url.starts_with("https://127.0.0.1:") && url.contains("/s/"), "{url}");
+    let out_dir = root.path().join("dl");
+    std::fs::create_dir_all(&out_dir).expect("mkdir");
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "-k"])
+            .args(args)
+            .current_dir(&out_dir)
+            .output()
+            .expect("curl must be installed")
+    };
+    let got = curl(&["-OJ", "-w", "%{http_code}", &url]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "200");
+    assert_eq!(std::fs::read(out_dir.join("notes.txt")).expect("downloaded by its name"), b"shared notes");
+    let again = curl(&["-o", "/dev/null", "-w", "%{http_code}", &url]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout), "404", "one download only");
+
+    let out = alice.with_stdin(&["share", "create", "Books:notes.txt", "--password-stdin", "--json"], "tiger tiger\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created = json(&String::from_utf8_lossy(&out.stdout));
+    let url = created["url"].as_str().expect("url").to_owned();
+    assert_eq!(created["link"]["has_password"], true);
+    let refused = curl(&["-o", "/dev/null", "-w", "%{http_code}", &url]);
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "401");
+    let body = curl(&["-d", "password=tiger tiger", &url]);
+    assert_eq!(body.stdout, b"shared notes");
+
+    let list = json(&alice.ok(&["share", "list", "--json"]));
+    assert_eq!(list.as_array().expect("array").len(), 2);
+    let table = alice.ok(&["share", "list", "Books"]);
+    assert!(table.contains("notes.txt") && table.contains("1/1") && table.contains("yes"), "{table}");
+    let id = created["link"]["id"].as_str().expect("id").to_owned();
+    alice.ok(&["share", "revoke", &id]);
+    let dead = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-d", "password=tiger tiger", &url]);
+    assert_eq!(String::from_utf8_lossy(&dead.stdout), "404");
+    let err = alice.fail(&["share", "revoke", &id]);
+    assert!(err.contains("no live share link"), "{err}");
+}
+
+#[test]
+fn no_secret_reaches_the_database_the_audit_log_or_the_server_log() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let log = root.path().join("server.log");
+    let srv = start_server_logging(&root.path().join("server"), Some(&log));
+    create_user(&srv, "alice@example.org", true);
+    let alice = Client::new(root.path(), "alice");
+    alice.login(&srv, "alice@example.org");
+    alice.ok(&["workspace", "create", "Vault"]);
+    let dir = root.path().join("vault");
+    write(&dir.join("plans.txt"), b"the plans");
+    alice.ok(&["push", dir.to_str().expect("utf8"), "Vault"]);
+    let mut secrets: Vec<String> = vec![PASSWORD.into()];
+
+    // A wrong password, a made-up token and a made-up key are refused (and audited) without being kept.
+    let intruder = Client::new(root.path(), "intruder");
+    let wrong = "wrong horse battery staple";
+    assert!(
+        !intruder
+            .with_stdin(&login_args(&srv, "alice@example.org", &srv.fingerprint), &format!("{wrong}\n"))
+            .status
+            .success()
+    );
+    secrets.push(wrong.into());
+    let fake_key = format!("csk_{}_{}", "1234567890abcdef", "ab".repeat(32));
+    let out = intruder
+        .cmd(&["ls", "Vault"])
+        .env("CLOUDSYNC_API_KEY", &fake_key)
+        .env("CLOUDSYNC_SERVER", &srv.url)
+        .env("CLOUDSYNC_SERVER_FINGERPRINT", &srv.fingerprint)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    secrets.push(fake_key["csk_1234567890abcdef_".len()..].to_owned());
+
+    // Two-factor authentication: its secret and recovery codes.
+    let enrol = json(&alice.ok(&["mfa", "enable", "--json"]));
+    let totp_secret = enrol["secret"].as_str().expect("secret").to_owned();
+    let (now, next) = totp_codes(&totp_secret);
+    let confirmed = json(&alice.ok(&["mfa", "confirm", &now, "--json"]));
+    for c in confirmed["recovery_codes"].as_array().expect("codes") {
+        secrets.push(c.as_str().expect("code").to_owned());
+    }
+    secrets.push(totp_secret);
+
+    // An API key (made with a fresh code) and its use.
+    let out = alice.run(&["apikey", "create", "ci", "--role", "viewer", "--totp", &next]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
+    let used = alice.cmd(&["ls", "Vault"]).env("CLOUDSYNC_API_KEY", &key).output().expect("run");
+    assert!(used.status.success(), "{}", String::from_utf8_lossy(&used.stderr));
+    secrets.push(key.rsplit('_').next().expect("secret part").to_owned());
+
+    // A share link with a password, downloaded, and guessed at.
+    let share_pw = "a share pass phrase";
+    let out = alice.with_stdin(&["share", "create", "Vault:plans.txt", "--password-stdin"], &format!("{share_pw}\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
+    let token = url.rsplit('/').next().expect("token").to_owned();
+    let curl = |form: &str| Command::new("curl").args(["-sS", "-k", "-d", form, &url]).output().expect("curl");
+    assert_eq!(curl(&format!("password={share_pw}")).stdout, b"the plans");
+    assert!(curl("password=not it at all").stdout != b"the plans");
+    secrets.extend([share_pw.to_owned(), "not it at all".to_owned(), token]);
+
+    // The session tokens the clients hold.
+    for home in ["alice"] {
+        let creds =
+            std::fs::read_to_string(root.path().join(home).join("config").join("credentials.json")).expect("creds");
+        for (_, tok) in json(&creds).as_object().expect("object") {
+            secrets.push(tok.as_str().expect("token").to_owned());
+        }
+    }
+
+    let export =
+        alice.ok(&["audit", "list", "--json"]) + &alice.ok(&["audit", "list", "--workspace", "Vault", "--csv"]);
+    assert!(export.contains("apikey.used") && export.contains("share.accessed") && export.contains("auth.login"));
+    let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
+    for f in walk(&srv.data) {
+        stored.push((f.display().to_string(), std::fs::read(&f).unwrap_or_default()));
+    }
+    stored.push(("the audit export".into(), export.into_bytes()));
+    drop(srv);
+    let server_log = std::fs::read(&log).expect("log");
+    assert!(server_log.len() > 1000, "the debug log was written");
+    stored.push(("the server log".into(), server_log));
+    for secret in &secrets {
+        let needle = secret.as_bytes();
+        for (name, bytes) in &stored {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "a secret ({} bytes) is in {name}",
+                needle.len()
+            );
+        }
+    }
+    assert!(secrets.len() >= 18, "{} secrets checked", secrets.len());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

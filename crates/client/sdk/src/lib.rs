@@ -45,6 +45,7 @@ mod files;
 mod fingerprint;
 mod frames;
 mod mapping;
+mod shares;
 mod tls;
 mod workspaces;
 
@@ -58,5 +59,6 @@ pub use error::{Error, ErrorKind};
 pub use files::{ChunkDelta, Download, Files};
 pub use fingerprint::{certificate_fingerprint, format_fingerprint, parse_fingerprint};
 pub use frames::ChunkStream;
+pub use shares::Shares;
 pub use tls::{Trust, probe_fingerprint};
 pub use workspaces::{Members, Workspaces};

@@ -871,3 +871,79 @@ impl std::fmt::Debug for NewApiKey {
         f.debug_struct("NewApiKey").field("key", &self.key).finish_non_exhaustive()
     }
 }
+
+/// Most live share links in one workspace.
+pub const MAX_SHARES_PER_WORKSPACE: usize = 10_000;
+
+/// `POST /api/v1/workspaces/{id}/shares` (Editor): a link to one file.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateShareRequest {
+    /// The file; the link serves its current version at download time.
+    pub path: WsPath,
+    /// A password the downloader must give (at least 8 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// When the link stops working; absent: never.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Most downloads; absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_downloads: Option<u64>,
+}
+
+impl std::fmt::Debug for CreateShareRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateShareRequest")
+            .field("path", &self.path)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("expires_at", &self.expires_at)
+            .field("max_downloads", &self.max_downloads)
+            .finish()
+    }
+}
+
+/// A share link as the workspace's members see it (never its token or password).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ShareLink {
+    /// Handle, for revoking.
+    #[schema(value_type = String)]
+    pub id: crate::ShareId,
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The file.
+    pub path: WsPath,
+    /// Who made it.
+    pub created_by: Option<String>,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// Expiry; absent: never.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<OffsetDateTime>,
+    /// A password is needed.
+    pub has_password: bool,
+    /// Most downloads; absent: unlimited.
+    pub max_downloads: Option<u64>,
+    /// Downloads so far.
+    pub downloads: u64,
+}
+
+/// A created link with its token, shown this once.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct NewShareLink {
+    /// The link.
+    pub link: ShareLink,
+    /// The secret part of the URL.
+    pub token: String,
+    /// The link's path on the server: `/s/{token}` (prefix it with the server's address).
+    pub url_path: String,
+}
+
+impl std::fmt::Debug for NewShareLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewShareLink").field("link", &self.link).finish_non_exhaustive()
+    }
+}

@@ -82,6 +82,10 @@ uuid_id!(
     /// One audit row.
     AuditId
 );
+uuid_id!(
+    /// A share link (its public handle; the link's token is a separate secret).
+    ShareId
+);
 
 /// Content address of a chunk: keyed BLAKE3 of its plaintext under the workspace's chunk-id key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]

@@ -14,7 +14,7 @@ pub mod role;
 pub use audit::{AuditEvent, Outcome};
 pub use cidr::{BadCidr, Cidr, allowlist_permits};
 pub use error::{ApiErrorBody, ErrorCode};
-pub use ids::{AuditId, ChunkId, FileId, SessionId, UserId, VersionId, WorkspaceId};
+pub use ids::{AuditId, ChunkId, FileId, SessionId, ShareId, UserId, VersionId, WorkspaceId};
 pub use path::{PathError, WsPath};
 pub use role::Role;
 

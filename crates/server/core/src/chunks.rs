@@ -44,8 +44,12 @@ impl Core {
     /// # Errors
     /// The workspace vanished, or its keys do not open under the master key.
     pub async fn chunk_io(&self, access: &Access) -> CoreResult<ChunkIo> {
-        let (data_key, chunk_key) = self.keys(access.workspace).await?;
-        Ok(ChunkIo { store: self.store.clone(), blobs: self.blobs.clone(), ws: access.workspace, data_key, chunk_key })
+        self.chunk_io_of(access.workspace).await
+    }
+
+    pub(crate) async fn chunk_io_of(&self, ws: WorkspaceId) -> CoreResult<ChunkIo> {
+        let (data_key, chunk_key) = self.keys(ws).await?;
+        Ok(ChunkIo { store: self.store.clone(), blobs: self.blobs.clone(), ws, data_key, chunk_key })
     }
 }
 

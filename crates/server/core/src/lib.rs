@@ -13,6 +13,7 @@ mod error;
 mod files;
 mod manifest;
 mod mfa;
+mod shares;
 #[cfg(test)]
 mod testutil;
 mod upload;
@@ -33,6 +34,7 @@ pub use delta::MAX_SIGNATURE_BYTES;
 pub use error::{CoreError, CoreResult};
 pub use manifest::{decode_manifest, encode_manifest};
 pub use mfa::{MFA_LOCKOUT, RECOVERY_CODES};
+pub use shares::{ShareDownload, share_view};
 pub use upload::{ChunkUpload, FLUSH_CHUNKS};
 
 /// A source of time, injected so expiry and rate limits are testable.

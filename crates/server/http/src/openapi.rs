@@ -20,7 +20,8 @@ use crate::routes;
         routes::manifest, routes::manifests, routes::content, routes::versions, routes::delete_files, routes::restore,
         routes::trash, routes::changes, routes::workspace_audit, routes::verify_workspace_audit,
         routes::account_audit, routes::verify_account_audit, routes::list_api_keys, routes::create_api_key,
-        routes::rotate_api_key, routes::revoke_api_key, openapi_json,
+        routes::rotate_api_key, routes::revoke_api_key, routes::create_share, routes::list_shares,
+        routes::revoke_share, routes::open_share, routes::open_share_with_password, openapi_json,
     ),
     modifiers(&Bearer),
 )]

@@ -9,6 +9,7 @@ mod apikeys;
 mod audit;
 mod files;
 mod mfa;
+mod shares;
 mod users;
 mod workspaces;
 
@@ -27,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_mfa_policy.sql")),
     (5, include_str!("migrations/0005_api_keys.sql")),
     (6, include_str!("migrations/0006_ip_allowlist.sql")),
+    (7, include_str!("migrations/0007_share_links.sql")),
 ];
 
 /// The SQLite store.

@@ -15,7 +15,7 @@ mod records;
 pub mod story;
 
 use async_trait::async_trait;
-use cloudsync_types::{ChunkId, FileId, Role, SessionId, UserId, WorkspaceId, WsPath};
+use cloudsync_types::{ChunkId, FileId, Role, SessionId, ShareId, UserId, WorkspaceId, WsPath};
 
 pub use audit::{
     AuditFilter, AuditRow, BrokenChain, ChainVerifier, GLOBAL_CHAIN, NewAudit, audit_row_hash, verify_chain,
@@ -23,7 +23,7 @@ pub use audit::{
 pub use error::{StoreError, StoreResult};
 pub use records::{
     ApiKeyRecord, ChangeRecord, ChunkPlace, FileRecord, MemberAccess, MemberRecord, MfaRecord, NewChunk, NewCommit,
-    NewVersion, SessionRecord, StaleBase, UserRecord, VersionRecord, WorkspaceRecord,
+    NewVersion, SessionRecord, ShareRecord, StaleBase, UserRecord, VersionRecord, WorkspaceRecord,
 };
 
 /// Accounts and their sessions (devices).
@@ -268,12 +268,47 @@ pub trait ApiKeyStore: Send + Sync {
     async fn touch_api_key(&self, id: &str, at_ms: i64, ip: &str, audit: &[NewAudit]) -> StoreResult<()>;
 }
 
+/// Share links.
+#[async_trait]
+pub trait ShareStore: Send + Sync {
+    /// Stores a new link.
+    async fn create_share(&self, share: &ShareRecord, audit: &[NewAudit]) -> StoreResult<()>;
+    /// A link by the hash of its token (revoked and expired ones too: the caller decides).
+    async fn share_by_token_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<ShareRecord>>;
+    /// A link by its handle.
+    async fn share(&self, ws: WorkspaceId, id: ShareId) -> StoreResult<Option<ShareRecord>>;
+    /// The workspace's links that are not revoked, newest first.
+    async fn list_shares(&self, ws: WorkspaceId) -> StoreResult<Vec<ShareRecord>>;
+    /// Revokes a link. False when there is no such live link.
+    async fn revoke_share(&self, ws: WorkspaceId, id: ShareId, at_ms: i64, audit: &[NewAudit]) -> StoreResult<bool>;
+    /// Counts one download if the link is live at `at_ms` (not revoked, not expired, under its limit), in one
+    /// statement; false when it is not.
+    async fn claim_share_download(&self, id: ShareId, at_ms: i64) -> StoreResult<bool>;
+}
+
 /// Everything a server keeps, on one backend.
 pub trait Store:
-    UserStore + WorkspaceStore + FileStore + AuditStore + RateLimitStore + MfaStore + ApiKeyStore + std::fmt::Debug
+    UserStore
+    + WorkspaceStore
+    + FileStore
+    + AuditStore
+    + RateLimitStore
+    + MfaStore
+    + ApiKeyStore
+    + ShareStore
+    + std::fmt::Debug
 {
 }
-impl<T: UserStore + WorkspaceStore + FileStore + AuditStore + RateLimitStore + MfaStore + ApiKeyStore + std::fmt::Debug>
-    Store for T
+impl<
+    T: UserStore
+        + WorkspaceStore
+        + FileStore
+        + AuditStore
+        + RateLimitStore
+        + MfaStore
+        + ApiKeyStore
+        + ShareStore
+        + std::fmt::Debug,
+> Store for T
 {
 }

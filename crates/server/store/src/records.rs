@@ -1,6 +1,6 @@
 //! Rows as the store hands them out. Times are Unix milliseconds; the layers above turn them into dates.
 
-use cloudsync_types::{ChunkId, FileId, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
+use cloudsync_types::{ChunkId, FileId, Role, SessionId, ShareId, UserId, VersionId, WorkspaceId, WsPath};
 
 use crate::{NewAudit, StoreError};
 
@@ -303,6 +303,44 @@ impl std::fmt::Debug for ApiKeyRecord {
             .field("user_id", &self.user_id)
             .field("name", &self.name)
             .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A share link as stored: the token only as a hash, the password only as an Argon2id hash.
+#[derive(Clone)]
+pub struct ShareRecord {
+    /// Public handle (for listing and revoking).
+    pub id: ShareId,
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// Hash of the token in the link.
+    pub token_hash: [u8; 32],
+    /// The file it serves (its current version at download time).
+    pub path: WsPath,
+    /// Who made it.
+    pub created_by: UserId,
+    /// When.
+    pub created_ms: i64,
+    /// Expiry; None: never.
+    pub expires_ms: Option<i64>,
+    /// Argon2id PHC string of the password, when it has one.
+    pub password_hash: Option<String>,
+    /// Most downloads; None: unlimited.
+    pub max_downloads: Option<u64>,
+    /// Downloads so far.
+    pub downloads: u64,
+    /// When it was revoked.
+    pub revoked_ms: Option<i64>,
+}
+
+impl std::fmt::Debug for ShareRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShareRecord")
+            .field("id", &self.id)
+            .field("workspace_id", &self.workspace_id)
+            .field("path", &self.path)
+            .field("downloads", &self.downloads)
             .finish_non_exhaustive()
     }
 }

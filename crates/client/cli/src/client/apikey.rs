@@ -144,7 +144,7 @@ fn row(k: &ApiKey, names: &[(cloudsync_types::WorkspaceId, String)]) -> Vec<Stri
 }
 
 /// `never`, a span from now (`90d`), a date (`2027-01-01`, midnight UTC) or an RFC 3339 time.
-fn parse_expiry(s: &str, now: OffsetDateTime) -> Result<Option<OffsetDateTime>> {
+pub(crate) fn parse_expiry(s: &str, now: OffsetDateTime) -> Result<Option<OffsetDateTime>> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("never") {
         return Ok(None);

@@ -8,6 +8,7 @@ pub mod credentials;
 mod files;
 pub mod mfa;
 mod output;
+pub mod share;
 mod sync;
 
 use std::io::{BufRead, IsTerminal, Write};

@@ -158,8 +158,24 @@ pub(crate) async fn content(
 ) -> Result<Response, ApiError> {
     let (_, v, manifest) = st.core.open_file(&a, &path_param(&q.path)?, q.version).await?;
     let io = st.core.chunk_io(&a).await?;
-    // Every chunk is located before the answer starts (a few queries, not one per chunk), so a chunk the
-    // workspace lacks is a 404 rather than a body cut short.
+    let body = stream_chunks(io, &manifest).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, v.size.to_string()),
+            (header::ETAG, format!("\"{}\"", v.content_hash)),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// A body that streams a manifest's chunks in order. Every chunk is located before the answer starts (a few
+/// queries, not one per chunk), so a chunk the workspace lacks is a 404 rather than a body cut short.
+pub(crate) async fn stream_chunks(
+    io: cloudsync_server_core::ChunkIo,
+    manifest: &cloudsync_types::api::Manifest,
+) -> Result<Body, ApiError> {
     let ids: Vec<_> = manifest.chunks.iter().map(|c| c.id).collect();
     let places = io.locate_all(&ids).await?;
     let stream = futures_util::stream::iter(ids.into_iter().zip(places)).then(move |(id, place)| {
@@ -171,15 +187,7 @@ pub(crate) async fn content(
             })
         }
     });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_LENGTH, v.size.to_string()),
-            (header::ETAG, format!("\"{}\"", v.content_hash)),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(Body::from_stream(stream))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

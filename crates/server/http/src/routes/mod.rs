@@ -8,6 +8,7 @@ mod auth;
 mod chunks;
 mod files;
 mod members;
+mod shares;
 mod workspaces;
 
 use axum::Router;
@@ -23,6 +24,7 @@ pub(crate) use auth::*;
 pub(crate) use chunks::*;
 pub(crate) use files::*;
 pub(crate) use members::*;
+pub(crate) use shares::*;
 pub(crate) use workspaces::*;
 
 /// What a route needs.
@@ -86,6 +88,11 @@ pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("POST", "/api/v1/workspaces/{ws}/files/restore", Needs::Role(Role::Admin)),
     ("GET", "/api/v1/workspaces/{ws}/trash", Needs::Role(Role::Viewer)),
     ("GET", "/api/v1/workspaces/{ws}/changes", Needs::Role(Role::Viewer)),
+    ("POST", "/api/v1/workspaces/{ws}/shares", Needs::Role(Role::Editor)),
+    ("GET", "/api/v1/workspaces/{ws}/shares", Needs::Role(Role::Editor)),
+    ("DELETE", "/api/v1/workspaces/{ws}/shares/{share}", Needs::Role(Role::Editor)),
+    ("GET", "/s/{token}", Needs::Public),
+    ("POST", "/s/{token}", Needs::Public),
     ("GET", "/api/v1/workspaces/{ws}/audit", Needs::Role(Role::Admin)),
     ("GET", "/api/v1/workspaces/{ws}/audit/verify", Needs::Role(Role::Admin)),
 ];
@@ -117,10 +124,13 @@ pub fn api() -> Router<AppState> {
         .route("/files/restore", post(restore))
         .route("/trash", get(trash))
         .route("/changes", get(changes))
+        .route("/shares", get(list_shares).post(create_share))
+        .route("/shares/{share}", delete(revoke_share))
         .route("/audit", get(workspace_audit))
         .route("/audit/verify", get(verify_workspace_audit));
     Router::new()
         .route("/api/v1/health", get(health))
+        .route("/s/{token}", get(open_share).post(open_share_with_password))
         .route("/api/v1/openapi.json", get(crate::openapi::openapi_json))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/logout", post(logout))
