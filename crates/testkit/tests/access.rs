@@ -427,3 +427,103 @@ async fn logins_are_also_limited_per_client_address() {
     assert_eq!(statuses[4..], [ErrorKind::RateLimited; 2], "the address is throttled after its burst");
     srv.stop().await;
 }
+
+/// Every route walked with an API key of each role ceiling (made by a workspace Owner): a workspace route
+/// needs the ceiling, and the account's own security (keys, devices, MFA changes, account events) is never
+/// reachable through a key.
+#[tokio::test]
+async fn every_route_holds_api_keys_to_their_ceiling_and_away_from_the_account() {
+    let srv = TestServer::start().await;
+    let owner = srv.user("owner@example.com").await;
+    srv.create_user("target@example.com", false).await.expect("account");
+    let ws = common::workspace(&owner, "Keys").await;
+    owner
+        .members(ws.id)
+        .add(&AddMemberRequest { email: "target@example.com".into(), role: Role::Viewer })
+        .await
+        .expect("add");
+    common::put_file(&owner, ws.id, "f.txt", b"content", None).await.expect("file");
+    let target = owner
+        .members(ws.id)
+        .list()
+        .await
+        .expect("members")
+        .into_iter()
+        .find(|m| m.email.starts_with("target"))
+        .expect("t")
+        .user_id;
+    let chunk = owner
+        .files(ws.id)
+        .manifest(&cloudsync_types::WsPath::parse("f.txt").expect("p"), None)
+        .await
+        .expect("m")
+        .manifest
+        .chunks[0]
+        .id;
+    let mut keys = Vec::new();
+    for role in [Role::Viewer, Role::Editor, Role::Admin] {
+        let k = owner
+            .api_keys()
+            .create(&cloudsync_types::api::CreateApiKeyRequest {
+                name: format!("{role}"),
+                role,
+                workspaces: None,
+                expires_at: None,
+                totp: None,
+                password: None,
+            })
+            .await
+            .expect("key");
+        keys.push((role, k.secret));
+    }
+    let http = http();
+    let mut walked = 0;
+    for (method, template, needs) in ROUTES {
+        if template.ends_with("/{ws}") && *method == "DELETE" {
+            continue;
+        }
+        let url = format!(
+            "{}{}",
+            srv.url,
+            template
+                .replace("{ws}", &ws.id.to_string())
+                .replace("{user}", &target.to_string())
+                .replace("{id}", &ws.id.to_string())
+                .replace("{chunk}", &chunk.to_hex())
+        );
+        let url = if ["/files/manifest", "/files/content", "/files/versions"].iter().any(|s| template.ends_with(s)) {
+            format!("{url}?path=f.txt")
+        } else {
+            url
+        };
+        for (ceiling, key) in &keys {
+            let mut req = http.request(method.parse().expect("method"), &url).bearer_auth(key);
+            if let Some(b) = body_for(method, template, &format!("{ceiling}-{walked}")) {
+                req = req.json(&b);
+            }
+            if (template.ends_with("/chunks") || template.ends_with("/chunks/deltas")) && *method == "POST" {
+                req = req.header("content-type", "application/octet-stream").body(Vec::<u8>::new());
+            }
+            let resp = req.send().await.expect("send");
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+            let refused = match needs {
+                Needs::Role(needed) => *ceiling < *needed,
+                Needs::ServerAdmin | Needs::AccountSession => true,
+                Needs::Session if *template == "/api/v1/workspaces" && *method == "POST" => *ceiling < Role::Admin,
+                Needs::Session | Needs::Public => false,
+            };
+            if refused {
+                assert_eq!(status, 403, "{method} {template} with a {ceiling} key: want 403, got {status} {body}");
+            } else {
+                assert!(
+                    status != 403 && status != 401 && !(status == 404 && body["message"] == "workspace not found"),
+                    "{method} {template} with a {ceiling} key should be allowed, got {status} {body}"
+                );
+            }
+        }
+        walked += 1;
+    }
+    assert_eq!(walked, ROUTES.len() - 1);
+    srv.stop().await;
+}

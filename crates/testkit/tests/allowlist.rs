@@ -56,6 +56,7 @@ async fn an_allowlist_refuses_other_addresses_for_sessions_and_keys() {
             workspaces: None,
             expires_at: None,
             totp: None,
+            password: None,
         })
         .await
         .expect("key")
@@ -153,14 +154,21 @@ async fn x_forwarded_for_counts_only_from_a_trusted_proxy() {
         let mapped = status(&srv, &token, &ws, Some("::ffff:10.1.2.3")).await;
         let outside = status(&srv, &token, &ws, Some("10.2.0.1")).await;
         let bare = status(&srv, &token, &ws, None).await;
+        let with_port = status(&srv, &token, &ws, Some("10.1.2.3:51234")).await;
+        let forged_left = status(&srv, &token, &ws, Some("10.1.9.9, 10.2.0.1")).await;
+        let garbage = status(&srv, &token, &ws, Some("10.1.2.3, not-an-address")).await;
         if trusted {
             assert_eq!(
                 (spoofed, chained, mapped),
                 (200, 200, 200),
                 "a trusted proxy's X-Forwarded-For names the client"
             );
+            assert_eq!(with_port, 200, "address:port as some proxies write it");
+            assert_eq!(forged_left, 403, "only the right-most untrusted entry counts, not one the client wrote");
+            assert_eq!(garbage, 403, "an unreadable entry stops the walk at the proxy, not at what the client wrote");
         } else {
             assert_eq!((spoofed, chained, mapped), (403, 403, 403), "from anyone else it is ignored");
+            assert_eq!((with_port, forged_left, garbage), (403, 403, 403));
         }
         assert_eq!((outside, bare), (403, 403));
         srv.stop().await;

@@ -26,6 +26,7 @@ async fn a_scoped_editor_key_over_http() {
             workspaces: Some(vec![a]),
             expires_at: None,
             totp: None,
+            password: None,
         })
         .await
         .expect("create");
@@ -72,7 +73,7 @@ async fn a_scoped_editor_key_over_http() {
     // Rotation without grace: the old secret stops, the new one works; revocation stops it on the next call.
     let rotated = owner
         .api_keys()
-        .rotate(&created.key.id, &RotateApiKeyRequest { grace_seconds: 0, totp: None })
+        .rotate(&created.key.id, &RotateApiKeyRequest { grace_seconds: 0, totp: None, password: None })
         .await
         .expect("rotate");
     assert_eq!(key.workspaces().list().await.expect_err("old secret").kind(), ErrorKind::Unauthenticated);
@@ -97,5 +98,31 @@ async fn with_api_key_checks_the_key_and_trusts_system_roots_without_a_pin() {
     assert!(matches!(refused.kind(), ErrorKind::Tls | ErrorKind::CertificateMismatch), "{refused:?}");
     let pinned = Client::new(&srv.url, Trust::Fingerprint(srv.fingerprint)).expect("client");
     pinned.health().await.expect("pinned");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_key_is_refused_over_http_with_the_reason() {
+    let srv = TestServer::start().await;
+    let owner = srv.user("owner@example.org").await;
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1500);
+    let k = owner
+        .api_keys()
+        .create(&CreateApiKeyRequest {
+            name: "short".into(),
+            role: Role::Viewer,
+            workspaces: None,
+            expires_at: Some(soon),
+            totp: None,
+            password: None,
+        })
+        .await
+        .expect("create");
+    let key = srv.anonymous().with_token(k.secret);
+    key.workspaces().list().await.expect("before its expiry");
+    tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+    let e = key.workspaces().list().await.expect_err("after");
+    assert_eq!(e.kind(), ErrorKind::Unauthenticated);
+    assert!(e.to_string().contains("expired"), "{e}");
     srv.stop().await;
 }

@@ -260,3 +260,48 @@ async fn verify_finds_edited_deleted_reordered_and_truncated_rows() {
     srv2.stop().await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn verify_names_a_row_whose_columns_hold_impossible_values() {
+    let srv = TestServer::start().await;
+    let (owner, _editor, ws) = history(&srv).await;
+    let chain = ws.to_string();
+    let mut conn = db(&srv).await;
+    for (sql, seq) in [
+        ("UPDATE audit SET outcome = 'maybe' WHERE chain = ? AND seq = 6", 6),
+        ("UPDATE audit SET actor = X'00' WHERE chain = ? AND seq = 3", 3),
+        ("UPDATE audit SET event = 'file.teleport' WHERE chain = ? AND seq = 2", 2),
+    ] {
+        sqlx::query(sql).bind(&chain).execute(&mut conn).await.expect("tamper");
+        let r = owner.audit().verify(Some(ws)).await.expect("verify answers, not a server error");
+        let broken = r.first_broken.expect("found");
+        assert!(!r.ok && broken.seq == seq && broken.reason.contains("edited"), "{broken:?}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn verify_is_not_fooled_by_rows_appended_while_it_runs() {
+    let srv = TestServer::start().await;
+    let (owner, editor, ws) = history(&srv).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                get_file(&editor, ws, "doc1.txt").await.expect("each read appends a row");
+                n += 1;
+            }
+            n
+        })
+    };
+    for _ in 0..40 {
+        let r = owner.audit().verify(Some(ws)).await.expect("verify");
+        assert!(r.ok, "{r:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appended = writer.await.expect("writer");
+    assert!(appended > 10, "rows were appended during the checks ({appended})");
+    srv.stop().await;
+}

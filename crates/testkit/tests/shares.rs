@@ -66,8 +66,15 @@ async fn links_download_count_expire_on_revocation_and_are_audited() {
     assert_eq!(used_body["message"], revoked_body["message"]);
 
     let listed = owner.shares(ws).list().await.expect("list");
-    assert_eq!(listed.len(), 1, "revoked links leave the list");
-    assert_eq!((listed[0].downloads, listed[0].max_downloads), (2, Some(2)));
+    assert!(listed.is_empty(), "used-up and revoked links leave the list: {listed:?}");
+    let third = owner
+        .shares(ws)
+        .create(&CreateShareRequest { max_downloads: Some(3), ..share("docs/report v2.pdf") })
+        .await
+        .expect("share");
+    http().get(owner.share_url(&third)).send().await.expect("get");
+    let listed = owner.shares(ws).list().await.expect("list");
+    assert_eq!((listed.len(), listed[0].downloads, listed[0].max_downloads), (1, 1, Some(3)));
     let rows = owner
         .audit()
         .list(&AuditQuery { workspace: Some(ws), events: vec!["share.*".into()], ..AuditQuery::default() })
@@ -76,8 +83,8 @@ async fn links_download_count_expire_on_revocation_and_are_audited() {
     let count = |e: AuditEvent, ok: bool| {
         rows.entries.iter().filter(|r| r.event == e && (r.outcome == cloudsync_types::Outcome::Success) == ok).count()
     };
-    assert_eq!(count(AuditEvent::ShareCreated, true), 2);
-    assert_eq!(count(AuditEvent::ShareAccessed, true), 2);
+    assert_eq!(count(AuditEvent::ShareCreated, true), 3);
+    assert_eq!(count(AuditEvent::ShareAccessed, true), 3);
     assert_eq!(count(AuditEvent::ShareAccessed, false), 2, "the used-up and the revoked attempt");
     assert_eq!(count(AuditEvent::ShareRevoked, true), 1);
     srv.stop().await;
@@ -153,5 +160,88 @@ async fn links_obey_roles_and_the_workspace_allowlist() {
     let r = http().get(editor.share_url(&mine)).send().await.expect("get");
     assert_eq!(r.status().as_u16(), 200);
     owner.shares(ws).revoke(mine.link.id).await.expect("an owner revokes an editor's link");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_link_dies_with_its_makers_access_its_key_and_its_file() {
+    let srv = TestServer::start().await;
+    let owner = srv.user("owner@example.org").await;
+    let editor = srv.user("editor@example.org").await;
+    let ws = workspace(&owner, "Team").await.id;
+    owner
+        .members(ws)
+        .add(&AddMemberRequest { email: "editor@example.org".into(), role: Role::Editor })
+        .await
+        .expect("add");
+    put_file(&owner, ws, "a.txt", b"first a", None).await.expect("put");
+    put_file(&owner, ws, "b.txt", b"bee", None).await.expect("put");
+    let get = |url: String| async move { http().get(url).send().await.expect("get").status().as_u16() };
+
+    // The maker demoted to viewer: the link stops; promoted again, it works again.
+    let by_editor = editor.shares(ws).create(&share("b.txt")).await.expect("share");
+    assert_eq!(get(editor.share_url(&by_editor)).await, 200);
+    let editor_id = owner
+        .members(ws)
+        .list()
+        .await
+        .expect("members")
+        .into_iter()
+        .find(|m| m.email.starts_with("editor"))
+        .expect("editor")
+        .user_id;
+    owner.members(ws).set_role(editor_id, Role::Viewer).await.expect("demote");
+    assert_eq!(get(editor.share_url(&by_editor)).await, 404, "a viewer could not make it, so it does not work");
+    owner.members(ws).set_role(editor_id, Role::Editor).await.expect("promote");
+    assert_eq!(get(editor.share_url(&by_editor)).await, 200);
+
+    // Made with an API key: revoking the key ends the link.
+    let key = owner
+        .api_keys()
+        .create(&cloudsync_types::api::CreateApiKeyRequest {
+            name: "bot".into(),
+            role: Role::Editor,
+            workspaces: None,
+            expires_at: None,
+            totp: None,
+            password: None,
+        })
+        .await
+        .expect("key");
+    let bot = srv.anonymous().with_token(key.secret);
+    let by_key = bot.shares(ws).create(&share("b.txt")).await.expect("share by key");
+    assert_eq!(get(bot.share_url(&by_key)).await, 200);
+    owner.api_keys().revoke(&key.key.id).await.expect("revoke key");
+    assert_eq!(get(owner.share_url(&by_key)).await, 404);
+
+    // The file deleted and another put at its path: that one was never shared.
+    let link = owner.shares(ws).create(&share("a.txt")).await.expect("share");
+    owner.files(ws).delete(&WsPath::parse("a.txt").expect("path")).await.expect("rm");
+    put_file(&owner, ws, "a.txt", b"a different file", None).await.expect("put again");
+    assert_eq!(get(owner.share_url(&link)).await, 404);
+
+    // A password form cannot be used to hold memory: the body is capped before the handler reads it.
+    let big = http().post(owner.share_url(&link)).body(vec![b'x'; 64 * 1024]).send().await.expect("post");
+    assert_eq!(big.status().as_u16(), 413);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn viewing_a_password_form_does_not_use_up_the_links_guesses() {
+    let srv = TestServer::start().await;
+    let owner = srv.user("owner@example.org").await;
+    let ws = workspace(&owner, "Team").await.id;
+    put_file(&owner, ws, "s.txt", b"secret", None).await.expect("put");
+    let link = owner
+        .shares(ws)
+        .create(&CreateShareRequest { password: Some("open sesame!".into()), ..share("s.txt") })
+        .await
+        .expect("share");
+    let url = owner.share_url(&link);
+    for _ in 0..15 {
+        assert_eq!(http().get(&url).header("accept", "text/html").send().await.expect("get").status().as_u16(), 401);
+    }
+    let r = http().post(&url).form(&[("password", "open sesame!")]).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 200, "fifteen looks at the form are not fifteen guesses");
     srv.stop().await;
 }

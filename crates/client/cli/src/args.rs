@@ -148,6 +148,10 @@ pub enum ApikeyCmd {
         /// The authenticator app's current code (asked for on a terminal when needed).
         #[arg(long, value_name = "CODE")]
         totp: Option<String>,
+        /// Read the account password from standard input (asked for when the login is older than 15 minutes
+        /// and two-factor authentication is off).
+        #[arg(long)]
+        password_stdin: bool,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -163,6 +167,10 @@ pub enum ApikeyCmd {
         /// The authenticator app's current code (asked for on a terminal when needed).
         #[arg(long, value_name = "CODE")]
         totp: Option<String>,
+        /// Read the account password from standard input (asked for when the login is older than 15 minutes
+        /// and two-factor authentication is off).
+        #[arg(long)]
+        password_stdin: bool,
         #[command(flatten)]
         json: JsonFlag,
     },

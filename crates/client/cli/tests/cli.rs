@@ -747,9 +747,9 @@ fn share_links_from_the_cli_download_with_curl() {
     assert_eq!(body.stdout, b"shared notes");
 
     let list = json(&alice.ok(&["share", "list", "--json"]));
-    assert_eq!(list.as_array().expect("array").len(), 2);
+    assert_eq!(list.as_array().expect("array").len(), 1, "the used-up link is no longer live: {list}");
     let table = alice.ok(&["share", "list", "Books"]);
-    assert!(table.contains("notes.txt") && table.contains("1/1") && table.contains("yes"), "{table}");
+    assert!(table.contains("notes.txt") && table.contains("yes"), "{table}");
     let id = created["link"]["id"].as_str().expect("id").to_owned();
     alice.ok(&["share", "revoke", &id]);
     let dead = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-d", "password=tiger tiger", &url]);
@@ -798,9 +798,13 @@ fn no_secret_reaches_the_database_the_audit_log_or_the_server_log() {
     let totp_secret = enrol["secret"].as_str().expect("secret").to_owned();
     let (now, next) = totp_codes(&totp_secret);
     let confirmed = json(&alice.ok(&["mfa", "confirm", &now, "--json"]));
-    for c in confirmed["recovery_codes"].as_array().expect("codes") {
-        secrets.push(c.as_str().expect("code").to_owned());
-    }
+    let recovery: Vec<String> = confirmed["recovery_codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .map(|c| c.as_str().expect("code").to_owned())
+        .collect();
+    secrets.extend(recovery.iter().cloned());
     secrets.push(totp_secret);
 
     // An API key (made with a fresh code) and its use.
@@ -810,6 +814,14 @@ fn no_secret_reaches_the_database_the_audit_log_or_the_server_log() {
     let used = alice.cmd(&["ls", "Vault"]).env("CLOUDSYNC_API_KEY", &key).output().expect("run");
     assert!(used.status.success(), "{}", String::from_utf8_lossy(&used.stderr));
     secrets.push(key.rsplit('_').next().expect("secret part").to_owned());
+    // Rotated with a grace period: both secrets work for a while, and neither is kept.
+    let out = alice.run(&["apikey", "rotate", "ci", "--grace", "1h", "--totp", &recovery[0]]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotated = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
+    for k in [&key, &rotated] {
+        assert!(alice.cmd(&["ls", "Vault"]).env("CLOUDSYNC_API_KEY", k).output().expect("run").status.success());
+    }
+    secrets.push(rotated.rsplit('_').next().expect("secret part").to_owned());
 
     // A share link with a password, downloaded, and guessed at.
     let share_pw = "a share pass phrase";
@@ -853,7 +865,7 @@ fn no_secret_reaches_the_database_the_audit_log_or_the_server_log() {
             );
         }
     }
-    assert!(secrets.len() >= 18, "{} secrets checked", secrets.len());
+    assert!(secrets.len() >= 19, "{} secrets checked", secrets.len());
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -867,4 +879,22 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn turning_mfa_off_names_the_workspaces_that_will_refuse_you() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_srv, alice) = signed_in(tmp.path(), "alice@example.com", false, "Strict");
+    alice.ok(&["workspace", "create", "Relaxed"]);
+    let secret = json(&alice.ok(&["mfa", "enable", "--json"]))["secret"].as_str().expect("secret").to_owned();
+    let (now, next) = totp_codes(&secret);
+    alice.ok(&["mfa", "confirm", &now]);
+    alice.ok(&["workspace", "settings", "Strict", "--require-mfa", "on"]);
+    let out = alice.run(&["mfa", "disable", "--code", &next]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("you lose access to them: Strict\n"), "{err}");
+    assert!(err.contains("to reach Strict again"), "{err}");
+    assert!(alice.fail(&["ls", "Strict"]).contains("requires two-factor authentication"));
+    alice.ok(&["ls", "Relaxed"]);
 }

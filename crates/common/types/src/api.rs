@@ -796,6 +796,10 @@ pub struct CreateApiKeyRequest {
     /// authentication on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totp: Option<String>,
+    /// The account password: required without two-factor authentication when the session was opened more
+    /// than 15 minutes ago.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 impl std::fmt::Debug for CreateApiKeyRequest {
@@ -818,6 +822,10 @@ pub struct RotateApiKeyRequest {
     /// A current authenticator code: required when the account has two-factor authentication on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totp: Option<String>,
+    /// The account password: required without two-factor authentication when the session was opened more
+    /// than 15 minutes ago.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 impl std::fmt::Debug for RotateApiKeyRequest {

@@ -129,13 +129,17 @@ impl Core {
                 }
             }
         }
-        let mfa = self.step_up(actor, req.totp.as_deref(), "apikey.create").await?;
         let existing = self.store.list_api_keys(actor.user_id).await?;
         if existing.len() >= MAX_API_KEYS {
             return Err(CoreError::Conflict(format!(
                 "an account holds at most {MAX_API_KEYS} API keys; revoke unused ones (`cloudsync apikey list`)"
             )));
         }
+        if existing.iter().any(|k| k.name == name) {
+            return Err(CoreError::Conflict(format!("you already have an API key named {name:?}; pick another name")));
+        }
+        // Last, once the request is known to be good, so a refused request does not spend a one-time code.
+        let mfa = self.fresh_proof(actor, req.totp.as_deref(), req.password.as_deref(), "apikey.create").await?;
         let mut workspaces = req.workspaces.clone();
         if let Some(w) = &mut workspaces {
             w.sort_by_key(|w| w.to_string());
@@ -199,6 +203,7 @@ impl Core {
         id: &str,
         grace_secs: u64,
         code: Option<&str>,
+        password: Option<&str>,
     ) -> CoreResult<NewApiKey> {
         actor.require_session("rotate API keys")?;
         if grace_secs > MAX_API_KEY_GRACE_SECS {
@@ -208,7 +213,7 @@ impl Core {
             )));
         }
         let key = self.own_key(actor, id).await?;
-        let mfa = self.step_up(actor, code, "apikey.rotate").await?;
+        let mfa = self.fresh_proof(actor, code, password, "apikey.rotate").await?;
         let secret = Zeroizing::new(hex::encode(random_bytes::<32>()));
         let now = self.now_ms();
         let until = now + i64::try_from(grace_secs).unwrap_or(0) * 1000;
@@ -249,6 +254,28 @@ impl Core {
             return Err(CoreError::NotFound("API key"));
         }
         self.store.api_key(id).await?.filter(|k| k.user_id == actor.user_id).ok_or(CoreError::NotFound("API key"))
+    }
+
+    /// Proof that the account's owner is at the keyboard, for minting a credential: a current code when MFA
+    /// is on (true is returned), otherwise a session opened in the last 15 minutes or the password.
+    async fn fresh_proof(
+        &self,
+        actor: &Actor,
+        code: Option<&str>,
+        password: Option<&str>,
+        action: &str,
+    ) -> CoreResult<bool> {
+        if self.step_up(actor, code, action).await? {
+            return Ok(true);
+        }
+        if self.now_ms() - actor.session_created_ms > crate::mfa::RECENT_LOGIN_MS {
+            let Some(pw) = password else { return Err(CoreError::ReauthenticationRequired) };
+            self.charge(format!("reauth:{}", actor.user_id), self.limits.per_account).await?;
+            if !self.check_password(actor.user_id, pw).await? {
+                return Err(CoreError::BadRequest("the password is wrong".into()));
+            }
+        }
+        Ok(false)
     }
 
     /// A fresh second factor for a risky action when the account has MFA on: true when one was given.
@@ -315,6 +342,20 @@ impl Core {
         Ok(actor)
     }
 
+    /// `RateLimited` when the address has used up its budget of refused credentials in this window.
+    pub(crate) async fn bearer_budget(&self, ip: &str) -> CoreResult<()> {
+        let now = self.now_ms();
+        let w = self.limits.window_ms.max(1);
+        let start = now - now.rem_euclid(w);
+        if self.store.rate_limit_count(&format!("bearer-ip:{}", crate::ip_bucket(ip)), start).await?
+            >= self.limits.per_ip
+        {
+            // Counted (and the first such refusal audited) like any other failure; the answer is 429.
+            return Err(self.bearer_failure(None, "-".into(), ip, "bearer", "rate_limited", BAD_KEY).await);
+        }
+        Ok(())
+    }
+
     /// Audits a refused bearer credential and counts it against the address: the error to return.
     pub(crate) async fn bearer_failure(
         &self,
@@ -328,7 +369,7 @@ impl Core {
         let now = self.now_ms();
         let w = self.limits.window_ms.max(1);
         let start = now - now.rem_euclid(w);
-        let n = match self.store.rate_limit_hit(&format!("bearer-ip:{ip}"), start).await {
+        let n = match self.store.rate_limit_hit(&format!("bearer-ip:{}", crate::ip_bucket(ip)), start).await {
             Ok(n) => n,
             Err(e) => return e.into(),
         };
@@ -368,7 +409,7 @@ mod tests {
     use crate::{Clock as _, LoginLimits, ManualClock};
 
     fn req(name: &str, role: Role, workspaces: Option<Vec<WorkspaceId>>) -> CreateApiKeyRequest {
-        CreateApiKeyRequest { name: name.into(), role, workspaces, expires_at: None, totp: None }
+        CreateApiKeyRequest { name: name.into(), role, workspaces, expires_at: None, totp: None, password: None }
     }
 
     fn code(secret: &[u8], clock: &ManualClock) -> String {
@@ -465,7 +506,7 @@ mod tests {
         assert_eq!(listed[0].last_used_ip.as_deref(), Some("10.0.0.2"));
 
         // Rotation with a ten-minute grace: both secrets work, then only the new one.
-        let r = core.rotate_api_key(&owner, &k.key.id, 600, None).await.expect("rotate");
+        let r = core.rotate_api_key(&owner, &k.key.id, 600, None, None).await.expect("rotate");
         assert_ne!(r.secret, k.secret);
         assert_eq!(r.key.id, k.key.id);
         core.authenticate(&k.secret, "10.0.0.1").await.expect("old secret in the grace period");
@@ -473,10 +514,10 @@ mod tests {
         clock.advance_ms(601_000);
         assert!(matches!(core.authenticate(&k.secret, "10.0.0.1").await, Err(CoreError::Unauthenticated(_))));
         core.authenticate(&r.secret, "10.0.0.1").await.expect("new secret after the grace period");
-        let r2 = core.rotate_api_key(&owner, &k.key.id, 0, None).await.expect("rotate again");
+        let r2 = core.rotate_api_key(&owner, &k.key.id, 0, None, None).await.expect("rotate again");
         assert!(matches!(core.authenticate(&r.secret, "10.0.0.1").await, Err(CoreError::Unauthenticated(_))));
         assert!(matches!(
-            core.rotate_api_key(&owner, &k.key.id, 31 * 86_400, None).await,
+            core.rotate_api_key(&owner, &k.key.id, 31 * 86_400, None, None).await,
             Err(CoreError::BadRequest(_))
         ));
 
@@ -515,7 +556,7 @@ mod tests {
         assert!(actor.session_mfa);
         core.access(actor, ws.id, Role::Viewer).await.expect("a key made with MFA reaches an MFA workspace");
         assert!(
-            matches!(core.rotate_api_key(&owner, &k.key.id, 0, None).await, Err(CoreError::MfaRequired)),
+            matches!(core.rotate_api_key(&owner, &k.key.id, 0, None, None).await, Err(CoreError::MfaRequired)),
             "rotation asks for a code too"
         );
 
@@ -530,6 +571,47 @@ mod tests {
         nets.totp = Some(code(&secret, &clock));
         let w = core.update_settings(&as_owner, &nets).await.expect("with a code");
         assert_eq!(w.ip_allowlist, vec!["127.0.0.1/32"]);
+    }
+
+    #[tokio::test]
+    async fn an_old_session_without_mfa_needs_the_password_to_mint_a_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (core, clock, owner) = core_with_account(dir.path()).await;
+        let k = core.create_api_key(&owner, &req("fresh", Role::Admin, None)).await.expect("a fresh login may");
+        clock.advance_ms(16 * 60 * 1000);
+        assert!(matches!(
+            core.create_api_key(&owner, &req("stale", Role::Viewer, None)).await,
+            Err(CoreError::ReauthenticationRequired)
+        ));
+        let wrong = CreateApiKeyRequest { password: Some("not it".into()), ..req("stale", Role::Viewer, None) };
+        assert!(matches!(core.create_api_key(&owner, &wrong).await, Err(CoreError::BadRequest(_))));
+        let right = CreateApiKeyRequest {
+            password: Some(crate::testutil::PASSWORD.into()),
+            ..req("stale", Role::Viewer, None)
+        };
+        core.create_api_key(&owner, &right).await.expect("with the password");
+        assert!(matches!(
+            core.rotate_api_key(&owner, &k.key.id, 0, None, None).await,
+            Err(CoreError::ReauthenticationRequired)
+        ));
+        core.rotate_api_key(&owner, &k.key.id, 0, None, Some(crate::testutil::PASSWORD)).await.expect("rotate");
+
+        // A refused request spends nothing: a taken name is refused before the password is even asked for.
+        let taken = core.create_api_key(&owner, &req("stale", Role::Viewer, None)).await;
+        assert!(matches!(taken, Err(CoreError::Conflict(_))), "{taken:?}");
+
+        // Keys below admin, or limited to workspaces, cannot create workspaces; no key reads account events.
+        let admin_key =
+            core.rotate_api_key(&owner, &k.key.id, 0, None, Some(crate::testutil::PASSWORD)).await.expect("rotate");
+        let admin = core.authenticate(&admin_key.secret, "10.0.0.1").await.expect("admin key");
+        core.create_workspace(&admin, "By key", false).await.expect("an unscoped admin key creates workspaces");
+        let v =
+            CreateApiKeyRequest { password: Some(crate::testutil::PASSWORD.into()), ..req("v", Role::Editor, None) };
+        let editor_key = core.create_api_key(&owner, &v).await.expect("editor key");
+        let editor = core.authenticate(&editor_key.secret, "10.0.0.1").await.expect("editor key");
+        assert!(matches!(core.create_workspace(&editor, "No", false).await, Err(CoreError::Forbidden(_))));
+        let params = cloudsync_types::api::AuditListParams::default();
+        assert!(matches!(core.account_audit(&admin, &params).await, Err(CoreError::Forbidden(_))));
     }
 
     #[tokio::test]

@@ -180,7 +180,7 @@ impl Core {
         }
         let user = self.store.user_by_email(&email).await?;
         let target = user.as_ref().map_or_else(|| self.email_tag(&email), |u| u.id.to_string());
-        let limited = match self.charge(format!("login-ip:{ip}"), self.limits.per_ip).await {
+        let limited = match self.charge(format!("login-ip:{}", crate::ip_bucket(ip)), self.limits.per_ip).await {
             Ok(()) => self.charge(format!("login-account:{email}"), self.limits.per_account).await,
             Err(e) => Err(e),
         };
@@ -296,6 +296,9 @@ impl Core {
     /// # Errors
     /// `Unauthenticated` for an unknown, revoked or malformed token.
     pub async fn authenticate(&self, token: &str, ip: &str) -> CoreResult<Actor> {
+        // An address past its budget of refused credentials is refused before any lookup, so it cannot go on
+        // guessing (and tell a hit from a miss).
+        self.bearer_budget(ip).await?;
         if token.is_empty() || token.len() > 256 {
             return Err(self.bearer_failure(None, "-".into(), ip, "session", "malformed", BAD_TOKEN).await);
         }

@@ -16,9 +16,7 @@ pub enum CoreError {
     )]
     MfaRequired,
     /// The session is too old for a security change; the password is needed.
-    #[error(
-        "this session was opened more than 15 minutes ago: confirm your password to change two-factor authentication"
-    )]
+    #[error("this session was opened more than 15 minutes ago: confirm your password for this security change")]
     ReauthenticationRequired,
     /// Too many attempts.
     #[error("too many attempts; try again in {retry_after_secs} seconds")]

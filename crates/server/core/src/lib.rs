@@ -37,6 +37,22 @@ pub use mfa::{MFA_LOCKOUT, RECOVERY_CODES};
 pub use shares::{ShareDownload, share_view};
 pub use upload::{ChunkUpload, FLUSH_CHUNKS};
 
+/// How many refusals by an IP allowlist are audited per workspace and address in one rate-limit window.
+const DENIALS_AUDITED: u32 = 20;
+
+/// The bucket an address is rate-limited in: the address itself for IPv4, its /64 network for IPv6 (one
+/// host commonly holds a whole /64, so per-address limits on IPv6 would be no limit at all).
+pub(crate) fn ip_bucket(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>().map(|a| a.to_canonical()) {
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let net = std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64));
+            format!("{net}/64")
+        }
+        Ok(v4) => v4.to_string(),
+        Err(_) => ip.to_owned(),
+    }
+}
+
 /// A source of time, injected so expiry and rate limits are testable.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Unix milliseconds.
@@ -160,7 +176,7 @@ impl Core {
         }
         let member = self.store.member_access(ws, actor.user_id).await?.ok_or(CoreError::NotFound("workspace"))?;
         let role = actor.api_key.as_ref().map_or(member.role, |k| member.role.min(k.role));
-        // The address is checked first: a refused network learns nothing else about the workspace.
+        // The address is checked before the role and MFA policy, so a refused network learns nothing more.
         if !member.ip_allowlist.is_empty() {
             let permitted =
                 actor.ip.parse().is_ok_and(|ip| cloudsync_types::allowlist_permits(&member.ip_allowlist, ip));
@@ -173,15 +189,13 @@ impl Core {
                 if actor.api_key.is_none() {
                     row = row.detail("session", actor.session_id.to_string());
                 }
-                self.store.append_audit(&[row]).await?;
+                self.audit_denial(ws, &actor.ip, row).await?;
                 return Err(CoreError::Forbidden(format!(
                     "this workspace accepts requests only from its IP allowlist, and your address {} is not on it; ask a workspace owner",
                     actor.ip
                 )));
             }
         }
-        // The account must have MFA on, and this session must have been opened with it (a session opened with
-        // the password alone, before MFA was turned on, does not count).
         if member.require_mfa && !member.has_mfa {
             return Err(CoreError::Forbidden(
                 "this workspace requires two-factor authentication of its members: turn it on with `cloudsync mfa enable`"
@@ -208,6 +222,20 @@ impl Core {
             )));
         }
         Ok(Access { actor, workspace: ws, role })
+    }
+
+    /// Writes an `access.denied` row, at most [`DENIALS_AUDITED`] per workspace and address a rate-limit
+    /// window (and one more that says so), so a client retrying from outside an allowlist cannot fill the log.
+    pub(crate) async fn audit_denial(&self, ws: WorkspaceId, ip: &str, row: NewAudit) -> CoreResult<()> {
+        let now = self.now_ms();
+        let w = self.limits.window_ms.max(1);
+        let n = self.store.rate_limit_hit(&format!("denied:{ws}:{}", ip_bucket(ip)), now - now.rem_euclid(w)).await?;
+        if n <= DENIALS_AUDITED {
+            self.store.append_audit(&[row]).await?;
+        } else if n == DENIALS_AUDITED + 1 {
+            self.store.append_audit(&[row.detail("further", "not recorded until the window ends")]).await?;
+        }
+        Ok(())
     }
 
     fn audit(&self, event: AuditEvent, actor: Option<&Actor>, ws: Option<WorkspaceId>) -> NewAudit {

@@ -92,7 +92,7 @@ impl Core {
                 )
             }
         };
-        if self.store.list_shares(access.workspace).await?.len() >= MAX_SHARES_PER_WORKSPACE {
+        if self.store.list_shares(access.workspace, now).await?.len() >= MAX_SHARES_PER_WORKSPACE {
             return Err(CoreError::Conflict(format!(
                 "a workspace holds at most {MAX_SHARES_PER_WORKSPACE} live share links; revoke old ones first"
             )));
@@ -103,7 +103,9 @@ impl Core {
             workspace_id: access.workspace,
             token_hash: hash_token(&token),
             path: file.path.clone(),
+            file_id: file.id,
             created_by: access.actor.user_id,
+            api_key_id: access.actor.api_key.as_ref().map(|k| k.id.clone()),
             created_ms: now,
             expires_ms,
             password_hash,
@@ -134,7 +136,7 @@ impl Core {
         if access.role < Role::Editor {
             return Err(CoreError::Forbidden("share links are listed for editors and above".into()));
         }
-        let all = self.store.list_shares(access.workspace).await?;
+        let all = self.store.list_shares(access.workspace, self.now_ms()).await?;
         let mut out = Vec::with_capacity(all.len());
         let mut emails = std::collections::HashMap::new();
         for s in all.iter().filter(|s| access.role >= Role::Admin || s.created_by == access.actor.user_id) {
@@ -182,26 +184,14 @@ impl Core {
     /// `RateLimited`; `NotFound` alike for unknown, expired, revoked and used-up links; `Unauthenticated` for a
     /// missing or wrong password; `Forbidden` from an address outside the workspace's allowlist.
     pub async fn open_share(&self, token: &str, pw: Option<&str>, ip: &str) -> CoreResult<ShareDownload> {
-        self.charge(format!("share-ip:{ip}"), self.limits.per_ip).await?;
+        self.charge(format!("share-ip:{}", crate::ip_bucket(ip)), self.limits.per_ip).await?;
         if token.is_empty() || token.len() > 128 || pw.is_some_and(|p| p.len() > password::MAX_PASSWORD_BYTES) {
             return Err(NO_LINK);
         }
         let now = self.now_ms();
         let Some(s) = self.store.share_by_token_hash(&hash_token(token)).await? else { return Err(NO_LINK) };
         let refuse = |reason: &str| self.share_row(&s, ip, Outcome::Failure).detail("reason", reason);
-        let dead = if s.revoked_ms.is_some() {
-            Some("revoked")
-        } else if s.expires_ms.is_some_and(|e| now >= e) {
-            Some("expired")
-        } else if s.max_downloads.is_some_and(|m| s.downloads >= m) {
-            Some("download_limit")
-        } else {
-            None
-        };
-        if let Some(reason) = dead {
-            self.store.append_audit(&[refuse(reason)]).await?;
-            return Err(NO_LINK);
-        }
+        // The address first: from outside the allowlist a link's state is not revealed.
         let ws = self.store.workspace(s.workspace_id).await?.ok_or(NO_LINK)?;
         if !ip.parse().is_ok_and(|a| allowlist_permits(&ws.ip_allowlist, a)) {
             let row = self
@@ -210,19 +200,39 @@ impl Core {
                 .target(ws.id.to_string())
                 .detail("reason", "ip_allowlist")
                 .detail("share", s.id.to_string());
-            self.store.append_audit(&[with_ip(row, ip)]).await?;
+            self.audit_denial(ws.id, ip, with_ip(row, ip)).await?;
             return Err(CoreError::Forbidden(format!(
                 "this link's workspace accepts requests only from its IP allowlist, and your address {ip} is not on it"
             )));
         }
+        let dead = if s.revoked_ms.is_some() {
+            Some("revoked")
+        } else if s.expires_ms.is_some_and(|e| now >= e) {
+            Some("expired")
+        } else if s.max_downloads.is_some_and(|m| s.downloads >= m) {
+            Some("download_limit")
+        } else if self.store.member_access(s.workspace_id, s.created_by).await?.is_none_or(|m| m.role < Role::Editor) {
+            // A link lives only as long as its maker could make it again.
+            Some("maker_lost_access")
+        } else if let Some(key) = &s.api_key_id
+            && self.store.api_key(key).await?.is_none_or(|k| k.expires_ms.is_some_and(|e| now >= e))
+        {
+            Some("api_key_revoked")
+        } else {
+            None
+        };
+        if let Some(reason) = dead {
+            self.store.append_audit(&[refuse(reason)]).await?;
+            return Err(NO_LINK);
+        }
         if let Some(hash) = &s.password_hash {
-            // Charged before the check: a guesser is stopped by the limit, not by the hash's cost alone.
-            self.charge(format!("share-link:{}", s.id), self.limits.per_account).await?;
             let Some(given) = pw else {
                 return Err(CoreError::Unauthenticated(
                     "this link needs its password: send it as the form field `password` (curl -d password=...)".into(),
                 ));
             };
+            // Charged before the check: a guesser is stopped by the limit, not by the hash's cost alone.
+            self.charge(format!("share-link:{}", s.id), self.limits.per_account).await?;
             let (given, hash) = (Zeroizing::new(given.to_owned()), hash.clone());
             let ok = tokio::task::spawn_blocking(move || password::verify(&given, &hash))
                 .await
@@ -235,12 +245,16 @@ impl Core {
             // throttled by their own downloads.
             self.store.rate_limit_clear(&format!("share-link:{}", s.id)).await?;
         }
-        let Some(file) = self.store.file_by_path(s.workspace_id, &s.path).await? else {
+        // The file the link was made for, while it lives at the link's path: a new file put at that path later
+        // was never shared.
+        let file = self.store.file_by_path(s.workspace_id, &s.path).await?.filter(|f| f.id == s.file_id);
+        let Some(file) = file else {
             self.store.append_audit(&[refuse("file_gone")]).await?;
             return Err(NO_LINK);
         };
-        let version =
-            self.store.version(s.workspace_id, file.id, file.version).await?.ok_or(CoreError::NotFound("version"))?;
+        let Some(version) = self.store.version(s.workspace_id, file.id, file.version).await? else {
+            return Err(NO_LINK);
+        };
         let manifest = decode_manifest(&version.manifest)
             .ok_or_else(|| CoreError::Internal("stored manifest is malformed".into()))?;
         if !self.store.claim_share_download(s.id, now).await? {

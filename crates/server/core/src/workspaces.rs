@@ -56,9 +56,9 @@ impl Core {
     /// Invalid name, a name the actor already uses, or E2EE (not available yet).
     pub async fn create_workspace(&self, actor: &Actor, name: &str, e2ee: bool) -> CoreResult<WorkspaceRecord> {
         let name = check_name(name)?;
-        if actor.api_key.as_ref().is_some_and(|k| k.workspaces.is_some()) {
+        if actor.api_key.as_ref().is_some_and(|k| k.workspaces.is_some() || k.role < Role::Admin) {
             return Err(CoreError::Forbidden(
-                "this API key is limited to some workspaces, so it cannot create one; use a key without --workspace, or sign in".into(),
+                "only an API key with the admin role and no --workspace limit can create workspaces; sign in, or use such a key".into(),
             ));
         }
         if e2ee {
@@ -99,39 +99,44 @@ impl Core {
             return Err(CoreError::Forbidden("only workspace owners change its settings".into()));
         }
         let ws = self.workspace(access).await?;
-        if let Some(list) = &req.ip_allowlist {
-            let new = canonical_allowlist(list)?;
-            if new != ws.ip_allowlist {
-                // A risky change: with MFA on, it needs a fresh code.
-                self.step_up(&access.actor, req.totp.as_deref(), "settings.ip_allowlist").await?;
-                let ip: Option<IpAddr> = access.actor.ip.parse().ok();
-                if !req.force && !ip.is_some_and(|ip| allowlist_permits(&new, ip)) {
-                    return Err(CoreError::Conflict(format!(
-                        "this allowlist does not include your own address ({}), so it would lock you out of the workspace: add your network, or repeat with --force",
-                        access.actor.ip
-                    )));
-                }
-                let row = self
-                    .audit(AuditEvent::SettingsChanged, Some(&access.actor), Some(access.workspace))
-                    .target(access.workspace.to_string())
-                    .detail("setting", "ip_allowlist")
-                    .detail("old", ws.ip_allowlist.clone())
-                    .detail("new", new.clone())
-                    .detail("forced", req.force && !ip.is_some_and(|ip| allowlist_permits(&new, ip)));
-                if !self.store.set_ip_allowlist(access.workspace, &ws.ip_allowlist, &new, &[row]).await? {
-                    return Err(CoreError::Conflict(
-                        "another owner changed the allowlist at the same moment; look at it again".into(),
-                    ));
-                }
-            }
+        // Everything is checked before anything is written (or a one-time code spent), so a refused request
+        // changes nothing.
+        let new_list = match &req.ip_allowlist {
+            Some(list) => Some(canonical_allowlist(list)?).filter(|l| *l != ws.ip_allowlist),
+            None => None,
+        };
+        let ip: Option<IpAddr> = access.actor.ip.parse().ok();
+        let locks_out = new_list.as_ref().is_some_and(|l| !ip.is_some_and(|ip| allowlist_permits(l, ip)));
+        if locks_out && !req.force {
+            return Err(CoreError::Conflict(format!(
+                "this allowlist does not include your own address ({}), so it would lock you out of the workspace: add your network, or repeat with --force",
+                access.actor.ip
+            )));
         }
-        if let Some(on) = req.require_mfa.filter(|on| *on != ws.require_mfa) {
-            if on && !self.store.mfa(access.actor.user_id).await?.is_some_and(|m| m.confirmed) {
-                return Err(CoreError::Forbidden(
-                    "turn on two-factor authentication for yourself first (`cloudsync mfa enable`), or you would be locked out of this workspace"
-                        .into(),
+        let mfa_change = req.require_mfa.filter(|on| *on != ws.require_mfa);
+        if mfa_change == Some(true) && !self.store.mfa(access.actor.user_id).await?.is_some_and(|m| m.confirmed) {
+            return Err(CoreError::Forbidden(
+                "turn on two-factor authentication for yourself first (`cloudsync mfa enable`), or you would be locked out of this workspace"
+                    .into(),
+            ));
+        }
+        if let Some(new) = new_list {
+            // A risky change: with MFA on, it needs a fresh code.
+            self.step_up(&access.actor, req.totp.as_deref(), "settings.ip_allowlist").await?;
+            let row = self
+                .audit(AuditEvent::SettingsChanged, Some(&access.actor), Some(access.workspace))
+                .target(access.workspace.to_string())
+                .detail("setting", "ip_allowlist")
+                .detail("old", ws.ip_allowlist.clone())
+                .detail("new", new.clone())
+                .detail("forced", locks_out);
+            if !self.store.set_ip_allowlist(access.workspace, &ws.ip_allowlist, &new, &[row]).await? {
+                return Err(CoreError::Conflict(
+                    "another owner changed the allowlist at the same moment; look at it again".into(),
                 ));
             }
+        }
+        if let Some(on) = mfa_change {
             let row = self
                 .audit(AuditEvent::SettingsChanged, Some(&access.actor), Some(access.workspace))
                 .target(access.workspace.to_string())

@@ -33,18 +33,37 @@ impl FromRequestParts<AppState> for ClientIp {
         if !state.trusted_proxies.contains(&peer) {
             return Ok(ClientIp(peer));
         }
-        let forwarded = parts
+        // Walk the header from the right: each entry was appended by the hop to its right. Trusted proxies
+        // are stepped over; the first other address is the client. An entry that cannot be read stops the walk
+        // at the last hop that could be trusted: what lies to its left was written by someone we cannot vouch
+        // for (a proxy that appends `address:port` is read correctly).
+        let entries: Vec<&str> = parts
             .headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .map(|ip| ip.to_canonical())
-            .collect::<Vec<_>>();
-        let client = forwarded.iter().rev().find(|ip| !state.trusted_proxies.contains(ip)).copied().unwrap_or(peer);
+            .map(str::trim)
+            .collect();
+        let mut client = peer;
+        for entry in entries.iter().rev() {
+            let Some(ip) = forwarded_ip(entry) else { break };
+            client = ip;
+            if !state.trusted_proxies.contains(&ip) {
+                break;
+            }
+        }
         Ok(ClientIp(client))
     }
+}
+
+/// One `X-Forwarded-For` entry: an address, `address:port` or `[v6]:port`, canonicalised.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
 }
 
 /// A signed-in account (bearer session token).
@@ -71,6 +90,43 @@ impl FromRequestParts<AppState> for Principal {
         let p = Principal(actor);
         parts.extensions.insert(p.clone());
         Ok(p)
+    }
+}
+
+/// A signed-in account with a session (a login), not an API key: what managing the account itself needs
+/// (keys, devices, two-factor authentication, account events), so a leaked key cannot mint another or lock
+/// its owner out. A key gets 403 before the body is read.
+#[derive(Debug, Clone)]
+pub struct SessionOnly(pub Actor);
+
+impl FromRequestParts<AppState> for SessionOnly {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Principal(actor) = Principal::from_request_parts(parts, state).await?;
+        if actor.api_key.is_some() {
+            return Err(ApiError::new(
+                cloudsync_types::ErrorCode::Forbidden,
+                "an API key cannot manage the account (keys, devices, two-factor authentication, account events); sign in with `cloudsync login`",
+            ));
+        }
+        Ok(SessionOnly(actor))
+    }
+}
+
+/// A server administrator signed in with a session. Anyone else gets 403 before the body is read.
+#[derive(Debug, Clone)]
+pub struct ServerAdmin(pub Actor);
+
+impl FromRequestParts<AppState> for ServerAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let SessionOnly(actor) = SessionOnly::from_request_parts(parts, state).await?;
+        if !actor.is_admin {
+            return Err(ApiError::new(cloudsync_types::ErrorCode::Forbidden, "this needs a server administrator"));
+        }
+        Ok(ServerAdmin(actor))
     }
 }
 

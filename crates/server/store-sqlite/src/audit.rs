@@ -9,7 +9,7 @@ use cloudsync_types::{AuditId, Outcome, UserId, WorkspaceId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use crate::{SqliteStore, id, map_err, u64_of};
+use crate::{SqliteStore, map_err, u64_of};
 
 /// Rows per multi-row INSERT (13 parameters each, well under SQLite's 32,766).
 const INSERT_ROWS: usize = 500;
@@ -92,27 +92,36 @@ fn hash32(v: &[u8]) -> [u8; 32] {
 const COLUMNS: &str =
     "id, chain, seq, at_ms, event, outcome, actor, workspace_id, ip, target, details, prev_hash, hash";
 
+/// Decodes a row without panicking: a column edited to a value no writer stores is an error (which verify
+/// turns into "row N was edited"), never a crash.
 fn row_of(r: &SqliteRow) -> StoreResult<AuditRow> {
-    let event: String = r.get("event");
-    let outcome: String = r.get("outcome");
-    let details: String = r.get("details");
+    fn col<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(r: &'r SqliteRow, name: &str) -> StoreResult<T> {
+        r.try_get(name).map_err(|e| StoreError::Backend(format!("audit column {name}: {e}")))
+    }
+    let event: String = col(r, "event")?;
+    let outcome: String = col(r, "outcome")?;
+    let details: String = col(r, "details")?;
     Ok(AuditRow {
-        id: id(r, "id", AuditId::from_uuid),
-        chain: r.get("chain"),
-        seq: u64_of(r.get("seq")),
+        id: AuditId::from_uuid(col(r, "id")?),
+        chain: col(r, "chain")?,
+        seq: u64_of(col(r, "seq")?),
         row: NewAudit {
             event: event.parse().map_err(|e| StoreError::Backend(format!("{e}")))?,
-            outcome: if outcome == "success" { Outcome::Success } else { Outcome::Failure },
-            actor: r.get::<Option<uuid::Uuid>, _>("actor").map(UserId::from_uuid),
-            workspace: r.get::<Option<uuid::Uuid>, _>("workspace_id").map(WorkspaceId::from_uuid),
-            ip: r.get("ip"),
-            target: r.get("target"),
+            outcome: match outcome.as_str() {
+                "success" => Outcome::Success,
+                "failure" => Outcome::Failure,
+                other => return Err(StoreError::Backend(format!("audit outcome {other:?}"))),
+            },
+            actor: col::<Option<uuid::Uuid>>(r, "actor")?.map(UserId::from_uuid),
+            workspace: col::<Option<uuid::Uuid>>(r, "workspace_id")?.map(WorkspaceId::from_uuid),
+            ip: col(r, "ip")?,
+            target: col(r, "target")?,
             // A row whose details are not JSON was edited; keep the text so its hash shows the edit.
             details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
-            at_ms: r.get("at_ms"),
+            at_ms: col(r, "at_ms")?,
         },
-        prev_hash: hash32(&r.get::<Vec<u8>, _>("prev_hash")),
-        hash: hash32(&r.get::<Vec<u8>, _>("hash")),
+        prev_hash: hash32(&col::<Vec<u8>>(r, "prev_hash")?),
+        hash: hash32(&col::<Vec<u8>>(r, "hash")?),
     })
 }
 

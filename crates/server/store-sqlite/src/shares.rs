@@ -2,14 +2,14 @@
 
 use async_trait::async_trait;
 use cloudsync_store::{NewAudit, ShareRecord, ShareStore, StoreError, StoreResult};
-use cloudsync_types::{ShareId, UserId, WorkspaceId, WsPath};
+use cloudsync_types::{FileId, ShareId, UserId, WorkspaceId, WsPath};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use crate::{SqliteStore, audit::append, i64_of, id, map_err, u64_of};
 
-const COLUMNS: &str = "id, workspace_id, token_hash, path, created_by, created_ms, expires_ms, password_hash, \
-                       max_downloads, downloads, revoked_ms";
+const COLUMNS: &str = "id, workspace_id, token_hash, path, file_id, created_by, api_key_id, created_ms, expires_ms, \
+                       password_hash, max_downloads, downloads, revoked_ms";
 
 fn share_of(r: &SqliteRow) -> StoreResult<ShareRecord> {
     let hash: Vec<u8> = r.get("token_hash");
@@ -19,7 +19,9 @@ fn share_of(r: &SqliteRow) -> StoreResult<ShareRecord> {
         workspace_id: id(r, "workspace_id", WorkspaceId::from_uuid),
         token_hash: <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| StoreError::Backend("bad share hash".into()))?,
         path: WsPath::parse(&path).map_err(|e| StoreError::Backend(format!("stored share path: {e}")))?,
+        file_id: id(r, "file_id", FileId::from_uuid),
         created_by: id(r, "created_by", UserId::from_uuid),
+        api_key_id: r.get("api_key_id"),
         created_ms: r.get("created_ms"),
         expires_ms: r.get("expires_ms"),
         password_hash: r.get("password_hash"),
@@ -34,15 +36,17 @@ impl ShareStore for SqliteStore {
     async fn create_share(&self, s: &ShareRecord, audit: &[NewAudit]) -> StoreResult<()> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         sqlx::query(
-            "INSERT INTO share_links (id, workspace_id, token_hash, path, created_by, created_ms, expires_ms,
-                                      password_hash, max_downloads)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO share_links (id, workspace_id, token_hash, path, file_id, created_by, api_key_id, created_ms,
+                                      expires_ms, password_hash, max_downloads)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(s.id.as_uuid())
         .bind(s.workspace_id.as_uuid())
         .bind(&s.token_hash[..])
         .bind(s.path.as_str())
+        .bind(s.file_id.as_uuid())
         .bind(s.created_by.as_uuid())
+        .bind(s.api_key_id.as_deref())
         .bind(s.created_ms)
         .bind(s.expires_ms)
         .bind(s.password_hash.as_deref())
@@ -73,11 +77,14 @@ impl ShareStore for SqliteStore {
         row.as_ref().map(share_of).transpose()
     }
 
-    async fn list_shares(&self, ws: WorkspaceId) -> StoreResult<Vec<ShareRecord>> {
+    async fn list_shares(&self, ws: WorkspaceId, now_ms: i64) -> StoreResult<Vec<ShareRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM share_links WHERE workspace_id = ? AND revoked_ms IS NULL ORDER BY created_ms DESC"
+            "SELECT {COLUMNS} FROM share_links WHERE workspace_id = ? AND revoked_ms IS NULL
+               AND (expires_ms IS NULL OR expires_ms > ?) AND (max_downloads IS NULL OR downloads < max_downloads)
+             ORDER BY created_ms DESC"
         ))
         .bind(ws.as_uuid())
+        .bind(now_ms)
         .fetch_all(&self.reader)
         .await
         .map_err(map_err)?;

@@ -162,6 +162,17 @@ impl RateLimitStore for SqliteStore {
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
+    async fn rate_limit_count(&self, key: &str, window_start_ms: i64) -> StoreResult<u32> {
+        let count: Option<i64> =
+            sqlx::query_scalar("SELECT count FROM rate_limits WHERE key = ? AND window_start_ms = ?")
+                .bind(key)
+                .bind(window_start_ms)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(map_err)?;
+        Ok(count.map_or(0, |c| u32::try_from(c).unwrap_or(u32::MAX)))
+    }
+
     async fn rate_limit_clear(&self, key: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM rate_limits WHERE key = ?").bind(key).execute(&self.writer).await.map_err(map_err)?;
         Ok(())

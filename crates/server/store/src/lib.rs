@@ -198,6 +198,8 @@ pub trait RateLimitStore: Send + Sync {
     /// Counts one hit on `key` in the window starting at `window_start_ms` and returns the count so far in that
     /// window (a new window starts at 1).
     async fn rate_limit_hit(&self, key: &str, window_start_ms: i64) -> StoreResult<u32>;
+    /// The count of `key` in the window starting at `window_start_ms` (0 for another window), without counting.
+    async fn rate_limit_count(&self, key: &str, window_start_ms: i64) -> StoreResult<u32>;
     /// Forgets `key` (after a successful login, say).
     async fn rate_limit_clear(&self, key: &str) -> StoreResult<()>;
 }
@@ -277,8 +279,8 @@ pub trait ShareStore: Send + Sync {
     async fn share_by_token_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<ShareRecord>>;
     /// A link by its handle.
     async fn share(&self, ws: WorkspaceId, id: ShareId) -> StoreResult<Option<ShareRecord>>;
-    /// The workspace's links that are not revoked, newest first.
-    async fn list_shares(&self, ws: WorkspaceId) -> StoreResult<Vec<ShareRecord>>;
+    /// The workspace's live links at `now_ms` (not revoked, not expired, not used up), newest first.
+    async fn list_shares(&self, ws: WorkspaceId, now_ms: i64) -> StoreResult<Vec<ShareRecord>>;
     /// Revokes a link. False when there is no such live link.
     async fn revoke_share(&self, ws: WorkspaceId, id: ShareId, at_ms: i64, audit: &[NewAudit]) -> StoreResult<bool>;
     /// Counts one download if the link is live at `at_ms` (not revoked, not expired, under its limit), in one

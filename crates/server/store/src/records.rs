@@ -318,8 +318,12 @@ pub struct ShareRecord {
     pub token_hash: [u8; 32],
     /// The file it serves (its current version at download time).
     pub path: WsPath,
+    /// That file's identity: the link serves it only while it lives at `path`.
+    pub file_id: FileId,
     /// Who made it.
     pub created_by: UserId,
+    /// The API key it was made with, if any: the link dies with the key.
+    pub api_key_id: Option<String>,
     /// When.
     pub created_ms: i64,
     /// Expiry; None: never.

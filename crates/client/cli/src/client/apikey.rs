@@ -4,8 +4,8 @@ use std::io::IsTerminal;
 
 use anyhow::{Context, Result, bail};
 use cloudsync_sdk::{Client, ErrorKind};
-use cloudsync_types::Role;
 use cloudsync_types::api::{ApiKey, CreateApiKeyRequest, NewApiKey, RotateApiKeyRequest};
+use cloudsync_types::{ErrorCode, Role};
 use time::OffsetDateTime;
 
 use super::output::{self, print_json, table};
@@ -19,7 +19,7 @@ use crate::args::ApikeyCmd;
 pub async fn run(cmd: ApikeyCmd) -> Result<()> {
     let client = connect()?;
     match cmd {
-        ApikeyCmd::Create { name, role, workspaces, expires, totp, json } => {
+        ApikeyCmd::Create { name, role, workspaces, expires, totp, password_stdin, json } => {
             let role: Role = role.parse().map_err(|e| anyhow::anyhow!("--role: {e}"))?;
             if role == Role::Owner {
                 bail!("--role: an API key is viewer, editor or admin at most (owner actions need a signed-in owner)");
@@ -34,13 +34,18 @@ pub async fn run(cmd: ApikeyCmd) -> Result<()> {
                 workspaces: (!ids.is_empty()).then_some(ids),
                 expires_at: parse_expiry(&expires, OffsetDateTime::now_utc()).context("--expires")?,
                 totp,
+                password: None,
             };
-            let created = match client.api_keys().create(&req).await {
-                Err(e) if e.kind() == ErrorKind::MfaRequired && req.totp.is_none() => {
-                    req.totp = Some(ask_code(&e)?);
-                    client.api_keys().create(&req).await?
+            let created = loop {
+                match client.api_keys().create(&req).await {
+                    Err(e) if e.kind() == ErrorKind::MfaRequired && req.totp.is_none() => {
+                        req.totp = Some(ask_code(&e)?)
+                    }
+                    Err(e) if e.code() == Some(ErrorCode::ReauthenticationRequired) && req.password.is_none() => {
+                        req.password = Some(ask_password(&e, password_stdin)?.to_string());
+                    }
+                    other => break other?,
                 }
-                other => other?,
             };
             show_secret(&created, json.json)?;
         }
@@ -59,19 +64,24 @@ pub async fn run(cmd: ApikeyCmd) -> Result<()> {
                 keys.iter().map(|k| row(k, &names)).collect(),
             );
         }
-        ApikeyCmd::Rotate { name, grace, totp, json } => {
+        ApikeyCmd::Rotate { name, grace, totp, password_stdin, json } => {
             let key = find(&client, &name).await?;
             let grace = output::parse_span(&grace).context("--grace")?;
             let mut req = RotateApiKeyRequest {
                 grace_seconds: u64::try_from(grace.whole_seconds()).context("--grace must not be negative")?,
                 totp,
+                password: None,
             };
-            let rotated = match client.api_keys().rotate(&key.id, &req).await {
-                Err(e) if e.kind() == ErrorKind::MfaRequired && req.totp.is_none() => {
-                    req.totp = Some(ask_code(&e)?);
-                    client.api_keys().rotate(&key.id, &req).await?
+            let rotated = loop {
+                match client.api_keys().rotate(&key.id, &req).await {
+                    Err(e) if e.kind() == ErrorKind::MfaRequired && req.totp.is_none() => {
+                        req.totp = Some(ask_code(&e)?)
+                    }
+                    Err(e) if e.code() == Some(ErrorCode::ReauthenticationRequired) && req.password.is_none() => {
+                        req.password = Some(ask_password(&e, password_stdin)?.to_string());
+                    }
+                    other => break other?,
                 }
-                other => other?,
             };
             show_secret(&rotated, json.json)?;
             if !json.json {
@@ -95,6 +105,19 @@ fn ask_code(e: &cloudsync_sdk::Error) -> Result<String> {
         bail!("{e}: pass --totp CODE");
     }
     Ok(mfa::prompt_code("Code from your authenticator app: ")?.to_string())
+}
+
+fn ask_password(e: &cloudsync_sdk::Error, stdin: bool) -> Result<zeroize::Zeroizing<String>> {
+    if stdin {
+        return super::read_stdin_line("password");
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{e}: pass --password-stdin (or log in again first)");
+    }
+    Ok(zeroize::Zeroizing::new(
+        rpassword::prompt_password("Your login is older than 15 minutes; password: ")
+            .context("cannot read the password")?,
+    ))
 }
 
 fn show_secret(k: &NewApiKey, json: bool) -> Result<()> {

@@ -59,9 +59,25 @@ pub async fn run(cmd: MfaCmd) -> Result<()> {
             print_recovery_codes(&codes.recovery_codes, json.json)
         }
         MfaCmd::Disable { code } => {
+            // Workspaces that require MFA stop letting this account in; say which before it happens.
+            let strict: Vec<String> = client
+                .workspaces()
+                .list()
+                .await
+                .map(|l| l.into_iter().filter(|w| w.require_mfa).map(|w| w.name).collect())
+                .unwrap_or_default();
+            if !strict.is_empty() {
+                eprintln!(
+                    "warning: these workspaces require two-factor authentication, and you lose access to them: {}",
+                    strict.join(", ")
+                );
+            }
             let code = code_or_prompt(code)?;
             auth.mfa_disable(&code).await?;
             eprintln!("Two-factor authentication is off. Logins now need only the password.");
+            if !strict.is_empty() {
+                eprintln!("Turn it on again (`cloudsync mfa enable`) to reach {} again.", strict.join(", "));
+            }
             Ok(())
         }
         MfaCmd::RecoveryCodes { regenerate, code, json } => {

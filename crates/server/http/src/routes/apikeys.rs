@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use cloudsync_types::ApiErrorBody;
 use cloudsync_types::api::{ApiKey, CreateApiKeyRequest, NewApiKey, RotateApiKeyRequest};
 
-use crate::extract::{Json, Principal};
+use crate::extract::{Json, SessionOnly};
 use crate::{ApiError, AppState};
 
 /// The caller's API keys (never their secrets).
@@ -13,7 +13,7 @@ use crate::{ApiError, AppState};
     responses((status = 200, body = Vec<ApiKey>), (status = 403, body = ApiErrorBody, description = "through an API key")))]
 pub(crate) async fn list_api_keys(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    SessionOnly(actor): SessionOnly,
 ) -> Result<axum::Json<Vec<ApiKey>>, ApiError> {
     Ok(axum::Json(st.core.list_api_keys(&actor).await?))
 }
@@ -25,7 +25,7 @@ pub(crate) async fn list_api_keys(
         (status = 403, body = ApiErrorBody, description = "through an API key"), (status = 409, body = ApiErrorBody)))]
 pub(crate) async fn create_api_key(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    SessionOnly(actor): SessionOnly,
     Json(req): Json<CreateApiKeyRequest>,
 ) -> Result<(StatusCode, axum::Json<NewApiKey>), ApiError> {
     Ok((StatusCode::CREATED, axum::Json(st.core.create_api_key(&actor, &req).await?)))
@@ -36,11 +36,13 @@ pub(crate) async fn create_api_key(
     responses((status = 200, body = NewApiKey), (status = 401, body = ApiErrorBody, description = "mfa_required: send totp"), (status = 404, body = ApiErrorBody)))]
 pub(crate) async fn rotate_api_key(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    SessionOnly(actor): SessionOnly,
     Path(id): Path<String>,
     Json(req): Json<RotateApiKeyRequest>,
 ) -> Result<axum::Json<NewApiKey>, ApiError> {
-    Ok(axum::Json(st.core.rotate_api_key(&actor, &id, req.grace_seconds, req.totp.as_deref()).await?))
+    Ok(axum::Json(
+        st.core.rotate_api_key(&actor, &id, req.grace_seconds, req.totp.as_deref(), req.password.as_deref()).await?,
+    ))
 }
 
 /// Revokes a key at once.
@@ -48,7 +50,7 @@ pub(crate) async fn rotate_api_key(
     responses((status = 204), (status = 404, body = ApiErrorBody)))]
 pub(crate) async fn revoke_api_key(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    SessionOnly(actor): SessionOnly,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     st.core.revoke_api_key(&actor, &id).await?;

@@ -4,7 +4,7 @@ use axum::extract::State;
 use cloudsync_types::ApiErrorBody;
 use cloudsync_types::api::{AuditListParams, AuditPage, AuditVerifyReport};
 
-use crate::extract::{Admin, Principal, Query, WorkspaceAccess};
+use crate::extract::{Admin, Query, ServerAdmin, SessionOnly, WorkspaceAccess};
 use crate::{ApiError, AppState};
 
 /// The workspace's audit log, newest first (Admin or Owner).
@@ -34,7 +34,7 @@ pub(crate) async fn verify_workspace_audit(
     responses((status = 200, body = AuditPage), (status = 400, body = ApiErrorBody)))]
 pub(crate) async fn account_audit(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    SessionOnly(actor): SessionOnly,
     Query(q): Query<AuditListParams>,
 ) -> Result<axum::Json<AuditPage>, ApiError> {
     Ok(axum::Json(st.core.account_audit(&actor, &q).await?))
@@ -45,7 +45,7 @@ pub(crate) async fn account_audit(
     responses((status = 200, body = AuditVerifyReport), (status = 403, body = ApiErrorBody)))]
 pub(crate) async fn verify_account_audit(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    ServerAdmin(actor): ServerAdmin,
 ) -> Result<axum::Json<AuditVerifyReport>, ApiError> {
     Ok(axum::Json(st.core.verify_account_audit(&actor).await?))
 }

@@ -9,7 +9,7 @@ use cloudsync_types::api::{
 use cloudsync_types::{ApiErrorBody, SessionId};
 
 use super::time_of;
-use crate::extract::{ClientIp, Json, Principal};
+use crate::extract::{ClientIp, Json, Principal, ServerAdmin, SessionOnly};
 use crate::{ApiError, AppState};
 
 pub(crate) fn user_info(u: &cloudsync_store::UserRecord) -> UserInfo {
@@ -50,7 +50,7 @@ pub(crate) async fn mfa_status(
         (status = 409, body = ApiErrorBody, description = "MFA is already on"), (status = 429, body = ApiErrorBody)))]
 pub(crate) async fn mfa_enroll(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    SessionOnly(actor): SessionOnly,
     Json(req): Json<MfaEnrollRequest>,
 ) -> Result<axum::Json<MfaEnrollment>, ApiError> {
     Ok(axum::Json(st.core.mfa_enroll(&actor, req.password.as_deref()).await?))
@@ -62,7 +62,7 @@ pub(crate) async fn mfa_enroll(
         (status = 409, body = ApiErrorBody, description = "no enrolment pending")))]
 pub(crate) async fn mfa_confirm(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    SessionOnly(actor): SessionOnly,
     Json(req): Json<MfaCode>,
 ) -> Result<axum::Json<RecoveryCodes>, ApiError> {
     Ok(axum::Json(RecoveryCodes { recovery_codes: st.core.mfa_confirm(&actor, &req.code).await? }))
@@ -73,7 +73,7 @@ pub(crate) async fn mfa_confirm(
     responses((status = 204), (status = 400, body = ApiErrorBody, description = "wrong code"), (status = 409, body = ApiErrorBody)))]
 pub(crate) async fn mfa_disable(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    SessionOnly(actor): SessionOnly,
     Json(req): Json<MfaCode>,
 ) -> Result<StatusCode, ApiError> {
     st.core.mfa_disable(&actor, &req.code).await?;
@@ -85,7 +85,7 @@ pub(crate) async fn mfa_disable(
     responses((status = 200, body = RecoveryCodes), (status = 400, body = ApiErrorBody, description = "wrong code"), (status = 409, body = ApiErrorBody)))]
 pub(crate) async fn mfa_recovery_codes(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    SessionOnly(actor): SessionOnly,
     Json(req): Json<MfaCode>,
 ) -> Result<axum::Json<RecoveryCodes>, ApiError> {
     Ok(axum::Json(RecoveryCodes { recovery_codes: st.core.mfa_regenerate_recovery(&actor, &req.code).await? }))
@@ -93,7 +93,10 @@ pub(crate) async fn mfa_recovery_codes(
 
 /// Ends the calling session.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", responses((status = 204), (status = 401, body = ApiErrorBody)))]
-pub(crate) async fn logout(State(st): State<AppState>, Principal(actor): Principal) -> Result<StatusCode, ApiError> {
+pub(crate) async fn logout(
+    State(st): State<AppState>,
+    SessionOnly(actor): SessionOnly,
+) -> Result<StatusCode, ApiError> {
     st.core.logout(&actor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -112,7 +115,7 @@ pub(crate) async fn whoami(Principal(actor): Principal) -> axum::Json<WhoAmI> {
 #[utoipa::path(get, path = "/api/v1/devices", tag = "auth", responses((status = 200, body = Vec<Device>)))]
 pub(crate) async fn list_devices(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    SessionOnly(actor): SessionOnly,
 ) -> Result<axum::Json<Vec<Device>>, ApiError> {
     let list = st.core.list_devices(&actor).await?;
     Ok(axum::Json(
@@ -134,7 +137,7 @@ pub(crate) async fn list_devices(
     responses((status = 204), (status = 404, body = ApiErrorBody)))]
 pub(crate) async fn revoke_device(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    SessionOnly(actor): SessionOnly,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id: SessionId =
@@ -148,7 +151,7 @@ pub(crate) async fn revoke_device(
     responses((status = 201, body = UserInfo), (status = 403, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
 pub(crate) async fn create_user(
     State(st): State<AppState>,
-    Principal(actor): Principal,
+    ServerAdmin(actor): ServerAdmin,
     Json(req): Json<CreateUserRequest>,
 ) -> Result<(StatusCode, axum::Json<UserInfo>), ApiError> {
     let u = st.core.create_user(&req.email, &req.password, req.is_admin, Some(&actor)).await?;

@@ -32,8 +32,10 @@ pub(crate) use workspaces::*;
 pub enum Needs {
     /// Nothing (health, login).
     Public,
-    /// Any signed-in account.
+    /// Any signed-in account, with a session or an API key.
     Session,
+    /// A signed-in account with a session (a login), never an API key: managing the account itself.
+    AccountSession,
     /// A server administrator.
     ServerAdmin,
     /// Membership of the workspace in the path with at least this role.
@@ -45,21 +47,21 @@ pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("GET", "/api/v1/health", Needs::Public),
     ("GET", "/api/v1/openapi.json", Needs::Session),
     ("POST", "/api/v1/auth/login", Needs::Public),
-    ("POST", "/api/v1/auth/logout", Needs::Session),
+    ("POST", "/api/v1/auth/logout", Needs::AccountSession),
     ("GET", "/api/v1/auth/whoami", Needs::Session),
     ("GET", "/api/v1/auth/mfa", Needs::Session),
-    ("POST", "/api/v1/auth/mfa/enroll", Needs::Session),
-    ("POST", "/api/v1/auth/mfa/confirm", Needs::Session),
-    ("POST", "/api/v1/auth/mfa/disable", Needs::Session),
-    ("POST", "/api/v1/auth/mfa/recovery-codes", Needs::Session),
-    ("GET", "/api/v1/devices", Needs::Session),
-    ("DELETE", "/api/v1/devices/{id}", Needs::Session),
+    ("POST", "/api/v1/auth/mfa/enroll", Needs::AccountSession),
+    ("POST", "/api/v1/auth/mfa/confirm", Needs::AccountSession),
+    ("POST", "/api/v1/auth/mfa/disable", Needs::AccountSession),
+    ("POST", "/api/v1/auth/mfa/recovery-codes", Needs::AccountSession),
+    ("GET", "/api/v1/devices", Needs::AccountSession),
+    ("DELETE", "/api/v1/devices/{id}", Needs::AccountSession),
     ("POST", "/api/v1/users", Needs::ServerAdmin),
-    ("GET", "/api/v1/apikeys", Needs::Session),
-    ("POST", "/api/v1/apikeys", Needs::Session),
-    ("POST", "/api/v1/apikeys/{id}/rotate", Needs::Session),
-    ("DELETE", "/api/v1/apikeys/{id}", Needs::Session),
-    ("GET", "/api/v1/audit", Needs::Session),
+    ("GET", "/api/v1/apikeys", Needs::AccountSession),
+    ("POST", "/api/v1/apikeys", Needs::AccountSession),
+    ("POST", "/api/v1/apikeys/{id}/rotate", Needs::AccountSession),
+    ("DELETE", "/api/v1/apikeys/{id}", Needs::AccountSession),
+    ("GET", "/api/v1/audit", Needs::AccountSession),
     ("GET", "/api/v1/audit/verify", Needs::ServerAdmin),
     ("GET", "/api/v1/workspaces", Needs::Session),
     ("POST", "/api/v1/workspaces", Needs::Session),
@@ -130,7 +132,10 @@ pub fn api() -> Router<AppState> {
         .route("/audit/verify", get(verify_workspace_audit));
     Router::new()
         .route("/api/v1/health", get(health))
-        .route("/s/{token}", get(open_share).post(open_share_with_password))
+        .route(
+            "/s/{token}",
+            get(open_share).post(open_share_with_password).layer(DefaultBodyLimit::max(shares::MAX_FORM_BYTES)),
+        )
         .route("/api/v1/openapi.json", get(crate::openapi::openapi_json))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/logout", post(logout))

@@ -14,7 +14,7 @@ use crate::extract::{ClientIp, Editor, Json, WorkspaceAccess};
 use crate::{ApiError, AppState};
 
 /// Largest password form accepted.
-const MAX_FORM_BYTES: usize = 4096;
+pub(crate) const MAX_FORM_BYTES: usize = 4096;
 
 /// Creates a link to a file (Editor); the answer holds its token, shown this once.
 #[utoipa::path(post, path = "/api/v1/workspaces/{ws}/shares", tag = "shares", params(("ws" = String, Path)),
