@@ -65,7 +65,8 @@ async fn an_allowlist_refuses_other_addresses_for_sessions_and_keys() {
     let key_near = srv.anonymous().with_token(key);
     assert_eq!(get_file(&bob_far, ws.id, "plan.txt").await.expect("no list yet"), b"the plan");
 
-    let w = owner.workspaces().update_settings(ws.id, &allow(&["127.0.0.1/32"], false)).await.expect("set");
+    // By value, as the SDK's examples write it.
+    let w = owner.workspaces().update_settings(ws.id, allow(&["127.0.0.1/32"], false)).await.expect("set");
     assert_eq!(w.ip_allowlist, vec!["127.0.0.1/32"]);
 
     let refused = get_file(&bob_far, ws.id, "plan.txt").await.expect_err("127.0.0.2 is not on the list");

@@ -108,6 +108,14 @@ async fn workspace_log_filters_pages_and_refuses_editors() {
             .is_empty()
     );
 
+    let newest = owner
+        .audit()
+        .list(AuditQuery { workspace: Some(ws), limit: Some(1), ..AuditQuery::default() })
+        .await
+        .expect("a query by value");
+    assert_eq!(newest.entries.len(), 1);
+    assert_eq!(newest.next_before, Some(newest.entries[0].seq));
+
     let bad = owner
         .audit()
         .list(&AuditQuery { workspace: Some(ws), events: vec!["file.nope".into()], ..AuditQuery::default() })

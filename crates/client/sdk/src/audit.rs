@@ -34,12 +34,14 @@ pub struct Audit<'a> {
 }
 
 impl Audit<'_> {
-    /// `GET /workspaces/{ws}/audit` or `GET /audit`: one page of rows, newest first.
+    /// `GET /workspaces/{ws}/audit` or `GET /audit`: one page of rows, newest first. Takes the query by value
+    /// or by reference: `list(AuditQuery { workspace: Some(ws), ..Default::default() })`.
     ///
     /// # Errors
     /// [`crate::ErrorKind::Forbidden`] below Admin in the workspace, [`crate::ErrorKind::BadRequest`] for an
     /// unknown event name or a bad range, and any transport failure.
-    pub async fn list(&self, q: &AuditQuery) -> Result<AuditPage, Error> {
+    pub async fn list(&self, q: impl std::borrow::Borrow<AuditQuery>) -> Result<AuditPage, Error> {
+        let q = q.borrow();
         let params = AuditListParams {
             since: q.start_date,
             until: q.end_date,

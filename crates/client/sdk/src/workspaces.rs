@@ -49,13 +49,20 @@ impl Workspaces<'_> {
         self.client.call_empty(self.client.request(Method::DELETE, &format!("/workspaces/{ws}"))?).await
     }
 
-    /// `PUT /workspaces/{ws}/settings` (owners only): changes the settings given, leaves the others.
+    /// `PUT /workspaces/{ws}/settings` (owners only): changes the settings given, leaves the others. Takes the
+    /// settings by value or by reference: `update_settings(ws, UpdateSettings { ip_allowlist: Some(..), ..
+    /// Default::default() })`.
     ///
     /// # Errors
     /// [`ErrorKind::Forbidden`] below Owner (or when requiring MFA without one's own), [`ErrorKind::NotFound`],
     /// and any transport failure.
-    pub async fn update_settings(&self, ws: WorkspaceId, settings: &UpdateSettings) -> Result<Workspace, Error> {
-        self.client.call(self.client.request(Method::PUT, &format!("/workspaces/{ws}/settings"))?.json(settings)).await
+    pub async fn update_settings(
+        &self,
+        ws: WorkspaceId,
+        settings: impl std::borrow::Borrow<UpdateSettings>,
+    ) -> Result<Workspace, Error> {
+        let rb = self.client.request(Method::PUT, &format!("/workspaces/{ws}/settings"))?.json(settings.borrow());
+        self.client.call(rb).await
     }
 
     /// `GET /workspaces/{ws}/keys`: the chunk-id key and chunking parameters a member's client needs.
