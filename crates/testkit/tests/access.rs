@@ -315,7 +315,8 @@ async fn failed_logins_are_audited_and_rate_limited_with_retry_after() {
         failures[4].row.target.as_deref().is_some_and(|t| t.starts_with("email-tag:")),
         "unknown emails are not stored"
     );
-    cloudsync_store::verify_chain(&rows).expect("chain verifies");
+    cloudsync_store::verify_chain(&cloudsync_cli::server::audit_key(&srv.config).expect("audit key"), &rows)
+        .expect("chain verifies");
     srv.stop().await;
 }
 
@@ -361,8 +362,10 @@ async fn actions_are_audited_and_no_secret_reaches_the_database() {
     ] {
         assert!(events.contains(&want), "{want} was not audited: {events:?}");
     }
-    cloudsync_store::verify_chain(&ws_rows).expect("workspace chain");
-    cloudsync_store::verify_chain(&global).expect("global chain");
+    cloudsync_store::verify_chain(&cloudsync_cli::server::audit_key(&srv.config).expect("audit key"), &ws_rows)
+        .expect("workspace chain");
+    cloudsync_store::verify_chain(&cloudsync_cli::server::audit_key(&srv.config).expect("audit key"), &global)
+        .expect("global chain");
     // Neither the tokens nor the password appear anywhere in the data directory.
     for secret in [tok.as_str(), PASSWORD] {
         let leaks = files_containing(&srv.data_dir(), secret.as_bytes());

@@ -313,3 +313,51 @@ async fn verify_is_not_fooled_by_rows_appended_while_it_runs() {
     assert!(appended > 10, "rows were appended during the checks ({appended})");
     srv.stop().await;
 }
+
+/// Rewrites a chain from row `from` on (each row's link and hash, and the head) under `key`, as someone who
+/// edited row `from` and wants the chain to look whole.
+async fn rehash(srv: &TestServer, chain: &str, from: u64, key: &cloudsync_store::AuditKey) {
+    let store = cloudsync_cli::server::open_store(&srv.config, &srv.data_dir()).await.expect("store");
+    let rows = store.audit_chain(chain, 0, 10_000).await.expect("rows");
+    let mut conn = db(srv).await;
+    let mut prev = rows[usize::try_from(from).expect("seq") - 2].hash;
+    for r in rows.iter().filter(|r| r.seq >= from) {
+        let hash = cloudsync_store::audit_row_hash(key, &prev, r.id, &r.chain, r.seq, &r.row);
+        sqlx::query("UPDATE audit SET prev_hash = ?, hash = ? WHERE chain = ? AND seq = ?")
+            .bind(&prev[..])
+            .bind(&hash[..])
+            .bind(chain)
+            .bind(i64::try_from(r.seq).expect("seq"))
+            .execute(&mut conn)
+            .await
+            .expect("rehash");
+        prev = hash;
+    }
+    sqlx::query("UPDATE audit_heads SET hash = ? WHERE chain = ?")
+        .bind(&prev[..])
+        .bind(chain)
+        .execute(&mut conn)
+        .await
+        .expect("head");
+}
+
+#[tokio::test]
+async fn an_edit_rehashed_without_the_master_key_is_still_found() {
+    let srv = TestServer::start().await;
+    let (owner, _editor, ws) = history(&srv).await;
+    let chain = ws.to_string();
+    let mut conn = db(&srv).await;
+    sqlx::query("UPDATE audit SET target = 'innocent.txt' WHERE chain = ? AND seq = 4")
+        .bind(&chain)
+        .execute(&mut conn)
+        .await
+        .expect("edit");
+    // The database holds everything but the key: a rewrite under any other key is caught at the edited row.
+    rehash(&srv, &chain, 4, &cloudsync_store::AuditKey::from_bytes([0; 32])).await;
+    let r = owner.audit().verify(Some(ws)).await.expect("verify");
+    assert_eq!(r.first_broken.map(|b| b.seq), Some(4));
+    // Only with the master key (kept outside the database) could the rewrite pass: the key is what holds.
+    rehash(&srv, &chain, 4, &cloudsync_cli::server::audit_key(&srv.config).expect("key")).await;
+    assert!(owner.audit().verify(Some(ws)).await.expect("verify").ok);
+    srv.stop().await;
+}

@@ -94,7 +94,8 @@ async fn a_commit_batch_judges_each_commit_on_its_own() {
         .map(|r| r.row.target.as_deref().unwrap_or_default())
         .collect();
     assert_eq!(uploads, ["old.txt", "old.txt", "new/one.txt", "new/two.txt", "new/one.txt"]);
-    cloudsync_store::verify_chain(&rows).expect("chain");
+    cloudsync_store::verify_chain(&cloudsync_cli::server::audit_key(&srv.config).expect("audit key"), &rows)
+        .expect("chain");
 
     assert!(f.commit_batch(&[]).await.expect("empty").is_empty());
     srv.stop().await;

@@ -120,7 +120,7 @@ impl Core {
         // rather than mistaken for a rewound head.
         let head = self.store.audit_head(chain).await?;
         let end = head.map_or(0, |(seq, _)| seq);
-        let mut v = ChainVerifier::default();
+        let mut v = ChainVerifier::new(&crate::audit_key(&self.master));
         let mut broken = None;
         'read: while v.rows() < end {
             let want = u32::try_from((end - v.rows()).min(u64::from(VERIFY_BATCH))).unwrap_or(VERIFY_BATCH);

@@ -37,6 +37,12 @@ pub use mfa::{MFA_LOCKOUT, RECOVERY_CODES};
 pub use shares::{ShareDownload, share_view};
 pub use upload::{ChunkUpload, FLUSH_CHUNKS};
 
+/// The key that keys the audit chain's hashes, derived from the server master key (so it is never in the
+/// database). The store is opened with it; verification uses it too.
+pub fn audit_key(master: &SecretKey) -> cloudsync_store::AuditKey {
+    cloudsync_store::AuditKey::from_bytes(*master.derive("cloudsync 2026 audit-chain-key v1").as_bytes())
+}
+
 /// How many refusals by an IP allowlist are audited per workspace and address in one rate-limit window.
 const DENIALS_AUDITED: u32 = 20;
 

@@ -17,10 +17,11 @@ pub(crate) const PASSWORD: &str = "correct horse battery";
 /// A core on SQLite and the local disk under `dir`, its clock, and account a@example.com with a session opened
 /// at [`START_MS`].
 pub(crate) async fn core_with_account(dir: &Path) -> (Core, Arc<ManualClock>, Actor) {
-    let store = SqliteStore::open(&dir.join("meta.db")).await.expect("store");
+    let master = SecretKey::generate();
+    let store = SqliteStore::open(&dir.join("meta.db"), crate::audit_key(&master)).await.expect("store");
     let blobs = BlobStore::local(&dir.join("chunks")).expect("blobs");
     let clock = Arc::new(ManualClock::new(START_MS));
-    let core = Core::new(Arc::new(store), blobs, SecretKey::generate(), clock.clone());
+    let core = Core::new(Arc::new(store), blobs, master, clock.clone());
     let user = core.create_user("a@example.com", PASSWORD, false, None).await.expect("user");
     let actor = Actor {
         user_id: user.id,

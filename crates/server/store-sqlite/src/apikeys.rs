@@ -65,7 +65,7 @@ impl ApiKeyStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -113,7 +113,7 @@ impl ApiKeyStore for SqliteStore {
         if done == 0 {
             return Ok(false);
         }
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }
@@ -130,7 +130,7 @@ impl ApiKeyStore for SqliteStore {
         if done == 0 {
             return Ok(false);
         }
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }
@@ -144,7 +144,7 @@ impl ApiKeyStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }
 }

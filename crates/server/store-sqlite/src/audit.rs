@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use cloudsync_store::{AuditFilter, AuditRow, AuditStore, NewAudit, StoreError, StoreResult, audit_row_hash};
+use cloudsync_store::{AuditFilter, AuditKey, AuditRow, AuditStore, NewAudit, StoreError, StoreResult, audit_row_hash};
 use cloudsync_types::{AuditId, Outcome, UserId, WorkspaceId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
@@ -17,7 +17,7 @@ const INSERT_ROWS: usize = 500;
 /// Appends `rows` to their chains inside `tx`. Each chain's head is read once and written once per call, and
 /// the rows go in multi-row INSERTs, so a batch of a thousand commits or manifest reads costs a handful of
 /// statements rather than three per row.
-pub(crate) async fn append(tx: &mut Transaction<'_, Sqlite>, rows: &[NewAudit]) -> StoreResult<()> {
+pub(crate) async fn append(key: &AuditKey, tx: &mut Transaction<'_, Sqlite>, rows: &[NewAudit]) -> StoreResult<()> {
     let mut heads: HashMap<String, (u64, [u8; 32])> = HashMap::new();
     let mut chained = Vec::with_capacity(rows.len());
     for row in rows {
@@ -27,7 +27,7 @@ pub(crate) async fn append(tx: &mut Transaction<'_, Sqlite>, rows: &[NewAudit]) 
             None => read_head(tx, &chain).await?,
         };
         let (seq, aid) = (prev_seq + 1, AuditId::new());
-        let hash = audit_row_hash(&prev_hash, aid, &chain, seq, row);
+        let hash = audit_row_hash(key, &prev_hash, aid, &chain, seq, row);
         heads.insert(chain.clone(), (seq, hash));
         chained.push((aid, chain, seq, row, prev_hash, hash));
     }
@@ -129,7 +129,7 @@ fn row_of(r: &SqliteRow) -> StoreResult<AuditRow> {
 impl AuditStore for SqliteStore {
     async fn append_audit(&self, audit: &[NewAudit]) -> StoreResult<()> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }
 

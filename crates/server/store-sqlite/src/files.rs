@@ -140,6 +140,7 @@ async fn live_heads(
 /// Writes the landed commits of a batch: new file rows, version rows, moved version pointers, journal
 /// entries and audit rows, each kind in a few multi-row statements.
 async fn write_landings(
+    key: &cloudsync_store::AuditKey,
     tx: &mut Transaction<'_, Sqlite>,
     ws: WorkspaceId,
     landed: &[Landing<'_>],
@@ -209,7 +210,7 @@ async fn write_landings(
         landed.iter().map(|l| (l.file, &l.commit.path, false, l.number)).collect();
     journal(tx, ws, &changes).await?;
     let audit: Vec<NewAudit> = landed.iter().flat_map(|l| l.commit.audit.iter().cloned()).collect();
-    append(tx, &audit).await
+    append(key, tx, &audit).await
 }
 
 /// Appends `changes` (file, path, deleted, version) to the workspace's change journal, in order.
@@ -409,7 +410,7 @@ impl FileStore for SqliteStore {
             }));
             landed.push(Landing { commit: c, file, number });
         }
-        write_landings(&mut tx, ws, &landed, &created).await?;
+        write_landings(&self.audit_key, &mut tx, ws, &landed, &created).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(out)
     }
@@ -551,7 +552,7 @@ impl FileStore for SqliteStore {
         }
         let changes: Vec<_> = gone.iter().map(|f| (f.id, &f.path, true, f.version)).collect();
         journal(&mut tx, ws, &changes).await?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(gone)
     }
@@ -596,7 +597,7 @@ impl FileStore for SqliteStore {
             None => file.version,
         };
         journal(&mut tx, ws, &[(file.id, path, false, number)]).await?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         let rec = file_by_id(&mut tx, file.id).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(rec)

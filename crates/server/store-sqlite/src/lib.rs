@@ -17,7 +17,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use cloudsync_store::{StoreError, StoreResult};
+use cloudsync_store::{AuditKey, StoreError, StoreResult};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -36,6 +36,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Keys the audit chain's hashes.
+    audit_key: std::sync::Arc<AuditKey>,
 }
 
 impl SqliteStore {
@@ -43,22 +45,23 @@ impl SqliteStore {
     ///
     /// # Errors
     /// When the file cannot be opened or a migration fails.
-    pub async fn open(path: &Path) -> StoreResult<Self> {
-        Self::with_options(SqliteConnectOptions::new().filename(path)).await
+    pub async fn open(path: &Path, audit_key: AuditKey) -> StoreResult<Self> {
+        Self::with_options(SqliteConnectOptions::new().filename(path), audit_key).await
     }
 
     /// Opens a database from a `sqlite://PATH` URL.
     ///
     /// # Errors
     /// As [`SqliteStore::open`], or for a malformed URL.
-    pub async fn connect(url: &str) -> StoreResult<Self> {
+    pub async fn connect(url: &str, audit_key: AuditKey) -> StoreResult<Self> {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Backend(format!("invalid sqlite URL {url:?}: {e}; use sqlite://PATH")))?;
-        Self::with_options(opts).await
+        Self::with_options(opts, audit_key).await
     }
 
     /// Applies the settings every connection needs (WAL, durable commits, foreign keys) and opens the pools.
-    async fn with_options(opts: SqliteConnectOptions) -> StoreResult<Self> {
+    async fn with_options(opts: SqliteConnectOptions, audit_key: AuditKey) -> StoreResult<Self> {
+        let audit_key = std::sync::Arc::new(audit_key);
         let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -71,7 +74,7 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await
             .map_err(map_err)?;
-        let store = Self { writer: writer.clone(), reader: writer };
+        let store = Self { writer: writer.clone(), reader: writer, audit_key: audit_key.clone() };
         store.migrate().await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
@@ -79,7 +82,7 @@ impl SqliteStore {
             .connect_with(opts.read_only(true))
             .await
             .map_err(map_err)?;
-        Ok(Self { writer: store.writer, reader })
+        Ok(Self { writer: store.writer, reader, audit_key })
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -167,16 +170,17 @@ mod tests {
     #[tokio::test]
     async fn conformance_story() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("meta.db")).await.expect("open");
-        cloudsync_store::story::story(&store).await;
+        let key = AuditKey::from_bytes([3; 32]);
+        let store = SqliteStore::open(&dir.path().join("meta.db"), key.clone()).await.expect("open");
+        cloudsync_store::story::story(&store, &key).await;
     }
 
     #[tokio::test]
     async fn reopening_applies_no_migration_twice() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("meta.db");
-        SqliteStore::open(&path).await.expect("open").close().await;
-        let store = SqliteStore::open(&path).await.expect("reopen");
+        SqliteStore::open(&path, AuditKey::from_bytes([3; 32])).await.expect("open").close().await;
+        let store = SqliteStore::open(&path, AuditKey::from_bytes([3; 32])).await.expect("reopen");
         let n: i64 =
             sqlx::query_scalar("SELECT count(*) FROM schema_migrations").fetch_one(&store.reader).await.expect("count");
         assert_eq!(n, MIGRATIONS.len() as i64);

@@ -85,7 +85,7 @@ impl MfaStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }
@@ -153,7 +153,7 @@ impl MfaStore for SqliteStore {
     async fn mfa_replace_recovery(&self, user: UserId, recovery: &[[u8; 32]], audit: &[NewAudit]) -> StoreResult<()> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         replace_recovery(&mut tx, user, recovery).await?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -173,7 +173,7 @@ impl MfaStore for SqliteStore {
         if done == 0 {
             return Ok(false);
         }
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }

@@ -54,7 +54,7 @@ impl ShareStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -106,7 +106,7 @@ impl ShareStore for SqliteStore {
         if done == 0 {
             return Ok(false);
         }
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }

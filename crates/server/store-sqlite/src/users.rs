@@ -49,7 +49,7 @@ impl UserStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -93,7 +93,7 @@ impl UserStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -138,7 +138,7 @@ impl UserStore for SqliteStore {
         if n == 0 {
             return Ok(false);
         }
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }

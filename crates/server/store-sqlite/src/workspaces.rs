@@ -79,7 +79,7 @@ impl WorkspaceStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -129,7 +129,7 @@ impl WorkspaceStore for SqliteStore {
         if n == 0 {
             return Ok(false);
         }
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }
@@ -180,7 +180,7 @@ impl WorkspaceStore for SqliteStore {
         if done == 0 {
             return Ok(false);
         }
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }
@@ -204,7 +204,7 @@ impl WorkspaceStore for SqliteStore {
         if done == 0 {
             return Ok(false);
         }
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }
@@ -259,7 +259,7 @@ impl WorkspaceStore for SqliteStore {
                 StoreError::Conflict(_) => StoreError::Conflict("already a member".into()),
                 other => other,
             })?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -282,7 +282,7 @@ impl WorkspaceStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(old)
     }
@@ -299,7 +299,7 @@ impl WorkspaceStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        append(&mut tx, audit).await?;
+        append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(old)
     }

@@ -1,9 +1,34 @@
 //! Audit rows and their hash chain. Each row carries the hash of the previous row of its chain, so editing,
 //! deleting or reordering a row breaks every hash after it. Workspace events chain per workspace; account
 //! events (logins, devices, accounts) chain in [`GLOBAL_CHAIN`]. The hash covers every stored field, encoded
-//! with explicit lengths so no two rows can encode alike.
+//! with explicit lengths so no two rows can encode alike, and is keyed with an [`AuditKey`] derived from the
+//! server's master key, which never lives in the database: whoever can write the database alone cannot
+//! recompute a chain after editing it.
 
 use cloudsync_types::{AuditEvent, AuditId, Outcome, UserId, WorkspaceId};
+
+/// The key of the audit chain's hashes (derived from the server master key by the caller).
+#[derive(Clone)]
+pub struct AuditKey([u8; 32]);
+
+impl AuditKey {
+    /// Wraps 32 key bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl Drop for AuditKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(..)")
+    }
+}
 
 /// The chain of events that belong to no workspace.
 pub const GLOBAL_CHAIN: &str = "global";
@@ -59,8 +84,9 @@ fn put(h: &mut blake3::Hasher, field: &[u8]) {
 }
 
 /// The hash of a row given its chain position and the previous hash.
-pub fn audit_row_hash(prev: &[u8; 32], id: AuditId, chain: &str, seq: u64, row: &NewAudit) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("cloudsync 2026 audit-chain v1");
+pub fn audit_row_hash(key: &AuditKey, prev: &[u8; 32], id: AuditId, chain: &str, seq: u64, row: &NewAudit) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(&key.0);
+    h.update(b"cloudsync 2026 audit-chain v2");
     h.update(prev);
     put(&mut h, id.as_uuid().as_bytes());
     put(&mut h, chain.as_bytes());
@@ -109,17 +135,17 @@ pub struct BrokenChain {
 /// Checks a chain row by row, in chain order, without holding it all in memory.
 #[derive(Debug, Clone)]
 pub struct ChainVerifier {
+    key: AuditKey,
     prev: [u8; 32],
     next_seq: u64,
 }
 
-impl Default for ChainVerifier {
-    fn default() -> Self {
-        Self { prev: [0u8; 32], next_seq: 1 }
-    }
-}
-
 impl ChainVerifier {
+    /// A verifier for chains hashed under `key`, before their first row.
+    pub fn new(key: &AuditKey) -> Self {
+        Self { key: key.clone(), prev: [0u8; 32], next_seq: 1 }
+    }
+
     /// Rows checked so far.
     pub fn rows(&self) -> u64 {
         self.next_seq - 1
@@ -155,7 +181,7 @@ impl ChainVerifier {
                 want - 1
             )));
         }
-        if audit_row_hash(&self.prev, r.id, &r.chain, r.seq, &r.row) != r.hash {
+        if audit_row_hash(&self.key, &self.prev, r.id, &r.chain, r.seq, &r.row) != r.hash {
             return Err(broken(format!("row {want} was edited: its content does not match its hash")));
         }
         self.prev = r.hash;
@@ -199,7 +225,7 @@ impl ChainVerifier {
 ///
 /// # Errors
 /// The position of the first row whose sequence, link or hash does not match.
-pub fn verify_chain(rows: &[AuditRow]) -> Result<(), u64> {
-    let mut v = ChainVerifier::default();
+pub fn verify_chain(key: &AuditKey, rows: &[AuditRow]) -> Result<(), u64> {
+    let mut v = ChainVerifier::new(key);
     rows.iter().try_for_each(|r| v.push(r)).map_err(|b| b.seq)
 }

@@ -5,8 +5,8 @@
 use cloudsync_types::{AuditEvent, ChunkId, Outcome, Role, SessionId, UserId, VersionId, WorkspaceId, WsPath};
 
 use crate::{
-    ChunkPlace, GLOBAL_CHAIN, MemberAccess, NewAudit, NewChunk, NewCommit, NewVersion, SessionRecord, StaleBase, Store,
-    StoreError, UserRecord, WorkspaceRecord, verify_chain,
+    AuditKey, ChunkPlace, GLOBAL_CHAIN, MemberAccess, NewAudit, NewChunk, NewCommit, NewVersion, SessionRecord,
+    StaleBase, Store, StoreError, UserRecord, WorkspaceRecord, verify_chain,
 };
 
 fn audit(event: AuditEvent, actor: Option<UserId>, ws: Option<WorkspaceId>, at_ms: i64) -> NewAudit {
@@ -53,7 +53,7 @@ fn user(email: &str) -> UserRecord {
 }
 
 /// Runs the whole story against a fresh, empty store. Panics with a message naming the broken rule.
-pub async fn story(store: &dyn Store) {
+pub async fn story(store: &dyn Store, key: &AuditKey) {
     // Users.
     let alice = user("alice@example.com");
     let bob = user("bob@example.com");
@@ -349,15 +349,20 @@ pub async fn story(store: &dyn Store) {
         [AuditEvent::UserCreated, AuditEvent::AuthLogin, AuditEvent::MfaEnabled, AuditEvent::MfaDisabled],
         "written with the action they describe (and not for refused ones)"
     );
-    verify_chain(&global).expect("global chain verifies");
+    verify_chain(key, &global).expect("global chain verifies");
+    assert_eq!(
+        verify_chain(&AuditKey::from_bytes([7; 32]), &global),
+        Err(1),
+        "without the key a chain cannot be recomputed (nor checked)"
+    );
     let chain = store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("ws chain");
     assert_eq!(chain.len(), 5, "workspace created, three batched uploads, one access");
-    verify_chain(&chain).expect("workspace chain verifies");
+    verify_chain(key, &chain).expect("workspace chain verifies");
     assert_eq!(chain[0].row.details, serde_json::json!({"story": true}));
     let mut tampered = chain.clone();
     tampered[0].row.target = Some("edited".into());
-    assert_eq!(verify_chain(&tampered), Err(1), "an edited row is detected");
-    assert_eq!(verify_chain(&chain[1..]), Err(1), "a deleted row is detected");
+    assert_eq!(verify_chain(key, &tampered), Err(1), "an edited row is detected");
+    assert_eq!(verify_chain(key, &chain[1..]), Err(1), "a deleted row is detected");
 
     // An action that fails writes no audit row.
     let before = store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("chain").len();

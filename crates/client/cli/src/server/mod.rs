@@ -17,15 +17,33 @@ use tokio::net::TcpListener;
 
 pub use config::{DEFAULT_CONFIG, ServerConfig};
 
-/// Opens the metadata store named by the configuration.
+/// Opens the metadata store named by the configuration, with the audit key derived from the server's master
+/// key (for operators' tools and tests; the server itself uses [`build_core`]).
 ///
 /// # Errors
-/// An unknown scheme or a database that cannot be opened.
+/// An unknown scheme, an unusable master key, or a database that cannot be opened.
 pub async fn open_store(cfg: &ServerConfig, data_dir: &Path) -> Result<Arc<dyn Store>> {
+    let master = master_key::load_or_create(cfg, data_dir)?;
+    open_store_keyed(cfg, data_dir, cloudsync_server_core::audit_key(&master)).await
+}
+
+/// The key of the audit chain's hashes on this server (for tools that check a chain themselves).
+///
+/// # Errors
+/// An unusable master key.
+pub fn audit_key(cfg: &ServerConfig) -> Result<cloudsync_store::AuditKey> {
+    Ok(cloudsync_server_core::audit_key(&master_key::load_or_create(cfg, &cfg.data_dir())?))
+}
+
+async fn open_store_keyed(
+    cfg: &ServerConfig,
+    data_dir: &Path,
+    audit_key: cloudsync_store::AuditKey,
+) -> Result<Arc<dyn Store>> {
     let url =
         cfg.storage.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("meta.db").display()));
     if url.starts_with("sqlite:") {
-        let store = cloudsync_store_sqlite::SqliteStore::connect(&url)
+        let store = cloudsync_store_sqlite::SqliteStore::connect(&url, audit_key)
             .await
             .with_context(|| format!("cannot open the database {url}"))?;
         Ok(Arc::new(store))
@@ -44,7 +62,7 @@ pub async fn build_core(cfg: &ServerConfig) -> Result<Core> {
     let data_dir = cfg.data_dir();
     create_private_dir(&data_dir)?;
     let master = master_key::load_or_create(cfg, &data_dir)?;
-    let store = open_store(cfg, &data_dir).await?;
+    let store = open_store_keyed(cfg, &data_dir, cloudsync_server_core::audit_key(&master)).await?;
     let chunks_dir = cfg.storage.chunks_dir.clone().unwrap_or_else(|| data_dir.join("chunks"));
     let blobs = BlobStore::local(&chunks_dir)
         .with_context(|| format!("cannot use the chunk directory {}", chunks_dir.display()))?;
