@@ -117,6 +117,9 @@ pub enum Command {
     /// Show the trash.
     #[command(subcommand)]
     Trash(TrashCmd),
+    /// End-to-end encryption keys: make them, unlock and lock them, compare fingerprints, recover them.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// API keys for scripts and services: `CLOUDSYNC_API_KEY=csk_... cloudsync ...` runs any command with one.
     #[command(subcommand)]
     Apikey(ApikeyCmd),
@@ -126,6 +129,46 @@ pub enum Command {
     /// Read, export and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+}
+
+/// `keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Make your end-to-end encryption keys: asks for a passphrase (twice) and prints a recovery key once.
+    /// Keep the recovery key apart from the passphrase: with neither, end-to-end encrypted data is lost.
+    Init {
+        /// Read the passphrase from the first line of standard input.
+        #[arg(long)]
+        passphrase_stdin: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Open your keys with the passphrase and keep them in the OS credential store until `keys lock`.
+    Unlock {
+        /// Read the passphrase from the first line of standard input.
+        #[arg(long)]
+        passphrase_stdin: bool,
+    },
+    /// Forget the unlocked keys on this device.
+    Lock,
+    /// Show a fingerprint to compare in person or by phone: yours, or another account's. Another account's is
+    /// remembered the first time; a changed one is refused unless confirmed.
+    Fingerprint {
+        /// Whose (default: yours).
+        email: Option<String>,
+        /// Accept a fingerprint that changed since it was first seen (after checking it with its owner).
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Set a new passphrase with the recovery key. With --passphrase-stdin, standard input holds two lines:
+    /// the recovery key, then the new passphrase.
+    Recover {
+        /// Read the recovery key and the new passphrase from standard input (two lines).
+        #[arg(long)]
+        passphrase_stdin: bool,
+    },
 }
 
 /// `apikey ...`.

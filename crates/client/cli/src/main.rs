@@ -73,6 +73,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Trash(TrashCmd::List { workspace, json }) => client::trash(&workspace, json.json).await,
         Command::Audit(cmd) => client::audit::run(cmd).await,
         Command::Apikey(cmd) => client::apikey::run(cmd).await,
+        Command::Keys(cmd) => client::keys::run(cmd).await,
         Command::Share(cmd) => client::share::run(cmd).await,
     }
 }

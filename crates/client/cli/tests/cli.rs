@@ -898,3 +898,120 @@ fn turning_mfa_off_names_the_workspaces_that_will_refuse_you() {
     assert!(alice.fail(&["ls", "Strict"]).contains("requires two-factor authentication"));
     alice.ok(&["ls", "Relaxed"]);
 }
+
+#[test]
+fn end_to_end_keys_init_unlock_lock_recover_and_fingerprints_on_first_use() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (srv, alice) = signed_in(root.path(), "alice@example.org", false, "Docs");
+    let passphrase = "purple monkey dishwasher";
+    let out = alice.with_stdin(&["keys", "init", "--passphrase-stdin", "--json"], &format!("{passphrase}\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made = json(&String::from_utf8_lossy(&out.stdout));
+    let recovery = made["recovery_key"].as_str().expect("recovery key").to_owned();
+    let fp = made["fingerprint"].as_str().expect("fingerprint").to_owned();
+    assert_eq!(fp.len(), 47, "{fp}");
+    assert_eq!(alice.ok(&["keys", "fingerprint"]).trim(), fp);
+    let again = alice.with_stdin(&["keys", "init", "--passphrase-stdin"], &format!("{passphrase}\n"));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already have end-to-end keys"));
+
+    alice.ok(&["keys", "lock"]);
+    let wrong = alice.with_stdin(&["keys", "unlock", "--passphrase-stdin"], "not the passphrase\n");
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("does not open your keys"));
+    let right = alice.with_stdin(&["keys", "unlock", "--passphrase-stdin"], &format!("{passphrase}\n"));
+    assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
+
+    // A forgotten passphrase: the recovery key sets a new one; the old one stops working.
+    let new_pass = "a brand new passphrase";
+    let rec = alice
+        .with_stdin(&["keys", "recover", "--passphrase-stdin"], &format!("{}\n{new_pass}\n", recovery.to_lowercase()));
+    assert!(rec.status.success(), "{}", String::from_utf8_lossy(&rec.stderr));
+    assert!(!alice.with_stdin(&["keys", "unlock", "--passphrase-stdin"], &format!("{passphrase}\n")).status.success());
+    assert!(alice.with_stdin(&["keys", "unlock", "--passphrase-stdin"], &format!("{new_pass}\n")).status.success());
+    assert_eq!(alice.ok(&["keys", "fingerprint"]).trim(), fp, "the same keys");
+    let bad =
+        alice.with_stdin(&["keys", "recover", "--passphrase-stdin"], &format!("{}\n{new_pass}\n", "A".repeat(52)));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("does not open"));
+
+    // Another account's fingerprint: remembered on first sight, a substituted key refused.
+    create_user(&srv, "bob@example.org", false);
+    let bob = Client::new(root.path(), "bob");
+    bob.login(&srv, "bob@example.org");
+    let err = alice.fail(&["keys", "fingerprint", "bob@example.org"]);
+    assert!(err.contains("no end-to-end keys yet"), "{err}");
+    let bob_made = bob.with_stdin(&["keys", "init", "--passphrase-stdin", "--json"], "bob's long passphrase\n");
+    let bob_fp = json(&String::from_utf8_lossy(&bob_made.stdout))["fingerprint"].as_str().expect("fp").to_owned();
+    let seen = json(&alice.ok(&["keys", "fingerprint", "bob@example.org", "--json"]));
+    assert_eq!((seen["fingerprint"].as_str(), seen["status"].as_str()), (Some(bob_fp.as_str()), Some("first seen")));
+    assert_eq!(json(&alice.ok(&["keys", "fingerprint", "bob@example.org", "--json"]))["status"], "unchanged");
+
+    // The server swaps in keys it made for bob (validly self-signed: only first-use memory can tell).
+    let bob_id = json(&bob.ok(&["whoami", "--json"]))["user"]["id"].as_str().expect("id").to_owned();
+    let bob_uuid = bob_id.replace('-', "");
+    let forged =
+        cloudsync_crypto::e2ee::UserKeys::generate().identity(&hex_to_16(&bob_uuid), "bob@example.org").to_bytes();
+    tamper(
+        &srv,
+        &format!("UPDATE user_keys SET identity = X'{}' WHERE hex(user_id) = upper('{bob_uuid}')", hex_lower(&forged)),
+    );
+    let err = alice.fail(&["keys", "fingerprint", "bob@example.org"]);
+    assert!(err.contains("CHANGED") && err.contains(&bob_fp), "{err}");
+    let accepted = json(&alice.ok(&["keys", "fingerprint", "bob@example.org", "--yes", "--json"]));
+    assert_eq!(accepted["status"], "changed, accepted");
+    // Keys signed for someone else are refused outright.
+    let carol_id = [9u8; 16];
+    let stolen = cloudsync_crypto::e2ee::UserKeys::generate().identity(&carol_id, "bob@example.org").to_bytes();
+    tamper(
+        &srv,
+        &format!("UPDATE user_keys SET identity = X'{}' WHERE hex(user_id) = upper('{bob_uuid}')", hex_lower(&stolen)),
+    );
+    let err = alice.fail(&["keys", "fingerprint", "bob@example.org", "--yes"]);
+    assert!(err.contains("did not sign"), "{err}");
+
+    // The server holds neither passphrase, nor recovery key, nor the secret keys.
+    let secret_hex =
+        std::fs::read_to_string(root.path().join("alice").join("config").join("credentials.json")).expect("creds");
+    let cached = json(&secret_hex)
+        .as_object()
+        .expect("object")
+        .iter()
+        .find(|(k, _)| k.ends_with("#e2ee"))
+        .map(|(_, v)| v.as_str().expect("hex").to_owned())
+        .expect("unlocked keys cached");
+    let raw = (0..cached.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&cached[i..i + 2], 16).expect("hex"))
+        .collect::<Vec<u8>>();
+    let mut needles: Vec<Vec<u8>> = vec![
+        passphrase.into(),
+        new_pass.into(),
+        recovery.clone().into(),
+        cached.into_bytes(),
+        raw[..32].to_vec(),
+        raw[32..].to_vec(),
+    ];
+    needles.push(recovery.replace('-', "").into_bytes());
+    for f in walk(&srv.data) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        for n in &needles {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n.as_slice()),
+                "a secret ({} bytes) is in {}",
+                n.len(),
+                f.display()
+            );
+        }
+    }
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hex_to_16(s: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    out
+}

@@ -47,6 +47,7 @@ mod frames;
 mod mapping;
 mod shares;
 mod tls;
+mod userkeys;
 mod workspaces;
 
 pub use account::{Auth, Devices, Users};
@@ -61,4 +62,5 @@ pub use fingerprint::{certificate_fingerprint, format_fingerprint, parse_fingerp
 pub use frames::ChunkStream;
 pub use shares::Shares;
 pub use tls::{Trust, probe_fingerprint};
+pub use userkeys::UserKeys;
 pub use workspaces::{Members, Workspaces};

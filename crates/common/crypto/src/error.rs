@@ -19,6 +19,9 @@ pub enum CryptoError {
     /// The password exceeds [`crate::password::MAX_PASSWORD_BYTES`].
     #[error("the password is longer than {} bytes; use a shorter one", crate::password::MAX_PASSWORD_BYTES)]
     PasswordTooLong,
+    /// A signature did not verify.
+    #[error("a signature does not verify: the signed data or the key was altered")]
+    Signature,
     /// The envelope starts with a version byte this build does not know.
     #[error("unsupported envelope version {0}")]
     Version(u8),

@@ -34,6 +34,7 @@
 //! ```
 
 pub mod aead;
+pub mod e2ee;
 mod error;
 mod hash;
 mod key;

@@ -955,3 +955,43 @@ impl std::fmt::Debug for NewShareLink {
         f.debug_struct("NewShareLink").field("link", &self.link).finish_non_exhaustive()
     }
 }
+
+/// Largest sealed secret-key blob accepted.
+pub const MAX_SEALED_KEY_BYTES: usize = 1024;
+
+/// `PUT /api/v1/keys/me`: an account's end-to-end keys, made and sealed on the client (base64). The first
+/// upload stores them; later ones may only reseal the same identity under a new passphrase.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UploadUserKeys {
+    /// The public identity: signing key, agreement key and the account's self-signature (128 bytes).
+    pub identity: String,
+    /// The secret keys sealed under the passphrase (Argon2id parameters and salt included).
+    pub sealed_by_passphrase: String,
+    /// The secret keys sealed under the recovery key (ignored on a reseal).
+    pub sealed_by_recovery: String,
+}
+
+/// `GET /api/v1/keys/me`: the caller's end-to-end keys as stored (public, or sealed on the client).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MyUserKeys {
+    /// The public identity, base64.
+    pub identity: String,
+    /// Sealed under the passphrase, base64.
+    pub sealed_by_passphrase: String,
+    /// Sealed under the recovery key, base64.
+    pub sealed_by_recovery: String,
+    /// The identity's fingerprint, as the server computes it (clients compute their own).
+    pub fingerprint: String,
+}
+
+/// `GET /api/v1/keys?email=...`: another account's public identity. Clients verify its self-signature and
+/// compare its fingerprint with the one they saw before; the server's word is not trusted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PublicUserKeys {
+    /// The account.
+    pub user_id: UserId,
+    /// Its email.
+    pub email: String,
+    /// The public identity, base64.
+    pub identity: String,
+}

@@ -87,6 +87,10 @@ audit_events! {
     ShareAccessed => "share.accessed",
     /// A share link was revoked.
     ShareRevoked => "share.revoked",
+    /// An account stored its end-to-end encryption keys.
+    KeysCreated => "auth.keys.created",
+    /// An account resealed its end-to-end keys under a new passphrase (after a recovery).
+    KeysResealed => "auth.keys.resealed",
     /// A member was refused by a workspace policy (the IP allowlist).
     AccessDenied => "access.denied",
 }

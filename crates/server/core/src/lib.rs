@@ -17,6 +17,7 @@ mod shares;
 #[cfg(test)]
 mod testutil;
 mod upload;
+mod userkeys;
 mod workspaces;
 
 use std::sync::Arc;

@@ -10,6 +10,7 @@ mod audit;
 mod files;
 mod mfa;
 mod shares;
+mod userkeys;
 mod users;
 mod workspaces;
 
@@ -29,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_api_keys.sql")),
     (6, include_str!("migrations/0006_ip_allowlist.sql")),
     (7, include_str!("migrations/0007_share_links.sql")),
+    (8, include_str!("migrations/0008_user_keys.sql")),
 ];
 
 /// The SQLite store.

@@ -23,7 +23,7 @@ pub use audit::{
 pub use error::{StoreError, StoreResult};
 pub use records::{
     ApiKeyRecord, ChangeRecord, ChunkPlace, FileRecord, MemberAccess, MemberRecord, MfaRecord, NewChunk, NewCommit,
-    NewVersion, SessionRecord, ShareRecord, StaleBase, UserRecord, VersionRecord, WorkspaceRecord,
+    NewVersion, SessionRecord, ShareRecord, StaleBase, UserKeysRecord, UserRecord, VersionRecord, WorkspaceRecord,
 };
 
 /// Accounts and their sessions (devices).
@@ -288,6 +288,25 @@ pub trait ShareStore: Send + Sync {
     async fn claim_share_download(&self, id: ShareId, at_ms: i64) -> StoreResult<bool>;
 }
 
+/// Accounts' end-to-end encryption keys.
+#[async_trait]
+pub trait UserKeyStore: Send + Sync {
+    /// The account's keys, if it made some.
+    async fn user_keys(&self, user: UserId) -> StoreResult<Option<UserKeysRecord>>;
+    /// Stores an account's first keys. `Conflict` when it has keys already.
+    async fn create_user_keys(&self, user: UserId, keys: &UserKeysRecord, audit: &[NewAudit]) -> StoreResult<()>;
+    /// Replaces the sealed secrets of keys whose identity is still `identity` (a new passphrase after a
+    /// recovery). False when the account has no such keys.
+    async fn reseal_user_keys(
+        &self,
+        user: UserId,
+        identity: &[u8],
+        sealed_by_passphrase: &[u8],
+        at_ms: i64,
+        audit: &[NewAudit],
+    ) -> StoreResult<bool>;
+}
+
 /// Everything a server keeps, on one backend.
 pub trait Store:
     UserStore
@@ -298,6 +317,7 @@ pub trait Store:
     + MfaStore
     + ApiKeyStore
     + ShareStore
+    + UserKeyStore
     + std::fmt::Debug
 {
 }
@@ -310,6 +330,7 @@ impl<
         + MfaStore
         + ApiKeyStore
         + ShareStore
+        + UserKeyStore
         + std::fmt::Debug,
 > Store for T
 {

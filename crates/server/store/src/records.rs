@@ -348,3 +348,18 @@ impl std::fmt::Debug for ShareRecord {
             .finish_non_exhaustive()
     }
 }
+
+/// An account's end-to-end encryption keys as the server keeps them: public, or sealed on the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserKeysRecord {
+    /// The public identity (signing key, agreement key, self-signature).
+    pub identity: Vec<u8>,
+    /// The secret keys sealed under the passphrase.
+    pub sealed_by_passphrase: Vec<u8>,
+    /// The secret keys sealed under the recovery key.
+    pub sealed_by_recovery: Vec<u8>,
+    /// First stored.
+    pub created_ms: i64,
+    /// Last resealed.
+    pub updated_ms: i64,
+}

@@ -6,7 +6,7 @@ use cloudsync_types::{AuditEvent, ChunkId, Outcome, Role, SessionId, UserId, Ver
 
 use crate::{
     AuditKey, ChunkPlace, GLOBAL_CHAIN, MemberAccess, NewAudit, NewChunk, NewCommit, NewVersion, SessionRecord,
-    StaleBase, Store, StoreError, UserRecord, WorkspaceRecord, verify_chain,
+    StaleBase, Store, StoreError, UserKeysRecord, UserRecord, WorkspaceRecord, verify_chain,
 };
 
 fn audit(event: AuditEvent, actor: Option<UserId>, ws: Option<WorkspaceId>, at_ms: i64) -> NewAudit {
@@ -398,4 +398,20 @@ pub async fn story(store: &dyn Store, key: &AuditKey) {
     assert!(store.workspaces_for_user(alice.id).await.expect("mine").is_empty());
     assert_eq!(store.audit_chain(&ws.id.to_string(), 0, 100).await.expect("chain").len(), before);
     assert!(!store.delete_workspace(ws.id, &[]).await.expect("again"));
+
+    // End-to-end keys: stored once, resealed only for the same identity.
+    assert!(store.user_keys(alice.id).await.expect("keys").is_none());
+    let keys = UserKeysRecord {
+        identity: vec![1; 128],
+        sealed_by_passphrase: vec![2; 90],
+        sealed_by_recovery: vec![3; 90],
+        created_ms: 80,
+        updated_ms: 80,
+    };
+    store.create_user_keys(alice.id, &keys, &[]).await.expect("create keys");
+    assert!(matches!(store.create_user_keys(alice.id, &keys, &[]).await, Err(StoreError::Conflict(_))));
+    assert!(!store.reseal_user_keys(alice.id, &[9; 128], &[4; 90], 81, &[]).await.expect("other identity"));
+    assert!(store.reseal_user_keys(alice.id, &[1; 128], &[4; 90], 81, &[]).await.expect("reseal"));
+    let got = store.user_keys(alice.id).await.expect("keys").expect("some");
+    assert_eq!((got.sealed_by_passphrase, got.sealed_by_recovery, got.updated_ms), (vec![4; 90], vec![3; 90], 81));
 }

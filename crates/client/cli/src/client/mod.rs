@@ -6,6 +6,7 @@ pub mod audit;
 pub mod config;
 pub mod credentials;
 mod files;
+pub mod keys;
 pub mod mfa;
 mod output;
 pub mod share;

@@ -9,6 +9,7 @@ mod chunks;
 mod files;
 mod members;
 mod shares;
+mod userkeys;
 mod workspaces;
 
 use axum::Router;
@@ -25,6 +26,7 @@ pub(crate) use chunks::*;
 pub(crate) use files::*;
 pub(crate) use members::*;
 pub(crate) use shares::*;
+pub(crate) use userkeys::*;
 pub(crate) use workspaces::*;
 
 /// What a route needs.
@@ -61,6 +63,9 @@ pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("POST", "/api/v1/apikeys", Needs::AccountSession),
     ("POST", "/api/v1/apikeys/{id}/rotate", Needs::AccountSession),
     ("DELETE", "/api/v1/apikeys/{id}", Needs::AccountSession),
+    ("GET", "/api/v1/keys/me", Needs::AccountSession),
+    ("PUT", "/api/v1/keys/me", Needs::AccountSession),
+    ("GET", "/api/v1/keys", Needs::Session),
     ("GET", "/api/v1/audit", Needs::AccountSession),
     ("GET", "/api/v1/audit/verify", Needs::ServerAdmin),
     ("GET", "/api/v1/workspaces", Needs::Session),
@@ -151,6 +156,8 @@ pub fn api() -> Router<AppState> {
         .route("/api/v1/apikeys", get(list_api_keys).post(create_api_key))
         .route("/api/v1/apikeys/{id}/rotate", post(rotate_api_key))
         .route("/api/v1/apikeys/{id}", delete(revoke_api_key))
+        .route("/api/v1/keys/me", get(my_user_keys).put(put_user_keys))
+        .route("/api/v1/keys", get(public_user_keys))
         .route("/api/v1/audit", get(account_audit))
         .route("/api/v1/audit/verify", get(verify_account_audit))
         .route("/api/v1/workspaces", get(list_workspaces).post(create_workspace))

@@ -1,0 +1,435 @@
+//! A user's end-to-end encryption keys: an Ed25519 signing key and an X25519 agreement key, made on the
+//! client. Their secret halves leave the client only sealed, twice: under a key stretched from the user's
+//! passphrase (Argon2id) and under a random recovery key shown once. The public halves travel as a
+//! [`PublicIdentity`] the user signed for their account id and email, and are compared between people by a
+//! short [`PublicIdentity::fingerprint`]. See `docs/rfcs/0004-end-to-end-encryption.md`.
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use ed25519_dalek::Signer;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::{CryptoError, SecretKey, aead, random_bytes, totp};
+
+/// Bytes of a [`PublicIdentity`]: signing key, agreement key, self-signature.
+pub const IDENTITY_LEN: usize = 32 + 32 + 64;
+/// Bytes of the secret halves.
+const SECRET_LEN: usize = 64;
+/// Format version of a sealed key blob.
+const SEALED_VERSION: u8 = 1;
+const KIND_PASSPHRASE: u8 = 1;
+const KIND_RECOVERY: u8 = 2;
+const SALT_LEN: usize = 16;
+
+/// Argon2id cost of a passphrase seal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory, KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl KdfParams {
+    /// The default: 64 MiB, 3 passes, 1 lane (above OWASP's Argon2id minimums).
+    pub const DEFAULT: KdfParams = KdfParams { m_kib: 64 * 1024, t: 3, p: 1 };
+
+    /// Whether a blob's parameters are within what a client agrees to compute: a server handing out a blob
+    /// that asks for 4 GiB would otherwise exhaust the client's memory.
+    fn sane(self) -> bool {
+        (8 * 1024..=1024 * 1024).contains(&self.m_kib) && (1..=10).contains(&self.t) && (1..=8).contains(&self.p)
+    }
+}
+
+/// A user's secret keys. Wiped on drop; never printed.
+pub struct UserKeys {
+    signing: ed25519_dalek::SigningKey,
+    agreement: x25519_dalek::StaticSecret,
+}
+
+impl std::fmt::Debug for UserKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserKeys(***)")
+    }
+}
+
+/// The public half of a user's keys, signed by the user for one account.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicIdentity {
+    /// Ed25519 public key.
+    pub signing: [u8; 32],
+    /// X25519 public key.
+    pub agreement: [u8; 32],
+    /// Ed25519 signature of [`identity_message`] by `signing`.
+    pub signature: [u8; 64],
+}
+
+impl std::fmt::Debug for PublicIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublicIdentity").field("fingerprint", &self.fingerprint()).finish()
+    }
+}
+
+/// What a user signs to claim their public keys for an account: the account id and email bound to both keys.
+fn identity_message(user_id: &[u8; 16], email: &str, signing: &[u8; 32], agreement: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64 + 16 + 64 + email.len());
+    m.extend_from_slice(b"cloudsync e2ee identity v1\0");
+    m.extend_from_slice(user_id);
+    m.extend_from_slice(&(email.len() as u64).to_be_bytes());
+    m.extend_from_slice(email.as_bytes());
+    m.extend_from_slice(signing);
+    m.extend_from_slice(agreement);
+    m
+}
+
+impl UserKeys {
+    /// New random keys.
+    pub fn generate() -> Self {
+        let mut s = random_bytes::<32>();
+        let mut a = random_bytes::<32>();
+        let keys =
+            Self { signing: ed25519_dalek::SigningKey::from_bytes(&s), agreement: x25519_dalek::StaticSecret::from(a) };
+        s.zeroize();
+        a.zeroize();
+        keys
+    }
+
+    /// The secret halves, for sealing or caching.
+    pub fn to_secret_bytes(&self) -> Zeroizing<[u8; SECRET_LEN]> {
+        let mut out = Zeroizing::new([0u8; SECRET_LEN]);
+        out[..32].copy_from_slice(&self.signing.to_bytes());
+        out[32..].copy_from_slice(self.agreement.as_bytes());
+        out
+    }
+
+    /// Keys from [`UserKeys::to_secret_bytes`].
+    ///
+    /// # Errors
+    /// Wrong length.
+    pub fn from_secret_bytes(b: &[u8]) -> Result<Self, CryptoError> {
+        if b.len() != SECRET_LEN {
+            return Err(CryptoError::InvalidKey("user secret keys are 64 bytes"));
+        }
+        let mut s = [0u8; 32];
+        let mut a = [0u8; 32];
+        s.copy_from_slice(&b[..32]);
+        a.copy_from_slice(&b[32..]);
+        let keys =
+            Self { signing: ed25519_dalek::SigningKey::from_bytes(&s), agreement: x25519_dalek::StaticSecret::from(a) };
+        s.zeroize();
+        a.zeroize();
+        Ok(keys)
+    }
+
+    /// The signed public identity for account `user_id` with `email`.
+    pub fn identity(&self, user_id: &[u8; 16], email: &str) -> PublicIdentity {
+        let signing = self.signing.verifying_key().to_bytes();
+        let agreement = x25519_dalek::PublicKey::from(&self.agreement).to_bytes();
+        let signature = self.signing.sign(&identity_message(user_id, email, &signing, &agreement)).to_bytes();
+        PublicIdentity { signing, agreement, signature }
+    }
+
+    /// Whether these are the secret halves of `identity`.
+    pub fn matches(&self, identity: &PublicIdentity) -> bool {
+        self.signing.verifying_key().to_bytes() == identity.signing
+            && x25519_dalek::PublicKey::from(&self.agreement).to_bytes() == identity.agreement
+    }
+}
+
+impl PublicIdentity {
+    /// The wire form.
+    pub fn to_bytes(&self) -> [u8; IDENTITY_LEN] {
+        let mut out = [0u8; IDENTITY_LEN];
+        out[..32].copy_from_slice(&self.signing);
+        out[32..64].copy_from_slice(&self.agreement);
+        out[64..].copy_from_slice(&self.signature);
+        out
+    }
+
+    /// Reads the wire form (without checking the signature: see [`PublicIdentity::verify`]).
+    ///
+    /// # Errors
+    /// Wrong length.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, CryptoError> {
+        if b.len() != IDENTITY_LEN {
+            return Err(CryptoError::InvalidKey("a public identity is 128 bytes"));
+        }
+        let mut id = PublicIdentity { signing: [0; 32], agreement: [0; 32], signature: [0; 64] };
+        id.signing.copy_from_slice(&b[..32]);
+        id.agreement.copy_from_slice(&b[32..64]);
+        id.signature.copy_from_slice(&b[64..]);
+        Ok(id)
+    }
+
+    /// Checks the self-signature for account `user_id` with `email`: keys claimed for another account, or
+    /// an agreement key swapped under someone's signing key, fail.
+    ///
+    /// # Errors
+    /// [`CryptoError::Signature`] when it does not verify.
+    pub fn verify(&self, user_id: &[u8; 16], email: &str) -> Result<(), CryptoError> {
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&self.signing).map_err(|_| CryptoError::Signature)?;
+        let sig = ed25519_dalek::Signature::from_bytes(&self.signature);
+        vk.verify_strict(&identity_message(user_id, email, &self.signing, &self.agreement), &sig)
+            .map_err(|_| CryptoError::Signature)
+    }
+
+    /// Eight groups of five digits that people compare to know they hold the same keys (about 133 bits).
+    pub fn fingerprint(&self) -> String {
+        let mut h = blake3::Hasher::new_derive_key("cloudsync 2026 e2ee fingerprint v1");
+        h.update(&self.signing);
+        h.update(&self.agreement);
+        let mut out = [0u8; 40];
+        h.finalize_xof().fill(&mut out);
+        out.chunks(5)
+            .map(|c| {
+                let n = c.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+                format!("{:05}", n % 100_000)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// A recovery key: 256 random bits, shown once as 13 groups of 4 Base32 characters.
+pub struct RecoveryKey([u8; 32]);
+
+impl Drop for RecoveryKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl std::fmt::Debug for RecoveryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecoveryKey(***)")
+    }
+}
+
+impl RecoveryKey {
+    /// A new random key.
+    pub fn generate() -> Self {
+        Self(random_bytes::<32>())
+    }
+
+    /// `ABCD-EFGH-...` (52 characters in groups of four).
+    pub fn to_display(&self) -> Zeroizing<String> {
+        let raw = Zeroizing::new(totp::base32_encode(&self.0));
+        let groups: Vec<&str> = raw.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
+        Zeroizing::new(groups.join("-"))
+    }
+
+    /// Reads a key as typed: case, spaces and dashes do not matter.
+    ///
+    /// # Errors
+    /// Anything that is not 52 Base32 characters.
+    pub fn parse(text: &str) -> Result<Self, CryptoError> {
+        let cleaned: Zeroizing<String> =
+            Zeroizing::new(text.chars().filter(|c| !matches!(c, ' ' | '-' | '\t')).collect::<String>().to_uppercase());
+        let bytes = Zeroizing::new(
+            totp::base32_decode(&cleaned).ok_or(CryptoError::InvalidKey("a recovery key is 52 Base32 characters"))?,
+        );
+        let arr: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::InvalidKey("a recovery key is 52 Base32 characters"))?;
+        Ok(Self(arr))
+    }
+
+    fn kek(&self) -> SecretKey {
+        SecretKey::from_bytes(blake3::derive_key("cloudsync 2026 e2ee recovery-key v1", &self.0))
+    }
+}
+
+/// What a sealed secret is bound to: the account and its public identity.
+fn sealed_aad(user_id: &[u8; 16], identity: &PublicIdentity) -> Vec<u8> {
+    let mut aad = b"cloudsync e2ee user-secret v1\0".to_vec();
+    aad.extend_from_slice(user_id);
+    aad.extend_from_slice(&identity.signing);
+    aad.extend_from_slice(&identity.agreement);
+    aad
+}
+
+fn passphrase_kek(passphrase: &str, salt: &[u8], p: KdfParams) -> Result<SecretKey, CryptoError> {
+    let params = Params::new(p.m_kib, p.t, p.p, Some(32))
+        .map_err(|e| CryptoError::PasswordHash(format!("argon2 params: {e}")))?;
+    let mut out = Zeroizing::new([0u8; 32]);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password_into(passphrase.as_bytes(), salt, out.as_mut())
+        .map_err(|e| CryptoError::PasswordHash(e.to_string()))?;
+    Ok(SecretKey::from_bytes(*out))
+}
+
+/// Seals `keys` under `passphrase` with the default cost.
+///
+/// # Errors
+/// A passphrase over the length cap.
+pub fn seal_with_passphrase(
+    keys: &UserKeys,
+    passphrase: &str,
+    user_id: &[u8; 16],
+    identity: &PublicIdentity,
+) -> Result<Vec<u8>, CryptoError> {
+    seal_with_passphrase_params(keys, passphrase, user_id, identity, KdfParams::DEFAULT)
+}
+
+/// As [`seal_with_passphrase`] with an explicit cost (tests use a cheap one).
+///
+/// # Errors
+/// A passphrase over the length cap, or parameters out of range.
+pub fn seal_with_passphrase_params(
+    keys: &UserKeys,
+    passphrase: &str,
+    user_id: &[u8; 16],
+    identity: &PublicIdentity,
+    params: KdfParams,
+) -> Result<Vec<u8>, CryptoError> {
+    if passphrase.len() > crate::password::MAX_PASSWORD_BYTES {
+        return Err(CryptoError::PasswordTooLong);
+    }
+    if !params.sane() {
+        return Err(CryptoError::PasswordHash("argon2 parameters out of range".into()));
+    }
+    let salt = random_bytes::<SALT_LEN>();
+    let kek = passphrase_kek(passphrase, &salt, params)?;
+    let mut out = vec![SEALED_VERSION, KIND_PASSPHRASE];
+    for v in [params.m_kib, params.t, params.p] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    out.extend_from_slice(&salt);
+    out.extend_from_slice(&aead::seal(&kek, &sealed_aad(user_id, identity), keys.to_secret_bytes().as_ref()));
+    Ok(out)
+}
+
+/// Opens a passphrase seal.
+///
+/// # Errors
+/// [`CryptoError::Decrypt`] for a wrong passphrase (or an altered blob, or one bound to another identity),
+/// [`CryptoError::InvalidKey`] for a malformed blob or parameters a client refuses to compute.
+pub fn open_with_passphrase(
+    blob: &[u8],
+    passphrase: &str,
+    user_id: &[u8; 16],
+    identity: &PublicIdentity,
+) -> Result<UserKeys, CryptoError> {
+    let header = 2 + 12 + SALT_LEN;
+    if blob.len() < header || blob[0] != SEALED_VERSION || blob[1] != KIND_PASSPHRASE {
+        return Err(CryptoError::InvalidKey("not a passphrase-sealed key"));
+    }
+    let num = |i: usize| u32::from_be_bytes([blob[i], blob[i + 1], blob[i + 2], blob[i + 3]]);
+    let params = KdfParams { m_kib: num(2), t: num(6), p: num(10) };
+    if !params.sane() {
+        return Err(CryptoError::InvalidKey("the sealed key asks for an Argon2 cost out of range"));
+    }
+    let kek = passphrase_kek(passphrase, &blob[14..header], params)?;
+    let secret = Zeroizing::new(aead::open(&kek, &sealed_aad(user_id, identity), &blob[header..])?);
+    let keys = UserKeys::from_secret_bytes(&secret)?;
+    if !keys.matches(identity) {
+        return Err(CryptoError::Decrypt);
+    }
+    Ok(keys)
+}
+
+/// Seals `keys` under a recovery key.
+pub fn seal_with_recovery(
+    keys: &UserKeys,
+    recovery: &RecoveryKey,
+    user_id: &[u8; 16],
+    identity: &PublicIdentity,
+) -> Vec<u8> {
+    let mut out = vec![SEALED_VERSION, KIND_RECOVERY];
+    out.extend_from_slice(&aead::seal(
+        &recovery.kek(),
+        &sealed_aad(user_id, identity),
+        keys.to_secret_bytes().as_ref(),
+    ));
+    out
+}
+
+/// Opens a recovery seal.
+///
+/// # Errors
+/// [`CryptoError::Decrypt`] for a wrong recovery key (or an altered blob), [`CryptoError::InvalidKey`] for a
+/// malformed one.
+pub fn open_with_recovery(
+    blob: &[u8],
+    recovery: &RecoveryKey,
+    user_id: &[u8; 16],
+    identity: &PublicIdentity,
+) -> Result<UserKeys, CryptoError> {
+    if blob.len() < 2 || blob[0] != SEALED_VERSION || blob[1] != KIND_RECOVERY {
+        return Err(CryptoError::InvalidKey("not a recovery-sealed key"));
+    }
+    let secret = Zeroizing::new(aead::open(&recovery.kek(), &sealed_aad(user_id, identity), &blob[2..])?);
+    let keys = UserKeys::from_secret_bytes(&secret)?;
+    if !keys.matches(identity) {
+        return Err(CryptoError::Decrypt);
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHEAP: KdfParams = KdfParams { m_kib: 8 * 1024, t: 1, p: 1 };
+    const ALICE: [u8; 16] = [1; 16];
+
+    #[test]
+    fn identities_are_bound_to_their_account() {
+        let k = UserKeys::generate();
+        let id = k.identity(&ALICE, "alice@example.org");
+        id.verify(&ALICE, "alice@example.org").expect("own identity");
+        assert!(id.verify(&[2; 16], "alice@example.org").is_err(), "another account id");
+        assert!(id.verify(&ALICE, "mallory@example.org").is_err(), "another email");
+        let mallory = UserKeys::generate().identity(&ALICE, "alice@example.org");
+        let swapped = PublicIdentity { agreement: mallory.agreement, ..id.clone() };
+        assert!(swapped.verify(&ALICE, "alice@example.org").is_err(), "an agreement key swapped in");
+        assert_eq!(PublicIdentity::from_bytes(&id.to_bytes()).expect("bytes"), id);
+        assert!(PublicIdentity::from_bytes(&[0; 5]).is_err());
+    }
+
+    #[test]
+    fn fingerprints_are_eight_groups_of_five_digits_and_differ() {
+        let a = UserKeys::generate().identity(&ALICE, "a@x.org");
+        let b = UserKeys::generate().identity(&ALICE, "a@x.org");
+        let f = a.fingerprint();
+        assert_eq!(f.len(), 8 * 5 + 7, "{f}");
+        assert!(f.split(' ').all(|g| g.len() == 5 && g.bytes().all(|c| c.is_ascii_digit())), "{f}");
+        assert_ne!(f, b.fingerprint());
+        assert_eq!(f, PublicIdentity::from_bytes(&a.to_bytes()).expect("bytes").fingerprint(), "stable");
+    }
+
+    #[test]
+    fn sealed_keys_open_only_with_their_secret_and_identity() {
+        let k = UserKeys::generate();
+        let id = k.identity(&ALICE, "a@x.org");
+        let blob = seal_with_passphrase_params(&k, "correct horse", &ALICE, &id, CHEAP).expect("seal");
+        let opened = open_with_passphrase(&blob, "correct horse", &ALICE, &id).expect("open");
+        assert_eq!(*opened.to_secret_bytes(), *k.to_secret_bytes());
+        assert!(matches!(open_with_passphrase(&blob, "wrong horse", &ALICE, &id), Err(CryptoError::Decrypt)));
+        assert!(open_with_passphrase(&blob, "correct horse", &[2; 16], &id).is_err(), "another account");
+        let other = UserKeys::generate().identity(&ALICE, "a@x.org");
+        assert!(open_with_passphrase(&blob, "correct horse", &ALICE, &other).is_err(), "another identity");
+        let mut greedy = blob.clone();
+        greedy[2..6].copy_from_slice(&(4u32 * 1024 * 1024).to_be_bytes());
+        assert!(
+            matches!(open_with_passphrase(&greedy, "correct horse", &ALICE, &id), Err(CryptoError::InvalidKey(_))),
+            "a blob asking for 4 GiB of Argon2 memory is refused before computing"
+        );
+
+        let rk = RecoveryKey::generate();
+        let shown = rk.to_display();
+        assert_eq!(shown.len(), 52 + 12, "{}", shown.as_str());
+        let typed = shown.to_lowercase().replace('-', " ");
+        let back = RecoveryKey::parse(&typed).expect("parse");
+        let rblob = seal_with_recovery(&k, &rk, &ALICE, &id);
+        assert_eq!(
+            *open_with_recovery(&rblob, &back, &ALICE, &id).expect("open").to_secret_bytes(),
+            *k.to_secret_bytes()
+        );
+        assert!(open_with_recovery(&rblob, &RecoveryKey::generate(), &ALICE, &id).is_err());
+        assert!(RecoveryKey::parse("too-short").is_err());
+        assert!(open_with_recovery(&blob, &rk, &ALICE, &id).is_err(), "kinds are not interchangeable");
+    }
+}
