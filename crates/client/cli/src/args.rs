@@ -140,6 +140,10 @@ pub enum KeysCmd {
         /// Read the passphrase from the first line of standard input.
         #[arg(long)]
         passphrase_stdin: bool,
+        /// Your authenticator app's current code, when two-factor authentication is on (asked for on a
+        /// terminal when missing).
+        #[arg(long, value_name = "CODE")]
+        totp: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -168,6 +172,9 @@ pub enum KeysCmd {
         /// Read the recovery key and the new passphrase from standard input (two lines).
         #[arg(long)]
         passphrase_stdin: bool,
+        /// Your authenticator app's current code, when two-factor authentication is on.
+        #[arg(long, value_name = "CODE")]
+        totp: Option<String>,
     },
 }
 

@@ -975,7 +975,7 @@ fn end_to_end_keys_init_unlock_lock_recover_and_fingerprints_on_first_use() {
         .as_object()
         .expect("object")
         .iter()
-        .find(|(k, _)| k.ends_with("#e2ee"))
+        .find(|(k, _)| k.contains("#e2ee#"))
         .map(|(_, v)| v.as_str().expect("hex").to_owned())
         .expect("unlocked keys cached");
     let raw = (0..cached.len())
@@ -1002,6 +1002,31 @@ fn end_to_end_keys_init_unlock_lock_recover_and_fingerprints_on_first_use() {
             );
         }
     }
+
+    // Logging out forgets unlocked keys; locking needs no server.
+    assert!(alice.with_stdin(&["keys", "unlock", "--passphrase-stdin"], &format!("{new_pass}\n")).status.success());
+    let creds_path = root.path().join("alice").join("config").join("credentials.json");
+    assert!(std::fs::read_to_string(&creds_path).unwrap_or_default().contains("#e2ee#"), "unlocked");
+    alice.ok(&["logout"]);
+    assert!(!std::fs::read_to_string(&creds_path).unwrap_or_default().contains("#e2ee#"), "logout locks");
+    alice.ok(&["keys", "lock"]);
+    alice.login(&srv, "alice@example.org");
+
+    // The server swaps in keys it made for alice herself: her own device knows better, unlocked or not.
+    let alice_uuid = json(&alice.ok(&["whoami", "--json"]))["user"]["id"].as_str().expect("id").replace('-', "");
+    let forged =
+        cloudsync_crypto::e2ee::UserKeys::generate().identity(&hex_to_16(&alice_uuid), "alice@example.org").to_bytes();
+    tamper(
+        &srv,
+        &format!(
+            "UPDATE user_keys SET identity = X'{}' WHERE hex(user_id) = upper('{alice_uuid}')",
+            hex_lower(&forged)
+        ),
+    );
+    let err = alice.fail(&["keys", "fingerprint"]);
+    assert!(err.contains("different end-to-end keys for your own account") && err.contains(&fp), "{err}");
+    let err = alice.fail(&["keys", "unlock", "--passphrase-stdin"]);
+    assert!(err.contains("different end-to-end keys for your own account"), "{err}");
 }
 
 fn hex_lower(b: &[u8]) -> String {

@@ -36,9 +36,9 @@ impl KdfParams {
     pub const DEFAULT: KdfParams = KdfParams { m_kib: 64 * 1024, t: 3, p: 1 };
 
     /// Whether a blob's parameters are within what a client agrees to compute: a server handing out a blob
-    /// that asks for 4 GiB would otherwise exhaust the client's memory.
+    /// that asks for gigabytes would otherwise exhaust a small device's memory.
     fn sane(self) -> bool {
-        (8 * 1024..=1024 * 1024).contains(&self.m_kib) && (1..=10).contains(&self.t) && (1..=8).contains(&self.p)
+        (8 * 1024..=256 * 1024).contains(&self.m_kib) && (1..=10).contains(&self.t) && (1..=8).contains(&self.p)
     }
 }
 
@@ -162,16 +162,26 @@ impl PublicIdentity {
         Ok(id)
     }
 
-    /// Checks the self-signature for account `user_id` with `email`: keys claimed for another account, or
-    /// an agreement key swapped under someone's signing key, fail.
+    /// Checks the self-signature for account `user_id` with `email` (keys claimed for another account, or an
+    /// agreement key swapped under someone's signing key, fail), and that the agreement key is not a
+    /// low-order point (with which every key agreement would give a value the server could predict).
     ///
     /// # Errors
-    /// [`CryptoError::Signature`] when it does not verify.
+    /// [`CryptoError::Signature`] when it does not verify, [`CryptoError::InvalidKey`] for a weak agreement
+    /// key.
     pub fn verify(&self, user_id: &[u8; 16], email: &str) -> Result<(), CryptoError> {
         let vk = ed25519_dalek::VerifyingKey::from_bytes(&self.signing).map_err(|_| CryptoError::Signature)?;
+        if vk.is_weak() {
+            return Err(CryptoError::InvalidKey("the signing key is a weak point"));
+        }
         let sig = ed25519_dalek::Signature::from_bytes(&self.signature);
         vk.verify_strict(&identity_message(user_id, email, &self.signing, &self.agreement), &sig)
-            .map_err(|_| CryptoError::Signature)
+            .map_err(|_| CryptoError::Signature)?;
+        let probe = x25519_dalek::StaticSecret::from(random_bytes::<32>());
+        if !probe.diffie_hellman(&x25519_dalek::PublicKey::from(self.agreement)).was_contributory() {
+            return Err(CryptoError::InvalidKey("the agreement key is a low-order point"));
+        }
+        Ok(())
     }
 
     /// Eight groups of five digits that people compare to know they hold the same keys (about 133 bits).
@@ -390,6 +400,17 @@ mod tests {
     }
 
     #[test]
+    fn a_low_order_agreement_key_is_refused_even_when_signed() {
+        // An identity whose owner signed the all-zero (low-order) X25519 point: signature fine, key weak.
+        let k = UserKeys::generate();
+        let signing = k.signing.verifying_key().to_bytes();
+        let zero = [0u8; 32];
+        let signature = k.signing.sign(&identity_message(&ALICE, "a@x.org", &signing, &zero)).to_bytes();
+        let weak = PublicIdentity { signing, agreement: zero, signature };
+        assert!(matches!(weak.verify(&ALICE, "a@x.org"), Err(CryptoError::InvalidKey(_))));
+    }
+
+    #[test]
     fn fingerprints_are_eight_groups_of_five_digits_and_differ() {
         let a = UserKeys::generate().identity(&ALICE, "a@x.org");
         let b = UserKeys::generate().identity(&ALICE, "a@x.org");
@@ -412,10 +433,10 @@ mod tests {
         let other = UserKeys::generate().identity(&ALICE, "a@x.org");
         assert!(open_with_passphrase(&blob, "correct horse", &ALICE, &other).is_err(), "another identity");
         let mut greedy = blob.clone();
-        greedy[2..6].copy_from_slice(&(4u32 * 1024 * 1024).to_be_bytes());
+        greedy[2..6].copy_from_slice(&(512u32 * 1024).to_be_bytes());
         assert!(
             matches!(open_with_passphrase(&greedy, "correct horse", &ALICE, &id), Err(CryptoError::InvalidKey(_))),
-            "a blob asking for 4 GiB of Argon2 memory is refused before computing"
+            "a blob asking for 512 MiB of Argon2 memory is refused before computing"
         );
 
         let rk = RecoveryKey::generate();

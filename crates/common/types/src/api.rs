@@ -960,8 +960,10 @@ impl std::fmt::Debug for NewShareLink {
 pub const MAX_SEALED_KEY_BYTES: usize = 1024;
 
 /// `PUT /api/v1/keys/me`: an account's end-to-end keys, made and sealed on the client (base64). The first
-/// upload stores them; later ones may only reseal the same identity under a new passphrase.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// upload stores them; later ones may only reseal the same identity under a new passphrase. Like minting an
+/// API key, it needs a fresh proof: a current authenticator code when MFA is on, else a login from the last
+/// 15 minutes or the password.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct UploadUserKeys {
     /// The public identity: signing key, agreement key and the account's self-signature (128 bytes).
     pub identity: String,
@@ -969,6 +971,18 @@ pub struct UploadUserKeys {
     pub sealed_by_passphrase: String,
     /// The secret keys sealed under the recovery key (ignored on a reseal).
     pub sealed_by_recovery: String,
+    /// A current authenticator code, when the account has two-factor authentication on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
+    /// The account password, when the session is older than 15 minutes and MFA is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for UploadUserKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadUserKeys").field("identity", &self.identity).finish_non_exhaustive()
+    }
 }
 
 /// `GET /api/v1/keys/me`: the caller's end-to-end keys as stored (public, or sealed on the client).

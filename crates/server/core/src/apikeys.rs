@@ -258,7 +258,7 @@ impl Core {
 
     /// Proof that the account's owner is at the keyboard, for minting a credential: a current code when MFA
     /// is on (true is returned), otherwise a session opened in the last 15 minutes or the password.
-    async fn fresh_proof(
+    pub(crate) async fn fresh_proof(
         &self,
         actor: &Actor,
         code: Option<&str>,

@@ -41,7 +41,16 @@ impl Core {
         })?;
         let now = self.now_ms();
         let fingerprint = parsed.fingerprint();
-        match self.store.user_keys(actor.user_id).await? {
+        let existing = self.store.user_keys(actor.user_id).await?;
+        if let Some(e) = existing.as_ref().filter(|e| e.identity != identity) {
+            let fp = PublicIdentity::from_bytes(&e.identity).map(|i| i.fingerprint()).unwrap_or_default();
+            return Err(CoreError::Conflict(format!(
+                "this account already has end-to-end keys (fingerprint {fp}); unlock them with `cloudsync keys unlock`, or recover them with `cloudsync keys recover`"
+            )));
+        }
+        // Last, once the request is known to be good: a stolen session must not claim or overwrite keys.
+        self.fresh_proof(actor, req.totp.as_deref(), req.password.as_deref(), "keys.put").await?;
+        match existing {
             None => {
                 let rec = UserKeysRecord {
                     identity,
@@ -82,12 +91,7 @@ impl Core {
                     fingerprint,
                 })
             }
-            Some(existing) => {
-                let fp = PublicIdentity::from_bytes(&existing.identity).map(|i| i.fingerprint()).unwrap_or_default();
-                Err(CoreError::Conflict(format!(
-                    "this account already has end-to-end keys (fingerprint {fp}); unlock them with `cloudsync keys unlock`, or recover them with `cloudsync keys recover`"
-                )))
-            }
+            Some(_) => Err(CoreError::Conflict("the keys changed meanwhile; look again".into())),
         }
     }
 
@@ -111,7 +115,9 @@ impl Core {
     ///
     /// # Errors
     /// `NotFound` for no such account or one without keys.
-    pub async fn public_user_keys(&self, _actor: &Actor, email: &str) -> CoreResult<PublicUserKeys> {
+    pub async fn public_user_keys(&self, actor: &Actor, email: &str) -> CoreResult<PublicUserKeys> {
+        // Looking keys up by email also says which emails have accounts: a caller gets a budget of lookups.
+        self.charge(format!("keys-lookup:{}", actor.user_id), self.limits.per_ip).await?;
         let email = crate::auth::normalize_email(email)?;
         let user = self.store.user_by_email(&email).await?.ok_or(CoreError::NotFound("end-to-end keys"))?;
         let k = self.store.user_keys(user.id).await?.ok_or(CoreError::NotFound("end-to-end keys"))?;

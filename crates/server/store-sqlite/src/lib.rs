@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_ip_allowlist.sql")),
     (7, include_str!("migrations/0007_share_links.sql")),
     (8, include_str!("migrations/0008_user_keys.sql")),
+    (9, include_str!("migrations/0009_audit_key_check.sql")),
 ];
 
 /// The SQLite store.
@@ -78,6 +79,7 @@ impl SqliteStore {
             .map_err(map_err)?;
         let store = Self { writer: writer.clone(), reader: writer, audit_key: audit_key.clone() };
         store.migrate().await?;
+        store.check_audit_key().await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
@@ -118,6 +120,29 @@ impl SqliteStore {
             tx.commit().await.map_err(map_err)?;
         }
         Ok(())
+    }
+
+    /// Records the audit key's check value on first open, and refuses another key afterwards.
+    async fn check_audit_key(&self) -> StoreResult<()> {
+        let want = self.audit_key.check_value();
+        let have: Option<Vec<u8>> = sqlx::query_scalar("SELECT mac FROM audit_key_check WHERE id = 1")
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(map_err)?;
+        match have {
+            None => {
+                sqlx::query("INSERT INTO audit_key_check (id, mac) VALUES (1, ?)")
+                    .bind(&want[..])
+                    .execute(&self.writer)
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            }
+            Some(h) if <[u8; 32]>::try_from(h.as_slice()).is_ok_and(|h| cloudsync_store::hashes_equal(&h, &want)) => Ok(()),
+            Some(_) => Err(StoreError::Backend(
+                "this database was written under another master key: start with the master key its data directory was created with (the master.key file or CLOUDSYNC_MASTER_KEY)".into(),
+            )),
+        }
     }
 
     /// Closes both pools (checkpointing the WAL).
@@ -175,6 +200,16 @@ mod tests {
         let key = AuditKey::from_bytes([3; 32]);
         let store = SqliteStore::open(&dir.path().join("meta.db"), key.clone()).await.expect("open");
         cloudsync_store::story::story(&store, &key).await;
+    }
+
+    #[tokio::test]
+    async fn another_master_key_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta.db");
+        SqliteStore::open(&path, AuditKey::from_bytes([3; 32])).await.expect("open").close().await;
+        let e = SqliteStore::open(&path, AuditKey::from_bytes([4; 32])).await.expect_err("another key");
+        assert!(e.to_string().contains("another master key"), "{e}");
+        SqliteStore::open(&path, AuditKey::from_bytes([3; 32])).await.expect("the right key still opens");
     }
 
     #[tokio::test]

@@ -16,6 +16,17 @@ impl AuditKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
+
+    /// A value a store keeps to recognise this key later (a MAC of a fixed message; it reveals nothing of
+    /// the key).
+    pub fn check_value(&self) -> [u8; 32] {
+        *blake3::keyed_hash(&self.0, b"cloudsync 2026 audit-key check v1").as_bytes()
+    }
+}
+
+/// Equality of two hashes in constant time (they are MACs under the audit key).
+pub fn hashes_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Drop for AuditKey {
@@ -175,13 +186,13 @@ impl ChainVerifier {
                 broken(format!("row {} appears again at position {want}", r.seq))
             });
         }
-        if r.prev_hash != self.prev {
+        if !hashes_equal(&r.prev_hash, &self.prev) {
             return Err(broken(format!(
                 "row {want} does not link to row {}: rows were reordered, replaced or deleted",
                 want - 1
             )));
         }
-        if audit_row_hash(&self.key, &self.prev, r.id, &r.chain, r.seq, &r.row) != r.hash {
+        if !hashes_equal(&audit_row_hash(&self.key, &self.prev, r.id, &r.chain, r.seq, &r.row), &r.hash) {
             return Err(broken(format!("row {want} was edited: its content does not match its hash")));
         }
         self.prev = r.hash;
@@ -210,7 +221,7 @@ impl ChainVerifier {
                 },
             });
         }
-        if hash != self.prev {
+        if !hashes_equal(&hash, &self.prev) {
             return Err(BrokenChain {
                 seq: last,
                 id: None,

@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use cloudsync_types::{ChunkId, FileId, Role, SessionId, ShareId, UserId, WorkspaceId, WsPath};
 
 pub use audit::{
-    AuditFilter, AuditKey, AuditRow, BrokenChain, ChainVerifier, GLOBAL_CHAIN, NewAudit, audit_row_hash, verify_chain,
+    AuditFilter, AuditKey, AuditRow, BrokenChain, ChainVerifier, GLOBAL_CHAIN, NewAudit, audit_row_hash, hashes_equal,
+    verify_chain,
 };
 pub use error::{StoreError, StoreResult};
 pub use records::{

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cloudsync_crypto::e2ee::{self, PublicIdentity, RecoveryKey, UserKeys};
 use cloudsync_sdk::{Client, ErrorKind};
+use cloudsync_types::ErrorCode;
 use cloudsync_types::api::UploadUserKeys;
 use zeroize::Zeroizing;
 
@@ -28,9 +29,20 @@ const MIN_PASSPHRASE: usize = 10;
 /// # Errors
 /// Not logged in, a wrong passphrase or recovery key, keys the server altered, or a refused request.
 pub async fn run(cmd: KeysCmd) -> Result<()> {
+    if let KeysCmd::Lock = cmd {
+        // No server needed: locking forgets what this device holds.
+        let cfg = super::config::ClientConfig::load()?;
+        let (Some(server), Some(email)) = (cfg.server, cfg.email) else {
+            eprintln!("Not logged in; nothing is unlocked.");
+            return Ok(());
+        };
+        forget_unlocked(&server, &email)?;
+        eprintln!("Your end-to-end keys are locked on this device.");
+        return Ok(());
+    }
     let client = connect()?;
     match cmd {
-        KeysCmd::Init { passphrase_stdin, json } => init(&client, passphrase_stdin, json.json).await,
+        KeysCmd::Init { passphrase_stdin, totp, json } => init(&client, passphrase_stdin, totp, json.json).await,
         KeysCmd::Unlock { passphrase_stdin } => {
             let (user_id, email) = account(&client).await?;
             let (identity, mine) = own_identity(&client, &user_id, &email).await?;
@@ -43,22 +55,33 @@ pub async fn run(cmd: KeysCmd) -> Result<()> {
             let keys = e2ee::open_with_passphrase(&sealed, &passphrase, &user_id, &identity).map_err(|_| {
                 anyhow::anyhow!("that passphrase does not open your keys (forgot it? `cloudsync keys recover`)")
             })?;
-            cache(&client, &keys)?;
+            cache(&client, &email, &keys)?;
             eprintln!("Your end-to-end keys are unlocked on this device (fingerprint {}).", identity.fingerprint());
             Ok(())
         }
-        KeysCmd::Lock => {
-            CredentialStore::from_env()?.delete(&cache_account(&client))?;
-            eprintln!("Your end-to-end keys are locked on this device.");
-            Ok(())
-        }
+        KeysCmd::Lock => Ok(()),
         KeysCmd::Fingerprint { email, yes, json } => fingerprint(&client, email.as_deref(), yes, json.json).await,
-        KeysCmd::Recover { passphrase_stdin } => recover(&client, passphrase_stdin).await,
+        KeysCmd::Recover { passphrase_stdin, totp } => recover(&client, passphrase_stdin, totp).await,
     }
 }
 
+/// Forgets the unlocked keys of `email` on `server` (also on logout).
+///
+/// # Errors
+/// An unavailable credential store.
+pub fn forget_unlocked(server: &str, email: &str) -> Result<()> {
+    CredentialStore::from_env()?.delete(&cache_account(server, email))
+}
+
+/// The signed-in account's id and email, as the server states them; the email must be the one this device
+/// logged in with, so the server cannot have keys made for another account.
 async fn account(client: &Client) -> Result<([u8; 16], String)> {
     let me = client.auth().whoami().await?;
+    if let Some(mine) = super::config::ClientConfig::load()?.email
+        && mine.trim().to_lowercase() != me.user.email.to_lowercase()
+    {
+        bail!("the server says this session is {}, but this device logged in as {mine}: refusing", me.user.email);
+    }
     Ok((*me.user.id.as_uuid().as_bytes(), me.user.email))
 }
 
@@ -78,16 +101,67 @@ async fn own_identity(
     identity
         .verify(user_id, email)
         .map_err(|_| anyhow::anyhow!("the server sent keys that are not signed for your account: refusing them"))?;
+    // The server could make a key pair and sign it for you as well as for anyone: what this device made or
+    // unlocked before is the reference.
+    let fp = identity.fingerprint();
+    if let Some(before) = known()?.get(&known_key(client, email)).filter(|b| **b != fp) {
+        bail!(
+            "the server now shows different end-to-end keys for your own account: this device knew {before}, the server              sends {fp}. Someone may be substituting them; do not use them"
+        );
+    }
+    if let Some(unlocked) = unlocked(client, email)?
+        && !unlocked.matches(&identity)
+    {
+        bail!(
+            "the server sends end-to-end keys for your account that are not the ones unlocked on this device: refusing them"
+        );
+    }
     Ok((identity, mine))
 }
 
-fn cache_account(client: &Client) -> String {
-    format!("{}#e2ee", client.base_url())
+fn cache_account(server: &str, email: &str) -> String {
+    format!("{}#e2ee#{}", server.trim_end_matches('/'), email.to_lowercase())
 }
 
-fn cache(client: &Client, keys: &UserKeys) -> Result<()> {
+fn cache(client: &Client, email: &str, keys: &UserKeys) -> Result<()> {
     let secret = Zeroizing::new(hex::encode(keys.to_secret_bytes().as_ref()));
-    CredentialStore::from_env()?.set(&cache_account(client), &secret)
+    CredentialStore::from_env()?.set(&cache_account(client.base_url(), email), &secret)
+}
+
+/// The keys unlocked on this device for `email`, if any.
+fn unlocked(client: &Client, email: &str) -> Result<Option<UserKeys>> {
+    let Some(hexed) = CredentialStore::from_env()?.get(&cache_account(client.base_url(), email))? else {
+        return Ok(None);
+    };
+    let raw = Zeroizing::new(hex::decode(hexed.as_str()).context("the unlocked keys on this device are damaged")?);
+    Ok(Some(UserKeys::from_secret_bytes(&raw)?))
+}
+
+/// Uploads keys, answering the server's demand for a fresh proof (a code, or the password on an old login).
+async fn upload(client: &Client, mut req: UploadUserKeys) -> Result<()> {
+    loop {
+        match client.keys().upload(&req).await {
+            Err(e) if e.kind() == ErrorKind::MfaRequired && req.totp.is_none() => {
+                if !std::io::stdin().is_terminal() {
+                    bail!("{e}: pass --totp CODE");
+                }
+                req.totp = Some(super::mfa::prompt_code("Code from your authenticator app: ")?.to_string());
+            }
+            Err(e) if e.code() == Some(ErrorCode::ReauthenticationRequired) && req.password.is_none() => {
+                if !std::io::stdin().is_terminal() {
+                    bail!("{e}: log in again (`cloudsync login`) and repeat within 15 minutes");
+                }
+                req.password = Some(
+                    rpassword::prompt_password("Your login is older than 15 minutes; account password: ")
+                        .context("cannot read the password")?,
+                );
+            }
+            other => {
+                other?;
+                return Ok(());
+            }
+        }
+    }
 }
 
 fn prompt(question: &str) -> Result<Zeroizing<String>> {
@@ -115,7 +189,7 @@ fn new_passphrase(from_stdin: Option<Zeroizing<String>>) -> Result<Zeroizing<Str
     Ok(p)
 }
 
-async fn init(client: &Client, passphrase_stdin: bool, json: bool) -> Result<()> {
+async fn init(client: &Client, passphrase_stdin: bool, totp: Option<String>, json: bool) -> Result<()> {
     let (user_id, email) = account(client).await?;
     match client.keys().me().await {
         Ok(mine) => bail!(
@@ -131,28 +205,36 @@ async fn init(client: &Client, passphrase_stdin: bool, json: bool) -> Result<()>
     let recovery = RecoveryKey::generate();
     let sealed_pass = e2ee::seal_with_passphrase(&keys, &passphrase, &user_id, &identity)?;
     let sealed_rec = e2ee::seal_with_recovery(&keys, &recovery, &user_id, &identity);
-    client
-        .keys()
-        .upload(&UploadUserKeys {
-            identity: B64.encode(identity.to_bytes()),
-            sealed_by_passphrase: B64.encode(&sealed_pass),
-            sealed_by_recovery: B64.encode(&sealed_rec),
-        })
-        .await?;
-    cache(client, &keys)?;
-    remember(&email, &identity.fingerprint())?;
+    let req = UploadUserKeys {
+        identity: B64.encode(identity.to_bytes()),
+        sealed_by_passphrase: B64.encode(&sealed_pass),
+        sealed_by_recovery: B64.encode(&sealed_rec),
+        totp,
+        password: None,
+    };
+    upload(client, req).await?;
+    // The recovery key first: whatever fails on this device afterwards, it must not be lost.
     let shown = recovery.to_display();
     if json {
-        return print_json(&serde_json::json!({"fingerprint": identity.fingerprint(), "recovery_key": shown.as_str()}));
+        print_json(&serde_json::json!({"fingerprint": identity.fingerprint(), "recovery_key": shown.as_str()}))?;
+    } else {
+        println!("{}", shown.as_str());
+        eprintln!("The line above is your recovery key. It is shown only now: write it down and keep it apart from");
+        eprintln!("your passphrase. If you lose both, your end-to-end encrypted files cannot be recovered by anyone.");
     }
-    println!("{}", shown.as_str());
-    eprintln!("The line above is your recovery key. It is shown only now: write it down and keep it apart from");
-    eprintln!("your passphrase. If you lose both, your end-to-end encrypted files cannot be recovered by anyone.");
-    eprintln!("Your keys are made and unlocked on this device; fingerprint {}.", identity.fingerprint());
+    if let Err(e) = remember(&known_key(client, &email), &identity.fingerprint()) {
+        eprintln!("warning: cannot record your fingerprint on this device: {e:#}");
+    }
+    match cache(client, &email, &keys) {
+        Ok(()) => eprintln!("Your keys are made and unlocked on this device; fingerprint {}.", identity.fingerprint()),
+        Err(e) => eprintln!(
+            "warning: your keys are made but not unlocked on this device ({e:#}); run `cloudsync keys unlock`"
+        ),
+    }
     Ok(())
 }
 
-async fn recover(client: &Client, passphrase_stdin: bool) -> Result<()> {
+async fn recover(client: &Client, passphrase_stdin: bool, totp: Option<String>) -> Result<()> {
     let (user_id, email) = account(client).await?;
     let (identity, mine) = own_identity(client, &user_id, &email).await?;
     let (typed, new) = if passphrase_stdin {
@@ -173,15 +255,15 @@ async fn recover(client: &Client, passphrase_stdin: bool) -> Result<()> {
     let keys = e2ee::open_with_recovery(&sealed, &recovery, &user_id, &identity)
         .map_err(|_| anyhow::anyhow!("that recovery key does not open your keys"))?;
     let sealed_pass = e2ee::seal_with_passphrase(&keys, &new, &user_id, &identity)?;
-    client
-        .keys()
-        .upload(&UploadUserKeys {
-            identity: mine.identity.clone(),
-            sealed_by_passphrase: B64.encode(&sealed_pass),
-            sealed_by_recovery: mine.sealed_by_recovery.clone(),
-        })
-        .await?;
-    cache(client, &keys)?;
+    let req = UploadUserKeys {
+        identity: mine.identity.clone(),
+        sealed_by_passphrase: B64.encode(&sealed_pass),
+        sealed_by_recovery: mine.sealed_by_recovery.clone(),
+        totp,
+        password: None,
+    };
+    upload(client, req).await?;
+    cache(client, &email, &keys)?;
     eprintln!("Your keys have a new passphrase and are unlocked on this device; the recovery key still works.");
     Ok(())
 }
@@ -198,9 +280,15 @@ fn known() -> Result<BTreeMap<String, String>> {
     }
 }
 
-fn remember(email: &str, fingerprint: &str) -> Result<()> {
+/// Fingerprints are remembered per server and account: the same email on another server is another person's
+/// keys as far as this device knows.
+fn known_key(client: &Client, email: &str) -> String {
+    format!("{} {}", client.base_url(), email.trim().to_lowercase())
+}
+
+fn remember(key: &str, fingerprint: &str) -> Result<()> {
     let mut all = known()?;
-    all.insert(email.to_lowercase(), fingerprint.to_owned());
+    all.insert(key.to_owned(), fingerprint.to_owned());
     std::fs::create_dir_all(state_dir()).with_context(|| format!("cannot create {}", state_dir().display()))?;
     write_private(&known_path(), &serde_json::to_vec_pretty(&all)?)
 }
@@ -226,11 +314,12 @@ async fn fingerprint(client: &Client, email: Option<&str>, yes: bool, json: bool
     identity
         .verify(theirs.user_id.as_uuid().as_bytes(), &theirs.email)
         .map_err(|_| anyhow::anyhow!("the server sent keys for {email} that {email} did not sign: refusing them"))?;
-    if !theirs.email.eq_ignore_ascii_case(email.trim()) {
+    if theirs.email.to_lowercase() != email.trim().to_lowercase() {
         bail!("the server answered for {} when asked for {email}: refusing", theirs.email);
     }
     let fp = identity.fingerprint();
-    let before = known()?.get(&theirs.email.to_lowercase()).cloned();
+    let key = known_key(client, &theirs.email);
+    let before = known()?.get(&key).cloned();
     let status = match before.as_deref() {
         None => "first seen",
         Some(b) if b == fp => "unchanged",
@@ -244,7 +333,7 @@ async fn fingerprint(client: &Client, email: Option<&str>, yes: bool, json: bool
         ),
     };
     if status != "unchanged" {
-        remember(&theirs.email, &fp)?;
+        remember(&key, &fp)?;
     }
     if json {
         return print_json(&serde_json::json!({"email": theirs.email, "fingerprint": fp, "status": status}));

@@ -208,6 +208,12 @@ pub async fn logout() -> Result<()> {
         Err(e) => eprintln!("warning: {e:#}"),
     }
     CredentialStore::from_env()?.delete(&server)?;
+    if let Some(email) = &cfg.email
+        && let Err(e) = keys::forget_unlocked(&server, email)
+    {
+        // Unlocked end-to-end keys live as long as the login.
+        eprintln!("warning: could not forget the unlocked end-to-end keys: {e:#}; run `cloudsync keys lock`");
+    }
     eprintln!("Logged out of {server}.");
     Ok(())
 }
