@@ -130,6 +130,20 @@ impl UserKeys {
         PublicIdentity { signing, agreement, signature }
     }
 
+    /// Signs `message` with the signing key (callers prefix their own context string).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+
+    /// X25519 with `their_public`; refuses a low-order point (a predictable shared value).
+    pub(crate) fn agree(&self, their_public: &[u8; 32]) -> Result<[u8; 32], CryptoError> {
+        let shared = self.agreement.diffie_hellman(&x25519_dalek::PublicKey::from(*their_public));
+        if !shared.was_contributory() {
+            return Err(CryptoError::InvalidKey("a low-order point in a key agreement"));
+        }
+        Ok(*shared.as_bytes())
+    }
+
     /// Whether these are the secret halves of `identity`.
     pub fn matches(&self, identity: &PublicIdentity) -> bool {
         self.signing.verifying_key().to_bytes() == identity.signing
