@@ -129,7 +129,80 @@ fn content(ws: &[u8; 16], seq: u64, prev: &[u8; 32], change: &Change, signer: &[
     m
 }
 
+/// Largest encoded entry accepted (an Add with a 254-byte email is under 450 bytes).
+pub const MAX_ENTRY_BYTES: usize = 1024;
+
+/// A cursor over an encoded entry; every read is bounds-checked, so hostile bytes give an error, never a
+/// panic.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CryptoError> {
+        if self.0.len() < n {
+            return Err(CryptoError::InvalidKey("a membership entry is cut short"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CryptoError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, CryptoError> {
+        Ok(self.take(1)?[0])
+    }
+    fn text(&mut self) -> Result<String, CryptoError> {
+        let len = u64::from_be_bytes(self.array::<8>()?);
+        let len = usize::try_from(len).map_err(|_| CryptoError::InvalidKey("a membership entry's text is too long"))?;
+        if len > 320 {
+            return Err(CryptoError::InvalidKey("a membership entry's email is too long"));
+        }
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| CryptoError::InvalidKey("an email that is not UTF-8"))
+    }
+}
+
 impl Entry {
+    /// The wire form: the signed content followed by the signature.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = content(&self.ws, self.seq, &self.prev, &self.change, &self.signer);
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    /// Reads the wire form (the signature is checked by [`Membership::apply`], not here).
+    ///
+    /// # Errors
+    /// [`CryptoError::InvalidKey`] for anything malformed, oversized or with bytes left over.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, CryptoError> {
+        const MAGIC: &[u8] = b"cloudsync e2ee membership entry v1\0";
+        if b.len() > MAX_ENTRY_BYTES {
+            return Err(CryptoError::InvalidKey("a membership entry is too large"));
+        }
+        let mut r = Reader(b);
+        if r.take(MAGIC.len())? != MAGIC {
+            return Err(CryptoError::InvalidKey("not a membership entry"));
+        }
+        let ws = r.array::<16>()?;
+        let seq = u64::from_be_bytes(r.array::<8>()?);
+        let prev = r.array::<32>()?;
+        let change = match r.u8()? {
+            1 => Change::Create { creator: r.array()?, email: r.text()?, identity: r.array()? },
+            2 => Change::Add { member: r.array()?, email: r.text()?, identity: r.array()?, role: r.u8()? },
+            3 => Change::SetRole { member: r.array()?, role: r.u8()? },
+            4 => Change::Remove { member: r.array()? },
+            5 => Change::Rekey { epoch: u32::from_be_bytes(r.array::<4>()?) },
+            _ => return Err(CryptoError::InvalidKey("an unknown membership change")),
+        };
+        let signer = r.array::<16>()?;
+        let signature = r.array::<64>()?;
+        if !r.0.is_empty() {
+            return Err(CryptoError::InvalidKey("bytes after a membership entry"));
+        }
+        Ok(Self { ws, seq, prev, change, signer, signature })
+    }
+
     /// Makes and signs the entry after `prev_hash` at `seq`.
     pub fn sign(ws: &[u8; 16], seq: u64, prev: [u8; 32], change: Change, signer: &[u8; 16], keys: &UserKeys) -> Self {
         let signature = keys.sign(&content(ws, seq, &prev, &change, signer));
@@ -398,6 +471,36 @@ mod tests {
         substituted[2].change =
             add(&Person { identity: mallory.keys.identity(&carol.id, &carol.email), ..person(3, "carol") }, EDITOR);
         assert_eq!(at(&substituted), 2);
+    }
+
+    #[test]
+    fn entries_round_trip_and_hostile_bytes_are_refused_without_panicking() {
+        let (log, ..) = honest();
+        for e in &log.0 {
+            let b = e.to_bytes();
+            assert!(b.len() <= MAX_ENTRY_BYTES);
+            assert_eq!(&Entry::from_bytes(&b).expect("decode"), e);
+            for cut in [0, 1, b.len() / 2, b.len() - 1] {
+                assert!(Entry::from_bytes(&b[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut longer = b.clone();
+            longer.push(0);
+            assert!(Entry::from_bytes(&longer).is_err());
+        }
+        // Every single-byte change either fails to decode or fails the replay.
+        let b = log.0[2].to_bytes();
+        for i in (0..b.len()).step_by(7) {
+            let mut t = b.clone();
+            t[i] ^= 0x40;
+            if let Ok(e) = Entry::from_bytes(&t) {
+                let mut entries = log.0.clone();
+                entries[2] = e;
+                assert!(Membership::replay(&WS, &entries).is_err(), "a flip at byte {i} went unnoticed");
+            }
+        }
+        let mut huge = log.0[1].to_bytes();
+        huge.resize(MAX_ENTRY_BYTES + 1, 0);
+        assert!(Entry::from_bytes(&huge).is_err());
     }
 
     #[test]

@@ -164,7 +164,56 @@ fn record_message(
     m
 }
 
+/// Largest encoded wrapped-key record accepted.
+pub const MAX_RECORD_BYTES: usize = 512;
+
 impl WrappedKeyRecord {
+    /// The wire form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 4 + 16 + crate::e2ee::IDENTITY_LEN + 2 + self.blob.len() + 16 + 64);
+        out.extend_from_slice(&self.ws);
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.extend_from_slice(&self.recipient);
+        out.extend_from_slice(&self.recipient_identity);
+        out.extend_from_slice(&u16::try_from(self.blob.len()).unwrap_or(u16::MAX).to_be_bytes());
+        out.extend_from_slice(&self.blob);
+        out.extend_from_slice(&self.wrapper);
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    /// Reads the wire form (checked by [`WrappedKeyRecord::verify`] and [`WrappedKeyRecord::open`]).
+    ///
+    /// # Errors
+    /// [`CryptoError::InvalidKey`] for anything malformed or oversized.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, CryptoError> {
+        let bad = CryptoError::InvalidKey("not a wrapped-key record");
+        let fixed = 16 + 4 + 16 + crate::e2ee::IDENTITY_LEN + 2;
+        if b.len() > MAX_RECORD_BYTES || b.len() < fixed + 16 + 64 {
+            return Err(bad);
+        }
+        let blob_len = usize::from(u16::from_be_bytes([b[fixed - 2], b[fixed - 1]]));
+        if b.len() != fixed + blob_len + 16 + 64 {
+            return Err(bad);
+        }
+        let arr = |from: usize, to: usize| &b[from..to];
+        let mut r = Self {
+            ws: [0; 16],
+            epoch: u32::from_be_bytes([b[16], b[17], b[18], b[19]]),
+            recipient: [0; 16],
+            recipient_identity: [0; crate::e2ee::IDENTITY_LEN],
+            blob: arr(fixed, fixed + blob_len).to_vec(),
+            wrapper: [0; 16],
+            signature: [0; 64],
+        };
+        r.ws.copy_from_slice(arr(0, 16));
+        r.recipient.copy_from_slice(arr(20, 36));
+        r.recipient_identity.copy_from_slice(arr(36, 36 + crate::e2ee::IDENTITY_LEN));
+        r.wrapper.copy_from_slice(arr(fixed + blob_len, fixed + blob_len + 16));
+        r.signature.copy_from_slice(arr(fixed + blob_len + 16, b.len()));
+        Ok(r)
+    }
+
     /// Wraps `key` to `recipient` and signs the record as `wrapper` (with `wrapper_keys`).
     ///
     /// # Errors
@@ -308,6 +357,26 @@ mod tests {
         let (ck, ci) = user(&[3; 16], "carol@x.org");
         let moved = WrappedKeyRecord { recipient: [3; 16], recipient_identity: ci.to_bytes(), ..honest };
         assert!(moved.open(&ai, &[3; 16], &ck, &ci).is_err());
+    }
+
+    #[test]
+    fn records_round_trip_and_malformed_ones_are_refused() {
+        let (ak, _ai) = user(&ALICE, "alice@x.org");
+        let (_bk, bi) = user(&BOB, "bob@x.org");
+        let rec = WrappedKeyRecord::make(&WorkspaceKey::generate(), &WS, 2, &BOB, &bi, &ALICE, &ak).expect("wrap");
+        let b = rec.to_bytes();
+        assert!(b.len() <= MAX_RECORD_BYTES);
+        assert_eq!(WrappedKeyRecord::from_bytes(&b).expect("decode"), rec);
+        for cut in [0, 10, b.len() / 2, b.len() - 1] {
+            assert!(WrappedKeyRecord::from_bytes(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = b.clone();
+        longer.push(1);
+        assert!(WrappedKeyRecord::from_bytes(&longer).is_err());
+        let mut lying = b.clone();
+        let at = 16 + 4 + 16 + crate::e2ee::IDENTITY_LEN;
+        lying[at..at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(WrappedKeyRecord::from_bytes(&lying).is_err(), "a blob length past the end");
     }
 
     #[test]
