@@ -36,6 +36,46 @@ fn body_for(method: &str, path: &str, viewer_id: &str) -> Option<serde_json::Val
     Some(json)
 }
 
+/// What a route walk fills a route template with: the workspace, a member the walk may change, a chunk.
+struct Walk {
+    base: String,
+    ws: WorkspaceId,
+    member: cloudsync_types::UserId,
+    chunk: cloudsync_types::ChunkId,
+}
+
+impl Walk {
+    /// A request for one route, with `token`, a plausible body (named by `unique`) and the file query.
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        method: &str,
+        template: &str,
+        token: &str,
+        unique: &str,
+    ) -> reqwest::RequestBuilder {
+        let path = template
+            .replace("{ws}", &self.ws.to_string())
+            .replace("{user}", &self.member.to_string())
+            .replace("{id}", &self.ws.to_string())
+            .replace("{chunk}", &self.chunk.to_hex());
+        let query = if ["/files/manifest", "/files/content", "/files/versions"].iter().any(|s| template.ends_with(s)) {
+            "?path=f.txt"
+        } else {
+            ""
+        };
+        let mut req =
+            http.request(method.parse().expect("method"), format!("{}{path}{query}", self.base)).bearer_auth(token);
+        if let Some(b) = body_for(method, template, unique) {
+            req = req.json(&b);
+        }
+        if (template.ends_with("/chunks") || template.ends_with("/chunks/deltas")) && method == "POST" {
+            req = req.header("content-type", "application/octet-stream").body(Vec::<u8>::new());
+        }
+        req
+    }
+}
+
 #[tokio::test]
 async fn every_route_refuses_every_lower_role_and_hides_workspaces_from_non_members() {
     let srv = TestServer::start().await;
@@ -86,36 +126,15 @@ async fn every_route_refuses_every_lower_role_and_hides_workspaces_from_non_memb
     }
     tokens.push((None, common::token(&srv, "outsider@example.com").await));
     let http = http();
+    let walk = Walk { base: srv.url.clone(), ws: ws.id, member: viewer_id, chunk };
     let mut checked = 0;
     for (method, template, needs) in ROUTES {
         let Needs::Role(needed) = needs else { continue };
         if template.ends_with("/{ws}") && *method == "DELETE" {
             continue; // exercised last, below, so the workspace survives the walk
         }
-        let url = format!(
-            "{}{}",
-            srv.url,
-            template
-                .replace("{ws}", &ws.id.to_string())
-                .replace("{user}", &viewer_id.to_string())
-                .replace("{chunk}", &chunk.to_hex())
-        );
-        let url = if template.ends_with("/files/manifest")
-            || template.ends_with("/files/content")
-            || template.ends_with("/files/versions")
-        {
-            format!("{url}?path=f.txt")
-        } else {
-            url
-        };
         for (role, tok) in &tokens {
-            let mut req = http.request(method.parse().expect("method"), &url).bearer_auth(tok);
-            if let Some(b) = body_for(method, template, &viewer_id.to_string()) {
-                req = req.json(&b);
-            }
-            if (template.ends_with("/chunks") || template.ends_with("/chunks/deltas")) && *method == "POST" {
-                req = req.header("content-type", "application/octet-stream").body(Vec::<u8>::new());
-            }
+            let req = walk.request(&http, method, template, tok, &viewer_id.to_string());
             let resp = req.send().await.expect("send");
             let status = resp.status().as_u16();
             let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
@@ -472,41 +491,21 @@ async fn every_route_holds_api_keys_to_their_ceiling_and_away_from_the_account()
                 role,
                 workspaces: None,
                 expires_at: None,
-                totp: None,
-                password: None,
+                proof: Default::default(),
             })
             .await
             .expect("key");
         keys.push((role, k.secret));
     }
     let http = http();
+    let walk = Walk { base: srv.url.clone(), ws: ws.id, member: target, chunk };
     let mut walked = 0;
     for (method, template, needs) in ROUTES {
         if template.ends_with("/{ws}") && *method == "DELETE" {
             continue;
         }
-        let url = format!(
-            "{}{}",
-            srv.url,
-            template
-                .replace("{ws}", &ws.id.to_string())
-                .replace("{user}", &target.to_string())
-                .replace("{id}", &ws.id.to_string())
-                .replace("{chunk}", &chunk.to_hex())
-        );
-        let url = if ["/files/manifest", "/files/content", "/files/versions"].iter().any(|s| template.ends_with(s)) {
-            format!("{url}?path=f.txt")
-        } else {
-            url
-        };
         for (ceiling, key) in &keys {
-            let mut req = http.request(method.parse().expect("method"), &url).bearer_auth(key);
-            if let Some(b) = body_for(method, template, &format!("{ceiling}-{walked}")) {
-                req = req.json(&b);
-            }
-            if (template.ends_with("/chunks") || template.ends_with("/chunks/deltas")) && *method == "POST" {
-                req = req.header("content-type", "application/octet-stream").body(Vec::<u8>::new());
-            }
+            let req = walk.request(&http, method, template, key, &format!("{ceiling}-{walked}"));
             let resp = req.send().await.expect("send");
             let status = resp.status().as_u16();
             let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);

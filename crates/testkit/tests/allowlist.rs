@@ -55,8 +55,7 @@ async fn an_allowlist_refuses_other_addresses_for_sessions_and_keys() {
             role: Role::Viewer,
             workspaces: None,
             expires_at: None,
-            totp: None,
-            password: None,
+            proof: Default::default(),
         })
         .await
         .expect("key")

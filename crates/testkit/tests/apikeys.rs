@@ -25,8 +25,7 @@ async fn a_scoped_editor_key_over_http() {
             role: Role::Editor,
             workspaces: Some(vec![a]),
             expires_at: None,
-            totp: None,
-            password: None,
+            proof: Default::default(),
         })
         .await
         .expect("create");
@@ -73,7 +72,7 @@ async fn a_scoped_editor_key_over_http() {
     // Rotation without grace: the old secret stops, the new one works; revocation stops it on the next call.
     let rotated = owner
         .api_keys()
-        .rotate(&created.key.id, &RotateApiKeyRequest { grace_seconds: 0, totp: None, password: None })
+        .rotate(&created.key.id, &RotateApiKeyRequest { grace_seconds: 0, proof: Default::default() })
         .await
         .expect("rotate");
     assert_eq!(key.workspaces().list().await.expect_err("old secret").kind(), ErrorKind::Unauthenticated);
@@ -113,8 +112,7 @@ async fn an_expired_key_is_refused_over_http_with_the_reason() {
             role: Role::Viewer,
             workspaces: None,
             expires_at: Some(soon),
-            totp: None,
-            password: None,
+            proof: Default::default(),
         })
         .await
         .expect("create");

@@ -28,6 +28,19 @@ async fn db(srv: &TestServer) -> sqlx::SqliteConnection {
     sqlx::SqliteConnection::connect(&url).await.expect("open the server's database")
 }
 
+/// Swaps the chain positions of rows `a` and `b`, as someone reordering the log in the database would.
+async fn swap_rows(conn: &mut sqlx::SqliteConnection, chain: &str, a: i64, b: i64) {
+    for (from, to) in [(b, -b), (a, b), (-b, a)] {
+        sqlx::query("UPDATE audit SET seq = ? WHERE chain = ? AND seq = ?")
+            .bind(to)
+            .bind(chain)
+            .bind(from)
+            .execute(&mut *conn)
+            .await
+            .expect("move a row");
+    }
+}
+
 /// A workspace with some history: uploads, a download, a member added, a setting changed.
 async fn history(srv: &TestServer) -> (Client, Client, WorkspaceId) {
     let owner = srv.user("owner@example.org").await;
@@ -212,38 +225,10 @@ async fn verify_finds_edited_deleted_reordered_and_truncated_rows() {
     assert!(owner.audit().verify(Some(ws)).await.expect("verify").ok, "restoring the row restores the chain");
 
     // Reordered rows: swap the content of rows 2 and 3 by swapping their positions.
-    sqlx::query("UPDATE audit SET seq = -3 WHERE chain = ? AND seq = 3")
-        .bind(&chain)
-        .execute(&mut conn)
-        .await
-        .expect("a");
-    sqlx::query("UPDATE audit SET seq = 3 WHERE chain = ? AND seq = 2")
-        .bind(&chain)
-        .execute(&mut conn)
-        .await
-        .expect("b");
-    sqlx::query("UPDATE audit SET seq = 2 WHERE chain = ? AND seq = -3")
-        .bind(&chain)
-        .execute(&mut conn)
-        .await
-        .expect("c");
+    swap_rows(&mut conn, &chain, 2, 3).await;
     let broken = owner.audit().verify(Some(ws)).await.expect("verify").first_broken.expect("reorder found");
     assert_eq!(broken.seq, 2, "{broken:?}");
-    sqlx::query("UPDATE audit SET seq = -3 WHERE chain = ? AND seq = 3")
-        .bind(&chain)
-        .execute(&mut conn)
-        .await
-        .expect("a");
-    sqlx::query("UPDATE audit SET seq = 3 WHERE chain = ? AND seq = 2")
-        .bind(&chain)
-        .execute(&mut conn)
-        .await
-        .expect("b");
-    sqlx::query("UPDATE audit SET seq = 2 WHERE chain = ? AND seq = -3")
-        .bind(&chain)
-        .execute(&mut conn)
-        .await
-        .expect("c");
+    swap_rows(&mut conn, &chain, 2, 3).await;
     assert!(owner.audit().verify(Some(ws)).await.expect("verify").ok);
 
     // A deleted row in the middle.

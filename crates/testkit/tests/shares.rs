@@ -203,8 +203,7 @@ async fn a_link_dies_with_its_makers_access_its_key_and_its_file() {
             role: Role::Editor,
             workspaces: None,
             expires_at: None,
-            totp: None,
-            password: None,
+            proof: Default::default(),
         })
         .await
         .expect("key");

@@ -767,6 +767,29 @@ pub struct AuditVerifyReport {
     pub first_broken: Option<BrokenAuditRow>,
 }
 
+/// Proof that the account's owner is at the keyboard, for minting a credential (an API key, end-to-end keys):
+/// a current authenticator code when the account has two-factor authentication on (`mfa_required` without
+/// one), else, on a session opened more than 15 minutes ago, the password (`reauthentication_required`).
+/// Sent as the fields `totp` and `password` of the request it belongs to.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FreshProof {
+    /// A current authenticator code (or a recovery code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
+    /// The account password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for FreshProof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FreshProof")
+            .field("totp", &self.totp.as_ref().map(|_| "***"))
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
 /// The prefix of every API key (`csk_<id>_<secret>`).
 pub const API_KEY_PREFIX: &str = "csk_";
 /// Most API keys one account may hold.
@@ -777,7 +800,7 @@ pub const MAX_API_KEY_WORKSPACES: usize = 100;
 pub const MAX_API_KEY_GRACE_SECS: u64 = 30 * 24 * 3600;
 
 /// `POST /api/v1/apikeys`: a new key acting for the caller.
-#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateApiKeyRequest {
     /// A name, unique among the caller's keys.
     pub name: String,
@@ -792,46 +815,20 @@ pub struct CreateApiKeyRequest {
     #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<OffsetDateTime>,
-    /// A current authenticator code (or a recovery code): required when the account has two-factor
-    /// authentication on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub totp: Option<String>,
-    /// The account password: required without two-factor authentication when the session was opened more
-    /// than 15 minutes ago.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for CreateApiKeyRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreateApiKeyRequest")
-            .field("name", &self.name)
-            .field("role", &self.role)
-            .field("workspaces", &self.workspaces)
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
-    }
+    /// Proof that the account's owner is at the keyboard.
+    #[serde(flatten)]
+    pub proof: FreshProof,
 }
 
 /// `POST /api/v1/apikeys/{id}/rotate`: a new secret for the key.
-#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct RotateApiKeyRequest {
     /// How long the old secret keeps working, in seconds (default 0: it stops at once; at most 30 days).
     #[serde(default)]
     pub grace_seconds: u64,
-    /// A current authenticator code: required when the account has two-factor authentication on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub totp: Option<String>,
-    /// The account password: required without two-factor authentication when the session was opened more
-    /// than 15 minutes ago.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for RotateApiKeyRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RotateApiKeyRequest").field("grace_seconds", &self.grace_seconds).finish_non_exhaustive()
-    }
+    /// Proof that the account's owner is at the keyboard.
+    #[serde(flatten)]
+    pub proof: FreshProof,
 }
 
 /// An API key as its owner sees it (never its secret).
@@ -963,7 +960,7 @@ pub const MAX_SEALED_KEY_BYTES: usize = 1024;
 /// upload stores them; later ones may only reseal the same identity under a new passphrase. Like minting an
 /// API key, it needs a fresh proof: a current authenticator code when MFA is on, else a login from the last
 /// 15 minutes or the password.
-#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UploadUserKeys {
     /// The public identity: signing key, agreement key and the account's self-signature (128 bytes).
     pub identity: String,
@@ -971,18 +968,9 @@ pub struct UploadUserKeys {
     pub sealed_by_passphrase: String,
     /// The secret keys sealed under the recovery key (ignored on a reseal).
     pub sealed_by_recovery: String,
-    /// A current authenticator code, when the account has two-factor authentication on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub totp: Option<String>,
-    /// The account password, when the session is older than 15 minutes and MFA is off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for UploadUserKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UploadUserKeys").field("identity", &self.identity).finish_non_exhaustive()
-    }
+    /// Proof that the account's owner is at the keyboard.
+    #[serde(flatten)]
+    pub proof: FreshProof,
 }
 
 /// `GET /api/v1/keys/me`: the caller's end-to-end keys as stored (public, or sealed on the client).

@@ -12,13 +12,13 @@
 use cloudsync_crypto::{ct_eq, hash_token, random_bytes};
 use cloudsync_store::{ApiKeyRecord, NewAudit};
 use cloudsync_types::api::{
-    ApiKey, CreateApiKeyRequest, MAX_API_KEY_GRACE_SECS, MAX_API_KEY_WORKSPACES, MAX_API_KEYS, MAX_NAME_BYTES,
-    NewApiKey,
+    ApiKey, CreateApiKeyRequest, FreshProof, MAX_API_KEY_GRACE_SECS, MAX_API_KEY_WORKSPACES, MAX_API_KEYS,
+    MAX_NAME_BYTES, NewApiKey,
 };
 use cloudsync_types::{AuditEvent, Outcome, Role, SessionId, WorkspaceId};
 use zeroize::Zeroizing;
 
-use crate::{Actor, AuditExt, Core, CoreError, CoreResult};
+use crate::{Actor, AuditExt, Core, CoreError, CoreResult, ms_of, time_of};
 
 pub use cloudsync_types::api::API_KEY_PREFIX;
 /// How often a key's use is written and audited (at most, per address).
@@ -63,15 +63,6 @@ fn split_key(token: &str) -> Option<(&str, &str)> {
     let (id, secret) = token.strip_prefix(API_KEY_PREFIX)?.split_once('_')?;
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     (hex(id, 16) && hex(secret, 64)).then_some((id, secret))
-}
-
-fn time_of(ms: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-}
-
-fn ms_of(t: time::OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// The owner's view of a key.
@@ -139,7 +130,7 @@ impl Core {
             return Err(CoreError::Conflict(format!("you already have an API key named {name:?}; pick another name")));
         }
         // Last, once the request is known to be good, so a refused request does not spend a one-time code.
-        let mfa = self.fresh_proof(actor, req.totp.as_deref(), req.password.as_deref(), "apikey.create").await?;
+        let mfa = self.fresh_proof(actor, &req.proof, "apikey.create").await?;
         let mut workspaces = req.workspaces.clone();
         if let Some(w) = &mut workspaces {
             w.sort_by_key(|w| w.to_string());
@@ -202,8 +193,7 @@ impl Core {
         actor: &Actor,
         id: &str,
         grace_secs: u64,
-        code: Option<&str>,
-        password: Option<&str>,
+        proof: &FreshProof,
     ) -> CoreResult<NewApiKey> {
         actor.require_session("rotate API keys")?;
         if grace_secs > MAX_API_KEY_GRACE_SECS {
@@ -213,7 +203,7 @@ impl Core {
             )));
         }
         let key = self.own_key(actor, id).await?;
-        let mfa = self.fresh_proof(actor, code, password, "apikey.rotate").await?;
+        let mfa = self.fresh_proof(actor, proof, "apikey.rotate").await?;
         let secret = Zeroizing::new(hex::encode(random_bytes::<32>()));
         let now = self.now_ms();
         let until = now + i64::try_from(grace_secs).unwrap_or(0) * 1000;
@@ -258,18 +248,12 @@ impl Core {
 
     /// Proof that the account's owner is at the keyboard, for minting a credential: a current code when MFA
     /// is on (true is returned), otherwise a session opened in the last 15 minutes or the password.
-    pub(crate) async fn fresh_proof(
-        &self,
-        actor: &Actor,
-        code: Option<&str>,
-        password: Option<&str>,
-        action: &str,
-    ) -> CoreResult<bool> {
-        if self.step_up(actor, code, action).await? {
+    pub(crate) async fn fresh_proof(&self, actor: &Actor, proof: &FreshProof, action: &str) -> CoreResult<bool> {
+        if self.step_up(actor, proof.totp.as_deref(), action).await? {
             return Ok(true);
         }
         if self.now_ms() - actor.session_created_ms > crate::mfa::RECENT_LOGIN_MS {
-            let Some(pw) = password else { return Err(CoreError::ReauthenticationRequired) };
+            let Some(pw) = proof.password.as_deref() else { return Err(CoreError::ReauthenticationRequired) };
             self.charge(format!("reauth:{}", actor.user_id), self.limits.per_account).await?;
             if !self.check_password(actor.user_id, pw).await? {
                 return Err(CoreError::BadRequest("the password is wrong".into()));
@@ -342,20 +326,6 @@ impl Core {
         Ok(actor)
     }
 
-    /// `RateLimited` when the address has used up its budget of refused credentials in this window.
-    pub(crate) async fn bearer_budget(&self, ip: &str) -> CoreResult<()> {
-        let now = self.now_ms();
-        let w = self.limits.window_ms.max(1);
-        let start = now - now.rem_euclid(w);
-        if self.store.rate_limit_count(&format!("bearer-ip:{}", crate::ip_bucket(ip)), start).await?
-            >= self.limits.per_ip
-        {
-            // Counted (and the first such refusal audited) like any other failure; the answer is 429.
-            return Err(self.bearer_failure(None, "-".into(), ip, "bearer", "rate_limited", BAD_KEY).await);
-        }
-        Ok(())
-    }
-
     /// Audits a refused bearer credential and counts it against the address: the error to return.
     pub(crate) async fn bearer_failure(
         &self,
@@ -366,14 +336,11 @@ impl Core {
         reason: &str,
         message: &str,
     ) -> CoreError {
-        let now = self.now_ms();
-        let w = self.limits.window_ms.max(1);
-        let start = now - now.rem_euclid(w);
-        let n = match self.store.rate_limit_hit(&format!("bearer-ip:{}", crate::ip_bucket(ip)), start).await {
-            Ok(n) => n,
-            Err(e) => return e.into(),
-        };
         let limit = self.limits.per_ip;
+        let (n, limited) = match self.hit(&format!("bearer-ip:{}", crate::ip_bucket(ip)), limit).await {
+            Ok(hit) => hit,
+            Err(e) => return e,
+        };
         // Audited while under the limit, and once more when crossing it; past that, refused unrecorded so a
         // flood cannot fill the log.
         if n <= limit + 1 {
@@ -385,17 +352,13 @@ impl Core {
                 ip: Some(ip.to_owned()),
                 target: Some(target),
                 details: serde_json::json!({"method": method, "reason": if n > limit { "rate_limited" } else { reason }}),
-                at_ms: now,
+                at_ms: self.now_ms(),
             };
             if let Err(e) = self.store.append_audit(&[row]).await {
                 return e.into();
             }
         }
-        if n > limit {
-            let left = (start + w - now).max(1000);
-            return CoreError::RateLimited { retry_after_secs: u64::try_from((left + 999) / 1000).unwrap_or(1) };
-        }
-        CoreError::Unauthenticated(message.to_owned())
+        limited.unwrap_or_else(|| CoreError::Unauthenticated(message.to_owned()))
     }
 }
 
@@ -409,7 +372,15 @@ mod tests {
     use crate::{Clock as _, LoginLimits, ManualClock};
 
     fn req(name: &str, role: Role, workspaces: Option<Vec<WorkspaceId>>) -> CreateApiKeyRequest {
-        CreateApiKeyRequest { name: name.into(), role, workspaces, expires_at: None, totp: None, password: None }
+        CreateApiKeyRequest { name: name.into(), role, workspaces, expires_at: None, proof: FreshProof::default() }
+    }
+
+    fn totp(code: String) -> FreshProof {
+        FreshProof { totp: Some(code), password: None }
+    }
+
+    fn pw(password: String) -> FreshProof {
+        FreshProof { totp: None, password: Some(password) }
     }
 
     fn code(secret: &[u8], clock: &ManualClock) -> String {
@@ -506,7 +477,7 @@ mod tests {
         assert_eq!(listed[0].last_used_ip.as_deref(), Some("10.0.0.2"));
 
         // Rotation with a ten-minute grace: both secrets work, then only the new one.
-        let r = core.rotate_api_key(&owner, &k.key.id, 600, None, None).await.expect("rotate");
+        let r = core.rotate_api_key(&owner, &k.key.id, 600, &FreshProof::default()).await.expect("rotate");
         assert_ne!(r.secret, k.secret);
         assert_eq!(r.key.id, k.key.id);
         core.authenticate(&k.secret, "10.0.0.1").await.expect("old secret in the grace period");
@@ -514,10 +485,10 @@ mod tests {
         clock.advance_ms(601_000);
         assert!(matches!(core.authenticate(&k.secret, "10.0.0.1").await, Err(CoreError::Unauthenticated(_))));
         core.authenticate(&r.secret, "10.0.0.1").await.expect("new secret after the grace period");
-        let r2 = core.rotate_api_key(&owner, &k.key.id, 0, None, None).await.expect("rotate again");
+        let r2 = core.rotate_api_key(&owner, &k.key.id, 0, &FreshProof::default()).await.expect("rotate again");
         assert!(matches!(core.authenticate(&r.secret, "10.0.0.1").await, Err(CoreError::Unauthenticated(_))));
         assert!(matches!(
-            core.rotate_api_key(&owner, &k.key.id, 31 * 86_400, None, None).await,
+            core.rotate_api_key(&owner, &k.key.id, 31 * 86_400, &FreshProof::default()).await,
             Err(CoreError::BadRequest(_))
         ));
 
@@ -547,16 +518,19 @@ mod tests {
             core.create_api_key(&owner, &req("k", Role::Viewer, None)).await,
             Err(CoreError::MfaRequired)
         ));
-        let wrong = CreateApiKeyRequest { totp: Some("000000".into()), ..req("k", Role::Viewer, None) };
+        let wrong = CreateApiKeyRequest { proof: totp("000000".into()), ..req("k", Role::Viewer, None) };
         assert!(matches!(core.create_api_key(&owner, &wrong).await, Err(CoreError::BadRequest(_))));
         clock.advance_ms(30_000);
-        let good = CreateApiKeyRequest { totp: Some(code(&secret, &clock)), ..req("k", Role::Viewer, None) };
+        let good = CreateApiKeyRequest { proof: totp(code(&secret, &clock)), ..req("k", Role::Viewer, None) };
         let k = core.create_api_key(&owner, &good).await.expect("key with a code");
         let actor = core.authenticate(&k.secret, "10.0.0.1").await.expect("auth");
         assert!(actor.session_mfa);
         core.access(actor, ws.id, Role::Viewer).await.expect("a key made with MFA reaches an MFA workspace");
         assert!(
-            matches!(core.rotate_api_key(&owner, &k.key.id, 0, None, None).await, Err(CoreError::MfaRequired)),
+            matches!(
+                core.rotate_api_key(&owner, &k.key.id, 0, &FreshProof::default()).await,
+                Err(CoreError::MfaRequired)
+            ),
             "rotation asks for a code too"
         );
 
@@ -583,18 +557,16 @@ mod tests {
             core.create_api_key(&owner, &req("stale", Role::Viewer, None)).await,
             Err(CoreError::ReauthenticationRequired)
         ));
-        let wrong = CreateApiKeyRequest { password: Some("not it".into()), ..req("stale", Role::Viewer, None) };
+        let wrong = CreateApiKeyRequest { proof: pw("not it".into()), ..req("stale", Role::Viewer, None) };
         assert!(matches!(core.create_api_key(&owner, &wrong).await, Err(CoreError::BadRequest(_))));
-        let right = CreateApiKeyRequest {
-            password: Some(crate::testutil::PASSWORD.into()),
-            ..req("stale", Role::Viewer, None)
-        };
+        let right =
+            CreateApiKeyRequest { proof: pw(crate::testutil::PASSWORD.into()), ..req("stale", Role::Viewer, None) };
         core.create_api_key(&owner, &right).await.expect("with the password");
         assert!(matches!(
-            core.rotate_api_key(&owner, &k.key.id, 0, None, None).await,
+            core.rotate_api_key(&owner, &k.key.id, 0, &FreshProof::default()).await,
             Err(CoreError::ReauthenticationRequired)
         ));
-        core.rotate_api_key(&owner, &k.key.id, 0, None, Some(crate::testutil::PASSWORD)).await.expect("rotate");
+        core.rotate_api_key(&owner, &k.key.id, 0, &pw(crate::testutil::PASSWORD.into())).await.expect("rotate");
 
         // A refused request spends nothing: a taken name is refused before the password is even asked for.
         let taken = core.create_api_key(&owner, &req("stale", Role::Viewer, None)).await;
@@ -602,11 +574,10 @@ mod tests {
 
         // Keys below admin, or limited to workspaces, cannot create workspaces; no key reads account events.
         let admin_key =
-            core.rotate_api_key(&owner, &k.key.id, 0, None, Some(crate::testutil::PASSWORD)).await.expect("rotate");
+            core.rotate_api_key(&owner, &k.key.id, 0, &pw(crate::testutil::PASSWORD.into())).await.expect("rotate");
         let admin = core.authenticate(&admin_key.secret, "10.0.0.1").await.expect("admin key");
         core.create_workspace(&admin, "By key", false).await.expect("an unscoped admin key creates workspaces");
-        let v =
-            CreateApiKeyRequest { password: Some(crate::testutil::PASSWORD.into()), ..req("v", Role::Editor, None) };
+        let v = CreateApiKeyRequest { proof: pw(crate::testutil::PASSWORD.into()), ..req("v", Role::Editor, None) };
         let editor_key = core.create_api_key(&owner, &v).await.expect("editor key");
         let editor = core.authenticate(&editor_key.secret, "10.0.0.1").await.expect("editor key");
         assert!(matches!(core.create_workspace(&editor, "No", false).await, Err(CoreError::Forbidden(_))));

@@ -73,8 +73,7 @@ impl Core {
             return Err(CoreError::BadRequest(format!("limit must be 1 to {MAX_AUDIT_PAGE}")));
         }
         let events = parse_events(params.events.as_deref())?;
-        let to_ms = |t: time::OffsetDateTime| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-        let (since_ms, until_ms) = (params.since.map(to_ms), params.until.map(to_ms));
+        let (since_ms, until_ms) = (params.since.map(crate::ms_of), params.until.map(crate::ms_of));
         if let (Some(s), Some(u)) = (since_ms, until_ms)
             && s >= u
         {
@@ -220,8 +219,7 @@ fn entry(r: AuditRow, actor_email: Option<String>) -> AuditEntry {
         id: r.id,
         chain: r.chain,
         seq: r.seq,
-        at: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.row.at_ms) * 1_000_000)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        at: crate::time_of(r.row.at_ms),
         event: r.row.event,
         outcome: r.row.outcome,
         actor_id: r.row.actor,

@@ -125,15 +125,23 @@ impl Core {
     }
 
     pub(crate) async fn charge(&self, key: String, limit: u32) -> CoreResult<()> {
+        match self.hit(&key, limit).await? {
+            (_, Some(limited)) => Err(limited),
+            (_, None) => Ok(()),
+        }
+    }
+
+    /// Counts one hit on `key` in the current rate-limit window (shared by every server process): the count
+    /// so far, and, past `limit`, the `RateLimited` error to answer with the seconds left in the window.
+    pub(crate) async fn hit(&self, key: &str, limit: u32) -> CoreResult<(u32, Option<CoreError>)> {
         let now = self.now_ms();
         let w = self.limits.window_ms.max(1);
         let start = now - now.rem_euclid(w);
-        let n = self.store.rate_limit_hit(&key, start).await?;
-        if n > limit {
-            let left = (start + w - now).max(1000);
-            return Err(CoreError::RateLimited { retry_after_secs: u64::try_from((left + 999) / 1000).unwrap_or(1) });
-        }
-        Ok(())
+        let n = self.store.rate_limit_hit(key, start).await?;
+        let left = (start + w - now).max(1000);
+        let limited = (n > limit)
+            .then(|| CoreError::RateLimited { retry_after_secs: u64::try_from((left + 999) / 1000).unwrap_or(1) });
+        Ok((n, limited))
     }
 
     /// The audit row of a refused login; `method` is what was tried (`password`, `password+totp`).
@@ -219,16 +227,9 @@ impl Core {
         };
         let mut method = "password";
         if let Some(m) = self.store.mfa(user.id).await?.filter(|m| m.confirmed) {
+            let refused = |reason| self.login_failure(Some(user.id), user.id.to_string(), ip, "password+totp", reason);
             let Some(code) = totp else {
-                self.store
-                    .append_audit(&[self.login_failure(
-                        Some(user.id),
-                        user.id.to_string(),
-                        ip,
-                        "password+totp",
-                        "mfa_required",
-                    )])
-                    .await?;
+                self.store.append_audit(&[refused("mfa_required")]).await?;
                 return Err(CoreError::MfaRequired);
             };
             match self.check_second_factor(user.id, &m, code).await? {
@@ -239,15 +240,7 @@ impl Core {
                     }
                 }
                 Err(reason) => {
-                    self.store
-                        .append_audit(&[self.login_failure(
-                            Some(user.id),
-                            user.id.to_string(),
-                            ip,
-                            "password+totp",
-                            reason,
-                        )])
-                        .await?;
+                    self.store.append_audit(&[refused(reason)]).await?;
                     return Err(CoreError::Unauthenticated(BAD_CODE.into()));
                 }
             }
@@ -296,9 +289,6 @@ impl Core {
     /// # Errors
     /// `Unauthenticated` for an unknown, revoked or malformed token.
     pub async fn authenticate(&self, token: &str, ip: &str) -> CoreResult<Actor> {
-        // An address past its budget of refused credentials is refused before any lookup, so it cannot go on
-        // guessing (and tell a hit from a miss).
-        self.bearer_budget(ip).await?;
         if token.is_empty() || token.len() > 256 {
             return Err(self.bearer_failure(None, "-".into(), ip, "session", "malformed", BAD_TOKEN).await);
         }

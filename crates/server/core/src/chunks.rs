@@ -44,12 +44,14 @@ impl Core {
     /// # Errors
     /// The workspace vanished, or its keys do not open under the master key.
     pub async fn chunk_io(&self, access: &Access) -> CoreResult<ChunkIo> {
-        self.chunk_io_of(access.workspace).await
+        let (data_key, chunk_key) = self.keys(access.workspace).await?;
+        Ok(ChunkIo { store: self.store.clone(), blobs: self.blobs.clone(), ws: access.workspace, data_key, chunk_key })
     }
 
-    pub(crate) async fn chunk_io_of(&self, ws: WorkspaceId) -> CoreResult<ChunkIo> {
-        let (data_key, chunk_key) = self.keys(ws).await?;
-        Ok(ChunkIo { store: self.store.clone(), blobs: self.blobs.clone(), ws, data_key, chunk_key })
+    /// As [`Core::chunk_io`] for a workspace record already read.
+    pub(crate) fn chunk_io_for(&self, rec: &cloudsync_store::WorkspaceRecord) -> CoreResult<ChunkIo> {
+        let (data_key, chunk_key) = self.keys_of(rec)?;
+        Ok(ChunkIo { store: self.store.clone(), blobs: self.blobs.clone(), ws: rec.id, data_key, chunk_key })
     }
 }
 

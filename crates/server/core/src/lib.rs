@@ -44,6 +44,17 @@ pub fn audit_key(master: &SecretKey) -> cloudsync_store::AuditKey {
     cloudsync_store::AuditKey::from_bytes(*master.derive("cloudsync 2026 audit-chain-key v1").as_bytes())
 }
 
+/// Unix milliseconds as a time (the epoch for a value out of range).
+pub fn time_of(ms: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// A time as Unix milliseconds (saturating).
+pub fn ms_of(t: time::OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
 /// How many refusals by an IP allowlist are audited per workspace and address in one rate-limit window.
 const DENIALS_AUDITED: u32 = 20;
 
@@ -234,9 +245,7 @@ impl Core {
     /// Writes an `access.denied` row, at most [`DENIALS_AUDITED`] per workspace and address a rate-limit
     /// window (and one more that says so), so a client retrying from outside an allowlist cannot fill the log.
     pub(crate) async fn audit_denial(&self, ws: WorkspaceId, ip: &str, row: NewAudit) -> CoreResult<()> {
-        let now = self.now_ms();
-        let w = self.limits.window_ms.max(1);
-        let n = self.store.rate_limit_hit(&format!("denied:{ws}:{}", ip_bucket(ip)), now - now.rem_euclid(w)).await?;
+        let (n, _) = self.hit(&format!("denied:{ws}:{}", ip_bucket(ip)), u32::MAX).await?;
         if n <= DENIALS_AUDITED {
             self.store.append_audit(&[row]).await?;
         } else if n == DENIALS_AUDITED + 1 {

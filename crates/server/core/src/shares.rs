@@ -13,7 +13,7 @@ use cloudsync_types::api::{CreateShareRequest, MAX_SHARES_PER_WORKSPACE, Manifes
 use cloudsync_types::{AuditEvent, Outcome, Role, ShareId, allowlist_permits};
 use zeroize::Zeroizing;
 
-use crate::{Access, AuditExt, ChunkIo, Core, CoreError, CoreResult, decode_manifest};
+use crate::{Access, AuditExt, ChunkIo, Core, CoreError, CoreResult, decode_manifest, ms_of, time_of};
 
 /// Most downloads a link may allow.
 const MAX_DOWNLOAD_LIMIT: u64 = 1_000_000;
@@ -33,11 +33,6 @@ pub struct ShareDownload {
 
 /// Why a link did not open, as the downloader sees it.
 const NO_LINK: CoreError = CoreError::NotFound("share link");
-
-fn time_of(ms: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-}
 
 /// The members' view of a link.
 pub fn share_view(s: &ShareRecord, created_by: Option<String>) -> ShareLink {
@@ -66,8 +61,7 @@ impl Core {
         }
         let file = self.store.file_by_path(access.workspace, &req.path).await?.ok_or(CoreError::NotFound("file"))?;
         let now = self.now_ms();
-        let expires_ms =
-            req.expires_at.map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX));
+        let expires_ms = req.expires_at.map(ms_of);
         if expires_ms.is_some_and(|e| e <= now) {
             return Err(CoreError::BadRequest("the expiry must be in the future".into()));
         }
@@ -262,7 +256,7 @@ impl Core {
             return Err(NO_LINK);
         }
         self.store.append_audit(&[self.share_row(&s, ip, Outcome::Success).detail("version", version.version)]).await?;
-        let io = self.chunk_io_of(s.workspace_id).await?;
+        let io = self.chunk_io_for(&ws)?;
         Ok(ShareDownload { file, version, manifest, io })
     }
 

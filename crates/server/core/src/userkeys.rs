@@ -49,7 +49,7 @@ impl Core {
             )));
         }
         // Last, once the request is known to be good: a stolen session must not claim or overwrite keys.
-        self.fresh_proof(actor, req.totp.as_deref(), req.password.as_deref(), "keys.put").await?;
+        self.fresh_proof(actor, &req.proof, "keys.put").await?;
         match existing {
             None => {
                 let rec = UserKeysRecord {

@@ -212,6 +212,12 @@ impl Core {
 
     pub(crate) async fn keys(&self, ws: WorkspaceId) -> CoreResult<(SecretKey, SecretKey)> {
         let rec = self.store.workspace(ws).await?.ok_or(CoreError::NotFound("workspace"))?;
+        self.keys_of(&rec)
+    }
+
+    /// The data and chunk-id keys of a workspace record already read.
+    pub(crate) fn keys_of(&self, rec: &WorkspaceRecord) -> CoreResult<(SecretKey, SecretKey)> {
+        let ws = rec.id;
         let data = unwrap_key(&self.master, &wrap_context(ws, "data"), &rec.wrapped_data_key)
             .map_err(|_| CoreError::Internal(WRONG_MASTER_KEY.into()))?;
         let chunk = unwrap_key(&self.master, &wrap_context(ws, "chunk-id"), &rec.wrapped_chunk_key)

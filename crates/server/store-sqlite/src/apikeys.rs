@@ -110,12 +110,7 @@ impl ApiKeyStore for SqliteStore {
         .await
         .map_err(map_err)?
         .rows_affected();
-        if done == 0 {
-            return Ok(false);
-        }
-        append(&self.audit_key, &mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(true)
+        self.commit_if(tx, done, audit).await
     }
 
     async fn revoke_api_key(&self, user: UserId, key_id: &str, audit: &[NewAudit]) -> StoreResult<bool> {
@@ -127,12 +122,7 @@ impl ApiKeyStore for SqliteStore {
             .await
             .map_err(map_err)?
             .rows_affected();
-        if done == 0 {
-            return Ok(false);
-        }
-        append(&self.audit_key, &mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(true)
+        self.commit_if(tx, done, audit).await
     }
 
     async fn touch_api_key(&self, key_id: &str, at_ms: i64, ip: &str, audit: &[NewAudit]) -> StoreResult<()> {

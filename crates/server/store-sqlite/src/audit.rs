@@ -71,6 +71,24 @@ pub(crate) async fn append(key: &AuditKey, tx: &mut Transaction<'_, Sqlite>, row
     Ok(())
 }
 
+impl SqliteStore {
+    /// Ends a write that changed `changed` rows: when it changed something, appends its audit rows and
+    /// commits; otherwise drops `tx` (rolling back) and writes no audit. True when it changed something.
+    pub(crate) async fn commit_if(
+        &self,
+        mut tx: Transaction<'_, Sqlite>,
+        changed: u64,
+        audit: &[NewAudit],
+    ) -> StoreResult<bool> {
+        if changed == 0 {
+            return Ok(false);
+        }
+        append(&self.audit_key, &mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+}
+
 /// The sequence number and hash of a chain's last row (zero for an empty chain).
 async fn read_head(tx: &mut Transaction<'_, Sqlite>, chain: &str) -> StoreResult<(u64, [u8; 32])> {
     let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE chain = ?")

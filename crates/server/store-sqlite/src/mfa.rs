@@ -170,12 +170,7 @@ impl MfaStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        if done == 0 {
-            return Ok(false);
-        }
-        append(&self.audit_key, &mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(true)
+        self.commit_if(tx, done, audit).await
     }
 }
 

@@ -103,12 +103,7 @@ impl ShareStore for SqliteStore {
         .await
         .map_err(map_err)?
         .rows_affected();
-        if done == 0 {
-            return Ok(false);
-        }
-        append(&self.audit_key, &mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(true)
+        self.commit_if(tx, done, audit).await
     }
 
     async fn claim_share_download(&self, sid: ShareId, at_ms: i64) -> StoreResult<bool> {

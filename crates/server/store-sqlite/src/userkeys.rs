@@ -66,11 +66,6 @@ impl UserKeyStore for SqliteStore {
         .await
         .map_err(map_err)?
         .rows_affected();
-        if done == 0 {
-            return Ok(false);
-        }
-        append(&self.audit_key, &mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(true)
+        self.commit_if(tx, done, audit).await
     }
 }

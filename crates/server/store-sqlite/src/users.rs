@@ -135,12 +135,7 @@ impl UserStore for SqliteStore {
             .await
             .map_err(map_err)?
             .rows_affected();
-        if n == 0 {
-            return Ok(false);
-        }
-        append(&self.audit_key, &mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(true)
+        self.commit_if(tx, n, audit).await
     }
 }
 
@@ -160,17 +155,6 @@ impl RateLimitStore for SqliteStore {
         .await
         .map_err(map_err)?;
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
-    }
-
-    async fn rate_limit_count(&self, key: &str, window_start_ms: i64) -> StoreResult<u32> {
-        let count: Option<i64> =
-            sqlx::query_scalar("SELECT count FROM rate_limits WHERE key = ? AND window_start_ms = ?")
-                .bind(key)
-                .bind(window_start_ms)
-                .fetch_optional(&self.reader)
-                .await
-                .map_err(map_err)?;
-        Ok(count.map_or(0, |c| u32::try_from(c).unwrap_or(u32::MAX)))
     }
 
     async fn rate_limit_clear(&self, key: &str) -> StoreResult<()> {

@@ -126,12 +126,7 @@ impl WorkspaceStore for SqliteStore {
             .await
             .map_err(map_err)?
             .rows_affected();
-        if n == 0 {
-            return Ok(false);
-        }
-        append(&self.audit_key, &mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(true)
+        self.commit_if(tx, n, audit).await
     }
 
     async fn member_role(&self, ws: WorkspaceId, user: UserId) -> StoreResult<Option<Role>> {
@@ -177,12 +172,7 @@ impl WorkspaceStore for SqliteStore {
             .await
             .map_err(map_err)?
             .rows_affected();
-        if done == 0 {
-            return Ok(false);
-        }
-        append(&self.audit_key, &mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(true)
+        self.commit_if(tx, done, audit).await
     }
 
     async fn set_ip_allowlist(
@@ -201,12 +191,7 @@ impl WorkspaceStore for SqliteStore {
             .await
             .map_err(map_err)?
             .rows_affected();
-        if done == 0 {
-            return Ok(false);
-        }
-        append(&self.audit_key, &mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(true)
+        self.commit_if(tx, done, audit).await
     }
 
     async fn workspaces_named(&self, name: &str) -> StoreResult<Vec<WorkspaceRecord>> {

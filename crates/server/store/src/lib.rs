@@ -199,8 +199,6 @@ pub trait RateLimitStore: Send + Sync {
     /// Counts one hit on `key` in the window starting at `window_start_ms` and returns the count so far in that
     /// window (a new window starts at 1).
     async fn rate_limit_hit(&self, key: &str, window_start_ms: i64) -> StoreResult<u32>;
-    /// The count of `key` in the window starting at `window_start_ms` (0 for another window), without counting.
-    async fn rate_limit_count(&self, key: &str, window_start_ms: i64) -> StoreResult<u32>;
     /// Forgets `key` (after a successful login, say).
     async fn rate_limit_clear(&self, key: &str) -> StoreResult<()>;
 }

@@ -1,15 +1,13 @@
 //! `cloudsync apikey create|list|rotate|revoke`.
 
-use std::io::IsTerminal;
-
 use anyhow::{Context, Result, bail};
-use cloudsync_sdk::{Client, ErrorKind};
-use cloudsync_types::api::{ApiKey, CreateApiKeyRequest, NewApiKey, RotateApiKeyRequest};
-use cloudsync_types::{ErrorCode, Role};
+use cloudsync_sdk::Client;
+use cloudsync_types::Role;
+use cloudsync_types::api::{ApiKey, CreateApiKeyRequest, FreshProof, NewApiKey, RotateApiKeyRequest};
 use time::OffsetDateTime;
 
 use super::output::{self, print_json, table};
-use super::{connect, mfa, workspace};
+use super::{connect, with_fresh_proof, workspace};
 use crate::args::ApikeyCmd;
 
 /// Runs an API key command.
@@ -28,25 +26,19 @@ pub async fn run(cmd: ApikeyCmd) -> Result<()> {
             for w in &workspaces {
                 ids.push(workspace(&client, w).await?.id);
             }
-            let mut req = CreateApiKeyRequest {
+            let req = CreateApiKeyRequest {
                 name,
                 role,
                 workspaces: (!ids.is_empty()).then_some(ids),
                 expires_at: parse_expiry(&expires, OffsetDateTime::now_utc()).context("--expires")?,
-                totp,
-                password: None,
+                proof: FreshProof::default(),
             };
-            let created = loop {
-                match client.api_keys().create(&req).await {
-                    Err(e) if e.kind() == ErrorKind::MfaRequired && req.totp.is_none() => {
-                        req.totp = Some(ask_code(&e)?)
-                    }
-                    Err(e) if e.code() == Some(ErrorCode::ReauthenticationRequired) && req.password.is_none() => {
-                        req.password = Some(ask_password(&e, password_stdin)?.to_string());
-                    }
-                    other => break other?,
-                }
-            };
+            let created = with_fresh_proof(FreshProof { totp, password: None }, password_stdin, |proof| {
+                let req = CreateApiKeyRequest { proof, ..req.clone() };
+                let client = &client;
+                async move { client.api_keys().create(&req).await }
+            })
+            .await?;
             show_secret(&created, json.json)?;
         }
         ApikeyCmd::List(j) => {
@@ -67,22 +59,14 @@ pub async fn run(cmd: ApikeyCmd) -> Result<()> {
         ApikeyCmd::Rotate { name, grace, totp, password_stdin, json } => {
             let key = find(&client, &name).await?;
             let grace = output::parse_span(&grace).context("--grace")?;
-            let mut req = RotateApiKeyRequest {
-                grace_seconds: u64::try_from(grace.whole_seconds()).context("--grace must not be negative")?,
-                totp,
-                password: None,
-            };
-            let rotated = loop {
-                match client.api_keys().rotate(&key.id, &req).await {
-                    Err(e) if e.kind() == ErrorKind::MfaRequired && req.totp.is_none() => {
-                        req.totp = Some(ask_code(&e)?)
-                    }
-                    Err(e) if e.code() == Some(ErrorCode::ReauthenticationRequired) && req.password.is_none() => {
-                        req.password = Some(ask_password(&e, password_stdin)?.to_string());
-                    }
-                    other => break other?,
-                }
-            };
+            let grace_seconds = u64::try_from(grace.whole_seconds()).context("--grace must not be negative")?;
+            let id = key.id.clone();
+            let rotated = with_fresh_proof(FreshProof { totp, password: None }, password_stdin, |proof| {
+                let req = RotateApiKeyRequest { grace_seconds, proof };
+                let (client, id) = (&client, id.clone());
+                async move { client.api_keys().rotate(&id, &req).await }
+            })
+            .await?;
             show_secret(&rotated, json.json)?;
             if !json.json {
                 match rotated.key.previous_secret_valid_until {
@@ -98,26 +82,6 @@ pub async fn run(cmd: ApikeyCmd) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn ask_code(e: &cloudsync_sdk::Error) -> Result<String> {
-    if !std::io::stdin().is_terminal() {
-        bail!("{e}: pass --totp CODE");
-    }
-    Ok(mfa::prompt_code("Code from your authenticator app: ")?.to_string())
-}
-
-fn ask_password(e: &cloudsync_sdk::Error, stdin: bool) -> Result<zeroize::Zeroizing<String>> {
-    if stdin {
-        return super::read_stdin_line("password");
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!("{e}: pass --password-stdin (or log in again first)");
-    }
-    Ok(zeroize::Zeroizing::new(
-        rpassword::prompt_password("Your login is older than 15 minutes; password: ")
-            .context("cannot read the password")?,
-    ))
 }
 
 fn show_secret(k: &NewApiKey, json: bool) -> Result<()> {

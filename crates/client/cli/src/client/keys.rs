@@ -11,8 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cloudsync_crypto::e2ee::{self, PublicIdentity, RecoveryKey, UserKeys};
 use cloudsync_sdk::{Client, ErrorKind};
-use cloudsync_types::ErrorCode;
-use cloudsync_types::api::UploadUserKeys;
+use cloudsync_types::api::{FreshProof, UploadUserKeys};
 use zeroize::Zeroizing;
 
 use super::config::{state_dir, write_private};
@@ -138,30 +137,14 @@ fn unlocked(client: &Client, email: &str) -> Result<Option<UserKeys>> {
 }
 
 /// Uploads keys, answering the server's demand for a fresh proof (a code, or the password on an old login).
-async fn upload(client: &Client, mut req: UploadUserKeys) -> Result<()> {
-    loop {
-        match client.keys().upload(&req).await {
-            Err(e) if e.kind() == ErrorKind::MfaRequired && req.totp.is_none() => {
-                if !std::io::stdin().is_terminal() {
-                    bail!("{e}: pass --totp CODE");
-                }
-                req.totp = Some(super::mfa::prompt_code("Code from your authenticator app: ")?.to_string());
-            }
-            Err(e) if e.code() == Some(ErrorCode::ReauthenticationRequired) && req.password.is_none() => {
-                if !std::io::stdin().is_terminal() {
-                    bail!("{e}: log in again (`cloudsync login`) and repeat within 15 minutes");
-                }
-                req.password = Some(
-                    rpassword::prompt_password("Your login is older than 15 minutes; account password: ")
-                        .context("cannot read the password")?,
-                );
-            }
-            other => {
-                other?;
-                return Ok(());
-            }
-        }
-    }
+async fn upload(client: &Client, req: UploadUserKeys) -> Result<()> {
+    let proof = req.proof.clone();
+    super::with_fresh_proof(proof, false, |proof| {
+        let req = UploadUserKeys { proof, ..req.clone() };
+        async move { client.keys().upload(&req).await }
+    })
+    .await?;
+    Ok(())
 }
 
 fn prompt(question: &str) -> Result<Zeroizing<String>> {
@@ -209,8 +192,7 @@ async fn init(client: &Client, passphrase_stdin: bool, totp: Option<String>, jso
         identity: B64.encode(identity.to_bytes()),
         sealed_by_passphrase: B64.encode(&sealed_pass),
         sealed_by_recovery: B64.encode(&sealed_rec),
-        totp,
-        password: None,
+        proof: FreshProof { totp, password: None },
     };
     upload(client, req).await?;
     // The recovery key first: whatever fails on this device afterwards, it must not be lost.
@@ -259,8 +241,7 @@ async fn recover(client: &Client, passphrase_stdin: bool, totp: Option<String>) 
         identity: mine.identity.clone(),
         sealed_by_passphrase: B64.encode(&sealed_pass),
         sealed_by_recovery: mine.sealed_by_recovery.clone(),
-        totp,
-        password: None,
+        proof: FreshProof { totp, password: None },
     };
     upload(client, req).await?;
     cache(client, &email, &keys)?;

@@ -16,8 +16,10 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, Result, bail};
 use cloudsync_sdk::{Client, ErrorKind, Trust, format_fingerprint, parse_fingerprint, probe_fingerprint};
-use cloudsync_types::api::{AddMemberRequest, CreateWorkspaceRequest, LoginRequest, UpdateSettings, Workspace};
-use cloudsync_types::{Role, SessionId};
+use cloudsync_types::api::{
+    AddMemberRequest, CreateWorkspaceRequest, FreshProof, LoginRequest, UpdateSettings, Workspace,
+};
+use cloudsync_types::{ErrorCode, Role, SessionId};
 use zeroize::Zeroizing;
 
 use crate::args::{DevicesCmd, LoginArgs, MembersCmd, WorkspaceCmd};
@@ -42,6 +44,43 @@ pub fn read_stdin_line(what: &str) -> Result<Zeroizing<String>> {
         bail!("standard input was empty; pipe the {what} in, e.g. `printf '%s\\n' \"$PASSWORD\" | cloudsync ...`");
     }
     Ok(trimmed)
+}
+
+/// Sends a request that needs a fresh proof of the account's owner (minting an API key or end-to-end keys,
+/// changing an allowlist), answering the server's demand: a code from the authenticator app (given with
+/// --totp, or asked for on a terminal), or, on a login older than 15 minutes, the password (read from
+/// standard input with `password_stdin`, or asked for on a terminal). `send` makes the request with the proof.
+pub(crate) async fn with_fresh_proof<T, F, Fut>(mut proof: FreshProof, password_stdin: bool, mut send: F) -> Result<T>
+where
+    F: FnMut(FreshProof) -> Fut,
+    Fut: std::future::Future<Output = Result<T, cloudsync_sdk::Error>>,
+{
+    loop {
+        match send(proof.clone()).await {
+            Err(e) if e.kind() == ErrorKind::MfaRequired && proof.totp.is_none() => {
+                if !std::io::stdin().is_terminal() {
+                    bail!("{e}: pass --totp CODE");
+                }
+                proof.totp = Some(mfa::prompt_code("Code from your authenticator app: ")?.to_string());
+            }
+            Err(e) if e.code() == Some(ErrorCode::ReauthenticationRequired) && proof.password.is_none() => {
+                let pw = if password_stdin {
+                    read_stdin_line("password")?
+                } else if std::io::stdin().is_terminal() {
+                    Zeroizing::new(
+                        rpassword::prompt_password("Your login is older than 15 minutes; password: ")
+                            .context("cannot read the password")?,
+                    )
+                } else {
+                    bail!(
+                        "{e}: pass --password-stdin, or log in again (`cloudsync login`) and repeat within 15 minutes"
+                    );
+                };
+                proof.password = Some(pw.to_string());
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Asks a yes/no question on the terminal.
@@ -332,17 +371,15 @@ pub async fn workspace_cmd(cmd: WorkspaceCmd) -> Result<()> {
                 ip_allowlist.map(|l| l.into_iter().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect())
             };
             if require_mfa.is_some() || ip_allowlist.is_some() {
-                let mut req = UpdateSettings { require_mfa, ip_allowlist, force, totp };
-                w = match client.workspaces().update_settings(w.id, &req).await {
-                    Err(e) if e.kind() == ErrorKind::MfaRequired && req.totp.is_none() => {
-                        if !std::io::stdin().is_terminal() {
-                            bail!("{e}: pass --totp CODE");
-                        }
-                        req.totp = Some(mfa::prompt_code("Code from your authenticator app: ")?.to_string());
-                        client.workspaces().update_settings(w.id, &req).await?
-                    }
-                    other => other?,
-                };
+                let req = UpdateSettings { require_mfa, ip_allowlist, force, totp: None };
+                let proof = FreshProof { totp, password: None };
+                let ws = w.id;
+                w = with_fresh_proof(proof, false, |p| {
+                    let req = UpdateSettings { totp: p.totp, ..req.clone() };
+                    let client = &client;
+                    async move { client.workspaces().update_settings(ws, req).await }
+                })
+                .await?;
             }
             if json.json {
                 return print_json(&serde_json::json!({

@@ -40,9 +40,7 @@ pub(crate) async fn rotate_api_key(
     Path(id): Path<String>,
     Json(req): Json<RotateApiKeyRequest>,
 ) -> Result<axum::Json<NewApiKey>, ApiError> {
-    Ok(axum::Json(
-        st.core.rotate_api_key(&actor, &id, req.grace_seconds, req.totp.as_deref(), req.password.as_deref()).await?,
-    ))
+    Ok(axum::Json(st.core.rotate_api_key(&actor, &id, req.grace_seconds, &req.proof).await?))
 }
 
 /// Revokes a key at once.

@@ -166,7 +166,4 @@ pub fn api() -> Router<AppState> {
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
 }
 
-pub(crate) fn time_of(ms: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-}
+pub(crate) use cloudsync_server_core::time_of;
