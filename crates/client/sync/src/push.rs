@@ -28,8 +28,50 @@ use crate::scan::{LocalFile, Scan, identity, scan_dir, scan_single};
 use crate::upload::{Event, Outcome, Uploader};
 use crate::{SyncError, TransferOptions, TransferSummary, progress};
 
-/// Events buffered between the hashing thread and the uploader (each may hold one chunk).
+/// Event groups buffered between the hashing thread and the uploader (each holds at most
+/// [`OUTBOX_BYTES`] of chunk data, plus one chunk).
 const CHANNEL_CAPACITY: usize = 2;
+/// The hashing thread hands events over in groups of up to this many ...
+const OUTBOX_EVENTS: usize = 256;
+/// ... or this many bytes of chunk data. Handing over each event alone costs a thread wake-up per event on
+/// each side (ten thousand small files make twenty thousand events), which on a virtual machine cost more
+/// CPU than hashing them did.
+const OUTBOX_BYTES: usize = 1 << 20;
+
+/// The hashing thread's side of the channel: events are grouped (in order) before they are sent.
+pub(crate) struct Outbox<'a> {
+    tx: &'a mpsc::Sender<Vec<Event>>,
+    group: std::cell::RefCell<(Vec<Event>, usize)>,
+}
+
+impl<'a> Outbox<'a> {
+    pub(crate) fn new(tx: &'a mpsc::Sender<Vec<Event>>) -> Self {
+        Self { tx, group: std::cell::RefCell::new((Vec::new(), 0)) }
+    }
+
+    /// Queues `event`, sending the group when it is full. False once the uploader has gone away.
+    fn send(&self, event: Event) -> bool {
+        let full = {
+            let mut g = self.group.borrow_mut();
+            if let Event::Chunk { data, .. } = &event {
+                g.1 += data.len();
+            }
+            g.0.push(event);
+            g.0.len() >= OUTBOX_EVENTS || g.1 >= OUTBOX_BYTES
+        };
+        !full || self.flush()
+    }
+
+    /// Sends what is queued. False once the uploader has gone away.
+    fn flush(&self) -> bool {
+        let group = std::mem::take(&mut *self.group.borrow_mut()).0;
+        group.is_empty() || self.tx.blocking_send(group).is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
 
 /// Uploads every regular file below `local_dir` to the same relative path below `remote` (or, when
 /// `local_dir` is a file, that file to `remote/<its name>`). Files identical on the server are skipped;
@@ -109,10 +151,10 @@ pub(crate) async fn upload(
 ) -> Result<Vec<(usize, Outcome)>, SyncError> {
     let files = Arc::new(files);
     let compare = Arc::new(compare);
-    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (tx, rx) = mpsc::channel::<Vec<Event>>(CHANNEL_CAPACITY);
     let producer = {
         let (files, compare, bar, keys) = (Arc::clone(&files), Arc::clone(&compare), bar.clone(), keys.clone());
-        tokio::task::spawn_blocking(move || produce(&files, &compare, &keys, reading, &tx, &bar))
+        tokio::task::spawn_blocking(move || produce(&files, &compare, &keys, reading, &Outbox::new(&tx), &bar))
     };
     let mut uploader = Uploader::new(client.clone(), ws, &files, &compare);
     // On failure the hashing thread notices the closed channel and stops at its next read.
@@ -148,10 +190,10 @@ fn produce(
     remote: &HashMap<WsPath, FileEntry>,
     keys: &ChunkKeys,
     reading: Reading,
-    tx: &mpsc::Sender<Event>,
+    out: &Outbox<'_>,
     bar: &ProgressBar,
 ) {
-    let hashing = Hashing { keys, tx, bar, max_chunks: MAX_MANIFEST_CHUNKS, reading };
+    let hashing = Hashing { keys, out, bar, max_chunks: MAX_MANIFEST_CHUNKS, reading };
     for (idx, file) in files.iter().enumerate() {
         bar.set_message(file.ws.to_string());
         let mut counted = 0;
@@ -164,16 +206,17 @@ fn produce(
             // Count what was not read, so the bar still ends at 100%.
             bar.inc(file.stat.size.saturating_sub(counted));
         }
-        if tx.blocking_send(event).is_err() {
+        if !out.send(event) {
             return;
         }
     }
+    out.flush();
 }
 
 /// What the hashing thread reads with.
 struct Hashing<'a> {
     keys: &'a ChunkKeys,
-    tx: &'a mpsc::Sender<Event>,
+    out: &'a Outbox<'a>,
     bar: &'a ProgressBar,
     /// The most chunks a file may have ([`MAX_MANIFEST_CHUNKS`]; smaller in tests).
     max_chunks: usize,
@@ -191,7 +234,7 @@ impl Hashing<'_> {
         remote: Option<&FileEntry>,
         counted: &mut u64,
     ) -> io::Result<Option<Event>> {
-        let (keys, tx, bar) = (self.keys, self.tx, self.bar);
+        let (keys, out, bar) = (self.keys, self.out, self.bar);
         let handle = File::open(&file.abs)?;
         let meta = handle.metadata()?;
         // What was opened must be what was scanned: never a symlink or device swapped in meanwhile.
@@ -204,7 +247,7 @@ impl Hashing<'_> {
         }
         let mtime_ms = meta.modified().ok().map(|t| unix_ns(t) / 1_000_000);
         let stat = Stat::of(&meta);
-        let reader = StopWhenClosed { inner: &handle, tx };
+        let reader = StopWhenClosed { inner: &handle, out };
         // Same size as the server copy: with `Precheck`, a cheap hash-only pass decides whether chunking is
         // needed at all; with `Once`, the chunking pass's own hash decides at the end.
         let same_size = remote.filter(|r| r.size == meta.len());
@@ -230,10 +273,7 @@ impl Hashing<'_> {
             *counted += len;
             let event = Event::Chunk { idx, offset, id, data: Bytes::from(data) };
             offset += len;
-            match tx.blocking_send(event) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(_) => ControlFlow::Break(()),
-            }
+            if out.send(event) { ControlFlow::Continue(()) } else { ControlFlow::Break(()) }
         })?;
         if too_many {
             return Ok(Some(self.too_many_chunks(file)));
@@ -261,12 +301,12 @@ impl Hashing<'_> {
 /// A reader that fails once the uploader is gone, so a failed push does not keep hashing a huge file.
 struct StopWhenClosed<'a> {
     inner: &'a File,
-    tx: &'a mpsc::Sender<Event>,
+    out: &'a Outbox<'a>,
 }
 
 impl Read for &StopWhenClosed<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.tx.is_closed() {
+        if self.out.is_closed() {
             return Err(io::Error::other("the push was stopped"));
         }
         let mut file: &File = self.inner;
@@ -323,18 +363,22 @@ mod tests {
         let (file, _) = fixture(dir.path(), "big.bin", 200_000);
         let keys = small_chunks();
         let (tx, mut rx) = mpsc::channel(10_000);
+        let out = Outbox::new(&tx);
         let bar = ProgressBar::hidden();
 
         // Allowed enough chunks: the file is read and ends with `Done`.
-        let roomy = Hashing { keys: &keys, tx: &tx, bar: &bar, max_chunks: 1000, reading: Reading::Precheck };
+        let roomy = Hashing { keys: &keys, out: &out, bar: &bar, max_chunks: 1000, reading: Reading::Precheck };
         let mut counted = 0;
         let done = roomy.read_file(0, &file, None, &mut counted).expect("read").expect("not stopped");
         assert!(matches!(done, Event::Done { size: 200_000, .. }), "{done:?}");
         assert_eq!(counted, 200_000);
+        assert!(out.flush());
         let mut chunks = 0;
-        while let Ok(ev) = rx.try_recv() {
-            assert!(matches!(ev, Event::Chunk { .. }), "{ev:?}");
-            chunks += 1;
+        while let Ok(group) = rx.try_recv() {
+            for ev in group {
+                assert!(matches!(ev, Event::Chunk { .. }), "{ev:?}");
+                chunks += 1;
+            }
         }
         assert!(chunks > 13, "{chunks} chunks");
 
@@ -370,20 +414,22 @@ mod tests {
             modified_at: time::OffsetDateTime::UNIX_EPOCH,
         };
         let (tx, mut rx) = mpsc::channel(10_000);
+        let out = Outbox::new(&tx);
         let bar = ProgressBar::hidden();
         // (how, whether the index saw the file unchanged, whether chunks go out before the verdict)
         for (reading, likely, chunks_expected) in
             [(Reading::Precheck, false, false), (Reading::Once, false, true), (Reading::Once, true, false)]
         {
-            let hashing = Hashing { keys: &keys, tx: &tx, bar: &bar, max_chunks: 1000, reading };
+            let hashing = Hashing { keys: &keys, out: &out, bar: &bar, max_chunks: 1000, reading };
             let file = LocalFile { likely_unchanged: likely, ..file.clone() };
             let mut counted = 0;
             let ev = hashing.read_file(0, &file, Some(&remote), &mut counted).expect("read").expect("not stopped");
             assert!(matches!(ev, Event::Unchanged { idx: 0, .. }), "{reading:?}: {ev:?}");
             assert_eq!(counted, 100_000, "{reading:?}");
+            assert!(out.flush());
             let mut chunks = 0;
-            while rx.try_recv().is_ok() {
-                chunks += 1;
+            while let Ok(group) = rx.try_recv() {
+                chunks += group.len();
             }
             assert_eq!(chunks > 0, chunks_expected, "{reading:?}: {chunks} chunks sent before the verdict");
         }

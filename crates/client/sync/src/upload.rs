@@ -128,13 +128,17 @@ impl<'a> Uploader<'a> {
     /// Consumes events until the hashing thread is done, then flushes and commits everything left.
     pub(crate) async fn run(
         &mut self,
-        mut rx: mpsc::Receiver<Event>,
+        mut rx: mpsc::Receiver<Vec<Event>>,
         summary: &mut TransferSummary,
     ) -> Result<(), SyncError> {
         loop {
             tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some(ev) => self.on_event(ev, summary).await?,
+                group = rx.recv() => match group {
+                    Some(group) => {
+                        for ev in group {
+                            self.on_event(ev, summary).await?;
+                        }
+                    }
                     None => break,
                 },
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
