@@ -148,8 +148,12 @@ pub async fn sync(
     let keys = ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)?;
     let mut engine = Engine { client, ws, remote, root: &canonical, keys, opts, own: Own::default() };
     let mut report = SyncReport::default();
+    // Whether `index.cursor` is a journal position this folder was synced up to (0 is one too: an empty
+    // journal). Without one, the server's files are listed in full.
+    let mut cursor_known = index.synced_at_ms.is_some();
     for round in 0..MAX_ROUNDS {
-        let (plan, local_count, cursor) = engine.plan_round(&index, &mut report.summary, round == 0).await?;
+        let (plan, local_count, cursor) =
+            engine.plan_round(&index, cursor_known, &mut report.summary, round == 0).await?;
         if round == 0 {
             report.summary.files_scanned = local_count;
             report.plan = plan.summary();
@@ -165,6 +169,7 @@ pub async fn sync(
         let result = engine.execute(plan, &mut index, &mut report.summary).await;
         // What was done is recorded even when the round failed part-way.
         index.cursor = cursor;
+        cursor_known = true;
         file.save(&index)?;
         result?;
     }
@@ -189,7 +194,7 @@ pub async fn status(client: &Client, local: &Path, opts: &SyncOptions) -> Result
     let engine = Engine { client, ws, remote: &remote, root: &canonical, keys, opts, own: Own::default() };
     let mut summary = TransferSummary::default();
     // The first round's warnings (scan and plan) are collected in `summary`.
-    let (plan, _, _) = engine.plan_round(&index, &mut summary, true).await?;
+    let (plan, _, _) = engine.plan_round(&index, index.synced_at_ms.is_some(), &mut summary, true).await?;
     let warnings = summary.warnings;
     Ok(Status {
         workspace: ws,
@@ -237,6 +242,7 @@ impl Engine<'_> {
     async fn plan_round(
         &self,
         index: &Index,
+        cursor_known: bool,
         summary: &mut TransferSummary,
         first: bool,
     ) -> Result<(Plan, u64, u64), SyncError> {
@@ -260,8 +266,9 @@ impl Engine<'_> {
         let local: BTreeMap<String, LocalState> =
             scan.files.into_iter().map(|f| (f.rel, LocalState { abs: f.abs, stat: f.stat })).collect();
 
-        let (cursor, changed) = self.remote_changes(index.cursor).await?;
-        let remote = if changed || index.cursor == 0 {
+        let since = cursor_known.then_some(index.cursor);
+        let (cursor, changed) = self.remote_changes(since).await?;
+        let remote = if changed || since.is_none() {
             self.list_remote().await?
         } else {
             remote_from_index(&index.entries, self.remote)
@@ -308,10 +315,10 @@ impl Engine<'_> {
     }
 
     /// The journal position now, and whether anything under the synced folder changed since `since` that
-    /// this engine did not do itself.
-    async fn remote_changes(&self, since: u64) -> Result<(u64, bool), SyncError> {
+    /// this engine did not do itself (without a position, only the latest one is looked up).
+    async fn remote_changes(&self, since: Option<u64>) -> Result<(u64, bool), SyncError> {
         let files = self.client.files(self.ws);
-        let mut at = since;
+        let mut at = since.unwrap_or(0);
         let mut changed = false;
         loop {
             let page = retry(|| files.changes(at, CHANGES_PAGE)).await?;
@@ -329,8 +336,8 @@ impl Engine<'_> {
             if !page.more || page.changes.is_empty() {
                 return Ok((page.latest.max(at), changed));
             }
-            // Without an index there is nothing to compare with: only the latest position matters.
-            if since == 0 {
+            // Without a position there is nothing to compare with: only the latest position matters.
+            if since.is_none() {
                 return Ok((page.latest, true));
             }
         }
