@@ -68,7 +68,7 @@ pub async fn token(srv: &cloudsync_testkit::TestServer, email: &str) -> String {
 /// Creates a workspace (at-rest encryption only) owned by the client's account.
 pub async fn workspace(c: &Client, name: &str) -> cloudsync_types::api::Workspace {
     c.workspaces()
-        .create(&cloudsync_types::api::CreateWorkspaceRequest { name: name.into(), e2e_encryption: false })
+        .create(&cloudsync_types::api::CreateWorkspaceRequest { name: name.into(), e2e_encryption: false, e2ee: None })
         .await
         .expect("create workspace")
 }

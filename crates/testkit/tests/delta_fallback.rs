@@ -135,7 +135,7 @@ async fn a_refused_delta_falls_back_to_whole_chunks_and_loses_nothing() {
     let client = client.with_token(token);
     let ws: WorkspaceId = client
         .workspaces()
-        .create(&CreateWorkspaceRequest { name: "Team".into(), e2e_encryption: false })
+        .create(&CreateWorkspaceRequest { name: "Team".into(), e2e_encryption: false, e2ee: None })
         .await
         .expect("ws")
         .id;

@@ -156,15 +156,15 @@ async fn deleting_a_workspace_destroys_its_key_and_chunks() {
 }
 
 #[tokio::test]
-async fn e2ee_workspaces_say_not_yet_supported() {
+async fn an_e2ee_workspace_is_not_made_on_the_server_alone() {
     let srv = TestServer::start().await;
     let a = srv.user("a@example.com").await;
     let err = a
         .workspaces()
-        .create(&CreateWorkspaceRequest { name: "Secret Project".into(), e2e_encryption: true })
+        .create(&CreateWorkspaceRequest { name: "Secret Project".into(), e2e_encryption: true, e2ee: None })
         .await
         .expect_err("e2ee");
-    assert_eq!(err.kind(), ErrorKind::NotSupported);
-    assert!(err.message().contains("end-to-end"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::BadRequest);
+    assert!(err.message().contains("--e2e-encryption"), "{err}");
     srv.stop().await;
 }

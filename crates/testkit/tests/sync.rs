@@ -77,7 +77,11 @@ impl Device {
 }
 
 async fn workspace(c: &Client) -> WorkspaceId {
-    c.workspaces().create(&CreateWorkspaceRequest { name: "Team".into(), e2e_encryption: false }).await.expect("ws").id
+    c.workspaces()
+        .create(&CreateWorkspaceRequest { name: "Team".into(), e2e_encryption: false, e2ee: None })
+        .await
+        .expect("ws")
+        .id
 }
 
 /// Sleeps past the file system's timestamp granularity, so an edit always moves the mtime.

@@ -487,9 +487,16 @@ pub enum WorkspaceCmd {
     Create {
         /// Name.
         name: String,
-        /// End-to-end encryption (the server never sees contents or names).
+        /// End-to-end encryption (the server never sees contents or names). Needs your end-to-end keys
+        /// (`cloudsync keys init`); asks for their passphrase unless they are unlocked.
         #[arg(long)]
         e2e_encryption: bool,
+        /// With --e2e-encryption: read the passphrase from the first line of standard input.
+        #[arg(long)]
+        passphrase_stdin: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
         #[command(flatten)]
         json: JsonFlag,
     },

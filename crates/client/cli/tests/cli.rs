@@ -900,6 +900,51 @@ fn turning_mfa_off_names_the_workspaces_that_will_refuse_you() {
 }
 
 #[test]
+fn an_e2ee_workspace_is_created_with_the_users_keys_after_a_warning() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (srv, alice) = signed_in(root.path(), "alice@example.org", false, "Docs");
+    // Without end-to-end keys there is nothing to sign the workspace's creation with.
+    let err = alice.fail(&["workspace", "create", "Secret Project", "--e2e-encryption", "--yes"]);
+    assert!(err.contains("keys init"), "{err}");
+    let passphrase = "purple monkey dishwasher";
+    let out = alice.with_stdin(&["keys", "init", "--passphrase-stdin"], &format!("{passphrase}\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    alice.ok(&["keys", "lock"]);
+    // Locked keys: the passphrase opens them for this command; a wrong one creates nothing.
+    let wrong = alice.with_stdin(
+        &["workspace", "create", "Secret Project", "--e2e-encryption", "--passphrase-stdin"],
+        "not the passphrase\n",
+    );
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("does not open your keys"));
+    let made = alice.with_stdin(
+        &["workspace", "create", "Secret Project", "--e2e-encryption", "--passphrase-stdin", "--json"],
+        &format!("{passphrase}\n"),
+    );
+    let said = String::from_utf8_lossy(&made.stderr);
+    assert!(made.status.success(), "{said}");
+    assert!(said.contains("unrecoverable"), "the warning comes before creating: {said}");
+    let ws = json(&String::from_utf8_lossy(&made.stdout));
+    assert_eq!(ws["e2e_encryption"], true);
+    let list = json(&alice.ok(&["workspace", "list", "--json"]));
+    let names: Vec<_> = list.as_array().expect("list").iter().map(|w| w["name"].as_str().unwrap_or_default()).collect();
+    assert_eq!(names.iter().filter(|n| **n == "Secret Project").count(), 1, "{names:?}");
+    // The server stored the signed creation and a wrapped key, and nothing that opens it.
+    assert_eq!(count(&srv, "SELECT count(*) FROM e2ee_log"), 1);
+    assert_eq!(count(&srv, "SELECT count(*) FROM e2ee_wrapped_keys"), 1);
+}
+
+/// One number from the server's database.
+fn count(srv: &Server, sql: &str) -> i64 {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", srv.data.join("meta.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let mut c = sqlx::SqliteConnection::connect(&url).await.expect("open database");
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.expect("count")
+    })
+}
+
+#[test]
 fn end_to_end_keys_init_unlock_lock_recover_and_fingerprints_on_first_use() {
     let root = tempfile::tempdir().expect("tempdir");
     let (srv, alice) = signed_in(root.path(), "alice@example.org", false, "Docs");

@@ -2,7 +2,8 @@
 //! name on the command line, while the API addresses them by id.
 
 use cloudsync_types::api::{
-    AddMemberRequest, CreateWorkspaceRequest, Member, SetRoleRequest, UpdateSettings, Workspace, WorkspaceKeys,
+    AddMemberRequest, AppendE2eeLog, CreateWorkspaceRequest, E2eeAppended, E2eeKeys, E2eeLog, Member, SetRoleRequest,
+    UpdateSettings, Workspace, WorkspaceKeys,
 };
 use cloudsync_types::{Role, UserId, WorkspaceId};
 use reqwest::Method;
@@ -71,6 +72,52 @@ impl Workspaces<'_> {
     /// [`ErrorKind::NotFound`] for non-members, and any transport failure.
     pub async fn keys(&self, ws: WorkspaceId) -> Result<WorkspaceKeys, Error> {
         self.client.call(self.client.request(Method::GET, &format!("/workspaces/{ws}/keys"))?).await
+    }
+
+    /// `GET /workspaces/{ws}/e2ee/log?from=N`: one page of an end-to-end encrypted workspace's signed
+    /// membership log (see [`Workspaces::e2ee_log_all`]). The entries are the server's word: replay and
+    /// verify them (`cloudsync_crypto::e2ee_members::Membership::replay`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadRequest`] for a workspace without end-to-end encryption, and any transport failure.
+    pub async fn e2ee_log(&self, ws: WorkspaceId, from: u64) -> Result<E2eeLog, Error> {
+        self.client.call(self.client.request(Method::GET, &format!("/workspaces/{ws}/e2ee/log?from={from}"))?).await
+    }
+
+    /// The whole membership log, page by page (base64 entries, in order).
+    ///
+    /// # Errors
+    /// As [`Workspaces::e2ee_log`]; [`ErrorKind::Server`] for a server whose pages do not line up.
+    pub async fn e2ee_log_all(&self, ws: WorkspaceId) -> Result<Vec<String>, Error> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.e2ee_log(ws, all.len() as u64).await?;
+            if page.from != all.len() as u64 {
+                return Err(Error::new(ErrorKind::Server, "the server answered another page of the log than asked"));
+            }
+            let done = !page.more || page.entries.is_empty();
+            all.extend(page.entries);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// `POST /workspaces/{ws}/e2ee/log`: appends entries signed by the caller, with the wrapped keys they need.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`] when the log grew since it was read (replay and try again),
+    /// [`ErrorKind::BadRequest`] for entries or keys the server's replay refuses, and any transport failure.
+    pub async fn append_e2ee_log(&self, ws: WorkspaceId, req: &AppendE2eeLog) -> Result<E2eeAppended, Error> {
+        self.client.call(self.client.request(Method::POST, &format!("/workspaces/{ws}/e2ee/log"))?.json(req)).await
+    }
+
+    /// `GET /workspaces/{ws}/e2ee/keys`: the workspace keys wrapped to the caller, one record per epoch.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadRequest`] for a workspace without end-to-end encryption, and any transport failure.
+    pub async fn e2ee_keys(&self, ws: WorkspaceId) -> Result<E2eeKeys, Error> {
+        self.client.call(self.client.request(Method::GET, &format!("/workspaces/{ws}/e2ee/keys"))?).await
     }
 
     /// Finds one of the caller's workspaces by exact name, or by id when `name` is a workspace id.

@@ -224,6 +224,70 @@ pub struct CreateWorkspaceRequest {
     /// End-to-end encryption (the server never sees contents or names).
     #[serde(default)]
     pub e2e_encryption: bool,
+    /// With `e2e_encryption`: the workspace's first membership log entry and the creator's wrapped key,
+    /// made on the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2ee: Option<E2eeGenesis>,
+}
+
+/// How an end-to-end encrypted workspace begins (RFC 0004): the client picks the id, signs the creation
+/// entry over it, and wraps the epoch-0 workspace key to its own identity.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct E2eeGenesis {
+    /// The new workspace's id (a fresh UUID the client made; refused if taken).
+    pub workspace_id: WorkspaceId,
+    /// The signed creation entry (seq 0), base64.
+    pub entry: String,
+    /// The epoch-0 workspace key wrapped to the creator, as a record signed by the creator, base64.
+    pub wrapped_key: String,
+}
+
+/// Entries of the membership log answered per request at most.
+pub const MAX_E2EE_LOG_PAGE: u32 = 1000;
+/// Entries one append carries at most (a removal and the new key epoch go together).
+pub const MAX_E2EE_APPEND_ENTRIES: usize = 8;
+/// Wrapped keys one append carries at most (a new epoch wraps to every member).
+pub const MAX_E2EE_APPEND_KEYS: usize = 2000;
+/// Entries a membership log holds at most.
+pub const MAX_E2EE_LOG_ENTRIES: u64 = 100_000;
+
+/// `GET /api/v1/workspaces/{ws}/e2ee/log?from=N`: entries from position `from`, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct E2eeLog {
+    /// Position of the first entry below.
+    pub from: u64,
+    /// Signed entries, base64, in order.
+    pub entries: Vec<String>,
+    /// Whether more entries follow (ask again from `from + entries.len()`).
+    pub more: bool,
+}
+
+/// `POST /api/v1/workspaces/{ws}/e2ee/log`: signed entries to append, with the wrapped keys they need (a
+/// new member gets every epoch's key; a new epoch is wrapped to every member).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AppendE2eeLog {
+    /// Position of the first new entry: the log's length as the client replayed it (409 if it grew meanwhile).
+    pub seq: u64,
+    /// Signed entries, base64, in order.
+    pub entries: Vec<String>,
+    /// Wrapped-key records signed by the caller, base64.
+    #[serde(default)]
+    pub wrapped_keys: Vec<String>,
+}
+
+/// The log's length after an append.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct E2eeAppended {
+    /// Entries in the log now.
+    pub len: u64,
+}
+
+/// `GET /api/v1/workspaces/{ws}/e2ee/keys`: the caller's wrapped workspace keys, one per epoch they were
+/// given.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct E2eeKeys {
+    /// Signed wrapped-key records, base64, by epoch.
+    pub records: Vec<String>,
 }
 
 /// A workspace as a member sees it.

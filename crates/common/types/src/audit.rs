@@ -61,6 +61,8 @@ audit_events! {
     MemberAdded => "member.added",
     /// A member was removed.
     MemberRemoved => "member.removed",
+    /// An end-to-end encrypted workspace began a new key epoch (after a member left).
+    WorkspaceKeyRotated => "workspace.key_rotated",
     /// A member's role changed.
     PermissionChanged => "permission.changed",
     /// A workspace setting changed.

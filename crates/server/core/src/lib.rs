@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod chunks;
 mod delta;
+mod e2ee;
 mod error;
 mod files;
 mod manifest;

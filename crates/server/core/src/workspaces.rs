@@ -15,7 +15,7 @@ use cloudsync_types::{AuditEvent, Cidr, Role, UserId, WorkspaceId, allowlist_per
 
 use crate::{Access, Actor, AuditExt, Core, CoreError, CoreResult};
 
-fn wrap_context(ws: WorkspaceId, which: &str) -> Vec<u8> {
+pub(crate) fn wrap_context(ws: WorkspaceId, which: &str) -> Vec<u8> {
     let mut c = ws.as_uuid().as_bytes().to_vec();
     c.extend_from_slice(which.as_bytes());
     c
@@ -39,7 +39,7 @@ fn canonical_allowlist(list: &[String]) -> CoreResult<Vec<String>> {
     Ok(out)
 }
 
-fn check_name(name: &str) -> CoreResult<String> {
+pub(crate) fn check_name(name: &str) -> CoreResult<String> {
     let n = name.trim();
     if n.is_empty() || n.len() > MAX_NAME_BYTES || n.chars().any(char::is_control) {
         return Err(CoreError::BadRequest(format!(
@@ -62,8 +62,8 @@ impl Core {
             ));
         }
         if e2ee {
-            return Err(CoreError::NotSupported(
-                "end-to-end encrypted workspaces are not available in this server version yet; create the workspace without --e2e-encryption (its files are still encrypted at rest)".into(),
+            return Err(CoreError::BadRequest(
+                "an end-to-end encrypted workspace begins on the client, which signs its creation and wraps its key: use `cloudsync workspace create NAME --e2e-encryption` (after `cloudsync keys init`)".into(),
             ));
         }
         let mine = self.store.workspaces_for_user(actor.user_id).await?;
@@ -202,6 +202,17 @@ impl Core {
         })
     }
 
+    /// Members of an end-to-end encrypted workspace change only through its signed log, which every client
+    /// checks: the server cannot add a member its clients would not accept.
+    async fn refuse_if_e2ee(&self, access: &Access) -> CoreResult<()> {
+        if self.workspace(access).await?.e2ee {
+            return Err(CoreError::NotSupported(
+                "this workspace is end-to-end encrypted: its members change only by a change signed on a member's client (`cloudsync workspace members add|remove|set-role` signs it)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The workspace record.
     ///
     /// # Errors
@@ -291,6 +302,7 @@ impl Core {
     /// # Errors
     /// Unknown account, already a member, or a role the actor may not give.
     pub async fn add_member(&self, access: &Access, email: &str, role: Role) -> CoreResult<MemberRecord> {
+        self.refuse_if_e2ee(access).await?;
         Self::may_manage(access, Role::Viewer, Some(role))?;
         let email = crate::auth::normalize_email(email)?;
         let user = self.store.user_by_email(&email).await?.ok_or(CoreError::NotFound("account with that email"))?;
@@ -313,6 +325,7 @@ impl Core {
     /// # Errors
     /// Not a member, a change the actor may not make, or the last Owner.
     pub async fn set_member_role(&self, access: &Access, user: UserId, role: Role) -> CoreResult<MemberRecord> {
+        self.refuse_if_e2ee(access).await?;
         let current = self.member(access, user).await?;
         Self::may_manage(access, current.role, Some(role))?;
         let row = self
@@ -329,6 +342,7 @@ impl Core {
     /// # Errors
     /// Not a member, a removal the actor may not make, or the last Owner.
     pub async fn remove_member(&self, access: &Access, user: UserId) -> CoreResult<()> {
+        self.refuse_if_e2ee(access).await?;
         let current = self.member(access, user).await?;
         Self::may_manage(access, current.role, None)?;
         let row = self

@@ -22,7 +22,8 @@ use crate::routes;
         routes::account_audit, routes::verify_account_audit, routes::list_api_keys, routes::create_api_key,
         routes::rotate_api_key, routes::revoke_api_key, routes::create_share, routes::list_shares,
         routes::revoke_share, routes::open_share, routes::open_share_with_password, routes::my_user_keys,
-        routes::put_user_keys, routes::public_user_keys, openapi_json,
+        routes::put_user_keys, routes::public_user_keys, routes::e2ee_log, routes::append_e2ee_log,
+        routes::my_e2ee_keys, openapi_json,
     ),
     modifiers(&Bearer),
 )]

@@ -7,6 +7,7 @@
 
 mod apikeys;
 mod audit;
+mod e2ee;
 mod files;
 mod mfa;
 mod shares;
@@ -32,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_share_links.sql")),
     (8, include_str!("migrations/0008_user_keys.sql")),
     (9, include_str!("migrations/0009_audit_key_check.sql")),
+    (10, include_str!("migrations/0010_e2ee_log.sql")),
 ];
 
 /// The SQLite store.

@@ -30,7 +30,11 @@ fn role_of(s: &str) -> StoreResult<Role> {
     s.parse().map_err(|e| StoreError::Backend(format!("{e}")))
 }
 
-async fn role_in(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, user: UserId) -> StoreResult<Option<Role>> {
+pub(crate) async fn role_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    ws: WorkspaceId,
+    user: UserId,
+) -> StoreResult<Option<Role>> {
     let r: Option<String> = sqlx::query_scalar("SELECT role FROM members WHERE workspace_id = ? AND user_id = ?")
         .bind(ws.as_uuid())
         .bind(user.as_uuid())
@@ -40,7 +44,7 @@ async fn role_in(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, user: UserId
     r.as_deref().map(role_of).transpose()
 }
 
-async fn other_owners(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, user: UserId) -> StoreResult<i64> {
+pub(crate) async fn other_owners(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, user: UserId) -> StoreResult<i64> {
     sqlx::query_scalar("SELECT count(*) FROM members WHERE workspace_id = ? AND role = 'owner' AND user_id <> ?")
         .bind(ws.as_uuid())
         .bind(user.as_uuid())
@@ -53,32 +57,42 @@ const SELECT_WS: &str =
     "SELECT w.id, w.name, w.e2ee, w.require_mfa, w.ip_allowlist, w.created_ms, k.wrapped_data_key, k.wrapped_chunk_key
      FROM workspaces w JOIN workspace_keys k ON k.workspace_id = w.id";
 
+/// Inserts a workspace, its wrapped keys and its first owner.
+pub(crate) async fn insert_workspace(
+    tx: &mut Transaction<'_, Sqlite>,
+    ws: &WorkspaceRecord,
+    owner: UserId,
+) -> StoreResult<()> {
+    sqlx::query("INSERT INTO workspaces (id, name, e2ee, created_ms) VALUES (?, ?, ?, ?)")
+        .bind(ws.id.as_uuid())
+        .bind(&ws.name)
+        .bind(i64::from(ws.e2ee))
+        .bind(ws.created_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    sqlx::query("INSERT INTO workspace_keys (workspace_id, wrapped_data_key, wrapped_chunk_key) VALUES (?, ?, ?)")
+        .bind(ws.id.as_uuid())
+        .bind(&ws.wrapped_data_key)
+        .bind(&ws.wrapped_chunk_key)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    sqlx::query("INSERT INTO members (workspace_id, user_id, role, added_ms) VALUES (?, ?, 'owner', ?)")
+        .bind(ws.id.as_uuid())
+        .bind(owner.as_uuid())
+        .bind(ws.created_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
 #[async_trait]
 impl WorkspaceStore for SqliteStore {
     async fn create_workspace(&self, ws: &WorkspaceRecord, owner: UserId, audit: &[NewAudit]) -> StoreResult<()> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        sqlx::query("INSERT INTO workspaces (id, name, e2ee, created_ms) VALUES (?, ?, ?, ?)")
-            .bind(ws.id.as_uuid())
-            .bind(&ws.name)
-            .bind(i64::from(ws.e2ee))
-            .bind(ws.created_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        sqlx::query("INSERT INTO workspace_keys (workspace_id, wrapped_data_key, wrapped_chunk_key) VALUES (?, ?, ?)")
-            .bind(ws.id.as_uuid())
-            .bind(&ws.wrapped_data_key)
-            .bind(&ws.wrapped_chunk_key)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        sqlx::query("INSERT INTO members (workspace_id, user_id, role, added_ms) VALUES (?, ?, 'owner', ?)")
-            .bind(ws.id.as_uuid())
-            .bind(owner.as_uuid())
-            .bind(ws.created_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        insert_workspace(&mut tx, ws, owner).await?;
         append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }

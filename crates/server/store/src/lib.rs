@@ -306,6 +306,68 @@ pub trait UserKeyStore: Send + Sync {
     ) -> StoreResult<bool>;
 }
 
+/// The membership log and wrapped keys of end-to-end encrypted workspaces. The core checks what is appended
+/// (signatures, rules); the store keeps it in order and applies the member changes it implies in the same
+/// transaction, so the server's members table never disagrees with the signed log.
+#[async_trait]
+pub trait E2eeStore: Send + Sync {
+    /// Creates an end-to-end encrypted workspace with its first log entry and the creator's wrapped key.
+    /// `Conflict` when the id is taken.
+    async fn create_e2ee_workspace(
+        &self,
+        ws: &WorkspaceRecord,
+        owner: UserId,
+        entry: &[u8],
+        wrapped_key: &WrappedKeyRow,
+        audit: &[NewAudit],
+    ) -> StoreResult<()>;
+    /// Up to `limit` entries from position `from`, in order.
+    async fn e2ee_log(&self, ws: WorkspaceId, from: u64, limit: u32) -> StoreResult<Vec<Vec<u8>>>;
+    /// Appends the entries at positions `first_seq..`, stores the keys (replacing none: a key of an epoch is
+    /// wrapped to a member once) and applies the member changes, in one transaction. `Conflict` when the log no longer
+    /// ends at `first_seq` (someone appended meanwhile) or a key is already stored.
+    async fn append_e2ee_log(&self, ws: WorkspaceId, append: &LogAppend, audit: &[NewAudit]) -> StoreResult<()>;
+    /// The wrapped keys of `recipient`, by epoch.
+    async fn e2ee_keys_for(&self, ws: WorkspaceId, recipient: UserId) -> StoreResult<Vec<WrappedKeyRow>>;
+}
+
+/// What one append to a membership log writes.
+#[derive(Debug, Clone, Default)]
+pub struct LogAppend {
+    /// Position of the first new entry: the log's length the caller read.
+    pub first_seq: u64,
+    /// The signed entries, in order.
+    pub entries: Vec<Vec<u8>>,
+    /// Wrapped keys to store.
+    pub keys: Vec<WrappedKeyRow>,
+    /// Member changes the entries make.
+    pub members: Vec<MemberChange>,
+    /// When.
+    pub at_ms: i64,
+}
+
+/// A workspace key of one epoch wrapped to one member (the signed record, as the client made it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKeyRow {
+    /// Key epoch.
+    pub epoch: u32,
+    /// The member it is wrapped to.
+    pub recipient: UserId,
+    /// The signed record.
+    pub record: Vec<u8>,
+}
+
+/// A change to a workspace's members that a membership log entry makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Added with a role.
+    Add(UserId, Role),
+    /// Given another role.
+    SetRole(UserId, Role),
+    /// Removed.
+    Remove(UserId),
+}
+
 /// Everything a server keeps, on one backend.
 pub trait Store:
     UserStore
@@ -317,6 +379,7 @@ pub trait Store:
     + ApiKeyStore
     + ShareStore
     + UserKeyStore
+    + E2eeStore
     + std::fmt::Debug
 {
 }
@@ -330,6 +393,7 @@ impl<
         + ApiKeyStore
         + ShareStore
         + UserKeyStore
+        + E2eeStore
         + std::fmt::Debug,
 > Store for T
 {

@@ -10,8 +10,11 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cloudsync_crypto::e2ee::{self, PublicIdentity, RecoveryKey, UserKeys};
+use cloudsync_crypto::e2ee_members::{Change, Entry};
+use cloudsync_crypto::e2ee_workspace::{WorkspaceKey, WrappedKeyRecord};
 use cloudsync_sdk::{Client, ErrorKind};
-use cloudsync_types::api::{FreshProof, UploadUserKeys};
+use cloudsync_types::WorkspaceId;
+use cloudsync_types::api::{CreateWorkspaceRequest, E2eeGenesis, FreshProof, UploadUserKeys, Workspace};
 use zeroize::Zeroizing;
 
 use super::config::{state_dir, write_private};
@@ -45,15 +48,7 @@ pub async fn run(cmd: KeysCmd) -> Result<()> {
         KeysCmd::Unlock { passphrase_stdin } => {
             let (user_id, email) = account(&client).await?;
             let (identity, mine) = own_identity(&client, &user_id, &email).await?;
-            let passphrase = if passphrase_stdin {
-                super::read_stdin_line("passphrase")?
-            } else {
-                prompt("Passphrase for your end-to-end keys: ")?
-            };
-            let sealed = B64.decode(&mine.sealed_by_passphrase).context("the server sent a malformed sealed key")?;
-            let keys = e2ee::open_with_passphrase(&sealed, &passphrase, &user_id, &identity).map_err(|_| {
-                anyhow::anyhow!("that passphrase does not open your keys (forgot it? `cloudsync keys recover`)")
-            })?;
+            let keys = open_keys(&mine, passphrase_stdin, &user_id, &identity)?;
             cache(&client, &email, &keys)?;
             eprintln!("Your end-to-end keys are unlocked on this device (fingerprint {}).", identity.fingerprint());
             Ok(())
@@ -62,6 +57,81 @@ pub async fn run(cmd: KeysCmd) -> Result<()> {
         KeysCmd::Fingerprint { email, yes, json } => fingerprint(&client, email.as_deref(), yes, json.json).await,
         KeysCmd::Recover { passphrase_stdin, totp } => recover(&client, passphrase_stdin, totp).await,
     }
+}
+
+/// The signed-in account's id, email, secret keys and identity: the keys unlocked on this device, else
+/// opened with the passphrase (asked for, or the first line of standard input).
+async fn my_keys(client: &Client, passphrase_stdin: bool) -> Result<([u8; 16], String, UserKeys, PublicIdentity)> {
+    let (user_id, email) = account(client).await?;
+    let (identity, mine) = own_identity(client, &user_id, &email).await?;
+    let keys = match unlocked(client, &email)? {
+        Some(keys) => keys,
+        None => open_keys(&mine, passphrase_stdin, &user_id, &identity)?,
+    };
+    Ok((user_id, email, keys, identity))
+}
+
+/// Opens the account's sealed keys with the passphrase (asked for, or the first line of standard input).
+fn open_keys(
+    mine: &cloudsync_types::api::MyUserKeys,
+    passphrase_stdin: bool,
+    user_id: &[u8; 16],
+    identity: &PublicIdentity,
+) -> Result<UserKeys> {
+    let passphrase = if passphrase_stdin {
+        super::read_stdin_line("passphrase")?
+    } else {
+        prompt("Passphrase for your end-to-end keys: ")?
+    };
+    let sealed = B64.decode(&mine.sealed_by_passphrase).context("the server sent a malformed sealed key")?;
+    e2ee::open_with_passphrase(&sealed, &passphrase, user_id, identity)
+        .map_err(|_| anyhow::anyhow!("that passphrase does not open your keys (forgot it? `cloudsync keys recover`)"))
+}
+
+/// Creates an end-to-end encrypted workspace: a fresh id and epoch-0 workspace key, the creation entry of
+/// its membership log signed with the caller's keys, and the key wrapped to the caller. The server checks
+/// and stores them; it never holds the workspace key.
+///
+/// # Errors
+/// No end-to-end keys (`keys init`), a wrong passphrase, or a refused request.
+pub(crate) async fn create_e2ee_workspace(client: &Client, name: &str, passphrase_stdin: bool) -> Result<Workspace> {
+    let (me, email, keys, identity) = my_keys(client, passphrase_stdin).await?;
+    let ws = WorkspaceId::new();
+    let w = *ws.as_uuid().as_bytes();
+    let key = WorkspaceKey::generate();
+    let create = Change::Create { creator: me, email, identity: identity.to_bytes() };
+    let entry = Entry::sign(&w, 0, [0; 32], create, &me, &keys);
+    let record = WrappedKeyRecord::make(&key, &w, 0, &me, &identity, &me, &keys)?;
+    let genesis = E2eeGenesis {
+        workspace_id: ws,
+        entry: B64.encode(entry.to_bytes()),
+        wrapped_key: B64.encode(record.to_bytes()),
+    };
+    let req = CreateWorkspaceRequest { name: name.to_owned(), e2e_encryption: true, e2ee: Some(genesis) };
+    let created = client.workspaces().create(&req).await?;
+    if created.id != ws || !created.e2e_encryption {
+        bail!("the server answered with another workspace than the one created: refusing to use it");
+    }
+    // The log's head as this device made it: a later replay must extend it, so a server that rolls the log
+    // back or forks it is caught.
+    remember_head(client, ws, 1, &entry.hash())?;
+    Ok(created)
+}
+
+fn heads_path() -> std::path::PathBuf {
+    state_dir().join("e2ee_heads.json")
+}
+
+/// Remembers that the membership log of `ws` on this server had `len` entries ending in `head`.
+fn remember_head(client: &Client, ws: WorkspaceId, len: u64, head: &[u8; 32]) -> Result<()> {
+    let mut all: BTreeMap<String, serde_json::Value> = match std::fs::read(heads_path()) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is not valid", heads_path().display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", heads_path().display())),
+    };
+    let key = format!("{}#{ws}", client.base_url().trim_end_matches('/'));
+    all.insert(key, serde_json::json!({"len": len, "head": hex::encode(head)}));
+    write_private(&heads_path(), &serde_json::to_vec_pretty(&all)?)
 }
 
 /// Forgets the unlocked keys of `email` on `server` (also on logout).

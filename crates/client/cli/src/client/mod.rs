@@ -324,8 +324,17 @@ fn parse_role(s: &str) -> Result<Role> {
 pub async fn workspace_cmd(cmd: WorkspaceCmd) -> Result<()> {
     let client = connect()?;
     match cmd {
-        WorkspaceCmd::Create { name, e2e_encryption, json } => {
-            let w = client.workspaces().create(&CreateWorkspaceRequest { name, e2e_encryption }).await?;
+        WorkspaceCmd::Create { name, e2e_encryption, passphrase_stdin, yes, json } => {
+            let w = if e2e_encryption {
+                let warning = "An end-to-end encrypted workspace: the server never sees its contents or names, so it cannot help if you lose your keys. If you lose both your passphrase and your recovery key, the data in it is unrecoverable, by you, by other members' servers or by anyone.";
+                eprintln!("{warning}");
+                if !yes && std::io::stdin().is_terminal() && !passphrase_stdin && !confirm("Create it?")? {
+                    bail!("nothing was created");
+                }
+                keys::create_e2ee_workspace(&client, &name, passphrase_stdin).await?
+            } else {
+                client.workspaces().create(&CreateWorkspaceRequest { name, e2e_encryption, e2ee: None }).await?
+            };
             if json.json {
                 return print_json(&w);
             }

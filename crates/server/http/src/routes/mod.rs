@@ -6,6 +6,7 @@ mod apikeys;
 mod audit;
 mod auth;
 mod chunks;
+mod e2ee;
 mod files;
 mod members;
 mod shares;
@@ -23,6 +24,7 @@ pub(crate) use apikeys::*;
 pub(crate) use audit::*;
 pub(crate) use auth::*;
 pub(crate) use chunks::*;
+pub(crate) use e2ee::*;
 pub(crate) use files::*;
 pub(crate) use members::*;
 pub(crate) use shares::*;
@@ -78,6 +80,9 @@ pub const ROUTES: &[(&str, &str, Needs)] = &[
     ("POST", "/api/v1/workspaces/{ws}/members", Needs::Role(Role::Admin)),
     ("PUT", "/api/v1/workspaces/{ws}/members/{user}", Needs::Role(Role::Admin)),
     ("DELETE", "/api/v1/workspaces/{ws}/members/{user}", Needs::Role(Role::Admin)),
+    ("GET", "/api/v1/workspaces/{ws}/e2ee/log", Needs::Role(Role::Viewer)),
+    ("POST", "/api/v1/workspaces/{ws}/e2ee/log", Needs::Role(Role::Viewer)),
+    ("GET", "/api/v1/workspaces/{ws}/e2ee/keys", Needs::Role(Role::Viewer)),
     ("POST", "/api/v1/workspaces/{ws}/chunks/missing", Needs::Role(Role::Editor)),
     ("POST", "/api/v1/workspaces/{ws}/chunks", Needs::Role(Role::Editor)),
     ("POST", "/api/v1/workspaces/{ws}/chunks/signatures", Needs::Role(Role::Editor)),
@@ -114,6 +119,8 @@ pub fn api() -> Router<AppState> {
         .route("/settings", put(update_settings))
         .route("/members", get(list_members).post(add_member))
         .route("/members/{user}", put(set_member_role).delete(remove_member))
+        .route("/e2ee/log", get(e2ee_log).post(append_e2ee_log))
+        .route("/e2ee/keys", get(my_e2ee_keys))
         .route("/chunks/missing", post(missing_chunks))
         .route("/chunks", post(upload_chunks).layer(DefaultBodyLimit::disable()))
         .route("/chunks/{chunk}", get(get_chunk))

@@ -34,13 +34,17 @@ pub(crate) async fn list_workspaces(
 
 /// Creates a workspace owned by the caller.
 #[utoipa::path(post, path = "/api/v1/workspaces", tag = "workspaces", request_body = CreateWorkspaceRequest,
-    responses((status = 201, body = Workspace), (status = 409, body = ApiErrorBody), (status = 501, body = ApiErrorBody)))]
+    responses((status = 201, body = Workspace), (status = 400, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
 pub(crate) async fn create_workspace(
     State(st): State<AppState>,
     Principal(actor): Principal,
     Json(req): Json<CreateWorkspaceRequest>,
 ) -> Result<(StatusCode, axum::Json<Workspace>), ApiError> {
-    let w = st.core.create_workspace(&actor, &req.name, req.e2e_encryption).await?;
+    let w = match (&req.e2ee, req.e2e_encryption) {
+        (Some(genesis), true) => st.core.create_e2ee_workspace(&actor, &req.name, genesis).await?,
+        (Some(_), false) => return Err(ApiError::bad_request("e2ee is only for a workspace with e2e_encryption")),
+        (None, e2ee) => st.core.create_workspace(&actor, &req.name, e2ee).await?,
+    };
     Ok((StatusCode::CREATED, axum::Json(view(&w, Role::Owner))))
 }
 
