@@ -121,6 +121,9 @@ async fn an_e2ee_workspace_begins_with_a_genesis_signed_by_its_creator() {
     assert_eq!(open_key(&a, ws, 0, &a.identity).await, chunk_key(&key));
     // The id is taken now.
     assert_eq!(kind(spaces.create(&request("Other", Some(genesis(&a, ws, &key)))).await), ErrorKind::Conflict);
+    // Deleted, its id stays taken: a new workspace cannot take over the old one's audit history.
+    spaces.delete(ws).await.expect("delete");
+    assert_eq!(kind(spaces.create(&request("Again", Some(genesis(&a, ws, &key)))).await), ErrorKind::Conflict);
     // A workspace without end-to-end encryption has no log.
     let plain = spaces
         .create(&CreateWorkspaceRequest { name: "Plain".into(), e2e_encryption: false, e2ee: None })
@@ -207,13 +210,29 @@ async fn members_change_only_through_the_signed_log_and_removal_starts_a_new_epo
     let by_b = add(&c, 2, head, &b);
     let r = b.client.workspaces().append_e2ee_log(ws, &append(2, vec![&by_b], vec![wrapped(&key0, 0, &c, &b)])).await;
     assert_eq!(kind(r), ErrorKind::BadRequest);
-    // Nor send an entry someone else signed.
+    // Nor send an entry someone else signed (here with a key B wrapped, so only the signer is wrong).
     let by_a = add(&c, 2, head, &a);
-    let r = b.client.workspaces().append_e2ee_log(ws, &append(2, vec![&by_a], vec![wrapped(&key0, 0, &c, &a)])).await;
+    let r = b.client.workspaces().append_e2ee_log(ws, &append(2, vec![&by_a], vec![wrapped(&key0, 0, &c, &b)])).await;
     assert_eq!(kind(r), ErrorKind::BadRequest);
+    // A's own add of C, refused for its keys alone: a key with a broken signature, and one to a non-member.
+    let add_c = add(&c, 2, head, &a);
+    let mut forged = WrappedKeyRecord::from_bytes(&B64.decode(wrapped(&key0, 0, &c, &a)).expect("b64")).expect("rec");
+    forged.signature[0] ^= 1;
+    let r = spaces.append_e2ee_log(ws, &append(2, vec![&add_c], vec![B64.encode(forged.to_bytes())])).await;
+    assert_eq!(kind(r), ErrorKind::BadRequest, "a wrapped key not signed by the sender");
+    let d = person(&srv, "d@example.com").await;
+    let r = spaces
+        .append_e2ee_log(ws, &append(2, vec![&add_c], vec![wrapped(&key0, 0, &c, &a), wrapped(&key0, 0, &d, &a)]))
+        .await;
+    assert_eq!(kind(r), ErrorKind::BadRequest, "a wrapped key to a non-member");
 
     // Removing B starts epoch 1, which must be wrapped to every remaining member in the same request.
     let remove = Entry::sign(&w, 2, head, Change::Remove { member: b.id }, &a.id, &a.keys);
+    assert_eq!(
+        kind(spaces.append_e2ee_log(ws, &append(2, vec![&remove], vec![])).await),
+        ErrorKind::BadRequest,
+        "a removal without a new key epoch"
+    );
     let rekey = Entry::sign(&w, 3, remove.hash(), Change::Rekey { epoch: 1 }, &a.id, &a.keys);
     let key1 = WorkspaceKey::generate();
     assert_eq!(
@@ -234,6 +253,13 @@ async fn members_change_only_through_the_signed_log_and_removal_starts_a_new_epo
     assert_eq!((m.epoch, m.members.len()), (1, 1));
     assert_eq!(open_key(&a, ws, 1, &a.identity).await, chunk_key(&key1));
     assert_eq!(open_key(&a, ws, 0, &a.identity).await, chunk_key(&key0), "old content stays readable");
+
+    // B can be added again, and gets both epochs' keys anew (the old ones went with the removal).
+    let (entries, _) = replay(&a, ws).await;
+    let again = add(&b, 4, entries[3].hash(), &a);
+    let keys = vec![wrapped(&key0, 0, &b, &a), wrapped(&key1, 1, &b, &a)];
+    assert_eq!(spaces.append_e2ee_log(ws, &append(4, vec![&again], keys)).await.expect("add B again").len, 5);
+    assert_eq!(open_key(&b, ws, 1, &a.identity).await, chunk_key(&key1));
 
     // Every change is in the audit log.
     let store = cloudsync_cli::server::open_store(&srv.config, &srv.data_dir()).await.expect("store");

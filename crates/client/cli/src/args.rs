@@ -568,6 +568,14 @@ pub enum MembersCmd {
         /// Role to give.
         #[arg(long, default_value = "viewer")]
         role: String,
+        /// End-to-end encrypted workspace: read your keys' passphrase from the first line of standard input
+        /// (when they are locked).
+        #[arg(long)]
+        passphrase_stdin: bool,
+        /// End-to-end encrypted workspace: accept the member's keys although their fingerprint changed since
+        /// this device first saw it.
+        #[arg(long, short)]
+        yes: bool,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -581,16 +589,25 @@ pub enum MembersCmd {
         /// New role.
         #[arg(long)]
         role: String,
+        /// End-to-end encrypted workspace: read your keys' passphrase from the first line of standard input
+        /// (when they are locked).
+        #[arg(long)]
+        passphrase_stdin: bool,
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Remove a member.
+    /// Remove a member. In an end-to-end encrypted workspace this also rotates the workspace key, so the
+    /// removed member cannot read what is written afterwards.
     Remove {
         /// Workspace name or id.
         #[arg(long)]
         workspace: String,
         /// Member email.
         email: String,
+        /// End-to-end encrypted workspace: read your keys' passphrase from the first line of standard input
+        /// (when they are locked).
+        #[arg(long)]
+        passphrase_stdin: bool,
     },
 }
 

@@ -933,6 +933,71 @@ fn an_e2ee_workspace_is_created_with_the_users_keys_after_a_warning() {
     assert_eq!(count(&srv, "SELECT count(*) FROM e2ee_wrapped_keys"), 1);
 }
 
+#[test]
+fn e2ee_members_change_by_signed_entries_removal_rotates_the_key_and_a_rolled_back_log_is_refused() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (srv, alice) = signed_in(root.path(), "alice@example.org", false, "Docs");
+    let init = |who: &Client, pass: &str| {
+        let out = who.with_stdin(&["keys", "init", "--passphrase-stdin"], &format!("{pass}\n"));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    init(&alice, "alice's long passphrase");
+    alice.ok(&["workspace", "create", "Secret Project", "--e2e-encryption", "--yes"]);
+    create_user(&srv, "bob@example.org", false);
+    let bob = Client::new(root.path(), "bob");
+    bob.login(&srv, "bob@example.org");
+    let add = ["workspace", "members", "add", "--workspace", "Secret Project", "bob@example.org", "--role", "editor"];
+    let err = alice.fail(&add);
+    assert!(err.contains("no end-to-end keys"), "{err}");
+    init(&bob, "bob's long passphrase");
+    let out = alice.run(&add);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("first seen"), "the new member's fingerprint is shown: {said}");
+    let listed = json(&bob.ok(&["workspace", "list", "--json"]));
+    assert!(
+        listed.as_array().expect("list").iter().any(|w| w["name"] == "Secret Project" && w["role"] == "editor"),
+        "{listed}"
+    );
+    assert_eq!(
+        (count(&srv, "SELECT count(*) FROM e2ee_log"), count(&srv, "SELECT count(*) FROM e2ee_wrapped_keys")),
+        (2, 2)
+    );
+    // An editor cannot add anyone: the log's rules, checked on bob's client and again by the server.
+    create_user(&srv, "carol@example.org", false);
+    let carol = Client::new(root.path(), "carol");
+    carol.login(&srv, "carol@example.org");
+    init(&carol, "carol's long passphrase");
+    let err = bob.fail(&["workspace", "members", "add", "--workspace", "Secret Project", "carol@example.org"]);
+    assert!(err.contains("may not") || err.contains("does not hold"), "{err}");
+
+    // Removing bob starts key epoch 1, wrapped to alice only.
+    alice.ok(&["workspace", "members", "remove", "--workspace", "Secret Project", "bob@example.org"]);
+    assert_eq!(
+        (count(&srv, "SELECT count(*) FROM e2ee_log"), count(&srv, "SELECT count(*) FROM e2ee_wrapped_keys")),
+        (4, 2),
+        "bob's key went with him"
+    );
+    let listed = json(&bob.ok(&["workspace", "list", "--json"]));
+    assert!(!listed.as_array().expect("list").iter().any(|w| w["name"] == "Secret Project"), "{listed}");
+    alice.ok(&["workspace", "members", "add", "--workspace", "Secret Project", "carol@example.org"]);
+    assert_eq!(count(&srv, "SELECT count(*) FROM e2ee_wrapped_keys"), 4, "carol gets the keys of epochs 0 and 1");
+
+    // The server cuts the log back to before bob's removal: alice's client refuses it.
+    tamper(&srv, "DELETE FROM e2ee_log WHERE seq >= 2");
+    let err = alice.fail(&[
+        "workspace",
+        "members",
+        "set-role",
+        "--workspace",
+        "Secret Project",
+        "carol@example.org",
+        "--role",
+        "editor",
+    ]);
+    assert!(err.contains("rolled the log back"), "{err}");
+}
+
 /// One number from the server's database.
 fn count(srv: &Server, sql: &str) -> i64 {
     use sqlx::Connection;

@@ -248,8 +248,8 @@ pub const MAX_E2EE_LOG_PAGE: u32 = 1000;
 pub const MAX_E2EE_APPEND_ENTRIES: usize = 8;
 /// Wrapped keys one append carries at most (a new epoch wraps to every member).
 pub const MAX_E2EE_APPEND_KEYS: usize = 2000;
-/// Entries a membership log holds at most.
-pub const MAX_E2EE_LOG_ENTRIES: u64 = 100_000;
+/// Entries a membership log holds at most (every append replays the log: a signature check per entry).
+pub const MAX_E2EE_LOG_ENTRIES: u64 = 10_000;
 
 /// `GET /api/v1/workspaces/{ws}/e2ee/log?from=N`: entries from position `from`, in order.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

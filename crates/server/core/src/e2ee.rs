@@ -106,6 +106,11 @@ impl Core {
                 "the wrapped key is not signed by, or not wrapped to, your identity".into(),
             ));
         }
+        // The client picks the id: one that ever named a workspace (its audit chain outlives it) is refused, so
+        // nobody can take over a deleted workspace's history by creating a new one under its id.
+        if self.store.audit_head(&id.to_string()).await?.is_some() || self.store.workspace(id).await?.is_some() {
+            return Err(CoreError::Conflict("that workspace id is taken; make a new one".into()));
+        }
         if self.store.workspaces_for_user(actor.user_id).await?.iter().any(|(w, _)| w.name == name) {
             return Err(CoreError::Conflict(format!("you already have a workspace named {name:?}; pick another name")));
         }
@@ -170,9 +175,15 @@ impl Core {
                 break;
             }
         }
-        let m = Membership::replay(ws.as_uuid().as_bytes(), &entries)
-            .map_err(|e| CoreError::Internal(format!("the stored membership log does not replay: {e}")))?;
-        Ok((entries, m))
+        // Replaying checks a signature per entry: off the async threads.
+        let id = *ws.as_uuid().as_bytes();
+        tokio::task::spawn_blocking(move || {
+            let m = Membership::replay(&id, &entries)
+                .map_err(|e| CoreError::Internal(format!("the stored membership log does not replay: {e}")))?;
+            Ok((entries, m))
+        })
+        .await
+        .map_err(|e| CoreError::Internal(format!("the log replay failed: {e}")))?
     }
 
     /// Appends signed entries (made by the caller) and the wrapped keys they need. The entries must replay
@@ -194,6 +205,30 @@ impl Core {
         }
         let ws = *access.workspace.as_uuid().as_bytes();
         let me = *actor.user_id.as_uuid().as_bytes();
+        // Everything in the request is decoded before the stored log is read, so malformed input costs nothing.
+        let mut decoded = Vec::with_capacity(req.entries.len());
+        for (n, text) in req.entries.iter().enumerate() {
+            let (raw, e) = entry_of(&format!("entries[{n}]"), text)?;
+            if e.signer != me {
+                return Err(CoreError::BadRequest(format!("entries[{n}] is signed by another member than you")));
+            }
+            decoded.push((raw, e));
+        }
+        let mut records = Vec::with_capacity(req.wrapped_keys.len());
+        for (n, text) in req.wrapped_keys.iter().enumerate() {
+            records.push(record_of(&format!("wrapped_keys[{n}]"), text)?);
+        }
+        let rekeys = decoded.iter().filter(|(_, e)| matches!(e.change, Change::Rekey { .. })).count();
+        if rekeys > 1 {
+            return Err(CoreError::BadRequest("an append starts at most one new key epoch".into()));
+        }
+        let removes_other =
+            decoded.iter().any(|(_, e)| matches!(&e.change, Change::Remove { member } if *member != me));
+        if removes_other && rekeys == 0 {
+            return Err(CoreError::BadRequest(
+                "removing a member must start a new key epoch in the same request (a Rekey entry with the new key wrapped to every remaining member), or the removed member could read what is written next".into(),
+            ));
+        }
         let (_, mut m) = self.replayed(access.workspace).await?;
         if req.seq != m.len {
             return Err(CoreError::Conflict(format!(
@@ -209,11 +244,7 @@ impl Core {
         let mut changes = Vec::new();
         let mut rows: Vec<NewAudit> = Vec::new();
         let mut added = Vec::new();
-        for (n, text) in req.entries.iter().enumerate() {
-            let (raw, e) = entry_of(&format!("entries[{n}]"), text)?;
-            if e.signer != me {
-                return Err(CoreError::BadRequest(format!("entries[{n}] is signed by another member than you")));
-            }
+        for (n, (raw, e)) in decoded.into_iter().enumerate() {
             let before = match &e.change {
                 Change::SetRole { member, .. } => m.members.get(member).map(|x| x.role),
                 _ => None,
@@ -222,7 +253,9 @@ impl Core {
             match &e.change {
                 Change::Add { member, email, identity, role } => {
                     let user = user_id(member);
-                    let acct = self.store.user_by_id(user).await?.ok_or(CoreError::NotFound("account"))?;
+                    let acct = self.store.user_by_id(user).await?.ok_or_else(|| {
+                        CoreError::BadRequest(format!("entries[{n}] names no account of this server"))
+                    })?;
                     if !acct.email.eq_ignore_ascii_case(email) {
                         return Err(CoreError::BadRequest(format!(
                             "entries[{n}] names {email}, not that account's email"
@@ -280,8 +313,7 @@ impl Core {
         let my_identity = m.members.get(&me).map(|x| x.identity.clone());
         let mut keys = Vec::with_capacity(req.wrapped_keys.len());
         let mut given = std::collections::BTreeSet::new();
-        for (n, text) in req.wrapped_keys.iter().enumerate() {
-            let (raw, rec) = record_of(&format!("wrapped_keys[{n}]"), text)?;
+        for (n, (raw, rec)) in records.into_iter().enumerate() {
             let bad = |why: &str| CoreError::BadRequest(format!("wrapped_keys[{n}] {why}"));
             if rec.ws != ws || rec.epoch > m.epoch {
                 return Err(bad("is for another workspace or a key epoch that does not exist"));
@@ -307,6 +339,23 @@ impl Core {
                 return Err(CoreError::BadRequest(
                     "a new member needs the current workspace key: send it wrapped to them with the entry".into(),
                 ));
+            }
+        }
+        if m.members.len() > MAX_E2EE_APPEND_KEYS {
+            return Err(CoreError::TooLarge(format!(
+                "an end-to-end encrypted workspace has at most {MAX_E2EE_APPEND_KEYS} members (a new key epoch is wrapped to each in one request)"
+            )));
+        }
+        // A key of an epoch that existed before is given once: a slot already filled is an error in the
+        // request, not a race to retry.
+        let mut old_slots: std::collections::BTreeMap<[u8; 16], Vec<u32>> = std::collections::BTreeMap::new();
+        for (epoch, to) in given.iter().filter(|(e, _)| *e <= epoch_before) {
+            old_slots.entry(*to).or_default().push(*epoch);
+        }
+        for (to, epochs) in old_slots {
+            let held = self.store.e2ee_keys_for(access.workspace, user_id(&to)).await?;
+            if let Some(e) = epochs.iter().find(|e| held.iter().any(|h| h.epoch == **e)) {
+                return Err(CoreError::BadRequest(format!("the member already holds the key of epoch {e}")));
             }
         }
         if m.epoch != epoch_before && m.members.keys().any(|id| !given.contains(&(m.epoch, *id))) {

@@ -92,6 +92,13 @@ async fn apply_member(
                 .execute(&mut **tx)
                 .await
                 .map_err(map_err)?;
+            // Their wrapped keys go too: were they added again, they get them anew.
+            sqlx::query("DELETE FROM e2ee_wrapped_keys WHERE workspace_id = ? AND recipient_id = ?")
+                .bind(ws.as_uuid())
+                .bind(user.as_uuid())
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?;
         }
     }
     Ok(())

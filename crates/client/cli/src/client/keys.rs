@@ -61,7 +61,10 @@ pub async fn run(cmd: KeysCmd) -> Result<()> {
 
 /// The signed-in account's id, email, secret keys and identity: the keys unlocked on this device, else
 /// opened with the passphrase (asked for, or the first line of standard input).
-async fn my_keys(client: &Client, passphrase_stdin: bool) -> Result<([u8; 16], String, UserKeys, PublicIdentity)> {
+pub(crate) async fn my_keys(
+    client: &Client,
+    passphrase_stdin: bool,
+) -> Result<([u8; 16], String, UserKeys, PublicIdentity)> {
     let (user_id, email) = account(client).await?;
     let (identity, mine) = own_identity(client, &user_id, &email).await?;
     let keys = match unlocked(client, &email)? {
@@ -114,7 +117,7 @@ pub(crate) async fn create_e2ee_workspace(client: &Client, name: &str, passphras
     }
     // The log's head as this device made it: a later replay must extend it, so a server that rolls the log
     // back or forks it is caught.
-    remember_head(client, ws, 1, &entry.hash())?;
+    remember_log(client, ws, std::slice::from_ref(&entry))?;
     Ok(created)
 }
 
@@ -122,16 +125,49 @@ fn heads_path() -> std::path::PathBuf {
     state_dir().join("e2ee_heads.json")
 }
 
-/// Remembers that the membership log of `ws` on this server had `len` entries ending in `head`.
-fn remember_head(client: &Client, ws: WorkspaceId, len: u64, head: &[u8; 32]) -> Result<()> {
-    let mut all: BTreeMap<String, serde_json::Value> = match std::fs::read(heads_path()) {
-        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is not valid", heads_path().display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", heads_path().display())),
-    };
-    let key = format!("{}#{ws}", client.base_url().trim_end_matches('/'));
-    all.insert(key, serde_json::json!({"len": len, "head": hex::encode(head)}));
+fn heads() -> Result<BTreeMap<String, serde_json::Value>> {
+    match std::fs::read(heads_path()) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is not valid", heads_path().display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", heads_path().display())),
+    }
+}
+
+fn head_key(client: &Client, ws: WorkspaceId) -> String {
+    format!("{}#{ws}", client.base_url().trim_end_matches('/'))
+}
+
+/// Remembers the length and last entry hash of a membership log this device verified.
+pub(crate) fn remember_log(client: &Client, ws: WorkspaceId, entries: &[Entry]) -> Result<()> {
+    let Some(last) = entries.last() else { return Ok(()) };
+    let mut all = heads()?;
+    all.insert(head_key(client, ws), serde_json::json!({"len": entries.len(), "head": hex::encode(last.hash())}));
     write_private(&heads_path(), &serde_json::to_vec_pretty(&all)?)
+}
+
+/// Checks that a replayed log extends the one this device saw last (a server that rolled it back, cut it
+/// short or forked it is refused), then remembers it.
+///
+/// # Errors
+/// A shorter log, or one whose entry at the remembered head differs.
+pub(crate) fn check_head(client: &Client, ws: WorkspaceId, entries: &[Entry]) -> Result<()> {
+    if let Some(seen) = heads()?.get(&head_key(client, ws)) {
+        let len = seen["len"].as_u64().unwrap_or(0);
+        let head = seen["head"].as_str().unwrap_or_default();
+        let at = usize::try_from(len).ok().and_then(|l| l.checked_sub(1)).and_then(|i| entries.get(i));
+        match at {
+            None if len > 0 => bail!(
+                "the server shows {} membership changes for this workspace, but this device saw {len}: it rolled the log back; do not use this workspace until that is explained",
+                entries.len()
+            ),
+            Some(e) if hex::encode(e.hash()) != head => bail!(
+                "the server's membership log differs from the one this device saw (entry {}): it was rewritten; do not use this workspace until that is explained",
+                len - 1
+            ),
+            _ => {}
+        }
+    }
+    remember_log(client, ws, entries)
 }
 
 /// Forgets the unlocked keys of `email` on `server` (also on logout).
@@ -355,6 +391,30 @@ async fn fingerprint(client: &Client, email: Option<&str>, yes: bool, json: bool
         println!("{fp}");
         return Ok(());
     };
+    let (theirs, identity, status) = checked_public(client, email, yes).await?;
+    let fp = identity.fingerprint();
+    if json {
+        return print_json(&serde_json::json!({"email": theirs.email, "fingerprint": fp, "status": status}));
+    }
+    println!("{fp}");
+    if status == "first seen" {
+        eprintln!(
+            "First time this device sees {email}'s keys: compare the fingerprint with {email} in person or by phone."
+        );
+    }
+    Ok(())
+}
+
+/// Another account's public identity: self-signed for that account, and compared with the fingerprint this
+/// device saw first (remembered then); a changed one is refused unless `yes`. Also says which it was.
+///
+/// # Errors
+/// No keys, keys not signed for the account, an answer for another email, or a changed fingerprint.
+pub(crate) async fn checked_public(
+    client: &Client,
+    email: &str,
+    yes: bool,
+) -> Result<(cloudsync_types::api::PublicUserKeys, PublicIdentity, &'static str)> {
     let theirs = match client.keys().public(email).await {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             bail!("{email} has no end-to-end keys yet (they run `cloudsync keys init`)")
@@ -386,14 +446,5 @@ async fn fingerprint(client: &Client, email: Option<&str>, yes: bool, json: bool
     if status != "unchanged" {
         remember(&key, &fp)?;
     }
-    if json {
-        return print_json(&serde_json::json!({"email": theirs.email, "fingerprint": fp, "status": status}));
-    }
-    println!("{fp}");
-    if status == "first seen" {
-        eprintln!(
-            "First time this device sees {email}'s keys: compare the fingerprint with {email} in person or by phone."
-        );
-    }
-    Ok(())
+    Ok((theirs, identity, status))
 }

@@ -5,6 +5,7 @@ pub mod apikey;
 pub mod audit;
 pub mod config;
 pub mod credentials;
+mod e2ee;
 mod files;
 pub mod keys;
 pub mod mfa;
@@ -424,16 +425,22 @@ async fn members(client: &Client, cmd: MembersCmd) -> Result<()> {
                 list.iter().map(|m| vec![m.email.clone(), m.role.to_string(), output::date(m.added_at)]).collect(),
             );
         }
-        MembersCmd::Add { workspace: name, email, role, json } => {
+        MembersCmd::Add { workspace: name, email, role, passphrase_stdin, yes, json } => {
             let w = workspace(client, &name).await?;
+            if w.e2e_encryption {
+                return e2ee::add_member(client, &w, &email, parse_role(&role)?, passphrase_stdin, yes).await;
+            }
             let m = client.members(w.id).add(&AddMemberRequest { email, role: parse_role(&role)? }).await?;
             if json.json {
                 return print_json(&m);
             }
             eprintln!("Added {} to {:?} as {}.", m.email, w.name, m.role);
         }
-        MembersCmd::SetRole { workspace: name, email, role, json } => {
+        MembersCmd::SetRole { workspace: name, email, role, passphrase_stdin, json } => {
             let w = workspace(client, &name).await?;
+            if w.e2e_encryption {
+                return e2ee::set_role(client, &w, &email, parse_role(&role)?, passphrase_stdin).await;
+            }
             let user = member_id(client, &w, &email).await?;
             let m = client.members(w.id).set_role(user, parse_role(&role)?).await?;
             if json.json {
@@ -441,8 +448,11 @@ async fn members(client: &Client, cmd: MembersCmd) -> Result<()> {
             }
             eprintln!("{} is now {} in {:?}.", m.email, m.role, w.name);
         }
-        MembersCmd::Remove { workspace: name, email } => {
+        MembersCmd::Remove { workspace: name, email, passphrase_stdin } => {
             let w = workspace(client, &name).await?;
+            if w.e2e_encryption {
+                return e2ee::remove_member(client, &w, &email, passphrase_stdin).await;
+            }
             let user = member_id(client, &w, &email).await?;
             client.members(w.id).remove(user).await?;
             eprintln!("Removed {email} from {:?}.", w.name);
