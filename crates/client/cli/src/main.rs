@@ -15,7 +15,16 @@ fn main() -> ExitCode {
     init_logging(cli.verbose, matches!(cli.command, Command::Server(ServerCmd::Start(_))));
     // OpenDAL and reqwest can both pull in rustls providers; pick one explicitly, once.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The server serves many clients at once: a worker per core. A client command's async side is network
+    // I/O (hashing, chunking and file writes run on threads of their own), and one thread does it with fewer
+    // cross-thread wake-ups, which leaves more of a small machine to the rest (measured: about 10% less
+    // client CPU on a sync of 10,000 small files, the same speed on a 512 MiB file).
+    let mut builder = if matches!(cli.command, Command::Server(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -481,7 +481,9 @@ fn write_one(
     let shown = w.job.entry.path.as_str();
     let io_err = |e: io::Error| SyncError::io(tmp, e);
     let old = if w.reuse.chunks.is_empty() { None } else { File::open(&w.job.target).ok() };
-    let mut out = io::BufWriter::with_capacity(1 << 20, &file);
+    // A buffer no larger than the file: a fresh 1 MiB buffer per small file costs more than the file.
+    let capacity = usize::try_from(w.job.entry.size).unwrap_or(usize::MAX).clamp(8 << 10, 1 << 20);
+    let mut out = io::BufWriter::with_capacity(capacity, &file);
     let mut hasher = keys.content_hasher();
     let single = w.manifest.chunks.len() == 1;
     // Chunks already written to this file, for ids that repeat within it.
