@@ -320,6 +320,16 @@ pub struct JsonFlag {
     pub json: bool,
 }
 
+/// `--passphrase-stdin` of the commands that use end-to-end keys in passing (creating an end-to-end
+/// encrypted workspace, changing its members).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct PassphraseFlag {
+    /// End-to-end encrypted workspace: read your keys' passphrase from the first line of standard input
+    /// (when they are locked on this device).
+    #[arg(long)]
+    pub passphrase_stdin: bool,
+}
+
 /// `cloudsync server ...`.
 #[derive(Debug, Subcommand)]
 pub enum ServerCmd {
@@ -491,9 +501,8 @@ pub enum WorkspaceCmd {
         /// (`cloudsync keys init`); asks for their passphrase unless they are unlocked.
         #[arg(long)]
         e2e_encryption: bool,
-        /// With --e2e-encryption: read the passphrase from the first line of standard input.
-        #[arg(long)]
-        passphrase_stdin: bool,
+        #[command(flatten)]
+        passphrase: PassphraseFlag,
         /// Do not ask for confirmation.
         #[arg(long, short)]
         yes: bool,
@@ -568,10 +577,8 @@ pub enum MembersCmd {
         /// Role to give.
         #[arg(long, default_value = "viewer")]
         role: String,
-        /// End-to-end encrypted workspace: read your keys' passphrase from the first line of standard input
-        /// (when they are locked).
-        #[arg(long)]
-        passphrase_stdin: bool,
+        #[command(flatten)]
+        passphrase: PassphraseFlag,
         /// End-to-end encrypted workspace: accept the member's keys although their fingerprint changed since
         /// this device first saw it.
         #[arg(long, short)]
@@ -589,10 +596,8 @@ pub enum MembersCmd {
         /// New role.
         #[arg(long)]
         role: String,
-        /// End-to-end encrypted workspace: read your keys' passphrase from the first line of standard input
-        /// (when they are locked).
-        #[arg(long)]
-        passphrase_stdin: bool,
+        #[command(flatten)]
+        passphrase: PassphraseFlag,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -604,10 +609,8 @@ pub enum MembersCmd {
         workspace: String,
         /// Member email.
         email: String,
-        /// End-to-end encrypted workspace: read your keys' passphrase from the first line of standard input
-        /// (when they are locked).
-        #[arg(long)]
-        passphrase_stdin: bool,
+        #[command(flatten)]
+        passphrase: PassphraseFlag,
     },
 }
 

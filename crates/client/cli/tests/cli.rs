@@ -980,7 +980,19 @@ fn e2ee_members_change_by_signed_entries_removal_rotates_the_key_and_a_rolled_ba
     );
     let listed = json(&bob.ok(&["workspace", "list", "--json"]));
     assert!(!listed.as_array().expect("list").iter().any(|w| w["name"] == "Secret Project"), "{listed}");
-    alice.ok(&["workspace", "members", "add", "--workspace", "Secret Project", "carol@example.org"]);
+    let carol_added = json(&alice.ok(&[
+        "workspace",
+        "members",
+        "add",
+        "--workspace",
+        "Secret Project",
+        "carol@example.org",
+        "--json",
+    ]));
+    assert_eq!(
+        (carol_added["email"].as_str(), carol_added["role"].as_str()),
+        (Some("carol@example.org"), Some("viewer"))
+    );
     assert_eq!(count(&srv, "SELECT count(*) FROM e2ee_wrapped_keys"), 4, "carol gets the keys of epochs 0 and 1");
 
     // The server cuts the log back to before bob's removal: alice's client refuses it.

@@ -148,9 +148,9 @@ pub async fn sync(
     let keys = ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)?;
     let mut engine = Engine { client, ws, remote, root: &canonical, keys, opts, own: Own::default() };
     let mut report = SyncReport::default();
-    // Whether `index.cursor` is a journal position this folder was synced up to (0 is one too: an empty
-    // journal). Without one, the server's files are listed in full.
-    let mut cursor_known = index.synced_at_ms.is_some();
+    // Whether `index.cursor` is a journal position this folder was synced up to. Without one, the server's
+    // files are listed in full.
+    let mut cursor_known = index.cursor_known();
     for round in 0..MAX_ROUNDS {
         let (plan, local_count, cursor) =
             engine.plan_round(&index, cursor_known, &mut report.summary, round == 0).await?;
@@ -194,7 +194,7 @@ pub async fn status(client: &Client, local: &Path, opts: &SyncOptions) -> Result
     let engine = Engine { client, ws, remote: &remote, root: &canonical, keys, opts, own: Own::default() };
     let mut summary = TransferSummary::default();
     // The first round's warnings (scan and plan) are collected in `summary`.
-    let (plan, _, _) = engine.plan_round(&index, index.synced_at_ms.is_some(), &mut summary, true).await?;
+    let (plan, _, _) = engine.plan_round(&index, index.cursor_known(), &mut summary, true).await?;
     let warnings = summary.warnings;
     Ok(Status {
         workspace: ws,

@@ -130,6 +130,12 @@ impl Index {
     pub(crate) fn new(pair: Pair, local: PathBuf) -> Self {
         Self { format: FORMAT, pair, local, cursor: 0, synced_at_ms: None, entries: BTreeMap::new() }
     }
+
+    /// Whether `cursor` is a journal position the folder was synced up to (0 is one too: an empty journal),
+    /// which holds once a sync has completed.
+    pub(crate) fn cursor_known(&self) -> bool {
+        self.synced_at_ms.is_some()
+    }
 }
 
 /// Where the index of a local folder is kept, and the lock that guards it.

@@ -41,12 +41,19 @@ const OUTBOX_BYTES: usize = 1 << 20;
 /// The hashing thread's side of the channel: events are grouped (in order) before they are sent.
 pub(crate) struct Outbox<'a> {
     tx: &'a mpsc::Sender<Vec<Event>>,
-    group: std::cell::RefCell<(Vec<Event>, usize)>,
+    group: std::cell::RefCell<Group>,
+}
+
+/// The events queued in an [`Outbox`], and their bytes of chunk data.
+#[derive(Default)]
+struct Group {
+    events: Vec<Event>,
+    bytes: usize,
 }
 
 impl<'a> Outbox<'a> {
     pub(crate) fn new(tx: &'a mpsc::Sender<Vec<Event>>) -> Self {
-        Self { tx, group: std::cell::RefCell::new((Vec::new(), 0)) }
+        Self { tx, group: std::cell::RefCell::default() }
     }
 
     /// Queues `event`, sending the group when it is full. False once the uploader has gone away.
@@ -54,18 +61,18 @@ impl<'a> Outbox<'a> {
         let full = {
             let mut g = self.group.borrow_mut();
             if let Event::Chunk { data, .. } = &event {
-                g.1 += data.len();
+                g.bytes += data.len();
             }
-            g.0.push(event);
-            g.0.len() >= OUTBOX_EVENTS || g.1 >= OUTBOX_BYTES
+            g.events.push(event);
+            g.events.len() >= OUTBOX_EVENTS || g.bytes >= OUTBOX_BYTES
         };
         !full || self.flush()
     }
 
     /// Sends what is queued. False once the uploader has gone away.
     fn flush(&self) -> bool {
-        let group = std::mem::take(&mut *self.group.borrow_mut()).0;
-        group.is_empty() || self.tx.blocking_send(group).is_ok()
+        let events = std::mem::take(&mut *self.group.borrow_mut()).events;
+        events.is_empty() || self.tx.blocking_send(events).is_ok()
     }
 
     fn is_closed(&self) -> bool {

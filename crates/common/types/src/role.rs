@@ -25,6 +25,17 @@ impl Role {
     /// All roles, lowest first.
     pub const ALL: [Role; 4] = [Role::Viewer, Role::Editor, Role::Admin, Role::Owner];
 
+    /// The role's rank, 0 (Viewer) to 3 (Owner): the number end-to-end encrypted workspaces' signed
+    /// membership entries carry.
+    pub const fn rank(self) -> u8 {
+        self as u8
+    }
+
+    /// The role of a rank; None outside 0..=3.
+    pub fn from_rank(rank: u8) -> Option<Role> {
+        Self::ALL.get(usize::from(rank)).copied()
+    }
+
     /// The stable lower-case name used in the API, the CLI and the database.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -71,5 +82,9 @@ mod tests {
             assert_eq!(r.as_str().parse::<Role>().expect("parse"), r);
         }
         assert!("root".parse::<Role>().is_err());
+        for (n, r) in Role::ALL.iter().enumerate() {
+            assert_eq!((Role::from_rank(n as u8), r.rank()), (Some(*r), n as u8));
+        }
+        assert_eq!(Role::from_rank(4), None);
     }
 }

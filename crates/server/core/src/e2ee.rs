@@ -6,11 +6,9 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use cloudsync_crypto::SecretKey;
 use cloudsync_crypto::e2ee::PublicIdentity;
 use cloudsync_crypto::e2ee_members::{Change, Entry, MAX_ENTRY_BYTES, Membership};
 use cloudsync_crypto::e2ee_workspace::{MAX_RECORD_BYTES, WrappedKeyRecord};
-use cloudsync_crypto::wrap_key;
 use cloudsync_store::{LogAppend, MemberChange, NewAudit, StoreError, WorkspaceRecord, WrappedKeyRow};
 use cloudsync_types::api::{
     AppendE2eeLog, E2eeAppended, E2eeGenesis, E2eeKeys, E2eeLog, MAX_E2EE_APPEND_ENTRIES, MAX_E2EE_APPEND_KEYS,
@@ -18,24 +16,12 @@ use cloudsync_types::api::{
 };
 use cloudsync_types::{AuditEvent, Role, UserId, WorkspaceId};
 
+use crate::userkeys::decode;
 use crate::{Access, Actor, AuditExt, Core, CoreError, CoreResult};
 
 /// The role a log entry's role number stands for.
 fn role_of(n: u8) -> CoreResult<Role> {
-    Ok(match n {
-        0 => Role::Viewer,
-        1 => Role::Editor,
-        2 => Role::Admin,
-        3 => Role::Owner,
-        _ => return Err(CoreError::BadRequest(format!("a membership entry names an unknown role {n}"))),
-    })
-}
-
-fn decode(field: &str, value: &str, max: usize) -> CoreResult<Vec<u8>> {
-    if value.len() > max * 4 / 3 + 4 {
-        return Err(CoreError::TooLarge(format!("{field} is larger than {max} bytes")));
-    }
-    B64.decode(value.trim()).map_err(|_| CoreError::BadRequest(format!("{field} is not base64")))
+    Role::from_rank(n).ok_or_else(|| CoreError::BadRequest(format!("a membership entry names an unknown role {n}")))
 }
 
 fn entry_of(field: &str, value: &str) -> CoreResult<(Vec<u8>, Entry)> {
@@ -73,7 +59,6 @@ impl Core {
         g: &E2eeGenesis,
     ) -> CoreResult<WorkspaceRecord> {
         actor.require_session("create an end-to-end encrypted workspace")?;
-        let name = crate::workspaces::check_name(name)?;
         let id = g.workspace_id;
         let ws = *id.as_uuid().as_bytes();
         let (entry_raw, entry) = entry_of("entry", &g.entry)?;
@@ -111,21 +96,8 @@ impl Core {
         if self.store.audit_head(&id.to_string()).await?.is_some() || self.store.workspace(id).await?.is_some() {
             return Err(CoreError::Conflict("that workspace id is taken; make a new one".into()));
         }
-        if self.store.workspaces_for_user(actor.user_id).await?.iter().any(|(w, _)| w.name == name) {
-            return Err(CoreError::Conflict(format!("you already have a workspace named {name:?}; pick another name")));
-        }
         // The server's own at-rest keys still seal every stored byte (the contents are ciphertext already).
-        let (data, chunk) = (SecretKey::generate(), SecretKey::generate());
-        let rec = WorkspaceRecord {
-            id,
-            name,
-            e2ee: true,
-            require_mfa: false,
-            ip_allowlist: Vec::new(),
-            created_ms: self.now_ms(),
-            wrapped_data_key: wrap_key(&self.master, &crate::workspaces::wrap_context(id, "data"), &data),
-            wrapped_chunk_key: wrap_key(&self.master, &crate::workspaces::wrap_context(id, "chunk-id"), &chunk),
-        };
+        let rec = self.new_workspace(actor, id, name, true).await?;
         let row = self
             .audit(AuditEvent::WorkspaceCreated, Some(actor), Some(id))
             .target(id.to_string())

@@ -13,7 +13,8 @@ use cloudsync_types::api::{MAX_SEALED_KEY_BYTES, MyUserKeys, PublicUserKeys, Upl
 
 use crate::{Actor, AuditExt, Core, CoreError, CoreResult};
 
-fn decode(field: &str, value: &str, max: usize) -> CoreResult<Vec<u8>> {
+/// A base64 field of 1 to `max` bytes, named `field` in the errors (end-to-end keys, log entries, wrapped keys).
+pub(crate) fn decode(field: &str, value: &str, max: usize) -> CoreResult<Vec<u8>> {
     if value.len() > max * 2 {
         return Err(CoreError::TooLarge(format!("{field} is too large")));
     }

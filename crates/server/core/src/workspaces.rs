@@ -15,7 +15,7 @@ use cloudsync_types::{AuditEvent, Cidr, Role, UserId, WorkspaceId, allowlist_per
 
 use crate::{Access, Actor, AuditExt, Core, CoreError, CoreResult};
 
-pub(crate) fn wrap_context(ws: WorkspaceId, which: &str) -> Vec<u8> {
+fn wrap_context(ws: WorkspaceId, which: &str) -> Vec<u8> {
     let mut c = ws.as_uuid().as_bytes().to_vec();
     c.extend_from_slice(which.as_bytes());
     c
@@ -39,7 +39,7 @@ fn canonical_allowlist(list: &[String]) -> CoreResult<Vec<String>> {
     Ok(out)
 }
 
-pub(crate) fn check_name(name: &str) -> CoreResult<String> {
+fn check_name(name: &str) -> CoreResult<String> {
     let n = name.trim();
     if n.is_empty() || n.len() > MAX_NAME_BYTES || n.chars().any(char::is_control) {
         return Err(CoreError::BadRequest(format!(
@@ -55,7 +55,6 @@ impl Core {
     /// # Errors
     /// Invalid name, a name the actor already uses, or E2EE (not available yet).
     pub async fn create_workspace(&self, actor: &Actor, name: &str, e2ee: bool) -> CoreResult<WorkspaceRecord> {
-        let name = check_name(name)?;
         if actor.api_key.as_ref().is_some_and(|k| k.workspaces.is_some() || k.role < Role::Admin) {
             return Err(CoreError::Forbidden(
                 "only an API key with the admin role and no --workspace limit can create workspaces; sign in, or use such a key".into(),
@@ -66,13 +65,28 @@ impl Core {
                 "an end-to-end encrypted workspace begins on the client, which signs its creation and wraps its key: use `cloudsync workspace create NAME --e2e-encryption` (after `cloudsync keys init`)".into(),
             ));
         }
+        let ws = self.new_workspace(actor, WorkspaceId::new(), name, false).await?;
+        let row = self.audit(AuditEvent::WorkspaceCreated, Some(actor), Some(ws.id)).target(ws.id.to_string());
+        self.store.create_workspace(&ws, actor.user_id, &[row]).await?;
+        Ok(ws)
+    }
+
+    /// The record of a new workspace `id` named `name` (checked, and not a name `actor` already uses), with
+    /// fresh at-rest keys wrapped by the master key; not stored yet.
+    pub(crate) async fn new_workspace(
+        &self,
+        actor: &Actor,
+        id: WorkspaceId,
+        name: &str,
+        e2ee: bool,
+    ) -> CoreResult<WorkspaceRecord> {
+        let name = check_name(name)?;
         let mine = self.store.workspaces_for_user(actor.user_id).await?;
         if mine.iter().any(|(w, _)| w.name == name) {
             return Err(CoreError::Conflict(format!("you already have a workspace named {name:?}; pick another name")));
         }
-        let id = WorkspaceId::new();
         let (data, chunk) = (SecretKey::generate(), SecretKey::generate());
-        let ws = WorkspaceRecord {
+        Ok(WorkspaceRecord {
             id,
             name,
             e2ee,
@@ -81,10 +95,7 @@ impl Core {
             created_ms: self.now_ms(),
             wrapped_data_key: wrap_key(&self.master, &wrap_context(id, "data"), &data),
             wrapped_chunk_key: wrap_key(&self.master, &wrap_context(id, "chunk-id"), &chunk),
-        };
-        let row = self.audit(AuditEvent::WorkspaceCreated, Some(actor), Some(id)).target(id.to_string());
-        self.store.create_workspace(&ws, actor.user_id, &[row]).await?;
-        Ok(ws)
+        })
     }
 
     /// Changes the workspace's settings (Owner), each audited as `settings.changed` with its old and new value.

@@ -9,7 +9,7 @@ use cloudsync_store::{
 use cloudsync_types::{UserId, WorkspaceId};
 use sqlx::{Row, Sqlite, Transaction};
 
-use crate::workspaces::{insert_workspace, other_owners, role_in};
+use crate::workspaces::{change_member, insert_workspace};
 use crate::{SqliteStore, audit::append, id, map_err};
 
 async fn insert_key(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, k: &WrappedKeyRow) -> StoreResult<()> {
@@ -44,62 +44,21 @@ async fn insert_entry(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, seq: u6
     Ok(())
 }
 
+/// Applies a member change; a removed member's wrapped keys go with them (added again, they get them anew).
 async fn apply_member(
     tx: &mut Transaction<'_, Sqlite>,
     ws: WorkspaceId,
     c: MemberChange,
     at_ms: i64,
 ) -> StoreResult<()> {
-    let conflict = |m: &str| StoreError::Conflict(m.to_owned());
-    match c {
-        MemberChange::Add(user, role) => {
-            sqlx::query("INSERT INTO members (workspace_id, user_id, role, added_ms) VALUES (?, ?, ?, ?)")
-                .bind(ws.as_uuid())
-                .bind(user.as_uuid())
-                .bind(role.as_str())
-                .bind(at_ms)
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| match map_err(e) {
-                    StoreError::Conflict(_) => conflict("already a member"),
-                    other => other,
-                })?;
-        }
-        MemberChange::SetRole(user, role) => {
-            let old = role_in(tx, ws, user).await?.ok_or(StoreError::NotFound)?;
-            if old == cloudsync_types::Role::Owner
-                && role != cloudsync_types::Role::Owner
-                && other_owners(tx, ws, user).await? == 0
-            {
-                return Err(StoreError::LastOwner);
-            }
-            sqlx::query("UPDATE members SET role = ? WHERE workspace_id = ? AND user_id = ?")
-                .bind(role.as_str())
-                .bind(ws.as_uuid())
-                .bind(user.as_uuid())
-                .execute(&mut **tx)
-                .await
-                .map_err(map_err)?;
-        }
-        MemberChange::Remove(user) => {
-            let old = role_in(tx, ws, user).await?.ok_or(StoreError::NotFound)?;
-            if old == cloudsync_types::Role::Owner && other_owners(tx, ws, user).await? == 0 {
-                return Err(StoreError::LastOwner);
-            }
-            sqlx::query("DELETE FROM members WHERE workspace_id = ? AND user_id = ?")
-                .bind(ws.as_uuid())
-                .bind(user.as_uuid())
-                .execute(&mut **tx)
-                .await
-                .map_err(map_err)?;
-            // Their wrapped keys go too: were they added again, they get them anew.
-            sqlx::query("DELETE FROM e2ee_wrapped_keys WHERE workspace_id = ? AND recipient_id = ?")
-                .bind(ws.as_uuid())
-                .bind(user.as_uuid())
-                .execute(&mut **tx)
-                .await
-                .map_err(map_err)?;
-        }
+    change_member(tx, ws, c, at_ms).await?;
+    if let MemberChange::Remove(user) = c {
+        sqlx::query("DELETE FROM e2ee_wrapped_keys WHERE workspace_id = ? AND recipient_id = ?")
+            .bind(ws.as_uuid())
+            .bind(user.as_uuid())
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
     }
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! so two Admins demoting each other at once cannot leave a workspace ownerless.
 
 use async_trait::async_trait;
-use cloudsync_store::{MemberAccess, MemberRecord, NewAudit, StoreError, StoreResult, WorkspaceRecord, WorkspaceStore};
+use cloudsync_store::{
+    MemberAccess, MemberChange, MemberRecord, NewAudit, StoreError, StoreResult, WorkspaceRecord, WorkspaceStore,
+};
 use cloudsync_types::{Role, UserId, WorkspaceId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
@@ -30,11 +32,7 @@ fn role_of(s: &str) -> StoreResult<Role> {
     s.parse().map_err(|e| StoreError::Backend(format!("{e}")))
 }
 
-pub(crate) async fn role_in(
-    tx: &mut Transaction<'_, Sqlite>,
-    ws: WorkspaceId,
-    user: UserId,
-) -> StoreResult<Option<Role>> {
+async fn role_in(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, user: UserId) -> StoreResult<Option<Role>> {
     let r: Option<String> = sqlx::query_scalar("SELECT role FROM members WHERE workspace_id = ? AND user_id = ?")
         .bind(ws.as_uuid())
         .bind(user.as_uuid())
@@ -44,7 +42,7 @@ pub(crate) async fn role_in(
     r.as_deref().map(role_of).transpose()
 }
 
-pub(crate) async fn other_owners(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, user: UserId) -> StoreResult<i64> {
+async fn other_owners(tx: &mut Transaction<'_, Sqlite>, ws: WorkspaceId, user: UserId) -> StoreResult<i64> {
     sqlx::query_scalar("SELECT count(*) FROM members WHERE workspace_id = ? AND role = 'owner' AND user_id <> ?")
         .bind(ws.as_uuid())
         .bind(user.as_uuid())
@@ -86,6 +84,46 @@ pub(crate) async fn insert_workspace(
         .await
         .map_err(map_err)?;
     Ok(())
+}
+
+/// Applies one member change inside `tx` (`at_ms` is the time an added member joins), keeping the
+/// last-owner rule; returns the member's role before a role change or removal.
+pub(crate) async fn change_member(
+    tx: &mut Transaction<'_, Sqlite>,
+    ws: WorkspaceId,
+    change: MemberChange,
+    at_ms: i64,
+) -> StoreResult<Option<Role>> {
+    let (user, new_role) = match change {
+        MemberChange::Add(user, role) => {
+            sqlx::query("INSERT INTO members (workspace_id, user_id, role, added_ms) VALUES (?, ?, ?, ?)")
+                .bind(ws.as_uuid())
+                .bind(user.as_uuid())
+                .bind(role.as_str())
+                .bind(at_ms)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| match map_err(e) {
+                    StoreError::Conflict(_) => StoreError::Conflict("already a member".into()),
+                    other => other,
+                })?;
+            return Ok(None);
+        }
+        MemberChange::SetRole(user, role) => (user, Some(role)),
+        MemberChange::Remove(user) => (user, None),
+    };
+    let old = role_in(tx, ws, user).await?.ok_or(StoreError::NotFound)?;
+    if old == Role::Owner && new_role != Some(Role::Owner) && other_owners(tx, ws, user).await? == 0 {
+        return Err(StoreError::LastOwner);
+    }
+    let q = match new_role {
+        Some(role) => {
+            sqlx::query("UPDATE members SET role = ? WHERE workspace_id = ? AND user_id = ?").bind(role.as_str())
+        }
+        None => sqlx::query("DELETE FROM members WHERE workspace_id = ? AND user_id = ?"),
+    };
+    q.bind(ws.as_uuid()).bind(user.as_uuid()).execute(&mut **tx).await.map_err(map_err)?;
+    Ok(Some(old))
 }
 
 #[async_trait]
@@ -247,17 +285,7 @@ impl WorkspaceStore for SqliteStore {
         audit: &[NewAudit],
     ) -> StoreResult<()> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        sqlx::query("INSERT INTO members (workspace_id, user_id, role, added_ms) VALUES (?, ?, ?, ?)")
-            .bind(ws.as_uuid())
-            .bind(user.as_uuid())
-            .bind(role.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| match map_err(e) {
-                StoreError::Conflict(_) => StoreError::Conflict("already a member".into()),
-                other => other,
-            })?;
+        change_member(&mut tx, ws, MemberChange::Add(user, role), now).await?;
         append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)
     }
@@ -270,17 +298,8 @@ impl WorkspaceStore for SqliteStore {
         audit: &[NewAudit],
     ) -> StoreResult<Role> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let old = role_in(&mut tx, ws, user).await?.ok_or(StoreError::NotFound)?;
-        if old == Role::Owner && role != Role::Owner && other_owners(&mut tx, ws, user).await? == 0 {
-            return Err(StoreError::LastOwner);
-        }
-        sqlx::query("UPDATE members SET role = ? WHERE workspace_id = ? AND user_id = ?")
-            .bind(role.as_str())
-            .bind(ws.as_uuid())
-            .bind(user.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let old =
+            change_member(&mut tx, ws, MemberChange::SetRole(user, role), 0).await?.ok_or(StoreError::NotFound)?;
         append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(old)
@@ -288,16 +307,7 @@ impl WorkspaceStore for SqliteStore {
 
     async fn remove_member(&self, ws: WorkspaceId, user: UserId, audit: &[NewAudit]) -> StoreResult<Role> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let old = role_in(&mut tx, ws, user).await?.ok_or(StoreError::NotFound)?;
-        if old == Role::Owner && other_owners(&mut tx, ws, user).await? == 0 {
-            return Err(StoreError::LastOwner);
-        }
-        sqlx::query("DELETE FROM members WHERE workspace_id = ? AND user_id = ?")
-            .bind(ws.as_uuid())
-            .bind(user.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let old = change_member(&mut tx, ws, MemberChange::Remove(user), 0).await?.ok_or(StoreError::NotFound)?;
         append(&self.audit_key, &mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(old)

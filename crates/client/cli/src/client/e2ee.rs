@@ -1,8 +1,10 @@
-//! Members of end-to-end encrypted workspaces, changed on this client: it replays the workspace's signed
-//! membership log from its first entry (checking that it extends the head this device saw last, so a server
-//! that rolls the log back or forks it is caught), opens the workspace keys wrapped to the user, signs the
-//! change and wraps the keys it needs: every epoch's key to a new member, a new epoch's key to every remaining
-//! member after a removal. The server checks the same rules, but nothing here trusts it.
+//! End-to-end encrypted workspaces, made and their members changed on this client. Creating one signs the
+//! first entry of its membership log and wraps its key to the creator. A member change replays the log from
+//! its first entry (checking that it extends the head this device saw last, so a server that rolls the log
+//! back or forks it is caught), opens the workspace keys wrapped to the user, signs the change and wraps the
+//! keys it needs: every epoch's key to a new member, a new epoch's key to every remaining member after a
+//! removal. The server checks the same rules, but nothing here trusts it. The log heads this device saw are
+//! kept in `e2ee_heads.json` in the state directory.
 
 use std::collections::BTreeMap;
 
@@ -13,20 +15,11 @@ use cloudsync_crypto::e2ee::{PublicIdentity, UserKeys};
 use cloudsync_crypto::e2ee_members::{Change, Entry, Membership};
 use cloudsync_crypto::e2ee_workspace::{WorkspaceKey, WrappedKeyRecord};
 use cloudsync_sdk::{Client, ErrorKind};
-use cloudsync_types::Role;
-use cloudsync_types::api::{AppendE2eeLog, Workspace};
+use cloudsync_types::api::{AppendE2eeLog, CreateWorkspaceRequest, E2eeGenesis, Workspace};
+use cloudsync_types::{Role, WorkspaceId};
 
+use super::config::{state_dir, write_private};
 use super::keys;
-
-/// The log's role number of a role.
-fn role_number(r: Role) -> u8 {
-    match r {
-        Role::Viewer => 0,
-        Role::Editor => 1,
-        Role::Admin => 2,
-        Role::Owner => 3,
-    }
-}
 
 /// A verified view of one end-to-end encrypted workspace, with the user's keys.
 struct Verified {
@@ -59,11 +52,14 @@ impl Verified {
                 w.name
             )
         })?;
-        keys::check_head(client, w.id, &entries)?;
+        check_head(client, w.id, &entries)?;
         match members.members.get(&me) {
             Some(m) if m.identity == identity => {}
             Some(_) => bail!("the membership log of {:?} gives you other keys than yours: refusing it", w.name),
-            None => bail!("the membership log of {:?} does not list you as a member", w.name),
+            None => bail!(
+                "the membership log of {:?} does not list you as a member: ask one of its owners or admins to add you",
+                w.name
+            ),
         }
         Ok(Self { ws, me, keys, identity, entries, members })
     }
@@ -110,8 +106,14 @@ impl Verified {
         Ok(out)
     }
 
-    fn sign(&self, seq: u64, prev: [u8; 32], change: Change) -> Entry {
-        Entry::sign(&self.ws, seq, prev, change, &self.me, &self.keys)
+    /// The entry after the replayed log.
+    fn next(&self, change: Change) -> Entry {
+        Entry::sign(&self.ws, self.members.len, self.members.head, change, &self.me, &self.keys)
+    }
+
+    /// The entry after `prev` (itself not sent yet).
+    fn after(&self, prev: &Entry, change: Change) -> Entry {
+        Entry::sign(&self.ws, prev.seq + 1, prev.hash(), change, &self.me, &self.keys)
     }
 
     fn wrap(&self, key: &WorkspaceKey, epoch: u32, to: &[u8; 16], identity: &PublicIdentity) -> Result<String> {
@@ -134,7 +136,7 @@ impl Verified {
         };
         let mut all = self.entries.clone();
         all.extend_from_slice(entries);
-        keys::remember_log(client, w.id, &all)
+        remember_log(client, w.id, &all)
     }
 
     fn member_by_email(&self, email: &str) -> Result<[u8; 16]> {
@@ -143,7 +145,11 @@ impl Verified {
             .iter()
             .find(|(_, m)| m.email.eq_ignore_ascii_case(email.trim()))
             .map(|(id, _)| *id)
-            .ok_or_else(|| anyhow::anyhow!("{email} is not a member (by the workspace's signed log)"))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{email} is not a member by the workspace's signed log (see `cloudsync workspace members list`)"
+                )
+            })
     }
 }
 
@@ -167,18 +173,12 @@ pub(crate) async fn add_member(
         bail!("{email} is already a member; use `members set-role` to change the role");
     }
     let held = v.workspace_keys(client, w).await?;
-    let change =
-        Change::Add { member, email: theirs.email.clone(), identity: identity.to_bytes(), role: role_number(role) };
-    let entry = v.sign(v.members.len, v.members.head, change);
+    let change = Change::Add { member, email: theirs.email.clone(), identity: identity.to_bytes(), role: role.rank() };
+    let entry = v.next(change);
     let wrapped =
         held.iter().map(|(epoch, key)| v.wrap(key, *epoch, &member, &identity)).collect::<Result<Vec<_>>>()?;
     v.append(client, w, &[entry], wrapped).await?;
-    eprintln!(
-        "Added {} to {:?} as {role}; their keys' fingerprint is {} ({status}).",
-        theirs.email,
-        w.name,
-        identity.fingerprint()
-    );
+    eprintln!("The keys of {} have the fingerprint {} ({status}).", theirs.email, identity.fingerprint());
     if status == "first seen" {
         eprintln!("Compare that fingerprint with {} in person or by phone.", theirs.email);
     }
@@ -198,25 +198,24 @@ pub(crate) async fn set_role(
 ) -> Result<()> {
     let v = Verified::load(client, w, passphrase_stdin).await?;
     let member = v.member_by_email(email)?;
-    let entry = v.sign(v.members.len, v.members.head, Change::SetRole { member, role: role_number(role) });
-    v.append(client, w, &[entry], Vec::new()).await?;
-    eprintln!("{email} is now {role} in {:?}.", w.name);
-    Ok(())
+    v.append(client, w, &[v.next(Change::SetRole { member, role: role.rank() })], Vec::new()).await
 }
 
 /// Removes a member and starts a new key epoch, wrapped to every remaining member, so the removed member
 /// cannot read what is written from now on (what they could read before stays as it was).
 ///
+/// Returns the new epoch.
+///
 /// # Errors
 /// As [`add_member`].
-pub(crate) async fn remove_member(client: &Client, w: &Workspace, email: &str, passphrase_stdin: bool) -> Result<()> {
+pub(crate) async fn remove_member(client: &Client, w: &Workspace, email: &str, passphrase_stdin: bool) -> Result<u32> {
     let v = Verified::load(client, w, passphrase_stdin).await?;
     let member = v.member_by_email(email)?;
     // The user must hold the current key to be trusted with starting the next one.
     v.workspace_keys(client, w).await?;
-    let remove = v.sign(v.members.len, v.members.head, Change::Remove { member });
+    let remove = v.next(Change::Remove { member });
     let epoch = v.members.epoch + 1;
-    let rekey = v.sign(v.members.len + 1, remove.hash(), Change::Rekey { epoch });
+    let rekey = v.after(&remove, Change::Rekey { epoch });
     let key = WorkspaceKey::generate();
     let wrapped = v
         .members
@@ -226,6 +225,84 @@ pub(crate) async fn remove_member(client: &Client, w: &Workspace, email: &str, p
         .map(|(id, m)| v.wrap(&key, epoch, id, &m.identity))
         .collect::<Result<Vec<_>>>()?;
     v.append(client, w, &[remove, rekey], wrapped).await?;
-    eprintln!("Removed {email} from {:?}; the workspace key was rotated (epoch {epoch}).", w.name);
-    Ok(())
+    Ok(epoch)
+}
+
+/// Creates an end-to-end encrypted workspace: a fresh id and epoch-0 workspace key, the creation entry of
+/// its membership log signed with the caller's keys, and the key wrapped to the caller. The server checks
+/// and stores them; it never holds the workspace key.
+///
+/// # Errors
+/// No end-to-end keys (`keys init`), a wrong passphrase, or a refused request.
+pub(crate) async fn create_e2ee_workspace(client: &Client, name: &str, passphrase_stdin: bool) -> Result<Workspace> {
+    let (me, email, keys, identity) = keys::my_keys(client, passphrase_stdin).await?;
+    let ws = WorkspaceId::new();
+    let w = *ws.as_uuid().as_bytes();
+    let key = WorkspaceKey::generate();
+    let create = Change::Create { creator: me, email, identity: identity.to_bytes() };
+    let entry = Entry::sign(&w, 0, [0; 32], create, &me, &keys);
+    let record = WrappedKeyRecord::make(&key, &w, 0, &me, &identity, &me, &keys)?;
+    let genesis = E2eeGenesis {
+        workspace_id: ws,
+        entry: B64.encode(entry.to_bytes()),
+        wrapped_key: B64.encode(record.to_bytes()),
+    };
+    let req = CreateWorkspaceRequest { name: name.to_owned(), e2e_encryption: true, e2ee: Some(genesis) };
+    let created = client.workspaces().create(&req).await?;
+    if created.id != ws || !created.e2e_encryption {
+        bail!("the server answered with another workspace than the one created: refusing to use it");
+    }
+    // The log's head as this device made it: a later replay must extend it, so a server that rolls the log
+    // back or forks it is caught.
+    remember_log(client, ws, std::slice::from_ref(&entry))?;
+    Ok(created)
+}
+
+fn heads_path() -> std::path::PathBuf {
+    state_dir().join("e2ee_heads.json")
+}
+
+fn heads() -> Result<BTreeMap<String, serde_json::Value>> {
+    match std::fs::read(heads_path()) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is not valid", heads_path().display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", heads_path().display())),
+    }
+}
+
+fn head_key(client: &Client, ws: WorkspaceId) -> String {
+    format!("{}#{ws}", client.base_url().trim_end_matches('/'))
+}
+
+/// Remembers the length and last entry hash of a membership log this device verified.
+fn remember_log(client: &Client, ws: WorkspaceId, entries: &[Entry]) -> Result<()> {
+    let Some(last) = entries.last() else { return Ok(()) };
+    let mut all = heads()?;
+    all.insert(head_key(client, ws), serde_json::json!({"len": entries.len(), "head": hex::encode(last.hash())}));
+    write_private(&heads_path(), &serde_json::to_vec_pretty(&all)?)
+}
+
+/// Checks that a replayed log extends the one this device saw last (a server that rolled it back, cut it
+/// short or forked it is refused), then remembers it.
+///
+/// # Errors
+/// A shorter log, or one whose entry at the remembered head differs.
+fn check_head(client: &Client, ws: WorkspaceId, entries: &[Entry]) -> Result<()> {
+    if let Some(seen) = heads()?.get(&head_key(client, ws)) {
+        let len = seen["len"].as_u64().unwrap_or(0);
+        let head = seen["head"].as_str().unwrap_or_default();
+        let at = usize::try_from(len).ok().and_then(|l| l.checked_sub(1)).and_then(|i| entries.get(i));
+        match at {
+            None if len > 0 => bail!(
+                "the server shows {} membership changes for this workspace, but this device saw {len}: it rolled the log back; do not use this workspace until that is explained",
+                entries.len()
+            ),
+            Some(e) if hex::encode(e.hash()) != head => bail!(
+                "the server's membership log differs from the one this device saw (entry {}): it was rewritten; do not use this workspace until that is explained",
+                len - 1
+            ),
+            _ => {}
+        }
+    }
+    remember_log(client, ws, entries)
 }

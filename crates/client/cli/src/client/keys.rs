@@ -10,11 +10,8 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cloudsync_crypto::e2ee::{self, PublicIdentity, RecoveryKey, UserKeys};
-use cloudsync_crypto::e2ee_members::{Change, Entry};
-use cloudsync_crypto::e2ee_workspace::{WorkspaceKey, WrappedKeyRecord};
 use cloudsync_sdk::{Client, ErrorKind};
-use cloudsync_types::WorkspaceId;
-use cloudsync_types::api::{CreateWorkspaceRequest, E2eeGenesis, FreshProof, UploadUserKeys, Workspace};
+use cloudsync_types::api::{FreshProof, UploadUserKeys};
 use zeroize::Zeroizing;
 
 use super::config::{state_dir, write_private};
@@ -89,85 +86,6 @@ fn open_keys(
     let sealed = B64.decode(&mine.sealed_by_passphrase).context("the server sent a malformed sealed key")?;
     e2ee::open_with_passphrase(&sealed, &passphrase, user_id, identity)
         .map_err(|_| anyhow::anyhow!("that passphrase does not open your keys (forgot it? `cloudsync keys recover`)"))
-}
-
-/// Creates an end-to-end encrypted workspace: a fresh id and epoch-0 workspace key, the creation entry of
-/// its membership log signed with the caller's keys, and the key wrapped to the caller. The server checks
-/// and stores them; it never holds the workspace key.
-///
-/// # Errors
-/// No end-to-end keys (`keys init`), a wrong passphrase, or a refused request.
-pub(crate) async fn create_e2ee_workspace(client: &Client, name: &str, passphrase_stdin: bool) -> Result<Workspace> {
-    let (me, email, keys, identity) = my_keys(client, passphrase_stdin).await?;
-    let ws = WorkspaceId::new();
-    let w = *ws.as_uuid().as_bytes();
-    let key = WorkspaceKey::generate();
-    let create = Change::Create { creator: me, email, identity: identity.to_bytes() };
-    let entry = Entry::sign(&w, 0, [0; 32], create, &me, &keys);
-    let record = WrappedKeyRecord::make(&key, &w, 0, &me, &identity, &me, &keys)?;
-    let genesis = E2eeGenesis {
-        workspace_id: ws,
-        entry: B64.encode(entry.to_bytes()),
-        wrapped_key: B64.encode(record.to_bytes()),
-    };
-    let req = CreateWorkspaceRequest { name: name.to_owned(), e2e_encryption: true, e2ee: Some(genesis) };
-    let created = client.workspaces().create(&req).await?;
-    if created.id != ws || !created.e2e_encryption {
-        bail!("the server answered with another workspace than the one created: refusing to use it");
-    }
-    // The log's head as this device made it: a later replay must extend it, so a server that rolls the log
-    // back or forks it is caught.
-    remember_log(client, ws, std::slice::from_ref(&entry))?;
-    Ok(created)
-}
-
-fn heads_path() -> std::path::PathBuf {
-    state_dir().join("e2ee_heads.json")
-}
-
-fn heads() -> Result<BTreeMap<String, serde_json::Value>> {
-    match std::fs::read(heads_path()) {
-        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is not valid", heads_path().display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", heads_path().display())),
-    }
-}
-
-fn head_key(client: &Client, ws: WorkspaceId) -> String {
-    format!("{}#{ws}", client.base_url().trim_end_matches('/'))
-}
-
-/// Remembers the length and last entry hash of a membership log this device verified.
-pub(crate) fn remember_log(client: &Client, ws: WorkspaceId, entries: &[Entry]) -> Result<()> {
-    let Some(last) = entries.last() else { return Ok(()) };
-    let mut all = heads()?;
-    all.insert(head_key(client, ws), serde_json::json!({"len": entries.len(), "head": hex::encode(last.hash())}));
-    write_private(&heads_path(), &serde_json::to_vec_pretty(&all)?)
-}
-
-/// Checks that a replayed log extends the one this device saw last (a server that rolled it back, cut it
-/// short or forked it is refused), then remembers it.
-///
-/// # Errors
-/// A shorter log, or one whose entry at the remembered head differs.
-pub(crate) fn check_head(client: &Client, ws: WorkspaceId, entries: &[Entry]) -> Result<()> {
-    if let Some(seen) = heads()?.get(&head_key(client, ws)) {
-        let len = seen["len"].as_u64().unwrap_or(0);
-        let head = seen["head"].as_str().unwrap_or_default();
-        let at = usize::try_from(len).ok().and_then(|l| l.checked_sub(1)).and_then(|i| entries.get(i));
-        match at {
-            None if len > 0 => bail!(
-                "the server shows {} membership changes for this workspace, but this device saw {len}: it rolled the log back; do not use this workspace until that is explained",
-                entries.len()
-            ),
-            Some(e) if hex::encode(e.hash()) != head => bail!(
-                "the server's membership log differs from the one this device saw (entry {}): it was rewritten; do not use this workspace until that is explained",
-                len - 1
-            ),
-            _ => {}
-        }
-    }
-    remember_log(client, ws, entries)
 }
 
 /// Forgets the unlocked keys of `email` on `server` (also on logout).

@@ -18,7 +18,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::{Context, Result, bail};
 use cloudsync_sdk::{Client, ErrorKind, Trust, format_fingerprint, parse_fingerprint, probe_fingerprint};
 use cloudsync_types::api::{
-    AddMemberRequest, CreateWorkspaceRequest, FreshProof, LoginRequest, UpdateSettings, Workspace,
+    AddMemberRequest, CreateWorkspaceRequest, FreshProof, LoginRequest, Member, UpdateSettings, Workspace,
 };
 use cloudsync_types::{ErrorCode, Role, SessionId};
 use zeroize::Zeroizing;
@@ -325,14 +325,17 @@ fn parse_role(s: &str) -> Result<Role> {
 pub async fn workspace_cmd(cmd: WorkspaceCmd) -> Result<()> {
     let client = connect()?;
     match cmd {
-        WorkspaceCmd::Create { name, e2e_encryption, passphrase_stdin, yes, json } => {
+        WorkspaceCmd::Create { name, e2e_encryption, passphrase, yes, json } => {
             let w = if e2e_encryption {
-                let warning = "An end-to-end encrypted workspace: the server never sees its contents or names, so it cannot help if you lose your keys. If you lose both your passphrase and your recovery key, the data in it is unrecoverable, by you, by other members' servers or by anyone.";
-                eprintln!("{warning}");
-                if !yes && std::io::stdin().is_terminal() && !passphrase_stdin && !confirm("Create it?")? {
+                eprintln!(
+                    "An end-to-end encrypted workspace: the server never sees its contents or names, so it cannot help if you lose your keys. If you lose both your passphrase and your recovery key, the data in it is unrecoverable, by you, the server's operator or anyone else."
+                );
+                // Standard input carries the passphrase with --passphrase-stdin, so there is no answer to read.
+                let ask = !yes && !passphrase.passphrase_stdin && std::io::stdin().is_terminal();
+                if ask && !confirm("Create it?")? {
                     bail!("nothing was created");
                 }
-                keys::create_e2ee_workspace(&client, &name, passphrase_stdin).await?
+                e2ee::create_e2ee_workspace(&client, &name, passphrase.passphrase_stdin).await?
             } else {
                 client.workspaces().create(&CreateWorkspaceRequest { name, e2e_encryption, e2ee: None }).await?
             };
@@ -425,35 +428,41 @@ async fn members(client: &Client, cmd: MembersCmd) -> Result<()> {
                 list.iter().map(|m| vec![m.email.clone(), m.role.to_string(), output::date(m.added_at)]).collect(),
             );
         }
-        MembersCmd::Add { workspace: name, email, role, passphrase_stdin, yes, json } => {
-            let w = workspace(client, &name).await?;
-            if w.e2e_encryption {
-                return e2ee::add_member(client, &w, &email, parse_role(&role)?, passphrase_stdin, yes).await;
-            }
-            let m = client.members(w.id).add(&AddMemberRequest { email, role: parse_role(&role)? }).await?;
+        MembersCmd::Add { workspace: name, email, role, passphrase, yes, json } => {
+            let (w, role) = (workspace(client, &name).await?, parse_role(&role)?);
+            let m = if w.e2e_encryption {
+                e2ee::add_member(client, &w, &email, role, passphrase.passphrase_stdin, yes).await?;
+                member(client, &w, &email).await?
+            } else {
+                client.members(w.id).add(&AddMemberRequest { email, role }).await?
+            };
             if json.json {
                 return print_json(&m);
             }
             eprintln!("Added {} to {:?} as {}.", m.email, w.name, m.role);
         }
-        MembersCmd::SetRole { workspace: name, email, role, passphrase_stdin, json } => {
-            let w = workspace(client, &name).await?;
-            if w.e2e_encryption {
-                return e2ee::set_role(client, &w, &email, parse_role(&role)?, passphrase_stdin).await;
-            }
-            let user = member_id(client, &w, &email).await?;
-            let m = client.members(w.id).set_role(user, parse_role(&role)?).await?;
+        MembersCmd::SetRole { workspace: name, email, role, passphrase, json } => {
+            let (w, role) = (workspace(client, &name).await?, parse_role(&role)?);
+            let m = if w.e2e_encryption {
+                e2ee::set_role(client, &w, &email, role, passphrase.passphrase_stdin).await?;
+                member(client, &w, &email).await?
+            } else {
+                let user = member(client, &w, &email).await?.user_id;
+                client.members(w.id).set_role(user, role).await?
+            };
             if json.json {
                 return print_json(&m);
             }
             eprintln!("{} is now {} in {:?}.", m.email, m.role, w.name);
         }
-        MembersCmd::Remove { workspace: name, email, passphrase_stdin } => {
+        MembersCmd::Remove { workspace: name, email, passphrase } => {
             let w = workspace(client, &name).await?;
             if w.e2e_encryption {
-                return e2ee::remove_member(client, &w, &email, passphrase_stdin).await;
+                let epoch = e2ee::remove_member(client, &w, &email, passphrase.passphrase_stdin).await?;
+                eprintln!("Removed {email} from {:?}; the workspace key was rotated (key epoch {epoch}).", w.name);
+                return Ok(());
             }
-            let user = member_id(client, &w, &email).await?;
+            let user = member(client, &w, &email).await?.user_id;
             client.members(w.id).remove(user).await?;
             eprintln!("Removed {email} from {:?}.", w.name);
         }
@@ -461,10 +470,9 @@ async fn members(client: &Client, cmd: MembersCmd) -> Result<()> {
     Ok(())
 }
 
-async fn member_id(client: &Client, w: &Workspace, email: &str) -> Result<cloudsync_types::UserId> {
+async fn member(client: &Client, w: &Workspace, email: &str) -> Result<Member> {
     let list = client.members(w.id).list().await?;
-    list.iter()
+    list.into_iter()
         .find(|m| m.email.eq_ignore_ascii_case(email.trim()))
-        .map(|m| m.user_id)
         .with_context(|| format!("{email} is not a member of {:?} (see `cloudsync workspace members list`)", w.name))
 }
