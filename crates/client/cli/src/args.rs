@@ -45,6 +45,8 @@ pub enum Command {
         /// Destination: WORKSPACE or WORKSPACE:PATH.
         remote: String,
         #[command(flatten)]
+        passphrase: PassphraseFlag,
+        #[command(flatten)]
         json: JsonFlag,
     },
     /// Download WORKSPACE[:PATH] into a local folder.
@@ -53,6 +55,8 @@ pub enum Command {
         remote: String,
         /// Local folder (created if missing).
         local: PathBuf,
+        #[command(flatten)]
+        passphrase: PassphraseFlag,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -88,6 +92,8 @@ pub enum Command {
         /// WORKSPACE or WORKSPACE:PATH.
         remote: String,
         #[command(flatten)]
+        passphrase: PassphraseFlag,
+        #[command(flatten)]
         json: JsonFlag,
     },
     /// Move a file or folder to the workspace trash (restorable).
@@ -95,12 +101,16 @@ pub enum Command {
         /// WORKSPACE:PATH.
         remote: String,
         #[command(flatten)]
+        passphrase: PassphraseFlag,
+        #[command(flatten)]
         json: JsonFlag,
     },
     /// List a file's versions.
     Versions {
         /// WORKSPACE:PATH.
         remote: String,
+        #[command(flatten)]
+        passphrase: PassphraseFlag,
         #[command(flatten)]
         json: JsonFlag,
     },

@@ -69,15 +69,21 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Devices(cmd) => client::devices(cmd).await,
         Command::Mfa(cmd) => client::mfa::run(cmd).await,
         Command::Workspace(cmd) => client::workspace_cmd(cmd).await,
-        Command::Push { local, remote, json } => client::push(&local, &remote, json.json).await,
-        Command::Pull { remote, local, json } => client::pull(&remote, &local, json.json).await,
+        Command::Push { local, remote, passphrase, json } => {
+            client::push(&local, &remote, passphrase.passphrase_stdin, json.json).await
+        }
+        Command::Pull { remote, local, passphrase, json } => {
+            client::pull(&remote, &local, passphrase.passphrase_stdin, json.json).await
+        }
         Command::Sync { local, remote, watch, dry_run, json } => {
             client::sync(&local, &remote, watch, dry_run, json.json).await
         }
         Command::Status { local, forget, json } => client::status(&local, forget, json.json).await,
-        Command::Ls { remote, json } => client::ls(&remote, json.json).await,
-        Command::Rm { remote, json } => client::rm(&remote, json.json).await,
-        Command::Versions { remote, json } => client::versions(&remote, json.json).await,
+        Command::Ls { remote, passphrase, json } => client::ls(&remote, passphrase.passphrase_stdin, json.json).await,
+        Command::Rm { remote, passphrase, json } => client::rm(&remote, passphrase.passphrase_stdin, json.json).await,
+        Command::Versions { remote, passphrase, json } => {
+            client::versions(&remote, passphrase.passphrase_stdin, json.json).await
+        }
         Command::Restore { remote, version, json } => client::restore(&remote, version, json.json).await,
         Command::Trash(TrashCmd::List { workspace, json }) => client::trash(&workspace, json.json).await,
         Command::Audit(cmd) => client::audit::run(cmd).await,

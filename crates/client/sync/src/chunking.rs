@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 use std::ops::ControlFlow;
 
-use cloudsync_chunker::{Boundaries, ChunkerError, chunk_reader};
+use cloudsync_chunker::{ChunkerError, chunk_reader};
 use cloudsync_types::ChunkId;
 
 use crate::keys::ChunkKeys;
@@ -56,7 +56,7 @@ pub(crate) fn chunk_stream(
 ) -> io::Result<Option<Digest>> {
     let mut hasher = keys.content_hasher();
     let mut size = 0u64;
-    for chunk in chunk_reader(reader, keys.params, Boundaries::Public) {
+    for chunk in chunk_reader(reader, keys.params, keys.boundaries) {
         let chunk = chunk.map_err(|e| match e {
             ChunkerError::Io(e) => e,
             other => io::Error::other(other.to_string()),

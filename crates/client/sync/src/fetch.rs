@@ -213,20 +213,7 @@ pub(crate) async fn download_inspected(
         let (keys, device, bar) = (keys.clone(), device.to_owned(), bar.clone());
         tokio::task::spawn_blocking(move || write_all(work, rx, &keys, &device, &bar))
     };
-    let mut requests = Vec::new();
-    let (mut ids, mut bytes) = (Vec::new(), 0u64);
-    for (id, size) in wanted {
-        if !ids.is_empty() && (bytes + u64::from(size) > FETCH_BYTES || ids.len() >= FETCH_CHUNKS) {
-            requests.push(std::mem::take(&mut ids));
-            bytes = 0;
-        }
-        ids.push(id);
-        bytes += u64::from(size);
-    }
-    if !ids.is_empty() {
-        requests.push(ids);
-    }
-    let mut fetched = stream::iter(requests)
+    let mut fetched = stream::iter(requests(wanted))
         .map(|ids| {
             let files = client.files(ws);
             async move { retry(|| fetch_all(&files, &ids)).await }
@@ -258,8 +245,30 @@ pub(crate) async fn download_inspected(
     Ok(outcomes)
 }
 
+/// Splits the chunks wanted (id, stored size), in order, into fetch requests of at most [`FETCH_CHUNKS`]
+/// chunks and [`FETCH_BYTES`] bytes (a larger chunk goes alone).
+pub(crate) fn requests(wanted: impl IntoIterator<Item = (ChunkId, u32)>) -> Vec<Vec<ChunkId>> {
+    let mut requests = Vec::new();
+    let (mut ids, mut bytes) = (Vec::new(), 0u64);
+    for (id, size) in wanted {
+        if !ids.is_empty() && (bytes + u64::from(size) > FETCH_BYTES || ids.len() >= FETCH_CHUNKS) {
+            requests.push(std::mem::take(&mut ids));
+            bytes = 0;
+        }
+        ids.push(id);
+        bytes += u64::from(size);
+    }
+    if !ids.is_empty() {
+        requests.push(ids);
+    }
+    requests
+}
+
 /// Fetches one request's chunks into memory (so a retry restarts it cleanly).
-async fn fetch_all(files: &cloudsync_sdk::Files<'_>, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Bytes)>, SyncError> {
+pub(crate) async fn fetch_all(
+    files: &cloudsync_sdk::Files<'_>,
+    ids: &[ChunkId],
+) -> Result<Vec<(ChunkId, Bytes)>, SyncError> {
     let mut stream = files.fetch_chunks(ids).await?;
     let mut out = Vec::with_capacity(ids.len());
     while let Some(chunk) = stream.next().await? {
@@ -574,7 +583,7 @@ fn install(
 }
 
 /// Durably writes the given files' data: one `syncfs` on Linux, an fsync per file elsewhere.
-fn flush_to_disk<'a>(files: impl Iterator<Item = &'a Path>, any: &Path) -> Result<(), SyncError> {
+pub(crate) fn flush_to_disk<'a>(files: impl Iterator<Item = &'a Path>, any: &Path) -> Result<(), SyncError> {
     #[cfg(target_os = "linux")]
     {
         let _ = files;
@@ -593,7 +602,12 @@ fn flush_to_disk<'a>(files: impl Iterator<Item = &'a Path>, any: &Path) -> Resul
 
 /// Renames `tmp` to `target`; whatever is there and does not look like `replace` is kept as a conflicted
 /// copy first. Returns where it went.
-fn place(tmp: &Path, target: &Path, replace: Option<Stat>, device: &str) -> Result<Option<PathBuf>, SyncError> {
+pub(crate) fn place(
+    tmp: &Path,
+    target: &Path,
+    replace: Option<Stat>,
+    device: &str,
+) -> Result<Option<PathBuf>, SyncError> {
     let kept_as = match fs::symlink_metadata(target) {
         Ok(meta) if meta.is_file() && replace == Some(Stat::of(&meta)) => None,
         Ok(_) => Some(move_aside(target, device, SystemTime::now()).map_err(|e| SyncError::io(target, e))?),
@@ -611,7 +625,7 @@ fn place(tmp: &Path, target: &Path, replace: Option<Stat>, device: &str) -> Resu
 
 /// Creates a fresh temporary file beside `target` with `create_new` (an existing file or a planted symlink
 /// under that name is never opened).
-fn create_temp(target: &Path) -> Result<(PathBuf, File), SyncError> {
+pub(crate) fn create_temp(target: &Path) -> Result<(PathBuf, File), SyncError> {
     let dir = target
         .parent()
         .ok_or_else(|| SyncError::InvalidLocal(format!("{}: has no parent folder", target.display())))?;
@@ -629,7 +643,26 @@ fn create_temp(target: &Path) -> Result<(PathBuf, File), SyncError> {
 }
 
 /// Unix milliseconds as a `SystemTime`, if representable.
-fn system_time(ms: i64) -> Option<SystemTime> {
+pub(crate) fn system_time(ms: i64) -> Option<SystemTime> {
     let magnitude = std::time::Duration::from_millis(ms.unsigned_abs());
     if ms >= 0 { SystemTime::UNIX_EPOCH.checked_add(magnitude) } else { SystemTime::UNIX_EPOCH.checked_sub(magnitude) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_requests_keep_order_and_respect_both_limits() {
+        let id = |n: u8| ChunkId([n; 32]);
+        let mb = 1024 * 1024;
+        // By bytes: 6 + 6 MiB fit, a third does not; a chunk over the budget goes alone.
+        let wanted = vec![(id(1), 6 * mb), (id(2), 6 * mb), (id(3), 6 * mb), (id(4), 17 * mb), (id(5), 1)];
+        let got = requests(wanted);
+        assert_eq!(got, vec![vec![id(1), id(2)], vec![id(3)], vec![id(4)], vec![id(5)]]);
+        // By count.
+        let many = requests((0..FETCH_CHUNKS + 1).map(|i| (id((i % 251) as u8), 1)));
+        assert_eq!(many.iter().map(Vec::len).collect::<Vec<_>>(), vec![FETCH_CHUNKS, 1]);
+        assert!(requests(Vec::new()).is_empty());
+    }
 }

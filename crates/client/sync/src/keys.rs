@@ -3,7 +3,7 @@
 //! break), but what it sends is still checked before use: a malformed key or parameters that would make the
 //! chunker misbehave stop the transfer with a clear message.
 
-use cloudsync_chunker::ChunkerParams;
+use cloudsync_chunker::{Boundaries, ChunkerParams};
 use cloudsync_crypto::{KeyedHasher, SecretKey, keyed_hash};
 use cloudsync_types::ChunkId;
 use cloudsync_types::api::WorkspaceKeys;
@@ -15,6 +15,9 @@ use crate::SyncError;
 pub(crate) struct ChunkKeys {
     key: SecretKey,
     pub(crate) params: ChunkerParams,
+    /// Where chunk boundaries fall: the public gear table, or (end-to-end encrypted workspaces) one keyed by
+    /// a workspace secret.
+    pub(crate) boundaries: Boundaries,
 }
 
 impl ChunkKeys {
@@ -26,13 +29,19 @@ impl ChunkKeys {
         params
             .validate()
             .map_err(|e| SyncError::Integrity(format!("the server sent unusable chunking parameters: {e}")))?;
-        Ok(Self { key, params })
+        Ok(Self { key, params, boundaries: Boundaries::Public })
+    }
+
+    /// Content ids and hashes of an end-to-end encrypted workspace: under the members' content key, with
+    /// boundaries keyed by the epoch's chunking secret (the server's parameters still apply).
+    pub(crate) fn end_to_end(&self, content_key: &SecretKey, chunking: &SecretKey) -> Self {
+        Self { key: content_key.clone(), params: self.params, boundaries: Boundaries::keyed(chunking) }
     }
 
     /// For tests: a fixed key with the given parameters.
     #[cfg(test)]
     pub(crate) fn for_test(params: ChunkerParams) -> Self {
-        Self { key: SecretKey::from_bytes([42; 32]), params }
+        Self { key: SecretKey::from_bytes([42; 32]), params, boundaries: Boundaries::Public }
     }
 
     /// The content address of one chunk.

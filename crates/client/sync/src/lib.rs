@@ -25,6 +25,7 @@ mod batch;
 mod chunking;
 mod conflict;
 mod delta;
+mod e2ee;
 mod engine;
 mod error;
 mod fetch;
@@ -43,6 +44,7 @@ mod watch;
 
 use serde::Serialize;
 
+pub use e2ee::{E2eeEntry, E2eeFiles, Writers, e2ee_list, e2ee_pull, e2ee_push};
 pub use engine::{MAX_ROUNDS, Status, SyncOptions, SyncReport, forget, status, sync, synced_pair};
 pub use error::SyncError;
 pub use ignore::IGNORE_FILE;

@@ -32,6 +32,15 @@ pub(crate) fn spinner(enabled: bool, message: &str) -> ProgressBar {
     spinner
 }
 
+/// Ends `bar` after a transfer: cleared when it went well, left on screen where it stopped when it failed.
+pub(crate) fn end<T, E>(bar: &ProgressBar, result: &Result<T, E>) {
+    if result.is_ok() {
+        bar.finish_and_clear();
+    } else {
+        bar.abandon();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

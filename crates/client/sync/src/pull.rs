@@ -102,11 +102,7 @@ pub async fn pull(
     }
     let shown: Vec<String> = jobs.iter().map(|j| j.entry.path.to_string()).collect();
     let result = download_inspected(client, ws, &keys, jobs, inspected, &opts.device_name, &bar, &mut summary).await;
-    if result.is_err() {
-        bar.abandon();
-    } else {
-        bar.finish_and_clear();
-    }
+    progress::end(&bar, &result);
     for (i, fetched) in result? {
         let shown = shown.get(i).map_or("", String::as_str);
         match fetched {
@@ -135,7 +131,7 @@ pub async fn pull(
 const VERSION_CHECKS: usize = 8;
 
 /// Refuses a local path that exists but is not a folder; creates it otherwise.
-fn ensure_dir(root: &Path) -> Result<(), SyncError> {
+pub(crate) fn ensure_dir(root: &Path) -> Result<(), SyncError> {
     match std::fs::metadata(root) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => {
@@ -149,7 +145,7 @@ fn ensure_dir(root: &Path) -> Result<(), SyncError> {
 }
 
 /// The path of `entry` relative to the pulled folder.
-fn relative<'e>(remote: &WsPath, entry: &'e WsPath) -> Option<&'e str> {
+pub(crate) fn relative<'e>(remote: &WsPath, entry: &'e WsPath) -> Option<&'e str> {
     match entry.strip_prefix(remote)? {
         "" => Some(entry.file_name()),
         rel => Some(rel),

@@ -120,11 +120,7 @@ pub async fn push(
 
     let bar = progress::bar(opts.progress, scan.files.iter().map(|f| f.stat.size).sum());
     let result = upload(client, ws, scan.files, remote_files, &keys, Reading::Precheck, &bar, &mut summary).await;
-    if result.is_err() {
-        bar.abandon();
-    } else {
-        bar.finish_and_clear();
-    }
+    progress::end(&bar, &result);
     result?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -171,7 +167,7 @@ pub(crate) async fn upload(
 }
 
 /// Scans `local` as a folder or a single file; the flag is true for a single file.
-fn scan_local(local: &Path, remote: &WsPath, spinner: &ProgressBar) -> Result<(Scan, bool), SyncError> {
+pub(crate) fn scan_local(local: &Path, remote: &WsPath, spinner: &ProgressBar) -> Result<(Scan, bool), SyncError> {
     let meta = match std::fs::metadata(local) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -176,6 +176,16 @@ impl PublicIdentity {
         Ok(id)
     }
 
+    /// Checks `signature` over `message` (which the signer prefixed with its own context string) by this
+    /// identity's signing key.
+    ///
+    /// # Errors
+    /// [`CryptoError::Signature`] when it does not verify.
+    pub fn verify_message(&self, message: &[u8], signature: &[u8; 64]) -> Result<(), CryptoError> {
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&self.signing).map_err(|_| CryptoError::Signature)?;
+        vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature)).map_err(|_| CryptoError::Signature)
+    }
+
     /// Checks the self-signature for account `user_id` with `email` (keys claimed for another account, or an
     /// agreement key swapped under someone's signing key, fail), and that the agreement key is not a
     /// low-order point (with which every key agreement would give a value the server could predict).

@@ -35,6 +35,7 @@
 
 pub mod aead;
 pub mod e2ee;
+pub mod e2ee_files;
 pub mod e2ee_members;
 pub mod e2ee_workspace;
 mod error;

@@ -51,6 +51,7 @@ impl Core {
         if refs.len() > MAX_SIGNATURE_BASES {
             return Err(CoreError::TooLarge(format!("ask for at most {MAX_SIGNATURE_BASES} signatures per request")));
         }
+        self.refuse_content_op_if_e2ee(access, "a delta signature", "; members send changed chunks whole").await?;
         let lookups: Vec<_> = refs.iter().map(|r| (r.path.clone(), Some(r.version))).collect();
         let found = self.store.live_versions(access.workspace, &lookups).await?;
         let io = self.chunk_io(access).await?;

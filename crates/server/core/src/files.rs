@@ -260,6 +260,12 @@ impl Core {
                 .detail("version", n)
                 .detail("from_trash", from_trash)
         };
+        let copies = version.is_some() || self.store.file_by_path(ws, path).await?.is_some();
+        if copies {
+            // A copy of an old version would carry the old manifest's counter, which members refuse as a
+            // rollback: a member's client re-signs the old content as a new version instead.
+            self.refuse_content_op_if_e2ee(access, "restoring an older version on the server", "").await?;
+        }
         if let Some(live) = self.store.file_by_path(ws, path).await? {
             let n = match version {
                 Some(n) => n,

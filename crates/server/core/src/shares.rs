@@ -59,6 +59,7 @@ impl Core {
         if access.role < Role::Editor {
             return Err(CoreError::Forbidden("creating share links needs the editor role".into()));
         }
+        self.refuse_content_op_if_e2ee(access, "a share link", "").await?;
         let file = self.store.file_by_path(access.workspace, &req.path).await?.ok_or(CoreError::NotFound("file"))?;
         let now = self.now_ms();
         let expires_ms = req.expires_at.map(ms_of);

@@ -224,6 +224,18 @@ impl Core {
         Ok(())
     }
 
+    /// Refuses an operation the server would have to do on a file's content (`what`), which it cannot read in
+    /// an end-to-end encrypted workspace; `instead` says what a member can do.
+    pub(crate) async fn refuse_content_op_if_e2ee(&self, access: &Access, what: &str, instead: &str) -> CoreResult<()> {
+        if self.workspace(access).await?.e2ee {
+            return Err(CoreError::NotSupported(format!(
+                "{what} is not available in this workspace: it is end-to-end encrypted, so the server cannot read \
+                 its files{instead}"
+            )));
+        }
+        Ok(())
+    }
+
     /// The workspace record.
     ///
     /// # Errors

@@ -6,15 +6,18 @@
 //! removal. The server checks the same rules, but nothing here trusts it. The log heads this device saw are
 //! kept in `e2ee_heads.json` in the state directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cloudsync_crypto::e2ee::{PublicIdentity, UserKeys};
+use cloudsync_crypto::e2ee_files::FileKeys;
 use cloudsync_crypto::e2ee_members::{Change, Entry, Membership};
 use cloudsync_crypto::e2ee_workspace::{WorkspaceKey, WrappedKeyRecord};
 use cloudsync_sdk::{Client, ErrorKind};
+use cloudsync_sync::{E2eeFiles, Writers};
 use cloudsync_types::api::{AppendE2eeLog, CreateWorkspaceRequest, E2eeGenesis, Workspace};
 use cloudsync_types::{Role, WorkspaceId};
 
@@ -106,6 +109,24 @@ impl Verified {
         Ok(out)
     }
 
+    /// Who may write files in which epoch: every member who held Editor or above at some point of the
+    /// epoch, with the identity the log gave them.
+    fn writers(&self) -> Result<Writers> {
+        let mut out = Writers::new();
+        let mut m = Membership::default();
+        for e in &self.entries {
+            m.apply(&self.ws, e).map_err(|e| anyhow::anyhow!("the membership log does not hold: {e}"))?;
+            for (id, member) in &m.members {
+                if member.role >= Role::Editor.rank() {
+                    let slot = out.entry(*id).or_insert_with(|| (member.identity.clone(), BTreeSet::new()));
+                    slot.0 = member.identity.clone();
+                    slot.1.insert(m.epoch);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The entry after the replayed log.
     fn next(&self, change: Change) -> Entry {
         Entry::sign(&self.ws, self.members.len, self.members.head, change, &self.me, &self.keys)
@@ -151,6 +172,22 @@ impl Verified {
                 )
             })
     }
+}
+
+/// What this member needs to read and write the files of end-to-end encrypted workspace `w`: the workspace
+/// keys of every epoch (checked as for member changes) and who may write in which epoch.
+///
+/// # Errors
+/// A log or key that does not check out, or locked keys without a passphrase.
+pub(crate) async fn file_access(client: &Client, w: &Workspace, passphrase_stdin: bool) -> Result<Arc<E2eeFiles>> {
+    let v = Verified::load(client, w, passphrase_stdin).await?;
+    let keys = v.workspace_keys(client, w).await?;
+    let writers = v.writers()?;
+    let file_keys = FileKeys::new(v.ws, &keys)?;
+    let seen_file = state_dir()
+        .join("e2ee_seen")
+        .join(format!("{}.json", hex::encode(&cloudsync_crypto::sha256(head_key(client, w.id).as_bytes())[..16])));
+    Ok(Arc::new(E2eeFiles { keys: file_keys, me: v.me, signer: v.keys, writers, seen_file }))
 }
 
 /// Adds `email` with `role`: their public keys checked (fingerprint remembered on first sight, a changed one

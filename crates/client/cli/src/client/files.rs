@@ -34,6 +34,19 @@ pub(crate) async fn resolve(spec: &str) -> Result<(Client, Workspace, WsPath)> {
     Ok((client, w, path))
 }
 
+/// Refuses a command this client cannot do on an end-to-end encrypted workspace yet (before anything is sent:
+/// the request would carry a file name the server must not see).
+fn refuse_e2ee(w: &Workspace, what: &str) -> Result<()> {
+    if w.e2e_encryption {
+        bail!(
+            "{what} is not available on end-to-end encrypted workspaces yet ({:?} is one); `cloudsync versions` \
+             lists a file's versions",
+            w.name
+        );
+    }
+    Ok(())
+}
+
 fn require_file(path: &WsPath, spec: &str) -> Result<()> {
     if path.is_root() {
         bail!("{spec:?} names a whole workspace; write WORKSPACE:PATH to name a file");
@@ -101,9 +114,14 @@ pub(crate) fn print_summary(verb: &str, s: &TransferSummary) {
 ///
 /// # Errors
 /// Unreadable local files, server errors, or conflicts.
-pub async fn push(local: &Path, remote: &str, json: bool) -> Result<()> {
+pub async fn push(local: &Path, remote: &str, passphrase_stdin: bool, json: bool) -> Result<()> {
     let (client, w, path) = resolve(remote).await?;
-    let s = cloudsync_sync::push(&client, w.id, local, &path, &options()).await?;
+    let s = if w.e2e_encryption {
+        let access = super::e2ee::file_access(&client, &w, passphrase_stdin).await?;
+        cloudsync_sync::e2ee_push(&client, w.id, local, &path, access, &options()).await?
+    } else {
+        cloudsync_sync::push(&client, w.id, local, &path, &options()).await?
+    };
     report("push", &s, json, true)
 }
 
@@ -112,9 +130,14 @@ pub async fn push(local: &Path, remote: &str, json: bool) -> Result<()> {
 ///
 /// # Errors
 /// Server errors, integrity failures, or unwritable local paths.
-pub async fn pull(remote: &str, local: &Path, json: bool) -> Result<()> {
+pub async fn pull(remote: &str, local: &Path, passphrase_stdin: bool, json: bool) -> Result<()> {
     let (client, w, path) = resolve(remote).await?;
-    let s = cloudsync_sync::pull(&client, w.id, &path, local, &options()).await?;
+    let s = if w.e2e_encryption {
+        let access = super::e2ee::file_access(&client, &w, passphrase_stdin).await?;
+        cloudsync_sync::e2ee_pull(&client, w.id, &path, local, &access, &options()).await?
+    } else {
+        cloudsync_sync::pull(&client, w.id, &path, local, &options()).await?
+    };
     report("pull", &s, json, false)
 }
 
@@ -122,18 +145,31 @@ pub async fn pull(remote: &str, local: &Path, json: bool) -> Result<()> {
 ///
 /// # Errors
 /// Server errors.
-pub async fn ls(remote: &str, json: bool) -> Result<()> {
+pub async fn ls(remote: &str, passphrase_stdin: bool, json: bool) -> Result<()> {
     let (client, w, path) = resolve(remote).await?;
+    if w.e2e_encryption {
+        let access = super::e2ee::file_access(&client, &w, passphrase_stdin).await?;
+        let files = cloudsync_sync::e2ee_list(&client, w.id, &path, &access).await?;
+        let rows = files.iter().map(|f| (f.size, f.modified_at, f.version, f.path.clone())).collect();
+        return print_listing(&files, rows, json);
+    }
     let files = client.files(w.id).list_all(&path).await?;
+    let rows = files.iter().map(|f| (f.size, f.modified_at, f.version, f.path.to_string())).collect();
+    print_listing(&files, rows, json)
+}
+
+/// Prints a listing: `files` as JSON, or `rows` (size, modified, version, path) as a table.
+fn print_listing<T: serde::Serialize>(
+    files: &[T],
+    rows: Vec<(u64, time::OffsetDateTime, u64, String)>,
+    json: bool,
+) -> Result<()> {
     if json {
         return print_json(&files);
     }
     table(
         &["SIZE", "MODIFIED", "VERSION", "PATH"],
-        files
-            .iter()
-            .map(|f| vec![size(f.size), date(f.modified_at), f.version.to_string(), f.path.to_string()])
-            .collect(),
+        rows.into_iter().map(|(s, m, v, p)| vec![size(s), date(m), v.to_string(), p]).collect(),
     );
     Ok(())
 }
@@ -142,10 +178,24 @@ pub async fn ls(remote: &str, json: bool) -> Result<()> {
 ///
 /// # Errors
 /// Nothing at the path, or a role below Admin.
-pub async fn rm(remote: &str, json: bool) -> Result<()> {
+pub async fn rm(remote: &str, passphrase_stdin: bool, json: bool) -> Result<()> {
     let (client, w, path) = resolve(remote).await?;
     require_file(&path, remote)?;
-    let r = client.files(w.id).delete(&path).await?;
+    let r = if w.e2e_encryption {
+        // The server knows files only by their path ids: each file under the path is deleted by its own.
+        let access = super::e2ee::file_access(&client, &w, passphrase_stdin).await?;
+        let files = cloudsync_sync::e2ee_list(&client, w.id, &path, &access).await?;
+        if files.is_empty() {
+            bail!("nothing at {remote:?} (see `cloudsync ls`)");
+        }
+        let mut deleted = 0;
+        for f in &files {
+            deleted += client.files(w.id).delete(&access.server_path(&f.path)?).await?.deleted;
+        }
+        cloudsync_types::api::DeleteResponse { deleted }
+    } else {
+        client.files(w.id).delete(&path).await?
+    };
     if json {
         return print_json(&r);
     }
@@ -157,9 +207,15 @@ pub async fn rm(remote: &str, json: bool) -> Result<()> {
 ///
 /// # Errors
 /// Unknown file.
-pub async fn versions(remote: &str, json: bool) -> Result<()> {
+pub async fn versions(remote: &str, passphrase_stdin: bool, json: bool) -> Result<()> {
     let (client, w, path) = resolve(remote).await?;
     require_file(&path, remote)?;
+    let path = if w.e2e_encryption {
+        // Listed under its path id; sizes are what the server stores (sealed and padded).
+        super::e2ee::file_access(&client, &w, passphrase_stdin).await?.server_path(path.as_str())?
+    } else {
+        path
+    };
     let list = client.files(w.id).versions(&path).await?;
     if json {
         return print_json(&list);
@@ -188,6 +244,7 @@ pub async fn versions(remote: &str, json: bool) -> Result<()> {
 pub async fn restore(remote: &str, version: Option<u64>, json: bool) -> Result<()> {
     let (client, w, path) = resolve(remote).await?;
     require_file(&path, remote)?;
+    refuse_e2ee(&w, "restoring a file")?;
     let f = client.files(w.id).restore(&RestoreRequest { path, version }).await?;
     if json {
         return print_json(&f);
@@ -203,6 +260,7 @@ pub async fn restore(remote: &str, version: Option<u64>, json: bool) -> Result<(
 pub async fn trash(name: &str, json: bool) -> Result<()> {
     let client = connect()?;
     let w = workspace(&client, name).await?;
+    refuse_e2ee(&w, "listing the trash")?;
     let list = client.files(w.id).trash().await?;
     if json {
         return print_json(&list);

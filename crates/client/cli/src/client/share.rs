@@ -25,6 +25,12 @@ pub async fn run(cmd: ShareCmd) -> Result<()> {
                 bail!("{remote:?} names a whole workspace; a share link is for one file: write WORKSPACE:PATH");
             }
             let w = workspace(&client, &name).await?;
+            if w.e2e_encryption {
+                bail!(
+                    "{name:?} is end-to-end encrypted: the server cannot read its files, so it cannot serve a share \
+                     link; share the file another way"
+                );
+            }
             let password = if password_stdin { Some(read_stdin_line("link password")?) } else { None };
             let req = CreateShareRequest {
                 path,

@@ -39,6 +39,13 @@ pub async fn sync(local: &Path, remote: &str, watch: bool, dry_run: bool, json: 
         bail!("--watch and --dry-run do not go together: a dry run changes nothing, so there is nothing to watch");
     }
     let (client, w, path) = resolve(remote).await?;
+    if w.e2e_encryption {
+        bail!(
+            "{:?} is end-to-end encrypted, and two-way sync is not available on such workspaces yet: use \
+             `cloudsync push` and `cloudsync pull`, which are",
+            w.name
+        );
+    }
     let opts = options(dry_run)?;
     if watch {
         let shown = |r: &SyncReport| {

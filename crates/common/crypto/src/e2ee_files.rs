@@ -1,0 +1,542 @@
+//! Files of end-to-end encrypted workspaces (RFC 0004, "Files"): how a client seals a file's chunks and its
+//! manifest so that the server stores them without learning contents, names or chunk lists, and so that
+//! whatever the server changes is caught by the client that reads them.
+//!
+//! - **Chunks** are sealed deterministically (convergent encryption under a workspace secret): the AES-256
+//!   key of a chunk is derived from the epoch's chunk key and the chunk's content id, so equal chunks seal to
+//!   equal bytes and still deduplicate inside the workspace (and only there; the server cannot confirm a
+//!   guessed chunk without the key). Each key seals exactly one plaintext, so the fixed nonce is never reused
+//!   with different data. The plaintext is padded with zeros to its Padmé length before sealing.
+//! - **Manifests** list each chunk (stored id, content id, length) in order with the file's path, size, content
+//!   hash, a workspace counter and the author; they are signed by the author and sealed under the epoch's
+//!   manifest key, bound to the workspace, the file's path id and the epoch. A manifest moved to another path,
+//!   a chunk list swapped, reordered or cut short, or a manifest made by anyone but a member who may write,
+//!   fails to open.
+//! - **Path ids** are keyed hashes of the path under the name key of the first epoch (stable, so a file keeps
+//!   its id and its history across key rotations).
+
+use std::collections::BTreeMap;
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
+use zeroize::Zeroize;
+
+use crate::e2ee::{PublicIdentity, UserKeys};
+use crate::e2ee_workspace::{Purpose, WorkspaceKey, padme};
+use crate::{CryptoError, SecretKey, aead, keyed_hash};
+
+/// First byte of a sealed chunk.
+const CHUNK_VERSION: u8 = 0x01;
+/// First byte of a sealed manifest.
+const MANIFEST_VERSION: u8 = 0x02;
+const TAG_LEN: usize = 16;
+/// Bytes a sealed chunk adds to its padded plaintext.
+pub const CHUNK_OVERHEAD: usize = 1 + TAG_LEN;
+/// The most chunks one file of an end-to-end encrypted workspace may have: its sealed manifest must fit in
+/// one stored chunk (68 bytes a chunk; about 100 GB at the 1 MiB average chunk size).
+pub const MAX_FILE_CHUNKS: usize = 100_000;
+/// The longest path a manifest holds, in bytes.
+pub const MAX_PATH_BYTES: usize = 4096;
+const MANIFEST_MAGIC: &[u8] = b"cloudsync e2ee manifest v1\0";
+const CHUNK_ENTRY_LEN: usize = 32 + 32 + 4;
+const SIGNATURE_LEN: usize = 64;
+
+/// One chunk of a file, as its manifest lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedChunk {
+    /// The id the server stores the sealed chunk under.
+    pub stored_id: [u8; 32],
+    /// Keyed hash of the plaintext (under the content key); the chunk's key is derived from it.
+    pub content_id: [u8; 32],
+    /// Plaintext length (before padding).
+    pub len: u32,
+}
+
+impl SealedChunk {
+    /// The length of the sealed chunk the server stores: the plaintext padded to its Padmé length, plus the
+    /// seal.
+    pub fn stored_len(&self) -> usize {
+        padme(u64::from(self.len)) as usize + CHUNK_OVERHEAD
+    }
+}
+
+/// What a manifest says about one version of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileManifest {
+    /// The file's path in the workspace.
+    pub path: String,
+    /// Plaintext size (the sum of the chunk lengths).
+    pub size: u64,
+    /// Keyed hash of the whole plaintext under the content key.
+    pub content_hash: [u8; 32],
+    /// Modification time the author's file had, in Unix milliseconds.
+    pub mtime_ms: Option<i64>,
+    /// Key epoch the chunks and the manifest are sealed with.
+    pub epoch: u32,
+    /// The workspace counter: one more than the highest the author had seen, so a reader that saw a newer
+    /// manifest of this path refuses an older one (rollback).
+    pub counter: u64,
+    /// Account id of the author, who signs the manifest.
+    pub author: [u8; 16],
+    /// The chunks in order.
+    pub chunks: Vec<SealedChunk>,
+}
+
+/// One epoch's keys for files.
+struct EpochKeys {
+    chunk: SecretKey,
+    manifest: SecretKey,
+    chunking: SecretKey,
+}
+
+/// The keys of one end-to-end encrypted workspace's files, for every epoch the member holds.
+pub struct FileKeys {
+    ws: [u8; 16],
+    name: SecretKey,
+    content: SecretKey,
+    epochs: BTreeMap<u32, EpochKeys>,
+    current: u32,
+}
+
+impl std::fmt::Debug for FileKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileKeys").field("epochs", &self.epochs.len()).field("current", &self.current).finish()
+    }
+}
+
+impl FileKeys {
+    /// The keys derived from the workspace keys by epoch. New files are sealed with the latest epoch, paths
+    /// and content ids use the first (epoch 0), which every member holds.
+    ///
+    /// # Errors
+    /// [`CryptoError::InvalidKey`] without epoch 0.
+    pub fn new(ws: [u8; 16], keys: &BTreeMap<u32, WorkspaceKey>) -> Result<Self, CryptoError> {
+        let first = keys.get(&0).ok_or(CryptoError::InvalidKey("the workspace key of epoch 0 is missing"))?;
+        let epochs = keys
+            .iter()
+            .map(|(e, k)| {
+                let keys = EpochKeys {
+                    chunk: k.subkey(Purpose::Chunk),
+                    manifest: k.subkey(Purpose::Manifest),
+                    chunking: k.subkey(Purpose::Chunking),
+                };
+                (*e, keys)
+            })
+            .collect::<BTreeMap<_, _>>();
+        let current = epochs.keys().next_back().copied().unwrap_or(0);
+        Ok(Self { ws, name: first.subkey(Purpose::Name), content: first.subkey(Purpose::ChunkId), epochs, current })
+    }
+
+    /// The epoch new content is sealed with.
+    pub fn current_epoch(&self) -> u32 {
+        self.current
+    }
+
+    /// The key of content ids and whole-file content hashes.
+    pub fn content_key(&self) -> &SecretKey {
+        &self.content
+    }
+
+    /// The secret that keys the chunker's boundaries in the current epoch.
+    pub fn chunking_secret(&self) -> &SecretKey {
+        &self.current_keys().chunking
+    }
+
+    fn current_keys(&self) -> &EpochKeys {
+        match self.epochs.get(&self.current) {
+            Some(k) => k,
+            None => unreachable!("the current epoch is one of the epochs held"),
+        }
+    }
+
+    /// The id the server knows a path by: a keyed hash of the path, so it learns neither the name nor which
+    /// files share a folder.
+    pub fn path_id(&self, path: &str) -> [u8; 32] {
+        keyed_hash(&self.name, path.as_bytes())
+    }
+
+    /// The content id of a chunk's plaintext.
+    pub fn content_id(&self, plain: &[u8]) -> [u8; 32] {
+        keyed_hash(&self.content, plain)
+    }
+
+    /// Seals one chunk's plaintext whose content id is `content_id`, in the current epoch.
+    pub fn seal_chunk(&self, content_id: &[u8; 32], plain: &[u8]) -> Vec<u8> {
+        let keys = self.current_keys();
+        let padded = padme(plain.len() as u64) as usize;
+        let mut out = Vec::with_capacity(CHUNK_OVERHEAD + padded);
+        out.push(CHUNK_VERSION);
+        out.extend_from_slice(plain);
+        out.resize(1 + padded, 0);
+        let aes = chunk_cipher(&keys.chunk, content_id);
+        let aad = chunk_aad(&self.ws, self.current, content_id);
+        match aes.seal_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(&aad), &mut out[1..]) {
+            Ok(tag) => out.extend_from_slice(tag.as_ref()),
+            Err(_) => unreachable!("a chunk is far below the AES-GCM message limit"),
+        }
+        out
+    }
+
+    /// Opens a chunk the manifest lists, sealed in `epoch`: checks the stored length, the seal, the padding
+    /// and that the plaintext hashes to its content id (so a chunk swapped for another fails).
+    ///
+    /// # Errors
+    /// [`CryptoError::Decrypt`] for anything that does not check out, [`CryptoError::InvalidKey`] for an epoch
+    /// this member holds no key of.
+    pub fn open_chunk(&self, epoch: u32, chunk: &SealedChunk, blob: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let keys = self.epochs.get(&epoch).ok_or(CryptoError::InvalidKey("a chunk of a key epoch you do not hold"))?;
+        let len = chunk.len as usize;
+        let padded = chunk.stored_len() - CHUNK_OVERHEAD;
+        if blob.len() != chunk.stored_len() || blob.first() != Some(&CHUNK_VERSION) {
+            return Err(CryptoError::Decrypt);
+        }
+        let (body, tag) = blob[1..].split_at(padded);
+        let mut plain = body.to_vec();
+        let tag = Tag::try_from(tag).map_err(|_| CryptoError::Decrypt)?;
+        let aes = chunk_cipher(&keys.chunk, &chunk.content_id);
+        let aad = chunk_aad(&self.ws, epoch, &chunk.content_id);
+        if aes
+            .open_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(&aad), tag, &mut plain, 0..)
+            .is_err()
+        {
+            plain.zeroize();
+            return Err(CryptoError::Decrypt);
+        }
+        if plain[len..].iter().any(|&b| b != 0) || !crate::ct_eq(&self.content_id(&plain[..len]), &chunk.content_id) {
+            plain.zeroize();
+            return Err(CryptoError::Decrypt);
+        }
+        plain.truncate(len);
+        Ok(plain)
+    }
+
+    /// Signs `m` as `signer` (who must be `m.author`) and seals it for the file at its path, in the epoch it
+    /// names.
+    ///
+    /// # Errors
+    /// [`CryptoError::InvalidKey`] for a manifest that cannot be written (too many chunks, a path too long, an
+    /// epoch not held, sizes that do not add up).
+    pub fn seal_manifest(&self, m: &FileManifest, signer: &UserKeys) -> Result<Vec<u8>, CryptoError> {
+        let keys =
+            self.epochs.get(&m.epoch).ok_or(CryptoError::InvalidKey("a manifest of a key epoch you do not hold"))?;
+        let path_id = self.path_id(&m.path);
+        let signed = manifest_bytes(&self.ws, &path_id, m)?;
+        let signature = signer.sign(&signed);
+        let inner = signed.len() + SIGNATURE_LEN;
+        let mut body = Vec::with_capacity(padme(4 + inner as u64) as usize);
+        body.extend_from_slice(&(inner as u32).to_be_bytes());
+        body.extend_from_slice(&signed);
+        body.extend_from_slice(&signature);
+        body.resize(padme(body.len() as u64) as usize, 0);
+        let mut out = vec![MANIFEST_VERSION];
+        out.extend_from_slice(&m.epoch.to_be_bytes());
+        aead::seal_into(&keys.manifest, &manifest_aad(&self.ws, &path_id, m.epoch), &body, &mut out);
+        body.zeroize();
+        Ok(out)
+    }
+
+    /// Opens the manifest the server keeps for the file with id `path_id`: checks the seal, that it names this
+    /// workspace, this path id (the path inside must hash to it) and its epoch, and that its author is a member
+    /// who may write in that epoch (`writer` answers their identity, or `None`) and signed it.
+    ///
+    /// # Errors
+    /// [`CryptoError::Decrypt`] for a seal that does not open, [`CryptoError::Signature`] for a bad signature,
+    /// [`CryptoError::InvalidKey`] for anything else that does not check out (the message says what).
+    pub fn open_manifest(
+        &self,
+        path_id: &[u8; 32],
+        blob: &[u8],
+        writer: impl Fn(&[u8; 16], u32) -> Option<PublicIdentity>,
+    ) -> Result<FileManifest, CryptoError> {
+        if blob.len() < 5 || blob[0] != MANIFEST_VERSION {
+            return Err(CryptoError::InvalidKey("not a sealed manifest"));
+        }
+        let epoch = u32::from_be_bytes([blob[1], blob[2], blob[3], blob[4]]);
+        let keys =
+            self.epochs.get(&epoch).ok_or(CryptoError::InvalidKey("a manifest of a key epoch you do not hold"))?;
+        let mut body = aead::open(&keys.manifest, &manifest_aad(&self.ws, path_id, epoch), &blob[5..])?;
+        let result = parse_sealed_body(&body).and_then(|(signed, signature)| {
+            let m = parse_manifest(&self.ws, path_id, epoch, signed)?;
+            if !crate::ct_eq(&self.path_id(&m.path), path_id) {
+                return Err(CryptoError::InvalidKey("a manifest filed under another path than its own"));
+            }
+            let identity = writer(&m.author, epoch)
+                .ok_or(CryptoError::InvalidKey("a manifest by someone who could not write in that epoch"))?;
+            identity.verify_message(signed, signature)?;
+            Ok(m)
+        });
+        body.zeroize();
+        result
+    }
+}
+
+fn chunk_cipher(chunk_key: &SecretKey, content_id: &[u8; 32]) -> LessSafeKey {
+    let mut material = [0u8; 32 + 28];
+    material[..28].copy_from_slice(b"cloudsync e2ee chunk key v1\0");
+    material[28..].copy_from_slice(content_id);
+    let mut key = keyed_hash(chunk_key, &material);
+    let aes = match UnboundKey::new(&AES_256_GCM, &key) {
+        Ok(k) => LessSafeKey::new(k),
+        Err(_) => unreachable!("32 bytes are always an AES-256 key"),
+    };
+    key.zeroize();
+    aes
+}
+
+fn chunk_aad(ws: &[u8; 16], epoch: u32, content_id: &[u8; 32]) -> Vec<u8> {
+    let mut aad = b"cloudsync e2ee chunk v1\0".to_vec();
+    aad.extend_from_slice(ws);
+    aad.extend_from_slice(&epoch.to_be_bytes());
+    aad.extend_from_slice(content_id);
+    aad
+}
+
+fn manifest_aad(ws: &[u8; 16], path_id: &[u8; 32], epoch: u32) -> Vec<u8> {
+    let mut aad = b"cloudsync e2ee manifest seal v1\0".to_vec();
+    aad.extend_from_slice(ws);
+    aad.extend_from_slice(path_id);
+    aad.extend_from_slice(&epoch.to_be_bytes());
+    aad
+}
+
+/// The signed form of a manifest.
+fn manifest_bytes(ws: &[u8; 16], path_id: &[u8; 32], m: &FileManifest) -> Result<Vec<u8>, CryptoError> {
+    if m.chunks.len() > MAX_FILE_CHUNKS {
+        return Err(CryptoError::InvalidKey("a file of an end-to-end encrypted workspace has at most 100,000 chunks"));
+    }
+    if m.path.is_empty() || m.path.len() > MAX_PATH_BYTES {
+        return Err(CryptoError::InvalidKey("a manifest's path must be 1 to 4096 bytes"));
+    }
+    if m.chunks.iter().map(|c| u64::from(c.len)).sum::<u64>() != m.size || m.chunks.iter().any(|c| c.len == 0) {
+        return Err(CryptoError::InvalidKey("a manifest's chunk lengths must be non-zero and add up to its size"));
+    }
+    let mut out = Vec::with_capacity(200 + m.path.len() + m.chunks.len() * CHUNK_ENTRY_LEN);
+    out.extend_from_slice(MANIFEST_MAGIC);
+    out.extend_from_slice(ws);
+    out.extend_from_slice(path_id);
+    out.extend_from_slice(&m.epoch.to_be_bytes());
+    out.extend_from_slice(&m.counter.to_be_bytes());
+    out.extend_from_slice(&m.author);
+    out.extend_from_slice(&m.size.to_be_bytes());
+    out.extend_from_slice(&m.content_hash);
+    match m.mtime_ms {
+        Some(t) => {
+            out.push(1);
+            out.extend_from_slice(&t.to_be_bytes());
+        }
+        None => out.extend_from_slice(&[0; 9]),
+    }
+    out.extend_from_slice(&(m.path.len() as u16).to_be_bytes());
+    out.extend_from_slice(m.path.as_bytes());
+    out.extend_from_slice(&(m.chunks.len() as u32).to_be_bytes());
+    for c in &m.chunks {
+        out.extend_from_slice(&c.stored_id);
+        out.extend_from_slice(&c.content_id);
+        out.extend_from_slice(&c.len.to_be_bytes());
+    }
+    Ok(out)
+}
+
+/// Splits a decrypted manifest body into the signed bytes and the signature, checking the padding.
+fn parse_sealed_body(body: &[u8]) -> Result<(&[u8], &[u8; 64]), CryptoError> {
+    let bad = || CryptoError::InvalidKey("a malformed manifest");
+    let (len, rest) = body.split_first_chunk::<4>().ok_or_else(bad)?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if len < SIGNATURE_LEN || len > rest.len() || rest[len..].iter().any(|&b| b != 0) {
+        return Err(bad());
+    }
+    let (signed, signature) = rest[..len].split_at(len - SIGNATURE_LEN);
+    let signature: &[u8; 64] = signature.try_into().map_err(|_| bad())?;
+    Ok((signed, signature))
+}
+
+fn parse_manifest(ws: &[u8; 16], path_id: &[u8; 32], epoch: u32, b: &[u8]) -> Result<FileManifest, CryptoError> {
+    let bad = || CryptoError::InvalidKey("a malformed manifest");
+    let mut r = b;
+    let mut take = |n: usize| -> Result<&[u8], CryptoError> {
+        if r.len() < n {
+            return Err(bad());
+        }
+        let (head, tail) = r.split_at(n);
+        r = tail;
+        Ok(head)
+    };
+    if take(MANIFEST_MAGIC.len())? != MANIFEST_MAGIC {
+        return Err(bad());
+    }
+    if take(16)? != ws {
+        return Err(CryptoError::InvalidKey("a manifest of another workspace"));
+    }
+    if take(32)? != path_id {
+        return Err(CryptoError::InvalidKey("a manifest filed under another path than its own"));
+    }
+    let be32 = |s: &[u8]| u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
+    let be64 = |s: &[u8]| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        u64::from_be_bytes(a)
+    };
+    if be32(take(4)?) != epoch {
+        return Err(CryptoError::InvalidKey("a manifest sealed in another epoch than it names"));
+    }
+    let counter = be64(take(8)?);
+    let mut author = [0u8; 16];
+    author.copy_from_slice(take(16)?);
+    let size = be64(take(8)?);
+    let mut content_hash = [0u8; 32];
+    content_hash.copy_from_slice(take(32)?);
+    let has_mtime = take(1)?[0];
+    let mtime = be64(take(8)?) as i64;
+    let mtime_ms = match has_mtime {
+        0 => None,
+        1 => Some(mtime),
+        _ => return Err(bad()),
+    };
+    let path_len = take(2)?;
+    let path_len = usize::from(u16::from_be_bytes([path_len[0], path_len[1]]));
+    let path = String::from_utf8(take(path_len)?.to_vec()).map_err(|_| bad())?;
+    let n = be32(take(4)?) as usize;
+    if n > MAX_FILE_CHUNKS {
+        return Err(bad());
+    }
+    let mut chunks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let e = take(CHUNK_ENTRY_LEN)?;
+        let mut c = SealedChunk { stored_id: [0; 32], content_id: [0; 32], len: be32(&e[64..]) };
+        c.stored_id.copy_from_slice(&e[..32]);
+        c.content_id.copy_from_slice(&e[32..64]);
+        chunks.push(c);
+    }
+    // Nothing may follow the last chunk.
+    if take(1).is_ok() {
+        return Err(bad());
+    }
+    let m = FileManifest { path, size, content_hash, mtime_ms, epoch, counter, author, chunks };
+    // The same checks as sealing: sizes add up, limits hold.
+    manifest_bytes(ws, path_id, &m).map(|_| m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WS: [u8; 16] = [9; 16];
+    const ALICE: [u8; 16] = [1; 16];
+
+    fn keys(epochs: u32) -> (BTreeMap<u32, WorkspaceKey>, FileKeys) {
+        let raw: BTreeMap<u32, WorkspaceKey> = (0..epochs).map(|e| (e, WorkspaceKey::generate())).collect();
+        let file_keys = FileKeys::new(WS, &raw).expect("keys");
+        (raw, file_keys)
+    }
+
+    fn manifest(fk: &FileKeys, path: &str, parts: &[&[u8]]) -> (FileManifest, Vec<Vec<u8>>) {
+        let mut chunks = Vec::new();
+        let mut blobs = Vec::new();
+        for p in parts {
+            let content_id = fk.content_id(p);
+            let blob = fk.seal_chunk(&content_id, p);
+            chunks.push(SealedChunk {
+                stored_id: crate::keyed_hash(&SecretKey::from_bytes([5; 32]), &blob),
+                content_id,
+                len: p.len() as u32,
+            });
+            blobs.push(blob);
+        }
+        let whole: Vec<u8> = parts.concat();
+        let m = FileManifest {
+            path: path.into(),
+            size: whole.len() as u64,
+            content_hash: fk.content_id(&whole),
+            mtime_ms: Some(1_700_000_000_000),
+            epoch: fk.current_epoch(),
+            counter: 7,
+            author: ALICE,
+            chunks,
+        };
+        (m, blobs)
+    }
+
+    #[test]
+    fn chunks_seal_deterministically_pad_and_open_only_as_themselves() {
+        let (_, fk) = keys(1);
+        let data = b"hello, end-to-end world".repeat(50);
+        let id = fk.content_id(&data);
+        let blob = fk.seal_chunk(&id, &data);
+        assert_eq!(blob, fk.seal_chunk(&id, &data), "equal chunks seal to equal bytes (dedup)");
+        assert_eq!(blob.len(), CHUNK_OVERHEAD + padme(data.len() as u64) as usize);
+        assert!(!blob.windows(5).any(|w| w == b"hello"), "no plaintext shows");
+        let c = SealedChunk { stored_id: [0; 32], content_id: id, len: data.len() as u32 };
+        assert_eq!(fk.open_chunk(0, &c, &blob).expect("open"), data);
+        // Another workspace's keys, another chunk's id, a flipped bit, a wrong length: refused.
+        let (_, other) = keys(1);
+        assert!(other.open_chunk(0, &c, &blob).is_err());
+        let other_data = b"another chunk".repeat(90);
+        let other_blob = fk.seal_chunk(&fk.content_id(&other_data), &other_data);
+        assert!(fk.open_chunk(0, &c, &other_blob).is_err(), "a swapped chunk is refused");
+        let mut flipped = blob.clone();
+        flipped[3] ^= 1;
+        assert!(fk.open_chunk(0, &c, &flipped).is_err());
+        let short = SealedChunk { len: c.len - 1, ..c };
+        assert!(fk.open_chunk(0, &short, &blob).is_err(), "a truncated length is refused");
+        assert!(fk.open_chunk(1, &c, &blob).is_err(), "an epoch not held is refused");
+    }
+
+    #[test]
+    fn a_rotated_key_seals_differently_and_old_chunks_still_open() {
+        let (mut raw, fk0) = keys(1);
+        let data = vec![42u8; 3000];
+        let id = fk0.content_id(&data);
+        let old = fk0.seal_chunk(&id, &data);
+        raw.insert(1, WorkspaceKey::generate());
+        let fk1 = FileKeys::new(WS, &raw).expect("keys");
+        assert_eq!(fk1.current_epoch(), 1);
+        assert_eq!(fk1.content_id(&data), id, "content ids stay across epochs");
+        assert_eq!(fk1.path_id("a/b.txt"), fk0.path_id("a/b.txt"), "path ids stay across epochs");
+        assert_ne!(fk1.seal_chunk(&id, &data), old);
+        let c = SealedChunk { stored_id: [0; 32], content_id: id, len: 3000 };
+        assert_eq!(fk1.open_chunk(0, &c, &old).expect("old epoch"), data);
+    }
+
+    #[test]
+    fn manifests_round_trip_and_bind_path_workspace_author_and_content() {
+        let (_, fk) = keys(1);
+        let alice = UserKeys::generate();
+        let alice_id = alice.identity(&ALICE, "alice@example.com");
+        let writer = |who: &[u8; 16], _e: u32| (who == &ALICE).then(|| alice_id.clone());
+        let (m, _) = manifest(&fk, "docs/plan.txt", &[b"one", b"two two"]);
+        let sealed = fk.seal_manifest(&m, &alice).expect("seal");
+        assert!(!sealed.windows(4).any(|w| w == b"plan"), "the path does not show");
+        let pid = fk.path_id("docs/plan.txt");
+        assert_eq!(fk.open_manifest(&pid, &sealed, writer).expect("open"), m);
+
+        // Filed under another path (the server moved it): refused.
+        assert!(fk.open_manifest(&fk.path_id("other.txt"), &sealed, writer).is_err());
+        // Signed by someone who may not write, or not by the author: refused.
+        assert!(fk.open_manifest(&pid, &sealed, |_: &[u8; 16], _| None).is_err());
+        let mallory = UserKeys::generate();
+        let forged = fk.seal_manifest(&m, &mallory).expect("seal");
+        assert!(matches!(fk.open_manifest(&pid, &forged, writer), Err(CryptoError::Signature)));
+        // Another workspace's keys: refused.
+        let (_, other) = keys(1);
+        assert!(other.open_manifest(&pid, &sealed, writer).is_err());
+        // A bit flipped anywhere: refused.
+        for i in [0, 2, 10, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(fk.open_manifest(&pid, &bad, writer).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn manifests_refuse_what_does_not_add_up_and_pad_their_size() {
+        let (_, fk) = keys(1);
+        let alice = UserKeys::generate();
+        let (mut m, _) = manifest(&fk, "a", &[b"xyz"]);
+        m.size += 1;
+        assert!(fk.seal_manifest(&m, &alice).is_err());
+        let (short, _) = manifest(&fk, "a", &[b"x"]);
+        let (long, _) = manifest(&fk, "abcdefghij", &[b"x"]);
+        let a = fk.seal_manifest(&short, &alice).expect("seal");
+        let b = fk.seal_manifest(&long, &alice).expect("seal");
+        assert_eq!(a.len(), b.len(), "nearby lengths pad to the same size");
+    }
+}
