@@ -122,6 +122,8 @@ pub enum Command {
         #[arg(long)]
         version: Option<u64>,
         #[command(flatten)]
+        passphrase: PassphraseFlag,
+        #[command(flatten)]
         json: JsonFlag,
     },
     /// Show the trash.
@@ -631,6 +633,8 @@ pub enum TrashCmd {
     List {
         /// Workspace name or id.
         workspace: String,
+        #[command(flatten)]
+        passphrase: PassphraseFlag,
         #[command(flatten)]
         json: JsonFlag,
     },

@@ -84,8 +84,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Versions { remote, passphrase, json } => {
             client::versions(&remote, passphrase.passphrase_stdin, json.json).await
         }
-        Command::Restore { remote, version, json } => client::restore(&remote, version, json.json).await,
-        Command::Trash(TrashCmd::List { workspace, json }) => client::trash(&workspace, json.json).await,
+        Command::Restore { remote, version, passphrase, json } => {
+            client::restore(&remote, version, passphrase.passphrase_stdin, json.json).await
+        }
+        Command::Trash(TrashCmd::List { workspace, passphrase, json }) => {
+            client::trash(&workspace, passphrase.passphrase_stdin, json.json).await
+        }
         Command::Audit(cmd) => client::audit::run(cmd).await,
         Command::Apikey(cmd) => client::apikey::run(cmd).await,
         Command::Keys(cmd) => client::keys::run(cmd).await,

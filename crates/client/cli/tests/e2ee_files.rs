@@ -1,7 +1,8 @@
 //! Files in end-to-end encrypted workspaces, through the `cloudsync` binary against a real server: members
 //! push and pull, the server's storage, database and log hold none of the names or contents, and a server
 //! that rewrites what it stores (injects a file, moves one, rolls one back, replaces a wrapped key) is caught
-//! by the reading client, which then writes nothing.
+//! by the reading client, which then writes nothing. Versions and the trash work on such a workspace too: an
+//! old version is restored by signing it again on the member's device.
 
 mod common;
 
@@ -224,6 +225,26 @@ fn a_server_that_rewrites_e2ee_files_is_caught_and_nothing_is_written() {
     swap(&srv);
     bob.ok(&["ls", SECRET]);
 
+    // The chunk list the server keeps for a file: reordered, cut short, or holding another file's chunk.
+    let big = random_bytes(9 * 1024 * 1024);
+    write(&src.join("plans/big.bin"), &big);
+    alice.ok(&["push", src.to_str().expect("utf8"), SECRET]);
+    let big_path = server_paths(&srv).into_iter().find(|p| *p != a && *p != b).expect("big");
+    let original = chunk_list(&srv, &big_path);
+    assert!(original.len() >= 3, "the test needs a manifest and two content chunks: {}", original.len());
+    let other = chunk_list(&srv, &a);
+    let mut reordered = original.clone();
+    reordered.swap(1, 2);
+    let truncated = original[..original.len() - 1].to_vec();
+    let mut swapped = original.clone();
+    swapped[1] = other[1];
+    for (what, list) in [("reordered", reordered), ("truncated", truncated), ("swapped", swapped)] {
+        set_chunk_list(&srv, &big_path, &list);
+        pull_fails(&bob, what, "differs from its signed manifest");
+        set_chunk_list(&srv, &big_path, &original);
+    }
+    bob.ok(&["ls", SECRET]);
+
     // A file rolled back to its first version: Alice, who wrote the second, refuses it.
     tamper(
         &srv,
@@ -240,6 +261,49 @@ fn a_server_that_rewrites_e2ee_files_is_caught_and_nothing_is_written() {
     assert!(err.contains("does not check out") || err.contains("another identity"), "{err}");
 }
 
+/// The chunk list (id, stored size) of the current version of the file the server keeps at `path`, decoded
+/// from the server's manifest encoding (magic, size, content hash, chunk count, chunks).
+fn chunk_list(srv: &Server, path: &str) -> Vec<([u8; 32], u32)> {
+    let sql = format!(
+        "SELECT hex(v.manifest) FROM versions v JOIN files f ON f.current_version_id = v.id WHERE f.path = '{path}'"
+    );
+    let raw = hex_decode(&text(srv, &sql));
+    let hash_len = u32::from_le_bytes(raw[12..16].try_into().expect("4")) as usize;
+    let at = 16 + hash_len + 4;
+    raw[at..]
+        .chunks(36)
+        .map(|c| (c[..32].try_into().expect("32"), u32::from_le_bytes(c[32..].try_into().expect("4"))))
+        .collect()
+}
+
+/// Rewrites that chunk list (and the size it sums to), as a malicious server could.
+fn set_chunk_list(srv: &Server, path: &str, chunks: &[([u8; 32], u32)]) {
+    let sql = format!(
+        "SELECT hex(v.manifest) FROM versions v JOIN files f ON f.current_version_id = v.id WHERE f.path = '{path}'"
+    );
+    let raw = hex_decode(&text(srv, &sql));
+    let hash_len = u32::from_le_bytes(raw[12..16].try_into().expect("4")) as usize;
+    let mut out = raw[..4].to_vec();
+    out.extend_from_slice(&chunks.iter().map(|c| u64::from(c.1)).sum::<u64>().to_le_bytes());
+    out.extend_from_slice(&raw[12..16 + hash_len]);
+    out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    for (id, size) in chunks {
+        out.extend_from_slice(id);
+        out.extend_from_slice(&size.to_le_bytes());
+    }
+    let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+    tamper(
+        srv,
+        &format!(
+            "UPDATE versions SET manifest = x'{hex}' WHERE id = (SELECT current_version_id FROM files WHERE path = '{path}')"
+        ),
+    );
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}
+
 /// One text value from the server's database.
 fn text(srv: &Server, sql: &str) -> String {
     use sqlx::Connection;
@@ -249,4 +313,63 @@ fn text(srv: &Server, sql: &str) -> String {
         let mut c = sqlx::SqliteConnection::connect(&url).await.expect("open database");
         sqlx::query_scalar(sql).fetch_one(&mut c).await.expect("query")
     })
+}
+
+#[test]
+fn versions_restore_and_trash_work_with_real_names_across_a_key_rotation() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (_srv, alice, bob) = two_members(root.path(), None);
+    let src = root.path().join("alice-files");
+    let spec = format!("{SECRET}:notes/a.txt");
+    write(&src.join("notes/a.txt"), b"one: the first words");
+    alice.ok(&["push", src.to_str().expect("utf8"), SECRET]);
+    write(&src.join("notes/a.txt"), b"two: written over");
+    alice.ok(&["push", src.to_str().expect("utf8"), SECRET]);
+    let read_back = |who: &Client| -> Vec<u8> {
+        let dir = root.path().join(format!("read-{}", random_name("")));
+        who.ok(&["pull", SECRET, dir.to_str().expect("utf8")]);
+        std::fs::read(dir.join("notes/a.txt")).expect("pulled")
+    };
+
+    // An editor may not restore (it is an admin's action, as on any workspace).
+    let err = bob.fail(&["restore", &spec]);
+    assert!(err.contains("admin"), "{err}");
+
+    // The previous version comes back as a new one, signed by Alice; in the same key epoch its chunks are
+    // the stored ones, so only the new manifest is sent.
+    let r = json(&alice.ok(&["restore", &spec, "--json"]));
+    assert_eq!((r["restored_version"].as_u64(), r["version"].as_u64()), (Some(1), Some(3)), "{r}");
+    assert_eq!((r["chunks_uploaded"].as_u64(), r["from_trash"].as_bool()), (Some(0), Some(false)), "{r}");
+    assert_eq!(read_back(&bob), b"one: the first words");
+    // The restore counts as newer than what every member saw: no one takes it for a rollback.
+    bob.ok(&["ls", SECRET]);
+
+    // Removing Bob starts a new key epoch: version 2 (sealed in epoch 0) is sealed again in epoch 1.
+    alice.ok(&["workspace", "members", "remove", "--workspace", SECRET, "bob@example.org"]);
+    let r = json(&alice.ok(&["restore", &spec, "--version", "2", "--json"]));
+    assert_eq!(r["version"].as_u64(), Some(4), "{r}");
+    assert!(r["chunks_uploaded"].as_u64() >= Some(1), "re-sealed in the new epoch: {r}");
+    let listed = json(&alice.ok(&["ls", SECRET, "--json"]));
+    assert_eq!(listed[0]["epoch"].as_u64(), Some(1), "{listed}");
+    assert_eq!(read_back(&alice), b"two: written over");
+
+    // The trash shows real names; a file comes back from it as deleted, or at an older version.
+    alice.ok(&["rm", &spec]);
+    let trash = json(&alice.ok(&["trash", "list", SECRET, "--json"]));
+    assert_eq!(trash[0]["path"].as_str(), Some("notes/a.txt"), "{trash}");
+    assert_eq!(trash[0]["version"].as_u64(), Some(4), "{trash}");
+    assert!(alice.ok(&["trash", "list", SECRET]).contains("notes/a.txt"));
+    let r = json(&alice.ok(&["restore", &spec, "--json"]));
+    assert_eq!((r["from_trash"].as_bool(), r["version"].as_u64()), (Some(true), Some(4)), "{r}");
+    assert_eq!(read_back(&alice), b"two: written over");
+    alice.ok(&["rm", &spec]);
+    let r = json(&alice.ok(&["restore", &spec, "--version", "1", "--json"]));
+    assert_eq!((r["from_trash"].as_bool(), r["version"].as_u64()), (Some(true), Some(5)), "{r}");
+    assert_eq!(read_back(&alice), b"one: the first words");
+
+    // Nothing to restore is said plainly.
+    let err = alice.fail(&["restore", &format!("{SECRET}:notes/never.txt")]);
+    assert!(err.contains("neither a file nor in the trash"), "{err}");
+    let err = alice.fail(&["restore", &spec, "--version", "9"]);
+    assert!(err.contains("no version 9"), "{err}");
 }

@@ -175,38 +175,16 @@ async fn listing(
     }
     let mut metas: Vec<(ChunkId, u32)> = Vec::with_capacity(with_manifest.len());
     for vm in &with_manifest {
-        let first = vm.manifest.chunks.first().ok_or_else(|| {
-            SyncError::Integrity(format!(
-                "the server lists a file ({}) that no member wrote: it has no manifest",
-                vm.file.path
-            ))
-        })?;
+        let first = manifest_chunk(&vm.file.path, &vm.manifest)?;
         metas.push((first.id, first.size));
     }
     let blobs = fetch_blobs(&files, &metas, server_keys).await?;
     let before = Seen::load(&e2ee.seen_file)?;
     let mut out = Vec::with_capacity(with_manifest.len());
     for (vm, blob) in with_manifest.into_iter().zip(blobs) {
-        let shown = vm.file.path.to_string();
-        let path_id = parse_path_id(vm.file.path.as_str()).ok_or_else(|| {
-            SyncError::Integrity(format!(
-                "the server lists a file ({shown}) that no member wrote: its name is no path id"
-            ))
-        })?;
-        let m = e2ee.keys.open_manifest(&path_id, &blob, |who, epoch| e2ee.writer(who, epoch)).map_err(|e| {
-            SyncError::Integrity(format!(
-                "the manifest the server keeps as {shown} does not check out ({e}): the server altered, moved or \
-                 injected it; nothing was written"
-            ))
-        })?;
-        let listed: Vec<[u8; 32]> = vm.manifest.chunks[1..].iter().map(|c| c.id.0).collect();
-        let signed: Vec<[u8; 32]> = m.chunks.iter().map(|c| c.stored_id).collect();
-        if listed != signed {
-            return Err(SyncError::Integrity(format!(
-                "the server's chunk list for {} differs from its signed manifest: the server altered it",
-                m.path
-            )));
-        }
+        let m = open_verified(e2ee, &vm.file.path, &blob)?;
+        check_listed(&m, &vm.manifest.chunks[1..])?;
+        let path_id = e2ee.keys.path_id(&m.path);
         if let Some((counter, _)) = before.paths.get(&hex::encode(path_id)).filter(|(c, _)| *c > m.counter) {
             return Err(SyncError::Integrity(format!(
                 "the server shows an older version of {} (counter {}) than this device saw (counter {counter}): it \
@@ -234,6 +212,41 @@ async fn listing(
     }
     seen.save(&e2ee.seen_file)?;
     Ok(Listing { files: out, before })
+}
+
+/// Opens the sealed manifest the server keeps as `server_path`: it must be sealed to that path id and signed
+/// by a member who could write in its epoch.
+fn open_verified(e2ee: &E2eeFiles, server_path: &WsPath, blob: &[u8]) -> Result<FileManifest, SyncError> {
+    let shown = server_path.as_str();
+    let path_id = parse_path_id(shown).ok_or_else(|| {
+        SyncError::Integrity(format!("the server lists a file ({shown}) that no member wrote: its name is no path id"))
+    })?;
+    e2ee.keys.open_manifest(&path_id, blob, |who, epoch| e2ee.writer(who, epoch)).map_err(|e| {
+        SyncError::Integrity(format!(
+            "the manifest the server keeps as {shown} does not check out ({e}): the server altered, moved or \
+             injected it; nothing was written"
+        ))
+    })
+}
+
+/// The chunks the server lists after the manifest must be exactly those the manifest signed, in order.
+fn check_listed(m: &FileManifest, listed: &[ManifestChunk]) -> Result<(), SyncError> {
+    if !listed.iter().map(|c| c.id.0).eq(m.chunks.iter().map(|c| c.stored_id)) {
+        return Err(SyncError::Integrity(format!(
+            "the server's chunk list for {} differs from its signed manifest: the server altered it",
+            m.path
+        )));
+    }
+    Ok(())
+}
+
+/// The first chunk of a stored file: its sealed manifest.
+fn manifest_chunk<'m>(server_path: &WsPath, manifest: &'m Manifest) -> Result<&'m ManifestChunk, SyncError> {
+    manifest.chunks.first().ok_or_else(|| {
+        SyncError::Integrity(format!(
+            "the server lists a file ({server_path}) that no member wrote: it has no manifest"
+        ))
+    })
 }
 
 /// The workspace's chunk-id key and chunking parameters (the server's: they name the sealed chunks).
@@ -292,6 +305,246 @@ pub async fn e2ee_list(
     let server_keys = server_keys(client, ws).await?;
     let all = listing(client, ws, e2ee, &server_keys).await?.files;
     Ok(all.into_iter().filter(|f| under(prefix, &f.path)).collect())
+}
+
+/// A file in the trash of an end-to-end encrypted workspace, as its verified manifest says.
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eeTrashEntry {
+    /// The path it had.
+    pub path: String,
+    /// Size of its last version in bytes.
+    pub size: u64,
+    /// Its last version number.
+    pub version: u64,
+    /// When it was deleted.
+    #[serde(with = "time::serde::rfc3339")]
+    pub deleted_at: OffsetDateTime,
+    /// Account id of the member who wrote its last version.
+    pub author: String,
+}
+
+/// A stored manifest's size is not in the trash listing; this only sizes the fetch requests.
+const MANIFEST_SIZE_GUESS: u32 = 4096;
+
+/// `cloudsync trash list` on an end-to-end encrypted workspace: each trashed file's last manifest is fetched
+/// (the server names it as the file's content hash) and verified, so the real paths can be shown.
+///
+/// # Errors
+/// [`SyncError::Integrity`] when a manifest does not check out, [`SyncError::Api`] for server failures.
+pub async fn e2ee_trash(client: &Client, ws: WorkspaceId, e2ee: &E2eeFiles) -> Result<Vec<E2eeTrashEntry>, SyncError> {
+    let server_keys = server_keys(client, ws).await?;
+    let files = client.files(ws);
+    let trash = retry(|| files.trash()).await?;
+    let mut metas = Vec::with_capacity(trash.len());
+    for t in &trash {
+        let id = ChunkId::from_hex(&t.content_hash).map_err(|_| {
+            SyncError::Integrity(format!(
+                "the trash lists a file ({}) that no member wrote: it has no manifest",
+                t.path
+            ))
+        })?;
+        metas.push((id, MANIFEST_SIZE_GUESS));
+    }
+    let blobs = fetch_blobs(&files, &metas, &server_keys).await?;
+    trash
+        .into_iter()
+        .zip(blobs)
+        .map(|(t, blob)| {
+            let m = open_verified(e2ee, &t.path, &blob)?;
+            Ok(E2eeTrashEntry {
+                path: m.path,
+                size: m.size,
+                version: t.version,
+                deleted_at: t.deleted_at,
+                author: uuid_text(&m.author),
+            })
+        })
+        .collect()
+}
+
+/// What [`e2ee_restore`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eeRestored {
+    /// The file's path.
+    pub path: String,
+    /// Its version number now.
+    pub version: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The version whose content it now holds.
+    pub restored_version: u64,
+    /// Whether it came back from the trash.
+    pub from_trash: bool,
+    /// Chunks sealed again and sent (an old version sealed in an earlier key epoch is re-sealed in the
+    /// current one; otherwise nothing is sent but the new manifest).
+    pub chunks_uploaded: u64,
+}
+
+/// `cloudsync restore` on an end-to-end encrypted workspace. A file in the trash comes back as it was
+/// deleted (the server moves it back; its manifest is checked). An older version is made current on this
+/// device, not by the server: its manifest is verified, then signed again by this member with a new counter
+/// (a server-made copy would carry the old counter, which members refuse as a rollback), its chunks re-sealed
+/// in the current key epoch if it was written in an earlier one, and committed as a new version.
+///
+/// # Errors
+/// [`SyncError::RemoteNotFound`] for nothing to restore, [`SyncError::Integrity`] when what the server keeps
+/// does not check out, [`SyncError::Conflict`] when the file changed on the server meanwhile.
+pub async fn e2ee_restore(
+    client: &Client,
+    ws: WorkspaceId,
+    path: &WsPath,
+    version: Option<u64>,
+    e2ee: &E2eeFiles,
+) -> Result<E2eeRestored, SyncError> {
+    let server_keys = server_keys(client, ws).await?;
+    let files = client.files(ws);
+    let server_path = e2ee.server_path(path.as_str())?;
+    let current = |v: Option<u64>| {
+        let refs = [ManifestRef { path: server_path.clone(), version: v }];
+        let files = &files;
+        async move { Ok::<_, SyncError>(retry(|| files.manifests(&refs)).await?.pop().flatten()) }
+    };
+    let mut from_trash = false;
+    let live = match current(None).await? {
+        Some(live) => live,
+        None => {
+            match files
+                .restore(&cloudsync_types::api::RestoreRequest { path: server_path.clone(), version: None })
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == cloudsync_sdk::ErrorKind::NotFound => {
+                    return Err(SyncError::RemoteNotFound(format!(
+                        "{path} is neither a file nor in the trash (`cloudsync trash list` shows what can be restored)"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            from_trash = true;
+            current(None).await?.ok_or_else(|| {
+                SyncError::RemoteNotFound(format!("{path} was deleted again while it was being restored"))
+            })?
+        }
+    };
+    let wanted = match version {
+        Some(n) => n,
+        None if from_trash => live.file.version,
+        None if live.file.version > 1 => live.file.version - 1,
+        None => {
+            return Err(SyncError::InvalidLocal(format!(
+                "{path} has only one version; nothing older to restore (`cloudsync versions` lists them)"
+            )));
+        }
+    };
+    let old = if wanted == live.file.version {
+        live.clone()
+    } else {
+        current(Some(wanted)).await?.ok_or_else(|| {
+            SyncError::RemoteNotFound(format!("{path} has no version {wanted} (`cloudsync versions` lists them)"))
+        })?
+    };
+    let first = manifest_chunk(&server_path, &old.manifest)?;
+    let blob = fetch_blobs(&files, &[(first.id, first.size)], &server_keys).await?.pop().unwrap_or_default();
+    let m = open_verified(e2ee, &server_path, &blob)?;
+    check_listed(&m, &old.manifest.chunks[1..])?;
+    if wanted == live.file.version {
+        // Back from the trash as it was deleted (or already the current version): nothing to sign again.
+        let mut seen = Seen::default();
+        seen.paths.insert(hex::encode(e2ee.keys.path_id(&m.path)), (m.counter, hash_hex(&m.content_hash)));
+        seen.save(&e2ee.seen_file)?;
+        return Ok(E2eeRestored {
+            path: m.path,
+            version: live.file.version,
+            size: m.size,
+            restored_version: wanted,
+            from_trash,
+            chunks_uploaded: 0,
+        });
+    }
+    // The new counter must be above every manifest in the workspace, as for a push.
+    let listed = listing(client, ws, e2ee, &server_keys).await?;
+    let counter = listed.before.max.max(listed.files.iter().map(|f| f.manifest.counter).max().unwrap_or(0)) + 1;
+    let keys = &e2ee.keys;
+    let epoch = keys.current_epoch();
+    let mut up = Uploader {
+        files: client.files(ws),
+        blobs: Vec::new(),
+        bytes: 0,
+        commits: Vec::new(),
+        sent: HashSet::new(),
+        committed: Seen { max: counter, paths: BTreeMap::new() },
+    };
+    let mut summary = TransferSummary::default();
+    let chunks = if m.epoch == epoch {
+        // Sealing is deterministic: the same content in the same epoch is the same stored chunk.
+        m.chunks.clone()
+    } else {
+        let mut resealed = Vec::with_capacity(m.chunks.len());
+        let mut next = m.chunks.iter();
+        for ids in requests(m.chunks.iter().map(|c| (ChunkId(c.stored_id), c.stored_len() as u32))) {
+            for ((id, blob), chunk) in retry(|| fetch_all(&files, &ids)).await?.into_iter().zip(next.by_ref()) {
+                check_blob(&server_keys, id, &blob)?;
+                let plain = keys.open_chunk(m.epoch, chunk, &blob).map_err(|e| {
+                    SyncError::Integrity(format!(
+                        "a chunk of version {wanted} of {path} does not open ({e}): the server altered or swapped it"
+                    ))
+                })?;
+                let sealed = keys.seal_chunk(&chunk.content_id, &plain);
+                let id = server_keys.chunk_id(&sealed);
+                resealed.push(SealedChunk { stored_id: id.0, content_id: chunk.content_id, len: chunk.len });
+                if up.sent.insert(id) {
+                    up.bytes += sealed.len();
+                    up.blobs.push((id, Bytes::from(sealed)));
+                }
+            }
+            if up.bytes >= BATCH_BYTES {
+                up.flush(&mut summary).await?;
+            }
+        }
+        resealed
+    };
+    let restored = FileManifest { epoch, counter, author: e2ee.me, chunks, ..m };
+    let sealed = keys.seal_manifest(&restored, &e2ee.signer).map_err(|e| SyncError::Internal(e.to_string()))?;
+    let meta_id = server_keys.chunk_id(&sealed);
+    let mut listed_chunks = vec![ManifestChunk { id: meta_id, size: sealed.len() as u32 }];
+    listed_chunks.extend(
+        restored.chunks.iter().map(|c| ManifestChunk { id: ChunkId(c.stored_id), size: c.stored_len() as u32 }),
+    );
+    if up.sent.insert(meta_id) {
+        up.blobs.push((meta_id, Bytes::from(sealed)));
+    }
+    up.commits.push(Commit {
+        shown: restored.path.clone(),
+        req: CommitRequest {
+            path: server_path,
+            base_version: Some(live.file.version),
+            manifest: Manifest {
+                size: listed_chunks.iter().map(|c| u64::from(c.size)).sum(),
+                content_hash: meta_id.to_hex(),
+                chunks: listed_chunks,
+            },
+            mtime_ms: None,
+        },
+        path_id: hex::encode(keys.path_id(&restored.path)),
+        seen: (counter, hash_hex(&restored.content_hash)),
+    });
+    up.flush(&mut summary).await?;
+    let committed = std::mem::take(&mut up.committed);
+    committed.save(&e2ee.seen_file)?;
+    if summary.files_uploaded != 1 {
+        return Err(SyncError::Conflict(format!(
+            "{path} changed on the server while it was being restored; nothing was overwritten (run the restore again)"
+        )));
+    }
+    Ok(E2eeRestored {
+        path: restored.path,
+        version: live.file.version + 1,
+        size: restored.size,
+        restored_version: wanted,
+        from_trash,
+        // The manifest is not counted: it is sent with every version.
+        chunks_uploaded: summary.chunks_uploaded.saturating_sub(1),
+    })
 }
 
 fn under(prefix: &WsPath, path: &str) -> bool {

@@ -28,6 +28,10 @@ pub enum SyncError {
     /// Nothing lives at the server path given.
     #[error("{0}")]
     RemoteNotFound(String),
+    /// The server's copy changed while this command ran; nothing was overwritten, and running it again
+    /// starts from the new state.
+    #[error("{0}")]
+    Conflict(String),
     /// Something that cannot happen did: a background task panicked, or an internal invariant broke.
     #[error("internal error: {0}; this is a bug; please report it")]
     Internal(String),
@@ -43,6 +47,7 @@ impl SyncError {
                 source.kind(),
                 io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
             ),
+            SyncError::Conflict(_) => true,
             SyncError::Integrity(_)
             | SyncError::InvalidLocal(_)
             | SyncError::RemoteNotFound(_)

@@ -44,7 +44,10 @@ mod watch;
 
 use serde::Serialize;
 
-pub use e2ee::{E2eeEntry, E2eeFiles, Writers, e2ee_list, e2ee_pull, e2ee_push};
+pub use e2ee::{
+    E2eeEntry, E2eeFiles, E2eeRestored, E2eeTrashEntry, Writers, e2ee_list, e2ee_pull, e2ee_push, e2ee_restore,
+    e2ee_trash,
+};
 pub use engine::{MAX_ROUNDS, Status, SyncOptions, SyncReport, forget, status, sync, synced_pair};
 pub use error::SyncError;
 pub use ignore::IGNORE_FILE;

@@ -663,6 +663,9 @@ pub struct TrashEntry {
     pub version: u64,
     /// Size of the last version.
     pub size: u64,
+    /// Content hash of the last version, as its commit gave it (for an end-to-end encrypted workspace, the
+    /// id of the chunk holding its sealed manifest).
+    pub content_hash: String,
     /// When it was deleted.
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]

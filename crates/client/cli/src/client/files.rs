@@ -7,8 +7,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use cloudsync_sdk::Client;
 use cloudsync_sync::{TransferOptions, TransferSummary};
-use cloudsync_types::WsPath;
 use cloudsync_types::api::{RestoreRequest, Workspace};
+use cloudsync_types::{Role, WsPath};
+use time::OffsetDateTime;
 
 use super::output::{date, print_json, size, table};
 use super::{connect, workspace};
@@ -32,19 +33,6 @@ pub(crate) async fn resolve(spec: &str) -> Result<(Client, Workspace, WsPath)> {
     let client = connect()?;
     let w = workspace(&client, &name).await?;
     Ok((client, w, path))
-}
-
-/// Refuses a command this client cannot do on an end-to-end encrypted workspace yet (before anything is sent:
-/// the request would carry a file name the server must not see).
-fn refuse_e2ee(w: &Workspace, what: &str) -> Result<()> {
-    if w.e2e_encryption {
-        bail!(
-            "{what} is not available on end-to-end encrypted workspaces yet ({:?} is one); `cloudsync versions` \
-             lists a file's versions",
-            w.name
-        );
-    }
-    Ok(())
 }
 
 fn require_file(path: &WsPath, spec: &str) -> Result<()> {
@@ -241,10 +229,28 @@ pub async fn versions(remote: &str, passphrase_stdin: bool, json: bool) -> Resul
 ///
 /// # Errors
 /// Nothing to restore, or a role below Admin.
-pub async fn restore(remote: &str, version: Option<u64>, json: bool) -> Result<()> {
+pub async fn restore(remote: &str, version: Option<u64>, passphrase_stdin: bool, json: bool) -> Result<()> {
     let (client, w, path) = resolve(remote).await?;
     require_file(&path, remote)?;
-    refuse_e2ee(&w, "restoring a file")?;
+    if w.e2e_encryption {
+        // An old version is signed again on this device as a new version; the server cannot tell that from
+        // a push, so the role restoring needs is checked here.
+        if w.role < Role::Admin {
+            bail!(
+                "restoring needs the admin role in {:?} (yours is {}); ask an admin or owner to restore it",
+                w.name,
+                w.role
+            );
+        }
+        let access = super::e2ee::file_access(&client, &w, passphrase_stdin).await?;
+        let r = cloudsync_sync::e2ee_restore(&client, w.id, &path, version, &access).await?;
+        if json {
+            return print_json(&r);
+        }
+        let how = if r.from_trash { " from the trash" } else { "" };
+        eprintln!("Restored {}{how} (version {} is now version {}).", r.path, r.restored_version, r.version);
+        return Ok(());
+    }
     let f = client.files(w.id).restore(&RestoreRequest { path, version }).await?;
     if json {
         return print_json(&f);
@@ -257,19 +263,26 @@ pub async fn restore(remote: &str, version: Option<u64>, json: bool) -> Result<(
 ///
 /// # Errors
 /// Server errors.
-pub async fn trash(name: &str, json: bool) -> Result<()> {
+pub async fn trash(name: &str, passphrase_stdin: bool, json: bool) -> Result<()> {
     let client = connect()?;
     let w = workspace(&client, name).await?;
-    refuse_e2ee(&w, "listing the trash")?;
-    let list = client.files(w.id).trash().await?;
-    if json {
-        return print_json(&list);
-    }
+    let rows: Vec<(OffsetDateTime, u64, u64, String)> = if w.e2e_encryption {
+        let access = super::e2ee::file_access(&client, &w, passphrase_stdin).await?;
+        let list = cloudsync_sync::e2ee_trash(&client, w.id, &access).await?;
+        if json {
+            return print_json(&list);
+        }
+        list.into_iter().map(|t| (t.deleted_at, t.size, t.version, t.path)).collect()
+    } else {
+        let list = client.files(w.id).trash().await?;
+        if json {
+            return print_json(&list);
+        }
+        list.into_iter().map(|t| (t.deleted_at, t.size, t.version, t.path.to_string())).collect()
+    };
     table(
         &["DELETED", "SIZE", "VERSION", "PATH"],
-        list.iter()
-            .map(|t| vec![date(t.deleted_at), size(t.size), t.version.to_string(), t.path.to_string()])
-            .collect(),
+        rows.into_iter().map(|(d, s, v, p)| vec![date(d), size(s), v.to_string(), p]).collect(),
     );
     Ok(())
 }

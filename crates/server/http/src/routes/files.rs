@@ -258,6 +258,7 @@ pub(crate) async fn trash(
                 path: f.path,
                 version: f.version,
                 size: f.size,
+                content_hash: f.content_hash,
                 deleted_at: time_of(f.deleted_ms.unwrap_or_default()),
             })
             .collect(),
