@@ -21,9 +21,7 @@ use bytes::Bytes;
 use cloudsync_crypto::e2ee::{PublicIdentity, UserKeys};
 use cloudsync_crypto::e2ee_files::{FileKeys, FileManifest, MAX_FILE_CHUNKS, SealedChunk};
 use cloudsync_sdk::Client;
-use cloudsync_types::api::{
-    CommitRequest, MAX_BATCH_COMMITS, MAX_BATCH_MANIFESTS, Manifest, ManifestChunk, ManifestRef,
-};
+use cloudsync_types::api::{CommitRequest, MAX_BATCH_COMMITS, Manifest, ManifestChunk, ManifestRef};
 use cloudsync_types::{ChunkId, WorkspaceId, WsPath};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
@@ -31,7 +29,10 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::chunking::{chunk_stream, hash_reader};
-use crate::fetch::{create_temp, fetch_all, flush_to_disk, place, requests, system_time};
+use crate::fetch::{
+    FEED_REQUESTS, FETCH_IN_FLIGHT, GROUP_BYTES, GROUP_FILES, create_temp, fetch_all, flush_to_disk, place, requests,
+    system_time,
+};
 use crate::index::Stat;
 use crate::keys::{ChunkKeys, hash_hex};
 use crate::localpath::{Existing, local_path, prepare};
@@ -39,6 +40,7 @@ use crate::pull::{ensure_dir, relative};
 use crate::push::scan_local;
 use crate::retry::retry;
 use crate::{SyncError, TransferOptions, TransferSummary, progress};
+use futures_util::StreamExt as _;
 
 /// Chunk bytes gathered before the server is asked which it lacks and they are sent.
 const BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -156,34 +158,56 @@ struct Listing {
     before: Seen,
 }
 
+/// Lists and verifies every file. With `check_chunk_lists`, the server's chunk list of each file is fetched
+/// and compared with the signed one (what `ls` and `pull` show or read); without, the sealed manifests are
+/// found by the files' content hashes (their chunk ids) alone, which spares the server reading and auditing
+/// every manifest (what `push` and `restore` need: contents and counters, never the server's lists, since
+/// chunks are always fetched by the ids the manifest signed).
 async fn listing(
     client: &Client,
     ws: WorkspaceId,
     e2ee: &E2eeFiles,
     server_keys: &ChunkKeys,
+    check_chunk_lists: bool,
 ) -> Result<Listing, SyncError> {
     let files = client.files(ws);
     let root = WsPath::root();
     let entries = retry(|| files.list_all(&root)).await?;
-    let mut with_manifest = Vec::with_capacity(entries.len());
-    for batch in entries.chunks(MAX_BATCH_MANIFESTS) {
+    // Each file, with the server's chunk list when asked for.
+    let rows: Vec<(cloudsync_types::api::FileEntry, Option<Manifest>)> = if check_chunk_lists {
         let refs: Vec<ManifestRef> =
-            batch.iter().map(|e| ManifestRef { path: e.path.clone(), version: Some(e.version) }).collect();
-        let got = retry(|| files.manifests(&refs)).await?;
+            entries.iter().map(|e| ManifestRef { path: e.path.clone(), version: Some(e.version) }).collect();
         // A file deleted since it was listed has no manifest any more: it is simply gone.
-        with_manifest.extend(got.into_iter().flatten());
-    }
-    let mut metas: Vec<(ChunkId, u32)> = Vec::with_capacity(with_manifest.len());
-    for vm in &with_manifest {
-        let first = manifest_chunk(&vm.file.path, &vm.manifest)?;
-        metas.push((first.id, first.size));
+        let got = retry(|| files.manifests(&refs)).await?;
+        got.into_iter().flatten().map(|vm| (vm.file, Some(vm.manifest))).collect()
+    } else {
+        entries.into_iter().map(|e| (e, None)).collect()
+    };
+    let mut metas: Vec<(ChunkId, u32)> = Vec::with_capacity(rows.len());
+    for (file, manifest) in &rows {
+        metas.push(match manifest {
+            Some(m) => {
+                let first = manifest_chunk(&file.path, m)?;
+                (first.id, first.size)
+            }
+            None => (manifest_id(&file.path, &file.content_hash)?, MANIFEST_SIZE_GUESS),
+        });
     }
     let blobs = fetch_blobs(&files, &metas, server_keys).await?;
     let before = Seen::load(&e2ee.seen_file)?;
-    let mut out = Vec::with_capacity(with_manifest.len());
-    for (vm, blob) in with_manifest.into_iter().zip(blobs) {
-        let m = open_verified(e2ee, &vm.file.path, &blob)?;
-        check_listed(&m, &vm.manifest.chunks[1..])?;
+    let mut verified = VerifiedIds::load(e2ee);
+    let opened = {
+        let items: Vec<(&WsPath, ChunkId, &[u8])> =
+            rows.iter().zip(&metas).zip(&blobs).map(|(((f, _), (id, _)), b)| (&f.path, *id, &b[..])).collect();
+        open_many(e2ee, &mut verified, &items)
+    };
+    verified.save()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for ((file, manifest), m) in rows.into_iter().zip(opened) {
+        let m = m?;
+        if let Some(listed) = manifest {
+            check_listed(&m, &listed.chunks[1..])?;
+        }
         let path_id = e2ee.keys.path_id(&m.path);
         if let Some((counter, _)) = before.paths.get(&hex::encode(path_id)).filter(|(c, _)| *c > m.counter) {
             return Err(SyncError::Integrity(format!(
@@ -195,8 +219,8 @@ async fn listing(
         out.push(E2eeEntry {
             path: m.path.clone(),
             size: m.size,
-            version: vm.file.version,
-            modified_at: vm.file.modified_at,
+            version: file.version,
+            modified_at: file.modified_at,
             mtime_ms: m.mtime_ms,
             epoch: m.epoch,
             author: uuid_text(&m.author),
@@ -217,16 +241,113 @@ async fn listing(
 /// Opens the sealed manifest the server keeps as `server_path`: it must be sealed to that path id and signed
 /// by a member who could write in its epoch.
 fn open_verified(e2ee: &E2eeFiles, server_path: &WsPath, blob: &[u8]) -> Result<FileManifest, SyncError> {
+    open_checked(e2ee, server_path, blob, false)
+}
+
+/// As [`open_verified`]; with `verified_before`, the blob is byte-identical to one whose signature this
+/// device checked (or made), and only the signature is not checked again.
+fn open_checked(
+    e2ee: &E2eeFiles,
+    server_path: &WsPath,
+    blob: &[u8],
+    verified_before: bool,
+) -> Result<FileManifest, SyncError> {
     let shown = server_path.as_str();
     let path_id = parse_path_id(shown).ok_or_else(|| {
         SyncError::Integrity(format!("the server lists a file ({shown}) that no member wrote: its name is no path id"))
     })?;
-    e2ee.keys.open_manifest(&path_id, blob, |who, epoch| e2ee.writer(who, epoch)).map_err(|e| {
+    let writer = |who: &[u8; 16], epoch: u32| e2ee.writer(who, epoch);
+    let opened = if verified_before {
+        e2ee.keys.open_manifest_verified_before(&path_id, blob, writer)
+    } else {
+        e2ee.keys.open_manifest(&path_id, blob, writer)
+    };
+    opened.map_err(|e| {
         SyncError::Integrity(format!(
             "the manifest the server keeps as {shown} does not check out ({e}): the server altered, moved or \
              injected it; nothing was written"
         ))
     })
+}
+
+/// The sealed manifests whose signature this device checked or made in one workspace, by chunk id (a
+/// collision-resistant hash of the sealed bytes, which the client recomputes for every blob it fetches): a
+/// listing opens those again without checking their signature again, which is most of its cost. A cache
+/// only: a missing or damaged file means every signature is checked.
+struct VerifiedIds {
+    file: PathBuf,
+    ids: HashSet<[u8; 32]>,
+    new: Vec<[u8; 32]>,
+}
+
+/// Past this many ids the cache starts over (about 64 MiB).
+const MAX_VERIFIED_IDS: usize = 2_000_000;
+
+impl VerifiedIds {
+    fn load(e2ee: &E2eeFiles) -> Self {
+        let file = e2ee.seen_file.with_extension("verified");
+        let bytes = fs::read(&file).unwrap_or_default();
+        let ids = if bytes.len() / 32 > MAX_VERIFIED_IDS {
+            HashSet::new()
+        } else {
+            bytes.chunks_exact(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).collect()
+        };
+        Self { file, ids, new: Vec::new() }
+    }
+
+    fn add(&mut self, id: ChunkId) {
+        if self.ids.insert(id.0) {
+            self.new.push(id.0);
+        }
+    }
+
+    /// Appends the ids learned (or starts the file over when it is full).
+    fn save(self) -> Result<(), SyncError> {
+        if self.new.is_empty() {
+            return Ok(());
+        }
+        if let Some(dir) = self.file.parent() {
+            fs::create_dir_all(dir).map_err(|e| SyncError::io(dir, e))?;
+        }
+        let full = self.ids.len() > MAX_VERIFIED_IDS;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(!full)
+            .write(true)
+            .truncate(full)
+            .open(&self.file)
+            .map_err(|e| SyncError::io(&self.file, e))?;
+        f.write_all(&self.new.concat()).map_err(|e| SyncError::io(&self.file, e))
+    }
+}
+
+/// Opens and checks many sealed manifests (server path, chunk id, blob), on every core when there are many;
+/// those opened with their signature checked join `verified`.
+fn open_many(
+    e2ee: &E2eeFiles,
+    verified: &mut VerifiedIds,
+    items: &[(&WsPath, ChunkId, &[u8])],
+) -> Vec<Result<FileManifest, SyncError>> {
+    let known = &verified.ids;
+    let open = |part: &[(&WsPath, ChunkId, &[u8])]| -> Vec<Result<FileManifest, SyncError>> {
+        part.iter().map(|(path, id, blob)| open_checked(e2ee, path, blob, known.contains(&id.0))).collect()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let out: Vec<Result<FileManifest, SyncError>> = if threads < 2 || items.len() < 64 {
+        open(items)
+    } else {
+        let per = items.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = items.chunks(per).map(|part| s.spawn(move || open(part))).collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        })
+    };
+    for ((_, id, _), r) in items.iter().zip(&out) {
+        if r.is_ok() {
+            verified.add(*id);
+        }
+    }
+    out
 }
 
 /// The chunks the server lists after the manifest must be exactly those the manifest signed, in order.
@@ -238,6 +359,15 @@ fn check_listed(m: &FileManifest, listed: &[ManifestChunk]) -> Result<(), SyncEr
         )));
     }
     Ok(())
+}
+
+/// The chunk id of a stored file's sealed manifest: its content hash, as the member who committed it set it.
+fn manifest_id(server_path: &WsPath, content_hash: &str) -> Result<ChunkId, SyncError> {
+    ChunkId::from_hex(content_hash).map_err(|_| {
+        SyncError::Integrity(format!(
+            "the server lists a file ({server_path}) that no member wrote: its content hash names no manifest"
+        ))
+    })
 }
 
 /// The first chunk of a stored file: its sealed manifest.
@@ -303,7 +433,7 @@ pub async fn e2ee_list(
     e2ee: &E2eeFiles,
 ) -> Result<Vec<E2eeEntry>, SyncError> {
     let server_keys = server_keys(client, ws).await?;
-    let all = listing(client, ws, e2ee, &server_keys).await?.files;
+    let all = listing(client, ws, e2ee, &server_keys, true).await?.files;
     Ok(all.into_iter().filter(|f| under(prefix, &f.path)).collect())
 }
 
@@ -337,20 +467,21 @@ pub async fn e2ee_trash(client: &Client, ws: WorkspaceId, e2ee: &E2eeFiles) -> R
     let trash = retry(|| files.trash()).await?;
     let mut metas = Vec::with_capacity(trash.len());
     for t in &trash {
-        let id = ChunkId::from_hex(&t.content_hash).map_err(|_| {
-            SyncError::Integrity(format!(
-                "the trash lists a file ({}) that no member wrote: it has no manifest",
-                t.path
-            ))
-        })?;
-        metas.push((id, MANIFEST_SIZE_GUESS));
+        metas.push((manifest_id(&t.path, &t.content_hash)?, MANIFEST_SIZE_GUESS));
     }
     let blobs = fetch_blobs(&files, &metas, &server_keys).await?;
+    let mut verified = VerifiedIds::load(e2ee);
+    let opened = {
+        let items: Vec<(&WsPath, ChunkId, &[u8])> =
+            trash.iter().zip(&metas).zip(&blobs).map(|((t, (id, _)), b)| (&t.path, *id, &b[..])).collect();
+        open_many(e2ee, &mut verified, &items)
+    };
+    verified.save()?;
     trash
         .into_iter()
-        .zip(blobs)
-        .map(|(t, blob)| {
-            let m = open_verified(e2ee, &t.path, &blob)?;
+        .zip(opened)
+        .map(|(t, m)| {
+            let m = m?;
             Ok(E2eeTrashEntry {
                 path: m.path,
                 size: m.size,
@@ -462,7 +593,7 @@ pub async fn e2ee_restore(
         });
     }
     // The new counter must be above every manifest in the workspace, as for a push.
-    let listed = listing(client, ws, e2ee, &server_keys).await?;
+    let listed = listing(client, ws, e2ee, &server_keys, false).await?;
     let counter = listed.before.max.max(listed.files.iter().map(|f| f.manifest.counter).max().unwrap_or(0)) + 1;
     let keys = &e2ee.keys;
     let epoch = keys.current_epoch();
@@ -473,6 +604,7 @@ pub async fn e2ee_restore(
         commits: Vec::new(),
         sent: HashSet::new(),
         committed: Seen { max: counter, paths: BTreeMap::new() },
+        made: Vec::new(),
     };
     let mut summary = TransferSummary::default();
     let chunks = if m.epoch == epoch {
@@ -527,10 +659,10 @@ pub async fn e2ee_restore(
         },
         path_id: hex::encode(keys.path_id(&restored.path)),
         seen: (counter, hash_hex(&restored.content_hash)),
+        manifest_id: meta_id,
     });
     up.flush(&mut summary).await?;
-    let committed = std::mem::take(&mut up.committed);
-    committed.save(&e2ee.seen_file)?;
+    up.remember(e2ee)?;
     if summary.files_uploaded != 1 {
         return Err(SyncError::Conflict(format!(
             "{path} changed on the server while it was being restored; nothing was overwritten (run the restore again)"
@@ -576,6 +708,8 @@ struct Commit {
     /// Path id (hex), and (counter, content hash) as [`Seen::paths`] keeps them.
     path_id: String,
     seen: (u64, String),
+    /// The chunk id of the sealed manifest this device made (and so need not verify when it lists it).
+    manifest_id: ChunkId,
 }
 
 /// `cloudsync push` into an end-to-end encrypted workspace: every regular file below `local_dir` is sealed on
@@ -605,7 +739,7 @@ pub async fn e2ee_push(
         summary.skip(why);
     }
     let server_keys = server_keys(client, ws).await?;
-    let listed = listing(client, ws, &e2ee, &server_keys).await?;
+    let listed = listing(client, ws, &e2ee, &server_keys, false).await?;
     let counter = listed.before.max.max(listed.files.iter().map(|f| f.manifest.counter).max().unwrap_or(0)) + 1;
     let remote_files: HashMap<String, E2eeEntry> = listed.files.into_iter().map(|f| (f.path.clone(), f)).collect();
 
@@ -640,6 +774,7 @@ pub async fn e2ee_push(
         commits: Vec::new(),
         sent: HashSet::new(),
         committed: Seen { max: counter, paths: BTreeMap::new() },
+        made: Vec::new(),
     };
     let result = async {
         while let Some(ev) = rx.recv().await {
@@ -666,8 +801,7 @@ pub async fn e2ee_push(
     drop(rx);
     producer.await.map_err(SyncError::task)?;
     // What this push committed counts as seen: the server may not show an older version of it later.
-    let committed = std::mem::take(&mut up.committed);
-    committed.save(&e2ee.seen_file)?;
+    up.remember(&e2ee)?;
     progress::end(&bar, &result);
     result?;
     summary.seconds = started.elapsed().as_secs_f64();
@@ -758,6 +892,7 @@ impl Sealer<'_> {
             mtime_ms: None,
         };
         Ok(Some(Event::Commit(Commit {
+            manifest_id: meta_id,
             path_id: hex::encode(keys.path_id(&m.path)),
             seen: (m.counter, hash_hex(&m.content_hash)),
             shown: m.path,
@@ -776,6 +911,20 @@ struct Uploader<'a> {
     sent: HashSet<ChunkId>,
     /// The files committed so far, as this device will remember them.
     committed: Seen,
+    /// The sealed manifests committed so far.
+    made: Vec<ChunkId>,
+}
+
+impl Uploader<'_> {
+    /// Remembers what was committed: the counters (rollback detection) and the manifests made here.
+    fn remember(&mut self, e2ee: &E2eeFiles) -> Result<(), SyncError> {
+        std::mem::take(&mut self.committed).save(&e2ee.seen_file)?;
+        let mut verified = VerifiedIds::load(e2ee);
+        for id in self.made.drain(..) {
+            verified.add(id);
+        }
+        verified.save()
+    }
 }
 
 impl Uploader<'_> {
@@ -800,11 +949,12 @@ impl Uploader<'_> {
         }
         let reqs: Vec<CommitRequest> = commits.iter().map(|c| c.req.clone()).collect();
         let results = retry(|| self.files.commit_batch(&reqs)).await?;
-        for (Commit { shown, path_id, seen, .. }, result) in commits.into_iter().zip(results) {
+        for (Commit { shown, path_id, seen, manifest_id, .. }, result) in commits.into_iter().zip(results) {
             match (result.entry, result.error) {
                 (Some(_), _) => {
                     summary.files_uploaded += 1;
                     self.committed.paths.insert(path_id, seen);
+                    self.made.push(manifest_id);
                 }
                 (None, Some(e)) if e.code == cloudsync_types::ErrorCode::Conflict => {
                     summary.files_conflicted += 1;
@@ -843,13 +993,13 @@ pub async fn e2ee_pull(
     ws: WorkspaceId,
     remote: &WsPath,
     local_dir: &Path,
-    e2ee: &E2eeFiles,
+    e2ee: Arc<E2eeFiles>,
     opts: &TransferOptions,
 ) -> Result<TransferSummary, SyncError> {
     let started = Instant::now();
     let server_keys = server_keys(client, ws).await?;
     let content = server_keys.end_to_end(e2ee.keys.content_key(), e2ee.keys.chunking_secret());
-    let listed = listing(client, ws, e2ee, &server_keys).await?;
+    let listed = listing(client, ws, &e2ee, &server_keys, true).await?;
     let wanted: Vec<E2eeEntry> = listed.files.into_iter().filter(|f| under(remote, &f.path)).collect();
     if wanted.is_empty() && !remote.is_root() {
         return Err(SyncError::RemoteNotFound(format!(
@@ -892,8 +1042,8 @@ pub async fn e2ee_pull(
     }
     let bar = progress::bar(opts.progress, jobs.iter().map(|j| j.entry.size).sum());
     let files = client.files(ws);
-    let tools = Tools { e2ee, server_keys: &server_keys, content: &content, bar: &bar };
-    let result = download_all(&files, &jobs, &tools, &opts.device_name, &mut summary).await;
+    let tools = Tools { e2ee, server_keys, content, bar: bar.clone(), device: opts.device_name.clone() };
+    let result = download_all(&files, jobs, tools, &mut summary).await;
     progress::end(&bar, &result);
     result?;
     summary.seconds = started.elapsed().as_secs_f64();
@@ -908,37 +1058,106 @@ struct Writing {
     written: u64,
 }
 
-/// What a pull opens, checks and counts with.
-struct Tools<'a> {
-    e2ee: &'a E2eeFiles,
-    server_keys: &'a ChunkKeys,
-    content: &'a ChunkKeys,
-    bar: &'a ProgressBar,
+/// What a pull opens, checks, writes and counts with; shared by the threads that open chunks and the one
+/// that writes.
+struct Tools {
+    e2ee: Arc<E2eeFiles>,
+    server_keys: ChunkKeys,
+    content: ChunkKeys,
+    bar: ProgressBar,
+    device: String,
 }
 
-/// Fetches, opens and writes every job's chunks in order, then installs the files (durably, then renamed).
+/// Fetches every job's chunks in order, several requests in flight; each request's chunks are checked and
+/// opened on a blocking thread (requests in parallel), and one writer thread writes them in order and installs
+/// finished files in groups (durably, then renamed).
 async fn download_all(
     files: &cloudsync_sdk::Files<'_>,
-    jobs: &[Download],
-    tools: &Tools<'_>,
-    device: &str,
+    jobs: Vec<Download>,
+    tools: Tools,
     summary: &mut TransferSummary,
 ) -> Result<(), SyncError> {
-    // Every chunk of every job, in order: (job, chunk index).
+    let jobs: Arc<[Download]> = jobs.into();
+    let tools = Arc::new(tools);
+    // Every chunk of every job, in order: (job, chunk index), split as the fetch requests are.
     let order: Vec<(usize, usize)> =
         jobs.iter().enumerate().flat_map(|(j, d)| (0..d.entry.manifest.chunks.len()).map(move |c| (j, c))).collect();
     let wanted = order.iter().map(|&(j, c)| {
         let chunk = &jobs[j].entry.manifest.chunks[c];
         (ChunkId(chunk.stored_id), chunk.stored_len() as u32)
     });
-    let mut done: Vec<(usize, PathBuf)> = Vec::new();
-    let mut cleanup = TempFiles(Vec::new());
-    let mut open = Open { writing: None, next_job: 0 };
-    let mut next = order.iter();
+    let mut batches = Vec::new();
+    let mut rest = order.as_slice();
     for ids in requests(wanted) {
-        for ((id, blob), &(j, c)) in retry(|| fetch_all(files, &ids)).await?.into_iter().zip(next.by_ref()) {
-            check_blob(tools.server_keys, id, &blob)?;
-            summary.bytes_downloaded += blob.len() as u64;
+        let (here, after) = rest.split_at(ids.len());
+        batches.push((ids, here.to_vec()));
+        rest = after;
+    }
+    let (tx, rx) = mpsc::channel::<Vec<Opened>>(FEED_REQUESTS);
+    let writer = {
+        let (jobs, tools) = (Arc::clone(&jobs), Arc::clone(&tools));
+        tokio::task::spawn_blocking(move || write_all(&jobs, rx, &tools))
+    };
+    let mut opened = futures_util::stream::iter(batches)
+        .map(|(ids, places)| {
+            let (jobs, tools) = (Arc::clone(&jobs), Arc::clone(&tools));
+            async move {
+                let blobs = retry(|| fetch_all(files, &ids)).await?;
+                let bytes = blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+                let plain = tokio::task::spawn_blocking(move || open_batch(&jobs, &tools, blobs, &places))
+                    .await
+                    .map_err(SyncError::task)??;
+                Ok::<_, SyncError>((bytes, plain))
+            }
+        })
+        .buffered(FETCH_IN_FLIGHT);
+    let mut fetch_error = None;
+    while let Some(res) = opened.next().await {
+        match res {
+            Ok((bytes, plain)) => {
+                summary.bytes_downloaded += bytes;
+                if tx.send(plain).await.is_err() {
+                    // The writer stopped; its own error says why.
+                    break;
+                }
+            }
+            Err(e) => {
+                fetch_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(opened);
+    drop(tx);
+    let written = writer.await.map_err(SyncError::task)?;
+    if let Some(e) = fetch_error {
+        return Err(e);
+    }
+    let (downloaded, conflicts) = written?;
+    summary.files_downloaded += downloaded;
+    summary.files_conflicted += conflicts.len() as u64;
+    summary.conflicts.extend(conflicts);
+    Ok(())
+}
+
+/// One opened chunk: which job it belongs to, and its plaintext.
+struct Opened {
+    job: usize,
+    plain: Vec<u8>,
+}
+
+/// Checks each fetched chunk against its id and opens it with its file's key epoch.
+fn open_batch(
+    jobs: &[Download],
+    tools: &Tools,
+    blobs: Vec<(ChunkId, Bytes)>,
+    places: &[(usize, usize)],
+) -> Result<Vec<Opened>, SyncError> {
+    blobs
+        .into_iter()
+        .zip(places)
+        .map(|((id, blob), &(j, c))| {
+            check_blob(&tools.server_keys, id, &blob)?;
             let job = &jobs[j];
             let chunk = &job.entry.manifest.chunks[c];
             let plain = tools.e2ee.keys.open_chunk(job.entry.manifest.epoch, chunk, &blob).map_err(|e| {
@@ -947,36 +1166,76 @@ async fn download_all(
                     job.entry.path
                 ))
             })?;
-            open.settle(j, jobs, tools.content, &mut cleanup, &mut done)?;
+            Ok(Opened { job: j, plain })
+        })
+        .collect()
+}
+
+/// The writer thread: writes the opened chunks in order, finishes each file against its manifest, and
+/// installs finished files a group at a time. Returns the files installed and the conflicted copies kept.
+fn write_all(
+    jobs: &[Download],
+    mut rx: mpsc::Receiver<Vec<Opened>>,
+    tools: &Tools,
+) -> Result<(u64, Vec<String>), SyncError> {
+    let mut cleanup = TempFiles(Vec::new());
+    let mut open = Open { writing: None, next_job: 0 };
+    let mut group = Group { done: Vec::new(), bytes: 0, installed: 0, conflicts: Vec::new() };
+    while let Some(batch) = rx.blocking_recv() {
+        for Opened { job: j, plain } in batch {
+            open.settle(j, jobs, &tools.content, &mut cleanup, &mut group)?;
             let w = match &mut open.writing {
                 Some(w) => w,
-                None => open.writing.insert(open_temp(job, tools.content, &mut cleanup)?),
+                None => open.writing.insert(open_temp(&jobs[j], &tools.content, &mut cleanup)?),
             };
             w.file.write_all(&plain).map_err(|e| SyncError::io(&w.tmp, e))?;
             w.hasher.update(&plain);
             w.written += plain.len() as u64;
             tools.bar.inc(plain.len() as u64);
+            group.bytes += plain.len() as u64;
+        }
+        if group.done.len() >= GROUP_FILES || group.bytes >= GROUP_BYTES {
+            group.install(jobs, &tools.device, &mut cleanup)?;
         }
     }
-    open.settle(jobs.len(), jobs, tools.content, &mut cleanup, &mut done)?;
-    if let Some((_, first)) = done.first() {
+    open.settle(jobs.len(), jobs, &tools.content, &mut cleanup, &mut group)?;
+    group.install(jobs, &tools.device, &mut cleanup)?;
+    Ok((group.installed, group.conflicts))
+}
+
+/// Files written and checked, not yet renamed into place.
+struct Group {
+    done: Vec<(usize, PathBuf)>,
+    bytes: u64,
+    installed: u64,
+    conflicts: Vec<String>,
+}
+
+impl Group {
+    /// Makes the group's files durable, then renames each into place (a local file that differs and was not
+    /// seen on the server is kept as a conflicted copy).
+    fn install(&mut self, jobs: &[Download], device: &str, cleanup: &mut TempFiles) -> Result<(), SyncError> {
+        self.bytes = 0;
+        let done = std::mem::take(&mut self.done);
+        let Some((_, first)) = done.first() else {
+            return Ok(());
+        };
         flush_to_disk(done.iter().map(|(_, p)| p.as_path()), first)?;
-    }
-    for (j, tmp) in done {
-        let job = &jobs[j];
-        let kept_as = place(&tmp, &job.target, job.replace, device)?;
-        cleanup.0.retain(|p| *p != tmp);
-        summary.files_downloaded += 1;
-        if let Some(copy) = kept_as {
-            summary.files_conflicted += 1;
-            summary.conflicts.push(format!(
-                "{}: the local file differed and was kept as {}",
-                job.entry.path,
-                copy.display()
-            ));
+        for (j, tmp) in done {
+            let job = &jobs[j];
+            let kept_as = place(&tmp, &job.target, job.replace, device)?;
+            cleanup.0.retain(|p| *p != tmp);
+            self.installed += 1;
+            if let Some(copy) = kept_as {
+                self.conflicts.push(format!(
+                    "{}: the local file differed and was kept as {}",
+                    job.entry.path,
+                    copy.display()
+                ));
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn open_temp(job: &Download, content: &ChunkKeys, cleanup: &mut TempFiles) -> Result<Writing, SyncError> {
@@ -999,7 +1258,7 @@ impl Open {
         jobs: &[Download],
         content: &ChunkKeys,
         cleanup: &mut TempFiles,
-        done: &mut Vec<(usize, PathBuf)>,
+        group: &mut Group,
     ) -> Result<(), SyncError> {
         while self.next_job < upto {
             let j = self.next_job;
@@ -1008,7 +1267,7 @@ impl Open {
                 None => open_temp(&jobs[j], content, cleanup)?,
             };
             finish(&jobs[j], &w)?;
-            done.push((j, w.tmp));
+            group.done.push((j, w.tmp));
             self.next_job += 1;
         }
         Ok(())

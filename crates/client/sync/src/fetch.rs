@@ -48,14 +48,14 @@ const FETCH_BYTES: u64 = 16 * 1024 * 1024;
 /// Chunks asked for per request (the server's cap is higher).
 const FETCH_CHUNKS: usize = 2048;
 /// Chunk requests in flight.
-const FETCH_IN_FLIGHT: usize = 3;
+pub(crate) const FETCH_IN_FLIGHT: usize = 3;
 /// Fetched requests waiting for the writer (memory: about this many times [`FETCH_BYTES`], besides those
 /// in flight).
-const FEED_REQUESTS: usize = 2;
+pub(crate) const FEED_REQUESTS: usize = 2;
 /// Files written before their group is flushed and renamed into place.
-const GROUP_FILES: usize = 1000;
+pub(crate) const GROUP_FILES: usize = 1000;
 /// Bytes written before a group is flushed.
-const GROUP_BYTES: u64 = 256 * 1024 * 1024;
+pub(crate) const GROUP_BYTES: u64 = 256 * 1024 * 1024;
 
 /// One file to bring down.
 #[derive(Debug, Clone)]

@@ -122,7 +122,7 @@ pub async fn pull(remote: &str, local: &Path, passphrase_stdin: bool, json: bool
     let (client, w, path) = resolve(remote).await?;
     let s = if w.e2e_encryption {
         let access = super::e2ee::file_access(&client, &w, passphrase_stdin).await?;
-        cloudsync_sync::e2ee_pull(&client, w.id, &path, local, &access, &options()).await?
+        cloudsync_sync::e2ee_pull(&client, w.id, &path, local, access, &options()).await?
     } else {
         cloudsync_sync::pull(&client, w.id, &path, local, &options()).await?
     };
