@@ -30,8 +30,8 @@ use tokio::sync::mpsc;
 
 use crate::chunking::{chunk_stream, hash_reader};
 use crate::fetch::{
-    FEED_REQUESTS, FETCH_IN_FLIGHT, GROUP_BYTES, GROUP_FILES, create_temp, fetch_all, flush_to_disk, place, requests,
-    system_time,
+    FEED_REQUESTS, FETCH_IN_FLIGHT, GROUP_BYTES, GROUP_FILES, create_temp, feed_writer, fetch_all, flush_to_disk,
+    place, requests, system_time,
 };
 use crate::index::Stat;
 use crate::keys::{ChunkKeys, hash_hex};
@@ -156,6 +156,15 @@ struct Listing {
     files: Vec<E2eeEntry>,
     /// What this device had seen before this listing.
     before: Seen,
+    /// The manifests whose signatures this device has checked (saved), for what a push or restore adds.
+    verified: VerifiedIds,
+}
+
+impl Listing {
+    /// The counter a new manifest gets: above every one listed and every one this device saw.
+    fn next_counter(&self) -> u64 {
+        self.before.max.max(self.files.iter().map(|f| f.manifest.counter).max().unwrap_or(0)) + 1
+    }
 }
 
 /// Lists and verifies every file. With `check_chunk_lists`, the server's chunk list of each file is fetched
@@ -235,7 +244,7 @@ async fn listing(
             .insert(hex::encode(e2ee.keys.path_id(&f.path)), (f.manifest.counter, hash_hex(&f.manifest.content_hash)));
     }
     seen.save(&e2ee.seen_file)?;
-    Ok(Listing { files: out, before })
+    Ok(Listing { files: out, before, verified })
 }
 
 /// Opens the sealed manifest the server keeps as `server_path`: it must be sealed to that path id and signed
@@ -278,6 +287,8 @@ struct VerifiedIds {
     file: PathBuf,
     ids: HashSet<[u8; 32]>,
     new: Vec<[u8; 32]>,
+    /// The file is over its cap: the next save starts it over.
+    reset: bool,
 }
 
 /// Past this many ids the cache starts over (about 64 MiB).
@@ -287,12 +298,13 @@ impl VerifiedIds {
     fn load(e2ee: &E2eeFiles) -> Self {
         let file = e2ee.seen_file.with_extension("verified");
         let bytes = fs::read(&file).unwrap_or_default();
-        let ids = if bytes.len() / 32 > MAX_VERIFIED_IDS {
+        let reset = bytes.len() / 32 > MAX_VERIFIED_IDS;
+        let ids = if reset {
             HashSet::new()
         } else {
             bytes.chunks_exact(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).collect()
         };
-        Self { file, ids, new: Vec::new() }
+        Self { file, ids, new: Vec::new(), reset }
     }
 
     fn add(&mut self, id: ChunkId) {
@@ -301,23 +313,25 @@ impl VerifiedIds {
         }
     }
 
-    /// Appends the ids learned (or starts the file over when it is full).
-    fn save(self) -> Result<(), SyncError> {
+    /// Appends the ids learned since the last save (or starts the file over when it is full).
+    fn save(&mut self) -> Result<(), SyncError> {
         if self.new.is_empty() {
             return Ok(());
         }
         if let Some(dir) = self.file.parent() {
             fs::create_dir_all(dir).map_err(|e| SyncError::io(dir, e))?;
         }
-        let full = self.ids.len() > MAX_VERIFIED_IDS;
+        let start_over = self.reset || self.ids.len() > MAX_VERIFIED_IDS;
         let mut f = fs::OpenOptions::new()
             .create(true)
-            .append(!full)
+            .append(!start_over)
             .write(true)
-            .truncate(full)
+            .truncate(start_over)
             .open(&self.file)
             .map_err(|e| SyncError::io(&self.file, e))?;
-        f.write_all(&self.new.concat()).map_err(|e| SyncError::io(&self.file, e))
+        f.write_all(&std::mem::take(&mut self.new).concat()).map_err(|e| SyncError::io(&self.file, e))?;
+        self.reset = false;
+        Ok(())
     }
 }
 
@@ -526,6 +540,7 @@ pub async fn e2ee_restore(
     path: &WsPath,
     version: Option<u64>,
     e2ee: &E2eeFiles,
+    opts: &TransferOptions,
 ) -> Result<E2eeRestored, SyncError> {
     let server_keys = server_keys(client, ws).await?;
     let files = client.files(ws);
@@ -562,7 +577,7 @@ pub async fn e2ee_restore(
         None if from_trash => live.file.version,
         None if live.file.version > 1 => live.file.version - 1,
         None => {
-            return Err(SyncError::InvalidLocal(format!(
+            return Err(SyncError::RemoteNotFound(format!(
                 "{path} has only one version; nothing older to restore (`cloudsync versions` lists them)"
             )));
         }
@@ -594,23 +609,17 @@ pub async fn e2ee_restore(
     }
     // The new counter must be above every manifest in the workspace, as for a push.
     let listed = listing(client, ws, e2ee, &server_keys, false).await?;
-    let counter = listed.before.max.max(listed.files.iter().map(|f| f.manifest.counter).max().unwrap_or(0)) + 1;
+    let counter = listed.next_counter();
     let keys = &e2ee.keys;
     let epoch = keys.current_epoch();
-    let mut up = Uploader {
-        files: client.files(ws),
-        blobs: Vec::new(),
-        bytes: 0,
-        commits: Vec::new(),
-        sent: HashSet::new(),
-        committed: Seen { max: counter, paths: BTreeMap::new() },
-        made: Vec::new(),
-    };
+    let mut up = Uploader::new(client.files(ws), counter, listed.verified);
     let mut summary = TransferSummary::default();
     let chunks = if m.epoch == epoch {
         // Sealing is deterministic: the same content in the same epoch is the same stored chunk.
         m.chunks.clone()
     } else {
+        // Opened and sealed again chunk by chunk: as long as reading the file, so it shows progress.
+        let bar = progress::bar(opts.progress, m.size);
         let mut resealed = Vec::with_capacity(m.chunks.len());
         let mut next = m.chunks.iter();
         for ids in requests(m.chunks.iter().map(|c| (ChunkId(c.stored_id), c.stored_len() as u32))) {
@@ -624,43 +633,20 @@ pub async fn e2ee_restore(
                 let sealed = keys.seal_chunk(&chunk.content_id, &plain);
                 let id = server_keys.chunk_id(&sealed);
                 resealed.push(SealedChunk { stored_id: id.0, content_id: chunk.content_id, len: chunk.len });
-                if up.sent.insert(id) {
-                    up.bytes += sealed.len();
-                    up.blobs.push((id, Bytes::from(sealed)));
-                }
+                up.queue(id, Bytes::from(sealed));
+                bar.inc(plain.len() as u64);
             }
             if up.bytes >= BATCH_BYTES {
                 up.flush(&mut summary).await?;
             }
         }
+        bar.finish_and_clear();
         resealed
     };
     let restored = FileManifest { epoch, counter, author: e2ee.me, chunks, ..m };
-    let sealed = keys.seal_manifest(&restored, &e2ee.signer).map_err(|e| SyncError::Internal(e.to_string()))?;
-    let meta_id = server_keys.chunk_id(&sealed);
-    let mut listed_chunks = vec![ManifestChunk { id: meta_id, size: sealed.len() as u32 }];
-    listed_chunks.extend(
-        restored.chunks.iter().map(|c| ManifestChunk { id: ChunkId(c.stored_id), size: c.stored_len() as u32 }),
-    );
-    if up.sent.insert(meta_id) {
-        up.blobs.push((meta_id, Bytes::from(sealed)));
-    }
-    up.commits.push(Commit {
-        shown: restored.path.clone(),
-        req: CommitRequest {
-            path: server_path,
-            base_version: Some(live.file.version),
-            manifest: Manifest {
-                size: listed_chunks.iter().map(|c| u64::from(c.size)).sum(),
-                content_hash: meta_id.to_hex(),
-                chunks: listed_chunks,
-            },
-            mtime_ms: None,
-        },
-        path_id: hex::encode(keys.path_id(&restored.path)),
-        seen: (counter, hash_hex(&restored.content_hash)),
-        manifest_id: meta_id,
-    });
+    let (sealed, commit) = seal_commit(e2ee, &server_keys, &restored, Some(live.file.version))?;
+    up.queue(commit.manifest_id, Bytes::from(sealed));
+    up.commits.push(commit);
     up.flush(&mut summary).await?;
     up.remember(e2ee)?;
     if summary.files_uploaded != 1 {
@@ -740,7 +726,8 @@ pub async fn e2ee_push(
     }
     let server_keys = server_keys(client, ws).await?;
     let listed = listing(client, ws, &e2ee, &server_keys, false).await?;
-    let counter = listed.before.max.max(listed.files.iter().map(|f| f.manifest.counter).max().unwrap_or(0)) + 1;
+    let counter = listed.next_counter();
+    let verified = listed.verified;
     let remote_files: HashMap<String, E2eeEntry> = listed.files.into_iter().map(|f| (f.path.clone(), f)).collect();
 
     let bar = progress::bar(opts.progress, scan.files.iter().map(|f| f.stat.size).sum());
@@ -767,23 +754,12 @@ pub async fn e2ee_push(
             }
         })
     };
-    let mut up = Uploader {
-        files: client.files(ws),
-        blobs: Vec::new(),
-        bytes: 0,
-        commits: Vec::new(),
-        sent: HashSet::new(),
-        committed: Seen { max: counter, paths: BTreeMap::new() },
-        made: Vec::new(),
-    };
+    let mut up = Uploader::new(client.files(ws), counter, verified);
     let result = async {
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Blob { id, data } => {
-                    if up.sent.insert(id) {
-                        up.bytes += data.len();
-                        up.blobs.push((id, data));
-                    } else {
+                    if !up.queue(id, data) {
                         summary.chunks_deduplicated += 1;
                     }
                 }
@@ -875,30 +851,46 @@ impl Sealer<'_> {
             author: self.e2ee.me,
             chunks,
         };
-        let sealed = keys.seal_manifest(&m, &self.e2ee.signer).map_err(io::Error::other)?;
-        let meta_id = self.server_keys.chunk_id(&sealed);
-        let mut listed = vec![ManifestChunk { id: meta_id, size: sealed.len() as u32 }];
-        if self.tx.blocking_send(Event::Blob { id: meta_id, data: Bytes::from(sealed) }).is_err() {
+        let (sealed, commit) =
+            seal_commit(self.e2ee, self.server_keys, &m, remote.map(|r| r.version)).map_err(io::Error::other)?;
+        if self.tx.blocking_send(Event::Blob { id: commit.manifest_id, data: Bytes::from(sealed) }).is_err() {
             return Ok(None);
         }
-        listed.extend(m.chunks.iter().map(|c| ManifestChunk { id: ChunkId(c.stored_id), size: c.stored_len() as u32 }));
-        let size = listed.iter().map(|c| u64::from(c.size)).sum();
-        let path = self.e2ee.server_path(&m.path).map_err(io::Error::other)?;
-        let req = CommitRequest {
-            path,
-            base_version: remote.map(|r| r.version),
-            // The server learns neither the content hash nor the modification time: the manifest holds them.
-            manifest: Manifest { size, content_hash: meta_id.to_hex(), chunks: listed },
-            mtime_ms: None,
-        };
-        Ok(Some(Event::Commit(Commit {
-            manifest_id: meta_id,
-            path_id: hex::encode(keys.path_id(&m.path)),
-            seen: (m.counter, hash_hex(&m.content_hash)),
-            shown: m.path,
-            req,
-        })))
+        Ok(Some(Event::Commit(commit)))
     }
+}
+
+/// Signs and seals `m` as this member's, and the commit that stores it as the file's next version: the sealed
+/// manifest first, then its chunks. The server learns neither the content hash nor the modification time (the
+/// manifest holds them); the file's content hash is the sealed manifest's chunk id.
+fn seal_commit(
+    e2ee: &E2eeFiles,
+    server_keys: &ChunkKeys,
+    m: &FileManifest,
+    base_version: Option<u64>,
+) -> Result<(Vec<u8>, Commit), SyncError> {
+    let sealed = e2ee.keys.seal_manifest(m, &e2ee.signer).map_err(|e| SyncError::Internal(e.to_string()))?;
+    let manifest_id = server_keys.chunk_id(&sealed);
+    let mut listed = vec![ManifestChunk { id: manifest_id, size: sealed.len() as u32 }];
+    listed.extend(m.chunks.iter().map(|c| ManifestChunk { id: ChunkId(c.stored_id), size: c.stored_len() as u32 }));
+    let req = CommitRequest {
+        path: e2ee.server_path(&m.path)?,
+        base_version,
+        manifest: Manifest {
+            size: listed.iter().map(|c| u64::from(c.size)).sum(),
+            content_hash: manifest_id.to_hex(),
+            chunks: listed,
+        },
+        mtime_ms: None,
+    };
+    let commit = Commit {
+        shown: m.path.clone(),
+        req,
+        path_id: hex::encode(e2ee.keys.path_id(&m.path)),
+        seen: (m.counter, hash_hex(&m.content_hash)),
+        manifest_id,
+    };
+    Ok((sealed, commit))
 }
 
 /// Blobs and commits waiting to be sent.
@@ -911,23 +903,39 @@ struct Uploader<'a> {
     sent: HashSet<ChunkId>,
     /// The files committed so far, as this device will remember them.
     committed: Seen,
-    /// The sealed manifests committed so far.
-    made: Vec<ChunkId>,
+    /// The manifests this device checked, joined by those it commits (it need not check its own).
+    verified: VerifiedIds,
 }
 
-impl Uploader<'_> {
+impl<'a> Uploader<'a> {
+    /// An uploader whose commits carry `counter`.
+    fn new(files: cloudsync_sdk::Files<'a>, counter: u64, verified: VerifiedIds) -> Self {
+        Self {
+            files,
+            blobs: Vec::new(),
+            bytes: 0,
+            commits: Vec::new(),
+            sent: HashSet::new(),
+            committed: Seen { max: counter, paths: BTreeMap::new() },
+            verified,
+        }
+    }
+
+    /// Queues a blob to store; `false` (and nothing queued) when this upload already has it.
+    fn queue(&mut self, id: ChunkId, data: Bytes) -> bool {
+        if !self.sent.insert(id) {
+            return false;
+        }
+        self.bytes += data.len();
+        self.blobs.push((id, data));
+        true
+    }
+
     /// Remembers what was committed: the counters (rollback detection) and the manifests made here.
     fn remember(&mut self, e2ee: &E2eeFiles) -> Result<(), SyncError> {
         std::mem::take(&mut self.committed).save(&e2ee.seen_file)?;
-        let mut verified = VerifiedIds::load(e2ee);
-        for id in self.made.drain(..) {
-            verified.add(id);
-        }
-        verified.save()
+        self.verified.save()
     }
-}
-
-impl Uploader<'_> {
     /// Sends the blobs the server lacks, then the commits that name them.
     async fn flush(&mut self, summary: &mut TransferSummary) -> Result<(), SyncError> {
         let blobs = std::mem::take(&mut self.blobs);
@@ -954,7 +962,7 @@ impl Uploader<'_> {
                 (Some(_), _) => {
                     summary.files_uploaded += 1;
                     self.committed.paths.insert(path_id, seen);
-                    self.made.push(manifest_id);
+                    self.verified.add(manifest_id);
                 }
                 (None, Some(e)) if e.code == cloudsync_types::ErrorCode::Conflict => {
                     summary.files_conflicted += 1;
@@ -1098,7 +1106,7 @@ async fn download_all(
         let (jobs, tools) = (Arc::clone(&jobs), Arc::clone(&tools));
         tokio::task::spawn_blocking(move || write_all(&jobs, rx, &tools))
     };
-    let mut opened = futures_util::stream::iter(batches)
+    let opened = futures_util::stream::iter(batches)
         .map(|(ids, places)| {
             let (jobs, tools) = (Arc::clone(&jobs), Arc::clone(&tools));
             async move {
@@ -1111,29 +1119,11 @@ async fn download_all(
             }
         })
         .buffered(FETCH_IN_FLIGHT);
-    let mut fetch_error = None;
-    while let Some(res) = opened.next().await {
-        match res {
-            Ok((bytes, plain)) => {
-                summary.bytes_downloaded += bytes;
-                if tx.send(plain).await.is_err() {
-                    // The writer stopped; its own error says why.
-                    break;
-                }
-            }
-            Err(e) => {
-                fetch_error = Some(e);
-                break;
-            }
-        }
-    }
-    drop(opened);
-    drop(tx);
-    let written = writer.await.map_err(SyncError::task)?;
-    if let Some(e) = fetch_error {
-        return Err(e);
-    }
-    let (downloaded, conflicts) = written?;
+    let (downloaded, conflicts) = feed_writer(opened, tx, writer, |(bytes, plain)| {
+        summary.bytes_downloaded += bytes;
+        plain
+    })
+    .await?;
     summary.files_downloaded += downloaded;
     summary.files_conflicted += conflicts.len() as u64;
     summary.conflicts.extend(conflicts);

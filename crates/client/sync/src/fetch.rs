@@ -213,18 +213,37 @@ pub(crate) async fn download_inspected(
         let (keys, device, bar) = (keys.clone(), device.to_owned(), bar.clone());
         tokio::task::spawn_blocking(move || write_all(work, rx, &keys, &device, &bar))
     };
-    let mut fetched = stream::iter(requests(wanted))
+    let fetched = stream::iter(requests(wanted))
         .map(|ids| {
             let files = client.files(ws);
             async move { retry(|| fetch_all(&files, &ids)).await }
         })
         .buffered(FETCH_IN_FLIGHT);
+    let written = feed_writer(fetched, tx, writer, |chunks| {
+        summary.bytes_downloaded += chunks.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
+        chunks
+    })
+    .await?;
+    outcomes.extend(written);
+    Ok(outcomes)
+}
+
+/// Hands what `fetched` yields, in order and converted by `take` (which may also count it), to the writer
+/// thread at the other end of `tx`, until the stream ends, a fetch fails or the writer stops. Returns the
+/// writer's result, or the fetch error: the writer then only saw its feed end early.
+pub(crate) async fn feed_writer<S, T, R>(
+    fetched: impl futures_util::Stream<Item = Result<S, SyncError>>,
+    tx: mpsc::Sender<T>,
+    writer: tokio::task::JoinHandle<Result<R, SyncError>>,
+    mut take: impl FnMut(S) -> T,
+) -> Result<R, SyncError> {
+    // Boxed so that dropping it below cancels the fetches still in flight before the writer is awaited.
+    let mut fetched = Box::pin(fetched);
     let mut fetch_error = None;
     while let Some(res) = fetched.next().await {
         match res {
-            Ok(chunks) => {
-                summary.bytes_downloaded += chunks.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
-                if tx.send(chunks).await.is_err() {
+            Ok(item) => {
+                if tx.send(take(item)).await.is_err() {
                     // The writer stopped; its own error says why.
                     break;
                 }
@@ -238,11 +257,10 @@ pub(crate) async fn download_inspected(
     drop(fetched);
     drop(tx);
     let written = writer.await.map_err(SyncError::task)?;
-    if let Some(e) = fetch_error {
-        return Err(e);
+    match fetch_error {
+        Some(e) => Err(e),
+        None => written,
     }
-    outcomes.extend(written?);
-    Ok(outcomes)
 }
 
 /// Splits the chunks wanted (id, stored size), in order, into fetch requests of at most [`FETCH_CHUNKS`]

@@ -264,9 +264,23 @@ impl Membership {
     /// The first entry that is out of place, unlinked, unsigned by a member who may make it, or against the
     /// rules.
     pub fn replay(ws: &[u8; 16], entries: &[Entry]) -> Result<Self, BadEntry> {
+        Self::replay_observed(ws, entries, |_| {})
+    }
+
+    /// As [`Membership::replay`], calling `observe` with the state after each entry (for what depends on the
+    /// whole history, such as who could write in each epoch), so the log is checked only once.
+    ///
+    /// # Errors
+    /// As [`Membership::replay`].
+    pub fn replay_observed(
+        ws: &[u8; 16],
+        entries: &[Entry],
+        mut observe: impl FnMut(&Membership),
+    ) -> Result<Self, BadEntry> {
         let mut m = Membership::default();
         for e in entries {
             m.apply(ws, e)?;
+            observe(&m);
         }
         if m.len == 0 {
             return Err(BadEntry { seq: 0, reason: "the log is empty".into() });

@@ -32,6 +32,8 @@ struct Verified {
     identity: PublicIdentity,
     entries: Vec<Entry>,
     members: Membership,
+    /// Who may write files in which epoch, from the same replay.
+    writers: Writers,
 }
 
 impl Verified {
@@ -49,7 +51,19 @@ impl Verified {
                 Entry::from_bytes(&B64.decode(e).context("the server sent a malformed log entry")?).map_err(Into::into)
             })
             .collect::<Result<Vec<Entry>>>()?;
-        let members = Membership::replay(&ws, &entries).map_err(|e| {
+        // Who may write files in which epoch: every member who held Editor or above at some point of the
+        // epoch, with the identity the log gave them.
+        let mut writers = Writers::new();
+        let observe = |m: &Membership| {
+            for (id, member) in &m.members {
+                if member.role >= Role::Editor.rank() {
+                    let slot = writers.entry(*id).or_insert_with(|| (member.identity.clone(), BTreeSet::new()));
+                    slot.0 = member.identity.clone();
+                    slot.1.insert(m.epoch);
+                }
+            }
+        };
+        let members = Membership::replay_observed(&ws, &entries, observe).map_err(|e| {
             anyhow::anyhow!(
                 "the membership log of {:?} does not hold ({e}): the server altered it; do not use this workspace",
                 w.name
@@ -64,7 +78,7 @@ impl Verified {
                 w.name
             ),
         }
-        Ok(Self { ws, me, keys, identity, entries, members })
+        Ok(Self { ws, me, keys, identity, entries, members, writers })
     }
 
     /// Everyone's identity as the log gave it (the latest for each account), to check who signed what.
@@ -105,24 +119,6 @@ impl Verified {
                 "you hold no key of the workspace's current epoch {}: ask an owner to add you again",
                 self.members.epoch
             );
-        }
-        Ok(out)
-    }
-
-    /// Who may write files in which epoch: every member who held Editor or above at some point of the
-    /// epoch, with the identity the log gave them.
-    fn writers(&self) -> Result<Writers> {
-        let mut out = Writers::new();
-        let mut m = Membership::default();
-        for e in &self.entries {
-            m.apply(&self.ws, e).map_err(|e| anyhow::anyhow!("the membership log does not hold: {e}"))?;
-            for (id, member) in &m.members {
-                if member.role >= Role::Editor.rank() {
-                    let slot = out.entry(*id).or_insert_with(|| (member.identity.clone(), BTreeSet::new()));
-                    slot.0 = member.identity.clone();
-                    slot.1.insert(m.epoch);
-                }
-            }
         }
         Ok(out)
     }
@@ -182,12 +178,11 @@ impl Verified {
 pub(crate) async fn file_access(client: &Client, w: &Workspace, passphrase_stdin: bool) -> Result<Arc<E2eeFiles>> {
     let v = Verified::load(client, w, passphrase_stdin).await?;
     let keys = v.workspace_keys(client, w).await?;
-    let writers = v.writers()?;
     let file_keys = FileKeys::new(v.ws, &keys)?;
     let seen_file = state_dir()
         .join("e2ee_seen")
         .join(format!("{}.json", hex::encode(&cloudsync_crypto::sha256(head_key(client, w.id).as_bytes())[..16])));
-    Ok(Arc::new(E2eeFiles { keys: file_keys, me: v.me, signer: v.keys, writers, seen_file }))
+    Ok(Arc::new(E2eeFiles { keys: file_keys, me: v.me, signer: v.keys, writers: v.writers, seen_file }))
 }
 
 /// Adds `email` with `role`: their public keys checked (fingerprint remembered on first sight, a changed one

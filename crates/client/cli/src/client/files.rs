@@ -243,7 +243,7 @@ pub async fn restore(remote: &str, version: Option<u64>, passphrase_stdin: bool,
             );
         }
         let access = super::e2ee::file_access(&client, &w, passphrase_stdin).await?;
-        let r = cloudsync_sync::e2ee_restore(&client, w.id, &path, version, &access).await?;
+        let r = cloudsync_sync::e2ee_restore(&client, w.id, &path, version, &access, &options()).await?;
         if json {
             return print_json(&r);
         }
