@@ -116,6 +116,7 @@ fn opts(state: &std::path::Path, server: &str) -> SyncOptions {
         state_dir: state.to_path_buf(),
         server: server.into(),
         dry_run: false,
+        e2ee: None,
     }
 }
 

@@ -120,6 +120,7 @@ fn opts(state: &Path, url: &str) -> SyncOptions {
         state_dir: state.to_path_buf(),
         server: url.into(),
         dry_run: false,
+        e2ee: None,
     }
 }
 

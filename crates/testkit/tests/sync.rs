@@ -40,6 +40,7 @@ impl Device {
             state_dir: self.state.path().to_path_buf(),
             server: self.server.clone(),
             dry_run,
+            e2ee: None,
         }
     }
 

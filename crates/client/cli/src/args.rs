@@ -75,6 +75,8 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
+        passphrase: PassphraseFlag,
+        #[command(flatten)]
         json: JsonFlag,
     },
     /// Show what a sync of LOCAL_DIR would change now, including conflicts.
@@ -84,6 +86,8 @@ pub enum Command {
         /// Forget the folder's pairing (its sync index) so it can be synced elsewhere; files are untouched.
         #[arg(long)]
         forget: bool,
+        #[command(flatten)]
+        passphrase: PassphraseFlag,
         #[command(flatten)]
         json: JsonFlag,
     },

@@ -75,10 +75,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Pull { remote, local, passphrase, json } => {
             client::pull(&remote, &local, passphrase.passphrase_stdin, json.json).await
         }
-        Command::Sync { local, remote, watch, dry_run, json } => {
-            client::sync(&local, &remote, watch, dry_run, json.json).await
+        Command::Sync { local, remote, watch, dry_run, passphrase, json } => {
+            client::sync(&local, &remote, watch, dry_run, passphrase.passphrase_stdin, json.json).await
         }
-        Command::Status { local, forget, json } => client::status(&local, forget, json.json).await,
+        Command::Status { local, forget, passphrase, json } => {
+            client::status(&local, forget, passphrase.passphrase_stdin, json.json).await
+        }
         Command::Ls { remote, passphrase, json } => client::ls(&remote, passphrase.passphrase_stdin, json.json).await,
         Command::Rm { remote, passphrase, json } => client::rm(&remote, passphrase.passphrase_stdin, json.json).await,
         Command::Versions { remote, passphrase, json } => {

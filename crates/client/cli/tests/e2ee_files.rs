@@ -2,7 +2,9 @@
 //! push and pull, the server's storage, database and log hold none of the names or contents, and a server
 //! that rewrites what it stores (injects a file, moves one, rolls one back, replaces a wrapped key) is caught
 //! by the reading client, which then writes nothing. Versions and the trash work on such a workspace too: an
-//! old version is restored by signing it again on the member's device.
+//! old version is restored by signing it again on the member's device. Two-way sync works on such a workspace
+//! as on any other: edits, deletions, renames and conflicts on two members' devices all arrive, and nothing
+//! is lost.
 
 mod common;
 
@@ -119,8 +121,6 @@ fn members_push_and_pull_and_the_server_never_sees_names_or_contents() {
     // Versions and deletion go by path id; what needs the server to read content is refused, naming why.
     let versions = json(&alice.ok(&["versions", &format!("{SECRET}:{}", names[0]), "--json"]));
     assert_eq!(versions.as_array().map(Vec::len), Some(2), "{versions}");
-    let err = alice.fail(&["sync", src.to_str().expect("utf8"), SECRET]);
-    assert!(err.contains("end-to-end encrypted"), "{err}");
     let err = alice.fail(&["share", "create", &format!("{SECRET}:{}", names[0])]);
     assert!(err.contains("end-to-end encrypted"), "{err}");
     let removed = json(&alice.ok(&["rm", &format!("{SECRET}:{folder}"), "--json"]));
@@ -372,4 +372,131 @@ fn versions_restore_and_trash_work_with_real_names_across_a_key_rotation() {
     assert!(err.contains("neither a file nor in the trash"), "{err}");
     let err = alice.fail(&["restore", &spec, "--version", "9"]);
     assert!(err.contains("no version 9"), "{err}");
+}
+
+/// `sync` output as JSON, with its counts.
+fn synced(who: &Client, dir: &Path) -> serde_json::Value {
+    json(&who.ok(&["sync", dir.to_str().expect("utf8"), SECRET, "--json"]))
+}
+
+fn count_of(v: &serde_json::Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+#[test]
+fn members_sync_an_e2ee_folder_both_ways_and_nothing_is_lost() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (srv, alice, bob) = two_members(root.path(), None);
+    let (a, b) = (root.path().join("alice-sync"), root.path().join("bob-sync"));
+    std::fs::create_dir_all(&b).expect("mkdir");
+    let folder = random_name("folder-");
+    let plan = format!("{folder}/{}.txt", random_name("plan-"));
+    let keep = random_name("keep-") + ".txt";
+    let big_name = random_name("big-") + ".bin";
+    let moved = format!("{}/{big_name}", random_name("archive-"));
+    let fresh = random_name("fresh-") + ".txt";
+    let big = random_bytes(6 * 1024 * 1024 + 777);
+    write(&a.join(&plan), b"plan, first draft");
+    write(&a.join(&keep), b"a file Bob deletes");
+    write(&a.join(&big_name), &big);
+
+    // Alice's folder goes up; Bob's empty folder comes down to the same files; a second sync does nothing.
+    let up = synced(&alice, &a);
+    assert_eq!(count_of(&up, "files_uploaded"), 3, "{up}");
+    let down = synced(&bob, &b);
+    assert_eq!(count_of(&down, "files_downloaded"), 3, "{down}");
+    assert_eq!(tree(&a), tree(&b));
+    let noop = synced(&bob, &b);
+    assert_eq!((count_of(&noop, "files_uploaded"), count_of(&noop, "files_downloaded")), (0, 0), "{noop}");
+
+    // Interleaved: Alice (owner) deletes one file and renames the big one into a new folder; Bob (editor)
+    // edits one and creates one.
+    std::fs::remove_file(a.join(&keep)).expect("rm");
+    std::fs::create_dir_all(a.join(&moved).parent().expect("parent")).expect("mkdir");
+    std::fs::rename(a.join(&big_name), a.join(&moved)).expect("mv");
+    write(&b.join(&plan), b"plan, second draft by Bob");
+    write(&b.join(&fresh), b"new from Bob");
+    let alice_up = synced(&alice, &a);
+    assert_eq!(count_of(&alice_up, "files_renamed"), 1, "{alice_up}");
+    assert_eq!(count_of(&alice_up, "files_deleted"), 1, "{alice_up}");
+    assert_eq!(count_of(&alice_up, "files_uploaded"), 0, "{alice_up}");
+    // A rename sends a new manifest, not the file's chunks again.
+    assert!(count_of(&alice_up, "bytes_uploaded") < 64 * 1024, "{alice_up}");
+    let bob_sync = synced(&bob, &b);
+    assert_eq!(count_of(&bob_sync, "files_uploaded"), 2, "{bob_sync}");
+    assert_eq!(count_of(&bob_sync, "files_renamed"), 1, "the rename arrives as a rename: {bob_sync}");
+    assert_eq!(count_of(&bob_sync, "files_deleted"), 1, "{bob_sync}");
+    let alice_down = synced(&alice, &a);
+    assert_eq!(count_of(&alice_down, "files_downloaded"), 2, "{alice_down}");
+    assert_eq!(tree(&a), tree(&b));
+    let mut names: Vec<String> = tree(&a).into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    let mut expected = vec![plan.clone(), moved.clone(), fresh.clone()];
+    expected.sort();
+    assert_eq!(names, expected);
+    assert_eq!(std::fs::read(a.join(&plan)).expect("read"), b"plan, second draft by Bob");
+    assert_eq!(std::fs::read(b.join(&moved)).expect("read"), big);
+
+    // The same file changed on both devices: both versions survive, on both devices.
+    write(&a.join(&plan), b"third draft, Alice's");
+    write(&b.join(&plan), b"third draft, Bob's");
+    synced(&alice, &a);
+    let clash = synced(&bob, &b);
+    assert_eq!(count_of(&clash, "files_conflicted"), 1, "{clash}");
+    synced(&alice, &a);
+    assert_eq!(tree(&a), tree(&b));
+    let contents: Vec<Vec<u8>> = tree(&a).into_iter().map(|(_, c)| c).collect();
+    for v in [&b"third draft, Alice's"[..], &b"third draft, Bob's"[..]] {
+        assert!(contents.iter().any(|c| c == v), "{} was lost", String::from_utf8_lossy(v));
+    }
+    assert!(tree(&a).iter().any(|(n, _)| n.contains("conflicted copy")), "{:?}", tree(&a));
+    let st = json(&bob.ok(&["status", b.to_str().expect("utf8"), "--json"]));
+    assert_eq!(st["pending"]["upload"].as_array().map(Vec::len), Some(0), "{st}");
+
+    // Alice's deletion went to the trash, under its real name for members.
+    let trash = alice.ok(&["trash", "list", SECRET, "--json"]);
+    assert!(trash.contains(&keep), "{trash}");
+
+    // Bob's role cannot delete on the server: his sync says so and goes on; the file stays for everyone.
+    std::fs::remove_file(b.join(&fresh)).expect("rm");
+    let out = bob.run(&["sync", b.to_str().expect("utf8"), SECRET]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("admin role"), "{said}");
+    synced(&alice, &a);
+    assert!(a.join(&fresh).exists(), "a deletion the server refused is not applied elsewhere");
+
+    // A file the server injects is caught by the next sync that lists, and nothing new is written.
+    let victim = text(&srv, "SELECT path FROM files WHERE deleted_ms IS NULL ORDER BY path LIMIT 1");
+    let fake = "cd".repeat(32);
+    tamper(
+        &srv,
+        &format!(
+            "INSERT INTO files SELECT x'00112233445566778899aabbccddeeff', workspace_id, '{fake}', current_version, current_version_id, NULL FROM files WHERE path = '{victim}'"
+        ),
+    );
+    tamper(
+        &srv,
+        &format!(
+            "INSERT INTO versions SELECT randomblob(16), x'00112233445566778899aabbccddeeff', workspace_id, version, size, content_hash, manifest, mtime_ms, created_by, created_ms FROM versions WHERE file_id = (SELECT id FROM files WHERE path = '{victim}')"
+        ),
+    );
+    let later = random_name("later-") + ".txt";
+    write(&a.join(&later), b"written after the injection");
+    synced(&alice, &a);
+    let err = bob.fail(&["sync", b.to_str().expect("utf8"), SECRET]);
+    assert!(err.contains("does not check out"), "{err}");
+    assert!(!b.join(&later).exists(), "nothing is written from a listing that does not check out");
+
+    // None of the names synced is on the server.
+    drop(srv);
+    let stored: Vec<(String, Vec<u8>)> = walk(&root.path().join("server"))
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).expect("read")))
+        .collect();
+    for name in [&folder, &keep, &big_name, &fresh, &later] {
+        let needle = name.as_bytes();
+        for (file, bytes) in &stored {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{file} holds {name}");
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //!
 //! Push and pull here are simpler than the engine for other workspaces (no rsync deltas: the server cannot
 //! read the chunks it would compute them from; chunk-level dedup with keyed boundaries still sends only
-//! changed chunks). `sync` is not available on these workspaces yet.
+//! changed chunks). Two-way sync uses the engine, with [`crate::e2ee_sync`] for what touches the server.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
@@ -21,8 +21,8 @@ use bytes::Bytes;
 use cloudsync_crypto::e2ee::{PublicIdentity, UserKeys};
 use cloudsync_crypto::e2ee_files::{FileKeys, FileManifest, MAX_FILE_CHUNKS, SealedChunk};
 use cloudsync_sdk::Client;
-use cloudsync_types::api::{CommitRequest, MAX_BATCH_COMMITS, Manifest, ManifestChunk, ManifestRef};
-use cloudsync_types::{ChunkId, WorkspaceId, WsPath};
+use cloudsync_types::api::{CommitRequest, FileEntry, MAX_BATCH_COMMITS, Manifest, ManifestChunk, ManifestRef};
+use cloudsync_types::{ChunkId, FileId, VersionId, WorkspaceId, WsPath};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -30,15 +30,17 @@ use tokio::sync::mpsc;
 
 use crate::chunking::{chunk_stream, hash_reader};
 use crate::fetch::{
-    FEED_REQUESTS, FETCH_IN_FLIGHT, GROUP_BYTES, GROUP_FILES, create_temp, feed_writer, fetch_all, flush_to_disk,
-    place, requests, system_time,
+    FEED_REQUESTS, FETCH_IN_FLIGHT, Fetched, GROUP_BYTES, GROUP_FILES, create_temp, feed_writer, fetch_all,
+    flush_to_disk, place, requests, system_time,
 };
 use crate::index::Stat;
-use crate::keys::{ChunkKeys, hash_hex};
+use crate::keys::{ChunkKeys, hash_hex, hash_matches};
 use crate::localpath::{Existing, local_path, prepare};
 use crate::pull::{ensure_dir, relative};
 use crate::push::scan_local;
 use crate::retry::retry;
+use crate::scan::LocalFile;
+use crate::upload::Outcome;
 use crate::{SyncError, TransferOptions, TransferSummary, progress};
 use futures_util::StreamExt as _;
 
@@ -104,7 +106,12 @@ pub struct E2eeEntry {
     /// Account id of the member who wrote it.
     pub author: String,
     #[serde(skip)]
-    manifest: FileManifest,
+    pub(crate) manifest: FileManifest,
+    /// The server's ids of the file and of this version.
+    #[serde(skip)]
+    pub(crate) file_id: FileId,
+    #[serde(skip)]
+    pub(crate) version_id: VersionId,
 }
 
 /// What this device saw of one workspace: the highest counter, and per path id the latest counter and content
@@ -151,18 +158,25 @@ impl Seen {
     }
 }
 
+/// The counter a new manifest gets when nothing was listed: above every one this device saw. Enough when
+/// the change journal shows no one else wrote since this device last listed (what it saw is then all there
+/// is).
+pub(crate) fn next_counter_seen(e2ee: &E2eeFiles) -> Result<u64, SyncError> {
+    Ok(Seen::load(&e2ee.seen_file)?.max + 1)
+}
+
 /// The workspace's files under `prefix`, each manifest verified and checked against rollback.
-struct Listing {
-    files: Vec<E2eeEntry>,
+pub(crate) struct Listing {
+    pub(crate) files: Vec<E2eeEntry>,
     /// What this device had seen before this listing.
     before: Seen,
     /// The manifests whose signatures this device has checked (saved), for what a push or restore adds.
-    verified: VerifiedIds,
+    pub(crate) verified: VerifiedIds,
 }
 
 impl Listing {
     /// The counter a new manifest gets: above every one listed and every one this device saw.
-    fn next_counter(&self) -> u64 {
+    pub(crate) fn next_counter(&self) -> u64 {
         self.before.max.max(self.files.iter().map(|f| f.manifest.counter).max().unwrap_or(0)) + 1
     }
 }
@@ -172,7 +186,7 @@ impl Listing {
 /// found by the files' content hashes (their chunk ids) alone, which spares the server reading and auditing
 /// every manifest (what `push` and `restore` need: contents and counters, never the server's lists, since
 /// chunks are always fetched by the ids the manifest signed).
-async fn listing(
+pub(crate) async fn listing(
     client: &Client,
     ws: WorkspaceId,
     e2ee: &E2eeFiles,
@@ -234,6 +248,8 @@ async fn listing(
             epoch: m.epoch,
             author: uuid_text(&m.author),
             manifest: m,
+            file_id: file.file_id,
+            version_id: file.version_id,
         });
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -283,7 +299,7 @@ fn open_checked(
 /// collision-resistant hash of the sealed bytes, which the client recomputes for every blob it fetches): a
 /// listing opens those again without checking their signature again, which is most of its cost. A cache
 /// only: a missing or damaged file means every signature is checked.
-struct VerifiedIds {
+pub(crate) struct VerifiedIds {
     file: PathBuf,
     ids: HashSet<[u8; 32]>,
     new: Vec<[u8; 32]>,
@@ -295,7 +311,7 @@ struct VerifiedIds {
 const MAX_VERIFIED_IDS: usize = 2_000_000;
 
 impl VerifiedIds {
-    fn load(e2ee: &E2eeFiles) -> Self {
+    pub(crate) fn load(e2ee: &E2eeFiles) -> Self {
         let file = e2ee.seen_file.with_extension("verified");
         let bytes = fs::read(&file).unwrap_or_default();
         let reset = bytes.len() / 32 > MAX_VERIFIED_IDS;
@@ -394,7 +410,7 @@ fn manifest_chunk<'m>(server_path: &WsPath, manifest: &'m Manifest) -> Result<&'
 }
 
 /// The workspace's chunk-id key and chunking parameters (the server's: they name the sealed chunks).
-async fn server_keys(client: &Client, ws: WorkspaceId) -> Result<ChunkKeys, SyncError> {
+pub(crate) async fn server_keys(client: &Client, ws: WorkspaceId) -> Result<ChunkKeys, SyncError> {
     let workspaces = client.workspaces();
     ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)
 }
@@ -665,7 +681,7 @@ pub async fn e2ee_restore(
     })
 }
 
-fn under(prefix: &WsPath, path: &str) -> bool {
+pub(crate) fn under(prefix: &WsPath, path: &str) -> bool {
     prefix.is_root()
         || path == prefix.as_str()
         || path.strip_prefix(prefix.as_str()).is_some_and(|r| r.starts_with('/'))
@@ -679,8 +695,12 @@ enum Event {
         data: Bytes,
     },
     /// A file's commit; every blob it names came before it.
-    Commit(Commit),
-    Unchanged,
+    Commit(Box<Commit>),
+    /// File `tag` has the server copy's content.
+    Unchanged {
+        tag: usize,
+        stat: Stat,
+    },
     Skipped {
         why: String,
     },
@@ -688,8 +708,13 @@ enum Event {
 
 /// One file's commit, and what this device remembers of it once committed.
 struct Commit {
-    /// The file's path, for messages.
+    /// Which file of the upload it is, and what the local file looked like when it was read.
+    tag: usize,
+    stat: Stat,
+    /// The file's path (for messages and the file as members see it), size and modification time.
     shown: String,
+    size: u64,
+    mtime_ms: Option<i64>,
     req: CommitRequest,
     /// Path id (hex), and (counter, content hash) as [`Seen::paths`] keeps them.
     path_id: String,
@@ -727,21 +752,66 @@ pub async fn e2ee_push(
     let server_keys = server_keys(client, ws).await?;
     let listed = listing(client, ws, &e2ee, &server_keys, false).await?;
     let counter = listed.next_counter();
-    let verified = listed.verified;
-    let remote_files: HashMap<String, E2eeEntry> = listed.files.into_iter().map(|f| (f.path.clone(), f)).collect();
+    let remote_files: HashMap<String, Base> =
+        listed.files.iter().map(|f| (f.path.clone(), Base::of_entry(f))).collect();
+    let files: Vec<(LocalFile, Option<Base>)> = scan
+        .files
+        .into_iter()
+        .map(|f| {
+            let base = remote_files.get(f.ws.as_str()).cloned();
+            (f, base)
+        })
+        .collect();
+    let bar = progress::bar(opts.progress, files.iter().map(|(f, _)| f.stat.size).sum());
+    let result =
+        seal_and_upload(client, ws, &e2ee, &server_keys, files, counter, listed.verified, &bar, &mut summary).await;
+    progress::end(&bar, &result);
+    result?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
 
-    let bar = progress::bar(opts.progress, scan.files.iter().map(|f| f.stat.size).sum());
+/// The server copy a local file is compared with (its plaintext size and keyed content hash in hex), and
+/// the version a commit of the file replaces.
+#[derive(Debug, Clone)]
+pub(crate) struct Base {
+    pub(crate) version: u64,
+    pub(crate) size: u64,
+    pub(crate) content_hash: String,
+}
+
+impl Base {
+    fn of_entry(f: &E2eeEntry) -> Self {
+        Self { version: f.version, size: f.size, content_hash: hash_hex(&f.manifest.content_hash) }
+    }
+}
+
+/// Seals `files` on a blocking thread (each compared with its server copy when it has one) and uploads
+/// what the server lacks, committing each file with `counter`; what was committed is remembered against
+/// rollback. Returns each file's outcome by its index in `files`; counts go to `summary`.
+#[expect(clippy::too_many_arguments, reason = "internal; the inputs of one upload")]
+pub(crate) async fn seal_and_upload(
+    client: &Client,
+    ws: WorkspaceId,
+    e2ee: &Arc<E2eeFiles>,
+    server_keys: &ChunkKeys,
+    files: Vec<(LocalFile, Option<Base>)>,
+    counter: u64,
+    verified: VerifiedIds,
+    bar: &ProgressBar,
+    summary: &mut TransferSummary,
+) -> Result<Vec<(usize, Outcome)>, SyncError> {
     let (tx, mut rx) = mpsc::channel::<Event>(64);
     let producer = {
-        let (bar, e2ee) = (bar.clone(), Arc::clone(&e2ee));
+        let (bar, e2ee, server_keys) = (bar.clone(), Arc::clone(e2ee), server_keys.clone());
         tokio::task::spawn_blocking(move || {
             let content = server_keys.end_to_end(e2ee.keys.content_key(), e2ee.keys.chunking_secret());
             let sealer =
                 Sealer { e2ee: &e2ee, server_keys: &server_keys, content: &content, counter, tx: &tx, bar: &bar };
-            for file in &scan.files {
+            for (tag, (file, base)) in files.iter().enumerate() {
                 bar.set_message(file.ws.to_string());
                 let position = bar.position();
-                let event = match sealer.seal_file(file, remote_files.get(file.ws.as_str())) {
+                let event = match sealer.seal_file(tag, file, base.as_ref()) {
                     Ok(Some(ev)) => ev,
                     Ok(None) => return,
                     Err(e) => Event::Skipped { why: format!("{}: skipped, cannot read it: {e}", file.abs.display()) },
@@ -763,25 +833,26 @@ pub async fn e2ee_push(
                         summary.chunks_deduplicated += 1;
                     }
                 }
-                Event::Commit(c) => up.commits.push(c),
-                Event::Unchanged => summary.files_unchanged += 1,
+                Event::Commit(c) => up.commits.push(*c),
+                Event::Unchanged { tag, stat } => {
+                    summary.files_unchanged += 1;
+                    up.outcomes.push((tag, Outcome::Unchanged { stat }));
+                }
                 Event::Skipped { why } => summary.skip(why),
             }
             if up.bytes >= BATCH_BYTES || up.commits.len() >= MAX_BATCH_COMMITS {
-                up.flush(&mut summary).await?;
+                up.flush(summary).await?;
             }
         }
-        up.flush(&mut summary).await
+        up.flush(summary).await
     }
     .await;
     drop(rx);
     producer.await.map_err(SyncError::task)?;
-    // What this push committed counts as seen: the server may not show an older version of it later.
-    up.remember(&e2ee)?;
-    progress::end(&bar, &result);
+    // What this upload committed counts as seen: the server may not show an older version of it later.
+    up.remember(e2ee)?;
     result?;
-    summary.seconds = started.elapsed().as_secs_f64();
-    Ok(summary)
+    Ok(up.outcomes)
 }
 
 /// The sealing thread's tools.
@@ -795,19 +866,20 @@ struct Sealer<'a> {
 }
 
 impl Sealer<'_> {
-    /// Seals one file: `Unchanged` when its content equals the server copy's, otherwise its chunks (sent as
-    /// they are sealed) and then its commit. `Ok(None)` when the uploader has gone away.
-    fn seal_file(&self, file: &crate::scan::LocalFile, remote: Option<&E2eeEntry>) -> io::Result<Option<Event>> {
+    /// Seals file number `tag`: `Unchanged` when its content equals the server copy's, otherwise its chunks
+    /// (sent as they are sealed) and then its commit. `Ok(None)` when the uploader has gone away.
+    fn seal_file(&self, tag: usize, file: &LocalFile, remote: Option<&Base>) -> io::Result<Option<Event>> {
         let handle = fs::File::open(&file.abs)?;
         let meta = handle.metadata()?;
         // What was opened must be what was scanned: never a symlink or device swapped in meanwhile.
         if !meta.is_file() || crate::scan::identity(&meta) != file.identity {
             return Err(io::Error::other("it was replaced while the push was running"));
         }
+        let stat = Stat::of(&meta);
         if let Some(r) = remote.filter(|r| r.size == meta.len()) {
             let digest = hash_reader(&handle, self.content)?;
-            if digest.size == r.size && digest.hash == r.manifest.content_hash {
-                return Ok(Some(Event::Unchanged));
+            if digest.size == r.size && hash_matches(&digest.hash, &r.content_hash) {
+                return Ok(Some(Event::Unchanged { tag, stat }));
             }
         }
         // Chunked from the same handle whose identity was checked, not opened again by name.
@@ -851,12 +923,13 @@ impl Sealer<'_> {
             author: self.e2ee.me,
             chunks,
         };
-        let (sealed, commit) =
+        let (sealed, mut commit) =
             seal_commit(self.e2ee, self.server_keys, &m, remote.map(|r| r.version)).map_err(io::Error::other)?;
+        (commit.tag, commit.stat) = (tag, stat);
         if self.tx.blocking_send(Event::Blob { id: commit.manifest_id, data: Bytes::from(sealed) }).is_err() {
             return Ok(None);
         }
-        Ok(Some(Event::Commit(commit)))
+        Ok(Some(Event::Commit(Box::new(commit))))
     }
 }
 
@@ -884,7 +957,11 @@ fn seal_commit(
         mtime_ms: None,
     };
     let commit = Commit {
+        tag: 0,
+        stat: Stat::default(),
         shown: m.path.clone(),
+        size: m.size,
+        mtime_ms: m.mtime_ms,
         req,
         path_id: hex::encode(e2ee.keys.path_id(&m.path)),
         seen: (m.counter, hash_hex(&m.content_hash)),
@@ -905,6 +982,8 @@ struct Uploader<'a> {
     committed: Seen,
     /// The manifests this device checked, joined by those it commits (it need not check its own).
     verified: VerifiedIds,
+    /// What became of each file so far, by its tag.
+    outcomes: Vec<(usize, Outcome)>,
 }
 
 impl<'a> Uploader<'a> {
@@ -918,6 +997,7 @@ impl<'a> Uploader<'a> {
             sent: HashSet::new(),
             committed: Seen { max: counter, paths: BTreeMap::new() },
             verified,
+            outcomes: Vec::new(),
         }
     }
 
@@ -957,22 +1037,30 @@ impl<'a> Uploader<'a> {
         }
         let reqs: Vec<CommitRequest> = commits.iter().map(|c| c.req.clone()).collect();
         let results = retry(|| self.files.commit_batch(&reqs)).await?;
-        for (Commit { shown, path_id, seen, manifest_id, .. }, result) in commits.into_iter().zip(results) {
+        for (c, result) in commits.into_iter().zip(results) {
             match (result.entry, result.error) {
-                (Some(_), _) => {
+                (Some(entry), _) => {
                     summary.files_uploaded += 1;
-                    self.committed.paths.insert(path_id, seen);
-                    self.verified.add(manifest_id);
+                    let path = WsPath::parse(&c.shown).map_err(|e| SyncError::Internal(e.to_string()))?;
+                    // The file as members see it; the server's record names the sealed form.
+                    let entry =
+                        FileEntry { path, size: c.size, content_hash: c.seen.1.clone(), mtime_ms: c.mtime_ms, ..entry };
+                    self.outcomes.push((c.tag, Outcome::Committed { entry, stat: c.stat }));
+                    self.committed.paths.insert(c.path_id, c.seen);
+                    self.verified.add(c.manifest_id);
                 }
                 (None, Some(e)) if e.code == cloudsync_types::ErrorCode::Conflict => {
                     summary.files_conflicted += 1;
                     summary.conflicts.push(format!(
-                        "{shown}: changed on the server since it was listed; not overwritten (pull it, then push again)"
+                        "{}: changed on the server since it was listed; not overwritten (pull it, then push again)",
+                        c.shown
                     ));
+                    self.outcomes.push((c.tag, Outcome::Conflict));
                 }
                 (None, e) => {
                     return Err(SyncError::Internal(format!(
-                        "the server refused the commit of {shown}: {}",
+                        "the server refused the commit of {}: {}",
+                        c.shown,
                         e.map_or_else(|| "no reason given".into(), |e| e.message)
                     )));
                 }
@@ -983,11 +1071,11 @@ impl<'a> Uploader<'a> {
 }
 
 /// One file to bring down.
-struct Download {
-    entry: E2eeEntry,
-    target: PathBuf,
+pub(crate) struct Download {
+    pub(crate) entry: E2eeEntry,
+    pub(crate) target: PathBuf,
     /// Set when the local file may be replaced: it holds content this device saw on the server for that path.
-    replace: Option<Stat>,
+    pub(crate) replace: Option<Stat>,
 }
 
 /// `cloudsync pull` from an end-to-end encrypted workspace: every file under `remote` is fetched, opened and
@@ -1051,9 +1139,22 @@ pub async fn e2ee_pull(
     let bar = progress::bar(opts.progress, jobs.iter().map(|j| j.entry.size).sum());
     let files = client.files(ws);
     let tools = Tools { e2ee, server_keys, content, bar: bar.clone(), device: opts.device_name.clone() };
+    let shown: Vec<String> = jobs.iter().map(|j| j.entry.path.clone()).collect();
     let result = download_all(&files, jobs, tools, &mut summary).await;
     progress::end(&bar, &result);
-    result?;
+    for (j, fetched) in result? {
+        if let Fetched::Written { kept_as, .. } = fetched {
+            summary.files_downloaded += 1;
+            if let Some(copy) = kept_as {
+                summary.files_conflicted += 1;
+                summary.conflicts.push(format!(
+                    "{}: the local file differed and was kept as {}",
+                    shown[j],
+                    copy.display()
+                ));
+            }
+        }
+    }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -1068,23 +1169,24 @@ struct Writing {
 
 /// What a pull opens, checks, writes and counts with; shared by the threads that open chunks and the one
 /// that writes.
-struct Tools {
-    e2ee: Arc<E2eeFiles>,
-    server_keys: ChunkKeys,
-    content: ChunkKeys,
-    bar: ProgressBar,
-    device: String,
+pub(crate) struct Tools {
+    pub(crate) e2ee: Arc<E2eeFiles>,
+    pub(crate) server_keys: ChunkKeys,
+    pub(crate) content: ChunkKeys,
+    pub(crate) bar: ProgressBar,
+    pub(crate) device: String,
 }
 
 /// Fetches every job's chunks in order, several requests in flight; each request's chunks are checked and
 /// opened on a blocking thread (requests in parallel), and one writer thread writes them in order and installs
-/// finished files in groups (durably, then renamed).
-async fn download_all(
+/// finished files in groups (durably, then renamed). Returns each job's outcome by index (every one is
+/// [`Fetched::Written`]); bytes are counted in `summary`.
+pub(crate) async fn download_all(
     files: &cloudsync_sdk::Files<'_>,
     jobs: Vec<Download>,
     tools: Tools,
     summary: &mut TransferSummary,
-) -> Result<(), SyncError> {
+) -> Result<Vec<(usize, Fetched)>, SyncError> {
     let jobs: Arc<[Download]> = jobs.into();
     let tools = Arc::new(tools);
     // Every chunk of every job, in order: (job, chunk index), split as the fetch requests are.
@@ -1119,15 +1221,11 @@ async fn download_all(
             }
         })
         .buffered(FETCH_IN_FLIGHT);
-    let (downloaded, conflicts) = feed_writer(opened, tx, writer, |(bytes, plain)| {
+    feed_writer(opened, tx, writer, |(bytes, plain)| {
         summary.bytes_downloaded += bytes;
         plain
     })
-    .await?;
-    summary.files_downloaded += downloaded;
-    summary.files_conflicted += conflicts.len() as u64;
-    summary.conflicts.extend(conflicts);
-    Ok(())
+    .await
 }
 
 /// One opened chunk: which job it belongs to, and its plaintext.
@@ -1162,15 +1260,15 @@ fn open_batch(
 }
 
 /// The writer thread: writes the opened chunks in order, finishes each file against its manifest, and
-/// installs finished files a group at a time. Returns the files installed and the conflicted copies kept.
+/// installs finished files a group at a time. Returns each job's outcome.
 fn write_all(
     jobs: &[Download],
     mut rx: mpsc::Receiver<Vec<Opened>>,
     tools: &Tools,
-) -> Result<(u64, Vec<String>), SyncError> {
+) -> Result<Vec<(usize, Fetched)>, SyncError> {
     let mut cleanup = TempFiles(Vec::new());
     let mut open = Open { writing: None, next_job: 0 };
-    let mut group = Group { done: Vec::new(), bytes: 0, installed: 0, conflicts: Vec::new() };
+    let mut group = Group { done: Vec::new(), bytes: 0, installed: Vec::new() };
     while let Some(batch) = rx.blocking_recv() {
         for Opened { job: j, plain } in batch {
             open.settle(j, jobs, &tools.content, &mut cleanup, &mut group)?;
@@ -1190,15 +1288,15 @@ fn write_all(
     }
     open.settle(jobs.len(), jobs, &tools.content, &mut cleanup, &mut group)?;
     group.install(jobs, &tools.device, &mut cleanup)?;
-    Ok((group.installed, group.conflicts))
+    Ok(group.installed)
 }
 
 /// Files written and checked, not yet renamed into place.
 struct Group {
-    done: Vec<(usize, PathBuf)>,
+    /// Job, temporary file, and what the file looks like (renaming keeps it).
+    done: Vec<(usize, PathBuf, Stat)>,
     bytes: u64,
-    installed: u64,
-    conflicts: Vec<String>,
+    installed: Vec<(usize, Fetched)>,
 }
 
 impl Group {
@@ -1207,22 +1305,15 @@ impl Group {
     fn install(&mut self, jobs: &[Download], device: &str, cleanup: &mut TempFiles) -> Result<(), SyncError> {
         self.bytes = 0;
         let done = std::mem::take(&mut self.done);
-        let Some((_, first)) = done.first() else {
+        let Some((_, first, _)) = done.first() else {
             return Ok(());
         };
-        flush_to_disk(done.iter().map(|(_, p)| p.as_path()), first)?;
-        for (j, tmp) in done {
+        flush_to_disk(done.iter().map(|(_, p, _)| p.as_path()), first)?;
+        for (j, tmp, stat) in done {
             let job = &jobs[j];
             let kept_as = place(&tmp, &job.target, job.replace, device)?;
             cleanup.0.retain(|p| *p != tmp);
-            self.installed += 1;
-            if let Some(copy) = kept_as {
-                self.conflicts.push(format!(
-                    "{}: the local file differed and was kept as {}",
-                    job.entry.path,
-                    copy.display()
-                ));
-            }
+            self.installed.push((j, Fetched::Written { stat, kept_as }));
         }
         Ok(())
     }
@@ -1256,8 +1347,8 @@ impl Open {
                 Some(w) => w,
                 None => open_temp(&jobs[j], content, cleanup)?,
             };
-            finish(&jobs[j], &w)?;
-            group.done.push((j, w.tmp));
+            let stat = finish(&jobs[j], &w)?;
+            group.done.push((j, w.tmp, stat));
             self.next_job += 1;
         }
         Ok(())
@@ -1275,8 +1366,9 @@ impl Drop for TempFiles {
     }
 }
 
-/// Checks a fully written file against its manifest and sets its modification time.
-fn finish(job: &Download, w: &Writing) -> Result<(), SyncError> {
+/// Checks a fully written file against its manifest and sets its modification time; returns what the file
+/// looks like then.
+fn finish(job: &Download, w: &Writing) -> Result<Stat, SyncError> {
     let m = &job.entry.manifest;
     // A one-chunk file's content hash is its chunk's content id (the same key), which opening the chunk
     // already checked; the hasher covers the rest.
@@ -1290,5 +1382,6 @@ fn finish(job: &Download, w: &Writing) -> Result<(), SyncError> {
     if let Some(t) = m.mtime_ms.and_then(system_time) {
         w.file.set_modified(t).map_err(|e| SyncError::io(&w.tmp, e))?;
     }
-    Ok(())
+    let meta = w.file.metadata().map_err(|e| SyncError::io(&w.tmp, e))?;
+    Ok(Stat::of(&meta))
 }

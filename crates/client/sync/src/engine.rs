@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use cloudsync_sdk::{Client, ErrorKind};
@@ -21,6 +22,8 @@ use cloudsync_types::{WorkspaceId, WsPath};
 use futures_util::{StreamExt as _, stream};
 use serde::Serialize;
 
+use crate::e2ee::E2eeFiles;
+use crate::e2ee_sync::E2eeSide;
 use crate::fetch::{self, Fetched, Job};
 use crate::ignore::Rules;
 use crate::index::{Entry, Index, IndexFile, Pair, Stat, canonical_folder, peek, unix_ns};
@@ -53,6 +56,9 @@ pub struct SyncOptions {
     pub server: String,
     /// Plan only: change nothing on either side.
     pub dry_run: bool,
+    /// The member's keys, for an end-to-end encrypted workspace (files are sealed and opened on this
+    /// device; see [`crate::e2ee`]).
+    pub e2ee: Option<Arc<E2eeFiles>>,
 }
 
 /// What a sync did (or, with `dry_run`, would do).
@@ -144,9 +150,7 @@ pub async fn sync(
         }
         None => Index::new(pair, canonical.clone()),
     };
-    let workspaces = client.workspaces();
-    let keys = ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)?;
-    let mut engine = Engine { client, ws, remote, root: &canonical, keys, opts, own: Own::default() };
+    let mut engine = Engine::new(client, ws, remote, &canonical, opts).await?;
     let mut report = SyncReport::default();
     // Whether `index.cursor` is a journal position this folder was synced up to. Without one, the server's
     // files are listed in full.
@@ -189,9 +193,7 @@ pub async fn sync(
 pub async fn status(client: &Client, local: &Path, opts: &SyncOptions) -> Result<Status, SyncError> {
     let (canonical, index, remote) = pairing(&opts.state_dir, local)?;
     let (server, ws) = (index.pair.server.clone(), index.pair.workspace);
-    let workspaces = client.workspaces();
-    let keys = ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)?;
-    let engine = Engine { client, ws, remote: &remote, root: &canonical, keys, opts, own: Own::default() };
+    let mut engine = Engine::new(client, ws, &remote, &canonical, opts).await?;
     let mut summary = TransferSummary::default();
     // The first round's warnings (scan and plan) are collected in `summary`.
     let (plan, _, _) = engine.plan_round(&index, index.cursor_known(), &mut summary, true).await?;
@@ -231,16 +233,55 @@ struct Engine<'a> {
     ws: WorkspaceId,
     remote: &'a WsPath,
     root: &'a Path,
+    /// The keys local content is hashed with to compare it with the server's (for an end-to-end encrypted
+    /// workspace, those of its content, not the server's).
     keys: ChunkKeys,
     opts: &'a SyncOptions,
     own: Own,
+    /// Set for an end-to-end encrypted workspace: what touches the server goes through it.
+    e2ee: Option<E2eeSide>,
 }
 
-impl Engine<'_> {
+impl<'a> Engine<'a> {
+    async fn new(
+        client: &'a Client,
+        ws: WorkspaceId,
+        remote: &'a WsPath,
+        root: &'a Path,
+        opts: &'a SyncOptions,
+    ) -> Result<Self, SyncError> {
+        let (keys, e2ee) = match &opts.e2ee {
+            Some(files) => {
+                let side = E2eeSide::new(client, ws, remote.clone(), Arc::clone(files)).await?;
+                (side.content_keys().clone(), Some(side))
+            }
+            None => {
+                let workspaces = client.workspaces();
+                (ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)?, None)
+            }
+        };
+        Ok(Self { client, ws, remote, root, keys, opts, own: Own::default(), e2ee })
+    }
+
+    /// The path the server keeps a workspace path under (another for an end-to-end encrypted workspace).
+    fn server_path(&self, path: &WsPath) -> Result<WsPath, SyncError> {
+        match &self.e2ee {
+            Some(side) => side.server_path(path),
+            None => Ok(path.clone()),
+        }
+    }
+
+    /// Remembers one of this engine's commits, to recognise it in the journal.
+    fn own_commit(&mut self, entry: &FileEntry) -> Result<(), SyncError> {
+        let path = self.server_path(&entry.path)?;
+        self.own.commits.insert((path.as_str().to_owned(), entry.version));
+        Ok(())
+    }
+
     /// Scans, learns the server state and plans. Returns the plan, the number of local files and the journal
     /// position the server state reflects.
     async fn plan_round(
-        &self,
+        &mut self,
         index: &Index,
         cursor_known: bool,
         summary: &mut TransferSummary,
@@ -324,7 +365,8 @@ impl Engine<'_> {
             let page = retry(|| files.changes(at, CHANGES_PAGE)).await?;
             for c in &page.changes {
                 at = at.max(c.seq);
-                if changed || !under(self.remote, &c.path) {
+                // An end-to-end encrypted workspace's journal names path ids: any change may be below.
+                if changed || (self.e2ee.is_none() && !under(self.remote, &c.path)) {
                     continue;
                 }
                 let ours = match c.kind {
@@ -344,7 +386,10 @@ impl Engine<'_> {
     }
 
     /// The server's files below the synced folder, by relative path.
-    async fn list_remote(&self) -> Result<Remote, SyncError> {
+    async fn list_remote(&mut self) -> Result<Remote, SyncError> {
+        if let Some(side) = self.e2ee.as_mut() {
+            return side.list(self.client, self.ws).await;
+        }
         let files = self.client.files(self.ws);
         let listed = retry(|| files.list_all(self.remote)).await?;
         Ok(listed
@@ -378,10 +423,14 @@ impl Engine<'_> {
                 Action::MoveRemote { from, to, remote, stat } => moves_remote.push((from, to, remote, stat)),
             }
         }
-        self.move_remote(moves_remote, index, summary, now_ns).await?;
-        self.upload(uploads, index, summary, now_ns).await?;
+        if self.e2ee.is_some() {
+            self.e2ee_upload(uploads, moves_remote, index, summary, now_ns).await?;
+        } else {
+            self.move_remote(moves_remote, index, summary, now_ns).await?;
+            self.upload(uploads, index, summary, now_ns).await?;
+        }
         self.download(downloads, index, summary).await?;
-        summary.files_deleted += self.delete_remote(delete_remote, index).await?;
+        summary.files_deleted += self.delete_remote(delete_remote, index, summary).await?;
         Ok(())
     }
 
@@ -395,8 +444,28 @@ impl Engine<'_> {
         if uploads.is_empty() {
             return Ok(());
         }
+        let (files, rels) = self.local_files(uploads, index, summary);
+        let compare: HashMap<WsPath, FileEntry> =
+            files.iter().zip(&rels).filter_map(|(f, (_, c))| Some((f.ws.clone(), c.clone()?))).collect();
+        let bar = progress::bar(self.opts.progress, files.iter().map(|f| f.stat.size).sum());
+        let result = upload(self.client, self.ws, files, compare, &self.keys, Reading::Once, &bar, summary).await;
+        bar.finish_and_clear();
+        for (i, outcome) in result? {
+            let Some((rel, cmp)) = rels.get(i) else { continue };
+            self.record_upload(rel, cmp.as_ref(), outcome, index, now_ns)?;
+        }
+        Ok(())
+    }
+
+    /// The files of `uploads` that are still regular files, each with its relative path and the server copy
+    /// it is compared with.
+    fn local_files(
+        &self,
+        uploads: Vec<(String, Option<FileEntry>)>,
+        index: &Index,
+        summary: &mut TransferSummary,
+    ) -> (Vec<LocalFile>, Vec<(String, Option<FileEntry>)>) {
         let mut files = Vec::with_capacity(uploads.len());
-        let mut compare = HashMap::new();
         let mut rels = Vec::with_capacity(uploads.len());
         for (rel, cmp) in uploads {
             let (Some(ws_path), Ok(abs)) = (join(self.remote, &rel), local_path(self.root, &rel)) else {
@@ -408,9 +477,6 @@ impl Engine<'_> {
                 // Gone or replaced since the scan: the next sync looks again.
                 _ => continue,
             };
-            if let Some(c) = cmp.clone() {
-                compare.insert(ws_path.clone(), c);
-            }
             let stat = Stat::of(&meta);
             files.push(LocalFile {
                 abs,
@@ -422,24 +488,70 @@ impl Engine<'_> {
             });
             rels.push((rel, cmp));
         }
+        (files, rels)
+    }
+
+    /// Records what became of one uploaded file in the index. Returns whether it was committed.
+    fn record_upload(
+        &mut self,
+        rel: &str,
+        cmp: Option<&FileEntry>,
+        outcome: Outcome,
+        index: &mut Index,
+        now_ns: i64,
+    ) -> Result<bool, SyncError> {
+        match outcome {
+            Outcome::Committed { entry, stat } => {
+                self.own_commit(&entry)?;
+                index.entries.insert(rel.to_owned(), Entry::new(stat, &entry, now_ns));
+                Ok(true)
+            }
+            Outcome::Unchanged { stat } => {
+                if let Some(c) = cmp {
+                    index.entries.insert(rel.to_owned(), Entry::new(stat, c, now_ns));
+                }
+                Ok(false)
+            }
+            Outcome::Conflict => Ok(false),
+        }
+    }
+
+    /// Uploads and local renames of an end-to-end encrypted workspace, sealed on this device. A rename is the
+    /// file committed under its new name (a new manifest: its chunks are stored already, so none is sent),
+    /// then the old name moved to the trash.
+    async fn e2ee_upload(
+        &mut self,
+        mut uploads: Vec<(String, Option<FileEntry>)>,
+        moves: Vec<(String, String, FileEntry, Stat)>,
+        index: &mut Index,
+        summary: &mut TransferSummary,
+        now_ns: i64,
+    ) -> Result<(), SyncError> {
+        let moved: HashMap<String, (String, FileEntry)> =
+            moves.into_iter().map(|(from, to, remote, _)| (to, (from, remote))).collect();
+        uploads.extend(moved.keys().map(|to| (to.clone(), None)));
+        if uploads.is_empty() {
+            return Ok(());
+        }
+        let (files, rels) = self.local_files(uploads, index, summary);
         let bar = progress::bar(self.opts.progress, files.iter().map(|f| f.stat.size).sum());
-        let result = upload(self.client, self.ws, files, compare, &self.keys, Reading::Once, &bar, summary).await;
+        let files = files.into_iter().zip(rels.iter().map(|(_, c)| c.clone())).collect();
+        let (client, ws) = (self.client, self.ws);
+        let side = self.e2ee.as_mut().ok_or_else(|| SyncError::Internal("no end-to-end keys".into()))?;
+        let result = side.upload(client, ws, files, &bar, summary).await;
         bar.finish_and_clear();
+        let mut trash = Vec::new();
         for (i, outcome) in result? {
             let Some((rel, cmp)) = rels.get(i) else { continue };
-            match outcome {
-                Outcome::Committed { entry, stat } => {
-                    self.own.commits.insert((entry.path.as_str().to_owned(), entry.version));
-                    index.entries.insert(rel.clone(), Entry::new(stat, &entry, now_ns));
-                }
-                Outcome::Unchanged { stat } => {
-                    if let Some(c) = cmp {
-                        index.entries.insert(rel.clone(), Entry::new(stat, c, now_ns));
-                    }
-                }
-                Outcome::Conflict => {}
+            let committed = self.record_upload(rel, cmp.as_ref(), outcome, index, now_ns)?;
+            if committed && let Some((from, remote)) = moved.get(rel) {
+                summary.files_uploaded -= 1;
+                summary.files_renamed += 1;
+                trash.push((from.clone(), remote.clone()));
             }
         }
+        // The old names are part of the renames, not deletions of their own.
+        self.delete_remote(trash, index, summary).await?;
         Ok(())
     }
 
@@ -466,8 +578,11 @@ impl Engine<'_> {
         }
         let bar = progress::bar(self.opts.progress, jobs.iter().map(|j| j.entry.size).sum());
         let entries: Vec<FileEntry> = jobs.iter().map(|j| j.entry.clone()).collect();
-        let result =
-            fetch::download(self.client, self.ws, &self.keys, jobs, &self.opts.device_name, &bar, summary).await;
+        let (client, ws, device) = (self.client, self.ws, &self.opts.device_name);
+        let result = match self.e2ee.as_mut() {
+            Some(side) => side.download(client, ws, jobs, device, &bar, summary).await,
+            None => fetch::download(client, ws, &self.keys, jobs, device, &bar, summary).await,
+        };
         bar.finish_and_clear();
         let now_ns = unix_ns(SystemTime::now());
         for (i, fetched) in result? {
@@ -495,29 +610,44 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// Moves the server files of local deletions to the trash; returns how many it moved.
-    async fn delete_remote(&mut self, deletes: Vec<(String, FileEntry)>, index: &mut Index) -> Result<u64, SyncError> {
+    /// Moves the server files of local deletions to the trash; returns how many it moved. A role that may
+    /// not delete (below admin) leaves the server's copy, with a warning, and the rest of the sync goes on.
+    async fn delete_remote(
+        &mut self,
+        deletes: Vec<(String, FileEntry)>,
+        index: &mut Index,
+        summary: &mut TransferSummary,
+    ) -> Result<u64, SyncError> {
         let files = self.client.files(self.ws);
+        let deletes = deletes
+            .into_iter()
+            .map(|(rel, entry)| Ok((rel, self.server_path(&entry.path)?)))
+            .collect::<Result<Vec<_>, SyncError>>()?;
         let mut results = stream::iter(deletes)
-            .map(|(rel, entry)| {
+            .map(|(rel, path)| {
                 let files = &files;
                 async move {
-                    let res = retry(|| files.delete(&entry.path)).await;
-                    (rel, entry, res)
+                    let res = retry(|| files.delete(&path)).await;
+                    (rel, path, res)
                 }
             })
             .buffer_unordered(DELETE_CONCURRENCY);
         let mut deleted = 0;
-        while let Some((rel, entry, res)) = results.next().await {
+        while let Some((rel, path, res)) = results.next().await {
             match res {
                 Ok(_) => {
                     deleted += 1;
-                    self.own.deletes.insert(entry.path.as_str().to_owned());
+                    self.own.deletes.insert(path.as_str().to_owned());
                     index.entries.remove(&rel);
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     index.entries.remove(&rel);
                 }
+                // Kept in the index: the next sync tries again (the role may have changed by then).
+                Err(e) if e.kind() == ErrorKind::Forbidden => summary.warn(format!(
+                    "{rel}: removed here but kept on the server: deleting (and the old name of a rename) needs the \
+                     admin role in this workspace; ask an admin to delete it, or pull it back"
+                )),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -619,7 +749,7 @@ impl Engine<'_> {
         let mut trash = Vec::new();
         for ((from, to, remote, stat), res) in which.into_iter().zip(results) {
             if let Some(entry) = res.entry {
-                self.own.commits.insert((entry.path.as_str().to_owned(), entry.version));
+                self.own_commit(&entry)?;
                 index.entries.insert(to, Entry::new(stat, &entry, now_ns));
                 summary.files_renamed += 1;
                 trash.push((from, remote));
@@ -627,7 +757,7 @@ impl Engine<'_> {
             // A conflict (someone created `to` meanwhile) is merged by the next round.
         }
         // The old names are part of the renames, not deletions of their own.
-        self.delete_remote(trash, index).await?;
+        self.delete_remote(trash, index, summary).await?;
         Ok(())
     }
 }

@@ -35,7 +35,7 @@ const FORMAT: u32 = 1;
 const RACY_WINDOW_NS: i64 = 100_000_000;
 
 /// What a file looked like on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct Stat {
     pub(crate) size: u64,
     /// Modification time, nanoseconds since the Unix epoch.

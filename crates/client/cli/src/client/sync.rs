@@ -22,6 +22,7 @@ fn options(dry_run: bool) -> Result<SyncOptions> {
         state_dir: index_dir(),
         server,
         dry_run,
+        e2ee: None,
     })
 }
 
@@ -30,23 +31,28 @@ fn index_dir() -> PathBuf {
     state_dir().join("index")
 }
 
-/// `cloudsync sync LOCAL_DIR WORKSPACE[:PATH] [--watch] [--dry-run] [--json]`.
+/// `cloudsync sync LOCAL_DIR WORKSPACE[:PATH] [--watch] [--dry-run] [--json]`. On an end-to-end encrypted
+/// workspace the member's keys are unlocked first (with `passphrase_stdin`, the passphrase is read from
+/// standard input).
 ///
 /// # Errors
 /// A missing local folder, server errors, or a folder already synced elsewhere.
-pub async fn sync(local: &Path, remote: &str, watch: bool, dry_run: bool, json: bool) -> Result<()> {
+pub async fn sync(
+    local: &Path,
+    remote: &str,
+    watch: bool,
+    dry_run: bool,
+    passphrase_stdin: bool,
+    json: bool,
+) -> Result<()> {
     if watch && dry_run {
         bail!("--watch and --dry-run do not go together: a dry run changes nothing, so there is nothing to watch");
     }
     let (client, w, path) = resolve(remote).await?;
+    let mut opts = options(dry_run)?;
     if w.e2e_encryption {
-        bail!(
-            "{:?} is end-to-end encrypted, and two-way sync is not available on such workspaces yet: use \
-             `cloudsync push` and `cloudsync pull`, which are",
-            w.name
-        );
+        opts.e2ee = Some(super::e2ee::file_access(&client, &w, passphrase_stdin).await?);
     }
-    let opts = options(dry_run)?;
     if watch {
         let shown = |r: &SyncReport| {
             if let Err(e) = print_report(r, false, json) {
@@ -99,7 +105,7 @@ fn print_plan(p: &PlanSummary) {
 ///
 /// # Errors
 /// A folder never synced, or server errors.
-pub async fn status(local: &Path, forget: bool, json: bool) -> Result<()> {
+pub async fn status(local: &Path, forget: bool, passphrase_stdin: bool, json: bool) -> Result<()> {
     if forget {
         let removed = cloudsync_sync::forget(&index_dir(), local)?;
         if json {
@@ -112,8 +118,8 @@ pub async fn status(local: &Path, forget: bool, json: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let (server, _, _) = cloudsync_sync::synced_pair(&index_dir(), local)?;
-    let opts = options(true)?;
+    let (server, ws, _) = cloudsync_sync::synced_pair(&index_dir(), local)?;
+    let mut opts = options(true)?;
     if opts.server != server {
         bail!(
             "{} is synced with {server}, but you are logged in to {}; log in to {server} first",
@@ -122,6 +128,10 @@ pub async fn status(local: &Path, forget: bool, json: bool) -> Result<()> {
         );
     }
     let client = connect()?;
+    let w = client.workspaces().get(ws).await?;
+    if w.e2e_encryption {
+        opts.e2ee = Some(super::e2ee::file_access(&client, &w, passphrase_stdin).await?);
+    }
     let st = cloudsync_sync::status(&client, local, &opts).await?;
     if json {
         return print_json(&st);
