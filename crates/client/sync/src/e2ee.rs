@@ -1037,6 +1037,13 @@ impl<'a> Uploader<'a> {
         }
         let reqs: Vec<CommitRequest> = commits.iter().map(|c| c.req.clone()).collect();
         let results = retry(|| self.files.commit_batch(&reqs)).await?;
+        if results.len() != commits.len() {
+            return Err(SyncError::Integrity(format!(
+                "the server answered {} of {} commits",
+                results.len(),
+                commits.len()
+            )));
+        }
         for (c, result) in commits.into_iter().zip(results) {
             match (result.entry, result.error) {
                 (Some(entry), _) => {

@@ -156,8 +156,15 @@ pub async fn sync(
     // files are listed in full.
     let mut cursor_known = index.cursor_known();
     for round in 0..MAX_ROUNDS {
-        let (plan, local_count, cursor) =
+        let (mut plan, local_count, cursor) =
             engine.plan_round(&index, cursor_known, &mut report.summary, round == 0).await?;
+        // What an earlier round could not do (and said why) is not tried again in this sync.
+        plan.actions.retain(|a| match a {
+            Action::Upload { rel, .. } | Action::DeleteRemote { rel, .. } | Action::MoveRemote { to: rel, .. } => {
+                !engine.settled.contains(rel)
+            }
+            _ => true,
+        });
         if round == 0 {
             report.summary.files_scanned = local_count;
             report.plan = plan.summary();
@@ -240,6 +247,11 @@ struct Engine<'a> {
     own: Own,
     /// Set for an end-to-end encrypted workspace: what touches the server goes through it.
     e2ee: Option<E2eeSide>,
+    /// Paths whose upload or deletion this sync could not carry out for a reason another round would not
+    /// change (skipped with a warning, or refused by the server); later rounds leave them alone.
+    settled: HashSet<String>,
+    /// When this sync started (names the folder its set-aside files go to).
+    started: SystemTime,
 }
 
 impl<'a> Engine<'a> {
@@ -260,7 +272,8 @@ impl<'a> Engine<'a> {
                 (ChunkKeys::from_api(&retry(|| workspaces.keys(ws)).await?)?, None)
             }
         };
-        Ok(Self { client, ws, remote, root, keys, opts, own: Own::default(), e2ee })
+        let (settled, started) = (HashSet::new(), SystemTime::now());
+        Ok(Self { client, ws, remote, root, keys, opts, own: Own::default(), e2ee, settled, started })
     }
 
     /// The path the server keeps a workspace path under (another for an end-to-end encrypted workspace).
@@ -450,11 +463,23 @@ impl<'a> Engine<'a> {
         let bar = progress::bar(self.opts.progress, files.iter().map(|f| f.stat.size).sum());
         let result = upload(self.client, self.ws, files, compare, &self.keys, Reading::Once, &bar, summary).await;
         bar.finish_and_clear();
-        for (i, outcome) in result? {
+        let outcomes = result?;
+        self.settle_missing(&rels, &outcomes);
+        for (i, outcome) in outcomes {
             let Some((rel, cmp)) = rels.get(i) else { continue };
             self.record_upload(rel, cmp.as_ref(), outcome, index, now_ns)?;
         }
         Ok(())
+    }
+
+    /// Files of an upload that got no outcome were skipped (with a warning): not tried again in this sync.
+    fn settle_missing(&mut self, rels: &[(String, Option<FileEntry>)], outcomes: &[(usize, Outcome)]) {
+        let done: HashSet<usize> = outcomes.iter().map(|(i, _)| *i).collect();
+        for (i, (rel, _)) in rels.iter().enumerate() {
+            if !done.contains(&i) {
+                self.settled.insert(rel.clone());
+            }
+        }
     }
 
     /// The files of `uploads` that are still regular files, each with its relative path and the server copy
@@ -541,7 +566,9 @@ impl<'a> Engine<'a> {
         let result = side.upload(client, ws, files, &bar, summary).await;
         bar.finish_and_clear();
         let mut trash = Vec::new();
-        for (i, outcome) in result? {
+        let outcomes = result?;
+        self.settle_missing(&rels, &outcomes);
+        for (i, outcome) in outcomes {
             let Some((rel, cmp)) = rels.get(i) else { continue };
             let committed = self.record_upload(rel, cmp.as_ref(), outcome, index, now_ns)?;
             if committed && let Some((from, remote)) = moved.get(rel) {
@@ -644,10 +671,13 @@ impl<'a> Engine<'a> {
                     index.entries.remove(&rel);
                 }
                 // Kept in the index: the next sync tries again (the role may have changed by then).
-                Err(e) if e.kind() == ErrorKind::Forbidden => summary.warn(format!(
-                    "{rel}: removed here but kept on the server: deleting (and the old name of a rename) needs the \
-                     admin role in this workspace; ask an admin to delete it, or pull it back"
-                )),
+                Err(e) if e.kind() == ErrorKind::Forbidden => {
+                    summary.warn(format!(
+                        "{rel}: removed here but kept on the server: deleting (and the old name of a rename) needs \
+                         the admin role in this workspace; ask an admin to delete it, or pull it back"
+                    ));
+                    self.settled.insert(rel);
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -666,7 +696,10 @@ impl<'a> Engine<'a> {
                 return;
             }
         }
-        match std::fs::remove_file(&abs) {
+        // Deletions are not signed in an end-to-end encrypted workspace, so a server could make a file look
+        // deleted by hiding it: the member's copy is set aside, not erased.
+        let removed = if self.e2ee.is_some() { self.set_aside(rel, &abs) } else { std::fs::remove_file(&abs) };
+        match removed {
             Ok(()) => {
                 summary.files_deleted += 1;
                 index.entries.remove(rel);
@@ -674,6 +707,33 @@ impl<'a> Engine<'a> {
             }
             Err(e) => summary.warn(format!("{}: could not be deleted: {e}", abs.display())),
         }
+    }
+
+    /// Moves a file deleted on the server out of the folder, into the client's state directory:
+    /// `<state>/deleted/<this sync's start time>/<path in the folder>`.
+    fn set_aside(&self, rel: &str, abs: &Path) -> std::io::Result<()> {
+        let when = time::OffsetDateTime::from(self.started);
+        let stamp = format!(
+            "{:04}-{:02}-{:02} {:02}{:02}{:02}",
+            when.year(),
+            u8::from(when.month()),
+            when.day(),
+            when.hour(),
+            when.minute(),
+            when.second()
+        );
+        let folder = self.root.file_name().map_or_else(|| "folder".into(), |n| n.to_string_lossy().into_owned());
+        let dest = local_path(&self.opts.state_dir.join("deleted").join(format!("{folder} {stamp}")), rel)
+            .map_err(std::io::Error::other)?;
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        if std::fs::rename(abs, &dest).is_err() {
+            // Another file system: copied, then removed.
+            std::fs::copy(abs, &dest)?;
+            std::fs::remove_file(abs)?;
+        }
+        Ok(())
     }
 
     #[expect(clippy::too_many_arguments, reason = "one step with its bookkeeping")]
