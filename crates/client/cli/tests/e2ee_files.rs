@@ -431,6 +431,7 @@ fn members_sync_an_e2ee_folder_both_ways_and_nothing_is_lost() {
         walk(&bob.home).into_iter().filter(|p| p.ends_with(&keep) && p.to_string_lossy().contains("deleted")).collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(std::fs::read(&aside[0]).expect("read"), b"a file Alice deletes");
+    assert!(bob_sync["warnings"].to_string().contains("not erased"), "the sync says where it went: {bob_sync}");
     let alice_down = synced(&alice, &a);
     assert_eq!(count_of(&alice_down, "files_downloaded"), 2, "{alice_down}");
     assert_eq!(tree(&a), tree(&b));

@@ -55,21 +55,50 @@ pub(crate) fn copy_name(file_name: &str, device: &str, when: OffsetDateTime, n: 
         _ => (file_name, ""),
     };
     let counter = if n > 1 { format!(" {n}") } else { String::new() };
-    let tag = format!(
-        " (conflicted copy from {device} {:04}-{:02}-{:02} {:02}{:02}{:02}){counter}",
-        when.year(),
-        u8::from(when.month()),
-        when.day(),
-        when.hour(),
-        when.minute(),
-        when.second()
-    );
+    let tag = format!(" (conflicted copy from {device} {}){counter}", stamp(when));
     let room = MAX_NAME_BYTES.saturating_sub(tag.len() + ext.len());
     let mut end = stem.len().min(room);
     while !stem.is_char_boundary(end) {
         end -= 1;
     }
     format!("{}{tag}{ext}", &stem[..end])
+}
+
+/// `YYYY-MM-DD HHMMSS` of `when` (UTC), as names made by sync carry it.
+pub(crate) fn stamp(when: OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02} {:02}{:02}{:02}",
+        when.year(),
+        u8::from(when.month()),
+        when.day(),
+        when.hour(),
+        when.minute(),
+        when.second()
+    )
+}
+
+/// The first of `name(1)`, `name(2)`, … up to [`MAX_ALTERNATIVES`] at which nothing exists (a symlink counts
+/// as something).
+pub(crate) fn first_free(name: impl Fn(u32) -> PathBuf, what: &str) -> io::Result<PathBuf> {
+    for n in 1..=MAX_ALTERNATIVES {
+        let path = name(n);
+        match fs::symlink_metadata(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(path),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("every name for {what} is taken")))
+}
+
+/// `path` itself for `n` = 1, else `path` with ` N` after its name.
+pub(crate) fn numbered(path: &Path, n: u32) -> PathBuf {
+    if n == 1 {
+        return path.to_path_buf();
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(" {n}"));
+    path.with_file_name(name)
 }
 
 /// Renames whatever is at `target` to a free conflicted-copy name in the same folder and returns the new
@@ -81,18 +110,9 @@ pub(crate) fn move_aside(target: &Path, device: &str, when: SystemTime) -> io::R
         .and_then(|n| n.to_str())
         .ok_or_else(|| io::Error::other("the file name is not valid UTF-8"))?;
     let (device, when) = (sanitize_device(device), OffsetDateTime::from(when));
-    for n in 1..=MAX_ALTERNATIVES {
-        let copy = dir.join(copy_name(name, &device, when, n));
-        match fs::symlink_metadata(&copy) {
-            Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::rename(target, &copy)?;
-                return Ok(copy);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::new(io::ErrorKind::AlreadyExists, "every name for a conflicted copy is taken"))
+    let copy = first_free(|n| dir.join(copy_name(name, &device, when, n)), "a conflicted copy")?;
+    fs::rename(target, &copy)?;
+    Ok(copy)
 }
 
 #[cfg(test)]
@@ -157,5 +177,18 @@ mod tests {
         );
         assert_eq!(fs::read(&first).expect("read"), b"first local edit");
         assert_eq!(fs::read(&second).expect("read"), b"second local edit");
+    }
+
+    #[test]
+    fn a_taken_name_gets_the_next_number_and_a_dangling_link_counts_as_taken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("report.pdf");
+        assert_eq!(first_free(|n| numbered(&path, n), "a test file").expect("free"), path);
+        fs::write(&path, b"one").expect("write");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("report.pdf 2")).expect("link");
+        #[cfg(not(unix))]
+        fs::write(dir.path().join("report.pdf 2"), b"two").expect("write");
+        assert_eq!(first_free(|n| numbered(&path, n), "a test file").expect("free"), dir.path().join("report.pdf 3"));
     }
 }

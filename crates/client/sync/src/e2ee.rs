@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use crate::chunking::{chunk_stream, hash_reader};
+use crate::chunking::{Digest, chunk_stream, hash_reader};
 use crate::fetch::{
     FEED_REQUESTS, FETCH_IN_FLIGHT, Fetched, GROUP_BYTES, GROUP_FILES, create_temp, feed_writer, fetch_all,
     flush_to_disk, place, requests, system_time,
@@ -112,6 +112,13 @@ pub struct E2eeEntry {
     pub(crate) file_id: FileId,
     #[serde(skip)]
     pub(crate) version_id: VersionId,
+}
+
+impl E2eeEntry {
+    /// Whether content with this digest is this file's.
+    pub(crate) fn holds(&self, digest: &Digest) -> bool {
+        digest.size == self.size && digest.hash == self.manifest.content_hash
+    }
 }
 
 /// What this device saw of one workspace: the highest counter, and per path id the latest counter and content
@@ -1036,14 +1043,8 @@ impl<'a> Uploader<'a> {
             return Ok(());
         }
         let reqs: Vec<CommitRequest> = commits.iter().map(|c| c.req.clone()).collect();
+        // The SDK answers one result per commit, or an error.
         let results = retry(|| self.files.commit_batch(&reqs)).await?;
-        if results.len() != commits.len() {
-            return Err(SyncError::Integrity(format!(
-                "the server answered {} of {} commits",
-                results.len(),
-                commits.len()
-            )));
-        }
         for (c, result) in commits.into_iter().zip(results) {
             match (result.entry, result.error) {
                 (Some(entry), _) => {
@@ -1126,18 +1127,18 @@ pub async fn e2ee_pull(
         };
         match prepare(local_dir, &target) {
             Ok(Ok(Existing::Missing)) => jobs.push(Download { entry, target, replace: None }),
-            Ok(Ok(Existing::File(size))) => {
-                let meta = fs::symlink_metadata(&target).map_err(|e| SyncError::io(&target, e))?;
-                let digest = fs::File::open(&target)
-                    .and_then(|f| hash_reader(f, &content))
-                    .map_err(|e| SyncError::io(&target, e))?;
-                if size == entry.size && digest.hash == entry.manifest.content_hash {
+            Ok(Ok(Existing::File(_))) => {
+                let Some((stat, digest)) = local_copy(&target, &content)? else {
+                    jobs.push(Download { entry, target, replace: None });
+                    continue;
+                };
+                if entry.holds(&digest) {
                     summary.files_unchanged += 1;
                     continue;
                 }
                 let path_id = hex::encode(e2ee.keys.path_id(&entry.path));
                 let stale = listed.before.paths.get(&path_id).is_some_and(|(_, h)| *h == hash_hex(&digest.hash));
-                jobs.push(Download { entry, target, replace: stale.then(|| Stat::of(&meta)) });
+                jobs.push(Download { entry, target, replace: stale.then_some(stat) });
             }
             Ok(Err(why)) => summary.skip(format!("{}: skipped, {why}", entry.path)),
             Err((path, e)) => return Err(SyncError::io(&path, e)),
@@ -1164,6 +1165,19 @@ pub async fn e2ee_pull(
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The local file at `target`: its stat and keyed content digest, both from one open handle; `None` when it
+/// is gone.
+pub(crate) fn local_copy(target: &Path, content: &ChunkKeys) -> Result<Option<(Stat, Digest)>, SyncError> {
+    let file = match fs::File::open(target) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(SyncError::io(target, e)),
+    };
+    let meta = file.metadata().map_err(|e| SyncError::io(target, e))?;
+    let digest = hash_reader(&file, content).map_err(|e| SyncError::io(target, e))?;
+    Ok(Some((Stat::of(&meta), digest)))
 }
 
 /// A file being written: its temporary file and a hasher over what was written.

@@ -7,7 +7,6 @@
 //! sent) and the old path moved to the trash, since a manifest is sealed and signed to its path.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use cloudsync_sdk::Client;
@@ -15,14 +14,12 @@ use cloudsync_types::api::FileEntry;
 use cloudsync_types::{WorkspaceId, WsPath};
 use indicatif::ProgressBar;
 
-use crate::chunking::hash_reader;
 use crate::e2ee::{
-    Base, Download, E2eeEntry, E2eeFiles, Tools, VerifiedIds, download_all, listing, next_counter_seen,
+    Base, Download, E2eeEntry, E2eeFiles, Tools, VerifiedIds, download_all, listing, local_copy, next_counter_seen,
     seal_and_upload, server_keys, under,
 };
 use crate::fetch::{Fetched, Job};
-use crate::index::Stat;
-use crate::keys::{ChunkKeys, hash_hex, hash_matches};
+use crate::keys::{ChunkKeys, hash_hex};
 use crate::localpath::{Existing, prepare};
 use crate::plan::Remote;
 use crate::scan::LocalFile;
@@ -38,7 +35,8 @@ pub(crate) struct E2eeSide {
     server_keys: ChunkKeys,
     /// The keys content is chunked and hashed with on this side.
     content: ChunkKeys,
-    /// The last listing's files by path, its next counter, and the manifests checked so far.
+    /// The last listing's files under the synced folder by path, its next counter, and the manifests checked
+    /// so far.
     listed: Option<Listed>,
 }
 
@@ -80,7 +78,7 @@ impl E2eeSide {
         let prefix = &self.prefix;
         let next_counter = l.next_counter();
         let mut remote = Remote::new();
-        let mut files = HashMap::with_capacity(l.files.len());
+        let mut files = HashMap::new();
         for f in l.files {
             if under(prefix, &f.path)
                 && let Ok(path) = WsPath::parse(&f.path)
@@ -97,8 +95,8 @@ impl E2eeSide {
                     modified_at: f.modified_at,
                 };
                 remote.insert(rel.to_owned(), entry);
+                files.insert(f.path.clone(), f);
             }
-            files.insert(f.path.clone(), f);
         }
         self.listed = Some(Listed { files, next_counter, verified: Some(l.verified) });
         Ok(remote)
@@ -115,14 +113,14 @@ impl E2eeSide {
         summary: &mut TransferSummary,
     ) -> Result<Vec<(usize, Outcome)>, SyncError> {
         // Without a listing this round the journal showed no one else's change: what this device saw is all
-        // there is. Either way the counter is used once: what is committed raises what this device saw.
+        // there is. Either way a counter is used once: what is committed raises what this device saw.
         let (counter, verified) = match self.listed.as_mut() {
-            Some(l) => (l.next_counter, l.verified.take()),
+            Some(l) => {
+                l.next_counter += 1;
+                (l.next_counter - 1, l.verified.take())
+            }
             None => (next_counter_seen(&self.files)?, None),
         };
-        if let Some(l) = self.listed.as_mut() {
-            l.next_counter = counter + 1;
-        }
         let verified = verified.unwrap_or_else(|| VerifiedIds::load(&self.files));
         let files = files
             .into_iter()
@@ -216,25 +214,10 @@ fn inspect(job: Job, entry: Option<E2eeEntry>, content: &ChunkKeys) -> Result<In
         Err(why) => return Ok(Inspected::Done(size, Fetched::Skipped(why))),
     };
     if let Existing::File(_) = existing
-        && let Some(stat) = same_content(&job.target, &entry, content)?
+        && let Some((stat, digest)) = local_copy(&job.target, content)?
+        && entry.holds(&digest)
     {
         return Ok(Inspected::Done(size, Fetched::AlreadyThere { stat }));
     }
     Ok(Inspected::Fetch(Box::new(Download { entry, target: job.target, replace: job.replace })))
-}
-
-/// The local file's stat when it already holds `entry`'s content.
-fn same_content(target: &Path, entry: &E2eeEntry, content: &ChunkKeys) -> Result<Option<Stat>, SyncError> {
-    let file = match std::fs::File::open(target) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(SyncError::io(target, e)),
-    };
-    let meta = file.metadata().map_err(|e| SyncError::io(target, e))?;
-    if meta.len() != entry.size {
-        return Ok(None);
-    }
-    let digest = hash_reader(&file, content).map_err(|e| SyncError::io(target, e))?;
-    let same = digest.size == entry.size && hash_matches(&digest.hash, &hash_hex(&entry.manifest.content_hash));
-    Ok(same.then(|| Stat::of(&meta)))
 }

@@ -250,8 +250,9 @@ struct Engine<'a> {
     /// Paths whose upload or deletion this sync could not carry out for a reason another round would not
     /// change (skipped with a warning, or refused by the server); later rounds leave them alone.
     settled: HashSet<String>,
-    /// When this sync started (names the folder its set-aside files go to).
+    /// When this sync started (names the folder its set-aside files go to), and whether it set any aside.
     started: SystemTime,
+    set_aside_any: bool,
 }
 
 impl<'a> Engine<'a> {
@@ -273,7 +274,19 @@ impl<'a> Engine<'a> {
             }
         };
         let (settled, started) = (HashSet::new(), SystemTime::now());
-        Ok(Self { client, ws, remote, root, keys, opts, own: Own::default(), e2ee, settled, started })
+        Ok(Self {
+            client,
+            ws,
+            remote,
+            root,
+            keys,
+            opts,
+            own: Own::default(),
+            e2ee,
+            settled,
+            started,
+            set_aside_any: false,
+        })
     }
 
     /// The path the server keeps a workspace path under (another for an end-to-end encrypted workspace).
@@ -398,20 +411,27 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// The server's files below the synced folder, by relative path.
+    /// The server's files below the synced folder, by relative path (a spinner shows while they are listed:
+    /// on an end-to-end encrypted workspace, every manifest is fetched and checked).
     async fn list_remote(&mut self) -> Result<Remote, SyncError> {
-        if let Some(side) = self.e2ee.as_mut() {
-            return side.list(self.client, self.ws).await;
-        }
-        let files = self.client.files(self.ws);
-        let listed = retry(|| files.list_all(self.remote)).await?;
-        Ok(listed
-            .into_iter()
-            .filter_map(|e| {
-                let rel = e.path.strip_prefix(self.remote)?;
-                if rel.is_empty() { None } else { Some((rel.to_owned(), e)) }
-            })
-            .collect())
+        let spinner = progress::spinner(self.opts.progress, "listing the server's files…");
+        let listed = match self.e2ee.as_mut() {
+            Some(side) => side.list(self.client, self.ws).await,
+            None => {
+                let files = self.client.files(self.ws);
+                retry(|| files.list_all(self.remote)).await.map_err(SyncError::from).map(|listed| {
+                    listed
+                        .into_iter()
+                        .filter_map(|e| {
+                            let rel = e.path.strip_prefix(self.remote)?;
+                            if rel.is_empty() { None } else { Some((rel.to_owned(), e)) }
+                        })
+                        .collect()
+                })
+            }
+        };
+        spinner.finish_and_clear();
+        listed
     }
 
     /// Carries out one plan, recording every completed step in `index`.
@@ -436,50 +456,67 @@ impl<'a> Engine<'a> {
                 Action::MoveRemote { from, to, remote, stat } => moves_remote.push((from, to, remote, stat)),
             }
         }
-        if self.e2ee.is_some() {
-            self.e2ee_upload(uploads, moves_remote, index, summary, now_ns).await?;
+        // An end-to-end encrypted manifest is sealed to its path: such a rename is the file uploaded under its
+        // new name (a new manifest; its chunks are stored already, so none is sent), then the old name trashed.
+        let renamed: HashMap<String, (String, FileEntry)> = if self.e2ee.is_some() {
+            moves_remote.into_iter().map(|(from, to, remote, _)| (to, (from, remote))).collect()
         } else {
             self.move_remote(moves_remote, index, summary, now_ns).await?;
-            self.upload(uploads, index, summary, now_ns).await?;
-        }
+            HashMap::new()
+        };
+        self.upload(uploads, renamed, index, summary, now_ns).await?;
         self.download(downloads, index, summary).await?;
         summary.files_deleted += self.delete_remote(delete_remote, index, summary).await?;
         Ok(())
     }
 
+    /// Uploads files (each compared with its server copy, if any), and the targets of `renamed` (new name to
+    /// old name and its server file), whose old names then go to the trash as part of the rename.
     async fn upload(
         &mut self,
-        uploads: Vec<(String, Option<FileEntry>)>,
+        mut uploads: Vec<(String, Option<FileEntry>)>,
+        renamed: HashMap<String, (String, FileEntry)>,
         index: &mut Index,
         summary: &mut TransferSummary,
         now_ns: i64,
     ) -> Result<(), SyncError> {
+        uploads.extend(renamed.keys().map(|to| (to.clone(), None)));
         if uploads.is_empty() {
             return Ok(());
         }
         let (files, rels) = self.local_files(uploads, index, summary);
-        let compare: HashMap<WsPath, FileEntry> =
-            files.iter().zip(&rels).filter_map(|(f, (_, c))| Some((f.ws.clone(), c.clone()?))).collect();
         let bar = progress::bar(self.opts.progress, files.iter().map(|f| f.stat.size).sum());
-        let result = upload(self.client, self.ws, files, compare, &self.keys, Reading::Once, &bar, summary).await;
+        let (client, ws) = (self.client, self.ws);
+        let result = match self.e2ee.as_mut() {
+            Some(side) => {
+                let files = files.into_iter().zip(rels.iter().map(|(_, c)| c.clone())).collect();
+                side.upload(client, ws, files, &bar, summary).await
+            }
+            None => {
+                let compare: HashMap<WsPath, FileEntry> =
+                    files.iter().zip(&rels).filter_map(|(f, (_, c))| Some((f.ws.clone(), c.clone()?))).collect();
+                upload(client, ws, files, compare, &self.keys, Reading::Once, &bar, summary).await
+            }
+        };
         bar.finish_and_clear();
         let outcomes = result?;
-        self.settle_missing(&rels, &outcomes);
+        // Files that got no outcome were skipped (with a warning): not tried again in this sync.
+        let done: HashSet<usize> = outcomes.iter().map(|(i, _)| *i).collect();
+        let skipped = rels.iter().enumerate().filter(|(i, _)| !done.contains(i));
+        self.settled.extend(skipped.map(|(_, (rel, _))| rel.clone()));
+        let mut trash = Vec::new();
         for (i, outcome) in outcomes {
             let Some((rel, cmp)) = rels.get(i) else { continue };
-            self.record_upload(rel, cmp.as_ref(), outcome, index, now_ns)?;
-        }
-        Ok(())
-    }
-
-    /// Files of an upload that got no outcome were skipped (with a warning): not tried again in this sync.
-    fn settle_missing(&mut self, rels: &[(String, Option<FileEntry>)], outcomes: &[(usize, Outcome)]) {
-        let done: HashSet<usize> = outcomes.iter().map(|(i, _)| *i).collect();
-        for (i, (rel, _)) in rels.iter().enumerate() {
-            if !done.contains(&i) {
-                self.settled.insert(rel.clone());
+            let committed = self.record_upload(rel, cmp.as_ref(), outcome, index, now_ns)?;
+            if committed && let Some((from, remote)) = renamed.get(rel) {
+                summary.files_uploaded -= 1;
+                summary.files_renamed += 1;
+                trash.push((from.clone(), remote.clone()));
             }
         }
+        // The old names are part of the renames, not deletions of their own.
+        self.delete_remote(trash, index, summary).await?;
+        Ok(())
     }
 
     /// The files of `uploads` that are still regular files, each with its relative path and the server copy
@@ -539,47 +576,6 @@ impl<'a> Engine<'a> {
             }
             Outcome::Conflict => Ok(false),
         }
-    }
-
-    /// Uploads and local renames of an end-to-end encrypted workspace, sealed on this device. A rename is the
-    /// file committed under its new name (a new manifest: its chunks are stored already, so none is sent),
-    /// then the old name moved to the trash.
-    async fn e2ee_upload(
-        &mut self,
-        mut uploads: Vec<(String, Option<FileEntry>)>,
-        moves: Vec<(String, String, FileEntry, Stat)>,
-        index: &mut Index,
-        summary: &mut TransferSummary,
-        now_ns: i64,
-    ) -> Result<(), SyncError> {
-        let moved: HashMap<String, (String, FileEntry)> =
-            moves.into_iter().map(|(from, to, remote, _)| (to, (from, remote))).collect();
-        uploads.extend(moved.keys().map(|to| (to.clone(), None)));
-        if uploads.is_empty() {
-            return Ok(());
-        }
-        let (files, rels) = self.local_files(uploads, index, summary);
-        let bar = progress::bar(self.opts.progress, files.iter().map(|f| f.stat.size).sum());
-        let files = files.into_iter().zip(rels.iter().map(|(_, c)| c.clone())).collect();
-        let (client, ws) = (self.client, self.ws);
-        let side = self.e2ee.as_mut().ok_or_else(|| SyncError::Internal("no end-to-end keys".into()))?;
-        let result = side.upload(client, ws, files, &bar, summary).await;
-        bar.finish_and_clear();
-        let mut trash = Vec::new();
-        let outcomes = result?;
-        self.settle_missing(&rels, &outcomes);
-        for (i, outcome) in outcomes {
-            let Some((rel, cmp)) = rels.get(i) else { continue };
-            let committed = self.record_upload(rel, cmp.as_ref(), outcome, index, now_ns)?;
-            if committed && let Some((from, remote)) = moved.get(rel) {
-                summary.files_uploaded -= 1;
-                summary.files_renamed += 1;
-                trash.push((from.clone(), remote.clone()));
-            }
-        }
-        // The old names are part of the renames, not deletions of their own.
-        self.delete_remote(trash, index, summary).await?;
-        Ok(())
     }
 
     async fn download(
@@ -686,7 +682,7 @@ impl<'a> Engine<'a> {
 
     /// Deletes a local file the server deleted, if it is still the copy the index knows (the server's trash
     /// keeps that content); a file edited since is left for the next round to re-upload.
-    fn delete_local(&self, rel: &str, stat: Stat, index: &mut Index, summary: &mut TransferSummary) {
+    fn delete_local(&mut self, rel: &str, stat: Stat, index: &mut Index, summary: &mut TransferSummary) {
         let Ok(abs) = local_path(self.root, rel) else { return };
         match std::fs::symlink_metadata(&abs) {
             Ok(m) if m.is_file() && Stat::of(&m) == stat => {}
@@ -697,37 +693,41 @@ impl<'a> Engine<'a> {
             }
         }
         // Deletions are not signed in an end-to-end encrypted workspace, so a server could make a file look
-        // deleted by hiding it: the member's copy is set aside, not erased.
+        // deleted by hiding it: the member's copy is set aside, not erased (said once per sync).
         let removed = if self.e2ee.is_some() { self.set_aside(rel, &abs) } else { std::fs::remove_file(&abs) };
         match removed {
             Ok(()) => {
                 summary.files_deleted += 1;
                 index.entries.remove(rel);
                 remove_empty_parents(self.root, &abs);
+                if self.e2ee.is_some() && !self.set_aside_any {
+                    self.set_aside_any = true;
+                    summary.warn(format!(
+                        "files deleted on the server were moved to {}, not erased (a deletion in an end-to-end \
+                         encrypted workspace is not signed, so it is kept until you remove it)",
+                        self.aside_dir().display()
+                    ));
+                }
             }
             Err(e) => summary.warn(format!("{}: could not be deleted: {e}", abs.display())),
         }
     }
 
-    /// Moves a file deleted on the server out of the folder, into the client's state directory:
-    /// `<state>/deleted/<this sync's start time>/<path in the folder>`.
-    fn set_aside(&self, rel: &str, abs: &Path) -> std::io::Result<()> {
-        let when = time::OffsetDateTime::from(self.started);
-        let stamp = format!(
-            "{:04}-{:02}-{:02} {:02}{:02}{:02}",
-            when.year(),
-            u8::from(when.month()),
-            when.day(),
-            when.hour(),
-            when.minute(),
-            when.second()
-        );
+    /// Where this sync sets files deleted on the server aside: `<state>/deleted/<folder> <start time>`.
+    fn aside_dir(&self) -> PathBuf {
         let folder = self.root.file_name().map_or_else(|| "folder".into(), |n| n.to_string_lossy().into_owned());
-        let dest = local_path(&self.opts.state_dir.join("deleted").join(format!("{folder} {stamp}")), rel)
-            .map_err(std::io::Error::other)?;
+        let stamp = crate::conflict::stamp(time::OffsetDateTime::from(self.started));
+        self.opts.state_dir.join("deleted").join(format!("{folder} {stamp}"))
+    }
+
+    /// Moves a file deleted on the server out of the folder into [`Self::aside_dir`], under its path in the
+    /// folder (numbered when that name is taken: nothing set aside is overwritten).
+    fn set_aside(&self, rel: &str, abs: &Path) -> std::io::Result<()> {
+        let dest = local_path(&self.aside_dir(), rel).map_err(std::io::Error::other)?;
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        let dest = crate::conflict::first_free(|n| crate::conflict::numbered(&dest, n), "a file set aside")?;
         if std::fs::rename(abs, &dest).is_err() {
             // Another file system: copied, then removed.
             std::fs::copy(abs, &dest)?;

@@ -176,15 +176,8 @@ pub(crate) async fn download_inspected(
         .iter()
         .map(|(i, _)| ManifestRef { path: jobs[*i].entry.path.clone(), version: Some(jobs[*i].entry.version) })
         .collect();
-    // The SDK splits this into requests of at most 1000 files.
+    // The SDK splits this into requests of at most 1000 files, and answers one entry per file or an error.
     let manifests = retry(|| files.manifests(&refs)).await?;
-    if manifests.len() != refs.len() {
-        return Err(SyncError::Integrity(format!(
-            "the server answered {} of {} manifests",
-            manifests.len(),
-            refs.len()
-        )));
-    }
     let manifests = manifests.into_iter().map(|m| m.map(|vm| vm.manifest));
 
     // What to write, in order, and the chunks that must come from the server, in the order they are needed.

@@ -298,15 +298,8 @@ impl<'a> Uploader<'a> {
             })
             .buffer_unordered(COMMIT_CONCURRENCY);
         while let Some((group, res)) = results.next().await {
-            let res = res?;
-            if res.len() != group.len() {
-                return Err(SyncError::Integrity(format!(
-                    "the server answered {} of {} commits in a batch",
-                    res.len(),
-                    group.len()
-                )));
-            }
-            for (ready, result) in group.into_iter().zip(res) {
+            // The SDK answers one result per commit, or an error.
+            for (ready, result) in group.into_iter().zip(res?) {
                 let outcome = record_commit(&ready.req, result, ready.stat, summary)?;
                 self.outcomes.push((ready.idx, outcome));
             }
