@@ -74,6 +74,10 @@ pub enum Command {
         /// Show what would change, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// One-way mirror (when either side is a saved connection, `sync SRC DST`): also delete files in DST
+        /// that SRC does not have.
+        #[arg(long)]
+        delete: bool,
         #[command(flatten)]
         passphrase: PassphraseFlag,
         #[command(flatten)]
@@ -91,10 +95,13 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// List files in WORKSPACE[:PATH].
+    /// List files in WORKSPACE[:PATH], or in a folder of a saved connection (NAME:PATH).
     Ls {
-        /// WORKSPACE or WORKSPACE:PATH.
+        /// WORKSPACE, WORKSPACE:PATH or NAME:PATH.
         remote: String,
+        /// On a connection: list everything below the folder, not just its entries.
+        #[arg(short = 'R', long)]
+        recursive: bool,
         #[command(flatten)]
         passphrase: PassphraseFlag,
         #[command(flatten)]
@@ -133,6 +140,43 @@ pub enum Command {
     /// Show the trash.
     #[command(subcommand)]
     Trash(TrashCmd),
+    /// Storage accounts you control (S3, R2, SFTP, FTP/FTPS, WebDAV): add, list, show, test, remove. Settings
+    /// go to the config file, secrets to the OS credential store.
+    #[command(subcommand)]
+    Connection(ConnectionCmd),
+    /// Copy new and changed files from SRC to DST: local paths and NAME:PATH on saved connections. A folder's
+    /// contents go into DST; files DST already has (same size, not older) are skipped.
+    Copy {
+        /// Source: a local path or NAME:PATH.
+        src: String,
+        /// Destination: a local path or NAME:PATH.
+        dst: String,
+        /// Show what would be copied, copy nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Move files from SRC to DST: copy, then delete each source file once it is at the destination.
+    Move {
+        /// Source: a local path or NAME:PATH.
+        src: String,
+        /// Destination: a local path or NAME:PATH.
+        dst: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Delete a file (or, with --recursive, a folder) on a saved connection. This is not a workspace's trash:
+    /// it is gone from the remote.
+    Delete {
+        /// NAME:PATH.
+        remote: String,
+        /// Delete a folder and everything in it.
+        #[arg(short, long)]
+        recursive: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// End-to-end encryption keys: make them, unlock and lock them, compare fingerprints, recover them.
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -642,4 +686,94 @@ pub enum TrashCmd {
         #[command(flatten)]
         json: JsonFlag,
     },
+}
+
+/// `connection ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConnectionCmd {
+    /// Save a connection. Its secret (password or secret key) is asked for, or read with --secret-stdin, and
+    /// kept in the OS credential store.
+    Add(Box<ConnectionAddArgs>),
+    /// List the saved connections.
+    List(JsonFlag),
+    /// Show a connection's settings (its secret is masked).
+    Show {
+        /// Connection name.
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Connect and list the connection's root, to check settings and credentials.
+    Test {
+        /// Connection name.
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Forget a connection and delete its secret from the credential store.
+    Remove {
+        /// Connection name.
+        name: String,
+    },
+}
+
+/// `connection add`.
+#[derive(Debug, Args)]
+pub struct ConnectionAddArgs {
+    /// Name used as NAME:PATH (letters, digits, '-', '_', '.').
+    pub name: String,
+    /// Storage type: s3, r2, sftp, ftp, ftps, webdav (synology, dropbox, onedrive, pcloud and cloudsync are
+    /// not available yet).
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_kind)]
+    pub kind: cloudsync_connectors::Kind,
+    /// s3, webdav: service URL (https://...).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// s3: region (default us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// s3, r2: bucket.
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// r2: Cloudflare account id.
+    #[arg(long)]
+    pub account_id: Option<String>,
+    /// s3, r2: access key id (the secret key is asked for, or read with --secret-stdin).
+    #[arg(long)]
+    pub access_key_id: Option<String>,
+    /// sftp, ftp, ftps: host name or address.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// sftp, ftp, ftps: port (default 22 or 21).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// sftp, ftp, ftps, webdav: user name.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// sftp: SSH private key file. The server's host key is pinned on first use (OpenSSH known_hosts) and a
+    /// changed key is refused.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Folder on the remote that NAME: means (default: its root).
+    #[arg(long)]
+    pub root: Option<String>,
+    /// cloudsync: workspace name.
+    #[arg(long)]
+    pub workspace: Option<String>,
+    /// Read the secret (password or secret key) from the first line of standard input.
+    #[arg(long)]
+    pub secret_stdin: bool,
+    /// Accept plain FTP or an http:// endpoint (passwords and files cross the network unencrypted).
+    #[arg(long)]
+    pub allow_insecure: bool,
+    /// Trust the CA in this PEM file (for a server with a private CA) instead of the system's roots.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Overwrite a saved connection of the same name.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+fn parse_kind(s: &str) -> Result<cloudsync_connectors::Kind, String> {
+    s.parse().map_err(|e: cloudsync_connectors::Error| e.to_string())
 }

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use cloudsync_cli::args::{Cli, Command, ServerCmd, ServerCommon, ServerUserCmd, ServerWorkspaceCmd, TrashCmd};
 use cloudsync_cli::client;
+use cloudsync_cli::client::connections::Verb;
 use cloudsync_cli::server::{self, DEFAULT_CONFIG, ServerConfig};
 use zeroize::Zeroizing;
 
@@ -75,13 +76,38 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Pull { remote, local, passphrase, json } => {
             client::pull(&remote, &local, passphrase.passphrase_stdin, json.json).await
         }
-        Command::Sync { local, remote, watch, dry_run, passphrase, json } => {
-            client::sync(&local, &remote, watch, dry_run, passphrase.passphrase_stdin, json.json).await
+        Command::Sync { local, remote, watch, dry_run, delete, passphrase, json } => {
+            let src = local.to_string_lossy();
+            if client::connections::is_connection(&src)? || client::connections::is_connection(&remote)? {
+                anyhow::ensure!(!watch, "--watch is for a folder synced with a workspace; use a pair for a schedule");
+                client::connections::transfer(&src, &remote, Verb::Mirror, delete, dry_run, json.json).await
+            } else {
+                anyhow::ensure!(
+                    !delete,
+                    "--delete is for one-way mirrors with a saved connection (`sync SRC DST`); a two-way sync with a \
+                     workspace already sends deletions to the server's trash"
+                );
+                client::sync(&local, &remote, watch, dry_run, passphrase.passphrase_stdin, json.json).await
+            }
         }
         Command::Status { local, forget, passphrase, json } => {
             client::status(&local, forget, passphrase.passphrase_stdin, json.json).await
         }
-        Command::Ls { remote, passphrase, json } => client::ls(&remote, passphrase.passphrase_stdin, json.json).await,
+        Command::Ls { remote, recursive, passphrase, json } => {
+            if client::connections::is_connection(&remote)? {
+                client::connections::ls(&remote, recursive, json.json).await
+            } else {
+                client::ls(&remote, passphrase.passphrase_stdin, json.json).await
+            }
+        }
+        Command::Connection(cmd) => client::connections::run(cmd).await,
+        Command::Copy { src, dst, dry_run, json } => {
+            client::connections::transfer(&src, &dst, Verb::Copy, false, dry_run, json.json).await
+        }
+        Command::Move { src, dst, json } => {
+            client::connections::transfer(&src, &dst, Verb::Move, false, false, json.json).await
+        }
+        Command::Delete { remote, recursive, json } => client::connections::delete(&remote, recursive, json.json).await,
         Command::Rm { remote, passphrase, json } => client::rm(&remote, passphrase.passphrase_stdin, json.json).await,
         Command::Versions { remote, passphrase, json } => {
             client::versions(&remote, passphrase.passphrase_stdin, json.json).await

@@ -52,14 +52,7 @@ impl ClientConfig {
     /// # Errors
     /// An unreadable or invalid file.
     pub fn load() -> Result<Self> {
-        let p = path();
-        match std::fs::read_to_string(&p) {
-            Ok(text) => {
-                toml::from_str(&text).with_context(|| format!("{} is not a valid client configuration", p.display()))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
-        }
+        load_toml(&path(), "client configuration")
     }
 
     /// Writes the file atomically with mode 0600.
@@ -67,11 +60,31 @@ impl ClientConfig {
     /// # Errors
     /// When the directory or file cannot be written.
     pub fn save(&self) -> Result<()> {
-        let dir = config_dir();
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let text = toml::to_string_pretty(self).context("serialising the client configuration")?;
-        write_private(&path(), text.as_bytes())
+        save_toml(&path(), self, "client configuration")
     }
+}
+
+/// Reads a TOML file of the config directory, or the default when there is none.
+///
+/// # Errors
+/// An unreadable or invalid file.
+pub fn load_toml<T: serde::de::DeserializeOwned + Default>(p: &std::path::Path, what: &str) -> Result<T> {
+    match std::fs::read_to_string(p) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("{} is not a valid {what}", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+    }
+}
+
+/// Writes a TOML file of the config directory atomically with mode 0600.
+///
+/// # Errors
+/// When the directory or file cannot be written.
+pub fn save_toml<T: Serialize>(p: &std::path::Path, value: &T, what: &str) -> Result<()> {
+    let dir = config_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let text = toml::to_string_pretty(value).with_context(|| format!("serialising the {what}"))?;
+    write_private(p, text.as_bytes())
 }
 
 /// Writes `bytes` to `path` through a temporary file with mode 0600 and a rename.

@@ -4,6 +4,7 @@
 pub mod apikey;
 pub mod audit;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 mod e2ee;
 mod files;

@@ -1,0 +1,450 @@
+//! Saved connections to storage accounts the user controls, and `ls`/`copy`/`sync`/`move`/`delete` on them.
+//!
+//! The settings (type, host, bucket, …) are in `connections.toml` in the config directory (mode 0600); the
+//! secret of each (password, secret key) is in the OS credential store under `connection:NAME`, never in the
+//! file. `NAME:PATH` names a path on a saved connection; a local path is written as it is.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use cloudsync_connectors::transfer::{self, Location, Options, Summary};
+use cloudsync_connectors::{Connection, Kind, Limits, check_name};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::config::{config_dir, load_toml, save_toml};
+use super::credentials::CredentialStore;
+use super::output::{print_json, size, table};
+use crate::args::{ConnectionAddArgs, ConnectionCmd};
+
+/// The saved connections.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Connections {
+    /// By name.
+    #[serde(default)]
+    pub connections: BTreeMap<String, Connection>,
+}
+
+fn file() -> PathBuf {
+    config_dir().join("connections.toml")
+}
+
+fn secret_account(name: &str) -> String {
+    format!("connection:{name}")
+}
+
+impl Connections {
+    /// Loads the file, or none when there is no file.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file.
+    pub fn load() -> Result<Self> {
+        load_toml(&file(), "connections file")
+    }
+
+    fn save(&self) -> Result<()> {
+        save_toml(&file(), self, "connections")
+    }
+
+    fn get(&self, name: &str) -> Result<&Connection> {
+        self.connections.get(name).with_context(|| {
+            format!("there is no connection named {name:?}; `cloudsync connection list` shows the saved ones")
+        })
+    }
+
+    /// The operator for a saved connection, with its secret from the credential store.
+    fn operator(&self, name: &str, limits: &Limits) -> Result<opendal::Operator> {
+        let conn = self.get(name)?;
+        let secret = match conn.kind.secret_name() {
+            Some(what) => {
+                let secret = CredentialStore::from_env()?.get(&secret_account(name))?;
+                if secret.is_none() && (conn.kind != Kind::Webdav || conn.user.is_some()) {
+                    bail!(
+                        "the {what} of connection {name:?} is not in the credential store; add the connection again \
+                         (`cloudsync connection remove {name}` then `cloudsync connection add {name} ...`)"
+                    );
+                }
+                secret
+            }
+            None => None,
+        };
+        Ok(conn.operator(secret.as_deref().map(String::as_str), limits)?)
+    }
+}
+
+/// One side of a `copy`, `sync`, `move` or `ls`.
+#[derive(Debug)]
+pub enum Target {
+    /// A local path.
+    Local(PathBuf),
+    /// `NAME:PATH` on a saved connection.
+    Connection {
+        /// Connection name.
+        name: String,
+        /// Path on it.
+        path: String,
+    },
+    /// Anything else with a colon: a workspace (`WORKSPACE[:PATH]`).
+    Workspace(String),
+}
+
+impl Target {
+    /// Reads `NAME:PATH` (a saved connection), `WORKSPACE[:PATH]` (a name and a colon, not a connection) or a
+    /// local path (anything starting with `/`, `.` or `~`, a single-letter drive, or without a colon).
+    pub fn parse(spec: &str, saved: &Connections) -> Self {
+        let local = spec.starts_with(['/', '.', '~']) || Path::new(spec).exists();
+        match spec.split_once(':') {
+            Some((name, path)) if !local && !name.contains(['/', '\\']) && name.len() > 1 => {
+                if saved.connections.contains_key(name) {
+                    Self::Connection { name: name.to_owned(), path: path.to_owned() }
+                } else {
+                    Self::Workspace(spec.to_owned())
+                }
+            }
+            _ => Self::Local(PathBuf::from(spec)),
+        }
+    }
+
+    fn location(&self, saved: &Connections, limits: &Limits) -> Result<Location> {
+        Ok(match self {
+            Self::Local(p) => Location::Local(p.clone()),
+            Self::Connection { name, path } => {
+                check_remote_path(path)?;
+                Location::Remote {
+                    op: saved.operator(name, limits)?,
+                    path: path.trim_start_matches('/').to_owned(),
+                    label: format!("{name}:{path}"),
+                }
+            }
+            Self::Workspace(spec) => bail!(
+                "{spec:?} is not on a saved connection (`cloudsync connection list` shows them); if it names a \
+                 workspace: copying between workspaces and connections is not available yet, use `cloudsync push` \
+                 and `cloudsync pull` with a local folder"
+            ),
+        })
+    }
+}
+
+fn check_remote_path(path: &str) -> Result<()> {
+    if path.len() > 4096 || path.contains('\0') || path.split('/').any(|p| p == "..") {
+        bail!("{path:?} is not a valid remote path: it must not contain '..' or NUL (and at most 4096 bytes)");
+    }
+    Ok(())
+}
+
+/// Whether `spec` names a saved connection (`NAME:PATH`).
+///
+/// # Errors
+/// An unreadable connections file.
+pub fn is_connection(spec: &str) -> Result<bool> {
+    let saved = Connections::load()?;
+    Ok(matches!(Target::parse(spec, &saved), Target::Connection { .. }))
+}
+
+/// `connection ...`.
+///
+/// # Errors
+/// Bad settings, an unavailable credential store, a failed test.
+pub async fn run(cmd: ConnectionCmd) -> Result<()> {
+    match cmd {
+        ConnectionCmd::Add(args) => add(*args),
+        ConnectionCmd::List(j) => list(j.json),
+        ConnectionCmd::Show { name, json } => show(&name, json.json),
+        ConnectionCmd::Test { name, json } => test(&name, json.json).await,
+        ConnectionCmd::Remove { name } => remove(&name),
+    }
+}
+
+fn add(a: ConnectionAddArgs) -> Result<()> {
+    check_name(&a.name)?;
+    let mut saved = Connections::load()?;
+    if saved.connections.contains_key(&a.name) && !a.replace {
+        bail!("a connection named {:?} exists already; pick another name, or pass --replace to overwrite it", a.name);
+    }
+    let mut conn = Connection::new(a.kind);
+    conn.endpoint = a.endpoint;
+    conn.region = a.region;
+    conn.bucket = a.bucket;
+    conn.account_id = a.account_id;
+    conn.access_key_id = a.access_key_id;
+    conn.host = a.host;
+    conn.port = a.port;
+    conn.user = a.user;
+    conn.key_file = a.key_file.map(|p| std::path::absolute(&p).unwrap_or(p));
+    conn.root = a.root;
+    conn.workspace = a.workspace;
+    conn.allow_insecure = a.allow_insecure;
+    conn.ca_cert = a.ca_cert.map(|p| std::path::absolute(&p).unwrap_or(p));
+    conn.validate()?;
+    if let Some(key) = &conn.key_file {
+        anyhow::ensure!(key.is_file(), "the key file {} does not exist", key.display());
+    }
+    if let Some(ca) = &conn.ca_cert {
+        anyhow::ensure!(ca.is_file(), "the CA file {} does not exist", ca.display());
+    }
+    let needs_secret = conn.kind.secret_name().filter(|_| conn.kind != Kind::Webdav || conn.user.is_some());
+    let store = CredentialStore::from_env()?;
+    if let Some(what) = needs_secret {
+        let secret = if a.secret_stdin {
+            super::read_stdin_line(what)?
+        } else if std::io::stdin().is_terminal() {
+            let s = Zeroizing::new(rpassword::prompt_password(format!("{} for {}: ", capitalise(what), a.name))?);
+            anyhow::ensure!(!s.is_empty(), "the {what} was empty; nothing was saved");
+            s
+        } else {
+            bail!("this connection needs its {what}: pass --secret-stdin and pipe it in, or run on a terminal");
+        };
+        // The secret first: if the credential store is unavailable, nothing is saved.
+        store.set(&secret_account(&a.name), &secret)?;
+    } else {
+        store.delete(&secret_account(&a.name))?;
+    }
+    saved.connections.insert(a.name.clone(), conn);
+    saved.save()?;
+    eprintln!(
+        "Saved connection {:?}{}. Check it with `cloudsync connection test {}`.",
+        a.name,
+        if needs_secret.is_some() { " (its secret is in the OS credential store)" } else { "" },
+        a.name
+    );
+    Ok(())
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+fn place(c: &Connection) -> String {
+    let s = c.settings();
+    let get = |k: &str| s.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone());
+    match c.kind {
+        Kind::S3 | Kind::R2 => {
+            format!("{} ({})", get("bucket").unwrap_or_default(), get("endpoint").unwrap_or("AWS".into()))
+        }
+        Kind::Webdav => get("endpoint").unwrap_or_default(),
+        _ => {
+            let host = get("host").unwrap_or_default();
+            match (get("user"), c.port) {
+                (Some(u), Some(p)) => format!("{u}@{host}:{p}"),
+                (Some(u), None) => format!("{u}@{host}"),
+                (None, Some(p)) => format!("{host}:{p}"),
+                (None, None) => host,
+            }
+        }
+    }
+}
+
+fn list(json: bool) -> Result<()> {
+    let saved = Connections::load()?;
+    if json {
+        #[derive(Serialize)]
+        struct Row<'a> {
+            name: &'a str,
+            #[serde(flatten)]
+            settings: &'a Connection,
+        }
+        let rows: Vec<Row<'_>> = saved.connections.iter().map(|(name, settings)| Row { name, settings }).collect();
+        return print_json(&rows);
+    }
+    if saved.connections.is_empty() {
+        eprintln!("No connections yet; add one with `cloudsync connection add NAME --type TYPE ...`.");
+        return Ok(());
+    }
+    let rows = saved.connections.iter().map(|(n, c)| vec![n.clone(), c.kind.to_string(), place(c)]).collect();
+    table(&["NAME", "TYPE", "WHERE"], rows);
+    Ok(())
+}
+
+fn show(name: &str, json: bool) -> Result<()> {
+    let saved = Connections::load()?;
+    let conn = saved.get(name)?;
+    let secret = match conn.kind.secret_name() {
+        Some(what) => {
+            let held = CredentialStore::from_env()?.get(&secret_account(name))?.is_some();
+            Some((what, if held { "******** (in the OS credential store)" } else { "missing" }))
+        }
+        None => None,
+    };
+    if json {
+        let mut map: BTreeMap<&str, String> = conn.settings().into_iter().collect();
+        map.insert("name", name.to_owned());
+        if let Some((_, state)) = secret {
+            map.insert("secret", if state == "missing" { "missing" } else { "stored" }.to_owned());
+        }
+        return print_json(&map);
+    }
+    println!("name: {name}");
+    for (k, v) in conn.settings() {
+        println!("{k}: {v}");
+    }
+    if let Some((what, state)) = secret {
+        println!("{}: {state}", what.replace(' ', "_"));
+    }
+    Ok(())
+}
+
+async fn test(name: &str, json: bool) -> Result<()> {
+    let saved = Connections::load()?;
+    let op = saved.operator(name, &Limits { retries: 1, ..Limits::default() })?;
+    let started = std::time::Instant::now();
+    let result = op.check().await;
+    let ms = started.elapsed().as_millis();
+    match result {
+        Ok(()) => {
+            if json {
+                print_json(&serde_json::json!({"name": name, "ok": true, "millis": ms}))?;
+            } else {
+                println!("{name}: OK ({ms} ms)");
+            }
+            Ok(())
+        }
+        Err(e) => Err(cloudsync_connectors::Error::backend(format!("connection {name:?} failed its test"), e).into()),
+    }
+}
+
+fn remove(name: &str) -> Result<()> {
+    let mut saved = Connections::load()?;
+    saved.get(name)?;
+    CredentialStore::from_env()?.delete(&secret_account(name))?;
+    saved.connections.remove(name);
+    saved.save()?;
+    eprintln!("Removed connection {name:?} and its secret.");
+    Ok(())
+}
+
+/// `ls NAME:PATH [-R]`.
+///
+/// # Errors
+/// Unknown connection, listing failure.
+pub async fn ls(spec: &str, recursive: bool, json: bool) -> Result<()> {
+    let saved = Connections::load()?;
+    let loc = Target::parse(spec, &saved).location(&saved, &Limits::default())?;
+    let listing = transfer::list(&loc, recursive).await?;
+    for r in &listing.refused {
+        eprintln!("warning: skipped the name {:?} that {} listed: {}", r.name, loc.label(), r.reason);
+    }
+    if json {
+        return print_json(&listing);
+    }
+    let rows = listing
+        .entries
+        .iter()
+        .map(|e| {
+            let when = e
+                .modified_unix
+                .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                .map(super::output::date)
+                .unwrap_or_default();
+            let name = if e.is_dir { format!("{}/", e.path) } else { e.path.clone() };
+            vec![if e.is_dir { "-".into() } else { size(e.size) }, when, name]
+        })
+        .collect();
+    table(&["SIZE", "MODIFIED", "PATH"], rows);
+    Ok(())
+}
+
+/// What `copy`, `sync` and `move` do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// Copy new and changed files.
+    Copy,
+    /// Copy, then delete destination files the source lacks (with `--delete`).
+    Mirror,
+    /// Copy, then delete the source files.
+    Move,
+}
+
+/// `copy`, one-way `sync` and `move` between local paths and connections.
+///
+/// # Errors
+/// Unknown connection, listing failure, or files that failed (listed first).
+pub async fn transfer(src: &str, dst: &str, verb: Verb, delete: bool, dry_run: bool, json: bool) -> Result<()> {
+    let saved = Connections::load()?;
+    let limits = Limits::default();
+    let from = Target::parse(src, &saved).location(&saved, &limits)?;
+    let to = Target::parse(dst, &saved).location(&saved, &limits)?;
+    let bar = if std::io::stderr().is_terminal() && !json {
+        ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let tick = bar.clone();
+    let opts = Options {
+        delete: verb == Verb::Mirror && delete,
+        dry_run,
+        remove_source: verb == Verb::Move,
+        concurrency: limits.concurrency,
+        progress: Some(Arc::new(move |n| tick.inc(n))),
+    };
+    let summary = transfer::copy(&from, &to, &opts, |planned| bar.set_length(planned.bytes)).await?;
+    bar.finish_and_clear();
+    report(&summary, verb, &from, json)
+}
+
+fn report(s: &Summary, verb: Verb, from: &Location, json: bool) -> Result<()> {
+    for r in &s.refused {
+        eprintln!("warning: skipped the name {:?} that {} listed: {}", r.name, from.label(), r.reason);
+    }
+    for f in &s.errors {
+        eprintln!("error: {}{}", if f.path.is_empty() { String::new() } else { format!("{}: ", f.path) }, f.error);
+    }
+    if json {
+        print_json(s)?;
+    } else {
+        let would = if s.dry_run {
+            "Would copy"
+        } else if verb == Verb::Move {
+            "Moved"
+        } else {
+            "Copied"
+        };
+        let mut line = format!("{would} {} file(s) ({}), {} unchanged", s.copied.len(), size(s.bytes), s.unchanged);
+        if verb == Verb::Mirror {
+            line.push_str(&format!(", {} {}", s.deleted.len(), if s.dry_run { "to delete" } else { "deleted" }));
+        }
+        if s.dry_run {
+            for p in &s.copied {
+                println!("copy {p}");
+            }
+            for p in &s.deleted {
+                println!("delete {p}");
+            }
+        }
+        println!("{line}.");
+    }
+    if !s.errors.is_empty() {
+        bail!("{} file(s) failed; run the command again to retry them", s.errors.len());
+    }
+    Ok(())
+}
+
+/// `delete NAME:PATH [--recursive]`.
+///
+/// # Errors
+/// Unknown connection, nothing there, a folder without `--recursive`.
+pub async fn delete(spec: &str, recursive: bool, json: bool) -> Result<()> {
+    let saved = Connections::load()?;
+    let target = Target::parse(spec, &saved);
+    if !matches!(target, Target::Connection { .. }) {
+        bail!(
+            "{spec:?} is not on a saved connection; `delete` takes NAME:PATH (workspace files go to the trash with \
+             `cloudsync rm WORKSPACE:PATH`)"
+        );
+    }
+    let loc = target.location(&saved, &Limits::default())?;
+    let n = transfer::delete(&loc, recursive).await?;
+    if json {
+        print_json(&serde_json::json!({"deleted": n}))
+    } else {
+        println!("Deleted {n} file(s) from {spec}.");
+        Ok(())
+    }
+}

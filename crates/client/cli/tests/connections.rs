@@ -1,0 +1,604 @@
+//! Connections against real servers on 127.0.0.1: s3s-fs (S3 with SigV4 checked), wsgidav (WebDAV over
+//! HTTPS with a private CA), pyftpdlib (FTPS, TLS required on control and data) and OpenSSH's sshd (SFTP).
+//! One behaviour suite runs on every connector; secrets go to the real Secret Service that `scripts/test`
+//! starts. Each peer is missing only if `scripts/test` could not install it, and then the test fails.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cloudsync");
+const PEER_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
+
+struct Peer {
+    child: Child,
+    info: Value,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_port(port: u16, child: &mut Child, what: &str) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().expect("wait").is_none(), "{what} exited before it served");
+        assert!(start.elapsed() < Duration::from_secs(60), "{what} did not start listening");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A peer from `tests/peers/peer.py`, once it has written its `peer.json`.
+fn python_peer(kind: &str, args: &[&Path]) -> Peer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new("python3")
+        .arg(PEER_PY)
+        .arg(kind)
+        .arg(dir.path())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).expect("log"))
+        .spawn()
+        .expect("python3 runs (scripts/test installs the peers)");
+    let info_path = dir.path().join("peer.json");
+    let start = Instant::now();
+    while !info_path.exists() {
+        if child.try_wait().expect("wait").is_some() || start.elapsed() > Duration::from_secs(90) {
+            let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+            panic!("the {kind} peer did not start (scripts/test installs wsgidav, cheroot, pyftpdlib): {log}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let info: Value = serde_json::from_slice(&std::fs::read(&info_path).expect("peer.json")).expect("json");
+    let port = u16::try_from(info["port"].as_u64().expect("port")).expect("port");
+    Peer { child, info, port, _dir: dir }
+}
+
+fn s3s_fs(root: &Path) -> Peer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut child = Command::new("s3s-fs")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "AKTEST", "--secret-key"])
+        .arg("s3s secret key 1")
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("s3s-fs runs (scripts/test installs it with cargo install)");
+    wait_port(port, &mut child, "s3s-fs");
+    let info = serde_json::json!({"port": port, "access_key_id": "AKTEST", "secret": "s3s secret key 1"});
+    Peer { child, info, port, _dir: dir }
+}
+
+/// OpenSSH's sshd on a free port, accepting `user_key` for the current user.
+fn sshd(user_pub: &Path) -> Peer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host_key = dir.path().join("host_key");
+    keygen(&host_key);
+    let port = free_port();
+    let cfg = dir.path().join("sshd_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n\
+             PidFile {}\nSubsystem sftp internal-sftp\n",
+            host_key.display(),
+            user_pub.display(),
+            dir.path().join("sshd.pid").display()
+        ),
+    )
+    .expect("config");
+    std::fs::create_dir_all("/run/sshd").ok();
+    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("OpenSSH's sshd is installed (scripts/test installs openssh-server)");
+    let mut child = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).expect("log"))
+        .spawn()
+        .expect("sshd");
+    wait_port(port, &mut child, "sshd");
+    Peer { child, info: Value::Null, port, _dir: dir }
+}
+
+fn keygen(path: &Path) {
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen")
+        .success();
+    assert!(ok, "ssh-keygen failed");
+}
+
+/// A test CA and a certificate for 127.0.0.1 it signed, as PEM files in `dir`: (ca, cert, key).
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "CloudSync test CA");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let mut leaf_params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+    leaf_params.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    let leaf_key = rcgen::KeyPair::generate().expect("key");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).expect("leaf");
+    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&paths.0, ca.pem()).expect("ca");
+    std::fs::write(&paths.1, leaf.pem()).expect("cert");
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).expect("key");
+    paths
+}
+
+/// A client with its own config directory and home (for ssh's known_hosts).
+struct Client {
+    root: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Client {
+    fn new() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("home")).expect("home");
+        Self { root, env: Vec::new() }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("CLOUDSYNC_CONFIG_DIR", self.path("config"))
+            .env("CLOUDSYNC_STATE_DIR", self.path("state"))
+            .env("HOME", self.path("home"))
+            .env("XDG_STATE_HOME", self.path("home/.local/state"))
+            .env_remove("CLOUDSYNC_CREDENTIAL_STORE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn cloudsync");
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(text) = stdin {
+            writeln!(input, "{text}").expect("write stdin");
+        }
+        drop(input);
+        child.wait_with_output().expect("cloudsync output")
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.run(args, stdin);
+        assert!(out.status.success(), "cloudsync {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all, None)).expect("json output")
+    }
+
+    fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.run(args, stdin);
+        assert!(!out.status.success(), "cloudsync {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> =
+        v.as_array().expect("array").iter().map(|s| s.as_str().expect("str").to_owned()).collect();
+    out.sort();
+    out
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, bytes).expect("write");
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+fn files_under(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).expect("rel").to_string_lossy().into_owned();
+                out.push((rel, std::fs::read(&p).expect("read")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What a connector can do, for the parts of the behaviour suite that depend on it.
+#[derive(Clone, Copy)]
+struct Caps {
+    /// Creates empty files (OpenDAL's FTP and SFTP services do not).
+    empty_files: bool,
+    /// Largest upload to try (FTPS uploads through OpenDAL lose data above ~64 KiB; see the FTPS test).
+    big: usize,
+}
+
+const FULL: Caps = Caps { empty_files: true, big: 12 << 20 };
+
+/// The behaviour every connector must show: copy up, skip what is there, copy changes, copy down
+/// byte-identical, mirror a deletion (planned first with --dry-run), move, and delete a folder.
+fn behaviour(c: &Client, name: &str, caps: Caps) {
+    let src = c.path(&format!("{name}-src"));
+    write(&src.join("sub/a.txt"), b"first version");
+    write(&src.join("sub/deeper/c.txt"), b"deep");
+    write(&src.join("gone.txt"), b"deleted later");
+    if caps.empty_files {
+        write(&src.join("empty"), b"");
+    }
+    // Larger than one 8 MiB part: a multipart upload on S3, several writes elsewhere.
+    write(&src.join("big.bin"), &pseudo_random(caps.big, 7));
+    let remote = format!("{name}:t");
+    let src_s = src.to_str().expect("utf8");
+    let mut all: Vec<(String, u64)> = vec![
+        ("big.bin".into(), caps.big as u64),
+        ("gone.txt".into(), 13),
+        ("sub/a.txt".into(), 13),
+        ("sub/deeper/c.txt".into(), 4),
+    ];
+    if caps.empty_files {
+        all.insert(1, ("empty".into(), 0));
+    }
+    let names: Vec<String> = all.iter().map(|(p, _)| p.clone()).collect();
+
+    let up = c.json(&["copy", src_s, &remote]);
+    assert_eq!(strings(&up["copied"]), names, "{up}");
+    assert_eq!(up["bytes"], all.iter().map(|(_, n)| n).sum::<u64>());
+
+    let listing = c.json(&["ls", &remote, "-R"]);
+    let files: Vec<(String, u64)> = listing["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["is_dir"] == false)
+        .map(|e| (e["path"].as_str().expect("path").to_owned(), e["size"].as_u64().expect("size")))
+        .collect();
+    assert_eq!(files, all, "{listing}");
+    let top = c.json(&["ls", &remote]);
+    assert!(
+        top["entries"].as_array().expect("entries").iter().all(|e| !e["path"].as_str().expect("p").contains('/')),
+        "without -R only the folder's own entries: {top}"
+    );
+
+    let again = c.json(&["copy", src_s, &remote]);
+    assert_eq!(again["copied"].as_array().expect("copied").len(), 0, "nothing changed: {again}");
+    assert_eq!(again["unchanged"], all.len());
+
+    write(&src.join("sub/a.txt"), b"second, longer version");
+    let changed = c.json(&["copy", src_s, &remote]);
+    assert_eq!(strings(&changed["copied"]), ["sub/a.txt"], "{changed}");
+
+    let down = c.path(&format!("{name}-down"));
+    let down_s = down.to_str().expect("utf8");
+    c.json(&["copy", &remote, down_s]);
+    assert_eq!(files_under(&down), files_under(&src), "downloaded tree differs");
+    let again = c.json(&["copy", &remote, down_s]);
+    assert_eq!(again["unchanged"], all.len(), "a download gets the remote's time, so it is not copied again: {again}");
+
+    // One file to a new name.
+    c.json(&["copy", &src.join("sub/deeper/c.txt").to_string_lossy(), &format!("{remote}/single.txt")]);
+    assert!(c.json(&["ls", &remote]).to_string().contains("single.txt"));
+
+    std::fs::remove_file(src.join("gone.txt")).expect("rm");
+    let plan = c.json(&["sync", src_s, &remote, "--delete", "--dry-run"]);
+    assert_eq!(strings(&plan["deleted"]), ["gone.txt", "single.txt"], "{plan}");
+    assert_eq!(plan["dry_run"], true);
+    let still = c.json(&["ls", &remote]);
+    assert!(still.to_string().contains("\"gone.txt\""), "a dry run deletes nothing: {still}");
+    let mirrored = c.json(&["sync", src_s, &remote, "--delete"]);
+    assert_eq!(strings(&mirrored["deleted"]), ["gone.txt", "single.txt"], "{mirrored}");
+    let after = c.json(&["ls", &remote, "-R"]);
+    assert!(!after.to_string().contains("gone.txt"), "{after}");
+
+    let moved = c.path(&format!("{name}-moved"));
+    c.json(&["move", &format!("{remote}/sub/deeper"), moved.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read(moved.join("c.txt")).expect("moved"), b"deep");
+    assert!(!c.json(&["ls", &remote, "-R"]).to_string().contains("c.txt"), "moved away");
+
+    let err = c.fails(&["delete", &remote], None);
+    assert!(err.contains("--recursive"), "{err}");
+    let gone = c.json(&["delete", &remote, "--recursive"]);
+    assert_eq!(gone["deleted"], all.len() - 2, "{gone}");
+    let out = c.run(&["ls", &remote, "-R", "--json"], None);
+    let empty = out.status.success()
+        && serde_json::from_slice::<Value>(&out.stdout).expect("json")["entries"].as_array().is_some_and(Vec::is_empty);
+    assert!(empty || !out.status.success(), "the folder is gone: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        files_under(&c.path("")).iter().all(|(p, _)| !p.contains(".cloudsync-partial")),
+        "no partial file is left behind"
+    );
+}
+
+/// Secrets are in the credential store only: never in the config file, never shown.
+fn secret_is_kept_out_of_files(c: &Client, name: &str, secret: &str) {
+    let config = std::fs::read_to_string(c.path("config/connections.toml")).expect("connections.toml");
+    assert!(config.contains(&format!("[connections.{name}]")), "{config}");
+    assert!(!config.contains(secret), "the secret is not in the config file");
+    assert!(!c.path("config/credentials.json").exists(), "no plaintext credential file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(c.path("config/connections.toml")).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let shown = c.ok(&["connection", "show", name], None);
+    assert!(!shown.contains(secret) && shown.contains("********"), "{shown}");
+}
+
+fn dbus() {
+    assert!(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
+        "no D-Bus session: run the suite with scripts/test, which starts gnome-keyring on a private bus"
+    );
+}
+
+#[test]
+fn s3_connector_against_s3s_fs() {
+    dbus();
+    let c = Client::new();
+    std::fs::create_dir_all(c.path("s3root/backup")).expect("bucket dir");
+    let peer = s3s_fs(&c.path("s3root"));
+    let endpoint = format!("http://127.0.0.1:{}", peer.port);
+    let secret = peer.info["secret"].as_str().expect("secret");
+    let add = ["connection", "add", "s3t", "--type", "s3", "--endpoint", &endpoint, "--bucket", "backup"];
+    let add: Vec<&str> = add.into_iter().chain(["--access-key-id", "AKTEST", "--secret-stdin"]).collect();
+    let err = c.fails(&add, Some(secret));
+    assert!(err.contains("plain HTTP") && err.contains("--allow-insecure"), "{err}");
+    let mut insecure = add.clone();
+    insecure.push("--allow-insecure");
+    c.ok(&insecure, Some(secret));
+    secret_is_kept_out_of_files(&c, "s3t", secret);
+    let err = c.fails(&insecure, Some(secret));
+    assert!(err.contains("exists already"), "{err}");
+    assert_eq!(c.json(&["connection", "test", "s3t"])["ok"], true);
+    let listed = c.json(&["connection", "list"]);
+    assert_eq!(listed[0]["name"], "s3t");
+    assert_eq!(listed[0]["bucket"], "backup");
+
+    // A wrong secret key is refused by the server's signature check.
+    let mut wrong = insecure.clone();
+    wrong[2] = "s3bad";
+    c.ok(&wrong, Some("not the secret key"));
+    let err = c.fails(&["connection", "test", "s3bad"], None);
+    assert!(err.contains("SignatureDoesNotMatch") || err.contains("denied"), "{err}");
+
+    behaviour(&c, "s3t", FULL);
+
+    c.ok(&["connection", "remove", "s3t"], None);
+    let err = c.fails(&["connection", "show", "s3t"], None);
+    assert!(err.contains("no connection named"), "{err}");
+}
+
+#[test]
+fn webdav_connector_over_https_with_a_private_ca_and_hostile_names() {
+    dbus();
+    let c = Client::new();
+    let (ca, cert, key) = test_ca(c.root.path());
+    let served = c.path("davroot");
+    std::fs::create_dir_all(&served).expect("dav root");
+    let peer = python_peer("webdav", &[&served, &cert, &key]);
+    let endpoint = format!("https://127.0.0.1:{}/dav", peer.port);
+    let secret = peer.info["secret"].as_str().expect("secret");
+    let ca_s = ca.to_str().expect("utf8");
+    let add = ["connection", "add", "dav", "--type", "webdav", "--endpoint", &endpoint, "--user", "alice"];
+    let mut add: Vec<&str> = add.into_iter().chain(["--secret-stdin"]).collect();
+
+    // Certificates are verified by default: the private CA is not trusted until --ca-cert names it.
+    c.ok(&add, Some(secret));
+    let err = c.fails(&["connection", "test", "dav"], None);
+    assert!(err.to_lowercase().contains("certificate") || err.contains("dav"), "{err}");
+    add.extend(["--ca-cert", ca_s, "--replace"]);
+    c.ok(&add, Some(secret));
+    c.ok(&["connection", "test", "dav"], None);
+    secret_is_kept_out_of_files(&c, "dav", secret);
+
+    behaviour(&c, "dav", FULL);
+
+    // Names a hostile (or merely foreign) server can list are reported and skipped; nothing is written
+    // outside the destination, not even through a symbolic link planted in it.
+    write(&served.join("hostile/fine.txt"), b"fine");
+    write(&served.join("hostile/back\\slash.txt"), b"x");
+    write(&served.join("hostile/esc\u{1b}[31m.txt"), b"x");
+    write(&served.join("hostile/CON"), b"x");
+    let out_dir = c.path("hostile-out");
+    let report = c.json(&["copy", "dav:hostile", out_dir.to_str().expect("utf8")]);
+    assert_eq!(strings(&report["copied"]), ["fine.txt"], "{report}");
+    assert_eq!(report["refused"].as_array().expect("refused").len(), 3, "{report}");
+    assert_eq!(files_under(&out_dir), [("fine.txt".to_owned(), b"fine".to_vec())]);
+
+    write(&served.join("linked/sub/payload.txt"), b"payload");
+    let elsewhere = c.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("elsewhere");
+    let dest = c.path("linked-out");
+    std::fs::create_dir_all(&dest).expect("dest");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&elsewhere, dest.join("sub")).expect("symlink");
+    let out = c.run(&["copy", "dav:linked", dest.to_str().expect("utf8"), "--json"], None);
+    assert!(!out.status.success(), "writing through a link fails");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    assert!(files_under(&elsewhere).is_empty(), "nothing was written through the link");
+}
+
+#[test]
+fn ftp_and_ftps_connectors_against_pyftpdlib() {
+    dbus();
+    let mut c = Client::new();
+    let (ca, cert, key) = test_ca(c.root.path());
+    let served = c.path("ftproot");
+    std::fs::create_dir_all(&served).expect("ftp root");
+    let tls = python_peer("ftps", &[&served, &cert, &key]);
+    let plain = python_peer("ftp", &[&served]);
+    let secret = tls.info["secret"].as_str().expect("secret");
+    let add = |name: &'static str, kind: &'static str, port: u16| -> Vec<String> {
+        ["connection", "add", name, "--type", kind, "--host", "127.0.0.1", "--port", &port.to_string()]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(["--user", "bob", "--secret-stdin"].map(str::to_owned))
+            .collect()
+    };
+    let run_ok = |c: &Client, v: Vec<String>| c.ok(&strs(&v), Some(secret));
+
+    // Plain FTP needs the explicit opt-in, with the reason.
+    let plain_args = add("ftpx", "ftp", plain.port);
+    let err = c.fails(&strs(&plain_args), Some(secret));
+    assert!(err.contains("--allow-insecure") && err.contains("plain FTP"), "{err}");
+    let mut opted = plain_args.clone();
+    opted.push("--allow-insecure".into());
+    run_ok(&c, opted);
+    secret_is_kept_out_of_files(&c, "ftpx", secret);
+    behaviour(&c, "ftpx", Caps { empty_files: false, ..FULL });
+    // OpenDAL's FTP service cannot create an empty file: said per file, not silently dropped.
+    write(&c.path("empty-src/empty"), b"");
+    let out = c.run(&["copy", &c.path("empty-src").to_string_lossy(), "ftpx:e", "--json"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be given an empty file"));
+
+    // FTPS: TLS on control and data connections, the certificate checked against the system's roots
+    // (SSL_CERT_FILE replaces them, for this test's private CA).
+    run_ok(&c, add("ftpsx", "ftps", tls.port));
+    let err = c.fails(&["connection", "test", "ftpsx"], None);
+    assert!(err.to_lowercase().contains("certificate") || err.contains("ftpsx"), "{err}");
+    c.env.push(("SSL_CERT_FILE".into(), ca.to_string_lossy().into_owned()));
+    c.ok(&["connection", "test", "ftpsx"], None);
+    behaviour(&c, "ftpsx", Caps { empty_files: false, big: 60 << 10 });
+    // Between two connections (remote to remote, streamed through this machine).
+    write(&served.join("r2r/one.txt"), b"one");
+    write(&served.join("r2r/deep/two.bin"), &pseudo_random(40 << 10, 9));
+    let both = c.json(&["copy", "ftpx:r2r", "ftpsx:r2r-copy"]);
+    assert_eq!(strings(&both["copied"]), ["deep/two.bin", "one.txt"], "{both}");
+    assert_eq!(files_under(&served.join("r2r-copy")), files_under(&served.join("r2r")));
+    // A large download over TLS is whole.
+    write(&served.join("large/big.bin"), &pseudo_random(12 << 20, 3));
+    let down = c.path("ftps-large");
+    c.json(&["copy", "ftpsx:large", down.to_str().expect("utf8")]);
+    assert_eq!(files_under(&down), [("big.bin".to_owned(), pseudo_random(12 << 20, 3))]);
+    // Larger uploads over FTPS lose data in OpenDAL's FTP service (the TLS data stream is not shut down
+    // cleanly); the size check after every upload catches it, and no short file is left under the name.
+    let big_src = c.path("ftps-up/big.bin");
+    write(&big_src, &pseudo_random(4 << 20, 5));
+    let out = c.run(&["copy", big_src.to_str().expect("utf8"), "ftpsx:up/big.bin", "--json"], None);
+    if !out.status.success() {
+        assert!(String::from_utf8_lossy(&out.stderr).contains("after the upload instead of"));
+        assert!(!served.join("up/big.bin").exists(), "no short file under the final name");
+    } else {
+        assert_eq!(std::fs::read(served.join("up/big.bin")).expect("uploaded"), pseudo_random(4 << 20, 5));
+    }
+}
+
+/// The current user's home as OpenSSH sees it (from the password database, not $HOME).
+fn passwd_home() -> PathBuf {
+    let user = String::from_utf8(Command::new("id").arg("-un").output().expect("id").stdout).expect("utf8");
+    let entry =
+        String::from_utf8(Command::new("getent").args(["passwd", user.trim()]).output().expect("getent").stdout)
+            .expect("utf8");
+    PathBuf::from(entry.trim().split(':').nth(5).expect("home field"))
+}
+
+/// Forgets the test's host keys again: they are in the user's real known_hosts.
+struct ForgetHostKeys(Vec<String>);
+
+impl Drop for ForgetHostKeys {
+    fn drop(&mut self) {
+        for port in &self.0 {
+            let _ = Command::new("ssh-keygen").args(["-R", &format!("[127.0.0.1]:{port}")]).output();
+        }
+    }
+}
+
+#[test]
+fn sftp_connector_against_openssh_with_the_host_key_pinned() {
+    dbus();
+    let c = Client::new();
+    let user_key = c.path("id_ed25519");
+    keygen(&user_key);
+    let peer = sshd(&c.path("id_ed25519.pub"));
+    let port = peer.port.to_string();
+    let mut forget = ForgetHostKeys(vec![port.clone()]);
+    let user = String::from_utf8(Command::new("id").arg("-un").output().expect("id").stdout).expect("utf8");
+    let key_s = user_key.to_str().expect("utf8");
+    let root = c.path("sftproot");
+    std::fs::create_dir_all(&root).expect("root");
+    let root_s = root.to_str().expect("utf8");
+    let add = |port: &str| -> Vec<String> {
+        ["connection", "add", "sf", "--type", "sftp", "--host", "127.0.0.1", "--port", port, "--user", user.trim()]
+            .into_iter()
+            .chain(["--key-file", key_s, "--root", root_s, "--replace"])
+            .map(str::to_owned)
+            .collect()
+    };
+    let args = add(&port);
+    c.ok(&strs(&args), None);
+    c.ok(&["connection", "test", "sf"], None);
+    let known_hosts = passwd_home().join(".ssh/known_hosts");
+    let found = Command::new("ssh-keygen")
+        .args(["-F", &format!("[127.0.0.1]:{port}"), "-f"])
+        .arg(&known_hosts)
+        .output()
+        .expect("ssh-keygen -F");
+    let found = String::from_utf8(found.stdout).expect("utf8");
+    let pinned_key = found
+        .lines()
+        .find(|l| !l.starts_with('#') && l.contains("ssh-ed25519"))
+        .unwrap_or_else(|| panic!("the host key was pinned on first use: {found:?}"));
+    let key_part: Vec<&str> = pinned_key.split_whitespace().skip(1).take(2).collect();
+    behaviour(&c, "sf", Caps { empty_files: false, ..FULL });
+
+    // Another server answers on a pinned address (a reinstalled host, or someone in the middle): its key is
+    // not the pinned one, and the connection is refused with the reason.
+    let other = sshd(&c.path("id_ed25519.pub"));
+    let other_port = other.port.to_string();
+    forget.0.push(other_port.clone());
+    let mut all = std::fs::read_to_string(&known_hosts).expect("known_hosts");
+    all.push_str(&format!("[127.0.0.1]:{other_port} {}\n", key_part.join(" ")));
+    std::fs::write(&known_hosts, all).expect("pin the first server's key for the second address");
+    let args = add(&other_port);
+    c.ok(&strs(&args), None);
+    let err = c.fails(&["connection", "test", "sf"], None);
+    assert!(err.contains("host key") && err.contains("intercept"), "{err}");
+}

@@ -1,0 +1,105 @@
+//! The connectors' error type: what went wrong, in words a user can act on, with [`Error::is_retryable`] for
+//! the callers that back off.
+
+/// A connector error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad settings or input; the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
+    /// An unencrypted transport without `--allow-insecure`.
+    #[error("{0}")]
+    Insecure(String),
+    /// A connection type this version cannot reach yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The remote refused or failed an operation.
+    #[error("{what}: {message}")]
+    Backend {
+        /// What was being done.
+        what: String,
+        /// The remote's error, shortened.
+        message: String,
+        /// The OpenDAL error (boxed: it is large).
+        #[source]
+        source: Box<opendal::Error>,
+    },
+    /// A local file-system error.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether trying again later may succeed (the remote was busy, slow or unreachable).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Backend { source, .. } => {
+                source.is_temporary() || matches!(source.kind(), opendal::ErrorKind::RateLimited)
+            }
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ),
+            Self::Invalid(_) | Self::Insecure(_) | Self::Unsupported(_) => false,
+        }
+    }
+
+    /// Whether the remote said the path does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Backend { source, .. } if source.kind() == opendal::ErrorKind::NotFound)
+    }
+
+    /// Wraps an OpenDAL error with what was being done, in a shorter form than OpenDAL's own text.
+    pub fn backend(what: impl Into<String>, source: opendal::Error) -> Self {
+        let message = match source.kind() {
+            opendal::ErrorKind::NotFound => "not found".to_owned(),
+            opendal::ErrorKind::PermissionDenied => {
+                format!("permission denied (check the user, key and the account's rights): {}", short(&source))
+            }
+            opendal::ErrorKind::RateLimited => "the remote asked us to slow down (rate limited)".to_owned(),
+            opendal::ErrorKind::AlreadyExists => "it already exists".to_owned(),
+            _ if host_key_changed(&source) => "the server's SSH host key is not the one pinned when this connection \
+                was first used (in ~/.ssh/known_hosts): someone may be intercepting the connection. If the server \
+                was reinstalled, check its new key with its administrator, then forget the old one with \
+                `ssh-keygen -R '[HOST]:PORT'`"
+                .to_owned(),
+            _ => short(&source),
+        };
+        Self::Backend { what: what.into(), message, source: Box::new(source) }
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { what: what.into(), source }
+    }
+}
+
+fn host_key_changed(source: &opendal::Error) -> bool {
+    let text = format!("{source:?}");
+    text.contains("Host key verification failed") || text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+}
+
+/// The remote's own words, without OpenDAL's request dump: `CODE: message` from an S3-style error body, else
+/// the first 300 characters.
+fn short(source: &opendal::Error) -> String {
+    let m = source.message();
+    let field = |name: &str| {
+        m.split_once(&format!("{name}: \"")).and_then(|(_, rest)| rest.split_once('"')).map(|(v, _)| v.to_owned())
+    };
+    match (field("code"), field("message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        _ => m.chars().take(300).collect(),
+    }
+}
+
+impl From<opendal::Error> for Error {
+    fn from(source: opendal::Error) -> Self {
+        Self::backend("setting up the connection", source)
+    }
+}

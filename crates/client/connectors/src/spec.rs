@@ -1,0 +1,544 @@
+//! A saved connection: its type and non-secret settings (what the config file holds), checks on them, and the
+//! OpenDAL operator built from them with the connection's secret, which the caller fetches from the OS
+//! credential store and never stores here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opendal::Operator;
+use opendal::layers::{ConcurrentLimitLayer, LoggingLayer, RetryLayer, ThrottleLayer, TimeoutLayer};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Longest accepted connection name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The kinds of storage a connection can reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Amazon S3 or any S3-compatible store.
+    S3,
+    /// Cloudflare R2 (S3 with its own endpoint form and region `auto`).
+    R2,
+    /// SFTP over OpenSSH.
+    Sftp,
+    /// Plain FTP (needs `--allow-insecure`).
+    Ftp,
+    /// FTP over explicit TLS.
+    Ftps,
+    /// WebDAV over HTTPS.
+    Webdav,
+    /// Synology DSM File Station.
+    Synology,
+    /// Dropbox.
+    Dropbox,
+    /// Microsoft OneDrive.
+    Onedrive,
+    /// pCloud.
+    Pcloud,
+    /// A workspace of the logged-in CloudSync account.
+    Cloudsync,
+}
+
+impl Kind {
+    /// The name used on the command line and in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::S3 => "s3",
+            Self::R2 => "r2",
+            Self::Sftp => "sftp",
+            Self::Ftp => "ftp",
+            Self::Ftps => "ftps",
+            Self::Webdav => "webdav",
+            Self::Synology => "synology",
+            Self::Dropbox => "dropbox",
+            Self::Onedrive => "onedrive",
+            Self::Pcloud => "pcloud",
+            Self::Cloudsync => "cloudsync",
+        }
+    }
+
+    /// What the connection's secret is, when it has one.
+    pub fn secret_name(self) -> Option<&'static str> {
+        match self {
+            Self::S3 | Self::R2 => Some("secret access key"),
+            Self::Ftp | Self::Ftps | Self::Webdav | Self::Synology => Some("password"),
+            Self::Dropbox | Self::Onedrive | Self::Pcloud => Some("OAuth refresh token"),
+            Self::Sftp | Self::Cloudsync => None,
+        }
+    }
+}
+
+impl Kind {
+    /// Every kind, in the order the help lists them.
+    pub const ALL: [Self; 11] = [
+        Self::S3,
+        Self::R2,
+        Self::Sftp,
+        Self::Ftp,
+        Self::Ftps,
+        Self::Webdav,
+        Self::Synology,
+        Self::Dropbox,
+        Self::Onedrive,
+        Self::Pcloud,
+        Self::Cloudsync,
+    ];
+}
+
+impl std::str::FromStr for Kind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::ALL.into_iter().find(|k| k.as_str().eq_ignore_ascii_case(s)).ok_or_else(|| {
+            let all: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
+            Error::Invalid(format!("{s:?} is not a connection type; use one of {}", all.join(", ")))
+        })
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A connection's non-secret settings, as saved in the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connection {
+    /// The storage kind.
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// Service URL (S3, WebDAV; R2's is derived from the account id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3 region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// S3/R2 bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// Cloudflare account id (R2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// S3/R2 access key id (not a secret on its own; the secret key is in the credential store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// Host name (SFTP, FTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Port (SFTP, FTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// User name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// SSH private key file (SFTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Folder on the remote that `NAME:` means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// Workspace name (type `cloudsync`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Accept plain FTP or an `http://` endpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure: bool,
+    /// PEM file of a private CA to trust instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Limits applied to every request of an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Files transferred at once (each with up to two requests in flight).
+    pub concurrency: usize,
+    /// Bytes per second, when capped.
+    pub bandwidth: Option<u32>,
+    /// How often a failed request is retried (with exponential back-off and jitter).
+    pub retries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { concurrency: 4, bandwidth: None, retries: 5 }
+    }
+}
+
+/// Checks a connection name: letters, digits, `-`, `_`, `.`; not a single letter (that reads as a Windows
+/// drive in `C:path`).
+///
+/// # Errors
+/// [`Error::Invalid`] saying what to change.
+pub fn check_name(name: &str) -> Result<(), Error> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !ok_chars || name.starts_with('.') {
+        return Err(Error::Invalid(format!(
+            "{name:?} is not a valid connection name: use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.' (not \
+             starting with '.')"
+        )));
+    }
+    if name.len() == 1 {
+        return Err(Error::Invalid(format!(
+            "{name:?} is too short for a connection name: one letter reads as a Windows drive (C:path); use two or more"
+        )));
+    }
+    Ok(())
+}
+
+fn need<'a>(value: Option<&'a str>, flag: &str, kind: Kind) -> Result<&'a str, Error> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(Error::Invalid(format!("a {kind} connection needs {flag}"))),
+    }
+}
+
+fn insecure(why: &str) -> Error {
+    Error::Insecure(format!(
+        "{why}: passwords, keys and file contents would cross the network unencrypted, where anyone on the path \
+         can read or change them. Use an encrypted endpoint, or pass --allow-insecure if this network is trusted"
+    ))
+}
+
+impl Connection {
+    /// An empty connection of `kind`.
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            endpoint: None,
+            region: None,
+            bucket: None,
+            account_id: None,
+            access_key_id: None,
+            host: None,
+            port: None,
+            user: None,
+            key_file: None,
+            root: None,
+            workspace: None,
+            allow_insecure: false,
+            ca_cert: None,
+        }
+    }
+
+    /// Checks that the settings the kind needs are there and that the transport is encrypted (unless
+    /// `allow_insecure`).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`], [`Error::Insecure`] or [`Error::Unsupported`] with what to change.
+    pub fn validate(&self) -> Result<(), Error> {
+        let kind = self.kind;
+        match kind {
+            Kind::S3 => {
+                need(self.bucket.as_deref(), "--bucket", kind)?;
+                need(self.access_key_id.as_deref(), "--access-key-id", kind)?;
+                if let Some(endpoint) = &self.endpoint {
+                    self.check_url(endpoint)?;
+                }
+            }
+            Kind::R2 => {
+                let account = need(self.account_id.as_deref(), "--account-id", kind)?;
+                if !account.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    return Err(Error::Invalid(format!(
+                        "{account:?} is not a Cloudflare account id (it is a hex string from the R2 dashboard)"
+                    )));
+                }
+                need(self.bucket.as_deref(), "--bucket", kind)?;
+                need(self.access_key_id.as_deref(), "--access-key-id", kind)?;
+                if let Some(endpoint) = &self.endpoint {
+                    self.check_url(endpoint)?;
+                }
+            }
+            Kind::Webdav => {
+                let endpoint = need(self.endpoint.as_deref(), "--endpoint URL", kind)?;
+                self.check_url(endpoint)?;
+            }
+            Kind::Ftp | Kind::Ftps => {
+                check_host(need(self.host.as_deref(), "--host", kind)?)?;
+                if self.ca_cert.is_some() {
+                    return Err(Error::Unsupported(
+                        "--ca-cert is not supported for FTPS yet (its TLS client reads only the system's roots); \
+                         trust a private CA for FTPS by setting SSL_CERT_FILE=CA.pem when running cloudsync"
+                            .into(),
+                    ));
+                }
+                if kind == Kind::Ftp && !self.allow_insecure {
+                    return Err(insecure("plain FTP sends the password and every file in the clear"));
+                }
+            }
+            Kind::Sftp => {
+                check_host(need(self.host.as_deref(), "--host", kind)?)?;
+                need(self.user.as_deref(), "--user", kind)?;
+                if self.key_file.is_none() {
+                    return Err(Error::Invalid(
+                        "an sftp connection needs --key-file (an SSH private key without a passphrase, or one \
+                         loaded in ssh-agent); password sign-in to SFTP is not supported yet"
+                            .into(),
+                    ));
+                }
+            }
+            Kind::Synology | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud | Kind::Cloudsync => {
+                return Err(Error::Unsupported(format!(
+                    "{kind} connections are not available in this version yet; s3, r2, sftp, ftp, ftps and webdav are \
+                     (a Synology NAS can be reached through its WebDAV, SFTP or FTPS service)"
+                )));
+            }
+        }
+        if let Some(root) = &self.root
+            && (root.contains('\0') || root.split('/').any(|p| p == ".."))
+        {
+            return Err(Error::Invalid(format!("--root {root:?} must not contain '..' or NUL")));
+        }
+        Ok(())
+    }
+
+    fn check_url(&self, url: &str) -> Result<(), Error> {
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("http://") {
+            if !self.allow_insecure {
+                return Err(insecure(&format!("{url} is plain HTTP")));
+            }
+        } else if !lower.starts_with("https://") {
+            return Err(Error::Invalid(format!("{url:?} is not a URL: give one starting with https://")));
+        }
+        Ok(())
+    }
+
+    /// The settings shown by `connection show` (nothing secret is held here to begin with).
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("type", self.kind.to_string())];
+        let mut add = |k: &'static str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push((k, v));
+            }
+        };
+        add("endpoint", self.endpoint.clone().or_else(|| self.r2_endpoint()));
+        add("region", self.region.clone());
+        add("bucket", self.bucket.clone());
+        add("account_id", self.account_id.clone());
+        add("access_key_id", self.access_key_id.clone());
+        add("host", self.host.clone());
+        add("port", self.port.map(|p| p.to_string()));
+        add("user", self.user.clone());
+        add("key_file", self.key_file.as_ref().map(|p| p.display().to_string()));
+        add("root", self.root.clone());
+        add("workspace", self.workspace.clone());
+        add("ca_cert", self.ca_cert.as_ref().map(|p| p.display().to_string()));
+        if self.allow_insecure {
+            out.push(("allow_insecure", "true".into()));
+        }
+        out
+    }
+
+    fn r2_endpoint(&self) -> Option<String> {
+        (self.kind == Kind::R2)
+            .then(|| self.account_id.as_ref().map(|a| format!("https://{a}.r2.cloudflarestorage.com")))
+            .flatten()
+    }
+
+    /// The OpenDAL operator for this connection, with retry (exponential back-off with jitter), concurrency,
+    /// optional bandwidth, timeout and logging layers.
+    ///
+    /// # Errors
+    /// Invalid settings, a missing secret, an unreadable CA file.
+    pub fn operator(&self, secret: Option<&str>, limits: &Limits) -> Result<Operator, Error> {
+        self.validate()?;
+        let secret_for = |what: &str| -> Result<String, Error> {
+            secret.map(str::to_owned).ok_or_else(|| {
+                Error::Invalid(format!("the {what} of this connection is missing; add the connection again"))
+            })
+        };
+        let root = self.root.clone().unwrap_or_else(|| "/".into());
+        let http = self.kind.is_http().then(|| self.http_client()).transpose()?;
+        let op = match self.kind {
+            Kind::S3 | Kind::R2 => {
+                let mut b = opendal::services::S3::default()
+                    .root(&root)
+                    .bucket(self.bucket.as_deref().unwrap_or_default())
+                    .access_key_id(self.access_key_id.as_deref().unwrap_or_default())
+                    .secret_access_key(&secret_for("secret access key")?)
+                    .disable_config_load();
+                b = if self.kind == Kind::R2 {
+                    b.region("auto").endpoint(&self.endpoint.clone().or_else(|| self.r2_endpoint()).unwrap_or_default())
+                } else {
+                    let b = b.region(self.region.as_deref().unwrap_or("us-east-1"));
+                    match &self.endpoint {
+                        Some(e) => b.endpoint(e),
+                        None => b,
+                    }
+                };
+                Operator::new(b)?
+            }
+            Kind::Webdav => {
+                let mut b = opendal::services::Webdav::default()
+                    .endpoint(self.endpoint.as_deref().unwrap_or_default())
+                    .root(&root);
+                if let Some(user) = &self.user {
+                    b = b.username(user).password(&secret_for("password")?);
+                }
+                Operator::new(b)?
+            }
+            Kind::Ftp | Kind::Ftps => {
+                let scheme = if self.kind == Kind::Ftp { "ftp" } else { "ftps" };
+                let host = self.host.as_deref().unwrap_or_default();
+                let endpoint = format!("{scheme}://{host}:{}", self.port.unwrap_or(21));
+                let mut b = opendal::services::Ftp::default().endpoint(&endpoint).root(&root);
+                if let Some(user) = &self.user {
+                    b = b.user(user).password(&secret_for("password")?);
+                }
+                Operator::new(b)?
+            }
+            Kind::Sftp => {
+                let host = self.host.as_deref().unwrap_or_default();
+                let endpoint =
+                    format!("ssh://{}@{host}:{}", self.user.as_deref().unwrap_or_default(), self.port.unwrap_or(22));
+                let key = self.key_file.as_deref().map(Path::to_string_lossy).unwrap_or_default();
+                // "add" is OpenSSH's accept-new: a host key seen for the first time is pinned in known_hosts,
+                // a changed one is refused.
+                let b = opendal::services::Sftp::default()
+                    .endpoint(&endpoint)
+                    .user(self.user.as_deref().unwrap_or_default())
+                    .key(&key)
+                    .root(&root)
+                    .known_hosts_strategy("add");
+                Operator::new(b)?
+            }
+            Kind::Synology | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud | Kind::Cloudsync => {
+                unreachable!("validate() refused it")
+            }
+        };
+        let op = match http {
+            Some(client) => op.with_context(opendal::OperationContext::new().with_http_transport(
+                opendal::HttpTransporter::new(opendal_http_transport_reqwest::ReqwestTransport::new(client)),
+            )),
+            None => op,
+        };
+        let op = op
+            .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)).with_io_timeout(Duration::from_secs(60)))
+            .layer(
+                RetryLayer::new()
+                    .with_jitter()
+                    .with_max_times(limits.retries)
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(30)),
+            )
+            // Files in flight are capped by the caller (`Limits::concurrency`); each holds a reader and a writer
+            // and may stat or rename, so the operation cap leaves room for that and can never deadlock them.
+            .layer(ConcurrentLimitLayer::new(limits.concurrency.max(1) * 4))
+            .layer(LoggingLayer::default());
+        Ok(match limits.bandwidth {
+            Some(bytes) => op.layer(ThrottleLayer::new(bytes.max(1), bytes.max(8 << 20))),
+            None => op,
+        })
+    }
+
+    /// The HTTP client for HTTP-based kinds: certificates verified against the system's roots, or only the
+    /// connection's CA when `ca_cert` is set.
+    fn http_client(&self) -> Result<reqwest::Client, Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = match &self.ca_cert {
+            Some(path) => roots_from_file(path)?,
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add_parsable_certificates(found.certs);
+                roots
+            }
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Invalid(format!("could not set up TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| Error::Invalid(format!("could not set up the HTTP client: {e}")))
+    }
+}
+
+impl Kind {
+    fn is_http(self) -> bool {
+        matches!(
+            self,
+            Self::S3 | Self::R2 | Self::Webdav | Self::Synology | Self::Dropbox | Self::Onedrive | Self::Pcloud
+        )
+    }
+}
+
+fn check_host(host: &str) -> Result<(), Error> {
+    let ok = host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '[' | ']'))
+        && !host.starts_with('-');
+    if ok { Ok(()) } else { Err(Error::Invalid(format!("{host:?} is not a host name or IP address"))) }
+}
+
+fn roots_from_file(path: &Path) -> Result<rustls::RootCertStore, Error> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| Error::Invalid(format!("could not read the CA file {shown}: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| Error::Invalid(format!("the CA file {shown} is not valid PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| Error::Invalid(format!("the CA file {shown} holds an unusable certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the CA file {shown} holds no certificate; give a PEM file with '-----BEGIN CERTIFICATE-----'"
+        )));
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_transports_need_an_explicit_opt_in() {
+        let mut ftp = Connection::new(Kind::Ftp);
+        ftp.host = Some("127.0.0.1".into());
+        let err = ftp.validate().unwrap_err();
+        assert!(matches!(err, Error::Insecure(_)), "{err}");
+        assert!(err.to_string().contains("--allow-insecure"), "{err}");
+        ftp.allow_insecure = true;
+        ftp.validate().expect("opted in");
+
+        let mut dav = Connection::new(Kind::Webdav);
+        dav.endpoint = Some("http://127.0.0.1:8080/dav".into());
+        assert!(matches!(dav.validate(), Err(Error::Insecure(_))));
+        dav.endpoint = Some("https://dav.example.com/".into());
+        dav.validate().expect("https");
+        dav.endpoint = Some("dav.example.com".into());
+        assert!(matches!(dav.validate(), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn names_and_required_settings_are_checked() {
+        for bad in ["", "a", ".x", "has space", "a/b", "x:y", &"n".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        check_name("nas-1.backup_2").expect("valid");
+        let s3 = Connection::new(Kind::S3);
+        assert!(s3.validate().unwrap_err().to_string().contains("--bucket"));
+        let mut r2 = Connection::new(Kind::R2);
+        r2.account_id = Some("abc123".into());
+        r2.bucket = Some("b".into());
+        r2.access_key_id = Some("k".into());
+        r2.validate().expect("r2");
+        assert!(r2.settings().contains(&("endpoint", "https://abc123.r2.cloudflarestorage.com".into())));
+        let mut sftp = Connection::new(Kind::Sftp);
+        sftp.host = Some("-oProxyCommand=x".into());
+        sftp.user = Some("u".into());
+        sftp.key_file = Some("/k".into());
+        assert!(sftp.validate().is_err(), "an option smuggled in as a host");
+    }
+}

@@ -1,0 +1,794 @@
+//! Listing, copying, mirroring and deleting between any two locations (a local folder or a connection).
+//!
+//! A transfer streams: at most a few chunks of a file are in memory at once, whatever its size. A file is
+//! never visible half-written under its final name: local files and remotes that can rename (SFTP, WebDAV)
+//! are written under a temporary name and renamed when complete; S3 makes an object (multipart upload
+//! included) visible only when it is complete. Plain FTP cannot rename through OpenDAL: a failed FTP upload
+//! is deleted again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use opendal::{EntryMode, Operator};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::error::Error;
+use crate::names::{Unsafe, local_relative};
+
+/// Most entries one listing may hold.
+pub const MAX_ENTRIES: usize = 1_000_000;
+/// Size of the pieces a file is read and written in.
+const CHUNK: usize = 8 << 20;
+/// Largest file sent to a remote that takes a whole file in one request (WebDAV through OpenDAL).
+const ONE_SHOT_MAX: u64 = 1 << 30;
+/// Suffix of a file being written.
+const PARTIAL: &str = ".cloudsync-partial";
+
+/// One end of a transfer.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// A local file or folder.
+    Local(PathBuf),
+    /// A path on a connection.
+    Remote {
+        /// The connection's operator.
+        op: Operator,
+        /// Path under the connection's root, `/`-separated, without a leading `/`.
+        path: String,
+        /// `NAME:PATH` as the user wrote it, for messages.
+        label: String,
+    },
+}
+
+impl Location {
+    /// How the user wrote it.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Local(p) => p.display().to_string(),
+            Self::Remote { label, .. } => label.clone(),
+        }
+    }
+}
+
+/// A listed file or folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// Path relative to the listed folder, `/`-separated (folders end without a slash).
+    pub path: String,
+    /// Size in bytes (0 for folders).
+    pub size: u64,
+    /// Last modification, when the remote reports one.
+    #[serde(skip)]
+    pub modified: Option<SystemTime>,
+    /// Seconds since 1970 of `modified`, for JSON.
+    pub modified_unix: Option<i64>,
+    /// Whether it is a folder.
+    pub is_dir: bool,
+}
+
+/// A name the remote listed that was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refused {
+    /// The name as listed (control characters escaped).
+    pub name: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A listing.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Listing {
+    /// The entries, sorted by path.
+    pub entries: Vec<Entry>,
+    /// Hostile or unusable names, skipped.
+    pub refused: Vec<Refused>,
+}
+
+fn unix(t: Option<SystemTime>) -> Option<i64> {
+    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).and_then(|d| i64::try_from(d.as_secs()).ok())
+}
+
+fn refuse(name: &str, why: &Unsafe) -> Refused {
+    Refused { name: name.escape_debug().to_string(), reason: why.to_string() }
+}
+
+fn dir_prefix(path: &str) -> String {
+    let p = path.trim_matches('/');
+    if p.is_empty() { String::new() } else { format!("{p}/") }
+}
+
+/// What a source path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    File(u64, Option<SystemTime>),
+    Dir,
+    Missing,
+}
+
+async fn shape(loc: &Location) -> Result<Shape, Error> {
+    match loc {
+        Location::Local(p) => match tokio::fs::metadata(p).await {
+            Ok(m) if m.is_dir() => Ok(Shape::Dir),
+            Ok(m) => Ok(Shape::File(m.len(), m.modified().ok())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Shape::Missing),
+            Err(e) => Err(Error::io(format!("cannot read {}", p.display()), e)),
+        },
+        Location::Remote { op, path, label } => {
+            let trimmed = path.trim_matches('/');
+            if trimmed.is_empty() || path.ends_with('/') {
+                return Ok(Shape::Dir);
+            }
+            let stat = match op.stat(trimmed).await {
+                Ok(m) if m.mode() == EntryMode::FILE => {
+                    return Ok(Shape::File(m.content_length(), m.last_modified().map(SystemTime::from)));
+                }
+                Ok(_) => return Ok(Shape::Dir),
+                Err(e) => e,
+            };
+            // Object stores have no folders of their own: a prefix with objects under it is one (and some S3
+            // servers fail a HEAD on such a prefix instead of answering 404).
+            let prefix = format!("{trimmed}/");
+            match op.list_with(&prefix).limit(2).await {
+                Ok(v) if v.iter().any(|e| e.path() != prefix) => Ok(Shape::Dir),
+                Ok(_) | Err(_) if stat.kind() == opendal::ErrorKind::NotFound => Ok(Shape::Missing),
+                Ok(_) | Err(_) => Err(Error::backend(format!("cannot read {label}"), stat)),
+            }
+        }
+    }
+}
+
+/// Lists a folder (all the way down with `recursive`). Hostile names are refused, never returned.
+///
+/// # Errors
+/// The folder cannot be listed, or holds more than [`MAX_ENTRIES`].
+pub async fn list(loc: &Location, recursive: bool) -> Result<Listing, Error> {
+    let mut out = Listing::default();
+    match loc {
+        Location::Local(root) => list_local(root, root, recursive, &mut out)?,
+        Location::Remote { op, path, label } => {
+            let prefix = dir_prefix(path);
+            // Where the service lists a whole tree itself (S3), one listing; elsewhere each folder is listed in
+            // turn (OpenDAL's emulated recursive listing leaves out empty folders on FTP).
+            let native = recursive && op.info().capability().list_with_recursive;
+            let mut folders = vec![prefix.clone()];
+            while let Some(folder) = folders.pop() {
+                let fail = |e| Error::backend(format!("cannot list {label}"), e);
+                let mut lister = op.lister_with(&folder).recursive(native).await.map_err(fail)?;
+                while let Some(entry) = lister.try_next().await.map_err(fail)? {
+                    let full = entry.path();
+                    let Some(rel) = full.strip_prefix(prefix.as_str()) else { continue };
+                    let is_dir = entry.metadata().mode() == EntryMode::DIR;
+                    let rel = rel.trim_end_matches('/');
+                    if rel.is_empty() || full == folder {
+                        continue; // the folder itself
+                    }
+                    if let Err(why) = local_relative(rel) {
+                        out.refused.push(refuse(rel, &why));
+                        continue;
+                    }
+                    let meta = entry.metadata();
+                    let (size, modified) = if is_dir || meta.last_modified().is_some() {
+                        (meta.content_length(), meta.last_modified().map(SystemTime::from))
+                    } else {
+                        let m =
+                            op.stat(full).await.map_err(|e| Error::backend(format!("cannot read {label}/{rel}"), e))?;
+                        (m.content_length(), m.last_modified().map(SystemTime::from))
+                    };
+                    push(
+                        &mut out,
+                        Entry {
+                            path: rel.to_owned(),
+                            size: if is_dir { 0 } else { size },
+                            modified,
+                            modified_unix: unix(modified),
+                            is_dir,
+                        },
+                    )?;
+                    if is_dir && recursive && !native {
+                        folders.push(format!("{prefix}{rel}/"));
+                    }
+                }
+            }
+        }
+    }
+    out.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn push(out: &mut Listing, e: Entry) -> Result<(), Error> {
+    if out.entries.len() >= MAX_ENTRIES {
+        return Err(Error::Invalid(format!("more than {MAX_ENTRIES} entries: list a smaller folder")));
+    }
+    out.entries.push(e);
+    Ok(())
+}
+
+fn list_local(root: &Path, dir: &Path, recursive: bool, out: &mut Listing) -> Result<(), Error> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
+    for item in rd {
+        let item = item.map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
+        let path = item.path();
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        if meta.file_type().is_symlink() || !(meta.is_file() || meta.is_dir()) {
+            continue; // symlinks and special files are not copied
+        }
+        let rel = path.strip_prefix(root).unwrap_or(&path);
+        let Some(rel) = rel.to_str() else {
+            out.refused.push(Refused { name: rel.display().to_string(), reason: "it is not valid UTF-8".into() });
+            continue;
+        };
+        let rel = rel.replace(std::path::MAIN_SEPARATOR, "/");
+        if rel.ends_with(PARTIAL) || rel.contains(&format!("{PARTIAL}-")) {
+            continue; // our own unfinished download
+        }
+        let modified = meta.modified().ok();
+        push(
+            out,
+            Entry {
+                path: rel,
+                size: if meta.is_dir() { 0 } else { meta.len() },
+                modified,
+                modified_unix: unix(modified),
+                is_dir: meta.is_dir(),
+            },
+        )?;
+        if meta.is_dir() && recursive {
+            list_local(root, &path, recursive, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Options of a copy, sync or move.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Also delete files in the destination that the source does not have (sync `--delete`).
+    pub delete: bool,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Delete each source file once it is at the destination (move).
+    pub remove_source: bool,
+    /// Files transferred at once.
+    pub concurrency: usize,
+    /// Called with the bytes transferred as they go.
+    pub progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("delete", &self.delete)
+            .field("dry_run", &self.dry_run)
+            .field("remove_source", &self.remove_source)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failed file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// Its path relative to the source.
+    pub path: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// What a copy, sync or move did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Files copied.
+    pub copied: Vec<String>,
+    /// Files already the same at the destination.
+    pub unchanged: usize,
+    /// Destination files deleted (sync `--delete`).
+    pub deleted: Vec<String>,
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Hostile names skipped.
+    pub refused: Vec<Refused>,
+    /// Files that failed.
+    pub errors: Vec<Failure>,
+    /// Whether nothing was changed (plan only).
+    pub dry_run: bool,
+}
+
+/// Bytes a plan will copy, for a progress bar.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Planned {
+    /// Files to copy.
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Whether a destination file already matches the source: same size, and not older than the source within
+/// the destination's time precision (a download is given the source's time; an upload is newer than it).
+/// Either time unknown: size alone.
+fn same(src: &Entry, dst: &Entry, window: Duration) -> bool {
+    if src.size != dst.size || dst.is_dir {
+        return false;
+    }
+    match (src.modified, dst.modified) {
+        (Some(s), Some(d)) => d + window >= s,
+        _ => true,
+    }
+}
+
+/// How precise a location's modification times are: FTP listings give minutes.
+fn modify_window(loc: &Location) -> Duration {
+    match loc {
+        Location::Remote { op, .. } if op.info().scheme() == "ftp" => Duration::from_secs(61),
+        _ => Duration::from_secs(1),
+    }
+}
+
+/// Copies SRC to DST: a file to a file (or into DST when DST is a folder), a folder's contents into DST.
+/// Files the destination already has (same size, not older) are skipped. With `opts.delete`, destination files
+/// the source lacks are deleted afterwards (a one-way mirror). `before` sees the plan first.
+///
+/// # Errors
+/// Listing fails on either side; per-file failures are in [`Summary::errors`] instead.
+pub async fn copy(
+    src: &Location,
+    dst: &Location,
+    opts: &Options,
+    before: impl FnOnce(Planned),
+) -> Result<Summary, Error> {
+    let mut summary = Summary { dry_run: opts.dry_run, ..Summary::default() };
+    let (src_root, dst_root, items, dst_listing) = match shape(src).await? {
+        Shape::Missing => return Err(Error::Invalid(format!("{} does not exist", src.label()))),
+        Shape::File(size, modified) => {
+            let (src_parent, name) = split_file(src)?;
+            let dst_is_dir = matches!(shape(dst).await?, Shape::Dir);
+            let (dst_root, dst_name) = if dst_is_dir { (dst.clone(), name.clone()) } else { split_file(dst)? };
+            let entry = Entry { path: name.clone(), size, modified, modified_unix: unix(modified), is_dir: false };
+            let existing = match shape(&child(&dst_root, &dst_name)).await? {
+                Shape::File(size, modified) => {
+                    vec![Entry { path: dst_name.clone(), size, modified, modified_unix: unix(modified), is_dir: false }]
+                }
+                _ => Vec::new(),
+            };
+            (src_parent, dst_root, vec![(entry, dst_name)], Listing { entries: existing, refused: Vec::new() })
+        }
+        Shape::Dir => {
+            let listing = list(src, true).await?;
+            summary.refused = listing.refused;
+            let dst_listing = match shape(dst).await? {
+                Shape::Dir => list(dst, true).await?,
+                _ => Listing::default(),
+            };
+            let items = listing.entries.into_iter().filter(|e| !e.is_dir).map(|e| {
+                let p = e.path.clone();
+                (e, p)
+            });
+            (src.clone(), dst.clone(), items.collect(), dst_listing)
+        }
+    };
+    let existing: BTreeMap<&str, &Entry> =
+        dst_listing.entries.iter().filter(|e| !e.is_dir).map(|e| (e.path.as_str(), e)).collect();
+    let window = modify_window(&dst_root);
+    let mut todo = Vec::new();
+    let mut keep = std::collections::BTreeSet::new();
+    for (entry, to) in items {
+        keep.insert(to.clone());
+        match existing.get(to.as_str()) {
+            Some(d) if same(&entry, d, window) => {
+                summary.unchanged += 1;
+                if opts.remove_source && !opts.dry_run {
+                    todo.push((entry, to, false));
+                }
+            }
+            _ => todo.push((entry, to, true)),
+        }
+    }
+    let delete: Vec<String> = if opts.delete {
+        existing.keys().filter(|p| !keep.contains(**p)).map(|p| (*p).to_owned()).collect()
+    } else {
+        Vec::new()
+    };
+    let planned = Planned {
+        files: todo.iter().filter(|t| t.2).count(),
+        bytes: todo.iter().filter(|t| t.2).map(|t| t.0.size).sum(),
+    };
+    before(planned);
+    if opts.dry_run {
+        summary.copied = todo.into_iter().filter(|t| t.2).map(|t| t.1).collect();
+        summary.deleted = delete;
+        return Ok(summary);
+    }
+    let results: Vec<_> = futures_util::stream::iter(todo.into_iter().map(|(entry, to, send)| {
+        let (src_root, dst_root) = (&src_root, &dst_root);
+        async move {
+            let from = child(src_root, &entry.path);
+            let result = async {
+                if let Location::Local(root) = dst_root {
+                    no_symlink_on_the_way(root, &to)?;
+                }
+                if send {
+                    transfer(&from, &child(dst_root, &to), entry.size, entry.modified, opts).await?;
+                }
+                if opts.remove_source {
+                    remove(&from).await?;
+                }
+                Ok::<_, Error>(())
+            }
+            .await;
+            (entry, to, send, result)
+        }
+    }))
+    .buffer_unordered(opts.concurrency.max(1))
+    .collect()
+    .await;
+    for (entry, to, send, result) in results {
+        match result {
+            Ok(()) if send => {
+                summary.bytes += entry.size;
+                summary.copied.push(to);
+            }
+            Ok(()) => {}
+            Err(e) => summary.errors.push(Failure { path: entry.path, error: e.to_string() }),
+        }
+    }
+    summary.copied.sort();
+    if summary.errors.is_empty() {
+        for path in delete {
+            match remove(&child(&dst_root, &path)).await {
+                Ok(()) => summary.deleted.push(path),
+                Err(e) => summary.errors.push(Failure { path, error: e.to_string() }),
+            }
+        }
+    } else if !delete.is_empty() {
+        summary.errors.push(Failure {
+            path: String::new(),
+            error: format!("{} destination file(s) were not deleted because some copies failed", delete.len()),
+        });
+    }
+    Ok(summary)
+}
+
+/// Refuses to write `rel` under `root` when a folder on the way (or the file itself) is a symbolic link: it
+/// could lead outside the destination.
+fn no_symlink_on_the_way(root: &Path, rel: &str) -> Result<(), Error> {
+    let mut at = root.to_path_buf();
+    for part in rel.split('/') {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::Invalid(format!(
+                    "{} is a symbolic link; nothing is written through links in a destination",
+                    at.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+/// The folder holding a file location, and the file's name.
+fn split_file(loc: &Location) -> Result<(Location, String), Error> {
+    match loc {
+        Location::Local(p) => {
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| Error::Invalid(format!("{} has no usable file name", p.display())))?;
+            let parent = p.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Ok((Location::Local(parent.to_path_buf()), name.to_owned()))
+        }
+        Location::Remote { op, path, label } => {
+            let trimmed = path.trim_matches('/');
+            let (parent, name) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
+            if name.is_empty() {
+                return Err(Error::Invalid(format!("{label} names no file")));
+            }
+            Ok((Location::Remote { op: op.clone(), path: parent.to_owned(), label: label.clone() }, name.to_owned()))
+        }
+    }
+}
+
+/// `rel` under a folder location. `rel` has been checked by [`local_relative`].
+fn child(dir: &Location, rel: &str) -> Location {
+    match dir {
+        Location::Local(p) => {
+            let mut out = p.clone();
+            for part in rel.split('/') {
+                out.push(part);
+            }
+            Location::Local(out)
+        }
+        Location::Remote { op, path, label } => Location::Remote {
+            op: op.clone(),
+            path: format!("{}{rel}", dir_prefix(path)),
+            label: format!("{}/{rel}", label.trim_end_matches('/')),
+        },
+    }
+}
+
+/// Deletes one file.
+///
+/// # Errors
+/// The file cannot be deleted.
+pub async fn remove(loc: &Location) -> Result<(), Error> {
+    match loc {
+        Location::Local(p) => {
+            tokio::fs::remove_file(p).await.map_err(|e| Error::io(format!("cannot delete {}", p.display()), e))
+        }
+        Location::Remote { op, path, label } => op
+            .delete(path.trim_start_matches('/'))
+            .await
+            .map_err(|e| Error::backend(format!("cannot delete {label}"), e)),
+    }
+}
+
+/// Deletes a file, or with `recursive` a folder and everything in it. Returns how many files went.
+///
+/// # Errors
+/// Nothing there, a folder without `recursive`, or the remote refused.
+pub async fn delete(loc: &Location, recursive: bool) -> Result<usize, Error> {
+    match shape(loc).await? {
+        Shape::Missing => Err(Error::Invalid(format!("{} does not exist", loc.label()))),
+        Shape::File(..) => remove(loc).await.map(|()| 1),
+        Shape::Dir if !recursive => Err(Error::Invalid(format!(
+            "{} is a folder; pass --recursive to delete it and everything in it",
+            loc.label()
+        ))),
+        Shape::Dir => {
+            let listing = list(loc, true).await?;
+            let files = listing.entries.iter().filter(|e| !e.is_dir).count();
+            match loc {
+                Location::Local(p) => tokio::fs::remove_dir_all(p)
+                    .await
+                    .map_err(|e| Error::io(format!("cannot delete {}", p.display()), e))?,
+                Location::Remote { op, path, label } => {
+                    // Files first, then folders from the deepest up, then the folder itself: services differ in
+                    // what a recursive delete removes (FTP leaves folders behind).
+                    let prefix = dir_prefix(path);
+                    let fail = |e| Error::backend(format!("cannot delete {label}"), e);
+                    for e in listing.entries.iter().filter(|e| !e.is_dir) {
+                        op.delete(&format!("{prefix}{}", e.path)).await.map_err(fail)?;
+                    }
+                    let mut dirs: Vec<&Entry> = listing.entries.iter().filter(|e| e.is_dir).collect();
+                    dirs.sort_by_key(|e| std::cmp::Reverse(e.path.matches('/').count()));
+                    for d in dirs {
+                        op.delete(&format!("{prefix}{}/", d.path)).await.map_err(fail)?;
+                    }
+                    if !prefix.is_empty() {
+                        op.delete(&prefix).await.map_err(fail)?;
+                    }
+                }
+            }
+            Ok(files)
+        }
+    }
+}
+
+/// Reads `from` as a stream of byte chunks.
+async fn source(from: &Location) -> Result<futures_util::stream::BoxStream<'static, Result<Bytes, Error>>, Error> {
+    match from {
+        Location::Local(p) => {
+            let file =
+                tokio::fs::File::open(p).await.map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
+            let shown = p.display().to_string();
+            let stream = futures_util::stream::try_unfold(file, move |mut file| {
+                let shown = shown.clone();
+                async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = vec![0u8; CHUNK];
+                    let mut filled = 0;
+                    while filled < CHUNK {
+                        let n = file
+                            .read(&mut buf[filled..])
+                            .await
+                            .map_err(|e| Error::io(format!("cannot read {shown}"), e))?;
+                        if n == 0 {
+                            break;
+                        }
+                        filled += n;
+                    }
+                    if filled == 0 {
+                        return Ok(None);
+                    }
+                    buf.truncate(filled);
+                    Ok(Some((Bytes::from(buf), file)))
+                }
+            });
+            Ok(stream.boxed())
+        }
+        Location::Remote { op, path, label } => {
+            let label = label.clone();
+            let reader = op
+                .reader_with(path)
+                .chunk(CHUNK)
+                .concurrent(2)
+                .await
+                .map_err(|e| Error::backend(format!("cannot read {label}"), e))?;
+            let stream =
+                reader.into_bytes_stream(..).await.map_err(|e| Error::backend(format!("cannot read {label}"), e))?;
+            Ok(stream.map_err(move |e| Error::io(format!("cannot read {label}"), e)).boxed())
+        }
+    }
+}
+
+/// Copies one file, never leaving a partial file under the final name.
+async fn transfer(
+    from: &Location,
+    to: &Location,
+    size: u64,
+    modified: Option<SystemTime>,
+    opts: &Options,
+) -> Result<(), Error> {
+    let mut stream = source(from).await?;
+    let tick = |n: usize| {
+        if let Some(p) = &opts.progress {
+            p(n as u64);
+        }
+    };
+    let mut sent = 0u64;
+    match to {
+        Location::Local(path) => {
+            let parent = path.parent().unwrap_or(Path::new("."));
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let tmp = parent.join(format!(".{name}{PARTIAL}-{}", std::process::id()));
+            let result = async {
+                let mut file = tokio::fs::File::create(&tmp)
+                    .await
+                    .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    sent += chunk.len() as u64;
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+                    tick(chunk.len());
+                }
+                check_size(sent, size, from)?;
+                file.flush().await.map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+                let file = file.into_std().await;
+                let when = modified;
+                tokio::task::spawn_blocking(move || {
+                    if let Some(t) = when {
+                        file.set_modified(t)?;
+                    }
+                    file.sync_all()
+                })
+                .await
+                .map_err(|e| Error::io("finishing a download", std::io::Error::other(e)))?
+                .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+                tokio::fs::rename(&tmp, path)
+                    .await
+                    .map_err(|e| Error::io(format!("cannot replace {}", path.display()), e))
+            }
+            .await;
+            if result.is_err() {
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
+            result
+        }
+        Location::Remote { op, path, label } => {
+            let rename = op.info().capability().rename;
+            let target = if rename {
+                let (dir, name) = path.rsplit_once('/').map_or(("", path.as_str()), |(d, n)| (d, n));
+                let dir = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+                format!("{dir}.{name}{PARTIAL}-{}", std::process::id())
+            } else {
+                path.clone()
+            };
+            let cap = op.info().capability();
+            let written: Result<(), Error> = if size == 0 {
+                if stream.next().await.transpose()?.is_some_and(|c| !c.is_empty()) {
+                    check_size(1, 0, from)?;
+                }
+                if !cap.write_can_empty {
+                    return Err(Error::Unsupported(format!(
+                        "{label}: this kind of remote ({}) cannot be given an empty file by this version; it was skipped",
+                        op.info().scheme()
+                    )));
+                }
+                op.write(&target, Vec::<u8>::new())
+                    .await
+                    .map(drop)
+                    .map_err(|e| Error::backend(format!("cannot write {label}"), e))
+            } else if cap.write_can_multi && op.info().scheme() != "ftp" {
+                // Parts in parallel only where they are separate requests (S3 multipart); elsewhere (FTP, SFTP)
+                // writes go one after another on one stream.
+                let parallel = if op.info().scheme() == "s3" { 2 } else { 1 };
+                let mut writer = op
+                    .writer_with(&target)
+                    .chunk(CHUNK)
+                    .concurrent(parallel)
+                    .await
+                    .map_err(|e| Error::backend(format!("cannot write {label}"), e))?;
+                let written = async {
+                    while let Some(chunk) = stream.next().await {
+                        let chunk = chunk?;
+                        let n = chunk.len();
+                        sent += n as u64;
+                        writer.write(chunk).await.map_err(|e| Error::backend(format!("cannot write {label}"), e))?;
+                        tick(n);
+                    }
+                    check_size(sent, size, from)?;
+                    writer.close().await.map_err(|e| Error::backend(format!("cannot write {label}"), e))?;
+                    Ok(())
+                }
+                .await;
+                if written.is_err() {
+                    let _ = writer.abort().await;
+                }
+                // The writer holds an operation permit: let it go before the rename asks for one.
+                written
+            } else {
+                // One request per file (WebDAV through OpenDAL): the body is held in memory, so it is capped.
+                if size > ONE_SHOT_MAX {
+                    return Err(Error::Unsupported(format!(
+                        "{} is {size} bytes; uploads to this kind of remote are sent in one request held in memory, \
+                         which this version caps at {ONE_SHOT_MAX} bytes",
+                        from.label()
+                    )));
+                }
+                let mut parts = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    sent += chunk.len() as u64;
+                    if sent > size {
+                        check_size(sent, size, from)?;
+                    }
+                    parts.push(chunk);
+                }
+                check_size(sent, size, from)?;
+                let result = op
+                    .write(&target, opendal::Buffer::from(parts))
+                    .await
+                    .map(drop)
+                    .map_err(|e| Error::backend(format!("cannot write {label}"), e));
+                tick(usize::try_from(sent).unwrap_or(usize::MAX));
+                result
+            };
+            drop(stream);
+            // What arrived is checked before the file gets its final name.
+            let written = match written {
+                Ok(()) => match op.stat(&target).await {
+                    Ok(m) if m.content_length() == size => Ok(()),
+                    Ok(m) => Err(Error::Invalid(format!(
+                        "{label} holds {} bytes after the upload instead of {size}; it was removed, run the copy again",
+                        m.content_length()
+                    ))),
+                    Err(e) => Err(Error::backend(format!("cannot check {label}"), e)),
+                },
+                Err(e) => Err(e),
+            };
+            let result = match written {
+                Ok(()) if rename => {
+                    op.rename(&target, path).await.map_err(|e| Error::backend(format!("cannot finish {label}"), e))
+                }
+                other => other,
+            };
+            if result.is_err() {
+                let _ = op.delete(&target).await;
+            }
+            result
+        }
+    }
+}
+
+fn check_size(sent: u64, expected: u64, from: &Location) -> Result<(), Error> {
+    if sent == expected {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{} changed while it was copied ({expected} bytes listed, {sent} read); run the copy again",
+            from.label()
+        )))
+    }
+}
