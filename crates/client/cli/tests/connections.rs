@@ -452,6 +452,28 @@ fn webdav_connector_over_https_with_a_private_ca_and_hostile_names() {
     assert_eq!(report["refused"].as_array().expect("refused").len(), 3, "{report}");
     assert_eq!(files_under(&out_dir), [("fine.txt".to_owned(), b"fine".to_vec())]);
 
+    // Mistakes that must not lose data: a move onto itself, a mirror from a mistyped folder, a move over a
+    // different file of the same size (it is copied, not taken as already there).
+    write(&served.join("keep/a.txt"), b"precious");
+    let err = c.fails(&["move", "dav:keep/a.txt", "dav:keep/"], None);
+    assert!(err.contains("overlap"), "{err}");
+    assert_eq!(std::fs::read(served.join("keep/a.txt")).expect("still there"), b"precious");
+    let mirror_dst = c.path("mirror-dst");
+    write(&mirror_dst.join("mine.txt"), b"mine");
+    let err = c.fails(&["sync", "dav:kepp/", mirror_dst.to_str().expect("utf8"), "--delete"], None);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(mirror_dst.join("mine.txt").exists(), "nothing deleted after a mistyped source");
+    let same_size = c.path("same-size");
+    write(&same_size.join("a.txt"), b"imposter");
+    c.json(&["move", "dav:keep", same_size.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read(same_size.join("a.txt")).expect("moved"), b"precious");
+    assert!(!served.join("keep/a.txt").exists());
+    let err = c.fails(
+        &["connection", "add", "leak", "--type", "webdav", "--endpoint", "https://u:pw@127.0.0.1/x", "--secret-stdin"],
+        Some("x"),
+    );
+    assert!(err.contains("--user"), "{err}");
+
     write(&served.join("linked/sub/payload.txt"), b"payload");
     let elsewhere = c.path("elsewhere");
     std::fs::create_dir_all(&elsewhere).expect("elsewhere");

@@ -61,7 +61,8 @@ impl Kind {
         }
     }
 
-    /// What the connection's secret is, when it has one.
+    /// What the connection's secret is, when it has one. WebDAV and FTP take one only with a user name
+    /// (see [`Connection::secret_name`]).
     pub fn secret_name(self) -> Option<&'static str> {
         match self {
             Self::S3 | Self::R2 => Some("secret access key"),
@@ -307,7 +308,21 @@ impl Connection {
         } else if !lower.starts_with("https://") {
             return Err(Error::Invalid(format!("{url:?} is not a URL: give one starting with https://")));
         }
+        let authority = url.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+        if authority.contains('@') {
+            return Err(Error::Invalid(
+                "the endpoint URL carries a user name or password, which would be saved in the config file; give \
+                 the URL without it, the user with --user, and the password when asked (or with --secret-stdin)"
+                    .into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// What this connection's secret is, if it needs one: WebDAV and FTP without a user are anonymous.
+    pub fn secret_name(&self) -> Option<&'static str> {
+        let anonymous = matches!(self.kind, Kind::Webdav | Kind::Ftp | Kind::Ftps) && self.user.is_none();
+        if anonymous { None } else { self.kind.secret_name() }
     }
 
     /// The settings shown by `connection show` (nothing secret is held here to begin with).
@@ -519,6 +534,11 @@ mod tests {
         dav.validate().expect("https");
         dav.endpoint = Some("dav.example.com".into());
         assert!(matches!(dav.validate(), Err(Error::Invalid(_))));
+        dav.endpoint = Some("https://alice:hunter2@dav.example.com/x".into());
+        let err = dav.validate().unwrap_err().to_string();
+        assert!(err.contains("--user") && !err.contains("hunter2"), "{err}");
+        dav.endpoint = Some("https://dav.example.com/a@b".into());
+        dav.validate().expect("an @ in the path is fine");
     }
 
     #[test]

@@ -26,8 +26,27 @@ pub const MAX_ENTRIES: usize = 1_000_000;
 const CHUNK: usize = 8 << 20;
 /// Largest file sent to a remote that takes a whole file in one request (WebDAV through OpenDAL).
 const ONE_SHOT_MAX: u64 = 1 << 30;
-/// Suffix of a file being written.
-const PARTIAL: &str = ".cloudsync-partial";
+/// Memory, in MiB, that such uploads may hold at once, all files together.
+const ONE_SHOT_BUDGET_MIB: u32 = 1 << 10;
+static ONE_SHOT_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ONE_SHOT_BUDGET_MIB as usize);
+/// Name prefix and suffix of a file being written (kept short: the final name may be near the limit).
+const PARTIAL_PREFIX: &str = ".cloudsync-";
+const PARTIAL_SUFFIX: &str = ".partial";
+
+/// A fresh temporary name, not guessable by another local user.
+fn partial_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    format!("{PARTIAL_PREFIX}{:016x}{PARTIAL_SUFFIX}", h.finish())
+}
+
+fn is_partial(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    base.starts_with(PARTIAL_PREFIX) && base.ends_with(PARTIAL_SUFFIX)
+}
 
 /// One end of a transfer.
 #[derive(Debug, Clone)]
@@ -74,6 +93,9 @@ pub struct Entry {
 /// A name the remote listed that was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Refused {
+    /// The name exactly as listed (a mirror keeps a destination file of that name).
+    #[serde(skip)]
+    pub raw: String,
     /// The name as listed (control characters escaped).
     pub name: String,
     /// Why.
@@ -94,7 +116,7 @@ fn unix(t: Option<SystemTime>) -> Option<i64> {
 }
 
 fn refuse(name: &str, why: &Unsafe) -> Refused {
-    Refused { name: name.escape_debug().to_string(), reason: why.to_string() }
+    Refused { raw: name.to_owned(), name: name.escape_debug().to_string(), reason: why.to_string() }
 }
 
 fn dir_prefix(path: &str) -> String {
@@ -120,23 +142,42 @@ async fn shape(loc: &Location) -> Result<Shape, Error> {
         },
         Location::Remote { op, path, label } => {
             let trimmed = path.trim_matches('/');
-            if trimmed.is_empty() || path.ends_with('/') {
+            if trimmed.is_empty() {
                 return Ok(Shape::Dir);
             }
-            let stat = match op.stat(trimmed).await {
-                Ok(m) if m.mode() == EntryMode::FILE => {
-                    return Ok(Shape::File(m.content_length(), m.last_modified().map(SystemTime::from)));
+            // `NAME:dir/` means a folder, but is checked like any other path: a mistyped folder must not read
+            // as an empty one (a mirror from it would delete everything at the destination).
+            let stat = if path.ends_with('/') {
+                None
+            } else {
+                match op.stat(trimmed).await {
+                    Ok(m) if m.mode() == EntryMode::FILE => {
+                        return Ok(Shape::File(m.content_length(), m.last_modified().map(SystemTime::from)));
+                    }
+                    Ok(_) => return Ok(Shape::Dir),
+                    Err(e) => Some(e),
                 }
-                Ok(_) => return Ok(Shape::Dir),
-                Err(e) => e,
             };
             // Object stores have no folders of their own: a prefix with objects under it is one (and some S3
             // servers fail a HEAD on such a prefix instead of answering 404).
             let prefix = format!("{trimmed}/");
             match op.list_with(&prefix).limit(2).await {
-                Ok(v) if v.iter().any(|e| e.path() != prefix) => Ok(Shape::Dir),
-                Ok(_) | Err(_) if stat.kind() == opendal::ErrorKind::NotFound => Ok(Shape::Missing),
-                Ok(_) | Err(_) => Err(Error::backend(format!("cannot read {label}"), stat)),
+                Ok(v) if v.iter().any(|e| e.path() != prefix) => return Ok(Shape::Dir),
+                Ok(_) => {}
+                Err(e) if e.kind() == opendal::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::backend(format!("cannot list {label}"), e)),
+            }
+            // An empty folder, where the service has folders.
+            if let Ok(m) = op.stat(&prefix).await
+                && m.mode() == EntryMode::DIR
+            {
+                return Ok(Shape::Dir);
+            }
+            match stat {
+                Some(e) if e.kind() != opendal::ErrorKind::NotFound => {
+                    Err(Error::backend(format!("cannot read {label}"), e))
+                }
+                _ => Ok(Shape::Missing),
             }
         }
     }
@@ -164,8 +205,8 @@ pub async fn list(loc: &Location, recursive: bool) -> Result<Listing, Error> {
                     let Some(rel) = full.strip_prefix(prefix.as_str()) else { continue };
                     let is_dir = entry.metadata().mode() == EntryMode::DIR;
                     let rel = rel.trim_end_matches('/');
-                    if rel.is_empty() || full == folder {
-                        continue; // the folder itself
+                    if rel.is_empty() || full == folder || is_partial(rel) {
+                        continue; // the folder itself, or an unfinished upload of ours
                     }
                     if let Err(why) = local_relative(rel) {
                         out.refused.push(refuse(rel, &why));
@@ -220,12 +261,13 @@ fn list_local(root: &Path, dir: &Path, recursive: bool, out: &mut Listing) -> Re
         }
         let rel = path.strip_prefix(root).unwrap_or(&path);
         let Some(rel) = rel.to_str() else {
-            out.refused.push(Refused { name: rel.display().to_string(), reason: "it is not valid UTF-8".into() });
+            let name = rel.display().to_string();
+            out.refused.push(Refused { raw: name.clone(), name, reason: "it is not valid UTF-8".into() });
             continue;
         };
         let rel = rel.replace(std::path::MAIN_SEPARATOR, "/");
-        if rel.ends_with(PARTIAL) || rel.contains(&format!("{PARTIAL}-")) {
-            continue; // our own unfinished download
+        if is_partial(&rel) {
+            continue; // an unfinished download of ours
         }
         let modified = meta.modified().ok();
         push(
@@ -341,6 +383,9 @@ pub async fn copy(
     opts: &Options,
     before: impl FnOnce(Planned),
 ) -> Result<Summary, Error> {
+    if opts.remove_source || opts.delete {
+        apart(src, dst)?;
+    }
     let mut summary = Summary { dry_run: opts.dry_run, ..Summary::default() };
     let (src_root, dst_root, items, dst_listing) = match shape(src).await? {
         Shape::Missing => return Err(Error::Invalid(format!("{} does not exist", src.label()))),
@@ -376,15 +421,14 @@ pub async fn copy(
     let window = modify_window(&dst_root);
     let mut todo = Vec::new();
     let mut keep = std::collections::BTreeSet::new();
+    // A name the source listed but that was refused still counts as there: its copy at the destination stays.
+    keep.extend(summary.refused.iter().map(|r| r.raw.clone()));
+    let sources = items.len();
     for (entry, to) in items {
         keep.insert(to.clone());
         match existing.get(to.as_str()) {
-            Some(d) if same(&entry, d, window) => {
-                summary.unchanged += 1;
-                if opts.remove_source && !opts.dry_run {
-                    todo.push((entry, to, false));
-                }
-            }
+            // A move always copies: "same size, not older" is not proof enough to delete the original.
+            Some(d) if same(&entry, d, window) && !opts.remove_source => summary.unchanged += 1,
             _ => todo.push((entry, to, true)),
         }
     }
@@ -393,6 +437,15 @@ pub async fn copy(
     } else {
         Vec::new()
     };
+    if sources == 0 && summary.refused.is_empty() && !delete.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{} has no files, so a mirror would delete all {} file(s) in {}; check the source path (nothing was \
+             changed)",
+            src.label(),
+            delete.len(),
+            dst.label()
+        )));
+    }
     let planned = Planned {
         files: todo.iter().filter(|t| t.2).count(),
         bytes: todo.iter().filter(|t| t.2).map(|t| t.0.size).sum(),
@@ -451,6 +504,56 @@ pub async fn copy(
         });
     }
     Ok(summary)
+}
+
+/// Refuses a move or a mirror whose source and destination overlap (one is the other or inside it): a move
+/// would delete what it just "copied", a mirror what it is copying from.
+fn apart(src: &Location, dst: &Location) -> Result<(), Error> {
+    let overlap = match (src, dst) {
+        (Location::Local(a), Location::Local(b)) => {
+            let (a, b) = (resolved(a), resolved(b));
+            a.starts_with(&b) || b.starts_with(&a)
+        }
+        (Location::Remote { label: a, .. }, Location::Remote { label: b, .. }) => {
+            let split = |l: &str| {
+                let (name, path) = l.split_once(':').unwrap_or((l, ""));
+                (
+                    name.to_owned(),
+                    path.split('/').filter(|p| !p.is_empty() && *p != ".").map(str::to_owned).collect::<Vec<_>>(),
+                )
+            };
+            let ((na, pa), (nb, pb)) = (split(a), split(b));
+            na == nb && (pa.starts_with(&pb) || pb.starts_with(&pa))
+        }
+        _ => false,
+    };
+    if overlap {
+        return Err(Error::Invalid(format!(
+            "{} and {} overlap (one is the other or inside it); move or mirror to a place outside the source",
+            src.label(),
+            dst.label()
+        )));
+    }
+    Ok(())
+}
+
+/// `p` made absolute with links resolved, as far as it exists (a destination may not exist yet).
+fn resolved(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |acc: PathBuf, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return abs,
+        }
+    }
 }
 
 /// Refuses to write `rel` under `root` when a folder on the way (or the file itself) is a symbolic link: it
@@ -639,10 +742,13 @@ async fn transfer(
             tokio::fs::create_dir_all(parent)
                 .await
                 .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let tmp = parent.join(format!(".{name}{PARTIAL}-{}", std::process::id()));
+            let tmp = parent.join(partial_name());
             let result = async {
-                let mut file = tokio::fs::File::create(&tmp)
+                // create_new: never through a link or over a file someone placed there.
+                let mut file = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
                     .await
                     .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
                 while let Some(chunk) = stream.next().await {
@@ -679,9 +785,8 @@ async fn transfer(
         Location::Remote { op, path, label } => {
             let rename = op.info().capability().rename;
             let target = if rename {
-                let (dir, name) = path.rsplit_once('/').map_or(("", path.as_str()), |(d, n)| (d, n));
-                let dir = if dir.is_empty() { String::new() } else { format!("{dir}/") };
-                format!("{dir}.{name}{PARTIAL}-{}", std::process::id())
+                let dir = path.rsplit_once('/').map_or(String::new(), |(d, _)| format!("{d}/"));
+                format!("{dir}{}", partial_name())
             } else {
                 path.clone()
             };
@@ -700,7 +805,7 @@ async fn transfer(
                     .await
                     .map(drop)
                     .map_err(|e| Error::backend(format!("cannot write {label}"), e))
-            } else if cap.write_can_multi && op.info().scheme() != "ftp" {
+            } else if cap.write_can_multi {
                 // Parts in parallel only where they are separate requests (S3 multipart); elsewhere (FTP, SFTP)
                 // writes go one after another on one stream.
                 let parallel = if op.info().scheme() == "s3" { 2 } else { 1 };
@@ -737,6 +842,12 @@ async fn transfer(
                         from.label()
                     )));
                 }
+                // All such uploads in flight together hold at most ONE_SHOT_MAX bytes.
+                let mib = u32::try_from(size.div_ceil(1 << 20)).unwrap_or(u32::MAX).min(ONE_SHOT_BUDGET_MIB);
+                let _budget = ONE_SHOT_BUDGET
+                    .acquire_many(mib)
+                    .await
+                    .map_err(|e| Error::io("waiting for memory", std::io::Error::other(e)))?;
                 let mut parts = Vec::new();
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk?;
@@ -756,25 +867,32 @@ async fn transfer(
                 result
             };
             drop(stream);
-            // What arrived is checked before the file gets its final name.
-            let written = match written {
+            // What arrived is checked before the file gets its final name. Without a rename (S3, where an
+            // unfinished upload never replaces the object; FTP, whose writer renames by itself) a failure
+            // leaves the previous file alone: only a short file found after the upload is removed.
+            let mut short = false;
+            let checked = match written {
                 Ok(()) => match op.stat(&target).await {
                     Ok(m) if m.content_length() == size => Ok(()),
-                    Ok(m) => Err(Error::Invalid(format!(
-                        "{label} holds {} bytes after the upload instead of {size}; it was removed, run the copy again",
-                        m.content_length()
-                    ))),
+                    Ok(m) => {
+                        short = true;
+                        Err(Error::Invalid(format!(
+                            "{label} held {} bytes after the upload instead of {size}; the short copy was removed, \
+                             run the copy again",
+                            m.content_length()
+                        )))
+                    }
                     Err(e) => Err(Error::backend(format!("cannot check {label}"), e)),
                 },
                 Err(e) => Err(e),
             };
-            let result = match written {
+            let result = match checked {
                 Ok(()) if rename => {
                     op.rename(&target, path).await.map_err(|e| Error::backend(format!("cannot finish {label}"), e))
                 }
                 other => other,
             };
-            if result.is_err() {
+            if result.is_err() && (rename || short) {
                 let _ = op.delete(&target).await;
             }
             result
@@ -790,5 +908,46 @@ fn check_size(sent: u64, expected: u64, from: &Location) -> Result<(), Error> {
             "{} changed while it was copied ({expected} bytes listed, {sent} read); run the copy again",
             from.label()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_moves_and_mirrors_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a");
+        std::fs::create_dir_all(a.join("b")).expect("mkdir");
+        std::fs::write(a.join("f.txt"), b"x").expect("write");
+        let local = |p: PathBuf| Location::Local(p);
+        for (src, dst) in [
+            (a.join("f.txt"), a.clone()),
+            (a.clone(), a.join("b")),
+            (a.join("b"), a.clone()),
+            (a.clone(), a.join("new/deeper")),
+            (a.join("b/../f.txt"), dir.path().join("a/.")),
+        ] {
+            assert!(apart(&local(src.clone()), &local(dst.clone())).is_err(), "{src:?} -> {dst:?}");
+        }
+        apart(&local(a.join("f.txt")), &local(dir.path().join("other"))).expect("apart");
+        apart(&local(a.join("f.txt")), &local(a.join("g.txt"))).expect("a rename beside it");
+
+        let op = Operator::new(opendal::services::Memory::default()).expect("memory");
+        let remote = |label: &str| Location::Remote { op: op.clone(), path: String::new(), label: label.into() };
+        assert!(apart(&remote("nas:docs"), &remote("nas:docs/")).is_err());
+        assert!(apart(&remote("nas:"), &remote("nas:x")).is_err());
+        assert!(apart(&remote("nas:docs/old"), &remote("nas:./docs")).is_err());
+        apart(&remote("nas:docs"), &remote("nas:docs2")).expect("siblings");
+        apart(&remote("nas:docs"), &remote("s3:docs")).expect("other connection");
+    }
+
+    #[test]
+    fn temporary_names_are_short_fresh_and_recognised() {
+        let (a, b) = (partial_name(), partial_name());
+        assert_ne!(a, b);
+        assert!(a.len() < 40 && is_partial(&a) && is_partial(&format!("x/y/{b}")));
+        assert!(!is_partial("notes.partial") && !is_partial(".cloudsync-x.txt"));
     }
 }

@@ -59,10 +59,10 @@ impl Connections {
     /// The operator for a saved connection, with its secret from the credential store.
     fn operator(&self, name: &str, limits: &Limits) -> Result<opendal::Operator> {
         let conn = self.get(name)?;
-        let secret = match conn.kind.secret_name() {
+        let secret = match conn.secret_name() {
             Some(what) => {
                 let secret = CredentialStore::from_env()?.get(&secret_account(name))?;
-                if secret.is_none() && (conn.kind != Kind::Webdav || conn.user.is_some()) {
+                if secret.is_none() {
                     bail!(
                         "the {what} of connection {name:?} is not in the credential store; add the connection again \
                          (`cloudsync connection remove {name}` then `cloudsync connection add {name} ...`)"
@@ -186,7 +186,7 @@ fn add(a: ConnectionAddArgs) -> Result<()> {
     if let Some(ca) = &conn.ca_cert {
         anyhow::ensure!(ca.is_file(), "the CA file {} does not exist", ca.display());
     }
-    let needs_secret = conn.kind.secret_name().filter(|_| conn.kind != Kind::Webdav || conn.user.is_some());
+    let needs_secret = conn.secret_name();
     let store = CredentialStore::from_env()?;
     if let Some(what) = needs_secret {
         let secret = if a.secret_stdin {
@@ -263,7 +263,7 @@ fn list(json: bool) -> Result<()> {
 fn show(name: &str, json: bool) -> Result<()> {
     let saved = Connections::load()?;
     let conn = saved.get(name)?;
-    let secret = match conn.kind.secret_name() {
+    let secret = match conn.secret_name() {
         Some(what) => {
             let held = CredentialStore::from_env()?.get(&secret_account(name))?.is_some();
             Some((what, if held { "******** (in the OS credential store)" } else { "missing" }))
