@@ -166,6 +166,17 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// The local record of copies, syncs, moves and deletes with connections, newest first.
+    History {
+        /// Show at most this many runs.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Erase what this device keeps for the file manager.
+    #[command(subcommand)]
+    Local(LocalCmd),
     /// Delete a file (or, with --recursive, a folder) on a saved connection. This is not a workspace's trash:
     /// it is gone from the remote.
     Delete {
@@ -776,4 +787,22 @@ pub struct ConnectionAddArgs {
 
 fn parse_kind(s: &str) -> Result<cloudsync_connectors::Kind, String> {
     s.parse().map_err(|e: cloudsync_connectors::Error| e.to_string())
+}
+
+/// `local ...`.
+#[derive(Debug, Subcommand)]
+pub enum LocalCmd {
+    /// Erase the transfer history, the saved connections (with their secrets in the OS credential store), or
+    /// both.
+    Clear {
+        /// The transfer history.
+        #[arg(long)]
+        history: bool,
+        /// Saved connections, and their secrets in the OS credential store.
+        #[arg(long)]
+        connections: bool,
+        /// Both.
+        #[arg(long)]
+        all: bool,
+    },
 }

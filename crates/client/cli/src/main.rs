@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use cloudsync_cli::args::{Cli, Command, ServerCmd, ServerCommon, ServerUserCmd, ServerWorkspaceCmd, TrashCmd};
+use cloudsync_cli::args::{
+    Cli, Command, LocalCmd, ServerCmd, ServerCommon, ServerUserCmd, ServerWorkspaceCmd, TrashCmd,
+};
 use cloudsync_cli::client;
 use cloudsync_cli::client::connections::Verb;
 use cloudsync_cli::server::{self, DEFAULT_CONFIG, ServerConfig};
@@ -108,6 +110,10 @@ async fn run(cli: Cli) -> Result<()> {
             client::connections::transfer(&src, &dst, Verb::Move, false, false, json.json).await
         }
         Command::Delete { remote, recursive, json } => client::connections::delete(&remote, recursive, json.json).await,
+        Command::History { limit, json } => client::history::show(limit, json.json),
+        Command::Local(LocalCmd::Clear { history, connections, all }) => {
+            client::history::clear(history, connections, all)
+        }
         Command::Rm { remote, passphrase, json } => client::rm(&remote, passphrase.passphrase_stdin, json.json).await,
         Command::Versions { remote, passphrase, json } => {
             client::versions(&remote, passphrase.passphrase_stdin, json.json).await

@@ -485,6 +485,30 @@ fn webdav_connector_over_https_with_a_private_ca_and_hostile_names() {
     assert!(!out.status.success(), "writing through a link fails");
     assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
     assert!(files_under(&elsewhere).is_empty(), "nothing was written through the link");
+
+    // Every run is in the local history, newest first, failures with their reason.
+    let runs = c.json(&["history"]);
+    let runs = runs.as_array().expect("runs");
+    assert_eq!(runs[0]["command"], "copy");
+    assert_eq!(runs[0]["src"], "dav:linked");
+    assert_eq!(runs[0]["failed"], 1);
+    assert!(runs[0]["errors"][0].as_str().expect("error").contains("symbolic link"), "{}", runs[0]);
+    assert!(runs.iter().any(|r| r["command"] == "sync" && r["dry_run"] == true), "dry runs are recorded as such");
+    assert!(runs.iter().any(|r| r["command"] == "move" && r["copied"] == 1));
+    assert!(runs.iter().any(|r| r["command"] == "delete" && r["src"] == "dav:t" && r["copied"] == 3));
+    assert!(!serde_json::to_string(runs).expect("json").contains(secret), "no secret in the history");
+
+    // `local clear`: nothing without saying what; --connections also deletes the secrets from the keychain.
+    let store = cloudsync_cli::client::credentials::CredentialStore::Keyring;
+    assert!(store.get("connection:dav").expect("keyring").is_some());
+    let err = c.fails(&["local", "clear"], None);
+    assert!(err.contains("--history") && err.contains("--connections"), "{err}");
+    c.ok(&["local", "clear", "--connections"], None);
+    assert!(store.get("connection:dav").expect("keyring").is_none(), "the secret left the keychain");
+    assert_eq!(c.json(&["connection", "list"]), serde_json::json!([]));
+    assert!(!c.json(&["history"]).as_array().expect("runs").is_empty(), "the history stays");
+    c.ok(&["local", "clear", "--history"], None);
+    assert_eq!(c.json(&["history"]), serde_json::json!([]));
 }
 
 #[test]

@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 use super::config::{config_dir, load_toml, save_toml};
 use super::credentials::CredentialStore;
+use super::history;
 use super::output::{print_json, size, table};
 use crate::args::{ConnectionAddArgs, ConnectionCmd};
 
@@ -317,6 +318,22 @@ fn remove(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Removes every saved connection and its secret (`local clear --connections`). Returns how many there were.
+///
+/// # Errors
+/// The credential store or the file cannot be changed; connections whose secret could not be deleted stay.
+pub fn forget_all() -> Result<usize> {
+    let mut saved = Connections::load()?;
+    let store = CredentialStore::from_env()?;
+    let names: Vec<String> = saved.connections.keys().cloned().collect();
+    for name in &names {
+        store.delete(&secret_account(name))?;
+        saved.connections.remove(name);
+        saved.save()?;
+    }
+    Ok(names.len())
+}
+
 /// `ls NAME:PATH [-R]`.
 ///
 /// # Errors
@@ -384,9 +401,30 @@ pub async fn transfer(src: &str, dst: &str, verb: Verb, delete: bool, dry_run: b
         concurrency: limits.concurrency,
         progress: Some(Arc::new(move |n| tick.inc(n))),
     };
-    let summary = transfer::copy(&from, &to, &opts, |planned| bar.set_length(planned.bytes)).await?;
+    let command = match verb {
+        Verb::Copy => "copy",
+        Verb::Mirror => "sync",
+        Verb::Move => "move",
+    };
+    let (mut run, began) = history::Run::start(command, src, dst);
+    run.dry_run = dry_run;
+    let result = transfer::copy(&from, &to, &opts, |planned| bar.set_length(planned.bytes)).await;
     bar.finish_and_clear();
-    report(&summary, verb, &from, json)
+    match &result {
+        Ok(s) => {
+            run.copied = s.copied.len();
+            run.unchanged = s.unchanged;
+            run.deleted = s.deleted.len();
+            run.bytes = s.bytes;
+            run.refused = s.refused.len();
+            for f in &s.errors {
+                run.fail(if f.path.is_empty() { f.error.clone() } else { format!("{}: {}", f.path, f.error) });
+            }
+        }
+        Err(e) => run.fail(e.to_string()),
+    }
+    history::record(run, began);
+    report(&result?, verb, &from, json)
 }
 
 fn report(s: &Summary, verb: Verb, from: &Location, json: bool) -> Result<()> {
@@ -440,7 +478,14 @@ pub async fn delete(spec: &str, recursive: bool, json: bool) -> Result<()> {
         );
     }
     let loc = target.location(&saved, &Limits::default())?;
-    let n = transfer::delete(&loc, recursive).await?;
+    let (mut run, began) = history::Run::start("delete", spec, "");
+    let result = transfer::delete(&loc, recursive).await;
+    match &result {
+        Ok(n) => run.copied = *n,
+        Err(e) => run.fail(e.to_string()),
+    }
+    history::record(run, began);
+    let n = result?;
     if json {
         print_json(&serde_json::json!({"deleted": n}))
     } else {

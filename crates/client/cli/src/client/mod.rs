@@ -8,6 +8,7 @@ pub mod connections;
 pub mod credentials;
 mod e2ee;
 mod files;
+pub mod history;
 pub mod keys;
 pub mod mfa;
 mod output;

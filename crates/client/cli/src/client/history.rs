@@ -1,0 +1,188 @@
+//! The local record of transfers between connections and local folders (`cloudsync history`), and
+//! `cloudsync local clear`, which erases it together with the saved connections and their secrets.
+//!
+//! One JSON line per run in `history.jsonl` in the state directory (mode 0600). It holds what the user typed
+//! as source and destination (`NAME:PATH` or a local path, never a secret), counts and the first errors. The
+//! file is capped: past [`MAX_BYTES`] the older half is dropped.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::config::state_dir;
+use super::output::{date, print_json, size, table};
+
+/// Size past which the older half of the history is dropped.
+const MAX_BYTES: u64 = 4 << 20;
+/// Errors kept per run.
+const MAX_ERRORS: usize = 5;
+
+/// One recorded run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    /// When it started (Unix seconds).
+    pub started: i64,
+    /// How long it took, in milliseconds.
+    pub millis: u64,
+    /// `copy`, `sync`, `move` or `delete`.
+    pub command: String,
+    /// Source as typed.
+    pub src: String,
+    /// Destination as typed (empty for `delete`).
+    pub dst: String,
+    /// Files copied (or deleted, for `delete`).
+    pub copied: usize,
+    /// Files already the same.
+    pub unchanged: usize,
+    /// Destination files deleted.
+    pub deleted: usize,
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Names skipped as unsafe.
+    pub refused: usize,
+    /// How many files failed, and the first few errors.
+    pub failed: usize,
+    /// The first errors.
+    pub errors: Vec<String>,
+    /// Whether it was a dry run.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl Run {
+    /// A run of `command` from `src` to `dst` that started now.
+    pub fn start(command: &str, src: &str, dst: &str) -> (Self, std::time::Instant) {
+        let started = time::OffsetDateTime::now_utc().unix_timestamp();
+        let run = Self {
+            started,
+            millis: 0,
+            command: command.to_owned(),
+            src: src.to_owned(),
+            dst: dst.to_owned(),
+            copied: 0,
+            unchanged: 0,
+            deleted: 0,
+            bytes: 0,
+            refused: 0,
+            failed: 0,
+            errors: Vec::new(),
+            dry_run: false,
+        };
+        (run, std::time::Instant::now())
+    }
+
+    /// Adds a failure's message (the first few are kept).
+    pub fn fail(&mut self, message: String) {
+        self.failed += 1;
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(message.chars().take(500).collect());
+        }
+    }
+}
+
+fn file() -> PathBuf {
+    state_dir().join("history.jsonl")
+}
+
+/// Appends a run. A history that cannot be written is a warning, not a failed transfer.
+pub fn record(mut run: Run, began: std::time::Instant) {
+    run.millis = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if let Err(e) = append(&run) {
+        eprintln!("warning: the transfer history could not be written: {e:#}");
+    }
+}
+
+fn append(run: &Run) -> Result<()> {
+    let path = file();
+    let dir = state_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if std::fs::metadata(&path).map(|m| m.len() > MAX_BYTES).unwrap_or(false) {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let lines: Vec<&str> = text.lines().collect();
+        let kept = lines[lines.len() / 2..].join("\n") + "\n";
+        super::config::write_private(&path, kept.as_bytes())?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut line = serde_json::to_vec(run).context("serialising the history")?;
+    line.push(b'\n');
+    f.write_all(&line).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The recorded runs, oldest first (lines that cannot be read are skipped).
+///
+/// # Errors
+/// An unreadable file.
+pub fn load() -> Result<Vec<Run>> {
+    match std::fs::read_to_string(file()) {
+        Ok(text) => Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", file().display())),
+    }
+}
+
+/// `history [--limit N] [--json]`: newest first.
+///
+/// # Errors
+/// An unreadable file.
+pub fn show(limit: usize, json: bool) -> Result<()> {
+    let mut runs = load()?;
+    runs.reverse();
+    runs.truncate(limit);
+    if json {
+        return print_json(&runs);
+    }
+    if runs.is_empty() {
+        eprintln!("No transfers recorded yet.");
+        return Ok(());
+    }
+    let rows = runs
+        .iter()
+        .map(|r| {
+            let when = time::OffsetDateTime::from_unix_timestamp(r.started).map(date).unwrap_or_default();
+            let what = if r.dry_run { format!("{} (dry run)", r.command) } else { r.command.clone() };
+            vec![
+                when,
+                what,
+                r.src.clone(),
+                r.dst.clone(),
+                r.copied.to_string(),
+                r.deleted.to_string(),
+                size(r.bytes),
+                if r.failed == 0 { "-".into() } else { r.failed.to_string() },
+            ]
+        })
+        .collect();
+    table(&["WHEN", "COMMAND", "FROM", "TO", "COPIED", "DELETED", "BYTES", "FAILED"], rows);
+    Ok(())
+}
+
+/// `local clear [--history] [--connections] [--all]`.
+///
+/// # Errors
+/// Nothing chosen, or files or secrets that cannot be removed.
+pub fn clear(history: bool, connections: bool, all: bool) -> Result<()> {
+    if !(history || connections || all) {
+        bail!(
+            "say what to clear: --history (the transfer history), --connections (saved connections and their \
+             secrets in the OS credential store) or --all (both)"
+        );
+    }
+    if connections || all {
+        let n = super::connections::forget_all()?;
+        eprintln!("Removed {n} saved connection(s) and their secrets.");
+    }
+    if history || all {
+        match std::fs::remove_file(file()) {
+            Ok(()) => eprintln!("Cleared the transfer history."),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => eprintln!("The transfer history was empty."),
+            Err(e) => return Err(e).with_context(|| format!("cannot delete {}", file().display())),
+        }
+    }
+    Ok(())
+}
