@@ -63,10 +63,11 @@ pub enum Command {
     /// Two-way sync of a local folder with WORKSPACE[:PATH]: changes on either side flow to the other,
     /// deletions go to the server's trash, and a file changed on both sides keeps both versions
     /// ("NAME (conflicted copy from DEVICE DATE).EXT"). Patterns in LOCAL_DIR/.cloudsyncignore are skipped.
+    /// With a saved connection on either side (`sync SRC DST`): a one-way mirror of SRC into DST.
     Sync {
-        /// Local folder (must exist).
+        /// Local folder (must exist); for a mirror, SRC: a local path or NAME:PATH.
         local: PathBuf,
-        /// WORKSPACE or WORKSPACE:PATH.
+        /// WORKSPACE or WORKSPACE:PATH; for a mirror, DST: a local path or NAME:PATH.
         remote: String,
         /// Keep running: sync again on local changes and when the server's change journal moves.
         #[arg(long)]

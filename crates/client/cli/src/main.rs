@@ -80,7 +80,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Sync { local, remote, watch, dry_run, delete, passphrase, json } => {
             let src = local.to_string_lossy();
-            if client::connections::is_connection(&src)? || client::connections::is_connection(&remote)? {
+            if client::connections::any_connection(&[&src, &remote])? {
                 anyhow::ensure!(!watch, "--watch is for a folder synced with a workspace; use a pair for a schedule");
                 client::connections::transfer(&src, &remote, Verb::Mirror, delete, dry_run, json.json).await
             } else {
@@ -96,7 +96,7 @@ async fn run(cli: Cli) -> Result<()> {
             client::status(&local, forget, passphrase.passphrase_stdin, json.json).await
         }
         Command::Ls { remote, recursive, passphrase, json } => {
-            if client::connections::is_connection(&remote)? {
+            if client::connections::any_connection(&[&remote])? {
                 client::connections::ls(&remote, recursive, json.json).await
             } else {
                 client::ls(&remote, passphrase.passphrase_stdin, json.json).await

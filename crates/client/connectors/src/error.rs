@@ -50,11 +50,6 @@ impl Error {
         }
     }
 
-    /// Whether the remote said the path does not exist.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::Backend { source, .. } if source.kind() == opendal::ErrorKind::NotFound)
-    }
-
     /// Wraps an OpenDAL error with what was being done, in a shorter form than OpenDAL's own text.
     pub fn backend(what: impl Into<String>, source: opendal::Error) -> Self {
         let message = match source.kind() {

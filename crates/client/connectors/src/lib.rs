@@ -10,4 +10,4 @@ pub mod transfer;
 
 pub use error::Error;
 pub use spec::{Connection, Kind, Limits, MAX_NAME_LEN, check_name};
-pub use transfer::{Entry, Listing, Location, Options, Planned, Summary};
+pub use transfer::{Entry, Listing, Location, Options, Summary};

@@ -60,17 +60,6 @@ impl Kind {
             Self::Cloudsync => "cloudsync",
         }
     }
-
-    /// What the connection's secret is, when it has one. WebDAV and FTP take one only with a user name
-    /// (see [`Connection::secret_name`]).
-    pub fn secret_name(self) -> Option<&'static str> {
-        match self {
-            Self::S3 | Self::R2 => Some("secret access key"),
-            Self::Ftp | Self::Ftps | Self::Webdav | Self::Synology => Some("password"),
-            Self::Dropbox | Self::Onedrive | Self::Pcloud => Some("OAuth refresh token"),
-            Self::Sftp | Self::Cloudsync => None,
-        }
-    }
 }
 
 impl Kind {
@@ -236,19 +225,14 @@ impl Connection {
     pub fn validate(&self) -> Result<(), Error> {
         let kind = self.kind;
         match kind {
-            Kind::S3 => {
-                need(self.bucket.as_deref(), "--bucket", kind)?;
-                need(self.access_key_id.as_deref(), "--access-key-id", kind)?;
-                if let Some(endpoint) = &self.endpoint {
-                    self.check_url(endpoint)?;
-                }
-            }
-            Kind::R2 => {
-                let account = need(self.account_id.as_deref(), "--account-id", kind)?;
-                if !account.chars().all(|c| c.is_ascii_alphanumeric()) {
-                    return Err(Error::Invalid(format!(
-                        "{account:?} is not a Cloudflare account id (it is a hex string from the R2 dashboard)"
-                    )));
+            Kind::S3 | Kind::R2 => {
+                if kind == Kind::R2 {
+                    let account = need(self.account_id.as_deref(), "--account-id", kind)?;
+                    if !account.chars().all(|c| c.is_ascii_alphanumeric()) {
+                        return Err(Error::Invalid(format!(
+                            "{account:?} is not a Cloudflare account id (it is a hex string from the R2 dashboard)"
+                        )));
+                    }
                 }
                 need(self.bucket.as_deref(), "--bucket", kind)?;
                 need(self.access_key_id.as_deref(), "--access-key-id", kind)?;
@@ -321,8 +305,13 @@ impl Connection {
 
     /// What this connection's secret is, if it needs one: WebDAV and FTP without a user are anonymous.
     pub fn secret_name(&self) -> Option<&'static str> {
-        let anonymous = matches!(self.kind, Kind::Webdav | Kind::Ftp | Kind::Ftps) && self.user.is_none();
-        if anonymous { None } else { self.kind.secret_name() }
+        match self.kind {
+            Kind::S3 | Kind::R2 => Some("secret access key"),
+            Kind::Ftp | Kind::Ftps | Kind::Webdav if self.user.is_none() => None,
+            Kind::Ftp | Kind::Ftps | Kind::Webdav | Kind::Synology => Some("password"),
+            Kind::Dropbox | Kind::Onedrive | Kind::Pcloud => Some("OAuth refresh token"),
+            Kind::Sftp | Kind::Cloudsync => None,
+        }
     }
 
     /// The settings shown by `connection show` (nothing secret is held here to begin with).
@@ -333,7 +322,7 @@ impl Connection {
                 out.push((k, v));
             }
         };
-        add("endpoint", self.endpoint.clone().or_else(|| self.r2_endpoint()));
+        add("endpoint", self.endpoint_url());
         add("region", self.region.clone());
         add("bucket", self.bucket.clone());
         add("account_id", self.account_id.clone());
@@ -351,10 +340,13 @@ impl Connection {
         out
     }
 
-    fn r2_endpoint(&self) -> Option<String> {
-        (self.kind == Kind::R2)
-            .then(|| self.account_id.as_ref().map(|a| format!("https://{a}.r2.cloudflarestorage.com")))
-            .flatten()
+    /// The service URL: the one given, or for R2 the account's (`https://ACCOUNT.r2.cloudflarestorage.com`).
+    pub fn endpoint_url(&self) -> Option<String> {
+        self.endpoint.clone().or_else(|| {
+            (self.kind == Kind::R2)
+                .then(|| self.account_id.as_ref().map(|a| format!("https://{a}.r2.cloudflarestorage.com")))
+                .flatten()
+        })
     }
 
     /// The OpenDAL operator for this connection, with retry (exponential back-off with jitter), concurrency,
@@ -380,7 +372,7 @@ impl Connection {
                     .secret_access_key(&secret_for("secret access key")?)
                     .disable_config_load();
                 b = if self.kind == Kind::R2 {
-                    b.region("auto").endpoint(&self.endpoint.clone().or_else(|| self.r2_endpoint()).unwrap_or_default())
+                    b.region("auto").endpoint(&self.endpoint_url().unwrap_or_default())
                 } else {
                     let b = b.region(self.region.as_deref().unwrap_or("us-east-1"));
                     match &self.endpoint {
@@ -458,7 +450,7 @@ impl Connection {
     fn http_client(&self) -> Result<reqwest::Client, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = match &self.ca_cert {
-            Some(path) => roots_from_file(path)?,
+            Some(path) => cloudsync_sdk::ca_roots(path).map_err(|e| Error::Invalid(e.to_string()))?,
             None => {
                 let found = rustls_native_certs::load_native_certs();
                 let mut roots = rustls::RootCertStore::empty();
@@ -493,24 +485,6 @@ fn check_host(host: &str) -> Result<(), Error> {
         && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '[' | ']'))
         && !host.starts_with('-');
     if ok { Ok(()) } else { Err(Error::Invalid(format!("{host:?} is not a host name or IP address"))) }
-}
-
-fn roots_from_file(path: &Path) -> Result<rustls::RootCertStore, Error> {
-    let shown = path.display();
-    let pem = std::fs::read(path).map_err(|e| Error::Invalid(format!("could not read the CA file {shown}: {e}")))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| Error::Invalid(format!("the CA file {shown} is not valid PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| Error::Invalid(format!("the CA file {shown} holds an unusable certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(Error::Invalid(format!(
-            "the CA file {shown} holds no certificate; give a PEM file with '-----BEGIN CERTIFICATE-----'"
-        )));
-    }
-    Ok(roots)
 }
 
 #[cfg(test)]

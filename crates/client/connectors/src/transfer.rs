@@ -1,10 +1,11 @@
 //! Listing, copying, mirroring and deleting between any two locations (a local folder or a connection).
 //!
-//! A transfer streams: at most a few chunks of a file are in memory at once, whatever its size. A file is
+//! A transfer streams: at most a few chunks of a file are in memory at once, whatever its size (except
+//! uploads to WebDAV, which OpenDAL sends as one request: those share a capped memory budget). A file is
 //! never visible half-written under its final name: local files and remotes that can rename (SFTP, WebDAV)
 //! are written under a temporary name and renamed when complete; S3 makes an object (multipart upload
-//! included) visible only when it is complete. Plain FTP cannot rename through OpenDAL: a failed FTP upload
-//! is deleted again.
+//! included) visible only when it is complete, and OpenDAL's FTP writer renames by itself. Every upload's
+//! size is checked before the file gets its name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,13 +82,23 @@ pub struct Entry {
     pub path: String,
     /// Size in bytes (0 for folders).
     pub size: u64,
-    /// Last modification, when the remote reports one.
-    #[serde(skip)]
+    /// Last modification, when the remote reports one (in JSON: `modified_unix`, seconds since 1970).
+    #[serde(rename = "modified_unix", serialize_with = "unix_seconds")]
     pub modified: Option<SystemTime>,
-    /// Seconds since 1970 of `modified`, for JSON.
-    pub modified_unix: Option<i64>,
     /// Whether it is a folder.
     pub is_dir: bool,
+}
+
+impl Entry {
+    fn file(path: String, size: u64, modified: Option<SystemTime>) -> Self {
+        Self { path, size, modified, is_dir: false }
+    }
+}
+
+fn unix_seconds<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    let secs =
+        t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).and_then(|d| i64::try_from(d.as_secs()).ok());
+    secs.serialize(s)
 }
 
 /// A name the remote listed that was refused.
@@ -109,10 +120,6 @@ pub struct Listing {
     pub entries: Vec<Entry>,
     /// Hostile or unusable names, skipped.
     pub refused: Vec<Refused>,
-}
-
-fn unix(t: Option<SystemTime>) -> Option<i64> {
-    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).and_then(|d| i64::try_from(d.as_secs()).ok())
 }
 
 fn refuse(name: &str, why: &Unsafe) -> Refused {
@@ -222,13 +229,7 @@ pub async fn list(loc: &Location, recursive: bool) -> Result<Listing, Error> {
                     };
                     push(
                         &mut out,
-                        Entry {
-                            path: rel.to_owned(),
-                            size: if is_dir { 0 } else { size },
-                            modified,
-                            modified_unix: unix(modified),
-                            is_dir,
-                        },
+                        Entry { path: rel.to_owned(), size: if is_dir { 0 } else { size }, modified, is_dir },
                     )?;
                     if is_dir && recursive && !native {
                         folders.push(format!("{prefix}{rel}/"));
@@ -269,17 +270,8 @@ fn list_local(root: &Path, dir: &Path, recursive: bool, out: &mut Listing) -> Re
         if is_partial(&rel) {
             continue; // an unfinished download of ours
         }
-        let modified = meta.modified().ok();
-        push(
-            out,
-            Entry {
-                path: rel,
-                size: if meta.is_dir() { 0 } else { meta.len() },
-                modified,
-                modified_unix: unix(modified),
-                is_dir: meta.is_dir(),
-            },
-        )?;
+        let size = if meta.is_dir() { 0 } else { meta.len() };
+        push(out, Entry { path: rel, size, modified: meta.modified().ok(), is_dir: meta.is_dir() })?;
         if meta.is_dir() && recursive {
             list_local(root, &path, recursive, out)?;
         }
@@ -341,15 +333,6 @@ pub struct Summary {
     pub dry_run: bool,
 }
 
-/// Bytes a plan will copy, for a progress bar.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Planned {
-    /// Files to copy.
-    pub files: usize,
-    /// Their bytes.
-    pub bytes: u64,
-}
-
 /// Whether a destination file already matches the source: same size, and not older than the source within
 /// the destination's time precision (a download is given the source's time; an upload is newer than it).
 /// Either time unknown: size alone.
@@ -373,16 +356,12 @@ fn modify_window(loc: &Location) -> Duration {
 
 /// Copies SRC to DST: a file to a file (or into DST when DST is a folder), a folder's contents into DST.
 /// Files the destination already has (same size, not older) are skipped. With `opts.delete`, destination files
-/// the source lacks are deleted afterwards (a one-way mirror). `before` sees the plan first.
+/// the source lacks are deleted afterwards (a one-way mirror). `before` is told the bytes to copy once both
+/// sides are listed.
 ///
 /// # Errors
 /// Listing fails on either side; per-file failures are in [`Summary::errors`] instead.
-pub async fn copy(
-    src: &Location,
-    dst: &Location,
-    opts: &Options,
-    before: impl FnOnce(Planned),
-) -> Result<Summary, Error> {
+pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl FnOnce(u64)) -> Result<Summary, Error> {
     if opts.remove_source || opts.delete {
         apart(src, dst)?;
     }
@@ -391,15 +370,22 @@ pub async fn copy(
         Shape::Missing => return Err(Error::Invalid(format!("{} does not exist", src.label()))),
         Shape::File(size, modified) => {
             let (src_parent, name) = split_file(src)?;
-            let dst_is_dir = matches!(shape(dst).await?, Shape::Dir);
-            let (dst_root, dst_name) = if dst_is_dir { (dst.clone(), name.clone()) } else { split_file(dst)? };
-            let entry = Entry { path: name.clone(), size, modified, modified_unix: unix(modified), is_dir: false };
-            let existing = match shape(&child(&dst_root, &dst_name)).await? {
-                Shape::File(size, modified) => {
-                    vec![Entry { path: dst_name.clone(), size, modified, modified_unix: unix(modified), is_dir: false }]
+            // Into DST when it is a folder; else DST is the file's new name.
+            let (dst_root, dst_name, existing) = match shape(dst).await? {
+                Shape::Dir => {
+                    let existing = shape(&child(dst, &name)).await?;
+                    (dst.clone(), name.clone(), existing)
                 }
-                _ => Vec::new(),
+                existing => {
+                    let (parent, dst_name) = split_file(dst)?;
+                    (parent, dst_name, existing)
+                }
             };
+            let existing = match existing {
+                Shape::File(size, modified) => vec![Entry::file(dst_name.clone(), size, modified)],
+                Shape::Dir | Shape::Missing => Vec::new(),
+            };
+            let entry = Entry::file(name, size, modified);
             (src_parent, dst_root, vec![(entry, dst_name)], Listing { entries: existing, refused: Vec::new() })
         }
         Shape::Dir => {
@@ -429,7 +415,7 @@ pub async fn copy(
         match existing.get(to.as_str()) {
             // A move always copies: "same size, not older" is not proof enough to delete the original.
             Some(d) if same(&entry, d, window) && !opts.remove_source => summary.unchanged += 1,
-            _ => todo.push((entry, to, true)),
+            _ => todo.push((entry, to)),
         }
     }
     let delete: Vec<String> = if opts.delete {
@@ -446,17 +432,13 @@ pub async fn copy(
             dst.label()
         )));
     }
-    let planned = Planned {
-        files: todo.iter().filter(|t| t.2).count(),
-        bytes: todo.iter().filter(|t| t.2).map(|t| t.0.size).sum(),
-    };
-    before(planned);
+    before(todo.iter().map(|(e, _)| e.size).sum());
     if opts.dry_run {
-        summary.copied = todo.into_iter().filter(|t| t.2).map(|t| t.1).collect();
+        summary.copied = todo.into_iter().map(|(_, to)| to).collect();
         summary.deleted = delete;
         return Ok(summary);
     }
-    let results: Vec<_> = futures_util::stream::iter(todo.into_iter().map(|(entry, to, send)| {
+    let results: Vec<_> = futures_util::stream::iter(todo.into_iter().map(|(entry, to)| {
         let (src_root, dst_root) = (&src_root, &dst_root);
         async move {
             let from = child(src_root, &entry.path);
@@ -464,28 +446,25 @@ pub async fn copy(
                 if let Location::Local(root) = dst_root {
                     no_symlink_on_the_way(root, &to)?;
                 }
-                if send {
-                    transfer(&from, &child(dst_root, &to), entry.size, entry.modified, opts).await?;
-                }
+                transfer(&from, &child(dst_root, &to), entry.size, entry.modified, opts).await?;
                 if opts.remove_source {
                     remove(&from).await?;
                 }
                 Ok::<_, Error>(())
             }
             .await;
-            (entry, to, send, result)
+            (entry, to, result)
         }
     }))
     .buffer_unordered(opts.concurrency.max(1))
     .collect()
     .await;
-    for (entry, to, send, result) in results {
+    for (entry, to, result) in results {
         match result {
-            Ok(()) if send => {
+            Ok(()) => {
                 summary.bytes += entry.size;
                 summary.copied.push(to);
             }
-            Ok(()) => {}
             Err(e) => summary.errors.push(Failure { path: entry.path, error: e.to_string() }),
         }
     }
@@ -681,30 +660,8 @@ async fn source(from: &Location) -> Result<futures_util::stream::BoxStream<'stat
             let file =
                 tokio::fs::File::open(p).await.map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
             let shown = p.display().to_string();
-            let stream = futures_util::stream::try_unfold(file, move |mut file| {
-                let shown = shown.clone();
-                async move {
-                    use tokio::io::AsyncReadExt;
-                    let mut buf = vec![0u8; CHUNK];
-                    let mut filled = 0;
-                    while filled < CHUNK {
-                        let n = file
-                            .read(&mut buf[filled..])
-                            .await
-                            .map_err(|e| Error::io(format!("cannot read {shown}"), e))?;
-                        if n == 0 {
-                            break;
-                        }
-                        filled += n;
-                    }
-                    if filled == 0 {
-                        return Ok(None);
-                    }
-                    buf.truncate(filled);
-                    Ok(Some((Bytes::from(buf), file)))
-                }
-            });
-            Ok(stream.boxed())
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, CHUNK);
+            Ok(stream.map_err(move |e| Error::io(format!("cannot read {shown}"), e)).boxed())
         }
         Location::Remote { op, path, label } => {
             let label = label.clone();

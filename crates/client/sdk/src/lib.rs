@@ -61,6 +61,6 @@ pub use files::{ChunkDelta, Download, Files};
 pub use fingerprint::{certificate_fingerprint, format_fingerprint, parse_fingerprint};
 pub use frames::ChunkStream;
 pub use shares::Shares;
-pub use tls::{Trust, probe_fingerprint};
+pub use tls::{Trust, probe_fingerprint, roots_from_file as ca_roots};
 pub use userkeys::UserKeys;
 pub use workspaces::{Members, Workspaces};

@@ -67,7 +67,11 @@ pub(crate) fn client_config(trust: &Trust) -> Result<ClientConfig, Error> {
     Ok(config)
 }
 
-fn roots_from_file(path: &std::path::Path) -> Result<RootCertStore, Error> {
+/// The certificates of a PEM file, as trust roots.
+///
+/// # Errors
+/// [`ErrorKind::Tls`] when the file cannot be read, is not PEM, or holds no usable certificate.
+pub fn roots_from_file(path: &std::path::Path) -> Result<RootCertStore, Error> {
     let shown = path.display();
     let pem = std::fs::read(path)
         .map_err(|e| Error::new(ErrorKind::Tls, format!("could not read the CA file {shown}: {e}")).with_source(e))?;

@@ -35,7 +35,7 @@ mod index;
 mod keys;
 mod localpath;
 mod plan;
-mod progress;
+pub mod progress;
 mod pull;
 mod push;
 mod retry;

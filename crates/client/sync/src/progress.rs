@@ -10,7 +10,7 @@ const TEMPLATE: &str = "{spinner} {wide_msg} {bytes}/{total_bytes} [{bar:30}] {b
 const SPINNER_TEMPLATE: &str = "{spinner} {wide_msg}";
 
 /// A byte-counting bar of `total` bytes, or a hidden one (all calls become no-ops).
-pub(crate) fn bar(enabled: bool, total: u64) -> ProgressBar {
+pub fn bar(enabled: bool, total: u64) -> ProgressBar {
     if !enabled || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -21,7 +21,7 @@ pub(crate) fn bar(enabled: bool, total: u64) -> ProgressBar {
 
 /// A spinner showing `message` (updated by the caller), or a hidden one. It keeps turning on its own, so a
 /// long wait (like scanning a big tree) visibly progresses.
-pub(crate) fn spinner(enabled: bool, message: &str) -> ProgressBar {
+pub fn spinner(enabled: bool, message: &str) -> ProgressBar {
     if !enabled || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -33,7 +33,7 @@ pub(crate) fn spinner(enabled: bool, message: &str) -> ProgressBar {
 }
 
 /// Ends `bar` after a transfer: cleared when it went well, left on screen where it stopped when it failed.
-pub(crate) fn end<T, E>(bar: &ProgressBar, result: &Result<T, E>) {
+pub fn end<T, E>(bar: &ProgressBar, result: &Result<T, E>) {
     if result.is_ok() {
         bar.finish_and_clear();
     } else {

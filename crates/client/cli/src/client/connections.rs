@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use cloudsync_connectors::transfer::{self, Location, Options, Summary};
 use cloudsync_connectors::{Connection, Kind, Limits, check_name};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use cloudsync_sync::progress;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -137,13 +137,13 @@ fn check_remote_path(path: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether `spec` names a saved connection (`NAME:PATH`).
+/// Whether any of `specs` names a saved connection (`NAME:PATH`).
 ///
 /// # Errors
 /// An unreadable connections file.
-pub fn is_connection(spec: &str) -> Result<bool> {
+pub fn any_connection(specs: &[&str]) -> Result<bool> {
     let saved = Connections::load()?;
-    Ok(matches!(Target::parse(spec, &saved), Target::Connection { .. }))
+    Ok(specs.iter().any(|spec| matches!(Target::parse(spec, &saved), Target::Connection { .. })))
 }
 
 /// `connection ...`.
@@ -221,21 +221,19 @@ fn capitalise(s: &str) -> String {
 }
 
 fn place(c: &Connection) -> String {
-    let s = c.settings();
-    let get = |k: &str| s.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone());
     match c.kind {
         Kind::S3 | Kind::R2 => {
-            format!("{} ({})", get("bucket").unwrap_or_default(), get("endpoint").unwrap_or("AWS".into()))
+            format!(
+                "{} ({})",
+                c.bucket.as_deref().unwrap_or_default(),
+                c.endpoint_url().unwrap_or_else(|| "AWS".into())
+            )
         }
-        Kind::Webdav => get("endpoint").unwrap_or_default(),
+        Kind::Webdav => c.endpoint.clone().unwrap_or_default(),
         _ => {
-            let host = get("host").unwrap_or_default();
-            match (get("user"), c.port) {
-                (Some(u), Some(p)) => format!("{u}@{host}:{p}"),
-                (Some(u), None) => format!("{u}@{host}"),
-                (None, Some(p)) => format!("{host}:{p}"),
-                (None, None) => host,
-            }
+            let user = c.user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+            let port = c.port.map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{user}{}{port}", c.host.as_deref().unwrap_or_default())
         }
     }
 }
@@ -265,17 +263,14 @@ fn show(name: &str, json: bool) -> Result<()> {
     let saved = Connections::load()?;
     let conn = saved.get(name)?;
     let secret = match conn.secret_name() {
-        Some(what) => {
-            let held = CredentialStore::from_env()?.get(&secret_account(name))?.is_some();
-            Some((what, if held { "******** (in the OS credential store)" } else { "missing" }))
-        }
+        Some(what) => Some((what, CredentialStore::from_env()?.get(&secret_account(name))?.is_some())),
         None => None,
     };
     if json {
         let mut map: BTreeMap<&str, String> = conn.settings().into_iter().collect();
         map.insert("name", name.to_owned());
-        if let Some((_, state)) = secret {
-            map.insert("secret", if state == "missing" { "missing" } else { "stored" }.to_owned());
+        if let Some((_, held)) = secret {
+            map.insert("secret", if held { "stored" } else { "missing" }.to_owned());
         }
         return print_json(&map);
     }
@@ -283,7 +278,8 @@ fn show(name: &str, json: bool) -> Result<()> {
     for (k, v) in conn.settings() {
         println!("{k}: {v}");
     }
-    if let Some((what, state)) = secret {
+    if let Some((what, held)) = secret {
+        let state = if held { "******** (in the OS credential store)" } else { "missing" };
         println!("{}: {state}", what.replace(' ', "_"));
     }
     Ok(())
@@ -326,12 +322,17 @@ pub fn forget_all() -> Result<usize> {
     let mut saved = Connections::load()?;
     let store = CredentialStore::from_env()?;
     let names: Vec<String> = saved.connections.keys().cloned().collect();
-    for name in &names {
-        store.delete(&secret_account(name))?;
-        saved.connections.remove(name);
-        saved.save()?;
+    // A connection whose secret could not be deleted stays, so it can be removed again later.
+    let mut result = Ok(names.len());
+    for name in names {
+        if let Err(e) = store.delete(&secret_account(&name)) {
+            result = Err(e);
+            break;
+        }
+        saved.connections.remove(&name);
     }
-    Ok(names.len())
+    saved.save()?;
+    result
 }
 
 /// `ls NAME:PATH [-R]`.
@@ -341,7 +342,10 @@ pub fn forget_all() -> Result<usize> {
 pub async fn ls(spec: &str, recursive: bool, json: bool) -> Result<()> {
     let saved = Connections::load()?;
     let loc = Target::parse(spec, &saved).location(&saved, &Limits::default())?;
-    let listing = transfer::list(&loc, recursive).await?;
+    let spinner = progress::spinner(!json, &format!("listing {}…", loc.label()));
+    let listing = transfer::list(&loc, recursive).await;
+    spinner.finish_and_clear();
+    let listing = listing?;
     for r in &listing.refused {
         eprintln!("warning: skipped the name {:?} that {} listed: {}", r.name, loc.label(), r.reason);
     }
@@ -352,11 +356,7 @@ pub async fn ls(spec: &str, recursive: bool, json: bool) -> Result<()> {
         .entries
         .iter()
         .map(|e| {
-            let when = e
-                .modified_unix
-                .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-                .map(super::output::date)
-                .unwrap_or_default();
+            let when = e.modified.map(time::OffsetDateTime::from).map(super::output::date).unwrap_or_default();
             let name = if e.is_dir { format!("{}/", e.path) } else { e.path.clone() };
             vec![if e.is_dir { "-".into() } else { size(e.size) }, when, name]
         })
@@ -385,14 +385,8 @@ pub async fn transfer(src: &str, dst: &str, verb: Verb, delete: bool, dry_run: b
     let limits = Limits::default();
     let from = Target::parse(src, &saved).location(&saved, &limits)?;
     let to = Target::parse(dst, &saved).location(&saved, &limits)?;
-    let bar = if std::io::stderr().is_terminal() && !json {
-        ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr()).with_style(
-            ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        )
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress::bar(!json, 0);
+    bar.set_message("copying");
     let tick = bar.clone();
     let opts = Options {
         delete: verb == Verb::Mirror && delete,
@@ -408,19 +402,17 @@ pub async fn transfer(src: &str, dst: &str, verb: Verb, delete: bool, dry_run: b
     };
     let (mut run, began) = history::Run::start(command, src, dst);
     run.dry_run = dry_run;
-    let result = transfer::copy(&from, &to, &opts, |planned| bar.set_length(planned.bytes)).await;
-    bar.finish_and_clear();
+    // Listing both sides of a big tree takes a while: a spinner until the bytes to copy are known.
+    let listing = progress::spinner(!json, &format!("listing {} and {}…", from.label(), to.label()));
+    let result = transfer::copy(&from, &to, &opts, |bytes| {
+        listing.finish_and_clear();
+        bar.set_length(bytes);
+    })
+    .await;
+    listing.finish_and_clear();
+    progress::end(&bar, &result);
     match &result {
-        Ok(s) => {
-            run.copied = s.copied.len();
-            run.unchanged = s.unchanged;
-            run.deleted = s.deleted.len();
-            run.bytes = s.bytes;
-            run.refused = s.refused.len();
-            for f in &s.errors {
-                run.fail(if f.path.is_empty() { f.error.clone() } else { format!("{}: {}", f.path, f.error) });
-            }
-        }
+        Ok(s) => run.absorb(s),
         Err(e) => run.fail(e.to_string()),
     }
     history::record(run, began);
@@ -479,7 +471,9 @@ pub async fn delete(spec: &str, recursive: bool, json: bool) -> Result<()> {
     }
     let loc = target.location(&saved, &Limits::default())?;
     let (mut run, began) = history::Run::start("delete", spec, "");
+    let spinner = progress::spinner(!json, &format!("deleting {spec}…"));
     let result = transfer::delete(&loc, recursive).await;
+    spinner.finish_and_clear();
     match &result {
         Ok(n) => run.copied = *n,
         Err(e) => run.fail(e.to_string()),

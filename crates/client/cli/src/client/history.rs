@@ -73,6 +73,18 @@ impl Run {
         (run, std::time::Instant::now())
     }
 
+    /// Takes the counts and failures of a copy, sync or move.
+    pub fn absorb(&mut self, s: &cloudsync_connectors::Summary) {
+        self.copied = s.copied.len();
+        self.unchanged = s.unchanged;
+        self.deleted = s.deleted.len();
+        self.bytes = s.bytes;
+        self.refused = s.refused.len();
+        for f in &s.errors {
+            self.fail(if f.path.is_empty() { f.error.clone() } else { format!("{}: {}", f.path, f.error) });
+        }
+    }
+
     /// Adds a failure's message (the first few are kept).
     pub fn fail(&mut self, message: String) {
         self.failed += 1;
