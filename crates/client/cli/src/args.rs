@@ -178,6 +178,10 @@ pub enum Command {
     /// Erase what this device keeps for the file manager.
     #[command(subcommand)]
     Local(LocalCmd),
+    /// Sync pairs: a saved one-way copy (or mirror) from SRC to DST, run by hand or on a schedule, with caps
+    /// of its own (bandwidth, requests per second, files at once) so that it never overloads its source.
+    #[command(subcommand)]
+    Pair(PairCmd),
     /// Delete a file (or, with --recursive, a folder) on a saved connection. This is not a workspace's trash:
     /// it is gone from the remote.
     Delete {
@@ -790,11 +794,74 @@ fn parse_kind(s: &str) -> Result<cloudsync_connectors::Kind, String> {
     s.parse().map_err(|e: cloudsync_connectors::Error| e.to_string())
 }
 
+/// `pair ...`.
+#[derive(Debug, Subcommand)]
+pub enum PairCmd {
+    /// Save a pair. It copies new and changed files from --from to --to (with --delete, a mirror).
+    Create(Box<PairCreateArgs>),
+    /// List the pairs, with when each last ran and runs next.
+    List(JsonFlag),
+    /// Run a pair now (whatever its schedule), under its caps.
+    Run {
+        /// Pair name.
+        name: String,
+        /// Show what would be copied (and deleted), change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Forget a pair (files already copied stay).
+    Remove {
+        /// Pair name.
+        name: String,
+    },
+    /// Run each pair that has a schedule when it is due, one at a time, until stopped (Ctrl-C). A failed run is
+    /// tried again sooner (after a minute, doubling each time), never later than its schedule.
+    Daemon {
+        /// Run the pairs that are due now, then exit (for cron or a systemd timer).
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+/// `pair create`.
+#[derive(Debug, Args)]
+pub struct PairCreateArgs {
+    /// Name of the pair (letters, digits, '-', '_', '.').
+    pub name: String,
+    /// Source: a local folder or NAME:PATH on a saved connection.
+    #[arg(long)]
+    pub from: String,
+    /// Destination: a local folder or NAME:PATH on a saved connection.
+    #[arg(long)]
+    pub to: String,
+    /// Run on this schedule under `cloudsync pair daemon`: 30s, 15m, 1h, 1h30m, 1d (none: only by hand).
+    #[arg(long, value_name = "DURATION")]
+    pub every: Option<String>,
+    /// Bandwidth cap in bytes per second, reading and writing: 512K, 10M, 1G (binary units).
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<String>,
+    /// Requests per second at most (HTTP requests for S3, R2 and WebDAV; files copied or deleted for FTP and
+    /// SFTP). The run also slows down below it when a remote answers 429 or 503 or times out.
+    #[arg(long, value_name = "N")]
+    pub max_requests_per_second: Option<f64>,
+    /// Files transferred at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Also delete files in the destination that the source no longer has (a one-way mirror).
+    #[arg(long)]
+    pub delete: bool,
+    /// Overwrite a pair of the same name.
+    #[arg(long)]
+    pub replace: bool,
+}
+
 /// `local ...`.
 #[derive(Debug, Subcommand)]
 pub enum LocalCmd {
-    /// Erase the transfer history, the saved connections (with their secrets in the OS credential store), or
-    /// both.
+    /// Erase the transfer history, the saved connections (with their secrets in the OS credential store), the
+    /// sync pairs, or all of them.
     Clear {
         /// The transfer history.
         #[arg(long)]
@@ -802,7 +869,10 @@ pub enum LocalCmd {
         /// Saved connections, and their secrets in the OS credential store.
         #[arg(long)]
         connections: bool,
-        /// Both.
+        /// Saved sync pairs and when they last ran.
+        #[arg(long)]
+        pairs: bool,
+        /// All of these.
         #[arg(long)]
         all: bool,
     },

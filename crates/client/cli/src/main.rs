@@ -111,9 +111,10 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Delete { remote, recursive, json } => client::connections::delete(&remote, recursive, json.json).await,
         Command::History { limit, json } => client::history::show(limit, json.json),
-        Command::Local(LocalCmd::Clear { history, connections, all }) => {
-            client::history::clear(history, connections, all)
+        Command::Local(LocalCmd::Clear { history, connections, pairs, all }) => {
+            client::history::clear(history, connections, pairs, all)
         }
+        Command::Pair(cmd) => client::pairs::run(cmd).await,
         Command::Rm { remote, passphrase, json } => client::rm(&remote, passphrase.passphrase_stdin, json.json).await,
         Command::Versions { remote, passphrase, json } => {
             client::versions(&remote, passphrase.passphrase_stdin, json.json).await

@@ -18,7 +18,7 @@ struct Peer {
     child: Child,
     info: Value,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Peer {
@@ -64,7 +64,7 @@ fn python_peer(kind: &str, args: &[&Path]) -> Peer {
     }
     let info: Value = serde_json::from_slice(&std::fs::read(&info_path).expect("peer.json")).expect("json");
     let port = u16::try_from(info["port"].as_u64().expect("port")).expect("port");
-    Peer { child, info, port, _dir: dir }
+    Peer { child, info, port, dir }
 }
 
 fn s3s_fs(root: &Path) -> Peer {
@@ -80,7 +80,7 @@ fn s3s_fs(root: &Path) -> Peer {
         .expect("s3s-fs runs (scripts/test installs it with cargo install)");
     wait_port(port, &mut child, "s3s-fs");
     let info = serde_json::json!({"port": port, "access_key_id": "AKTEST", "secret": "s3s secret key 1"});
-    Peer { child, info, port, _dir: dir }
+    Peer { child, info, port, dir }
 }
 
 /// OpenSSH's sshd on a free port, accepting `user_key` for the current user.
@@ -115,7 +115,7 @@ fn sshd(user_pub: &Path) -> Peer {
         .spawn()
         .expect("sshd");
     wait_port(port, &mut child, "sshd");
-    Peer { child, info: Value::Null, port, _dir: dir }
+    Peer { child, info: Value::Null, port, dir }
 }
 
 fn keygen(path: &Path) {
@@ -164,6 +164,16 @@ impl Client {
     }
 
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = self.spawn(args);
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(text) = stdin {
+            writeln!(input, "{text}").expect("write stdin");
+        }
+        drop(input);
+        child.wait_with_output().expect("cloudsync output")
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .env("CLOUDSYNC_CONFIG_DIR", self.path("config"))
@@ -177,13 +187,7 @@ impl Client {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn cloudsync");
-        let mut input = child.stdin.take().expect("stdin");
-        if let Some(text) = stdin {
-            writeln!(input, "{text}").expect("write stdin");
-        }
-        drop(input);
-        child.wait_with_output().expect("cloudsync output")
+        cmd.spawn().expect("spawn cloudsync")
     }
 
     fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
@@ -647,4 +651,166 @@ fn sftp_connector_against_openssh_with_the_host_key_pinned() {
     c.ok(&strs(&args), None);
     let err = c.fails(&["connection", "test", "sf"], None);
     assert!(err.contains("host key") && err.contains("intercept"), "{err}");
+}
+
+/// Sync pairs against a WebDAV server that protects itself (429 with Retry-After past 20 requests in a second):
+/// a pair capped below that is never refused and every request it makes is paced; a pair without a cap is
+/// refused, slows down and still copies everything. Also: the bandwidth cap, the run lock, the schedule
+/// (`pair daemon --once`), a failed pair retried sooner, the history, and bad input. (The connection has a name
+/// of its own: the tests share one credential store.)
+#[test]
+fn pairs_pace_themselves_against_a_server_that_rate_limits() {
+    dbus();
+    let c = Client::new();
+    let (ca, cert, key) = test_ca(c.root.path());
+    let served = c.path("davroot");
+    std::fs::create_dir_all(&served).expect("dav root");
+    let peer = python_peer("webdav", &[&served, &cert, &key, Path::new("20")]);
+    let stats = || -> Value {
+        serde_json::from_slice(&std::fs::read(peer.dir.path().join("stats.json")).expect("stats")).expect("json")
+    };
+    let endpoint = format!("https://127.0.0.1:{}/dav", peer.port);
+    let secret = peer.info["secret"].as_str().expect("secret");
+    let ca_s = ca.to_str().expect("utf8");
+    let add = ["connection", "add", "rl", "--type", "webdav", "--endpoint", &endpoint, "--user", "alice"];
+    c.ok(&[&add[..], &["--secret-stdin", "--ca-cert", ca_s]].concat(), Some(secret));
+
+    let src = c.path("src");
+    for i in 0..24_u8 {
+        write(&src.join(format!("d{}/f{i}.txt", i % 3)), &pseudo_random(2000 + usize::from(i), u64::from(i)));
+    }
+    let src_s = src.to_str().expect("utf8");
+    let count = |v: &Value, key: &str| v[key].as_array().map_or(0, Vec::len);
+
+    // Capped below the server's limit: never refused, and every request was paced (the server admitted
+    // exactly as many as the pace let through).
+    c.ok(&["pair", "create", "calm", "--from", src_s, "--to", "rl:calm", "--max-requests-per-second", "14"], None);
+    let before = stats();
+    let calm = c.json(&["pair", "run", "calm"]);
+    let after = stats();
+    assert_eq!(count(&calm, "copied"), 24, "{calm}");
+    assert_eq!(calm["slowdowns"], 0, "{calm}");
+    assert_eq!(after["refused"], before["refused"], "the capped pair was never refused: {after}");
+    let admitted = after["admitted"].as_u64().expect("n") - before["admitted"].as_u64().expect("n");
+    assert_eq!(calm["requests"].as_u64(), Some(admitted), "every request went through the pace: {calm}");
+    assert_eq!(files_under(&served.join("calm")), files_under(&src));
+
+    // No cap: the server pushes back, the run slows down, and everything still arrives.
+    c.ok(&["pair", "create", "eager", "--from", src_s, "--to", "rl:eager"], None);
+    let eager = c.json(&["pair", "run", "eager"]);
+    assert_eq!(count(&eager, "copied"), 24, "{eager}");
+    assert_eq!(count(&eager, "errors"), 0, "{eager}");
+    assert!(eager["slowdowns"].as_u64().expect("n") > 0, "the server refused some requests: {eager}");
+    assert!(stats()["refused"].as_u64() > after["refused"].as_u64(), "{}", stats());
+    assert_eq!(files_under(&served.join("eager")), files_under(&src));
+
+    // The bandwidth cap (768 KiB at 256 KiB/s: at least 3 s, since bytes are paid for before they go), and
+    // the run lock: a pair never runs twice at once.
+    let big = c.path("big");
+    write(&big.join("one.bin"), &pseudo_random(384 << 10, 1));
+    write(&big.join("two.bin"), &pseudo_random(384 << 10, 2));
+    let slow_dst = c.path("slow-dst");
+    let big_s = big.to_str().expect("utf8");
+    let slow_s = slow_dst.to_str().expect("utf8");
+    c.ok(&["pair", "create", "slow", "--from", big_s, "--to", slow_s, "--bwlimit", "256K"], None);
+    let started = Instant::now();
+    let running = c.spawn(&["pair", "run", "slow", "--json"]);
+    while !std::fs::read_to_string(c.path("state/pairs-state.json")).unwrap_or_default().contains("\"slow\"") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the slow pair did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = c.fails(&["pair", "run", "slow"], None);
+    assert!(err.contains("running already"), "{err}");
+    let out = running.wait_with_output().expect("slow run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() >= Duration::from_secs(3), "768 KiB at 256 KiB/s took {:?}", started.elapsed());
+    assert_eq!(files_under(&slow_dst), files_under(&big));
+
+    // The schedule: a pair with --every is due at once, runs under `pair daemon --once`, and is then not due
+    // for an hour; pairs without a schedule run only by hand.
+    let sched_dst = c.path("sched-dst");
+    c.ok(
+        &["pair", "create", "sched", "--from", src_s, "--to", sched_dst.to_str().expect("utf8"), "--every", "1h"],
+        None,
+    );
+    let runs_of = |name: &str| {
+        c.json(&["history", "--limit", "1000"]).as_array().expect("runs").iter().filter(|r| r["pair"] == name).count()
+    };
+    let log = String::from_utf8(c.run(&["pair", "daemon", "--once"], None).stderr).expect("utf8");
+    assert!(log.contains("pair sched: copied 24 file(s)"), "{log}");
+    assert!(!log.contains("pair calm") && !log.contains("pair slow"), "pairs without a schedule wait: {log}");
+    assert_eq!(files_under(&sched_dst), files_under(&src));
+    let pairs = c.json(&["pair", "list"]);
+    let find = |name: &str| pairs.as_array().expect("pairs").iter().find(|p| p["name"] == name).expect("pair").clone();
+    let sched = find("sched");
+    assert_eq!(sched["last_ok"], true, "{sched}");
+    assert_eq!(sched["every_seconds"], 3600);
+    let last = sched["last_started_unix"].as_i64().expect("started");
+    assert_eq!(sched["next_run_unix"].as_i64(), Some(last + 3600), "{sched}");
+    assert_eq!(find("calm")["next_run_unix"], Value::Null);
+    c.ok(&["pair", "daemon", "--once"], None);
+    assert_eq!(runs_of("sched"), 1, "not due again within the hour");
+    assert_eq!(runs_of("calm"), 1);
+
+    // A failed scheduled run is recorded and tried again sooner than its schedule (after a minute).
+    let vanishing = c.path("vanishing");
+    std::fs::create_dir_all(&vanishing).expect("mkdir");
+    let vanishing_s = vanishing.to_str().expect("utf8");
+    c.ok(&["pair", "create", "broken", "--from", vanishing_s, "--to", "rl:broken", "--every", "1d"], None);
+    std::fs::remove_dir(&vanishing).expect("rmdir");
+    let log = String::from_utf8(c.run(&["pair", "daemon", "--once"], None).stderr).expect("utf8");
+    assert!(log.contains("pair broken: FAILED") && log.contains("does not exist"), "{log}");
+    let broken = c.json(&["pair", "list"]).as_array().expect("pairs").iter().find(|p| p["name"] == "broken").cloned();
+    let broken = broken.expect("broken");
+    assert_eq!(broken["last_ok"], false, "{broken}");
+    assert!(broken["last_error"].as_str().expect("error").contains("does not exist"), "{broken}");
+    let finished = broken["last_finished_unix"].as_i64().expect("finished");
+    assert_eq!(broken["next_run_unix"].as_i64(), Some(finished + 60), "{broken}");
+
+    // The history has each run with its pair and how often it was pushed back.
+    let history = c.json(&["history"]);
+    let eager_run = history.as_array().expect("runs").iter().find(|r| r["pair"] == "eager").expect("eager run");
+    assert_eq!(eager_run["command"], "pair");
+    assert!(eager_run["slowdowns"].as_u64().expect("n") > 0, "{eager_run}");
+    let shown = c.ok(&["history"], None);
+    assert!(shown.contains("pair eager"), "{shown}");
+
+    // The pairs file holds no secret and is private.
+    let saved = std::fs::read_to_string(c.path("config/pairs.toml")).expect("pairs.toml");
+    assert!(saved.contains("[pairs.calm]") && !saved.contains(secret), "{saved}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(c.path("config/pairs.toml")).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // Bad input is refused with what to change.
+    for (args, says) in [
+        (vec!["pair", "create", "x1", "--from", src_s, "--to", "rl:x", "--every", "5s"], "--every"),
+        (vec!["pair", "create", "x2", "--from", src_s, "--to", "nas:x"], "not a saved connection"),
+        (vec!["pair", "create", "x3", "--from", src_s, "--to", "rl:x", "--bwlimit", "fast"], "--bwlimit"),
+        (
+            vec!["pair", "create", "x4", "--from", src_s, "--to", "rl:x", "--max-requests-per-second", "0"],
+            "more than 0",
+        ),
+        (vec!["pair", "create", "x5", "--from", src_s, "--to", "rl:x", "--concurrency", "0"], "--concurrency"),
+        (vec!["pair", "create", "calm", "--from", src_s, "--to", "rl:x"], "--replace"),
+        (
+            vec!["pair", "create", "x6", "--from", &c.path("nowhere").to_string_lossy(), "--to", "rl:x"],
+            "does not exist",
+        ),
+        (vec!["pair", "run", "nope"], "no pair named"),
+    ] {
+        let err = c.fails(&args, None);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+
+    // Removing one, then clearing them all.
+    c.ok(&["pair", "remove", "calm"], None);
+    assert!(c.fails(&["pair", "run", "calm"], None).contains("no pair named"));
+    assert_eq!(files_under(&served.join("calm")).len(), 24, "the copied files stay");
+    c.ok(&["local", "clear", "--pairs"], None);
+    assert_eq!(c.json(&["pair", "list"]), serde_json::json!([]));
+    drop(peer);
 }

@@ -1,13 +1,15 @@
 //! Connections to storage accounts the user controls (S3 and R2, SFTP, FTP/FTPS, WebDAV), through Apache
-//! OpenDAL with retry, concurrency, bandwidth, timeout and logging layers; and listing, copying, mirroring and
+//! OpenDAL with retry, concurrency, timeout and logging layers and a pace (request-rate and bandwidth caps that slow down when a remote pushes back); and listing, copying, mirroring and
 //! deleting between any two of them and local folders. Secrets are never held here beyond the call that
 //! builds an operator: the caller keeps them in the OS credential store.
 
 mod error;
 pub mod names;
+pub mod pace;
 mod spec;
 pub mod transfer;
 
 pub use error::Error;
+pub use pace::{Caps, Pace, PaceReport};
 pub use spec::{Connection, Kind, Limits, MAX_NAME_LEN, check_name};
 pub use transfer::{Entry, Listing, Location, Options, Summary};

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opendal::Operator;
-use opendal::layers::{ConcurrentLimitLayer, LoggingLayer, RetryLayer, ThrottleLayer, TimeoutLayer};
+use opendal::layers::{ConcurrentLimitLayer, LoggingLayer, RetryLayer, TimeoutLayer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::pace::{Pace, PacedTransport};
 
 /// Longest accepted connection name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -145,19 +146,20 @@ pub struct Connection {
 }
 
 /// Limits applied to every request of an operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Files transferred at once (each with up to two requests in flight).
     pub concurrency: usize,
-    /// Bytes per second, when capped.
-    pub bandwidth: Option<u32>,
     /// How often a failed request is retried (with exponential back-off and jitter).
     pub retries: usize,
+    /// The run's pace (request rate and bandwidth caps, slowing down when pushed back), when it has one. For
+    /// HTTP services every request is paced here; bytes and FTP/SFTP operations are paced by the copy.
+    pub pace: Option<Pace>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { concurrency: 4, bandwidth: None, retries: 5 }
+        Self { concurrency: 4, retries: 5, pace: None }
     }
 }
 
@@ -421,12 +423,17 @@ impl Connection {
             }
         };
         let op = match http {
-            Some(client) => op.with_context(opendal::OperationContext::new().with_http_transport(
-                opendal::HttpTransporter::new(opendal_http_transport_reqwest::ReqwestTransport::new(client)),
-            )),
+            Some(client) => {
+                let transport = opendal_http_transport_reqwest::ReqwestTransport::new(client);
+                let transporter = match &limits.pace {
+                    Some(pace) => opendal::HttpTransporter::new(PacedTransport::new(transport, pace.clone())),
+                    None => opendal::HttpTransporter::new(transport),
+                };
+                op.with_context(opendal::OperationContext::new().with_http_transport(transporter))
+            }
             None => op,
         };
-        let op = op
+        Ok(op
             .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)).with_io_timeout(Duration::from_secs(60)))
             .layer(
                 RetryLayer::new()
@@ -438,11 +445,7 @@ impl Connection {
             // Files in flight are capped by the caller (`Limits::concurrency`); each holds a reader and a writer
             // and may stat or rename, so the operation cap leaves room for that and can never deadlock them.
             .layer(ConcurrentLimitLayer::new(limits.concurrency.max(1) * 4))
-            .layer(LoggingLayer::default());
-        Ok(match limits.bandwidth {
-            Some(bytes) => op.layer(ThrottleLayer::new(bytes.max(1), bytes.max(8 << 20))),
-            None => op,
-        })
+            .layer(LoggingLayer::default()))
     }
 
     /// The HTTP client for HTTP-based kinds: certificates verified against the system's roots, or only the

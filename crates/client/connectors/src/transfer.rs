@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::Error;
 use crate::names::{Unsafe, local_relative};
+use crate::pace::Pace;
 
 /// Most entries one listing may hold.
 pub const MAX_ENTRIES: usize = 1_000_000;
@@ -292,6 +293,9 @@ pub struct Options {
     pub concurrency: usize,
     /// Called with the bytes transferred as they go.
     pub progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    /// Caps on bandwidth and request rate (a sync pair's); the same pace is given to the connections' operators
+    /// through [`crate::Limits`], which pace each HTTP request.
+    pub pace: Option<Pace>,
 }
 
 impl std::fmt::Debug for Options {
@@ -301,6 +305,7 @@ impl std::fmt::Debug for Options {
             .field("dry_run", &self.dry_run)
             .field("remove_source", &self.remove_source)
             .field("concurrency", &self.concurrency)
+            .field("pace", &self.pace.as_ref().map(Pace::caps))
             .finish_non_exhaustive()
     }
 }
@@ -438,10 +443,16 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
         summary.deleted = delete;
         return Ok(summary);
     }
+    // FTP and SFTP requests are not seen one by one: there, each file copied or deleted is paced as one.
+    let per_file = opts.pace.as_ref().filter(|_| [src, dst].iter().any(|l| paced_per_file(l)));
     let results: Vec<_> = futures_util::stream::iter(todo.into_iter().map(|(entry, to)| {
         let (src_root, dst_root) = (&src_root, &dst_root);
         async move {
             let from = child(src_root, &entry.path);
+            if let Some(pace) = per_file {
+                pace.request().await;
+            }
+            let sent = tokio::time::Instant::now();
             let result = async {
                 if let Location::Local(root) = dst_root {
                     no_symlink_on_the_way(root, &to)?;
@@ -453,6 +464,11 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
                 Ok::<_, Error>(())
             }
             .await;
+            if let (Some(pace), Err(e)) = (per_file, &result)
+                && e.is_retryable()
+            {
+                pace.pushed_back(sent, None);
+            }
             (entry, to, result)
         }
     }))
@@ -471,6 +487,9 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
     summary.copied.sort();
     if summary.errors.is_empty() {
         for path in delete {
+            if let Some(pace) = per_file {
+                pace.request().await;
+            }
             match remove(&child(&dst_root, &path)).await {
                 Ok(()) => summary.deleted.push(path),
                 Err(e) => summary.errors.push(Failure { path, error: e.to_string() }),
@@ -483,6 +502,11 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
         });
     }
     Ok(summary)
+}
+
+/// Whether a location's requests are paced per file (FTP, SFTP) rather than per HTTP request.
+fn paced_per_file(loc: &Location) -> bool {
+    matches!(loc, Location::Remote { op, .. } if matches!(op.info().scheme(), "ftp" | "sftp"))
 }
 
 /// Refuses a move or a mirror whose source and destination overlap (one is the other or inside it): a move
@@ -687,6 +711,28 @@ async fn transfer(
     opts: &Options,
 ) -> Result<(), Error> {
     let mut stream = source(from).await?;
+    if let (Some(pace), Some(piece)) = (&opts.pace, opts.pace.as_ref().and_then(Pace::piece)) {
+        // Under a bandwidth cap, data goes in small pieces, each paid for before it goes.
+        let pace = pace.clone();
+        stream = stream
+            .flat_map(move |chunk| {
+                let pieces: Vec<Result<Bytes, Error>> = match chunk {
+                    Ok(c) => (0..c.len()).step_by(piece).map(|at| Ok(c.slice(at..c.len().min(at + piece)))).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures_util::stream::iter(pieces)
+            })
+            .then(move |chunk| {
+                let pace = pace.clone();
+                async move {
+                    if let Ok(c) = &chunk {
+                        pace.bytes(c.len() as u64).await;
+                    }
+                    chunk
+                }
+            })
+            .boxed();
+    }
     let tick = |n: usize| {
         if let Some(p) = &opts.progress {
             p(n as u64);

@@ -376,34 +376,65 @@ pub enum Verb {
     Move,
 }
 
+/// How a transfer runs: what it does and under which limits.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Copy, mirror or move.
+    pub verb: Verb,
+    /// Mirror: delete destination files the source lacks.
+    pub delete: bool,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Show progress bars and spinners (on a terminal).
+    pub progress: bool,
+    /// Concurrency, retries and the pace.
+    pub limits: Limits,
+    /// The sync pair this run belongs to, for the history.
+    pub pair: Option<String>,
+}
+
 /// `copy`, one-way `sync` and `move` between local paths and connections.
 ///
 /// # Errors
 /// Unknown connection, listing failure, or files that failed (listed first).
 pub async fn transfer(src: &str, dst: &str, verb: Verb, delete: bool, dry_run: bool, json: bool) -> Result<()> {
+    let run = Run { verb, delete, dry_run, progress: !json, limits: Limits::default(), pair: None };
+    let (summary, from) = execute(src, dst, &run).await?;
+    report(&summary, verb, &from, json)
+}
+
+/// Runs a transfer, with progress while it goes, and records it in the history. Returns what it did and the
+/// source, for the report.
+///
+/// # Errors
+/// Unknown connection, listing failure (failed files are in the summary).
+pub async fn execute(src: &str, dst: &str, run: &Run) -> Result<(Summary, Location)> {
     let saved = Connections::load()?;
-    let limits = Limits::default();
-    let from = Target::parse(src, &saved).location(&saved, &limits)?;
-    let to = Target::parse(dst, &saved).location(&saved, &limits)?;
-    let bar = progress::bar(!json, 0);
+    let limits = &run.limits;
+    let from = Target::parse(src, &saved).location(&saved, limits)?;
+    let to = Target::parse(dst, &saved).location(&saved, limits)?;
+    let bar = progress::bar(run.progress, 0);
     bar.set_message("copying");
     let tick = bar.clone();
     let opts = Options {
-        delete: verb == Verb::Mirror && delete,
-        dry_run,
-        remove_source: verb == Verb::Move,
+        delete: run.verb == Verb::Mirror && run.delete,
+        dry_run: run.dry_run,
+        remove_source: run.verb == Verb::Move,
         concurrency: limits.concurrency,
         progress: Some(Arc::new(move |n| tick.inc(n))),
+        pace: limits.pace.clone(),
     };
-    let command = match verb {
-        Verb::Copy => "copy",
-        Verb::Mirror => "sync",
-        Verb::Move => "move",
+    let command = match (&run.pair, run.verb) {
+        (Some(_), _) => "pair",
+        (None, Verb::Copy) => "copy",
+        (None, Verb::Mirror) => "sync",
+        (None, Verb::Move) => "move",
     };
-    let (mut run, began) = history::Run::start(command, src, dst);
-    run.dry_run = dry_run;
+    let (mut record, began) = history::Run::start(command, src, dst);
+    record.dry_run = run.dry_run;
+    record.pair.clone_from(&run.pair);
     // Listing both sides of a big tree takes a while: a spinner until the bytes to copy are known.
-    let listing = progress::spinner(!json, &format!("listing {} and {}…", from.label(), to.label()));
+    let listing = progress::spinner(run.progress, &format!("listing {} and {}…", from.label(), to.label()));
     let result = transfer::copy(&from, &to, &opts, |bytes| {
         listing.finish_and_clear();
         bar.set_length(bytes);
@@ -412,14 +443,21 @@ pub async fn transfer(src: &str, dst: &str, verb: Verb, delete: bool, dry_run: b
     listing.finish_and_clear();
     progress::end(&bar, &result);
     match &result {
-        Ok(s) => run.absorb(s),
-        Err(e) => run.fail(e.to_string()),
+        Ok(s) => record.absorb(s),
+        Err(e) => record.fail(e.to_string()),
     }
-    history::record(run, began);
-    report(&result?, verb, &from, json)
+    if let Some(pace) = &limits.pace {
+        record.slowdowns = pace.report().slowdowns;
+    }
+    history::record(record, began);
+    Ok((result?, from))
 }
 
-fn report(s: &Summary, verb: Verb, from: &Location, json: bool) -> Result<()> {
+/// Prints what a transfer did (warnings and errors on stderr), and fails when files failed.
+///
+/// # Errors
+/// Some files failed.
+pub fn report(s: &Summary, verb: Verb, from: &Location, json: bool) -> Result<()> {
     for r in &s.refused {
         eprintln!("warning: skipped the name {:?} that {} listed: {}", r.name, from.label(), r.reason);
     }

@@ -26,7 +26,7 @@ pub struct Run {
     pub started: i64,
     /// How long it took, in milliseconds.
     pub millis: u64,
-    /// `copy`, `sync`, `move` or `delete`.
+    /// `copy`, `sync`, `move`, `delete` or `pair`.
     pub command: String,
     /// Source as typed.
     pub src: String,
@@ -49,6 +49,16 @@ pub struct Run {
     /// Whether it was a dry run.
     #[serde(default)]
     pub dry_run: bool,
+    /// The sync pair this run was (`pair run`, `pair daemon`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
+    /// Times a remote pushed back (429, 503, timeouts) and the run slowed down.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slowdowns: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Run {
@@ -69,6 +79,8 @@ impl Run {
             failed: 0,
             errors: Vec::new(),
             dry_run: false,
+            pair: None,
+            slowdowns: 0,
         };
         (run, std::time::Instant::now())
     }
@@ -157,7 +169,11 @@ pub fn show(limit: usize, json: bool) -> Result<()> {
         .iter()
         .map(|r| {
             let when = time::OffsetDateTime::from_unix_timestamp(r.started).map(date).unwrap_or_default();
-            let what = if r.dry_run { format!("{} (dry run)", r.command) } else { r.command.clone() };
+            let what = match &r.pair {
+                Some(pair) => format!("pair {pair}"),
+                None => r.command.clone(),
+            };
+            let what = if r.dry_run { format!("{what} (dry run)") } else { what };
             vec![
                 when,
                 what,
@@ -174,16 +190,20 @@ pub fn show(limit: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `local clear [--history] [--connections] [--all]`.
+/// `local clear [--history] [--connections] [--pairs] [--all]`.
 ///
 /// # Errors
 /// Nothing chosen, or files or secrets that cannot be removed.
-pub fn clear(history: bool, connections: bool, all: bool) -> Result<()> {
-    if !(history || connections || all) {
+pub fn clear(history: bool, connections: bool, pairs: bool, all: bool) -> Result<()> {
+    if !(history || connections || pairs || all) {
         bail!(
             "say what to clear: --history (the transfer history), --connections (saved connections and their \
-             secrets in the OS credential store) or --all (both)"
+             secrets in the OS credential store), --pairs (saved sync pairs) or --all (all of them)"
         );
+    }
+    if pairs || all {
+        let n = super::pairs::forget_all()?;
+        eprintln!("Removed {n} sync pair(s).");
     }
     if connections || all {
         let n = super::connections::forget_all()?;

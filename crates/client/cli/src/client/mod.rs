@@ -12,6 +12,7 @@ pub mod history;
 pub mod keys;
 pub mod mfa;
 mod output;
+pub mod pairs;
 pub mod share;
 mod sync;
 
