@@ -145,8 +145,10 @@ pub enum Command {
     /// go to the config file, secrets to the OS credential store.
     #[command(subcommand)]
     Connection(ConnectionCmd),
-    /// Copy new and changed files from SRC to DST: local paths and NAME:PATH on saved connections. A folder's
-    /// contents go into DST; files DST already has (same size, not older) are skipped.
+    /// Copy new and changed files from SRC to DST: local paths, NAME:PATH on saved connections, and
+    /// WORKSPACE:PATH (local to workspace is a push, workspace to local a pull; between a workspace and a
+    /// connection through a staging folder). A folder's contents go into DST; files DST already has (same size,
+    /// not older) are skipped.
     Copy {
         /// Source: a local path or NAME:PATH.
         src: String,
@@ -738,8 +740,8 @@ pub enum ConnectionCmd {
 pub struct ConnectionAddArgs {
     /// Name used as NAME:PATH (letters, digits, '-', '_', '.').
     pub name: String,
-    /// Storage type: s3, r2, sftp, ftp, ftps, webdav (synology, dropbox, onedrive, pcloud and cloudsync are
-    /// not available yet).
+    /// Storage type: s3, r2, sftp, ftp, ftps, webdav, or cloudsync (a workspace of the logged-in account);
+    /// synology, dropbox, onedrive and pcloud are not available yet.
     #[arg(long = "type", value_name = "TYPE", value_parser = parse_kind)]
     pub kind: cloudsync_connectors::Kind,
     /// s3, webdav: service URL (https://...).

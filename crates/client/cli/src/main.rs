@@ -73,9 +73,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Mfa(cmd) => client::mfa::run(cmd).await,
         Command::Workspace(cmd) => client::workspace_cmd(cmd).await,
         Command::Push { local, remote, passphrase, json } => {
+            let remote = client::connections::workspace_alias(&remote)?;
             client::push(&local, &remote, passphrase.passphrase_stdin, json.json).await
         }
         Command::Pull { remote, local, passphrase, json } => {
+            let remote = client::connections::workspace_alias(&remote)?;
             client::pull(&remote, &local, passphrase.passphrase_stdin, json.json).await
         }
         Command::Sync { local, remote, watch, dry_run, delete, passphrase, json } => {
@@ -89,6 +91,7 @@ async fn run(cli: Cli) -> Result<()> {
                     "--delete is for one-way mirrors with a saved connection (`sync SRC DST`); a two-way sync with a \
                      workspace already sends deletions to the server's trash"
                 );
+                let remote = client::connections::workspace_alias(&remote)?;
                 client::sync(&local, &remote, watch, dry_run, passphrase.passphrase_stdin, json.json).await
             }
         }
@@ -99,6 +102,7 @@ async fn run(cli: Cli) -> Result<()> {
             if client::connections::any_connection(&[&remote])? {
                 client::connections::ls(&remote, recursive, json.json).await
             } else {
+                let remote = client::connections::workspace_alias(&remote)?;
                 client::ls(&remote, passphrase.passphrase_stdin, json.json).await
             }
         }

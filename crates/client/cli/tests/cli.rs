@@ -990,3 +990,50 @@ fn hex_to_16(s: &str) -> [u8; 16] {
     }
     out
 }
+
+#[test]
+fn copy_between_local_folders_workspaces_and_cloudsync_connections() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_srv, alice) = signed_in(tmp.path(), "alice@example.com", true, "Team Docs");
+    alice.ok(&["workspace", "create", "Archive"]);
+    let src = tmp.path().join("src");
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    write(&src.join("a.txt"), b"alpha");
+    write(&src.join("sub/b.bin"), &big);
+    let src_s = src.to_str().expect("utf8");
+
+    // Local to a workspace is a push (and a second copy sends nothing).
+    let up = json(&alice.ok(&["copy", src_s, "Team Docs:in", "--json"]));
+    assert_eq!(up["files_uploaded"], 2, "{up}");
+    let again = json(&alice.ok(&["copy", src_s, "Team Docs:in", "--json"]));
+    assert_eq!(again["files_uploaded"], 0, "{again}");
+
+    // A `cloudsync` connection is another name for a workspace of the account.
+    alice.ok(&["connection", "add", "team", "--type", "cloudsync", "--workspace", "Team Docs"]);
+    alice.ok(&["connection", "test", "team"]);
+    let ls = json(&alice.ok(&["ls", "team:in", "--json"]));
+    let paths: Vec<&str> = ls.as_array().expect("array").iter().map(|f| f["path"].as_str().expect("path")).collect();
+    assert_eq!(paths, ["in/a.txt", "in/sub/b.bin"]);
+
+    // Workspace to workspace goes through a staging folder, removed afterwards.
+    let copied = json(&alice.ok(&["copy", "team:in", "Archive:copy", "--json"]));
+    assert_eq!(copied["files_uploaded"], 2, "{copied}");
+    let staging = alice.home.join("config/state/staging");
+    assert!(!staging.exists() || std::fs::read_dir(&staging).expect("dir").next().is_none(), "staging left behind");
+
+    // A workspace to a local folder is a pull: the files arrive byte-identical.
+    let out = tmp.path().join("out");
+    alice.ok(&["copy", "Archive:copy", out.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read(out.join("a.txt")).expect("a"), b"alpha");
+    assert_eq!(std::fs::read(out.join("sub/b.bin")).expect("b"), big);
+
+    // What is not available says so, and changes nothing.
+    let err = alice.fail(&["move", "team:in", out.to_str().expect("utf8")]);
+    assert!(err.contains("move to or from a workspace"), "{err}");
+    let err = alice.fail(&["copy", "team:in", "Archive:copy", "--dry-run"]);
+    assert!(err.contains("--dry-run"), "{err}");
+    let err = alice.fail(&["connection", "add", "nows", "--type", "cloudsync"]);
+    assert!(err.contains("--workspace"), "{err}");
+    let ls = json(&alice.ok(&["ls", "Team Docs:in", "--json"]));
+    assert_eq!(ls.as_array().expect("array").len(), 2, "the move was refused before anything moved");
+}

@@ -270,10 +270,16 @@ impl Connection {
                     ));
                 }
             }
-            Kind::Synology | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud | Kind::Cloudsync => {
+            Kind::Cloudsync => {
+                let ws = need(self.workspace.as_deref(), "--workspace NAME", kind)?;
+                if ws.contains(':') || ws.len() > 255 {
+                    return Err(Error::Invalid(format!("{ws:?} is not a workspace name (no ':', at most 255 bytes)")));
+                }
+            }
+            Kind::Synology | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud => {
                 return Err(Error::Unsupported(format!(
-                    "{kind} connections are not available in this version yet; s3, r2, sftp, ftp, ftps and webdav are \
-                     (a Synology NAS can be reached through its WebDAV, SFTP or FTPS service)"
+                    "{kind} connections are not available in this version yet; s3, r2, sftp, ftp, ftps, webdav and \
+                     cloudsync are (a Synology NAS can be reached through its WebDAV, SFTP or FTPS service)"
                 )));
             }
         }
@@ -418,9 +424,14 @@ impl Connection {
                     .known_hosts_strategy("add");
                 Operator::new(b)?
             }
-            Kind::Synology | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud | Kind::Cloudsync => {
-                unreachable!("validate() refused it")
+            Kind::Cloudsync => {
+                return Err(Error::Invalid(
+                    "a cloudsync connection names a workspace of the logged-in account; it is used through copy, \
+                     sync and ls, not as storage of its own"
+                        .into(),
+                ));
             }
+            Kind::Synology | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud => unreachable!("validate() refused it"),
         };
         let op = match http {
             Some(client) => {

@@ -100,10 +100,13 @@ impl Target {
         let local = spec.starts_with(['/', '.', '~']) || Path::new(spec).exists();
         match spec.split_once(':') {
             Some((name, path)) if !local && !name.contains(['/', '\\']) && name.len() > 1 => {
-                if saved.connections.contains_key(name) {
-                    Self::Connection { name: name.to_owned(), path: path.to_owned() }
-                } else {
-                    Self::Workspace(spec.to_owned())
+                match saved.connections.get(name) {
+                    // A `cloudsync` connection is another name for a workspace.
+                    Some(c) if c.kind == Kind::Cloudsync => {
+                        Self::Workspace(format!("{}:{path}", c.workspace.as_deref().unwrap_or_default()))
+                    }
+                    Some(_) => Self::Connection { name: name.to_owned(), path: path.to_owned() },
+                    None => Self::Workspace(spec.to_owned()),
                 }
             }
             _ => Self::Local(PathBuf::from(spec)),
@@ -121,12 +124,21 @@ impl Target {
                     label: format!("{name}:{path}"),
                 }
             }
-            Self::Workspace(spec) => bail!(
-                "{spec:?} is not on a saved connection (`cloudsync connection list` shows them); if it names a \
-                 workspace: copying between workspaces and connections is not available yet, use `cloudsync push` \
-                 and `cloudsync pull` with a local folder"
-            ),
+            Self::Workspace(spec) => {
+                bail!("{spec:?} is not on a saved connection (`cloudsync connection list` shows them) nor a local path")
+            }
         })
+    }
+}
+
+impl Target {
+    /// How the user wrote it (a workspace as `WORKSPACE:PATH`).
+    fn label(&self) -> String {
+        match self {
+            Self::Local(p) => p.display().to_string(),
+            Self::Connection { name, path } => format!("{name}:{path}"),
+            Self::Workspace(spec) => spec.clone(),
+        }
     }
 }
 
@@ -135,6 +147,19 @@ fn check_remote_path(path: &str) -> Result<()> {
         bail!("{path:?} is not a valid remote path: it must not contain '..' or NUL (and at most 4096 bytes)");
     }
     Ok(())
+}
+
+/// `spec` with a `cloudsync` connection's name replaced by its workspace (`team:docs` -> `Team Docs:docs`);
+/// anything else as it is.
+///
+/// # Errors
+/// An unreadable connections file.
+pub fn workspace_alias(spec: &str) -> Result<String> {
+    let saved = Connections::load()?;
+    Ok(match Target::parse(spec, &saved) {
+        Target::Workspace(ws) => ws,
+        _ => spec.to_owned(),
+    })
 }
 
 /// Whether any of `specs` names a saved connection (`NAME:PATH`).
@@ -230,6 +255,7 @@ fn place(c: &Connection) -> String {
             )
         }
         Kind::Webdav => c.endpoint.clone().unwrap_or_default(),
+        Kind::Cloudsync => format!("workspace {:?}", c.workspace.as_deref().unwrap_or_default()),
         _ => {
             let user = c.user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
             let port = c.port.map(|p| format!(":{p}")).unwrap_or_default();
@@ -287,9 +313,17 @@ fn show(name: &str, json: bool) -> Result<()> {
 
 async fn test(name: &str, json: bool) -> Result<()> {
     let saved = Connections::load()?;
-    let op = saved.operator(name, &Limits { retries: 1, ..Limits::default() })?;
     let started = std::time::Instant::now();
-    let result = op.check().await;
+    let conn = saved.get(name)?;
+    let result = if conn.kind == Kind::Cloudsync {
+        let ws = conn.workspace.as_deref().unwrap_or_default();
+        super::files::resolve(&format!("{ws}:"))
+            .await
+            .with_context(|| format!("connection {name:?} failed its test"))?;
+        Ok(())
+    } else {
+        saved.operator(name, &Limits { retries: 1, ..Limits::default() })?.check().await
+    };
     let ms = started.elapsed().as_millis();
     match result {
         Ok(()) => {
@@ -398,9 +432,100 @@ pub struct Run {
 /// # Errors
 /// Unknown connection, listing failure, or files that failed (listed first).
 pub async fn transfer(src: &str, dst: &str, verb: Verb, delete: bool, dry_run: bool, json: bool) -> Result<()> {
+    let saved = Connections::load()?;
+    let (from, to) = (Target::parse(src, &saved), Target::parse(dst, &saved));
+    if matches!(from, Target::Workspace(_)) || matches!(to, Target::Workspace(_)) {
+        return with_workspace(from, to, verb, delete || dry_run, json, &saved).await;
+    }
     let run = Run { verb, delete, dry_run, progress: !json, limits: Limits::default(), pair: None };
     let (summary, from) = execute(src, dst, &run).await?;
     report(&summary, verb, &from, json)
+}
+
+/// Removes a staging folder when dropped.
+struct Stage(PathBuf);
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A copy with a workspace on one side (or both): local to workspace is a push, workspace to local a pull,
+/// and between a workspace and a connection (or two workspaces) the files go through a staging folder in the
+/// state directory, removed afterwards. The workspace side keeps its versions and trash.
+async fn with_workspace(
+    from: Target,
+    to: Target,
+    verb: Verb,
+    mirror_or_plan: bool,
+    json: bool,
+    saved: &Connections,
+) -> Result<()> {
+    if verb == Verb::Move {
+        bail!(
+            "move to or from a workspace is not available: copy, then delete the source (a workspace's files go \
+             to its trash with `cloudsync rm WORKSPACE:PATH`)"
+        );
+    }
+    if mirror_or_plan {
+        bail!(
+            "--delete and --dry-run are not available with a workspace on one side; the two-way `cloudsync sync \
+             LOCAL_DIR WORKSPACE` sends deletions to the trash, and `cloudsync status LOCAL_DIR` shows what it would do"
+        );
+    }
+    let (from_ws, to_ws) = match (&from, &to) {
+        (Target::Local(p), Target::Workspace(ws)) => return super::files::push(p, ws, false, json).await,
+        (Target::Workspace(ws), Target::Local(p)) => return super::files::pull(ws, p, false, json).await,
+        _ => (&from, &to),
+    };
+    let stage = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        Stage(super::config::state_dir().join("staging").join(format!("{:016x}", h.finish())))
+    };
+    std::fs::create_dir_all(&stage.0).with_context(|| format!("cannot create {}", stage.0.display()))?;
+    #[cfg(unix)]
+    std::fs::set_permissions(&stage.0, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("cannot protect {}", stage.0.display()))?;
+    let limits = Limits::default();
+    let quiet = |loc: Location, to: Location| async move {
+        let opts = Options { concurrency: limits.concurrency, ..Options::default() };
+        let s = transfer::copy(&loc, &to, &opts, |_| {}).await?;
+        if let Some(f) = s.errors.first() {
+            bail!("{} file(s) failed, the first: {}: {}", s.errors.len(), f.path, f.error);
+        }
+        Ok::<_, anyhow::Error>(s)
+    };
+    let staged = Location::Local(stage.0.clone());
+    // Into the staging folder.
+    match from_ws {
+        Target::Workspace(ws) => {
+            super::files::pull_summary(ws, &stage.0, false).await?;
+        }
+        other => {
+            let s = quiet(other.location(saved, &limits)?, staged.clone()).await?;
+            for r in &s.refused {
+                eprintln!("warning: skipped the name {:?}: {}", r.name, r.reason);
+            }
+        }
+    }
+    // Out of it.
+    match to_ws {
+        Target::Workspace(ws) => super::files::push(&stage.0, ws, false, json).await,
+        other => {
+            let dst = other.location(saved, &limits)?;
+            let (mut record, began) = history::Run::start("copy", &from.label(), &to.label());
+            let result = quiet(staged.clone(), dst).await;
+            match &result {
+                Ok(s) => record.absorb(s),
+                Err(e) => record.fail(e.to_string()),
+            }
+            history::record(record, began);
+            report(&result?, Verb::Copy, &staged, json)
+        }
+    }
 }
 
 /// Runs a transfer, with progress while it goes, and records it in the history. Returns what it did and the

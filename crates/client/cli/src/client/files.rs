@@ -52,7 +52,7 @@ fn options() -> TransferOptions {
 /// Prints what a transfer did. `conflicts_fail` is true for a push, whose conflicted files were not uploaded
 /// (an error the user must act on); a pull's conflicts are local copies kept beside the download, which are
 /// listed but are not a failure.
-fn report(verb: &str, s: &TransferSummary, json: bool, conflicts_fail: bool) -> Result<()> {
+pub(crate) fn report(verb: &str, s: &TransferSummary, json: bool, conflicts_fail: bool) -> Result<()> {
     if json {
         print_json(s)?;
     } else {
@@ -98,18 +98,40 @@ pub(crate) fn print_summary(verb: &str, s: &TransferSummary) {
     );
 }
 
+/// Uploads a local folder or file to `WORKSPACE[:PATH]` and returns what it did (printing nothing).
+///
+/// # Errors
+/// Unreadable local files, server errors.
+pub async fn push_summary(local: &Path, remote: &str, passphrase_stdin: bool) -> Result<TransferSummary> {
+    let (client, w, path) = resolve(remote).await?;
+    Ok(if w.e2e_encryption {
+        let access = super::e2ee::file_access(&client, &w, passphrase_stdin).await?;
+        cloudsync_sync::e2ee_push(&client, w.id, local, &path, access, &options()).await?
+    } else {
+        cloudsync_sync::push(&client, w.id, local, &path, &options()).await?
+    })
+}
+
+/// Downloads `WORKSPACE[:PATH]` into a local folder and returns what it did (printing nothing).
+///
+/// # Errors
+/// Server errors, integrity failures, or unwritable local paths.
+pub async fn pull_summary(remote: &str, local: &Path, passphrase_stdin: bool) -> Result<TransferSummary> {
+    let (client, w, path) = resolve(remote).await?;
+    Ok(if w.e2e_encryption {
+        let access = super::e2ee::file_access(&client, &w, passphrase_stdin).await?;
+        cloudsync_sync::e2ee_pull(&client, w.id, &path, local, access, &options()).await?
+    } else {
+        cloudsync_sync::pull(&client, w.id, &path, local, &options()).await?
+    })
+}
+
 /// `cloudsync push LOCAL WORKSPACE[:PATH]`.
 ///
 /// # Errors
 /// Unreadable local files, server errors, or conflicts.
 pub async fn push(local: &Path, remote: &str, passphrase_stdin: bool, json: bool) -> Result<()> {
-    let (client, w, path) = resolve(remote).await?;
-    let s = if w.e2e_encryption {
-        let access = super::e2ee::file_access(&client, &w, passphrase_stdin).await?;
-        cloudsync_sync::e2ee_push(&client, w.id, local, &path, access, &options()).await?
-    } else {
-        cloudsync_sync::push(&client, w.id, local, &path, &options()).await?
-    };
+    let s = push_summary(local, remote, passphrase_stdin).await?;
     report("push", &s, json, true)
 }
 
@@ -119,13 +141,7 @@ pub async fn push(local: &Path, remote: &str, passphrase_stdin: bool, json: bool
 /// # Errors
 /// Server errors, integrity failures, or unwritable local paths.
 pub async fn pull(remote: &str, local: &Path, passphrase_stdin: bool, json: bool) -> Result<()> {
-    let (client, w, path) = resolve(remote).await?;
-    let s = if w.e2e_encryption {
-        let access = super::e2ee::file_access(&client, &w, passphrase_stdin).await?;
-        cloudsync_sync::e2ee_pull(&client, w.id, &path, local, access, &options()).await?
-    } else {
-        cloudsync_sync::pull(&client, w.id, &path, local, &options()).await?
-    };
+    let s = pull_summary(remote, local, passphrase_stdin).await?;
     report("pull", &s, json, false)
 }
 
