@@ -654,7 +654,7 @@ fn sftp_connector_against_openssh_with_the_host_key_pinned() {
 }
 
 /// Sync pairs against a WebDAV server that protects itself (429 with Retry-After past 20 requests in a second):
-/// a pair capped below that is never refused and every request it makes is paced; a pair without a cap is
+/// a pair capped at 12 is never refused and every request it makes is paced; a pair without a cap is
 /// refused, slows down and still copies everything. Also: the bandwidth cap, the run lock, the schedule
 /// (`pair daemon --once`), a failed pair retried sooner, the history, and bad input. (The connection has a name
 /// of its own: the tests share one credential store.)
@@ -684,7 +684,7 @@ fn pairs_pace_themselves_against_a_server_that_rate_limits() {
 
     // Capped below the server's limit: never refused, and every request was paced (the server admitted
     // exactly as many as the pace let through).
-    c.ok(&["pair", "create", "calm", "--from", src_s, "--to", "rl:calm", "--max-requests-per-second", "14"], None);
+    c.ok(&["pair", "create", "calm", "--from", src_s, "--to", "rl:calm", "--max-requests-per-second", "12"], None);
     let before = stats();
     let calm = c.json(&["pair", "run", "calm"]);
     let after = stats();
@@ -700,7 +700,8 @@ fn pairs_pace_themselves_against_a_server_that_rate_limits() {
     let eager = c.json(&["pair", "run", "eager"]);
     assert_eq!(count(&eager, "copied"), 24, "{eager}");
     assert_eq!(count(&eager, "errors"), 0, "{eager}");
-    assert!(eager["slowdowns"].as_u64().expect("n") > 0, "the server refused some requests: {eager}");
+    assert!(eager["pushbacks"].as_u64().expect("n") > 0, "the server refused some requests: {eager}");
+    assert!(eager["slowdowns"].as_u64().expect("n") > 0, "and the run slowed down: {eager}");
     assert!(stats()["refused"].as_u64() > after["refused"].as_u64(), "{}", stats());
     assert_eq!(files_under(&served.join("eager")), files_under(&src));
 
@@ -760,6 +761,7 @@ fn pairs_pace_themselves_against_a_server_that_rate_limits() {
     std::fs::remove_dir(&vanishing).expect("rmdir");
     let log = String::from_utf8(c.run(&["pair", "daemon", "--once"], None).stderr).expect("utf8");
     assert!(log.contains("pair broken: FAILED") && log.contains("does not exist"), "{log}");
+    assert!(log.contains("1 pair run(s) failed"), "cron sees the failure in the exit status: {log}");
     let broken = c.json(&["pair", "list"]).as_array().expect("pairs").iter().find(|p| p["name"] == "broken").cloned();
     let broken = broken.expect("broken");
     assert_eq!(broken["last_ok"], false, "{broken}");
@@ -786,14 +788,16 @@ fn pairs_pace_themselves_against_a_server_that_rate_limits() {
     }
 
     // Bad input is refused with what to change.
+    let inner = format!("{src_s}/inner");
     for (args, says) in [
         (vec!["pair", "create", "x1", "--from", src_s, "--to", "rl:x", "--every", "5s"], "--every"),
         (vec!["pair", "create", "x2", "--from", src_s, "--to", "nas:x"], "not a saved connection"),
         (vec!["pair", "create", "x3", "--from", src_s, "--to", "rl:x", "--bwlimit", "fast"], "--bwlimit"),
         (
-            vec!["pair", "create", "x4", "--from", src_s, "--to", "rl:x", "--max-requests-per-second", "0"],
-            "more than 0",
+            vec!["pair", "create", "x4", "--from", src_s, "--to", "rl:x", "--max-requests-per-second", "1e-30"],
+            "from 0.2",
         ),
+        (vec!["pair", "create", "x7", "--from", src_s, "--to", &inner], "overlap"),
         (vec!["pair", "create", "x5", "--from", src_s, "--to", "rl:x", "--concurrency", "0"], "--concurrency"),
         (vec!["pair", "create", "calm", "--from", src_s, "--to", "rl:x"], "--replace"),
         (

@@ -2,10 +2,11 @@
 //!
 //! One [`Pace`] is shared by everything a run does: requests wait for a slot under the request-rate cap, and
 //! bytes copied wait under the bandwidth cap. When a remote pushes back (HTTP 429 or 503, a timeout) the pace
-//! halves its request rate and waits out the remote's `Retry-After`; each request that then succeeds raises the
-//! rate again by 5%, up to the cap. Push-backs to requests sent before the last slow-down do not halve the
-//! rate again (they answer the same burst). Without a cap the first push-back sets the rate to half of what
-//! was sent in the last second, and the pace returns to "no cap" once it has climbed far enough.
+//! halves its request rate and waits out the remote's `Retry-After`; requests already waiting for a slot wait
+//! again under the new rate. While requests keep succeeding the rate rises by 5% a second, up to the cap.
+//! Push-backs to requests booked before the last slow-down do not halve the rate again (they answer the same
+//! burst). Without a cap the first push-back sets the rate to half of what was sent in the last second, and
+//! the pace returns to "no cap" once it has climbed far enough.
 //!
 //! For HTTP services (S3, R2, WebDAV) every HTTP request is paced, in the transport ([`PacedTransport`]); FTP
 //! and SFTP have no requests of that kind to see, so there each file copied or deleted counts as one.
@@ -26,8 +27,11 @@ const MAX_PAUSE: Duration = Duration::from_secs(300);
 const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 /// How far back requests are counted to measure the rate sent (for the first slow-down without a cap).
 const WINDOW: Duration = Duration::from_secs(1);
-/// How often the transport sends a request again that a remote pushed back (429, 503), waiting each time.
-const PUSHBACK_RETRIES: u32 = 8;
+/// How often the transport sends a request again that a remote pushed back, waiting each time.
+const PUSHBACK_RETRIES: u32 = 4;
+/// Longest one HTTP request may take, from sending to the response's headers (the wait for a slot is not
+/// counted); past it the request fails as temporary and the pace slows down.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The caps of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -50,9 +54,12 @@ struct State {
     paused_until: Instant,
     /// Start times of recent requests, to measure the rate sent.
     recent: std::collections::VecDeque<Instant>,
-    /// When the rate was last halved.
-    last_decrease: Option<Instant>,
+    /// Bumped at each halving: a request booked under an older epoch answers an older burst.
+    epoch: u64,
+    /// When the rate was last raised.
+    last_increase: Instant,
     requests: u64,
+    pushbacks: u64,
     slowdowns: u64,
 }
 
@@ -68,7 +75,9 @@ pub struct Pace {
 pub struct PaceReport {
     /// Requests paced.
     pub requests: u64,
-    /// Times a remote pushed back (429, 503, timeout) and the pace slowed down.
+    /// Requests a remote pushed back (429, 502, 503, 504, timeouts).
+    pub pushbacks: u64,
+    /// Times the pace halved its rate (once per burst of push-backs).
     pub slowdowns: u64,
 }
 
@@ -86,8 +95,10 @@ impl Pace {
             next_byte: now,
             paused_until: now,
             recent: std::collections::VecDeque::new(),
-            last_decrease: None,
+            epoch: 0,
+            last_increase: now,
             requests: 0,
+            pushbacks: 0,
             slowdowns: 0,
         };
         Self { caps, state: Arc::new(Mutex::new(state)) }
@@ -97,23 +108,32 @@ impl Pace {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits for a request slot.
-    pub async fn request(&self) {
-        let at = {
+    /// Waits for a request slot, and returns the epoch it was booked in (for [`Pace::pushed_back`]). A push-back
+    /// while it waits sends it to the back of the new, slower queue.
+    pub async fn request(&self) -> u64 {
+        loop {
+            let (at, epoch) = {
+                let mut s = self.lock();
+                let now = Instant::now();
+                let at = s.next_request.max(s.paused_until).max(now);
+                if let Some(rate) = s.rate {
+                    s.next_request = at + Duration::from_secs_f64(1.0 / rate);
+                }
+                (at, s.epoch)
+            };
+            tokio::time::sleep_until(at).await;
             let mut s = self.lock();
-            let now = Instant::now();
-            let at = s.next_request.max(s.paused_until).max(now);
-            if let Some(rate) = s.rate {
-                s.next_request = at + Duration::from_secs_f64(1.0 / rate);
+            if s.epoch != epoch || s.paused_until > Instant::now() {
+                continue; // pushed back while waiting: book again
             }
+            let now = Instant::now();
             s.requests += 1;
             while s.recent.front().is_some_and(|t| now.duration_since(*t) > WINDOW) {
                 s.recent.pop_front();
             }
-            s.recent.push_back(at);
-            at
-        };
-        tokio::time::sleep_until(at).await;
+            s.recent.push_back(now);
+            return epoch;
+        }
     }
 
     /// Waits until `n` more bytes may be sent under the bandwidth cap (they are paid for before they go, so
@@ -137,15 +157,15 @@ impl Pace {
         Some(usize::try_from(cap / 8).unwrap_or(usize::MAX).clamp(16 << 10, 1 << 20))
     }
 
-    /// A remote pushed back a request sent at `sent`: wait `retry_after` (or a second) before the next request,
-    /// and halve the rate, unless it was halved since that request was sent.
-    pub fn pushed_back(&self, sent: Instant, retry_after: Option<Duration>) {
+    /// A remote pushed back a request booked in `epoch`: wait `retry_after` (or a second) before the next
+    /// request, and halve the rate, unless it was halved since that request was booked.
+    pub fn pushed_back(&self, epoch: u64, retry_after: Option<Duration>) {
         let mut s = self.lock();
         let now = Instant::now();
-        s.slowdowns += 1;
+        s.pushbacks += 1;
         let pause = retry_after.unwrap_or(DEFAULT_PAUSE).min(MAX_PAUSE);
         s.paused_until = s.paused_until.max(now + pause);
-        if s.last_decrease.is_some_and(|d| sent <= d) {
+        if epoch != s.epoch {
             return; // the same burst: already slowed down for it
         }
         let current = s.rate.unwrap_or_else(|| {
@@ -155,14 +175,22 @@ impl Pace {
             (sent / WINDOW.as_secs_f64()).max(MIN_RATE * 2.0)
         });
         s.rate = Some((current / 2.0).max(MIN_RATE));
-        s.last_decrease = Some(now);
+        s.epoch += 1;
+        s.slowdowns += 1;
+        s.last_increase = now;
     }
 
-    /// A request succeeded: raise the rate by 5% (at least a twentieth of a request per second), up to the cap.
+    /// A request succeeded: once a second of successes, raise the rate by 5% (at least a tenth of a request per
+    /// second), up to the cap.
     pub fn succeeded(&self) {
         let mut s = self.lock();
         let Some(rate) = s.rate else { return };
-        let raised = (rate * 1.05).max(rate + 0.05);
+        let now = Instant::now();
+        if now.duration_since(s.last_increase) < Duration::from_secs(1) {
+            return;
+        }
+        s.last_increase = now;
+        let raised = (rate * 1.05).max(rate + 0.1);
         s.rate = match self.caps.requests_per_second {
             Some(cap) => Some(raised.min(cap)),
             None if raised >= UNCAPPED_AGAIN => None,
@@ -183,14 +211,16 @@ impl Pace {
     /// Requests paced and push-backs seen so far.
     pub fn report(&self) -> PaceReport {
         let s = self.lock();
-        PaceReport { requests: s.requests, slowdowns: s.slowdowns }
+        PaceReport { requests: s.requests, pushbacks: s.pushbacks, slowdowns: s.slowdowns }
     }
 }
 
-/// An HTTP transport that paces every request and learns from the answers: 429 and 503 (with their
-/// `Retry-After`) and timeouts slow the pace down, other answers let it speed up again. A request pushed back
-/// with 429 or 503 was not carried out, so it is sent again once the pace allows (up to [`PUSHBACK_RETRIES`]
-/// times): services differ in whether OpenDAL retries those (its WebDAV service does not retry a 429).
+/// An HTTP transport that paces every request and learns from the answers: 429, 502, 503 and 504 (with a
+/// `Retry-After`) and timeouts slow the pace down; 2xx-4xx answers let it speed up again. A request refused
+/// with 429 was not carried out, so it is sent again once the pace allows (up to [`PUSHBACK_RETRIES`] times),
+/// and so is an idempotent one (GET, HEAD, PUT, DELETE, PROPFIND) refused with 503: services differ in
+/// whether OpenDAL retries those (its WebDAV service does not retry a 429). Anything else is left to
+/// OpenDAL's retry layer.
 #[derive(Debug)]
 pub struct PacedTransport<T> {
     inner: T,
@@ -204,29 +234,43 @@ impl<T> PacedTransport<T> {
     }
 }
 
+fn idempotent(method: &http::Method) -> bool {
+    matches!(method.as_str(), "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "PROPFIND")
+}
+
 impl<T: HttpTransport> HttpTransport for PacedTransport<T> {
     async fn fetch(&self, req: http::Request<Buffer>) -> opendal::Result<http::Response<HttpBody>> {
-        let mut pushed_back = 0;
+        let mut resent = 0;
         loop {
-            self.pace.request().await;
-            let sent = Instant::now();
-            // The body is reference-counted: the copy kept for sending again costs no memory.
-            let result = self.inner.fetch(req.clone()).await;
+            let epoch = self.pace.request().await;
+            // The body is reference-counted: the copy kept for sending again costs no memory. The wait for a
+            // slot is not timed; the request is.
+            let result = match tokio::time::timeout(FETCH_TIMEOUT, self.inner.fetch(req.clone())).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.pace.pushed_back(epoch, None);
+                    return Err(opendal::Error::new(
+                        opendal::ErrorKind::Unexpected,
+                        format!("no answer within {} s", FETCH_TIMEOUT.as_secs()),
+                    )
+                    .set_temporary());
+                }
+            };
             match &result {
                 Ok(resp) => {
-                    let status = resp.status();
-                    if status == http::StatusCode::TOO_MANY_REQUESTS || status == http::StatusCode::SERVICE_UNAVAILABLE
-                    {
-                        self.pace.pushed_back(sent, retry_after(resp.headers()));
-                        if pushed_back < PUSHBACK_RETRIES {
-                            pushed_back += 1;
+                    let status = resp.status().as_u16();
+                    if matches!(status, 429 | 502 | 503 | 504) {
+                        self.pace.pushed_back(epoch, retry_after(resp.headers()));
+                        let again = status == 429 || (status == 503 && idempotent(req.method()));
+                        if again && resent < PUSHBACK_RETRIES {
+                            resent += 1;
                             continue;
                         }
-                    } else {
+                    } else if status < 500 {
                         self.pace.succeeded();
                     }
                 }
-                Err(e) if e.is_temporary() => self.pace.pushed_back(sent, None),
+                Err(e) if e.is_temporary() => self.pace.pushed_back(epoch, None),
                 Err(_) => {}
             }
             return result;
@@ -280,8 +324,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn push_back_slows_down_further_then_resumes() {
         let pace = Pace::new(Caps { requests_per_second: Some(20.0), bytes_per_second: None });
-        pace.request().await;
-        let first = Instant::now();
+        let first = pace.request().await;
         pace.pushed_back(first, Some(Duration::from_secs(3)));
         assert_eq!(pace.rate(), Some(10.0));
         // Another answer to the same burst: counted, waited out, not halved again.
@@ -289,32 +332,69 @@ mod tests {
         assert_eq!(pace.rate(), Some(10.0));
         // The remote's Retry-After is waited out.
         let start = Instant::now();
-        pace.request().await;
+        let second = pace.request().await;
         assert!(start.elapsed() >= Duration::from_secs(3), "{:?}", start.elapsed());
-        // A request sent after the slow-down pushed back too: slower still.
-        pace.pushed_back(Instant::now(), None);
+        // A request booked after the slow-down pushed back too: slower still.
+        pace.pushed_back(second, None);
         assert_eq!(pace.rate(), Some(5.0));
         for _ in 0..40 {
-            pace.request().await;
-            pace.pushed_back(Instant::now(), None);
+            let epoch = pace.request().await;
+            pace.pushed_back(epoch, None);
         }
         assert_eq!(pace.rate(), Some(MIN_RATE), "never slower than the floor");
-        // Successes bring it back up, never past the cap.
+        // Successes bring it back up, 5% a second at most, never past the cap.
+        for _ in 0..100 {
+            pace.succeeded();
+        }
+        assert!(pace.rate() < Some(0.4), "not all at once: {:?}", pace.rate());
         for _ in 0..200 {
+            tokio::time::advance(Duration::from_secs(1)).await;
             pace.succeeded();
         }
         assert_eq!(pace.rate(), Some(20.0));
-        assert_eq!(pace.report().slowdowns, 43);
+        let report = pace.report();
+        assert_eq!((report.pushbacks, report.slowdowns), (43, 42));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_waiting_when_pushed_back_wait_again() {
+        let pace = Pace::new(Caps { requests_per_second: Some(10.0), bytes_per_second: None });
+        let epoch = pace.request().await;
+        // Nine requests queue up at 10 a second; then the remote pushes back with Retry-After: 5.
+        let waiting: Vec<_> = (0..9)
+            .map(|_| {
+                let p = pace.clone();
+                tokio::spawn(async move {
+                    let e = p.request().await;
+                    (Instant::now(), e)
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let pushed = Instant::now();
+        pace.pushed_back(epoch, Some(Duration::from_secs(5)));
+        let mut epochs = Vec::new();
+        for w in waiting {
+            let (sent, e) = w.await.expect("task");
+            assert!(sent >= pushed + Duration::from_secs(5), "sent during the pause: {:?}", sent - pushed);
+            epochs.push(e);
+        }
+        // All nine refused as one burst: one more halving, not nine.
+        for e in epochs {
+            pace.pushed_back(e, None);
+        }
+        assert_eq!(pace.rate(), Some(2.5));
     }
 
     #[tokio::test(start_paused = true)]
     async fn without_a_cap_the_first_push_back_halves_what_was_sent() {
         let pace = Pace::new(Caps::default());
         assert_eq!(pace.rate(), None);
+        let mut epoch = 0;
         for _ in 0..40 {
-            pace.request().await; // all at once: 40 in the last second
+            epoch = pace.request().await; // all at once: 40 in the last second
         }
-        pace.pushed_back(Instant::now(), None);
+        pace.pushed_back(epoch, None);
         assert_eq!(pace.rate(), Some(20.0));
         // The pause, then requests at the new rate.
         let start = Instant::now();
@@ -323,7 +403,8 @@ mod tests {
         }
         let took = start.elapsed();
         assert!(took >= Duration::from_secs(2) && took < Duration::from_millis(2050), "{took:?}");
-        for _ in 0..200 {
+        for _ in 0..300 {
+            tokio::time::advance(Duration::from_secs(1)).await;
             pace.succeeded();
         }
         assert_eq!(pace.rate(), None, "uncapped again once far enough up");

@@ -358,7 +358,7 @@ impl Connection {
     }
 
     /// The OpenDAL operator for this connection, with retry (exponential back-off with jitter), concurrency,
-    /// optional bandwidth, timeout and logging layers.
+    /// timeout and logging layers, and for HTTP services the pace of `limits` in the transport.
     ///
     /// # Errors
     /// Invalid settings, a missing secret, an unreadable CA file.
@@ -444,8 +444,14 @@ impl Connection {
             }
             None => op,
         };
+        let (op_timeout, io_timeout) = match limits.pace {
+            Some(_) => (Duration::from_secs(6 * 3600), Duration::from_secs(1800)),
+            None => (Duration::from_secs(120), Duration::from_secs(60)),
+        };
         Ok(op
-            .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)).with_io_timeout(Duration::from_secs(60)))
+            // A paced operation may wait long for its slots (at the slowest pace, minutes), and each HTTP request
+            // is timed in the transport instead, so paced operations get a far limit here.
+            .layer(TimeoutLayer::new().with_timeout(op_timeout).with_io_timeout(io_timeout))
             .layer(
                 RetryLayer::new()
                     .with_jitter()
@@ -480,6 +486,7 @@ impl Connection {
         reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| Error::Invalid(format!("could not set up the HTTP client: {e}")))
     }

@@ -449,10 +449,10 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
         let (src_root, dst_root) = (&src_root, &dst_root);
         async move {
             let from = child(src_root, &entry.path);
-            if let Some(pace) = per_file {
-                pace.request().await;
-            }
-            let sent = tokio::time::Instant::now();
+            let epoch = match per_file {
+                Some(pace) => pace.request().await,
+                None => 0,
+            };
             let result = async {
                 if let Location::Local(root) = dst_root {
                     no_symlink_on_the_way(root, &to)?;
@@ -467,7 +467,7 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
             if let (Some(pace), Err(e)) = (per_file, &result)
                 && e.is_retryable()
             {
-                pace.pushed_back(sent, None);
+                pace.pushed_back(epoch, None);
             }
             (entry, to, result)
         }

@@ -32,6 +32,8 @@ const MAX_CONCURRENCY: usize = 64;
 const MIN_BWLIMIT: u64 = 1024;
 /// Highest request-rate cap.
 const MAX_RPS: f64 = 10_000.0;
+/// Lowest request-rate cap (the pace never goes slower either).
+const MIN_RPS: f64 = 0.2;
 /// Failed runs are tried again sooner than the schedule: after a minute, doubling per failure.
 const RETRY_FIRST: i64 = 60;
 /// Longest the daemon sleeps before looking at the pairs again (so that pairs added meanwhile are seen).
@@ -89,8 +91,43 @@ fn state_file() -> PathBuf {
     state_dir().join("pairs-state.json")
 }
 
+/// Loads the pairs, checked as `pair create` checks them (the file may have been edited by hand).
 fn load() -> Result<Pairs> {
-    load_toml(&pairs_file(), "pairs file")
+    let pairs: Pairs = load_toml(&pairs_file(), "pairs file")?;
+    for (name, pair) in &pairs.pairs {
+        check_name(name)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| pair.check())
+            .with_context(|| format!("pair {name:?} in {} is not valid", pairs_file().display()))?;
+    }
+    Ok(pairs)
+}
+
+impl Pair {
+    /// Checks the caps and the schedule.
+    fn check(&self) -> Result<()> {
+        if let Some(every) = self.every_seconds
+            && !(MIN_EVERY..=MAX_EVERY).contains(&every)
+        {
+            bail!("the schedule must be from {MIN_EVERY} seconds to a year");
+        }
+        if let Some(r) = self.max_requests_per_second
+            && !(r.is_finite() && (MIN_RPS..=MAX_RPS).contains(&r))
+        {
+            bail!("--max-requests-per-second must be from {MIN_RPS} to {MAX_RPS} (fractions are fine: 0.5)");
+        }
+        if self.bwlimit_bytes_per_second.is_some_and(|b| b < MIN_BWLIMIT) {
+            bail!("--bwlimit must be at least 1K");
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            bail!("--concurrency must be from 1 to {MAX_CONCURRENCY}");
+        }
+        let (a, b) = (std::path::Path::new(&self.from), std::path::Path::new(&self.to));
+        if a.is_absolute() && b.is_absolute() && (a.starts_with(b) || b.starts_with(a)) {
+            bail!("--from and --to overlap (one is the other or inside it); pick a destination outside the source");
+        }
+        Ok(())
+    }
 }
 
 fn save(p: &Pairs) -> Result<()> {
@@ -169,14 +206,6 @@ fn create(a: PairCreateArgs) -> Result<()> {
     }
     let every = a.every.as_deref().map(parse_every).transpose()?;
     let bwlimit = a.bwlimit.as_deref().map(parse_rate).transpose()?;
-    if let Some(r) = a.max_requests_per_second
-        && !(r.is_finite() && r > 0.0 && r <= MAX_RPS)
-    {
-        bail!("--max-requests-per-second must be more than 0 and at most {MAX_RPS} (fractions are fine: 0.5)");
-    }
-    if !(1..=MAX_CONCURRENCY).contains(&a.concurrency) {
-        bail!("--concurrency must be from 1 to {MAX_CONCURRENCY}");
-    }
     let pair = Pair {
         from,
         to,
@@ -186,12 +215,16 @@ fn create(a: PairCreateArgs) -> Result<()> {
         concurrency: a.concurrency,
         delete: a.delete,
     };
+    pair.check()?;
     let schedule = match every {
         Some(s) => format!("every {}; `cloudsync pair daemon` runs it on schedule", show_every(s)),
         None => "no schedule; run it with `cloudsync pair run`".to_owned(),
     };
     eprintln!("Saved pair {:?}: {} -> {} ({schedule}).", a.name, pair.from, pair.to);
-    pairs.pairs.insert(a.name, pair);
+    // A replaced pair starts afresh: its old runs say nothing about the new one.
+    if pairs.pairs.insert(a.name.clone(), pair).is_some() {
+        forget_state(&a.name)?;
+    }
     save(&pairs)
 }
 
@@ -276,11 +309,15 @@ fn parse_rate(text: &str) -> Result<u64> {
 }
 
 /// When a pair is next due, or `None` without a schedule. Never run: now. After a failure: sooner than the
-/// schedule (a minute, doubling per failure in a row), never later.
+/// schedule (a minute, doubling per failure in a row, counted from when it ended), never later. A run that
+/// started and never ended (the process was stopped) counts as a failure.
 fn next_run(pair: &Pair, state: Option<&PairState>) -> Option<i64> {
     let every = i64::try_from(pair.every_seconds?).ok()?;
     let Some(state) = state else { return Some(0) };
     let Some(started) = state.last_started else { return Some(0) };
+    if state.last_finished.is_none_or(|f| f < started) {
+        return Some(started.saturating_add(RETRY_FIRST.min(every)));
+    }
     if state.last_ok == Some(false) && state.failures > 0 {
         let finished = state.last_finished.unwrap_or(started);
         let retry = RETRY_FIRST.saturating_mul(1 << state.failures.saturating_sub(1).min(20));
@@ -335,7 +372,9 @@ fn list(json: bool) -> Result<()> {
         .iter()
         .map(|(name, p)| {
             let s = state.get(name);
+            let ended = s.is_none_or(|s| s.last_finished >= s.last_started);
             let last = match s.and_then(|s| s.last_ok) {
+                _ if !ended => format!("{} running or stopped", when(s.and_then(|s| s.last_started))),
                 Some(true) => format!("{} ok", when(s.and_then(|s| s.last_started))),
                 Some(false) => format!("{} FAILED", when(s.and_then(|s| s.last_started))),
                 None => "never".into(),
@@ -369,16 +408,23 @@ fn remove(name: &str) -> Result<()> {
         bail!("there is no pair named {name:?}; `cloudsync pair list` shows them");
     }
     save(&pairs)?;
-    let dir = state_dir();
-    if dir.exists() {
-        let lock = File::create(dir.join("pairs-state.lock")).context("cannot create the pairs' state lock")?;
-        lock.lock().context("cannot lock the pairs' state")?;
-        let mut all = load_state()?;
-        if all.remove(name).is_some() {
-            write_private(&state_file(), &serde_json::to_vec_pretty(&all)?)?;
-        }
-    }
+    forget_state(name)?;
     eprintln!("Removed pair {name:?} (its files, and its runs in the history, stay).");
+    Ok(())
+}
+
+/// Drops what is known of a pair's runs.
+fn forget_state(name: &str) -> Result<()> {
+    let dir = state_dir();
+    if !dir.exists() {
+        return Ok(());
+    }
+    let lock = File::create(dir.join("pairs-state.lock")).context("cannot create the pairs' state lock")?;
+    lock.lock().context("cannot lock the pairs' state")?;
+    let mut all = load_state()?;
+    if all.remove(name).is_some() {
+        write_private(&state_file(), &serde_json::to_vec_pretty(&all)?)?;
+    }
     Ok(())
 }
 
@@ -398,16 +444,15 @@ pub fn forget_all() -> Result<usize> {
     Ok(n)
 }
 
-/// Holds a pair's run lock (released when dropped, or when the process ends however it ends).
-fn lock_pair(name: &str) -> Result<File> {
+/// Holds a pair's run lock (released when dropped, or when the process ends however it ends); `None` when
+/// another process holds it.
+fn lock_pair(name: &str) -> Result<Option<File>> {
     let dir = state_dir().join("pairs");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let file = File::create(dir.join(format!("{name}.lock"))).context("cannot create the pair's run lock")?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "pair {name:?} is running already (by hand or by `cloudsync pair daemon`); wait for that run to finish"
-        ),
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
         Err(std::fs::TryLockError::Error(e)) => Err(e).context("cannot lock the pair"),
     }
 }
@@ -419,9 +464,21 @@ struct Outcome {
     pace: cloudsync_connectors::PaceReport,
 }
 
-/// Runs a pair once under its caps, records the run in its state and the history.
-async fn run_pair(name: &str, pair: &Pair, dry_run: bool, progress: bool) -> Result<Outcome> {
-    let _lock = lock_pair(name)?;
+/// Runs a pair once under its caps, records the run in its state and the history. The pair and its state are
+/// read once its lock is held (they may have changed since the caller looked); with `only_if_due`, a pair that
+/// is no longer due, or is running already, is left alone (`None`).
+async fn run_pair(name: &str, dry_run: bool, progress: bool, only_if_due: bool) -> Result<Option<Outcome>> {
+    let Some(_lock) = lock_pair(name)? else {
+        if only_if_due {
+            return Ok(None);
+        }
+        bail!("pair {name:?} is running already (by hand or by `cloudsync pair daemon`); wait for that run to finish");
+    };
+    let pair = get(name)?;
+    if only_if_due && next_run(&pair, load_state()?.get(name)).is_none_or(|t| t > now()) {
+        return Ok(None);
+    }
+    let pair = &pair;
     let started = now();
     if !dry_run {
         update_state(name, |s| s.last_started = Some(started))?;
@@ -454,7 +511,7 @@ async fn run_pair(name: &str, pair: &Pair, dry_run: bool, progress: bool) -> Res
         })?;
     }
     let (summary, from) = result?;
-    Ok(Outcome { summary, from, pace: pace.report() })
+    Ok(Some(Outcome { summary, from, pace: pace.report() }))
 }
 
 fn get(name: &str) -> Result<Pair> {
@@ -466,24 +523,22 @@ fn get(name: &str) -> Result<Pair> {
 
 async fn run_by_hand(name: &str, dry_run: bool, json: bool) -> Result<()> {
     let pair = get(name)?;
-    let out = run_pair(name, &pair, dry_run, !json).await?;
+    let out = run_pair(name, dry_run, !json, false).await?.context("the pair did not run")?;
     if json {
         #[derive(Serialize)]
         struct Doc<'a> {
             pair: &'a str,
             #[serde(flatten)]
             summary: &'a cloudsync_connectors::Summary,
-            requests: u64,
-            slowdowns: u64,
+            #[serde(flatten)]
+            pace: cloudsync_connectors::PaceReport,
         }
-        print_json(&Doc {
-            pair: name,
-            summary: &out.summary,
-            requests: out.pace.requests,
-            slowdowns: out.pace.slowdowns,
-        })?;
-    } else if out.pace.slowdowns > 0 {
-        eprintln!("The remote asked to slow down {} time(s); the run slowed down and went on.", out.pace.slowdowns);
+        print_json(&Doc { pair: name, summary: &out.summary, pace: out.pace })?;
+    } else if out.pace.pushbacks > 0 {
+        eprintln!(
+            "The remote pushed back {} request(s); the run slowed down {} time(s) and went on.",
+            out.pace.pushbacks, out.pace.slowdowns
+        );
     }
     let verb = if pair.delete { Verb::Mirror } else { Verb::Copy };
     if json {
@@ -503,9 +558,10 @@ fn log(line: &str) {
 /// `pair daemon [--once]`: runs each pair with a schedule when it is due, one at a time, until interrupted.
 async fn daemon(once: bool) -> Result<()> {
     if !once {
-        log("pair daemon started; Ctrl-C stops it (a run in progress is stopped too, and resumes next time)");
+        log("pair daemon started; Ctrl-C stops it (a run in progress is stopped too, and is run again a minute later)");
     }
     loop {
+        let mut failed = 0;
         let pairs = load()?;
         let state = load_state()?;
         let mut due: Vec<(i64, String)> = pairs
@@ -521,8 +577,8 @@ async fn daemon(once: bool) -> Result<()> {
                 continue;
             }
             let Some(pair) = pairs.pairs.get(&name) else { continue };
-            log(&format!("pair {name}: running ({} -> {})", pair.from, pair.to));
-            let run = run_pair(&name, pair, false, false);
+            log(&format!("pair {name}: due ({} -> {})", pair.from, pair.to));
+            let run = run_pair(&name, false, false, true);
             let result = if once {
                 run.await
             } else {
@@ -535,7 +591,8 @@ async fn daemon(once: bool) -> Result<()> {
                 }
             };
             match result {
-                Ok(out) => {
+                Ok(None) => log(&format!("pair {name}: skipped (running already, or no longer due)")),
+                Ok(Some(out)) => {
                     let s = &out.summary;
                     let mut line = format!(
                         "pair {name}: copied {} file(s) ({}), {} unchanged, {} deleted",
@@ -544,18 +601,28 @@ async fn daemon(once: bool) -> Result<()> {
                         s.unchanged,
                         s.deleted.len()
                     );
-                    if out.pace.slowdowns > 0 {
-                        line.push_str(&format!(", slowed down {} time(s)", out.pace.slowdowns));
+                    if out.pace.pushbacks > 0 {
+                        line.push_str(&format!(
+                            ", {} request(s) pushed back, slowed down {} time(s)",
+                            out.pace.pushbacks, out.pace.slowdowns
+                        ));
                     }
                     if !s.errors.is_empty() {
+                        failed += 1;
                         line.push_str(&format!(", {} FAILED (first: {})", s.errors.len(), s.errors[0].error));
                     }
                     log(&line);
                 }
-                Err(e) => log(&format!("pair {name}: FAILED: {e:#}")),
+                Err(e) => {
+                    failed += 1;
+                    log(&format!("pair {name}: FAILED: {e:#}"));
+                }
             }
         }
         if once {
+            if failed > 0 {
+                bail!("{failed} pair run(s) failed (the lines above say why)");
+            }
             return Ok(());
         }
         let wait = u64::try_from(next_wake.saturating_sub(now())).unwrap_or(0).clamp(1, DAEMON_TICK.as_secs());
@@ -616,7 +683,9 @@ mod tests {
         let failed = |n| PairState { last_ok: Some(false), failures: n, ..ok.clone() };
         assert_eq!(next_run(&pair, Some(&failed(1))), Some(1160));
         assert_eq!(next_run(&pair, Some(&failed(3))), Some(1340));
-        assert_eq!(next_run(&pair, Some(&failed(30))), Some(4700), "never later than the schedule");
+        assert_eq!(next_run(&pair, Some(&failed(30))), Some(4700), "never later than the schedule after it ended");
+        let stopped = PairState { last_started: Some(5000), ..ok.clone() };
+        assert_eq!(next_run(&pair, Some(&stopped)), Some(5060), "a run that never ended is due again soon");
         let by_hand = Pair { every_seconds: None, ..pair };
         assert_eq!(next_run(&by_hand, Some(&ok)), None);
     }
