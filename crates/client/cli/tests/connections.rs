@@ -3,12 +3,15 @@
 //! One behaviour suite runs on every connector; secrets go to the real Secret Service that `scripts/test`
 //! starts. Each peer is missing only if `scripts/test` could not install it, and then the test fails.
 
+mod common;
+
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{noise, write};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloudsync");
@@ -146,6 +149,25 @@ fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     paths
 }
 
+/// wsgidav over HTTPS with a private CA, serving the client's `davroot` folder as user alice; `extra` goes to
+/// peer.py after the certificate (a request-rate limit).
+struct Dav {
+    peer: Peer,
+    served: PathBuf,
+    ca: PathBuf,
+    endpoint: String,
+}
+
+fn dav(c: &Client, extra: &[&Path]) -> Dav {
+    let (ca, cert, key) = test_ca(c.root.path());
+    let served = c.path("davroot");
+    std::fs::create_dir_all(&served).expect("dav root");
+    let args: Vec<&Path> = [served.as_path(), &cert, &key].into_iter().chain(extra.iter().copied()).collect();
+    let peer = python_peer("webdav", &args);
+    let endpoint = format!("https://127.0.0.1:{}/dav", peer.port);
+    Dav { peer, served, ca, endpoint }
+}
+
 /// A client with its own config directory and home (for ssh's known_hosts).
 struct Client {
     root: tempfile::TempDir,
@@ -220,23 +242,6 @@ fn strings(v: &Value) -> Vec<String> {
     out
 }
 
-fn write(path: &Path, bytes: &[u8]) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(path, bytes).expect("write");
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
 fn files_under(root: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -277,7 +282,7 @@ fn behaviour(c: &Client, name: &str, caps: Caps) {
         write(&src.join("empty"), b"");
     }
     // Larger than one 8 MiB part: a multipart upload on S3, several writes elsewhere.
-    write(&src.join("big.bin"), &pseudo_random(caps.big, 7));
+    write(&src.join("big.bin"), &noise(caps.big, 7));
     let remote = format!("{name}:t");
     let src_s = src.to_str().expect("utf8");
     let mut all: Vec<(String, u64)> = vec![
@@ -423,11 +428,7 @@ fn s3_connector_against_s3s_fs() {
 fn webdav_connector_over_https_with_a_private_ca_and_hostile_names() {
     dbus();
     let c = Client::new();
-    let (ca, cert, key) = test_ca(c.root.path());
-    let served = c.path("davroot");
-    std::fs::create_dir_all(&served).expect("dav root");
-    let peer = python_peer("webdav", &[&served, &cert, &key]);
-    let endpoint = format!("https://127.0.0.1:{}/dav", peer.port);
+    let Dav { peer, served, ca, endpoint } = dav(&c, &[]);
     let secret = peer.info["secret"].as_str().expect("secret");
     let ca_s = ca.to_str().expect("utf8");
     let add = ["connection", "add", "dav", "--type", "webdav", "--endpoint", &endpoint, "--user", "alice"];
@@ -559,25 +560,25 @@ fn ftp_and_ftps_connectors_against_pyftpdlib() {
     behaviour(&c, "ftpsx", Caps { empty_files: false, big: 60 << 10 });
     // Between two connections (remote to remote, streamed through this machine).
     write(&served.join("r2r/one.txt"), b"one");
-    write(&served.join("r2r/deep/two.bin"), &pseudo_random(40 << 10, 9));
+    write(&served.join("r2r/deep/two.bin"), &noise(40 << 10, 9));
     let both = c.json(&["copy", "ftpx:r2r", "ftpsx:r2r-copy"]);
     assert_eq!(strings(&both["copied"]), ["deep/two.bin", "one.txt"], "{both}");
     assert_eq!(files_under(&served.join("r2r-copy")), files_under(&served.join("r2r")));
     // A large download over TLS is whole.
-    write(&served.join("large/big.bin"), &pseudo_random(12 << 20, 3));
+    write(&served.join("large/big.bin"), &noise(12 << 20, 3));
     let down = c.path("ftps-large");
     c.json(&["copy", "ftpsx:large", down.to_str().expect("utf8")]);
-    assert_eq!(files_under(&down), [("big.bin".to_owned(), pseudo_random(12 << 20, 3))]);
+    assert_eq!(files_under(&down), [("big.bin".to_owned(), noise(12 << 20, 3))]);
     // Larger uploads over FTPS lose data in OpenDAL's FTP service (the TLS data stream is not shut down
     // cleanly); the size check after every upload catches it, and no short file is left under the name.
     let big_src = c.path("ftps-up/big.bin");
-    write(&big_src, &pseudo_random(4 << 20, 5));
+    write(&big_src, &noise(4 << 20, 5));
     let out = c.run(&["copy", big_src.to_str().expect("utf8"), "ftpsx:up/big.bin", "--json"], None);
     if !out.status.success() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("after the upload instead of"));
         assert!(!served.join("up/big.bin").exists(), "no short file under the final name");
     } else {
-        assert_eq!(std::fs::read(served.join("up/big.bin")).expect("uploaded"), pseudo_random(4 << 20, 5));
+        assert_eq!(std::fs::read(served.join("up/big.bin")).expect("uploaded"), noise(4 << 20, 5));
     }
 }
 
@@ -662,14 +663,10 @@ fn sftp_connector_against_openssh_with_the_host_key_pinned() {
 fn pairs_pace_themselves_against_a_server_that_rate_limits() {
     dbus();
     let c = Client::new();
-    let (ca, cert, key) = test_ca(c.root.path());
-    let served = c.path("davroot");
-    std::fs::create_dir_all(&served).expect("dav root");
-    let peer = python_peer("webdav", &[&served, &cert, &key, Path::new("20")]);
+    let Dav { peer, served, ca, endpoint } = dav(&c, &[Path::new("20")]);
     let stats = || -> Value {
         serde_json::from_slice(&std::fs::read(peer.dir.path().join("stats.json")).expect("stats")).expect("json")
     };
-    let endpoint = format!("https://127.0.0.1:{}/dav", peer.port);
     let secret = peer.info["secret"].as_str().expect("secret");
     let ca_s = ca.to_str().expect("utf8");
     let add = ["connection", "add", "rl", "--type", "webdav", "--endpoint", &endpoint, "--user", "alice"];
@@ -677,7 +674,7 @@ fn pairs_pace_themselves_against_a_server_that_rate_limits() {
 
     let src = c.path("src");
     for i in 0..24_u8 {
-        write(&src.join(format!("d{}/f{i}.txt", i % 3)), &pseudo_random(2000 + usize::from(i), u64::from(i)));
+        write(&src.join(format!("d{}/f{i}.txt", i % 3)), &noise(2000 + usize::from(i), u64::from(i)));
     }
     let src_s = src.to_str().expect("utf8");
     let count = |v: &Value, key: &str| v[key].as_array().map_or(0, Vec::len);
@@ -708,8 +705,8 @@ fn pairs_pace_themselves_against_a_server_that_rate_limits() {
     // The bandwidth cap (768 KiB at 256 KiB/s: at least 3 s, since bytes are paid for before they go), and
     // the run lock: a pair never runs twice at once.
     let big = c.path("big");
-    write(&big.join("one.bin"), &pseudo_random(384 << 10, 1));
-    write(&big.join("two.bin"), &pseudo_random(384 << 10, 2));
+    write(&big.join("one.bin"), &noise(384 << 10, 1));
+    write(&big.join("two.bin"), &noise(384 << 10, 2));
     let slow_dst = c.path("slow-dst");
     let big_s = big.to_str().expect("utf8");
     let slow_s = slow_dst.to_str().expect("utf8");

@@ -438,22 +438,24 @@ pub async fn transfer(src: &str, dst: &str, verb: Verb, delete: bool, dry_run: b
         return with_workspace(from, to, verb, delete || dry_run, json, &saved).await;
     }
     let run = Run { verb, delete, dry_run, progress: !json, limits: Limits::default(), pair: None };
-    let (summary, from) = execute(src, dst, &run).await?;
+    let from = from.location(&saved, &run.limits)?;
+    let to = to.location(&saved, &run.limits)?;
+    let summary = execute(&from, &to, [src, dst], &run).await?;
     report(&summary, verb, &from, json)
 }
 
-/// Removes a staging folder when dropped.
-struct Stage(PathBuf);
-
-impl Drop for Stage {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The locations `src` and `dst` name (local paths or `NAME:PATH`), with `limits` on their connections.
+///
+/// # Errors
+/// An unknown connection or a workspace (use [`transfer`] for those), a missing secret.
+pub fn locations(src: &str, dst: &str, limits: &Limits) -> Result<(Location, Location)> {
+    let saved = Connections::load()?;
+    Ok((Target::parse(src, &saved).location(&saved, limits)?, Target::parse(dst, &saved).location(&saved, limits)?))
 }
 
 /// A copy with a workspace on one side (or both): local to workspace is a push, workspace to local a pull,
-/// and between a workspace and a connection (or two workspaces) the files go through a staging folder in the
-/// state directory, removed afterwards. The workspace side keeps its versions and trash.
+/// and between a workspace and a connection (or two workspaces) the files go through a private staging folder
+/// in the state directory, removed afterwards. The workspace side keeps its versions and trash.
 async fn with_workspace(
     from: Target,
     to: Target,
@@ -474,70 +476,51 @@ async fn with_workspace(
              LOCAL_DIR WORKSPACE` sends deletions to the trash, and `cloudsync status LOCAL_DIR` shows what it would do"
         );
     }
-    let (from_ws, to_ws) = match (&from, &to) {
+    match (&from, &to) {
         (Target::Local(p), Target::Workspace(ws)) => return super::files::push(p, ws, false, json).await,
         (Target::Workspace(ws), Target::Local(p)) => return super::files::pull(ws, p, false, json).await,
-        _ => (&from, &to),
-    };
-    let stage = {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        Stage(super::config::state_dir().join("staging").join(format!("{:016x}", h.finish())))
-    };
-    std::fs::create_dir_all(&stage.0).with_context(|| format!("cannot create {}", stage.0.display()))?;
-    #[cfg(unix)]
-    std::fs::set_permissions(&stage.0, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .with_context(|| format!("cannot protect {}", stage.0.display()))?;
-    let limits = Limits::default();
-    let quiet = |loc: Location, to: Location| async move {
-        let opts = Options { concurrency: limits.concurrency, ..Options::default() };
-        let s = transfer::copy(&loc, &to, &opts, |_| {}).await?;
-        if let Some(f) = s.errors.first() {
-            bail!("{} file(s) failed, the first: {}: {}", s.errors.len(), f.path, f.error);
-        }
-        Ok::<_, anyhow::Error>(s)
-    };
-    let staged = Location::Local(stage.0.clone());
-    // Into the staging folder.
-    match from_ws {
+        _ => {}
+    }
+    let staging = super::config::state_dir().join("staging");
+    std::fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    // Mode 0700, removed when dropped.
+    let stage = tempfile::Builder::new()
+        .prefix("copy-")
+        .tempdir_in(&staging)
+        .with_context(|| format!("cannot create a staging folder in {}", staging.display()))?;
+    let staged = Location::Local(stage.path().to_path_buf());
+    // The one step with a connection in it (if any) is the run the history records, under what the user typed.
+    let run =
+        Run { verb: Verb::Copy, delete: false, dry_run: false, progress: !json, limits: Limits::default(), pair: None };
+    let labels = [from.label(), to.label()];
+    let labels = [labels[0].as_str(), labels[1].as_str()];
+    match &from {
         Target::Workspace(ws) => {
-            super::files::pull_summary(ws, &stage.0, false).await?;
+            super::files::pull_summary(ws, stage.path(), false).await?;
         }
         other => {
-            let s = quiet(other.location(saved, &limits)?, staged.clone()).await?;
-            for r in &s.refused {
-                eprintln!("warning: skipped the name {:?}: {}", r.name, r.reason);
-            }
+            let src = other.location(saved, &run.limits)?;
+            let s = execute(&src, &staged, labels, &run).await?;
+            problems(&s, &src)?;
         }
     }
-    // Out of it.
-    match to_ws {
-        Target::Workspace(ws) => super::files::push(&stage.0, ws, false, json).await,
+    match &to {
+        Target::Workspace(ws) => super::files::push(stage.path(), ws, false, json).await,
         other => {
-            let dst = other.location(saved, &limits)?;
-            let (mut record, began) = history::Run::start("copy", &from.label(), &to.label());
-            let result = quiet(staged.clone(), dst).await;
-            match &result {
-                Ok(s) => record.absorb(s),
-                Err(e) => record.fail(e.to_string()),
-            }
-            history::record(record, began);
-            report(&result?, Verb::Copy, &staged, json)
+            let dst = other.location(saved, &run.limits)?;
+            let s = execute(&staged, &dst, labels, &run).await?;
+            report(&s, Verb::Copy, &staged, json)
         }
     }
 }
 
-/// Runs a transfer, with progress while it goes, and records it in the history. Returns what it did and the
-/// source, for the report.
+/// Runs a transfer, with progress while it goes, and records it in the history under `labels` (source and
+/// destination as the user wrote them).
 ///
 /// # Errors
-/// Unknown connection, listing failure (failed files are in the summary).
-pub async fn execute(src: &str, dst: &str, run: &Run) -> Result<(Summary, Location)> {
-    let saved = Connections::load()?;
+/// A listing failure (failed files are in the summary).
+pub async fn execute(from: &Location, to: &Location, labels: [&str; 2], run: &Run) -> Result<Summary> {
     let limits = &run.limits;
-    let from = Target::parse(src, &saved).location(&saved, limits)?;
-    let to = Target::parse(dst, &saved).location(&saved, limits)?;
     let bar = progress::bar(run.progress, 0);
     bar.set_message("copying");
     let tick = bar.clone();
@@ -555,12 +538,12 @@ pub async fn execute(src: &str, dst: &str, run: &Run) -> Result<(Summary, Locati
         (None, Verb::Mirror) => "sync",
         (None, Verb::Move) => "move",
     };
-    let (mut record, began) = history::Run::start(command, src, dst);
+    let (mut record, began) = history::Run::start(command, labels[0], labels[1]);
     record.dry_run = run.dry_run;
     record.pair.clone_from(&run.pair);
     // Listing both sides of a big tree takes a while: a spinner until the bytes to copy are known.
     let listing = progress::spinner(run.progress, &format!("listing {} and {}…", from.label(), to.label()));
-    let result = transfer::copy(&from, &to, &opts, |bytes| {
+    let result = transfer::copy(from, to, &opts, |bytes| {
         listing.finish_and_clear();
         bar.set_length(bytes);
     })
@@ -575,20 +558,31 @@ pub async fn execute(src: &str, dst: &str, run: &Run) -> Result<(Summary, Locati
         record.slowdowns = pace.report().slowdowns;
     }
     history::record(record, began);
-    Ok((result?, from))
+    Ok(result?)
 }
 
-/// Prints what a transfer did (warnings and errors on stderr), and fails when files failed.
+/// Prints a transfer's skipped names and failed files on stderr, and fails when files failed.
 ///
 /// # Errors
 /// Some files failed.
-pub fn report(s: &Summary, verb: Verb, from: &Location, json: bool) -> Result<()> {
+pub fn problems(s: &Summary, from: &Location) -> Result<()> {
     for r in &s.refused {
         eprintln!("warning: skipped the name {:?} that {} listed: {}", r.name, from.label(), r.reason);
     }
     for f in &s.errors {
         eprintln!("error: {}{}", if f.path.is_empty() { String::new() } else { format!("{}: ", f.path) }, f.error);
     }
+    if !s.errors.is_empty() {
+        bail!("{} file(s) failed; run the command again to retry them", s.errors.len());
+    }
+    Ok(())
+}
+
+/// Prints what a transfer did, then its [`problems`].
+///
+/// # Errors
+/// Some files failed.
+pub fn report(s: &Summary, verb: Verb, from: &Location, json: bool) -> Result<()> {
     if json {
         print_json(s)?;
     } else {
@@ -613,10 +607,7 @@ pub fn report(s: &Summary, verb: Verb, from: &Location, json: bool) -> Result<()
         }
         println!("{line}.");
     }
-    if !s.errors.is_empty() {
-        bail!("{} file(s) failed; run the command again to retry them", s.errors.len());
-    }
-    Ok(())
+    problems(s, from)
 }
 
 /// `delete NAME:PATH [--recursive]`.

@@ -104,6 +104,11 @@ fn load() -> Result<Pairs> {
 }
 
 impl Pair {
+    /// A mirror with `--delete`, else a copy.
+    fn verb(&self) -> Verb {
+        if self.delete { Verb::Mirror } else { Verb::Copy }
+    }
+
     /// Checks the caps and the schedule.
     fn check(&self) -> Result<()> {
         if let Some(every) = self.every_seconds
@@ -143,15 +148,20 @@ fn load_state() -> Result<BTreeMap<String, PairState>> {
     }
 }
 
-/// Changes one pair's state under a lock (a manual run and the daemon may finish at the same time).
-fn update_state(name: &str, change: impl FnOnce(&mut PairState)) -> Result<()> {
+/// Changes the pairs' state under a lock (a manual run and the daemon may finish at the same time).
+fn change_states(change: impl FnOnce(&mut BTreeMap<String, PairState>)) -> Result<()> {
     let dir = state_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let lock = File::create(dir.join("pairs-state.lock")).context("cannot create the pairs' state lock")?;
     lock.lock().context("cannot lock the pairs' state")?;
     let mut all = load_state()?;
-    change(all.entry(name.to_owned()).or_default());
+    change(&mut all);
     write_private(&state_file(), &serde_json::to_vec_pretty(&all)?)
+}
+
+/// Changes one pair's state.
+fn update_state(name: &str, change: impl FnOnce(&mut PairState)) -> Result<()> {
+    change_states(|all| change(all.entry(name.to_owned()).or_default()))
 }
 
 fn now() -> i64 {
@@ -415,17 +425,12 @@ fn remove(name: &str) -> Result<()> {
 
 /// Drops what is known of a pair's runs.
 fn forget_state(name: &str) -> Result<()> {
-    let dir = state_dir();
-    if !dir.exists() {
+    if !state_file().exists() {
         return Ok(());
     }
-    let lock = File::create(dir.join("pairs-state.lock")).context("cannot create the pairs' state lock")?;
-    lock.lock().context("cannot lock the pairs' state")?;
-    let mut all = load_state()?;
-    if all.remove(name).is_some() {
-        write_private(&state_file(), &serde_json::to_vec_pretty(&all)?)?;
-    }
-    Ok(())
+    change_states(|all| {
+        all.remove(name);
+    })
 }
 
 /// Removes every pair and its state (`local clear --pairs`). Returns how many there were.
@@ -461,6 +466,7 @@ fn lock_pair(name: &str) -> Result<Option<File>> {
 struct Outcome {
     summary: cloudsync_connectors::Summary,
     from: cloudsync_connectors::Location,
+    verb: Verb,
     pace: cloudsync_connectors::PaceReport,
 }
 
@@ -488,7 +494,7 @@ async fn run_pair(name: &str, dry_run: bool, progress: bool, only_if_due: bool) 
         bytes_per_second: pair.bwlimit_bytes_per_second,
     });
     let run = Run {
-        verb: Verb::Mirror,
+        verb: pair.verb(),
         delete: pair.delete,
         dry_run,
         progress,
@@ -496,7 +502,12 @@ async fn run_pair(name: &str, dry_run: bool, progress: bool, only_if_due: bool) 
         limits: Limits { concurrency: pair.concurrency, retries: 10, pace: Some(pace.clone()) },
         pair: Some(name.to_owned()),
     };
-    let result = connections::execute(&pair.from, &pair.to, &run).await;
+    let result = async {
+        let (from, to) = connections::locations(&pair.from, &pair.to, &run.limits)?;
+        let summary = connections::execute(&from, &to, [&pair.from, &pair.to], &run).await?;
+        Ok::<_, anyhow::Error>((summary, from))
+    }
+    .await;
     if !dry_run {
         let error = match &result {
             Ok((s, _)) if s.errors.is_empty() => None,
@@ -511,7 +522,7 @@ async fn run_pair(name: &str, dry_run: bool, progress: bool, only_if_due: bool) 
         })?;
     }
     let (summary, from) = result?;
-    Ok(Some(Outcome { summary, from, pace: pace.report() }))
+    Ok(Some(Outcome { summary, from, verb: run.verb, pace: pace.report() }))
 }
 
 fn get(name: &str) -> Result<Pair> {
@@ -522,7 +533,6 @@ fn get(name: &str) -> Result<Pair> {
 }
 
 async fn run_by_hand(name: &str, dry_run: bool, json: bool) -> Result<()> {
-    let pair = get(name)?;
     let out = run_pair(name, dry_run, !json, false).await?.context("the pair did not run")?;
     if json {
         #[derive(Serialize)]
@@ -534,20 +544,15 @@ async fn run_by_hand(name: &str, dry_run: bool, json: bool) -> Result<()> {
             pace: cloudsync_connectors::PaceReport,
         }
         print_json(&Doc { pair: name, summary: &out.summary, pace: out.pace })?;
-    } else if out.pace.pushbacks > 0 {
+        return connections::problems(&out.summary, &out.from);
+    }
+    if out.pace.pushbacks > 0 {
         eprintln!(
             "The remote pushed back {} request(s); the run slowed down {} time(s) and went on.",
             out.pace.pushbacks, out.pace.slowdowns
         );
     }
-    let verb = if pair.delete { Verb::Mirror } else { Verb::Copy };
-    if json {
-        if out.summary.errors.is_empty() {
-            return Ok(());
-        }
-        bail!("{} file(s) failed; run the pair again to retry them", out.summary.errors.len());
-    }
-    connections::report(&out.summary, verb, &out.from, false)
+    connections::report(&out.summary, out.verb, &out.from, false)
 }
 
 fn log(line: &str) {

@@ -152,6 +152,19 @@ pub fn write(p: &Path, bytes: &[u8]) {
     std::fs::write(p, bytes).expect("write");
 }
 
+/// `len` deterministic, incompressible-looking bytes (xorshift) for `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// Runs one SQL statement on the server's database, as someone with write access to the host might.
 pub fn tamper(srv: &Server, sql: &str) {
     use sqlx::Connection;
