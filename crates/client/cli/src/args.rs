@@ -740,11 +740,12 @@ pub enum ConnectionCmd {
 pub struct ConnectionAddArgs {
     /// Name used as NAME:PATH (letters, digits, '-', '_', '.').
     pub name: String,
-    /// Storage type: s3, r2, sftp, ftp, ftps, webdav, or cloudsync (a workspace of the logged-in account);
-    /// synology, dropbox, onedrive and pcloud are not available yet.
+    /// Storage type: s3, r2, sftp, ftp, ftps, webdav, dropbox, onedrive, pcloud, or cloudsync (a workspace of
+    /// the logged-in account); synology (File Station) is not available yet.
     #[arg(long = "type", value_name = "TYPE", value_parser = parse_kind)]
     pub kind: cloudsync_connectors::Kind,
-    /// s3, webdav: service URL (https://...).
+    /// s3, webdav: service URL (https://...). dropbox, onedrive, pcloud: API URL when not the provider's
+    /// own (a national cloud, pCloud's EU host https://eapi.pcloud.com, or a compatible test server).
     #[arg(long)]
     pub endpoint: Option<String>,
     /// s3: region (default us-east-1).
@@ -778,9 +779,31 @@ pub struct ConnectionAddArgs {
     /// cloudsync: workspace name.
     #[arg(long)]
     pub workspace: Option<String>,
-    /// Read the secret (password or secret key) from the first line of standard input.
+    /// Read the secret (password or secret key) from the first line of standard input. dropbox, onedrive,
+    /// pcloud: a refresh token (pCloud: an access token) obtained elsewhere, instead of signing in here.
     #[arg(long)]
     pub secret_stdin: bool,
+    /// dropbox, onedrive, pcloud: OAuth client id of the app you registered with the provider (redirect URI
+    /// http://127.0.0.1:53682/, or the port of --oauth-port).
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// pcloud: read the app's client secret from standard input (asked for on a terminal otherwise); it is used
+    /// once to finish the sign-in and is not kept.
+    #[arg(long)]
+    pub client_secret_stdin: bool,
+    /// dropbox, onedrive, pcloud: sign-in service URL when not the provider's own.
+    #[arg(long, value_name = "URL")]
+    pub auth_endpoint: Option<String>,
+    /// onedrive: sign in with a code entered on another device, instead of a browser on this one.
+    #[arg(long)]
+    pub device_code: bool,
+    /// dropbox, onedrive, pcloud: print the sign-in address instead of opening a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+    /// dropbox, onedrive, pcloud: loopback port the browser returns to after signing in (0: any free port,
+    /// for providers that accept any port on 127.0.0.1).
+    #[arg(long, value_name = "PORT", default_value_t = cloudsync_connectors::oauth::DEFAULT_PORT)]
+    pub oauth_port: u16,
     /// Accept plain FTP or an http:// endpoint (passwords and files cross the network unencrypted).
     #[arg(long)]
     pub allow_insecure: bool,

@@ -5,6 +5,7 @@
 
 mod error;
 pub mod names;
+pub mod oauth;
 pub mod pace;
 mod spec;
 pub mod transfer;

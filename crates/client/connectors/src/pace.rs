@@ -279,7 +279,7 @@ impl<T: HttpTransport> HttpTransport for PacedTransport<T> {
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from storage services and is treated as absent).
-fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let secs: u64 = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(secs))
 }

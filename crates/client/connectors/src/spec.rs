@@ -11,6 +11,7 @@ use opendal::layers::{ConcurrentLimitLayer, LoggingLayer, RetryLayer, TimeoutLay
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::oauth::{AuthTransport, PLACEHOLDER, SecretSink};
 use crate::pace::{Pace, PacedTransport};
 
 /// Longest accepted connection name.
@@ -137,6 +138,12 @@ pub struct Connection {
     /// Workspace name (type `cloudsync`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
+    /// OAuth client id of the app the user registered (Dropbox, OneDrive, pCloud).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Sign-in service URL, when not the provider's own (Dropbox, OneDrive, pCloud).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_endpoint: Option<String>,
     /// Accept plain FTP or an `http://` endpoint.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_insecure: bool,
@@ -214,6 +221,8 @@ impl Connection {
             key_file: None,
             root: None,
             workspace: None,
+            client_id: None,
+            auth_endpoint: None,
             allow_insecure: false,
             ca_cert: None,
         }
@@ -276,11 +285,31 @@ impl Connection {
                     return Err(Error::Invalid(format!("{ws:?} is not a workspace name (no ':', at most 255 bytes)")));
                 }
             }
-            Kind::Synology | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud => {
-                return Err(Error::Unsupported(format!(
-                    "{kind} connections are not available in this version yet; s3, r2, sftp, ftp, ftps, webdav and \
-                     cloudsync are (a Synology NAS can be reached through its WebDAV, SFTP or FTPS service)"
-                )));
+            Kind::Dropbox | Kind::Onedrive | Kind::Pcloud => {
+                let id = need(self.client_id.as_deref(), "--client-id (the id of an app you registered", kind)
+                    .map_err(|e| Error::Invalid(format!("{e} at {})", crate::oauth::register_hint(kind))))?;
+                if id.len() > 256 || !id.chars().all(|c| c.is_ascii_graphic()) {
+                    return Err(Error::Invalid(format!("{id:?} is not an OAuth client id")));
+                }
+                for url in [&self.endpoint, &self.auth_endpoint].into_iter().flatten() {
+                    self.check_url(url)?;
+                }
+                if kind == Kind::Onedrive && self.root.as_deref().is_none_or(|r| r.trim_matches('/').is_empty()) {
+                    // OpenDAL's OneDrive service needs the parent of every folder it lists, and the drive's top
+                    // has none.
+                    return Err(Error::Invalid(
+                        "a onedrive connection needs --root FOLDER, a folder of the drive such as /Documents or \
+                         /CloudSync: this version cannot list the drive's top level itself"
+                            .into(),
+                    ));
+                }
+            }
+            Kind::Synology => {
+                return Err(Error::Unsupported(
+                    "synology connections (File Station) are not available in this version yet; reach a Synology \
+                     NAS through its WebDAV, SFTP or FTPS service (--type webdav, sftp or ftps)"
+                        .into(),
+                ));
             }
         }
         if let Some(root) = &self.root
@@ -317,7 +346,8 @@ impl Connection {
             Kind::S3 | Kind::R2 => Some("secret access key"),
             Kind::Ftp | Kind::Ftps | Kind::Webdav if self.user.is_none() => None,
             Kind::Ftp | Kind::Ftps | Kind::Webdav | Kind::Synology => Some("password"),
-            Kind::Dropbox | Kind::Onedrive | Kind::Pcloud => Some("OAuth refresh token"),
+            Kind::Dropbox | Kind::Onedrive => Some("OAuth refresh token"),
+            Kind::Pcloud => Some("OAuth access token"),
             Kind::Sftp | Kind::Cloudsync => None,
         }
     }
@@ -341,6 +371,8 @@ impl Connection {
         add("key_file", self.key_file.as_ref().map(|p| p.display().to_string()));
         add("root", self.root.clone());
         add("workspace", self.workspace.clone());
+        add("client_id", self.client_id.clone());
+        add("auth_endpoint", self.auth_endpoint.clone());
         add("ca_cert", self.ca_cert.as_ref().map(|p| p.display().to_string()));
         if self.allow_insecure {
             out.push(("allow_insecure", "true".into()));
@@ -363,6 +395,20 @@ impl Connection {
     /// # Errors
     /// Invalid settings, a missing secret, an unreadable CA file.
     pub fn operator(&self, secret: Option<&str>, limits: &Limits) -> Result<Operator, Error> {
+        self.operator_keeping(secret, limits, None)
+    }
+
+    /// [`Connection::operator`], with `rotated` told each new refresh token the provider hands out (Microsoft
+    /// rotates them), for the caller to keep instead of the old one.
+    ///
+    /// # Errors
+    /// As [`Connection::operator`].
+    pub fn operator_keeping(
+        &self,
+        secret: Option<&str>,
+        limits: &Limits,
+        rotated: Option<SecretSink>,
+    ) -> Result<Operator, Error> {
         self.validate()?;
         let secret_for = |what: &str| -> Result<String, Error> {
             secret.map(str::to_owned).ok_or_else(|| {
@@ -431,14 +477,37 @@ impl Connection {
                         .into(),
                 ));
             }
-            Kind::Synology | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud => unreachable!("validate() refused it"),
+            // The real token is put in by the transport (oauth.rs); OpenDAL sees only a placeholder.
+            Kind::Dropbox => {
+                Operator::new(opendal::services::Dropbox::default().root(&root).access_token(PLACEHOLDER))?
+            }
+            Kind::Onedrive => {
+                Operator::new(opendal::services::Onedrive::default().root(&root).access_token(PLACEHOLDER))?
+            }
+            Kind::Pcloud => Operator::new(
+                opendal::services::Pcloud::default()
+                    .root(&root)
+                    .endpoint(&self.api_base()?)
+                    .username(PLACEHOLDER)
+                    .password(PLACEHOLDER),
+            )?,
+            Kind::Synology => unreachable!("validate() refused it"),
         };
         let op = match http {
             Some(client) => {
                 let transport = opendal_http_transport_reqwest::ReqwestTransport::new(client);
-                let transporter = match &limits.pace {
-                    Some(pace) => opendal::HttpTransporter::new(PacedTransport::new(transport, pace.clone())),
-                    None => opendal::HttpTransporter::new(transport),
+                let transporter = match (&limits.pace, crate::oauth::is_oauth(self.kind)) {
+                    (Some(pace), true) => {
+                        let secret = secret_for("OAuth token")?;
+                        let auth = AuthTransport::new(transport, self, &secret, rotated, false)?;
+                        opendal::HttpTransporter::new(PacedTransport::new(auth, pace.clone()))
+                    }
+                    (None, true) => {
+                        let secret = secret_for("OAuth token")?;
+                        opendal::HttpTransporter::new(AuthTransport::new(transport, self, &secret, rotated, true)?)
+                    }
+                    (Some(pace), false) => opendal::HttpTransporter::new(PacedTransport::new(transport, pace.clone())),
+                    (None, false) => opendal::HttpTransporter::new(transport),
                 };
                 op.with_context(opendal::OperationContext::new().with_http_transport(transporter))
             }
@@ -467,7 +536,7 @@ impl Connection {
 
     /// The HTTP client for HTTP-based kinds: certificates verified against the system's roots, or only the
     /// connection's CA when `ca_cert` is set.
-    fn http_client(&self) -> Result<reqwest::Client, Error> {
+    pub(crate) fn http_client(&self) -> Result<reqwest::Client, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = match &self.ca_cert {
             Some(path) => cloudsync_sdk::ca_roots(path).map_err(|e| Error::Invalid(e.to_string()))?,

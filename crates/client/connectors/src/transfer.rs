@@ -28,6 +28,8 @@ pub const MAX_ENTRIES: usize = 1_000_000;
 const CHUNK: usize = 8 << 20;
 /// Largest file sent to a remote that takes a whole file in one request (WebDAV through OpenDAL).
 const ONE_SHOT_MAX: u64 = 1 << 30;
+/// Dropbox takes at most 150 MiB in one upload request (larger files need an upload session).
+const DROPBOX_ONE_SHOT_MAX: u64 = 150 << 20;
 /// Memory, in MiB, that such uploads may hold at once, all files together.
 const ONE_SHOT_BUDGET_MIB: u32 = 1 << 10;
 static ONE_SHOT_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ONE_SHOT_BUDGET_MIB as usize);
@@ -203,13 +205,17 @@ pub async fn list(loc: &Location, recursive: bool) -> Result<Listing, Error> {
             let prefix = dir_prefix(path);
             // Where the service lists a whole tree itself (S3), one listing; elsewhere each folder is listed in
             // turn (OpenDAL's emulated recursive listing leaves out empty folders on FTP).
-            let native = recursive && op.info().capability().list_with_recursive;
+            // OpenDAL's Dropbox service names entries by their bare names, not their paths: each folder is walked
+            // and its entries put under it here.
+            let bare_names = op.info().scheme() == "dropbox";
+            let native = recursive && op.info().capability().list_with_recursive && !bare_names;
             let mut folders = vec![prefix.clone()];
             while let Some(folder) = folders.pop() {
                 let fail = |e| Error::backend(format!("cannot list {label}"), e);
                 let mut lister = op.lister_with(&folder).recursive(native).await.map_err(fail)?;
                 while let Some(entry) = lister.try_next().await.map_err(fail)? {
-                    let full = entry.path();
+                    let joined = format!("{folder}{}", entry.path());
+                    let full = if bare_names { joined.as_str() } else { entry.path() };
                     let Some(rel) = full.strip_prefix(prefix.as_str()) else { continue };
                     let is_dir = entry.metadata().mode() == EntryMode::DIR;
                     let rel = rel.trim_end_matches('/');
@@ -702,6 +708,12 @@ async fn source(from: &Location) -> Result<futures_util::stream::BoxStream<'stat
     }
 }
 
+/// Whether the remote makes an upload visible only once it is complete (one request, or a session committed
+/// at its last piece): S3, Dropbox, OneDrive, pCloud.
+fn commits_whole_uploads(op: &opendal::Operator) -> bool {
+    matches!(op.info().scheme(), "s3" | "dropbox" | "onedrive" | "pcloud")
+}
+
 /// Copies one file, never leaving a partial file under the final name.
 async fn transfer(
     from: &Location,
@@ -786,7 +798,10 @@ async fn transfer(
             result
         }
         Location::Remote { op, path, label } => {
-            let rename = op.info().capability().rename;
+            // Where an upload becomes visible only once it is whole, the final name is written directly: Dropbox's
+            // move refuses to replace a file (and OpenDAL takes a missing source as moved), so a temporary name
+            // would only add a failure.
+            let rename = op.info().capability().rename && !commits_whole_uploads(op);
             let target = if rename {
                 let dir = path.rsplit_once('/').map_or(String::new(), |(d, _)| format!("{d}/"));
                 format!("{dir}{}", partial_name())
@@ -798,7 +813,9 @@ async fn transfer(
                 if stream.next().await.transpose()?.is_some_and(|c| !c.is_empty()) {
                     check_size(1, 0, from)?;
                 }
-                if !cap.write_can_empty {
+                // The one-request uploads of Dropbox, OneDrive and pCloud take an empty body, though OpenDAL
+                // does not claim it.
+                if !cap.write_can_empty && !matches!(op.info().scheme(), "dropbox" | "onedrive" | "pcloud") {
                     return Err(Error::Unsupported(format!(
                         "{label}: this kind of remote ({}) cannot be given an empty file by this version; it was skipped",
                         op.info().scheme()
@@ -837,12 +854,15 @@ async fn transfer(
                 // The writer holds an operation permit: let it go before the rename asks for one.
                 written
             } else {
-                // One request per file (WebDAV through OpenDAL): the body is held in memory, so it is capped.
-                if size > ONE_SHOT_MAX {
+                // One request per file (WebDAV, Dropbox, pCloud; OneDrive sends it in fragments) through OpenDAL:
+                // the body is held in memory, so it is capped.
+                let max = if op.info().scheme() == "dropbox" { DROPBOX_ONE_SHOT_MAX } else { ONE_SHOT_MAX };
+                if size > max {
                     return Err(Error::Unsupported(format!(
-                        "{} is {size} bytes; uploads to this kind of remote are sent in one request held in memory, \
-                         which this version caps at {ONE_SHOT_MAX} bytes",
-                        from.label()
+                        "{} is {size} bytes; uploads to this kind of remote ({}) are sent as one piece held in \
+                         memory, which this version caps at {max} bytes",
+                        from.label(),
+                        op.info().scheme()
                     )));
                 }
                 // All such uploads in flight together hold at most ONE_SHOT_MAX bytes.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use cloudsync_connectors::transfer::{self, Location, Options, Summary};
-use cloudsync_connectors::{Connection, Kind, Limits, check_name};
+use cloudsync_connectors::{Connection, Kind, Limits, check_name, oauth};
 use cloudsync_sync::progress;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -73,7 +73,14 @@ impl Connections {
             }
             None => None,
         };
-        Ok(conn.operator(secret.as_deref().map(String::as_str), limits)?)
+        // A provider that rotates refresh tokens (Microsoft) hands out a new one now and then: keep the newest.
+        let account = secret_account(name);
+        let keep: oauth::SecretSink = Arc::new(move |new: &str| {
+            if let Err(e) = CredentialStore::from_env().and_then(|store| store.set(&account, new)) {
+                tracing::warn!("could not keep the new refresh token in the credential store: {e:#}");
+            }
+        });
+        Ok(conn.operator_keeping(secret.as_deref().map(String::as_str), limits, Some(keep))?)
     }
 }
 
@@ -177,7 +184,7 @@ pub fn any_connection(specs: &[&str]) -> Result<bool> {
 /// Bad settings, an unavailable credential store, a failed test.
 pub async fn run(cmd: ConnectionCmd) -> Result<()> {
     match cmd {
-        ConnectionCmd::Add(args) => add(*args),
+        ConnectionCmd::Add(args) => add(*args).await,
         ConnectionCmd::List(j) => list(j.json),
         ConnectionCmd::Show { name, json } => show(&name, json.json),
         ConnectionCmd::Test { name, json } => test(&name, json.json).await,
@@ -185,7 +192,7 @@ pub async fn run(cmd: ConnectionCmd) -> Result<()> {
     }
 }
 
-fn add(a: ConnectionAddArgs) -> Result<()> {
+async fn add(a: ConnectionAddArgs) -> Result<()> {
     check_name(&a.name)?;
     let mut saved = Connections::load()?;
     if saved.connections.contains_key(&a.name) && !a.replace {
@@ -203,6 +210,8 @@ fn add(a: ConnectionAddArgs) -> Result<()> {
     conn.key_file = a.key_file.map(|p| std::path::absolute(&p).unwrap_or(p));
     conn.root = a.root;
     conn.workspace = a.workspace;
+    conn.client_id = a.client_id;
+    conn.auth_endpoint = a.auth_endpoint;
     conn.allow_insecure = a.allow_insecure;
     conn.ca_cert = a.ca_cert.map(|p| std::path::absolute(&p).unwrap_or(p));
     conn.validate()?;
@@ -214,8 +223,34 @@ fn add(a: ConnectionAddArgs) -> Result<()> {
     }
     let needs_secret = conn.secret_name();
     let store = CredentialStore::from_env()?;
+    let oauth = oauth::is_oauth(conn.kind);
+    anyhow::ensure!(!a.device_code || conn.kind == Kind::Onedrive, "--device-code is offered by onedrive only");
+    anyhow::ensure!(
+        !a.client_secret_stdin || conn.kind == Kind::Pcloud,
+        "--client-secret-stdin is for pcloud only (dropbox and onedrive sign in without a client secret)"
+    );
     if let Some(what) = needs_secret {
-        let secret = if a.secret_stdin {
+        let secret = if oauth && !a.secret_stdin {
+            let grant = if a.device_code {
+                oauth::sign_in_with_device_code(&conn, &SignInPrompt { browser: false }).await?
+            } else {
+                let client_secret = if a.client_secret_stdin {
+                    Some(super::read_stdin_line("client secret")?)
+                } else if conn.kind == Kind::Pcloud && std::io::stdin().is_terminal() {
+                    Some(Zeroizing::new(rpassword::prompt_password("pCloud app client secret: ")?))
+                } else {
+                    None
+                };
+                let prompt = SignInPrompt { browser: !a.no_browser };
+                oauth::sign_in(&conn, a.oauth_port, client_secret.as_deref().map(String::as_str), &prompt).await?
+            };
+            if let Some(host) = grant.api_host
+                && conn.endpoint.is_none()
+            {
+                conn.endpoint = Some(format!("https://{host}"));
+            }
+            grant.secret
+        } else if a.secret_stdin {
             super::read_stdin_line(what)?
         } else if std::io::stdin().is_terminal() {
             let s = Zeroizing::new(rpassword::prompt_password(format!("{} for {}: ", capitalise(what), a.name))?);
@@ -240,6 +275,45 @@ fn add(a: ConnectionAddArgs) -> Result<()> {
     Ok(())
 }
 
+/// Shows the sign-in address (on standard error, so `--json` output stays clean) and opens a browser: the
+/// command in `$BROWSER`, else the desktop's opener.
+#[derive(Debug)]
+struct SignInPrompt {
+    browser: bool,
+}
+
+impl oauth::Prompt for SignInPrompt {
+    fn open(&self, url: &str) {
+        eprintln!("Sign in by opening this address in a browser (waiting up to 5 minutes):\n\n  {url}\n");
+        if !self.browser {
+            return;
+        }
+        let opener = std::env::var("BROWSER").ok().filter(|b| !b.trim().is_empty()).unwrap_or_else(|| {
+            if cfg!(target_os = "macos") {
+                "open"
+            } else if cfg!(windows) {
+                "explorer"
+            } else {
+                "xdg-open"
+            }
+            .into()
+        });
+        let started = std::process::Command::new(&opener)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if started.is_err() {
+            eprintln!("(could not start a browser with {opener:?}; open the address by hand)");
+        }
+    }
+
+    fn device(&self, message: &str) {
+        eprintln!("{message}");
+    }
+}
+
 fn capitalise(s: &str) -> String {
     let mut c = s.chars();
     c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
@@ -256,6 +330,9 @@ fn place(c: &Connection) -> String {
         }
         Kind::Webdav => c.endpoint.clone().unwrap_or_default(),
         Kind::Cloudsync => format!("workspace {:?}", c.workspace.as_deref().unwrap_or_default()),
+        Kind::Dropbox | Kind::Onedrive | Kind::Pcloud => {
+            c.endpoint.clone().unwrap_or_else(|| format!("{} (app {})", c.kind, c.client_id.as_deref().unwrap_or("?")))
+        }
         _ => {
             let user = c.user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
             let port = c.port.map(|p| format!(":{p}")).unwrap_or_default();
