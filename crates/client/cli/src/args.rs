@@ -789,9 +789,10 @@ pub struct ConnectionAddArgs {
     pub client_id: Option<String>,
     /// pcloud: read the app's client secret from standard input (asked for on a terminal otherwise); it is used
     /// once to finish the sign-in and is not kept.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "secret_stdin")]
     pub client_secret_stdin: bool,
-    /// dropbox, onedrive, pcloud: sign-in service URL when not the provider's own.
+    /// dropbox, onedrive, pcloud: URL of the sign-in pages (and, for onedrive, of the token service) when not
+    /// the provider's own; dropbox's and pcloud's token service is on the --endpoint host.
     #[arg(long, value_name = "URL")]
     pub auth_endpoint: Option<String>,
     /// onedrive: sign in with a code entered on another device, instead of a browser on this one.

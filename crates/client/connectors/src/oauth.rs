@@ -15,6 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use opendal::{Buffer, HttpBody, HttpTransport};
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
@@ -199,24 +200,49 @@ fn form(pairs: &[(&str, &str)]) -> String {
 }
 
 /// Posts a form to a token endpoint and reads the answer, turning a refusal into a clear error.
-async fn token_call(client: &reqwest::Client, url: &str, body: String, who: &str) -> Result<TokenResponse, Error> {
+async fn token_call(
+    client: &reqwest::Client,
+    url: &str,
+    body: Zeroizing<String>,
+    who: &str,
+) -> Result<TokenResponse, Error> {
     let resp = client
         .post(url)
         .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(http::header::ACCEPT, "application/json")
-        .body(body)
+        .body(body.as_bytes().to_vec())
         .send()
         .await
         .map_err(|e| Error::Invalid(format!("cannot reach {who}'s sign-in service at {url}: {}", short(e))))?;
     let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| Error::Invalid(format!("{who}'s sign-in service: {}", short(e))))?;
-    if bytes.len() > MAX_TOKEN_RESPONSE {
-        return Err(Error::Invalid(format!("{who}'s sign-in service sent an answer too large to be a token")));
-    }
+    let bytes = capped(resp, who).await?;
     let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
         Error::Invalid(format!("{who}'s sign-in service answered {status} with something that is not a token"))
     })?;
     Ok(parsed)
+}
+
+/// Reads an answer of the sign-in service, refusing one larger than a token answer can be.
+async fn capped(mut resp: reqwest::Response, who: &str) -> Result<Vec<u8>, Error> {
+    let too_large = || Error::Invalid(format!("{who}'s sign-in service sent an answer too large to be a token"));
+    if resp.content_length().is_some_and(|n| n > MAX_TOKEN_RESPONSE as u64) {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) =
+        resp.chunk().await.map_err(|e| Error::Invalid(format!("{who}'s sign-in service: {}", short(e))))?
+    {
+        if out.len() + chunk.len() > MAX_TOKEN_RESPONSE {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Text from a remote, fit for a terminal: control characters (escape sequences) dropped, length capped.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(1000).collect()
 }
 
 /// A reqwest error and its causes, without the URL.
@@ -235,7 +261,7 @@ fn refused(who: &str, t: &TokenResponse) -> Error {
     let what = t.error.as_deref().unwrap_or("no token in the answer");
     let why =
         t.error_description.as_deref().map(|d| format!(" ({})", d.lines().next().unwrap_or(d))).unwrap_or_default();
-    Error::Invalid(format!("{who} refused the sign-in: {what}{why}"))
+    Error::Invalid(printable(&format!("{who} refused the sign-in: {what}{why}")))
 }
 
 /// How the sign-in reaches the user: the address to open, shown and handed to a browser.
@@ -315,11 +341,17 @@ pub async fn sign_in(
         if let Some(scope) = p.scope {
             fields.push(("scope", scope));
         }
-        token_call(&client, &conn.token_url()?, form(&fields), p.name).await?
+        token_call(&client, &conn.token_url()?, Zeroizing::new(form(&fields)), p.name).await?
     } else {
         let secret = client_secret.unwrap_or_default();
         let fields = [("client_id", client_id.as_str()), ("client_secret", secret), ("code", answer.code.as_str())];
-        token_call(&client, &conn.token_url()?, form(&fields), p.name).await?
+        // pCloud keeps an account in one region and names its API host in the redirect: the code is swapped
+        // there (unless --endpoint says where).
+        let url = match answer.hostname.as_deref().filter(|h| known_pcloud_host(h)) {
+            Some(host) if conn.endpoint.is_none() => format!("https://{host}{}", p.token.1),
+            _ => conn.token_url()?,
+        };
+        token_call(&client, &url, Zeroizing::new(form(&fields)), p.name).await?
     };
     let secret = if p.pkce { token.refresh_token.clone() } else { token.access_token.clone() };
     match secret {
@@ -345,9 +377,11 @@ async fn redirected(listener: &tokio::net::TcpListener, state: &str) -> Result<R
         let (mut sock, _) = listener.accept().await.map_err(|e| Error::io("waiting for the browser", e))?;
         let mut buf = vec![0u8; 8192];
         let mut len = 0;
-        // The request line and headers; a browser sends them at once.
+        // The request line and headers; a browser sends them at once. One deadline for the whole request, so
+        // a local process that trickles bytes cannot hold the address.
+        let deadline = Instant::now() + Duration::from_secs(3);
         while len < buf.len() {
-            let n = match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf[len..])).await {
+            let n = match tokio::time::timeout_at(deadline, sock.read(&mut buf[len..])).await {
                 Ok(Ok(n)) => n,
                 _ => 0,
             };
@@ -368,7 +402,8 @@ async fn redirected(listener: &tokio::net::TcpListener, state: &str) -> Result<R
         }
         let params: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        if get("state").as_deref() != Some(state) {
+        let state_ok = get("state").is_some_and(|s| bool::from(s.as_bytes().ct_eq(state.as_bytes())));
+        if !state_ok {
             // Not our sign-in (a stale tab, or a forged request): keep waiting for the real one.
             let _ =
                 reply(&mut sock, "400 Bad Request", "This sign-in link is not the one CloudSync is waiting for.").await;
@@ -434,7 +469,7 @@ pub async fn sign_in_with_device_code(conn: &Connection, prompt: &dyn Prompt) ->
         .await
         .map_err(|e| Error::Invalid(format!("cannot reach {}'s sign-in service: {}", p.name, short(e))))?;
     let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| Error::Invalid(short(e)))?;
+    let bytes = capped(resp, p.name).await?;
     let device: DeviceCode = match serde_json::from_slice(&bytes) {
         Ok(d) if status.is_success() => d,
         _ => {
@@ -445,9 +480,9 @@ pub async fn sign_in_with_device_code(conn: &Connection, prompt: &dyn Prompt) ->
             ));
         }
     };
-    prompt.device(&device.message.clone().unwrap_or_else(|| {
+    prompt.device(&printable(&device.message.clone().unwrap_or_else(|| {
         format!("To sign in, open {} and enter the code {}", device.verification_uri, device.user_code)
-    }));
+    })));
     let mut interval = Duration::from_secs(device.interval.unwrap_or(5).clamp(1, 60));
     let deadline = Instant::now() + Duration::from_secs(device.expires_in.unwrap_or(900).min(3600));
     let token_url = conn.token_url()?;
@@ -461,7 +496,7 @@ pub async fn sign_in_with_device_code(conn: &Connection, prompt: &dyn Prompt) ->
             ("client_id", client_id),
             ("device_code", device.device_code.as_str()),
         ];
-        let t = token_call(&client, &token_url, form(&fields), p.name).await?;
+        let t = token_call(&client, &token_url, Zeroizing::new(form(&fields)), p.name).await?;
         match (t.error.as_deref(), &t.refresh_token) {
             (None, Some(refresh)) if !refresh.is_empty() => {
                 return Ok(Grant { secret: Zeroizing::new(refresh.clone()), api_host: None });
@@ -486,14 +521,17 @@ pub struct AuthTransport<T> {
     inner: T,
     kind: Kind,
     rewrites: Vec<(&'static str, String)>,
+    /// The API bases requests are signed for (the connection's, and the service's own ones not sent there).
+    api: Vec<String>,
     client: reqwest::Client,
     token_url: String,
     client_id: String,
     scope: Option<&'static str>,
     tokens: tokio::sync::Mutex<Tokens>,
     rotated: Option<SecretSink>,
-    /// Send a request again after a 429 (or a 503 to an idempotent one), waiting as told: OpenDAL's services
-    /// for these providers take both as final errors. Off when a pace does this (it also slows down).
+    /// Send a request again after a 429 (or a 503 to an idempotent one), waiting as told: OpenDAL's OneDrive and
+    /// pCloud services take both as final errors (its Dropbox service retries them too, on top). Off when a
+    /// pace does this (it also slows down).
     resend_pushbacks: bool,
 }
 
@@ -525,6 +563,7 @@ impl<T> AuthTransport<T> {
             inner,
             kind: conn.kind,
             rewrites: rewrites.filter(|(from, to)| from != to).collect(),
+            api: std::iter::once(api.clone()).chain(p.api_origins.iter().map(|o| (*o).to_owned())).collect(),
             client: conn.http_client()?,
             token_url: conn.token_url()?,
             client_id: conn.client_id()?.to_owned(),
@@ -535,15 +574,16 @@ impl<T> AuthTransport<T> {
         })
     }
 
-    /// A valid access token: the one held, or a new one from the refresh token (`fresh`: a new one in any case).
-    async fn access_token(&self, fresh: bool) -> opendal::Result<Zeroizing<String>> {
+    /// A valid access token: the one held, or a new one from the refresh token. `failed`: a token the service
+    /// refused (401), replaced unless another request has replaced it already.
+    async fn access_token(&self, failed: Option<&str>) -> opendal::Result<Zeroizing<String>> {
         let mut tokens = self.tokens.lock().await;
         if self.kind == Kind::Pcloud {
             return Ok(tokens.secret.clone());
         }
-        if !fresh
-            && let Some((token, until)) = &tokens.access
+        if let Some((token, until)) = &tokens.access
             && Instant::now() < *until
+            && failed.is_none_or(|f| f != token.as_str())
         {
             return Ok(token.clone());
         }
@@ -556,22 +596,28 @@ impl<T> AuthTransport<T> {
             fields.push(("scope", scope));
         }
         let who = provider(self.kind).map_or("the service", |p| p.name);
-        let t = token_call(&self.client, &self.token_url, form(&fields), who)
+        let t = token_call(&self.client, &self.token_url, Zeroizing::new(form(&fields)), who)
             .await
             .map_err(|e| opendal::Error::new(opendal::ErrorKind::Unexpected, e.to_string()).set_temporary())?;
         let Some(access) = t.access_token.clone().filter(|a| !a.is_empty() && t.error.is_none()) else {
-            return Err(opendal::Error::new(
-                opendal::ErrorKind::PermissionDenied,
-                format!(
-                    "{}; the saved sign-in may have been revoked or expired: sign in again with `cloudsync connection \
-                     add NAME --type {} --client-id ID --replace`",
-                    refused(who, &t),
-                    self.kind
-                ),
-            ));
+            if matches!(t.error.as_deref(), Some("invalid_grant" | "invalid_client" | "unauthorized_client")) {
+                return Err(opendal::Error::new(
+                    opendal::ErrorKind::PermissionDenied,
+                    format!(
+                        "{}; the saved sign-in was revoked or has expired: sign in again by running the same \
+                         `cloudsync connection add NAME --type {} ...` with --replace",
+                        refused(who, &t),
+                        self.kind
+                    ),
+                ));
+            }
+            return Err(
+                opendal::Error::new(opendal::ErrorKind::Unexpected, refused(who, &t).to_string()).set_temporary()
+            );
         };
-        let life = Duration::from_secs(t.expires_in.unwrap_or(3600));
-        let until = Instant::now() + life.saturating_sub(EARLY).max(Duration::from_secs(life.as_secs().min(30)));
+        // A day at most: a token claimed to live longer is renewed anyway (and the sum cannot overflow).
+        let life = Duration::from_secs(t.expires_in.unwrap_or(3600).min(86_400));
+        let until = Instant::now() + life.saturating_sub(EARLY.min(life / 4));
         tokens.access = Some((Zeroizing::new(access.clone()), until));
         if let Some(new) = t.refresh_token.filter(|r| !r.is_empty() && r.as_str() != tokens.secret.as_str()) {
             tokens.secret = Zeroizing::new(new);
@@ -593,6 +639,39 @@ impl<T> AuthTransport<T> {
                 return;
             }
         }
+    }
+}
+
+/// Dropbox: the JSON of a `Dropbox-API-Arg` header must be ASCII, with other characters escaped as `\uXXXX`;
+/// OpenDAL sends them raw (a name like "Ünï" would be garbled or refused).
+fn ascii_api_arg(req: &mut http::Request<Buffer>) {
+    let Some(arg) = req.headers().get("Dropbox-API-Arg").and_then(|v| std::str::from_utf8(v.as_bytes()).ok()) else {
+        return;
+    };
+    if arg.is_ascii() {
+        return;
+    }
+    let mut out = String::with_capacity(arg.len() + 16);
+    for c in arg.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&out) {
+        req.headers_mut().insert("Dropbox-API-Arg", v);
+    }
+}
+
+fn add_query(req: &mut http::Request<Buffer>, param: &str) {
+    let uri = req.uri().to_string();
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    if let Ok(u) = format!("{uri}{sep}{param}").parse() {
+        *req.uri_mut() = u;
     }
 }
 
@@ -621,8 +700,12 @@ const MAX_PUSHBACK_WAIT: Duration = Duration::from_secs(60);
 impl<T: HttpTransport> HttpTransport for AuthTransport<T> {
     async fn fetch(&self, req: http::Request<Buffer>) -> opendal::Result<http::Response<HttpBody>> {
         let mut resent = 0;
+        let listing =
+            self.kind == Kind::Onedrive && req.method() == http::Method::GET && req.uri().path().ends_with("/children");
         loop {
             let resp = self.signed(req.clone()).await?;
+            let resp =
+                if listing && resp.status() == http::StatusCode::OK { decoded_parents(resp).await? } else { resp };
             let status = resp.status().as_u16();
             let again = status == 429 || (status == 503 && matches!(req.method().as_str(), "GET" | "HEAD" | "PUT"));
             if !self.resend_pushbacks || !again || resent == PUSHBACK_RESENDS {
@@ -642,9 +725,19 @@ impl<T: HttpTransport> AuthTransport<T> {
     /// Sends one request with the access token in place of the placeholder.
     async fn signed(&self, mut req: http::Request<Buffer>) -> opendal::Result<http::Response<HttpBody>> {
         self.rewrite(&mut req);
-        let signed = if self.kind == Kind::Pcloud {
+        let url = req.uri().to_string();
+        let signed = if !self.api.iter().any(|a| url.starts_with(&format!("{a}/"))) {
+            false // never a token to another host
+        } else if self.kind == Kind::Pcloud {
+            // Uploads that break off leave nothing behind (pCloud would keep the part under the final name).
+            if req.uri().path().ends_with("/uploadfile") {
+                add_query(&mut req, "nopartial=1");
+            }
             strip_pcloud_login(&mut req)
         } else {
+            if self.kind == Kind::Dropbox {
+                ascii_api_arg(&mut req);
+            }
             req.headers()
                 .get(http::header::AUTHORIZATION)
                 .is_some_and(|v| v.as_bytes().ends_with(PLACEHOLDER.as_bytes()))
@@ -663,7 +756,7 @@ impl<T: HttpTransport> AuthTransport<T> {
                     opendal::Error::new(opendal::ErrorKind::Unexpected, "the access token is not a header value")
                 })
         };
-        let token = self.access_token(false).await?;
+        let token = self.access_token(None).await?;
         req.headers_mut().insert(http::header::AUTHORIZATION, bearer(&token)?);
         let resp = self.inner.fetch(req.clone()).await?;
         if resp.status() != http::StatusCode::UNAUTHORIZED || self.kind == Kind::Pcloud {
@@ -671,15 +764,112 @@ impl<T: HttpTransport> AuthTransport<T> {
         }
         // Revoked or expired early: one new token, one more try.
         drop(resp);
-        let token = self.access_token(true).await?;
+        let token = self.access_token(Some(&token)).await?;
         req.headers_mut().insert(http::header::AUTHORIZATION, bearer(&token)?);
         self.inner.fetch(req).await
     }
 }
 
+/// Largest page of a OneDrive folder listing read (Graph sends at most a few hundred items a page).
+const MAX_LISTING_PAGE: usize = 16 << 20;
+
+/// OneDrive: Graph sends an item's `parentReference.path` percent-encoded (`/drive/root:/My%20Files`), and
+/// OpenDAL's OneDrive lister builds entry paths from it as it is, so a folder with a space or a non-ASCII letter
+/// in its name (or in the connection's root) would give wrong paths. The page is decoded here before OpenDAL
+/// reads it.
+async fn decoded_parents(resp: http::Response<HttpBody>) -> opendal::Result<http::Response<HttpBody>> {
+    let (parts, mut body) = resp.into_parts();
+    let page = body.to_buffer().await?.to_bytes();
+    let bad =
+        |why: &str| opendal::Error::new(opendal::ErrorKind::Unexpected, format!("a OneDrive folder listing {why}"));
+    if page.len() > MAX_LISTING_PAGE {
+        return Err(bad("page is too large"));
+    }
+    let mut json: serde_json::Value = serde_json::from_slice(&page).map_err(|_| bad("is not JSON"))?;
+    if let Some(items) = json.get_mut("value").and_then(serde_json::Value::as_array_mut) {
+        for item in items {
+            if let Some(serde_json::Value::String(path)) = item.pointer_mut("/parentReference/path") {
+                *path = percent_decode(path);
+            }
+        }
+    }
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&json).map_err(|_| bad("cannot be written again"))?);
+    let len = bytes.len() as u64;
+    let stream = futures_util::stream::iter([Ok(Buffer::from(bytes))]);
+    Ok(http::Response::from_parts(parts, HttpBody::new(stream, Some(len))))
+}
+
+/// Decodes `%XX` escapes; a string whose escapes do not make UTF-8 is kept as it was.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn browse(port: u16, request: &[u8]) -> String {
+        let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        sock.write_all(request).await.expect("send");
+        let mut answer = String::new();
+        let _ = sock.read_to_string(&mut answer).await;
+        answer
+    }
+
+    #[tokio::test]
+    async fn the_redirect_listener_takes_only_its_own_sign_in() {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let waiting = tokio::spawn(async move { redirected(&listener, "the-state").await.map(|r| r.code) });
+        // A client that sends half a request and stalls holds the address for a few seconds at most.
+        let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        stalled.write_all(b"GET /?code=x").await.expect("send");
+        let started = Instant::now();
+        let wrong_path = browse(port, b"GET /favicon.ico HTTP/1.1\r\n\r\n").await;
+        assert!(started.elapsed() < Duration::from_secs(10), "the stalled client let go");
+        assert!(wrong_path.starts_with("HTTP/1.1 404"), "{wrong_path}");
+        let forged = browse(port, b"GET /?code=evil&state=other HTTP/1.1\r\n\r\n").await;
+        assert!(forged.starts_with("HTTP/1.1 400"), "another sign-in's answer is refused: {forged}");
+        let real = browse(port, b"GET /?code=good&state=the-state HTTP/1.1\r\n\r\n").await;
+        assert!(real.starts_with("HTTP/1.1 200") && real.contains("Signed in"), "{real}");
+        assert_eq!(waiting.await.expect("join").expect("code"), "good");
+    }
+
+    #[test]
+    fn dropbox_api_args_are_ascii() {
+        let mut req = http::Request::post("https://content.dropboxapi.com/2/files/upload")
+            .header("Dropbox-API-Arg", http::HeaderValue::from_bytes("{\"path\":\"/ü 😀\"}".as_bytes()).expect("v"))
+            .body(Buffer::new())
+            .expect("request");
+        ascii_api_arg(&mut req);
+        let arg = req.headers()["Dropbox-API-Arg"].to_str().expect("ascii");
+        assert_eq!(arg, r#"{"path":"/\u00fc \ud83d\ude00"}"#);
+        let back: serde_json::Value = serde_json::from_str(arg).expect("json");
+        assert_eq!(back["path"], "/ü 😀");
+    }
+
+    #[test]
+    fn graph_parent_paths_are_decoded() {
+        assert_eq!(percent_decode("/drive/root:/My%20Files/%C3%BC%25x"), "/drive/root:/My Files/ü%x");
+        assert_eq!(percent_decode("/a%2"), "/a%2", "a cut escape is kept");
+        assert_eq!(percent_decode("/%FF"), "/%FF", "escapes that are not UTF-8 are kept");
+    }
 
     #[test]
     fn pkce_challenge_is_rfc7636_s256() {

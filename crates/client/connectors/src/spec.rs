@@ -513,8 +513,13 @@ impl Connection {
             }
             None => op,
         };
+        // Where an upload goes as one piece (WebDAV, Dropbox, OneDrive, pCloud), its whole transfer is a single
+        // I/O step, so it gets room for a large file on a slow line; a stalled connection is still caught by the
+        // HTTP client's read timeout.
+        let one_piece = matches!(self.kind, Kind::Webdav | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud);
         let (op_timeout, io_timeout) = match limits.pace {
             Some(_) => (Duration::from_secs(6 * 3600), Duration::from_secs(1800)),
+            None if one_piece => (Duration::from_secs(1800), Duration::from_secs(1800)),
             None => (Duration::from_secs(120), Duration::from_secs(60)),
         };
         Ok(op

@@ -915,7 +915,9 @@ async fn transfer(
                 }
                 other => other,
             };
-            if result.is_err() && (rename || short) {
+            // A file found short at its final name on a service that commits whole uploads may be someone
+            // else's newer one: it is reported, not deleted.
+            if result.is_err() && (rename || (short && !commits_whole_uploads(op))) {
                 let _ = op.delete(&target).await;
             }
             result

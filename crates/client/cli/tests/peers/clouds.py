@@ -128,7 +128,7 @@ class Cloud:
         self.stats = dict.fromkeys(["requests", "api_requests", "rate_limited", "refreshes", "code_exchanges",
                                     "device_polls", "upload_sessions", "upload_fragments", "unauthorized",
                                     "bad_requests", "max_in_flight", "password_in_url",
-                                    "client_secret_refused"], 0)
+                                    "client_secret_refused", "uploads_keeping_partial"], 0)
         # The first secrets handed out, for tests that check they are kept out of files.
         self.stats.update(refresh_tokens=[], access_tokens=[])
         self.single_use_refresh = False
@@ -539,6 +539,9 @@ class Cloud:
             raise bad(f'Bad HTTP "Content-Type" header: "{ctype}". Expecting one of '
                       + ", ".join(f'"{t}"' for t in sorted(self.DBX_TYPES[kind]) if t))
         raw = req.headers.get("Dropbox-API-Arg", "") if kind != "rpc" else req.body.decode(errors="replace")
+        if kind != "rpc" and not raw.isascii():
+            # Dropbox documents that header arguments are ASCII, other characters escaped as \uXXXX.
+            raise bad("Dropbox-API-Arg must be ASCII: escape other characters in its JSON as \\uXXXX")
         try:
             args = json.loads(raw)
             assert isinstance(args, dict)
@@ -1024,6 +1027,9 @@ class Cloud:
         dst = self.join(path, name)
         if self.kind(dst) == "folder":
             return fail(2004, "File or folder alredy exists.")
+        if p.get("nopartial") != "1":
+            # Without nopartial, pCloud keeps what arrived of a broken-off upload under the final name.
+            self.stats["uploads_keeping_partial"] += 1
         self.write(dst, req.body)  # an existing file is replaced (a new revision on pCloud)
         if p.get("mtime", "").isdigit():
             os.utime(self.local(dst), (int(p["mtime"]), int(p["mtime"])))
