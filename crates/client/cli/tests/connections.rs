@@ -909,6 +909,8 @@ fn dropbox_connector_against_a_fake_of_its_api() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("/oauth2/authorize?") && said.contains("code_challenge_method=S256"), "{said}");
+    assert!(said.contains("Signed in as alice@example.com"), "the account is named: {said}");
+    assert_eq!(c.json(&["connection", "show", "dbx"])["account"], "alice@example.com");
     assert_eq!(fake.count("code_exchanges"), 1);
     let token =
         fake.stats()["refresh_tokens"][0].as_str().expect("the fake lists the refresh tokens it issued").to_owned();
@@ -965,6 +967,7 @@ fn onedrive_connector_against_a_fake_of_graph() {
     let status = child.wait().expect("wait");
     assert!(status.success(), "device-code sign-in failed: {said}");
     assert!(fake.count("device_polls") >= 1);
+    assert_eq!(c.json(&["connection", "show", "od"])["account"], "alice@example.com");
     assert_eq!(c.json(&["connection", "test", "od"])["ok"], true);
 
     behaviour(&c, "od", FULL);
@@ -997,6 +1000,7 @@ fn pcloud_connector_against_a_fake_of_its_api() {
     assert!(err.contains("client secret"), "{err}");
     add.push("--client-secret-stdin".into());
     c.ok(&strs(&add), Some(&secret));
+    assert_eq!(c.json(&["connection", "show", "pc"])["account"], "alice@example.com");
     secret_is_kept_out_of_files(&c, "pc", &secret);
     let token = fake.stats()["access_tokens"][0].as_str().expect("the fake lists the tokens it issued").to_owned();
     secret_is_kept_out_of_files(&c, "pc", &token);

@@ -166,6 +166,9 @@ pub struct Grant {
     pub secret: Zeroizing<String>,
     /// pCloud: the API host of the account's region (`api.pcloud.com` or `eapi.pcloud.com`).
     pub api_host: Option<String>,
+    /// The account signed in to (its e-mail address or user name), for the user to check that it is theirs;
+    /// `None` when the service would not say.
+    pub account: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -356,10 +359,44 @@ pub async fn sign_in(
     let secret = if p.pkce { token.refresh_token.clone() } else { token.access_token.clone() };
     match secret {
         Some(s) if token.result.unwrap_or(0) == 0 && !s.is_empty() => {
-            Ok(Grant { secret: Zeroizing::new(s), api_host: answer.hostname.filter(|h| known_pcloud_host(h)) })
+            let api_host = answer.hostname.filter(|h| known_pcloud_host(h));
+            let api = match &api_host {
+                Some(host) if conn.endpoint.is_none() => format!("https://{host}"),
+                _ => conn.api_base()?,
+            };
+            let access = Zeroizing::new(token.access_token.clone().unwrap_or_default());
+            let account = account(&client, conn.kind, &api, &access).await;
+            Ok(Grant { secret: Zeroizing::new(s), api_host, account })
         }
         _ => Err(refused(p.name, &token)),
     }
+}
+
+/// Which account a fresh access token belongs to (Dropbox `users/get_current_account`, Graph `/me`, pCloud
+/// `userinfo`), so that a sign-in completed by someone else's consent is noticed.
+async fn account(client: &reqwest::Client, kind: Kind, api: &str, access: &str) -> Option<String> {
+    if access.is_empty() {
+        return None;
+    }
+    let req = match kind {
+        Kind::Dropbox => client
+            .post(format!("{api}/2/users/get_current_account"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body("null"),
+        Kind::Onedrive => client.get(format!("{api}/v1.0/me?$select=userPrincipalName,mail")),
+        Kind::Pcloud => client.get(format!("{api}/userinfo")),
+        _ => return None,
+    };
+    let resp = req.bearer_auth(access).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body: serde_json::Value = serde_json::from_slice(&capped(resp, "the service").await.ok()?).ok()?;
+    let found = match kind {
+        Kind::Onedrive => body.get("userPrincipalName").or_else(|| body.get("mail")),
+        _ => body.get("email"),
+    };
+    found.and_then(serde_json::Value::as_str).map(|a| printable(a).chars().take(320).collect())
 }
 
 fn known_pcloud_host(host: &str) -> bool {
@@ -499,7 +536,9 @@ pub async fn sign_in_with_device_code(conn: &Connection, prompt: &dyn Prompt) ->
         let t = token_call(&client, &token_url, Zeroizing::new(form(&fields)), p.name).await?;
         match (t.error.as_deref(), &t.refresh_token) {
             (None, Some(refresh)) if !refresh.is_empty() => {
-                return Ok(Grant { secret: Zeroizing::new(refresh.clone()), api_host: None });
+                let access = Zeroizing::new(t.access_token.clone().unwrap_or_default());
+                let account = account(&client, conn.kind, &conn.api_base()?, &access).await;
+                return Ok(Grant { secret: Zeroizing::new(refresh.clone()), api_host: None, account });
             }
             (Some("authorization_pending"), _) => {}
             (Some("slow_down"), _) => interval += Duration::from_secs(5),

@@ -144,6 +144,9 @@ pub struct Connection {
     /// Sign-in service URL, when not the provider's own (Dropbox, OneDrive, pCloud).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_endpoint: Option<String>,
+    /// The account signed in to, as the provider named it (Dropbox, OneDrive, pCloud).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// Accept plain FTP or an `http://` endpoint.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_insecure: bool,
@@ -223,6 +226,7 @@ impl Connection {
             workspace: None,
             client_id: None,
             auth_endpoint: None,
+            account: None,
             allow_insecure: false,
             ca_cert: None,
         }
@@ -373,6 +377,7 @@ impl Connection {
         add("workspace", self.workspace.clone());
         add("client_id", self.client_id.clone());
         add("auth_endpoint", self.auth_endpoint.clone());
+        add("account", self.account.clone());
         add("ca_cert", self.ca_cert.as_ref().map(|p| p.display().to_string()));
         if self.allow_insecure {
             out.push(("allow_insecure", "true".into()));

@@ -75,9 +75,14 @@ impl Connections {
         };
         // A provider that rotates refresh tokens (Microsoft) hands out a new one now and then: keep the newest.
         let account = secret_account(name);
+        let label = name.to_owned();
         let keep: oauth::SecretSink = Arc::new(move |new: &str| {
             if let Err(e) = CredentialStore::from_env().and_then(|store| store.set(&account, new)) {
-                tracing::warn!("could not keep the new refresh token in the credential store: {e:#}");
+                eprintln!(
+                    "warning: the provider renewed the sign-in of connection {label:?}, but the new refresh token \
+                     could not be kept in the credential store ({e:#}); if a later command is refused, add the \
+                     connection again"
+                );
             }
         });
         Ok(conn.operator_keeping(secret.as_deref().map(String::as_str), limits, Some(keep))?)
@@ -249,6 +254,13 @@ async fn add(a: ConnectionAddArgs) -> Result<()> {
             {
                 conn.endpoint = Some(format!("https://{host}"));
             }
+            match &grant.account {
+                Some(account) => {
+                    eprintln!("Signed in as {account}. If that is not your account, remove the connection.")
+                }
+                None => eprintln!("Signed in (the service did not say to which account)."),
+            }
+            conn.account = grant.account;
             grant.secret
         } else if a.secret_stdin {
             super::read_stdin_line(what)?

@@ -521,7 +521,20 @@ class Cloud:
                      content_hash=self.digest(p, "dropbox"))
         return m
 
+    ACCOUNT_EMAIL = "alice@example.com"
+
     def dbx_api(self, req):
+        if req.path == "/2/users/get_current_account":  # no arguments: a body of `null`, or none
+            if req.method != "POST" or self.token_state(req.bearer()):
+                return js(401, {"error_summary": "invalid_access_token/..", "error": {".tag": "invalid_access_token"}})
+            if req.body not in (b"", b"null"):
+                raise text(400, 'Error in call to API function "users/get_current_account": request body: '
+                                "could not decode input as JSON")
+            return js(200, {"account_id": "dbid:fake", "email": self.ACCOUNT_EMAIL, "email_verified": True,
+                            "name": {"display_name": "Alice", "given_name": "Alice", "surname": "",
+                                     "familiar_name": "Alice", "abbreviated_name": "A"},
+                            "disabled": False, "country": "DE", "locale": "en", "is_paired": False,
+                            "account_type": {".tag": "basic"}, "root_info": {".tag": "user"}})
         fn = req.path[len("/2/files/"):] if req.path.startswith("/2/files/") else None
         if fn not in self.DBX_ARGS:
             raise text(404, f"unknown endpoint {req.path}")
@@ -711,6 +724,11 @@ class Cloud:
             return self.serve(p, req.headers.get("Range"), {"ETag": self.graph_item(p)["eTag"]})
         if req.path.startswith("/_upload/"):  # upload session addresses, also pre-authenticated
             return self.graph_fragment(req, self.sessions.get(req.path[9:]), req.path[9:])
+        if req.path == "/v1.0/me":
+            if req.method != "GET" or self.token_state(req.bearer()):
+                raise self.gerr(401, "InvalidAuthenticationToken", "Access token is empty or not valid.")
+            return js(200, {"id": "fake-user", "displayName": "Alice", "userPrincipalName": self.ACCOUNT_EMAIL,
+                            "mail": self.ACCOUNT_EMAIL})
         target = self.graph_target(req.path)
         if target is None and not req.path.startswith("/_monitor/"):
             raise self.gerr(400, "BadRequest", f"Resource not found for the segment in {req.path}", log="unknown path")
@@ -960,6 +978,11 @@ class Cloud:
                               log="unknown or stale download link")
             return self.serve(p, req.headers.get("Range"), {})
         method = req.path[1:]
+        if method == "userinfo":
+            if self.token_state(req.bearer() or req.query.get("access_token")):
+                return js(200, {"result": 1000, "error": "Log in required."})
+            return js(200, {"result": 0, "userid": 1, "email": self.ACCOUNT_EMAIL, "emailverified": True,
+                            "quota": 10 << 30, "usedquota": 0, "premium": False})
         if method not in self.METHODS:
             raise text(404, f"unknown pCloud method {req.path}")
         if req.method not in ("GET", "POST") and not (method == "uploadfile" and req.method == "PUT"):
