@@ -1010,5 +1010,12 @@ fn pcloud_connector_against_a_fake_of_its_api() {
     odd_names(&c, "pc", &fake.served);
     assert_eq!(fake.count("password_in_url"), 0, "{}", fake.stats());
     assert_eq!(fake.count("uploads_keeping_partial"), 0, "every upload asks pCloud to drop a broken-off part");
+
+    // A token pCloud no longer honours (it answers HTTP 200 with a result code): the error says what to do.
+    let mut revoked = fake.add_args("pc-revoked", "pcloud");
+    revoked.push("--secret-stdin".into());
+    c.ok(&strs(&revoked), Some("not-a-token"));
+    let err = c.fails(&["ls", "pc-revoked:"], None);
+    assert!(err.contains("refused the saved sign-in") && err.contains("sign in again"), "{err}");
     assert!(fake.count("rate_limited") > 0, "{}", fake.stats());
 }

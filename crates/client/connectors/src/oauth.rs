@@ -706,6 +706,41 @@ fn ascii_api_arg(req: &mut http::Request<Buffer>) {
     }
 }
 
+/// Largest pCloud API answer read to look for a refused sign-in (its answers are small JSON documents).
+const MAX_PCLOUD_ANSWER: usize = 16 << 20;
+
+/// pCloud answers a refused token with HTTP 200 and `result` 1000, 2000 or 2094, which OpenDAL would show as an
+/// unexplained error: such an answer becomes one that says to sign in again.
+async fn refused_pcloud_login(resp: http::Response<HttpBody>) -> opendal::Result<http::Response<HttpBody>> {
+    // Only API calls are signed (never download links), and their answers are JSON.
+    if resp.status() != http::StatusCode::OK {
+        return Ok(resp);
+    }
+    let (parts, mut body) = resp.into_parts();
+    let answer = body.to_buffer().await?.to_bytes();
+    if answer.len() > MAX_PCLOUD_ANSWER {
+        return Err(opendal::Error::new(opendal::ErrorKind::Unexpected, "a pCloud answer was too large"));
+    }
+    #[derive(Deserialize)]
+    struct Result {
+        result: Option<u64>,
+        error: Option<String>,
+    }
+    if let Ok(Result { result: Some(code @ (1000 | 2000 | 2094)), error }) = serde_json::from_slice(&answer) {
+        return Err(opendal::Error::new(
+            opendal::ErrorKind::PermissionDenied,
+            printable(&format!(
+                "pCloud refused the saved sign-in (result {code}: {}); sign in again by running the same \
+                 `cloudsync connection add NAME --type pcloud ...` with --replace",
+                error.unwrap_or_default()
+            )),
+        ));
+    }
+    let len = answer.len() as u64;
+    let stream = futures_util::stream::iter([Ok(Buffer::from(answer))]);
+    Ok(http::Response::from_parts(parts, HttpBody::new(stream, Some(len))))
+}
+
 fn add_query(req: &mut http::Request<Buffer>, param: &str) {
     let uri = req.uri().to_string();
     let sep = if uri.contains('?') { '&' } else { '?' };
@@ -798,7 +833,10 @@ impl<T: HttpTransport> AuthTransport<T> {
         let token = self.access_token(None).await?;
         req.headers_mut().insert(http::header::AUTHORIZATION, bearer(&token)?);
         let resp = self.inner.fetch(req.clone()).await?;
-        if resp.status() != http::StatusCode::UNAUTHORIZED || self.kind == Kind::Pcloud {
+        if self.kind == Kind::Pcloud {
+            return refused_pcloud_login(resp).await;
+        }
+        if resp.status() != http::StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
         // Revoked or expired early: one new token, one more try.

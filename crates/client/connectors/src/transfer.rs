@@ -866,7 +866,9 @@ async fn transfer(
                     )));
                 }
                 // All such uploads in flight together hold at most ONE_SHOT_MAX bytes.
-                let mib = u32::try_from(size.div_ceil(1 << 20)).unwrap_or(u32::MAX).min(ONE_SHOT_BUDGET_MIB);
+                // OpenDAL's OneDrive writer copies the body once more to cut it into fragments.
+                let copies = if op.info().scheme() == "onedrive" { 2 } else { 1 };
+                let mib = u32::try_from(size.div_ceil(1 << 20) * copies).unwrap_or(u32::MAX).min(ONE_SHOT_BUDGET_MIB);
                 let _budget = ONE_SHOT_BUDGET
                     .acquire_many(mib)
                     .await
