@@ -1019,3 +1019,41 @@ fn pcloud_connector_against_a_fake_of_its_api() {
     assert!(err.contains("refused the saved sign-in") && err.contains("sign in again"), "{err}");
     assert!(fake.count("rate_limited") > 0, "{}", fake.stats());
 }
+
+/// Pairs and connections saved at the same moment by separate commands are all kept: each change of the saved
+/// pairs or connections happens under a lock, so none overwrites another's.
+#[test]
+fn pairs_and_connections_saved_at_once_are_all_kept() {
+    let c = Client::new();
+    let src = c.path("src");
+    write(&src.join("a.txt"), b"a");
+    let src_s = src.to_str().expect("utf8");
+    let children: Vec<Child> = (0..16)
+        .map(|i| {
+            let dst = c.path(&format!("dst{i}"));
+            c.spawn(&["pair", "create", &format!("p{i}"), "--from", src_s, "--to", dst.to_str().expect("utf8")])
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let listed = c.json(&["pair", "list"]);
+    let names = listed.as_array().map_or(0, Vec::len);
+    assert_eq!(names, 16, "every pair was kept: {listed}");
+
+    // The same for connections (anonymous WebDAV ones: no secret to keep).
+    dbus();
+    let children: Vec<Child> = (0..16)
+        .map(|i| {
+            let name = format!("anon-dav-{i}");
+            c.spawn(&["connection", "add", &name, "--type", "webdav", "--endpoint", "https://127.0.0.1:9/dav"])
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let listed = c.json(&["connection", "list"]);
+    assert_eq!(listed.as_array().map_or(0, Vec::len), 16, "every connection was kept: {listed}");
+}

@@ -47,8 +47,17 @@ impl Connections {
         load_toml(&file(), "connections file")
     }
 
-    fn save(&self) -> Result<()> {
-        save_toml(&file(), self, "connections")
+    /// Changes the saved connections under a lock, so that two commands changing them at once both count.
+    fn change<T>(change: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let dir = config_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let lock =
+            std::fs::File::create(dir.join("connections.lock")).context("cannot create the connections' lock")?;
+        lock.lock().context("cannot lock the connections")?;
+        let mut saved = Self::load()?;
+        let out = change(&mut saved)?;
+        save_toml(&file(), &saved, "connections")?;
+        Ok(out)
     }
 
     fn get(&self, name: &str) -> Result<&Connection> {
@@ -199,7 +208,7 @@ pub async fn run(cmd: ConnectionCmd) -> Result<()> {
 
 async fn add(a: ConnectionAddArgs) -> Result<()> {
     check_name(&a.name)?;
-    let mut saved = Connections::load()?;
+    let saved = Connections::load()?;
     if saved.connections.contains_key(&a.name) && !a.replace {
         bail!("a connection named {:?} exists already; pick another name, or pass --replace to overwrite it", a.name);
     }
@@ -276,8 +285,13 @@ async fn add(a: ConnectionAddArgs) -> Result<()> {
     } else {
         store.delete(&secret_account(&a.name))?;
     }
-    saved.connections.insert(a.name.clone(), conn);
-    saved.save()?;
+    Connections::change(|saved| {
+        if saved.connections.contains_key(&a.name) && !a.replace {
+            bail!("a connection named {:?} was saved meanwhile; pass --replace to overwrite it", a.name);
+        }
+        saved.connections.insert(a.name.clone(), conn);
+        Ok(())
+    })?;
     eprintln!(
         "Saved connection {:?}{}. Check it with `cloudsync connection test {}`.",
         a.name,
@@ -428,11 +442,12 @@ async fn test(name: &str, json: bool) -> Result<()> {
 }
 
 fn remove(name: &str) -> Result<()> {
-    let mut saved = Connections::load()?;
-    saved.get(name)?;
-    CredentialStore::from_env()?.delete(&secret_account(name))?;
-    saved.connections.remove(name);
-    saved.save()?;
+    Connections::change(|saved| {
+        saved.get(name)?;
+        CredentialStore::from_env()?.delete(&secret_account(name))?;
+        saved.connections.remove(name);
+        Ok(())
+    })?;
     eprintln!("Removed connection {name:?} and its secret.");
     Ok(())
 }
@@ -442,20 +457,20 @@ fn remove(name: &str) -> Result<()> {
 /// # Errors
 /// The credential store or the file cannot be changed; connections whose secret could not be deleted stay.
 pub fn forget_all() -> Result<usize> {
-    let mut saved = Connections::load()?;
     let store = CredentialStore::from_env()?;
-    let names: Vec<String> = saved.connections.keys().cloned().collect();
-    // A connection whose secret could not be deleted stays, so it can be removed again later.
-    let mut result = Ok(names.len());
-    for name in names {
-        if let Err(e) = store.delete(&secret_account(&name)) {
-            result = Err(e);
-            break;
+    Connections::change(|saved| {
+        let names: Vec<String> = saved.connections.keys().cloned().collect();
+        // A connection whose secret could not be deleted stays, so it can be removed again later.
+        let mut result = Ok(names.len());
+        for name in names {
+            if let Err(e) = store.delete(&secret_account(&name)) {
+                result = Err(e);
+                break;
+            }
+            saved.connections.remove(&name);
         }
-        saved.connections.remove(&name);
-    }
-    saved.save()?;
-    result
+        Ok(result)
+    })?
 }
 
 /// `ls NAME:PATH [-R]`.

@@ -135,8 +135,16 @@ impl Pair {
     }
 }
 
-fn save(p: &Pairs) -> Result<()> {
-    save_toml(&pairs_file(), p, "pairs")
+/// Changes the saved pairs under a lock, so that two commands changing them at once both count.
+fn change_pairs<T>(change: impl FnOnce(&mut Pairs) -> Result<T>) -> Result<T> {
+    let dir = config_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let lock = File::create(dir.join("pairs.lock")).context("cannot create the pairs' lock")?;
+    lock.lock().context("cannot lock the pairs")?;
+    let mut pairs = load()?;
+    let out = change(&mut pairs)?;
+    save_toml(&pairs_file(), &pairs, "pairs")?;
+    Ok(out)
 }
 
 fn load_state() -> Result<BTreeMap<String, PairState>> {
@@ -204,10 +212,13 @@ fn side(spec: &str, saved: &Connections, is_source: bool) -> Result<String> {
 
 fn create(a: PairCreateArgs) -> Result<()> {
     check_name(&a.name).map_err(|e| anyhow::anyhow!(e.to_string().replace("connection name", "pair name")))?;
-    let mut pairs = load()?;
-    if pairs.pairs.contains_key(&a.name) && !a.replace {
-        bail!("a pair named {:?} exists already; pick another name, or pass --replace to overwrite it", a.name);
-    }
+    let exists = |pairs: &Pairs| -> Result<()> {
+        if pairs.pairs.contains_key(&a.name) && !a.replace {
+            bail!("a pair named {:?} exists already; pick another name, or pass --replace to overwrite it", a.name);
+        }
+        Ok(())
+    };
+    exists(&load()?)?;
     let saved = Connections::load()?;
     let from = side(&a.from, &saved, true)?;
     let to = side(&a.to, &saved, false)?;
@@ -230,12 +241,17 @@ fn create(a: PairCreateArgs) -> Result<()> {
         Some(s) => format!("every {}; `cloudsync pair daemon` runs it on schedule", show_every(s)),
         None => "no schedule; run it with `cloudsync pair run`".to_owned(),
     };
-    eprintln!("Saved pair {:?}: {} -> {} ({schedule}).", a.name, pair.from, pair.to);
+    let shown = format!("Saved pair {:?}: {} -> {} ({schedule}).", a.name, pair.from, pair.to);
+    let replaced = change_pairs(|pairs| {
+        exists(pairs)?;
+        Ok(pairs.pairs.insert(a.name.clone(), pair).is_some())
+    })?;
     // A replaced pair starts afresh: its old runs say nothing about the new one.
-    if pairs.pairs.insert(a.name.clone(), pair).is_some() {
+    if replaced {
         forget_state(&a.name)?;
     }
-    save(&pairs)
+    eprintln!("{shown}");
+    Ok(())
 }
 
 /// `1h`, `30m`, `90s`, `1d`, `1h30m`, or a number of seconds.
@@ -413,11 +429,10 @@ fn list(json: bool) -> Result<()> {
 }
 
 fn remove(name: &str) -> Result<()> {
-    let mut pairs = load()?;
-    if pairs.pairs.remove(name).is_none() {
-        bail!("there is no pair named {name:?}; `cloudsync pair list` shows them");
-    }
-    save(&pairs)?;
+    change_pairs(|pairs| match pairs.pairs.remove(name) {
+        Some(_) => Ok(()),
+        None => bail!("there is no pair named {name:?}; `cloudsync pair list` shows them"),
+    })?;
     forget_state(name)?;
     eprintln!("Removed pair {name:?} (its files, and its runs in the history, stay).");
     Ok(())

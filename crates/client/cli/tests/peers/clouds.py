@@ -2,12 +2,16 @@
 """Fake Dropbox, OneDrive (Microsoft Graph) and pCloud servers for the connector tests, on 127.0.0.1 over HTTPS.
 
     clouds.py PROVIDER DIR ROOT CERT KEY [--token-ttl SECONDS] [--rate-limit N] [--max-upload BYTES]
+                                         [--single-use-refresh]
 
 PROVIDER is dropbox, onedrive or pcloud. One port answers every host of that provider (API, content, sign-in,
 download and upload addresses) at the paths the real services use; the client rewrites the hosts. Files live on
 disk under ROOT (ROOT/a/b.txt is the remote /a/b.txt), so a test can compare trees. Once serving, the peer writes
 DIR/peer.json ({"port", "client_id", and "client_secret" for pcloud}) and rewrites DIR/stats.json (counters)
-after every request. What the real API refuses is refused here in the provider's error shape; what this fake
+after every request, with the first tokens it issued (refresh_tokens, access_tokens) so a test can check they
+are kept out of files, and counters of what a correct client never does (password_in_url, client_secret_refused,
+uploads_keeping_partial). Each provider also names the signed-in account (alice@example.com) at its documented
+endpoint: Dropbox users/get_current_account, Graph /v1.0/me, pCloud userinfo. What the real API refuses is refused here in the provider's error shape; what this fake
 does not expect is answered 400 (unknown paths 404) and logged to stderr, so a failing test shows what was sent.
 
 dropbox   OAuth 2 code flow with PKCE (a public client: no client_secret), access tokens that expire and a
@@ -15,7 +19,8 @@ dropbox   OAuth 2 code flow with PKCE (a public client: no client_secret), acces
           create_folder_v2, delete_v2, copy_v2, move_v2 and the content endpoints upload and download (Range).
           Errors: 409 with error_summary and .tag unions; 400 plain text for malformed calls.
 onedrive  Microsoft identity platform v2.0: code flow with PKCE and device code, a public client, refresh tokens
-          rotated by every token answer. Graph driveItems addressed by path under /v1.0/me/drive/root: get (with
+          rotated by every token answer (with --single-use-refresh a used one is refused, so a client must
+          keep the newest). Graph driveItems addressed by path under /v1.0/me/drive/root: get (with
           $select), children ($top and @odata.nextLink paging), content (302 to a pre-authenticated download
           address), simple upload, upload sessions (in-order fragments, multiples of 320 KiB), create folder,
           delete, PATCH move/rename, copy with a monitor URL, versions.
