@@ -141,8 +141,8 @@ pub enum Command {
     /// Show the trash.
     #[command(subcommand)]
     Trash(TrashCmd),
-    /// Storage accounts you control (S3, R2, SFTP, FTP/FTPS, WebDAV): add, list, show, test, remove. Settings
-    /// go to the config file, secrets to the OS credential store.
+    /// Storage accounts you control (S3, R2, SFTP, FTP/FTPS, WebDAV, Dropbox, OneDrive, pCloud): add, list,
+    /// show, test, remove. Settings go to the config file, secrets to the OS credential store.
     #[command(subcommand)]
     Connection(ConnectionCmd),
     /// Copy new and changed files from SRC to DST: local paths, NAME:PATH on saved connections, and
@@ -710,7 +710,8 @@ pub enum TrashCmd {
 #[derive(Debug, Subcommand)]
 pub enum ConnectionCmd {
     /// Save a connection. Its secret (password or secret key) is asked for, or read with --secret-stdin, and
-    /// kept in the OS credential store.
+    /// kept in the OS credential store; dropbox, onedrive and pcloud sign in through a browser (or onedrive's
+    /// --device-code) and keep the token they get there.
     Add(Box<ConnectionAddArgs>),
     /// List the saved connections.
     List(JsonFlag),
