@@ -922,6 +922,24 @@ fn dropbox_connector_against_a_fake_of_its_api() {
     assert!(fake.count("refreshes") > 1, "expired access tokens were refreshed: {}", fake.stats());
     odd_names(&c, "dbx", &fake.served);
 
+    // Dropbox takes names that differ only in letter case for one file: the second is refused rather than
+    // copied over the first, and a mirror takes a destination file in another case for the source's (the fake
+    // tells case apart, so it shows what was sent).
+    let twins = c.path("twins");
+    write(&twins.join("Case.txt"), b"upper");
+    write(&twins.join("case.txt"), b"lower");
+    let twins_s = twins.to_str().expect("utf8");
+    let up = c.json(&["copy", twins_s, "dbx:twins"]);
+    assert_eq!(strings(&up["copied"]), ["Case.txt"], "{up}");
+    assert!(up["refused"].to_string().contains("only in letter case"), "{up}");
+    assert!(!fake.served.join("twins/case.txt").exists(), "the twin was not sent");
+    std::fs::remove_file(twins.join("case.txt")).expect("rm");
+    std::fs::rename(twins.join("Case.txt"), twins.join("CASE.txt")).expect("rename");
+    let mirrored = c.json(&["sync", twins_s, "dbx:twins", "--delete"]);
+    assert_eq!(mirrored["deleted"].as_array().map_or(0, Vec::len), 0, "nothing deleted: {mirrored}");
+    assert_eq!(mirrored["unchanged"], 1, "{mirrored}");
+    assert!(fake.served.join("twins/Case.txt").exists(), "the file is still there");
+
     // A refresh token the provider no longer honours: the error says what to do.
     let mut revoked = add.clone();
     revoked[2] = "dbx-revoked".into();

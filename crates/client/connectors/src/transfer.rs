@@ -400,7 +400,10 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
             (src_parent, dst_root, vec![(entry, dst_name)], Listing { entries: existing, refused: Vec::new() })
         }
         Shape::Dir => {
-            let listing = list(src, true).await?;
+            let mut listing = list(src, true).await?;
+            if case_insensitive(dst) {
+                refuse_case_twins(&mut listing, dst);
+            }
             summary.refused = listing.refused;
             let dst_listing = match shape(dst).await? {
                 Shape::Dir => list(dst, true).await?,
@@ -413,24 +416,28 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
             (src.clone(), dst.clone(), items.collect(), dst_listing)
         }
     };
-    let existing: BTreeMap<&str, &Entry> =
-        dst_listing.entries.iter().filter(|e| !e.is_dir).map(|e| (e.path.as_str(), e)).collect();
+    // On a destination that does not tell letter case apart, `a.txt` there is the source's `A.txt`: matched
+    // (and kept by a mirror) as the same file.
+    let fold = case_insensitive(&dst_root);
+    let key = |p: &str| if fold { p.to_lowercase() } else { p.to_owned() };
+    let existing: BTreeMap<String, &Entry> =
+        dst_listing.entries.iter().filter(|e| !e.is_dir).map(|e| (key(&e.path), e)).collect();
     let window = modify_window(&dst_root);
     let mut todo = Vec::new();
     let mut keep = std::collections::BTreeSet::new();
     // A name the source listed but that was refused still counts as there: its copy at the destination stays.
-    keep.extend(summary.refused.iter().map(|r| r.raw.clone()));
+    keep.extend(summary.refused.iter().map(|r| key(&r.raw)));
     let sources = items.len();
     for (entry, to) in items {
-        keep.insert(to.clone());
-        match existing.get(to.as_str()) {
+        keep.insert(key(&to));
+        match existing.get(&key(&to)) {
             // A move always copies: "same size, not older" is not proof enough to delete the original.
             Some(d) if same(&entry, d, window) && !opts.remove_source => summary.unchanged += 1,
             _ => todo.push((entry, to)),
         }
     }
     let delete: Vec<String> = if opts.delete {
-        existing.keys().filter(|p| !keep.contains(**p)).map(|p| (*p).to_owned()).collect()
+        existing.iter().filter(|(k, _)| !keep.contains(*k)).map(|(_, e)| e.path.clone()).collect()
     } else {
         Vec::new()
     };
@@ -706,6 +713,46 @@ async fn source(from: &Location) -> Result<futures_util::stream::BoxStream<'stat
             Ok(stream.map_err(move |e| Error::io(format!("cannot read {label}"), e)).boxed())
         }
     }
+}
+
+/// Whether a location's names are case-insensitive (Dropbox and OneDrive keep the case they are given but take
+/// `A.txt` and `a.txt` for one file).
+fn case_insensitive(loc: &Location) -> bool {
+    matches!(loc, Location::Remote { op, .. } if matches!(op.info().scheme(), "dropbox" | "onedrive"))
+}
+
+/// Source files whose paths differ only in letter case would be one file at a case-insensitive destination,
+/// each copy replacing the other: all but the first (in path order) are refused, with the reason.
+fn refuse_case_twins(listing: &mut Listing, dst: &Location) {
+    let scheme = match dst {
+        Location::Remote { op, .. } => op.info().scheme().to_string(),
+        Location::Local(_) => String::new(),
+    };
+    let mut first: BTreeMap<String, String> = BTreeMap::new();
+    let mut refused = Vec::new();
+    listing.entries.retain(|e| {
+        if e.is_dir {
+            return true;
+        }
+        match first.get(&e.path.to_lowercase()) {
+            Some(kept) => {
+                refused.push(Refused {
+                    raw: e.path.clone(),
+                    name: e.path.escape_debug().to_string(),
+                    reason: format!(
+                        "differs from {} only in letter case, which {scheme} does not tell apart; rename one of them",
+                        kept.escape_debug()
+                    ),
+                });
+                false
+            }
+            None => {
+                first.insert(e.path.to_lowercase(), e.path.clone());
+                true
+            }
+        }
+    });
+    listing.refused.extend(refused);
 }
 
 /// Whether the remote makes an upload visible only once it is complete (one request, or a session committed
