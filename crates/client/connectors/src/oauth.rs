@@ -568,10 +568,6 @@ pub struct AuthTransport<T> {
     scope: Option<&'static str>,
     tokens: tokio::sync::Mutex<Tokens>,
     rotated: Option<SecretSink>,
-    /// Send a request again after a 429 (or a 503 to an idempotent one), waiting as told: OpenDAL's OneDrive and
-    /// pCloud services take both as final errors (its Dropbox service retries them too, on top). Off when a
-    /// pace does this (it also slows down).
-    resend_pushbacks: bool,
 }
 
 impl<T> std::fmt::Debug for AuthTransport<T> {
@@ -585,13 +581,7 @@ impl<T> AuthTransport<T> {
     ///
     /// # Errors
     /// The connection is not an OAuth one, or its HTTP client cannot be built.
-    pub(crate) fn new(
-        inner: T,
-        conn: &Connection,
-        secret: &str,
-        rotated: Option<SecretSink>,
-        resend_pushbacks: bool,
-    ) -> Result<Self, Error> {
+    pub(crate) fn new(inner: T, conn: &Connection, secret: &str, rotated: Option<SecretSink>) -> Result<Self, Error> {
         let p = provider(conn.kind)?;
         let api = conn.api_base()?;
         let rewrites = p.api_origins.iter().map(|o| (*o, api.clone())).chain(
@@ -609,7 +599,6 @@ impl<T> AuthTransport<T> {
             scope: p.scope,
             tokens: tokio::sync::Mutex::new(Tokens { secret: Zeroizing::new(secret.to_owned()), access: None }),
             rotated,
-            resend_pushbacks,
         })
     }
 
@@ -716,11 +705,7 @@ async fn refused_pcloud_login(resp: http::Response<HttpBody>) -> opendal::Result
     if resp.status() != http::StatusCode::OK {
         return Ok(resp);
     }
-    let (parts, mut body) = resp.into_parts();
-    let answer = body.to_buffer().await?.to_bytes();
-    if answer.len() > MAX_PCLOUD_ANSWER {
-        return Err(opendal::Error::new(opendal::ErrorKind::Unexpected, "a pCloud answer was too large"));
-    }
+    let (parts, answer) = read_whole(resp, MAX_PCLOUD_ANSWER, "a pCloud answer").await?;
     #[derive(Deserialize)]
     struct Result {
         result: Option<u64>,
@@ -736,9 +721,34 @@ async fn refused_pcloud_login(resp: http::Response<HttpBody>) -> opendal::Result
             )),
         ));
     }
-    let len = answer.len() as u64;
-    let stream = futures_util::stream::iter([Ok(Buffer::from(answer))]);
-    Ok(http::Response::from_parts(parts, HttpBody::new(stream, Some(len))))
+    Ok(with_body(parts, answer))
+}
+
+/// Reads a small answer whole (at most `max` bytes, `what` naming it in the error), to look into it.
+async fn read_whole(
+    resp: http::Response<HttpBody>,
+    max: usize,
+    what: &str,
+) -> opendal::Result<(http::response::Parts, bytes::Bytes)> {
+    let too_large = || opendal::Error::new(opendal::ErrorKind::Unexpected, format!("{what} was too large"));
+    let (parts, mut body) = resp.into_parts();
+    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let bytes = body.to_buffer().await?.to_bytes();
+    if bytes.len() > max {
+        return Err(too_large());
+    }
+    Ok((parts, bytes))
+}
+
+/// An answer with `bytes` as its body (read by [`read_whole`], perhaps changed).
+fn with_body(mut parts: http::response::Parts, bytes: bytes::Bytes) -> http::Response<HttpBody> {
+    let len = bytes.len() as u64;
+    parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    let stream = futures_util::stream::iter([Ok(Buffer::from(bytes))]);
+    http::Response::from_parts(parts, HttpBody::new(stream, Some(len)))
 }
 
 fn add_query(req: &mut http::Request<Buffer>, param: &str) {
@@ -767,31 +777,12 @@ fn strip_pcloud_login(req: &mut http::Request<Buffer>) -> bool {
     true
 }
 
-/// Times a pushed-back request is sent again, and the longest wait between.
-const PUSHBACK_RESENDS: u32 = 5;
-const MAX_PUSHBACK_WAIT: Duration = Duration::from_secs(60);
-
 impl<T: HttpTransport> HttpTransport for AuthTransport<T> {
     async fn fetch(&self, req: http::Request<Buffer>) -> opendal::Result<http::Response<HttpBody>> {
-        let mut resent = 0;
         let listing =
             self.kind == Kind::Onedrive && req.method() == http::Method::GET && req.uri().path().ends_with("/children");
-        loop {
-            let resp = self.signed(req.clone()).await?;
-            let resp =
-                if listing && resp.status() == http::StatusCode::OK { decoded_parents(resp).await? } else { resp };
-            let status = resp.status().as_u16();
-            let again = status == 429 || (status == 503 && matches!(req.method().as_str(), "GET" | "HEAD" | "PUT"));
-            if !self.resend_pushbacks || !again || resent == PUSHBACK_RESENDS {
-                return Ok(resp);
-            }
-            resent += 1;
-            let wait = crate::pace::retry_after(resp.headers())
-                .unwrap_or(Duration::from_secs(1 << resent.min(5)))
-                .min(MAX_PUSHBACK_WAIT);
-            drop(resp);
-            tokio::time::sleep(wait).await;
-        }
+        let resp = self.signed(req).await?;
+        if listing && resp.status() == http::StatusCode::OK { decoded_parents(resp).await } else { Ok(resp) }
     }
 }
 
@@ -855,13 +846,9 @@ const MAX_LISTING_PAGE: usize = 16 << 20;
 /// in its name (or in the connection's root) would give wrong paths. The page is decoded here before OpenDAL
 /// reads it.
 async fn decoded_parents(resp: http::Response<HttpBody>) -> opendal::Result<http::Response<HttpBody>> {
-    let (parts, mut body) = resp.into_parts();
-    let page = body.to_buffer().await?.to_bytes();
+    let (parts, page) = read_whole(resp, MAX_LISTING_PAGE, "a page of a OneDrive folder listing").await?;
     let bad =
         |why: &str| opendal::Error::new(opendal::ErrorKind::Unexpected, format!("a OneDrive folder listing {why}"));
-    if page.len() > MAX_LISTING_PAGE {
-        return Err(bad("page is too large"));
-    }
     let mut json: serde_json::Value = serde_json::from_slice(&page).map_err(|_| bad("is not JSON"))?;
     if let Some(items) = json.get_mut("value").and_then(serde_json::Value::as_array_mut) {
         for item in items {
@@ -871,9 +858,7 @@ async fn decoded_parents(resp: http::Response<HttpBody>) -> opendal::Result<http
         }
     }
     let bytes = bytes::Bytes::from(serde_json::to_vec(&json).map_err(|_| bad("cannot be written again"))?);
-    let len = bytes.len() as u64;
-    let stream = futures_util::stream::iter([Ok(Buffer::from(bytes))]);
-    Ok(http::Response::from_parts(parts, HttpBody::new(stream, Some(len))))
+    Ok(with_body(parts, bytes))
 }
 
 /// Decodes `%XX` escapes; a string whose escapes do not make UTF-8 is kept as it was.

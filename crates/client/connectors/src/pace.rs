@@ -17,10 +17,10 @@ use std::time::Duration;
 use opendal::{Buffer, HttpBody, HttpTransport};
 use tokio::time::Instant;
 
-/// Lowest rate the pace slows down to, in requests per second.
-const MIN_RATE: f64 = 0.2;
-/// Uncapped and back above this many requests per second: uncapped again.
-const UNCAPPED_AGAIN: f64 = 10_000.0;
+/// Lowest rate the pace slows down to, in requests per second (and the lowest cap a run may set).
+pub const MIN_RATE: f64 = 0.2;
+/// Uncapped and back above this many requests per second: uncapped again (and the highest cap a run may set).
+pub const UNCAPPED_AGAIN: f64 = 10_000.0;
 /// Longest `Retry-After` honoured.
 const MAX_PAUSE: Duration = Duration::from_secs(300);
 /// Pause after a push-back that gave no `Retry-After`.
@@ -32,6 +32,9 @@ const PUSHBACK_RETRIES: u32 = 4;
 /// Longest one HTTP request may take, from sending to the response's headers (the wait for a slot is not
 /// counted); past it the request fails as temporary and the pace slows down.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+/// A request with a body gets longer, as if sent at this many bytes per second at the slowest (a whole file
+/// in one request: WebDAV, Dropbox, pCloud).
+const SLOWEST_UPLOAD: u64 = 64 << 10;
 
 /// The caps of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -245,13 +248,14 @@ impl<T: HttpTransport> HttpTransport for PacedTransport<T> {
             let epoch = self.pace.request().await;
             // The body is reference-counted: the copy kept for sending again costs no memory. The wait for a
             // slot is not timed; the request is.
-            let result = match tokio::time::timeout(FETCH_TIMEOUT, self.inner.fetch(req.clone())).await {
+            let limit = FETCH_TIMEOUT + Duration::from_secs(req.body().len() as u64 / SLOWEST_UPLOAD);
+            let result = match tokio::time::timeout(limit, self.inner.fetch(req.clone())).await {
                 Ok(result) => result,
                 Err(_) => {
                     self.pace.pushed_back(epoch, None);
                     return Err(opendal::Error::new(
                         opendal::ErrorKind::Unexpected,
-                        format!("no answer within {} s", FETCH_TIMEOUT.as_secs()),
+                        format!("no answer within {} s", limit.as_secs()),
                     )
                     .set_temporary());
                 }
@@ -279,7 +283,7 @@ impl<T: HttpTransport> HttpTransport for PacedTransport<T> {
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from storage services and is treated as absent).
-pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let secs: u64 = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(secs))
 }

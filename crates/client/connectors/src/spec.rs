@@ -501,18 +501,17 @@ impl Connection {
         let op = match http {
             Some(client) => {
                 let transport = opendal_http_transport_reqwest::ReqwestTransport::new(client);
-                let transporter = match (&limits.pace, crate::oauth::is_oauth(self.kind)) {
-                    (Some(pace), true) => {
-                        let secret = secret_for("OAuth token")?;
-                        let auth = AuthTransport::new(transport, self, &secret, rotated, false)?;
-                        opendal::HttpTransporter::new(PacedTransport::new(auth, pace.clone()))
+                let transporter = if crate::oauth::is_oauth(self.kind) {
+                    // OpenDAL's OneDrive and pCloud services take a 429 as final: these always go through a pace
+                    // (uncapped unless the run has caps), which waits as told, sends again and slows down.
+                    let pace = limits.pace.clone().unwrap_or_else(|| Pace::new(crate::Caps::default()));
+                    let auth = AuthTransport::new(transport, self, &secret_for("OAuth token")?, rotated)?;
+                    opendal::HttpTransporter::new(PacedTransport::new(auth, pace))
+                } else {
+                    match &limits.pace {
+                        Some(pace) => opendal::HttpTransporter::new(PacedTransport::new(transport, pace.clone())),
+                        None => opendal::HttpTransporter::new(transport),
                     }
-                    (None, true) => {
-                        let secret = secret_for("OAuth token")?;
-                        opendal::HttpTransporter::new(AuthTransport::new(transport, self, &secret, rotated, true)?)
-                    }
-                    (Some(pace), false) => opendal::HttpTransporter::new(PacedTransport::new(transport, pace.clone())),
-                    (None, false) => opendal::HttpTransporter::new(transport),
                 };
                 op.with_context(opendal::OperationContext::new().with_http_transport(transporter))
             }

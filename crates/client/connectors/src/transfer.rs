@@ -477,10 +477,11 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
                 Ok::<_, Error>(())
             }
             .await;
-            if let (Some(pace), Err(e)) = (per_file, &result)
-                && e.is_retryable()
-            {
-                pace.pushed_back(epoch, None);
+            // As in the HTTP transport: a push-back slows the pace down, a success lets it recover.
+            match (per_file, &result) {
+                (Some(pace), Ok(())) => pace.succeeded(),
+                (Some(pace), Err(e)) if e.is_retryable() => pace.pushed_back(epoch, None),
+                _ => {}
             }
             (entry, to, result)
         }

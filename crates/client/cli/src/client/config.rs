@@ -87,6 +87,36 @@ pub fn save_toml<T: Serialize>(p: &std::path::Path, value: &T, what: &str) -> Re
     write_private(p, text.as_bytes())
 }
 
+/// Runs `f` holding an exclusive lock on `lock` (a file created when missing, with its folder), so that
+/// commands changing the same saved file at once take turns instead of losing each other's changes.
+///
+/// # Errors
+/// The lock cannot be taken, or `f` fails.
+pub fn locked<T>(lock: &std::path::Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if let Some(dir) = lock.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let file = std::fs::File::create(lock).with_context(|| format!("cannot create the lock {}", lock.display()))?;
+    file.lock().with_context(|| format!("cannot lock {}", lock.display()))?;
+    f()
+}
+
+/// Loads the TOML file `p`, changes it and saves it again, under the lock `p` with `.lock` for extension.
+///
+/// # Errors
+/// As [`locked`], [`load_toml`] and [`save_toml`], or `change` fails (and nothing is saved).
+pub fn update_toml<T, R>(p: &std::path::Path, what: &str, change: impl FnOnce(&mut T) -> Result<R>) -> Result<R>
+where
+    T: serde::de::DeserializeOwned + Default + Serialize,
+{
+    locked(&p.with_extension("lock"), || {
+        let mut value: T = load_toml(p, what)?;
+        let out = change(&mut value)?;
+        save_toml(p, &value, what)?;
+        Ok(out)
+    })
+}
+
 /// Writes `bytes` to `path` through a temporary file with mode 0600 and a rename.
 ///
 /// # Errors

@@ -16,7 +16,7 @@ use cloudsync_sync::progress;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::config::{config_dir, load_toml, save_toml};
+use super::config::{config_dir, load_toml, update_toml};
 use super::credentials::CredentialStore;
 use super::history;
 use super::output::{print_json, size, table};
@@ -49,15 +49,7 @@ impl Connections {
 
     /// Changes the saved connections under a lock, so that two commands changing them at once both count.
     fn change<T>(change: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        let dir = config_dir();
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let lock =
-            std::fs::File::create(dir.join("connections.lock")).context("cannot create the connections' lock")?;
-        lock.lock().context("cannot lock the connections")?;
-        let mut saved = Self::load()?;
-        let out = change(&mut saved)?;
-        save_toml(&file(), &saved, "connections")?;
-        Ok(out)
+        update_toml(&file(), "connections file", change)
     }
 
     fn get(&self, name: &str) -> Result<&Connection> {
@@ -600,7 +592,14 @@ async fn with_workspace(
     let labels = [labels[0].as_str(), labels[1].as_str()];
     match &from {
         Target::Workspace(ws) => {
-            super::files::pull_summary(ws, stage.path(), false).await?;
+            let pulled = super::files::pull_summary(ws, stage.path(), false).await?;
+            if pulled.files_skipped > 0 {
+                eprintln!(
+                    "warning: {} file(s) of {ws} could not be staged here (see the warnings above) and are left out \
+                     of the copy",
+                    pulled.files_skipped
+                );
+            }
         }
         other => {
             let src = other.location(saved, &run.limits)?;

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use cloudsync_connectors::{Caps, Limits, Pace, check_name};
 use serde::{Deserialize, Serialize};
 
-use super::config::{config_dir, load_toml, save_toml, state_dir, write_private};
+use super::config::{config_dir, load_toml, locked, state_dir, update_toml, write_private};
 use super::connections::{self, Connections, Run, Target, Verb};
 use super::output::{date, print_json, size, table};
 use crate::args::{PairCmd, PairCreateArgs};
@@ -30,10 +30,9 @@ const MAX_EVERY: u64 = 366 * 86_400;
 const MAX_CONCURRENCY: usize = 64;
 /// Lowest bandwidth cap, bytes per second.
 const MIN_BWLIMIT: u64 = 1024;
-/// Highest request-rate cap.
-const MAX_RPS: f64 = 10_000.0;
-/// Lowest request-rate cap (the pace never goes slower either).
-const MIN_RPS: f64 = 0.2;
+/// Highest and lowest request-rate caps: the pace's own bounds.
+const MAX_RPS: f64 = cloudsync_connectors::pace::UNCAPPED_AGAIN;
+const MIN_RPS: f64 = cloudsync_connectors::pace::MIN_RATE;
 /// Failed runs are tried again sooner than the schedule: after a minute, doubling per failure.
 const RETRY_FIRST: i64 = 60;
 /// Longest the daemon sleeps before looking at the pairs again (so that pairs added meanwhile are seen).
@@ -137,14 +136,7 @@ impl Pair {
 
 /// Changes the saved pairs under a lock, so that two commands changing them at once both count.
 fn change_pairs<T>(change: impl FnOnce(&mut Pairs) -> Result<T>) -> Result<T> {
-    let dir = config_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let lock = File::create(dir.join("pairs.lock")).context("cannot create the pairs' lock")?;
-    lock.lock().context("cannot lock the pairs")?;
-    let mut pairs = load()?;
-    let out = change(&mut pairs)?;
-    save_toml(&pairs_file(), &pairs, "pairs")?;
-    Ok(out)
+    update_toml(&pairs_file(), "pairs file", change)
 }
 
 fn load_state() -> Result<BTreeMap<String, PairState>> {
@@ -158,13 +150,11 @@ fn load_state() -> Result<BTreeMap<String, PairState>> {
 
 /// Changes the pairs' state under a lock (a manual run and the daemon may finish at the same time).
 fn change_states(change: impl FnOnce(&mut BTreeMap<String, PairState>)) -> Result<()> {
-    let dir = state_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let lock = File::create(dir.join("pairs-state.lock")).context("cannot create the pairs' state lock")?;
-    lock.lock().context("cannot lock the pairs' state")?;
-    let mut all = load_state()?;
-    change(&mut all);
-    write_private(&state_file(), &serde_json::to_vec_pretty(&all)?)
+    locked(&state_dir().join("pairs-state.lock"), || {
+        let mut all = load_state()?;
+        change(&mut all);
+        write_private(&state_file(), &serde_json::to_vec_pretty(&all)?)
+    })
 }
 
 /// Changes one pair's state.
