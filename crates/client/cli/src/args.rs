@@ -741,11 +741,11 @@ pub enum ConnectionCmd {
 pub struct ConnectionAddArgs {
     /// Name used as NAME:PATH (letters, digits, '-', '_', '.').
     pub name: String,
-    /// Storage type: s3, r2, sftp, ftp, ftps, webdav, dropbox, onedrive, pcloud, or cloudsync (a workspace of
-    /// the logged-in account); synology (File Station) is not available yet.
+    /// Storage type: s3, r2, sftp, ftp, ftps, webdav, synology (DSM's File Station), dropbox, onedrive,
+    /// pcloud, or cloudsync (a workspace of the logged-in account).
     #[arg(long = "type", value_name = "TYPE", value_parser = parse_kind)]
     pub kind: cloudsync_connectors::Kind,
-    /// s3, webdav: service URL (https://...). dropbox, onedrive, pcloud: API URL when not the provider's
+    /// s3, webdav: service URL (https://...). synology: DSM's address (https://NAS:5001). dropbox, onedrive, pcloud: API URL when not the provider's
     /// own (a national cloud, pCloud's EU host https://eapi.pcloud.com, or a compatible test server).
     #[arg(long)]
     pub endpoint: Option<String>,
@@ -761,13 +761,13 @@ pub struct ConnectionAddArgs {
     /// s3, r2: access key id (the secret key is asked for, or read with --secret-stdin).
     #[arg(long)]
     pub access_key_id: Option<String>,
-    /// sftp, ftp, ftps: host name or address.
+    /// sftp, ftp, ftps: host name or address. synology: the NAS, instead of --endpoint (https://HOST:5001).
     #[arg(long)]
     pub host: Option<String>,
-    /// sftp, ftp, ftps: port (default 22 or 21).
+    /// sftp, ftp, ftps, synology: port (default 22, 21 or 5001).
     #[arg(long)]
     pub port: Option<u16>,
-    /// sftp, ftp, ftps, webdav: user name.
+    /// sftp, ftp, ftps, webdav, synology: user name (synology: a DSM account allowed File Station).
     #[arg(long)]
     pub user: Option<String>,
     /// sftp: SSH private key file. The server's host key is pinned on first use (OpenSSH known_hosts) and a

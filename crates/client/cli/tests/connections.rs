@@ -19,6 +19,7 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_cloudsync");
 const PEER_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
 const CLOUDS_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/clouds.py");
+const SYNOLOGY_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/synology.py");
 
 struct Peer {
     child: Child,
@@ -1036,6 +1037,99 @@ fn pcloud_connector_against_a_fake_of_its_api() {
     let err = c.fails(&["ls", "pc-revoked:"], None);
     assert!(err.contains("refused the saved sign-in") && err.contains("sign in again"), "{err}");
     assert!(fake.count("rate_limited") > 0, "{}", fake.stats());
+}
+
+/// Synology File Station (`tests/peers/synology.py`, a fake of the calls used, from Synology's API guide): the
+/// password sent in a POST body and the session id in a cookie, never in an address; sessions the NAS ends
+/// (after 25 calls here) renewed; "too busy" answers (every 7th call) retried; listings in pages; every upload put
+/// in a staging folder and moved over its destination in one step, never written at its final name; names
+/// the upload's multipart header cannot carry renamed into place; the behaviour suite; the shared folders at
+/// the top; and errors that say what to do.
+#[test]
+fn synology_connector_against_a_fake_of_file_station() {
+    dbus();
+    let c = Client::new();
+    let (ca, cert, key) = test_ca(c.root.path());
+    let served = c.path("nas-root");
+    std::fs::create_dir_all(served.join("home")).expect("a shared folder");
+    std::fs::create_dir_all(served.join("photo")).expect("another");
+    let args: Vec<&Path> =
+        vec![&served, &cert, &key, Path::new("--session-calls"), Path::new("25"), Path::new("--busy"), Path::new("7")];
+    let peer = python_script(SYNOLOGY_PY, "synology", &args);
+    let stats = || -> Value {
+        serde_json::from_slice(&std::fs::read(peer.dir.path().join("stats.json")).expect("stats")).expect("json")
+    };
+    let password = peer.info["password"].as_str().expect("password").to_owned();
+    let endpoint = format!("https://127.0.0.1:{}", peer.port);
+    let ca = ca.to_str().expect("utf8");
+    let add = |name: &str, extra: &[&str]| -> Vec<String> {
+        let base = ["connection", "add", name, "--type", "synology", "--endpoint", &endpoint, "--ca-cert", ca];
+        base.iter().chain(extra).map(|s| (*s).to_owned()).collect()
+    };
+
+    let err = c.fails(&strs(&add("nas", &["--secret-stdin"])), Some(&password));
+    assert!(err.contains("--user"), "{err}");
+    let err = c.fails(&["connection", "add", "nas", "--type", "synology", "--user", "alice"], None);
+    assert!(err.contains("--endpoint") && err.contains("--host"), "{err}");
+    let plain = format!("http://127.0.0.1:{}", peer.port);
+    let err =
+        c.fails(&["connection", "add", "nas", "--type", "synology", "--endpoint", &plain, "--user", "alice"], None);
+    assert!(err.contains("--allow-insecure"), "{err}");
+
+    c.ok(&strs(&add("nas", &["--user", "alice", "--root", "/home/sync", "--secret-stdin"])), Some(&password));
+    secret_is_kept_out_of_files(&c, "nas", &password);
+    assert_eq!(c.json(&["connection", "test", "nas"])["ok"], true);
+
+    behaviour(&c, "nas", FULL);
+    let home = served.join("home/sync");
+    odd_names(&c, "nas", &home);
+    // A name with a double quote and a backslash goes up under a plain name and is renamed in the staging
+    // folder, since the multipart header would carry it ambiguously.
+    let quoted = c.path("quoted");
+    write(&quoted.join("say \"hi\" \\ now.txt"), b"quoted");
+    c.json(&["copy", quoted.to_str().expect("utf8"), "nas:quoted"]);
+    assert_eq!(std::fs::read(home.join("quoted/say \"hi\" \\ now.txt")).expect("stored"), b"quoted");
+    // Sixteen files: listing pages (the fake gives at most seven entries a page) are all read.
+    let many = c.path("many");
+    for i in 0..16 {
+        write(&many.join(format!("f{i:02}.txt")), format!("file {i}").as_bytes());
+    }
+    assert_eq!(
+        c.json(&["copy", many.to_str().expect("utf8"), "nas:many"])["copied"].as_array().map(Vec::len),
+        Some(16)
+    );
+    let listed = c.json(&["ls", "nas:many"]);
+    assert_eq!(listed["entries"].as_array().map(Vec::len), Some(16), "{listed}");
+    assert_eq!(c.json(&["copy", many.to_str().expect("utf8"), "nas:many"])["unchanged"], 16, "{listed}");
+
+    let s = stats();
+    assert_eq!(s["password_in_url"], 0, "{s}");
+    assert_eq!(s["sid_in_url"], 0, "{s}");
+    assert_eq!(s["direct_uploads"], 0, "every upload went to a staging folder: {s}");
+    // An upload whose move was refused as "too busy" is sent again, so uploads may outnumber moves.
+    assert!(s["moves"].as_u64() > Some(16) && s["uploads"].as_u64() >= s["moves"].as_u64(), "{s}");
+    assert!(s["move_polls"].as_u64() > s["moves"].as_u64(), "moves were waited for: {s}");
+    assert!(s["renames"].as_u64() >= Some(1), "{s}");
+    assert!(s["busy"].as_u64() > Some(0) && s["sessions_expired"].as_u64() > Some(0), "{s}");
+    assert!(s["logins"].as_u64() > Some(1), "sessions were renewed: {s}");
+    assert!(files_under(&served).iter().all(|(p, _)| !p.contains(".cloudsync-")), "no staging folder is left");
+
+    // The top of a connection without a root lists the shared folders; a file cannot be put there.
+    c.ok(&strs(&add("nas-top", &["--user", "alice", "--secret-stdin"])), Some(&password));
+    let top = c.json(&["ls", "nas-top:"]);
+    let names: Vec<&str> =
+        top["entries"].as_array().expect("entries").iter().map(|e| e["path"].as_str().expect("p")).collect();
+    assert_eq!(names, ["home", "photo"], "{top}");
+    let one = c.path("one.txt");
+    write(&one, b"x");
+    let err = c.fails(&["copy", one.to_str().expect("utf8"), "nas-top:one.txt"], None);
+    assert!(err.contains("shared folder"), "{err}");
+
+    // A wrong password: the error says so and what to do.
+    c.ok(&strs(&add("nas-bad", &["--user", "alice", "--secret-stdin"])), Some("wrong password"));
+    let err = c.fails(&["ls", "nas-bad:"], None);
+    assert!(err.contains("user name or password") && err.contains("--replace"), "{err}");
+    drop(peer);
 }
 
 /// Pairs and connections saved at the same moment by separate commands are all kept: each change of the saved

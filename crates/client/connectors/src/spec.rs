@@ -309,11 +309,18 @@ impl Connection {
                 }
             }
             Kind::Synology => {
-                return Err(Error::Unsupported(
-                    "synology connections (File Station) are not available in this version yet; reach a Synology \
-                     NAS through its WebDAV, SFTP or FTPS service (--type webdav, sftp or ftps)"
-                        .into(),
-                ));
+                match (&self.endpoint, &self.host) {
+                    (Some(endpoint), _) => self.check_url(endpoint)?,
+                    (None, Some(host)) => check_host(host)?,
+                    (None, None) => {
+                        return Err(Error::Invalid(
+                            "a synology connection needs --endpoint https://NAS:5001 (DSM's HTTPS address), or \
+                             --host NAS (port 5001 unless --port says otherwise)"
+                                .into(),
+                        ));
+                    }
+                }
+                need(self.user.as_deref(), "--user (a DSM account allowed File Station)", kind)?;
             }
         }
         if let Some(root) = &self.root
@@ -385,12 +392,13 @@ impl Connection {
         out
     }
 
-    /// The service URL: the one given, or for R2 the account's (`https://ACCOUNT.r2.cloudflarestorage.com`).
+    /// The service URL: the one given, for R2 the account's (`https://ACCOUNT.r2.cloudflarestorage.com`), for
+    /// Synology DSM's HTTPS address on the host (`https://HOST:5001`).
     pub fn endpoint_url(&self) -> Option<String> {
-        self.endpoint.clone().or_else(|| {
-            (self.kind == Kind::R2)
-                .then(|| self.account_id.as_ref().map(|a| format!("https://{a}.r2.cloudflarestorage.com")))
-                .flatten()
+        self.endpoint.clone().or_else(|| match self.kind {
+            Kind::R2 => self.account_id.as_ref().map(|a| format!("https://{a}.r2.cloudflarestorage.com")),
+            Kind::Synology => self.host.as_ref().map(|h| format!("https://{h}:{}", self.port.unwrap_or(5001))),
+            _ => None,
         })
     }
 
@@ -496,7 +504,12 @@ impl Connection {
                     .username(PLACEHOLDER)
                     .password(PLACEHOLDER),
             )?,
-            Kind::Synology => unreachable!("validate() refused it"),
+            Kind::Synology => crate::synology::operator(crate::synology::Settings {
+                base: self.endpoint_url().unwrap_or_default().trim_end_matches('/').to_owned(),
+                root: root.clone(),
+                user: self.user.clone().unwrap_or_default(),
+                password: zeroize::Zeroizing::new(secret_for("password")?),
+            }),
         };
         let op = match http {
             Some(client) => {
@@ -520,7 +533,8 @@ impl Connection {
         // Where an upload goes as one piece (WebDAV, Dropbox, OneDrive, pCloud), its whole transfer is a single
         // I/O step, so it gets room for a large file on a slow line; a stalled connection is still caught by the
         // HTTP client's read timeout.
-        let one_piece = matches!(self.kind, Kind::Webdav | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud);
+        let one_piece =
+            matches!(self.kind, Kind::Webdav | Kind::Synology | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud);
         let (op_timeout, io_timeout) = match limits.pace {
             Some(_) => (Duration::from_secs(6 * 3600), Duration::from_secs(1800)),
             None if one_piece => (Duration::from_secs(1800), Duration::from_secs(1800)),

@@ -38,7 +38,7 @@ const PARTIAL_PREFIX: &str = ".cloudsync-";
 const PARTIAL_SUFFIX: &str = ".partial";
 
 /// A fresh temporary name, not guessable by another local user.
-fn partial_name() -> String {
+pub(crate) fn partial_name() -> String {
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -757,9 +757,10 @@ fn refuse_case_twins(listing: &mut Listing, dst: &Location) {
 }
 
 /// Whether the remote makes an upload visible only once it is complete (one request, or a session committed
-/// at its last piece): S3, Dropbox, OneDrive, pCloud.
+/// at its last piece, or moved into place whole): S3, Dropbox, OneDrive, pCloud, Synology.
 fn commits_whole_uploads(op: &opendal::Operator) -> bool {
-    matches!(op.info().scheme(), "s3" | "dropbox" | "onedrive" | "pcloud")
+    // File Station uploads go to a staging folder and are moved into place (synology.rs).
+    matches!(op.info().scheme(), "s3" | "dropbox" | "onedrive" | "pcloud" | "synology")
 }
 
 /// Copies one file, never leaving a partial file under the final name.

@@ -347,6 +347,9 @@ fn place(c: &Connection) -> String {
             )
         }
         Kind::Webdav => c.endpoint.clone().unwrap_or_default(),
+        Kind::Synology => {
+            format!("{} at {}", c.user.as_deref().unwrap_or_default(), c.endpoint_url().unwrap_or_default())
+        }
         Kind::Cloudsync => format!("workspace {:?}", c.workspace.as_deref().unwrap_or_default()),
         Kind::Dropbox | Kind::Onedrive | Kind::Pcloud => {
             c.endpoint.clone().unwrap_or_else(|| format!("{} (app {})", c.kind, c.client_id.as_deref().unwrap_or("?")))
