@@ -34,7 +34,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(async {
+        let result = run(cli).await;
+        // Sessions opened on a NAS (Synology) are ended rather than left to expire there.
+        cloudsync_connectors::sign_out().await;
+        result
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

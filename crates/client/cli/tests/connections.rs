@@ -1076,19 +1076,35 @@ fn synology_connector_against_a_fake_of_file_station() {
         c.fails(&["connection", "add", "nas", "--type", "synology", "--endpoint", &plain, "--user", "alice"], None);
     assert!(err.contains("--allow-insecure"), "{err}");
 
+    // Staging folders an upload cut off left behind: one from two days ago (swept at the next upload into the
+    // shared folder) and one from now (perhaps an upload in progress elsewhere: kept).
+    let abandoned = served.join("home/.cloudsync-00000000000000aa.partial");
+    let recent = served.join("home/.cloudsync-00000000000000bb.partial");
+    write(&abandoned.join("cut-off.bin"), b"half");
+    write(&recent.join("in-flight.bin"), b"half");
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    std::fs::File::open(&abandoned).expect("open").set_modified(two_days_ago).expect("age it");
+
     c.ok(&strs(&add("nas", &["--user", "alice", "--root", "/home/sync", "--secret-stdin"])), Some(&password));
     secret_is_kept_out_of_files(&c, "nas", &password);
     assert_eq!(c.json(&["connection", "test", "nas"])["ok"], true);
 
     behaviour(&c, "nas", FULL);
+    assert!(!abandoned.exists(), "the abandoned staging folder was swept");
+    assert!(recent.exists(), "a recent one is kept");
+    std::fs::remove_dir_all(&recent).expect("rm");
     let home = served.join("home/sync");
     odd_names(&c, "nas", &home);
     // A name with a double quote and a backslash goes up under a plain name and is renamed in the staging
     // folder, since the multipart header would carry it ambiguously.
+    // A folder with a comma: File Station takes a raw parameter with commas for several values, so paths go
+    // as JSON strings.
     let quoted = c.path("quoted");
-    write(&quoted.join("say \"hi\" \\ now.txt"), b"quoted");
+    write(&quoted.join("Smith, John/say \"hi\" \\ now.txt"), b"quoted");
     c.json(&["copy", quoted.to_str().expect("utf8"), "nas:quoted"]);
-    assert_eq!(std::fs::read(home.join("quoted/say \"hi\" \\ now.txt")).expect("stored"), b"quoted");
+    assert_eq!(std::fs::read(home.join("quoted/Smith, John/say \"hi\" \\ now.txt")).expect("stored"), b"quoted");
+    let listed = c.json(&["ls", "nas:quoted", "-R"]);
+    assert!(listed.to_string().contains("Smith, John/say"), "{listed}");
     // Sixteen files: listing pages (the fake gives at most seven entries a page) are all read.
     let many = c.path("many");
     for i in 0..16 {
@@ -1112,7 +1128,9 @@ fn synology_connector_against_a_fake_of_file_station() {
     assert!(s["renames"].as_u64() >= Some(1), "{s}");
     assert!(s["busy"].as_u64() > Some(0) && s["sessions_expired"].as_u64() > Some(0), "{s}");
     assert!(s["logins"].as_u64() > Some(1), "sessions were renewed: {s}");
-    assert!(files_under(&served).iter().all(|(p, _)| !p.contains(".cloudsync-")), "no staging folder is left");
+    assert!(s["logouts"].as_u64() > Some(1), "sessions are ended by the command that opened them: {s}");
+    let log = std::fs::read_to_string(peer.dir.path().join("log")).unwrap_or_default();
+    assert!(staging_folders(&served).is_empty(), "no staging folder is left: {:?}\n{log}", staging_folders(&served));
 
     // The top of a connection without a root lists the shared folders; a file cannot be put there.
     c.ok(&strs(&add("nas-top", &["--user", "alice", "--secret-stdin"])), Some(&password));
@@ -1129,7 +1147,49 @@ fn synology_connector_against_a_fake_of_file_station() {
     c.ok(&strs(&add("nas-bad", &["--user", "alice", "--secret-stdin"])), Some("wrong password"));
     let err = c.fails(&["ls", "nas-bad:"], None);
     assert!(err.contains("user name or password") && err.contains("--replace"), "{err}");
+    // An address that is not DSM's (here a path the NAS answers 404): an error, not an empty folder.
+    let wrong = format!("{endpoint}/not-dsm");
+    let args = ["connection", "add", "nas-wrong", "--type", "synology", "--endpoint", &wrong, "--ca-cert", ca];
+    c.ok(&[&args[..], &["--user", "alice", "--secret-stdin"]].concat(), Some(&password));
+    let err = c.fails(&["ls", "nas-wrong:"], None);
+    assert!(err.contains("did not answer as a Synology NAS"), "{err}");
+    assert!(c.fails(&["connection", "test", "nas-wrong"], None).contains("Synology"));
+
+    // A move the NAS reports finished without doing it: the upload is checked in place before the staging
+    // folder goes, so the copy fails, the destination keeps its file, and the upload is left staged.
+    write(&many.join("f00.txt"), b"file X"); // the same size as before: a size check alone would not see it
+    let broke = Command::new("curl")
+        .args(["-fsS", "--cacert", ca, "-o", "/dev/null"])
+        .arg(format!("{endpoint}/fake/break-next-move"))
+        .status()
+        .expect("curl");
+    assert!(broke.success());
+    let err = c.fails(&["copy", many.to_str().expect("utf8"), "nas:many"], None);
+    assert!(err.contains("f00.txt") && err.contains("still in"), "{err}");
+    assert_eq!(std::fs::read(home.join("many/f00.txt")).expect("kept"), b"file 0", "the destination is unchanged");
+    assert_eq!(stats()["broken_moves"], 1);
+    assert_eq!(staging_folders(&served).len(), 1, "the upload that did not move is kept");
+    c.json(&["copy", many.to_str().expect("utf8"), "nas:many"]);
+    assert_eq!(std::fs::read(home.join("many/f00.txt")).expect("copied"), b"file X");
     drop(peer);
+}
+
+/// The File Station staging folders (`.cloudsync-*`) under `root`, empty or not.
+fn staging_folders(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".cloudsync-")) {
+                    found.push(p.clone());
+                }
+                stack.push(p);
+            }
+        }
+    }
+    found
 }
 
 /// Pairs and connections saved at the same moment by separate commands are all kept: each change of the saved

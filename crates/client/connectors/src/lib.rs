@@ -15,4 +15,5 @@ pub mod transfer;
 pub use error::Error;
 pub use pace::{Caps, Pace, PaceReport};
 pub use spec::{Connection, Kind, Limits, MAX_NAME_LEN, check_name};
+pub use synology::sign_out;
 pub use transfer::{Entry, Listing, Location, Options, Summary};

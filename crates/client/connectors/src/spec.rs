@@ -575,7 +575,15 @@ impl Connection {
             .map_err(|e| Error::Invalid(format!("could not set up TLS: {e}")))?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // The File Station sign-in sends the password in a POST body, which a 307 or 308 redirect would send on
+        // (to wherever it points): DSM is not followed anywhere.
+        let redirects = if self.kind == Kind::Synology {
+            reqwest::redirect::Policy::none()
+        } else {
+            reqwest::redirect::Policy::default()
+        };
         reqwest::Client::builder()
+            .redirect(redirects)
             .tls_backend_preconfigured(tls)
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))

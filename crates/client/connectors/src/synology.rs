@@ -44,7 +44,10 @@ const RENEWALS: u32 = 3;
 
 /// How often one call the NAS answered "busy" (or with a passing I/O error) is sent again, after a growing
 /// pause, before the error goes to OpenDAL's retry (which repeats a whole upload or listing).
-const BUSY_TRIES: u32 = 4;
+const BUSY_TRIES: u32 = 6;
+/// A staging folder older than this was left by an upload that was cut off (Ctrl-C, a lost connection), and
+/// is removed the next time a file is uploaded into its shared folder.
+const ABANDONED: Duration = Duration::from_secs(24 * 3600);
 
 /// Waits before sending a call again (100 ms, 200 ms, 400 ms, ..., with jitter) and counts the try.
 async fn pause(tries: u32) -> u32 {
@@ -102,27 +105,126 @@ struct Core {
     user: String,
     password: Zeroizing<String>,
     session: Mutex<Option<Arc<Session>>>,
+    /// Folders known to exist (made or checked by this service), so an upload makes its folder once.
+    folders: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Shared folders swept of abandoned staging folders by this service.
+    swept: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-/// A signed-in session: its id, and where each API lives and which version of it is spoken.
+/// A signed-in session: its id and CSRF token, where each API lives and which version of it is spoken, and
+/// the context it was made in (for signing out).
 struct Session {
     sid: Zeroizing<String>,
+    token: Option<Zeroizing<String>>,
     apis: HashMap<&'static str, (String, u32)>,
     generation: u64,
+    /// DSM's address and the context the session was made in, for signing out.
+    base: String,
+    ctx: OperationContext,
+}
+
+/// The sessions this process opened, to be ended by [`sign_out`].
+static OPEN: std::sync::Mutex<Vec<Arc<Session>>> = std::sync::Mutex::new(Vec::new());
+
+/// Ends the File Station sessions this process opened (DSM keeps a session for days otherwise), each with one
+/// try, all within a few seconds. Called by the CLI once a command is done.
+pub async fn sign_out() {
+    let open = std::mem::take(&mut *OPEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let ends = open.iter().map(|session| async move {
+        let Ok((path, version)) = session.api("SYNO.API.Auth") else { return };
+        let body = form(&[
+            ("api", "SYNO.API.Auth"),
+            ("version", &version.to_string()),
+            ("method", "logout"),
+            ("session", "FileStation"),
+        ]);
+        let req = session
+            .authorize(Request::post(format!("{}/webapi/{path}", session.base)))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Buffer::from(body));
+        if let Ok(req) = req {
+            let _ = exchange(&session.ctx, req).await;
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(3), futures_util::future::join_all(ends)).await;
+}
+
+/// Sends `req` and reads its answer, at most [`MAX_ANSWER`] bytes of it.
+async fn exchange(ctx: &OperationContext, req: Request<Buffer>) -> Result<http::Response<Buffer>> {
+    let (parts, mut body) = ctx.http_transport().fetch(req).await?.into_parts();
+    let mut pieces = Vec::new();
+    let mut held = 0;
+    loop {
+        let piece = body.read().await?;
+        if piece.is_empty() {
+            break;
+        }
+        held += piece.len();
+        if held > MAX_ANSWER {
+            return Err(err(
+                ErrorKind::Unexpected,
+                "the NAS answered with more than 8 MiB; is the endpoint DSM's address?",
+            ));
+        }
+        pieces.extend(piece);
+    }
+    Ok(http::Response::from_parts(parts, Buffer::from(pieces)))
+}
+
+/// How often a call has been sent again, and why.
+#[derive(Default)]
+struct Tries {
+    renewed: u32,
+    busy: u32,
+}
+
+impl Tries {
+    /// After `failure`: `Ok` to send again (with a new session, or after a pause), else the error to give up with.
+    async fn again(
+        &mut self,
+        core: &Core,
+        ctx: &OperationContext,
+        session: &mut Arc<Session>,
+        failure: Failure,
+    ) -> Result<()> {
+        match failure {
+            // 105 ("no permission") is also what DSM answers a session from before it restarted: signing in
+            // again is tried once.
+            Failure::Session(code) if self.renewed < RENEWALS && (code != 105 || self.renewed == 0) => {
+                *session = core.renew(ctx, session).await?;
+                self.renewed += 1;
+                Ok(())
+            }
+            Failure::Session(code) => Err(file_station_error(code, "")),
+            Failure::Other(e) if e.is_temporary() && self.busy < BUSY_TRIES => {
+                self.busy = pause(self.busy).await;
+                Ok(())
+            }
+            Failure::Other(e) => Err(e),
+        }
+    }
 }
 
 impl FileStation {
     pub(crate) fn new(s: Settings) -> Self {
         let root = opendal::raw::normalize_root(&s.root);
         Self {
-            core: Arc::new(Core { base: s.base, root, user: s.user, password: s.password, session: Mutex::new(None) }),
+            core: Arc::new(Core {
+                base: s.base,
+                root,
+                user: s.user,
+                password: s.password,
+                session: Mutex::new(None),
+                folders: std::sync::Mutex::default(),
+                swept: std::sync::Mutex::default(),
+            }),
         }
     }
 }
 
 /// A File Station answer that is not a success.
 enum Failure {
-    /// The session ended (DSM 106, 107, 119): sign in again.
+    /// The session ended (DSM 106, 107, 119; perhaps 105): sign in again.
     Session(i64),
     Other(opendal::Error),
 }
@@ -141,7 +243,7 @@ impl Core {
         if let Some(s) = current.as_ref() {
             return Ok(s.clone());
         }
-        let s = Arc::new(self.login(ctx, 0).await?);
+        let s = self.login(ctx, 0).await?;
         *current = Some(s.clone());
         Ok(s)
     }
@@ -154,12 +256,12 @@ impl Core {
         {
             return Ok(s.clone());
         }
-        let s = Arc::new(self.login(ctx, stale.generation + 1).await?);
+        let s = self.login(ctx, stale.generation + 1).await?;
         *current = Some(s.clone());
         Ok(s)
     }
 
-    async fn login(&self, ctx: &OperationContext, generation: u64) -> Result<Session> {
+    async fn login(&self, ctx: &OperationContext, generation: u64) -> Result<Arc<Session>> {
         let query: Vec<&str> = APIS.iter().map(|(name, _)| *name).collect();
         let url = format!(
             "{}/webapi/query.cgi?{}",
@@ -167,9 +269,19 @@ impl Core {
             form(&[("api", "SYNO.API.Info"), ("version", "1"), ("method", "query"), ("query", &query.join(",")),])
         );
         let req = Request::get(url).body(Buffer::new()).map_err(build_error)?;
-        let info = match envelope(ctx.http_transport().send(req).await?) {
+        let info = match envelope(exchange(ctx, req).await?) {
             Ok(data) => data,
             Err(Failure::Session(code)) => return Err(file_station_error(code, "asking which APIs the NAS offers")),
+            Err(Failure::Other(e)) if code_of(&e).is_none() && !e.is_temporary() => {
+                return Err(err(
+                    ErrorKind::ConfigInvalid,
+                    format!(
+                        "{} did not answer as a Synology NAS ({}): give DSM's address, such as https://NAS:5001",
+                        self.base,
+                        e.message()
+                    ),
+                ));
+            }
             Err(Failure::Other(e)) => return Err(e),
         };
         let mut apis = HashMap::new();
@@ -212,13 +324,13 @@ impl Core {
             ("passwd", &self.password),
             ("session", "FileStation"),
             ("format", "sid"),
+            ("enable_syno_token", "yes"),
         ]));
         let req = Request::post(format!("{}/webapi/{path}", self.base))
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Buffer::from(Bytes::copy_from_slice(body.as_bytes())))
             .map_err(build_error)?;
-        let resp = ctx.http_transport().send(req).await?;
-        let data = match envelope(resp) {
+        let data = match envelope(exchange(ctx, req).await?) {
             Ok(data) => data,
             Err(Failure::Session(code)) => return Err(auth_error(code)),
             Err(Failure::Other(e)) => {
@@ -228,38 +340,47 @@ impl Core {
                 });
             }
         };
+        // The id and token go in headers: only characters a header (and a cookie value) may carry.
+        let usable = |v: &str| v.len() <= 512 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         let sid = data["sid"].as_str().unwrap_or_default();
-        // The id goes in a cookie header: only characters a cookie value may carry.
-        if sid.is_empty() || sid.len() > 512 || !sid.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if sid.is_empty() || !usable(sid) {
             return Err(err(ErrorKind::Unexpected, "the NAS signed in but gave no usable session id"));
         }
-        Ok(Session { sid: Zeroizing::new(sid.to_owned()), apis, generation })
+        let token = match data["synotoken"].as_str() {
+            Some(t) if !t.is_empty() && usable(t) => Some(Zeroizing::new(t.to_owned())),
+            Some(t) if !t.is_empty() => return Err(err(ErrorKind::Unexpected, "the NAS gave an unusable token")),
+            _ => None,
+        };
+        let session = Arc::new(Session {
+            sid: Zeroizing::new(sid.to_owned()),
+            token,
+            apis,
+            generation,
+            base: self.base.clone(),
+            ctx: ctx.clone(),
+        });
+        OPEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(session.clone());
+        Ok(session)
     }
 
     /// Calls `api`'s `method` with `params` (a form POST with the session cookie) and returns its `data`,
     /// signing in again once if the NAS ended the session.
     async fn call(&self, ctx: &OperationContext, api: &str, method: &str, params: &[(&str, &str)]) -> Result<Value> {
         let mut session = self.session(ctx).await?;
-        let (mut renewed, mut busy) = (0, 0);
+        let mut tries = Tries::default();
         loop {
             let (path, version) = session.api(api)?;
             let version = version.to_string();
             let mut fields = vec![("api", api), ("version", version.as_str()), ("method", method)];
             fields.extend_from_slice(params);
-            let req = Request::post(format!("{}/webapi/{path}", self.base))
+            let req = session
+                .authorize(Request::post(format!("{}/webapi/{path}", self.base)))
                 .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .header(header::COOKIE, session.cookie())
                 .body(Buffer::from(form(&fields)))
                 .map_err(build_error)?;
-            match envelope(ctx.http_transport().send(req).await?) {
+            match envelope(exchange(ctx, req).await?) {
                 Ok(data) => return Ok(data),
-                Err(Failure::Session(_)) if renewed < RENEWALS => {
-                    session = self.renew(ctx, &session).await?;
-                    renewed += 1;
-                }
-                Err(Failure::Session(code)) => return Err(file_station_error(code, "")),
-                Err(Failure::Other(e)) if e.is_temporary() && busy < BUSY_TRIES => busy = pause(busy).await,
-                Err(Failure::Other(e)) => return Err(e),
+                Err(failure) => tries.again(self, ctx, &mut session, failure).await?,
             }
         }
     }
@@ -268,18 +389,79 @@ impl Core {
         if abs == "/" {
             return Ok(Some(MetadataBuilder::dir().build()));
         }
-        let paths = json_list(&[abs]);
+        Ok(self.infos(ctx, &[abs]).await?.pop().flatten())
+    }
+
+    /// The details of each of `paths` (`None`: there is nothing there), in one call.
+    async fn infos(&self, ctx: &OperationContext, paths: &[&str]) -> Result<Vec<Option<Metadata>>> {
         let data = self
-            .call(ctx, "SYNO.FileStation.List", "getinfo", &[("path", &paths), ("additional", "size,time")])
+            .call(
+                ctx,
+                "SYNO.FileStation.List",
+                "getinfo",
+                &[("path", &json_list(paths)), ("additional", r#"["size","time"]"#)],
+            )
             .await?;
-        let Some(file) = data["files"].as_array().and_then(|f| f.first()) else {
-            return Err(err(ErrorKind::Unexpected, "the NAS answered getinfo without the file"));
-        };
-        match file.get("code").and_then(Value::as_i64) {
-            None => Ok(Some(metadata(file)?)),
-            Some(408) => Ok(None),
-            Some(code) => Err(file_station_error(code, "reading the file's details")),
+        let files = data["files"].as_array().filter(|f| f.len() == paths.len()).ok_or_else(|| {
+            err(ErrorKind::Unexpected, "the NAS answered getinfo without an entry for each path asked about")
+        })?;
+        files
+            .iter()
+            .map(|file| match file.get("code").and_then(Value::as_i64) {
+                None => metadata(file).map(Some),
+                Some(408) => Ok(None),
+                Some(code) => Err(file_station_error(code, "reading the file's details")),
+            })
+            .collect()
+    }
+
+    /// Once per shared folder and service: removes the staging folders at its top that uploads cut off left
+    /// behind (older than [`ABANDONED`]; younger ones may belong to an upload in progress elsewhere).
+    async fn sweep(&self, ctx: &OperationContext, share: &str) {
+        let top = format!("/{share}");
+        if !self.swept.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(top.clone()) {
+            return;
         }
+        let Ok(data) = self
+            .call(
+                ctx,
+                "SYNO.FileStation.List",
+                "list",
+                &[
+                    ("folder_path", &json_string(&top)),
+                    ("pattern", &json_string(".cloudsync-*.partial")),
+                    ("filetype", &json_string("dir")),
+                    ("additional", r#"["time"]"#),
+                ],
+            )
+            .await
+        else {
+            return;
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        for item in data["files"].as_array().into_iter().flatten() {
+            let name = item["name"].as_str().unwrap_or_default();
+            let mtime = item["additional"]["time"]["mtime"].as_u64().unwrap_or(now);
+            if crate::transfer::is_partial(name)
+                && item["isdir"] == true
+                && now.saturating_sub(mtime) > ABANDONED.as_secs()
+            {
+                let _ = self.delete(ctx, &format!("{top}/{name}")).await;
+            }
+        }
+    }
+
+    /// Makes folder `abs` (and its parents) unless this service made or saw it already.
+    async fn ensure_folder(&self, ctx: &OperationContext, abs: &str) -> Result<()> {
+        if self.folders.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(abs) {
+            return Ok(());
+        }
+        self.create_folder(ctx, abs).await?;
+        let mut known = self.folders.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.len() < 10_000 {
+            known.insert(abs.to_owned());
+        }
+        Ok(())
     }
 
     async fn create_folder(&self, ctx: &OperationContext, abs: &str) -> Result<()> {
@@ -308,6 +490,16 @@ impl Core {
     }
 
     async fn delete(&self, ctx: &OperationContext, abs: &str) -> Result<()> {
+        self.remove(ctx, abs, true).await
+    }
+
+    /// Deletes `abs`; a folder only when empty unless `recursive`.
+    async fn remove(&self, ctx: &OperationContext, abs: &str, recursive: bool) -> Result<()> {
+        let inside = format!("{abs}/");
+        self.folders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|f| f != abs && !f.starts_with(&inside));
         if abs == "/" || !abs[1..].contains('/') {
             return Err(err(
                 ErrorKind::PermissionDenied,
@@ -315,7 +507,12 @@ impl Core {
             ));
         }
         match self
-            .call(ctx, "SYNO.FileStation.Delete", "delete", &[("path", &json_list(&[abs])), ("recursive", "true")])
+            .call(
+                ctx,
+                "SYNO.FileStation.Delete",
+                "delete",
+                &[("path", &json_list(&[abs])), ("recursive", if recursive { "true" } else { "false" })],
+            )
             .await
         {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -333,7 +530,7 @@ impl Core {
                 "start",
                 &[
                     ("path", &json_list(&[from])),
-                    ("dest_folder_path", to_folder),
+                    ("dest_folder_path", &json_string(to_folder)),
                     ("overwrite", "true"),
                     ("remove_src", "true"),
                 ],
@@ -347,7 +544,8 @@ impl Core {
         let begun = tokio::time::Instant::now();
         let mut wait = Duration::from_millis(20);
         loop {
-            let status = self.call(ctx, "SYNO.FileStation.CopyMove", "status", &[("taskid", &task)]).await?;
+            let status =
+                self.call(ctx, "SYNO.FileStation.CopyMove", "status", &[("taskid", &json_string(&task))]).await?;
             if status["finished"].as_bool() == Some(true) {
                 return Ok(());
             }
@@ -371,12 +569,42 @@ impl Core {
                 ),
             ));
         }
-        let stage = format!("{parent}/{}", crate::transfer::partial_name());
-        let result = self.upload_staged(ctx, &stage, parent, name, body).await;
-        // The staging folder goes, whatever happened (after a move it is empty).
-        let _ = self.delete(ctx, &stage).await;
-        result?;
-        Ok(MetadataBuilder::file(size).build())
+        // The staging folder is at the top of the file's shared folder (one volume, so the move is a rename):
+        // its path, sent raw in the upload, then holds no name of the user's, which could hold a comma (a
+        // raw value's separator).
+        let share = abs[1..].split('/').next().unwrap_or_default();
+        let stage = format!("/{share}/{}", crate::transfer::partial_name());
+        let staged = format!("{stage}/{name}");
+        self.ensure_folder(ctx, parent).await?;
+        self.sweep(ctx, share).await;
+        if let Err(e) = self.upload_staged(ctx, &stage, parent, name, body).await {
+            // Nothing reached its place: what was staged is a copy of the source, and goes.
+            let _ = self.delete(ctx, &stage).await;
+            return Err(e);
+        }
+        // The NAS said the move is done: it is checked before anything is deleted, and the staging folder is then
+        // removed only if empty, so a file that did not move is never deleted with it.
+        let [moved_away, arrived] = <[_; 2]>::try_from(self.infos(ctx, &[&staged, abs]).await?)
+            .map_err(|_| err(ErrorKind::Unexpected, "getinfo answered the wrong number of entries"))?;
+        match (moved_away, arrived) {
+            (None, Some(md)) if md.mode() == EntryMode::FILE && md.content_length() == size => {
+                // The file is in place: an empty staging folder that cannot be removed now goes with the
+                // next sweep.
+                let _ = self.remove(ctx, &stage, false).await;
+                Ok(MetadataBuilder::file(size).build())
+            }
+            (Some(_), _) => Err(err(
+                ErrorKind::Unexpected,
+                format!(
+                    "the NAS said it moved the upload into place, but it is still in {stage} (left there); {abs} \
+                     was not changed"
+                ),
+            )),
+            (None, _) => Err(err(
+                ErrorKind::Unexpected,
+                format!("the NAS said it moved the upload into place, but {abs} is not the file sent; copy it again"),
+            )),
+        }
     }
 
     async fn upload_staged(
@@ -391,9 +619,8 @@ impl Core {
         // a plain name and is renamed in the staging folder (Rename takes the name as a JSON value).
         let plain = !name.chars().any(|c| c.is_control() || c == '"' || c == '\\');
         let sent_as = if plain { name } else { "upload" };
-        let session = self.session(ctx).await?;
-        let mut session = session;
-        let (mut renewed, mut busy) = (0, 0);
+        let mut session = self.session(ctx).await?;
+        let mut tries = Tries::default();
         loop {
             let (path, version) = session.api("SYNO.FileStation.Upload")?;
             let boundary = format!("cloudsync-{}", crate::transfer::partial_name().replace('.', ""));
@@ -419,20 +646,14 @@ impl Core {
             let mut parts: Vec<Bytes> = vec![Bytes::from(head)];
             parts.extend(body.clone());
             parts.push(Bytes::from(tail));
-            let req = Request::post(format!("{}/webapi/{path}", self.base))
+            let req = session
+                .authorize(Request::post(format!("{}/webapi/{path}", self.base)))
                 .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
-                .header(header::COOKIE, session.cookie())
                 .body(Buffer::from(parts))
                 .map_err(build_error)?;
-            match envelope(ctx.http_transport().send(req).await?) {
+            match envelope(exchange(ctx, req).await?) {
                 Ok(_) => break,
-                Err(Failure::Session(_)) if renewed < RENEWALS => {
-                    session = self.renew(ctx, &session).await?;
-                    renewed += 1;
-                }
-                Err(Failure::Session(code)) => return Err(file_station_error(code, "")),
-                Err(Failure::Other(e)) if e.is_temporary() && busy < BUSY_TRIES => busy = pause(busy).await,
-                Err(Failure::Other(e)) => return Err(e),
+                Err(failure) => tries.again(self, ctx, &mut session, failure).await?,
             }
         }
         if !plain {
@@ -454,7 +675,7 @@ impl Core {
         range: BytesRange,
     ) -> Result<(Metadata, Box<dyn oio::ReadStreamDyn>)> {
         let mut session = self.session(ctx).await?;
-        let (mut renewed, mut busy) = (0, 0);
+        let mut tries = Tries::default();
         loop {
             let (path, version) = session.api("SYNO.FileStation.Download")?;
             let url = format!(
@@ -468,7 +689,7 @@ impl Core {
                     ("mode", "download"),
                 ])
             );
-            let mut req = Request::get(url).header(header::COOKIE, session.cookie());
+            let mut req = session.authorize(Request::get(url));
             if !range.is_full() {
                 req = req.header(header::RANGE, range.to_header());
             }
@@ -481,7 +702,8 @@ impl Core {
                 .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/"))
                 && !resp.headers().contains_key(header::CONTENT_DISPOSITION);
             if (status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT) && !json {
-                let md = opendal::raw::parse_into_metadata(abs, resp.headers())?;
+                let length = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+                let md = MetadataBuilder::file(length.or(range.size()).unwrap_or(0)).build();
                 if status == StatusCode::OK && !range.is_full() {
                     // The NAS sent the whole file for a byte range: the range is cut out of it here.
                     let stream = Ranged { inner: resp.into_body(), skip: range.offset(), left: range.size() };
@@ -503,14 +725,7 @@ impl Core {
             }
             let buf = Buffer::from(pieces);
             match envelope(http::Response::from_parts(parts, buf)) {
-                Err(Failure::Session(_)) if renewed < RENEWALS => {
-                    session = self.renew(ctx, &session).await?;
-                    renewed += 1;
-                }
-                Err(Failure::Session(code)) => return Err(file_station_error(code, "")),
-                Err(Failure::Other(e)) if e.is_temporary() && busy < BUSY_TRIES => busy = pause(busy).await,
-                Err(Failure::Other(e)) => return Err(e),
-                Ok(_) if status == StatusCode::NOT_FOUND => return Err(err(ErrorKind::NotFound, "not found")),
+                Err(failure) => tries.again(self, ctx, &mut session, failure).await?,
                 Ok(_) => return Err(err(ErrorKind::Unexpected, format!("the NAS answered a download with {status}"))),
             }
         }
@@ -525,13 +740,23 @@ impl Session {
             .ok_or_else(|| err(ErrorKind::Unsupported, format!("the NAS does not offer {name}")))
     }
 
-    fn cookie(&self) -> String {
-        format!("id={}", self.sid.as_str())
+    /// `req` with the session: its id in the `id` cookie and its token (DSM 7's CSRF guard) in `X-SYNO-TOKEN`.
+    fn authorize(&self, req: http::request::Builder) -> http::request::Builder {
+        let req = req.header(header::COOKIE, format!("id={}", self.sid.as_str()));
+        match &self.token {
+            Some(t) => req.header("X-SYNO-TOKEN", t.as_str()),
+            None => req,
+        }
     }
 }
 
 fn form(fields: &[(&str, &str)]) -> String {
     serde_urlencoded::to_string(fields).unwrap_or_default()
+}
+
+/// A string parameter, JSON-encoded as the guide's examples send them (a raw one would be split at commas).
+fn json_string(item: &str) -> String {
+    serde_json::to_string(item).unwrap_or_default()
 }
 
 fn json_list(items: &[&str]) -> String {
@@ -556,8 +781,9 @@ fn envelope(resp: http::Response<Buffer>) -> std::result::Result<Value, Failure>
     }
     let parsed: Option<Value> = serde_json::from_slice(&body.to_bytes()).ok();
     let Some(answer) = parsed.filter(Value::is_object) else {
+        // Not "not found", whatever the status: a listing would read as empty, a deletion as done.
         let e = err(
-            if status == StatusCode::NOT_FOUND { ErrorKind::NotFound } else { ErrorKind::Unexpected },
+            ErrorKind::Unexpected,
             format!("the NAS answered {status} without a File Station answer: is the endpoint the DSM address?"),
         );
         return Err(Failure::Other(if status.is_server_error() { e.set_temporary() } else { e }));
@@ -573,7 +799,7 @@ fn envelope(resp: http::Response<Buffer>) -> std::result::Result<Value, Failure>
         .and_then(|e| e["code"].as_i64())
         .or_else(|| error["code"].as_i64())
         .unwrap_or(100);
-    if matches!(code, 106 | 107 | 119) {
+    if matches!(code, 105 | 106 | 107 | 119) {
         return Err(Failure::Session(code));
     }
     Err(Failure::Other(file_station_error(code, "")))
@@ -647,7 +873,13 @@ fn metadata(file: &Value) -> Result<Metadata> {
     let mut md = if file["isdir"].as_bool() == Some(true) {
         MetadataBuilder::dir()
     } else {
-        MetadataBuilder::file(extra["size"].as_u64().unwrap_or(0))
+        let size = extra["size"].as_u64().ok_or_else(|| {
+            err(
+                ErrorKind::Unexpected,
+                format!("the NAS listed {} without its size", file["path"].as_str().unwrap_or("?")),
+            )
+        })?;
+        MetadataBuilder::file(size)
     };
     if let Some(mtime) = extra["time"]["mtime"].as_i64() {
         md.last_modified(Timestamp::from_second(mtime)?);
@@ -826,7 +1058,7 @@ impl oio::PageList for Lister {
                     &self.ctx,
                     "SYNO.FileStation.List",
                     "list_share",
-                    &[("offset", &offset_s), ("limit", &limit_s), ("additional", "time")],
+                    &[("offset", &offset_s), ("limit", &limit_s), ("additional", r#"["time"]"#)],
                 )
                 .await
         } else {
@@ -836,11 +1068,11 @@ impl oio::PageList for Lister {
                     "SYNO.FileStation.List",
                     "list",
                     &[
-                        ("folder_path", &self.abs),
+                        ("folder_path", &json_string(&self.abs)),
                         ("offset", &offset_s),
                         ("limit", &limit_s),
                         ("sort_by", "name"),
-                        ("additional", "size,time"),
+                        ("additional", r#"["size","time"]"#),
                     ],
                 )
                 .await

@@ -47,7 +47,7 @@ pub(crate) fn partial_name() -> String {
     format!("{PARTIAL_PREFIX}{:016x}{PARTIAL_SUFFIX}", h.finish())
 }
 
-fn is_partial(name: &str) -> bool {
+pub(crate) fn is_partial(name: &str) -> bool {
     let base = name.rsplit('/').next().unwrap_or(name);
     base.starts_with(PARTIAL_PREFIX) && base.ends_with(PARTIAL_SUFFIX)
 }
@@ -703,12 +703,14 @@ async fn source(from: &Location) -> Result<futures_util::stream::BoxStream<'stat
         }
         Location::Remote { op, path, label } => {
             let label = label.clone();
-            let reader = op
-                .reader_with(path)
-                .chunk(CHUNK)
-                .concurrent(2)
-                .await
-                .map_err(|e| Error::backend(format!("cannot read {label}"), e))?;
+            // File Station is read in one stream: a NAS that ignores byte ranges would otherwise send the file
+            // from its start again for every piece.
+            let reader = if op.info().scheme() == "synology" {
+                op.reader_with(path).await
+            } else {
+                op.reader_with(path).chunk(CHUNK).concurrent(2).await
+            }
+            .map_err(|e| Error::backend(format!("cannot read {label}"), e))?;
             let stream =
                 reader.into_bytes_stream(..).await.map_err(|e| Error::backend(format!("cannot read {label}"), e))?;
             Ok(stream.map_err(move |e| Error::io(format!("cannot read {label}"), e)).boxed())

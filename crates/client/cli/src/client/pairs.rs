@@ -600,6 +600,8 @@ async fn daemon(once: bool) -> Result<()> {
                     }
                 }
             };
+            // A NAS session (Synology) opened by the run ends with it, not when the daemon stops.
+            cloudsync_connectors::sign_out().await;
             match result {
                 Ok(None) => log(&format!("pair {name}: skipped (running already, or no longer due)")),
                 Ok(Some(out)) => {

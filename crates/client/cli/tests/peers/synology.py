@@ -5,7 +5,7 @@
 
 It follows Synology's "File Station Official API Guide" for exactly the calls the client makes:
 SYNO.API.Info query (at /webapi/query.cgi), SYNO.API.Auth login and logout, and in /webapi/entry.cgi
-SYNO.FileStation.List (list_share, list, getinfo), Download (download, with Range), Upload (upload: a
+SYNO.FileStation.List (list_share, list with pattern and filetype, getinfo), Download (download, with Range), Upload (upload: a
 multipart POST whose file part comes last), Delete (delete, the blocking method), CreateFolder (create),
 Rename (rename) and CopyMove (start, then status until finished). Each folder under ROOT is a shared folder
 (ROOT/home/a.txt is /home/a.txt), so a test can compare trees. One account, alice, with the password in
@@ -16,19 +16,26 @@ Answers are the guide's envelope: {"success": true, "data": ...} or {"success": 
 delete, 1000-1002 copy/move, 1100 create folder, 1200 rename, 1800-1805 upload; sign-in 400-410). String
 parameters are taken as given or as a JSON string; path lists as a JSON array or comma-separated, as DSM does.
 
-The session id is taken from the `id` cookie or the `_sid` parameter. DIR/stats.json (rewritten after every
+The session id is taken from the `id` cookie or the `_sid` parameter; a session signed in with
+enable_syno_token=yes gets a SynoToken, and its cookie-carried calls are refused (119) without the token in the
+X-SYNO-TOKEN header or SynoToken parameter, as DSM 7's CSRF guard does. String parameters (folder_path,
+dest_folder_path, taskid) given raw are split at commas, as DSM does with raw values, and refused when that
+gives more than one value; JSON strings are not split. DIR/stats.json (rewritten after every
 request) counts what happened, and what a careful client never does: password_in_url (the password in an
 address), sid_in_url (the session id in an address), direct_uploads (an upload into a folder that is not a
 staging folder `.cloudsync-*.partial`, which would let a half-sent file replace a good one).
 
---session-calls N ends each session after N calls (error 106, as a timed-out one); --busy N answers every Nth File Station call
-with error 402 (system too busy); --move-polls N makes a move report unfinished N times before it finishes.
+--session-calls N ends each session after N calls (error 106, as a timed-out one); --busy N answers every Nth
+File Station call with error 402 (system too busy); --move-polls N makes a move report unfinished N times
+before it finishes. A test can make the next move report success without moving anything (as a NAS whose
+task failed silently might) with GET /fake/break-next-move.
 
 What it does NOT prove: it is not DSM. No ACLs, quotas, share permissions, 2-step verification, recycle bin,
 file-system limits (name length, FAT) or background-task concurrency; a move is a rename on one disk. Where the
 guide is silent, the comment at that spot says what we chose.
 """
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -88,12 +95,14 @@ class Nas:
         self.session_calls, self.busy, self.move_polls = session_calls, busy, move_polls
         self.user = "alice"
         self.password = "p@ss w&rd=" + secrets.token_urlsafe(8)
-        self.sessions, self.tasks = {}, {}  # sid -> calls made; taskid -> [polls left, error]
+        self.sessions, self.tasks = {}, {}  # sid -> [calls made, token]; taskid -> [polls left, error]
+        self.break_next_move = False
         self.lock = threading.Lock()
         self.calls = 0
         self.stats = {k: 0 for k in ("requests", "logins", "sessions_expired", "busy", "uploads", "moves",
                                      "move_polls", "renames", "downloads", "ranged_downloads",
-                                     "password_in_url", "sid_in_url", "direct_uploads", "max_upload")}
+                                     "password_in_url", "sid_in_url", "direct_uploads", "max_upload",
+                                     "logouts", "broken_moves")}
 
     def write_stats(self):
         tmp = os.path.join(self.dir, "stats.json.tmp")
@@ -138,8 +147,7 @@ class Nas:
             except Answer as a:
                 ans = a
             except Fail as f:
-                if f.why:
-                    log(f"error {f.code}: {f.why}")
+                log(f"error {f.code}: {f.why or ''} {f.errors or ''}")
                 err = {"code": f.code}
                 if f.errors:
                     err["errors"] = f.errors
@@ -167,6 +175,9 @@ class Nas:
             wanted = params.get("query", "all")
             names = APIS if wanted == "all" else [n for n in wanted.split(",") if n in APIS]
             return ok({n: {"path": APIS[n][0], "minVersion": APIS[n][1], "maxVersion": APIS[n][2]} for n in names})
+        if url.path == "/fake/break-next-move":
+            self.break_next_move = True
+            return ok()
         if url.path != "/webapi/entry.cgi":
             raise Answer(404, b"<html>not found</html>", {"Content-Type": "text/html"})
         if api not in APIS:
@@ -178,20 +189,25 @@ class Nas:
         if not APIS[api][1] <= version <= APIS[api][2]:
             raise Fail(104, why=f"{api} version {version}")
         if api == "SYNO.API.Auth":
-            return self.auth(meth, params)
-        sid = self.cookie(headers).get("id") or params.get("_sid")
-        calls = self.sessions.get(sid)
-        if calls is None:
+            return self.auth(meth, params, headers)
+        cookie = self.cookie(headers).get("id")
+        sid = cookie or params.get("_sid")
+        session = self.sessions.get(sid)
+        if session is None:
             raise Fail(119, why="no such session")
-        if self.session_calls and calls >= self.session_calls:
+        if cookie and session[1] and session[1] not in (headers.get("X-SYNO-TOKEN"), params.get("SynoToken")):
+            raise Fail(119, why="a cookie-carried call without the session's SynoToken")
+        if self.session_calls and session[0] >= self.session_calls:
             del self.sessions[sid]
             self.stats["sessions_expired"] += 1
             raise Fail(106)
-        self.sessions[sid] = calls + 1
+        session[0] += 1
         self.calls += 1
         if self.busy and self.calls % self.busy == 0:
             self.stats["busy"] += 1
             raise Fail(402)
+        shown = {k: v for k, v in params.items() if k not in ("api", "version", "method", "passwd", "_sid")}
+        log(f"{api} {meth} {shown}{' file=' + repr(file[0]) if file else ''}")
         handler = getattr(self, "fs_" + api.rsplit(".", 1)[-1].lower() + "_" + meth, None)
         if handler is None:
             raise Fail(103, why=f"{api} has no method {meth!r} here")
@@ -231,7 +247,9 @@ class Nas:
         if v is None:
             raise Fail(101, why=f"no {name}")
         if v.startswith('"'):
-            v = json.loads(v)
+            return json.loads(v)
+        if "," in v:  # a raw value is a comma-separated list to DSM
+            raise Fail(400, why=f"{name} {v!r} is several values (send it as a JSON string)")
         return v
 
     @staticmethod
@@ -252,19 +270,23 @@ class Nas:
 
     # ---- SYNO.API.Auth ----------------------------------------------------------------------------------------
 
-    def auth(self, meth, params):
+    def auth(self, meth, params, headers):
         if meth == "login":
             if params.get("account") != self.user or params.get("passwd") != self.password:
                 raise Fail(400, why="wrong user name or password")
             sid = secrets.token_urlsafe(24)
-            self.sessions[sid] = 0
+            token = secrets.token_urlsafe(9) if params.get("enable_syno_token") == "yes" else None
+            self.sessions[sid] = [0, token]
             self.stats["logins"] += 1
             if params.get("format", "cookie") == "sid":
-                return ok({"sid": sid})
+                return ok({"sid": sid, **({"synotoken": token} if token else {})})
             a = ok({})
             a.headers["Set-Cookie"] = f"id={sid}; path=/"
             return a
         if meth == "logout":
+            sid = self.cookie(headers).get("id") or params.get("_sid")
+            if self.sessions.pop(sid, None) is not None:
+                self.stats["logouts"] += 1
             return ok()
         raise Fail(103)
 
@@ -274,6 +296,7 @@ class Nas:
         additional = params.get("additional", "")
         shares = sorted(n for n in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, n)))
         offset, limit = int(params.get("offset", 0)), int(params.get("limit", 0)) or len(shares)
+        limit = min(limit, 7)  # as for list: small pages show paging
         page = [self.entry("/" + n, os.path.join(self.root, n), additional) for n in shares[offset:offset + limit]]
         return ok({"shares": page, "offset": offset, "total": len(shares)})
 
@@ -284,6 +307,13 @@ class Nas:
             raise Fail(408, why=f"no folder {folder!r}")
         additional = params.get("additional", "")
         names = sorted(os.listdir(full))
+        if "pattern" in params:  # the guide: glob patterns, case-insensitive
+            globs = [g.lower() for g in self.paths(params, "pattern")] if params["pattern"].startswith("[") \
+                else [self.string(params, "pattern").lower()]
+            names = [n for n in names if any(fnmatch.fnmatchcase(n.lower(), g) for g in globs)]
+        kind = self.string(params, "filetype") if "filetype" in params else "all"
+        if kind in ("file", "dir"):
+            names = [n for n in names if os.path.isdir(os.path.join(full, n)) == (kind == "dir")]
         offset, limit = int(params.get("offset", 0)), int(params.get("limit", 0)) or len(names)
         # The guide caps nothing; DSM's own pages are at most a few thousand, so a small cap shows paging.
         limit = min(limit, 7)
@@ -435,7 +465,10 @@ class Nas:
                         raise Fail(1001 if remove else 1000, [{"code": 414, "path": p}])
                     if os.path.isdir(target) != os.path.isdir(src):
                         raise Fail(1001 if remove else 1000, [{"code": 414, "path": p}])
-                if remove:
+                if remove and self.break_next_move:
+                    self.break_next_move = False  # reported finished below, but nothing moved
+                    self.stats["broken_moves"] += 1
+                elif remove:
                     os.replace(src, target)  # one disk: the rename replaces the file at once
                     self.stats["moves"] += 1
                 elif os.path.isdir(src):
