@@ -223,9 +223,9 @@ pub(crate) async fn listing(
             None => (manifest_id(&file.path, &file.content_hash)?, MANIFEST_SIZE_GUESS),
         });
     }
-    let blobs = fetch_blobs(&files, &metas, server_keys).await?;
-    let before = Seen::load(&e2ee.seen_file)?;
     let mut verified = VerifiedIds::load(e2ee);
+    let blobs = fetch_blobs(&files, &metas, server_keys, &verified).await?;
+    let before = Seen::load(&e2ee.seen_file)?;
     let opened = {
         let items: Vec<(&WsPath, ChunkId, &[u8])> =
             rows.iter().zip(&metas).zip(&blobs).map(|(((f, _), (id, _)), b)| (&f.path, *id, &b[..])).collect();
@@ -266,7 +266,11 @@ pub(crate) async fn listing(
         seen.paths
             .insert(hex::encode(e2ee.keys.path_id(&f.path)), (f.manifest.counter, hash_hex(&f.manifest.content_hash)));
     }
-    seen.save(&e2ee.seen_file)?;
+    // Written only when the listing showed something this device had not seen (most listings do not).
+    let news = seen.max > before.max || seen.paths.iter().any(|(k, v)| before.paths.get(k) != Some(v));
+    if news {
+        seen.save(&e2ee.seen_file)?;
+    }
     Ok(Listing { files: out, before, verified })
 }
 
@@ -306,20 +310,37 @@ fn open_checked(
 /// collision-resistant hash of the sealed bytes, which the client recomputes for every blob it fetches): a
 /// listing opens those again without checking their signature again, which is most of its cost. A cache
 /// only: a missing or damaged file means every signature is checked.
+///
+/// It also keeps the sealed manifests themselves (fetched, or made here), by the same ids: a listing takes a
+/// manifest from here instead of fetching it again, after checking that its bytes still hash to the id the
+/// server lists, so what it opens is byte for byte what the server keeps (a no-op push or sync of many small
+/// files then asks the server for the listing only).
 pub(crate) struct VerifiedIds {
     file: PathBuf,
     ids: HashSet<[u8; 32]>,
     new: Vec<[u8; 32]>,
     /// The file is over its cap: the next save starts it over.
     reset: bool,
+    blobs: HashMap<[u8; 32], Bytes>,
+    new_blobs: Vec<([u8; 32], Bytes)>,
+    /// The manifest file is over its cap: the next save starts it over.
+    blobs_reset: bool,
 }
 
 /// Past this many ids the cache starts over (about 64 MiB).
 const MAX_VERIFIED_IDS: usize = 2_000_000;
+/// Past this many bytes the kept manifests start over.
+const MAX_KEPT_MANIFEST_BYTES: usize = 64 << 20;
+/// A manifest larger than this is not kept (a manifest lists a file's chunks: a few KiB for most files).
+const MAX_KEPT_MANIFEST: usize = 256 << 10;
 
 impl VerifiedIds {
     pub(crate) fn load(e2ee: &E2eeFiles) -> Self {
-        let file = e2ee.seen_file.with_extension("verified");
+        Self::at(e2ee.seen_file.with_extension("verified"))
+    }
+
+    /// The cache kept in `file` (ids) and beside it (`.manifests`).
+    fn at(file: PathBuf) -> Self {
         let bytes = fs::read(&file).unwrap_or_default();
         let reset = bytes.len() / 32 > MAX_VERIFIED_IDS;
         let ids = if reset {
@@ -327,13 +348,31 @@ impl VerifiedIds {
         } else {
             bytes.chunks_exact(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).collect()
         };
-        Self { file, ids, new: Vec::new(), reset }
+        let kept = fs::read(file.with_extension("manifests")).unwrap_or_default();
+        let blobs_reset = kept.len() > MAX_KEPT_MANIFEST_BYTES;
+        let blobs = if blobs_reset { HashMap::new() } else { parse_kept(&Bytes::from(kept)) };
+        Self { file, ids, new: Vec::new(), reset, blobs, new_blobs: Vec::new(), blobs_reset }
     }
 
     fn add(&mut self, id: ChunkId) {
         if self.ids.insert(id.0) {
             self.new.push(id.0);
         }
+    }
+
+    /// Keeps the sealed manifest `id` names, once its signature is checked (or it was made here).
+    fn keep(&mut self, id: ChunkId, blob: &[u8]) {
+        self.add(id);
+        if blob.len() <= MAX_KEPT_MANIFEST && !self.blobs.contains_key(&id.0) {
+            let blob = Bytes::copy_from_slice(blob);
+            self.blobs.insert(id.0, blob.clone());
+            self.new_blobs.push((id.0, blob));
+        }
+    }
+
+    /// The kept manifest `id` names, if its bytes still hash to it.
+    fn kept(&self, id: ChunkId, server_keys: &ChunkKeys) -> Option<Bytes> {
+        self.blobs.get(&id.0).filter(|b| server_keys.chunk_id(b) == id).cloned()
     }
 
     /// Appends the ids learned since the last save (or starts the file over when it is full).
@@ -354,8 +393,53 @@ impl VerifiedIds {
             .map_err(|e| SyncError::io(&self.file, e))?;
         f.write_all(&std::mem::take(&mut self.new).concat()).map_err(|e| SyncError::io(&self.file, e))?;
         self.reset = false;
+        self.save_kept()
+    }
+
+    /// Appends the manifests kept since the last save: each as its id, its length (4 bytes, little-endian)
+    /// and its bytes.
+    fn save_kept(&mut self) -> Result<(), SyncError> {
+        if self.new_blobs.is_empty() {
+            return Ok(());
+        }
+        let path = self.file.with_extension("manifests");
+        let held = fs::metadata(&path).map_or(0, |m| m.len());
+        let added: usize = self.new_blobs.iter().map(|(_, b)| 36 + b.len()).sum();
+        let start_over = self.blobs_reset || held as usize + added > MAX_KEPT_MANIFEST_BYTES;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(!start_over)
+            .write(true)
+            .truncate(start_over)
+            .open(&path)
+            .map_err(|e| SyncError::io(&path, e))?;
+        let mut out = Vec::with_capacity(added);
+        for (id, blob) in std::mem::take(&mut self.new_blobs) {
+            out.extend_from_slice(&id);
+            out.extend_from_slice(&u32::try_from(blob.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(&blob);
+        }
+        f.write_all(&out).map_err(|e| SyncError::io(&path, e))?;
+        self.blobs_reset = false;
         Ok(())
     }
+}
+
+/// The kept manifests of a `.manifests` file, up to the first damaged record.
+fn parse_kept(bytes: &Bytes) -> HashMap<[u8; 32], Bytes> {
+    let mut out = HashMap::new();
+    let mut at = 0;
+    while at + 36 <= bytes.len() {
+        let id: [u8; 32] = bytes[at..at + 32].try_into().unwrap_or([0; 32]);
+        let len = u32::from_le_bytes(bytes[at + 32..at + 36].try_into().unwrap_or([0; 4])) as usize;
+        let start = at + 36;
+        if len > MAX_KEPT_MANIFEST || start + len > bytes.len() {
+            break;
+        }
+        out.insert(id, bytes.slice(start..start + len));
+        at = start + len;
+    }
+    out
 }
 
 /// Opens and checks many sealed manifests (server path, chunk id, blob), on every core when there are many;
@@ -379,9 +463,9 @@ fn open_many(
             handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         })
     };
-    for ((_, id, _), r) in items.iter().zip(&out) {
+    for ((_, id, blob), r) in items.iter().zip(&out) {
         if r.is_ok() {
-            verified.add(*id);
+            verified.keep(*id, blob);
         }
     }
     out
@@ -433,19 +517,31 @@ fn uuid_text(id: &[u8; 16]) -> String {
 }
 
 /// Fetches the given chunks (id, stored size) in order, each checked against its id.
+/// The sealed manifests `wanted` names, in order: those this device keeps (their bytes checked against the
+/// ids), the others fetched and checked.
 async fn fetch_blobs(
     files: &cloudsync_sdk::Files<'_>,
     wanted: &[(ChunkId, u32)],
     server_keys: &ChunkKeys,
+    kept: &VerifiedIds,
 ) -> Result<Vec<Bytes>, SyncError> {
-    let mut out = Vec::with_capacity(wanted.len());
-    for ids in requests(wanted.iter().copied()) {
+    let mut out: Vec<Option<Bytes>> = wanted.iter().map(|(id, _)| kept.kept(*id, server_keys)).collect();
+    let missing: Vec<(ChunkId, u32)> =
+        wanted.iter().zip(&out).filter(|(_, have)| have.is_none()).map(|(w, _)| *w).collect();
+    let mut fetched = Vec::with_capacity(missing.len());
+    for ids in requests(missing.iter().copied()) {
         for (id, data) in retry(|| fetch_all(files, &ids)).await? {
             check_blob(server_keys, id, &data)?;
-            out.push(data);
+            fetched.push(data);
         }
     }
-    Ok(out)
+    let mut fetched = fetched.into_iter();
+    for slot in out.iter_mut().filter(|s| s.is_none()) {
+        *slot = fetched.next();
+    }
+    out.into_iter()
+        .map(|b| b.ok_or_else(|| SyncError::Integrity("the server sent fewer manifests than were asked for".into())))
+        .collect()
 }
 
 fn check_blob(server_keys: &ChunkKeys, id: ChunkId, data: &[u8]) -> Result<(), SyncError> {
@@ -506,8 +602,8 @@ pub async fn e2ee_trash(client: &Client, ws: WorkspaceId, e2ee: &E2eeFiles) -> R
     for t in &trash {
         metas.push((manifest_id(&t.path, &t.content_hash)?, MANIFEST_SIZE_GUESS));
     }
-    let blobs = fetch_blobs(&files, &metas, &server_keys).await?;
     let mut verified = VerifiedIds::load(e2ee);
+    let blobs = fetch_blobs(&files, &metas, &server_keys, &verified).await?;
     let opened = {
         let items: Vec<(&WsPath, ChunkId, &[u8])> =
             trash.iter().zip(&metas).zip(&blobs).map(|((t, (id, _)), b)| (&t.path, *id, &b[..])).collect();
@@ -613,7 +709,8 @@ pub async fn e2ee_restore(
         })?
     };
     let first = manifest_chunk(&server_path, &old.manifest)?;
-    let blob = fetch_blobs(&files, &[(first.id, first.size)], &server_keys).await?.pop().unwrap_or_default();
+    let kept = VerifiedIds::load(e2ee);
+    let blob = fetch_blobs(&files, &[(first.id, first.size)], &server_keys, &kept).await?.pop().unwrap_or_default();
     let m = open_verified(e2ee, &server_path, &blob)?;
     check_listed(&m, &old.manifest.chunks[1..])?;
     if wanted == live.file.version {
@@ -726,8 +823,10 @@ struct Commit {
     /// Path id (hex), and (counter, content hash) as [`Seen::paths`] keeps them.
     path_id: String,
     seen: (u64, String),
-    /// The chunk id of the sealed manifest this device made (and so need not verify when it lists it).
+    /// The chunk id of the sealed manifest this device made (and so need not verify when it lists it), and
+    /// the sealed manifest (kept, so a listing need not fetch it).
     manifest_id: ChunkId,
+    sealed: Bytes,
 }
 
 /// `cloudsync push` into an end-to-end encrypted workspace: every regular file below `local_dir` is sealed on
@@ -933,7 +1032,7 @@ impl Sealer<'_> {
         let (sealed, mut commit) =
             seal_commit(self.e2ee, self.server_keys, &m, remote.map(|r| r.version)).map_err(io::Error::other)?;
         (commit.tag, commit.stat) = (tag, stat);
-        if self.tx.blocking_send(Event::Blob { id: commit.manifest_id, data: Bytes::from(sealed) }).is_err() {
+        if self.tx.blocking_send(Event::Blob { id: commit.manifest_id, data: sealed }).is_err() {
             return Ok(None);
         }
         Ok(Some(Event::Commit(Box::new(commit))))
@@ -948,8 +1047,8 @@ fn seal_commit(
     server_keys: &ChunkKeys,
     m: &FileManifest,
     base_version: Option<u64>,
-) -> Result<(Vec<u8>, Commit), SyncError> {
-    let sealed = e2ee.keys.seal_manifest(m, &e2ee.signer).map_err(|e| SyncError::Internal(e.to_string()))?;
+) -> Result<(Bytes, Commit), SyncError> {
+    let sealed = Bytes::from(e2ee.keys.seal_manifest(m, &e2ee.signer).map_err(|e| SyncError::Internal(e.to_string()))?);
     let manifest_id = server_keys.chunk_id(&sealed);
     let mut listed = vec![ManifestChunk { id: manifest_id, size: sealed.len() as u32 }];
     listed.extend(m.chunks.iter().map(|c| ManifestChunk { id: ChunkId(c.stored_id), size: c.stored_len() as u32 }));
@@ -973,6 +1072,7 @@ fn seal_commit(
         path_id: hex::encode(e2ee.keys.path_id(&m.path)),
         seen: (m.counter, hash_hex(&m.content_hash)),
         manifest_id,
+        sealed: sealed.clone(),
     };
     Ok((sealed, commit))
 }
@@ -1055,7 +1155,7 @@ impl<'a> Uploader<'a> {
                         FileEntry { path, size: c.size, content_hash: c.seen.1.clone(), mtime_ms: c.mtime_ms, ..entry };
                     self.outcomes.push((c.tag, Outcome::Committed { entry, stat: c.stat }));
                     self.committed.paths.insert(c.path_id, c.seen);
-                    self.verified.add(c.manifest_id);
+                    self.verified.keep(c.manifest_id, &c.sealed);
                 }
                 (None, Some(e)) if e.code == cloudsync_types::ErrorCode::Conflict => {
                     summary.files_conflicted += 1;
@@ -1405,4 +1505,37 @@ fn finish(job: &Download, w: &Writing) -> Result<Stat, SyncError> {
     }
     let meta = w.file.metadata().map_err(|e| SyncError::io(&w.tmp, e))?;
     Ok(Stat::of(&meta))
+}
+
+#[cfg(test)]
+mod kept_manifests {
+    use super::*;
+
+    #[test]
+    fn manifests_kept_come_back_only_while_their_bytes_match_their_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = ChunkKeys::for_test(cloudsync_chunker::ChunkerParams::default());
+        let file = dir.path().join("ws.verified");
+        let (a, b) = (b"sealed manifest a".as_slice(), vec![7u8; MAX_KEPT_MANIFEST + 1]);
+        let (id_a, id_b) = (keys.chunk_id(a), keys.chunk_id(&b));
+        let mut cache = VerifiedIds::at(file.clone());
+        cache.keep(id_a, a);
+        cache.keep(id_b, &b);
+        cache.save().expect("save");
+
+        let again = VerifiedIds::at(file.clone());
+        assert_eq!(again.kept(id_a, &keys).as_deref(), Some(a), "kept across runs");
+        assert!(again.kept(id_b, &keys).is_none(), "too large to keep");
+        assert!(again.ids.contains(&id_b.0), "still known as verified");
+
+        // A damaged or altered file is never trusted: bytes that no longer hash to the id are not used.
+        let manifests = file.with_extension("manifests");
+        let mut raw = fs::read(&manifests).expect("read");
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        fs::write(&manifests, &raw).expect("write");
+        assert!(VerifiedIds::at(file.clone()).kept(id_a, &keys).is_none());
+        fs::write(&manifests, &raw[..raw.len() - 3]).expect("truncate");
+        assert!(VerifiedIds::at(file).kept(id_a, &keys).is_none(), "a cut-off record is dropped");
+    }
 }
