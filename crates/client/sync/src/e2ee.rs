@@ -765,7 +765,7 @@ pub async fn e2ee_restore(
     };
     let restored = FileManifest { epoch, counter, author: e2ee.me, chunks, ..m };
     let (sealed, commit) = seal_commit(e2ee, &server_keys, &restored, Some(live.file.version))?;
-    up.queue(commit.manifest_id, Bytes::from(sealed));
+    up.queue(commit.manifest_id, sealed);
     up.commits.push(commit);
     up.flush(&mut summary).await?;
     up.remember(e2ee)?;
