@@ -125,11 +125,17 @@ async fn run(cli: Cli) -> Result<()> {
             client::history::clear(history, connections, pairs, all)
         }
         Command::Pair(cmd) => client::pairs::run(cmd).await,
-        Command::Rm { remote, passphrase, json } => client::rm(&remote, passphrase.passphrase_stdin, json.json).await,
+        // A `cloudsync` connection names a workspace wherever a workspace path is taken.
+        Command::Rm { remote, passphrase, json } => {
+            let remote = client::connections::workspace_alias(&remote)?;
+            client::rm(&remote, passphrase.passphrase_stdin, json.json).await
+        }
         Command::Versions { remote, passphrase, json } => {
+            let remote = client::connections::workspace_alias(&remote)?;
             client::versions(&remote, passphrase.passphrase_stdin, json.json).await
         }
         Command::Restore { remote, version, passphrase, json } => {
+            let remote = client::connections::workspace_alias(&remote)?;
             client::restore(&remote, version, passphrase.passphrase_stdin, json.json).await
         }
         Command::Trash(TrashCmd::List { workspace, passphrase, json }) => {

@@ -1036,4 +1036,17 @@ fn copy_between_local_folders_workspaces_and_cloudsync_connections() {
     assert!(err.contains("--workspace"), "{err}");
     let ls = json(&alice.ok(&["ls", "Team Docs:in", "--json"]));
     assert_eq!(ls.as_array().expect("array").len(), 2, "the move was refused before anything moved");
+
+    // rm, versions and restore take the alias too.
+    let versions = json(&alice.ok(&["versions", "team:in/a.txt", "--json"]));
+    assert_eq!(versions.as_array().expect("array").len(), 1, "{versions}");
+    alice.ok(&["rm", "team:in/a.txt"]);
+    assert_eq!(json(&alice.ok(&["ls", "Team Docs:in", "--json"])).as_array().expect("array").len(), 1);
+    alice.ok(&["restore", "team:in/a.txt"]);
+    assert_eq!(json(&alice.ok(&["ls", "Team Docs:in", "--json"])).as_array().expect("array").len(), 2);
+    // Where storage is needed, the error says what the alias is instead of "not a saved connection" alone.
+    let err = alice.fail(&["delete", "team:in"]);
+    assert!(err.contains("cloudsync connection") && err.contains("Team Docs"), "{err}");
+    let err = alice.fail(&["pair", "create", "to-team", "--from", src_s, "--to", "team:in"]);
+    assert!(err.contains("cloudsync connection") && err.contains("Team Docs"), "{err}");
 }

@@ -167,6 +167,19 @@ fn check_remote_path(path: &str) -> Result<()> {
 ///
 /// # Errors
 /// An unreadable connections file.
+/// Why `spec`, when it starts with a `cloudsync` connection's name, is not taken where a storage connection
+/// is needed: that name stands for a workspace. Empty otherwise.
+pub fn alias_note(spec: &str, saved: &Connections) -> String {
+    let name = spec.split_once(':').map_or("", |(n, _)| n);
+    match saved.connections.get(name) {
+        Some(c) if c.kind == Kind::Cloudsync => format!(
+            " ({name:?} is a cloudsync connection: another name for the workspace {:?}, not storage of its own)",
+            c.workspace.as_deref().unwrap_or_default()
+        ),
+        _ => String::new(),
+    }
+}
+
 pub fn workspace_alias(spec: &str) -> Result<String> {
     let saved = Connections::load()?;
     Ok(match Target::parse(spec, &saved) {
@@ -725,8 +738,9 @@ pub async fn delete(spec: &str, recursive: bool, json: bool) -> Result<()> {
     let target = Target::parse(spec, &saved);
     if !matches!(target, Target::Connection { .. }) {
         bail!(
-            "{spec:?} is not on a saved connection; `delete` takes NAME:PATH (workspace files go to the trash with \
-             `cloudsync rm WORKSPACE:PATH`)"
+            "{spec:?} is not on a saved connection{}; `delete` takes NAME:PATH (workspace files go to the trash \
+             with `cloudsync rm WORKSPACE:PATH`)",
+            alias_note(spec, &saved)
         );
     }
     let loc = target.location(&saved, &Limits::default())?;

@@ -194,8 +194,9 @@ fn side(spec: &str, saved: &Connections, is_source: bool) -> Result<String> {
                 .with_context(|| format!("{} is not valid UTF-8; pairs need UTF-8 paths", abs.display()))
         }
         Target::Workspace(_) => bail!(
-            "{spec:?} is not a saved connection (`cloudsync connection list` shows them) nor a local path; a pair \
-             copies between local folders and connections"
+            "{spec:?} is not a saved connection (`cloudsync connection list` shows them) nor a local path{}; a pair \
+             copies between local folders and connections",
+            super::connections::alias_note(spec, saved)
         ),
     }
 }
