@@ -1133,23 +1133,22 @@ impl opendal::Builder for Builder {
 mod tests {
     use super::*;
 
-    #[test]
-    fn paths_start_at_the_shared_folders() {
-        let fs = FileStation::new(Settings {
+    fn rooted(root: &str) -> FileStation {
+        FileStation::new(Settings {
             base: "https://nas:5001".into(),
-            root: "/home/sync".into(),
+            root: root.into(),
             user: "u".into(),
             password: Zeroizing::new("p".into()),
-        });
+        })
+    }
+
+    #[test]
+    fn paths_start_at_the_shared_folders() {
+        let fs = rooted("/home/sync");
         assert_eq!(fs.core.abs("/"), "/home/sync");
         assert_eq!(fs.core.abs("a/b.txt"), "/home/sync/a/b.txt");
         assert_eq!(fs.core.abs("a/"), "/home/sync/a");
-        let top = FileStation::new(Settings {
-            base: "https://nas:5001".into(),
-            root: "/".into(),
-            user: "u".into(),
-            password: Zeroizing::new("p".into()),
-        });
+        let top = rooted("/");
         assert_eq!(top.core.abs("/"), "/");
         assert_eq!(top.core.abs("home/"), "/home");
     }

@@ -321,10 +321,9 @@ pub(crate) struct VerifiedIds {
     new: Vec<[u8; 32]>,
     /// The file is over its cap: the next save starts it over.
     reset: bool,
-    blobs: HashMap<[u8; 32], Bytes>,
+    /// The kept manifests, read on first use (an upload that lists nothing never reads them).
+    blobs: std::sync::OnceLock<HashMap<[u8; 32], Bytes>>,
     new_blobs: Vec<([u8; 32], Bytes)>,
-    /// The manifest file is over its cap: the next save starts it over.
-    blobs_reset: bool,
 }
 
 /// Past this many ids the cache starts over (about 64 MiB).
@@ -348,35 +347,47 @@ impl VerifiedIds {
         } else {
             bytes.chunks_exact(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).collect()
         };
-        let kept = fs::read(file.with_extension("manifests")).unwrap_or_default();
-        let blobs_reset = kept.len() > MAX_KEPT_MANIFEST_BYTES;
-        let blobs = if blobs_reset { HashMap::new() } else { parse_kept(&Bytes::from(kept)) };
-        Self { file, ids, new: Vec::new(), reset, blobs, new_blobs: Vec::new(), blobs_reset }
+        Self { file, ids, new: Vec::new(), reset, blobs: std::sync::OnceLock::new(), new_blobs: Vec::new() }
     }
 
-    fn add(&mut self, id: ChunkId) {
-        if self.ids.insert(id.0) {
+    fn blobs(&self) -> &HashMap<[u8; 32], Bytes> {
+        self.blobs.get_or_init(|| {
+            let kept = fs::read(self.file.with_extension("manifests")).unwrap_or_default();
+            // Over its cap, the file is started over by the next save.
+            if kept.len() > MAX_KEPT_MANIFEST_BYTES { HashMap::new() } else { parse_kept(&Bytes::from(kept)) }
+        })
+    }
+
+    /// Keeps the sealed manifest `id` names, once its signature is checked (or it was made here): when the
+    /// id is new, or the kept manifests are read and lack it.
+    fn keep(&mut self, id: ChunkId, blob: &[u8]) {
+        let new = self.ids.insert(id.0);
+        if new {
             self.new.push(id.0);
         }
-    }
-
-    /// Keeps the sealed manifest `id` names, once its signature is checked (or it was made here).
-    fn keep(&mut self, id: ChunkId, blob: &[u8]) {
-        self.add(id);
-        if blob.len() <= MAX_KEPT_MANIFEST && !self.blobs.contains_key(&id.0) {
-            let blob = Bytes::copy_from_slice(blob);
-            self.blobs.insert(id.0, blob.clone());
-            self.new_blobs.push((id.0, blob));
+        if blob.len() > MAX_KEPT_MANIFEST {
+            return;
+        }
+        let blob = Bytes::copy_from_slice(blob);
+        match self.blobs.get_mut() {
+            Some(kept) if !kept.contains_key(&id.0) => {
+                kept.insert(id.0, blob.clone());
+                self.new_blobs.push((id.0, blob));
+            }
+            None if new => self.new_blobs.push((id.0, blob)),
+            _ => {}
         }
     }
 
     /// The kept manifest `id` names, if its bytes still hash to it.
     fn kept(&self, id: ChunkId, server_keys: &ChunkKeys) -> Option<Bytes> {
-        self.blobs.get(&id.0).filter(|b| server_keys.chunk_id(b) == id).cloned()
+        self.blobs().get(&id.0).filter(|b| server_keys.chunk_id(b) == id).cloned()
     }
 
     /// Appends the ids learned since the last save (or starts the file over when it is full).
     fn save(&mut self) -> Result<(), SyncError> {
+        // Manifests are kept even when no id is new: ids checked before manifests were kept get theirs now.
+        self.save_kept()?;
         if self.new.is_empty() {
             return Ok(());
         }
@@ -393,7 +404,7 @@ impl VerifiedIds {
             .map_err(|e| SyncError::io(&self.file, e))?;
         f.write_all(&std::mem::take(&mut self.new).concat()).map_err(|e| SyncError::io(&self.file, e))?;
         self.reset = false;
-        self.save_kept()
+        Ok(())
     }
 
     /// Appends the manifests kept since the last save: each as its id, its length (4 bytes, little-endian)
@@ -403,9 +414,12 @@ impl VerifiedIds {
             return Ok(());
         }
         let path = self.file.with_extension("manifests");
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| SyncError::io(dir, e))?;
+        }
         let held = fs::metadata(&path).map_or(0, |m| m.len());
         let added: usize = self.new_blobs.iter().map(|(_, b)| 36 + b.len()).sum();
-        let start_over = self.blobs_reset || held as usize + added > MAX_KEPT_MANIFEST_BYTES;
+        let start_over = held as usize + added > MAX_KEPT_MANIFEST_BYTES;
         let mut f = fs::OpenOptions::new()
             .create(true)
             .append(!start_over)
@@ -420,7 +434,6 @@ impl VerifiedIds {
             out.extend_from_slice(&blob);
         }
         f.write_all(&out).map_err(|e| SyncError::io(&path, e))?;
-        self.blobs_reset = false;
         Ok(())
     }
 }
@@ -1593,6 +1606,14 @@ mod kept_manifests {
         fs::write(&manifests, &raw).expect("write");
         assert!(VerifiedIds::at(file.clone()).kept(id_a, &keys).is_none());
         fs::write(&manifests, &raw[..raw.len() - 3]).expect("truncate");
-        assert!(VerifiedIds::at(file).kept(id_a, &keys).is_none(), "a cut-off record is dropped");
+        assert!(VerifiedIds::at(file.clone()).kept(id_a, &keys).is_none(), "a cut-off record is dropped");
+
+        // An id checked before manifests were kept: its manifest, fetched again, is kept now.
+        fs::remove_file(&manifests).expect("rm");
+        let mut upgraded = VerifiedIds::at(file.clone());
+        assert!(upgraded.kept(id_a, &keys).is_none());
+        upgraded.keep(id_a, a);
+        upgraded.save().expect("save");
+        assert_eq!(VerifiedIds::at(file).kept(id_a, &keys).as_deref(), Some(a));
     }
 }

@@ -43,14 +43,13 @@ import os
 import re
 import secrets
 import shutil
-import ssl
 import sys
 import threading
 import time
-import traceback
 import urllib.parse
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import https_fake
 
 MiB = 1 << 20
 DRIVE_ID = "fake-drive"
@@ -155,10 +154,7 @@ class Cloud:
             self.in_flight -= 1
 
     def write_stats(self):
-        tmp = os.path.join(self.dir, "stats.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.stats, f)
-        os.rename(tmp, os.path.join(self.dir, "stats.json"))
+        https_fake.write_json(self.dir, "stats.json", self.stats)
 
     def base(self):
         return f"https://127.0.0.1:{self.port}"
@@ -1134,52 +1130,20 @@ class Cloud:
         return self.pc_renamefolder(req, p, src, paths, fail, copy=True)
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(https_fake.Handler):
     server_version = "clouds-fake/1"
+    tag = "clouds"
 
-    def log_message(self, *args):
-        pass
-
-    def handle(self):
-        try:
-            self.request.do_handshake()  # here, in the connection's thread, not in the accepting one
-            super().handle()
-        except (ssl.SSLError, ConnectionError):
-            pass
-
-    def read_body(self):
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            out = bytearray()
-            while n := int(self.rfile.readline().split(b";")[0], 16):
-                out += self.rfile.read(n)
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return bytes(out)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
-
-    def dispatch(self):
-        cloud = self.server.cloud
+    def answer(self, body):
+        cloud = self.server.app
         cloud.enter()
         try:
-            ans = cloud.handle(Req(self.command, self.path, self.headers, self.read_body()))
-        except Exception:
-            log(f"{self.command} {self.path}: internal error\n{traceback.format_exc()}")
-            ans = text(500, "internal error in the fake")
+            return cloud.handle(Req(self.command, self.path, self.headers, body))
         finally:
             cloud.leave()
-        self.send_response(ans.status)
-        for k, v in ans.headers.items():
-            self.send_header(k, v)
-        if ans.status not in (204, 304):
-            self.send_header("Content-Length", str(len(ans.body)))
-        self.end_headers()
-        if ans.status not in (204, 304):
-            self.wfile.write(ans.body)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = dispatch
+    def internal_error(self):
+        return text(500, "internal error in the fake")
 
 
 def main():
@@ -1196,24 +1160,17 @@ def main():
     os.makedirs(a.root, exist_ok=True)
     cloud = Cloud(a.provider, a.dir, a.root, a.token_ttl, a.rate_limit, a.max_upload)
     cloud.single_use_refresh = a.single_use_refresh
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(a.cert, a.key)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
-    server.cloud = cloud
-    cloud.port = server.server_address[1]
     with cloud.lock:
         cloud.write_stats()
-    info = {"port": cloud.port, "provider": a.provider, "client_id": cloud.client_id}
-    if cloud.client_secret:
-        info["client_secret"] = cloud.client_secret
-    tmp = os.path.join(a.dir, "peer.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.rename(tmp, os.path.join(a.dir, "peer.json"))
-    server.serve_forever()
+
+    def info(port):
+        cloud.port = port
+        out = {"port": port, "provider": a.provider, "client_id": cloud.client_id}
+        if cloud.client_secret:
+            out["client_secret"] = cloud.client_secret
+        return out
+
+    https_fake.serve(Handler, cloud, a.dir, a.cert, a.key, info)
 
 
 if __name__ == "__main__":

@@ -41,12 +41,11 @@ import os
 import re
 import secrets
 import shutil
-import ssl
 import sys
 import threading
-import traceback
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import https_fake
 
 APIS = {  # name -> (path, minVersion, maxVersion), as DSM 7 reports them
     "SYNO.API.Auth": ("entry.cgi", 1, 7),
@@ -105,10 +104,7 @@ class Nas:
                                      "logouts", "broken_moves")}
 
     def write_stats(self):
-        tmp = os.path.join(self.dir, "stats.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.stats, f)
-        os.rename(tmp, os.path.join(self.dir, "stats.json"))
+        https_fake.write_json(self.dir, "stats.json", self.stats)
 
     # ---- paths ------------------------------------------------------------------------------------------------
 
@@ -493,36 +489,15 @@ class Nas:
         return ok({"finished": True, "progress": 1, "processed_size": 0, "total": -1})
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(https_fake.Handler):
     server_version = "nginx"
+    tag = "synology"
 
-    def log_message(self, *args):
-        pass
+    def answer(self, body):
+        return self.server.app.handle(self.command, self.path, self.headers, body)
 
-    def handle(self):
-        try:
-            self.request.do_handshake()
-            super().handle()
-        except (ssl.SSLError, ConnectionError):
-            pass
-
-    def dispatch(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(n) if n else b""
-        try:
-            ans = self.server.nas.handle(self.command, self.path, self.headers, body)
-        except Exception:
-            log(f"{self.command} {self.path}: internal error\n{traceback.format_exc()}")
-            ans = Answer(500, b"internal error in the fake", {"Content-Type": "text/plain"})
-        self.send_response(ans.status)
-        for k, v in ans.headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(ans.body)))
-        self.end_headers()
-        self.wfile.write(ans.body)
-
-    do_GET = do_POST = dispatch
+    def internal_error(self):
+        return Answer(500, b"internal error in the fake", {"Content-Type": "text/plain"})
 
 
 def main():
@@ -536,21 +511,10 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.root, exist_ok=True)
     nas = Nas(a.dir, a.root, a.session_calls, a.busy, a.move_polls)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(a.cert, a.key)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
-    server.nas = nas
     with nas.lock:
         nas.write_stats()
-    info = {"port": server.server_address[1], "user": nas.user, "password": nas.password}
-    tmp = os.path.join(a.dir, "peer.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.rename(tmp, os.path.join(a.dir, "peer.json"))
-    server.serve_forever()
+    info = {"user": nas.user, "password": nas.password}
+    https_fake.serve(Handler, nas, a.dir, a.cert, a.key, lambda port: {"port": port, **info})
 
 
 if __name__ == "__main__":
