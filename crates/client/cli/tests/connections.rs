@@ -1041,7 +1041,7 @@ fn pcloud_connector_against_a_fake_of_its_api() {
 
 /// Synology File Station (`tests/peers/synology.py`, a fake of the calls used, from Synology's API guide): the
 /// password sent in a POST body and the session id in a cookie, never in an address; sessions the NAS ends
-/// (after 25 calls here) renewed; "too busy" answers (every 7th call) retried; listings in pages; every upload put
+/// (after only 6 calls here, while several requests are in flight) renewed; "too busy" answers (every 7th call) retried; listings in pages; every upload put
 /// in a staging folder and moved over its destination in one step, never written at its final name; names
 /// the upload's multipart header cannot carry renamed into place; the behaviour suite; the shared folders at
 /// the top; and errors that say what to do.
@@ -1054,7 +1054,7 @@ fn synology_connector_against_a_fake_of_file_station() {
     std::fs::create_dir_all(served.join("home")).expect("a shared folder");
     std::fs::create_dir_all(served.join("photo")).expect("another");
     let args: Vec<&Path> =
-        vec![&served, &cert, &key, Path::new("--session-calls"), Path::new("25"), Path::new("--busy"), Path::new("7")];
+        vec![&served, &cert, &key, Path::new("--session-calls"), Path::new("6"), Path::new("--busy"), Path::new("7")];
     let peer = python_script(SYNOLOGY_PY, "synology", &args);
     let stats = || -> Value {
         serde_json::from_slice(&std::fs::read(peer.dir.path().join("stats.json")).expect("stats")).expect("json")

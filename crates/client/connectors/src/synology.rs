@@ -41,6 +41,8 @@ const MOVE_LIMIT: Duration = Duration::from_secs(3600);
 /// How often one call signs in again when the NAS says its session ended (once is the rule; more when other
 /// requests' sessions end meanwhile).
 const RENEWALS: u32 = 3;
+/// How often one call may find its ended session already replaced by another request before it gives up.
+const CAUGHT_UP: u32 = 12;
 
 /// How often one call the NAS answered "busy" (or with a passing I/O error) is sent again, after a growing
 /// pause, before the error goes to OpenDAL's retry (which repeats a whole upload or listing).
@@ -174,7 +176,12 @@ async fn exchange(ctx: &OperationContext, req: Request<Buffer>) -> Result<http::
 /// How often a call has been sent again, and why.
 #[derive(Default)]
 struct Tries {
+    /// Sign-ins this call made itself after its session ended.
     renewed: u32,
+    /// Times the call found that another request had already replaced its ended session. With several requests
+    /// in flight a session can end under a call more than [`RENEWALS`] times while every sign-in works, so these
+    /// count against a looser bound of their own.
+    caught_up: u32,
     busy: u32,
 }
 
@@ -190,9 +197,18 @@ impl Tries {
         match failure {
             // 105 ("no permission") is also what DSM answers a session from before it restarted: signing in
             // again is tried once.
-            Failure::Session(code) if self.renewed < RENEWALS && (code != 105 || self.renewed == 0) => {
-                *session = core.renew(ctx, session).await?;
-                self.renewed += 1;
+            Failure::Session(code)
+                if self.renewed < RENEWALS
+                    && self.caught_up < CAUGHT_UP
+                    && (code != 105 || self.renewed + self.caught_up == 0) =>
+            {
+                let (fresh, signed_in) = core.renew(ctx, session).await?;
+                *session = fresh;
+                if signed_in {
+                    self.renewed += 1;
+                } else {
+                    self.caught_up += 1;
+                }
                 Ok(())
             }
             Failure::Session(code) => Err(file_station_error(code, "")),
@@ -248,17 +264,18 @@ impl Core {
         Ok(s)
     }
 
-    /// A new session in place of `stale`, unless another request has already made one.
-    async fn renew(&self, ctx: &OperationContext, stale: &Session) -> Result<Arc<Session>> {
+    /// A new session in place of `stale`, unless another request has already made one; `true` with it when this
+    /// call signed in.
+    async fn renew(&self, ctx: &OperationContext, stale: &Session) -> Result<(Arc<Session>, bool)> {
         let mut current = self.session.lock().await;
         if let Some(s) = current.as_ref()
             && s.generation != stale.generation
         {
-            return Ok(s.clone());
+            return Ok((s.clone(), false));
         }
         let s = self.login(ctx, stale.generation + 1).await?;
         *current = Some(s.clone());
-        Ok(s)
+        Ok((s, true))
     }
 
     async fn login(&self, ctx: &OperationContext, generation: u64) -> Result<Arc<Session>> {
