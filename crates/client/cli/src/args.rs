@@ -421,6 +421,25 @@ pub enum ServerCmd {
     /// Workspace break-glass tools for the operator (run on the server host).
     #[command(subcommand)]
     Workspace(ServerWorkspaceCmd),
+    /// Give back the space of chunks no file version names, now (the server also does it every
+    /// `storage.gc_interval_hours`). Safe while the server runs.
+    Gc(ServerGcArgs),
+}
+
+/// `server gc`.
+#[derive(Debug, Clone, Args)]
+pub struct ServerGcArgs {
+    #[command(flatten)]
+    pub common: ServerCommon,
+    /// Grace period in hours (default: `storage.gc_grace_hours`, 24): unreferenced chunks are condemned once
+    /// they are this old, and deleted when they are still unreferenced this long after.
+    #[arg(long)]
+    pub grace_hours: Option<u64>,
+    /// Count what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 /// `server workspace ...`.

@@ -200,6 +200,17 @@ async fn server_cmd(cmd: ServerCmd) -> Result<()> {
             );
             Ok(())
         }
+        ServerCmd::Gc(args) => {
+            let cfg = load_config(&args.common)?;
+            let grace = args.grace_hours.unwrap_or(cfg.storage.gc_grace_hours);
+            let report = server::collect_garbage(&cfg, grace, args.dry_run).await?;
+            if args.json.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", server::describe_gc(&report));
+            }
+            Ok(())
+        }
         ServerCmd::Workspace(ServerWorkspaceCmd::ClearAllowlist { name, common }) => {
             let cfg = load_config(&common)?;
             let ws = server::build_core(&cfg).await?.operator_clear_allowlist(&name).await?;

@@ -241,6 +241,9 @@ fn sync_and_status_through_the_cli_with_the_json_summary() {
         assert!(first.get(field).is_some(), "{field} missing from {first}");
     }
     assert_eq!(first["files_uploaded"], 2, "{first}");
+    // A real run's document counts the plan's steps; only a dry run lists every path.
+    assert_eq!(first["plan"]["upload"], 2, "{first}");
+    assert_eq!(first["plan"]["download"], 0, "{first}");
     let ls = json(&alice.ok(&["ls", "Team:shared", "--json"]));
     assert_eq!(ls.as_array().expect("array").len(), 2);
 
@@ -308,6 +311,76 @@ fn a_killed_sync_resumes_without_resending_stored_chunks() {
     let out = tmp.path().join("out");
     alice.ok(&["pull", "Team", out.to_str().expect("p")]);
     assert_eq!(std::fs::read(out.join("big.bin")).expect("read"), big);
+}
+
+#[test]
+fn server_gc_gives_back_the_space_of_chunks_no_version_names() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (srv, alice) = signed_in(tmp.path(), "alice@example.com", false, "Team");
+    let dir = tmp.path().join("folder");
+    let keep = noise(3 << 20, 1);
+    write(&dir.join("keep.bin"), &keep);
+    alice.ok(&["push", dir.to_str().expect("p"), "Team"]);
+    let kept_chunks = count(&srv, "SELECT COUNT(*) FROM chunks");
+    // A second push (its own upload, so its own packs), then the state an upload a client never committed
+    // leaves: chunks recorded, no version naming them.
+    write(&dir.join("lost.bin"), &noise(6 << 20, 2));
+    alice.ok(&["push", dir.to_str().expect("p"), "Team"]);
+    let lost_chunks = u64::try_from(count(&srv, "SELECT COUNT(*) FROM chunks") - kept_chunks).expect("count");
+    for sql in [
+        "DELETE FROM journal WHERE path = 'lost.bin'",
+        "DELETE FROM versions WHERE file_id IN (SELECT id FROM files WHERE path = 'lost.bin')",
+        "DELETE FROM files WHERE path = 'lost.bin'",
+    ] {
+        tamper(&srv, sql);
+    }
+    let gc = |extra: &[&str]| {
+        let out =
+            Command::new(BIN).args(["server", "gc", "--data-dir"]).arg(&srv.data).args(extra).output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let condemned = || count(&srv, "SELECT COUNT(*) FROM chunks WHERE condemned_ms IS NOT NULL");
+
+    // Young chunks are left alone: they may belong to an upload about to commit.
+    let first = json(&gc(&["--json"]));
+    let unreferenced = first["chunks"].as_u64().expect("chunks") - first["chunks_referenced"].as_u64().expect("refs");
+    assert_eq!(unreferenced, lost_chunks, "exactly the lost file's chunks: {first}");
+    assert_eq!(first["chunks_condemned"], 0, "{first}");
+
+    // A day and more later (the database's clocks moved back instead): a dry run only counts ...
+    tamper(&srv, "UPDATE chunks SET created_ms = created_ms - 2 * 86400000");
+    let dry = json(&gc(&["--json", "--dry-run"]));
+    assert_eq!((dry["chunks_condemned"].as_u64(), dry["dry_run"].as_bool()), (Some(unreferenced), Some(true)));
+    assert_eq!(condemned(), 0, "a dry run changes nothing");
+    // ... a run condemns; the chunks count as missing from then on, and nothing is deleted yet.
+    let second = json(&gc(&["--json"]));
+    assert_eq!((second["chunks_condemned"].as_u64(), second["chunks_deleted"].as_u64()), (Some(unreferenced), Some(0)));
+    assert_eq!(condemned(), i64::try_from(unreferenced).expect("count"));
+
+    // A grace period later they are deleted and their packs removed.
+    tamper(&srv, "UPDATE chunks SET condemned_ms = condemned_ms - 2 * 86400000 WHERE condemned_ms IS NOT NULL");
+    let chunks_dir = srv.data.join("chunks");
+    let before = tree_bytes(&chunks_dir);
+    let text = gc(&[]);
+    assert!(text.starts_with("Freed "), "{text}");
+    let after = tree_bytes(&chunks_dir);
+    assert!(before - after >= 6 << 20, "the lost file's packs are gone: {before} -> {after}");
+    assert_eq!(
+        count(&srv, "SELECT COUNT(*) FROM chunks"),
+        i64::try_from(first["chunks_referenced"].as_u64().expect("n")).expect("n")
+    );
+    let out = tmp.path().join("out");
+    alice.ok(&["pull", "Team", out.to_str().expect("p")]);
+    assert_eq!(std::fs::read(out.join("keep.bin")).expect("read"), keep);
+
+    let refused = Command::new(BIN)
+        .args(["server", "gc", "--grace-hours", "0", "--data-dir"])
+        .arg(&srv.data)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("--grace-hours must be at least 1"), "{err}");
 }
 
 /// Bytes in the files below `dir`.

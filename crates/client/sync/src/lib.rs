@@ -52,7 +52,7 @@ pub use e2ee::{
 pub use engine::{MAX_ROUNDS, Status, SyncOptions, SyncReport, forget, status, sync, synced_pair};
 pub use error::SyncError;
 pub use ignore::IGNORE_FILE;
-pub use plan::PlanSummary;
+pub use plan::{PlanCounts, PlanSummary};
 pub use pull::pull;
 pub use push::push;
 pub use watch::watch;

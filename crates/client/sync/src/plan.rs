@@ -75,7 +75,36 @@ pub struct PlanSummary {
     pub renames: Vec<String>,
 }
 
+/// How many files each kind of step of a plan concerns (the `plan` of a sync's `--json` summary).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct PlanCounts {
+    /// Files uploaded (new or changed locally).
+    pub upload: usize,
+    /// Files downloaded (new or changed on the server).
+    pub download: usize,
+    /// Files changed on both sides: both versions kept.
+    pub conflicts: usize,
+    /// Files moved to the server's trash.
+    pub delete_remote: usize,
+    /// Local files deleted.
+    pub delete_local: usize,
+    /// Renames applied without transferring content.
+    pub renames: usize,
+}
+
 impl PlanSummary {
+    /// How many files each kind of step concerns.
+    pub fn counts(&self) -> PlanCounts {
+        PlanCounts {
+            upload: self.upload.len(),
+            download: self.download.len(),
+            conflicts: self.conflicts.len(),
+            delete_remote: self.delete_remote.len(),
+            delete_local: self.delete_local.len(),
+            renames: self.renames.len(),
+        }
+    }
+
     /// True when nothing would change.
     pub fn is_empty(&self) -> bool {
         self.upload.is_empty()

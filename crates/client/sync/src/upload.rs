@@ -325,13 +325,21 @@ fn record_commit(
             summary.conflicts.push(conflict_message(req));
             Ok(Outcome::Conflict)
         }
+        // The server checked the chunks present when this upload asked, and no longer holds some: its garbage
+        // collection condemned them meanwhile (they were named by no version). Nothing was changed; a new run
+        // asks again and uploads them.
+        (_, Some(e)) if e.code == ErrorCode::MissingChunks => Err(SyncError::Internal(format!(
+            "{}: the server no longer holds some chunks this upload counted on ({}); nothing was changed, run the \
+             same command again to upload them",
+            req.path, e.message
+        ))),
         (_, Some(e)) => Err(SyncError::Internal(format!("{}: the server refused the commit: {}", req.path, e.message))),
         (None, None) => Err(SyncError::Integrity(format!("{}: the server answered a commit with nothing", req.path))),
     }
 }
 
-/// A stale base version (or a file created meanwhile). Missing chunks are a different error: they mean the
-/// server lost chunks it acknowledged, which is an error, not a conflict.
+/// A stale base version (or a file created meanwhile). Missing chunks are a different error, not a conflict:
+/// the server no longer holds chunks it said it had.
 fn is_conflict(code: ErrorCode) -> bool {
     code == ErrorCode::Conflict
 }
@@ -371,6 +379,30 @@ mod tests {
         assert!(is_conflict(ErrorCode::Conflict));
         assert!(!is_conflict(ErrorCode::MissingChunks));
         assert!(!is_conflict(ErrorCode::NotFound));
+    }
+
+    #[test]
+    fn chunks_the_server_no_longer_holds_stop_the_run_with_what_to_do() {
+        let req = CommitRequest {
+            path: WsPath::parse("docs/a.txt").expect("path"),
+            base_version: None,
+            manifest: Manifest { size: 0, content_hash: String::new(), chunks: Vec::new() },
+            mtime_ms: None,
+        };
+        let refused = CommitResult {
+            path: req.path.clone(),
+            entry: None,
+            error: Some(cloudsync_types::ApiErrorBody {
+                code: ErrorCode::MissingChunks,
+                message: "1 chunks referenced by the manifest are not stored yet; upload them first".into(),
+                request_id: "r".into(),
+            }),
+        };
+        let mut summary = TransferSummary::default();
+        let stat = crate::index::Stat::default();
+        let err = record_commit(&req, refused, stat, &mut summary).expect_err("not a conflict").to_string();
+        assert!(err.contains("docs/a.txt") && err.contains("run the same command again"), "{err}");
+        assert_eq!(summary.files_conflicted, 0);
     }
 
     #[test]

@@ -289,7 +289,8 @@ impl BlobStore {
 
     /// Makes staged packs durable, as one batch. Only after this returns `Ok` may their chunks be recorded as
     /// stored. A chunk stored again (two uploads racing) sits in two packs; the metadata store keeps the first
-    /// place recorded, and the other copy is never read.
+    /// place recorded (unless garbage collection had condemned it: then the new place), and the other copy is
+    /// never read.
     ///
     /// # Errors
     /// When the backend fails, or a pack was staged by another kind of chunk store (then nothing is written);
@@ -357,6 +358,69 @@ impl BlobStore {
             }
         };
         aead::open(key, &aad(ws, id), &buf).map_err(|_| BlobError::Corrupt(id.to_hex()))
+    }
+
+    /// The packs of workspace `ws` in the chunk store, whether recorded or not (for garbage collection).
+    ///
+    /// # Errors
+    /// When the backend fails.
+    pub async fn list_packs(&self, ws: WorkspaceId) -> Result<Vec<PackId>, BlobError> {
+        let entries = match self.op.list_with(&format!("ws/{ws}/p/")).recursive(true).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        // Anything that is not named as a pack is not ours to judge, and is left alone.
+        Ok(entries
+            .iter()
+            .filter(|e| e.metadata().mode().is_file())
+            .filter_map(|e| hex::decode(e.name()).ok().and_then(|b| PackId::try_from(b).ok()))
+            .collect())
+    }
+
+    /// A pack's size in bytes and when it was last written (Unix ms, if the backend says); `None` when it
+    /// does not exist.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    pub async fn pack_info(&self, ws: WorkspaceId, pack: &PackId) -> Result<Option<(u64, Option<i64>)>, BlobError> {
+        match self.op.stat(&pack_key(ws, pack)).await {
+            Ok(m) => {
+                let modified = m.last_modified().map(|t| {
+                    std::time::SystemTime::from(t)
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                });
+                Ok(Some((m.content_length(), modified)))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes a pack (gone already is fine). Only for a pack no recorded chunk is in.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    pub async fn delete_pack(&self, ws: WorkspaceId, pack: &PackId) -> Result<(), BlobError> {
+        self.delete_key(&pack_key(ws, pack)).await
+    }
+
+    /// Deletes a chunk stored as an object of its own (gone already is fine). Only for a chunk no longer
+    /// recorded.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    pub async fn delete_object(&self, ws: WorkspaceId, id: &ChunkId) -> Result<(), BlobError> {
+        self.delete_key(&object_key(ws, id)).await
+    }
+
+    async fn delete_key(&self, key: &str) -> Result<(), BlobError> {
+        match self.op.delete(key).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Deletes every chunk of a workspace (after its key is already destroyed).

@@ -36,6 +36,16 @@ pub(crate) async fn core_with_account(dir: &Path) -> (Core, Arc<ManualClock>, Ac
     (core, clock, actor)
 }
 
+/// [`core_with_account`] with a workspace "W" the account edits: the core, its clock, the access and the
+/// workspace's chunk-id key.
+pub(crate) async fn editor_workspace(dir: &Path) -> (Core, Arc<ManualClock>, crate::Access, SecretKey) {
+    let (core, clock, actor) = core_with_account(dir).await;
+    let ws = core.create_workspace(&actor, "W", false).await.expect("workspace");
+    let access = core.access(actor, ws.id, cloudsync_types::Role::Editor).await.expect("access");
+    let (_, chunk_key) = core.keys(ws.id).await.expect("keys");
+    (core, clock, access, chunk_key)
+}
+
 /// Files below `dir` (folders not counted).
 pub(crate) fn files_below(dir: &Path) -> usize {
     std::fs::read_dir(dir)

@@ -15,6 +15,7 @@
 //! memory, up to one flush's worth).
 
 use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cloudsync_blob::StagedPack;
@@ -35,6 +36,13 @@ const MAX_TASKS: usize = 2;
 const FLUSH_BYTES: usize = 64 * 1024 * 1024;
 /// A batch is made durable and recorded once this many new chunks are staged.
 pub const FLUSH_CHUNKS: usize = 2000;
+/// A batch is also made durable and recorded once its oldest pack was staged this long ago, however small it
+/// is, so a slow upload records as it goes.
+const FLUSH_AFTER: Duration = Duration::from_secs(60);
+/// Packs staged longer ago than this are never recorded: the upload fails and the client sends it again.
+/// Garbage collection removes packs no chunk is recorded in once they are older than its grace period (at
+/// least an hour, [`crate::MIN_GC_GRACE_MS`]), so a pack must be recorded well within that of being written.
+pub const MAX_STAGED_AGE: Duration = Duration::from_secs(30 * 60);
 
 /// A chunk upload in progress: feed it frames with [`ChunkUpload::push`], end it with
 /// [`ChunkUpload::finish`]. Dropped before `finish` (an error, a broken connection), it records nothing
@@ -49,6 +57,10 @@ pub struct ChunkUpload {
     unflushed_chunks: usize,
     flush_bytes: usize,
     flush_chunks: usize,
+    /// When the oldest pack not yet recorded was staged.
+    first_staged: Option<Instant>,
+    flush_after: Duration,
+    max_staged_age: Duration,
     seen: HashSet<ChunkId>,
     stored: u32,
     present: u32,
@@ -77,6 +89,9 @@ impl ChunkIo {
             unflushed_chunks: 0,
             flush_bytes: FLUSH_BYTES,
             flush_chunks: FLUSH_CHUNKS,
+            first_staged: None,
+            flush_after: FLUSH_AFTER,
+            max_staged_age: MAX_STAGED_AGE,
             seen: HashSet::new(),
             stored: 0,
             present: 0,
@@ -94,6 +109,15 @@ impl ChunkUpload {
         self
     }
 
+    /// The same upload with other time limits on staged packs (tests).
+    #[cfg(test)]
+    #[must_use]
+    pub fn with_staging_limits(mut self, flush_after: Duration, max_age: Duration) -> Self {
+        self.flush_after = flush_after;
+        self.max_staged_age = max_age;
+        self
+    }
+
     /// Adds one chunk. It is checked, stored and recorded some time before [`ChunkUpload::finish`] returns.
     ///
     /// # Errors
@@ -107,6 +131,9 @@ impl ChunkUpload {
         self.group.push((id, data));
         if self.group.len() >= GROUP_CHUNKS || self.group_bytes >= GROUP_BYTES {
             self.dispatch().await?;
+        }
+        if self.first_staged.is_some_and(|t| t.elapsed() >= self.flush_after) {
+            self.flush().await?;
         }
         Ok(())
     }
@@ -148,6 +175,7 @@ impl ChunkUpload {
         }
         if !work.is_empty() {
             let io = self.io.clone();
+            self.first_staged.get_or_insert_with(Instant::now);
             self.tasks.push_back(tokio::task::spawn_blocking(move || io.verify_and_stage(&work)));
         }
         while self.tasks.len() > MAX_TASKS {
@@ -175,10 +203,21 @@ impl ChunkUpload {
         }
         self.unflushed_bytes = 0;
         self.unflushed_chunks = 0;
+        let staged_at = self.first_staged.take();
         if self.staged.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.staged);
+        if staged_at.is_some_and(|t| t.elapsed() > self.max_staged_age) {
+            // Dropping the batch removes its pack files; nothing of it is recorded.
+            drop(batch);
+            return Err(CoreError::BadRequest(format!(
+                "the upload was too slow: chunks it sent over {} minutes ago could not be recorded before the rest \
+                 of their batch arrived, so that batch was dropped; send it again (on a slow link, in smaller \
+                 requests)",
+                self.max_staged_age.as_secs() / 60
+            )));
+        }
         let rows: Vec<NewChunk> = batch
             .iter()
             .flat_map(StagedPack::chunks)
@@ -198,17 +237,13 @@ impl ChunkUpload {
 mod tests {
 
     use cloudsync_crypto::{SecretKey, keyed_hash};
-    use cloudsync_types::Role;
 
     use super::*;
-    use crate::testutil::{core_with_account, files_below};
+    use crate::testutil::{editor_workspace, files_below};
     use crate::{Access, Core};
 
     async fn setup(dir: &std::path::Path) -> (Core, Access, SecretKey) {
-        let (core, _, actor) = core_with_account(dir).await;
-        let ws = core.create_workspace(&actor, "W", false).await.expect("workspace");
-        let access = core.access(actor, ws.id, Role::Editor).await.expect("access");
-        let (_, chunk_key) = core.keys(ws.id).await.expect("keys");
+        let (core, _, access, chunk_key) = editor_workspace(dir).await;
         (core, access, chunk_key)
     }
 
@@ -273,6 +308,40 @@ mod tests {
         let ids: Vec<ChunkId> = good.iter().map(|c| c.0).collect();
         assert_eq!(core.missing_chunks(&access, &ids).await.expect("missing").len(), ids.len(), "nothing recorded");
         assert_eq!(files_below(&dir.path().join("chunks")), 0, "the failed batch's pack is removed");
+    }
+
+    #[tokio::test]
+    async fn a_slow_upload_records_as_it_goes_and_packs_staged_too_long_are_never_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (core, access, key) = setup(dir.path()).await;
+        let io = core.chunk_io(&access).await.expect("io");
+        let chunks: Vec<(ChunkId, Bytes)> = (0..GROUP_CHUNKS as u32 + 1).map(|i| chunk(&key, i)).collect();
+        let ids: Vec<ChunkId> = chunks.iter().map(|c| c.0).collect();
+
+        // A group staged a while ago is recorded at the next chunk, long before any size limit.
+        let mut up = io.upload().with_staging_limits(Duration::from_millis(20), Duration::from_secs(3600));
+        for (id, data) in &chunks[..GROUP_CHUNKS] {
+            up.push(*id, data.clone()).await.expect("push");
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        up.push(chunks[GROUP_CHUNKS].0, chunks[GROUP_CHUNKS].1.clone()).await.expect("push");
+        assert_eq!(core.missing_chunks(&access, &ids).await.expect("missing"), vec![ids[GROUP_CHUNKS]]);
+        up.finish().await.expect("finish");
+
+        // Packs staged longer ago than the limit are dropped, not recorded: garbage collection may already
+        // count them as never recorded.
+        let other: Vec<(ChunkId, Bytes)> = (1000..1000 + GROUP_CHUNKS as u32).map(|i| chunk(&key, i)).collect();
+        let before = files_below(&dir.path().join("chunks"));
+        let mut slow = io.upload().with_staging_limits(Duration::from_secs(3600), Duration::from_millis(20));
+        for (id, data) in &other {
+            slow.push(*id, data.clone()).await.expect("push");
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let err = slow.finish().await.expect_err("too slow");
+        assert!(err.to_string().contains("too slow"), "{err}");
+        let other_ids: Vec<ChunkId> = other.iter().map(|c| c.0).collect();
+        assert_eq!(core.missing_chunks(&access, &other_ids).await.expect("missing").len(), other.len());
+        assert_eq!(files_below(&dir.path().join("chunks")), before, "its pack file is removed");
     }
 
     #[tokio::test]

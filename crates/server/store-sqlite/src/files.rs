@@ -260,6 +260,19 @@ const LOOKUP_BATCH: usize = 300;
 /// Rows per multi-row statement when a commit batch is written (at most 10 variables a row).
 const WRITE_BATCH: usize = 200;
 
+/// A chunk row's id and place (columns `chunk_id`, `stored_size`, `pack`, `pack_offset`).
+pub(crate) fn place_of(r: &SqliteRow) -> StoreResult<(ChunkId, ChunkPlace)> {
+    let bad = |what: &str| StoreError::Backend(format!("a stored chunk row has a malformed {what}"));
+    let raw: Vec<u8> = r.get("chunk_id");
+    let id = ChunkId(raw.try_into().map_err(|_| bad("chunk id"))?);
+    let pack = match r.get::<Option<Vec<u8>>, _>("pack") {
+        Some(p) => Some(<[u8; 16]>::try_from(p).map_err(|_| bad("pack id"))?),
+        None => None,
+    };
+    let stored_size = u32::try_from(r.get::<i64, _>("stored_size")).map_err(|_| bad("size"))?;
+    Ok((id, ChunkPlace { pack, offset: u64_of(r.get("pack_offset")), stored_size }))
+}
+
 fn prefix_bounds(prefix: &WsPath) -> (String, String) {
     // Everything strictly below `prefix/` sorts in [prefix + "/", prefix + "0"): '0' is the byte after '/'.
     (format!("{}/", prefix.as_str()), format!("{}0", prefix.as_str()))
@@ -273,7 +286,10 @@ impl FileStore for SqliteStore {
         let mut conn = self.reader.acquire().await.map_err(map_err)?;
         for batch in ids.chunks(MISSING_BATCH) {
             let marks = vec!["?"; batch.len()].join(",");
-            let sql = format!("SELECT chunk_id FROM chunks WHERE workspace_id = ? AND chunk_id IN ({marks})");
+            // A condemned chunk (no version names it; garbage collection will delete it) counts as missing.
+            let sql = format!(
+                "SELECT chunk_id FROM chunks WHERE workspace_id = ? AND condemned_ms IS NULL AND chunk_id IN ({marks})"
+            );
             let mut q = sqlx::query_scalar::<_, Vec<u8>>(&sql).bind(ws.as_uuid());
             for cid in batch {
                 q = q.bind(&cid.0[..]);
@@ -296,7 +312,11 @@ impl FileStore for SqliteStore {
             let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; batch.len()].join(",");
             let sql = format!(
                 "INSERT INTO chunks (workspace_id, chunk_id, size, stored_size, created_ms, pack, pack_offset)
-                 VALUES {rows} ON CONFLICT DO NOTHING"
+                 VALUES {rows}
+                 ON CONFLICT (workspace_id, chunk_id) DO UPDATE SET size = excluded.size,
+                     stored_size = excluded.stored_size, created_ms = excluded.created_ms, pack = excluded.pack,
+                     pack_offset = excluded.pack_offset, condemned_ms = NULL
+                 WHERE chunks.condemned_ms IS NOT NULL"
             );
             let mut q = sqlx::query(&sql);
             for c in batch {
@@ -333,16 +353,7 @@ impl FileStore for SqliteStore {
                 q = q.bind(&cid.0[..]);
             }
             for r in q.fetch_all(&mut *conn).await.map_err(map_err)? {
-                let raw: Vec<u8> = r.get("chunk_id");
-                let pack: Option<Vec<u8>> = r.get("pack");
-                let bad = |what: &str| StoreError::Backend(format!("a stored chunk row has a malformed {what}"));
-                let id = ChunkId(raw.try_into().map_err(|_| bad("chunk id"))?);
-                let pack = match pack {
-                    Some(p) => Some(<[u8; 16]>::try_from(p).map_err(|_| bad("pack id"))?),
-                    None => None,
-                };
-                let stored_size = u32::try_from(r.get::<i64, _>("stored_size")).map_err(|_| bad("size"))?;
-                out.push((id, ChunkPlace { pack, offset: u64_of(r.get("pack_offset")), stored_size }));
+                out.push(place_of(&r)?);
             }
         }
         Ok(out)

@@ -9,6 +9,7 @@ mod apikeys;
 mod audit;
 mod e2ee;
 mod files;
+mod gc;
 mod mfa;
 mod shares;
 mod userkeys;
@@ -34,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("migrations/0008_user_keys.sql")),
     (9, include_str!("migrations/0009_audit_key_check.sql")),
     (10, include_str!("migrations/0010_e2ee_log.sql")),
+    (11, include_str!("migrations/0011_chunk_gc.sql")),
 ];
 
 /// The SQLite store.

@@ -23,8 +23,9 @@ pub use audit::{
 };
 pub use error::{StoreError, StoreResult};
 pub use records::{
-    ApiKeyRecord, ChangeRecord, ChunkPlace, FileRecord, MemberAccess, MemberRecord, MfaRecord, NewChunk, NewCommit,
-    NewVersion, SessionRecord, ShareRecord, StaleBase, UserKeysRecord, UserRecord, VersionRecord, WorkspaceRecord,
+    ApiKeyRecord, ChangeRecord, ChunkPlace, ChunkRow, FileRecord, MemberAccess, MemberRecord, MfaRecord, NewChunk,
+    NewCommit, NewVersion, SessionRecord, ShareRecord, StaleBase, UserKeysRecord, UserRecord, VersionRecord,
+    WorkspaceRecord,
 };
 
 /// Accounts and their sessions (devices).
@@ -106,11 +107,14 @@ pub trait WorkspaceStore: Send + Sync {
 /// Files, versions, trash, the change journal, and which chunks a workspace holds.
 #[async_trait]
 pub trait FileStore: Send + Sync {
-    /// Of `ids`, those this workspace does not hold (in the order given, without duplicates).
+    /// Of `ids`, those this workspace does not hold (in the order given, without duplicates). A condemned
+    /// chunk (see [`GcStore`]) counts as missing.
     async fn missing_chunks(&self, ws: WorkspaceId, ids: &[ChunkId]) -> StoreResult<Vec<ChunkId>>;
     /// Records that chunks are durably stored for this workspace, all in one transaction (idempotent per
-    /// chunk; repeated ids are fine, and the place recorded first stays). Returns how many were not recorded
-    /// before. Callers record a chunk only after its bytes are durable, so a recorded chunk always has them.
+    /// chunk; repeated ids are fine, and the place recorded first stays, unless the chunk was condemned: then
+    /// the new place replaces it and the mark is cleared). Returns how many were not recorded (or were
+    /// condemned) before. Callers record a chunk only after its bytes are durable, so a recorded chunk always
+    /// has them.
     async fn record_chunks(&self, ws: WorkspaceId, chunks: &[NewChunk]) -> StoreResult<u64>;
     /// Where each of `ids` that this workspace holds is stored (in no particular order, without duplicates;
     /// ids it does not hold are left out).
@@ -368,6 +372,42 @@ pub enum MemberChange {
     Remove(UserId),
 }
 
+/// What chunk garbage collection needs (see `cloudsync_server_core::gc`). A chunk no version names is first
+/// condemned: from then on [`FileStore::missing_chunks`] counts it as missing (so no new commit can name it, and
+/// an upload of the same chunk records it afresh, clearing the mark); only a chunk still condemned a whole
+/// grace period later is deleted, so a commit that checked its chunks just before the mark has long landed.
+#[async_trait]
+pub trait GcStore: Send + Sync {
+    /// Every workspace.
+    async fn workspace_ids(&self) -> StoreResult<Vec<WorkspaceId>>;
+    /// Up to `limit` stored manifests of the workspace's versions (of live and trashed files alike), in a
+    /// stable order after the position `after` (0 to start); each with its position.
+    async fn manifests_page(&self, ws: WorkspaceId, after: i64, limit: u32) -> StoreResult<Vec<(i64, Vec<u8>)>>;
+    /// Up to `limit` of the workspace's chunk rows with ids above `after` (`None` to start), by id.
+    async fn chunk_rows_page(&self, ws: WorkspaceId, after: Option<ChunkId>, limit: u32) -> StoreResult<Vec<ChunkRow>>;
+    /// Condemns those of `ids` not condemned yet and recorded before `recorded_before_ms`, at `at_ms`.
+    /// Returns how many it marked.
+    async fn condemn_chunks(
+        &self,
+        ws: WorkspaceId,
+        ids: &[ChunkId],
+        recorded_before_ms: i64,
+        at_ms: i64,
+    ) -> StoreResult<u64>;
+    /// Lifts the condemnation of `ids` (found named by a version after all). Returns how many it cleared.
+    async fn spare_chunks(&self, ws: WorkspaceId, ids: &[ChunkId]) -> StoreResult<u64>;
+    /// Deletes the rows of those of `ids` still condemned, condemned before `condemned_before_ms` (checked as
+    /// each row is deleted, so a chunk recorded again meanwhile stays). Returns where each deleted one was.
+    async fn delete_condemned(
+        &self,
+        ws: WorkspaceId,
+        ids: &[ChunkId],
+        condemned_before_ms: i64,
+    ) -> StoreResult<Vec<(ChunkId, ChunkPlace)>>;
+    /// Of `packs`, those that hold at least one recorded chunk of the workspace.
+    async fn packs_in_use(&self, ws: WorkspaceId, packs: &[[u8; 16]]) -> StoreResult<Vec<[u8; 16]>>;
+}
+
 /// Everything a server keeps, on one backend.
 pub trait Store:
     UserStore
@@ -380,6 +420,7 @@ pub trait Store:
     + ShareStore
     + UserKeyStore
     + E2eeStore
+    + GcStore
     + std::fmt::Debug
 {
 }
@@ -394,6 +435,7 @@ impl<
         + ShareStore
         + UserKeyStore
         + E2eeStore
+        + GcStore
         + std::fmt::Debug,
 > Store for T
 {

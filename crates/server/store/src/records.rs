@@ -158,6 +158,19 @@ pub struct ChunkPlace {
     pub stored_size: u32,
 }
 
+/// A recorded chunk as garbage collection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRow {
+    /// The chunk.
+    pub id: ChunkId,
+    /// Where its sealed bytes are.
+    pub place: ChunkPlace,
+    /// When it was recorded (last recorded, for a chunk uploaded again after it was condemned).
+    pub recorded_ms: i64,
+    /// When it was condemned, if it is.
+    pub condemned_ms: Option<i64>,
+}
+
 /// A version about to be committed.
 #[derive(Debug, Clone)]
 pub struct NewVersion {

@@ -243,6 +243,36 @@ pub async fn story(store: &dyn Store, key: &AuditKey) {
     located.sort_by_key(|(id, _)| ids.iter().position(|i| i == id));
     assert_eq!(located, many.iter().map(|c| (c.id, c.place)).collect::<Vec<_>>(), "places round-trip");
 
+    // Garbage collection: condemned chunks count as missing, a new upload lifts the mark (and moves the chunk
+    // to its new place), only what is still condemned, and condemned early enough, is deleted.
+    let c3 = ChunkId([3; 32]);
+    assert_eq!(store.record_chunks(ws.id, &[packed(c2, 4, 8), packed(c3, 4, 60)]).await.expect("record"), 2);
+    let rows = store.chunk_rows_page(ws.id, None, 5000).await.expect("rows");
+    assert_eq!(rows.len(), 1203, "{} rows", rows.len());
+    assert!(rows.windows(2).all(|w| w[0].id.0 < w[1].id.0), "ordered by id");
+    let page = store.chunk_rows_page(ws.id, Some(rows[1199].id), 2).await.expect("page");
+    assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), vec![rows[1200].id, rows[1201].id]);
+    assert_eq!(store.condemn_chunks(ws.id, &[c2, c3], 0, 1).await.expect("too young"), 0);
+    assert_eq!(store.condemn_chunks(ws.id, &[c2, c3], i64::MAX, 1000).await.expect("condemn"), 2);
+    assert_eq!(store.condemn_chunks(ws.id, &[c2], i64::MAX, 2000).await.expect("again"), 0, "the first mark stays");
+    assert_eq!(store.missing_chunks(ws.id, &[c1, c2, c3]).await.expect("missing"), vec![c2, c3]);
+    assert_eq!(store.locate_chunks(ws.id, &[c3]).await.expect("locate").len(), 1, "still readable");
+    assert_eq!(store.record_chunks(ws.id, &[packed(c3, 5, 8)]).await.expect("again"), 1, "recorded afresh");
+    assert_eq!(store.locate_chunks(ws.id, &[c3]).await.expect("locate"), vec![(c3, packed(c3, 5, 8).place)]);
+    assert_eq!(store.delete_condemned(ws.id, &[c2, c3], 1000).await.expect("not before"), vec![]);
+    assert_eq!(
+        store.delete_condemned(ws.id, &[c2, c3], 1001).await.expect("delete"),
+        vec![(c2, packed(c2, 4, 8).place)],
+        "c3 was recorded again"
+    );
+    let mut in_use = store.packs_in_use(ws.id, &[[4; 16], [5; 16], [1; 16]]).await.expect("packs");
+    in_use.sort_unstable();
+    assert_eq!(in_use, vec![[1; 16], [5; 16]], "pack 4 lost c2 (deleted) and c3 (moved)");
+    assert_eq!(store.condemn_chunks(ws.id, &[c1], i64::MAX, 5).await.expect("condemn"), 1);
+    assert_eq!(store.spare_chunks(ws.id, &[c1, c3]).await.expect("spare"), 1);
+    assert!(store.missing_chunks(ws.id, &[c1, c3]).await.expect("missing").is_empty());
+    assert!(store.workspace_ids().await.expect("workspaces").contains(&ws.id));
+
     // Files: commit, stale base, list, versions.
     let a = p("docs/a.txt");
     let f1 = store.commit_version(ws.id, &a, None, &version(alice.id, 5, 30), &[]).await.expect("v1");
@@ -340,6 +370,25 @@ pub async fn story(store: &dyn Store, key: &AuditKey) {
     assert_eq!(changes.iter().filter(|c| c.deleted).count(), 3);
     let tail = store.changes(ws.id, seqs[seqs.len() - 2], 1000).await.expect("since");
     assert_eq!(tail.len(), 1);
+
+    // Garbage collection reads every version's manifest, trashed files' included, page by page.
+    let mut manifests = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.manifests_page(ws.id, after, 3).await.expect("manifests");
+        let Some((last, _)) = page.last() else { break };
+        assert!(page.len() <= 3 && *last > after);
+        after = *last;
+        manifests.extend(page.into_iter().map(|(_, m)| m));
+    }
+    let every_version: usize = {
+        let mut n = store.list_files(ws.id, &WsPath::root(), None, 1000).await.expect("files").len();
+        n += store.list_trash(ws.id).await.expect("trash").len();
+        n
+    };
+    assert!(manifests.len() > every_version, "older versions too: {} manifests", manifests.len());
+    assert!(manifests.iter().all(|m| m == &vec![1, 2, 3]));
+    assert!(store.manifests_page(WorkspaceId::new(), 0, 10).await.expect("other ws").is_empty());
 
     // Audit: chained per workspace and globally, verifiable, appended with the action.
     store.append_audit(&[audit(AuditEvent::FileAccess, Some(alice.id), Some(ws.id), 50)]).await.expect("append");

@@ -42,9 +42,12 @@ impl Verified {
         if !w.e2e_encryption {
             bail!("{:?} is not end-to-end encrypted", w.name);
         }
-        let (me, _email, keys, identity) = keys::my_keys(client, passphrase_stdin).await?;
+        // The user's keys and the log are independent: fetched at once.
+        let workspaces = client.workspaces();
+        let (mine, raw) = tokio::join!(keys::my_keys(client, passphrase_stdin), workspaces.e2ee_log_all(w.id));
+        let (me, _email, keys, identity) = mine?;
+        let raw = raw?;
         let ws = *w.id.as_uuid().as_bytes();
-        let raw = client.workspaces().e2ee_log_all(w.id).await?;
         let entries = raw
             .iter()
             .map(|e| {
@@ -99,9 +102,14 @@ impl Verified {
 
     /// The workspace keys wrapped to the user, by epoch, each checked against its wrapper's identity in the log.
     async fn workspace_keys(&self, client: &Client, w: &Workspace) -> Result<BTreeMap<u32, WorkspaceKey>> {
+        self.open_workspace_keys(client.workspaces().e2ee_keys(w.id).await?.records)
+    }
+
+    /// [`Verified::workspace_keys`] on the records already fetched.
+    fn open_workspace_keys(&self, records: Vec<String>) -> Result<BTreeMap<u32, WorkspaceKey>> {
         let known = self.identities();
         let mut out = BTreeMap::new();
-        for text in client.workspaces().e2ee_keys(w.id).await?.records {
+        for text in records {
             let rec = WrappedKeyRecord::from_bytes(&B64.decode(&text).context("a malformed wrapped key")?)?;
             if rec.ws != self.ws || rec.epoch > self.members.epoch {
                 bail!("the server sent a wrapped key of another workspace or epoch: refusing it");
@@ -176,8 +184,11 @@ impl Verified {
 /// # Errors
 /// A log or key that does not check out, or locked keys without a passphrase.
 pub(crate) async fn file_access(client: &Client, w: &Workspace, passphrase_stdin: bool) -> Result<Arc<E2eeFiles>> {
-    let v = Verified::load(client, w, passphrase_stdin).await?;
-    let keys = v.workspace_keys(client, w).await?;
+    // The wrapped keys are fetched while the log is: they are checked against it once both are here.
+    let workspaces = client.workspaces();
+    let (v, wrapped) = tokio::join!(Verified::load(client, w, passphrase_stdin), workspaces.e2ee_keys(w.id));
+    let v = v?;
+    let keys = v.open_workspace_keys(wrapped?.records)?;
     let file_keys = FileKeys::new(v.ws, &keys)?;
     let seen_file = state_dir()
         .join("e2ee_seen")

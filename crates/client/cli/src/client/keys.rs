@@ -62,9 +62,13 @@ pub(crate) async fn my_keys(
     client: &Client,
     passphrase_stdin: bool,
 ) -> Result<([u8; 16], String, UserKeys, PublicIdentity)> {
-    let (user_id, email) = account(client).await?;
-    let (identity, mine) = own_identity(client, &user_id, &email).await?;
-    let keys = match unlocked(client, &email)? {
+    // The account and its stored keys in one round trip's time; the credential store is read once.
+    let keys = client.keys();
+    let (who, mine) = tokio::join!(account(client), keys.me());
+    let (user_id, email) = who?;
+    let cached = unlocked(client, &email)?;
+    let (identity, mine) = checked_identity(client, &user_id, &email, mine, cached.as_ref())?;
+    let keys = match cached {
         Some(keys) => keys,
         None => open_keys(&mine, passphrase_stdin, &user_id, &identity)?,
     };
@@ -114,7 +118,19 @@ async fn own_identity(
     user_id: &[u8; 16],
     email: &str,
 ) -> Result<(PublicIdentity, cloudsync_types::api::MyUserKeys)> {
-    let mine = match client.keys().me().await {
+    let mine = client.keys().me().await;
+    checked_identity(client, user_id, email, mine, unlocked(client, email)?.as_ref())
+}
+
+/// [`own_identity`] on an answer already fetched, with the keys unlocked on this device (if any).
+fn checked_identity(
+    client: &Client,
+    user_id: &[u8; 16],
+    email: &str,
+    mine: Result<cloudsync_types::api::MyUserKeys, cloudsync_sdk::Error>,
+    unlocked: Option<&UserKeys>,
+) -> Result<(PublicIdentity, cloudsync_types::api::MyUserKeys)> {
+    let mine = match mine {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             bail!("you have no end-to-end keys yet: run `cloudsync keys init`")
         }
@@ -129,10 +145,11 @@ async fn own_identity(
     let fp = identity.fingerprint();
     if let Some(before) = known()?.get(&known_key(client, email)).filter(|b| **b != fp) {
         bail!(
-            "the server now shows different end-to-end keys for your own account: this device knew {before}, the server              sends {fp}. Someone may be substituting them; do not use them"
+            "the server now shows different end-to-end keys for your own account: this device knew {before}, the \
+             server sends {fp}. Someone may be substituting them; do not use them"
         );
     }
-    if let Some(unlocked) = unlocked(client, email)?
+    if let Some(unlocked) = unlocked
         && !unlocked.matches(&identity)
     {
         bail!(

@@ -11,7 +11,7 @@ mod files;
 pub mod history;
 pub mod keys;
 pub mod mfa;
-mod output;
+pub(crate) mod output;
 pub mod pairs;
 pub mod share;
 mod sync;

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use cloudsync_sync::{PlanSummary, SyncOptions, SyncReport};
+use cloudsync_sync::{PlanCounts, PlanSummary, SyncOptions, SyncReport};
 
 use super::config::{ClientConfig, state_dir};
 use super::connect;
@@ -66,9 +66,29 @@ pub async fn sync(
     print_report(&report, dry_run, json)
 }
 
+/// A sync's `--json` document after a real run: the counts and bytes, with the plan as counts per kind of step
+/// (a dry run prints every path instead, as that is what it is asked for; a sync of 100,000 files should not
+/// print a 100,000-line document).
+#[derive(serde::Serialize)]
+struct RunReport<'a> {
+    #[serde(flatten)]
+    summary: &'a cloudsync_sync::TransferSummary,
+    plan: PlanCounts,
+    cursor: u64,
+    rounds: usize,
+}
+
 fn print_report(r: &SyncReport, dry_run: bool, json: bool) -> Result<()> {
     if json {
-        return print_json(r);
+        if dry_run {
+            return print_json(r);
+        }
+        return print_json(&RunReport {
+            summary: &r.summary,
+            plan: r.plan.counts(),
+            cursor: r.cursor,
+            rounds: r.rounds,
+        });
     }
     if dry_run {
         for w in &r.summary.warnings {

@@ -43,13 +43,23 @@ impl Default for ServerSection {
 }
 
 /// `[storage]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSection {
     /// `sqlite://...` (later also `postgres://...`).
     pub database_url: Option<String>,
     /// Chunk directory.
     pub chunks_dir: Option<PathBuf>,
+    /// Hours between garbage collections of unreferenced chunks (0: only `cloudsync server gc`).
+    pub gc_interval_hours: u64,
+    /// Grace period of garbage collection, hours (at least 1).
+    pub gc_grace_hours: u64,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self { database_url: None, chunks_dir: None, gc_interval_hours: 6, gc_grace_hours: 24 }
+    }
 }
 
 /// `[security]`.
@@ -114,6 +124,12 @@ impl ServerConfig {
             value.try_into().context("invalid configuration (check the file and CLOUDSYNC_*__* variables)")?;
         if cfg.security.login_window_secs == 0 {
             bail!("security.login_window_secs must be at least 1");
+        }
+        if cfg.storage.gc_grace_hours == 0 {
+            bail!(
+                "storage.gc_grace_hours must be at least 1: a shorter grace period could delete chunks an upload in \
+                 flight is about to commit"
+            );
         }
         Ok(cfg)
     }

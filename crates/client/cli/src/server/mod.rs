@@ -7,10 +7,11 @@ mod master_key;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use cloudsync_blob::BlobStore;
-use cloudsync_server_core::{Core, LoginLimits, SystemClock};
+use cloudsync_server_core::{Core, GcOptions, GcReport, LoginLimits, SystemClock};
 use cloudsync_server_http::{AppState, tls};
 use cloudsync_store::Store;
 use tokio::net::TcpListener;
@@ -100,6 +101,8 @@ pub struct Started {
 #[derive(Debug)]
 pub struct Prepared {
     state: AppState,
+    /// Garbage collection every this often (`None`: never by itself) with this grace period.
+    gc: Option<(Duration, GcOptions)>,
     tls: Arc<rustls::ServerConfig>,
     /// Certificate fingerprint.
     pub fingerprint: [u8; 32],
@@ -120,7 +123,13 @@ pub async fn prepare(cfg: &ServerConfig) -> Result<Prepared> {
     }
     .map_err(anyhow::Error::msg)?;
     let state = AppState { core, trusted_proxies: Arc::new(cfg.server.trusted_proxies.clone()) };
-    Ok(Prepared { state, tls: material.config, fingerprint: material.fingerprint })
+    let gc = (cfg.storage.gc_interval_hours > 0).then(|| {
+        (
+            Duration::from_secs(cfg.storage.gc_interval_hours.saturating_mul(3600)),
+            gc_options(cfg.storage.gc_grace_hours, false),
+        )
+    });
+    Ok(Prepared { state, gc, tls: material.config, fingerprint: material.fingerprint })
 }
 
 impl Prepared {
@@ -145,10 +154,93 @@ impl Prepared {
     /// # Errors
     /// A fatal listener failure.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        cloudsync_server_http::serve(listener, self.tls, cloudsync_server_http::app(self.state), shutdown)
+        let gc = self.gc.map(|(every, opts)| tokio::spawn(collect_now_and_then(self.state.core.clone(), every, opts)));
+        let served = cloudsync_server_http::serve(listener, self.tls, cloudsync_server_http::app(self.state), shutdown)
             .await
-            .context("the server stopped with an error")
+            .context("the server stopped with an error");
+        if let Some(task) = gc {
+            task.abort();
+        }
+        served
     }
+}
+
+/// The first collection waits this long after start (a server restarted often still collects).
+const FIRST_GC_AFTER: Duration = Duration::from_secs(600);
+
+/// Collects garbage [`FIRST_GC_AFTER`] start, then every `every`; failures are logged and the next round
+/// goes on.
+async fn collect_now_and_then(core: Core, every: Duration, opts: GcOptions) {
+    tokio::time::sleep(FIRST_GC_AFTER.min(every)).await;
+    loop {
+        match core.collect_garbage(opts).await {
+            Ok(r) => tracing::info!(
+                condemned = r.chunks_condemned,
+                deleted = r.chunks_deleted,
+                bytes_freed = r.bytes_freed,
+                skipped = r.skipped.len(),
+                "garbage collection done"
+            ),
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed; it runs again later"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn gc_options(grace_hours: u64, dry_run: bool) -> GcOptions {
+    GcOptions { grace_ms: i64::try_from(grace_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX), dry_run }
+}
+
+/// `cloudsync server gc`: one collection now (safe while the server runs).
+///
+/// # Errors
+/// A grace period under an hour, an unusable data directory, or a store failure.
+pub async fn collect_garbage(cfg: &ServerConfig, grace_hours: u64, dry_run: bool) -> Result<GcReport> {
+    if grace_hours == 0 {
+        bail!(
+            "--grace-hours must be at least 1: a shorter grace period could delete chunks an upload in flight is \
+             about to commit"
+        );
+    }
+    let core = build_core(cfg).await?;
+    // Reading every manifest of a large server takes a while: a spinner on a terminal says where it is.
+    let spinner = cloudsync_sync::progress::spinner(true, "Collecting garbage…");
+    let report = core
+        .collect_garbage_reporting(gc_options(grace_hours, dry_run), |n, total| {
+            spinner.set_message(format!("Collecting garbage: workspace {n} of {total}"));
+        })
+        .await;
+    cloudsync_sync::progress::end(&spinner, &report);
+    Ok(report?)
+}
+
+/// A collection's report in words.
+pub fn describe_gc(r: &GcReport) -> String {
+    let verb = if r.dry_run { "Would free" } else { "Freed" };
+    let mut out = format!(
+        "{verb} {} in {} workspace(s): {} chunk(s) of {} are named by no file version; {} condemned now, {} deleted \
+         ({} pack(s), {} pack(s) never recorded, {} single object(s) removed), {} spared.",
+        crate::client::output::size(r.bytes_freed),
+        r.workspaces,
+        r.chunks - r.chunks_referenced,
+        r.chunks,
+        r.chunks_condemned,
+        r.chunks_deleted,
+        r.packs_deleted,
+        r.unrecorded_packs_deleted,
+        r.objects_deleted,
+        r.chunks_spared,
+    );
+    if r.dead_bytes_in_live_packs > 0 {
+        out.push_str(&format!(
+            "\n{} of deleted chunks stay inside packs that still hold live chunks.",
+            crate::client::output::size(r.dead_bytes_in_live_packs)
+        ));
+    }
+    for s in &r.skipped {
+        out.push_str(&format!("\nskipped workspace {s}"));
+    }
+    out
 }
 
 /// Prepares and serves on `listener` until `shutdown`; `on_ready` is told the URL and fingerprint first.
