@@ -1196,13 +1196,7 @@ impl<'a> Uploader<'a> {
                     ));
                     self.outcomes.push((c.tag, Outcome::Conflict));
                 }
-                (None, e) => {
-                    return Err(SyncError::Internal(format!(
-                        "the server refused the commit of {}: {}",
-                        c.shown,
-                        e.map_or_else(|| "no reason given".into(), |e| e.message)
-                    )));
-                }
+                (None, e) => return Err(crate::upload::refused_commit(&c.shown, e)),
             }
         }
         Ok(())

@@ -15,7 +15,7 @@ use cloudsync_sdk::Client;
 use cloudsync_types::api::{
     CommitRequest, CommitResult, DeltaBaseRef, FileEntry, MAX_BATCH_COMMITS, Manifest, ManifestChunk,
 };
-use cloudsync_types::{ChunkId, ErrorCode, WorkspaceId, WsPath};
+use cloudsync_types::{ApiErrorBody, ChunkId, ErrorCode, WorkspaceId, WsPath};
 use futures_util::{StreamExt as _, stream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -325,16 +325,23 @@ fn record_commit(
             summary.conflicts.push(conflict_message(req));
             Ok(Outcome::Conflict)
         }
+        (_, error) => Err(refused_commit(&req.path.to_string(), error)),
+    }
+}
+
+/// Why the server refused the commit of `shown` (as the user knows the path), for any refusal but a conflict.
+pub(crate) fn refused_commit(shown: &str, error: Option<ApiErrorBody>) -> SyncError {
+    match error {
         // The server checked the chunks present when this upload asked, and no longer holds some: its garbage
         // collection condemned them meanwhile (they were named by no version). Nothing was changed; a new run
         // asks again and uploads them.
-        (_, Some(e)) if e.code == ErrorCode::MissingChunks => Err(SyncError::Internal(format!(
-            "{}: the server no longer holds some chunks this upload counted on ({}); nothing was changed, run the \
-             same command again to upload them",
-            req.path, e.message
-        ))),
-        (_, Some(e)) => Err(SyncError::Internal(format!("{}: the server refused the commit: {}", req.path, e.message))),
-        (None, None) => Err(SyncError::Integrity(format!("{}: the server answered a commit with nothing", req.path))),
+        Some(e) if e.code == ErrorCode::MissingChunks => SyncError::Internal(format!(
+            "{shown}: the server no longer holds some chunks this upload counted on ({}); nothing was changed, run \
+             the same command again to upload them",
+            e.message
+        )),
+        Some(e) => SyncError::Internal(format!("{shown}: the server refused the commit: {}", e.message)),
+        None => SyncError::Integrity(format!("{shown}: the server answered a commit with nothing")),
     }
 }
 

@@ -171,10 +171,15 @@ fn object_key(ws: WorkspaceId, id: &ChunkId) -> String {
     format!("ws/{ws}/{}/{hex}", &hex[..2])
 }
 
+/// The folder of a workspace's packs.
+fn packs_dir(ws: WorkspaceId) -> String {
+    format!("ws/{ws}/p/")
+}
+
 /// The object of a pack.
 fn pack_key(ws: WorkspaceId, pack: &PackId) -> String {
     let hex = hex::encode(pack);
-    format!("ws/{ws}/p/{}/{hex}", &hex[..2])
+    format!("{}{}/{hex}", packs_dir(ws), &hex[..2])
 }
 
 /// Seals `chunks` one after another into a pack (see the crate documentation), handing the pack's bytes to
@@ -365,7 +370,7 @@ impl BlobStore {
     /// # Errors
     /// When the backend fails.
     pub async fn list_packs(&self, ws: WorkspaceId) -> Result<Vec<PackId>, BlobError> {
-        let entries = match self.op.list_with(&format!("ws/{ws}/p/")).recursive(true).await {
+        let entries = match self.op.list_with(&packs_dir(ws)).recursive(true).await {
             Ok(e) => e,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),

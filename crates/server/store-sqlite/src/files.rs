@@ -251,8 +251,13 @@ async fn journal(
     Ok(())
 }
 
-/// Ids per `IN (...)` query in [`FileStore::missing_chunks`] (well under SQLite's variable limit).
-const MISSING_BATCH: usize = 500;
+/// Ids per `IN (...)` query (well under SQLite's variable limit).
+pub(crate) const IN_BATCH: usize = 500;
+
+/// `n` comma-separated placeholders, for an `IN (...)` list.
+pub(crate) fn marks(n: usize) -> String {
+    vec!["?"; n].join(",")
+}
 /// Rows per multi-row statement in [`FileStore::record_chunks`] (7 variables a row).
 const RECORD_BATCH: usize = 200;
 /// Requests per query in [`FileStore::live_versions`] (3 variables a request).
@@ -284,8 +289,8 @@ impl FileStore for SqliteStore {
         // One query per batch of ids, not per id: a sync asks about thousands of chunks at once.
         let mut present = std::collections::HashSet::new();
         let mut conn = self.reader.acquire().await.map_err(map_err)?;
-        for batch in ids.chunks(MISSING_BATCH) {
-            let marks = vec!["?"; batch.len()].join(",");
+        for batch in ids.chunks(IN_BATCH) {
+            let marks = marks(batch.len());
             // A condemned chunk (no version names it; garbage collection will delete it) counts as missing.
             let sql = format!(
                 "SELECT chunk_id FROM chunks WHERE workspace_id = ? AND condemned_ms IS NULL AND chunk_id IN ({marks})"
@@ -342,8 +347,8 @@ impl FileStore for SqliteStore {
             let mut seen = HashSet::new();
             ids.iter().filter(|c| seen.insert(**c)).copied().collect()
         };
-        for batch in unique.chunks(MISSING_BATCH) {
-            let marks = vec!["?"; batch.len()].join(",");
+        for batch in unique.chunks(IN_BATCH) {
+            let marks = marks(batch.len());
             let sql = format!(
                 "SELECT chunk_id, stored_size, pack, pack_offset FROM chunks
                  WHERE workspace_id = ? AND chunk_id IN ({marks})"

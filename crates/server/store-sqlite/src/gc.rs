@@ -5,15 +5,8 @@ use cloudsync_store::{ChunkPlace, ChunkRow, GcStore, StoreError, StoreResult};
 use cloudsync_types::{ChunkId, WorkspaceId};
 use sqlx::Row;
 
-use crate::files::place_of;
+use crate::files::{IN_BATCH, marks, place_of};
 use crate::{SqliteStore, id, map_err};
-
-/// Ids per statement (well under SQLite's variable limit).
-const BATCH: usize = 500;
-
-fn marks(n: usize) -> String {
-    vec!["?"; n].join(",")
-}
 
 #[async_trait]
 impl GcStore for SqliteStore {
@@ -78,7 +71,7 @@ impl GcStore for SqliteStore {
     ) -> StoreResult<Vec<(ChunkId, ChunkPlace)>> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let mut out = Vec::new();
-        for batch in ids.chunks(BATCH) {
+        for batch in ids.chunks(IN_BATCH) {
             let sql = format!(
                 "DELETE FROM chunks WHERE workspace_id = ? AND condemned_ms IS NOT NULL AND condemned_ms < ?
                  AND chunk_id IN ({}) RETURNING chunk_id, stored_size, pack, pack_offset",
@@ -98,7 +91,7 @@ impl GcStore for SqliteStore {
 
     async fn packs_in_use(&self, ws: WorkspaceId, packs: &[[u8; 16]]) -> StoreResult<Vec<[u8; 16]>> {
         let mut out = Vec::new();
-        for batch in packs.chunks(BATCH) {
+        for batch in packs.chunks(IN_BATCH) {
             let sql =
                 format!("SELECT DISTINCT pack FROM chunks WHERE workspace_id = ? AND pack IN ({})", marks(batch.len()));
             let mut q = sqlx::query_scalar::<_, Vec<u8>>(&sql).bind(ws.as_uuid());
@@ -126,7 +119,7 @@ impl SqliteStore {
     ) -> StoreResult<u64> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let mut n = 0;
-        for batch in ids.chunks(BATCH) {
+        for batch in ids.chunks(IN_BATCH) {
             let sql = format!(
                 "UPDATE chunks SET condemned_ms = {value} WHERE {condition} AND workspace_id = ? AND chunk_id IN ({})",
                 marks(batch.len())

@@ -162,11 +162,6 @@ fn check_remote_path(path: &str) -> Result<()> {
     Ok(())
 }
 
-/// `spec` with a `cloudsync` connection's name replaced by its workspace (`team:docs` -> `Team Docs:docs`);
-/// anything else as it is.
-///
-/// # Errors
-/// An unreadable connections file.
 /// Why `spec`, when it starts with a `cloudsync` connection's name, is not taken where a storage connection
 /// is needed: that name stands for a workspace. Empty otherwise.
 pub fn alias_note(spec: &str, saved: &Connections) -> String {
@@ -180,6 +175,11 @@ pub fn alias_note(spec: &str, saved: &Connections) -> String {
     }
 }
 
+/// `spec` with a `cloudsync` connection's name replaced by its workspace (`team:docs` -> `Team Docs:docs`);
+/// anything else as it is.
+///
+/// # Errors
+/// An unreadable connections file.
 pub fn workspace_alias(spec: &str) -> Result<String> {
     let saved = Connections::load()?;
     Ok(match Target::parse(spec, &saved) {
