@@ -232,12 +232,14 @@ fn a_server_that_rewrites_e2ee_files_is_caught_and_nothing_is_written() {
     let big_path = server_paths(&srv).into_iter().find(|p| *p != a && *p != b).expect("big");
     let original = chunk_list(&srv, &big_path);
     assert!(original.len() >= 3, "the test needs a manifest and two content chunks: {}", original.len());
+    // a is small: its content is inside its manifest, its only stored object.
     let other = chunk_list(&srv, &a);
+    assert_eq!(other.len(), 1, "a small file is stored as its manifest alone");
     let mut reordered = original.clone();
     reordered.swap(1, 2);
     let truncated = original[..original.len() - 1].to_vec();
     let mut swapped = original.clone();
-    swapped[1] = other[1];
+    swapped[1] = other[0];
     for (what, list) in [("reordered", reordered), ("truncated", truncated), ("swapped", swapped)] {
         set_chunk_list(&srv, &big_path, &list);
         pull_fails(&bob, what, "differs from its signed manifest");
@@ -323,7 +325,9 @@ fn versions_restore_and_trash_work_with_real_names_across_a_key_rotation() {
     let spec = format!("{SECRET}:notes/a.txt");
     write(&src.join("notes/a.txt"), b"one: the first words");
     alice.ok(&["push", src.to_str().expect("utf8"), SECRET]);
-    write(&src.join("notes/a.txt"), b"two: written over");
+    // The first version is small (inline in its manifest), the second is stored as chunks.
+    let two = random_bytes(200 * 1024);
+    write(&src.join("notes/a.txt"), &two);
     alice.ok(&["push", src.to_str().expect("utf8"), SECRET]);
     let read_back = |who: &Client| -> Vec<u8> {
         let dir = root.path().join(format!("read-{}", random_name("")));
@@ -336,7 +340,7 @@ fn versions_restore_and_trash_work_with_real_names_across_a_key_rotation() {
     assert!(err.contains("admin"), "{err}");
 
     // The previous version comes back as a new one, signed by Alice; in the same key epoch its chunks are
-    // the stored ones, so only the new manifest is sent.
+    // the stored ones (here none: its content is inside its manifest), so only the new manifest is sent.
     let r = json(&alice.ok(&["restore", &spec, "--json"]));
     assert_eq!((r["restored_version"].as_u64(), r["version"].as_u64()), (Some(1), Some(3)), "{r}");
     assert_eq!((r["chunks_uploaded"].as_u64(), r["from_trash"].as_bool()), (Some(0), Some(false)), "{r}");
@@ -351,7 +355,7 @@ fn versions_restore_and_trash_work_with_real_names_across_a_key_rotation() {
     assert!(r["chunks_uploaded"].as_u64() >= Some(1), "re-sealed in the new epoch: {r}");
     let listed = json(&alice.ok(&["ls", SECRET, "--json"]));
     assert_eq!(listed[0]["epoch"].as_u64(), Some(1), "{listed}");
-    assert_eq!(read_back(&alice), b"two: written over");
+    assert_eq!(read_back(&alice), two);
 
     // The trash shows real names; a file comes back from it as deleted, or at an older version.
     alice.ok(&["rm", &spec]);
@@ -361,7 +365,7 @@ fn versions_restore_and_trash_work_with_real_names_across_a_key_rotation() {
     assert!(alice.ok(&["trash", "list", SECRET]).contains("notes/a.txt"));
     let r = json(&alice.ok(&["restore", &spec, "--json"]));
     assert_eq!((r["from_trash"].as_bool(), r["version"].as_u64()), (Some(true), Some(4)), "{r}");
-    assert_eq!(read_back(&alice), b"two: written over");
+    assert_eq!(read_back(&alice), two);
     alice.ok(&["rm", &spec]);
     let r = json(&alice.ok(&["restore", &spec, "--version", "1", "--json"]));
     assert_eq!((r["from_trash"].as_bool(), r["version"].as_u64()), (Some(true), Some(5)), "{r}");

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
-use std::io::{self, Seek as _, SeekFrom, Write as _};
+use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use cloudsync_crypto::e2ee::{PublicIdentity, UserKeys};
-use cloudsync_crypto::e2ee_files::{FileKeys, FileManifest, MAX_FILE_CHUNKS, SealedChunk};
+use cloudsync_crypto::e2ee_files::{FileKeys, FileManifest, MAX_FILE_CHUNKS, MAX_INLINE_BYTES, SealedChunk};
 use cloudsync_sdk::Client;
 use cloudsync_types::api::{CommitRequest, FileEntry, MAX_BATCH_COMMITS, Manifest, ManifestChunk, ManifestRef};
 use cloudsync_types::{ChunkId, FileId, VersionId, WorkspaceId, WsPath};
@@ -29,6 +29,8 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::chunking::{Digest, chunk_stream, hash_reader};
+pub(crate) use crate::e2ee_cache::VerifiedIds;
+use crate::e2ee_cache::metadata;
 use crate::fetch::{
     FEED_REQUESTS, FETCH_IN_FLIGHT, Fetched, GROUP_BYTES, GROUP_FILES, create_temp, feed_writer, fetch_all,
     flush_to_disk, place, requests, system_time,
@@ -105,8 +107,12 @@ pub struct E2eeEntry {
     pub epoch: u32,
     /// Account id of the member who wrote it.
     pub author: String,
+    /// The verified manifest; a small file's content is in `inline` when the listing held it.
     #[serde(skip)]
     pub(crate) manifest: FileManifest,
+    /// The sealed manifest's chunk id and stored size (a small file's content is fetched with it).
+    #[serde(skip)]
+    pub(crate) manifest_chunk: (ChunkId, u32),
     /// The server's ids of the file and of this version.
     #[serde(skip)]
     pub(crate) file_id: FileId,
@@ -188,7 +194,8 @@ impl Listing {
     }
 }
 
-/// Lists and verifies every file. With `check_chunk_lists`, the server's chunk list of each file is fetched
+/// Lists and verifies every file, holding up to `hold` bytes of small files' content from the manifests it
+/// fetches (what a pull or sync then need not fetch again). With `check_chunk_lists`, the server's chunk list of each file is fetched
 /// and compared with the signed one (what `ls` and `pull` show or read); without, the sealed manifests are
 /// found by the files' content hashes (their chunk ids) alone, which spares the server reading and auditing
 /// every manifest (what `push` and `restore` need: contents and counters, never the server's lists, since
@@ -199,6 +206,7 @@ pub(crate) async fn listing(
     e2ee: &E2eeFiles,
     server_keys: &ChunkKeys,
     check_chunk_lists: bool,
+    hold: u64,
 ) -> Result<Listing, SyncError> {
     let files = client.files(ws);
     let root = WsPath::root();
@@ -224,16 +232,15 @@ pub(crate) async fn listing(
         });
     }
     let mut verified = VerifiedIds::load(e2ee);
-    let blobs = fetch_blobs(&files, &metas, server_keys, &verified).await?;
-    let before = Seen::load(&e2ee.seen_file)?;
     let opened = {
-        let items: Vec<(&WsPath, ChunkId, &[u8])> =
-            rows.iter().zip(&metas).zip(&blobs).map(|(((f, _), (id, _)), b)| (&f.path, *id, &b[..])).collect();
-        open_many(e2ee, &mut verified, &items)
+        let items: Vec<(&WsPath, ChunkId, u32)> =
+            rows.iter().zip(&metas).map(|((f, _), (id, size))| (&f.path, *id, *size)).collect();
+        verified_manifests(&files, e2ee, server_keys, &mut verified, &items, hold).await?
     };
     verified.save()?;
+    let before = Seen::load(&e2ee.seen_file)?;
     let mut out = Vec::with_capacity(rows.len());
-    for ((file, manifest), m) in rows.into_iter().zip(opened) {
+    for (((file, manifest), m), manifest_chunk) in rows.into_iter().zip(opened).zip(metas) {
         let m = m?;
         if let Some(listed) = manifest {
             check_listed(&m, &listed.chunks[1..])?;
@@ -255,6 +262,7 @@ pub(crate) async fn listing(
             epoch: m.epoch,
             author: uuid_text(&m.author),
             manifest: m,
+            manifest_chunk,
             file_id: file.file_id,
             version_id: file.version_id,
         });
@@ -306,165 +314,11 @@ fn open_checked(
     })
 }
 
-/// The sealed manifests whose signature this device checked or made in one workspace, by chunk id (a
-/// collision-resistant hash of the sealed bytes, which the client recomputes for every blob it fetches): a
-/// listing opens those again without checking their signature again, which is most of its cost. A cache
-/// only: a missing or damaged file means every signature is checked.
-///
-/// It also keeps the sealed manifests themselves (fetched, or made here), by the same ids: a listing takes a
-/// manifest from here instead of fetching it again, after checking that its bytes still hash to the id the
-/// server lists, so what it opens is byte for byte what the server keeps (a no-op push or sync of many small
-/// files then asks the server for the listing only).
-pub(crate) struct VerifiedIds {
-    file: PathBuf,
-    ids: HashSet<[u8; 32]>,
-    new: Vec<[u8; 32]>,
-    /// The file is over its cap: the next save starts it over.
-    reset: bool,
-    /// The kept manifests, read on first use (an upload that lists nothing never reads them).
-    blobs: std::sync::OnceLock<HashMap<[u8; 32], Bytes>>,
-    new_blobs: Vec<([u8; 32], Bytes)>,
-}
-
-/// Past this many ids the cache starts over (about 64 MiB).
-const MAX_VERIFIED_IDS: usize = 2_000_000;
-/// Past this many bytes the kept manifests start over.
-const MAX_KEPT_MANIFEST_BYTES: usize = 64 << 20;
-/// A manifest larger than this is not kept (a manifest lists a file's chunks: a few KiB for most files).
-const MAX_KEPT_MANIFEST: usize = 256 << 10;
-
-impl VerifiedIds {
-    pub(crate) fn load(e2ee: &E2eeFiles) -> Self {
-        Self::at(e2ee.seen_file.with_extension("verified"))
-    }
-
-    /// The cache kept in `file` (ids) and beside it (`.manifests`).
-    fn at(file: PathBuf) -> Self {
-        let bytes = fs::read(&file).unwrap_or_default();
-        let reset = bytes.len() / 32 > MAX_VERIFIED_IDS;
-        let ids = if reset {
-            HashSet::new()
-        } else {
-            bytes.chunks_exact(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).collect()
-        };
-        Self { file, ids, new: Vec::new(), reset, blobs: std::sync::OnceLock::new(), new_blobs: Vec::new() }
-    }
-
-    fn blobs(&self) -> &HashMap<[u8; 32], Bytes> {
-        self.blobs.get_or_init(|| {
-            let kept = fs::read(self.file.with_extension("manifests")).unwrap_or_default();
-            // Over its cap, the file is started over by the next save.
-            if kept.len() > MAX_KEPT_MANIFEST_BYTES { HashMap::new() } else { parse_kept(&Bytes::from(kept)) }
-        })
-    }
-
-    /// Keeps the sealed manifest `id` names, once its signature is checked (or it was made here): when the
-    /// id is new, or the kept manifests are read and lack it.
-    fn keep(&mut self, id: ChunkId, blob: &[u8]) {
-        let new = self.ids.insert(id.0);
-        if new {
-            self.new.push(id.0);
-        }
-        if blob.len() > MAX_KEPT_MANIFEST {
-            return;
-        }
-        let blob = Bytes::copy_from_slice(blob);
-        match self.blobs.get_mut() {
-            Some(kept) if !kept.contains_key(&id.0) => {
-                kept.insert(id.0, blob.clone());
-                self.new_blobs.push((id.0, blob));
-            }
-            None if new => self.new_blobs.push((id.0, blob)),
-            _ => {}
-        }
-    }
-
-    /// The kept manifest `id` names, if its bytes still hash to it.
-    fn kept(&self, id: ChunkId, server_keys: &ChunkKeys) -> Option<Bytes> {
-        self.blobs().get(&id.0).filter(|b| server_keys.chunk_id(b) == id).cloned()
-    }
-
-    /// Appends the ids learned since the last save (or starts the file over when it is full).
-    fn save(&mut self) -> Result<(), SyncError> {
-        // Manifests are kept even when no id is new: ids checked before manifests were kept get theirs now.
-        self.save_kept()?;
-        if self.new.is_empty() {
-            return Ok(());
-        }
-        if let Some(dir) = self.file.parent() {
-            fs::create_dir_all(dir).map_err(|e| SyncError::io(dir, e))?;
-        }
-        let start_over = self.reset || self.ids.len() > MAX_VERIFIED_IDS;
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(!start_over)
-            .write(true)
-            .truncate(start_over)
-            .open(&self.file)
-            .map_err(|e| SyncError::io(&self.file, e))?;
-        f.write_all(&std::mem::take(&mut self.new).concat()).map_err(|e| SyncError::io(&self.file, e))?;
-        self.reset = false;
-        Ok(())
-    }
-
-    /// Appends the manifests kept since the last save: each as its id, its length (4 bytes, little-endian)
-    /// and its bytes.
-    fn save_kept(&mut self) -> Result<(), SyncError> {
-        if self.new_blobs.is_empty() {
-            return Ok(());
-        }
-        let path = self.file.with_extension("manifests");
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|e| SyncError::io(dir, e))?;
-        }
-        let held = fs::metadata(&path).map_or(0, |m| m.len());
-        let added: usize = self.new_blobs.iter().map(|(_, b)| 36 + b.len()).sum();
-        let start_over = held as usize + added > MAX_KEPT_MANIFEST_BYTES;
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(!start_over)
-            .write(true)
-            .truncate(start_over)
-            .open(&path)
-            .map_err(|e| SyncError::io(&path, e))?;
-        let mut out = Vec::with_capacity(added);
-        for (id, blob) in std::mem::take(&mut self.new_blobs) {
-            out.extend_from_slice(&id);
-            out.extend_from_slice(&u32::try_from(blob.len()).unwrap_or(u32::MAX).to_le_bytes());
-            out.extend_from_slice(&blob);
-        }
-        f.write_all(&out).map_err(|e| SyncError::io(&path, e))?;
-        Ok(())
-    }
-}
-
-/// The kept manifests of a `.manifests` file, up to the first damaged record.
-fn parse_kept(bytes: &Bytes) -> HashMap<[u8; 32], Bytes> {
-    let mut out = HashMap::new();
-    let mut at = 0;
-    while at + 36 <= bytes.len() {
-        let id: [u8; 32] = bytes[at..at + 32].try_into().unwrap_or([0; 32]);
-        let len = u32::from_le_bytes(bytes[at + 32..at + 36].try_into().unwrap_or([0; 4])) as usize;
-        let start = at + 36;
-        if len > MAX_KEPT_MANIFEST || start + len > bytes.len() {
-            break;
-        }
-        out.insert(id, bytes.slice(start..start + len));
-        at = start + len;
-    }
-    out
-}
-
-/// Opens and checks many sealed manifests (server path, chunk id, blob), on every core when there are many;
-/// those opened with their signature checked join `verified`.
-fn open_many(
-    e2ee: &E2eeFiles,
-    verified: &mut VerifiedIds,
-    items: &[(&WsPath, ChunkId, &[u8])],
-) -> Vec<Result<FileManifest, SyncError>> {
-    let known = &verified.ids;
-    let open = |part: &[(&WsPath, ChunkId, &[u8])]| -> Vec<Result<FileManifest, SyncError>> {
-        part.iter().map(|(path, id, blob)| open_checked(e2ee, path, blob, known.contains(&id.0))).collect()
+/// Opens and checks many sealed manifests (server path, blob), signatures included, on every core when there
+/// are many.
+fn open_many(e2ee: &E2eeFiles, items: &[(&WsPath, &[u8])]) -> Vec<Result<FileManifest, SyncError>> {
+    let open = |part: &[(&WsPath, &[u8])]| -> Vec<Result<FileManifest, SyncError>> {
+        part.iter().map(|(path, blob)| open_verified(e2ee, path, blob)).collect()
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let out: Vec<Result<FileManifest, SyncError>> = if threads < 2 || items.len() < 64 {
@@ -476,12 +330,76 @@ fn open_many(
             handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         })
     };
-    for ((_, id, blob), r) in items.iter().zip(&out) {
-        if r.is_ok() {
-            verified.keep(*id, blob);
+    out
+}
+
+/// Inline content a listing holds on to (so a pull need not fetch those manifests again); past this, small
+/// files' manifests are fetched again when their content is needed.
+pub(crate) const HELD_INLINE_BYTES: u64 = 128 << 20;
+
+/// The verified manifests of `items` (server path, manifest chunk id, stored size), in order: those this
+/// device verified before come from `verified` (checked to be filed under their own path, by a member who
+/// could write in their epoch); the others are fetched a request at a time, checked against their ids,
+/// opened with their signatures checked, and kept in `verified`. Up to `hold` bytes of inline content stay
+/// in the manifests returned.
+async fn verified_manifests(
+    files: &cloudsync_sdk::Files<'_>,
+    e2ee: &E2eeFiles,
+    server_keys: &ChunkKeys,
+    verified: &mut VerifiedIds,
+    items: &[(&WsPath, ChunkId, u32)],
+    hold: u64,
+) -> Result<Vec<Result<FileManifest, SyncError>>, SyncError> {
+    let mut out: Vec<Option<Result<FileManifest, SyncError>>> =
+        items.iter().map(|(path, id, _)| verified.get(*id).map(|m| check_kept(e2ee, path, m))).collect();
+    let missing: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
+    let mut held = 0u64;
+    let mut next = missing.iter().copied();
+    for ids in requests(missing.iter().map(|&i| (items[i].1, items[i].2))) {
+        let at: Vec<usize> = next.by_ref().take(ids.len()).collect();
+        let blobs = retry(|| fetch_all(files, &ids)).await?;
+        for (id, blob) in &blobs {
+            check_blob(server_keys, *id, blob)?;
+        }
+        let opened = {
+            let list: Vec<(&WsPath, &[u8])> = at.iter().zip(&blobs).map(|(&i, (_, b))| (items[i].0, &b[..])).collect();
+            open_many(e2ee, &list)
+        };
+        for ((i, (id, _)), mut r) in at.into_iter().zip(&blobs).zip(opened) {
+            if let Ok(m) = &mut r {
+                verified.keep(*id, m);
+                let inline = m.inline.as_ref().map_or(0, |c| c.len() as u64);
+                if held + inline > hold {
+                    m.inline = None;
+                } else {
+                    held += inline;
+                }
+            }
+            out[i] = Some(r);
         }
     }
-    out
+    out.into_iter()
+        .map(|r| r.ok_or_else(|| SyncError::Integrity("the server sent fewer manifests than were asked for".into())))
+        .collect()
+}
+
+/// A manifest this device verified before, now listed as `server_path`: it must still be filed under its own
+/// path id, and its author must be someone who could write in its epoch.
+fn check_kept(e2ee: &E2eeFiles, server_path: &WsPath, m: &FileManifest) -> Result<FileManifest, SyncError> {
+    let shown = server_path.as_str();
+    if parse_path_id(shown) != Some(e2ee.keys.path_id(&m.path)) {
+        return Err(SyncError::Integrity(format!(
+            "the manifest the server keeps as {shown} does not check out (a manifest filed under another path \
+             than its own): the server altered, moved or injected it; nothing was written"
+        )));
+    }
+    if e2ee.writer(&m.author, m.epoch).is_none() {
+        return Err(SyncError::Integrity(format!(
+            "the manifest the server keeps as {shown} does not check out (a manifest by someone who could not \
+             write in that epoch): the server altered, moved or injected it; nothing was written"
+        )));
+    }
+    Ok(m.clone())
 }
 
 /// The chunks the server lists after the manifest must be exactly those the manifest signed, in order.
@@ -529,34 +447,6 @@ fn uuid_text(id: &[u8; 16]) -> String {
     uuid::Uuid::from_bytes(*id).to_string()
 }
 
-/// Fetches the given chunks (id, stored size) in order, each checked against its id.
-/// The sealed manifests `wanted` names, in order: those this device keeps (their bytes checked against the
-/// ids), the others fetched and checked.
-async fn fetch_blobs(
-    files: &cloudsync_sdk::Files<'_>,
-    wanted: &[(ChunkId, u32)],
-    server_keys: &ChunkKeys,
-    kept: &VerifiedIds,
-) -> Result<Vec<Bytes>, SyncError> {
-    let mut out: Vec<Option<Bytes>> = wanted.iter().map(|(id, _)| kept.kept(*id, server_keys)).collect();
-    let missing: Vec<(ChunkId, u32)> =
-        wanted.iter().zip(&out).filter(|(_, have)| have.is_none()).map(|(w, _)| *w).collect();
-    let mut fetched = Vec::with_capacity(missing.len());
-    for ids in requests(missing.iter().copied()) {
-        for (id, data) in retry(|| fetch_all(files, &ids)).await? {
-            check_blob(server_keys, id, &data)?;
-            fetched.push(data);
-        }
-    }
-    let mut fetched = fetched.into_iter();
-    for slot in out.iter_mut().filter(|s| s.is_none()) {
-        *slot = fetched.next();
-    }
-    out.into_iter()
-        .map(|b| b.ok_or_else(|| SyncError::Integrity("the server sent fewer manifests than were asked for".into())))
-        .collect()
-}
-
 fn check_blob(server_keys: &ChunkKeys, id: ChunkId, data: &[u8]) -> Result<(), SyncError> {
     if server_keys.chunk_id(data) != id {
         return Err(SyncError::Integrity(format!(
@@ -579,7 +469,7 @@ pub async fn e2ee_list(
     e2ee: &E2eeFiles,
 ) -> Result<Vec<E2eeEntry>, SyncError> {
     let server_keys = server_keys(client, ws).await?;
-    let all = listing(client, ws, e2ee, &server_keys, true).await?.files;
+    let all = listing(client, ws, e2ee, &server_keys, true, 0).await?.files;
     Ok(all.into_iter().filter(|f| under(prefix, &f.path)).collect())
 }
 
@@ -599,8 +489,10 @@ pub struct E2eeTrashEntry {
     pub author: String,
 }
 
-/// A stored manifest's size is not in the trash listing; this only sizes the fetch requests.
-const MANIFEST_SIZE_GUESS: u32 = 4096;
+/// A stored manifest's size is not in the trash listing (nor in a listing without chunk lists); this only
+/// sizes the fetch requests (512 manifests a request). Most manifests are well under it; a small file's,
+/// content inline, is up to about 135 KiB, so a request of those stays under 70 MiB.
+const MANIFEST_SIZE_GUESS: u32 = 32 * 1024;
 
 /// `cloudsync trash list` on an end-to-end encrypted workspace: each trashed file's last manifest is fetched
 /// (the server names it as the file's content hash) and verified, so the real paths can be shown.
@@ -616,11 +508,10 @@ pub async fn e2ee_trash(client: &Client, ws: WorkspaceId, e2ee: &E2eeFiles) -> R
         metas.push((manifest_id(&t.path, &t.content_hash)?, MANIFEST_SIZE_GUESS));
     }
     let mut verified = VerifiedIds::load(e2ee);
-    let blobs = fetch_blobs(&files, &metas, &server_keys, &verified).await?;
     let opened = {
-        let items: Vec<(&WsPath, ChunkId, &[u8])> =
-            trash.iter().zip(&metas).zip(&blobs).map(|((t, (id, _)), b)| (&t.path, *id, &b[..])).collect();
-        open_many(e2ee, &mut verified, &items)
+        let items: Vec<(&WsPath, ChunkId, u32)> =
+            trash.iter().zip(&metas).map(|(t, (id, size))| (&t.path, *id, *size)).collect();
+        verified_manifests(&files, e2ee, &server_keys, &mut verified, &items, 0).await?
     };
     verified.save()?;
     trash
@@ -721,9 +612,11 @@ pub async fn e2ee_restore(
             SyncError::RemoteNotFound(format!("{path} has no version {wanted} (`cloudsync versions` lists them)"))
         })?
     };
-    let first = manifest_chunk(&server_path, &old.manifest)?;
-    let kept = VerifiedIds::load(e2ee);
-    let blob = fetch_blobs(&files, &[(first.id, first.size)], &server_keys, &kept).await?.pop().unwrap_or_default();
+    // Fetched whatever this device keeps: a small file's content is inside it.
+    let first = [manifest_chunk(&server_path, &old.manifest)?.id];
+    let blob = retry(|| fetch_all(&files, &first)).await?.pop().map(|(_, b)| b).unwrap_or_default();
+    let first = first[0];
+    check_blob(&server_keys, first, &blob)?;
     let m = open_verified(e2ee, &server_path, &blob)?;
     check_listed(&m, &old.manifest.chunks[1..])?;
     if wanted == live.file.version {
@@ -741,7 +634,7 @@ pub async fn e2ee_restore(
         });
     }
     // The new counter must be above every manifest in the workspace, as for a push.
-    let listed = listing(client, ws, e2ee, &server_keys, false).await?;
+    let listed = listing(client, ws, e2ee, &server_keys, false, 0).await?;
     let counter = listed.next_counter();
     let keys = &e2ee.keys;
     let epoch = keys.current_epoch();
@@ -813,11 +706,8 @@ enum Event {
     },
     /// A file's commit; every blob it names came before it.
     Commit(Box<Commit>),
-    /// File `tag` has the server copy's content.
-    Unchanged {
-        tag: usize,
-        stat: Stat,
-    },
+    /// These files (tag, stat) have their server copies' content.
+    Unchanged(Vec<(usize, Stat)>),
     Skipped {
         why: String,
     },
@@ -836,10 +726,10 @@ struct Commit {
     /// Path id (hex), and (counter, content hash) as [`Seen::paths`] keeps them.
     path_id: String,
     seen: (u64, String),
-    /// The chunk id of the sealed manifest this device made (and so need not verify when it lists it), and
-    /// the sealed manifest (kept, so a listing need not fetch it).
+    /// The chunk id of the sealed manifest this device made, and what it says (kept, so a listing need
+    /// neither fetch nor verify it).
     manifest_id: ChunkId,
-    sealed: Bytes,
+    manifest: FileManifest,
 }
 
 /// `cloudsync push` into an end-to-end encrypted workspace: every regular file below `local_dir` is sealed on
@@ -869,7 +759,7 @@ pub async fn e2ee_push(
         summary.skip(why);
     }
     let server_keys = server_keys(client, ws).await?;
-    let listed = listing(client, ws, &e2ee, &server_keys, false).await?;
+    let listed = listing(client, ws, &e2ee, &server_keys, false, 0).await?;
     let counter = listed.next_counter();
     let remote_files: HashMap<String, Base> =
         listed.files.iter().map(|f| (f.path.clone(), Base::of_entry(f))).collect();
@@ -927,19 +817,43 @@ pub(crate) async fn seal_and_upload(
             let content = server_keys.end_to_end(e2ee.keys.content_key(), e2ee.keys.chunking_secret());
             let sealer =
                 Sealer { e2ee: &e2ee, server_keys: &server_keys, content: &content, counter, tx: &tx, bar: &bar };
+            // Files the server already has, found on every core and reported in batches (a no-op push of many
+            // small files is mostly this).
+            let same = unchanged_files(&files, &content);
+            let mut unchanged = Vec::new();
             for (tag, (file, base)) in files.iter().enumerate() {
+                if let Some(stat) = same[tag] {
+                    bar.inc(file.stat.size);
+                    unchanged.push((tag, stat));
+                    if unchanged.len() >= 1024
+                        && tx.blocking_send(Event::Unchanged(std::mem::take(&mut unchanged))).is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
                 bar.set_message(file.ws.to_string());
                 let position = bar.position();
-                let event = match sealer.seal_file(tag, file, base.as_ref()) {
+                let event = match sealer.seal_file(file, base.as_ref()) {
                     Ok(Some(ev)) => ev,
                     Ok(None) => return,
                     Err(e) => Event::Skipped { why: format!("{}: skipped, cannot read it: {e}", file.abs.display()) },
                 };
-                // Chunks count as they are sealed; an unchanged or skipped file counts whole.
+                // Chunks count as they are sealed; a skipped file counts whole.
                 bar.set_position(position + file.stat.size);
+                let event = match event {
+                    Event::Commit(mut c) => {
+                        c.tag = tag;
+                        Event::Commit(c)
+                    }
+                    other => other,
+                };
                 if tx.blocking_send(event).is_err() {
                     return;
                 }
+            }
+            if !unchanged.is_empty() {
+                let _ = tx.blocking_send(Event::Unchanged(unchanged));
             }
         })
     };
@@ -960,9 +874,9 @@ pub(crate) async fn seal_and_upload(
                             }
                         }
                         Some(Event::Commit(c)) => up.commits.push(*c),
-                        Some(Event::Unchanged { tag, stat }) => {
-                            summary.files_unchanged += 1;
-                            up.outcomes.push((tag, Outcome::Unchanged { stat }));
+                        Some(Event::Unchanged(files)) => {
+                            summary.files_unchanged += files.len() as u64;
+                            up.outcomes.extend(files.into_iter().map(|(tag, stat)| (tag, Outcome::Unchanged { stat })));
                         }
                         Some(Event::Skipped { why }) => summary.skip(why),
                         None => open = false,
@@ -993,6 +907,39 @@ pub(crate) async fn seal_and_upload(
     Ok(up.outcomes)
 }
 
+/// Opens a scanned file, checking that what was opened is what was scanned: never a symlink or device swapped
+/// in meanwhile.
+fn open_scanned(file: &LocalFile) -> io::Result<fs::File> {
+    let handle = fs::File::open(&file.abs)?;
+    let meta = handle.metadata()?;
+    if !meta.is_file() || crate::scan::identity(&meta) != file.identity {
+        return Err(io::Error::other("it was replaced while the push was running"));
+    }
+    Ok(handle)
+}
+
+/// For each file, its stat when its content equals its server copy's (same size, same keyed hash), hashed on
+/// every core. A file that cannot be read is not unchanged (sealing it reports why).
+fn unchanged_files(files: &[(LocalFile, Option<Base>)], content: &ChunkKeys) -> Vec<Option<Stat>> {
+    let check = |(file, base): &(LocalFile, Option<Base>)| -> Option<Stat> {
+        let base = base.as_ref().filter(|b| b.size == file.stat.size)?;
+        let handle = open_scanned(file).ok()?;
+        let meta = handle.metadata().ok()?;
+        let digest = hash_reader(&handle, content).ok()?;
+        (digest.size == base.size && hash_matches(&digest.hash, &base.content_hash)).then(|| Stat::of(&meta))
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if threads < 2 || files.len() < 64 {
+        return files.iter().map(check).collect();
+    }
+    let per = files.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> =
+            files.chunks(per).map(|part| s.spawn(move || part.iter().map(check).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    })
+}
+
 /// The sealing thread's tools.
 struct Sealer<'a> {
     e2ee: &'a E2eeFiles,
@@ -1004,25 +951,39 @@ struct Sealer<'a> {
 }
 
 impl Sealer<'_> {
-    /// Seals file number `tag`: `Unchanged` when its content equals the server copy's, otherwise its chunks
-    /// (sent as they are sealed) and then its commit. `Ok(None)` when the uploader has gone away.
-    fn seal_file(&self, tag: usize, file: &LocalFile, remote: Option<&Base>) -> io::Result<Option<Event>> {
-        let handle = fs::File::open(&file.abs)?;
+    /// Seals a file whose content differs from its server copy (`remote`, if any): its chunks (sent as they
+    /// are sealed) and then its commit (whose tag the caller sets). `Ok(None)` when the uploader has gone away.
+    fn seal_file(&self, file: &LocalFile, remote: Option<&Base>) -> io::Result<Option<Event>> {
+        let handle = open_scanned(file)?;
         let meta = handle.metadata()?;
-        // What was opened must be what was scanned: never a symlink or device swapped in meanwhile.
-        if !meta.is_file() || crate::scan::identity(&meta) != file.identity {
-            return Err(io::Error::other("it was replaced while the push was running"));
-        }
         let stat = Stat::of(&meta);
-        if let Some(r) = remote.filter(|r| r.size == meta.len()) {
-            let digest = hash_reader(&handle, self.content)?;
-            if digest.size == r.size && hash_matches(&digest.hash, &r.content_hash) {
-                return Ok(Some(Event::Unchanged { tag, stat }));
-            }
-        }
-        // Chunked from the same handle whose identity was checked, not opened again by name.
+        // Read from the same handle whose identity was checked, not opened again by name.
         (&handle).seek(SeekFrom::Start(0))?;
         let keys = &self.e2ee.keys;
+        let mtime_ms = meta.modified().ok().map(|t| crate::index::unix_ns(t) / 1_000_000);
+        let base_version = remote.map(|r| r.version);
+        // A small file travels inside its manifest: one stored object per version instead of two.
+        if meta.len() > 0 && meta.len() <= MAX_INLINE_BYTES as u64 {
+            let mut content = Vec::with_capacity(meta.len() as usize);
+            (&handle).take(MAX_INLINE_BYTES as u64 + 1).read_to_end(&mut content)?;
+            if !content.is_empty() && content.len() <= MAX_INLINE_BYTES {
+                self.bar.inc(content.len() as u64);
+                let m = FileManifest {
+                    path: file.ws.to_string(),
+                    size: content.len() as u64,
+                    content_hash: self.content.chunk_id(&content).0,
+                    mtime_ms,
+                    epoch: keys.current_epoch(),
+                    counter: self.counter,
+                    author: self.e2ee.me,
+                    chunks: Vec::new(),
+                    inline: Some(content),
+                };
+                return self.send_commit(stat, &m, base_version);
+            }
+            // It grew or emptied meanwhile: read again, as chunks.
+            (&handle).seek(SeekFrom::Start(0))?;
+        }
         let (mut chunks, mut too_many, mut gone) = (Vec::new(), false, false);
         let digest = chunk_stream(&handle, self.content, |content_id, data| {
             if chunks.len() >= MAX_FILE_CHUNKS {
@@ -1055,15 +1016,21 @@ impl Sealer<'_> {
             path: file.ws.to_string(),
             size: digest.size,
             content_hash: digest.hash,
-            mtime_ms: meta.modified().ok().map(|t| crate::index::unix_ns(t) / 1_000_000),
+            mtime_ms,
             epoch: keys.current_epoch(),
             counter: self.counter,
             author: self.e2ee.me,
             chunks,
+            inline: None,
         };
+        self.send_commit(stat, &m, base_version)
+    }
+
+    /// Seals `m`, sends the sealed manifest, and returns the commit (`None` when the uploader has gone away).
+    fn send_commit(&self, stat: Stat, m: &FileManifest, base_version: Option<u64>) -> io::Result<Option<Event>> {
         let (sealed, mut commit) =
-            seal_commit(self.e2ee, self.server_keys, &m, remote.map(|r| r.version)).map_err(io::Error::other)?;
-        (commit.tag, commit.stat) = (tag, stat);
+            seal_commit(self.e2ee, self.server_keys, m, base_version).map_err(io::Error::other)?;
+        commit.stat = stat;
         if self.tx.blocking_send(Event::Blob { id: commit.manifest_id, data: sealed }).is_err() {
             return Ok(None);
         }
@@ -1072,8 +1039,9 @@ impl Sealer<'_> {
 }
 
 /// Signs and seals `m` as this member's, and the commit that stores it as the file's next version: the sealed
-/// manifest first, then its chunks. The server learns neither the content hash nor the modification time (the
-/// manifest holds them); the file's content hash is the sealed manifest's chunk id.
+/// manifest first, then its chunks (none for a small file, whose content the manifest holds). The server
+/// learns neither the content hash nor the modification time (the manifest holds them); the file's content
+/// hash is the sealed manifest's chunk id.
 fn seal_commit(
     e2ee: &E2eeFiles,
     server_keys: &ChunkKeys,
@@ -1104,7 +1072,7 @@ fn seal_commit(
         path_id: hex::encode(e2ee.keys.path_id(&m.path)),
         seen: (m.counter, hash_hex(&m.content_hash)),
         manifest_id,
-        sealed: sealed.clone(),
+        manifest: metadata(m),
     };
     Ok((sealed, commit))
 }
@@ -1186,7 +1154,7 @@ impl<'a> Uploader<'a> {
                         FileEntry { path, size: c.size, content_hash: c.seen.1.clone(), mtime_ms: c.mtime_ms, ..entry };
                     self.outcomes.push((c.tag, Outcome::Committed { entry, stat: c.stat }));
                     self.committed.paths.insert(c.path_id, c.seen);
-                    self.verified.keep(c.manifest_id, &c.sealed);
+                    self.verified.keep(c.manifest_id, &c.manifest);
                 }
                 (None, Some(e)) if e.code == cloudsync_types::ErrorCode::Conflict => {
                     summary.files_conflicted += 1;
@@ -1266,7 +1234,7 @@ pub async fn e2ee_pull(
     let started = Instant::now();
     let server_keys = server_keys(client, ws).await?;
     let content = server_keys.end_to_end(e2ee.keys.content_key(), e2ee.keys.chunking_secret());
-    let listed = listing(client, ws, &e2ee, &server_keys, true).await?;
+    let listed = listing(client, ws, &e2ee, &server_keys, true, HELD_INLINE_BYTES).await?;
     let wanted: Vec<E2eeEntry> = listed.files.into_iter().filter(|f| under(remote, &f.path)).collect();
     if wanted.is_empty() && !remote.is_root() {
         return Err(SyncError::RemoteNotFound(format!(
@@ -1373,12 +1341,21 @@ pub(crate) async fn download_all(
 ) -> Result<Vec<(usize, Fetched)>, SyncError> {
     let jobs: Arc<[Download]> = jobs.into();
     let tools = Arc::new(tools);
-    // Every chunk of every job, in order: (job, chunk index), split as the fetch requests are.
+    // Every piece of every job, in order: (job, chunk index), split as the fetch requests are. A small file
+    // is one piece, its sealed manifest (fetched unless the listing held its content).
+    let pieces = |d: &Download| if d.entry.manifest.is_inline() { 1 } else { d.entry.manifest.chunks.len() };
     let order: Vec<(usize, usize)> =
-        jobs.iter().enumerate().flat_map(|(j, d)| (0..d.entry.manifest.chunks.len()).map(move |c| (j, c))).collect();
+        jobs.iter().enumerate().flat_map(|(j, d)| (0..pieces(d)).map(move |c| (j, c))).collect();
     let wanted = order.iter().map(|&(j, c)| {
-        let chunk = &jobs[j].entry.manifest.chunks[c];
-        (ChunkId(chunk.stored_id), chunk.stored_len() as u32)
+        let entry = &jobs[j].entry;
+        match (entry.manifest.is_inline(), &entry.manifest.inline) {
+            (true, Some(_)) => (entry.manifest_chunk.0, 0),
+            (true, None) => entry.manifest_chunk,
+            (false, _) => {
+                let chunk = &entry.manifest.chunks[c];
+                (ChunkId(chunk.stored_id), chunk.stored_len() as u32)
+            }
+        }
     });
     let mut batches = Vec::new();
     let mut rest = order.as_slice();
@@ -1396,7 +1373,14 @@ pub(crate) async fn download_all(
         .map(|(ids, places)| {
             let (jobs, tools) = (Arc::clone(&jobs), Arc::clone(&tools));
             async move {
-                let blobs = retry(|| fetch_all(files, &ids)).await?;
+                // Content the listing held is not fetched again.
+                let fetch: Vec<ChunkId> = ids
+                    .iter()
+                    .zip(&places)
+                    .filter(|(_, (j, _))| jobs[*j].entry.manifest.inline.is_none())
+                    .map(|(id, _)| *id)
+                    .collect();
+                let blobs = if fetch.is_empty() { Vec::new() } else { retry(|| fetch_all(files, &fetch)).await? };
                 let bytes = blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
                 let plain = tokio::task::spawn_blocking(move || open_batch(&jobs, &tools, blobs, &places))
                     .await
@@ -1418,19 +1402,28 @@ struct Opened {
     plain: Vec<u8>,
 }
 
-/// Checks each fetched chunk against its id and opens it with its file's key epoch.
+/// Checks each fetched chunk against its id and opens it with its file's key epoch; a small file's content
+/// comes from its manifest (held by the listing, or fetched and opened again).
 fn open_batch(
     jobs: &[Download],
     tools: &Tools,
     blobs: Vec<(ChunkId, Bytes)>,
     places: &[(usize, usize)],
 ) -> Result<Vec<Opened>, SyncError> {
-    blobs
-        .into_iter()
-        .zip(places)
-        .map(|((id, blob), &(j, c))| {
-            check_blob(&tools.server_keys, id, &blob)?;
+    let mut blobs = blobs.into_iter();
+    places
+        .iter()
+        .map(|&(j, c)| {
             let job = &jobs[j];
+            if let Some(content) = &job.entry.manifest.inline {
+                return Ok(Opened { job: j, plain: content.clone() });
+            }
+            let (id, blob) =
+                blobs.next().ok_or_else(|| SyncError::Integrity("the server sent fewer chunks than asked".into()))?;
+            check_blob(&tools.server_keys, id, &blob)?;
+            if job.entry.manifest.is_inline() {
+                return open_inline(job, tools, &blob).map(|plain| Opened { job: j, plain });
+            }
             let chunk = &job.entry.manifest.chunks[c];
             let plain = tools.e2ee.keys.open_chunk(job.entry.manifest.epoch, chunk, &blob).map_err(|e| {
                 SyncError::Integrity(format!(
@@ -1441,6 +1434,20 @@ fn open_batch(
             Ok(Opened { job: j, plain })
         })
         .collect()
+}
+
+/// A small file's content, from its sealed manifest fetched again: the blob matches the id the listing
+/// verified (the caller checked), so the signature is not checked again; what it says must be what was listed.
+fn open_inline(job: &Download, tools: &Tools, blob: &[u8]) -> Result<Vec<u8>, SyncError> {
+    let server_path = tools.e2ee.server_path(&job.entry.path)?;
+    let m = open_checked(&tools.e2ee, &server_path, blob, true)?;
+    match m.inline {
+        Some(content) if metadata(&m) == job.entry.manifest => Ok(content),
+        _ => Err(SyncError::Integrity(format!(
+            "the manifest of {} changed between listing and download: the server altered it; nothing was written",
+            job.entry.path
+        ))),
+    }
 }
 
 /// The writer thread: writes the opened chunks in order, finishes each file against its manifest, and
@@ -1461,7 +1468,10 @@ fn write_all(
                 None => open.writing.insert(open_temp(&jobs[j], &tools.content, &mut cleanup)?),
             };
             w.file.write_all(&plain).map_err(|e| SyncError::io(&w.tmp, e))?;
-            w.hasher.update(&plain);
+            // A file of one chunk, or inline, was checked against its content hash when it was opened.
+            if jobs[j].entry.manifest.chunks.len() > 1 {
+                w.hasher.update(&plain);
+            }
             w.written += plain.len() as u64;
             tools.bar.inc(plain.len() as u64);
             group.bytes += plain.len() as u64;
@@ -1556,8 +1566,12 @@ impl Drop for TempFiles {
 fn finish(job: &Download, w: &Writing) -> Result<Stat, SyncError> {
     let m = &job.entry.manifest;
     // A one-chunk file's content hash is its chunk's content id (the same key), which opening the chunk
-    // already checked; the hasher covers the rest.
-    let hash = if m.chunks.len() == 1 { m.chunks[0].content_id } else { w.hasher.finalize() };
+    // already checked, as opening a manifest checked its inline content; the hasher covers the rest.
+    let hash = match m.chunks.as_slice() {
+        [one] => one.content_id,
+        [] if m.is_inline() => m.content_hash,
+        _ => w.hasher.finalize(),
+    };
     if w.written != m.size || hash != m.content_hash {
         return Err(SyncError::Integrity(format!(
             "{} does not match its signed manifest after download; nothing was written",
@@ -1569,45 +1583,4 @@ fn finish(job: &Download, w: &Writing) -> Result<Stat, SyncError> {
     }
     let meta = w.file.metadata().map_err(|e| SyncError::io(&w.tmp, e))?;
     Ok(Stat::of(&meta))
-}
-
-#[cfg(test)]
-mod kept_manifests {
-    use super::*;
-
-    #[test]
-    fn manifests_kept_come_back_only_while_their_bytes_match_their_ids() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let keys = ChunkKeys::for_test(cloudsync_chunker::ChunkerParams::default());
-        let file = dir.path().join("ws.verified");
-        let (a, b) = (b"sealed manifest a".as_slice(), vec![7u8; MAX_KEPT_MANIFEST + 1]);
-        let (id_a, id_b) = (keys.chunk_id(a), keys.chunk_id(&b));
-        let mut cache = VerifiedIds::at(file.clone());
-        cache.keep(id_a, a);
-        cache.keep(id_b, &b);
-        cache.save().expect("save");
-
-        let again = VerifiedIds::at(file.clone());
-        assert_eq!(again.kept(id_a, &keys).as_deref(), Some(a), "kept across runs");
-        assert!(again.kept(id_b, &keys).is_none(), "too large to keep");
-        assert!(again.ids.contains(&id_b.0), "still known as verified");
-
-        // A damaged or altered file is never trusted: bytes that no longer hash to the id are not used.
-        let manifests = file.with_extension("manifests");
-        let mut raw = fs::read(&manifests).expect("read");
-        let last = raw.len() - 1;
-        raw[last] ^= 1;
-        fs::write(&manifests, &raw).expect("write");
-        assert!(VerifiedIds::at(file.clone()).kept(id_a, &keys).is_none());
-        fs::write(&manifests, &raw[..raw.len() - 3]).expect("truncate");
-        assert!(VerifiedIds::at(file.clone()).kept(id_a, &keys).is_none(), "a cut-off record is dropped");
-
-        // An id checked before manifests were kept: its manifest, fetched again, is kept now.
-        fs::remove_file(&manifests).expect("rm");
-        let mut upgraded = VerifiedIds::at(file.clone());
-        assert!(upgraded.kept(id_a, &keys).is_none());
-        upgraded.keep(id_a, a);
-        upgraded.save().expect("save");
-        assert_eq!(VerifiedIds::at(file).kept(id_a, &keys).as_deref(), Some(a));
-    }
 }

@@ -4,7 +4,7 @@
 //! fetching and opening. The server keeps each file under its path id (see [`crate::e2ee`]).
 //!
 //! A rename is a new manifest under the new path (its chunks are already stored: only the manifest is
-//! sent) and the old path moved to the trash, since a manifest is sealed and signed to its path.
+//! sent, with a small file's content inside it) and the old path moved to the trash, since a manifest is sealed and signed to its path.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use cloudsync_types::{WorkspaceId, WsPath};
 use indicatif::ProgressBar;
 
 use crate::e2ee::{
-    Base, Download, E2eeEntry, E2eeFiles, Tools, VerifiedIds, download_all, listing, local_copy, next_counter_seen,
-    seal_and_upload, server_keys, under,
+    Base, Download, E2eeEntry, E2eeFiles, HELD_INLINE_BYTES, Tools, VerifiedIds, download_all, listing, local_copy,
+    next_counter_seen, seal_and_upload, server_keys, under,
 };
 use crate::fetch::{Fetched, Job};
 use crate::keys::{ChunkKeys, hash_hex};
@@ -74,7 +74,7 @@ impl E2eeSide {
     /// signed one, as for `pull`) and returns those under the synced folder by relative path, as members see
     /// them.
     pub(crate) async fn list(&mut self, client: &Client, ws: WorkspaceId) -> Result<Remote, SyncError> {
-        let l = listing(client, ws, &self.files, &self.server_keys, true).await?;
+        let l = listing(client, ws, &self.files, &self.server_keys, true, HELD_INLINE_BYTES).await?;
         let prefix = &self.prefix;
         let next_counter = l.next_counter();
         let mut remote = Remote::new();

@@ -457,7 +457,8 @@ impl<'a> Engine<'a> {
             }
         }
         // An end-to-end encrypted manifest is sealed to its path: such a rename is the file uploaded under its
-        // new name (a new manifest; its chunks are stored already, so none is sent), then the old name trashed.
+        // new name (a new manifest; its chunks are stored already, so none is sent, though a small file's
+        // content goes inside the manifest), then the old name trashed.
         let renamed: HashMap<String, (String, FileEntry)> = if self.e2ee.is_some() {
             moves_remote.into_iter().map(|(from, to, remote, _)| (to, (from, remote))).collect()
         } else {

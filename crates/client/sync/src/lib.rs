@@ -26,6 +26,7 @@ mod chunking;
 mod conflict;
 mod delta;
 mod e2ee;
+mod e2ee_cache;
 mod e2ee_sync;
 mod engine;
 mod error;

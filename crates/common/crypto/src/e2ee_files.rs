@@ -12,6 +12,9 @@
 //!   manifest key, bound to the workspace, the file's path id and the epoch. A manifest moved to another path,
 //!   a chunk list swapped, reordered or cut short, or a manifest made by anyone but a member who may write,
 //!   fails to open.
+//! - **Small files** (1 byte to [`MAX_INLINE_BYTES`]) carry their content inside the sealed manifest and
+//!   have no chunks: one stored object per version instead of two. The signature covers
+//!   the content hash, and opening checks the content against it, so inline content is as bound as a chunk.
 //! - **Path ids** are keyed hashes of the path under the name key of the first epoch (stable, so a file keeps
 //!   its id and its history across key rotations).
 
@@ -36,7 +39,11 @@ pub const CHUNK_OVERHEAD: usize = 1 + TAG_LEN;
 pub const MAX_FILE_CHUNKS: usize = 100_000;
 /// The longest path a manifest holds, in bytes.
 pub const MAX_PATH_BYTES: usize = 4096;
+/// The largest content a manifest carries inline (the file then has no chunks).
+pub const MAX_INLINE_BYTES: usize = 128 * 1024;
 const MANIFEST_MAGIC: &[u8] = b"cloudsync e2ee manifest v1\0";
+/// The signed form of a manifest whose content is inline (same fields; no chunks).
+const INLINE_MAGIC: &[u8] = b"cloudsync e2ee manifest v2\0";
 const CHUNK_ENTRY_LEN: usize = 32 + 32 + 4;
 const SIGNATURE_LEN: usize = 64;
 
@@ -60,7 +67,7 @@ impl SealedChunk {
 }
 
 /// What a manifest says about one version of a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct FileManifest {
     /// The file's path in the workspace.
     pub path: String,
@@ -77,8 +84,33 @@ pub struct FileManifest {
     pub counter: u64,
     /// Account id of the author, who signs the manifest.
     pub author: [u8; 16],
-    /// The chunks in order.
+    /// The chunks in order (none when the content is inline).
     pub chunks: Vec<SealedChunk>,
+    /// The whole content, for a small file whose manifest carries it (then `chunks` is empty). `None` for
+    /// a file stored as chunks, and for a manifest whose inline content was not kept (a manifest with a
+    /// non-zero size and no chunks: see [`FileManifest::is_inline`]).
+    pub inline: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for FileManifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the inline content: it is a file's plaintext.
+        f.debug_struct("FileManifest")
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("epoch", &self.epoch)
+            .field("counter", &self.counter)
+            .field("chunks", &self.chunks.len())
+            .field("inline", &self.inline.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileManifest {
+    /// Whether the file's content is inside its manifest (held in `inline`, or left out of a kept copy).
+    pub fn is_inline(&self) -> bool {
+        self.inline.is_some() || (self.size > 0 && self.chunks.is_empty())
+    }
 }
 
 /// One epoch's keys for files.
@@ -210,22 +242,38 @@ impl FileKeys {
     }
 
     /// Signs `m` as `signer` (who must be `m.author`) and seals it for the file at its path, in the epoch it
-    /// names.
+    /// names. Inline content must hash (with [`Self::content_id`]) to `m.content_hash`: readers refuse it
+    /// otherwise.
     ///
     /// # Errors
     /// [`CryptoError::InvalidKey`] for a manifest that cannot be written (too many chunks, a path too long, an
     /// epoch not held, sizes that do not add up).
     pub fn seal_manifest(&self, m: &FileManifest, signer: &UserKeys) -> Result<Vec<u8>, CryptoError> {
+        // Inline content must be what the signed hash says (the caller hashed it with [`Self::content_id`]), or
+        // every reader refuses the version; checked in debug builds only, since it is a second pass over the
+        // content of every small file pushed.
+        debug_assert!(
+            m.inline.as_ref().is_none_or(|c| self.content_id(c) == m.content_hash),
+            "inline content that does not match its content hash"
+        );
+        self.seal_unchecked(m, signer)
+    }
+
+    /// [`Self::seal_manifest`] without the debug check of inline content (tests make forgeries with it).
+    fn seal_unchecked(&self, m: &FileManifest, signer: &UserKeys) -> Result<Vec<u8>, CryptoError> {
         let keys =
             self.epochs.get(&m.epoch).ok_or(CryptoError::InvalidKey("a manifest of a key epoch you do not hold"))?;
         let path_id = self.path_id(&m.path);
         let signed = manifest_bytes(&self.ws, &path_id, m)?;
         let signature = signer.sign(&signed);
         let inner = signed.len() + SIGNATURE_LEN;
-        let mut body = Vec::with_capacity(padme(4 + inner as u64) as usize);
+        let inline = m.inline.as_deref().unwrap_or_default();
+        let mut body = Vec::with_capacity(padme((4 + inner + inline.len()) as u64) as usize);
         body.extend_from_slice(&(inner as u32).to_be_bytes());
         body.extend_from_slice(&signed);
         body.extend_from_slice(&signature);
+        // Inline content follows the signature; the signed content hash binds it.
+        body.extend_from_slice(inline);
         body.resize(padme(body.len() as u64) as usize, 0);
         let mut out = vec![MANIFEST_VERSION];
         out.extend_from_slice(&m.epoch.to_be_bytes());
@@ -279,8 +327,19 @@ impl FileKeys {
         let keys =
             self.epochs.get(&epoch).ok_or(CryptoError::InvalidKey("a manifest of a key epoch you do not hold"))?;
         let mut body = aead::open(&keys.manifest, &manifest_aad(&self.ws, path_id, epoch), &blob[5..])?;
-        let result = parse_sealed_body(&body).and_then(|(signed, signature)| {
-            let m = parse_manifest(&self.ws, path_id, epoch, signed)?;
+        let result = parse_sealed_body(&body).and_then(|(signed, signature, rest)| {
+            let mut m = parse_manifest(&self.ws, path_id, epoch, signed)?;
+            let inline_len = if signed.starts_with(INLINE_MAGIC) { m.size as usize } else { 0 };
+            if rest.len() < inline_len || rest[inline_len..].iter().any(|&b| b != 0) {
+                return Err(CryptoError::InvalidKey("a malformed manifest"));
+            }
+            if inline_len > 0 {
+                let content = &rest[..inline_len];
+                if !crate::ct_eq(&self.content_id(content), &m.content_hash) {
+                    return Err(CryptoError::InvalidKey("a manifest whose inline content is not what it signed"));
+                }
+                m.inline = Some(content.to_vec());
+            }
             if !crate::ct_eq(&self.path_id(&m.path), path_id) {
                 return Err(CryptoError::InvalidKey("a manifest filed under another path than its own"));
             }
@@ -327,17 +386,9 @@ fn manifest_aad(ws: &[u8; 16], path_id: &[u8; 32], epoch: u32) -> Vec<u8> {
 
 /// The signed form of a manifest.
 fn manifest_bytes(ws: &[u8; 16], path_id: &[u8; 32], m: &FileManifest) -> Result<Vec<u8>, CryptoError> {
-    if m.chunks.len() > MAX_FILE_CHUNKS {
-        return Err(CryptoError::InvalidKey("a file of an end-to-end encrypted workspace has at most 100,000 chunks"));
-    }
-    if m.path.is_empty() || m.path.len() > MAX_PATH_BYTES {
-        return Err(CryptoError::InvalidKey("a manifest's path must be 1 to 4096 bytes"));
-    }
-    if m.chunks.iter().map(|c| u64::from(c.len)).sum::<u64>() != m.size || m.chunks.iter().any(|c| c.len == 0) {
-        return Err(CryptoError::InvalidKey("a manifest's chunk lengths must be non-zero and add up to its size"));
-    }
+    check_shape(m, m.inline.as_ref().map(|c| c.len() as u64))?;
     let mut out = Vec::with_capacity(200 + m.path.len() + m.chunks.len() * CHUNK_ENTRY_LEN);
-    out.extend_from_slice(MANIFEST_MAGIC);
+    out.extend_from_slice(if m.inline.is_some() { INLINE_MAGIC } else { MANIFEST_MAGIC });
     out.extend_from_slice(ws);
     out.extend_from_slice(path_id);
     out.extend_from_slice(&m.epoch.to_be_bytes());
@@ -363,17 +414,50 @@ fn manifest_bytes(ws: &[u8; 16], path_id: &[u8; 32], m: &FileManifest) -> Result
     Ok(out)
 }
 
-/// Splits a decrypted manifest body into the signed bytes and the signature, checking the padding.
-fn parse_sealed_body(body: &[u8]) -> Result<(&[u8], &[u8; 64]), CryptoError> {
+/// What every manifest must hold to: limits, and a size its chunks (or its inline content, of `inline_len`
+/// bytes) add up to.
+fn check_shape(m: &FileManifest, inline_len: Option<u64>) -> Result<(), CryptoError> {
+    if m.chunks.len() > MAX_FILE_CHUNKS {
+        return Err(CryptoError::InvalidKey("a file of an end-to-end encrypted workspace has at most 100,000 chunks"));
+    }
+    if m.path.is_empty() || m.path.len() > MAX_PATH_BYTES {
+        return Err(CryptoError::InvalidKey("a manifest's path must be 1 to 4096 bytes"));
+    }
+    match inline_len {
+        Some(len) => {
+            if !m.chunks.is_empty() || len == 0 || len > MAX_INLINE_BYTES as u64 {
+                return Err(CryptoError::InvalidKey("a manifest's inline content must be 1 byte to 128 KiB, alone"));
+            }
+            if len != m.size {
+                return Err(CryptoError::InvalidKey("a manifest's inline content must be its size"));
+            }
+        }
+        None => {
+            if m.chunks.iter().map(|c| u64::from(c.len)).sum::<u64>() != m.size || m.chunks.iter().any(|c| c.len == 0) {
+                return Err(CryptoError::InvalidKey(
+                    "a manifest's chunk lengths must be non-zero and add up to its size",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A decrypted manifest body: signed bytes, signature, and what follows them.
+type SealedBody<'a> = (&'a [u8], &'a [u8; 64], &'a [u8]);
+
+/// Splits a decrypted manifest body into the signed bytes, the signature, and what follows (inline content,
+/// then zero padding, which the caller checks).
+fn parse_sealed_body(body: &[u8]) -> Result<SealedBody<'_>, CryptoError> {
     let bad = || CryptoError::InvalidKey("a malformed manifest");
     let (len, rest) = body.split_first_chunk::<4>().ok_or_else(bad)?;
     let len = u32::from_be_bytes(*len) as usize;
-    if len < SIGNATURE_LEN || len > rest.len() || rest[len..].iter().any(|&b| b != 0) {
+    if len < SIGNATURE_LEN || len > rest.len() {
         return Err(bad());
     }
     let (signed, signature) = rest[..len].split_at(len - SIGNATURE_LEN);
     let signature: &[u8; 64] = signature.try_into().map_err(|_| bad())?;
-    Ok((signed, signature))
+    Ok((signed, signature, &rest[len..]))
 }
 
 fn parse_manifest(ws: &[u8; 16], path_id: &[u8; 32], epoch: u32, b: &[u8]) -> Result<FileManifest, CryptoError> {
@@ -387,9 +471,11 @@ fn parse_manifest(ws: &[u8; 16], path_id: &[u8; 32], epoch: u32, b: &[u8]) -> Re
         r = tail;
         Ok(head)
     };
-    if take(MANIFEST_MAGIC.len())? != MANIFEST_MAGIC {
-        return Err(bad());
-    }
+    let inline = match take(MANIFEST_MAGIC.len())? {
+        m if m == MANIFEST_MAGIC => false,
+        m if m == INLINE_MAGIC => true,
+        _ => return Err(bad()),
+    };
     if take(16)? != ws {
         return Err(CryptoError::InvalidKey("a manifest of another workspace"));
     }
@@ -437,9 +523,11 @@ fn parse_manifest(ws: &[u8; 16], path_id: &[u8; 32], epoch: u32, b: &[u8]) -> Re
     if take(1).is_ok() {
         return Err(bad());
     }
-    let m = FileManifest { path, size, content_hash, mtime_ms, epoch, counter, author, chunks };
-    // The same checks as sealing: sizes add up, limits hold.
-    manifest_bytes(ws, path_id, &m).map(|_| m)
+    let m = FileManifest { path, size, content_hash, mtime_ms, epoch, counter, author, chunks, inline: None };
+    // The same checks as sealing: sizes add up, limits hold. (Inline content, checked by the caller, stands in
+    // for the chunks.)
+    check_shape(&m, inline.then_some(size))?;
+    Ok(m)
 }
 
 #[cfg(test)]
@@ -478,6 +566,7 @@ mod tests {
             counter: 7,
             author: ALICE,
             chunks,
+            inline: None,
         };
         (m, blobs)
     }
@@ -576,6 +665,48 @@ mod tests {
         let forged = fk.seal_manifest(&m, &UserKeys::generate()).expect("seal");
         assert!(fk.open_manifest(&pid, &forged, writer).is_err());
         assert!(fk.open_manifest_verified_before(&pid, &forged, writer).is_ok());
+    }
+
+    #[test]
+    fn small_files_travel_inside_their_manifest_bound_by_the_signed_content_hash() {
+        let (_, fk) = keys(1);
+        let alice = UserKeys::generate();
+        let alice_id = alice.identity(&ALICE, "alice@example.com");
+        let writer = |who: &[u8; 16], _e: u32| (who == &ALICE).then(|| alice_id.clone());
+        let content = b"a small secret file, kept inline".repeat(20);
+        let (mut m, _) = manifest(&fk, "notes/todo.txt", &[&content]);
+        m.chunks.clear();
+        m.inline = Some(content.clone());
+        assert!(m.is_inline());
+        let sealed = fk.seal_manifest(&m, &alice).expect("seal");
+        assert!(!sealed.windows(8).any(|w| w == b"a small "), "the content does not show");
+        let pid = fk.path_id("notes/todo.txt");
+        let opened = fk.open_manifest(&pid, &sealed, writer).expect("open");
+        assert_eq!(opened, m);
+        assert!(fk.open_manifest_verified_before(&pid, &sealed, writer).expect("open").inline == Some(content.clone()));
+        // A manifest without its content (as a device keeps it) still says where the content is.
+        assert!(FileManifest { inline: None, ..m.clone() }.is_inline());
+
+        // Content that is not what the signed hash says (a member's bug, or a forgery): refused.
+        let mut wrong = m.clone();
+        wrong.content_hash = fk.content_id(b"other");
+        let sealed_wrong = fk.seal_unchecked(&wrong, &alice).expect("seal");
+        assert!(fk.open_manifest(&pid, &sealed_wrong, writer).is_err());
+        // Inline content with chunks, of the wrong size, empty or too large: never sealed.
+        let (with_chunks, _) = manifest(&fk, "x", &[&content]);
+        assert!(fk.seal_manifest(&FileManifest { inline: Some(content.clone()), ..with_chunks }, &alice).is_err());
+        assert!(fk.seal_manifest(&FileManifest { size: 3, ..m.clone() }, &alice).is_err());
+        assert!(
+            fk.seal_manifest(
+                &FileManifest { size: 0, inline: Some(Vec::new()), content_hash: fk.content_id(b""), ..m.clone() },
+                &alice
+            )
+            .is_err()
+        );
+        let big = vec![1u8; MAX_INLINE_BYTES + 1];
+        let too_big =
+            FileManifest { size: big.len() as u64, content_hash: fk.content_id(&big), inline: Some(big), ..m };
+        assert!(fk.seal_manifest(&too_big, &alice).is_err());
     }
 
     #[test]
