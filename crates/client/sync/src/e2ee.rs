@@ -21,7 +21,9 @@ use bytes::Bytes;
 use cloudsync_crypto::e2ee::{PublicIdentity, UserKeys};
 use cloudsync_crypto::e2ee_files::{FileKeys, FileManifest, MAX_FILE_CHUNKS, MAX_INLINE_BYTES, SealedChunk};
 use cloudsync_sdk::Client;
-use cloudsync_types::api::{CommitRequest, FileEntry, MAX_BATCH_COMMITS, Manifest, ManifestChunk, ManifestRef};
+use cloudsync_types::api::{
+    CommitRequest, CommitResult, FileEntry, MAX_BATCH_COMMITS, Manifest, ManifestChunk, ManifestRef,
+};
 use cloudsync_types::{ChunkId, FileId, VersionId, WorkspaceId, WsPath};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
@@ -810,7 +812,7 @@ pub(crate) async fn seal_and_upload(
     bar: &ProgressBar,
     summary: &mut TransferSummary,
 ) -> Result<Vec<(usize, Outcome)>, SyncError> {
-    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    let (tx, mut rx) = mpsc::channel::<Event>(256);
     let producer = {
         let (bar, e2ee, server_keys) = (bar.clone(), Arc::clone(e2ee), server_keys.clone());
         tokio::task::spawn_blocking(move || {
@@ -860,9 +862,12 @@ pub(crate) async fn seal_and_upload(
     let mut up = Uploader::new(client.files(ws), counter, verified);
     let store_files = client.files(ws);
     let result = async {
-        // Batches being stored while the next fills (several requests in flight, as for other workspaces);
-        // each batch's commits go once it and every batch before it are stored, in order.
+        // Batches being stored while the next fills (several requests in flight, as for other workspaces).
+        // A batch's commits go once it and every batch before it are stored (a file may name a chunk an
+        // earlier batch sends): each batch waits for the one before to say so, then says so itself. The
+        // commits' results are taken in order.
         let mut storing = futures_util::stream::FuturesOrdered::new();
+        let mut before: Option<tokio::sync::oneshot::Receiver<()>> = None;
         let mut open = true;
         while open || !storing.is_empty() {
             tokio::select! {
@@ -885,14 +890,25 @@ pub(crate) async fn seal_and_upload(
                         let (blobs, commits) = up.take_batch();
                         if !blobs.is_empty() || !commits.is_empty() {
                             let files = &store_files;
-                            storing.push_back(async move { Ok::<_, SyncError>((store(files, blobs).await?, commits)) });
+                            let (stored_tx, stored_rx) = tokio::sync::oneshot::channel();
+                            let wait = before.replace(stored_rx);
+                            storing.push_back(async move {
+                                let counts = store(files, blobs).await?;
+                                if let Some(wait) = wait {
+                                    // An earlier batch that failed reports its own error first.
+                                    wait.await.map_err(|_| SyncError::Internal("an earlier batch was not stored".into()))?;
+                                }
+                                let _ = stored_tx.send(());
+                                let results = send_commits(files, &commits).await?;
+                                Ok::<_, SyncError>((counts, commits, results))
+                            });
                         }
                     }
                 }
                 Some(stored) = futures_util::StreamExt::next(&mut storing), if !storing.is_empty() => {
-                    let (counts, commits) = stored?;
+                    let (counts, commits, results) = stored?;
                     counts.add_to(summary);
-                    up.commit(commits, summary).await?;
+                    up.apply(commits, results, summary)?;
                 }
             }
         }
@@ -1138,12 +1154,17 @@ impl<'a> Uploader<'a> {
 
     /// Commits `commits`, whose blobs are stored.
     async fn commit(&mut self, commits: Vec<Commit>, summary: &mut TransferSummary) -> Result<(), SyncError> {
-        if commits.is_empty() {
-            return Ok(());
-        }
-        let reqs: Vec<CommitRequest> = commits.iter().map(|c| c.req.clone()).collect();
-        // The SDK answers one result per commit, or an error.
-        let results = retry(|| self.files.commit_batch(&reqs)).await?;
+        let results = send_commits(&self.files, &commits).await?;
+        self.apply(commits, results, summary)
+    }
+
+    /// Takes in what the server answered to `commits`.
+    fn apply(
+        &mut self,
+        commits: Vec<Commit>,
+        results: Vec<CommitResult>,
+        summary: &mut TransferSummary,
+    ) -> Result<(), SyncError> {
         for (c, result) in commits.into_iter().zip(results) {
             match (result.entry, result.error) {
                 (Some(entry), _) => {
@@ -1169,6 +1190,15 @@ impl<'a> Uploader<'a> {
         }
         Ok(())
     }
+}
+
+/// Sends `commits`, whose blobs are stored; the SDK answers one result per commit, or an error.
+async fn send_commits(files: &cloudsync_sdk::Files<'_>, commits: &[Commit]) -> Result<Vec<CommitResult>, SyncError> {
+    if commits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reqs: Vec<CommitRequest> = commits.iter().map(|c| c.req.clone()).collect();
+    Ok(retry(|| files.commit_batch(&reqs)).await?)
 }
 
 /// Batches of blobs being stored at once by an E2EE push.
