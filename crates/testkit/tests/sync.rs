@@ -90,6 +90,31 @@ fn tick() {
     std::thread::sleep(Duration::from_millis(20));
 }
 
+/// A file recorded within the clock tick of its modification (here: a modification time in the future, so
+/// the index must treat it as racy) but left alone since is checked by content: the other device's edit of
+/// it arrives as a download, not as a conflict.
+#[tokio::test]
+async fn a_racy_index_entry_whose_content_is_unchanged_takes_the_servers_edit() {
+    let srv = TestServer::start().await;
+    srv.create_user("a@example.com", false).await.expect("user");
+    let a = Device::new(&srv, "a@example.com", "laptop").await;
+    let ws = workspace(&a.client).await;
+    let b = Device::new(&srv, "a@example.com", "desktop").await;
+    a.write("notes.txt", b"v1 notes");
+    let soon = std::time::SystemTime::now() + Duration::from_secs(30);
+    fs::File::options().write(true).open(a.path("notes.txt")).expect("open").set_modified(soon).expect("mtime");
+    a.sync(ws, "team").await;
+    // B's copy gets A's modification time, so B's index records it as racy.
+    assert_eq!(b.sync(ws, "team").await.summary.files_downloaded, 1);
+    tick();
+    a.write("notes.txt", b"v2 notes from A");
+    a.sync(ws, "team").await;
+    let r = b.sync(ws, "team").await;
+    assert_eq!((r.summary.files_conflicted, r.summary.files_downloaded), (0, 1), "{r:?}");
+    assert_eq!(b.read("notes.txt"), b"v2 notes from A");
+    assert_eq!(a.tree(), b.tree());
+}
+
 #[tokio::test]
 async fn two_devices_merge_interleaved_edits_deletes_and_renames_without_losing_anything() {
     let srv = TestServer::start().await;

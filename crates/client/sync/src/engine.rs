@@ -340,7 +340,8 @@ impl<'a> Engine<'a> {
         } else {
             remote_from_index(&index.entries, self.remote)
         };
-        let mut plan = plan(&local, &index.entries, &remote, &rules);
+        let entries = self.settle_racy(&local, &index.entries).await?;
+        let mut plan = plan(&local, entries.as_ref().unwrap_or(&index.entries), &remote, &rules);
         let scanned = local.len() as u64;
         if self.opts.dry_run {
             plan = self.drop_unchanged_uploads(plan, local).await?;
@@ -351,6 +352,51 @@ impl<'a> Engine<'a> {
             }
         }
         Ok((plan, scanned, cursor))
+    }
+
+    /// Index entries recorded so soon after their file's modification that a later edit might not have moved
+    /// its mtime (`racy`) are checked by content when the stat still matches: a file that still holds the
+    /// recorded content is unchanged here, so a server-side edit of it is a download, not a conflict. Returns
+    /// the entries to plan with when any was settled (the index itself keeps the flag).
+    async fn settle_racy(
+        &self,
+        local: &BTreeMap<String, LocalState>,
+        entries: &BTreeMap<String, Entry>,
+    ) -> Result<Option<BTreeMap<String, Entry>>, SyncError> {
+        let racy: Vec<(String, PathBuf, String)> = entries
+            .iter()
+            .filter(|(_, e)| e.racy)
+            .filter_map(|(rel, e)| {
+                let l = local.get(rel).filter(|l| l.stat == e.local)?;
+                Some((rel.clone(), l.abs.clone(), e.content_hash.clone()))
+            })
+            .collect();
+        if racy.is_empty() {
+            return Ok(None);
+        }
+        let keys = self.keys.clone();
+        let unchanged: Vec<String> = tokio::task::spawn_blocking(move || {
+            racy.into_iter()
+                .filter(|(_, abs, hash)| {
+                    std::fs::File::open(abs)
+                        .and_then(|f| crate::chunking::hash_reader(f, &keys))
+                        .is_ok_and(|d| crate::keys::hash_matches(&d.hash, hash))
+                })
+                .map(|(rel, _, _)| rel)
+                .collect()
+        })
+        .await
+        .map_err(SyncError::task)?;
+        if unchanged.is_empty() {
+            return Ok(None);
+        }
+        let mut settled = entries.clone();
+        for rel in unchanged {
+            if let Some(e) = settled.get_mut(&rel) {
+                e.racy = false;
+            }
+        }
+        Ok(Some(settled))
     }
 
     /// For a preview only: uploads of files whose stat moved but whose content still equals the server's
