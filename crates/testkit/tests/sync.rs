@@ -85,6 +85,15 @@ async fn workspace(c: &Client) -> WorkspaceId {
         .id
 }
 
+/// A server with one account, its first device ("laptop") and a workspace it made.
+async fn team() -> (TestServer, Device, WorkspaceId) {
+    let srv = TestServer::start().await;
+    srv.create_user("a@example.com", false).await.expect("user");
+    let a = Device::new(&srv, "a@example.com", "laptop").await;
+    let ws = workspace(&a.client).await;
+    (srv, a, ws)
+}
+
 /// Sleeps past the file system's timestamp granularity, so an edit always moves the mtime.
 fn tick() {
     std::thread::sleep(Duration::from_millis(20));
@@ -95,10 +104,7 @@ fn tick() {
 /// it arrives as a download, not as a conflict.
 #[tokio::test]
 async fn a_racy_index_entry_whose_content_is_unchanged_takes_the_servers_edit() {
-    let srv = TestServer::start().await;
-    srv.create_user("a@example.com", false).await.expect("user");
-    let a = Device::new(&srv, "a@example.com", "laptop").await;
-    let ws = workspace(&a.client).await;
+    let (srv, a, ws) = team().await;
     let b = Device::new(&srv, "a@example.com", "desktop").await;
     a.write("notes.txt", b"v1 notes");
     let soon = std::time::SystemTime::now() + Duration::from_secs(30);
@@ -117,10 +123,7 @@ async fn a_racy_index_entry_whose_content_is_unchanged_takes_the_servers_edit() 
 
 #[tokio::test]
 async fn two_devices_merge_interleaved_edits_deletes_and_renames_without_losing_anything() {
-    let srv = TestServer::start().await;
-    srv.create_user("a@example.com", false).await.expect("user");
-    let a = Device::new(&srv, "a@example.com", "laptop").await;
-    let ws = workspace(&a.client).await;
+    let (srv, a, ws) = team().await;
     let b = Device::new(&srv, "a@example.com", "desktop").await;
 
     // Device A starts the folder; B's first sync brings everything down.
@@ -192,10 +195,7 @@ async fn two_devices_merge_interleaved_edits_deletes_and_renames_without_losing_
 
 #[tokio::test]
 async fn a_no_op_sync_reads_no_file_contents() {
-    let srv = TestServer::start().await;
-    srv.create_user("a@example.com", false).await.expect("user");
-    let a = Device::new(&srv, "a@example.com", "laptop").await;
-    let ws = workspace(&a.client).await;
+    let (srv, a, ws) = team().await;
     for i in 0..200 {
         a.write(&format!("d{}/f{i}.txt", i % 7), format!("file {i}").as_bytes());
     }
@@ -230,10 +230,7 @@ async fn a_no_op_sync_reads_no_file_contents() {
 
 #[tokio::test]
 async fn edits_move_only_the_changed_chunks_both_ways() {
-    let srv = TestServer::start().await;
-    srv.create_user("a@example.com", false).await.expect("user");
-    let a = Device::new(&srv, "a@example.com", "laptop").await;
-    let ws = workspace(&a.client).await;
+    let (srv, a, ws) = team().await;
     let b = Device::new(&srv, "a@example.com", "desktop").await;
     const SIZE: usize = 24 * 1024 * 1024;
     let mut data = noise(SIZE, 99);
@@ -292,10 +289,7 @@ async fn edits_move_only_the_changed_chunks_both_ways() {
 
 #[tokio::test]
 async fn dry_run_and_status_change_nothing_and_ignore_rules_apply_both_ways() {
-    let srv = TestServer::start().await;
-    srv.create_user("a@example.com", false).await.expect("user");
-    let a = Device::new(&srv, "a@example.com", "laptop").await;
-    let ws = workspace(&a.client).await;
+    let (srv, a, ws) = team().await;
     a.write(".cloudsyncignore", b"*.log\nbuild/\n");
     a.write("keep.txt", b"keep");
     a.write("debug.log", b"noise");
@@ -337,10 +331,7 @@ mod common;
 
 #[tokio::test]
 async fn a_tree_of_identical_files_is_committed_although_it_never_fills_a_batch() {
-    let srv = TestServer::start().await;
-    srv.create_user("a@example.com", false).await.expect("user");
-    let a = Device::new(&srv, "a@example.com", "laptop").await;
-    let ws = workspace(&a.client).await;
+    let (_srv, a, ws) = team().await;
     // More files than may wait for their commit at once (4000), all made of one chunk: the batch holding it
     // never fills, so the waiting commits themselves must get it flushed.
     const FILES: usize = 4200;

@@ -31,8 +31,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::chunking::{Digest, chunk_stream, hash_reader};
-pub(crate) use crate::e2ee_cache::VerifiedIds;
-use crate::e2ee_cache::metadata;
+use crate::e2ee_cache::VerifiedManifests;
 use crate::fetch::{
     FEED_REQUESTS, FETCH_IN_FLIGHT, Fetched, GROUP_BYTES, GROUP_FILES, create_temp, feed_writer, fetch_all,
     flush_to_disk, place, requests, system_time,
@@ -186,7 +185,7 @@ pub(crate) struct Listing {
     /// What this device had seen before this listing.
     before: Seen,
     /// The manifests whose signatures this device has checked (saved), for what a push or restore adds.
-    pub(crate) verified: VerifiedIds,
+    pub(crate) verified: VerifiedManifests,
 }
 
 impl Listing {
@@ -233,7 +232,7 @@ pub(crate) async fn listing(
             None => (manifest_id(&file.path, &file.content_hash)?, MANIFEST_SIZE_GUESS),
         });
     }
-    let mut verified = VerifiedIds::load(e2ee);
+    let mut verified = VerifiedManifests::load(e2ee);
     let opened = {
         let items: Vec<(&WsPath, ChunkId, u32)> =
             rows.iter().zip(&metas).map(|((f, _), (id, size))| (&f.path, *id, *size)).collect();
@@ -287,26 +286,32 @@ pub(crate) async fn listing(
 /// Opens the sealed manifest the server keeps as `server_path`: it must be sealed to that path id and signed
 /// by a member who could write in its epoch.
 fn open_verified(e2ee: &E2eeFiles, server_path: &WsPath, blob: &[u8]) -> Result<FileManifest, SyncError> {
-    open_checked(e2ee, server_path, blob, false)
+    open_checked(e2ee, server_path, Read::Sealed { blob, verified_before: false })
 }
 
-/// As [`open_verified`]; with `verified_before`, the blob is byte-identical to one whose signature this
-/// device checked (or made), and only the signature is not checked again.
-fn open_checked(
-    e2ee: &E2eeFiles,
-    server_path: &WsPath,
-    blob: &[u8],
-    verified_before: bool,
-) -> Result<FileManifest, SyncError> {
+/// How a manifest the server lists is read.
+enum Read<'a> {
+    /// Its sealed bytes, opened with every check; with `verified_before` (the bytes are identical to those
+    /// whose signature this device checked), every check but the signature's.
+    Sealed { blob: &'a [u8], verified_before: bool },
+    /// The record this device kept of it ([`VerifiedManifests`]): checked to be filed under its own path id by
+    /// someone who could write in its epoch.
+    Kept(&'a [u8]),
+}
+
+/// Reads the manifest the server keeps as `server_path`, as `read` says.
+fn open_checked(e2ee: &E2eeFiles, server_path: &WsPath, read: Read<'_>) -> Result<FileManifest, SyncError> {
     let shown = server_path.as_str();
     let path_id = parse_path_id(shown).ok_or_else(|| {
         SyncError::Integrity(format!("the server lists a file ({shown}) that no member wrote: its name is no path id"))
     })?;
     let writer = |who: &[u8; 16], epoch: u32| e2ee.writer(who, epoch);
-    let opened = if verified_before {
-        e2ee.keys.open_manifest_verified_before(&path_id, blob, writer)
-    } else {
-        e2ee.keys.open_manifest(&path_id, blob, writer)
+    let opened = match read {
+        Read::Sealed { blob, verified_before: false } => e2ee.keys.open_manifest(&path_id, blob, writer),
+        Read::Sealed { blob, verified_before: true } => e2ee.keys.open_manifest_verified_before(&path_id, blob, writer),
+        Read::Kept(record) => {
+            e2ee.keys.parse_manifest_record(record).and_then(|m| e2ee.keys.check_filed(&path_id, &m, writer).map(|_| m))
+        }
     };
     opened.map_err(|e| {
         SyncError::Integrity(format!(
@@ -319,20 +324,22 @@ fn open_checked(
 /// Opens and checks many sealed manifests (server path, blob), signatures included, on every core when there
 /// are many.
 fn open_many(e2ee: &E2eeFiles, items: &[(&WsPath, &[u8])]) -> Vec<Result<FileManifest, SyncError>> {
-    let open = |part: &[(&WsPath, &[u8])]| -> Vec<Result<FileManifest, SyncError>> {
-        part.iter().map(|(path, blob)| open_verified(e2ee, path, blob)).collect()
-    };
+    on_every_core(items, |(path, blob)| open_verified(e2ee, path, blob))
+}
+
+/// `f` of each item, in order; split over every core (up to 8) when there are many.
+fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let out: Vec<Result<FileManifest, SyncError>> = if threads < 2 || items.len() < 64 {
-        open(items)
-    } else {
-        let per = items.len().div_ceil(threads);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = items.chunks(per).map(|part| s.spawn(move || open(part))).collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-        })
-    };
-    out
+    if threads < 2 || items.len() < 64 {
+        return items.iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> =
+            items.chunks(per).map(|part| s.spawn(move || part.iter().map(f).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    })
 }
 
 /// Inline content a listing holds on to (so a pull need not fetch those manifests again); past this, small
@@ -348,12 +355,12 @@ async fn verified_manifests(
     files: &cloudsync_sdk::Files<'_>,
     e2ee: &E2eeFiles,
     server_keys: &ChunkKeys,
-    verified: &mut VerifiedIds,
+    verified: &mut VerifiedManifests,
     items: &[(&WsPath, ChunkId, u32)],
     hold: u64,
 ) -> Result<Vec<Result<FileManifest, SyncError>>, SyncError> {
     let mut out: Vec<Option<Result<FileManifest, SyncError>>> =
-        items.iter().map(|(path, id, _)| verified.get(*id).map(|m| check_kept(e2ee, path, m))).collect();
+        items.iter().map(|(path, id, _)| verified.get(*id).map(|r| open_checked(e2ee, path, Read::Kept(r)))).collect();
     let missing: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
     let mut held = 0u64;
     let mut next = missing.iter().copied();
@@ -368,8 +375,10 @@ async fn verified_manifests(
             open_many(e2ee, &list)
         };
         for ((i, (id, _)), mut r) in at.into_iter().zip(&blobs).zip(opened) {
-            if let Ok(m) = &mut r {
-                verified.keep(*id, m);
+            if let Ok(m) = &mut r
+                && let Ok(record) = e2ee.keys.manifest_record(m)
+            {
+                verified.keep(*id, record);
                 let inline = m.inline.as_ref().map_or(0, |c| c.len() as u64);
                 if held + inline > hold {
                     m.inline = None;
@@ -383,25 +392,6 @@ async fn verified_manifests(
     out.into_iter()
         .map(|r| r.ok_or_else(|| SyncError::Integrity("the server sent fewer manifests than were asked for".into())))
         .collect()
-}
-
-/// A manifest this device verified before, now listed as `server_path`: it must still be filed under its own
-/// path id, and its author must be someone who could write in its epoch.
-fn check_kept(e2ee: &E2eeFiles, server_path: &WsPath, m: &FileManifest) -> Result<FileManifest, SyncError> {
-    let shown = server_path.as_str();
-    if parse_path_id(shown) != Some(e2ee.keys.path_id(&m.path)) {
-        return Err(SyncError::Integrity(format!(
-            "the manifest the server keeps as {shown} does not check out (a manifest filed under another path \
-             than its own): the server altered, moved or injected it; nothing was written"
-        )));
-    }
-    if e2ee.writer(&m.author, m.epoch).is_none() {
-        return Err(SyncError::Integrity(format!(
-            "the manifest the server keeps as {shown} does not check out (a manifest by someone who could not \
-             write in that epoch): the server altered, moved or injected it; nothing was written"
-        )));
-    }
-    Ok(m.clone())
 }
 
 /// The chunks the server lists after the manifest must be exactly those the manifest signed, in order.
@@ -509,7 +499,7 @@ pub async fn e2ee_trash(client: &Client, ws: WorkspaceId, e2ee: &E2eeFiles) -> R
     for t in &trash {
         metas.push((manifest_id(&t.path, &t.content_hash)?, MANIFEST_SIZE_GUESS));
     }
-    let mut verified = VerifiedIds::load(e2ee);
+    let mut verified = VerifiedManifests::load(e2ee);
     let opened = {
         let items: Vec<(&WsPath, ChunkId, u32)> =
             trash.iter().zip(&metas).map(|(t, (id, size))| (&t.path, *id, *size)).collect();
@@ -614,10 +604,10 @@ pub async fn e2ee_restore(
             SyncError::RemoteNotFound(format!("{path} has no version {wanted} (`cloudsync versions` lists them)"))
         })?
     };
-    // Fetched whatever this device keeps: a small file's content is inside it.
-    let first = [manifest_chunk(&server_path, &old.manifest)?.id];
-    let blob = retry(|| fetch_all(&files, &first)).await?.pop().map(|(_, b)| b).unwrap_or_default();
-    let first = first[0];
+    // Fetched even when this device keeps its record: a small file's content is inside it.
+    let first = manifest_chunk(&server_path, &old.manifest)?.id;
+    let blob = retry(|| fetch_all(&files, std::slice::from_ref(&first))).await?.pop().map(|(_, b)| b);
+    let blob = blob.unwrap_or_default();
     check_blob(&server_keys, first, &blob)?;
     let m = open_verified(e2ee, &server_path, &blob)?;
     check_listed(&m, &old.manifest.chunks[1..])?;
@@ -728,10 +718,10 @@ struct Commit {
     /// Path id (hex), and (counter, content hash) as [`Seen::paths`] keeps them.
     path_id: String,
     seen: (u64, String),
-    /// The chunk id of the sealed manifest this device made, and what it says (kept, so a listing need
-    /// neither fetch nor verify it).
+    /// The chunk id of the sealed manifest this device made, and its record (kept, so a listing need neither
+    /// fetch nor verify it).
     manifest_id: ChunkId,
-    manifest: FileManifest,
+    record: Vec<u8>,
 }
 
 /// `cloudsync push` into an end-to-end encrypted workspace: every regular file below `local_dir` is sealed on
@@ -808,7 +798,7 @@ pub(crate) async fn seal_and_upload(
     server_keys: &ChunkKeys,
     files: Vec<(LocalFile, Option<Base>)>,
     counter: u64,
-    verified: VerifiedIds,
+    verified: VerifiedManifests,
     bar: &ProgressBar,
     summary: &mut TransferSummary,
 ) -> Result<Vec<(usize, Outcome)>, SyncError> {
@@ -836,20 +826,13 @@ pub(crate) async fn seal_and_upload(
                 }
                 bar.set_message(file.ws.to_string());
                 let position = bar.position();
-                let event = match sealer.seal_file(file, base.as_ref()) {
+                let event = match sealer.seal_file(tag, file, base.as_ref()) {
                     Ok(Some(ev)) => ev,
                     Ok(None) => return,
                     Err(e) => Event::Skipped { why: format!("{}: skipped, cannot read it: {e}", file.abs.display()) },
                 };
                 // Chunks count as they are sealed; a skipped file counts whole.
                 bar.set_position(position + file.stat.size);
-                let event = match event {
-                    Event::Commit(mut c) => {
-                        c.tag = tag;
-                        Event::Commit(c)
-                    }
-                    other => other,
-                };
                 if tx.blocking_send(event).is_err() {
                     return;
                 }
@@ -937,22 +920,12 @@ fn open_scanned(file: &LocalFile) -> io::Result<fs::File> {
 /// For each file, its stat when its content equals its server copy's (same size, same keyed hash), hashed on
 /// every core. A file that cannot be read is not unchanged (sealing it reports why).
 fn unchanged_files(files: &[(LocalFile, Option<Base>)], content: &ChunkKeys) -> Vec<Option<Stat>> {
-    let check = |(file, base): &(LocalFile, Option<Base>)| -> Option<Stat> {
+    on_every_core(files, |(file, base)| {
         let base = base.as_ref().filter(|b| b.size == file.stat.size)?;
         let handle = open_scanned(file).ok()?;
         let meta = handle.metadata().ok()?;
         let digest = hash_reader(&handle, content).ok()?;
         (digest.size == base.size && hash_matches(&digest.hash, &base.content_hash)).then(|| Stat::of(&meta))
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if threads < 2 || files.len() < 64 {
-        return files.iter().map(check).collect();
-    }
-    let per = files.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> =
-            files.chunks(per).map(|part| s.spawn(move || part.iter().map(check).collect::<Vec<_>>())).collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
     })
 }
 
@@ -967,14 +940,13 @@ struct Sealer<'a> {
 }
 
 impl Sealer<'_> {
-    /// Seals a file whose content differs from its server copy (`remote`, if any): its chunks (sent as they
-    /// are sealed) and then its commit (whose tag the caller sets). `Ok(None)` when the uploader has gone away.
-    fn seal_file(&self, file: &LocalFile, remote: Option<&Base>) -> io::Result<Option<Event>> {
+    /// Seals file number `tag`, whose content differs from its server copy (`remote`, if any): its chunks
+    /// (sent as they are sealed) and then its commit. `Ok(None)` when the uploader has gone away.
+    fn seal_file(&self, tag: usize, file: &LocalFile, remote: Option<&Base>) -> io::Result<Option<Event>> {
+        // Read from the handle whose identity was checked, not opened again by name.
         let handle = open_scanned(file)?;
         let meta = handle.metadata()?;
         let stat = Stat::of(&meta);
-        // Read from the same handle whose identity was checked, not opened again by name.
-        (&handle).seek(SeekFrom::Start(0))?;
         let keys = &self.e2ee.keys;
         let mtime_ms = meta.modified().ok().map(|t| crate::index::unix_ns(t) / 1_000_000);
         let base_version = remote.map(|r| r.version);
@@ -995,7 +967,7 @@ impl Sealer<'_> {
                     chunks: Vec::new(),
                     inline: Some(content),
                 };
-                return self.send_commit(stat, &m, base_version);
+                return self.send_commit(tag, stat, &m, base_version);
             }
             // It grew or emptied meanwhile: read again, as chunks.
             (&handle).seek(SeekFrom::Start(0))?;
@@ -1039,14 +1011,20 @@ impl Sealer<'_> {
             chunks,
             inline: None,
         };
-        self.send_commit(stat, &m, base_version)
+        self.send_commit(tag, stat, &m, base_version)
     }
 
     /// Seals `m`, sends the sealed manifest, and returns the commit (`None` when the uploader has gone away).
-    fn send_commit(&self, stat: Stat, m: &FileManifest, base_version: Option<u64>) -> io::Result<Option<Event>> {
+    fn send_commit(
+        &self,
+        tag: usize,
+        stat: Stat,
+        m: &FileManifest,
+        base_version: Option<u64>,
+    ) -> io::Result<Option<Event>> {
         let (sealed, mut commit) =
             seal_commit(self.e2ee, self.server_keys, m, base_version).map_err(io::Error::other)?;
-        commit.stat = stat;
+        (commit.tag, commit.stat) = (tag, stat);
         if self.tx.blocking_send(Event::Blob { id: commit.manifest_id, data: sealed }).is_err() {
             return Ok(None);
         }
@@ -1064,7 +1042,8 @@ fn seal_commit(
     m: &FileManifest,
     base_version: Option<u64>,
 ) -> Result<(Bytes, Commit), SyncError> {
-    let sealed = Bytes::from(e2ee.keys.seal_manifest(m, &e2ee.signer).map_err(|e| SyncError::Internal(e.to_string()))?);
+    let internal = |e: cloudsync_crypto::CryptoError| SyncError::Internal(e.to_string());
+    let sealed = Bytes::from(e2ee.keys.seal_manifest(m, &e2ee.signer).map_err(internal)?);
     let manifest_id = server_keys.chunk_id(&sealed);
     let mut listed = vec![ManifestChunk { id: manifest_id, size: sealed.len() as u32 }];
     listed.extend(m.chunks.iter().map(|c| ManifestChunk { id: ChunkId(c.stored_id), size: c.stored_len() as u32 }));
@@ -1088,7 +1067,7 @@ fn seal_commit(
         path_id: hex::encode(e2ee.keys.path_id(&m.path)),
         seen: (m.counter, hash_hex(&m.content_hash)),
         manifest_id,
-        manifest: metadata(m),
+        record: e2ee.keys.manifest_record(m).map_err(internal)?,
     };
     Ok((sealed, commit))
 }
@@ -1104,14 +1083,14 @@ struct Uploader<'a> {
     /// The files committed so far, as this device will remember them.
     committed: Seen,
     /// The manifests this device checked, joined by those it commits (it need not check its own).
-    verified: VerifiedIds,
+    verified: VerifiedManifests,
     /// What became of each file so far, by its tag.
     outcomes: Vec<(usize, Outcome)>,
 }
 
 impl<'a> Uploader<'a> {
     /// An uploader whose commits carry `counter`.
-    fn new(files: cloudsync_sdk::Files<'a>, counter: u64, verified: VerifiedIds) -> Self {
+    fn new(files: cloudsync_sdk::Files<'a>, counter: u64, verified: VerifiedManifests) -> Self {
         Self {
             files,
             blobs: Vec::new(),
@@ -1175,7 +1154,7 @@ impl<'a> Uploader<'a> {
                         FileEntry { path, size: c.size, content_hash: c.seen.1.clone(), mtime_ms: c.mtime_ms, ..entry };
                     self.outcomes.push((c.tag, Outcome::Committed { entry, stat: c.stat }));
                     self.committed.paths.insert(c.path_id, c.seen);
-                    self.verified.keep(c.manifest_id, &c.manifest);
+                    self.verified.keep(c.manifest_id, c.record);
                 }
                 (None, Some(e)) if e.code == cloudsync_types::ErrorCode::Conflict => {
                     summary.files_conflicted += 1;
@@ -1473,9 +1452,9 @@ fn open_batch(
 /// verified (the caller checked), so the signature is not checked again; what it says must be what was listed.
 fn open_inline(job: &Download, tools: &Tools, blob: &[u8]) -> Result<Vec<u8>, SyncError> {
     let server_path = tools.e2ee.server_path(&job.entry.path)?;
-    let m = open_checked(&tools.e2ee, &server_path, blob, true)?;
-    match m.inline {
-        Some(content) if metadata(&m) == job.entry.manifest => Ok(content),
+    let mut m = open_checked(&tools.e2ee, &server_path, Read::Sealed { blob, verified_before: true })?;
+    match m.inline.take() {
+        Some(content) if m == job.entry.manifest => Ok(content),
         _ => Err(SyncError::Integrity(format!(
             "the manifest of {} changed between listing and download: the server altered it; nothing was written",
             job.entry.path

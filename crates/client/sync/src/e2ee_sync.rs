@@ -15,9 +15,10 @@ use cloudsync_types::{WorkspaceId, WsPath};
 use indicatif::ProgressBar;
 
 use crate::e2ee::{
-    Base, Download, E2eeEntry, E2eeFiles, HELD_INLINE_BYTES, Tools, VerifiedIds, download_all, listing, local_copy,
+    Base, Download, E2eeEntry, E2eeFiles, HELD_INLINE_BYTES, Tools, download_all, listing, local_copy,
     next_counter_seen, seal_and_upload, server_keys, under,
 };
+use crate::e2ee_cache::VerifiedManifests;
 use crate::fetch::{Fetched, Job};
 use crate::keys::{ChunkKeys, hash_hex};
 use crate::localpath::{Existing, prepare};
@@ -43,7 +44,7 @@ pub(crate) struct E2eeSide {
 struct Listed {
     files: HashMap<String, E2eeEntry>,
     next_counter: u64,
-    verified: Option<VerifiedIds>,
+    verified: Option<VerifiedManifests>,
 }
 
 impl E2eeSide {
@@ -121,7 +122,7 @@ impl E2eeSide {
             }
             None => (next_counter_seen(&self.files)?, None),
         };
-        let verified = verified.unwrap_or_else(|| VerifiedIds::load(&self.files));
+        let verified = verified.unwrap_or_else(|| VerifiedManifests::load(&self.files));
         let files = files
             .into_iter()
             .map(|(f, cmp)| {

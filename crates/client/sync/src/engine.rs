@@ -376,14 +376,7 @@ impl<'a> Engine<'a> {
         }
         let keys = self.keys.clone();
         let unchanged: Vec<String> = tokio::task::spawn_blocking(move || {
-            racy.into_iter()
-                .filter(|(_, abs, hash)| {
-                    std::fs::File::open(abs)
-                        .and_then(|f| crate::chunking::hash_reader(f, &keys))
-                        .is_ok_and(|d| crate::keys::hash_matches(&d.hash, hash))
-                })
-                .map(|(rel, _, _)| rel)
-                .collect()
+            racy.into_iter().filter(|(_, abs, hash)| holds(abs, &keys, hash)).map(|(rel, _, _)| rel).collect()
         })
         .await
         .map_err(SyncError::task)?;
@@ -415,10 +408,7 @@ impl<'a> Engine<'a> {
                 .filter(|a| {
                     let Action::Upload { rel, compare: Some(c), .. } = a else { return true };
                     let Some(l) = local.get(rel).filter(|l| l.stat.size == c.size) else { return true };
-                    let same = std::fs::File::open(&l.abs)
-                        .and_then(|f| crate::chunking::hash_reader(f, &keys))
-                        .is_ok_and(|d| crate::keys::hash_matches(&d.hash, &c.content_hash));
-                    !same
+                    !holds(&l.abs, &keys, &c.content_hash)
                 })
                 .collect()
         })
@@ -883,4 +873,11 @@ fn remove_empty_parents(root: &Path, file: &Path) {
         }
         dir = d.parent();
     }
+}
+
+/// Whether the file at `abs` holds the content whose keyed hash (hex) is `hash`; an unreadable file does not.
+fn holds(abs: &Path, keys: &ChunkKeys, hash: &str) -> bool {
+    std::fs::File::open(abs)
+        .and_then(|f| crate::chunking::hash_reader(f, keys))
+        .is_ok_and(|d| crate::keys::hash_matches(&d.hash, hash))
 }

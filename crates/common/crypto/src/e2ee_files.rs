@@ -256,6 +256,9 @@ impl FileKeys {
             m.inline.as_ref().is_none_or(|c| self.content_id(c) == m.content_hash),
             "inline content that does not match its content hash"
         );
+        if m.is_inline() && m.inline.is_none() {
+            return Err(CryptoError::InvalidKey("a small file's manifest without its content cannot be sealed"));
+        }
         self.seal_unchecked(m, signer)
     }
 
@@ -313,6 +316,51 @@ impl FileKeys {
         self.open_manifest_inner(path_id, blob, writer, false)
     }
 
+    /// Checks that `m` (opened, or read back from [`Self::manifest_record`]) is filed under its own path id
+    /// `path_id` and written by someone who could write in its epoch (`writer` answers their identity, or
+    /// `None`); returns that identity.
+    ///
+    /// # Errors
+    /// [`CryptoError::InvalidKey`] saying which does not hold.
+    pub fn check_filed(
+        &self,
+        path_id: &[u8; 32],
+        m: &FileManifest,
+        writer: impl Fn(&[u8; 16], u32) -> Option<PublicIdentity>,
+    ) -> Result<PublicIdentity, CryptoError> {
+        if !crate::ct_eq(&self.path_id(&m.path), path_id) {
+            return Err(CryptoError::InvalidKey("a manifest filed under another path than its own"));
+        }
+        writer(&m.author, m.epoch)
+            .ok_or(CryptoError::InvalidKey("a manifest by someone who could not write in that epoch"))
+    }
+
+    /// What a device keeps of a manifest it verified or made: its signed form, without signature or inline
+    /// content (read back with [`Self::parse_manifest_record`]).
+    ///
+    /// # Errors
+    /// As [`Self::seal_manifest`], for a manifest that could not be sealed.
+    pub fn manifest_record(&self, m: &FileManifest) -> Result<Vec<u8>, CryptoError> {
+        manifest_bytes(&self.ws, &self.path_id(&m.path), m)
+    }
+
+    /// A manifest kept by [`Self::manifest_record`] in this workspace. Inline content is not in it:
+    /// [`FileManifest::is_inline`] still says where the content is.
+    ///
+    /// # Errors
+    /// [`CryptoError::InvalidKey`] for bytes that are no such record of this workspace.
+    pub fn parse_manifest_record(&self, b: &[u8]) -> Result<FileManifest, CryptoError> {
+        // The path id and epoch follow the magic and the workspace id; parsing checks them against themselves
+        // and everything else as for a sealed manifest.
+        let at = MANIFEST_MAGIC.len() + 16;
+        let (Some(path_id), Some(epoch)) = (b.get(at..at + 32), b.get(at + 32..at + 36)) else {
+            return Err(CryptoError::InvalidKey("a malformed manifest"));
+        };
+        let path_id: [u8; 32] = path_id.try_into().map_err(|_| CryptoError::InvalidKey("a malformed manifest"))?;
+        let epoch = u32::from_be_bytes([epoch[0], epoch[1], epoch[2], epoch[3]]);
+        parse_manifest(&self.ws, &path_id, epoch, b)
+    }
+
     fn open_manifest_inner(
         &self,
         path_id: &[u8; 32],
@@ -340,11 +388,7 @@ impl FileKeys {
                 }
                 m.inline = Some(content.to_vec());
             }
-            if !crate::ct_eq(&self.path_id(&m.path), path_id) {
-                return Err(CryptoError::InvalidKey("a manifest filed under another path than its own"));
-            }
-            let identity = writer(&m.author, epoch)
-                .ok_or(CryptoError::InvalidKey("a manifest by someone who could not write in that epoch"))?;
+            let identity = self.check_filed(path_id, &m, writer)?;
             if check_signature {
                 identity.verify_message(signed, signature)?;
             }
@@ -384,11 +428,15 @@ fn manifest_aad(ws: &[u8; 16], path_id: &[u8; 32], epoch: u32) -> Vec<u8> {
     aad
 }
 
-/// The signed form of a manifest.
+/// The signed form of a manifest (a copy whose inline content was left out keeps the inline form).
 fn manifest_bytes(ws: &[u8; 16], path_id: &[u8; 32], m: &FileManifest) -> Result<Vec<u8>, CryptoError> {
-    check_shape(m, m.inline.as_ref().map(|c| c.len() as u64))?;
+    let inline_len = match &m.inline {
+        Some(content) => Some(content.len() as u64),
+        None => m.is_inline().then_some(m.size),
+    };
+    check_shape(m, inline_len)?;
     let mut out = Vec::with_capacity(200 + m.path.len() + m.chunks.len() * CHUNK_ENTRY_LEN);
-    out.extend_from_slice(if m.inline.is_some() { INLINE_MAGIC } else { MANIFEST_MAGIC });
+    out.extend_from_slice(if inline_len.is_some() { INLINE_MAGIC } else { MANIFEST_MAGIC });
     out.extend_from_slice(ws);
     out.extend_from_slice(path_id);
     out.extend_from_slice(&m.epoch.to_be_bytes());
@@ -686,6 +734,18 @@ mod tests {
         assert!(fk.open_manifest_verified_before(&pid, &sealed, writer).expect("open").inline == Some(content.clone()));
         // A manifest without its content (as a device keeps it) still says where the content is.
         assert!(FileManifest { inline: None, ..m.clone() }.is_inline());
+        let record = fk.manifest_record(&m).expect("record");
+        assert!(!record.windows(8).any(|w| w == b"a small "), "a kept record holds no content");
+        let back = fk.parse_manifest_record(&record).expect("parse");
+        assert!(back.inline.is_none() && back.is_inline());
+        assert_eq!(FileManifest { inline: Some(content.clone()), ..back.clone() }, m);
+        assert!(fk.seal_manifest(&back, &alice).is_err(), "a copy without its content is never sealed");
+        let (chunked, _) = manifest(&fk, "docs/plan.txt", &[b"one", b"two two"]);
+        let record = fk.manifest_record(&chunked).expect("record");
+        assert_eq!(fk.parse_manifest_record(&record).expect("parse"), chunked);
+        let other_ws = FileKeys::new([8; 16], &keys(1).0).expect("keys");
+        assert!(other_ws.parse_manifest_record(&record).is_err(), "another workspace's record");
+        assert!(fk.parse_manifest_record(&record[..record.len() - 1]).is_err(), "a cut-off record");
 
         // Content that is not what the signed hash says (a member's bug, or a forgery): refused.
         let mut wrong = m.clone();
