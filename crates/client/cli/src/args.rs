@@ -789,8 +789,9 @@ pub struct ConnectionAddArgs {
     /// sftp, ftp, ftps, webdav, synology: user name (synology: a DSM account allowed File Station).
     #[arg(long)]
     pub user: Option<String>,
-    /// sftp: SSH private key file. The server's host key is pinned on first use (OpenSSH known_hosts) and a
-    /// changed key is refused.
+    /// sftp: SSH private key file; its passphrase, if it has one, is asked for (or read with --secret-stdin)
+    /// and kept in the credential store. Without --key-file, sftp signs in with a password. The server's host
+    /// key is pinned on first use (OpenSSH known_hosts) and a changed key is refused.
     #[arg(long)]
     pub key_file: Option<PathBuf>,
     /// Folder on the remote that NAME: means (default: its root).
@@ -799,7 +800,7 @@ pub struct ConnectionAddArgs {
     /// cloudsync: workspace name.
     #[arg(long)]
     pub workspace: Option<String>,
-    /// Read the secret (password or secret key) from the first line of standard input. dropbox, onedrive,
+    /// Read the secret (password, secret key or key passphrase) from the first line of standard input. dropbox, onedrive,
     /// pcloud: a refresh token (pCloud: an access token) obtained elsewhere, instead of signing in here.
     #[arg(long)]
     pub secret_stdin: bool,

@@ -97,6 +97,11 @@ fn s3s_fs(root: &Path) -> Peer {
 
 /// OpenSSH's sshd on a free port, accepting `user_key` for the current user.
 fn sshd(user_pub: &Path) -> Peer {
+    sshd_with(&format!("AuthorizedKeysFile {}\nPasswordAuthentication no\n", user_pub.display()))
+}
+
+/// OpenSSH's sshd on a free port, with the given sign-in settings.
+fn sshd_with(sign_in: &str) -> Peer {
     let dir = tempfile::tempdir().expect("tempdir");
     let host_key = dir.path().join("host_key");
     keygen(&host_key);
@@ -105,11 +110,10 @@ fn sshd(user_pub: &Path) -> Peer {
     std::fs::write(
         &cfg,
         format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n\
-             PidFile {}\nSubsystem sftp internal-sftp\n",
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\n{sign_in}KbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPidFile {}\n\
+             Subsystem sftp internal-sftp\n",
             host_key.display(),
-            user_pub.display(),
             dir.path().join("sshd.pid").display()
         ),
     )
@@ -131,13 +135,32 @@ fn sshd(user_pub: &Path) -> Peer {
 }
 
 fn keygen(path: &Path) {
+    keygen_sealed(path, "");
+}
+
+/// A key pair whose private key is sealed with `passphrase` (none when empty).
+fn keygen_sealed(path: &Path, passphrase: &str) {
     let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
         .arg(path)
         .status()
         .expect("ssh-keygen")
         .success();
     assert!(ok, "ssh-keygen failed");
+}
+
+/// The key part (`TYPE BASE64`) of the key pinned for `[127.0.0.1]:port` in a known_hosts file.
+fn pinned(known_hosts: &Path, port: &str) -> Option<String> {
+    let found = Command::new("ssh-keygen")
+        .args(["-F", &format!("[127.0.0.1]:{port}"), "-f"])
+        .arg(known_hosts)
+        .output()
+        .expect("ssh-keygen -F");
+    let found = String::from_utf8(found.stdout).expect("utf8");
+    found
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split_whitespace().skip(1).take(2).collect::<Vec<_>>().join(" "))
 }
 
 /// A test CA and a certificate for 127.0.0.1 it signed, as PEM files in `dir`: (ca, cert, key).
@@ -433,6 +456,34 @@ fn s3_connector_against_s3s_fs() {
     assert!(err.contains("no connection named"), "{err}");
 }
 
+/// The S3 connector against moto with its IAM authentication on, so every request's SigV4 signature is checked
+/// against a key moto issued (without it moto takes any credentials): the behaviour suite, multipart upload
+/// included, and a wrong secret key refused.
+#[test]
+fn s3_connector_against_moto_with_sigv4_enforced() {
+    dbus();
+    let c = Client::new();
+    let peer = python_peer("moto", &[]);
+    let endpoint = format!("http://127.0.0.1:{}", peer.port);
+    let key_id = peer.info["access_key_id"].as_str().expect("key id");
+    let secret = peer.info["secret"].as_str().expect("secret");
+    let add = ["connection", "add", "moto", "--type", "s3", "--endpoint", &endpoint, "--bucket", "backup"];
+    let add: Vec<&str> =
+        add.into_iter().chain(["--access-key-id", key_id, "--secret-stdin", "--allow-insecure"]).collect();
+    let mut wrong = add.clone();
+    wrong[2] = "motobad";
+    c.ok(&wrong, Some("not the secret key"));
+    let err = c.fails(&["connection", "test", "motobad"], None);
+    assert!(err.contains("SignatureDoesNotMatch"), "{err}");
+
+    c.ok(&add, Some(secret));
+    secret_is_kept_out_of_files(&c, "moto", secret);
+    assert_eq!(c.json(&["connection", "test", "moto"])["ok"], true);
+    behaviour(&c, "moto", FULL);
+    let log = std::fs::read_to_string(peer.dir.path().join("log")).expect("moto log");
+    assert!(log.contains("?uploads") || log.contains("uploadId="), "the 12 MiB file went as a multipart upload: {log}");
+}
+
 #[test]
 fn webdav_connector_over_https_with_a_private_ca_and_hostile_names() {
     dbus();
@@ -661,6 +712,160 @@ fn sftp_connector_against_openssh_with_the_host_key_pinned() {
     c.ok(&strs(&args), None);
     let err = c.fails(&["connection", "test", "sf"], None);
     assert!(err.contains("host key") && err.contains("intercept"), "{err}");
+}
+
+fn current_user() -> String {
+    String::from_utf8(Command::new("id").arg("-un").output().expect("id").stdout).expect("utf8").trim().to_owned()
+}
+
+/// A key file sealed with a passphrase (OpenDAL's SFTP service cannot ask for one): the passphrase is checked
+/// when the connection is added and kept in the credential store; the behaviour suite runs over the SSH client
+/// of our own, which pins the host key in the user's known_hosts as OpenSSH does and refuses a changed one.
+#[test]
+fn sftp_connector_with_a_key_sealed_by_a_passphrase() {
+    dbus();
+    let c = Client::new();
+    let user_key = c.path("id_sealed");
+    keygen_sealed(&user_key, "correct horse battery");
+    let peer = sshd(&c.path("id_sealed.pub"));
+    let port = peer.port.to_string();
+    let user = current_user();
+    let key_s = user_key.to_str().expect("utf8");
+    let root = c.path("sealedroot");
+    std::fs::create_dir_all(&root).expect("root");
+    let root_s = root.to_str().expect("utf8");
+    let add = |port: &str| -> Vec<String> {
+        ["connection", "add", "sk", "--type", "sftp", "--host", "127.0.0.1", "--port", port, "--user", &user]
+            .into_iter()
+            .chain(["--key-file", key_s, "--root", root_s, "--replace", "--secret-stdin"])
+            .map(str::to_owned)
+            .collect()
+    };
+    let err = c.fails(&strs(&add(&port)), Some("not the passphrase"));
+    assert!(err.contains("passphrase does not open the key file"), "{err}");
+    let err = c.fails(&["connection", "show", "sk"], None);
+    assert!(err.contains("no connection named"), "a refused passphrase saves nothing: {err}");
+
+    c.ok(&strs(&add(&port)), Some("correct horse battery"));
+    secret_is_kept_out_of_files(&c, "sk", "correct horse battery");
+    let shown = c.json(&["connection", "show", "sk"]);
+    assert_eq!(shown["sign_in"], "key file sealed with a passphrase", "{shown}");
+    let known_hosts = c.path("home/.ssh/known_hosts");
+    assert!(pinned(&known_hosts, &port).is_none(), "nothing is pinned before the first connection");
+    c.ok(&["connection", "test", "sk"], None);
+    let host_key = std::fs::read_to_string(peer.dir.path().join("host_key.pub")).expect("host key");
+    let host_key: String = host_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    assert_eq!(pinned(&known_hosts, &port).as_deref(), Some(host_key.as_str()), "pinned on first use, as OpenSSH does");
+    behaviour(&c, "sk", FULL);
+
+    // Another server on an address pinned with the first one's key: refused before signing in, with the reason.
+    let other = sshd(&c.path("id_sealed.pub"));
+    let other_port = other.port.to_string();
+    let mut all = std::fs::read_to_string(&known_hosts).expect("known_hosts");
+    all.push_str(&format!("[127.0.0.1]:{other_port} {host_key}\n"));
+    std::fs::write(&known_hosts, &all).expect("pin the first server's key for the second address");
+    c.ok(&strs(&add(&other_port)), Some("correct horse battery"));
+    let err = c.fails(&["connection", "test", "sk"], None);
+    assert!(err.contains("host key") && err.contains("intercept") && err.contains("ssh-keygen -R"), "{err}");
+    assert_eq!(std::fs::read_to_string(&known_hosts).expect("known_hosts"), all, "a refused key is not pinned");
+    let log = std::fs::read_to_string(other.dir.path().join("log")).expect("sshd log");
+    assert!(!log.contains("Accepted publickey"), "no sign-in reached the other server: {log}");
+}
+
+/// The user that password sign-in is tested with, made with a fresh random password (sshd checks passwords
+/// against the system's accounts; this needs root, which CI has).
+fn password_user() -> (String, String) {
+    const NAME: &str = "cloudsync-sftp-test";
+    let root = Command::new("id").arg("-u").output().expect("id").stdout;
+    assert_eq!(String::from_utf8_lossy(&root).trim(), "0", "the SFTP password test makes a system user: run as root");
+    let known = Command::new("id").arg(NAME).output().expect("id").status.success();
+    if !known {
+        let made = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/usr/sbin/nologin", NAME])
+            .status()
+            .expect("useradd");
+        // Another test run may have made it meanwhile.
+        assert!(made.success() || Command::new("id").arg(NAME).status().expect("id").success(), "useradd failed");
+    }
+    let password = format!("pw-{:016x}-{}", rand_u64(), std::process::id());
+    let mut chpasswd = Command::new("chpasswd").stdin(Stdio::piped()).spawn().expect("chpasswd");
+    writeln!(chpasswd.stdin.take().expect("stdin"), "{NAME}:{password}").expect("write");
+    assert!(chpasswd.wait().expect("chpasswd").success(), "chpasswd failed");
+    (NAME.to_owned(), password)
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_nanos());
+    h.finish()
+}
+
+/// Password sign-in, which OpenDAL's SFTP service cannot make: against OpenSSH's sshd checking the system's
+/// password of a user of its own, a wrong password is refused with the reason, the right one runs the
+/// behaviour suite, and the files land as that user's.
+#[test]
+fn sftp_connector_signs_in_with_a_password() {
+    dbus();
+    let (user, password) = password_user();
+    let c = Client::new();
+    let peer = sshd_with(&format!("AuthorizedKeysFile none\nPasswordAuthentication yes\nAllowUsers {user}\n"));
+    let port = peer.port.to_string();
+    // A folder the test user can write in: every folder above it must be open to others.
+    let outer = tempfile::Builder::new().prefix("cloudsync-sftp-").tempdir_in("/tmp").expect("tempdir");
+    let root = outer.path().join("root");
+    std::fs::create_dir(&root).expect("root");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    assert!(Command::new("chown").arg(&user).arg(&root).status().expect("chown").success());
+    let root_s = root.to_str().expect("utf8");
+    let add = ["connection", "add", "pw", "--type", "sftp", "--host", "127.0.0.1", "--port", &port, "--user", &user]
+        .into_iter()
+        .chain(["--root", root_s, "--replace", "--secret-stdin"])
+        .collect::<Vec<_>>();
+
+    c.ok(&add, Some("not the password"));
+    let err = c.fails(&["connection", "test", "pw"], None);
+    assert!(err.contains("refused the password") && err.contains(&user), "{err}");
+    assert!(!err.contains("not the password"), "the password is never shown: {err}");
+
+    c.ok(&add, Some(&password));
+    secret_is_kept_out_of_files(&c, "pw", &password);
+    assert_eq!(c.json(&["connection", "show", "pw"])["sign_in"], "password");
+    c.ok(&["connection", "test", "pw"], None);
+    behaviour(&c, "pw", FULL);
+    let log = std::fs::read_to_string(peer.dir.path().join("log")).expect("sshd log");
+    assert!(log.contains(&format!("Accepted password for {user}")), "{log}");
+
+    // A server that asks for the password through PAM's keyboard-interactive prompts (the password method off).
+    let pam = sshd_with(&format!(
+        "AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication yes\nUsePAM yes\n\
+         AllowUsers {user}\n"
+    ));
+    let pam_port = pam.port.to_string();
+    let add_pam: Vec<&str> = add.iter().map(|a| if *a == port.as_str() { pam_port.as_str() } else { a }).collect();
+    c.ok(&add_pam, Some(&password));
+    let listed = c.json(&["ls", "pw:"]);
+    assert!(listed["entries"].as_array().is_some_and(Vec::is_empty), "{listed}");
+    let log = std::fs::read_to_string(pam.dir.path().join("log")).expect("sshd log");
+    assert!(log.contains(&format!("Accepted keyboard-interactive/pam for {user}")), "{log}");
+
+    // What the suite left is the test user's, written through its own sign-in.
+    write(&c.path("one/f.txt"), b"owned");
+    c.json(&["copy", &c.path("one").to_string_lossy(), "pw:owned"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let uid = String::from_utf8(Command::new("id").args(["-u", &user]).output().expect("id").stdout)
+            .expect("utf8")
+            .trim()
+            .parse::<u32>()
+            .expect("uid");
+        assert_eq!(std::fs::metadata(root.join("owned/f.txt")).expect("uploaded").uid(), uid);
+    }
 }
 
 /// Sync pairs against a WebDAV server that protects itself (429 with Retry-After past 20 requests in a second):

@@ -8,12 +8,14 @@ mod error;
 pub mod names;
 pub mod oauth;
 pub mod pace;
+mod sftp;
 mod spec;
 mod synology;
 pub mod transfer;
 
 pub use error::Error;
 pub use pace::{Caps, Pace, PaceReport};
+pub use sftp::{check_passphrase, key_is_sealed};
 pub use spec::{Connection, Kind, Limits, MAX_NAME_LEN, check_name};
 pub use synology::sign_out;
 pub use transfer::{Entry, Listing, Location, Options, Summary};

@@ -129,9 +129,12 @@ pub struct Connection {
     /// User name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// SSH private key file (SFTP).
+    /// SSH private key file (SFTP); without one, SFTP signs in with a password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// The key file is sealed with a passphrase (kept in the credential store).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_passphrase: bool,
     /// Folder on the remote that `NAME:` means.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<String>,
@@ -222,6 +225,7 @@ impl Connection {
             port: None,
             user: None,
             key_file: None,
+            key_passphrase: false,
             root: None,
             workspace: None,
             client_id: None,
@@ -275,12 +279,8 @@ impl Connection {
             Kind::Sftp => {
                 check_host(need(self.host.as_deref(), "--host", kind)?)?;
                 need(self.user.as_deref(), "--user", kind)?;
-                if self.key_file.is_none() {
-                    return Err(Error::Invalid(
-                        "an sftp connection needs --key-file (an SSH private key without a passphrase, or one \
-                         loaded in ssh-agent); password sign-in to SFTP is not supported yet"
-                            .into(),
-                    ));
+                if self.key_passphrase && self.key_file.is_none() {
+                    return Err(Error::Invalid("a key passphrase is set, but no --key-file".into()));
                 }
             }
             Kind::Cloudsync => {
@@ -359,6 +359,8 @@ impl Connection {
             Kind::Ftp | Kind::Ftps | Kind::Webdav | Kind::Synology => Some("password"),
             Kind::Dropbox | Kind::Onedrive => Some("OAuth refresh token"),
             Kind::Pcloud => Some("OAuth access token"),
+            Kind::Sftp if self.key_file.is_none() => Some("password"),
+            Kind::Sftp if self.key_passphrase => Some("key passphrase"),
             Kind::Sftp | Kind::Cloudsync => None,
         }
     }
@@ -380,6 +382,17 @@ impl Connection {
         add("port", self.port.map(|p| p.to_string()));
         add("user", self.user.clone());
         add("key_file", self.key_file.as_ref().map(|p| p.display().to_string()));
+        add(
+            "sign_in",
+            (self.kind == Kind::Sftp).then(|| {
+                match (&self.key_file, self.key_passphrase) {
+                    (None, _) => "password",
+                    (Some(_), true) => "key file sealed with a passphrase",
+                    (Some(_), false) => "key file (or ssh-agent)",
+                }
+                .to_owned()
+            }),
+        );
         add("root", self.root.clone());
         add("workspace", self.workspace.clone());
         add("client_id", self.client_id.clone());
@@ -467,6 +480,30 @@ impl Connection {
                     b = b.user(user).password(&secret_for("password")?);
                 }
                 Operator::new(b)?
+            }
+            // A password or a key passphrase cannot be given to OpenSSH in batch mode: those sign in through
+            // an SSH client of our own (sftp.rs).
+            Kind::Sftp if self.key_file.is_none() || self.key_passphrase => {
+                let auth = match &self.key_file {
+                    None => crate::sftp::Auth::Password(zeroize::Zeroizing::new(secret_for("password")?)),
+                    Some(file) => crate::sftp::Auth::Key {
+                        file: file.clone(),
+                        passphrase: zeroize::Zeroizing::new(secret_for("key passphrase")?),
+                    },
+                };
+                let known_hosts = crate::sftp::default_known_hosts().ok_or_else(|| {
+                    Error::Invalid(
+                        "there is no home folder to keep pinned SSH host keys in (~/.ssh/known_hosts); set HOME".into(),
+                    )
+                })?;
+                crate::sftp::operator(crate::sftp::Settings {
+                    host: self.host.clone().unwrap_or_default(),
+                    port: self.port.unwrap_or(22),
+                    user: self.user.clone().unwrap_or_default(),
+                    auth,
+                    root: root.clone(),
+                    known_hosts,
+                })
             }
             Kind::Sftp => {
                 let host = self.host.as_deref().unwrap_or_default();

@@ -236,6 +236,8 @@ async fn add(a: ConnectionAddArgs) -> Result<()> {
     conn.validate()?;
     if let Some(key) = &conn.key_file {
         anyhow::ensure!(key.is_file(), "the key file {} does not exist", key.display());
+        // A key sealed with a passphrase needs it at each sign-in: it goes to the credential store.
+        conn.key_passphrase = cloudsync_connectors::key_is_sealed(key).map_err(anyhow::Error::msg)?;
     }
     if let Some(ca) = &conn.ca_cert {
         anyhow::ensure!(ca.is_file(), "the CA file {} does not exist", ca.display());
@@ -285,6 +287,11 @@ async fn add(a: ConnectionAddArgs) -> Result<()> {
         } else {
             bail!("this connection needs its {what}: pass --secret-stdin and pipe it in, or run on a terminal");
         };
+        if conn.key_passphrase
+            && let Some(key) = &conn.key_file
+        {
+            cloudsync_connectors::check_passphrase(key, &secret).map_err(anyhow::Error::msg)?;
+        }
         // The secret first: if the credential store is unavailable, nothing is saved.
         store.set(&secret_account(&a.name), &secret)?;
     } else {

@@ -7,6 +7,9 @@
                                       429 Too Many Requests with Retry-After: 1, and counts in DIR/stats.json
     peer.py ftp DIR ROOT              pyftpdlib, plain FTP
     peer.py ftps DIR ROOT CERT KEY    pyftpdlib with TLS required on control and data connections
+    peer.py moto DIR                  moto's S3 with its IAM authentication on: every request must carry a valid
+                                      SigV4 signature of an access key moto issued (the first four requests,
+                                      unauthenticated, make that key's user and its s3:* policy); bucket "backup"
 
 Each writes DIR/peer.json ({"port": ..., and credentials}) once it serves, then runs until killed.
 """
@@ -116,6 +119,58 @@ def ftps(dir_, root, cert, key):
     server.serve_forever()
 
 
+def moto(dir_):
+    # Without this, moto takes any credentials and a signing bug would go unseen; it is read at import.
+    os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "4"
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    import boto3
+    from moto.s3.responses import S3Response
+    from moto.server import ThreadedMotoServer
+
+    # moto checks a signature against the query as Werkzeug rebuilt it, with escapes undone ("delimiter=/"),
+    # where SigV4's canonical request has every query value escaped ("delimiter=%2F"): it refuses every listing
+    # with a delimiter, boto3's too. AWS escapes the query the SigV4 way before checking; so does this.
+    from urllib.parse import quote, unquote
+    setup_class = S3Response.setup_class
+
+    def sigv4_escaped(raw):
+        def esc(part):
+            return quote(unquote(part), safe="-_.~")
+        pairs = []
+        for pair in raw.split("&"):
+            key, eq, value = pair.partition("=")
+            pairs.append(esc(key) + eq + esc(value))
+        return "&".join(pairs)
+
+    def setup_with_raw_query(self, request, full_url, headers):
+        setup_class(self, request, full_url, headers)
+        raw = getattr(request, "environ", {}).get("QUERY_STRING")
+        if raw:
+            self.uri = self.uri.split("?", 1)[0] + "?" + sigv4_escaped(raw)
+
+    S3Response.setup_class = setup_with_raw_query
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    _, port = server.get_host_and_port()
+    url = f"http://127.0.0.1:{port}"
+    anon = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+    iam = boto3.client("iam", **anon)
+    iam.create_user(UserName="cloudsync")
+    arn = iam.create_policy(PolicyName="s3-all", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    }))["Policy"]["Arn"]
+    iam.attach_user_policy(UserName="cloudsync", PolicyArn=arn)
+    key = iam.create_access_key(UserName="cloudsync")["AccessKey"]
+    s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=key["AccessKeyId"],
+                      aws_secret_access_key=key["SecretAccessKey"])
+    s3.create_bucket(Bucket="backup")
+    ready(dir_, {"port": port, "access_key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"]})
+    while True:
+        time.sleep(3600)
+
+
 if __name__ == "__main__":
     kind, args = sys.argv[1], sys.argv[2:]
-    {"webdav": webdav, "ftp": ftp, "ftps": ftps}[kind](*args)
+    {"webdav": webdav, "ftp": ftp, "ftps": ftps, "moto": moto}[kind](*args)
