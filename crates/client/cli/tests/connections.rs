@@ -100,11 +100,16 @@ fn sshd(user_pub: &Path) -> Peer {
     sshd_with(&format!("AuthorizedKeysFile {}\nPasswordAuthentication no\n", user_pub.display()))
 }
 
-/// OpenSSH's sshd on a free port, with the given sign-in settings.
+/// OpenSSH's sshd on a free port, with the given sign-in settings (and an ed25519 host key).
 fn sshd_with(sign_in: &str) -> Peer {
+    sshd_keyed(sign_in, "ed25519")
+}
+
+/// OpenSSH's sshd on a free port, with the given sign-in settings and a host key of type `key_type`.
+fn sshd_keyed(sign_in: &str, key_type: &str) -> Peer {
     let dir = tempfile::tempdir().expect("tempdir");
     let host_key = dir.path().join("host_key");
-    keygen(&host_key);
+    keygen_typed(&host_key, key_type, "");
     let port = free_port();
     let cfg = dir.path().join("sshd_config");
     std::fs::write(
@@ -140,8 +145,12 @@ fn keygen(path: &Path) {
 
 /// A key pair whose private key is sealed with `passphrase` (none when empty).
 fn keygen_sealed(path: &Path, passphrase: &str) {
+    keygen_typed(path, "ed25519", passphrase);
+}
+
+fn keygen_typed(path: &Path, key_type: &str, passphrase: &str) {
     let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
+        .args(["-q", "-t", key_type, "-N", passphrase, "-f"])
         .arg(path)
         .status()
         .expect("ssh-keygen")
@@ -757,9 +766,20 @@ fn sftp_connector_with_a_key_sealed_by_a_passphrase() {
     let host_key: String = host_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
     assert_eq!(pinned(&known_hosts, &port).as_deref(), Some(host_key.as_str()), "pinned on first use, as OpenSSH does");
     behaviour(&c, "sk", FULL);
+    // A file at the top of the root: no folder is made for it.
+    c.json(&["copy", &c.path("id_sealed.pub").to_string_lossy(), "sk:top.pub"]);
+    let top: Vec<String> = std::fs::read_dir(&root)
+        .expect("root")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(top, ["top.pub"], "only the file is at the top of the root");
 
-    // Another server on an address pinned with the first one's key: refused before signing in, with the reason.
-    let other = sshd(&c.path("id_sealed.pub"));
+    // Another server on an address pinned with the first one's key, showing a key of another kind (ECDSA): refused
+    // before signing in, with the reason (a key of a kind not pinned is not trusted on first use either).
+    let other = sshd_keyed(
+        &format!("AuthorizedKeysFile {}\nPasswordAuthentication no\n", c.path("id_sealed.pub").display()),
+        "ecdsa",
+    );
     let other_port = other.port.to_string();
     let mut all = std::fs::read_to_string(&known_hosts).expect("known_hosts");
     all.push_str(&format!("[127.0.0.1]:{other_port} {host_key}\n"));
@@ -769,7 +789,63 @@ fn sftp_connector_with_a_key_sealed_by_a_passphrase() {
     assert!(err.contains("host key") && err.contains("intercept") && err.contains("ssh-keygen -R"), "{err}");
     assert_eq!(std::fs::read_to_string(&known_hosts).expect("known_hosts"), all, "a refused key is not pinned");
     let log = std::fs::read_to_string(other.dir.path().join("log")).expect("sshd log");
-    assert!(!log.contains("Accepted publickey"), "no sign-in reached the other server: {log}");
+    assert!(
+        !log.contains("Accepted") && !log.contains("Failed") && !log.contains("user"),
+        "no sign-in was tried: {log}"
+    );
+}
+
+/// A sealed key that ssh-agent holds already is used from there through OpenSSH, as before the SSH client of our
+/// own: no passphrase is asked for or kept.
+#[test]
+fn sftp_connector_uses_a_sealed_key_held_by_ssh_agent_without_its_passphrase() {
+    dbus();
+    let mut c = Client::new();
+    let user_key = c.path("id_agent");
+    keygen_sealed(&user_key, "agent passphrase");
+    let peer = sshd(&c.path("id_agent.pub"));
+    let port = peer.port.to_string();
+    let _forget = ForgetHostKeys(vec![port.clone()]);
+    let socket = c.path("agent.sock");
+    let mut agent =
+        Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).stdout(Stdio::null()).spawn().expect("ssh-agent");
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let askpass = c.path("askpass.sh");
+    std::fs::write(&askpass, "#!/bin/sh\necho 'agent passphrase'\n").expect("askpass");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let added = Command::new("ssh-add")
+        .arg(&user_key)
+        .env("SSH_AUTH_SOCK", &socket)
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", "none")
+        .stdin(Stdio::null())
+        .output()
+        .expect("ssh-add");
+    assert!(added.status.success(), "ssh-add: {}", String::from_utf8_lossy(&added.stderr));
+    c.env.push(("SSH_AUTH_SOCK".into(), socket.to_str().expect("utf8").to_owned()));
+    let root = c.path("agentroot");
+    std::fs::create_dir_all(&root).expect("root");
+    let user = current_user();
+    let add = ["connection", "add", "ag", "--type", "sftp", "--host", "127.0.0.1", "--port", &port, "--user", &user];
+    let key_s = user_key.to_str().expect("utf8").to_owned();
+    let root_s = root.to_str().expect("utf8").to_owned();
+    let add: Vec<&str> = add.into_iter().chain(["--key-file", &key_s, "--root", &root_s]).collect();
+    c.ok(&add, None);
+    let shown = c.json(&["connection", "show", "ag"]);
+    assert_eq!(shown["sign_in"], "key file (or ssh-agent)", "{shown}");
+    assert!(shown.get("secret").is_none(), "no passphrase is kept: {shown}");
+    c.ok(&["connection", "test", "ag"], None);
+    let _ = agent.kill();
+    let _ = agent.wait();
 }
 
 /// The user that password sign-in is tested with, made with a fresh random password (sshd checks passwords
@@ -808,6 +884,7 @@ fn rand_u64() -> u64 {
 fn sftp_connector_signs_in_with_a_password() {
     dbus();
     let (user, password) = password_user();
+    let _lock = LockPassword(user.clone());
     let c = Client::new();
     let peer = sshd_with(&format!("AuthorizedKeysFile none\nPasswordAuthentication yes\nAllowUsers {user}\n"));
     let port = peer.port.to_string();
@@ -846,12 +923,30 @@ fn sftp_connector_signs_in_with_a_password() {
          AllowUsers {user}\n"
     ));
     let pam_port = pam.port.to_string();
-    let add_pam: Vec<&str> = add.iter().map(|a| if *a == port.as_str() { pam_port.as_str() } else { a }).collect();
-    c.ok(&add_pam, Some(&password));
-    let listed = c.json(&["ls", "pw:"]);
-    assert!(listed["entries"].as_array().is_some_and(Vec::is_empty), "{listed}");
+    let on_port = |p: &str| -> Vec<String> {
+        add.iter().map(|a| if *a == port.as_str() { p.to_owned() } else { (*a).to_owned() }).collect()
+    };
+    c.ok(&strs(&on_port(&pam_port)), Some(&password));
+    write(&c.path("pam/seen.txt"), b"through PAM");
+    c.json(&["copy", &c.path("pam").to_string_lossy(), "pw:pam"]);
+    assert_eq!(std::fs::read(root.join("pam/seen.txt")).expect("uploaded through PAM"), b"through PAM");
     let log = std::fs::read_to_string(pam.dir.path().join("log")).expect("sshd log");
     assert!(log.contains(&format!("Accepted keyboard-interactive/pam for {user}")), "{log}");
+
+    // A server on an address pinned with another server's key never gets the password.
+    let known_hosts = c.path("home/.ssh/known_hosts");
+    let first_key = pinned(&known_hosts, &port).expect("the first server's key was pinned");
+    let other = sshd_with(&format!("AuthorizedKeysFile none\nPasswordAuthentication yes\nAllowUsers {user}\n"));
+    let other_port = other.port.to_string();
+    let mut all = std::fs::read_to_string(&known_hosts).expect("known_hosts");
+    all.push_str(&format!("[127.0.0.1]:{other_port} {first_key}\n"));
+    std::fs::write(&known_hosts, all).expect("pin");
+    c.ok(&strs(&on_port(&other_port)), Some(&password));
+    let err = c.fails(&["connection", "test", "pw"], None);
+    assert!(err.contains("host key") && err.contains("intercept"), "{err}");
+    let log = std::fs::read_to_string(other.dir.path().join("log")).expect("sshd log");
+    assert!(!log.contains("password") && !log.contains("Accepted") && !log.contains("Failed"), "{log}");
+    c.ok(&add, Some(&password));
 
     // What the suite left is the test user's, written through its own sign-in.
     write(&c.path("one/f.txt"), b"owned");
@@ -865,6 +960,15 @@ fn sftp_connector_signs_in_with_a_password() {
             .parse::<u32>()
             .expect("uid");
         assert_eq!(std::fs::metadata(root.join("owned/f.txt")).expect("uploaded").uid(), uid);
+    }
+}
+
+/// Locks the test user's password again when the test ends, however it ends.
+struct LockPassword(String);
+
+impl Drop for LockPassword {
+    fn drop(&mut self) {
+        let _ = Command::new("passwd").args(["-l", &self.0]).output();
     }
 }
 

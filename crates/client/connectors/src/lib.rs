@@ -15,7 +15,7 @@ pub mod transfer;
 
 pub use error::Error;
 pub use pace::{Caps, Pace, PaceReport};
-pub use sftp::{check_passphrase, key_is_sealed};
+pub use sftp::{check_passphrase, key_needs_passphrase};
 pub use spec::{Connection, Kind, Limits, MAX_NAME_LEN, check_name};
 pub use synology::sign_out;
 pub use transfer::{Entry, Listing, Location, Options, Summary};

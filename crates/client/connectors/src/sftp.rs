@@ -33,7 +33,7 @@ use opendal::raw::{
 };
 use opendal::{Buffer, BytesRange, Capability, EntryMode, ErrorKind, Metadata, MetadataBuilder, OperationContext};
 use russh::client;
-use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::client::fs::File;
 use russh_sftp::client::{RawSftpSession, SftpSession};
@@ -84,16 +84,39 @@ pub(crate) fn default_known_hosts() -> Option<PathBuf> {
     std::env::home_dir().map(|home| home.join(".ssh").join("known_hosts"))
 }
 
-/// Whether a private key file is sealed with a passphrase.
+/// Whether a private key file is sealed with a passphrase that this client must ask for: not when ssh-agent
+/// holds the key already (OpenSSH signs with it there), nor for a kind of key this client cannot read (left to
+/// OpenSSH, as before).
 ///
 /// # Errors
-/// An unreadable file, or one that is not an SSH private key.
-pub fn key_is_sealed(file: &std::path::Path) -> std::result::Result<bool, String> {
+/// An unreadable file.
+pub async fn key_needs_passphrase(file: &std::path::Path) -> std::result::Result<bool, String> {
     let text = read_key(file)?;
     match russh::keys::decode_secret_key(&text, None) {
-        Ok(_) => Ok(false),
-        Err(russh::keys::Error::KeyIsEncrypted) => Ok(true),
-        Err(e) => Err(format!("{} is not an SSH private key this client can read ({e})", file.display())),
+        Err(russh::keys::Error::KeyIsEncrypted) => Ok(!agent_holds(&text).await),
+        _ => Ok(false),
+    }
+}
+
+/// Whether the ssh-agent of this session (`SSH_AUTH_SOCK`) holds the key whose sealed file is `text` (its public
+/// half is readable without the passphrase).
+async fn agent_holds(text: &str) -> bool {
+    let Ok(public) = russh::keys::PrivateKey::from_openssh(text).map(|k| k.public_key().clone()) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await else { return false };
+        let Ok(held) = agent.request_identities().await else { return false };
+        held.iter().any(|id| match id {
+            russh::keys::agent::AgentIdentity::PublicKey { key, .. } => key.key_data() == public.key_data(),
+            _ => false,
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = public;
+        false
     }
 }
 
@@ -147,11 +170,23 @@ struct Conn {
     files: SftpSession,
     names: RawSftpSession,
     posix_rename: bool,
+    /// A channel stopped answering or answered out of turn: the next request opens another connection.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl Conn {
     fn alive(&self) -> bool {
-        !self.handle.is_closed()
+        !self.handle.is_closed() && !self.broken.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Passes an answer on, marking the connection broken when the error is the connection's, not the file's.
+    fn note<T>(&self, answer: std::result::Result<T, SftpError>) -> std::result::Result<T, SftpError> {
+        if let Err(e) = &answer
+            && !matches!(e, SftpError::Status(_) | SftpError::Limited(_))
+        {
+            self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        answer
     }
 }
 
@@ -180,42 +215,184 @@ impl client::Handler for Checker {
 
     async fn check_server_key(&mut self, offered: &PublicKeyOrCertificate) -> std::result::Result<bool, Self::Error> {
         let where_ = self.known_hosts.display().to_string();
+        let name = host_port(&self.host, self.port);
         // Certificates are not asked for, so a server that shows one anyway is not trusted on that basis.
         let PublicKeyOrCertificate::PublicKey { key, .. } = offered else {
             return Err(Failure::HostKey(format!(
-                "{} showed an SSH host certificate, which this client does not check; nothing was sent",
-                host_port(&self.host, self.port)
+                "{name} showed an SSH host certificate, which this client does not check; nothing was sent"
             )));
         };
-        let pinned = russh::keys::known_hosts::known_host_keys_path(&self.host, self.port, &self.known_hosts)
-            .map_err(|e| Failure::HostKey(format!("cannot read the pinned host keys in {where_}: {e}")))?;
-        if pinned.iter().any(|(_, k)| k.key_data() == key.key_data()) {
-            return Ok(true);
-        }
-        if pinned.is_empty() {
-            // First use: pinned from now on (in a folder of the user's own, as OpenSSH makes it).
-            if let Some(dir) = self.known_hosts.parent()
-                && !dir.exists()
-            {
-                let mut b = std::fs::DirBuilder::new();
-                b.recursive(true);
-                #[cfg(unix)]
-                std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-                b.create(dir).map_err(|e| Failure::HostKey(format!("cannot create {}: {e}", dir.display())))?;
+        let mut pins = Pins::default();
+        for file in &known_hosts_files(&self.known_hosts) {
+            match std::fs::read_to_string(file) {
+                Ok(text) => pins.read(&text, &file.display().to_string(), &name, key),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Failure::HostKey(format!(
+                        "cannot read the pinned host keys in {}: {e}",
+                        file.display()
+                    )));
+                }
             }
-            russh::keys::known_hosts::learn_known_hosts_path(&self.host, self.port, key, &self.known_hosts)
-                .map_err(|e| Failure::HostKey(format!("cannot pin the host key in {where_}: {e}")))?;
+        }
+        if let Some(line) = pins.revoked {
+            return Err(Failure::HostKey(format!(
+                "the SSH host key of {name} is marked revoked ({line}); nothing was sent"
+            )));
+        }
+        if pins.matched {
             return Ok(true);
         }
-        let lines: Vec<String> = pinned.iter().map(|(line, _)| line.to_string()).collect();
-        let name = host_port(&self.host, self.port);
-        Err(Failure::HostKey(format!(
-            "the SSH host key of {name} is not the one pinned for it (in {where_}, line {}): the server was \
-             reinstalled, or someone may intercept the connection. Nothing was sent. If you know why the key \
-             changed, remove the old one with `ssh-keygen -R '{name}'` and try again",
-            lines.join(", ")
-        )))
+        if !pins.other.is_empty() {
+            return Err(Failure::HostKey(format!(
+                "the SSH host key of {name} is not the one pinned for it ({}): the server was reinstalled, or \
+                 someone may intercept the connection. Nothing was sent. If you know why the key changed, remove \
+                 the old one with `ssh-keygen -R '{name}'` and try again",
+                pins.other.join("; ")
+            )));
+        }
+        // First use: pinned from now on (in a folder of the user's own, as OpenSSH makes it).
+        if let Some(dir) = self.known_hosts.parent()
+            && !dir.exists()
+        {
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+            b.create(dir).map_err(|e| Failure::HostKey(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        russh::keys::known_hosts::learn_known_hosts_path(&self.host, self.port, key, &self.known_hosts)
+            .map_err(|e| Failure::HostKey(format!("cannot pin the host key in {where_}: {e}")))?;
+        Ok(true)
     }
+}
+
+/// Host keys every user's OpenSSH trusts as well, read (never written) after the user's own file.
+const SYSTEM_KNOWN_HOSTS: &[&str] = &["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
+
+/// The user's `known_hosts` file, then the system's.
+fn known_hosts_files(user: &std::path::Path) -> Vec<PathBuf> {
+    std::iter::once(user.to_path_buf()).chain(SYSTEM_KNOWN_HOSTS.iter().map(PathBuf::from)).collect()
+}
+
+/// A host key algorithm's kind: its name, but one for all RSA signature hashes.
+fn kind_of(a: &russh::keys::Algorithm) -> String {
+    if a.clone().is_rsa() { "ssh-rsa".into() } else { a.as_str().to_owned() }
+}
+
+/// The kinds of key pinned for `name` (unmarked lines only).
+fn pinned_kinds(files: &[PathBuf], name: &str) -> Vec<String> {
+    let mut kinds = Vec::new();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(patterns), Some(kind)) = (fields.next(), fields.next()) else { continue };
+            if patterns.starts_with(['#', '@']) || !hosts_match(patterns, name) {
+                continue;
+            }
+            if let Ok(a) = kind.parse::<russh::keys::Algorithm>() {
+                kinds.push(kind_of(&a));
+            }
+        }
+    }
+    kinds
+}
+
+/// What the `known_hosts` lines naming one host say of the key it showed.
+#[derive(Default)]
+struct Pins {
+    /// A line pins this very key.
+    matched: bool,
+    /// A `@revoked` line names this key: where.
+    revoked: Option<String>,
+    /// Lines that name the host with another key, a key this client cannot read, or a certificate authority
+    /// (whose certificates are not checked here): where. Any of them means the shown key is not trusted on
+    /// first use.
+    other: Vec<String>,
+}
+
+impl Pins {
+    /// Reads one file the way OpenSSH does: `[@marker] patterns keytype base64 [comment]`, fields separated by
+    /// any white space; patterns a comma list of names (`*` and `?` wildcards, `!` negation) or hashed names
+    /// (`|1|salt|hmac`); `name` is `host` or `[host]:port`, lower case.
+    fn read(&mut self, text: &str, file: &str, name: &str, shown: &PublicKey) {
+        for (n, line) in text.lines().enumerate() {
+            let mut fields = line.split_whitespace();
+            let Some(mut first) = fields.next() else { continue };
+            if first.starts_with('#') {
+                continue;
+            }
+            let marker = first.starts_with('@').then_some(first);
+            if marker.is_some() {
+                match fields.next() {
+                    Some(f) => first = f,
+                    None => continue,
+                }
+            }
+            if !hosts_match(first, name) {
+                continue;
+            }
+            let at = format!("{file}, line {}", n + 1);
+            let key = fields.next().and(fields.next()).and_then(|b64| russh::keys::parse_public_key_base64(b64).ok());
+            match (marker, key) {
+                (Some("@revoked"), Some(k)) if k.key_data() == shown.key_data() => self.revoked = Some(at),
+                (Some("@revoked"), _) => {}
+                (None, Some(k)) if k.key_data() == shown.key_data() => self.matched = true,
+                _ => self.other.push(at),
+            }
+        }
+    }
+}
+
+/// Whether a `known_hosts` pattern list names `name`: some pattern matches and no negated one does.
+fn hosts_match(patterns: &str, name: &str) -> bool {
+    let mut hit = false;
+    for pattern in patterns.split(',') {
+        if let Some(negated) = pattern.strip_prefix('!') {
+            if wildcard(&negated.to_ascii_lowercase(), name) {
+                return false;
+            }
+        } else if let Some(hashed) = pattern.strip_prefix("|1|") {
+            hit |= hashed_match(hashed, name);
+        } else {
+            hit |= wildcard(&pattern.to_ascii_lowercase(), name);
+        }
+    }
+    hit
+}
+
+/// OpenSSH's hashed names: `|1|` base64(salt) `|` base64(HMAC-SHA1 keyed by the salt, of the name).
+fn hashed_match(hashed: &str, name: &str) -> bool {
+    use base64::Engine as _;
+    let Some((salt, mac)) = hashed.split_once('|') else { return false };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Ok(salt), Ok(mac)) = (b64.decode(salt), b64.decode(mac)) else { return false };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &salt);
+    ring::hmac::verify(&key, name.as_bytes(), &mac).is_ok()
+}
+
+/// `*` (any run) and `?` (any one character) against the whole name.
+fn wildcard(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ni;
+        } else if let Some(sp) = star {
+            pi = sp + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// How `known_hosts` names a host: `host`, or `[host]:port` off port 22.
@@ -225,6 +402,8 @@ fn host_port(host: &str, port: u16) -> String {
 
 impl Sftp {
     pub(crate) fn new(mut settings: Settings) -> Self {
+        // Host names are told apart without letter case, and pinned in lower case, as OpenSSH does.
+        settings.host = settings.host.to_ascii_lowercase();
         let root = format!("/{}/", settings.root.trim_matches('/'));
         settings.root = if root == "//" { "/".into() } else { root };
         Self { core: Arc::new(Core { settings, conn: Mutex::new(None) }) }
@@ -246,8 +425,9 @@ fn sftp_error(e: SftpError, doing: &str) -> opendal::Error {
         SftpError::Timeout => {
             err(ErrorKind::Unexpected, format!("{doing}: the SFTP server did not answer")).set_temporary()
         }
-        SftpError::IO(m) => err(ErrorKind::Unexpected, format!("{doing}: {m}")).set_temporary(),
-        e => err(ErrorKind::Unexpected, format!("{doing}: {e}")),
+        SftpError::Limited(_) => err(ErrorKind::Unexpected, format!("{doing}: {e}")),
+        // The connection's failure, not the file's: the next try opens another connection.
+        e => err(ErrorKind::Unexpected, format!("{doing}: {e}")).set_temporary(),
     }
 }
 
@@ -289,17 +469,12 @@ impl Core {
             nodelay: true,
             ..Default::default()
         };
-        // The pinned kinds of host key first, so a server with several shows the pinned one.
-        let pinned: Vec<russh::keys::Algorithm> =
-            russh::keys::known_hosts::known_host_keys_path(&s.host, s.port, &s.known_hosts)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(_, k)| k.algorithm())
-                .collect();
+        // The pinned kinds of host key first, so a server with several shows the pinned one. RSA counts as one
+        // kind, whose signatures keep their order (SHA-2 before SHA-1).
+        let pinned = pinned_kinds(&known_hosts_files(&s.known_hosts), &host_port(&s.host, s.port));
         if !pinned.is_empty() {
-            let mut order: Vec<russh::keys::Algorithm> =
-                config.preferred.key.iter().filter(|a| pinned.contains(a)).cloned().collect();
-            order.extend(config.preferred.key.iter().filter(|a| !pinned.contains(a)).cloned());
+            let mut order = config.preferred.key.to_vec();
+            order.sort_by_key(|a| !pinned.contains(&kind_of(a)));
             config.preferred.key = order.into();
         }
         let checker = Checker { host: s.host.clone(), port: s.port, known_hosts: s.known_hosts.clone() };
@@ -314,7 +489,12 @@ impl Core {
         let signed_in = match &s.auth {
             Auth::Password(password) => self.sign_in_with_password(&mut handle, password).await?,
             Auth::Key { file, passphrase } => {
-                let key = open_key(file, passphrase).map_err(|why| err(ErrorKind::ConfigInvalid, why))?;
+                // Opening a sealed key is slow on purpose (bcrypt): off the async threads.
+                let (file, passphrase) = (file.clone(), passphrase.clone());
+                let key = tokio::task::spawn_blocking(move || open_key(&file, &passphrase))
+                    .await
+                    .map_err(|e| err(ErrorKind::Unexpected, format!("opening the key file failed: {e}")))?
+                    .map_err(|why| err(ErrorKind::ConfigInvalid, why))?;
                 let hash = handle.best_supported_rsa_hash().await.map_err(|e| self.ssh_error(&e)).ok().flatten();
                 let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash.flatten());
                 handle.authenticate_publickey(s.user.clone(), key).await.map_err(|e| self.ssh_error(&e))?.success()
@@ -340,7 +520,7 @@ impl Core {
         let names = RawSftpSession::new_with_config(self.channel(&handle).await?, sftp_config());
         let version = names.init().await.map_err(|e| sftp_error(e, "cannot start SFTP"))?;
         let posix_rename = version.extensions.get(POSIX_RENAME).is_some_and(|v| v == "1");
-        Ok(Conn { handle, files, names, posix_rename })
+        Ok(Conn { handle, files, names, posix_rename, broken: false.into() })
     }
 
     fn ssh_error(&self, e: &russh::Error) -> opendal::Error {
@@ -388,44 +568,30 @@ impl Core {
         }
     }
 
-    /// Runs `op` on the live connection; a connection found dead is dropped, for the retry to open another.
-    async fn forget_if_dead(&self, conn: &Conn) {
-        if !conn.alive() {
-            let mut slot = self.conn.lock().await;
-            if slot.as_ref().is_some_and(|c| !c.alive()) {
-                *slot = None;
-            }
-        }
-    }
-
     async fn stat(&self, abs: &str) -> Result<Option<FileAttributes>> {
         let conn = self.conn().await?;
-        let answer = conn.names.stat(abs).await;
-        self.forget_if_dead(&conn).await;
-        match answer {
+        match conn.note(conn.names.stat(abs).await) {
             Ok(a) => Ok(Some(a.attrs)),
             Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(sftp_error(e, &format!("cannot look up {abs}"))),
         }
     }
 
-    /// Creates a folder and the folders above it under the root, keeping those that exist.
+    /// Creates a folder under the root and the folders between, keeping those that exist.
     async fn create_dirs(&self, abs: &str) -> Result<()> {
         let conn = self.conn().await?;
-        let root = self.settings.root.as_str();
-        let rel = abs.strip_prefix(root).unwrap_or(abs).trim_matches('/');
-        let mut at = root.trim_end_matches('/').to_owned();
+        let root = self.settings.root.trim_end_matches('/');
+        let Some(rel) = abs.strip_prefix(root).filter(|r| r.is_empty() || r.starts_with('/')) else {
+            return Err(err(ErrorKind::Unexpected, format!("{abs} is outside the connection's root {root}/")));
+        };
+        let mut at = root.to_owned();
         for part in rel.split('/').filter(|p| !p.is_empty()) {
             at = format!("{at}/{part}");
-            match conn.names.mkdir(at.as_str(), FileAttributes::empty()).await {
-                Ok(_) => {}
-                Err(e) => match conn.names.stat(at.as_str()).await {
+            if let Err(e) = conn.note(conn.names.mkdir(at.as_str(), FileAttributes::empty()).await) {
+                match conn.note(conn.names.stat(at.as_str()).await) {
                     Ok(a) if a.attrs.is_dir() => {}
-                    _ => {
-                        self.forget_if_dead(&conn).await;
-                        return Err(sftp_error(e, &format!("cannot create the folder {at}")));
-                    }
-                },
+                    _ => return Err(sftp_error(e, &format!("cannot create the folder {at}"))),
+                }
             }
         }
         Ok(())
@@ -434,8 +600,7 @@ impl Core {
     async fn remove(&self, abs: &str, dir: bool) -> Result<()> {
         let conn = self.conn().await?;
         let answer = if dir { conn.names.rmdir(abs).await } else { conn.names.remove(abs).await };
-        self.forget_if_dead(&conn).await;
-        match answer {
+        match conn.note(answer) {
             Ok(_) => Ok(()),
             Err(e) if not_found(&e) => Ok(()),
             Err(e) => Err(sftp_error(e, &format!("cannot delete {abs}"))),
@@ -444,11 +609,8 @@ impl Core {
 
     /// Renames `from` to `to`, replacing `to` if it exists, without a moment where neither holds the file.
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        if let Some((parent, _)) = to.rsplit_once('/')
-            && !parent.is_empty()
-        {
-            self.create_dirs(parent).await?;
-        }
+        let (parent, _) = to.rsplit_once('/').unwrap_or(("", to));
+        self.create_dirs(parent).await?;
         let conn = self.conn().await?;
         let doing = format!("cannot rename {from} to {to}");
         if conn.posix_rename {
@@ -456,37 +618,35 @@ impl Core {
                 russh_sftp::extensions::HardlinkExtension { oldpath: from.to_owned(), newpath: to.to_owned() }
                     .try_into()
                     .map_err(|e| err(ErrorKind::Unexpected, format!("{doing}: {e}")))?;
-            let answer = conn.names.extended(POSIX_RENAME, data).await;
-            self.forget_if_dead(&conn).await;
-            return match answer {
+            return match conn.note(conn.names.extended(POSIX_RENAME, data).await) {
                 Ok(Packet::Status(s)) if s.status_code == StatusCode::Ok => Ok(()),
                 Ok(Packet::Status(s)) => Err(sftp_error(SftpError::Status(s), &doing)),
                 Ok(_) => Err(err(ErrorKind::Unexpected, format!("{doing}: the SFTP server answered out of turn"))),
                 Err(e) => Err(sftp_error(e, &doing)),
             };
         }
-        // SFTP's own rename refuses an existing destination: it is moved aside first and removed after.
-        let aside = match conn.names.stat(to).await {
+        // SFTP's own rename refuses an existing destination: it is moved aside first (under a name listings skip
+        // as a partial file) and removed after, or put back if the rename fails.
+        let aside = match conn.note(conn.names.stat(to).await) {
             Ok(_) => {
-                let aside = format!("{}.{}", to, crate::transfer::partial_name());
-                conn.names.rename(to, aside.as_str()).await.map_err(|e| sftp_error(e, &doing))?;
+                let aside = format!("{parent}/{}", crate::transfer::partial_name());
+                conn.note(conn.names.rename(to, aside.as_str()).await).map_err(|e| sftp_error(e, &doing))?;
                 Some(aside)
             }
             Err(e) if not_found(&e) => None,
             Err(e) => return Err(sftp_error(e, &doing)),
         };
-        match conn.names.rename(from, to).await {
+        match conn.note(conn.names.rename(from, to).await) {
             Ok(_) => {
                 if let Some(aside) = aside {
-                    let _ = conn.names.remove(aside).await;
+                    let _ = conn.note(conn.names.remove(aside).await);
                 }
                 Ok(())
             }
             Err(e) => {
                 if let Some(aside) = aside {
-                    let _ = conn.names.rename(aside, to).await;
+                    let _ = conn.note(conn.names.rename(aside, to).await);
                 }
-                self.forget_if_dead(&conn).await;
                 Err(sftp_error(e, &doing))
             }
         }
@@ -567,7 +727,7 @@ impl Service for Sftp {
             None => (String::new(), path.to_owned()),
         };
         let abs = self.core.abs(&dir);
-        Ok(oio::PageLister::new(Lister { core: self.core.clone(), dir, prefix, abs, open: Mutex::new(None) }))
+        Ok(oio::PageLister::new(Lister { core: self.core.clone(), dir, prefix, abs, state: Mutex::default() }))
     }
 
     fn copy(&self, _: &OperationContext, _: &str, _: &str, _: OpCopy) -> Result<Self::Copier> {
@@ -593,10 +753,10 @@ impl oio::StreamRead for Reader {
     async fn open(&self, range: BytesRange) -> Result<(RpRead, Box<dyn oio::ReadStreamDyn>)> {
         let doing = format!("cannot read {}", self.abs);
         let conn = self.core.conn().await?;
-        let opened = conn.files.open_with_flags(self.abs.as_str(), OpenFlags::READ).await;
-        self.core.forget_if_dead(&conn).await;
-        let mut file = opened.map_err(|e| sftp_error(e, &doing))?;
-        let attrs = file.metadata().await.map_err(|e| sftp_error(e, &doing))?;
+        let mut file = conn
+            .note(conn.files.open_with_flags(self.abs.as_str(), OpenFlags::READ).await)
+            .map_err(|e| sftp_error(e, &doing))?;
+        let attrs = conn.note(file.metadata().await).map_err(|e| sftp_error(e, &doing))?;
         if attrs.is_dir() {
             return Err(err(ErrorKind::IsADirectory, format!("{} is a folder", self.abs)));
         }
@@ -606,7 +766,7 @@ impl oio::StreamRead for Reader {
                 .map_err(|e| err(ErrorKind::Unexpected, format!("{doing}: {e}")))?;
         }
         let left = range.size().unwrap_or_else(|| attrs.len().saturating_sub(range.offset()));
-        let stream = Pieces { file, left, doing };
+        let stream = Pieces { file, left, doing, busy: false };
         Ok((RpRead::new(metadata(&attrs)?), Box::new(stream)))
     }
 }
@@ -616,22 +776,28 @@ struct Pieces {
     file: File,
     left: u64,
     doing: String,
+    /// A read is under way: found set on entry, the last one was cut off (a timeout) after taking bytes off
+    /// the file that never arrived, so the stream cannot go on.
+    busy: bool,
 }
 
 impl oio::ReadStream for Pieces {
     async fn read(&mut self) -> Result<Buffer> {
+        if self.busy {
+            return Err(err(ErrorKind::Unexpected, format!("{}: an earlier read was cut off", self.doing)));
+        }
         if self.left == 0 {
             return Ok(Buffer::new());
         }
+        self.busy = true;
         let want = usize::try_from(self.left).unwrap_or(usize::MAX).min(READ_PIECE);
         let mut buf = BytesMut::zeroed(want);
         let mut got = 0;
         while got < want {
-            let n = self
-                .file
-                .read(&mut buf[got..])
-                .await
-                .map_err(|e| err(ErrorKind::Unexpected, format!("{}: {e}", self.doing)).set_temporary())?;
+            let n = self.file.read(&mut buf[got..]).await.map_err(|e| {
+                // The stream is done for; the read may start again (OpenDAL opens the rest of the range anew).
+                err(ErrorKind::Unexpected, format!("{}: {e}", self.doing)).set_temporary()
+            })?;
             if n == 0 {
                 break;
             }
@@ -639,6 +805,7 @@ impl oio::ReadStream for Pieces {
         }
         buf.truncate(got);
         self.left = if got == 0 { 0 } else { self.left - got as u64 };
+        self.busy = false;
         Ok(Buffer::from(buf.freeze()))
     }
 }
@@ -648,63 +815,57 @@ pub(crate) struct Writer {
     core: Arc<Core>,
     abs: String,
     file: Option<File>,
-    /// A failed write leaves the file's content unknown: nothing more is written through this writer.
+    /// Set before each step and cleared after it: found set, a step failed or was cut off (a timeout), the
+    /// file's content is unknown, and nothing more is written through this writer.
     failed: bool,
 }
 
 impl Writer {
     async fn file(&mut self) -> Result<&mut File> {
-        if self.failed {
-            return Err(err(ErrorKind::Unexpected, format!("an earlier write to {} failed", self.abs)));
-        }
         if self.file.is_none() {
-            if let Some((parent, _)) = self.abs.rsplit_once('/')
-                && !parent.is_empty()
-            {
-                self.core.create_dirs(parent).await?;
-            }
+            let (parent, _) = self.abs.rsplit_once('/').unwrap_or(("", &self.abs));
+            self.core.create_dirs(parent).await?;
             let conn = self.core.conn().await?;
             let flags = OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE;
-            let opened = conn.files.open_with_flags(self.abs.as_str(), flags).await;
-            self.core.forget_if_dead(&conn).await;
+            let opened = conn.note(conn.files.open_with_flags(self.abs.as_str(), flags).await);
             self.file = Some(opened.map_err(|e| sftp_error(e, &format!("cannot write {}", self.abs)))?);
         }
         Ok(self.file.as_mut().expect("opened above"))
+    }
+
+    fn refuse_after_failure(&self) -> Result<()> {
+        if self.failed {
+            return Err(err(ErrorKind::Unexpected, format!("an earlier write to {} failed", self.abs)));
+        }
+        Ok(())
     }
 }
 
 impl oio::Write for Writer {
     async fn write(&mut self, mut bs: Buffer) -> Result<()> {
+        self.refuse_after_failure()?;
+        self.failed = true;
         let abs = self.abs.clone();
         let file = self.file().await?;
-        let mut result = Ok(());
         while bs.has_remaining() {
             let piece = bs.chunk();
-            if let Err(e) = file.write_all(piece).await {
-                result = Err(err(ErrorKind::Unexpected, format!("cannot write {abs}: {e}")));
-                break;
-            }
+            file.write_all(piece).await.map_err(|e| err(ErrorKind::Unexpected, format!("cannot write {abs}: {e}")))?;
             let n = piece.len();
             bs.advance(n);
         }
-        self.failed |= result.is_err();
-        result
+        self.failed = false;
+        Ok(())
     }
 
     async fn close(&mut self) -> Result<Metadata> {
+        self.refuse_after_failure()?;
+        self.failed = true;
         let abs = self.abs.clone();
-        self.file().await?;
-        let file = self.file.take().expect("opened above");
-        let closed = async move {
-            let mut file = file;
-            file.flush().await?;
-            file.shutdown().await
-        }
-        .await;
-        closed.map_err(|e| {
-            self.failed = true;
-            err(ErrorKind::Unexpected, format!("cannot finish writing {abs}: {e}"))
-        })?;
+        let file = self.file().await?;
+        file.flush().await.map_err(|e| err(ErrorKind::Unexpected, format!("cannot finish writing {abs}: {e}")))?;
+        file.shutdown().await.map_err(|e| err(ErrorKind::Unexpected, format!("cannot finish writing {abs}: {e}")))?;
+        self.file = None;
+        self.failed = false;
         Ok(MetadataBuilder::unknown().build())
     }
 
@@ -735,53 +896,75 @@ pub(crate) struct Lister {
     /// Only names starting with this.
     prefix: String,
     abs: String,
+    state: Mutex<Listing>,
+}
+
+/// Where a listing is.
+#[derive(Default)]
+struct Listing {
     /// The open folder handle, between pages.
-    open: Mutex<Option<(Arc<Conn>, String)>>,
+    open: Option<(Arc<Conn>, String)>,
+    /// Entries listed so far.
+    listed: usize,
+    /// A page is being read: found set on entry, the last one was cut off (a timeout) after the server moved
+    /// past entries that never arrived, so the listing cannot go on (it would look complete without them).
+    busy: bool,
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        // A listing left before its end lets its folder handle go.
+        if let Some((conn, handle)) = self.open.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = conn.names.close(handle).await;
+            });
+        }
+    }
 }
 
 impl oio::PageList for Lister {
     async fn next_page(&self, page: &mut oio::PageContext) -> Result<()> {
         let doing = format!("cannot list {}", self.abs);
-        let mut open = self.open.lock().await;
-        if open.is_none() {
+        let mut state = self.state.lock().await;
+        if state.busy {
+            return Err(err(ErrorKind::Unexpected, format!("{doing}: an earlier page was cut off")));
+        }
+        state.busy = true;
+        if state.open.is_none() {
             let conn = self.core.conn().await?;
-            match conn.names.opendir(self.abs.as_str()).await {
-                Ok(h) => *open = Some((conn, h.handle)),
+            match conn.note(conn.names.opendir(self.abs.as_str()).await) {
+                Ok(h) => state.open = Some((conn, h.handle)),
                 Err(e) if not_found(&e) => {
+                    state.busy = false;
                     page.done = true;
                     return Ok(());
                 }
-                Err(e) => {
-                    self.core.forget_if_dead(&conn).await;
-                    return Err(sftp_error(e, &doing));
-                }
+                Err(e) => return Err(sftp_error(e, &doing)),
             }
         }
-        let (conn, handle) = open.as_ref().expect("opened above");
-        let name = match conn.names.readdir(handle.as_str()).await {
+        let (conn, handle) = state.open.clone().expect("opened above");
+        let name = match conn.note(conn.names.readdir(handle.as_str()).await) {
             Ok(name) => name,
             Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => {
+                state.open = None;
                 let _ = conn.names.close(handle.as_str()).await;
-                *open = None;
+                state.busy = false;
                 page.done = true;
                 return Ok(());
             }
-            Err(e) => {
-                self.core.forget_if_dead(conn).await;
-                *open = None;
-                return Err(sftp_error(e, &doing));
-            }
+            Err(e) => return Err(sftp_error(e, &doing)),
         };
-        let listed = u64::try_from(page.token.parse::<usize>().unwrap_or(0) + name.files.len()).unwrap_or(u64::MAX);
-        if listed > crate::transfer::MAX_ENTRIES as u64 {
-            let _ = conn.names.close(handle.as_str()).await;
-            *open = None;
+        state.listed += name.files.len();
+        if state.listed > crate::transfer::MAX_ENTRIES {
             return Err(err(
                 ErrorKind::Unexpected,
                 format!("{doing}: it holds over {} entries", crate::transfer::MAX_ENTRIES),
             ));
         }
-        page.token = listed.to_string();
+        let mut entries = Vec::with_capacity(name.files.len());
+        let folder = self.abs.trim_end_matches('/');
         for f in name.files {
             let n = f.filename;
             if n.is_empty() || n.contains('/') || n == "." || n == ".." || !n.starts_with(&self.prefix) {
@@ -790,17 +973,22 @@ impl oio::PageList for Lister {
             let attrs = match f.attrs.file_type() {
                 FileType::Dir | FileType::File => f.attrs,
                 // A link to a file is listed as the file; a link to a folder is not followed (it may loop).
-                FileType::Symlink => match conn.names.stat(format!("{}{n}", self.abs)).await {
+                FileType::Symlink => match conn.note(conn.names.stat(format!("{folder}/{n}")).await) {
                     Ok(a) if a.attrs.file_type() == FileType::File => a.attrs,
-                    _ => continue,
+                    Ok(_) => continue,
+                    Err(e) if not_found(&e) => continue,
+                    Err(e) => return Err(sftp_error(e, &doing)),
                 },
                 FileType::Other => continue,
             };
             let md = metadata(&attrs)?;
             let rel =
                 if md.mode() == EntryMode::DIR { format!("{}{n}/", self.dir) } else { format!("{}{n}", self.dir) };
-            page.entries.push_back(oio::Entry::new(&rel, md));
+            entries.push(oio::Entry::new(&rel, md));
         }
+        // The page goes in whole or not at all.
+        page.entries.extend(entries);
+        state.busy = false;
         Ok(())
     }
 }
@@ -852,6 +1040,81 @@ mod tests {
     fn known_hosts_names_hosts_as_openssh_does() {
         assert_eq!(host_port("example.org", 22), "example.org");
         assert_eq!(host_port("127.0.0.1", 2222), "[127.0.0.1]:2222");
+    }
+
+    fn key(b64: &str) -> PublicKey {
+        russh::keys::parse_public_key_base64(b64).expect("key")
+    }
+
+    const ED_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+    const ED_B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G1sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X";
+
+    fn pins(text: &str, name: &str, shown: &str) -> Pins {
+        let mut p = Pins::default();
+        p.read(text, "kh", name, &key(shown));
+        p
+    }
+
+    #[test]
+    fn known_hosts_lines_are_read_as_openssh_reads_them() {
+        let name = "[nas.example.com]:2222";
+        // Fields apart by tabs or several spaces; a pattern list with wildcards; letter case in the pattern.
+        let p = pins(&format!("other,[NAS.example.com]:2222\tssh-ed25519   {ED_A} comment\n"), name, ED_A);
+        assert!(p.matched && p.other.is_empty() && p.revoked.is_none());
+        assert!(pins(&format!("[*.example.com]:2222 ssh-ed25519 {ED_A}\n"), name, ED_A).matched);
+        assert!(pins(&format!("[nas.example.co?]:2222 ssh-ed25519 {ED_A}\n"), name, ED_A).matched);
+        // A negated pattern takes the line away from the host.
+        let p = pins(&format!("*.example.com,!nas.example.com ssh-ed25519 {ED_B}\n"), "nas.example.com", ED_A);
+        assert!(!p.matched && p.other.is_empty());
+        // Another key for the host, a certificate authority, or a key this client cannot read: not first use.
+        assert_eq!(pins(&format!("{name} ssh-ed25519 {ED_B}\n"), name, ED_A).other, ["kh, line 1"]);
+        assert_eq!(pins(&format!("@cert-authority {name} ssh-ed25519 {ED_B}\n"), name, ED_A).other.len(), 1);
+        assert_eq!(pins(&format!("# c\n\n{name} ssh-ed25519 garbage\n"), name, ED_A).other, ["kh, line 3"]);
+        // A revoked key is refused even where it is also pinned.
+        let p = pins(&format!("{name} ssh-ed25519 {ED_A}\n@revoked * ssh-ed25519 {ED_A}\n"), name, ED_A);
+        assert!(p.matched && p.revoked.as_deref() == Some("kh, line 2"));
+        // Lines for other hosts or ports say nothing.
+        let p =
+            pins(&format!("nas.example.com ssh-ed25519 {ED_B}\n[nas.example.com]:22 ssh-ed25519 {ED_B}\n"), name, ED_A);
+        assert!(!p.matched && p.other.is_empty());
+    }
+
+    #[test]
+    fn hashed_names_match_as_openssh_writes_them() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let salt = [7u8; 20];
+        let mac =
+            ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &salt), b"[h]:2222");
+        let pattern = format!("|1|{}|{}", b64.encode(salt), b64.encode(mac.as_ref()));
+        assert!(hosts_match(&pattern, "[h]:2222"));
+        assert!(!hosts_match(&pattern, "[h]:2223"));
+        assert!(!hosts_match("|1|garbage", "[h]:2222"));
+    }
+
+    #[test]
+    fn wildcards_cover_the_whole_name() {
+        assert!(wildcard("*", "anything"));
+        assert!(wildcard("a*c", "abbbc") && wildcard("a?c", "abc"));
+        assert!(!wildcard("a?c", "ac") && !wildcard("a*c", "abcd") && !wildcard("abc", "ab"));
+        assert!(wildcard("*.*", "a.b") && !wildcard("*.*", "ab"));
+    }
+
+    #[test]
+    fn pinned_rsa_keeps_sha2_signatures_first() {
+        let rsa = russh::keys::Algorithm::Rsa { hash: None };
+        assert_eq!(kind_of(&rsa), "ssh-rsa");
+        assert_eq!(kind_of(&russh::keys::Algorithm::Rsa { hash: Some(russh::keys::HashAlg::Sha512) }), "ssh-rsa");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kh = dir.path().join("known_hosts");
+        std::fs::write(&kh, "[h]:2222 ssh-rsa AAAA\n@revoked [h]:2222 ssh-ed25519 AAAA\n").expect("write");
+        assert_eq!(pinned_kinds(&[kh], "[h]:2222"), ["ssh-rsa"]);
+        let mut order = client::Config::default().preferred.key.to_vec();
+        order.sort_by_key(|a| !["ssh-rsa".to_owned()].contains(&kind_of(a)));
+        let names: Vec<&str> = order.iter().map(russh::keys::Algorithm::as_str).collect();
+        let rsa_at = |n: &str| names.iter().position(|x| *x == n).expect("offered");
+        assert!(rsa_at("rsa-sha2-512") < rsa_at("ssh-rsa") && rsa_at("rsa-sha2-256") < rsa_at("ssh-rsa"), "{names:?}");
+        assert!(names[0].starts_with("rsa-sha2"), "{names:?}");
     }
 
     #[test]

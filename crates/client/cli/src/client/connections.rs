@@ -236,8 +236,9 @@ async fn add(a: ConnectionAddArgs) -> Result<()> {
     conn.validate()?;
     if let Some(key) = &conn.key_file {
         anyhow::ensure!(key.is_file(), "the key file {} does not exist", key.display());
-        // A key sealed with a passphrase needs it at each sign-in: it goes to the credential store.
-        conn.key_passphrase = cloudsync_connectors::key_is_sealed(key).map_err(anyhow::Error::msg)?;
+        // A key sealed with a passphrase needs it at each sign-in (unless ssh-agent holds the key): it goes to the
+        // credential store.
+        conn.key_passphrase = cloudsync_connectors::key_needs_passphrase(key).await.map_err(anyhow::Error::msg)?;
     }
     if let Some(ca) = &conn.ca_cert {
         anyhow::ensure!(ca.is_file(), "the CA file {} does not exist", ca.display());
