@@ -1204,13 +1204,20 @@ fn odd_names(c: &Client, name: &str, served: &Path) {
 
 /// Dropbox: sign-in through the browser (authorization code with PKCE, to a loopback address), the refresh
 /// token in the credential store only, access tokens that expire every two seconds (refreshed, and once more
-/// on a 401), every ninth API request refused with 429 (retried after Retry-After), cursors when listing, and
-/// the behaviour suite; a revoked refresh token gives an error that says to sign in again.
+/// on a 401), every ninth API request refused with 429 (retried after Retry-After), cursors when listing, upload
+/// sessions for files past one request, and the behaviour suite; a revoked refresh token gives an error that
+/// says to sign in again.
 #[test]
 fn dropbox_connector_against_a_fake_of_its_api() {
     dbus();
     let mut c = Client::new();
-    let fake = cloud(&mut c, "dropbox", &["--token-ttl", "2", "--rate-limit", "9"]);
+    // Files up to 9 MiB in one request, so the suite's 12 MiB file must go in an upload session; the answer to
+    // its first append is lost (the piece kept), so the piece is sent again and recognised by its offset.
+    let fake = cloud(
+        &mut c,
+        "dropbox",
+        &["--token-ttl", "2", "--rate-limit", "9", "--max-upload", "9437184", "--drop-session-answers", "1"],
+    );
     let add = fake.add_args("dbx", "dropbox");
     let no_id: Vec<&str> = strs(&add).into_iter().filter(|a| *a != "--client-id" && *a != fake.client_id()).collect();
     let err = c.fails(&no_id, None);
@@ -1229,6 +1236,8 @@ fn dropbox_connector_against_a_fake_of_its_api() {
 
     behaviour(&c, "dbx", FULL);
     assert!(fake.count("rate_limited") > 0, "the fake refused some requests: {}", fake.stats());
+    assert!(fake.count("upload_sessions") >= 1, "the large file went in an upload session: {}", fake.stats());
+    assert_eq!(fake.count("session_answers_dropped"), 1, "{}", fake.stats());
     assert!(fake.count("refreshes") > 1, "expired access tokens were refreshed: {}", fake.stats());
     odd_names(&c, "dbx", &fake.served);
 

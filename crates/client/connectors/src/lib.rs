@@ -4,6 +4,7 @@
 //! and token handling of our own (`oauth`), a File Station service of our own for OpenDAL (`synology`); and listing, copying, mirroring and deleting between any two of them and local folders. Secrets
 //! are never held here beyond the operator built with them: the caller keeps them in the OS credential store.
 
+mod dropbox;
 mod error;
 pub mod names;
 pub mod oauth;

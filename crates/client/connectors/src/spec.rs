@@ -528,8 +528,10 @@ impl Connection {
                 ));
             }
             // The real token is put in by the transport (oauth.rs); OpenDAL sees only a placeholder.
+            // Files past one piece go in upload sessions (dropbox.rs), not one request held in memory.
             Kind::Dropbox => {
                 Operator::new(opendal::services::Dropbox::default().root(&root).access_token(PLACEHOLDER))?
+                    .layer(crate::dropbox::UploadSessions::new(&root))
             }
             Kind::Onedrive => {
                 Operator::new(opendal::services::Onedrive::default().root(&root).access_token(PLACEHOLDER))?

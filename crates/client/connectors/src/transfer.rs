@@ -28,8 +28,6 @@ pub const MAX_ENTRIES: usize = 1_000_000;
 const CHUNK: usize = 8 << 20;
 /// Largest file sent to a remote that takes a whole file in one request (WebDAV through OpenDAL).
 const ONE_SHOT_MAX: u64 = 1 << 30;
-/// Dropbox takes at most 150 MiB in one upload request (larger files need an upload session).
-const DROPBOX_ONE_SHOT_MAX: u64 = 150 << 20;
 /// Memory, in MiB, that such uploads may hold at once, all files together.
 const ONE_SHOT_BUDGET_MIB: u32 = 1 << 10;
 static ONE_SHOT_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ONE_SHOT_BUDGET_MIB as usize);
@@ -877,8 +875,8 @@ async fn transfer(
                     .map(drop)
                     .map_err(|e| Error::backend(format!("cannot write {label}"), e))
             } else if cap.write_can_multi {
-                // Parts in parallel only where they are separate requests (S3 multipart); elsewhere (FTP, SFTP)
-                // writes go one after another on one stream.
+                // Parts in parallel only where they are separate requests (S3 multipart); elsewhere (FTP, SFTP,
+                // Dropbox's upload sessions) writes go one after another.
                 let parallel = if op.info().scheme() == "s3" { 2 } else { 1 };
                 let mut writer = op
                     .writer_with(&target)
@@ -905,9 +903,9 @@ async fn transfer(
                 // The writer holds an operation permit: let it go before the rename asks for one.
                 written
             } else {
-                // One request per file (WebDAV, Dropbox, pCloud; OneDrive sends it in fragments) through OpenDAL:
-                // the body is held in memory, so it is capped.
-                let max = if op.info().scheme() == "dropbox" { DROPBOX_ONE_SHOT_MAX } else { ONE_SHOT_MAX };
+                // One request per file (WebDAV, pCloud; OneDrive sends it in fragments) through OpenDAL: the
+                // body is held in memory, so it is capped.
+                let max = ONE_SHOT_MAX;
                 if size > max {
                     return Err(Error::Unsupported(format!(
                         "{} is {size} bytes; uploads to this kind of remote ({}) are sent as one piece held in \

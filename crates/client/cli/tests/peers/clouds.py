@@ -2,7 +2,7 @@
 """Fake Dropbox, OneDrive (Microsoft Graph) and pCloud servers for the connector tests, on 127.0.0.1 over HTTPS.
 
     clouds.py PROVIDER DIR ROOT CERT KEY [--token-ttl SECONDS] [--rate-limit N] [--max-upload BYTES]
-                                         [--single-use-refresh]
+                                         [--single-use-refresh] [--drop-session-answers N]
 
 PROVIDER is dropbox, onedrive or pcloud. One port answers every host of that provider (API, content, sign-in,
 download and upload addresses) at the paths the real services use; the client rewrites the hosts. Files live on
@@ -16,7 +16,10 @@ does not expect is answered 400 (unknown paths 404) and logged to stderr, so a f
 
 dropbox   OAuth 2 code flow with PKCE (a public client: no client_secret), access tokens that expire and a
           long-lived refresh token; the RPC endpoints get_metadata, list_folder[/continue] (cursor paging),
-          create_folder_v2, delete_v2, copy_v2, move_v2 and the content endpoints upload and download (Range).
+          create_folder_v2, delete_v2, copy_v2, move_v2 and the content endpoints upload, download (Range) and the
+          upload sessions (upload_session/start, append_v2 at the cursor's offset, finish with a commit; an
+          offset that is not the session's length is answered incorrect_offset with the correct one; with
+          --drop-session-answers N the first N appends keep their piece but answer 503, as a lost answer).
           Errors: 409 with error_summary and .tag unions; 400 plain text for malformed calls.
 onedrive  Microsoft identity platform v2.0: code flow with PKCE and device code, a public client, refresh tokens
           rotated by every token answer (with --single-use-refresh a used one is refused, so a client must
@@ -132,7 +135,8 @@ class Cloud:
         self.stats = dict.fromkeys(["requests", "api_requests", "rate_limited", "refreshes", "code_exchanges",
                                     "device_polls", "upload_sessions", "upload_fragments", "unauthorized",
                                     "bad_requests", "max_in_flight", "password_in_url",
-                                    "client_secret_refused", "uploads_keeping_partial"], 0)
+                                    "client_secret_refused", "uploads_keeping_partial",
+                                    "session_answers_dropped"], 0)
         # The first secrets handed out, for tests that check they are kept out of files.
         self.stats.update(refresh_tokens=[], access_tokens=[])
         self.single_use_refresh = False
@@ -141,6 +145,7 @@ class Cloud:
         self.ids, self.paths, self.next_id = {"/": 0}, {0: "/"}, 1  # stable item ids by path, and back
         self.cmod, self.digests = {}, {}  # Dropbox client_modified by path; (path, kind) -> (mtime, size, hash)
         self.links, self.sessions, self.monitors, self.cursors = {}, {}, {}, {}
+        self.dbx_sessions, self.drop_session_answers = {}, 0  # Dropbox upload sessions; answers to lose
 
     # ---- bookkeeping ----------------------------------------------------------------------------------------
 
@@ -496,7 +501,11 @@ class Cloud:
         "download": ({"path"}, {"rev"}),
         "upload": ({"path"}, {"mode", "autorename", "client_modified", "mute", "property_groups", "strict_conflict",
                               "content_hash"}),
+        "upload_session/start": (set(), {"close", "session_type", "content_hash"}),
+        "upload_session/append_v2": ({"cursor"}, {"close", "content_hash"}),
+        "upload_session/finish": ({"cursor", "commit"}, {"content_hash"}),
     }
+    DBX_COMMIT = ({"path"}, {"mode", "autorename", "client_modified", "mute", "property_groups", "strict_conflict"})
     DBX_TYPES = {  # the Content-Type each kind of endpoint accepts
         "rpc": {"application/json", "application/json; charset=utf-8", "text/plain; charset=dropbox-cors-hack"},
         "upload": {"application/octet-stream", "text/plain; charset=dropbox-cors-hack"},
@@ -547,7 +556,7 @@ class Cloud:
             raise bad('Must provide HTTP header "Authorization" or URL parameter "authorization".')
         if state:
             return js(401, {"error_summary": f"{state}_access_token/..", "error": {".tag": f"{state}_access_token"}})
-        kind = fn if fn in ("upload", "download") else "rpc"
+        kind = "upload" if fn == "upload" or fn.startswith("upload_session/") else fn if fn == "download" else "rpc"
         ctype = req.headers.get("Content-Type", "")
         if ctype not in self.DBX_TYPES[kind]:
             raise bad(f'Bad HTTP "Content-Type" header: "{ctype}". Expecting one of '
@@ -664,6 +673,84 @@ class Cloud:
         if "client_modified" in args:
             self.cmod[p] = args["client_modified"]
         return js(200, self.dbx_meta(p))  # the FileMetadata itself, not wrapped
+
+    # Upload sessions: start with the first piece, append_v2 each next one at its offset, finish with the commit.
+    # Each request takes at most --max-upload bytes (150 MiB at Dropbox); the file appears only at finish.
+    def dbx_piece(self, req, bad):
+        if len(req.body) > self.max_upload:
+            raise bad(f"the body has {len(req.body)} bytes, more than {self.max_upload}")
+        self.stats["upload_fragments"] += 1
+
+    def dbx_cursor(self, args, bad, nested):
+        """The session a cursor names at its offset, or the 409 Dropbox answers (lookup errors are nested under
+        lookup_failed in finish's error union, at the top of append_v2's)."""
+        cur = args["cursor"]
+        if not isinstance(cur, dict) or set(cur) != {"session_id", "offset"} or not isinstance(cur["offset"], int):
+            raise bad(f"request body: cursor: {cur!r} is not an UploadSessionCursor")
+        prefix = "lookup_failed/" if nested else ""
+        sess = self.dbx_sessions.get(cur["session_id"])
+        if sess is None:
+            return None, self.dbx_conflict(prefix + "not_found")
+        if cur["offset"] != len(sess["data"]):
+            err = {".tag": "incorrect_offset", "correct_offset": len(sess["data"])}
+            if nested:
+                err = {".tag": "lookup_failed", "lookup_failed": err}
+            return None, js(409, {"error_summary": prefix + "incorrect_offset/..", "error": err})
+        if sess["closed"] and not nested:
+            return None, self.dbx_conflict("closed")
+        return sess, None
+
+    def dbx_upload_session_start(self, req, args, p, paths, bad):
+        self.dbx_piece(req, bad)
+        sid = "pid_upload_session:" + secrets.token_urlsafe(24)
+        self.dbx_sessions[sid] = {"data": bytearray(req.body), "closed": bool(args.get("close"))}
+        self.stats["upload_sessions"] += 1
+        return js(200, {"session_id": sid})
+
+    def dbx_upload_session_append_v2(self, req, args, p, paths, bad):
+        self.dbx_piece(req, bad)
+        sess, refused = self.dbx_cursor(args, bad, nested=False)
+        if refused:
+            return refused
+        sess["data"] += req.body
+        sess["closed"] = bool(args.get("close"))
+        if self.drop_session_answers > 0:
+            # The piece is kept, but its answer is lost on the way: the client sends it again.
+            self.drop_session_answers -= 1
+            self.stats["session_answers_dropped"] += 1
+            return text(503, "the answer to this append was lost (on purpose)")
+        return js(200, None)
+
+    def dbx_upload_session_finish(self, req, args, p, paths, bad):
+        self.dbx_piece(req, bad)
+        commit = args["commit"]
+        if not isinstance(commit, dict):
+            raise bad("request body: commit: not a CommitInfo")
+        required, optional = self.DBX_COMMIT
+        for key in sorted(set(commit) - required - optional):
+            raise bad(f"request body: commit: unknown field '{key}'")
+        v = commit.get("path")
+        if not isinstance(v, str) or not v.startswith("/") or v.endswith("/") or "//" in v:
+            return self.dbx_conflict("path/malformed_path")
+        try:
+            p = self.norm(v)
+        except ValueError as e:
+            raise bad(str(e))
+        sess, refused = self.dbx_cursor(args, bad, nested=True)
+        if refused:
+            return refused
+        data = bytes(sess["data"]) + req.body
+        mode = commit.get("mode", "add")
+        tag = mode.get(".tag") if isinstance(mode, dict) else mode
+        if self.kind(p) == "folder" or self.blocked(p):
+            return self.dbx_conflict(f"path/conflict/{self.kind(p) or 'file'}")
+        if self.kind(p) == "file" and tag != "overwrite" and self.read(p) != data:
+            return self.dbx_conflict("path/conflict/file")
+        del self.dbx_sessions[args["cursor"]["session_id"]]
+        self.write(p, data)
+        if "client_modified" in commit:
+            self.cmod[p] = commit["client_modified"]
+        return js(200, self.dbx_meta(p))
 
     # ---- Microsoft Graph --------------------------------------------------------------------------------------
 
@@ -1154,12 +1241,15 @@ def main():
     ap.add_argument("--token-ttl", type=int, default=3600, help="access token lifetime in seconds (not pcloud)")
     ap.add_argument("--rate-limit", type=int, default=None, help="answer every Nth API request 429")
     ap.add_argument("--max-upload", type=int, default=150 * MiB, help="dropbox: the largest /2/files/upload body")
+    ap.add_argument("--drop-session-answers", type=int, default=0,
+                    help="dropbox: lose the answers to this many upload_session/append_v2 calls (the piece is kept)")
     ap.add_argument("--single-use-refresh", action="store_true",
                     help="onedrive: a refresh token is refused once it has been used (the client keeps the new one)")
     a = ap.parse_args()
     os.makedirs(a.root, exist_ok=True)
     cloud = Cloud(a.provider, a.dir, a.root, a.token_ttl, a.rate_limit, a.max_upload)
     cloud.single_use_refresh = a.single_use_refresh
+    cloud.drop_session_answers = a.drop_session_answers
     with cloud.lock:
         cloud.write_stats()
 

@@ -1,0 +1,287 @@
+//! Dropbox upload sessions, as an OpenDAL layer over OpenDAL's Dropbox service (whose writer sends a whole file
+//! in one `files/upload` request, which Dropbox caps at 150 MiB and which holds the file in memory).
+//!
+//! A file that fits in one piece (the copy's first 8 MiB) still goes in one `files/upload` through OpenDAL.
+//! Anything larger streams: `files/upload_session/start` with the first piece, `append_v2` with each next piece
+//! at its offset, and `finish` with the commit (overwrite, mute), which makes the file appear whole at once, so
+//! no partial file is ever visible under its name. Pieces but the last are multiples of 4 MiB, as Dropbox asks.
+//!
+//! Every request goes through the connection's HTTP transport: the OAuth token, its refresh, the ASCII escaping
+//! of `Dropbox-API-Arg` and the pace (waiting out 429s) apply as for OpenDAL's own requests. A piece whose
+//! answer was lost and that is sent again is recognised by Dropbox's `incorrect_offset` answer naming the offset
+//! after it, and not sent twice.
+
+use std::fmt::{self, Debug};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use opendal::raw::oio::{self, ReadStream as _};
+use opendal::raw::{
+    Layer, OpCopy, OpCreateDir, OpList, OpPresign, OpRead, OpRename, OpStat, OpWrite, RpCreateDir, RpPresign, RpRename,
+    RpStat, Service, ServiceInfo, Servicer,
+};
+use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
+use serde_json::{Value, json};
+
+use crate::oauth::PLACEHOLDER;
+
+type Result<T> = opendal::Result<T>;
+
+const CONTENT: &str = "https://content.dropboxapi.com/2/files";
+/// Largest answer read (session answers are a few hundred bytes of JSON).
+const MAX_ANSWER: usize = 1 << 20;
+/// Dropbox takes at most 150 MiB in one request; larger pieces handed in are cut to this (a multiple of 4 MiB).
+const MAX_PIECE: usize = 148 << 20;
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> opendal::Error {
+    opendal::Error::new(kind, message.into())
+}
+
+/// The layer: Dropbox's service with writes in upload sessions.
+#[derive(Debug, Clone)]
+pub(crate) struct UploadSessions {
+    /// The connection's root, as OpenDAL's Dropbox service takes it (`/` or `/a/b/`).
+    root: String,
+}
+
+impl UploadSessions {
+    pub(crate) fn new(root: &str) -> Self {
+        Self { root: opendal::raw::normalize_root(root) }
+    }
+}
+
+impl Layer for UploadSessions {
+    fn apply_service(&self, inner: Servicer) -> Servicer {
+        Arc::new(Sessions { inner, root: self.root.clone() })
+    }
+}
+
+struct Sessions {
+    inner: Servicer,
+    root: String,
+}
+
+impl Debug for Sessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DropboxUploadSessions").field("inner", &self.inner).finish()
+    }
+}
+
+impl Service for Sessions {
+    type Reader = oio::Reader;
+    type Writer = SessionWriter;
+    type Lister = oio::Lister;
+    type Deleter = oio::Deleter;
+    type Copier = oio::Copier;
+    type Composer = oio::Composer;
+
+    fn info(&self) -> ServiceInfo {
+        self.inner.info()
+    }
+
+    fn capability(&self) -> opendal::Capability {
+        // Written in pieces, one after another.
+        opendal::Capability { write_can_multi: true, ..self.inner.capability() }
+    }
+
+    async fn create_dir(&self, ctx: &OperationContext, path: &str, args: OpCreateDir) -> Result<RpCreateDir> {
+        self.inner.create_dir(ctx, path, args).await
+    }
+
+    async fn stat(&self, ctx: &OperationContext, path: &str, args: OpStat) -> Result<RpStat> {
+        self.inner.stat(ctx, path, args).await
+    }
+
+    fn read(&self, ctx: &OperationContext, path: &str, args: OpRead) -> Result<Self::Reader> {
+        self.inner.read(ctx, path, args)
+    }
+
+    fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
+        Ok(SessionWriter {
+            inner: self.inner.clone(),
+            ctx: ctx.clone(),
+            path: path.to_owned(),
+            abs: opendal::raw::build_rooted_abs_path(&self.root, path),
+            args,
+            first: None,
+            session: None,
+            offset: 0,
+        })
+    }
+
+    fn delete(&self, ctx: &OperationContext) -> Result<Self::Deleter> {
+        self.inner.delete(ctx)
+    }
+
+    fn list(&self, ctx: &OperationContext, path: &str, args: OpList) -> Result<Self::Lister> {
+        self.inner.list(ctx, path, args)
+    }
+
+    fn copy(&self, ctx: &OperationContext, from: &str, to: &str, args: OpCopy) -> Result<Self::Copier> {
+        self.inner.copy(ctx, from, to, args)
+    }
+
+    async fn rename(&self, ctx: &OperationContext, from: &str, to: &str, args: OpRename) -> Result<RpRename> {
+        self.inner.rename(ctx, from, to, args).await
+    }
+
+    async fn presign(&self, ctx: &OperationContext, path: &str, args: OpPresign) -> Result<RpPresign> {
+        self.inner.presign(ctx, path, args).await
+    }
+}
+
+/// Writes one file: held until a second piece shows it needs a session, then streamed through one.
+pub(crate) struct SessionWriter {
+    inner: Servicer,
+    ctx: OperationContext,
+    path: String,
+    /// The path as Dropbox names it.
+    abs: String,
+    args: OpWrite,
+    /// The first piece, until the file turns out larger than it.
+    first: Option<Buffer>,
+    /// The session, once started.
+    session: Option<String>,
+    /// Bytes Dropbox has of the session.
+    offset: u64,
+}
+
+impl SessionWriter {
+    /// Sends one request of the session API and reads its JSON answer; a 409 comes back as its error summary.
+    async fn call(&self, endpoint: &str, arg: &Value, body: Buffer) -> Result<std::result::Result<Value, Value>> {
+        let req = Request::post(format!("{CONTENT}/{endpoint}"))
+            .header(header::AUTHORIZATION, format!("Bearer {PLACEHOLDER}"))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, body.len())
+            .header("Dropbox-API-Arg", arg.to_string())
+            .body(body)
+            .map_err(|e| err(ErrorKind::Unexpected, format!("cannot build a Dropbox request: {e}")))?;
+        let (parts, mut answer) = self.ctx.http_transport().fetch(req).await?.into_parts();
+        let mut bytes = Vec::new();
+        loop {
+            let piece = answer.read().await?;
+            if piece.is_empty() {
+                break;
+            }
+            bytes.extend(piece.to_bytes());
+            if bytes.len() > MAX_ANSWER {
+                return Err(err(ErrorKind::Unexpected, format!("Dropbox's answer to {endpoint} was too large")));
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let json = || serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+        match parts.status {
+            s if s.is_success() => Ok(Ok(json())),
+            StatusCode::CONFLICT => Ok(Err(json())),
+            s => {
+                let e = err(
+                    ErrorKind::Unexpected,
+                    format!("Dropbox answered {endpoint} with {s}: {}", text.chars().take(300).collect::<String>()),
+                );
+                // Its own failure, or a throttle the pace has waited out already: the piece may go again.
+                Err(if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS { e.set_temporary() } else { e })
+            }
+        }
+    }
+
+    fn refused(&self, endpoint: &str, answer: &Value) -> opendal::Error {
+        let summary = answer["error_summary"].as_str().unwrap_or("(no error summary)");
+        let kind = if summary.contains("conflict/") { ErrorKind::AlreadyExists } else { ErrorKind::Unexpected };
+        err(kind, format!("Dropbox refused {endpoint} for {}: {summary}", self.abs))
+    }
+
+    /// Sends one piece: the session's first, or the next at its offset.
+    async fn send(&mut self, piece: Buffer) -> Result<()> {
+        let len = piece.len() as u64;
+        match self.session.clone() {
+            None => {
+                let answer = self.call("upload_session/start", &json!({ "close": false }), piece).await?;
+                let answer = answer.map_err(|a| self.refused("upload_session/start", &a))?;
+                let id = answer["session_id"]
+                    .as_str()
+                    .filter(|id| !id.is_empty() && id.len() <= 1024)
+                    .ok_or_else(|| err(ErrorKind::Unexpected, "Dropbox started an upload session without its id"))?;
+                self.session = Some(id.to_owned());
+            }
+            Some(id) => {
+                let arg = json!({ "cursor": { "session_id": id, "offset": self.offset }, "close": false });
+                if let Err(answer) = self.call("upload_session/append_v2", &arg, piece).await? {
+                    // A piece sent again after its answer was lost: Dropbox has it already.
+                    let correct = answer["error"]["correct_offset"].as_u64();
+                    let summary = answer["error_summary"].as_str().unwrap_or_default();
+                    if !(summary.starts_with("incorrect_offset") && correct == Some(self.offset + len)) {
+                        return Err(self.refused("upload_session/append_v2", &answer));
+                    }
+                }
+            }
+        }
+        self.offset += len;
+        Ok(())
+    }
+
+    /// Sends `bs` in pieces Dropbox takes.
+    async fn send_all(&mut self, bs: Buffer) -> Result<()> {
+        let mut at = 0;
+        while at < bs.len() {
+            let end = bs.len().min(at + MAX_PIECE);
+            self.send(bs.slice(at..end)).await?;
+            at = end;
+        }
+        Ok(())
+    }
+}
+
+impl oio::Write for SessionWriter {
+    async fn write(&mut self, bs: Buffer) -> Result<()> {
+        if bs.is_empty() {
+            return Ok(());
+        }
+        if self.session.is_none() {
+            match self.first.take() {
+                None => {
+                    self.first = Some(bs);
+                    return Ok(());
+                }
+                Some(first) => {
+                    // Kept until it is sent, so a retry of this call finds it again.
+                    self.first = Some(first.clone());
+                    self.send_all(first).await?;
+                    self.first = None;
+                }
+            }
+        }
+        self.send_all(bs).await
+    }
+
+    async fn close(&mut self) -> Result<Metadata> {
+        let Some(id) = self.session.clone() else {
+            // One piece: one request, through OpenDAL's own writer.
+            let mut one = self.inner.write(&self.ctx, &self.path, self.args.clone())?;
+            one.write(self.first.clone().unwrap_or_default()).await?;
+            return one.close().await;
+        };
+        let arg = json!({
+            "cursor": { "session_id": id, "offset": self.offset },
+            "commit": { "path": self.abs, "mode": "overwrite", "autorename": false, "mute": true,
+                        "strict_conflict": false },
+        });
+        let answer = self.call("upload_session/finish", &arg, Buffer::from(Bytes::new())).await?;
+        let answer = answer.map_err(|a| self.refused("upload_session/finish", &a))?;
+        let size = answer["size"].as_u64().unwrap_or(self.offset);
+        if size != self.offset {
+            return Err(err(
+                ErrorKind::Unexpected,
+                format!("Dropbox holds {size} bytes of {} after the upload, not {}", self.abs, self.offset),
+            ));
+        }
+        Ok(MetadataBuilder::file(size).build())
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        // An unfinished session holds nothing visible, and Dropbox lets it lapse (after a week).
+        self.session = None;
+        self.first = None;
+        Ok(())
+    }
+}
