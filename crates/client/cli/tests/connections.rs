@@ -1311,6 +1311,19 @@ fn onedrive_connector_against_a_fake_of_graph() {
     let stats = fake.stats();
     assert!(fake.count("upload_sessions") >= 1 && fake.count("upload_fragments") >= 4, "{stats}");
 
+    // A file over 4 MiB replaced: the second upload session overwrites the first copy.
+    let big = c.path("od-big");
+    let big_s = big.to_str().expect("utf8");
+    write(&big.join("v.bin"), &noise(5 << 20, 1));
+    c.json(&["copy", big_s, "od:big"]);
+    let sessions = fake.count("upload_sessions");
+    write(&big.join("v.bin"), &noise((5 << 20) + 1, 2));
+    let again = c.json(&["copy", big_s, "od:big"]);
+    assert_eq!(strings(&again["copied"]), ["v.bin"], "{again}");
+    assert_eq!(fake.count("upload_sessions"), sessions + 1);
+    let served = std::fs::read(fake.served.join("Cloud Sync/big/v.bin")).expect("replaced");
+    assert!(served == noise((5 << 20) + 1, 2), "the second version replaced the first");
+
     odd_names(&c, "od", &fake.served.join("Cloud Sync"));
     assert!(fake.count("rate_limited") > 0 && fake.count("refreshes") > 2, "{stats}");
 
