@@ -79,6 +79,10 @@ pub enum Command {
         /// that SRC does not have.
         #[arg(long)]
         delete: bool,
+        /// Compare files of the same size by content hash, whatever their times, where both sides give one
+        /// (local files are read; S3 gives MD5 entity tags); elsewhere by size and time.
+        #[arg(long)]
+        checksum: bool,
         #[command(flatten)]
         passphrase: PassphraseFlag,
         #[command(flatten)]
@@ -157,6 +161,10 @@ pub enum Command {
         /// Show what would be copied, copy nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Compare files of the same size by content hash, whatever their times, where both sides give one
+        /// (local files are read; S3 gives MD5 entity tags); elsewhere by size and time.
+        #[arg(long)]
+        checksum: bool,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -899,6 +907,9 @@ pub struct PairCreateArgs {
     /// Also delete files in the destination that the source no longer has (a one-way mirror).
     #[arg(long)]
     pub delete: bool,
+    /// Compare files of the same size by content hash where both sides give one (see `copy --checksum`).
+    #[arg(long)]
+    pub checksum: bool,
     /// Overwrite a pair of the same name.
     #[arg(long)]
     pub replace: bool,

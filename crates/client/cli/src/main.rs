@@ -86,12 +86,14 @@ async fn run(cli: Cli) -> Result<()> {
             let remote = client::connections::workspace_alias(&remote)?;
             client::pull(&remote, &local, passphrase.passphrase_stdin, json.json).await
         }
-        Command::Sync { local, remote, watch, dry_run, delete, passphrase, json } => {
+        Command::Sync { local, remote, watch, dry_run, delete, checksum, passphrase, json } => {
             let src = local.to_string_lossy();
             if client::connections::any_connection(&[&src, &remote])? {
                 anyhow::ensure!(!watch, "--watch is for a folder synced with a workspace; use a pair for a schedule");
-                client::connections::transfer(&src, &remote, Verb::Mirror, delete, dry_run, json.json).await
+                let how = client::connections::How { delete, dry_run, checksum };
+                client::connections::transfer(&src, &remote, Verb::Mirror, how, json.json).await
             } else {
+                anyhow::ensure!(!checksum, "--checksum is for copies and mirrors with a saved connection");
                 anyhow::ensure!(
                     !delete,
                     "--delete is for one-way mirrors with a saved connection (`sync SRC DST`); a two-way sync with a \
@@ -113,11 +115,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Connection(cmd) => client::connections::run(cmd).await,
-        Command::Copy { src, dst, dry_run, json } => {
-            client::connections::transfer(&src, &dst, Verb::Copy, false, dry_run, json.json).await
+        Command::Copy { src, dst, dry_run, checksum, json } => {
+            let how = client::connections::How { delete: false, dry_run, checksum };
+            client::connections::transfer(&src, &dst, Verb::Copy, how, json.json).await
         }
         Command::Move { src, dst, json } => {
-            client::connections::transfer(&src, &dst, Verb::Move, false, false, json.json).await
+            client::connections::transfer(&src, &dst, Verb::Move, client::connections::How::default(), json.json).await
         }
         Command::Delete { remote, recursive, json } => client::connections::delete(&remote, recursive, json.json).await,
         Command::History { limit, json } => client::history::show(limit, json.json),

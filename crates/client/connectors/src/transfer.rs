@@ -88,11 +88,15 @@ pub struct Entry {
     pub modified: Option<SystemTime>,
     /// Whether it is a folder.
     pub is_dir: bool,
+    /// The remote's entity tag, where it lists one (S3: the MD5 of the content for an object uploaded in one
+    /// piece, `MD5-PARTS` of the parts' MD5s for a multipart upload).
+    #[serde(skip)]
+    pub etag: Option<String>,
 }
 
 impl Entry {
-    fn file(path: String, size: u64, modified: Option<SystemTime>) -> Self {
-        Self { path, size, modified, is_dir: false }
+    fn file(path: String, size: u64, modified: Option<SystemTime>, etag: Option<String>) -> Self {
+        Self { path, size, modified, is_dir: false, etag }
     }
 }
 
@@ -133,9 +137,9 @@ fn dir_prefix(path: &str) -> String {
 }
 
 /// What a source path is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Shape {
-    File(u64, Option<SystemTime>),
+    File(u64, Option<SystemTime>, Option<String>),
     Dir,
     Missing,
 }
@@ -144,7 +148,7 @@ async fn shape(loc: &Location) -> Result<Shape, Error> {
     match loc {
         Location::Local(p) => match tokio::fs::metadata(p).await {
             Ok(m) if m.is_dir() => Ok(Shape::Dir),
-            Ok(m) => Ok(Shape::File(m.len(), m.modified().ok())),
+            Ok(m) => Ok(Shape::File(m.len(), m.modified().ok(), None)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Shape::Missing),
             Err(e) => Err(Error::io(format!("cannot read {}", p.display()), e)),
         },
@@ -160,7 +164,8 @@ async fn shape(loc: &Location) -> Result<Shape, Error> {
             } else {
                 match op.stat(trimmed).await {
                     Ok(m) if m.mode() == EntryMode::FILE => {
-                        return Ok(Shape::File(m.content_length(), m.last_modified().map(SystemTime::from)));
+                        let etag = m.etag().map(str::to_owned);
+                        return Ok(Shape::File(m.content_length(), m.last_modified().map(SystemTime::from), etag));
                     }
                     Ok(_) => return Ok(Shape::Dir),
                     Err(e) => Some(e),
@@ -225,16 +230,21 @@ pub async fn list(loc: &Location, recursive: bool) -> Result<Listing, Error> {
                         continue;
                     }
                     let meta = entry.metadata();
-                    let (size, modified) = if is_dir || meta.last_modified().is_some() {
-                        (meta.content_length(), meta.last_modified().map(SystemTime::from))
+                    let (size, modified, etag) = if is_dir || meta.last_modified().is_some() {
+                        (
+                            meta.content_length(),
+                            meta.last_modified().map(SystemTime::from),
+                            meta.etag().map(str::to_owned),
+                        )
                     } else {
                         let m =
                             op.stat(full).await.map_err(|e| Error::backend(format!("cannot read {label}/{rel}"), e))?;
-                        (m.content_length(), m.last_modified().map(SystemTime::from))
+                        (m.content_length(), m.last_modified().map(SystemTime::from), m.etag().map(str::to_owned))
                     };
+                    let etag = etag.filter(|_| !is_dir);
                     push(
                         &mut out,
-                        Entry { path: rel.to_owned(), size: if is_dir { 0 } else { size }, modified, is_dir },
+                        Entry { path: rel.to_owned(), size: if is_dir { 0 } else { size }, modified, is_dir, etag },
                     )?;
                     if is_dir && recursive && !native {
                         folders.push(format!("{prefix}{rel}/"));
@@ -276,7 +286,7 @@ fn list_local(root: &Path, dir: &Path, recursive: bool, out: &mut Listing) -> Re
             continue; // an unfinished download of ours
         }
         let size = if meta.is_dir() { 0 } else { meta.len() };
-        push(out, Entry { path: rel, size, modified: meta.modified().ok(), is_dir: meta.is_dir() })?;
+        push(out, Entry { path: rel, size, modified: meta.modified().ok(), is_dir: meta.is_dir(), etag: None })?;
         if meta.is_dir() && recursive {
             list_local(root, &path, recursive, out)?;
         }
@@ -300,6 +310,9 @@ pub struct Options {
     /// Caps on bandwidth and request rate (a sync pair's); the same pace is given to the connections' operators
     /// through [`crate::Limits`], which pace each HTTP request.
     pub pace: Option<Pace>,
+    /// Compare files of the same size by content hash where both sides can give one (local files are read for
+    /// it), whatever their times; elsewhere by size and time.
+    pub checksum: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -310,6 +323,7 @@ impl std::fmt::Debug for Options {
             .field("remove_source", &self.remove_source)
             .field("concurrency", &self.concurrency)
             .field("pace", &self.pace.as_ref().map(Pace::caps))
+            .field("checksum", &self.checksum)
             .finish_non_exhaustive()
     }
 }
@@ -338,6 +352,11 @@ pub struct Summary {
     pub refused: Vec<Refused>,
     /// Files that failed.
     pub errors: Vec<Failure>,
+    /// With `checksum`: files of the same size compared by content hash.
+    pub hashed: usize,
+    /// With `checksum`: files of the same size that could not be (no hash on one side): compared by size and
+    /// time.
+    pub unhashed: usize,
     /// Whether nothing was changed (plan only).
     pub dry_run: bool,
 }
@@ -363,6 +382,120 @@ fn modify_window(loc: &Location) -> Duration {
     }
 }
 
+/// A content hash one side can give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Digest {
+    /// SHA-256 of a local file.
+    Sha256([u8; 32]),
+    /// S3's entity tag: the content's MD5 (`md5`), or that of its parts' MD5s with their count (`md5-N`).
+    S3Etag(String),
+}
+
+/// An S3 entity tag, lower case and without its quotes, if it is an MD5 one (single or multipart).
+fn s3_etag(loc: &Location, entry: &Entry) -> Option<String> {
+    let Location::Remote { op, .. } = loc else { return None };
+    if op.info().scheme() != "s3" {
+        return None;
+    }
+    let tag = entry.etag.as_deref()?.trim_matches('"').to_ascii_lowercase();
+    let (md5, parts) = tag.split_once('-').map_or((tag.as_str(), None), |(m, n)| (m, Some(n)));
+    let hex = md5.len() == 32 && md5.bytes().all(|b| b.is_ascii_hexdigit());
+    let parts_ok = parts.is_none_or(|n| n.parse::<u32>().is_ok_and(|n| n > 0));
+    (hex && parts_ok).then_some(tag)
+}
+
+/// Whether two files of the same size hold the same content, by a hash both sides give: `None` when there is
+/// none (a remote without hashes, an S3 object whose tag is not an MD5, or a multipart tag of another part
+/// size than this client's).
+///
+/// # Errors
+/// A local file cannot be read.
+async fn same_content(from: &Location, src: &Entry, to: &Location, dst: &Entry) -> Result<Option<bool>, Error> {
+    let (src_tag, dst_tag) = (s3_etag(from, src), s3_etag(to, dst));
+    Ok(match (from, to) {
+        (Location::Local(a), Location::Local(b)) => {
+            let (a, b) = (local_digest(a, src.size, None).await?, local_digest(b, dst.size, None).await?);
+            a.zip(b).map(|(a, b)| a == b)
+        }
+        (Location::Local(p), Location::Remote { .. }) => match dst_tag {
+            Some(tag) => local_digest(p, src.size, Some(&tag)).await?.map(|d| d == Digest::S3Etag(tag)),
+            None => None,
+        },
+        (Location::Remote { .. }, Location::Local(p)) => match src_tag {
+            Some(tag) => local_digest(p, dst.size, Some(&tag)).await?.map(|d| d == Digest::S3Etag(tag)),
+            None => None,
+        },
+        // Two S3 objects: equal tags mean equal content; unequal multipart tags may be other part sizes.
+        (Location::Remote { .. }, Location::Remote { .. }) => match (src_tag, dst_tag) {
+            (Some(a), Some(b)) if a == b => Some(true),
+            (Some(a), Some(b)) if !a.contains('-') && !b.contains('-') => Some(false),
+            _ => None,
+        },
+    })
+}
+
+/// A local file's digest: SHA-256, or the S3 tag it would have for `like` (a single-part MD5, or a multipart
+/// tag of the same part count); `None` when this client's part size does not give that count.
+async fn local_digest(path: &Path, size: u64, like: Option<&str>) -> Result<Option<Digest>, Error> {
+    let parts = match like.and_then(|t| t.split_once('-')) {
+        Some((_, n)) => match n.parse::<u64>() {
+            Ok(n) if n > 0 && size.div_ceil(CHUNK as u64) == n => Some(n),
+            _ => return Ok(None),
+        },
+        None => None,
+    };
+    let s3 = like.is_some();
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<Option<Digest>, Error> {
+        use md5::Digest as _;
+        use std::io::Read;
+        let fail = |e| Error::io(format!("cannot read {}", path.display()), e);
+        let mut file = std::fs::File::open(&path).map_err(fail)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+        let (mut whole, mut part, mut part_len, mut part_sums) = (md5::Md5::new(), md5::Md5::new(), 0, Vec::new());
+        loop {
+            let n = file.read(&mut buf).map_err(fail)?;
+            if n == 0 {
+                break;
+            }
+            if !s3 {
+                sha.update(&buf[..n]);
+                continue;
+            }
+            whole.update(&buf[..n]);
+            let mut at = 0;
+            while at < n {
+                let take = (CHUNK - part_len).min(n - at);
+                part.update(&buf[at..at + take]);
+                part_len += take;
+                at += take;
+                if part_len == CHUNK {
+                    part_sums.extend_from_slice(&std::mem::take(&mut part).finalize());
+                    part_len = 0;
+                }
+            }
+        }
+        if !s3 {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(sha.finish().as_ref());
+            return Ok(Some(Digest::Sha256(out)));
+        }
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        Ok(Some(Digest::S3Etag(match parts {
+            None => hex(&whole.finalize()),
+            Some(n) => {
+                if part_len > 0 {
+                    part_sums.extend_from_slice(&part.finalize());
+                }
+                format!("{}-{n}", hex(&md5::Md5::digest(&part_sums)))
+            }
+        })))
+    })
+    .await
+    .map_err(|e| Error::io("hashing a file", std::io::Error::other(e)))?
+}
+
 /// Copies SRC to DST: a file to a file (or into DST when DST is a folder), a folder's contents into DST.
 /// Files the destination already has (same size, not older) are skipped. With `opts.delete`, destination files
 /// the source lacks are deleted afterwards (a one-way mirror). `before` is told the bytes to copy once both
@@ -377,7 +510,7 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
     let mut summary = Summary { dry_run: opts.dry_run, ..Summary::default() };
     let (src_root, dst_root, items, dst_listing) = match shape(src).await? {
         Shape::Missing => return Err(Error::Invalid(format!("{} does not exist", src.label()))),
-        Shape::File(size, modified) => {
+        Shape::File(size, modified, etag) => {
             let (src_parent, name) = split_file(src)?;
             // Into DST when it is a folder; else DST is the file's new name.
             let (dst_root, dst_name, existing) = match shape(dst).await? {
@@ -391,10 +524,10 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
                 }
             };
             let existing = match existing {
-                Shape::File(size, modified) => vec![Entry::file(dst_name.clone(), size, modified)],
+                Shape::File(size, modified, etag) => vec![Entry::file(dst_name.clone(), size, modified, etag)],
                 Shape::Dir | Shape::Missing => Vec::new(),
             };
-            let entry = Entry::file(name, size, modified);
+            let entry = Entry::file(name, size, modified, etag);
             (src_parent, dst_root, vec![(entry, dst_name)], Listing { entries: existing, refused: Vec::new() })
         }
         Shape::Dir => {
@@ -426,14 +559,51 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
     // A name the source listed but that was refused still counts as there: its copy at the destination stays.
     keep.extend(summary.refused.iter().map(|r| key(&r.raw)));
     let sources = items.len();
+    let mut hash_these = Vec::new();
     for (entry, to) in items {
         keep.insert(key(&to));
         match existing.get(&key(&to)) {
             // A move always copies: "same size, not older" is not proof enough to delete the original.
-            Some(d) if same(&entry, d, window) && !opts.remove_source => summary.unchanged += 1,
+            Some(_) if opts.remove_source => todo.push((entry, to)),
+            Some(d) if opts.checksum && !d.is_dir && d.size == entry.size => {
+                hash_these.push((entry, to, (*d).clone()));
+            }
+            Some(d) if same(&entry, d, window) => summary.unchanged += 1,
             _ => todo.push((entry, to)),
         }
     }
+    // Same-size files by content, a few at a time (each may read a whole local file).
+    let verdicts: Vec<_> = futures_util::stream::iter(hash_these.into_iter().map(|(entry, to, d)| {
+        let (src_root, dst_root) = (&src_root, &dst_root);
+        async move {
+            let verdict = same_content(&child(src_root, &entry.path), &entry, &child(dst_root, &to), &d).await;
+            (entry, to, d, verdict)
+        }
+    }))
+    .buffer_unordered(opts.concurrency.max(1))
+    .collect()
+    .await;
+    for (entry, to, d, verdict) in verdicts {
+        match verdict? {
+            Some(true) => {
+                summary.hashed += 1;
+                summary.unchanged += 1;
+            }
+            Some(false) => {
+                summary.hashed += 1;
+                todo.push((entry, to));
+            }
+            None => {
+                summary.unhashed += 1;
+                if same(&entry, &d, window) {
+                    summary.unchanged += 1;
+                } else {
+                    todo.push((entry, to));
+                }
+            }
+        }
+    }
+    todo.sort_by(|a, b| a.1.cmp(&b.1));
     let delete: Vec<String> = if opts.delete {
         existing.iter().filter(|(k, _)| !keep.contains(*k)).map(|(_, e)| e.path.clone()).collect()
     } else {
@@ -990,6 +1160,51 @@ fn check_size(sent: u64, expected: u64, from: &Location) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn checksum_finds_a_change_that_size_and_time_hide_between_local_folders() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for (root, body) in [(&a, b"one"), (&b, b"two")] {
+            std::fs::create_dir_all(root).expect("mkdir");
+            std::fs::write(root.join("f.txt"), body).expect("write");
+            std::fs::write(root.join("same.txt"), b"same").expect("write");
+        }
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for f in [a.join("f.txt"), b.join("f.txt"), a.join("same.txt"), b.join("same.txt")] {
+            std::fs::File::options().write(true).open(f).expect("open").set_modified(t).expect("touch");
+        }
+        let (src, dst) = (Location::Local(a), Location::Local(b.clone()));
+        let opts = Options { concurrency: 2, dry_run: true, ..Options::default() };
+        let by_time = copy(&src, &dst, &opts, |_| {}).await.expect("copy");
+        assert_eq!((by_time.copied.len(), by_time.unchanged, by_time.hashed), (0, 2, 0));
+        let opts = Options { checksum: true, ..opts };
+        let by_hash = copy(&src, &dst, &opts, |_| {}).await.expect("copy");
+        assert_eq!(by_hash.copied, ["f.txt"]);
+        assert_eq!((by_hash.unchanged, by_hash.hashed, by_hash.unhashed), (1, 2, 0));
+    }
+
+    #[tokio::test]
+    async fn local_files_get_the_s3_tags_this_client_uploads_them_with() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"").expect("write");
+        let tag = "d41d8cd98f00b204e9800998ecf8427e";
+        assert_eq!(local_digest(&f, 0, Some(tag)).await.expect("md5"), Some(Digest::S3Etag(tag.into())));
+        // Two parts: the MD5 of the parts' MD5s, then the count.
+        let body: Vec<u8> = (0..CHUNK + 5).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&f, &body).expect("write");
+        let sum = |b: &[u8]| {
+            use md5::Digest as _;
+            md5::Md5::digest(b).to_vec()
+        };
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let want = format!("{}-2", hex(&sum(&[sum(&body[..CHUNK]), sum(&body[CHUNK..])].concat())));
+        let size = body.len() as u64;
+        assert_eq!(local_digest(&f, size, Some(&want)).await.expect("md5"), Some(Digest::S3Etag(want.clone())));
+        // Another part count than this client's split: no hash to compare, not a difference.
+        assert_eq!(local_digest(&f, size, Some(&format!("{}-3", &want[..32]))).await.expect("md5"), None);
+    }
 
     #[test]
     fn overlapping_moves_and_mirrors_are_refused() {

@@ -545,19 +545,33 @@ pub struct Run {
     pub limits: Limits,
     /// The sync pair this run belongs to, for the history.
     pub pair: Option<String>,
+    /// Compare same-size files by content hash where both sides give one.
+    pub checksum: bool,
+}
+
+/// How a `copy`, `sync` or `move` goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct How {
+    /// Mirror: delete destination files the source lacks.
+    pub delete: bool,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Compare same-size files by content hash where both sides give one.
+    pub checksum: bool,
 }
 
 /// `copy`, one-way `sync` and `move` between local paths and connections.
 ///
 /// # Errors
 /// Unknown connection, listing failure, or files that failed (listed first).
-pub async fn transfer(src: &str, dst: &str, verb: Verb, delete: bool, dry_run: bool, json: bool) -> Result<()> {
+pub async fn transfer(src: &str, dst: &str, verb: Verb, how: How, json: bool) -> Result<()> {
+    let How { delete, dry_run, checksum } = how;
     let saved = Connections::load()?;
     let (from, to) = (Target::parse(src, &saved), Target::parse(dst, &saved));
     if matches!(from, Target::Workspace(_)) || matches!(to, Target::Workspace(_)) {
         return with_workspace(from, to, verb, delete || dry_run, json, &saved).await;
     }
-    let run = Run { verb, delete, dry_run, progress: !json, limits: Limits::default(), pair: None };
+    let run = Run { verb, delete, dry_run, progress: !json, limits: Limits::default(), pair: None, checksum };
     let from = from.location(&saved, &run.limits)?;
     let to = to.location(&saved, &run.limits)?;
     let summary = execute(&from, &to, [src, dst], &run).await?;
@@ -610,8 +624,15 @@ async fn with_workspace(
         .with_context(|| format!("cannot create a staging folder in {}", staging.display()))?;
     let staged = Location::Local(stage.path().to_path_buf());
     // The one step with a connection in it (if any) is the run the history records, under what the user typed.
-    let run =
-        Run { verb: Verb::Copy, delete: false, dry_run: false, progress: !json, limits: Limits::default(), pair: None };
+    let run = Run {
+        verb: Verb::Copy,
+        delete: false,
+        dry_run: false,
+        progress: !json,
+        limits: Limits::default(),
+        pair: None,
+        checksum: false,
+    };
     let labels = [from.label(), to.label()];
     let labels = [labels[0].as_str(), labels[1].as_str()];
     match &from {
@@ -658,6 +679,7 @@ pub async fn execute(from: &Location, to: &Location, labels: [&str; 2], run: &Ru
         concurrency: limits.concurrency,
         progress: Some(Arc::new(move |n| tick.inc(n))),
         pace: limits.pace.clone(),
+        checksum: run.checksum,
     };
     let command = match (&run.pair, run.verb) {
         (Some(_), _) => "pair",
@@ -723,6 +745,15 @@ pub fn report(s: &Summary, verb: Verb, from: &Location, json: bool) -> Result<()
         let mut line = format!("{would} {} file(s) ({}), {} unchanged", s.copied.len(), size(s.bytes), s.unchanged);
         if verb == Verb::Mirror {
             line.push_str(&format!(", {} {}", s.deleted.len(), if s.dry_run { "to delete" } else { "deleted" }));
+        }
+        if s.hashed > 0 {
+            line.push_str(&format!("; {} of the same size compared by content hash", s.hashed));
+        }
+        if s.unhashed > 0 {
+            line.push_str(&format!(
+                "; {} of the same size by size and time only (no hash to compare on one side)",
+                s.unhashed
+            ));
         }
         if s.dry_run {
             for p in &s.copied {

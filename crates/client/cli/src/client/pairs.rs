@@ -60,6 +60,9 @@ pub struct Pair {
     /// Also delete destination files the source no longer has (a mirror).
     #[serde(default)]
     pub delete: bool,
+    /// Compare same-size files by content hash where both sides give one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checksum: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -226,6 +229,7 @@ fn create(a: PairCreateArgs) -> Result<()> {
         max_requests_per_second: a.max_requests_per_second,
         concurrency: a.concurrency,
         delete: a.delete,
+        checksum: a.checksum,
     };
     pair.check()?;
     let schedule = match every {
@@ -507,6 +511,7 @@ async fn run_pair(name: &str, dry_run: bool, progress: bool, only_if_due: bool) 
         // More retries than a command typed by hand: a scheduled run has time, and the pace backs off meanwhile.
         limits: Limits { concurrency: pair.concurrency, retries: 10, pace: Some(pace.clone()) },
         pair: Some(name.to_owned()),
+        checksum: pair.checksum,
     };
     let result = async {
         let (from, to) = connections::locations(&pair.from, &pair.to, &run.limits)?;
@@ -684,6 +689,7 @@ mod tests {
             max_requests_per_second: None,
             concurrency: 4,
             delete: false,
+            checksum: false,
         };
         assert_eq!(next_run(&pair, None), Some(0), "never run: due now");
         let ok = PairState {
