@@ -83,6 +83,10 @@ pub enum Command {
         /// (local files are read; S3 gives MD5 entity tags); elsewhere by size and time.
         #[arg(long)]
         checksum: bool,
+        /// Copy SRC as it was at this time (a versioned S3 or R2 bucket: each file's version then, without those
+        /// created or deleted since): an RFC 3339 time, a date, or a span back from now (24h, 7d).
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
         #[command(flatten)]
         passphrase: PassphraseFlag,
         #[command(flatten)]
@@ -165,6 +169,10 @@ pub enum Command {
         /// (local files are read; S3 gives MD5 entity tags); elsewhere by size and time.
         #[arg(long)]
         checksum: bool,
+        /// Copy SRC as it was at this time (a versioned S3 or R2 bucket: each file's version then, without those
+        /// created or deleted since): an RFC 3339 time, a date, or a span back from now (24h, 7d).
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -877,6 +885,9 @@ pub enum PairCmd {
         /// Run the pairs that are due now, then exit (for cron or a systemd timer).
         #[arg(long)]
         once: bool,
+        /// While a pair runs, log how far it is this often: 30s, 5m, 1h (0 for never).
+        #[arg(long, value_name = "DURATION", default_value = "1m")]
+        status_every: String,
     },
 }
 
@@ -910,6 +921,10 @@ pub struct PairCreateArgs {
     /// Compare files of the same size by content hash where both sides give one (see `copy --checksum`).
     #[arg(long)]
     pub checksum: bool,
+    /// Copy the source as it was this long ago at each run (a versioned S3 or R2 bucket; see `copy --as-of`):
+    /// a span such as 1h or 1d, so that a change or a deletion reaches the destination only after it.
+    #[arg(long, value_name = "SPAN")]
+    pub as_of: Option<String>,
     /// Overwrite a pair of the same name.
     #[arg(long)]
     pub replace: bool,

@@ -86,14 +86,17 @@ async fn run(cli: Cli) -> Result<()> {
             let remote = client::connections::workspace_alias(&remote)?;
             client::pull(&remote, &local, passphrase.passphrase_stdin, json.json).await
         }
-        Command::Sync { local, remote, watch, dry_run, delete, checksum, passphrase, json } => {
+        Command::Sync { local, remote, watch, dry_run, delete, checksum, as_of, passphrase, json } => {
             let src = local.to_string_lossy();
             if client::connections::any_connection(&[&src, &remote])? {
                 anyhow::ensure!(!watch, "--watch is for a folder synced with a workspace; use a pair for a schedule");
-                let how = client::connections::How { delete, dry_run, checksum };
+                let how = client::connections::How { delete, dry_run, checksum, as_of };
                 client::connections::transfer(&src, &remote, Verb::Mirror, how, json.json).await
             } else {
-                anyhow::ensure!(!checksum, "--checksum is for copies and mirrors with a saved connection");
+                anyhow::ensure!(
+                    !checksum && as_of.is_none(),
+                    "--checksum and --as-of are for copies and mirrors with a saved connection"
+                );
                 anyhow::ensure!(
                     !delete,
                     "--delete is for one-way mirrors with a saved connection (`sync SRC DST`); a two-way sync with a \
@@ -115,8 +118,8 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Connection(cmd) => client::connections::run(cmd).await,
-        Command::Copy { src, dst, dry_run, checksum, json } => {
-            let how = client::connections::How { delete: false, dry_run, checksum };
+        Command::Copy { src, dst, dry_run, checksum, as_of, json } => {
+            let how = client::connections::How { delete: false, dry_run, checksum, as_of };
             client::connections::transfer(&src, &dst, Verb::Copy, how, json.json).await
         }
         Command::Move { src, dst, json } => {

@@ -514,6 +514,45 @@ fn s3_connector_against_moto_with_sigv4_enforced() {
     c.json(&["copy", "moto:cs", back.to_str().expect("utf8")]);
     let down = c.json(&["copy", "moto:cs", back.to_str().expect("utf8"), "--checksum"]);
     assert_eq!((down["unchanged"].as_u64(), down["hashed"].as_u64()), (Some(2), Some(2)), "{down}");
+
+    // --as-of: a versioned bucket copied as it was, before a change, a deletion and a new file.
+    let mut history = add.clone();
+    history[2] = "mh";
+    history[8] = "history";
+    c.ok(&history, Some(secret));
+    let hist = c.path("hist");
+    let hist_s = hist.to_str().expect("utf8");
+    write(&hist.join("a.txt"), b"one");
+    write(&hist.join("sub/b.txt"), b"bee");
+    c.json(&["copy", hist_s, "mh:h"]);
+    // S3 lists versions' times to the second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let then = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("time");
+    let then = then.format(&time::format_description::well_known::Rfc3339).expect("format");
+    std::thread::sleep(Duration::from_millis(1500));
+    write(&hist.join("a.txt"), b"two");
+    std::fs::remove_file(hist.join("sub/b.txt")).expect("rm");
+    write(&hist.join("c.txt"), b"sea");
+    let mirrored = c.json(&["sync", hist_s, "mh:h", "--delete"]);
+    assert_eq!(strings(&mirrored["deleted"]), ["sub/b.txt"], "{mirrored}");
+    let past = c.path("past");
+    c.json(&["copy", "mh:h", past.to_str().expect("utf8"), "--as-of", &then]);
+    assert_eq!(files_under(&past), [("a.txt".into(), b"one".to_vec()), ("sub/b.txt".into(), b"bee".to_vec())]);
+    let now = c.path("now");
+    c.json(&["copy", "mh:h", now.to_str().expect("utf8")]);
+    assert_eq!(files_under(&now), [("a.txt".into(), b"two".to_vec()), ("c.txt".into(), b"sea".to_vec())]);
+    // The past again over a newer copy of the same size: its older time does not hide the difference.
+    let (now_s, past_s) = (now.to_str().expect("utf8"), past.to_str().expect("utf8"));
+    let back = c.json(&["copy", "mh:h", now_s, "--as-of", &then]);
+    assert_eq!(strings(&back["copied"]), ["a.txt", "sub/b.txt"], "{back}");
+    assert_eq!(std::fs::read(now.join("a.txt")).expect("a"), b"one");
+    let steady = c.json(&["copy", "mh:h", past_s, "--as-of", &then]);
+    assert_eq!(steady["copied"].as_array().map(Vec::len), Some(0), "nothing changed since: {steady}");
+    // Before the first version there was nothing; a local source has no versions to read.
+    let err = c.fails(&["copy", "mh:h", past.to_str().expect("utf8"), "--as-of", "2001-01-01"], None);
+    assert!(err.contains("held no files at that time"), "{err}");
+    let err = c.fails(&["copy", hist_s, "mh:elsewhere", "--as-of", "1h"], None);
+    assert!(err.contains("snapshot"), "{err}");
 }
 
 #[test]
@@ -1091,6 +1130,24 @@ fn pairs_pace_themselves_against_a_server_that_rate_limits() {
     assert_eq!(runs_of("sched"), 1, "not due again within the hour");
     assert_eq!(runs_of("calm"), 1);
 
+    // A long run under the daemon says how far it is (768 KiB at 256 KiB/s: about three seconds).
+    let slow2 = c.path("slow2-dst");
+    c.ok(
+        &["pair", "create", "slow2", "--from", big_s, "--to", slow2.to_str().expect("utf8"), "--bwlimit", "256K"]
+            .into_iter()
+            .chain(["--every", "1h"])
+            .collect::<Vec<_>>(),
+        None,
+    );
+    let log =
+        String::from_utf8(c.run(&["pair", "daemon", "--once", "--status-every", "1s"], None).stderr).expect("utf8");
+    let status: Vec<&str> = log.lines().filter(|l| l.contains("pair slow2: running for")).collect();
+    assert!(status.len() >= 2, "status lines while it runs: {log}");
+    assert!(status.iter().any(|l| l.contains(" of 768.0 KiB copied so far")), "{log}");
+    assert!(log.contains("pair slow2: copied 2 file(s)"), "{log}");
+    let err = c.fails(&["pair", "daemon", "--once", "--status-every", "soon"], None);
+    assert!(err.contains("--status-every") && err.contains("30m"), "{err}");
+
     // A failed scheduled run is recorded and tried again sooner than its schedule (after a minute).
     let vanishing = c.path("vanishing");
     std::fs::create_dir_all(&vanishing).expect("mkdir");
@@ -1239,7 +1296,18 @@ fn dropbox_connector_against_a_fake_of_its_api() {
     let fake = cloud(
         &mut c,
         "dropbox",
-        &["--token-ttl", "2", "--rate-limit", "9", "--max-upload", "9437184", "--drop-session-answers", "1"],
+        &[
+            "--token-ttl",
+            "2",
+            "--rate-limit",
+            "9",
+            "--max-upload",
+            "9437184",
+            "--drop-session-answers",
+            "1",
+            "--drop-finish-answers",
+            "1",
+        ],
     );
     let add = fake.add_args("dbx", "dropbox");
     let no_id: Vec<&str> = strs(&add).into_iter().filter(|a| *a != "--client-id" && *a != fake.client_id()).collect();
@@ -1261,6 +1329,16 @@ fn dropbox_connector_against_a_fake_of_its_api() {
     assert!(fake.count("rate_limited") > 0, "the fake refused some requests: {}", fake.stats());
     assert!(fake.count("upload_sessions") >= 1, "the large file went in an upload session: {}", fake.stats());
     assert_eq!(fake.count("session_answers_dropped"), 1, "{}", fake.stats());
+    // The lost answer to a finish: sent again, told the session is gone, the file found with this upload's hash.
+    assert_eq!(fake.count("finish_answers_dropped"), 1, "{}", fake.stats());
+    // Several appends, each at its offset.
+    let multi = c.path("dbx-multi");
+    write(&multi.join("m.bin"), &noise(20 << 20, 9));
+    let sessions = fake.count("upload_sessions");
+    let up = c.json(&["copy", multi.to_str().expect("utf8"), "dbx:multi"]);
+    assert_eq!(strings(&up["copied"]), ["m.bin"], "{up}");
+    assert_eq!(fake.count("upload_sessions"), sessions + 1);
+    assert!(std::fs::read(fake.served.join("multi/m.bin")).expect("uploaded") == noise(20 << 20, 9));
     assert!(fake.count("refreshes") > 1, "expired access tokens were refreshed: {}", fake.stats());
     odd_names(&c, "dbx", &fake.served);
 

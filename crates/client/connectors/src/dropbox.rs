@@ -9,7 +9,9 @@
 //! Every request goes through the connection's HTTP transport: the OAuth token, its refresh, the ASCII escaping
 //! of `Dropbox-API-Arg` and the pace (waiting out 429s) apply as for OpenDAL's own requests. A piece whose
 //! answer was lost and that is sent again is recognised by Dropbox's `incorrect_offset` answer naming the offset
-//! after it, and not sent twice.
+//! after it, and not sent twice. The file's Dropbox content hash is computed as the pieces go, and the file
+//! `finish` made must carry it: a `finish` whose answer was lost, sent again and told the session is gone,
+//! looks the file up and accepts it only with that hash and size.
 
 use std::fmt::{self, Debug};
 use std::sync::Arc;
@@ -29,9 +31,12 @@ use crate::oauth::PLACEHOLDER;
 type Result<T> = opendal::Result<T>;
 
 const CONTENT: &str = "https://content.dropboxapi.com/2/files";
+const API: &str = "https://api.dropboxapi.com/2/files";
+/// Dropbox's content hash works on blocks of this size.
+const HASH_BLOCK: usize = 4 << 20;
 /// Largest answer read (session answers are a few hundred bytes of JSON).
 const MAX_ANSWER: usize = 1 << 20;
-/// Dropbox takes at most 150 MiB in one request; larger pieces handed in are cut to this (a multiple of 4 MiB).
+/// Dropbox takes at most 150 MiB in one request: larger pieces are refused (a copy hands in 8 MiB ones).
 const MAX_PIECE: usize = 148 << 20;
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> opendal::Error {
@@ -107,6 +112,8 @@ impl Service for Sessions {
             first: None,
             session: None,
             offset: 0,
+            hash: ContentHash::default(),
+            finishing: false,
         })
     }
 
@@ -145,6 +152,51 @@ pub(crate) struct SessionWriter {
     session: Option<String>,
     /// Bytes Dropbox has of the session.
     offset: u64,
+    /// Dropbox's content hash of the bytes sent.
+    hash: ContentHash,
+    /// `finish` was sent (its answer may have been lost).
+    finishing: bool,
+}
+
+/// Dropbox's content hash: SHA-256 over the SHA-256 of each 4 MiB block.
+struct ContentHash {
+    blocks: ring::digest::Context,
+    block: ring::digest::Context,
+    in_block: usize,
+}
+
+impl Default for ContentHash {
+    fn default() -> Self {
+        Self {
+            blocks: ring::digest::Context::new(&ring::digest::SHA256),
+            block: ring::digest::Context::new(&ring::digest::SHA256),
+            in_block: 0,
+        }
+    }
+}
+
+impl ContentHash {
+    fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = (HASH_BLOCK - self.in_block).min(bytes.len());
+            self.block.update(&bytes[..take]);
+            self.in_block += take;
+            bytes = &bytes[take..];
+            if self.in_block == HASH_BLOCK {
+                let done = std::mem::replace(&mut self.block, ring::digest::Context::new(&ring::digest::SHA256));
+                self.blocks.update(done.finish().as_ref());
+                self.in_block = 0;
+            }
+        }
+    }
+
+    fn hex(&self) -> String {
+        let mut blocks = self.blocks.clone();
+        if self.in_block > 0 {
+            blocks.update(self.block.clone().finish().as_ref());
+        }
+        blocks.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 impl SessionWriter {
@@ -157,6 +209,22 @@ impl SessionWriter {
             .header("Dropbox-API-Arg", arg.to_string())
             .body(body)
             .map_err(|e| err(ErrorKind::Unexpected, format!("cannot build a Dropbox request: {e}")))?;
+        self.exchange(endpoint, req).await
+    }
+
+    /// Sends an RPC request (arguments in a JSON body).
+    async fn rpc(&self, endpoint: &str, arg: &Value) -> Result<std::result::Result<Value, Value>> {
+        let body = Buffer::from(Bytes::from(arg.to_string()));
+        let req = Request::post(format!("{API}/{endpoint}"))
+            .header(header::AUTHORIZATION, format!("Bearer {PLACEHOLDER}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .map_err(|e| err(ErrorKind::Unexpected, format!("cannot build a Dropbox request: {e}")))?;
+        self.exchange(endpoint, req).await
+    }
+
+    async fn exchange(&self, endpoint: &str, req: Request<Buffer>) -> Result<std::result::Result<Value, Value>> {
         let (parts, mut answer) = self.ctx.http_transport().fetch(req).await?.into_parts();
         let mut bytes = Vec::new();
         loop {
@@ -194,6 +262,7 @@ impl SessionWriter {
     /// Sends one piece: the session's first, or the next at its offset.
     async fn send(&mut self, piece: Buffer) -> Result<()> {
         let len = piece.len() as u64;
+        let counted = piece.clone();
         match self.session.clone() {
             None => {
                 let answer = self.call("upload_session/start", &json!({ "close": false }), piece).await?;
@@ -211,25 +280,46 @@ impl SessionWriter {
                     let correct = answer["error"]["correct_offset"].as_u64();
                     let summary = answer["error_summary"].as_str().unwrap_or_default();
                     if !(summary.starts_with("incorrect_offset") && correct == Some(self.offset + len)) {
-                        return Err(self.refused("upload_session/append_v2", &answer));
+                        let e = self.refused("upload_session/append_v2", &answer);
+                        return Err(match correct {
+                            Some(c) => err(
+                                e.kind(),
+                                format!("{e} (a piece of {len} bytes at {}; Dropbox has {c})", self.offset),
+                            ),
+                            None => e,
+                        });
                     }
                 }
             }
+        }
+        for part in counted.clone() {
+            self.hash.update(&part);
         }
         self.offset += len;
         Ok(())
     }
 
-    /// Sends `bs` in pieces Dropbox takes.
-    async fn send_all(&mut self, bs: Buffer) -> Result<()> {
-        let mut at = 0;
-        while at < bs.len() {
-            let end = bs.len().min(at + MAX_PIECE);
-            self.send(bs.slice(at..end)).await?;
-            at = end;
+    /// After a `finish` whose answer was lost: the file it made, if it is this upload's (same size and hash).
+    async fn finished_before(&self) -> Result<Option<Metadata>> {
+        let Ok(found) = self.rpc("get_metadata", &json!({ "path": self.abs })).await? else { return Ok(None) };
+        let (size, hash) = (found["size"].as_u64(), found["content_hash"].as_str());
+        if size == Some(self.offset) && hash == Some(self.hash.hex().as_str()) {
+            return Ok(Some(MetadataBuilder::file(self.offset).build()));
         }
-        Ok(())
+        Ok(None)
     }
+}
+
+/// Pieces handed in by a copy are 8 MiB; a larger one would have to go in several requests, which a retry of
+/// the write could not take up where it failed.
+fn check_piece(bs: &Buffer) -> Result<()> {
+    if bs.len() > MAX_PIECE {
+        return Err(err(
+            ErrorKind::Unsupported,
+            format!("a piece of {} bytes is more than Dropbox takes in one request ({MAX_PIECE})", bs.len()),
+        ));
+    }
+    Ok(())
 }
 
 impl oio::Write for SessionWriter {
@@ -237,6 +327,7 @@ impl oio::Write for SessionWriter {
         if bs.is_empty() {
             return Ok(());
         }
+        check_piece(&bs)?;
         if self.session.is_none() {
             match self.first.take() {
                 None => {
@@ -246,12 +337,12 @@ impl oio::Write for SessionWriter {
                 Some(first) => {
                     // Kept until it is sent, so a retry of this call finds it again.
                     self.first = Some(first.clone());
-                    self.send_all(first).await?;
+                    self.send(first).await?;
                     self.first = None;
                 }
             }
         }
-        self.send_all(bs).await
+        self.send(bs).await
     }
 
     async fn close(&mut self) -> Result<Metadata> {
@@ -266,16 +357,34 @@ impl oio::Write for SessionWriter {
             "commit": { "path": self.abs, "mode": "overwrite", "autorename": false, "mute": true,
                         "strict_conflict": false },
         });
-        let answer = self.call("upload_session/finish", &arg, Buffer::from(Bytes::new())).await?;
-        let answer = answer.map_err(|a| self.refused("upload_session/finish", &a))?;
-        let size = answer["size"].as_u64().unwrap_or(self.offset);
-        if size != self.offset {
+        let again = self.finishing;
+        self.finishing = true;
+        let answer = match self.call("upload_session/finish", &arg, Buffer::from(Bytes::new())).await? {
+            Ok(a) => a,
+            // Sent before and done then: the session is gone, the file is there.
+            Err(a) if again && a["error_summary"].as_str().is_some_and(|s| s.starts_with("lookup_failed/")) => {
+                return match self.finished_before().await? {
+                    Some(md) => Ok(md),
+                    None => Err(self.refused("upload_session/finish", &a)),
+                };
+            }
+            Err(a) => return Err(self.refused("upload_session/finish", &a)),
+        };
+        let (size, hash) = (answer["size"].as_u64(), answer["content_hash"].as_str());
+        let ours = self.hash.hex();
+        if size != Some(self.offset) || hash.is_some_and(|h| h != ours) {
             return Err(err(
                 ErrorKind::Unexpected,
-                format!("Dropbox holds {size} bytes of {} after the upload, not {}", self.abs, self.offset),
+                format!(
+                    "Dropbox holds {} bytes of {} with content hash {} after the upload, not {} bytes with {ours}",
+                    size.map_or("?".into(), |s| s.to_string()),
+                    self.abs,
+                    hash.unwrap_or("?"),
+                    self.offset
+                ),
             ));
         }
-        Ok(MetadataBuilder::file(size).build())
+        Ok(MetadataBuilder::file(self.offset).build())
     }
 
     async fn abort(&mut self) -> Result<()> {

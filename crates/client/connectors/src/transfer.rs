@@ -92,11 +92,14 @@ pub struct Entry {
     /// piece, `MD5-PARTS` of the parts' MD5s for a multipart upload).
     #[serde(skip)]
     pub etag: Option<String>,
+    /// The version read (a listing of the past, `--as-of`): the object's version id.
+    #[serde(skip)]
+    pub version: Option<String>,
 }
 
 impl Entry {
     fn file(path: String, size: u64, modified: Option<SystemTime>, etag: Option<String>) -> Self {
-        Self { path, size, modified, is_dir: false, etag }
+        Self { path, size, modified, is_dir: false, etag, version: None }
     }
 }
 
@@ -244,7 +247,14 @@ pub async fn list(loc: &Location, recursive: bool) -> Result<Listing, Error> {
                     let etag = etag.filter(|_| !is_dir);
                     push(
                         &mut out,
-                        Entry { path: rel.to_owned(), size: if is_dir { 0 } else { size }, modified, is_dir, etag },
+                        Entry {
+                            path: rel.to_owned(),
+                            size: if is_dir { 0 } else { size },
+                            modified,
+                            is_dir,
+                            etag,
+                            version: None,
+                        },
                     )?;
                     if is_dir && recursive && !native {
                         folders.push(format!("{prefix}{rel}/"));
@@ -254,6 +264,69 @@ pub async fn list(loc: &Location, recursive: bool) -> Result<Listing, Error> {
         }
     }
     out.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Lists a folder of a versioned bucket as it was at `at`: for each object the newest version no later than
+/// `at`, left out where that is a deletion or there is none. Hostile names are refused, as by [`list`].
+///
+/// # Errors
+/// The source keeps no versions, or cannot be listed; nothing was there at `at`.
+pub async fn list_as_of(loc: &Location, at: SystemTime) -> Result<Listing, Error> {
+    let Location::Remote { op, path, label } = loc else {
+        return Err(Error::Unsupported(format!(
+            "--as-of reads the past of a versioned S3 or R2 bucket; {} is a local folder (copy from one of its \
+             snapshots instead, e.g. ZFS's .zfs/snapshot/NAME, a btrfs snapshot or Synology's #snapshot)",
+            loc.label()
+        )));
+    };
+    let cap = op.info().capability();
+    if !(cap.list_with_versions && cap.list_with_deleted && cap.read_with_version) {
+        return Err(Error::Unsupported(format!(
+            "--as-of reads the past of a versioned S3 or R2 bucket; {label} ({}) keeps no versions this client can \
+             read",
+            op.info().scheme()
+        )));
+    }
+    let prefix = dir_prefix(path);
+    let fail = |e| Error::backend(format!("cannot list the versions in {label}"), e);
+    let mut lister = op.lister_with(&prefix).recursive(true).versions(true).deleted(true).await.map_err(fail)?;
+    // Per name: the newest version no later than `at`, and whether it is a deletion. S3 lists the versions of a
+    // name newest first, so of two at the same time the first listed is kept.
+    let mut newest: BTreeMap<String, (Entry, bool)> = BTreeMap::new();
+    let mut seen = 0usize;
+    while let Some(entry) = lister.try_next().await.map_err(fail)? {
+        seen += 1;
+        if seen > MAX_ENTRIES {
+            return Err(Error::Invalid(format!("more than {MAX_ENTRIES} versions: list a smaller folder")));
+        }
+        let meta = entry.metadata();
+        let Some(rel) = entry.path().strip_prefix(prefix.as_str()) else { continue };
+        if meta.mode() == EntryMode::DIR || rel.is_empty() || rel.ends_with('/') || is_partial(rel) {
+            continue;
+        }
+        let Some(when) = meta.last_modified().map(SystemTime::from) else { continue };
+        if when > at || newest.get(rel).is_some_and(|(e, _)| e.modified >= Some(when)) {
+            continue;
+        }
+        let mut entry = Entry::file(rel.to_owned(), meta.content_length(), Some(when), meta.etag().map(str::to_owned));
+        entry.version = meta.version().map(str::to_owned);
+        newest.insert(rel.to_owned(), (entry, meta.is_deleted()));
+    }
+    let mut out = Listing::default();
+    for (rel, (entry, deleted)) in newest {
+        if deleted {
+            continue;
+        }
+        if let Err(why) = local_relative(&rel) {
+            out.refused.push(refuse(&rel, &why));
+            continue;
+        }
+        push(&mut out, entry)?;
+    }
+    if out.entries.is_empty() && out.refused.is_empty() {
+        return Err(Error::Invalid(format!("{label} held no files at that time")));
+    }
     Ok(out)
 }
 
@@ -286,7 +359,8 @@ fn list_local(root: &Path, dir: &Path, recursive: bool, out: &mut Listing) -> Re
             continue; // an unfinished download of ours
         }
         let size = if meta.is_dir() { 0 } else { meta.len() };
-        push(out, Entry { path: rel, size, modified: meta.modified().ok(), is_dir: meta.is_dir(), etag: None })?;
+        let modified = meta.modified().ok();
+        push(out, Entry { path: rel, size, modified, is_dir: meta.is_dir(), etag: None, version: None })?;
         if meta.is_dir() && recursive {
             list_local(root, &path, recursive, out)?;
         }
@@ -313,6 +387,9 @@ pub struct Options {
     /// Compare files of the same size by content hash where both sides can give one (local files are read for
     /// it), whatever their times; elsewhere by size and time.
     pub checksum: bool,
+    /// Copy the source as it was at this time: each object's version current then (a versioned S3 or R2
+    /// bucket), leaving out what did not exist or was deleted then.
+    pub as_of: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for Options {
@@ -324,6 +401,7 @@ impl std::fmt::Debug for Options {
             .field("concurrency", &self.concurrency)
             .field("pace", &self.pace.as_ref().map(Pace::caps))
             .field("checksum", &self.checksum)
+            .field("as_of", &self.as_of)
             .finish_non_exhaustive()
     }
 }
@@ -352,10 +430,10 @@ pub struct Summary {
     pub refused: Vec<Refused>,
     /// Files that failed.
     pub errors: Vec<Failure>,
-    /// With `checksum`: files of the same size compared by content hash.
+    /// With `checksum` or `as_of`: files of the same size compared by content hash.
     pub hashed: usize,
-    /// With `checksum`: files of the same size that could not be (no hash on one side): compared by size and
-    /// time.
+    /// With `checksum` or `as_of`: files of the same size that could not be (no hash on one side): compared by
+    /// size and time (with `as_of`, the very same time).
     pub unhashed: usize,
     /// Whether nothing was changed (plan only).
     pub dry_run: bool,
@@ -508,7 +586,15 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
         apart(src, dst)?;
     }
     let mut summary = Summary { dry_run: opts.dry_run, ..Summary::default() };
-    let (src_root, dst_root, items, dst_listing) = match shape(src).await? {
+    let src_shape = match opts.as_of {
+        Some(_) if opts.remove_source => {
+            return Err(Error::Invalid("--as-of copies the past; it cannot move (delete) it".into()));
+        }
+        // The past is listed below, as a folder.
+        Some(_) => Shape::Dir,
+        None => shape(src).await?,
+    };
+    let (src_root, dst_root, items, dst_listing) = match src_shape {
         Shape::Missing => return Err(Error::Invalid(format!("{} does not exist", src.label()))),
         Shape::File(size, modified, etag) => {
             let (src_parent, name) = split_file(src)?;
@@ -531,7 +617,10 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
             (src_parent, dst_root, vec![(entry, dst_name)], Listing { entries: existing, refused: Vec::new() })
         }
         Shape::Dir => {
-            let mut listing = list(src, true).await?;
+            let mut listing = match opts.as_of {
+                Some(t) => list_as_of(src, t).await?,
+                None => list(src, true).await?,
+            };
             if case_insensitive(dst) {
                 refuse_case_twins(&mut listing, dst);
             }
@@ -565,7 +654,9 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
         match existing.get(&key(&to)) {
             // A move always copies: "same size, not older" is not proof enough to delete the original.
             Some(_) if opts.remove_source => todo.push((entry, to)),
-            Some(d) if opts.checksum && !d.is_dir && d.size == entry.size => {
+            // A version from the past is older than any copy of it made since: its time cannot tell whether the
+            // destination has it, so it is compared by content, or by the very same time.
+            Some(d) if (opts.checksum || opts.as_of.is_some()) && !d.is_dir && d.size == entry.size => {
                 hash_these.push((entry, to, (*d).clone()));
             }
             Some(d) if same(&entry, d, window) => summary.unchanged += 1,
@@ -584,7 +675,15 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
     .collect()
     .await;
     for (entry, to, d, verdict) in verdicts {
-        match verdict? {
+        let verdict = match verdict {
+            Ok(v) => v,
+            // A file gone or unreadable since it was listed fails alone, as its copy would.
+            Err(e) => {
+                summary.errors.push(Failure { path: entry.path, error: e.to_string() });
+                continue;
+            }
+        };
+        match verdict {
             Some(true) => {
                 summary.hashed += 1;
                 summary.unchanged += 1;
@@ -595,7 +694,15 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
             }
             None => {
                 summary.unhashed += 1;
-                if same(&entry, &d, window) {
+                let same_time = |(s, d): (SystemTime, SystemTime)| {
+                    s.duration_since(d).or_else(|_| d.duration_since(s)).is_ok_and(|gap| gap <= window)
+                };
+                let kept = if opts.as_of.is_some() {
+                    entry.modified.zip(d.modified).is_some_and(same_time)
+                } else {
+                    same(&entry, &d, window)
+                };
+                if kept {
                     summary.unchanged += 1;
                 } else {
                     todo.push((entry, to));
@@ -638,7 +745,8 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
                 if let Location::Local(root) = dst_root {
                     no_symlink_on_the_way(root, &to)?;
                 }
-                transfer(&from, &child(dst_root, &to), entry.size, entry.modified, opts).await?;
+                let version = entry.version.as_deref();
+                transfer(&from, version, &child(dst_root, &to), entry.size, entry.modified, opts).await?;
                 if opts.remove_source {
                     remove(&from).await?;
                 }
@@ -860,7 +968,10 @@ pub async fn delete(loc: &Location, recursive: bool) -> Result<usize, Error> {
 }
 
 /// Reads `from` as a stream of byte chunks.
-async fn source(from: &Location) -> Result<futures_util::stream::BoxStream<'static, Result<Bytes, Error>>, Error> {
+async fn source(
+    from: &Location,
+    version: Option<&str>,
+) -> Result<futures_util::stream::BoxStream<'static, Result<Bytes, Error>>, Error> {
     match from {
         Location::Local(p) => {
             let file =
@@ -875,6 +986,8 @@ async fn source(from: &Location) -> Result<futures_util::stream::BoxStream<'stat
             // from its start again for every piece.
             let reader = if op.info().scheme() == "synology" {
                 op.reader_with(path).await
+            } else if let Some(v) = version {
+                op.reader_with(path).version(v).chunk(CHUNK).concurrent(2).await
             } else {
                 op.reader_with(path).chunk(CHUNK).concurrent(2).await
             }
@@ -936,12 +1049,13 @@ fn commits_whole_uploads(op: &opendal::Operator) -> bool {
 /// Copies one file, never leaving a partial file under the final name.
 async fn transfer(
     from: &Location,
+    version: Option<&str>,
     to: &Location,
     size: u64,
     modified: Option<SystemTime>,
     opts: &Options,
 ) -> Result<(), Error> {
-    let mut stream = source(from).await?;
+    let mut stream = source(from, version).await?;
     if let (Some(pace), Some(piece)) = (&opts.pace, opts.pace.as_ref().and_then(Pace::piece)) {
         // Under a bandwidth cap, data goes in small pieces, each paid for before it goes.
         let pace = pace.clone();

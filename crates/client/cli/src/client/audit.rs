@@ -31,8 +31,12 @@ pub async fn run(cmd: AuditCmd) -> Result<()> {
                     Some(n) => Some(workspace(&client, &n).await?.id),
                     None => None,
                 },
-                start_date: since.as_deref().map(|s| parse_when(s, now, false)).transpose().context("--since")?,
-                end_date: until.as_deref().map(|s| parse_when(s, now, true)).transpose().context("--until")?,
+                start_date: since
+                    .as_deref()
+                    .map(|s| output::parse_when(s, now, false))
+                    .transpose()
+                    .context("--since")?,
+                end_date: until.as_deref().map(|s| output::parse_when(s, now, true)).transpose().context("--until")?,
                 events: events
                     .map(|e| e.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
                     .unwrap_or_default(),
@@ -121,26 +125,6 @@ async fn verify_all(client: &Client, name: Option<&str>) -> Result<Vec<(String, 
     Ok(out)
 }
 
-/// Parses `2026-01-01`, an RFC 3339 time, or a span back from `now` (`30m`, `12h`, `7d`, `2w`). A bare date
-/// is its midnight (UTC); with `end_of_day`, the next midnight, so `--until 2026-01-31` includes that day.
-fn parse_when(s: &str, now: OffsetDateTime, end_of_day: bool) -> Result<OffsetDateTime> {
-    let s = s.trim();
-    if let Ok(t) = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-        return Ok(t);
-    }
-    let date_fmt = time::macros::format_description!("[year]-[month]-[day]");
-    if let Ok(d) = time::Date::parse(s, &date_fmt) {
-        let t = d.midnight().assume_utc();
-        return Ok(if end_of_day { t + time::Duration::DAY } else { t });
-    }
-    if s.starts_with(|c: char| c.is_ascii_digit()) && s.ends_with(|c: char| c.is_ascii_alphabetic()) {
-        return Ok(now - output::parse_span(s)?);
-    }
-    bail!(
-        "{s:?} is not a time: give a date (2026-01-01), an RFC 3339 time (2026-01-01T09:30:00Z) or a span back from now (7d)"
-    )
-}
-
 fn table_row(e: &AuditEntry) -> Vec<String> {
     vec![
         output::date(e.at),
@@ -222,14 +206,17 @@ mod tests {
     fn times_parse_in_every_form() {
         let now =
             OffsetDateTime::parse("2026-03-10T12:00:00Z", &time::format_description::well_known::Rfc3339).expect("now");
-        let day = parse_when("2026-01-31", now, false).expect("date");
+        let day = output::parse_when("2026-01-31", now, false).expect("date");
         assert_eq!(day.unix_timestamp(), 1_769_817_600);
-        assert_eq!(parse_when("2026-01-31", now, true).expect("end").unix_timestamp(), 1_769_817_600 + 86_400);
-        assert_eq!(parse_when("7d", now, false).expect("span"), now - time::Duration::days(7));
-        assert_eq!(parse_when("90m", now, false).expect("span"), now - time::Duration::minutes(90));
-        assert_eq!(parse_when("2026-03-01T08:00:00+01:00", now, false).expect("rfc").unix_timestamp(), 1_772_348_400);
-        assert!(parse_when("yesterday", now, false).is_err());
-        assert!(parse_when("7y", now, false).is_err());
+        assert_eq!(output::parse_when("2026-01-31", now, true).expect("end").unix_timestamp(), 1_769_817_600 + 86_400);
+        assert_eq!(output::parse_when("7d", now, false).expect("span"), now - time::Duration::days(7));
+        assert_eq!(output::parse_when("90m", now, false).expect("span"), now - time::Duration::minutes(90));
+        assert_eq!(
+            output::parse_when("2026-03-01T08:00:00+01:00", now, false).expect("rfc").unix_timestamp(),
+            1_772_348_400
+        );
+        assert!(output::parse_when("yesterday", now, false).is_err());
+        assert!(output::parse_when("7y", now, false).is_err());
     }
 
     #[test]

@@ -547,10 +547,25 @@ pub struct Run {
     pub pair: Option<String>,
     /// Compare same-size files by content hash where both sides give one.
     pub checksum: bool,
+    /// Counts what the run has copied as it goes, for status lines (`pair daemon`).
+    pub tally: Option<Arc<Tally>>,
+    /// Copy the source as it was then (`--as-of`, as typed: a span counts back from the run's start).
+    pub as_of: Option<String>,
+}
+
+/// What a run has done so far.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Bytes copied.
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// Bytes to copy, once both sides are listed.
+    pub total: std::sync::atomic::AtomicU64,
+    /// Whether both sides are listed.
+    pub listed: std::sync::atomic::AtomicBool,
 }
 
 /// How a `copy`, `sync` or `move` goes.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct How {
     /// Mirror: delete destination files the source lacks.
     pub delete: bool,
@@ -558,6 +573,8 @@ pub struct How {
     pub dry_run: bool,
     /// Compare same-size files by content hash where both sides give one.
     pub checksum: bool,
+    /// Copy the source as it was then.
+    pub as_of: Option<String>,
 }
 
 /// `copy`, one-way `sync` and `move` between local paths and connections.
@@ -565,13 +582,20 @@ pub struct How {
 /// # Errors
 /// Unknown connection, listing failure, or files that failed (listed first).
 pub async fn transfer(src: &str, dst: &str, verb: Verb, how: How, json: bool) -> Result<()> {
-    let How { delete, dry_run, checksum } = how;
+    let How { delete, dry_run, checksum, as_of } = how;
     let saved = Connections::load()?;
     let (from, to) = (Target::parse(src, &saved), Target::parse(dst, &saved));
     if matches!(from, Target::Workspace(_)) || matches!(to, Target::Workspace(_)) {
+        anyhow::ensure!(as_of.is_none(), "--as-of reads a versioned S3 or R2 bucket, not a workspace");
+        anyhow::ensure!(
+            !checksum,
+            "--checksum is for copies between local folders and saved connections; a workspace compares content \
+             by chunk hashes already"
+        );
         return with_workspace(from, to, verb, delete || dry_run, json, &saved).await;
     }
-    let run = Run { verb, delete, dry_run, progress: !json, limits: Limits::default(), pair: None, checksum };
+    let limits = Limits::default();
+    let run = Run { verb, delete, dry_run, progress: !json, limits, pair: None, checksum, tally: None, as_of };
     let from = from.location(&saved, &run.limits)?;
     let to = to.location(&saved, &run.limits)?;
     let summary = execute(&from, &to, [src, dst], &run).await?;
@@ -632,6 +656,8 @@ async fn with_workspace(
         limits: Limits::default(),
         pair: None,
         checksum: false,
+        tally: None,
+        as_of: None,
     };
     let labels = [from.label(), to.label()];
     let labels = [labels[0].as_str(), labels[1].as_str()];
@@ -672,14 +698,27 @@ pub async fn execute(from: &Location, to: &Location, labels: [&str; 2], run: &Ru
     let bar = progress::bar(run.progress, 0);
     bar.set_message("copying");
     let tick = bar.clone();
+    let tally = run.tally.clone();
+    let counted = tally.clone();
     let opts = Options {
         delete: run.verb == Verb::Mirror && run.delete,
         dry_run: run.dry_run,
         remove_source: run.verb == Verb::Move,
         concurrency: limits.concurrency,
-        progress: Some(Arc::new(move |n| tick.inc(n))),
+        progress: Some(Arc::new(move |n| {
+            tick.inc(n);
+            if let Some(t) = &counted {
+                t.bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        })),
         pace: limits.pace.clone(),
         checksum: run.checksum,
+        as_of: run
+            .as_of
+            .as_deref()
+            .map(|t| super::output::parse_when(t, time::OffsetDateTime::now_utc(), false).context("--as-of"))
+            .transpose()?
+            .map(std::time::SystemTime::from),
     };
     let command = match (&run.pair, run.verb) {
         (Some(_), _) => "pair",
@@ -695,6 +734,10 @@ pub async fn execute(from: &Location, to: &Location, labels: [&str; 2], run: &Ru
     let result = transfer::copy(from, to, &opts, |bytes| {
         listing.finish_and_clear();
         bar.set_length(bytes);
+        if let Some(t) = &tally {
+            t.total.store(bytes, std::sync::atomic::Ordering::Relaxed);
+            t.listed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     })
     .await;
     listing.finish_and_clear();

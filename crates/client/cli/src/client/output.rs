@@ -1,6 +1,6 @@
 //! Output helpers: one JSON document on stdout, or aligned text tables.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde::Serialize;
 
 /// Prints `v` as pretty JSON on stdout.
@@ -76,4 +76,27 @@ pub fn parse_span(s: &str) -> Result<time::Duration> {
         'w' => time::Duration::weeks(n),
         _ => anyhow::bail!("{s:?}: unknown unit {unit:?}; use s, m, h, d or w (like 90d)"),
     })
+}
+
+/// Parses `2026-01-01`, an RFC 3339 time, or a span back from `now` (`30m`, `12h`, `7d`, `2w`). A bare date
+/// is its midnight (UTC); with `end_of_day`, the next midnight, so `--until 2026-01-31` includes that day.
+///
+/// # Errors
+/// Any other form.
+pub fn parse_when(s: &str, now: time::OffsetDateTime, end_of_day: bool) -> Result<time::OffsetDateTime> {
+    let s = s.trim();
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(t);
+    }
+    let date_fmt = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(d) = time::Date::parse(s, &date_fmt) {
+        let t = d.midnight().assume_utc();
+        return Ok(if end_of_day { t + time::Duration::DAY } else { t });
+    }
+    if s.starts_with(|c: char| c.is_ascii_digit()) && s.ends_with(|c: char| c.is_ascii_alphabetic()) {
+        return Ok(now - parse_span(s)?);
+    }
+    bail!(
+        "{s:?} is not a time: give a date (2026-01-01), an RFC 3339 time (2026-01-01T09:30:00Z) or a span back from now (7d)"
+    )
 }

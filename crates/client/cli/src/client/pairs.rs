@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -18,7 +19,7 @@ use cloudsync_connectors::{Caps, Limits, Pace, check_name};
 use serde::{Deserialize, Serialize};
 
 use super::config::{config_dir, load_toml, locked, state_dir, update_toml, write_private};
-use super::connections::{self, Connections, Run, Target, Verb};
+use super::connections::{self, Connections, Run, Tally, Target, Verb};
 use super::output::{date, print_json, size, table};
 use crate::args::{PairCmd, PairCreateArgs};
 
@@ -63,6 +64,9 @@ pub struct Pair {
     /// Compare same-size files by content hash where both sides give one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub checksum: bool,
+    /// Copy the source as it was this long before each run (a span: `1h`, `1d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -129,6 +133,10 @@ impl Pair {
         if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             bail!("--concurrency must be from 1 to {MAX_CONCURRENCY}");
         }
+        if let Some(span) = &self.as_of {
+            super::output::parse_span(span)
+                .map_err(|e| anyhow::anyhow!("--as-of for a pair is a span back from each run (1h, 1d): {e}"))?;
+        }
         let (a, b) = (std::path::Path::new(&self.from), std::path::Path::new(&self.to));
         if a.is_absolute() && b.is_absolute() && (a.starts_with(b) || b.starts_with(a)) {
             bail!("--from and --to overlap (one is the other or inside it); pick a destination outside the source");
@@ -179,7 +187,7 @@ pub async fn run(cmd: PairCmd) -> Result<()> {
         PairCmd::List(j) => list(j.json),
         PairCmd::Run { name, dry_run, json } => run_by_hand(&name, dry_run, json.json).await,
         PairCmd::Remove { name } => remove(&name),
-        PairCmd::Daemon { once } => daemon(once).await,
+        PairCmd::Daemon { once, status_every } => daemon(once, parse_status_every(&status_every)?).await,
     }
 }
 
@@ -230,6 +238,7 @@ fn create(a: PairCreateArgs) -> Result<()> {
         concurrency: a.concurrency,
         delete: a.delete,
         checksum: a.checksum,
+        as_of: a.as_of,
     };
     pair.check()?;
     let schedule = match every {
@@ -287,6 +296,17 @@ fn parse_every(text: &str) -> Result<u64> {
         return Err(bad());
     }
     Ok(total)
+}
+
+/// `--status-every`: a span (`30s`, `5m`, `1h`), up to a day; `0` for never.
+fn parse_status_every(text: &str) -> Result<Option<Duration>> {
+    let span = super::output::parse_span(text).map_err(|e| anyhow::anyhow!("--status-every: {e}"))?;
+    let secs = u64::try_from(span.whole_seconds()).unwrap_or(u64::MAX);
+    match secs {
+        0 => Ok(None),
+        s if s <= 86_400 => Ok(Some(Duration::from_secs(s))),
+        _ => bail!("--status-every {text:?} is longer than a day"),
+    }
 }
 
 fn show_every(secs: u64) -> String {
@@ -483,7 +503,13 @@ struct Outcome {
 /// Runs a pair once under its caps, records the run in its state and the history. The pair and its state are
 /// read once its lock is held (they may have changed since the caller looked); with `only_if_due`, a pair that
 /// is no longer due, or is running already, is left alone (`None`).
-async fn run_pair(name: &str, dry_run: bool, progress: bool, only_if_due: bool) -> Result<Option<Outcome>> {
+async fn run_pair(
+    name: &str,
+    dry_run: bool,
+    progress: bool,
+    only_if_due: bool,
+    tally: Option<Arc<Tally>>,
+) -> Result<Option<Outcome>> {
     let Some(_lock) = lock_pair(name)? else {
         if only_if_due {
             return Ok(None);
@@ -512,6 +538,8 @@ async fn run_pair(name: &str, dry_run: bool, progress: bool, only_if_due: bool) 
         limits: Limits { concurrency: pair.concurrency, retries: 10, pace: Some(pace.clone()) },
         pair: Some(name.to_owned()),
         checksum: pair.checksum,
+        tally,
+        as_of: pair.as_of.clone(),
     };
     let result = async {
         let (from, to) = connections::locations(&pair.from, &pair.to, &run.limits)?;
@@ -544,7 +572,7 @@ fn get(name: &str) -> Result<Pair> {
 }
 
 async fn run_by_hand(name: &str, dry_run: bool, json: bool) -> Result<()> {
-    let out = run_pair(name, dry_run, !json, false).await?.context("the pair did not run")?;
+    let out = run_pair(name, dry_run, !json, false, None).await?.context("the pair did not run")?;
     if json {
         #[derive(Serialize)]
         struct Doc<'a> {
@@ -571,8 +599,23 @@ fn log(line: &str) {
     eprintln!("{} {line}", date(stamp));
 }
 
-/// `pair daemon [--once]`: runs each pair with a schedule when it is due, one at a time, until interrupted.
-async fn daemon(once: bool) -> Result<()> {
+/// A line on how far a running pair is.
+fn status_line(name: &str, tally: &Tally, began: std::time::Instant) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let took = began.elapsed().as_secs();
+    if !tally.listed.load(Relaxed) {
+        return format!("pair {name}: running for {took}s, still listing both sides");
+    }
+    format!(
+        "pair {name}: running for {took}s, {} of {} copied so far",
+        size(tally.bytes.load(Relaxed)),
+        size(tally.total.load(Relaxed))
+    )
+}
+
+/// `pair daemon [--once]`: runs each pair with a schedule when it is due, one at a time, until interrupted; a
+/// running pair is reported every `status_every`.
+async fn daemon(once: bool, status_every: Option<Duration>) -> Result<()> {
     if !once {
         log("pair daemon started; Ctrl-C stops it (a run in progress is stopped too, and is run again a minute later)");
     }
@@ -594,13 +637,18 @@ async fn daemon(once: bool) -> Result<()> {
             }
             let Some(pair) = pairs.pairs.get(&name) else { continue };
             log(&format!("pair {name}: due ({} -> {})", pair.from, pair.to));
-            let run = run_pair(&name, false, false, true);
-            let result = if once {
-                run.await
-            } else {
+            let tally = Arc::new(Tally::default());
+            let run = run_pair(&name, false, false, true, Some(tally.clone()));
+            tokio::pin!(run);
+            let began = std::time::Instant::now();
+            // A long run is not silent: how far it is, now and then.
+            let every = status_every.unwrap_or(DAEMON_TICK);
+            let mut status = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let result = loop {
                 tokio::select! {
-                    r = run => r,
-                    _ = tokio::signal::ctrl_c() => {
+                    r = &mut run => break r,
+                    _ = status.tick(), if status_every.is_some() => log(&status_line(&name, &tally, began)),
+                    _ = tokio::signal::ctrl_c(), if !once => {
                         log("pair daemon stopped");
                         return Ok(());
                     }
@@ -690,6 +738,7 @@ mod tests {
             concurrency: 4,
             delete: false,
             checksum: false,
+            as_of: None,
         };
         assert_eq!(next_run(&pair, None), Some(0), "never run: due now");
         let ok = PairState {

@@ -3,6 +3,7 @@
 
     clouds.py PROVIDER DIR ROOT CERT KEY [--token-ttl SECONDS] [--rate-limit N] [--max-upload BYTES]
                                          [--single-use-refresh] [--drop-session-answers N]
+                                         [--drop-finish-answers N]
 
 PROVIDER is dropbox, onedrive or pcloud. One port answers every host of that provider (API, content, sign-in,
 download and upload addresses) at the paths the real services use; the client rewrites the hosts. Files live on
@@ -19,7 +20,8 @@ dropbox   OAuth 2 code flow with PKCE (a public client: no client_secret), acces
           create_folder_v2, delete_v2, copy_v2, move_v2 and the content endpoints upload, download (Range) and the
           upload sessions (upload_session/start, append_v2 at the cursor's offset, finish with a commit; an
           offset that is not the session's length is answered incorrect_offset with the correct one; with
-          --drop-session-answers N the first N appends keep their piece but answer 503, as a lost answer).
+          --drop-session-answers N the first N appends keep their piece but answer 503, as a lost answer; with
+          --drop-finish-answers N the first N finishes make the file but answer 503).
           Errors: 409 with error_summary and .tag unions; 400 plain text for malformed calls.
 onedrive  Microsoft identity platform v2.0: code flow with PKCE and device code, a public client, refresh tokens
           rotated by every token answer (with --single-use-refresh a used one is refused, so a client must
@@ -136,7 +138,7 @@ class Cloud:
                                     "device_polls", "upload_sessions", "upload_fragments", "unauthorized",
                                     "bad_requests", "max_in_flight", "password_in_url",
                                     "client_secret_refused", "uploads_keeping_partial",
-                                    "session_answers_dropped"], 0)
+                                    "session_answers_dropped", "finish_answers_dropped"], 0)
         # The first secrets handed out, for tests that check they are kept out of files.
         self.stats.update(refresh_tokens=[], access_tokens=[])
         self.single_use_refresh = False
@@ -146,6 +148,7 @@ class Cloud:
         self.cmod, self.digests = {}, {}  # Dropbox client_modified by path; (path, kind) -> (mtime, size, hash)
         self.links, self.sessions, self.monitors, self.cursors = {}, {}, {}, {}
         self.dbx_sessions, self.drop_session_answers = {}, 0  # Dropbox upload sessions; answers to lose
+        self.drop_finish_answers = 0
 
     # ---- bookkeeping ----------------------------------------------------------------------------------------
 
@@ -750,6 +753,11 @@ class Cloud:
         self.write(p, data)
         if "client_modified" in commit:
             self.cmod[p] = commit["client_modified"]
+        if self.drop_finish_answers > 0:
+            # The file is made and the session gone, but the answer is lost: a retry finds no session.
+            self.drop_finish_answers -= 1
+            self.stats["finish_answers_dropped"] += 1
+            return text(503, "the answer to this finish was lost (on purpose)")
         return js(200, self.dbx_meta(p))
 
     # ---- Microsoft Graph --------------------------------------------------------------------------------------
@@ -1243,6 +1251,8 @@ def main():
     ap.add_argument("--max-upload", type=int, default=150 * MiB, help="dropbox: the largest /2/files/upload body")
     ap.add_argument("--drop-session-answers", type=int, default=0,
                     help="dropbox: lose the answers to this many upload_session/append_v2 calls (the piece is kept)")
+    ap.add_argument("--drop-finish-answers", type=int, default=0,
+                    help="dropbox: lose the answers to this many upload_session/finish calls (the file is made)")
     ap.add_argument("--single-use-refresh", action="store_true",
                     help="onedrive: a refresh token is refused once it has been used (the client keeps the new one)")
     a = ap.parse_args()
@@ -1250,6 +1260,7 @@ def main():
     cloud = Cloud(a.provider, a.dir, a.root, a.token_ttl, a.rate_limit, a.max_upload)
     cloud.single_use_refresh = a.single_use_refresh
     cloud.drop_session_answers = a.drop_session_answers
+    cloud.drop_finish_answers = a.drop_finish_answers
     with cloud.lock:
         cloud.write_stats()
 

@@ -9,7 +9,8 @@
     peer.py ftps DIR ROOT CERT KEY    pyftpdlib with TLS required on control and data connections
     peer.py moto DIR                  moto's S3 with its IAM authentication on: every request must carry a valid
                                       SigV4 signature of an access key moto issued (the first four requests,
-                                      unauthenticated, make that key's user and its s3:* policy); bucket "backup"
+                                      unauthenticated, make that key's user and its s3:* policy); buckets "backup"
+                                      and "history" (versioned)
 
 Each writes DIR/peer.json ({"port": ..., and credentials}) once it serves, then runs until killed.
 """
@@ -166,6 +167,8 @@ def moto(dir_):
     s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=key["AccessKeyId"],
                       aws_secret_access_key=key["SecretAccessKey"])
     s3.create_bucket(Bucket="backup")
+    s3.create_bucket(Bucket="history")
+    s3.put_bucket_versioning(Bucket="history", VersioningConfiguration={"Status": "Enabled"})
     ready(dir_, {"port": port, "access_key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"]})
     while True:
         time.sleep(3600)
