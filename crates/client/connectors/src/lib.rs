@@ -20,3 +20,37 @@ pub use sftp::{check_passphrase, key_needs_passphrase};
 pub use spec::{Connection, Kind, Limits, MAX_NAME_LEN, check_name};
 pub use synology::sign_out;
 pub use transfer::{Entry, Listing, Location, Options, Summary};
+
+/// The operator for a service of our own (File Station, SFTP over russh): the service with OpenDAL's own
+/// correctness layers, as `Operator::new` builds for its services.
+pub(crate) fn own_operator<S: opendal::raw::Service>(service: S) -> opendal::Operator {
+    opendal::Operator::new(Ready(Some(service))).expect("building a service that is ready cannot fail")
+}
+
+/// Hands a ready service to `Operator::new`.
+struct Ready<S>(Option<S>);
+
+impl<S> Default for Ready<S> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<S: opendal::raw::Service> opendal::Builder for Ready<S> {
+    type Config = ();
+
+    fn build(self) -> opendal::Result<impl opendal::raw::Service> {
+        self.0.ok_or_else(|| opendal::Error::new(opendal::ErrorKind::ConfigInvalid, "the service is missing"))
+    }
+}
+
+/// What a listing of `path` reads, for a service of our own: a folder (`a/b/`, or `""` for the root) and the
+/// start its names must have (a prefix that is not a folder lists its folder, keeping the names that start with
+/// it).
+pub(crate) fn folder_and_prefix(path: &str) -> (String, String) {
+    match path.rsplit_once('/') {
+        _ if path == "/" => (String::new(), String::new()),
+        Some((d, p)) => (format!("{d}/"), p.to_owned()),
+        None => (String::new(), path.to_owned()),
+    }
+}

@@ -720,12 +720,7 @@ impl Service for Sftp {
     }
 
     fn list(&self, _: &OperationContext, path: &str, _: OpList) -> Result<Self::Lister> {
-        // A prefix that is not a folder lists its folder, keeping the names that start with it.
-        let (dir, prefix) = match path.rsplit_once('/') {
-            _ if path == "/" => (String::new(), String::new()),
-            Some((d, p)) => (format!("{d}/"), p.to_owned()),
-            None => (String::new(), path.to_owned()),
-        };
+        let (dir, prefix) = crate::folder_and_prefix(path);
         let abs = self.core.abs(&dir);
         Ok(oio::PageLister::new(Lister { core: self.core.clone(), dir, prefix, abs, state: Mutex::default() }))
     }
@@ -993,22 +988,9 @@ impl oio::PageList for Lister {
     }
 }
 
-/// The operator for a password or passphrase SFTP connection: the service and OpenDAL's own correctness layers,
-/// as `Operator::new` builds for its services.
+/// The operator for a password or passphrase SFTP connection.
 pub(crate) fn operator(settings: Settings) -> opendal::Operator {
-    opendal::Operator::new(Builder(Some(Sftp::new(settings)))).expect("building the SFTP service cannot fail")
-}
-
-/// Hands the service to `Operator::new`.
-#[derive(Default)]
-struct Builder(Option<Sftp>);
-
-impl opendal::Builder for Builder {
-    type Config = ();
-
-    fn build(self) -> Result<impl Service> {
-        self.0.ok_or_else(|| err(ErrorKind::ConfigInvalid, "SFTP settings are missing"))
-    }
+    crate::own_operator(Sftp::new(settings))
 }
 
 #[cfg(test)]

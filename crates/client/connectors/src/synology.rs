@@ -961,12 +961,7 @@ impl Service for FileStation {
     }
 
     fn list(&self, ctx: &OperationContext, path: &str, _: OpList) -> Result<Self::Lister> {
-        // A prefix that is not a folder lists its folder, keeping the names that start with it.
-        let (dir, prefix) = match path.rsplit_once('/') {
-            _ if path == "/" => (String::new(), String::new()),
-            Some((d, p)) => (format!("{d}/"), p.to_owned()),
-            None => (String::new(), path.to_owned()),
-        };
+        let (dir, prefix) = crate::folder_and_prefix(path);
         let abs = self.core.abs(if dir.is_empty() { "/" } else { &dir });
         Ok(oio::PageLister::new(Lister { core: self.core.clone(), ctx: ctx.clone(), dir, prefix, abs }))
     }
@@ -1127,23 +1122,9 @@ impl oio::PageList for Lister {
     }
 }
 
-/// The operator for a File Station connection: the service and OpenDAL's own correctness layers, as
-/// `Operator::new` builds for its services.
+/// The operator for a File Station connection.
 pub(crate) fn operator(settings: Settings) -> opendal::Operator {
-    opendal::Operator::new(Builder(Some(FileStation::new(settings))))
-        .expect("building a File Station service cannot fail")
-}
-
-/// Hands the service to `Operator::new`.
-#[derive(Default)]
-struct Builder(Option<FileStation>);
-
-impl opendal::Builder for Builder {
-    type Config = ();
-
-    fn build(self) -> Result<impl Service> {
-        self.0.ok_or_else(|| err(ErrorKind::ConfigInvalid, "File Station settings are missing"))
-    }
+    crate::own_operator(FileStation::new(settings))
 }
 
 #[cfg(test)]
