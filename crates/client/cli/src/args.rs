@@ -810,6 +810,11 @@ pub struct ConnectionAddArgs {
     /// key is pinned on first use (OpenSSH known_hosts) and a changed key is refused.
     #[arg(long)]
     pub key_file: Option<PathBuf>,
+    /// synology: the 2-step verification code the account's authenticator app shows now. The NAS is signed in
+    /// to at once and enrols this device, whose token then goes with the password to the credential store, so
+    /// later sign-ins need no code.
+    #[arg(long, value_name = "CODE")]
+    pub otp_code: Option<String>,
     /// Folder on the remote that NAME: means (default: its root).
     #[arg(long)]
     pub root: Option<String>,

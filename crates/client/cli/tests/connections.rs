@@ -1034,6 +1034,61 @@ impl Drop for LockPassword {
     }
 }
 
+/// Synology with 2-step verification: without a code the error says how to give one; a wrong code is refused
+/// and nothing saved; the right one enrols this device, whose token is kept with the password in the credential
+/// store only, and later sign-ins use it instead of a code.
+#[test]
+fn synology_connector_with_2_step_verification() {
+    dbus();
+    let c = Client::new();
+    let (ca, cert, key) = test_ca(c.root.path());
+    let served = c.path("nas2-root");
+    std::fs::create_dir_all(served.join("home")).expect("a shared folder");
+    let args: Vec<&Path> = vec![&served, &cert, &key, Path::new("--otp"), Path::new("246810")];
+    let peer = python_script(SYNOLOGY_PY, "synology", &args);
+    let stats = || -> Value {
+        serde_json::from_slice(&std::fs::read(peer.dir.path().join("stats.json")).expect("stats")).expect("json")
+    };
+    let password = peer.info["password"].as_str().expect("password").to_owned();
+    let endpoint = format!("https://127.0.0.1:{}", peer.port);
+    let ca = ca.to_str().expect("utf8");
+    let add = |extra: &[&str]| -> Vec<String> {
+        let base = ["connection", "add", "nas2", "--type", "synology", "--endpoint", &endpoint, "--ca-cert", ca];
+        base.iter()
+            .chain(["--user", "alice", "--root", "/home", "--secret-stdin", "--replace"].iter())
+            .chain(extra)
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    c.ok(&strs(&add(&[])), Some(&password));
+    let err = c.fails(&["connection", "test", "nas2"], None);
+    assert!(err.contains("--otp-code") && err.contains("2-step"), "{err}");
+    c.ok(&["connection", "remove", "nas2"], None);
+
+    let err = c.fails(&strs(&add(&["--otp-code", "135791"])), Some(&password));
+    assert!(err.contains("refused the 2-step verification code"), "{err}");
+    let err = c.fails(&["connection", "show", "nas2"], None);
+    assert!(err.contains("no connection named"), "a refused code saves nothing: {err}");
+    let err = c.fails(&strs(&add(&["--otp-code", "12ab"])), Some(&password));
+    assert!(err.contains("6-digit"), "{err}");
+
+    let out = c.run(&strs(&add(&["--otp-code", "246810"])), Some(&password));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("now trusted by the NAS"));
+    assert_eq!(stats()["otp_logins"], 1);
+    secret_is_kept_out_of_files(&c, "nas2", &password);
+    let config = std::fs::read_to_string(c.path("config/connections.toml")).expect("config");
+    assert!(!config.contains("246810"), "the one-time code is not saved: {config}");
+
+    // Later commands sign in with the device token: no code asked for, none sent.
+    c.ok(&["connection", "test", "nas2"], None);
+    write(&c.path("two-step/f.txt"), b"trusted device");
+    c.json(&["copy", &c.path("two-step").to_string_lossy(), "nas2:up"]);
+    assert_eq!(std::fs::read(served.join("home/up/f.txt")).expect("uploaded"), b"trusted device");
+    assert_eq!(stats()["otp_logins"], 1, "{}", stats());
+    assert!(stats()["device_logins"].as_u64().expect("n") >= 2, "{}", stats());
+}
+
 /// Sync pairs against a WebDAV server that protects itself (429 with Retry-After past 20 requests in a second):
 /// a pair capped at 12 is never refused and every request it makes is paced; a pair without a cap is
 /// refused, slows down and still copies everything. Also: the bandwidth cap, the run lock, the schedule

@@ -150,6 +150,9 @@ pub struct Connection {
     /// The account signed in to, as the provider named it (Dropbox, OneDrive, pCloud).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// A one-time 2-step verification code (Synology), used once while the connection is added; never saved.
+    #[serde(skip)]
+    pub otp_code: Option<String>,
     /// Accept plain FTP or an `http://` endpoint.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_insecure: bool,
@@ -226,6 +229,7 @@ impl Connection {
             user: None,
             key_file: None,
             key_passphrase: false,
+            otp_code: None,
             root: None,
             workspace: None,
             client_id: None,
@@ -543,12 +547,23 @@ impl Connection {
                     .username(PLACEHOLDER)
                     .password(PLACEHOLDER),
             )?,
-            Kind::Synology => crate::synology::operator(crate::synology::Settings {
-                base: self.endpoint_url().unwrap_or_default().trim_end_matches('/').to_owned(),
-                root: root.clone(),
-                user: self.user.clone().unwrap_or_default(),
-                password: zeroize::Zeroizing::new(secret_for("password")?),
-            }),
+            // A connection enrolled with 2-step verification keeps the NAS's device token after the password, on a
+            // second line of its secret.
+            Kind::Synology => {
+                let secret = zeroize::Zeroizing::new(secret_for("password")?);
+                let (password, device) = secret.split_once('\n').unwrap_or((secret.as_str(), ""));
+                crate::synology::operator(crate::synology::Settings {
+                    base: self.endpoint_url().unwrap_or_default().trim_end_matches('/').to_owned(),
+                    root: root.clone(),
+                    user: self.user.clone().unwrap_or_default(),
+                    password: zeroize::Zeroizing::new(password.to_owned()),
+                    two_step: crate::synology::TwoStep {
+                        device: (!device.is_empty()).then(|| zeroize::Zeroizing::new(device.to_owned())),
+                        code: self.otp_code.clone().map(zeroize::Zeroizing::new),
+                        enrolled: rotated.clone(),
+                    },
+                })
+            }
         };
         let op = match http {
             Some(client) => {

@@ -86,6 +86,21 @@ pub(crate) struct Settings {
     pub root: String,
     pub user: String,
     pub password: Zeroizing<String>,
+    pub two_step: TwoStep,
+}
+
+/// The name this client's device goes by on the NAS (DSM: Personal > Security > Trusted devices).
+const DEVICE_NAME: &str = "cloudsync";
+
+/// 2-step verification: DSM trusts a device it enrolled with a one-time code, by a token it issued then.
+#[derive(Default)]
+pub(crate) struct TwoStep {
+    /// The device token the NAS issued for this connection, sent instead of a code.
+    pub device: Option<Zeroizing<String>>,
+    /// A one-time code from the account's authenticator app, to enrol this device (`--otp-code`).
+    pub code: Option<Zeroizing<String>>,
+    /// Told the device token the NAS issues for the code.
+    pub enrolled: Option<crate::oauth::SecretSink>,
 }
 
 /// The service.
@@ -106,6 +121,7 @@ struct Core {
     root: String,
     user: String,
     password: Zeroizing<String>,
+    two_step: TwoStep,
     session: Mutex<Option<Arc<Session>>>,
     /// Folders known to exist (made or checked by this service), so an upload makes its folder once.
     folders: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -230,6 +246,7 @@ impl FileStation {
                 root,
                 user: s.user,
                 password: s.password,
+                two_step: s.two_step,
                 session: Mutex::new(None),
                 folders: std::sync::Mutex::default(),
                 swept: std::sync::Mutex::default(),
@@ -333,16 +350,24 @@ impl Core {
             apis.insert(name, (path.to_owned(), u32::try_from(version).unwrap_or(want)));
         }
         let (path, version) = &apis["SYNO.API.Auth"];
-        let body = Zeroizing::new(form(&[
+        let version = version.to_string();
+        let mut fields = vec![
             ("api", "SYNO.API.Auth"),
-            ("version", &version.to_string()),
+            ("version", version.as_str()),
             ("method", "login"),
-            ("account", &self.user),
-            ("passwd", &self.password),
+            ("account", self.user.as_str()),
+            ("passwd", self.password.as_str()),
             ("session", "FileStation"),
             ("format", "sid"),
             ("enable_syno_token", "yes"),
-        ]));
+        ];
+        // A device enrolled before signs in with its token; a one-time code enrols this one.
+        if let Some(code) = &self.two_step.code {
+            fields.extend([("otp_code", code.as_str()), ("enable_device_token", "yes"), ("device_name", DEVICE_NAME)]);
+        } else if let Some(device) = &self.two_step.device {
+            fields.extend([("device_name", DEVICE_NAME), ("device_id", device.as_str())]);
+        }
+        let body = Zeroizing::new(form(&fields));
         let req = Request::post(format!("{}/webapi/{path}", self.base))
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Buffer::from(Bytes::copy_from_slice(body.as_bytes())))
@@ -362,6 +387,14 @@ impl Core {
         let sid = data["sid"].as_str().unwrap_or_default();
         if sid.is_empty() || !usable(sid) {
             return Err(err(ErrorKind::Unexpected, "the NAS signed in but gave no usable session id"));
+        }
+        if self.two_step.code.is_some() {
+            let did = data["did"].as_str().filter(|d| usable(d)).ok_or_else(|| {
+                err(ErrorKind::Unexpected, "the NAS took the 2-step verification code but issued no device token")
+            })?;
+            if let Some(enrolled) = &self.two_step.enrolled {
+                enrolled(did);
+            }
         }
         let token = match data["synotoken"].as_str() {
             Some(t) if !t.is_empty() && usable(t) => Some(Zeroizing::new(t.to_owned())),
@@ -865,10 +898,17 @@ fn auth_error(code: i64) -> opendal::Error {
         402 => {
             (PermissionDenied, "the NAS account may not use File Station (DSM: Control Panel > Application Privileges)")
         }
-        403 | 404 | 406 => (
+        403 | 406 => (
             ConfigInvalid,
-            "the NAS account asks for a 2-step verification code, which this version cannot give: sign in with \
-             a DSM user for cloudsync without 2-step verification, allowed only the shared folders it syncs",
+            "the NAS account asks for a 2-step verification code: add the connection again with --replace and \
+             --otp-code CODE (the code the account's authenticator app shows now), which enrols this device so \
+             that later sign-ins need no code; if it was enrolled, the NAS no longer trusts it (DSM: Personal > \
+             Security > Trusted devices)",
+        ),
+        404 => (
+            PermissionDenied,
+            "the NAS refused the 2-step verification code (wrong, or expired: codes change every 30 seconds); \
+             run the command again with the code shown now",
         ),
         407 => (
             PermissionDenied,
@@ -1137,6 +1177,7 @@ mod tests {
             root: root.into(),
             user: "u".into(),
             password: Zeroizing::new("p".into()),
+            two_step: TwoStep::default(),
         })
     }
 

@@ -234,6 +234,13 @@ async fn add(a: ConnectionAddArgs) -> Result<()> {
     conn.allow_insecure = a.allow_insecure;
     conn.ca_cert = a.ca_cert.map(|p| std::path::absolute(&p).unwrap_or(p));
     conn.validate()?;
+    if let Some(code) = &a.otp_code {
+        anyhow::ensure!(conn.kind == Kind::Synology, "--otp-code is for synology connections");
+        anyhow::ensure!(
+            (6..=8).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit()),
+            "--otp-code takes the 6-digit code the authenticator app shows"
+        );
+    }
     if let Some(key) = &conn.key_file {
         anyhow::ensure!(key.is_file(), "the key file {} does not exist", key.display());
         // A key sealed with a passphrase needs it at each sign-in (unless ssh-agent holds the key): it goes to the
@@ -293,6 +300,10 @@ async fn add(a: ConnectionAddArgs) -> Result<()> {
         {
             cloudsync_connectors::check_passphrase(key, &secret).map_err(anyhow::Error::msg)?;
         }
+        let secret = match &a.otp_code {
+            Some(code) => enrol(&conn, &secret, code).await?,
+            None => secret,
+        };
         // The secret first: if the credential store is unavailable, nothing is saved.
         store.set(&secret_account(&a.name), &secret)?;
     } else {
@@ -313,6 +324,32 @@ async fn add(a: ConnectionAddArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// Signs in to a Synology NAS with a 2-step verification code, which enrols this device: the secret to keep is
+/// the password, then the device token the NAS issued, on a second line.
+///
+/// # Errors
+/// The NAS refused the password or the code, or issued no token.
+async fn enrol(conn: &Connection, password: &str, code: &str) -> Result<Zeroizing<String>> {
+    anyhow::ensure!(!password.contains('\n'), "the password has a line break, which this client cannot keep");
+    let mut signing_in = conn.clone();
+    signing_in.otp_code = Some(code.to_owned());
+    let issued: Arc<std::sync::Mutex<Option<Zeroizing<String>>>> = Arc::default();
+    let keep = issued.clone();
+    let sink: oauth::SecretSink = Arc::new(move |did: &str| {
+        *keep.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Zeroizing::new(did.to_owned()));
+    });
+    let op = signing_in.operator_keeping(Some(password), &Limits { retries: 0, ..Limits::default() }, Some(sink))?;
+    op.check().await.map_err(|e| anyhow::anyhow!("signing in with the 2-step verification code failed: {e}"))?;
+    cloudsync_connectors::sign_out().await;
+    let did = issued.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let did = did.context("the NAS took the code but issued no device token")?;
+    eprintln!("This device is now trusted by the NAS (DSM: Personal > Security > Trusted devices: {DEVICE}).");
+    Ok(Zeroizing::new(format!("{password}\n{}", did.as_str())))
+}
+
+/// The name this client's device goes by on the NAS.
+const DEVICE: &str = "cloudsync";
 
 /// Shows the sign-in address (on standard error, so `--json` output stays clean) and opens a browser: the
 /// command in `$BROWSER`, else the desktop's opener.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A fake of Synology DSM's File Station HTTPS API for the connector tests, on 127.0.0.1 over HTTPS.
 
-    synology.py synology DIR ROOT CERT KEY [--session-calls N] [--busy N] [--move-polls N]
+    synology.py synology DIR ROOT CERT KEY [--session-calls N] [--busy N] [--move-polls N] [--otp CODE]
 
 It follows Synology's "File Station Official API Guide" for exactly the calls the client makes:
 SYNO.API.Info query (at /webapi/query.cgi), SYNO.API.Auth login and logout, and in /webapi/entry.cgi
@@ -25,6 +25,9 @@ request) counts what happened, and what a careful client never does: password_in
 address), sid_in_url (the session id in an address), direct_uploads (an upload into a folder that is not a
 staging folder `.cloudsync-*.partial`, which would let a half-sent file replace a good one).
 
+--otp CODE turns on 2-step verification for alice: a sign-in needs otp_code=CODE (else 403; a wrong code 404)
+or the device_id of a device enrolled before; a sign-in with the code and enable_device_token=yes enrols a
+device and answers its token as "did" (the guide's SYNO.API.Auth version 6 login).
 --session-calls N ends each session after N calls (error 106, as a timed-out one); --busy N answers every Nth
 File Station call with error 402 (system too busy); --move-polls N makes a move report unfinished N times
 before it finishes. A test can make the next move report success without moving anything (as a NAS whose
@@ -89,9 +92,10 @@ def is_staging(folder):
 
 
 class Nas:
-    def __init__(self, dir, root, session_calls, busy, move_polls):
+    def __init__(self, dir, root, session_calls, busy, move_polls, otp=None):
         self.dir, self.root = dir, os.path.realpath(root)
         self.session_calls, self.busy, self.move_polls = session_calls, busy, move_polls
+        self.otp, self.devices = otp, set()  # the one-time code alice's app shows; enrolled device tokens
         self.user = "alice"
         self.password = "p@ss w&rd=" + secrets.token_urlsafe(8)
         self.sessions, self.tasks = {}, {}  # sid -> [calls made, token]; taskid -> [polls left, error]
@@ -101,7 +105,7 @@ class Nas:
         self.stats = {k: 0 for k in ("requests", "logins", "sessions_expired", "busy", "uploads", "moves",
                                      "move_polls", "renames", "downloads", "ranged_downloads",
                                      "password_in_url", "sid_in_url", "direct_uploads", "max_upload",
-                                     "logouts", "broken_moves")}
+                                     "logouts", "broken_moves", "otp_logins", "device_logins")}
 
     def write_stats(self):
         https_fake.write_json(self.dir, "stats.json", self.stats)
@@ -270,12 +274,25 @@ class Nas:
         if meth == "login":
             if params.get("account") != self.user or params.get("passwd") != self.password:
                 raise Fail(400, why="wrong user name or password")
+            did = None
+            if self.otp is not None:
+                if params.get("device_id") in self.devices and params.get("device_name"):
+                    self.stats["device_logins"] += 1
+                elif "otp_code" not in params:
+                    raise Fail(403, why="2-step verification code required")
+                elif params["otp_code"] != self.otp:
+                    raise Fail(404, why="wrong 2-step verification code")
+                else:
+                    self.stats["otp_logins"] += 1
+                    if params.get("enable_device_token") == "yes" and params.get("device_name"):
+                        did = secrets.token_urlsafe(24)
+                        self.devices.add(did)
             sid = secrets.token_urlsafe(24)
             token = secrets.token_urlsafe(9) if params.get("enable_syno_token") == "yes" else None
             self.sessions[sid] = [0, token]
             self.stats["logins"] += 1
             if params.get("format", "cookie") == "sid":
-                return ok({"sid": sid, **({"synotoken": token} if token else {})})
+                return ok({"sid": sid, **({"synotoken": token} if token else {}), **({"did": did} if did else {})})
             a = ok({})
             a.headers["Set-Cookie"] = f"id={sid}; path=/"
             return a
@@ -508,9 +525,10 @@ def main():
     ap.add_argument("--session-calls", type=int, default=0, help="end each session after N calls (106)")
     ap.add_argument("--busy", type=int, default=0, help="answer every Nth File Station call 402 (too busy)")
     ap.add_argument("--move-polls", type=int, default=1, help="a move reports unfinished this many times")
+    ap.add_argument("--otp", default=None, help="2-step verification: the code a sign-in must give")
     a = ap.parse_args()
     os.makedirs(a.root, exist_ok=True)
-    nas = Nas(a.dir, a.root, a.session_calls, a.busy, a.move_polls)
+    nas = Nas(a.dir, a.root, a.session_calls, a.busy, a.move_polls, a.otp)
     with nas.lock:
         nas.write_stats()
     info = {"user": nas.user, "password": nas.password}
