@@ -83,7 +83,7 @@ pub enum Command {
         /// (local files are read; S3 gives MD5 entity tags); elsewhere by size and time.
         #[arg(long)]
         checksum: bool,
-        /// Copy SRC as it was at this time (a versioned S3 or R2 bucket: each file's version then, without those
+        /// Copy SRC as it was at this time (a versioned S3 bucket: each file's version then, without those
         /// created or deleted since): an RFC 3339 time, a date, or a span back from now (24h, 7d).
         #[arg(long, value_name = "TIME")]
         as_of: Option<String>,
@@ -169,7 +169,7 @@ pub enum Command {
         /// (local files are read; S3 gives MD5 entity tags); elsewhere by size and time.
         #[arg(long)]
         checksum: bool,
-        /// Copy SRC as it was at this time (a versioned S3 or R2 bucket: each file's version then, without those
+        /// Copy SRC as it was at this time (a versioned S3 bucket: each file's version then, without those
         /// created or deleted since): an RFC 3339 time, a date, or a span back from now (24h, 7d).
         #[arg(long, value_name = "TIME")]
         as_of: Option<String>,
@@ -926,7 +926,7 @@ pub struct PairCreateArgs {
     /// Compare files of the same size by content hash where both sides give one (see `copy --checksum`).
     #[arg(long)]
     pub checksum: bool,
-    /// Copy the source as it was this long ago at each run (a versioned S3 or R2 bucket; see `copy --as-of`):
+    /// Copy the source as it was this long ago at each run (a versioned S3 bucket; see `copy --as-of`):
     /// a span such as 1h or 1d, so that a change or a deletion reaches the destination only after it.
     #[arg(long, value_name = "SPAN")]
     pub as_of: Option<String>,

@@ -524,7 +524,10 @@ fn s3_connector_against_moto_with_sigv4_enforced() {
     let hist_s = hist.to_str().expect("utf8");
     write(&hist.join("a.txt"), b"one");
     write(&hist.join("sub/b.txt"), b"bee");
+    write(&hist.join("gone.txt"), b"deleted before");
     c.json(&["copy", hist_s, "mh:h"]);
+    c.json(&["delete", "mh:h/gone.txt"]);
+    std::fs::remove_file(hist.join("gone.txt")).expect("rm");
     // S3 lists versions' times to the second.
     std::thread::sleep(Duration::from_millis(1500));
     let then = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("time");
@@ -553,6 +556,32 @@ fn s3_connector_against_moto_with_sigv4_enforced() {
     assert!(err.contains("held no files at that time"), "{err}");
     let err = c.fails(&["copy", hist_s, "mh:elsewhere", "--as-of", "1h"], None);
     assert!(err.contains("snapshot"), "{err}");
+
+    // A bucket without versioning: a file overwritten since cannot be read as it was, so it is refused (and a
+    // mirror keeps the destination's copy), not left out.
+    std::thread::sleep(Duration::from_millis(1500));
+    let t3 = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("time");
+    let t3 = t3.format(&time::format_description::well_known::Rfc3339).expect("format");
+    std::thread::sleep(Duration::from_millis(1500));
+    write(&cs.join("small.txt"), b"version three, longer");
+    c.json(&["copy", cs_s, "moto:cs"]);
+    let out = c.path("unversioned");
+    write(&out.join("small.txt"), b"the destination's copy");
+    let run = c.json(&["sync", "moto:cs", out.to_str().expect("utf8"), "--as-of", &t3, "--delete"]);
+    assert_eq!(strings(&run["copied"]), ["big.bin"], "{run}");
+    assert!(run["refused"].to_string().contains("small.txt") && run["refused"].to_string().contains("versioning"));
+    assert_eq!(std::fs::read(out.join("small.txt")).expect("kept"), b"the destination's copy");
+
+    // A pair keeps a span, worked out at each run; its source must be a connection.
+    let lag_dst = c.path("lagging");
+    let lag = ["pair", "create", "lag", "--from", "mh:h", "--to", lag_dst.to_str().expect("utf8"), "--as-of"];
+    let err = c.fails(&[&lag[..], &["0"]].concat(), None);
+    assert!(err.contains("--as-of"), "{err}");
+    c.ok(&[&lag[..], &["1h"]].concat(), None);
+    let err = c.fails(&["pair", "run", "lag"], None);
+    assert!(err.contains("held no files at that time"), "an hour ago the bucket was empty: {err}");
+    let err = c.fails(&["pair", "create", "lag2", "--from", hist_s, "--to", "mh:x", "--as-of", "1h"], None);
+    assert!(err.contains("must be a connection"), "{err}");
 }
 
 #[test]

@@ -95,11 +95,14 @@ pub struct Entry {
     /// The version read (a listing of the past, `--as-of`): the object's version id.
     #[serde(skip)]
     pub version: Option<String>,
+    /// That version is not the current one: its time is older than any copy made since.
+    #[serde(skip)]
+    pub past: bool,
 }
 
 impl Entry {
     fn file(path: String, size: u64, modified: Option<SystemTime>, etag: Option<String>) -> Self {
-        Self { path, size, modified, is_dir: false, etag, version: None }
+        Self { path, size, modified, is_dir: false, etag, version: None, past: false }
     }
 }
 
@@ -254,6 +257,7 @@ pub async fn list(loc: &Location, recursive: bool) -> Result<Listing, Error> {
                             is_dir,
                             etag,
                             version: None,
+                            past: false,
                         },
                     )?;
                     if is_dir && recursive && !native {
@@ -268,32 +272,31 @@ pub async fn list(loc: &Location, recursive: bool) -> Result<Listing, Error> {
 }
 
 /// Lists a folder of a versioned bucket as it was at `at`: for each object the newest version no later than
-/// `at`, left out where that is a deletion or there is none. Hostile names are refused, as by [`list`].
+/// `at`, left out where that is a deletion or there is none. Hostile names are refused, as by [`list`], and so
+/// are objects whose state then is unknown: changed since by a write that kept no version (versioning off or
+/// suspended, version id `null`), so a mirror keeps its copy of them.
 ///
 /// # Errors
 /// The source keeps no versions, or cannot be listed; nothing was there at `at`.
 pub async fn list_as_of(loc: &Location, at: SystemTime) -> Result<Listing, Error> {
     let Location::Remote { op, path, label } = loc else {
         return Err(Error::Unsupported(format!(
-            "--as-of reads the past of a versioned S3 or R2 bucket; {} is a local folder (copy from one of its \
-             snapshots instead, e.g. ZFS's .zfs/snapshot/NAME, a btrfs snapshot or Synology's #snapshot)",
+            "--as-of reads the past of a versioned S3 bucket; {} is a local folder (copy from one of its snapshots \
+             instead, e.g. ZFS's .zfs/snapshot/NAME, a btrfs snapshot or Synology's #snapshot)",
             loc.label()
         )));
     };
     let cap = op.info().capability();
     if !(cap.list_with_versions && cap.list_with_deleted && cap.read_with_version) {
         return Err(Error::Unsupported(format!(
-            "--as-of reads the past of a versioned S3 or R2 bucket; {label} ({}) keeps no versions this client can \
-             read",
+            "--as-of reads the past of a versioned S3 bucket; {label} ({}) keeps no versions this client can read",
             op.info().scheme()
         )));
     }
     let prefix = dir_prefix(path);
     let fail = |e| Error::backend(format!("cannot list the versions in {label}"), e);
     let mut lister = op.lister_with(&prefix).recursive(true).versions(true).deleted(true).await.map_err(fail)?;
-    // Per name: the newest version no later than `at`, and whether it is a deletion. S3 lists the versions of a
-    // name newest first, so of two at the same time the first listed is kept.
-    let mut newest: BTreeMap<String, (Entry, bool)> = BTreeMap::new();
+    let mut names: BTreeMap<String, AsOf> = BTreeMap::new();
     let mut seen = 0usize;
     while let Some(entry) = lister.try_next().await.map_err(fail)? {
         seen += 1;
@@ -306,15 +309,41 @@ pub async fn list_as_of(loc: &Location, at: SystemTime) -> Result<Listing, Error
             continue;
         }
         let Some(when) = meta.last_modified().map(SystemTime::from) else { continue };
-        if when > at || newest.get(rel).is_some_and(|(e, _)| e.modified >= Some(when)) {
+        let version = meta.version().map(str::to_owned);
+        let name = names.entry(rel.to_owned()).or_default();
+        if when > at {
+            // A later write that kept no version destroyed what was there at `at`.
+            name.lost |= version.as_deref().is_none_or(|v| v == "null");
             continue;
         }
-        let mut entry = Entry::file(rel.to_owned(), meta.content_length(), Some(when), meta.etag().map(str::to_owned));
-        entry.version = meta.version().map(str::to_owned);
-        newest.insert(rel.to_owned(), (entry, meta.is_deleted()));
+        // Newest first within a name, except that OpenDAL gives a page's versions before its deletions: of two at
+        // the same second, the current one is the newer.
+        let current = meta.is_current() == Some(true);
+        let newer = match &name.newest {
+            None => true,
+            Some((e, ..)) => e.modified < Some(when) || (e.modified == Some(when) && current),
+        };
+        if newer {
+            let mut e = Entry::file(rel.to_owned(), meta.content_length(), Some(when), meta.etag().map(str::to_owned));
+            // The current object of a bucket without versioning (version `null`) is read as any object is.
+            e.version = version.filter(|v| !(current && v == "null"));
+            e.past = !current;
+            name.newest = Some((e, meta.is_deleted()));
+        }
     }
     let mut out = Listing::default();
-    for (rel, (entry, deleted)) in newest {
+    for (rel, name) in names {
+        if name.lost {
+            out.refused.push(Refused {
+                raw: rel.clone(),
+                name: rel.escape_debug().to_string(),
+                reason: "it was changed since without keeping the older version (versioning off or suspended), so \
+                         how it was then is unknown"
+                    .into(),
+            });
+            continue;
+        }
+        let Some((entry, deleted)) = name.newest else { continue };
         if deleted {
             continue;
         }
@@ -325,9 +354,20 @@ pub async fn list_as_of(loc: &Location, at: SystemTime) -> Result<Listing, Error
         push(&mut out, entry)?;
     }
     if out.entries.is_empty() && out.refused.is_empty() {
-        return Err(Error::Invalid(format!("{label} held no files at that time")));
+        return Err(Error::Invalid(format!(
+            "{label} held no files at that time (--as-of copies a folder: name the folder, not a file)"
+        )));
     }
     Ok(out)
+}
+
+/// What the versions of one name say of it at a time.
+#[derive(Default)]
+struct AsOf {
+    /// The newest version then, and whether it is a deletion.
+    newest: Option<(Entry, bool)>,
+    /// Overwritten since by a write that kept no version.
+    lost: bool,
 }
 
 fn push(out: &mut Listing, e: Entry) -> Result<(), Error> {
@@ -360,7 +400,8 @@ fn list_local(root: &Path, dir: &Path, recursive: bool, out: &mut Listing) -> Re
         }
         let size = if meta.is_dir() { 0 } else { meta.len() };
         let modified = meta.modified().ok();
-        push(out, Entry { path: rel, size, modified, is_dir: meta.is_dir(), etag: None, version: None })?;
+        let is_dir = meta.is_dir();
+        push(out, Entry { path: rel, size, modified, is_dir, etag: None, version: None, past: false })?;
         if meta.is_dir() && recursive {
             list_local(root, &path, recursive, out)?;
         }
@@ -656,7 +697,7 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
             Some(_) if opts.remove_source => todo.push((entry, to)),
             // A version from the past is older than any copy of it made since: its time cannot tell whether the
             // destination has it, so it is compared by content, or by the very same time.
-            Some(d) if (opts.checksum || opts.as_of.is_some()) && !d.is_dir && d.size == entry.size => {
+            Some(d) if (opts.checksum || entry.past) && !d.is_dir && d.size == entry.size => {
                 hash_these.push((entry, to, (*d).clone()));
             }
             Some(d) if same(&entry, d, window) => summary.unchanged += 1,
@@ -697,7 +738,7 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
                 let same_time = |(s, d): (SystemTime, SystemTime)| {
                     s.duration_since(d).or_else(|_| d.duration_since(s)).is_ok_and(|gap| gap <= window)
                 };
-                let kept = if opts.as_of.is_some() {
+                let kept = if entry.past {
                     entry.modified.zip(d.modified).is_some_and(same_time)
                 } else {
                     same(&entry, &d, window)

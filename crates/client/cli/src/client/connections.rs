@@ -623,7 +623,7 @@ pub async fn transfer(src: &str, dst: &str, verb: Verb, how: How, json: bool) ->
     let saved = Connections::load()?;
     let (from, to) = (Target::parse(src, &saved), Target::parse(dst, &saved));
     if matches!(from, Target::Workspace(_)) || matches!(to, Target::Workspace(_)) {
-        anyhow::ensure!(as_of.is_none(), "--as-of reads a versioned S3 or R2 bucket, not a workspace");
+        anyhow::ensure!(as_of.is_none(), "--as-of reads a versioned S3 bucket, not a workspace");
         anyhow::ensure!(
             !checksum,
             "--checksum is for copies between local folders and saved connections; a workspace compares content \

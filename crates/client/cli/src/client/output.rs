@@ -94,7 +94,8 @@ pub fn parse_when(s: &str, now: time::OffsetDateTime, end_of_day: bool) -> Resul
         return Ok(if end_of_day { t + time::Duration::DAY } else { t });
     }
     if s.starts_with(|c: char| c.is_ascii_digit()) && s.ends_with(|c: char| c.is_ascii_alphabetic()) {
-        return Ok(now - parse_span(s)?);
+        let span = parse_span(s)?;
+        return now.checked_sub(span).ok_or_else(|| anyhow::anyhow!("{s:?} reaches back further than time goes"));
     }
     bail!(
         "{s:?} is not a time: give a date (2026-01-01), an RFC 3339 time (2026-01-01T09:30:00Z) or a span back from now (7d)"

@@ -134,8 +134,11 @@ impl Pair {
             bail!("--concurrency must be from 1 to {MAX_CONCURRENCY}");
         }
         if let Some(span) = &self.as_of {
-            super::output::parse_span(span)
-                .map_err(|e| anyhow::anyhow!("--as-of for a pair is a span back from each run (1h, 1d): {e}"))?;
+            let bad = |why: String| anyhow::anyhow!("--as-of for a pair is a span back from each run (1h, 1d): {why}");
+            let back = super::output::parse_span(span).map_err(|e| bad(e.to_string()))?;
+            if back <= time::Duration::ZERO || back > time::Duration::days(3660) {
+                return Err(bad(format!("{span:?} is not from a second to ten years")));
+            }
         }
         let (a, b) = (std::path::Path::new(&self.from), std::path::Path::new(&self.to));
         if a.is_absolute() && b.is_absolute() && (a.starts_with(b) || b.starts_with(a)) {
@@ -226,6 +229,9 @@ fn create(a: PairCreateArgs) -> Result<()> {
     let to = side(&a.to, &saved, false)?;
     if from == to {
         bail!("--from and --to are the same place");
+    }
+    if a.as_of.is_some() && !matches!(Target::parse(&from, &saved), Target::Connection { .. }) {
+        bail!("--as-of reads the past of a versioned S3 bucket: the pair's source must be a connection (NAME:PATH)");
     }
     let every = a.every.as_deref().map(parse_every).transpose()?;
     let bwlimit = a.bwlimit.as_deref().map(parse_rate).transpose()?;
@@ -644,11 +650,13 @@ async fn daemon(once: bool, status_every: Option<Duration>) -> Result<()> {
             // A long run is not silent: how far it is, now and then.
             let every = status_every.unwrap_or(DAEMON_TICK);
             let mut status = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let interrupted = tokio::signal::ctrl_c();
+            tokio::pin!(interrupted);
             let result = loop {
                 tokio::select! {
                     r = &mut run => break r,
                     _ = status.tick(), if status_every.is_some() => log(&status_line(&name, &tally, began)),
-                    _ = tokio::signal::ctrl_c(), if !once => {
+                    _ = &mut interrupted, if !once => {
                         log("pair daemon stopped");
                         return Ok(());
                     }
