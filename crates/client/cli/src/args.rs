@@ -87,6 +87,9 @@ pub enum Command {
         /// created or deleted since): an RFC 3339 time, a date, or a span back from now (24h, 7d).
         #[arg(long, value_name = "TIME")]
         as_of: Option<String>,
+        /// Bandwidth cap in bytes per second, reading and writing: 512K, 10M, 1G (binary units).
+        #[arg(long, value_name = "RATE")]
+        bwlimit: Option<String>,
         #[command(flatten)]
         passphrase: PassphraseFlag,
         #[command(flatten)]
@@ -173,6 +176,9 @@ pub enum Command {
         /// created or deleted since): an RFC 3339 time, a date, or a span back from now (24h, 7d).
         #[arg(long, value_name = "TIME")]
         as_of: Option<String>,
+        /// Bandwidth cap in bytes per second, reading and writing: 512K, 10M, 1G (binary units).
+        #[arg(long, value_name = "RATE")]
+        bwlimit: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -182,6 +188,9 @@ pub enum Command {
         src: String,
         /// Destination: a local path or NAME:PATH.
         dst: String,
+        /// Bandwidth cap in bytes per second, reading and writing: 512K, 10M, 1G (binary units).
+        #[arg(long, value_name = "RATE")]
+        bwlimit: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
     },

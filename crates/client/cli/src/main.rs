@@ -86,16 +86,16 @@ async fn run(cli: Cli) -> Result<()> {
             let remote = client::connections::workspace_alias(&remote)?;
             client::pull(&remote, &local, passphrase.passphrase_stdin, json.json).await
         }
-        Command::Sync { local, remote, watch, dry_run, delete, checksum, as_of, passphrase, json } => {
+        Command::Sync { local, remote, watch, dry_run, delete, checksum, as_of, bwlimit, passphrase, json } => {
             let src = local.to_string_lossy();
             if client::connections::any_connection(&[&src, &remote])? {
                 anyhow::ensure!(!watch, "--watch is for a folder synced with a workspace; use a pair for a schedule");
-                let how = client::connections::How { delete, dry_run, checksum, as_of };
+                let how = client::connections::How { delete, dry_run, checksum, as_of, bwlimit };
                 client::connections::transfer(&src, &remote, Verb::Mirror, how, json.json).await
             } else {
                 anyhow::ensure!(
-                    !checksum && as_of.is_none(),
-                    "--checksum and --as-of are for copies and mirrors with a saved connection"
+                    !checksum && as_of.is_none() && bwlimit.is_none(),
+                    "--checksum, --as-of and --bwlimit are for copies and mirrors with a saved connection"
                 );
                 anyhow::ensure!(
                     !delete,
@@ -118,12 +118,13 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Connection(cmd) => client::connections::run(cmd).await,
-        Command::Copy { src, dst, dry_run, checksum, as_of, json } => {
-            let how = client::connections::How { delete: false, dry_run, checksum, as_of };
+        Command::Copy { src, dst, dry_run, checksum, as_of, bwlimit, json } => {
+            let how = client::connections::How { delete: false, dry_run, checksum, as_of, bwlimit };
             client::connections::transfer(&src, &dst, Verb::Copy, how, json.json).await
         }
-        Command::Move { src, dst, json } => {
-            client::connections::transfer(&src, &dst, Verb::Move, client::connections::How::default(), json.json).await
+        Command::Move { src, dst, bwlimit, json } => {
+            let how = client::connections::How { bwlimit, ..client::connections::How::default() };
+            client::connections::transfer(&src, &dst, Verb::Move, how, json.json).await
         }
         Command::Delete { remote, recursive, json } => client::connections::delete(&remote, recursive, json.json).await,
         Command::History { limit, json } => client::history::show(limit, json.json),

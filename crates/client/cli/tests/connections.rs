@@ -80,8 +80,11 @@ fn python_script(script: &str, kind: &str, args: &[&Path]) -> Peer {
 }
 
 fn s3s_fs(root: &Path) -> Peer {
+    s3s_fs_on(root, free_port())
+}
+
+fn s3s_fs_on(root: &Path, port: u16) -> Peer {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
     let mut child = Command::new("s3s-fs")
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "AKTEST", "--secret-key"])
         .arg("s3s secret key 1")
@@ -463,6 +466,129 @@ fn s3_connector_against_s3s_fs() {
     c.ok(&["connection", "remove", "s3t"], None);
     let err = c.fails(&["connection", "show", "s3t"], None);
     assert!(err.contains("no connection named"), "{err}");
+}
+
+/// The partial files a download has left in `dir` to resume from.
+fn partials(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".cloudsync-"))
+        .map(|e| (e.path(), e.metadata().map_or(0, |m| m.len())))
+        .collect()
+}
+
+/// Waits until a download into `dir` has left at least `bytes` in a partial file.
+fn wait_partial(dir: &Path, bytes: u64, child: &mut Child) {
+    let start = Instant::now();
+    while !partials(dir).iter().any(|(_, n)| *n >= bytes) {
+        assert!(child.try_wait().expect("wait").is_none(), "the copy ended before it was cut off");
+        assert!(start.elapsed() < Duration::from_secs(60), "no partial file of {bytes} bytes: {:?}", partials(dir));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A download cut off (the process killed; the server gone) carries on from where it stopped at the next run,
+/// as long as the source is the same: a changed source starts afresh (and the stale partial file goes), a
+/// resumed file is checked against the source's hash, and the file never appears half-written.
+#[test]
+fn an_interrupted_download_resumes_where_it_stopped() {
+    dbus();
+    let c = Client::new();
+    std::fs::create_dir_all(c.path("s3root/data")).expect("bucket dir");
+    let port = free_port();
+    let mut peer = s3s_fs_on(&c.path("s3root"), port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let secret = peer.info["secret"].as_str().expect("secret").to_owned();
+    let add = ["connection", "add", "s3r", "--type", "s3", "--endpoint", &endpoint, "--bucket", "data"];
+    c.ok(&[&add[..], &["--access-key-id", "AKTEST", "--secret-stdin", "--allow-insecure"]].concat(), Some(&secret));
+    let src = c.path("src");
+    let big = noise(24 << 20, 11);
+    write(&src.join("big.bin"), &big);
+    write(&src.join("small.txt"), b"small");
+    c.json(&["copy", src.to_str().expect("utf8"), "s3r:"]);
+
+    // 1. The copy is killed halfway (SIGKILL: nothing is cleaned up).
+    let dst = c.path("dst");
+    let dst_s = dst.to_str().expect("utf8");
+    let mut running = c.spawn(&["copy", "s3r:", dst_s, "--bwlimit", "2M", "--json"]);
+    wait_partial(&dst, 6 << 20, &mut running);
+    running.kill().expect("kill");
+    running.wait().expect("wait");
+    assert!(!dst.join("big.bin").exists(), "never visible half-written");
+    let left = partials(&dst);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let had = left[0].1;
+    let run = c.json(&["copy", "s3r:", dst_s]);
+    assert_eq!(run["resumed"], 1, "{run}");
+    assert!(run["resumed_bytes"].as_u64().expect("n") >= 6 << 20, "{run}");
+    assert!(run["resumed_bytes"].as_u64().expect("n") <= had, "{run}");
+    assert_eq!(files_under(&dst), files_under(&src), "byte-identical after resuming");
+    assert!(partials(&dst).is_empty(), "{:?}", partials(&dst));
+
+    // 2. The server goes away midway: the copy fails after its retries and keeps what arrived; with the server
+    // back, the next run resumes.
+    let dst2 = c.path("dst2");
+    std::fs::create_dir_all(&dst2).expect("mkdir");
+    let dst2_s = dst2.to_str().expect("utf8");
+    let mut running = c.spawn(&["copy", "s3r:big.bin", dst2_s, "--bwlimit", "2M", "--json"]);
+    wait_partial(&dst2, 4 << 20, &mut running);
+    drop(peer);
+    let out = running.wait_with_output().expect("copy");
+    assert!(!out.status.success(), "the copy failed with its server gone");
+    assert_eq!(partials(&dst2).len(), 1, "what arrived is kept: {:?}", partials(&dst2));
+    peer = s3s_fs_on(&c.path("s3root"), port);
+    let run = c.json(&["copy", "s3r:big.bin", dst2_s]);
+    assert_eq!(run["resumed"], 1, "{run}");
+    assert_eq!(std::fs::read(dst2.join("big.bin")).expect("big"), big);
+    assert!(partials(&dst2).is_empty());
+
+    // 3. A partial file that does not hold what the source held (damaged on disk): the resumed whole fails the
+    // source's hash and is removed, not installed; the next run copies it afresh.
+    let dst3 = c.path("dst3");
+    std::fs::create_dir_all(&dst3).expect("mkdir");
+    let dst3_s = dst3.to_str().expect("utf8");
+    let mut running = c.spawn(&["copy", "s3r:big.bin", dst3_s, "--bwlimit", "2M", "--json"]);
+    wait_partial(&dst3, 4 << 20, &mut running);
+    running.kill().expect("kill");
+    running.wait().expect("wait");
+    let (partial, _) = partials(&dst3).pop().expect("partial");
+    let mut damaged = std::fs::read(&partial).expect("read");
+    damaged[1000] ^= 0xff;
+    std::fs::write(&partial, &damaged).expect("damage");
+    let err = c.fails(&["copy", "s3r:big.bin", dst3_s], None);
+    assert!(err.contains("does not match the source's hash"), "{err}");
+    assert!(!dst3.join("big.bin").exists() && partials(&dst3).is_empty(), "{:?}", partials(&dst3));
+    let run = c.json(&["copy", "s3r:big.bin", dst3_s]);
+    assert_eq!(run["resumed"], 0, "{run}");
+    assert_eq!(std::fs::read(dst3.join("big.bin")).expect("big"), big);
+
+    // 4. The source changes after the cut: nothing of the old partial file is used, and it is swept away.
+    let dst4 = c.path("dst4");
+    std::fs::create_dir_all(&dst4).expect("mkdir");
+    let dst4_s = dst4.to_str().expect("utf8");
+    let mut running = c.spawn(&["copy", "s3r:big.bin", dst4_s, "--bwlimit", "2M", "--json"]);
+    wait_partial(&dst4, 4 << 20, &mut running);
+    running.kill().expect("kill");
+    running.wait().expect("wait");
+    let newer = noise(24 << 20, 12);
+    write(&src.join("big.bin"), &newer);
+    c.json(&["copy", src.to_str().expect("utf8"), "s3r:"]);
+    let run = c.json(&["copy", "s3r:big.bin", dst4_s]);
+    assert_eq!(run["resumed"], 0, "{run}");
+    assert_eq!(std::fs::read(dst4.join("big.bin")).expect("big"), newer);
+    assert!(partials(&dst4).is_empty(), "the stale partial file was swept: {:?}", partials(&dst4));
+
+    // 5. Local to local: the same.
+    let dst5 = c.path("dst5");
+    let dst5_s = dst5.to_str().expect("utf8");
+    let mut running = c.spawn(&["copy", src.to_str().expect("utf8"), dst5_s, "--bwlimit", "2M", "--json"]);
+    wait_partial(&dst5, 4 << 20, &mut running);
+    running.kill().expect("kill");
+    running.wait().expect("wait");
+    let run = c.json(&["copy", src.to_str().expect("utf8"), dst5_s]);
+    assert_eq!(run["resumed"], 1, "{run}");
+    assert_eq!(files_under(&dst5), files_under(&src));
+    drop(peer);
 }
 
 /// The S3 connector against moto with its IAM authentication on, so every request's SigV4 signature is checked

@@ -9,6 +9,7 @@ mod error;
 pub mod names;
 pub mod oauth;
 pub mod pace;
+mod partial;
 mod sftp;
 mod spec;
 mod synology;

@@ -21,6 +21,7 @@ use tokio::io::AsyncWriteExt;
 use crate::error::Error;
 use crate::names::{Unsafe, local_relative};
 use crate::pace::Pace;
+use crate::partial;
 
 /// Most entries one listing may hold.
 pub const MAX_ENTRIES: usize = 1_000_000;
@@ -467,6 +468,10 @@ pub struct Summary {
     pub deleted: Vec<String>,
     /// Bytes copied.
     pub bytes: u64,
+    /// Files whose copy carried on from where an earlier, cut-off copy of the same source stopped.
+    pub resumed: usize,
+    /// Of `bytes`, those already at the destination from such copies, not read again.
+    pub resumed_bytes: u64,
     /// Hostile names skipped.
     pub refused: Vec<Refused>,
     /// Files that failed.
@@ -786,17 +791,16 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
                 if let Location::Local(root) = dst_root {
                     no_symlink_on_the_way(root, &to)?;
                 }
-                let version = entry.version.as_deref();
-                transfer(&from, version, &child(dst_root, &to), entry.size, entry.modified, opts).await?;
+                let resumed = transfer(&from, &entry, &child(dst_root, &to), opts).await?;
                 if opts.remove_source {
                     remove(&from).await?;
                 }
-                Ok::<_, Error>(())
+                Ok::<_, Error>(resumed)
             }
             .await;
             // As in the HTTP transport: a push-back slows the pace down, a success lets it recover.
             match (per_file, &result) {
-                (Some(pace), Ok(())) => pace.succeeded(),
+                (Some(pace), Ok(_)) => pace.succeeded(),
                 (Some(pace), Err(e)) if e.is_retryable() => pace.pushed_back(epoch, None),
                 _ => {}
             }
@@ -808,8 +812,12 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
     .await;
     for (entry, to, result) in results {
         match result {
-            Ok(()) => {
+            Ok(resumed) => {
                 summary.bytes += entry.size;
+                if resumed > 0 {
+                    summary.resumed += 1;
+                    summary.resumed_bytes += resumed;
+                }
                 summary.copied.push(to);
             }
             Err(e) => summary.errors.push(Failure { path: entry.path, error: e.to_string() }),
@@ -1008,15 +1016,24 @@ pub async fn delete(loc: &Location, recursive: bool) -> Result<usize, Error> {
     }
 }
 
-/// Reads `from` as a stream of byte chunks.
+/// Reads `from` from byte `offset` on, as a stream of byte chunks. `if_match`: an entity tag the object must
+/// still have (a download resumed from S3), else the remote refuses.
 async fn source(
     from: &Location,
     version: Option<&str>,
+    offset: u64,
+    if_match: Option<&str>,
 ) -> Result<futures_util::stream::BoxStream<'static, Result<Bytes, Error>>, Error> {
     match from {
         Location::Local(p) => {
-            let file =
+            let mut file =
                 tokio::fs::File::open(p).await.map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
+            if offset > 0 {
+                use tokio::io::AsyncSeekExt;
+                file.seek(std::io::SeekFrom::Start(offset))
+                    .await
+                    .map_err(|e| Error::io(format!("cannot read {}", p.display()), e))?;
+            }
             let shown = p.display().to_string();
             let stream = tokio_util::io::ReaderStream::with_capacity(file, CHUNK);
             Ok(stream.map_err(move |e| Error::io(format!("cannot read {shown}"), e)).boxed())
@@ -1025,19 +1042,53 @@ async fn source(
             let label = label.clone();
             // File Station is read in one stream: a NAS that ignores byte ranges would otherwise send the file
             // from its start again for every piece.
-            let reader = if op.info().scheme() == "synology" {
-                op.reader_with(path).await
-            } else if let Some(v) = version {
-                op.reader_with(path).version(v).chunk(CHUNK).concurrent(2).await
-            } else {
-                op.reader_with(path).chunk(CHUNK).concurrent(2).await
+            let mut read = op.reader_with(path);
+            if op.info().scheme() != "synology" {
+                read = read.chunk(CHUNK).concurrent(2);
             }
-            .map_err(|e| Error::backend(format!("cannot read {label}"), e))?;
-            let stream =
-                reader.into_bytes_stream(..).await.map_err(|e| Error::backend(format!("cannot read {label}"), e))?;
+            if let Some(v) = version {
+                read = read.version(v);
+            }
+            if let Some(tag) = if_match {
+                read = read.if_match(tag);
+            }
+            let reader = read.await.map_err(|e| Error::backend(format!("cannot read {label}"), e))?;
+            let stream = reader
+                .into_bytes_stream(offset..)
+                .await
+                .map_err(|e| Error::backend(format!("cannot read {label}"), e))?;
             Ok(stream.map_err(move |e| Error::io(format!("cannot read {label}"), e)).boxed())
         }
     }
+}
+
+/// `stream` under the bandwidth cap of `opts`, if any: data goes in small pieces, each paid for before it goes.
+fn paced(
+    mut stream: futures_util::stream::BoxStream<'static, Result<Bytes, Error>>,
+    opts: &Options,
+) -> futures_util::stream::BoxStream<'static, Result<Bytes, Error>> {
+    if let (Some(pace), Some(piece)) = (&opts.pace, opts.pace.as_ref().and_then(Pace::piece)) {
+        let pace = pace.clone();
+        stream = stream
+            .flat_map(move |chunk| {
+                let pieces: Vec<Result<Bytes, Error>> = match chunk {
+                    Ok(c) => (0..c.len()).step_by(piece).map(|at| Ok(c.slice(at..c.len().min(at + piece)))).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures_util::stream::iter(pieces)
+            })
+            .then(move |chunk| {
+                let pace = pace.clone();
+                async move {
+                    if let Ok(c) = &chunk {
+                        pace.bytes(c.len() as u64).await;
+                    }
+                    chunk
+                }
+            })
+            .boxed();
+    }
+    stream
 }
 
 /// Whether a location's names are case-insensitive (Dropbox and OneDrive keep the case they are given but take
@@ -1087,38 +1138,10 @@ fn commits_whole_uploads(op: &opendal::Operator) -> bool {
     matches!(op.info().scheme(), "s3" | "dropbox" | "onedrive" | "pcloud" | "synology")
 }
 
-/// Copies one file, never leaving a partial file under the final name.
-async fn transfer(
-    from: &Location,
-    version: Option<&str>,
-    to: &Location,
-    size: u64,
-    modified: Option<SystemTime>,
-    opts: &Options,
-) -> Result<(), Error> {
-    let mut stream = source(from, version).await?;
-    if let (Some(pace), Some(piece)) = (&opts.pace, opts.pace.as_ref().and_then(Pace::piece)) {
-        // Under a bandwidth cap, data goes in small pieces, each paid for before it goes.
-        let pace = pace.clone();
-        stream = stream
-            .flat_map(move |chunk| {
-                let pieces: Vec<Result<Bytes, Error>> = match chunk {
-                    Ok(c) => (0..c.len()).step_by(piece).map(|at| Ok(c.slice(at..c.len().min(at + piece)))).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                futures_util::stream::iter(pieces)
-            })
-            .then(move |chunk| {
-                let pace = pace.clone();
-                async move {
-                    if let Ok(c) = &chunk {
-                        pace.bytes(c.len() as u64).await;
-                    }
-                    chunk
-                }
-            })
-            .boxed();
-    }
+/// Copies one file, never leaving a partial file under the final name. Returns the bytes that were already at
+/// the destination from an earlier copy that was cut off, and not read again.
+async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options) -> Result<u64, Error> {
+    let (size, version) = (entry.size, entry.version.as_deref());
     let tick = |n: usize| {
         if let Some(p) = &opts.progress {
             p(n as u64);
@@ -1126,55 +1149,12 @@ async fn transfer(
     };
     let mut sent = 0u64;
     match to {
-        Location::Local(path) => {
-            let parent = path.parent().unwrap_or(Path::new("."));
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
-            let tmp = parent.join(partial_name());
-            let result = async {
-                // create_new: never through a link or over a file someone placed there.
-                let mut file = tokio::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&tmp)
-                    .await
-                    .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk?;
-                    sent += chunk.len() as u64;
-                    file.write_all(&chunk)
-                        .await
-                        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-                    tick(chunk.len());
-                }
-                check_size(sent, size, from)?;
-                file.flush().await.map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-                let file = file.into_std().await;
-                let when = modified;
-                tokio::task::spawn_blocking(move || {
-                    if let Some(t) = when {
-                        file.set_modified(t)?;
-                    }
-                    file.sync_all()
-                })
-                .await
-                .map_err(|e| Error::io("finishing a download", std::io::Error::other(e)))?
-                .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-                tokio::fs::rename(&tmp, path)
-                    .await
-                    .map_err(|e| Error::io(format!("cannot replace {}", path.display()), e))
-            }
-            .await;
-            if result.is_err() {
-                let _ = tokio::fs::remove_file(&tmp).await;
-            }
-            result
-        }
+        Location::Local(path) => download(from, entry, path, opts).await,
         Location::Remote { op, path, label } => {
             // Where an upload becomes visible only once it is whole, the final name is written directly: Dropbox's
             // move refuses to replace a file (and OpenDAL takes a missing source as moved), so a temporary name
             // would only add a failure.
+            let mut stream = paced(source(from, version, 0, None).await?, opts);
             let rename = op.info().capability().rename && !commits_whole_uploads(op);
             let target = if rename {
                 let dir = path.rsplit_once('/').map_or(String::new(), |(d, _)| format!("{d}/"));
@@ -1296,20 +1276,191 @@ async fn transfer(
             if result.is_err() && (rename || (short && !commits_whole_uploads(op))) {
                 let _ = op.delete(&target).await;
             }
-            result
+            result.map(|()| 0)
+        }
+    }
+}
+
+/// How a download into a partial file went wrong.
+enum Cut {
+    /// Reading the source failed after `got` bytes of this attempt: what arrived is worth keeping.
+    Source(Error, u64),
+    /// Anything else (the local disk, a size that does not add up): the partial file is of no use.
+    Other(Error),
+}
+
+/// Writes `from`'s bytes from `offset` on into `file` (positioned there), checking that they add up to the
+/// listed size.
+async fn fill(
+    file: &mut tokio::fs::File,
+    from: &Location,
+    entry: &Entry,
+    offset: u64,
+    if_match: Option<&str>,
+    path: &Path,
+    opts: &Options,
+) -> Result<(), Cut> {
+    let size = entry.size;
+    let tick = |n: u64| {
+        if let Some(p) = &opts.progress {
+            p(n);
+        }
+    };
+    if offset > 0 {
+        tick(offset);
+    }
+    if offset == size {
+        return Ok(());
+    }
+    let mut got = 0u64;
+    let mut stream = match source(from, entry.version.as_deref(), offset, if_match).await {
+        Ok(s) => paced(s, opts),
+        Err(e) => return Err(Cut::Source(e, 0)),
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                // What arrived is kept for the next run: make sure it is written.
+                let _ = file.flush().await;
+                return Err(Cut::Source(e, got));
+            }
+        };
+        got += chunk.len() as u64;
+        if offset + got > size {
+            return Err(Cut::Other(size_changed(offset + got, size, from)));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| Cut::Other(Error::io(format!("cannot write {}", path.display()), e)))?;
+        tick(chunk.len() as u64);
+    }
+    check_size(offset + got, size, from).map_err(Cut::Other)
+}
+
+/// Copies one file into a local folder: under a partial name, resumed from what an earlier, cut-off copy of
+/// the same source left there (see [`crate::partial`]), and renamed into place once complete.
+async fn download(from: &Location, entry: &Entry, path: &Path, opts: &Options) -> Result<u64, Error> {
+    let size = entry.size;
+    let parent = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    tokio::fs::create_dir_all(&parent)
+        .await
+        .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+    let final_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    // S3's entity tags change with the content: a resumed read asks for the same one.
+    let tag = match from {
+        Location::Remote { op, .. } if op.info().scheme() == "s3" => entry.etag.clone(),
+        _ => None,
+    };
+    let id = partial::Identity {
+        source: match from {
+            Location::Local(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string(),
+            Location::Remote { label, .. } => label.clone(),
+        },
+        size,
+        modified: entry.modified,
+        tag: tag.clone(),
+        version: entry.version.clone(),
+    };
+    let slot = {
+        let (dir, name) = (parent.clone(), final_name.clone());
+        tokio::task::spawn_blocking(move || partial::open(&dir, &name, &id))
+            .await
+            .map_err(|e| Error::io("opening a partial file", std::io::Error::other(e)))?
+            .map_err(|e| Error::io(format!("cannot write in {}", parent.display()), e))?
+    };
+    let (tmp, mut file, mut offset, resumable) = match slot {
+        Some(s) => (s.path, tokio::fs::File::from_std(s.file), s.offset, true),
+        None => {
+            let tmp = parent.join(partial_name());
+            // create_new: never through a link or over a file someone placed there.
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .await
+                .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+            (tmp, file, 0, false)
+        }
+    };
+    let mut filled = fill(&mut file, from, entry, offset, tag.as_deref(), path, opts).await;
+    if offset > 0 && matches!(filled, Err(Cut::Source(_, 0))) {
+        // A resumed read refused at once (the source changed under the same listing, or the remote takes no
+        // byte ranges): start over from the beginning.
+        let std_file = file.into_std().await;
+        let restarted = tokio::task::spawn_blocking(move || {
+            let mut f = std_file;
+            partial::restart(&mut f).map(|()| f)
+        })
+        .await
+        .map_err(|e| Error::io("restarting a partial file", std::io::Error::other(e)))?;
+        file =
+            tokio::fs::File::from_std(restarted.map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?);
+        offset = 0;
+        filled = fill(&mut file, from, entry, 0, None, path, opts).await;
+    }
+    let from_source = matches!(filled, Err(Cut::Source(..)));
+    let result = async {
+        match filled {
+            Ok(()) => {}
+            Err(Cut::Source(e, _) | Cut::Other(e)) => return Err(e),
+        }
+        file.flush().await.map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        // A resumed file joins bytes of two runs: where the source gives its content's hash (S3), the whole is
+        // checked against it before it takes the final name.
+        if offset > 0
+            && let Some(tag) = s3_etag(from, entry)
+            && let Some(found) = local_digest(&tmp, size, Some(&tag)).await?
+            && found != Digest::S3Etag(tag)
+        {
+            return Err(Error::Invalid(format!(
+                "{}: the copy resumed from an earlier, cut-off run does not match the source's hash; it was \
+                 removed, run the copy again",
+                from.label()
+            )));
+        }
+        let std_file = file.into_std().await;
+        let when = entry.modified;
+        tokio::task::spawn_blocking(move || {
+            if let Some(t) = when {
+                std_file.set_modified(t)?;
+            }
+            std_file.sync_all()
+        })
+        .await
+        .map_err(|e| Error::io("finishing a download", std::io::Error::other(e)))?
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        tokio::fs::rename(&tmp, path).await.map_err(|e| Error::io(format!("cannot replace {}", path.display()), e))
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            if resumable && size >= partial::RESUME_MIN {
+                let (parent, kept) = (parent.clone(), tmp.clone());
+                let _ = tokio::task::spawn_blocking(move || partial::sweep(&parent, &final_name, &kept)).await;
+            }
+            Ok(offset)
+        }
+        Err(e) => {
+            // Kept for the next run when the source failed midway and there is something worth resuming.
+            let keep = resumable && size >= partial::RESUME_MIN && from_source;
+            if !keep {
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
+            Err(e)
         }
     }
 }
 
 fn check_size(sent: u64, expected: u64, from: &Location) -> Result<(), Error> {
-    if sent == expected {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{} changed while it was copied ({expected} bytes listed, {sent} read); run the copy again",
-            from.label()
-        )))
-    }
+    if sent == expected { Ok(()) } else { Err(size_changed(sent, expected, from)) }
+}
+
+fn size_changed(sent: u64, expected: u64, from: &Location) -> Error {
+    Error::Invalid(format!(
+        "{} changed while it was copied ({expected} bytes listed, {sent} read); run the copy again",
+        from.label()
+    ))
 }
 
 #[cfg(test)]

@@ -612,6 +612,8 @@ pub struct How {
     pub checksum: bool,
     /// Copy the source as it was then.
     pub as_of: Option<String>,
+    /// Bandwidth cap (`--bwlimit`, as typed).
+    pub bwlimit: Option<String>,
 }
 
 /// `copy`, one-way `sync` and `move` between local paths and connections.
@@ -619,11 +621,15 @@ pub struct How {
 /// # Errors
 /// Unknown connection, listing failure, or files that failed (listed first).
 pub async fn transfer(src: &str, dst: &str, verb: Verb, how: How, json: bool) -> Result<()> {
-    let How { delete, dry_run, checksum, as_of } = how;
+    let How { delete, dry_run, checksum, as_of, bwlimit } = how;
     let saved = Connections::load()?;
     let (from, to) = (Target::parse(src, &saved), Target::parse(dst, &saved));
     if matches!(from, Target::Workspace(_)) || matches!(to, Target::Workspace(_)) {
         anyhow::ensure!(as_of.is_none(), "--as-of reads a versioned S3 bucket, not a workspace");
+        anyhow::ensure!(
+            bwlimit.is_none(),
+            "--bwlimit is for copies between local folders and saved connections, not with a workspace"
+        );
         anyhow::ensure!(
             !checksum,
             "--checksum is for copies between local folders and saved connections; a workspace compares content \
@@ -631,7 +637,14 @@ pub async fn transfer(src: &str, dst: &str, verb: Verb, how: How, json: bool) ->
         );
         return with_workspace(from, to, verb, delete || dry_run, json, &saved).await;
     }
-    let limits = Limits::default();
+    let pace = match bwlimit.as_deref() {
+        Some(rate) => Some(cloudsync_connectors::Pace::new(cloudsync_connectors::Caps {
+            requests_per_second: None,
+            bytes_per_second: Some(super::pairs::parse_rate(rate)?),
+        })),
+        None => None,
+    };
+    let limits = Limits { pace, ..Limits::default() };
     let run = Run { verb, delete, dry_run, progress: !json, limits, pair: None, checksum, tally: None, as_of };
     let from = from.location(&saved, &run.limits)?;
     let to = to.location(&saved, &run.limits)?;
@@ -825,6 +838,13 @@ pub fn report(s: &Summary, verb: Verb, from: &Location, json: bool) -> Result<()
         let mut line = format!("{would} {} file(s) ({}), {} unchanged", s.copied.len(), size(s.bytes), s.unchanged);
         if verb == Verb::Mirror {
             line.push_str(&format!(", {} {}", s.deleted.len(), if s.dry_run { "to delete" } else { "deleted" }));
+        }
+        if s.resumed > 0 {
+            line.push_str(&format!(
+                "; {} resumed where an earlier copy was cut off ({} already there)",
+                s.resumed,
+                size(s.resumed_bytes)
+            ));
         }
         if s.hashed > 0 {
             line.push_str(&format!("; {} of the same size compared by content hash", s.hashed));

@@ -329,7 +329,7 @@ fn show_every(secs: u64) -> String {
 }
 
 /// `10M` (MiB per second, as rclone reads it), `512K`, `1G`, `2.5M`, or bytes per second.
-fn parse_rate(text: &str) -> Result<u64> {
+pub(crate) fn parse_rate(text: &str) -> Result<u64> {
     let bad = || {
         anyhow::anyhow!(
             "--bwlimit {text:?} is not a rate: write bytes per second with an optional K, M or G (binary units, \

@@ -1,0 +1,239 @@
+//! Downloads that survive being cut off. A file copied into a local folder is written under a partial name
+//! derived from its final name and the identity of its source (where it comes from, its size and time, and
+//! its entity tag or version where the remote lists one). A copy cut off by a lost network, a failing remote
+//! or a killed process leaves that file behind; the next copy of the same, unchanged source finds it and
+//! reads only the rest. Anything else (another source, a changed file) gets another name and starts afresh.
+//!
+//! The name can be guessed, so what is found there is trusted only when it is a regular file of this user
+//! with one link, reached without following a link; it is locked while written, so two copies running at
+//! once never write one file (the second falls back to a fresh random name).
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Files smaller than this start again from the beginning: reading them again costs little.
+pub(crate) const RESUME_MIN: u64 = 4 << 20;
+/// Start of the partial names this module makes (see [`crate::transfer`] for the common prefix and suffix).
+const PREFIX: &str = ".cloudsync-r";
+const SUFFIX: &str = ".partial";
+
+/// What makes a source file the same one as when an earlier copy of it was cut off.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    /// Where it is read from (a connection's label, or a local file's absolute path).
+    pub source: String,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+    /// Entity tag or version id, where the remote lists one.
+    pub tag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// A partial file, open for writing at `offset` (the bytes already there), and locked.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub path: PathBuf,
+    pub file: File,
+    pub offset: u64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256(parts: &[&[u8]]) -> ring::digest::Digest {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in parts {
+        // Each part with its length, so that no two lists of parts hash alike.
+        ctx.update(&(p.len() as u64).to_le_bytes());
+        ctx.update(p);
+    }
+    ctx.finish()
+}
+
+/// The start shared by the partial names of one final name (for sweeping stale ones).
+fn stem(final_name: &str) -> String {
+    format!("{PREFIX}{}", hex(&sha256(&[b"cloudsync partial name", final_name.as_bytes()]).as_ref()[..6]))
+}
+
+/// The partial name for `final_name` copied from the source `id`.
+pub(crate) fn name(final_name: &str, id: &Identity) -> String {
+    let nanos =
+        id.modified.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(u128::MAX, |d| d.as_nanos());
+    let digest = sha256(&[
+        b"cloudsync partial source",
+        id.source.as_bytes(),
+        &id.size.to_le_bytes(),
+        &nanos.to_le_bytes(),
+        id.tag.as_deref().unwrap_or("").as_bytes(),
+        id.version.as_deref().unwrap_or("").as_bytes(),
+    ]);
+    format!("{}{}{SUFFIX}", stem(final_name), hex(&digest.as_ref()[..4]))
+}
+
+/// Opens (or creates) the partial file of `final_name` in `parent` for the source `id`, locked. `None` when it
+/// cannot be used safely (a link or someone else's file there, another copy writing it, a file system without
+/// locks): the caller writes under a fresh random name instead.
+///
+/// # Errors
+/// The folder cannot be written.
+pub(crate) fn open(parent: &Path, final_name: &str, id: &Identity) -> std::io::Result<Option<Slot>> {
+    let path = parent.join(name(final_name, id));
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
+        .open(&path)
+    {
+        Ok(f) => f,
+        // A link placed under that name (O_NOFOLLOW refuses it), or something that is not a file.
+        Err(e) if matches!(e.raw_os_error(), Some(code) if code == libc_eloop() || code == libc_eisdir()) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Ok(None),
+        Err(TryLockError::Error(_)) => {
+            // No locks here (some network file systems): not resumable; an empty file made just now goes.
+            if file.metadata().is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Ok(None);
+        }
+    }
+    let meta = file.metadata()?;
+    // Still the file at that name (not one another copy finished and renamed away meanwhile)?
+    let here = std::fs::symlink_metadata(&path).ok().is_some_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());
+    if !here || !meta.is_file() || meta.nlink() != 1 || meta.uid() != rustix::process::geteuid().as_raw() {
+        return Ok(None);
+    }
+    let mut offset = meta.len();
+    if offset > id.size || id.size < RESUME_MIN {
+        file.set_len(0)?;
+        offset = 0;
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    Ok(Some(Slot { path, file, offset }))
+}
+
+/// Starts a slot's file over, empty.
+pub(crate) fn restart(file: &mut File) -> std::io::Result<()> {
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0)).map(drop)
+}
+
+/// Removes the partial files of `final_name` in `parent` other than `kept` that no copy is writing: copies of
+/// an earlier version of the source, cut off. Best effort.
+pub(crate) fn sweep(parent: &Path, final_name: &str, kept: &Path) {
+    let stem = stem(final_name);
+    let Ok(dir) = std::fs::read_dir(parent) else { return };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let fits = entry.file_name().to_str().is_some_and(|n| n.starts_with(&stem) && n.ends_with(SUFFIX));
+        if !fits || path == kept {
+            continue;
+        }
+        let Ok(file) =
+            OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed()).open(&path)
+        else {
+            continue;
+        };
+        let ours = file
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.nlink() == 1 && m.uid() == rustix::process::geteuid().as_raw());
+        if ours && file.try_lock().is_ok() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+fn libc_eloop() -> i32 {
+    rustix::io::Errno::LOOP.raw_os_error()
+}
+
+fn libc_eisdir() -> i32 {
+    rustix::io::Errno::ISDIR.raw_os_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(size: u64) -> Identity {
+        Identity {
+            source: "src:big.bin".into(),
+            size,
+            modified: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
+            tag: Some("\"abc\"".into()),
+            version: None,
+        }
+    }
+
+    #[test]
+    fn names_follow_the_source_and_share_a_stem_per_final_name() {
+        let a = name("big.bin", &id(10 << 20));
+        assert_eq!(a, name("big.bin", &id(10 << 20)), "the same source gives the same name");
+        assert!(crate::transfer::is_partial(&a), "{a}");
+        assert!(a.len() <= 40, "{a}");
+        assert_ne!(a, name("big.bin", &id(11 << 20)), "another size");
+        let mut other = id(10 << 20);
+        other.tag = Some("\"abd\"".into());
+        assert_ne!(a, name("big.bin", &other), "another entity tag");
+        other = id(10 << 20);
+        other.source = "src2:big.bin".into();
+        assert_ne!(a, name("big.bin", &other), "another source");
+        let b = name("big.bin", &other);
+        assert_eq!(a[..PREFIX.len() + 12], b[..PREFIX.len() + 12], "one stem per final name");
+        assert_ne!(a[..PREFIX.len() + 12], name("big.bin2", &id(10 << 20))[..PREFIX.len() + 12]);
+    }
+
+    #[test]
+    fn a_partial_file_is_found_again_locked_and_swept() {
+        let dir = tempfile::tempdir().expect("dir");
+        let source = id(10 << 20);
+        let slot = open(dir.path(), "big.bin", &source).expect("open").expect("usable");
+        assert_eq!(slot.offset, 0);
+        std::fs::write(&slot.path, vec![7u8; 5 << 20]).expect("write");
+        // While it is held, a second copy cannot use it.
+        assert!(open(dir.path(), "big.bin", &source).expect("open").is_none());
+        let kept = slot.path.clone();
+        drop(slot);
+        let again = open(dir.path(), "big.bin", &source).expect("open").expect("usable");
+        assert_eq!(again.offset, 5 << 20, "the bytes already there are kept");
+        drop(again);
+        // A changed source gets another file; finishing it sweeps the stale one.
+        let changed = id(12 << 20);
+        let fresh = open(dir.path(), "big.bin", &changed).expect("open").expect("usable");
+        assert_ne!(fresh.path, kept);
+        assert_eq!(fresh.offset, 0);
+        sweep(dir.path(), "big.bin", &fresh.path);
+        assert!(!kept.exists(), "the stale partial file is swept");
+        assert!(fresh.path.exists(), "the one in use is not");
+        // Longer than the source: started over.
+        std::fs::write(&fresh.path, vec![1u8; 13 << 20]).expect("write");
+        drop(fresh);
+        assert_eq!(open(dir.path(), "big.bin", &changed).expect("open").expect("usable").offset, 0);
+    }
+
+    #[test]
+    fn a_link_or_a_small_file_is_not_resumed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let source = id(10 << 20);
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"keep me").expect("write");
+        std::os::unix::fs::symlink(&target, dir.path().join(name("big.bin", &source))).expect("link");
+        assert!(open(dir.path(), "big.bin", &source).expect("open").is_none(), "a link is never followed");
+        assert_eq!(std::fs::read(&target).expect("read"), b"keep me");
+        let small = id(1 << 20);
+        let slot = open(dir.path(), "small.bin", &small).expect("open").expect("usable");
+        std::fs::write(&slot.path, b"half").expect("write");
+        drop(slot);
+        assert_eq!(open(dir.path(), "small.bin", &small).expect("open").expect("usable").offset, 0);
+    }
+}
