@@ -824,7 +824,7 @@ pub struct ConnectionAddArgs {
     /// later sign-ins need no code.
     #[arg(long, value_name = "CODE")]
     pub otp_code: Option<String>,
-    /// Folder on the remote that NAME: means (default: its root).
+    /// Folder on the remote that NAME: means (default: its root; for FTP, the folder the server signs the user in to).
     #[arg(long)]
     pub root: Option<String>,
     /// cloudsync: workspace name.

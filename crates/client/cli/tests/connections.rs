@@ -1,5 +1,6 @@
-//! Connections against real servers on 127.0.0.1: s3s-fs (S3 with SigV4 checked), wsgidav (WebDAV over
-//! HTTPS with a private CA), pyftpdlib (FTPS, TLS required on control and data) and OpenSSH's sshd (SFTP);
+//! Connections against real servers on 127.0.0.1: s3s-fs and moto (S3 with SigV4 checked), wsgidav (WebDAV
+//! over HTTPS with a private CA) and rclone (WebDAV), pyftpdlib and vsftpd (FTPS, TLS required on control and
+//! data; vsftpd also requires TLS session reuse) and OpenSSH's sshd (SFTP);
 //! and, where no real server can be had offline (Dropbox, OneDrive, pCloud), `tests/peers/clouds.py`, a fake
 //! of exactly the endpoints used. One behaviour suite runs on every connector; secrets go to the real Secret
 //! Service that `scripts/test` starts. Each peer is missing only if `scripts/test` could not install it, and
@@ -805,7 +806,7 @@ fn webdav_connector_over_https_with_a_private_ca_and_hostile_names() {
 #[test]
 fn ftp_and_ftps_connectors_against_pyftpdlib() {
     dbus();
-    let mut c = Client::new();
+    let c = Client::new();
     let (ca, cert, key) = test_ca(c.root.path());
     let served = c.path("ftproot");
     std::fs::create_dir_all(&served).expect("ftp root");
@@ -829,46 +830,216 @@ fn ftp_and_ftps_connectors_against_pyftpdlib() {
     opted.push("--allow-insecure".into());
     run_ok(&c, opted);
     secret_is_kept_out_of_files(&c, "ftpx", secret);
-    behaviour(&c, "ftpx", Caps { empty_files: false, ..FULL });
-    // OpenDAL's FTP service cannot create an empty file: said per file, not silently dropped.
-    write(&c.path("empty-src/empty"), b"");
-    let out = c.run(&["copy", &c.path("empty-src").to_string_lossy(), "ftpx:e", "--json"], None);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be given an empty file"));
+    behaviour(&c, "ftpx", FULL);
 
-    // FTPS: TLS on control and data connections, the certificate checked against the system's roots
-    // (SSL_CERT_FILE replaces them, for this test's private CA).
+    // FTPS: TLS on control and data connections, the certificate checked against the system's roots, or the
+    // connection's own CA with --ca-cert.
     run_ok(&c, add("ftpsx", "ftps", tls.port));
     let err = c.fails(&["connection", "test", "ftpsx"], None);
-    assert!(err.to_lowercase().contains("certificate") || err.contains("ftpsx"), "{err}");
-    c.env.push(("SSL_CERT_FILE".into(), ca.to_string_lossy().into_owned()));
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let mut with_ca = add("ftpsx", "ftps", tls.port);
+    with_ca.extend(["--ca-cert".into(), ca.to_string_lossy().into_owned(), "--replace".into()]);
+    run_ok(&c, with_ca);
     c.ok(&["connection", "test", "ftpsx"], None);
-    behaviour(&c, "ftpsx", Caps { empty_files: false, big: 60 << 10 });
+    behaviour(&c, "ftpsx", FULL);
     // Between two connections (remote to remote, streamed through this machine).
     write(&served.join("r2r/one.txt"), b"one");
     write(&served.join("r2r/deep/two.bin"), &noise(40 << 10, 9));
     let both = c.json(&["copy", "ftpx:r2r", "ftpsx:r2r-copy"]);
     assert_eq!(strings(&both["copied"]), ["deep/two.bin", "one.txt"], "{both}");
     assert_eq!(files_under(&served.join("r2r-copy")), files_under(&served.join("r2r")));
-    // A large download over TLS is whole.
+    // Large files both ways over TLS are whole: uploads end with TLS's goodbye and the server's side read to its
+    // end, so that closing the socket never resets it under bytes the server has not read.
     write(&served.join("large/big.bin"), &noise(12 << 20, 3));
     let down = c.path("ftps-large");
     c.json(&["copy", "ftpsx:large", down.to_str().expect("utf8")]);
     assert_eq!(files_under(&down), [("big.bin".to_owned(), noise(12 << 20, 3))]);
-    // Larger uploads over FTPS lose data in OpenDAL's FTP service (the TLS data stream is not shut down
-    // cleanly); the size check after every upload catches it, and no short file is left under the name.
     let big_src = c.path("ftps-up/big.bin");
-    write(&big_src, &noise(4 << 20, 5));
-    let out = c.run(&["copy", big_src.to_str().expect("utf8"), "ftpsx:up/big.bin", "--json"], None);
-    if !out.status.success() {
-        assert!(String::from_utf8_lossy(&out.stderr).contains("after the upload instead of"));
-        assert!(!served.join("up/big.bin").exists(), "no short file under the final name");
-    } else {
-        assert_eq!(std::fs::read(served.join("up/big.bin")).expect("uploaded"), noise(4 << 20, 5));
-    }
+    write(&big_src, &noise(20 << 20, 5));
+    c.json(&["copy", big_src.to_str().expect("utf8"), "ftpsx:up/big.bin"]);
+    assert_eq!(std::fs::read(served.join("up/big.bin")).expect("uploaded"), noise(20 << 20, 5));
+    // An empty file is a file.
+    write(&c.path("empty-src/empty"), b"");
+    c.json(&["copy", &c.path("empty-src").to_string_lossy(), "ftpsx:e"]);
+    assert_eq!(std::fs::read(served.join("e/empty")).expect("empty file").len(), 0);
 }
 
-/// The current user's home as OpenSSH sees it (from the password database, not $HOME).
+/// The user `name`, made if missing (with `home` as its home), with a fresh random password; needs root.
+fn system_user(name: &str, home: Option<&Path>) -> String {
+    let root = Command::new("id").arg("-u").output().expect("id").stdout;
+    assert_eq!(String::from_utf8_lossy(&root).trim(), "0", "this test makes a system user: run as root");
+    let known = Command::new("id").arg(name).output().expect("id").status.success();
+    if !known {
+        let made = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/usr/sbin/nologin", name])
+            .status()
+            .expect("useradd");
+        // Another test run may have made it meanwhile.
+        assert!(made.success() || Command::new("id").arg(name).status().expect("id").success(), "useradd failed");
+    }
+    if let Some(home) = home {
+        let moved = Command::new("usermod").arg("--home").arg(home).arg(name).status().expect("usermod");
+        assert!(moved.success(), "usermod failed");
+    }
+    let password = format!("pw-{:016x}-{}", rand_u64(), std::process::id());
+    let mut chpasswd = Command::new("chpasswd").stdin(Stdio::piped()).spawn().expect("chpasswd");
+    writeln!(chpasswd.stdin.take().expect("stdin"), "{name}:{password}").expect("write");
+    assert!(chpasswd.wait().expect("chpasswd").success(), "chpasswd failed");
+    password
+}
+
+/// vsftpd as strict as FTPS gets: TLS required for the sign-in and every data connection, and each data
+/// connection must resume the control connection's TLS session (`require_ssl_reuse`, which breaks many FTPS
+/// clients). Signs in as a system user through PAM; paths start in the user's home folder, as the server puts
+/// them there. The behaviour suite (large files included), hidden files, a missing folder told from an empty
+/// one, and a download resumed with REST.
+#[test]
+fn ftps_connector_against_vsftpd_with_tls_session_reuse_required() {
+    dbus();
+    let c = Client::new();
+    // A home the user can write in: every folder above it must be open to others.
+    let outer = tempfile::Builder::new().prefix("cloudsync-ftp-").tempdir_in("/tmp").expect("tempdir");
+    let home = outer.path().join("home");
+    std::fs::create_dir(&home).expect("home");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    const USER: &str = "cloudsync-ftp-test";
+    let password = system_user(USER, Some(&home));
+    let _lock = LockPassword(USER.to_owned());
+    assert!(Command::new("chown").arg(USER).arg(&home).status().expect("chown").success());
+    // vsftpd signs in through PAM: a service of its own checks the password only (Debian's vsftpd service also
+    // wants the user's shell listed in /etc/shells).
+    let pam = Path::new("/etc/pam.d/cloudsync-ftp-test");
+    if !pam.exists() {
+        std::fs::write(
+            pam,
+            "auth required pam_unix.so\naccount required pam_unix.so\nsession required pam_permit.so\n",
+        )
+        .expect("PAM service");
+    }
+    let (ca, cert, key) = test_ca(c.root.path());
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("vsftpd.conf");
+    let log = dir.path().join("vsftpd.log");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen=YES\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\nanonymous_enable=NO\n\
+             local_enable=YES\nwrite_enable=YES\nlocal_umask=022\npam_service_name=cloudsync-ftp-test\n\
+             ssl_enable=YES\nallow_anon_ssl=NO\nforce_local_logins_ssl=YES\nforce_local_data_ssl=YES\n\
+             require_ssl_reuse=YES\nrsa_cert_file={}\nrsa_private_key_file={}\nseccomp_sandbox=NO\n\
+             pasv_enable=YES\npasv_address=127.0.0.1\nxferlog_enable=YES\nvsftpd_log_file={}\n\
+             dual_log_enable=YES\nlog_ftp_protocol=YES\nsecure_chroot_dir=/var/run/vsftpd/empty\n",
+            cert.display(),
+            key.display(),
+            log.display()
+        ),
+    )
+    .expect("config");
+    std::fs::create_dir_all("/var/run/vsftpd/empty").expect("vsftpd's empty folder");
+    let vsftpd = ["/usr/sbin/vsftpd", "/usr/bin/vsftpd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("vsftpd is installed (scripts/test installs it)");
+    // vsftpd writes its start-up errors to file descriptor 0.
+    let errors = dir.path().join("errors");
+    let mut child = Command::new(vsftpd)
+        .arg(&cfg)
+        .stdin(std::fs::OpenOptions::new().create(true).append(true).read(true).open(&errors).expect("errors"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("vsftpd");
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let failed = child.try_wait().expect("wait").is_some() || start.elapsed() > Duration::from_secs(30);
+        assert!(!failed, "vsftpd did not start: {}", std::fs::read_to_string(&errors).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peer = Peer { child, info: Value::Null, port, dir };
+    let port_s = port.to_string();
+    let add = ["connection", "add", "vsx", "--type", "ftps", "--host", "127.0.0.1", "--port", &port_s, "--user", USER];
+    c.ok(&[&add[..], &["--secret-stdin", "--ca-cert", ca.to_str().expect("utf8")]].concat(), Some(&password));
+    secret_is_kept_out_of_files(&c, "vsx", &password);
+    assert_eq!(c.json(&["connection", "test", "vsx"])["ok"], true);
+
+    behaviour(&c, "vsx", FULL);
+    let text = std::fs::read_to_string(peer.dir.path().join("vsftpd.log")).expect("vsftpd log");
+    assert!(text.contains("OK UPLOAD"), "{text}");
+    assert!(!text.contains("FAIL UPLOAD"), "every upload arrived whole: {text}");
+
+    // Paths start in the home folder; hidden files are listed (LIST -a: vsftpd hides them otherwise).
+    write(&home.join(".hidden"), b"dot");
+    assert!(Command::new("chown").arg("-R").arg(USER).arg(&home).status().expect("chown").success());
+    let top = c.json(&["ls", "vsx:"]);
+    assert!(top["entries"].to_string().contains(".hidden"), "{top}");
+    // vsftpd answers a listing of a missing folder with an empty one: it is still found missing.
+    std::fs::create_dir(home.join("empty")).expect("empty folder");
+    assert!(Command::new("chown").arg(USER).arg(home.join("empty")).status().expect("chown").success());
+    assert_eq!(c.json(&["ls", "vsx:empty"])["entries"], serde_json::json!([]));
+    let err = c.fails(&["ls", "vsx:no-such-folder"], None);
+    assert!(err.contains("does not exist") || err.contains("not found"), "{err}");
+    let mirror = c.path("mirror");
+    write(&mirror.join("keep.txt"), b"keep");
+    let err = c.fails(&["sync", "vsx:no-such-folder", mirror.to_str().expect("utf8"), "--delete"], None);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(mirror.join("keep.txt").exists());
+
+    // A download cut off resumes with REST.
+    write(&home.join("resume/big.bin"), &noise(16 << 20, 21));
+    assert!(Command::new("chown").arg("-R").arg(USER).arg(&home).status().expect("chown").success());
+    let dst = c.path("ftp-resume");
+    std::fs::create_dir_all(&dst).expect("mkdir");
+    let dst_s = dst.to_str().expect("utf8");
+    let mut running = c.spawn(&["copy", "vsx:resume", dst_s, "--bwlimit", "2M", "--json"]);
+    wait_partial(&dst, 4 << 20, &mut running);
+    running.kill().expect("kill");
+    running.wait().expect("wait");
+    let run = c.json(&["copy", "vsx:resume", dst_s]);
+    assert_eq!(run["resumed"], 1, "{run}");
+    assert_eq!(std::fs::read(dst.join("big.bin")).expect("big"), noise(16 << 20, 21));
+    let text = std::fs::read_to_string(peer.dir.path().join("vsftpd.log")).expect("vsftpd log");
+    assert!(text.contains("\"REST "), "the download resumed with REST: {text}");
+}
+
+/// rclone's WebDAV server, a second WebDAV peer (plain HTTP on loopback, so with --allow-insecure).
+#[test]
+fn webdav_connector_against_rclone_serve_webdav() {
+    dbus();
+    let c = Client::new();
+    let served = c.path("rclone-root");
+    std::fs::create_dir_all(&served).expect("root");
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = format!("rc-{:016x}", rand_u64());
+    let mut child = Command::new("rclone")
+        .args(["serve", "webdav"])
+        .arg(&served)
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--user", "carol", "--pass", &password])
+        .env("RCLONE_CONFIG", dir.path().join("rclone.conf"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).expect("log"))
+        .spawn()
+        .expect("rclone runs (scripts/test installs it)");
+    wait_port(port, &mut child, "rclone serve webdav");
+    let _peer = Peer { child, info: Value::Null, port, dir };
+    let endpoint = format!("http://127.0.0.1:{port}/");
+    let add = ["connection", "add", "rc", "--type", "webdav", "--endpoint", &endpoint, "--user", "carol"];
+    let err = c.fails(&[&add[..], &["--secret-stdin"]].concat(), Some(&password));
+    assert!(err.contains("--allow-insecure"), "{err}");
+    c.ok(&[&add[..], &["--secret-stdin", "--allow-insecure"]].concat(), Some(&password));
+    assert_eq!(c.json(&["connection", "test", "rc"])["ok"], true);
+    behaviour(&c, "rc", FULL);
+    let mut wrong = add.to_vec();
+    wrong[2] = "rcbad";
+    c.ok(&[&wrong[..], &["--secret-stdin", "--allow-insecure"]].concat(), Some("not the password"));
+    let err = c.fails(&["connection", "test", "rcbad"], None);
+    assert!(err.contains("denied") || err.contains("401"), "{err}");
+}
+
 fn passwd_home() -> PathBuf {
     let user = String::from_utf8(Command::new("id").arg("-un").output().expect("id").stdout).expect("utf8");
     let entry =
@@ -1069,22 +1240,7 @@ fn sftp_connector_uses_a_sealed_key_held_by_ssh_agent_without_its_passphrase() {
 /// against the system's accounts; this needs root, which CI has).
 fn password_user() -> (String, String) {
     const NAME: &str = "cloudsync-sftp-test";
-    let root = Command::new("id").arg("-u").output().expect("id").stdout;
-    assert_eq!(String::from_utf8_lossy(&root).trim(), "0", "the SFTP password test makes a system user: run as root");
-    let known = Command::new("id").arg(NAME).output().expect("id").status.success();
-    if !known {
-        let made = Command::new("useradd")
-            .args(["--no-create-home", "--shell", "/usr/sbin/nologin", NAME])
-            .status()
-            .expect("useradd");
-        // Another test run may have made it meanwhile.
-        assert!(made.success() || Command::new("id").arg(NAME).status().expect("id").success(), "useradd failed");
-    }
-    let password = format!("pw-{:016x}-{}", rand_u64(), std::process::id());
-    let mut chpasswd = Command::new("chpasswd").stdin(Stdio::piped()).spawn().expect("chpasswd");
-    writeln!(chpasswd.stdin.take().expect("stdin"), "{NAME}:{password}").expect("write");
-    assert!(chpasswd.wait().expect("chpasswd").success(), "chpasswd failed");
-    (NAME.to_owned(), password)
+    (NAME.to_owned(), system_user(NAME, None))
 }
 
 fn rand_u64() -> u64 {

@@ -6,6 +6,7 @@
 
 mod dropbox;
 mod error;
+mod ftp;
 pub mod names;
 pub mod oauth;
 pub mod pace;

@@ -269,13 +269,6 @@ impl Connection {
             }
             Kind::Ftp | Kind::Ftps => {
                 check_host(need(self.host.as_deref(), "--host", kind)?)?;
-                if self.ca_cert.is_some() {
-                    return Err(Error::Unsupported(
-                        "--ca-cert is not supported for FTPS yet (its TLS client reads only the system's roots); \
-                         trust a private CA for FTPS by setting SSL_CERT_FILE=CA.pem when running cloudsync"
-                            .into(),
-                    ));
-                }
                 if kind == Kind::Ftp && !self.allow_insecure {
                     return Err(insecure("plain FTP sends the password and every file in the clear"));
                 }
@@ -475,16 +468,19 @@ impl Connection {
                 }
                 Operator::new(b)?
             }
-            Kind::Ftp | Kind::Ftps => {
-                let scheme = if self.kind == Kind::Ftp { "ftp" } else { "ftps" };
-                let host = self.host.as_deref().unwrap_or_default();
-                let endpoint = format!("{scheme}://{host}:{}", self.port.unwrap_or(21));
-                let mut b = opendal::services::Ftp::default().endpoint(&endpoint).root(&root);
-                if let Some(user) = &self.user {
-                    b = b.user(user).password(&secret_for("password")?);
-                }
-                Operator::new(b)?
-            }
+            // FTP through a service of our own (ftp.rs): OpenDAL's loses the end of uploads over TLS.
+            Kind::Ftp | Kind::Ftps => crate::ftp::operator(crate::ftp::Settings {
+                host: self.host.clone().unwrap_or_default(),
+                port: self.port.unwrap_or(21),
+                user: self.user.clone().unwrap_or_else(|| "anonymous".into()),
+                password: zeroize::Zeroizing::new(match &self.user {
+                    Some(_) => secret_for("password")?,
+                    None => "anonymous@".into(),
+                }),
+                tls: (self.kind == Kind::Ftps).then(|| self.tls_config()).transpose()?,
+                // Paths start from the folder the server puts the user in, unless a root says otherwise.
+                root: self.root.clone().unwrap_or_default(),
+            }),
             // A password or a key passphrase cannot be given to OpenSSH in batch mode: those sign in through
             // an SSH client of our own (sftp.rs).
             Kind::Sftp if self.key_file.is_none() || self.key_passphrase => {
@@ -614,6 +610,28 @@ impl Connection {
     /// The HTTP client for HTTP-based kinds: certificates verified against the system's roots, or only the
     /// connection's CA when `ca_cert` is set.
     pub(crate) fn http_client(&self) -> Result<reqwest::Client, Error> {
+        let tls = Arc::unwrap_or_clone(self.tls_config()?);
+        // The File Station sign-in sends the password in a POST body, which a 307 or 308 redirect would send on
+        // (to wherever it points): DSM is not followed anywhere.
+        let redirects = if self.kind == Kind::Synology {
+            reqwest::redirect::Policy::none()
+        } else {
+            reqwest::redirect::Policy::default()
+        };
+        reqwest::Client::builder()
+            .redirect(redirects)
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::Invalid(format!("could not set up the HTTP client: {e}")))
+    }
+}
+
+impl Connection {
+    /// TLS settings (1.2 or 1.3): certificates verified against the system's roots, or only the connection's CA
+    /// when `ca_cert` is set.
+    pub(crate) fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = match &self.ca_cert {
             Some(path) => cloudsync_sdk::ca_roots(path).map_err(|e| Error::Invalid(e.to_string()))?,
@@ -629,20 +647,7 @@ impl Connection {
             .map_err(|e| Error::Invalid(format!("could not set up TLS: {e}")))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        // The File Station sign-in sends the password in a POST body, which a 307 or 308 redirect would send on
-        // (to wherever it points): DSM is not followed anywhere.
-        let redirects = if self.kind == Kind::Synology {
-            reqwest::redirect::Policy::none()
-        } else {
-            reqwest::redirect::Policy::default()
-        };
-        reqwest::Client::builder()
-            .redirect(redirects)
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| Error::Invalid(format!("could not set up the HTTP client: {e}")))
+        Ok(Arc::new(tls))
     }
 }
 

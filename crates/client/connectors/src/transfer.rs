@@ -2,10 +2,9 @@
 //!
 //! A transfer streams: at most a few chunks of a file are in memory at once, whatever its size (except
 //! uploads to WebDAV, which OpenDAL sends as one request: those share a capped memory budget). A file is
-//! never visible half-written under its final name: local files and remotes that can rename (SFTP, WebDAV)
-//! are written under a temporary name and renamed when complete; S3 makes an object (multipart upload
-//! included) visible only when it is complete, and OpenDAL's FTP writer renames by itself. Every upload's
-//! size is checked before the file gets its name.
+//! never visible half-written under its final name: local files and remotes that can rename (SFTP, FTP,
+//! WebDAV) are written under a temporary name and renamed when complete; S3 makes an object (multipart upload
+//! included) visible only when it is complete. Every upload's size is checked before the file gets its name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -203,6 +202,24 @@ async fn shape(loc: &Location) -> Result<Shape, Error> {
     }
 }
 
+/// What is at a location: `None` when nothing is, else a folder or a file (its path is its name).
+///
+/// # Errors
+/// The location cannot be read.
+pub async fn stat(loc: &Location) -> Result<Option<Entry>, Error> {
+    Ok(match shape(loc).await? {
+        Shape::Missing => None,
+        Shape::Dir => Some(Entry { is_dir: true, ..Entry::file(String::new(), 0, None, None) }),
+        Shape::File(size, modified, etag) => {
+            let name = match loc {
+                Location::Local(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                Location::Remote { path, .. } => path.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_owned(),
+            };
+            Some(Entry::file(name, size, modified, etag))
+        }
+    })
+}
+
 /// Lists a folder (all the way down with `recursive`). Hostile names are refused, never returned.
 ///
 /// # Errors
@@ -214,7 +231,7 @@ pub async fn list(loc: &Location, recursive: bool) -> Result<Listing, Error> {
         Location::Remote { op, path, label } => {
             let prefix = dir_prefix(path);
             // Where the service lists a whole tree itself (S3), one listing; elsewhere each folder is listed in
-            // turn (OpenDAL's emulated recursive listing leaves out empty folders on FTP).
+            // turn (OpenDAL's emulated recursive listing leaves out empty folders).
             // OpenDAL's Dropbox service names entries by their bare names, not their paths: each folder is walked
             // and its entries put under it here.
             let bare_names = op.info().scheme() == "dropbox";
@@ -1041,9 +1058,10 @@ async fn source(
         Location::Remote { op, path, label } => {
             let label = label.clone();
             // File Station is read in one stream: a NAS that ignores byte ranges would otherwise send the file
-            // from its start again for every piece.
+            // from its start again for every piece. So is FTP: each piece would be a transfer of its own, left
+            // unfinished at the piece's end.
             let mut read = op.reader_with(path);
-            if op.info().scheme() != "synology" {
+            if !matches!(op.info().scheme(), "synology" | "ftp") {
                 read = read.chunk(CHUNK).concurrent(2);
             }
             if let Some(v) = version {
@@ -1247,7 +1265,7 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
             };
             drop(stream);
             // What arrived is checked before the file gets its final name. Without a rename (S3, where an
-            // unfinished upload never replaces the object; FTP, whose writer renames by itself) a failure
+            // unfinished upload never replaces the object, and the other services that commit whole uploads) a failure
             // leaves the previous file alone: only a short file found after the upload is removed.
             let mut short = false;
             let checked = match written {

@@ -536,7 +536,15 @@ pub async fn ls(spec: &str, recursive: bool, json: bool) -> Result<()> {
     let spinner = progress::spinner(!json, &format!("listing {}…", loc.label()));
     let listing = transfer::list(&loc, recursive).await;
     spinner.finish_and_clear();
-    let listing = listing?;
+    let mut listing = listing?;
+    // Nothing listed: a folder that is empty, a file, or nothing at all (a mistyped path is an error).
+    if listing.entries.is_empty() && listing.refused.is_empty() {
+        match transfer::stat(&loc).await? {
+            None => bail!("{} does not exist", loc.label()),
+            Some(file) if !file.is_dir => listing.entries.push(file),
+            Some(_) => {}
+        }
+    }
     for r in &listing.refused {
         eprintln!("warning: skipped the name {:?} that {} listed: {}", r.name, loc.label(), r.reason);
     }
