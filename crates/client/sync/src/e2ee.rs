@@ -33,8 +33,8 @@ use tokio::sync::mpsc;
 use crate::chunking::{Digest, chunk_stream, hash_reader};
 use crate::e2ee_cache::VerifiedManifests;
 use crate::fetch::{
-    FEED_REQUESTS, FETCH_IN_FLIGHT, Fetched, GROUP_BYTES, GROUP_FILES, create_temp, feed_writer, fetch_all,
-    flush_to_disk, place, requests, system_time,
+    CREATE_AHEAD, DrainAhead, FEED_REQUESTS, FETCH_IN_FLIGHT, Fetched, GROUP_BYTES, GROUP_FILES, Made, create_ahead,
+    feed_writer, fetch_all, flush_to_disk, place, requests, system_time,
 };
 use crate::index::Stat;
 use crate::keys::{ChunkKeys, hash_hex, hash_matches};
@@ -1391,19 +1391,44 @@ pub(crate) async fn download_all(
                     .collect();
                 let blobs = if fetch.is_empty() { Vec::new() } else { retry(|| fetch_all(files, &fetch)).await? };
                 let bytes = blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-                let plain = tokio::task::spawn_blocking(move || open_batch(&jobs, &tools, blobs, &places))
-                    .await
-                    .map_err(SyncError::task)??;
-                Ok::<_, SyncError>((bytes, plain))
+                // The request's chunks are opened a slice at a time, all slices at once on blocking threads, so
+                // the writer can start on the first slice while the others are opened.
+                let mut blobs = blobs.into_iter();
+                let mut slices = Vec::new();
+                for slice in places.chunks(OPEN_SLICE) {
+                    let held = slice.iter().filter(|(j, _)| jobs[*j].entry.manifest.inline.is_none()).count();
+                    let part: Vec<(ChunkId, Bytes)> = blobs.by_ref().take(held).collect();
+                    let (jobs, tools, slice) = (Arc::clone(&jobs), Arc::clone(&tools), slice.to_vec());
+                    slices.push(tokio::task::spawn_blocking(move || open_batch(&jobs, &tools, part, &slice)));
+                }
+                Ok::<_, SyncError>((bytes, slices))
             }
         })
-        .buffered(FETCH_IN_FLIGHT);
+        .buffered(FETCH_IN_FLIGHT)
+        // Each request's slices in order, each as soon as it is opened.
+        .map(|fetched| {
+            let slices = match fetched {
+                Ok((bytes, slices)) => slices.into_iter().enumerate().map(move |(i, h)| Ok((i, bytes, h))).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures_util::stream::iter(slices)
+        })
+        .flatten()
+        .then(|slice| async move {
+            let (i, bytes, handle) = slice?;
+            let plain = handle.await.map_err(SyncError::task)??;
+            // The request's bytes are counted once, with its first slice.
+            Ok::<_, SyncError>((if i == 0 { bytes } else { 0 }, plain))
+        });
     feed_writer(opened, tx, writer, |(bytes, plain)| {
         summary.bytes_downloaded += bytes;
         plain
     })
     .await
 }
+
+/// Chunks of one fetch request opened together on one blocking thread.
+const OPEN_SLICE: usize = 64;
 
 /// One opened chunk: which job it belongs to, and its plaintext.
 struct Opened {
@@ -1466,18 +1491,40 @@ fn open_inline(job: &Download, tools: &Tools, blob: &[u8]) -> Result<Vec<u8>, Sy
 /// installs finished files a group at a time. Returns each job's outcome.
 fn write_all(
     jobs: &[Download],
+    rx: mpsc::Receiver<Vec<Opened>>,
+    tools: &Tools,
+) -> Result<Vec<(usize, Fetched)>, SyncError> {
+    // Creating a file is most of the cost of writing a small one: a second thread creates the temporary files
+    // (one per job, in job order, as the writer takes them) a little ahead of the writer.
+    let targets: Vec<PathBuf> = jobs.iter().map(|d| d.target.clone()).collect();
+    let (made_tx, made_rx) = std::sync::mpsc::sync_channel(CREATE_AHEAD);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (targets, stop) = (&targets, &stop);
+        // The sender lives in the thread: once it returns, the draining below ends.
+        scope.spawn(move || create_ahead(targets, &made_tx, stop));
+        // Whichever way the writer ends, files created ahead and not yet taken are removed, and the creating
+        // thread is released so the scope can end.
+        let _drain = DrainAhead { stop, made: &made_rx };
+        write_in_order(jobs, rx, tools, &made_rx)
+    })
+}
+
+fn write_in_order(
+    jobs: &[Download],
     mut rx: mpsc::Receiver<Vec<Opened>>,
     tools: &Tools,
+    made: &Made,
 ) -> Result<Vec<(usize, Fetched)>, SyncError> {
     let mut cleanup = TempFiles(HashSet::new());
     let mut open = Open { writing: None, next_job: 0 };
     let mut group = Group { done: Vec::new(), bytes: 0, installed: Vec::new() };
     while let Some(batch) = rx.blocking_recv() {
         for Opened { job: j, plain } in batch {
-            open.settle(j, jobs, &tools.content, &mut cleanup, &mut group)?;
+            open.settle(j, jobs, &tools.content, made, &mut cleanup, &mut group)?;
             let w = match &mut open.writing {
                 Some(w) => w,
-                None => open.writing.insert(open_temp(&jobs[j], &tools.content, &mut cleanup)?),
+                None => open.writing.insert(open_temp(made, &tools.content, &mut cleanup)?),
             };
             w.file.write_all(&plain).map_err(|e| SyncError::io(&w.tmp, e))?;
             // A file of one chunk, or inline, was checked against its content hash when it was opened.
@@ -1492,7 +1539,7 @@ fn write_all(
             group.install(jobs, &tools.device, &mut cleanup)?;
         }
     }
-    open.settle(jobs.len(), jobs, &tools.content, &mut cleanup, &mut group)?;
+    open.settle(jobs.len(), jobs, &tools.content, made, &mut cleanup, &mut group)?;
     group.install(jobs, &tools.device, &mut cleanup)?;
     Ok(group.installed)
 }
@@ -1525,8 +1572,10 @@ impl Group {
     }
 }
 
-fn open_temp(job: &Download, content: &ChunkKeys, cleanup: &mut TempFiles) -> Result<Writing, SyncError> {
-    let (tmp, file) = create_temp(&job.target)?;
+/// The next job's temporary file, as created ahead (every job takes exactly one, in job order).
+fn open_temp(made: &Made, content: &ChunkKeys, cleanup: &mut TempFiles) -> Result<Writing, SyncError> {
+    let next = made.recv().map_err(|_| SyncError::Internal("the file-creating thread stopped".into()));
+    let (tmp, file) = next??;
     cleanup.0.insert(tmp.clone());
     Ok(Writing { tmp, file, hasher: content.content_hasher(), written: 0 })
 }
@@ -1544,6 +1593,7 @@ impl Open {
         upto: usize,
         jobs: &[Download],
         content: &ChunkKeys,
+        made: &Made,
         cleanup: &mut TempFiles,
         group: &mut Group,
     ) -> Result<(), SyncError> {
@@ -1551,7 +1601,7 @@ impl Open {
             let j = self.next_job;
             let w = match self.writing.take() {
                 Some(w) => w,
-                None => open_temp(&jobs[j], content, cleanup)?,
+                None => open_temp(made, content, cleanup)?,
             };
             let stat = finish(&jobs[j], &w)?;
             group.done.push((j, w.tmp, stat));

@@ -445,12 +445,12 @@ fn write_in_order(
 }
 
 /// Temporary files created ahead and waiting for the writer.
-type Made = std::sync::mpsc::Receiver<Result<(PathBuf, File), SyncError>>;
+pub(crate) type Made = std::sync::mpsc::Receiver<Result<(PathBuf, File), SyncError>>;
 
 /// Stops [`create_ahead`] and removes what it created but the writer did not take.
-struct DrainAhead<'a> {
-    stop: &'a AtomicBool,
-    made: &'a Made,
+pub(crate) struct DrainAhead<'a> {
+    pub(crate) stop: &'a AtomicBool,
+    pub(crate) made: &'a Made,
 }
 
 impl Drop for DrainAhead<'_> {
@@ -465,10 +465,10 @@ impl Drop for DrainAhead<'_> {
 }
 
 /// Temporary files created ahead of the writer.
-const CREATE_AHEAD: usize = 64;
+pub(crate) const CREATE_AHEAD: usize = 64;
 
 /// Creates the temporary file of each target in order, until done, told to stop, or creation fails.
-fn create_ahead(
+pub(crate) fn create_ahead(
     targets: &[PathBuf],
     made: &std::sync::mpsc::SyncSender<Result<(PathBuf, File), SyncError>>,
     stop: &AtomicBool,

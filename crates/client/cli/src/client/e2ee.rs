@@ -321,7 +321,12 @@ fn head_key(client: &Client, ws: WorkspaceId) -> String {
 fn remember_log(client: &Client, ws: WorkspaceId, entries: &[Entry]) -> Result<()> {
     let Some(last) = entries.last() else { return Ok(()) };
     let mut all = heads()?;
-    all.insert(head_key(client, ws), serde_json::json!({"len": entries.len(), "head": hex::encode(last.hash())}));
+    let now = serde_json::json!({"len": entries.len(), "head": hex::encode(last.hash())});
+    // Unchanged since last time (most commands): nothing to write (and no fsync to wait for).
+    if all.get(&head_key(client, ws)) == Some(&now) {
+        return Ok(());
+    }
+    all.insert(head_key(client, ws), now);
     write_private(&heads_path(), &serde_json::to_vec_pretty(&all)?)
 }
 
