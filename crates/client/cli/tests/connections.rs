@@ -731,6 +731,17 @@ fn webdav_connector_over_https_with_a_private_ca_and_hostile_names() {
     secret_is_kept_out_of_files(&c, "dav", secret);
 
     behaviour(&c, "dav", FULL);
+    // Uploads stream in one request with its length (servers behind PHP-FPM store nothing for a chunked body),
+    // under a temporary name renamed into place: the 12 MiB file of the suite went so.
+    let puts: Vec<Value> = std::fs::read_to_string(peer.dir.path().join("puts.jsonl"))
+        .expect("PUT record")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let big = (12u64 << 20).to_string();
+    let big_put = puts.iter().find(|p| p["content_length"] == big.as_str()).unwrap_or_else(|| panic!("{puts:?}"));
+    assert!(big_put["path"].as_str().is_some_and(|p| p.contains(".cloudsync-")), "{big_put}");
+    assert!(puts.iter().all(|p| p["transfer_encoding"].is_null()), "never chunked: {puts:?}");
 
     // Names a hostile (or merely foreign) server can list are reported and skipped; nothing is written
     // outside the destination, not even through a symbolic link planted in it.

@@ -15,6 +15,7 @@ mod sftp;
 mod spec;
 mod synology;
 pub mod transfer;
+mod webdav;
 
 pub use error::Error;
 pub use pace::{Caps, Pace, PaceReport};

@@ -249,7 +249,7 @@ fn printable(text: &str) -> String {
 }
 
 /// A reqwest error and its causes, without the URL.
-fn short(e: reqwest::Error) -> String {
+pub(crate) fn short(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut out = e.to_string();
     let mut source = std::error::Error::source(&e);

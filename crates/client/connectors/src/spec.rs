@@ -463,10 +463,20 @@ impl Connection {
                 let mut b = opendal::services::Webdav::default()
                     .endpoint(self.endpoint.as_deref().unwrap_or_default())
                     .root(&root);
-                if let Some(user) = &self.user {
-                    b = b.username(user).password(&secret_for("password")?);
+                let mut user = None;
+                if let Some(name) = &self.user {
+                    let password = zeroize::Zeroizing::new(secret_for("password")?);
+                    b = b.username(name).password(&password);
+                    user = Some((name.clone(), password));
                 }
-                Operator::new(b)?
+                // Uploads stream in one request (webdav.rs) instead of being held whole in memory.
+                Operator::new(b)?.layer(crate::webdav::StreamedPut::new(crate::webdav::Settings {
+                    client: http.clone().ok_or_else(|| Error::Invalid("no HTTP client for WebDAV".into()))?,
+                    endpoint: self.endpoint.clone().unwrap_or_default(),
+                    root: root.clone(),
+                    user,
+                    pace: limits.pace.clone(),
+                }))
             }
             // FTP through a service of our own (ftp.rs): OpenDAL's loses the end of uploads over TLS.
             Kind::Ftp | Kind::Ftps => crate::ftp::operator(crate::ftp::Settings {

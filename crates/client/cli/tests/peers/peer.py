@@ -63,6 +63,23 @@ class RateLimit:
         return [body]
 
 
+class RecordPuts:
+    """Appends each PUT's path, Content-Length and Transfer-Encoding to a JSON-lines file."""
+
+    def __init__(self, app, path):
+        self.app, self.path = app, path
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") == "PUT":
+            with open(self.path, "a") as f:
+                f.write(json.dumps({
+                    "path": environ.get("PATH_INFO"),
+                    "content_length": environ.get("CONTENT_LENGTH"),
+                    "transfer_encoding": environ.get("HTTP_TRANSFER_ENCODING"),
+                }) + "\n")
+        return self.app(environ, start_response)
+
+
 def webdav(dir_, root, cert, key, max_rps=None):
     from cheroot import wsgi
     from cheroot.ssl.builtin import BuiltinSSLAdapter
@@ -78,6 +95,7 @@ def webdav(dir_, root, cert, key, max_rps=None):
     })
     if max_rps is not None:
         app = RateLimit(app, int(max_rps), os.path.join(dir_, "stats.json"))
+    app = RecordPuts(app, os.path.join(dir_, "puts.jsonl"))
     server = wsgi.Server(("127.0.0.1", 0), app)
     server.ssl_adapter = BuiltinSSLAdapter(cert, key)
     server.prepare()

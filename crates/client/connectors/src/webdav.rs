@@ -1,0 +1,286 @@
+//! WebDAV uploads that stream, as an OpenDAL layer over OpenDAL's WebDAV service (whose writer holds a whole
+//! file in memory and sends it in one request). A file goes in one `PUT` whose body is fed piece by piece as
+//! the copy reads it, so memory holds a piece or two whatever the file's size. The copy hands in the file's
+//! size (as the write's `cloudsync-length` metadata), which is sent as `Content-Length`: servers behind
+//! PHP-FPM (Nextcloud, ownCloud) would store an empty file for a body without one. Without it the body goes
+//! chunked.
+//!
+//! The request goes through the connection's HTTP client (its TLS settings and timeouts) and its pace (one
+//! request, pushed back on 429 and 503), with the connection's basic authentication. Folders above the file are
+//! made first, through OpenDAL's service.
+
+use std::fmt::{self, Debug};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http::{StatusCode, header};
+use opendal::raw::oio;
+use opendal::raw::{
+    Layer, OpCopy, OpCreateDir, OpList, OpPresign, OpRead, OpRename, OpStat, OpWrite, RpCreateDir, RpPresign, RpRename,
+    RpStat, Service, ServiceInfo, Servicer,
+};
+use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use crate::pace::Pace;
+
+type Result<T> = opendal::Result<T>;
+
+/// The write metadata key the copy gives the file's size in.
+pub(crate) const LENGTH_KEY: &str = "cloudsync-length";
+/// Pieces queued for the request body.
+const QUEUED: usize = 2;
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> opendal::Error {
+    opendal::Error::new(kind, message.into())
+}
+
+/// What the layer needs.
+pub(crate) struct Settings {
+    pub client: reqwest::Client,
+    /// The endpoint as configured (`https://host/remote.php/dav/files/u`).
+    pub endpoint: String,
+    /// The connection's root.
+    pub root: String,
+    /// User and password, for basic authentication.
+    pub user: Option<(String, Zeroizing<String>)>,
+    pub pace: Option<Pace>,
+}
+
+impl Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("endpoint", &self.endpoint)
+            .field("root", &self.root)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The layer: WebDAV's service with streamed uploads.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamedPut {
+    settings: Arc<Settings>,
+}
+
+impl StreamedPut {
+    pub(crate) fn new(mut settings: Settings) -> Self {
+        settings.root = opendal::raw::normalize_root(&settings.root);
+        Self { settings: Arc::new(settings) }
+    }
+}
+
+impl Layer for StreamedPut {
+    fn apply_service(&self, inner: Servicer) -> Servicer {
+        Arc::new(Streamed { inner, settings: self.settings.clone() })
+    }
+}
+
+struct Streamed {
+    inner: Servicer,
+    settings: Arc<Settings>,
+}
+
+impl Debug for Streamed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebdavStreamedPut").field("inner", &self.inner).finish()
+    }
+}
+
+impl Service for Streamed {
+    type Reader = oio::Reader;
+    type Writer = PutWriter;
+    type Lister = oio::Lister;
+    type Deleter = oio::Deleter;
+    type Copier = oio::Copier;
+    type Composer = oio::Composer;
+
+    fn info(&self) -> ServiceInfo {
+        self.inner.info()
+    }
+
+    fn capability(&self) -> opendal::Capability {
+        // Written in pieces, one after another, into one request.
+        opendal::Capability { write_can_multi: true, ..self.inner.capability() }
+    }
+
+    async fn create_dir(&self, ctx: &OperationContext, path: &str, args: OpCreateDir) -> Result<RpCreateDir> {
+        self.inner.create_dir(ctx, path, args).await
+    }
+
+    async fn stat(&self, ctx: &OperationContext, path: &str, args: OpStat) -> Result<RpStat> {
+        self.inner.stat(ctx, path, args).await
+    }
+
+    fn read(&self, ctx: &OperationContext, path: &str, args: OpRead) -> Result<Self::Reader> {
+        self.inner.read(ctx, path, args)
+    }
+
+    fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
+        let length = match args.user_metadata().and_then(|m| m.get(LENGTH_KEY)) {
+            Some(v) => Some(v.parse::<u64>().map_err(|_| err(ErrorKind::Unexpected, "a bad length was given"))?),
+            None => None,
+        };
+        Ok(PutWriter {
+            inner: self.inner.clone(),
+            settings: self.settings.clone(),
+            ctx: ctx.clone(),
+            path: path.to_owned(),
+            length,
+            open: None,
+            failed: false,
+        })
+    }
+
+    fn delete(&self, ctx: &OperationContext) -> Result<Self::Deleter> {
+        self.inner.delete(ctx)
+    }
+
+    fn list(&self, ctx: &OperationContext, path: &str, args: OpList) -> Result<Self::Lister> {
+        self.inner.list(ctx, path, args)
+    }
+
+    fn copy(&self, ctx: &OperationContext, from: &str, to: &str, args: OpCopy) -> Result<Self::Copier> {
+        self.inner.copy(ctx, from, to, args)
+    }
+
+    async fn rename(&self, ctx: &OperationContext, from: &str, to: &str, args: OpRename) -> Result<RpRename> {
+        self.inner.rename(ctx, from, to, args).await
+    }
+
+    async fn presign(&self, ctx: &OperationContext, path: &str, args: OpPresign) -> Result<RpPresign> {
+        self.inner.presign(ctx, path, args).await
+    }
+}
+
+type Sent = tokio::task::JoinHandle<std::result::Result<reqwest::Response, reqwest::Error>>;
+
+/// One streamed `PUT`.
+pub(crate) struct PutWriter {
+    inner: Servicer,
+    settings: Arc<Settings>,
+    ctx: OperationContext,
+    path: String,
+    length: Option<u64>,
+    /// The body's feed and the request under way.
+    open: Option<(mpsc::Sender<std::io::Result<Bytes>>, Sent, u64)>,
+    /// Set before each step and cleared after it: found set, a step failed or was cut off, and nothing more is
+    /// written through this writer.
+    failed: bool,
+}
+
+impl PutWriter {
+    fn url(&self) -> String {
+        let abs = opendal::raw::build_rooted_abs_path(&self.settings.root, &self.path);
+        format!("{}{}", self.settings.endpoint.trim_end_matches('/'), opendal::raw::percent_encode_path(&abs))
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        if self.open.is_some() {
+            return Ok(());
+        }
+        if let Some((parent, _)) = self.path.trim_end_matches('/').rsplit_once('/') {
+            self.inner.create_dir(&self.ctx, &format!("{parent}/"), OpCreateDir::default()).await?;
+        }
+        let epoch = match &self.settings.pace {
+            Some(pace) => pace.request().await,
+            None => 0,
+        };
+        let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(QUEUED);
+        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let mut req = self.settings.client.put(self.url()).body(reqwest::Body::wrap_stream(body.boxed()));
+        if let Some((user, password)) = &self.settings.user {
+            req = req.basic_auth(user, Some(password.as_str()));
+        }
+        if let Some(n) = self.length {
+            req = req.header(header::CONTENT_LENGTH, n);
+        }
+        self.open = Some((tx, tokio::spawn(req.send()), epoch));
+        Ok(())
+    }
+
+    fn refuse_after_failure(&self) -> Result<()> {
+        if self.failed {
+            return Err(err(ErrorKind::Unexpected, format!("an earlier write to {} failed", self.path)));
+        }
+        Ok(())
+    }
+
+    /// The request's outcome, once its body is complete (or the server stopped reading it).
+    async fn answer(&mut self) -> Result<()> {
+        let (tx, sent, epoch) = self.open.take().expect("started");
+        drop(tx);
+        let doing = format!("cannot write {}", self.path);
+        let resp = sent
+            .await
+            .map_err(|e| err(ErrorKind::Unexpected, format!("{doing}: {e}")))?
+            .map_err(|e| err(ErrorKind::Unexpected, format!("{doing}: {}", crate::oauth::short(e))))?;
+        let status = resp.status();
+        let pace = self.settings.pace.as_ref();
+        match status {
+            StatusCode::OK | StatusCode::CREATED | StatusCode::NO_CONTENT => {
+                if let Some(p) = pace {
+                    p.succeeded();
+                }
+                Ok(())
+            }
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                if let Some(p) = pace {
+                    p.pushed_back(epoch, None);
+                }
+                Err(err(ErrorKind::RateLimited, format!("{doing}: the server answered {status}")))
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(err(ErrorKind::PermissionDenied, format!("{doing}: the server answered {status}")))
+            }
+            StatusCode::INSUFFICIENT_STORAGE => {
+                Err(err(ErrorKind::Unexpected, format!("{doing}: the server is out of space ({status})")))
+            }
+            _ => Err(err(ErrorKind::Unexpected, format!("{doing}: the server answered {status}"))),
+        }
+    }
+}
+
+impl oio::Write for PutWriter {
+    async fn write(&mut self, bs: Buffer) -> Result<()> {
+        self.refuse_after_failure()?;
+        self.failed = true;
+        self.start().await?;
+        for piece in bs {
+            let (tx, _, _) = self.open.as_ref().expect("started");
+            if tx.send(Ok(piece)).await.is_err() {
+                // The request ended before its body did: its answer says why.
+                self.answer().await?;
+                return Err(err(ErrorKind::Unexpected, format!("the server ended the upload of {} early", self.path)));
+            }
+        }
+        self.failed = false;
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<Metadata> {
+        self.refuse_after_failure()?;
+        self.failed = true;
+        if self.open.is_none() {
+            // Nothing was written: an empty file, of a length known.
+            self.length = Some(0);
+        }
+        self.start().await?;
+        self.answer().await?;
+        self.failed = false;
+        Ok(MetadataBuilder::unknown().build())
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        self.failed = true;
+        if let Some((tx, sent, _)) = self.open.take() {
+            // An error in the body makes the client give the request up; the caller removes what arrived.
+            let _ = tx.send(Err(std::io::Error::other("the upload was abandoned"))).await;
+            drop(tx);
+            sent.abort();
+        }
+        Ok(())
+    }
+}
