@@ -503,7 +503,8 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     let add = ["connection", "add", "s3r", "--type", "s3", "--endpoint", &endpoint, "--bucket", "data"];
     c.ok(&[&add[..], &["--access-key-id", "AKTEST", "--secret-stdin", "--allow-insecure"]].concat(), Some(&secret));
     let src = c.path("src");
-    let big = noise(24 << 20, 11);
+    // Large enough that the copy is still reading (OpenDAL reads 8 MiB pieces, two ahead) when it is cut off.
+    let big = noise(40 << 20, 11);
     write(&src.join("big.bin"), &big);
     write(&src.join("small.txt"), b"small");
     c.json(&["copy", src.to_str().expect("utf8"), "s3r:"]);
@@ -536,7 +537,12 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     drop(peer);
     let out = running.wait_with_output().expect("copy");
     assert!(!out.status.success(), "the copy failed with its server gone");
-    assert_eq!(partials(&dst2).len(), 1, "what arrived is kept: {:?}", partials(&dst2));
+    let kept = partials(&dst2);
+    assert_eq!(kept.len(), 1, "what arrived is kept: {kept:?}");
+    // Tried again with the server still gone: fails, and what was kept is still there, whole.
+    let err = c.fails(&["copy", "s3r:big.bin", dst2_s], None);
+    assert!(err.contains("s3r"), "{err}");
+    assert_eq!(partials(&dst2), kept, "a failed resume keeps the partial file");
     peer = s3s_fs_on(&c.path("s3root"), port);
     let run = c.json(&["copy", "s3r:big.bin", dst2_s]);
     assert_eq!(run["resumed"], 1, "{run}");
@@ -571,7 +577,7 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     wait_partial(&dst4, 4 << 20, &mut running);
     running.kill().expect("kill");
     running.wait().expect("wait");
-    let newer = noise(24 << 20, 12);
+    let newer = noise(40 << 20, 12);
     write(&src.join("big.bin"), &newer);
     c.json(&["copy", src.to_str().expect("utf8"), "s3r:"]);
     let run = c.json(&["copy", "s3r:big.bin", dst4_s]);

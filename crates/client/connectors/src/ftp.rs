@@ -233,8 +233,14 @@ impl Core {
             Err(e) => return Err(ftp_error(e, &format!("cannot read {abs}"))),
         };
         let mut md = MetadataBuilder::file(size);
-        if let Ok(t) = c.mdtm(abs).await {
-            md.last_modified(Timestamp::from_second(t.and_utc().timestamp())?);
+        match c.mdtm(abs).await {
+            Ok(t) => {
+                md.last_modified(Timestamp::from_second(t.and_utc().timestamp())?);
+            }
+            // A server that gives no time (or one this client cannot read): the file has none.
+            Err(FtpError::UnexpectedResponse(_) | FtpError::BadResponse) => {}
+            // The connection failed: not to be used again.
+            Err(e) => return Err(ftp_error(e, &format!("cannot read {abs}"))),
         }
         Ok(Some(md.build()))
     }
@@ -281,8 +287,8 @@ impl Core {
             line.clear();
             let n = match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line).await {
                 Ok(n) => n,
-                // A TLS data connection closed without TLS's goodbye: the 226 below tells whether it was whole.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                // A listing over TLS must end with TLS's goodbye: one cut off could look complete (and a mirror
+                // would delete what it left out).
                 Err(e) => return Err(err(ErrorKind::Unexpected, format!("{doing}: {e}")).set_temporary()),
             };
             if n == 0 {
@@ -309,6 +315,22 @@ impl Core {
         self.put_back(c);
         Ok(Some((abs, found)))
     }
+}
+
+/// Which step of a rename the server refused.
+enum Step {
+    From,
+    To,
+}
+
+/// `RNFR` then `RNTO`, telling which one was refused.
+async fn rename_once(c: &mut Control, from: &str, to: &str) -> std::result::Result<(), (Step, FtpError)> {
+    c.custom_command(format!("RNFR {from}"), &[Status::RequestFilePending]).await.map_err(|e| (Step::From, e))?;
+    // Some servers answer 200 instead of 250.
+    c.custom_command(format!("RNTO {to}"), &[Status::RequestedFileActionOk, Status::CommandOk])
+        .await
+        .map(drop)
+        .map_err(|e| (Step::To, e))
 }
 
 /// An `MLSD` line for the folder itself or its parent.
@@ -413,17 +435,26 @@ impl Service for Ftp {
         if let Some((parent, _)) = to.rsplit_once('/') {
             self.core.make_dirs(&mut c, parent).await?;
         }
-        match c.rename(&from, &to).await {
+        match rename_once(&mut c, &from, &to).await {
             Ok(()) => {}
-            // Servers that will not rename over a file (not POSIX ones): the old one goes first.
-            Err(e) if status_of(&e) == Some(550) || status_of(&e) == Some(553) => {
+            // A server that will not rename over a file (not a POSIX one): the old file is set aside, the new
+            // one put in its place, and the old one removed, or put back if that fails.
+            Err((Step::To, e)) if matches!(status_of(&e), Some(550 | 553)) => {
                 if Core::file_stat(&mut c, &to).await?.is_none() {
                     return Err(ftp_error(e, &doing));
                 }
-                c.rm(&to).await.map_err(|e| ftp_error(e, &doing))?;
-                c.rename(&from, &to).await.map_err(|e| ftp_error(e, &doing))?;
+                let dir = to.rsplit_once('/').map_or("", |(d, _)| d);
+                let aside = format!("{dir}/{}", crate::transfer::partial_name());
+                rename_once(&mut c, &to, &aside).await.map_err(|(_, e)| ftp_error(e, &doing))?;
+                if let Err((_, e)) = rename_once(&mut c, &from, &to).await {
+                    let _ = rename_once(&mut c, &aside, &to).await;
+                    return Err(ftp_error(e, &doing));
+                }
+                let _ = c.rm(&aside).await;
             }
-            Err(e) => return Err(ftp_error(e, &doing)),
+            // The file to rename is not there (or an answer was lost and it was renamed already): nothing is
+            // deleted.
+            Err((_, e)) => return Err(ftp_error(e, &doing)),
         }
         self.core.put_back(c);
         Ok(RpRename::default())
@@ -450,7 +481,13 @@ impl oio::StreamRead for Reader {
         };
         if range.offset() > 0 {
             let at = usize::try_from(range.offset()).map_err(|_| err(ErrorKind::Unexpected, "offset too large"))?;
-            c.resume_transfer(at).await.map_err(|e| ftp_error(e, &doing))?;
+            c.resume_transfer(at).await.map_err(|e| match status_of(&e) {
+                // A server that does not take REST: the file can only be read from its start.
+                Some(code) if code >= 500 => {
+                    err(ErrorKind::Unsupported, format!("{doing}: the server cannot start a transfer midway (REST)"))
+                }
+                _ => ftp_error(e, &doing),
+            })?;
         }
         let data = c.retr_as_stream(&abs).await.map_err(|e| ftp_error(e, &doing))?;
         let left = range.size().unwrap_or(u64::MAX);
@@ -554,9 +591,11 @@ impl Writer {
 impl oio::Write for Writer {
     async fn write(&mut self, mut bs: Buffer) -> Result<()> {
         self.refuse_after_failure()?;
+        // Opening may fail and be tried again (a busy server); a write cut off may not.
+        self.data().await?;
         self.failed = true;
         let doing = format!("cannot write {}", self.path);
-        let data = self.data().await?;
+        let data = &mut self.open.as_mut().expect("opened above").1;
         while bs.has_remaining() {
             let piece = bs.chunk();
             data.write_all(piece).await.map_err(|e| err(ErrorKind::Unexpected, format!("{doing}: {e}")))?;
@@ -569,9 +608,9 @@ impl oio::Write for Writer {
 
     async fn close(&mut self) -> Result<Metadata> {
         self.refuse_after_failure()?;
+        self.data().await?;
         self.failed = true;
         let doing = format!("cannot finish writing {}", self.path);
-        self.data().await?;
         let (mut c, mut data) = self.open.take().expect("opened above");
         let io = |e: std::io::Error| err(ErrorKind::Unexpected, format!("{doing}: {e}")).set_temporary();
         data.flush().await.map_err(io)?;

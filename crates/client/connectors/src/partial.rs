@@ -9,8 +9,8 @@
 //! once never write one file (the second falls back to a fresh random name).
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -32,12 +32,24 @@ pub(crate) struct Identity {
     pub version: Option<String>,
 }
 
-/// A partial file, open for writing at `offset` (the bytes already there), and locked.
+/// A partial file, open for writing at `offset` (the bytes already there), and locked. `tail`: the last bytes
+/// already there (up to [`OVERLAP`]), which the source must send again, the same, before the rest is taken.
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub path: PathBuf,
     pub file: File,
     pub offset: u64,
+    pub tail: Vec<u8>,
+}
+
+/// Bytes a resumed copy reads again and compares with what the partial file ends with: a partial file that
+/// does not end as the source does (its end lost to a power cut, or the source rewritten without a change of
+/// size or time) starts over.
+pub(crate) const OVERLAP: u64 = 64 << 10;
+
+/// Flags every open here takes: no link is followed, and a FIFO placed under the name does not block.
+fn flags() -> i32 {
+    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits().cast_signed()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -75,26 +87,18 @@ pub(crate) fn name(final_name: &str, id: &Identity) -> String {
 }
 
 /// Opens (or creates) the partial file of `final_name` in `parent` for the source `id`, locked. `None` when it
-/// cannot be used safely (a link or someone else's file there, another copy writing it, a file system without
-/// locks): the caller writes under a fresh random name instead.
+/// cannot be used safely (a link or something else than this user's private file there, another copy writing
+/// it, a file system without locks, any error opening it): the caller writes under a fresh random name instead.
 ///
 /// # Errors
-/// The folder cannot be written.
+/// The partial file cannot be read or emptied.
 pub(crate) fn open(parent: &Path, final_name: &str, id: &Identity) -> std::io::Result<Option<Slot>> {
     let path = parent.join(name(final_name, id));
-    let mut file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
-        .open(&path)
-    {
-        Ok(f) => f,
-        // A link placed under that name (O_NOFOLLOW refuses it), or something that is not a file.
-        Err(e) if matches!(e.raw_os_error(), Some(code) if code == libc_eloop() || code == libc_eisdir()) => {
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
+    // Private while written (the finished file gets the usual mode: see `finish_mode`).
+    let Ok(mut file) =
+        OpenOptions::new().read(true).write(true).create(true).mode(0o600).custom_flags(flags()).open(&path)
+    else {
+        return Ok(None);
     };
     match file.try_lock() {
         Ok(()) => {}
@@ -110,16 +114,33 @@ pub(crate) fn open(parent: &Path, final_name: &str, id: &Identity) -> std::io::R
     let meta = file.metadata()?;
     // Still the file at that name (not one another copy finished and renamed away meanwhile)?
     let here = std::fs::symlink_metadata(&path).ok().is_some_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());
-    if !here || !meta.is_file() || meta.nlink() != 1 || meta.uid() != rustix::process::geteuid().as_raw() {
+    let ours = meta.is_file() && meta.nlink() == 1 && meta.uid() == rustix::process::geteuid().as_raw();
+    if !here || !ours {
         return Ok(None);
     }
     let mut offset = meta.len();
-    if offset > id.size || id.size < RESUME_MIN {
+    // Bytes others could have written are not taken; nor too many, nor any for a small file.
+    if offset > id.size || id.size < RESUME_MIN || meta.mode() & 0o077 != 0 {
         file.set_len(0)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         offset = 0;
     }
-    file.seek(SeekFrom::Start(offset))?;
-    Ok(Some(Slot { path, file, offset }))
+    let keep = offset.min(OVERLAP);
+    let mut tail = vec![0u8; usize::try_from(keep).unwrap_or(0)];
+    file.seek(SeekFrom::Start(offset - keep))?;
+    file.read_exact(&mut tail)?;
+    Ok(Some(Slot { path, file, offset, tail }))
+}
+
+/// The mode a finished file gets: what a new file gets under this process's umask.
+pub(crate) fn finish_mode() -> u32 {
+    // Linux shows the umask in /proc (reading it with umask(2) would change it for every thread meanwhile).
+    let umask = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_owned())))
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+        .unwrap_or(0o022);
+    0o666 & !umask
 }
 
 /// Starts a slot's file over, empty.
@@ -139,9 +160,11 @@ pub(crate) fn sweep(parent: &Path, final_name: &str, kept: &Path) {
         if !fits || path == kept {
             continue;
         }
-        let Ok(file) =
-            OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed()).open(&path)
-        else {
+        // Only regular files (a FIFO would block an open), opened without following a link.
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let Ok(file) = OpenOptions::new().read(true).custom_flags(flags()).open(&path) else {
             continue;
         };
         let ours = file
@@ -151,14 +174,6 @@ pub(crate) fn sweep(parent: &Path, final_name: &str, kept: &Path) {
             let _ = std::fs::remove_file(&path);
         }
     }
-}
-
-fn libc_eloop() -> i32 {
-    rustix::io::Errno::LOOP.raw_os_error()
-}
-
-fn libc_eisdir() -> i32 {
-    rustix::io::Errno::ISDIR.raw_os_error()
 }
 
 #[cfg(test)]
@@ -215,10 +230,34 @@ mod tests {
         sweep(dir.path(), "big.bin", &fresh.path);
         assert!(!kept.exists(), "the stale partial file is swept");
         assert!(fresh.path.exists(), "the one in use is not");
+        // A FIFO under a partial name of the same stem does not hold the sweep up.
+        let fifo = dir.path().join(format!("{}ffffffff{SUFFIX}", stem("big.bin")));
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+        sweep(dir.path(), "big.bin", &fresh.path);
+        assert!(fifo.exists(), "only this user's regular files are swept");
         // Longer than the source: started over.
         std::fs::write(&fresh.path, vec![1u8; 13 << 20]).expect("write");
         drop(fresh);
         assert_eq!(open(dir.path(), "big.bin", &changed).expect("open").expect("usable").offset, 0);
+        // One others could write in: started over, and private again.
+        let slot = open(dir.path(), "big.bin", &changed).expect("open").expect("usable");
+        std::fs::write(&slot.path, vec![1u8; 5 << 20]).expect("write");
+        std::fs::set_permissions(&slot.path, std::fs::Permissions::from_mode(0o660)).expect("chmod");
+        let path = slot.path.clone();
+        drop(slot);
+        let again = open(dir.path(), "big.bin", &changed).expect("open").expect("usable");
+        assert_eq!((again.offset, again.tail.len()), (0, 0));
+        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        drop(again);
+        // What it ends with is handed back, to be read again from the source.
+        std::fs::write(&path, noise_bytes(5 << 20)).expect("write");
+        let resumed = open(dir.path(), "big.bin", &changed).expect("open").expect("usable");
+        assert_eq!(resumed.offset, 5 << 20);
+        assert_eq!(resumed.tail, noise_bytes(5 << 20)[(5 << 20) - OVERLAP as usize..]);
+    }
+
+    fn noise_bytes(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
     }
 
     #[test]

@@ -1303,17 +1303,34 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
 enum Cut {
     /// Reading the source failed after `got` bytes of this attempt: what arrived is worth keeping.
     Source(Error, u64),
+    /// The source did not send again the bytes the partial file ends with: it is not the one that file was
+    /// copied from (or that file's end was lost), so it starts over.
+    Stale,
     /// Anything else (the local disk, a size that does not add up): the partial file is of no use.
     Other(Error),
 }
 
+/// Whether a resumed read failed because the source cannot be read from where the partial file ends (it
+/// changed, or the remote takes no byte ranges), rather than because it cannot be reached now.
+fn cannot_resume(e: &Error) -> bool {
+    use opendal::ErrorKind as K;
+    let kind = match e {
+        Error::Backend { source, .. } => Some(source.kind()),
+        Error::Io { source, .. } => source.get_ref().and_then(|s| s.downcast_ref::<opendal::Error>()).map(|e| e.kind()),
+        _ => None,
+    };
+    matches!(kind, Some(K::ConditionNotMatch | K::RangeNotSatisfied | K::Unsupported))
+}
+
 /// Writes `from`'s bytes from `offset` on into `file` (positioned there), checking that they add up to the
-/// listed size.
+/// listed size. `tail`, what the file ends with, is read again first and must match.
+#[allow(clippy::too_many_arguments)]
 async fn fill(
     file: &mut tokio::fs::File,
     from: &Location,
     entry: &Entry,
     offset: u64,
+    tail: &[u8],
     if_match: Option<&str>,
     path: &Path,
     opts: &Options,
@@ -1324,19 +1341,21 @@ async fn fill(
             p(n);
         }
     };
-    if offset > 0 {
-        tick(offset);
-    }
-    if offset == size {
+    let mut again = &tail[..tail.len().min(usize::try_from(offset).unwrap_or(usize::MAX))];
+    if offset == size && again.is_empty() {
         return Ok(());
     }
+    let start = offset - again.len() as u64;
     let mut got = 0u64;
-    let mut stream = match source(from, entry.version.as_deref(), offset, if_match).await {
+    let mut stream = match source(from, entry.version.as_deref(), start, if_match).await {
         Ok(s) => paced(s, opts),
         Err(e) => return Err(Cut::Source(e, 0)),
     };
+    if offset > 0 {
+        tick(offset);
+    }
     while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
+        let mut chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
                 // What arrived is kept for the next run: make sure it is written.
@@ -1344,6 +1363,17 @@ async fn fill(
                 return Err(Cut::Source(e, got));
             }
         };
+        if !again.is_empty() {
+            let n = again.len().min(chunk.len());
+            if chunk[..n] != again[..n] {
+                return Err(Cut::Stale);
+            }
+            again = &again[n..];
+            chunk = chunk.slice(n..);
+            if chunk.is_empty() {
+                continue;
+            }
+        }
         got += chunk.len() as u64;
         if offset + got > size {
             return Err(Cut::Other(size_changed(offset + got, size, from)));
@@ -1352,6 +1382,9 @@ async fn fill(
             .await
             .map_err(|e| Cut::Other(Error::io(format!("cannot write {}", path.display()), e)))?;
         tick(chunk.len() as u64);
+    }
+    if !again.is_empty() {
+        return Err(Cut::Stale);
     }
     check_size(offset + got, size, from).map_err(Cut::Other)
 }
@@ -1387,8 +1420,8 @@ async fn download(from: &Location, entry: &Entry, path: &Path, opts: &Options) -
             .map_err(|e| Error::io("opening a partial file", std::io::Error::other(e)))?
             .map_err(|e| Error::io(format!("cannot write in {}", parent.display()), e))?
     };
-    let (tmp, mut file, mut offset, resumable) = match slot {
-        Some(s) => (s.path, tokio::fs::File::from_std(s.file), s.offset, true),
+    let (tmp, mut file, mut offset, tail, resumable) = match slot {
+        Some(s) => (s.path, tokio::fs::File::from_std(s.file), s.offset, s.tail, true),
         None => {
             let tmp = parent.join(partial_name());
             // create_new: never through a link or over a file someone placed there.
@@ -1398,13 +1431,18 @@ async fn download(from: &Location, entry: &Entry, path: &Path, opts: &Options) -
                 .open(&tmp)
                 .await
                 .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
-            (tmp, file, 0, false)
+            (tmp, file, 0, Vec::new(), false)
         }
     };
-    let mut filled = fill(&mut file, from, entry, offset, tag.as_deref(), path, opts).await;
-    if offset > 0 && matches!(filled, Err(Cut::Source(_, 0))) {
-        // A resumed read refused at once (the source changed under the same listing, or the remote takes no
-        // byte ranges): start over from the beginning.
+    let mut filled = fill(&mut file, from, entry, offset, &tail, tag.as_deref(), path, opts).await;
+    let stale = match &filled {
+        Err(Cut::Stale) => true,
+        Err(Cut::Source(e, 0)) => offset > 0 && cannot_resume(e),
+        _ => false,
+    };
+    if stale {
+        // Not the source the partial file was copied from, or one that cannot be read from where it ends:
+        // start over from the beginning. (A source that cannot be reached now leaves the file as it is.)
         let std_file = file.into_std().await;
         let restarted = tokio::task::spawn_blocking(move || {
             let mut f = std_file;
@@ -1415,13 +1453,20 @@ async fn download(from: &Location, entry: &Entry, path: &Path, opts: &Options) -
         file =
             tokio::fs::File::from_std(restarted.map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?);
         offset = 0;
-        filled = fill(&mut file, from, entry, 0, None, path, opts).await;
+        filled = fill(&mut file, from, entry, 0, &[], None, path, opts).await;
     }
     let from_source = matches!(filled, Err(Cut::Source(..)));
+    // The file stays open, and so locked, until it has its final name: another copy cannot take it meanwhile.
     let result = async {
         match filled {
             Ok(()) => {}
             Err(Cut::Source(e, _) | Cut::Other(e)) => return Err(e),
+            Err(Cut::Stale) => {
+                return Err(Error::Invalid(format!(
+                    "{} changed while it was copied; run the copy again",
+                    from.label()
+                )));
+            }
         }
         file.flush().await.map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
         // A resumed file joins bytes of two runs: where the source gives its content's hash (S3), the whole is
@@ -1439,16 +1484,24 @@ async fn download(from: &Location, entry: &Entry, path: &Path, opts: &Options) -
         }
         let std_file = file.into_std().await;
         let when = entry.modified;
-        tokio::task::spawn_blocking(move || {
+        let std_file = tokio::task::spawn_blocking(move || {
             if let Some(t) = when {
                 std_file.set_modified(t)?;
             }
-            std_file.sync_all()
+            if resumable {
+                // Private while written; the usual mode once finished.
+                use std::os::unix::fs::PermissionsExt;
+                std_file.set_permissions(std::fs::Permissions::from_mode(partial::finish_mode()))?;
+            }
+            std_file.sync_all().map(|()| std_file)
         })
         .await
         .map_err(|e| Error::io("finishing a download", std::io::Error::other(e)))?
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-        tokio::fs::rename(&tmp, path).await.map_err(|e| Error::io(format!("cannot replace {}", path.display()), e))
+        let renamed =
+            tokio::fs::rename(&tmp, path).await.map_err(|e| Error::io(format!("cannot replace {}", path.display()), e));
+        drop(std_file);
+        renamed
     }
     .await;
     match result {
@@ -1462,7 +1515,11 @@ async fn download(from: &Location, entry: &Entry, path: &Path, opts: &Options) -
         Err(e) => {
             // Kept for the next run when the source failed midway and there is something worth resuming.
             let keep = resumable && size >= partial::RESUME_MIN && from_source;
-            if !keep {
+            if keep {
+                if let Ok(f) = tokio::fs::File::open(&tmp).await {
+                    let _ = f.sync_data().await;
+                }
+            } else {
                 let _ = tokio::fs::remove_file(&tmp).await;
             }
             Err(e)
