@@ -9,6 +9,7 @@ mod error;
 mod ftp;
 pub mod names;
 pub mod oauth;
+mod onedrive;
 pub mod pace;
 mod partial;
 mod sftp;

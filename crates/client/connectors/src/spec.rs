@@ -543,8 +543,10 @@ impl Connection {
                 Operator::new(opendal::services::Dropbox::default().root(&root).access_token(PLACEHOLDER))?
                     .layer(crate::dropbox::UploadSessions::new(&root))
             }
+            // Files over 4 MiB go in upload sessions fed as they are read (onedrive.rs), not from one buffer.
             Kind::Onedrive => {
                 Operator::new(opendal::services::Onedrive::default().root(&root).access_token(PLACEHOLDER))?
+                    .layer(crate::onedrive::UploadSessions::new(&root))
             }
             Kind::Pcloud => Operator::new(
                 opendal::services::Pcloud::default()

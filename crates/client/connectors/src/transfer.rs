@@ -1,7 +1,7 @@
 //! Listing, copying, mirroring and deleting between any two locations (a local folder or a connection).
 //!
 //! A transfer streams: at most a few chunks of a file are in memory at once, whatever its size (except
-//! uploads to pCloud and OneDrive, which OpenDAL sends from one buffer: those share a capped memory budget). A file is
+//! uploads to pCloud, which OpenDAL sends from one buffer: those share a capped memory budget). A file is
 //! never visible half-written under its final name: local files and remotes that can rename (SFTP, FTP,
 //! WebDAV) are written under a temporary name and renamed when complete; S3 makes an object (multipart upload
 //! included) visible only when it is complete. Every upload's size is checked before the file gets its name.
@@ -26,7 +26,7 @@ use crate::partial;
 pub const MAX_ENTRIES: usize = 1_000_000;
 /// Size of the pieces a file is read and written in.
 const CHUNK: usize = 8 << 20;
-/// Largest file sent to a remote that takes a whole file from one buffer (pCloud and OneDrive through OpenDAL).
+/// Largest file sent to a remote that takes a whole file from one buffer (pCloud through OpenDAL).
 const ONE_SHOT_MAX: u64 = 1 << 30;
 /// Memory, in MiB, that such uploads may hold at once, all files together.
 const ONE_SHOT_BUDGET_MIB: u32 = 1 << 10;
@@ -1202,8 +1202,9 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                 // Dropbox's upload sessions) writes go one after another.
                 let parallel = if op.info().scheme() == "s3" { 2 } else { 1 };
                 let mut writer = op.writer_with(&target).chunk(CHUNK).concurrent(parallel);
-                // A WebDAV upload is one streamed request: it is told the length to send (webdav.rs).
-                if op.info().scheme() == "webdav" {
+                // A WebDAV upload is one streamed request, a OneDrive one a session of fragments: both are told
+                // the length to send (webdav.rs, onedrive.rs).
+                if matches!(op.info().scheme(), "webdav" | "onedrive") {
                     writer = writer.user_metadata([(crate::webdav::LENGTH_KEY.to_owned(), size.to_string())]);
                 }
                 let mut writer = writer.await.map_err(|e| Error::backend(format!("cannot write {label}"), e))?;
@@ -1226,7 +1227,7 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                 // The writer holds an operation permit: let it go before the rename asks for one.
                 written
             } else {
-                // One request per file (pCloud; OneDrive sends it in fragments) through OpenDAL: the
+                // One request per file (pCloud) through OpenDAL: the
                 // body is held in memory, so it is capped.
                 let max = ONE_SHOT_MAX;
                 if size > max {
@@ -1238,9 +1239,7 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                     )));
                 }
                 // All such uploads in flight together hold at most ONE_SHOT_MAX bytes.
-                // OpenDAL's OneDrive writer copies the body once more to cut it into fragments.
-                let copies = if op.info().scheme() == "onedrive" { 2 } else { 1 };
-                let mib = u32::try_from(size.div_ceil(1 << 20) * copies).unwrap_or(u32::MAX).min(ONE_SHOT_BUDGET_MIB);
+                let mib = u32::try_from(size.div_ceil(1 << 20)).unwrap_or(u32::MAX).min(ONE_SHOT_BUDGET_MIB);
                 let _budget = ONE_SHOT_BUDGET
                     .acquire_many(mib)
                     .await

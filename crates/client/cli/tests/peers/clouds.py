@@ -27,7 +27,9 @@ onedrive  Microsoft identity platform v2.0: code flow with PKCE and device code,
           rotated by every token answer (with --single-use-refresh a used one is refused, so a client must
           keep the newest). Graph driveItems addressed by path under /v1.0/me/drive/root: get (with
           $select), children ($top and @odata.nextLink paging), content (302 to a pre-authenticated download
-          address), simple upload, upload sessions (in-order fragments, multiples of 320 KiB), create folder,
+          address), simple upload, upload sessions (in-order fragments, multiples of 320 KiB; GET on the
+          upload address gives nextExpectedRanges; --drop-session-answers and --drop-finish-answers lose the
+          answers to fragments and to the last fragment as for Dropbox), create folder,
           delete, PATCH move/rename, copy with a monitor URL, versions.
 pcloud    OAuth 2 code flow with a client secret; tokens do not expire. The path-based methods stat, listfolder,
           createfolderifnotexists, uploadfile (PUT), getfilelink with its download host, deletefile, deletefolder,
@@ -138,7 +140,8 @@ class Cloud:
                                     "device_polls", "upload_sessions", "upload_fragments", "unauthorized",
                                     "bad_requests", "max_in_flight", "password_in_url",
                                     "client_secret_refused", "uploads_keeping_partial",
-                                    "session_answers_dropped", "finish_answers_dropped"], 0)
+                                    "session_answers_dropped", "finish_answers_dropped",
+                                    "largest_fragment"], 0)
         # The first secrets handed out, for tests that check they are kept out of files.
         self.stats.update(refresh_tokens=[], access_tokens=[])
         self.single_use_refresh = False
@@ -936,6 +939,8 @@ class Cloud:
         if req.method == "DELETE":
             del self.sessions[sid]
             return Answer(204)
+        if req.method == "GET":  # documented: the session's status, to resume an upload
+            return js(200, {"expirationDateTime": s["expires"], "nextExpectedRanges": [f"{len(s['data'])}-"]})
         self.stats["upload_fragments"] += 1
         if req.method != "PUT":
             raise self.gerr(400, "BadRequest", f"{req.method} on an upload session", log="method")
@@ -952,12 +957,18 @@ class Cloud:
             raise self.gerr(416, "invalidRange", f"The next expected range starts at {len(s['data'])}",
                             log=f"fragment {first}-{last}/{total} after {len(s['data'])} bytes")
         size = last - first + 1
+        self.stats["largest_fragment"] = max(self.stats["largest_fragment"], len(req.body))
         if size != len(req.body) or size > 60 * MiB or (last + 1 < total and size % FRAGMENT):
             raise self.gerr(400, "invalidRequest", "A fragment must match Content-Range, be at most 60 MiB and, but "
                                                    "for the last, a multiple of 320 KiB", log=f"fragment of {size}")
         s["data"] += req.body
         s["total"] = total
         if last + 1 < total:
+            if self.drop_session_answers > 0:
+                # The fragment is kept, but its answer is lost on the way: the client sends it again.
+                self.drop_session_answers -= 1
+                self.stats["session_answers_dropped"] += 1
+                return text(503, "the answer to this fragment was lost (on purpose)")
             return js(202, {"expirationDateTime": s["expires"], "nextExpectedRanges": [f"{last + 1}-"]})
         del self.sessions[sid]
         p = s["path"]
@@ -965,6 +976,11 @@ class Cloud:
             raise self.gerr(409, "nameAlreadyExists", "A folder took the name meanwhile")
         replaced = self.kind(p) == "file"
         self.write(p, bytes(s["data"]))
+        if self.drop_finish_answers > 0:
+            # The file is made and the session gone, but the answer is lost: a retry finds no session.
+            self.drop_finish_answers -= 1
+            self.stats["finish_answers_dropped"] += 1
+            return text(503, "the answer to this last fragment was lost (on purpose)")
         return js(200 if replaced else 201, self.graph_item(p))  # documented: 201 Created or 200 OK
 
     def graph_mkdir(self, req, p):
@@ -1250,9 +1266,11 @@ def main():
     ap.add_argument("--rate-limit", type=int, default=None, help="answer every Nth API request 429")
     ap.add_argument("--max-upload", type=int, default=150 * MiB, help="dropbox: the largest /2/files/upload body")
     ap.add_argument("--drop-session-answers", type=int, default=0,
-                    help="dropbox: lose the answers to this many upload_session/append_v2 calls (the piece is kept)")
+                    help="dropbox, onedrive: lose the answers to this many upload_session/append_v2 calls or "
+                         "upload fragments (the piece is kept)")
     ap.add_argument("--drop-finish-answers", type=int, default=0,
-                    help="dropbox: lose the answers to this many upload_session/finish calls (the file is made)")
+                    help="dropbox, onedrive: lose the answers to this many upload_session/finish calls or last "
+                         "fragments (the file is made)")
     ap.add_argument("--single-use-refresh", action="store_true",
                     help="onedrive: a refresh token is refused once it has been used (the client keeps the new one)")
     a = ap.parse_args()

@@ -1,0 +1,343 @@
+//! OneDrive uploads that stream, as an OpenDAL layer over OpenDAL's OneDrive service (whose writer takes a whole
+//! file in one buffer and cuts it into fragments only then). A file over 4 MiB goes in a Graph upload session
+//! (`createUploadSession`, then `PUT` fragments of 10 MiB, a multiple of 320 KiB as Graph asks, each as the
+//! copy hands the bytes in), so memory holds a fragment or two whatever the file's size. The file appears at
+//! its name only with the last fragment. Smaller files still go in one request through OpenDAL.
+//!
+//! The copy hands in the file's size (the write's `cloudsync-length` metadata, as for WebDAV): every fragment
+//! names the total. Requests go through the connection's HTTP transport (the OAuth token on the session's
+//! creation only: upload addresses are pre-authenticated and must get none; the pace, waiting out 429s). A
+//! fragment sent again after its answer was lost is refused with `416`, and the session's status (a `GET` on
+//! its address) then shows Graph has it; a last fragment whose answer was lost, sent again to a session that
+//! ended with it, is taken as done when the file is there with the right size.
+
+use std::fmt::{self, Debug};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, StatusCode, header};
+use opendal::raw::oio::{self, ReadStream as _, Write as _};
+use opendal::raw::{
+    Layer, OpCopy, OpCreateDir, OpList, OpPresign, OpRead, OpRename, OpStat, OpWrite, RpCreateDir, RpPresign, RpRename,
+    RpStat, Service, ServiceInfo, Servicer,
+};
+use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
+use serde_json::{Value, json};
+
+use crate::oauth::PLACEHOLDER;
+
+type Result<T> = opendal::Result<T>;
+
+const DRIVE_ROOT: &str = "https://graph.microsoft.com/v1.0/me/drive/root";
+/// Files up to this size go in one request (Graph's simple upload takes up to 250 MB; OpenDAL uses 4 MiB).
+const SIMPLE_MAX: u64 = 4 << 20;
+/// Fragment size: a multiple of 320 KiB, as Graph asks of every fragment but the last.
+const FRAGMENT: usize = 327_680 * 32;
+/// Largest answer read (session answers are a few hundred bytes of JSON).
+const MAX_ANSWER: usize = 1 << 20;
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> opendal::Error {
+    opendal::Error::new(kind, message.into())
+}
+
+/// The layer: OneDrive's service with large writes in upload sessions.
+#[derive(Debug, Clone)]
+pub(crate) struct UploadSessions {
+    /// The connection's root, as OpenDAL's OneDrive service takes it (`/a/b/`).
+    root: String,
+}
+
+impl UploadSessions {
+    pub(crate) fn new(root: &str) -> Self {
+        Self { root: opendal::raw::normalize_root(root) }
+    }
+}
+
+impl Layer for UploadSessions {
+    fn apply_service(&self, inner: Servicer) -> Servicer {
+        Arc::new(Sessions { inner, root: self.root.clone() })
+    }
+}
+
+struct Sessions {
+    inner: Servicer,
+    root: String,
+}
+
+impl Debug for Sessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnedriveUploadSessions").field("inner", &self.inner).finish()
+    }
+}
+
+impl Service for Sessions {
+    type Reader = oio::Reader;
+    type Writer = SessionWriter;
+    type Lister = oio::Lister;
+    type Deleter = oio::Deleter;
+    type Copier = oio::Copier;
+    type Composer = oio::Composer;
+
+    fn info(&self) -> ServiceInfo {
+        self.inner.info()
+    }
+
+    fn capability(&self) -> opendal::Capability {
+        // Written in pieces, one after another; told the length as write metadata.
+        opendal::Capability { write_can_multi: true, write_with_user_metadata: true, ..self.inner.capability() }
+    }
+
+    async fn create_dir(&self, ctx: &OperationContext, path: &str, args: OpCreateDir) -> Result<RpCreateDir> {
+        self.inner.create_dir(ctx, path, args).await
+    }
+
+    async fn stat(&self, ctx: &OperationContext, path: &str, args: OpStat) -> Result<RpStat> {
+        self.inner.stat(ctx, path, args).await
+    }
+
+    fn read(&self, ctx: &OperationContext, path: &str, args: OpRead) -> Result<Self::Reader> {
+        self.inner.read(ctx, path, args)
+    }
+
+    fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
+        let length = match args.user_metadata().and_then(|m| m.get(crate::webdav::LENGTH_KEY)) {
+            Some(v) => Some(v.parse::<u64>().map_err(|_| err(ErrorKind::Unexpected, "a bad length was given"))?),
+            None => None,
+        };
+        Ok(SessionWriter {
+            inner: self.inner.clone(),
+            ctx: ctx.clone(),
+            path: path.to_owned(),
+            abs: opendal::raw::build_rooted_abs_path(&self.root, path),
+            length,
+            held: Vec::new(),
+            upload_url: None,
+            carry: BytesMut::new(),
+            confirmed: 0,
+        })
+    }
+
+    fn delete(&self, ctx: &OperationContext) -> Result<Self::Deleter> {
+        self.inner.delete(ctx)
+    }
+
+    fn list(&self, ctx: &OperationContext, path: &str, args: OpList) -> Result<Self::Lister> {
+        self.inner.list(ctx, path, args)
+    }
+
+    fn copy(&self, ctx: &OperationContext, from: &str, to: &str, args: OpCopy) -> Result<Self::Copier> {
+        self.inner.copy(ctx, from, to, args)
+    }
+
+    async fn rename(&self, ctx: &OperationContext, from: &str, to: &str, args: OpRename) -> Result<RpRename> {
+        self.inner.rename(ctx, from, to, args).await
+    }
+
+    async fn presign(&self, ctx: &OperationContext, path: &str, args: OpPresign) -> Result<RpPresign> {
+        self.inner.presign(ctx, path, args).await
+    }
+}
+
+/// Writes one file: small ones held and sent in one request, larger ones streamed through a session.
+pub(crate) struct SessionWriter {
+    inner: Servicer,
+    ctx: OperationContext,
+    path: String,
+    /// The path under the drive's root.
+    abs: String,
+    /// The file's size, as the copy gave it.
+    length: Option<u64>,
+    /// A small file's pieces (or any file's, without a length), sent whole at the end.
+    held: Vec<Bytes>,
+    /// The session's upload address, once made.
+    upload_url: Option<String>,
+    /// Bytes handed in but not sent yet (less than a fragment, or a fragment and what follows it).
+    carry: BytesMut,
+    /// Bytes of the file Graph has confirmed (the offset `carry` starts at).
+    confirmed: u64,
+}
+
+impl SessionWriter {
+    fn streamed(&self) -> Option<u64> {
+        self.length.filter(|&n| n > SIMPLE_MAX)
+    }
+
+    async fn answer(&self, req: Request<Buffer>, what: &str) -> Result<(StatusCode, Value)> {
+        let (parts, mut body) = self.ctx.http_transport().fetch(req).await?.into_parts();
+        let mut bytes = Vec::new();
+        loop {
+            let piece = body.read().await?;
+            if piece.is_empty() {
+                break;
+            }
+            bytes.extend(piece.to_bytes());
+            if bytes.len() > MAX_ANSWER {
+                return Err(err(ErrorKind::Unexpected, format!("Graph's answer to {what} was too large")));
+            }
+        }
+        let json = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+        Ok((parts.status, json))
+    }
+
+    fn refused(&self, what: &str, status: StatusCode, answer: &Value) -> opendal::Error {
+        let message = answer["error"]["message"].as_str().unwrap_or("(no message)");
+        let code = answer["error"]["code"].as_str().unwrap_or("");
+        let kind = match status {
+            StatusCode::CONFLICT => ErrorKind::AlreadyExists,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ErrorKind::PermissionDenied,
+            StatusCode::TOO_MANY_REQUESTS => ErrorKind::RateLimited,
+            _ => ErrorKind::Unexpected,
+        };
+        let e = err(kind, format!("OneDrive refused {what} for {}: {status} {code} {message}", self.abs));
+        if status.is_server_error() { e.set_temporary() } else { e }
+    }
+
+    /// Makes the upload session (the folders above the file first).
+    async fn session(&mut self) -> Result<String> {
+        if let Some(url) = &self.upload_url {
+            return Ok(url.clone());
+        }
+        if let Some((parent, _)) = self.path.trim_end_matches('/').rsplit_once('/') {
+            self.inner.create_dir(&self.ctx, &format!("{parent}/"), OpCreateDir::default()).await?;
+        }
+        let name = self.abs.rsplit('/').next().unwrap_or_default();
+        let body = json!({ "item": { "@microsoft.graph.conflictBehavior": "replace", "name": name } }).to_string();
+        let url = format!("{DRIVE_ROOT}:{}:/createUploadSession", opendal::raw::percent_encode_path(&self.abs));
+        let req = Request::post(url)
+            .header(header::AUTHORIZATION, format!("Bearer {PLACEHOLDER}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(Buffer::from(Bytes::from(body)))
+            .map_err(|e| err(ErrorKind::Unexpected, format!("cannot build a Graph request: {e}")))?;
+        let (status, answer) = self.answer(req, "createUploadSession").await?;
+        if !status.is_success() {
+            return Err(self.refused("createUploadSession", status, &answer));
+        }
+        let url = answer["uploadUrl"]
+            .as_str()
+            .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+            .ok_or_else(|| err(ErrorKind::Unexpected, "OneDrive made an upload session without its address"))?
+            .to_owned();
+        self.upload_url = Some(url.clone());
+        Ok(url)
+    }
+
+    /// Sends the fragment of `bytes` at `at` of `total`; whether it was the last (the file is in place).
+    async fn fragment(&mut self, at: u64, bytes: Bytes, total: u64) -> Result<bool> {
+        let url = self.session().await?;
+        let len = bytes.len() as u64;
+        let last = at + len == total;
+        // No Authorization: the address is pre-authenticated, and Graph may refuse a token sent to it.
+        let req = Request::put(url)
+            .header(header::CONTENT_RANGE, format!("bytes {at}-{}/{total}", at + len - 1))
+            .header(header::CONTENT_LENGTH, len)
+            .body(Buffer::from(bytes))
+            .map_err(|e| err(ErrorKind::Unexpected, format!("cannot build a Graph request: {e}")))?;
+        let (status, answer) = self.answer(req, "an upload fragment").await?;
+        match status {
+            StatusCode::ACCEPTED if !last => Ok(false),
+            StatusCode::OK | StatusCode::CREATED if last => Ok(true),
+            // A fragment sent again after its answer was lost: the session's status says Graph expects the
+            // range after it.
+            StatusCode::RANGE_NOT_SATISFIABLE if !last && self.expects().await? == Some(at + len) => Ok(false),
+            _ => Err(self.refused("an upload fragment", status, &answer)),
+        }
+    }
+
+    /// A small file, in one request through OpenDAL (what was held stays held: a close tried again sends it
+    /// again).
+    /// Where the session expects the next fragment (Graph's status of an upload session).
+    async fn expects(&self) -> Result<Option<u64>> {
+        let Some(url) = self.upload_url.clone() else { return Ok(None) };
+        let req = Request::get(url)
+            .body(Buffer::new())
+            .map_err(|e| err(ErrorKind::Unexpected, format!("cannot build a Graph request: {e}")))?;
+        let (status, answer) = self.answer(req, "an upload session's status").await?;
+        Ok(if status.is_success() { next_expected(&answer) } else { None })
+    }
+
+    async fn write_held(&mut self) -> Result<Metadata> {
+        let mut w = self.inner.write(&self.ctx, &self.path, OpWrite::default())?;
+        w.write(Buffer::from(self.held.clone())).await?;
+        w.close().await
+    }
+
+    /// After the last fragment's answer was lost: whether the file is in place, of the right size.
+    async fn finished_before(&self, total: u64) -> bool {
+        self.inner
+            .stat(&self.ctx, &self.path, OpStat::default())
+            .await
+            .is_ok_and(|rp| rp.into_metadata().content_length() == total)
+    }
+}
+
+/// The start of the first range Graph still expects, from a session answer.
+fn next_expected(answer: &Value) -> Option<u64> {
+    let first = answer["nextExpectedRanges"].as_array()?.first()?.as_str()?;
+    first.split('-').next()?.parse().ok()
+}
+
+impl oio::Write for SessionWriter {
+    async fn write(&mut self, bs: Buffer) -> Result<()> {
+        let Some(total) = self.streamed() else {
+            self.held.extend(bs);
+            return Ok(());
+        };
+        // What is carried and what comes now; fragments go while more than one fragment's worth is there, so
+        // that the last fragment (which ends the session) goes at close. A failure leaves the carry as it was: a
+        // write tried again sends the same fragments, and Graph's 416 tells those it has.
+        let mut all = self.carry.clone();
+        for piece in bs {
+            all.extend_from_slice(&piece);
+        }
+        let mut at = 0;
+        while all.len() - at > FRAGMENT {
+            let offset = self.confirmed + at as u64;
+            if offset + FRAGMENT as u64 >= total {
+                break;
+            }
+            let bytes = Bytes::copy_from_slice(&all[at..at + FRAGMENT]);
+            self.fragment(offset, bytes, total).await?;
+            at += FRAGMENT;
+        }
+        self.carry = all.split_off(at);
+        self.confirmed += at as u64;
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<Metadata> {
+        let Some(total) = self.streamed() else { return self.write_held().await };
+        let sent = self.confirmed + self.carry.len() as u64;
+        if sent != total || self.carry.is_empty() {
+            return Err(err(
+                ErrorKind::Unexpected,
+                format!("{}: {sent} bytes were handed in for a file of {total}", self.abs),
+            ));
+        }
+        let rest = self.carry.clone().freeze();
+        match self.fragment(self.confirmed, rest, total).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(err(ErrorKind::Unexpected, format!("OneDrive did not finish the upload of {}", self.abs)));
+            }
+            // Sent again after its answer was lost, to a session that ended with it.
+            Err(e) if self.finished_before(total).await => drop(e),
+            Err(e) => return Err(e),
+        }
+        self.confirmed = total;
+        self.carry.clear();
+        Ok(MetadataBuilder::file(total).build())
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        // The session is cancelled; nothing appeared at the file's name.
+        if let Some(url) = self.upload_url.take()
+            && let Ok(req) = Request::delete(url).body(Buffer::new())
+        {
+            let _ = self.ctx.http_transport().fetch(req).await;
+        }
+        self.held.clear();
+        self.carry.clear();
+        Ok(())
+    }
+}
