@@ -748,6 +748,16 @@ fn webdav_connector_over_https_with_a_private_ca_and_hostile_names() {
     let big_put = puts.iter().find(|p| p["content_length"] == big.as_str()).unwrap_or_else(|| panic!("{puts:?}"));
     assert!(big_put["path"].as_str().is_some_and(|p| p.contains(".cloudsync-")), "{big_put}");
     assert!(puts.iter().all(|p| p["transfer_encoding"].is_null()), "never chunked: {puts:?}");
+    // An upload the server fails (503 after the whole body) is sent again whole, and arrives.
+    std::fs::write(peer.dir.path().join("fail-next-put"), b"").expect("trigger");
+    let again = c.path("dav-again/again.bin");
+    write(&again, &noise(3 << 20, 8));
+    c.json(&["copy", again.to_str().expect("utf8"), "dav:again/again.bin"]);
+    assert!(!peer.dir.path().join("fail-next-put").exists(), "the failure happened");
+    assert_eq!(std::fs::read(served.join("again/again.bin")).expect("arrived"), noise(3 << 20, 8));
+    let sent = std::fs::read_to_string(peer.dir.path().join("puts.jsonl")).expect("PUT record");
+    let tries = sent.lines().filter(|l| l.contains(&format!("\"{}\"", 3 << 20))).count();
+    assert_eq!(tries, 2, "sent twice: {sent}");
 
     // Names a hostile (or merely foreign) server can list are reported and skipped; nothing is written
     // outside the destination, not even through a symbolic link planted in it.

@@ -27,6 +27,25 @@ pub use transfer::{Entry, Listing, Location, Options, Summary};
 
 /// The operator for a service of our own (File Station, SFTP over russh): the service with OpenDAL's own
 /// correctness layers, as `Operator::new` builds for its services.
+/// Marks an upload's failure as one that may pass: the file may be sent again whole (a streamed request or an
+/// upload session cannot be taken up where it broke off, and OpenDAL's retries mark every error they give up on
+/// alike).
+#[derive(Debug)]
+pub(crate) struct SendAgain;
+
+impl std::fmt::Display for SendAgain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the upload may be sent again")
+    }
+}
+
+impl std::error::Error for SendAgain {}
+
+/// `e` (an error of our own making, without a source), marked to be sent again.
+pub(crate) fn send_again(e: opendal::Error) -> opendal::Error {
+    e.set_temporary().set_source(SendAgain)
+}
+
 pub(crate) fn own_operator<S: opendal::raw::Service>(service: S) -> opendal::Operator {
     opendal::Operator::new(Ready(Some(service))).expect("building a service that is ready cannot fail")
 }

@@ -163,10 +163,14 @@ impl SessionWriter {
     }
 
     async fn answer(&self, req: Request<Buffer>, what: &str) -> Result<(StatusCode, Value)> {
-        let (parts, mut body) = self.ctx.http_transport().fetch(req).await?.into_parts();
+        // A request that failed on the way may go again, with the whole file if need be.
+        let again = |e: opendal::Error| {
+            if e.is_temporary() { crate::send_again(err(e.kind(), e.to_string())) } else { e }
+        };
+        let (parts, mut body) = self.ctx.http_transport().fetch(req).await.map_err(again)?.into_parts();
         let mut bytes = Vec::new();
         loop {
-            let piece = body.read().await?;
+            let piece = body.read().await.map_err(again)?;
             if piece.is_empty() {
                 break;
             }
@@ -189,7 +193,7 @@ impl SessionWriter {
             _ => ErrorKind::Unexpected,
         };
         let e = err(kind, format!("OneDrive refused {what} for {}: {status} {code} {message}", self.abs));
-        if status.is_server_error() { e.set_temporary() } else { e }
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS { crate::send_again(e) } else { e }
     }
 
     /// Makes the upload session (the folders above the file first).

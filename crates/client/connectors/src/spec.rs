@@ -471,7 +471,7 @@ impl Connection {
                 }
                 // Uploads stream in one request (webdav.rs) instead of being held whole in memory.
                 Operator::new(b)?.layer(crate::webdav::StreamedPut::new(crate::webdav::Settings {
-                    client: http.clone().ok_or_else(|| Error::Invalid("no HTTP client for WebDAV".into()))?,
+                    client: self.http_client_with(None)?,
                     endpoint: self.endpoint.clone().unwrap_or_default(),
                     root: root.clone(),
                     user,
@@ -622,6 +622,12 @@ impl Connection {
     /// The HTTP client for HTTP-based kinds: certificates verified against the system's roots, or only the
     /// connection's CA when `ca_cert` is set.
     pub(crate) fn http_client(&self) -> Result<reqwest::Client, Error> {
+        self.http_client_with(Some(Duration::from_secs(60)))
+    }
+
+    /// The HTTP client, with `read_timeout` (none for streamed uploads, whose answer comes only after the
+    /// whole body).
+    pub(crate) fn http_client_with(&self, read_timeout: Option<Duration>) -> Result<reqwest::Client, Error> {
         let tls = Arc::unwrap_or_clone(self.tls_config()?);
         // The File Station sign-in sends the password in a POST body, which a 307 or 308 redirect would send on
         // (to wherever it points): DSM is not followed anywhere.
@@ -630,13 +636,14 @@ impl Connection {
         } else {
             reqwest::redirect::Policy::default()
         };
-        reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(redirects)
             .tls_backend_preconfigured(tls)
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| Error::Invalid(format!("could not set up the HTTP client: {e}")))
+            .connect_timeout(Duration::from_secs(15));
+        if let Some(t) = read_timeout {
+            builder = builder.read_timeout(t);
+        }
+        builder.build().map_err(|e| Error::Invalid(format!("could not set up the HTTP client: {e}")))
     }
 }
 

@@ -808,7 +808,21 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
                 if let Location::Local(root) = dst_root {
                     no_symlink_on_the_way(root, &to)?;
                 }
-                let resumed = transfer(&from, &entry, &child(dst_root, &to), opts).await?;
+                let dst = child(dst_root, &to);
+                let mut attempt = 0;
+                let resumed = loop {
+                    match transfer(&from, &entry, &dst, opts).await {
+                        // An upload cannot be taken up where it broke off (a streamed request, a session gone):
+                        // one that failed for a reason that may pass is sent again whole, after a pause.
+                        Err(e)
+                            if attempt < FILE_RETRIES && matches!(dst, Location::Remote { .. }) && worth_again(&e) =>
+                        {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_secs(2 << (2 * (attempt - 1)))).await;
+                        }
+                        other => break other?,
+                    }
+                };
                 if opts.remove_source {
                     remove(&from).await?;
                 }
@@ -858,6 +872,22 @@ pub async fn copy(src: &Location, dst: &Location, opts: &Options, before: impl F
         });
     }
     Ok(summary)
+}
+
+/// Times a failed upload is sent again whole (after 2 s, then 8 s).
+const FILE_RETRIES: u32 = 2;
+
+/// Whether a failed transfer may succeed if tried again: the remote was busy, slow or unreachable, even after
+/// the retries of single requests.
+fn worth_again(e: &Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<crate::SendAgain>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    matches!(e, Error::Backend { source, .. } if source.kind() == opendal::ErrorKind::RateLimited)
 }
 
 /// Whether a location's requests are paced per file (FTP, SFTP) rather than per HTTP request.
@@ -1612,6 +1642,16 @@ mod tests {
         assert!(apart(&remote("nas:docs/old"), &remote("nas:./docs")).is_err());
         apart(&remote("nas:docs"), &remote("nas:docs2")).expect("siblings");
         apart(&remote("nas:docs"), &remote("s3:docs")).expect("other connection");
+    }
+
+    #[test]
+    fn uploads_marked_to_go_again_are_told_apart_after_opendal_gave_up() {
+        let marked = crate::send_again(opendal::Error::new(opendal::ErrorKind::Unexpected, "503")).set_persistent();
+        assert!(worth_again(&Error::backend("cannot write x", marked)));
+        let plain = opendal::Error::new(opendal::ErrorKind::Unexpected, "moved but still staged").set_persistent();
+        assert!(!worth_again(&Error::backend("cannot write x", plain)));
+        let limited = opendal::Error::new(opendal::ErrorKind::RateLimited, "429").set_persistent();
+        assert!(worth_again(&Error::backend("cannot write x", limited)));
     }
 
     #[test]

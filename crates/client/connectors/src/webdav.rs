@@ -39,6 +39,8 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> opendal::Error {
 
 /// What the layer needs.
 pub(crate) struct Settings {
+    /// The connection's HTTP client, without a read timeout: a streamed request's answer comes only once its
+    /// whole body is sent (the copy's steps have timeouts of their own).
     pub client: reqwest::Client,
     /// The endpoint as configured (`https://host/remote.php/dav/files/u`).
     pub endpoint: String,
@@ -130,7 +132,7 @@ impl Service for Streamed {
             path: path.to_owned(),
             length,
             open: None,
-            failed: false,
+            failed: None,
         })
     }
 
@@ -166,24 +168,53 @@ pub(crate) struct PutWriter {
     length: Option<u64>,
     /// The body's feed and the request under way.
     open: Option<(mpsc::Sender<std::io::Result<Bytes>>, Sent, u64)>,
-    /// Set before each step and cleared after it: found set, a step failed or was cut off, and nothing more is
-    /// written through this writer.
-    failed: bool,
+    /// Once the request has started: set before each step and cleared after it. Found set, a step failed or
+    /// was cut off, the body is incomplete, and every later step fails as that one did (a retry of the step
+    /// cannot mend it; the copy sends the whole file again).
+    failed: Option<Failure>,
+}
+
+/// How a step failed, to be told again.
+#[derive(Clone)]
+struct Failure {
+    kind: ErrorKind,
+    message: String,
+    temporary: bool,
+}
+
+impl Failure {
+    fn error(&self) -> opendal::Error {
+        let e = err(self.kind, self.message.clone());
+        if self.temporary { crate::send_again(e) } else { e }
+    }
+}
+
+impl Drop for PutWriter {
+    fn drop(&mut self) {
+        // A writer let go mid-upload (the copy failed or was cancelled) gives its request up.
+        if let Some((_, sent, _)) = self.open.take() {
+            sent.abort();
+        }
+    }
 }
 
 impl PutWriter {
+    /// The file's address, formed as OpenDAL's WebDAV service forms it (so a later MOVE names the same one).
     fn url(&self) -> String {
         let abs = opendal::raw::build_rooted_abs_path(&self.settings.root, &self.path);
-        format!("{}{}", self.settings.endpoint.trim_end_matches('/'), opendal::raw::percent_encode_path(&abs))
+        format!("{}{}", self.settings.endpoint, opendal::raw::percent_encode_path(&abs))
     }
 
     async fn start(&mut self) -> Result<()> {
         if self.open.is_some() {
             return Ok(());
         }
-        if let Some((parent, _)) = self.path.trim_end_matches('/').rsplit_once('/') {
-            self.inner.create_dir(&self.ctx, &format!("{parent}/"), OpCreateDir::default()).await?;
-        }
+        // The folders above the file, up to the connection's root, which may not exist yet either.
+        let parent = match self.path.trim_end_matches('/').rsplit_once('/') {
+            Some((parent, _)) => format!("{parent}/"),
+            None => "/".to_owned(),
+        };
+        self.inner.create_dir(&self.ctx, &parent, OpCreateDir::default()).await?;
         let epoch = match &self.settings.pace {
             Some(pace) => pace.request().await,
             None => 0,
@@ -202,21 +233,39 @@ impl PutWriter {
     }
 
     fn refuse_after_failure(&self) -> Result<()> {
-        if self.failed {
-            return Err(err(ErrorKind::Unexpected, format!("an earlier write to {} failed", self.path)));
+        match &self.failed {
+            Some(f) => Err(f.error()),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Runs one step of a started upload: a failure is kept and told again by later steps.
+    fn note(&mut self, result: Result<()>) -> Result<()> {
+        if let Err(e) = &result {
+            self.failed =
+                Some(Failure { kind: e.kind(), message: e.message().to_owned(), temporary: e.is_temporary() });
+        }
+        result
     }
 
     /// The request's outcome, once its body is complete (or the server stopped reading it).
     async fn answer(&mut self) -> Result<()> {
-        let (tx, sent, epoch) = self.open.take().expect("started");
+        let Some((tx, sent, epoch)) = self.open.take() else {
+            return Err(err(ErrorKind::Unexpected, format!("the upload of {} was not started", self.path)));
+        };
         drop(tx);
         let doing = format!("cannot write {}", self.path);
-        let resp = sent
-            .await
-            .map_err(|e| err(ErrorKind::Unexpected, format!("{doing}: {e}")))?
-            .map_err(|e| err(ErrorKind::Unexpected, format!("{doing}: {}", crate::oauth::short(e))))?;
+        let resp = match sent.await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                // The connection failed: worth sending the file again.
+                return Err(crate::send_again(err(
+                    ErrorKind::Unexpected,
+                    format!("{doing}: {}", crate::oauth::short(e)),
+                )));
+            }
+            Err(e) => return Err(err(ErrorKind::Unexpected, format!("{doing}: {e}"))),
+        };
         let status = resp.status();
         let pace = self.settings.pace.as_ref();
         match status {
@@ -230,13 +279,17 @@ impl PutWriter {
                 if let Some(p) = pace {
                     p.pushed_back(epoch, None);
                 }
-                Err(err(ErrorKind::RateLimited, format!("{doing}: the server answered {status}")))
+                Err(crate::send_again(err(ErrorKind::RateLimited, format!("{doing}: the server answered {status}"))))
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 Err(err(ErrorKind::PermissionDenied, format!("{doing}: the server answered {status}")))
             }
             StatusCode::INSUFFICIENT_STORAGE => {
                 Err(err(ErrorKind::Unexpected, format!("{doing}: the server is out of space ({status})")))
+            }
+            // The server's own trouble, or a file locked for a while: worth sending the file again.
+            s if s.is_server_error() || s == StatusCode::LOCKED => {
+                Err(crate::send_again(err(ErrorKind::Unexpected, format!("{doing}: the server answered {status}"))))
             }
             _ => Err(err(ErrorKind::Unexpected, format!("{doing}: the server answered {status}"))),
         }
@@ -246,41 +299,58 @@ impl PutWriter {
 impl oio::Write for PutWriter {
     async fn write(&mut self, bs: Buffer) -> Result<()> {
         self.refuse_after_failure()?;
-        self.failed = true;
+        // Starting may fail and be tried again (folders, the pace); once started, a step cut off may not.
         self.start().await?;
+        self.failed = Some(Failure {
+            kind: ErrorKind::Unexpected,
+            message: format!("an earlier write to {} was cut off", self.path),
+            temporary: true,
+        });
         for piece in bs {
             let (tx, _, _) = self.open.as_ref().expect("started");
             if tx.send(Ok(piece)).await.is_err() {
                 // The request ended before its body did: its answer says why.
-                self.answer().await?;
-                return Err(err(ErrorKind::Unexpected, format!("the server ended the upload of {} early", self.path)));
+                let answered = self.answer().await;
+                let ended = answered.and_then(|()| {
+                    Err(err(ErrorKind::Unexpected, format!("the server ended the upload of {} early", self.path)))
+                });
+                return self.note(ended);
             }
         }
-        self.failed = false;
+        self.failed = None;
         Ok(())
     }
 
     async fn close(&mut self) -> Result<Metadata> {
         self.refuse_after_failure()?;
-        self.failed = true;
         if self.open.is_none() {
             // Nothing was written: an empty file, of a length known.
             self.length = Some(0);
         }
         self.start().await?;
-        self.answer().await?;
-        self.failed = false;
+        self.failed = Some(Failure {
+            kind: ErrorKind::Unexpected,
+            message: format!("finishing the upload of {} was cut off", self.path),
+            temporary: true,
+        });
+        let answered = self.answer().await;
+        self.note(answered)?;
+        self.failed = None;
         Ok(MetadataBuilder::unknown().build())
     }
 
     async fn abort(&mut self) -> Result<()> {
-        self.failed = true;
         if let Some((tx, sent, _)) = self.open.take() {
             // An error in the body makes the client give the request up; the caller removes what arrived.
-            let _ = tx.send(Err(std::io::Error::other("the upload was abandoned"))).await;
+            let _ = tx.try_send(Err(std::io::Error::other("the upload was abandoned")));
             drop(tx);
             sent.abort();
         }
+        self.failed = Some(Failure {
+            kind: ErrorKind::Unexpected,
+            message: format!("the upload of {} was abandoned", self.path),
+            temporary: false,
+        });
         Ok(())
     }
 }

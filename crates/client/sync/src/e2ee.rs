@@ -1378,7 +1378,7 @@ pub(crate) async fn download_all(
         let (jobs, tools) = (Arc::clone(&jobs), Arc::clone(&tools));
         tokio::task::spawn_blocking(move || write_all(&jobs, rx, &tools))
     };
-    let opened = futures_util::stream::iter(batches)
+    let fetched = futures_util::stream::iter(batches)
         .map(|(ids, places)| {
             let (jobs, tools) = (Arc::clone(&jobs), Arc::clone(&tools));
             async move {
@@ -1404,7 +1404,20 @@ pub(crate) async fn download_all(
                 Ok::<_, SyncError>((bytes, slices))
             }
         })
-        .buffered(FETCH_IN_FLIGHT)
+        .buffered(FETCH_IN_FLIGHT);
+    // The fetches run on their own, a few requests ahead, while the opened slices are handed to the writer in
+    // order: waiting on one request's slices never holds the next requests' fetches up.
+    let (ahead_tx, ahead_rx) = mpsc::channel(FETCH_IN_FLIGHT);
+    let fetch_ahead = async move {
+        let mut fetched = std::pin::pin!(fetched);
+        while let Some(item) = fetched.next().await {
+            let failed = item.is_err();
+            if ahead_tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    };
+    let opened = futures_util::stream::unfold(ahead_rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
         // Each request's slices in order, each as soon as it is opened.
         .map(|fetched| {
             let slices = match fetched {
@@ -1420,11 +1433,12 @@ pub(crate) async fn download_all(
             // The request's bytes are counted once, with its first slice.
             Ok::<_, SyncError>((if i == 0 { bytes } else { 0 }, plain))
         });
-    feed_writer(opened, tx, writer, |(bytes, plain)| {
+    let feed = feed_writer(opened, tx, writer, |(bytes, plain)| {
         summary.bytes_downloaded += bytes;
         plain
-    })
-    .await
+    });
+    let ((), written) = tokio::join!(fetch_ahead, feed);
+    written
 }
 
 /// Chunks of one fetch request opened together on one blocking thread.

@@ -64,10 +64,12 @@ class RateLimit:
 
 
 class RecordPuts:
-    """Appends each PUT's path, Content-Length and Transfer-Encoding to a JSON-lines file."""
+    """Appends each PUT's path, Content-Length and Transfer-Encoding to a JSON-lines file. While a file
+    `fail-next-put` is in the peer's folder, the next PUT is read whole and answered 503 (and the file goes)."""
 
     def __init__(self, app, path):
         self.app, self.path = app, path
+        self.trigger = os.path.join(os.path.dirname(path), "fail-next-put")
 
     def __call__(self, environ, start_response):
         if environ.get("REQUEST_METHOD") == "PUT":
@@ -77,6 +79,16 @@ class RecordPuts:
                     "content_length": environ.get("CONTENT_LENGTH"),
                     "transfer_encoding": environ.get("HTTP_TRANSFER_ENCODING"),
                 }) + "\n")
+            if os.path.exists(self.trigger):
+                os.remove(self.trigger)
+                left = int(environ.get("CONTENT_LENGTH") or 0)
+                while left > 0:
+                    got = environ["wsgi.input"].read(min(left, 1 << 20))
+                    if not got:
+                        break
+                    left -= len(got)
+                start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"failing this PUT on purpose"]
         return self.app(environ, start_response)
 
 
