@@ -2080,3 +2080,26 @@ fn pairs_and_connections_saved_at_once_are_all_kept() {
     let listed = c.json(&["connection", "list"]);
     assert_eq!(listed.as_array().map_or(0, Vec::len), 16, "every connection was kept: {listed}");
 }
+
+/// Two profiles (configuration folders) on one credential store: a connection of the same name in each keeps
+/// its own secret; adding it in one profile never replaces the other's.
+#[test]
+fn profiles_keep_their_own_secrets() {
+    dbus();
+    let a = Client::new();
+    let b = Client::new();
+    let Dav { peer, served: _, ca, endpoint } = dav(&a, &[]);
+    let secret = peer.info["secret"].as_str().expect("secret");
+    let ca_s = ca.to_str().expect("utf8");
+    let add = ["connection", "add", "same", "--type", "webdav", "--endpoint", &endpoint, "--user", "alice"];
+    let add: Vec<&str> = add.into_iter().chain(["--secret-stdin", "--ca-cert", ca_s]).collect();
+    a.ok(&add, Some(secret));
+    assert_eq!(a.json(&["connection", "test", "same"])["ok"], true);
+    b.ok(&add, Some("the other profile's password"));
+    assert_eq!(a.json(&["connection", "test", "same"])["ok"], true, "profile a still has its own secret");
+    let err = b.fails(&["connection", "test", "same"], None);
+    assert!(err.contains("denied") || err.contains("401"), "profile b uses its own (wrong) secret: {err}");
+    // Removing it in one profile leaves the other's.
+    b.ok(&["connection", "remove", "same"], None);
+    assert_eq!(a.json(&["connection", "test", "same"])["ok"], true);
+}

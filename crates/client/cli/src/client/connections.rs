@@ -1,8 +1,9 @@
 //! Saved connections to storage accounts the user controls, and `ls`/`copy`/`sync`/`move`/`delete` on them.
 //!
 //! The settings (type, host, bucket, …) are in `connections.toml` in the config directory (mode 0600); the
-//! secret of each (password, secret key) is in the OS credential store under `connection:NAME`, never in the
-//! file. `NAME:PATH` names a path on a saved connection; a local path is written as it is.
+//! secret of each (password, secret key) is in the OS credential store under `connection:NAME` (per profile: see
+//! `credentials`), never in the file. `NAME:PATH` names a path on a saved connection; a local path is written as
+//! it is.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;

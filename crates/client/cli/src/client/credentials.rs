@@ -2,6 +2,10 @@
 //! Credential Manager on Windows) through the `keyring` crate. When none is reachable the command fails and
 //! names the explicit opt-in file store (`CLOUDSYNC_CREDENTIAL_STORE=file`); it never falls back to a
 //! plaintext file on its own.
+//!
+//! Each configuration folder is a profile of its own (`CLOUDSYNC_CONFIG_DIR`): secrets of a profile other than
+//! the default one are kept under accounts named with a short hash of its folder, so the same connection name
+//! or server in two profiles never shares (or overwrites) one secret.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +44,15 @@ impl CredentialStore {
         );
     }
 
+    /// The OS credential store's account for `account` in this profile, and the account it had before profiles
+    /// were kept apart (read when the first has nothing yet).
+    fn accounts(account: &str) -> (String, Option<String>) {
+        match profile() {
+            Some(tag) => (format!("{account}@{tag}"), Some(account.to_owned())),
+            None => (account.to_owned(), None),
+        }
+    }
+
     /// Stores `secret` under `account`.
     ///
     /// # Errors
@@ -47,7 +60,8 @@ impl CredentialStore {
     pub fn set(&self, account: &str, secret: &str) -> Result<()> {
         match self {
             Self::Keyring => {
-                keyring::Entry::new(SERVICE, account).and_then(|e| e.set_password(secret)).map_err(keyring_error)
+                let (account, _) = Self::accounts(account);
+                keyring::Entry::new(SERVICE, &account).and_then(|e| e.set_password(secret)).map_err(keyring_error)
             }
             Self::File(path) => {
                 Self::file_warning(path);
@@ -64,11 +78,17 @@ impl CredentialStore {
     /// When the store is unavailable.
     pub fn get(&self, account: &str) -> Result<Option<Zeroizing<String>>> {
         match self {
-            Self::Keyring => match keyring::Entry::new(SERVICE, account).and_then(|e| e.get_password()) {
-                Ok(s) => Ok(Some(Zeroizing::new(s))),
-                Err(keyring::Error::NoEntry) => Ok(None),
-                Err(e) => Err(keyring_error(e)),
-            },
+            Self::Keyring => {
+                let (account, before) = Self::accounts(account);
+                for name in std::iter::once(account).chain(before) {
+                    match keyring::Entry::new(SERVICE, &name).and_then(|e| e.get_password()) {
+                        Ok(s) => return Ok(Some(Zeroizing::new(s))),
+                        Err(keyring::Error::NoEntry) => {}
+                        Err(e) => return Err(keyring_error(e)),
+                    }
+                }
+                Ok(None)
+            }
             Self::File(path) => Ok(read_file(path)?.remove(account).map(Zeroizing::new)),
         }
     }
@@ -79,10 +99,16 @@ impl CredentialStore {
     /// When the store is unavailable.
     pub fn delete(&self, account: &str) -> Result<()> {
         match self {
-            Self::Keyring => match keyring::Entry::new(SERVICE, account).and_then(|e| e.delete_credential()) {
-                Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
-                Err(e) => Err(keyring_error(e)),
-            },
+            Self::Keyring => {
+                let (account, before) = Self::accounts(account);
+                for name in std::iter::once(account).chain(before) {
+                    match keyring::Entry::new(SERVICE, &name).and_then(|e| e.delete_credential()) {
+                        Ok(()) | Err(keyring::Error::NoEntry) => {}
+                        Err(e) => return Err(keyring_error(e)),
+                    }
+                }
+                Ok(())
+            }
             Self::File(path) => {
                 let mut all = read_file(path)?;
                 if all.remove(account).is_some() {
@@ -92,6 +118,17 @@ impl CredentialStore {
             }
         }
     }
+}
+
+/// The short tag of this profile, when it is not the default one: a hash of its configuration folder.
+fn profile() -> Option<String> {
+    let dir = std::path::absolute(std::env::var_os("CLOUDSYNC_CONFIG_DIR")?).ok()?;
+    let default = dirs::config_dir().and_then(|d| std::path::absolute(d.join("cloudsync")).ok());
+    if default.as_deref() == Some(dir.as_path()) {
+        return None;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
+    Some(hex::encode(&digest.as_ref()[..6]))
 }
 
 fn keyring_error(e: keyring::Error) -> anyhow::Error {
