@@ -511,3 +511,25 @@ fn members_sync_an_e2ee_folder_both_ways_and_nothing_is_lost() {
         }
     }
 }
+
+/// Many small files (sealed a window at a time on every core, opened a slice at a time), with a larger one and
+/// an empty one among them, go up and down whole and in place.
+#[test]
+fn many_small_files_go_both_ways_in_an_e2ee_workspace() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (_srv, alice, bob) = two_members(root.path(), None);
+    let src = root.path().join("many");
+    for i in 0..150_usize {
+        write(&src.join(format!("d{}/f{i:03}.bin", i % 4)), &random_bytes(1 + i * 97));
+    }
+    write(&src.join("d1/large.bin"), &random_bytes(300_000));
+    write(&src.join("d2/empty"), b"");
+    let pushed = json(&alice.ok(&["push", src.to_str().expect("utf8"), SECRET, "--json"]));
+    assert_eq!(pushed["files_uploaded"], 152, "{pushed}");
+    let dst = root.path().join("bob-many");
+    let pulled = json(&bob.ok(&["pull", SECRET, dst.to_str().expect("utf8"), "--json"]));
+    assert_eq!(pulled["files_downloaded"], 152, "{pulled}");
+    assert_eq!(tree(&dst), tree(&src));
+    let again = json(&alice.ok(&["push", src.to_str().expect("utf8"), SECRET, "--json"]));
+    assert_eq!(again["files_unchanged"], 152, "{again}");
+}

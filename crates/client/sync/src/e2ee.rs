@@ -813,6 +813,9 @@ pub(crate) async fn seal_and_upload(
             // small files is mostly this).
             let same = unchanged_files(&files, &content);
             let mut unchanged = Vec::new();
+            // Small files (sealed whole into their manifests) are sealed a window at a time on every core, and
+            // their events sent in file order; a larger file is sealed as it is read, after the window before it.
+            let mut window = Vec::new();
             for (tag, (file, base)) in files.iter().enumerate() {
                 if let Some(stat) = same[tag] {
                     bar.inc(file.stat.size);
@@ -824,18 +827,19 @@ pub(crate) async fn seal_and_upload(
                     }
                     continue;
                 }
-                bar.set_message(file.ws.to_string());
-                let position = bar.position();
-                let event = match sealer.seal_file(tag, file, base.as_ref()) {
-                    Ok(Some(ev)) => ev,
-                    Ok(None) => return,
-                    Err(e) => Event::Skipped { why: format!("{}: skipped, cannot read it: {e}", file.abs.display()) },
-                };
-                // Chunks count as they are sealed; a skipped file counts whole.
-                bar.set_position(position + file.stat.size);
-                if tx.blocking_send(event).is_err() {
+                if file.stat.size > 0 && file.stat.size <= MAX_INLINE_BYTES as u64 {
+                    window.push(tag);
+                    if window.len() >= SEAL_WINDOW && !sealer.seal_window(&files, &mut window) {
+                        return;
+                    }
+                    continue;
+                }
+                if !sealer.seal_window(&files, &mut window) || !sealer.seal_one(tag, file, base.as_ref()) {
                     return;
                 }
+            }
+            if !sealer.seal_window(&files, &mut window) {
+                return;
             }
             if !unchanged.is_empty() {
                 let _ = tx.blocking_send(Event::Unchanged(unchanged));
@@ -939,7 +943,95 @@ struct Sealer<'a> {
     bar: &'a ProgressBar,
 }
 
+/// Small files sealed together, on every core.
+const SEAL_WINDOW: usize = 64;
+
 impl Sealer<'_> {
+    /// Seals file number `tag` and sends what it gives (a file that cannot be read is reported and skipped).
+    /// `false` when the uploader has gone away.
+    fn seal_one(&self, tag: usize, file: &LocalFile, base: Option<&Base>) -> bool {
+        self.bar.set_message(file.ws.to_string());
+        let position = self.bar.position();
+        let event = match self.seal_file(tag, file, base) {
+            Ok(Some(ev)) => ev,
+            Ok(None) => return false,
+            Err(e) => Event::Skipped { why: format!("{}: skipped, cannot read it: {e}", file.abs.display()) },
+        };
+        // Chunks count as they are sealed; a skipped file counts whole.
+        self.bar.set_position(position + file.stat.size);
+        self.tx.blocking_send(event).is_ok()
+    }
+
+    /// Seals the small files `window` (indexes into `files`) on every core, then sends their sealed manifests
+    /// and commits in order; a file that is no longer small is sealed the usual way, in its turn. Empties the
+    /// window. `false` when the uploader has gone away.
+    fn seal_window(&self, files: &[(LocalFile, Option<Base>)], window: &mut Vec<usize>) -> bool {
+        if window.is_empty() {
+            return true;
+        }
+        let sealed = on_every_core(window, |&tag| {
+            let (file, base) = &files[tag];
+            self.seal_small(tag, file, base.as_ref())
+        });
+        for (tag, sealed) in window.drain(..).zip(sealed) {
+            let (file, base) = &files[tag];
+            let events = match sealed {
+                Ok(Some((blob, commit))) => [blob, commit],
+                Ok(None) => {
+                    if !self.seal_one(tag, file, base.as_ref()) {
+                        return false;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    let why = format!("{}: skipped, cannot read it: {e}", file.abs.display());
+                    if self.tx.blocking_send(Event::Skipped { why }).is_err() {
+                        return false;
+                    }
+                    continue;
+                }
+            };
+            self.bar.inc(file.stat.size);
+            for ev in events {
+                if self.tx.blocking_send(ev).is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// A small file's sealed manifest (its content inside) and commit, without sending them; `None` when it is
+    /// not small (any more).
+    fn seal_small(&self, tag: usize, file: &LocalFile, remote: Option<&Base>) -> io::Result<Option<(Event, Event)>> {
+        let handle = open_scanned(file)?;
+        let meta = handle.metadata()?;
+        if meta.len() == 0 || meta.len() > MAX_INLINE_BYTES as u64 {
+            return Ok(None);
+        }
+        let mut content = Vec::with_capacity(meta.len() as usize);
+        (&handle).take(MAX_INLINE_BYTES as u64 + 1).read_to_end(&mut content)?;
+        if content.is_empty() || content.len() > MAX_INLINE_BYTES {
+            return Ok(None);
+        }
+        let keys = &self.e2ee.keys;
+        let m = FileManifest {
+            path: file.ws.to_string(),
+            size: content.len() as u64,
+            content_hash: self.content.chunk_id(&content).0,
+            mtime_ms: meta.modified().ok().map(|t| crate::index::unix_ns(t) / 1_000_000),
+            epoch: keys.current_epoch(),
+            counter: self.counter,
+            author: self.e2ee.me,
+            chunks: Vec::new(),
+            inline: Some(content),
+        };
+        let (sealed, mut commit) =
+            seal_commit(self.e2ee, self.server_keys, &m, remote.map(|r| r.version)).map_err(io::Error::other)?;
+        (commit.tag, commit.stat) = (tag, Stat::of(&meta));
+        Ok(Some((Event::Blob { id: commit.manifest_id, data: sealed }, Event::Commit(Box::new(commit)))))
+    }
+
     /// Seals file number `tag`, whose content differs from its server copy (`remote`, if any): its chunks
     /// (sent as they are sealed) and then its commit. `Ok(None)` when the uploader has gone away.
     fn seal_file(&self, tag: usize, file: &LocalFile, remote: Option<&Base>) -> io::Result<Option<Event>> {
