@@ -819,11 +819,13 @@ fn webdav_connector_over_https_with_a_private_ca_and_hostile_names() {
 
     // `local clear`: nothing without saying what; --connections also deletes the secrets from the keychain.
     let store = cloudsync_cli::client::credentials::CredentialStore::Keyring;
-    assert!(store.get("connection:dav").expect("keyring").is_some());
+    // The account of this profile (the test's configuration folder).
+    let account = cloudsync_cli::client::credentials::account_in("connection:dav", &c.path("config"));
+    assert!(store.get(&account).expect("keyring").is_some());
     let err = c.fails(&["local", "clear"], None);
     assert!(err.contains("--history") && err.contains("--connections"), "{err}");
     c.ok(&["local", "clear", "--connections"], None);
-    assert!(store.get("connection:dav").expect("keyring").is_none(), "the secret left the keychain");
+    assert!(store.get(&account).expect("keyring").is_none(), "the secret left the keychain");
     assert_eq!(c.json(&["connection", "list"]), serde_json::json!([]));
     assert!(!c.json(&["history"]).as_array().expect("runs").is_empty(), "the history stays");
     c.ok(&["local", "clear", "--history"], None);

@@ -27,6 +27,103 @@ pub use transfer::{Entry, Listing, Location, Options, Summary};
 
 /// The operator for a service of our own (File Station, SFTP over russh): the service with OpenDAL's own
 /// correctness layers, as `Operator::new` builds for its services.
+/// The methods of a layer's service that go to the inner service (`self.inner`, a `Servicer`) unchanged: all but
+/// `capability` and `write`, which the upload layers (dropbox.rs, onedrive.rs, webdav.rs) make their own.
+macro_rules! pass_through {
+    () => {
+        type Reader = opendal::raw::oio::Reader;
+        type Lister = opendal::raw::oio::Lister;
+        type Deleter = opendal::raw::oio::Deleter;
+        type Copier = opendal::raw::oio::Copier;
+        type Composer = opendal::raw::oio::Composer;
+
+        fn info(&self) -> opendal::raw::ServiceInfo {
+            self.inner.info()
+        }
+
+        async fn create_dir(
+            &self,
+            ctx: &opendal::OperationContext,
+            path: &str,
+            args: opendal::raw::OpCreateDir,
+        ) -> opendal::Result<opendal::raw::RpCreateDir> {
+            self.inner.create_dir(ctx, path, args).await
+        }
+
+        async fn stat(
+            &self,
+            ctx: &opendal::OperationContext,
+            path: &str,
+            args: opendal::raw::OpStat,
+        ) -> opendal::Result<opendal::raw::RpStat> {
+            self.inner.stat(ctx, path, args).await
+        }
+
+        fn read(
+            &self,
+            ctx: &opendal::OperationContext,
+            path: &str,
+            args: opendal::raw::OpRead,
+        ) -> opendal::Result<Self::Reader> {
+            self.inner.read(ctx, path, args)
+        }
+
+        fn delete(&self, ctx: &opendal::OperationContext) -> opendal::Result<Self::Deleter> {
+            self.inner.delete(ctx)
+        }
+
+        fn list(
+            &self,
+            ctx: &opendal::OperationContext,
+            path: &str,
+            args: opendal::raw::OpList,
+        ) -> opendal::Result<Self::Lister> {
+            self.inner.list(ctx, path, args)
+        }
+
+        fn copy(
+            &self,
+            ctx: &opendal::OperationContext,
+            from: &str,
+            to: &str,
+            args: opendal::raw::OpCopy,
+        ) -> opendal::Result<Self::Copier> {
+            self.inner.copy(ctx, from, to, args)
+        }
+
+        async fn rename(
+            &self,
+            ctx: &opendal::OperationContext,
+            from: &str,
+            to: &str,
+            args: opendal::raw::OpRename,
+        ) -> opendal::Result<opendal::raw::RpRename> {
+            self.inner.rename(ctx, from, to, args).await
+        }
+
+        async fn presign(
+            &self,
+            ctx: &opendal::OperationContext,
+            path: &str,
+            args: opendal::raw::OpPresign,
+        ) -> opendal::Result<opendal::raw::RpPresign> {
+            self.inner.presign(ctx, path, args).await
+        }
+    };
+}
+pub(crate) use pass_through;
+
+/// The file length a copy hands an upload layer as write metadata (`cloudsync-length`), if any.
+pub(crate) fn length_of(args: &opendal::raw::OpWrite) -> opendal::Result<Option<u64>> {
+    match args.user_metadata().and_then(|m| m.get(crate::webdav::LENGTH_KEY)) {
+        Some(v) => v
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| opendal::Error::new(opendal::ErrorKind::Unexpected, "a bad length was given")),
+        None => Ok(None),
+    }
+}
+
 /// Marks an upload's failure as one that may pass: the file may be sent again whole (a streamed request or an
 /// upload session cannot be taken up where it broke off, and OpenDAL's retries mark every error they give up on
 /// alike).

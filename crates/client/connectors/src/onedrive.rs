@@ -17,10 +17,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::{Request, StatusCode, header};
 use opendal::raw::oio::{self, ReadStream as _, Write as _};
-use opendal::raw::{
-    Layer, OpCopy, OpCreateDir, OpList, OpPresign, OpRead, OpRename, OpStat, OpWrite, RpCreateDir, RpPresign, RpRename,
-    RpStat, Service, ServiceInfo, Servicer,
-};
+use opendal::raw::{Layer, OpCreateDir, OpStat, OpWrite, Service, Servicer};
 use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
 use serde_json::{Value, json};
 
@@ -71,39 +68,17 @@ impl Debug for Sessions {
 }
 
 impl Service for Sessions {
-    type Reader = oio::Reader;
     type Writer = SessionWriter;
-    type Lister = oio::Lister;
-    type Deleter = oio::Deleter;
-    type Copier = oio::Copier;
-    type Composer = oio::Composer;
 
-    fn info(&self) -> ServiceInfo {
-        self.inner.info()
-    }
+    crate::pass_through!();
 
     fn capability(&self) -> opendal::Capability {
         // Written in pieces, one after another; told the length as write metadata.
         opendal::Capability { write_can_multi: true, write_with_user_metadata: true, ..self.inner.capability() }
     }
 
-    async fn create_dir(&self, ctx: &OperationContext, path: &str, args: OpCreateDir) -> Result<RpCreateDir> {
-        self.inner.create_dir(ctx, path, args).await
-    }
-
-    async fn stat(&self, ctx: &OperationContext, path: &str, args: OpStat) -> Result<RpStat> {
-        self.inner.stat(ctx, path, args).await
-    }
-
-    fn read(&self, ctx: &OperationContext, path: &str, args: OpRead) -> Result<Self::Reader> {
-        self.inner.read(ctx, path, args)
-    }
-
     fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
-        let length = match args.user_metadata().and_then(|m| m.get(crate::webdav::LENGTH_KEY)) {
-            Some(v) => Some(v.parse::<u64>().map_err(|_| err(ErrorKind::Unexpected, "a bad length was given"))?),
-            None => None,
-        };
+        let length = crate::length_of(&args)?;
         Ok(SessionWriter {
             inner: self.inner.clone(),
             ctx: ctx.clone(),
@@ -115,26 +90,6 @@ impl Service for Sessions {
             carry: BytesMut::new(),
             confirmed: 0,
         })
-    }
-
-    fn delete(&self, ctx: &OperationContext) -> Result<Self::Deleter> {
-        self.inner.delete(ctx)
-    }
-
-    fn list(&self, ctx: &OperationContext, path: &str, args: OpList) -> Result<Self::Lister> {
-        self.inner.list(ctx, path, args)
-    }
-
-    fn copy(&self, ctx: &OperationContext, from: &str, to: &str, args: OpCopy) -> Result<Self::Copier> {
-        self.inner.copy(ctx, from, to, args)
-    }
-
-    async fn rename(&self, ctx: &OperationContext, from: &str, to: &str, args: OpRename) -> Result<RpRename> {
-        self.inner.rename(ctx, from, to, args).await
-    }
-
-    async fn presign(&self, ctx: &OperationContext, path: &str, args: OpPresign) -> Result<RpPresign> {
-        self.inner.presign(ctx, path, args).await
     }
 }
 

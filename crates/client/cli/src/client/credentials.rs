@@ -122,13 +122,26 @@ impl CredentialStore {
 
 /// The short tag of this profile, when it is not the default one: a hash of its configuration folder.
 fn profile() -> Option<String> {
-    let dir = std::path::absolute(std::env::var_os("CLOUDSYNC_CONFIG_DIR")?).ok()?;
+    tag_of(std::path::Path::new(&std::env::var_os("CLOUDSYNC_CONFIG_DIR")?))
+}
+
+fn tag_of(config_dir: &std::path::Path) -> Option<String> {
+    let dir = std::path::absolute(config_dir).ok()?;
     let default = dirs::config_dir().and_then(|d| std::path::absolute(d.join("cloudsync")).ok());
     if default.as_deref() == Some(dir.as_path()) {
         return None;
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
     Some(hex::encode(&digest.as_ref()[..6]))
+}
+
+/// The OS credential store's account for `account` in the profile whose configuration folder is `config_dir`
+/// (for tools and tests that look at the store from outside).
+pub fn account_in(account: &str, config_dir: &std::path::Path) -> String {
+    match tag_of(config_dir) {
+        Some(tag) => format!("{account}@{tag}"),
+        None => account.to_owned(),
+    }
 }
 
 fn keyring_error(e: keyring::Error) -> anyhow::Error {
