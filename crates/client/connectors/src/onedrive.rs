@@ -1,6 +1,6 @@
 //! OneDrive uploads that stream, as an OpenDAL layer over OpenDAL's OneDrive service (whose writer takes a whole
 //! file in one buffer and cuts it into fragments only then). A file over 4 MiB goes in a Graph upload session
-//! (`createUploadSession`, then `PUT` fragments of 10 MiB, a multiple of 320 KiB as Graph asks, each as the
+//! (`createUploadSession`, then `PUT` fragments of 5 MiB, a multiple of 320 KiB as Graph asks, each as the
 //! copy hands the bytes in), so memory holds a fragment or two whatever the file's size. The file appears at
 //! its name only with the last fragment. Smaller files still go in one request through OpenDAL.
 //!
@@ -28,8 +28,9 @@ type Result<T> = opendal::Result<T>;
 const DRIVE_ROOT: &str = "https://graph.microsoft.com/v1.0/me/drive/root";
 /// Files up to this size go in one request (Graph's simple upload takes up to 250 MB; OpenDAL uses 4 MiB).
 const SIMPLE_MAX: u64 = 4 << 20;
-/// Fragment size: a multiple of 320 KiB, as Graph asks of every fragment but the last.
-const FRAGMENT: usize = 327_680 * 32;
+/// Fragment size: a multiple of 320 KiB, as Graph asks of every fragment but the last, and 5 MiB, within Graph's
+/// advice (5 to 10 MiB) and small enough to go within the HTTP client's 60 s read timeout on a slow line.
+const FRAGMENT: usize = 327_680 * 16;
 /// Largest answer read (session answers are a few hundred bytes of JSON).
 const MAX_ANSWER: usize = 1 << 20;
 
