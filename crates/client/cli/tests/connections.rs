@@ -2104,4 +2104,17 @@ fn profiles_keep_their_own_secrets() {
     // Removing it in one profile leaves the other's.
     b.ok(&["connection", "remove", "same"], None);
     assert_eq!(a.json(&["connection", "test", "same"])["ok"], true);
+
+    // The same with the default profile (no CLOUDSYNC_CONFIG_DIR: the configuration folder in the home).
+    let mut d = Client::new();
+    d.env.push(("CLOUDSYNC_CONFIG_DIR".into(), String::new()));
+    let add_d: Vec<&str> = add.iter().map(|a| if *a == "same" { "same-default" } else { a }).collect();
+    d.ok(&add_d, Some(secret));
+    assert!(d.path("home/.config/cloudsync/connections.toml").exists(), "the default profile's folder is used");
+    let mut add_b = add_d.clone();
+    add_b.push("--replace");
+    b.ok(&add_b, Some("the other profile's password"));
+    b.ok(&["connection", "remove", "same-default"], None);
+    assert_eq!(d.json(&["connection", "test", "same-default"])["ok"], true, "the default profile's secret stays");
+    d.ok(&["connection", "remove", "same-default"], None);
 }

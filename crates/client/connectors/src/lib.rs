@@ -25,8 +25,6 @@ pub use spec::{Connection, Kind, Limits, MAX_NAME_LEN, check_name};
 pub use synology::sign_out;
 pub use transfer::{Entry, Listing, Location, Options, Summary};
 
-/// The operator for a service of our own (File Station, SFTP over russh): the service with OpenDAL's own
-/// correctness layers, as `Operator::new` builds for its services.
 /// The methods of a layer's service that go to the inner service (`self.inner`, a `Servicer`) unchanged: all but
 /// `capability` and `write`, which the upload layers (dropbox.rs, onedrive.rs, webdav.rs) make their own.
 macro_rules! pass_through {
@@ -143,6 +141,8 @@ pub(crate) fn send_again(e: opendal::Error) -> opendal::Error {
     e.set_temporary().set_source(SendAgain)
 }
 
+/// The operator for a service of our own (File Station, SFTP over russh, FTP): the service with OpenDAL's own
+/// correctness layers, as `Operator::new` builds for its services.
 pub(crate) fn own_operator<S: opendal::raw::Service>(service: S) -> opendal::Operator {
     opendal::Operator::new(Ready(Some(service))).expect("building a service that is ready cannot fail")
 }

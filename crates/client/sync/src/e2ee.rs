@@ -984,6 +984,8 @@ impl Sealer<'_> {
                     continue;
                 }
                 Err(e) => {
+                    // A skipped file counts whole.
+                    self.bar.inc(file.stat.size);
                     let why = format!("{}: skipped, cannot read it: {e}", file.abs.display());
                     if self.tx.blocking_send(Event::Skipped { why }).is_err() {
                         return false;

@@ -26,6 +26,7 @@ pub struct ClientConfig {
 /// The configuration directory.
 pub fn config_dir() -> PathBuf {
     std::env::var_os("CLOUDSYNC_CONFIG_DIR")
+        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| dirs::config_dir().unwrap_or_else(|| PathBuf::from(".")).join("cloudsync"))
 }
@@ -36,7 +37,7 @@ pub fn state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CLOUDSYNC_STATE_DIR") {
         return PathBuf::from(dir);
     }
-    if let Some(dir) = std::env::var_os("CLOUDSYNC_CONFIG_DIR") {
+    if let Some(dir) = std::env::var_os("CLOUDSYNC_CONFIG_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("state");
     }
     dirs::data_local_dir().unwrap_or_else(|| PathBuf::from(".")).join("cloudsync")

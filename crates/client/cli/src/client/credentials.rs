@@ -5,7 +5,8 @@
 //!
 //! Each configuration folder is a profile of its own (`CLOUDSYNC_CONFIG_DIR`): secrets of a profile other than
 //! the default one are kept under accounts named with a short hash of its folder, so the same connection name
-//! or server in two profiles never shares (or overwrites) one secret.
+//! or server in two profiles never shares, overwrites or deletes one secret. (A secret such a profile saved
+//! before profiles were kept apart is not read: sign in, or add the connection, again there.)
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,12 +45,11 @@ impl CredentialStore {
         );
     }
 
-    /// The OS credential store's account for `account` in this profile, and the account it had before profiles
-    /// were kept apart (read when the first has nothing yet).
-    fn accounts(account: &str) -> (String, Option<String>) {
+    /// The OS credential store's account for `account` in this profile.
+    fn scoped(account: &str) -> String {
         match profile() {
-            Some(tag) => (format!("{account}@{tag}"), Some(account.to_owned())),
-            None => (account.to_owned(), None),
+            Some(tag) => format!("{account}@{tag}"),
+            None => account.to_owned(),
         }
     }
 
@@ -60,7 +60,7 @@ impl CredentialStore {
     pub fn set(&self, account: &str, secret: &str) -> Result<()> {
         match self {
             Self::Keyring => {
-                let (account, _) = Self::accounts(account);
+                let account = Self::scoped(account);
                 keyring::Entry::new(SERVICE, &account).and_then(|e| e.set_password(secret)).map_err(keyring_error)
             }
             Self::File(path) => {
@@ -79,15 +79,11 @@ impl CredentialStore {
     pub fn get(&self, account: &str) -> Result<Option<Zeroizing<String>>> {
         match self {
             Self::Keyring => {
-                let (account, before) = Self::accounts(account);
-                for name in std::iter::once(account).chain(before) {
-                    match keyring::Entry::new(SERVICE, &name).and_then(|e| e.get_password()) {
-                        Ok(s) => return Ok(Some(Zeroizing::new(s))),
-                        Err(keyring::Error::NoEntry) => {}
-                        Err(e) => return Err(keyring_error(e)),
-                    }
+                match keyring::Entry::new(SERVICE, &Self::scoped(account)).and_then(|e| e.get_password()) {
+                    Ok(s) => Ok(Some(Zeroizing::new(s))),
+                    Err(keyring::Error::NoEntry) => Ok(None),
+                    Err(e) => Err(keyring_error(e)),
                 }
-                Ok(None)
             }
             Self::File(path) => Ok(read_file(path)?.remove(account).map(Zeroizing::new)),
         }
@@ -100,14 +96,10 @@ impl CredentialStore {
     pub fn delete(&self, account: &str) -> Result<()> {
         match self {
             Self::Keyring => {
-                let (account, before) = Self::accounts(account);
-                for name in std::iter::once(account).chain(before) {
-                    match keyring::Entry::new(SERVICE, &name).and_then(|e| e.delete_credential()) {
-                        Ok(()) | Err(keyring::Error::NoEntry) => {}
-                        Err(e) => return Err(keyring_error(e)),
-                    }
+                match keyring::Entry::new(SERVICE, &Self::scoped(account)).and_then(|e| e.delete_credential()) {
+                    Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
+                    Err(e) => Err(keyring_error(e)),
                 }
-                Ok(())
             }
             Self::File(path) => {
                 let mut all = read_file(path)?;
@@ -122,12 +114,18 @@ impl CredentialStore {
 
 /// The short tag of this profile, when it is not the default one: a hash of its configuration folder.
 fn profile() -> Option<String> {
-    tag_of(std::path::Path::new(&std::env::var_os("CLOUDSYNC_CONFIG_DIR")?))
+    tag_of(&super::config::config_dir())
+}
+
+/// A folder named the same way however it was written (a trailing slash, `..`, a link on the way).
+fn normal(dir: &std::path::Path) -> PathBuf {
+    let dir = std::fs::canonicalize(dir).or_else(|_| std::path::absolute(dir)).unwrap_or_else(|_| dir.to_path_buf());
+    dir.components().collect()
 }
 
 fn tag_of(config_dir: &std::path::Path) -> Option<String> {
-    let dir = std::path::absolute(config_dir).ok()?;
-    let default = dirs::config_dir().and_then(|d| std::path::absolute(d.join("cloudsync")).ok());
+    let dir = normal(config_dir);
+    let default = dirs::config_dir().map(|d| normal(&d.join("cloudsync")));
     if default.as_deref() == Some(dir.as_path()) {
         return None;
     }
