@@ -308,9 +308,9 @@ fn files_under(root: &Path) -> Vec<(String, Vec<u8>)> {
 /// What a connector can do, for the parts of the behaviour suite that depend on it.
 #[derive(Clone, Copy)]
 struct Caps {
-    /// Creates empty files (OpenDAL's FTP and SFTP services do not).
+    /// Creates empty files (OpenDAL's SFTP service does not).
     empty_files: bool,
-    /// Largest upload to try (FTPS uploads through OpenDAL lose data above ~64 KiB; see the FTPS test).
+    /// Largest upload to try.
     big: usize,
 }
 

@@ -1,7 +1,7 @@
 //! Listing, copying, mirroring and deleting between any two locations (a local folder or a connection).
 //!
 //! A transfer streams: at most a few chunks of a file are in memory at once, whatever its size (except
-//! uploads to pCloud, which OpenDAL sends from one buffer: those share a capped memory budget). A file is
+//! uploads to pCloud and File Station, sent from one buffer: those share a capped memory budget). A file is
 //! never visible half-written under its final name: local files and remotes that can rename (SFTP, FTP,
 //! WebDAV) are written under a temporary name and renamed when complete; S3 makes an object (multipart upload
 //! included) visible only when it is complete. Every upload's size is checked before the file gets its name.
@@ -26,7 +26,7 @@ use crate::partial;
 pub const MAX_ENTRIES: usize = 1_000_000;
 /// Size of the pieces a file is read and written in.
 const CHUNK: usize = 8 << 20;
-/// Largest file sent to a remote that takes a whole file from one buffer (pCloud through OpenDAL).
+/// Largest file sent to a remote that takes a whole file from one buffer (pCloud, File Station).
 const ONE_SHOT_MAX: u64 = 1 << 30;
 /// Memory, in MiB, that such uploads may hold at once, all files together.
 const ONE_SHOT_BUDGET_MIB: u32 = 1 << 10;
@@ -1257,7 +1257,7 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                 // The writer holds an operation permit: let it go before the rename asks for one.
                 written
             } else {
-                // One request per file (pCloud) through OpenDAL: the
+                // One request per file (pCloud, File Station) through OpenDAL: the
                 // body is held in memory, so it is capped.
                 let max = ONE_SHOT_MAX;
                 if size > max {
