@@ -743,14 +743,18 @@ pub async fn e2ee_push(
     let prefix = remote.clone();
     let spinner = progress::spinner(opts.progress, "scanning…");
     let scanning = spinner.clone();
-    let scanned = tokio::task::spawn_blocking(move || scan_local(&local, &prefix, &scanning)).await;
+    // The server's chunk keys are asked for while the folder is scanned.
+    let (scanned, server_keys) = tokio::join!(
+        tokio::task::spawn_blocking(move || scan_local(&local, &prefix, &scanning)),
+        server_keys(client, ws)
+    );
     spinner.finish_and_clear();
     let (scan, _) = scanned.map_err(SyncError::task)??;
     let mut summary = TransferSummary { files_scanned: scan.files.len() as u64, ..TransferSummary::default() };
     for why in scan.skipped {
         summary.skip(why);
     }
-    let server_keys = server_keys(client, ws).await?;
+    let server_keys = server_keys?;
     let listed = listing(client, ws, &e2ee, &server_keys, false, 0).await?;
     let counter = listed.next_counter();
     let remote_files: HashMap<String, Base> =
