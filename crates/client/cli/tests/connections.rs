@@ -1726,6 +1726,8 @@ fn dropbox_connector_against_a_fake_of_its_api() {
     assert_eq!(fake.count("session_answers_dropped"), 1, "{}", fake.stats());
     // The lost answer to a finish: sent again, told the session is gone, the file found with this upload's hash.
     assert_eq!(fake.count("finish_answers_dropped"), 1, "{}", fake.stats());
+    // Each finish named the file's content hash, which the fake checked against what the session held.
+    assert!(fake.count("content_hashes_checked") >= 1, "{}", fake.stats());
     // Several appends, each at its offset.
     let multi = c.path("dbx-multi");
     write(&multi.join("m.bin"), &noise(20 << 20, 9));

@@ -310,10 +310,12 @@ impl oio::Write for SessionWriter {
             one.write(self.first.clone().unwrap_or_default()).await?;
             return one.close().await;
         };
+        // Dropbox checks the file against its content hash before committing it.
         let arg = json!({
             "cursor": { "session_id": id, "offset": self.offset },
             "commit": { "path": self.abs, "mode": "overwrite", "autorename": false, "mute": true,
                         "strict_conflict": false },
+            "content_hash": self.hash.hex(),
         });
         let again = self.finishing;
         self.finishing = true;

@@ -69,6 +69,12 @@ def log(msg):
     print(f"clouds: {msg}", file=sys.stderr, flush=True)
 
 
+
+def dropbox_hash(data):
+    """Dropbox's content_hash of `data`: SHA-256 over the SHA-256 of each 4 MiB block."""
+    blocks = b"".join(hashlib.sha256(data[at:at + 4 * MiB]).digest() for at in range(0, len(data), 4 * MiB))
+    return hashlib.sha256(blocks).hexdigest()
+
 class Answer(Exception):
     """An HTTP answer, raised to stop handling early; `log` is a reason to show on stderr."""
 
@@ -141,7 +147,7 @@ class Cloud:
                                     "bad_requests", "max_in_flight", "password_in_url",
                                     "client_secret_refused", "uploads_keeping_partial",
                                     "session_answers_dropped", "finish_answers_dropped",
-                                    "largest_fragment"], 0)
+                                    "largest_fragment", "content_hashes_checked"], 0)
         # The first secrets handed out, for tests that check they are kept out of files.
         self.stats.update(refresh_tokens=[], access_tokens=[])
         self.single_use_refresh = False
@@ -746,6 +752,10 @@ class Cloud:
         if refused:
             return refused
         data = bytes(sess["data"]) + req.body
+        if "content_hash" in args:
+            self.stats["content_hashes_checked"] += 1
+            if args["content_hash"] != dropbox_hash(data):
+                return self.dbx_conflict("content_hash_mismatch")
         mode = commit.get("mode", "add")
         tag = mode.get(".tag") if isinstance(mode, dict) else mode
         if self.kind(p) == "folder" or self.blocked(p):
