@@ -403,10 +403,7 @@ fn behaviour(c: &Client, name: &str, caps: Caps) {
     let empty = out.status.success()
         && serde_json::from_slice::<Value>(&out.stdout).expect("json")["entries"].as_array().is_some_and(Vec::is_empty);
     assert!(empty || !out.status.success(), "the folder is gone: {}", String::from_utf8_lossy(&out.stdout));
-    assert!(
-        files_under(&c.path("")).iter().all(|(p, _)| !p.contains(".cloudsync-partial")),
-        "no partial file is left behind"
-    );
+    assert!(files_under(&c.path("")).iter().all(|(p, _)| !is_partial_name(p)), "no partial file is left behind");
 }
 
 /// Secrets are in the credential store only: never in the config file, never shown.
@@ -473,7 +470,7 @@ fn s3_connector_against_s3s_fs() {
 fn partials(dir: &Path) -> Vec<(PathBuf, u64)> {
     let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
     rd.flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".cloudsync-"))
+        .filter(|e| is_partial_name(&e.file_name().to_string_lossy()))
         .map(|e| (e.path(), e.metadata().map_or(0, |m| m.len())))
         .collect()
 }
@@ -486,6 +483,28 @@ fn wait_partial(dir: &Path, bytes: u64, child: &mut Child) {
         assert!(start.elapsed() < Duration::from_secs(60), "no partial file of {bytes} bytes: {:?}", partials(dir));
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether `path` names a file a copy writes before it has its final name (`.cloudsync-….partial`).
+fn is_partial_name(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.starts_with(".cloudsync-") && base.ends_with(".partial")
+}
+
+/// Starts `copy SRC DST --bwlimit 2M` into the folder `dst` (made if missing) and waits until it has left at
+/// least `bytes` in a partial file there; returns the copy, still running.
+fn start_slow_copy(c: &Client, src: &str, dst: &Path, bytes: u64) -> Child {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    let mut running = c.spawn(&["copy", src, dst.to_str().expect("utf8"), "--bwlimit", "2M", "--json"]);
+    wait_partial(dst, bytes, &mut running);
+    running
+}
+
+/// A slow copy of `src` into `dst`, killed (SIGKILL: nothing is cleaned up) once `bytes` have arrived.
+fn cut_off_copy(c: &Client, src: &str, dst: &Path, bytes: u64) {
+    let mut running = start_slow_copy(c, src, dst, bytes);
+    running.kill().expect("kill");
+    running.wait().expect("wait");
 }
 
 /// A download cut off (the process killed; the server gone) carries on from where it stopped at the next run,
@@ -512,10 +531,7 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     // 1. The copy is killed halfway (SIGKILL: nothing is cleaned up).
     let dst = c.path("dst");
     let dst_s = dst.to_str().expect("utf8");
-    let mut running = c.spawn(&["copy", "s3r:", dst_s, "--bwlimit", "2M", "--json"]);
-    wait_partial(&dst, 6 << 20, &mut running);
-    running.kill().expect("kill");
-    running.wait().expect("wait");
+    cut_off_copy(&c, "s3r:", &dst, 6 << 20);
     assert!(!dst.join("big.bin").exists(), "never visible half-written");
     let left = partials(&dst);
     assert_eq!(left.len(), 1, "{left:?}");
@@ -530,10 +546,8 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     // 2. The server goes away midway: the copy fails after its retries and keeps what arrived; with the server
     // back, the next run resumes.
     let dst2 = c.path("dst2");
-    std::fs::create_dir_all(&dst2).expect("mkdir");
     let dst2_s = dst2.to_str().expect("utf8");
-    let mut running = c.spawn(&["copy", "s3r:big.bin", dst2_s, "--bwlimit", "2M", "--json"]);
-    wait_partial(&dst2, 4 << 20, &mut running);
+    let running = start_slow_copy(&c, "s3r:big.bin", &dst2, 4 << 20);
     drop(peer);
     let out = running.wait_with_output().expect("copy");
     assert!(!out.status.success(), "the copy failed with its server gone");
@@ -552,12 +566,8 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     // 3. A partial file that does not hold what the source held (damaged on disk): the resumed whole fails the
     // source's hash and is removed, not installed; the next run copies it afresh.
     let dst3 = c.path("dst3");
-    std::fs::create_dir_all(&dst3).expect("mkdir");
     let dst3_s = dst3.to_str().expect("utf8");
-    let mut running = c.spawn(&["copy", "s3r:big.bin", dst3_s, "--bwlimit", "2M", "--json"]);
-    wait_partial(&dst3, 4 << 20, &mut running);
-    running.kill().expect("kill");
-    running.wait().expect("wait");
+    cut_off_copy(&c, "s3r:big.bin", &dst3, 4 << 20);
     let (partial, _) = partials(&dst3).pop().expect("partial");
     let mut damaged = std::fs::read(&partial).expect("read");
     damaged[1000] ^= 0xff;
@@ -571,12 +581,8 @@ fn an_interrupted_download_resumes_where_it_stopped() {
 
     // 4. The source changes after the cut: nothing of the old partial file is used, and it is swept away.
     let dst4 = c.path("dst4");
-    std::fs::create_dir_all(&dst4).expect("mkdir");
     let dst4_s = dst4.to_str().expect("utf8");
-    let mut running = c.spawn(&["copy", "s3r:big.bin", dst4_s, "--bwlimit", "2M", "--json"]);
-    wait_partial(&dst4, 4 << 20, &mut running);
-    running.kill().expect("kill");
-    running.wait().expect("wait");
+    cut_off_copy(&c, "s3r:big.bin", &dst4, 4 << 20);
     let newer = noise(40 << 20, 12);
     write(&src.join("big.bin"), &newer);
     c.json(&["copy", src.to_str().expect("utf8"), "s3r:"]);
@@ -588,10 +594,7 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     // 5. Local to local: the same.
     let dst5 = c.path("dst5");
     let dst5_s = dst5.to_str().expect("utf8");
-    let mut running = c.spawn(&["copy", src.to_str().expect("utf8"), dst5_s, "--bwlimit", "2M", "--json"]);
-    wait_partial(&dst5, 4 << 20, &mut running);
-    running.kill().expect("kill");
-    running.wait().expect("wait");
+    cut_off_copy(&c, src.to_str().expect("utf8"), &dst5, 4 << 20);
     let run = c.json(&["copy", src.to_str().expect("utf8"), dst5_s]);
     assert_eq!(run["resumed"], 1, "{run}");
     assert_eq!(files_under(&dst5), files_under(&src));
@@ -893,6 +896,17 @@ fn ftp_and_ftps_connectors_against_pyftpdlib() {
     assert_eq!(std::fs::read(served.join("e/empty")).expect("empty file").len(), 0);
 }
 
+/// A folder `name` another (test) user can be given: in a temporary folder under /tmp open to others, as every
+/// folder above it must be. The temporary folder goes when the first value is dropped.
+fn open_folder(prefix: &str, name: &str) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let outer = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("tempdir");
+    std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let inner = outer.path().join(name);
+    std::fs::create_dir(&inner).expect("folder");
+    (outer, inner)
+}
+
 /// The user `name`, made if missing (with `home` as its home), with a fresh random password; needs root.
 fn system_user(name: &str, home: Option<&Path>) -> String {
     let root = Command::new("id").arg("-u").output().expect("id").stdout;
@@ -927,13 +941,7 @@ fn ftps_connector_against_vsftpd_with_tls_session_reuse_required() {
     dbus();
     let c = Client::new();
     // A home the user can write in: every folder above it must be open to others.
-    let outer = tempfile::Builder::new().prefix("cloudsync-ftp-").tempdir_in("/tmp").expect("tempdir");
-    let home = outer.path().join("home");
-    std::fs::create_dir(&home).expect("home");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
+    let (_outer, home) = open_folder("cloudsync-ftp-", "home");
     const USER: &str = "cloudsync-ftp-test";
     let password = system_user(USER, Some(&home));
     let _lock = LockPassword(USER.to_owned());
@@ -1021,12 +1029,8 @@ fn ftps_connector_against_vsftpd_with_tls_session_reuse_required() {
     write(&home.join("resume/big.bin"), &noise(16 << 20, 21));
     assert!(Command::new("chown").arg("-R").arg(USER).arg(&home).status().expect("chown").success());
     let dst = c.path("ftp-resume");
-    std::fs::create_dir_all(&dst).expect("mkdir");
     let dst_s = dst.to_str().expect("utf8");
-    let mut running = c.spawn(&["copy", "vsx:resume", dst_s, "--bwlimit", "2M", "--json"]);
-    wait_partial(&dst, 4 << 20, &mut running);
-    running.kill().expect("kill");
-    running.wait().expect("wait");
+    cut_off_copy(&c, "vsx:resume", &dst, 4 << 20);
     let run = c.json(&["copy", "vsx:resume", dst_s]);
     assert_eq!(run["resumed"], 1, "{run}");
     assert_eq!(std::fs::read(dst.join("big.bin")).expect("big"), noise(16 << 20, 21));
@@ -1291,14 +1295,7 @@ fn sftp_connector_signs_in_with_a_password() {
     let peer = sshd_with(&format!("AuthorizedKeysFile none\nPasswordAuthentication yes\nAllowUsers {user}\n"));
     let port = peer.port.to_string();
     // A folder the test user can write in: every folder above it must be open to others.
-    let outer = tempfile::Builder::new().prefix("cloudsync-sftp-").tempdir_in("/tmp").expect("tempdir");
-    let root = outer.path().join("root");
-    std::fs::create_dir(&root).expect("root");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
+    let (_outer, root) = open_folder("cloudsync-sftp-", "root");
     assert!(Command::new("chown").arg(&user).arg(&root).status().expect("chown").success());
     let root_s = root.to_str().expect("utf8");
     let add = ["connection", "add", "pw", "--type", "sftp", "--host", "127.0.0.1", "--port", &port, "--user", &user]

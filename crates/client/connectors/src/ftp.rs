@@ -255,8 +255,14 @@ impl Core {
         for part in abs[base.len()..].split('/').filter(|p| !p.is_empty()) {
             at = format!("{at}/{part}");
             // An answer of 550 may mean "exists already": what counts is whether it is there after.
-            if c.mkdir(&at).await.is_err() && !Self::is_dir(c, &at).await? {
-                return Err(err(ErrorKind::PermissionDenied, format!("cannot make the folder {at} on the server")));
+            if let Err(e) = c.mkdir(&at).await
+                && !Self::is_dir(c, &at).await?
+            {
+                let why = ftp_error(e, &format!("cannot make the folder {at}"));
+                return Err(err(
+                    ErrorKind::PermissionDenied,
+                    format!("{}; check the user's rights there, or --root", why.message()),
+                ));
             }
         }
         Ok(())

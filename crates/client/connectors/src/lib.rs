@@ -111,9 +111,12 @@ macro_rules! pass_through {
 }
 pub(crate) use pass_through;
 
+/// The write metadata key a copy gives a file's length in, for the upload layers that stream (WebDAV, OneDrive).
+pub(crate) const LENGTH_KEY: &str = "cloudsync-length";
+
 /// The file length a copy hands an upload layer as write metadata (`cloudsync-length`), if any.
 pub(crate) fn length_of(args: &opendal::raw::OpWrite) -> opendal::Result<Option<u64>> {
-    match args.user_metadata().and_then(|m| m.get(crate::webdav::LENGTH_KEY)) {
+    match args.user_metadata().and_then(|m| m.get(LENGTH_KEY)) {
         Some(v) => v
             .parse::<u64>()
             .map(Some)

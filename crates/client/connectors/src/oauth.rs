@@ -781,16 +781,8 @@ impl<T: HttpTransport> HttpTransport for AuthTransport<T> {
     async fn fetch(&self, req: http::Request<Buffer>) -> opendal::Result<http::Response<HttpBody>> {
         let listing =
             self.kind == Kind::Onedrive && req.method() == http::Method::GET && req.uri().path().ends_with("/children");
-        // The last fragment of a Graph upload session is answered 201 Created for a new file and 200 OK for one
-        // it replaces (earlier fragments: 202 Accepted). OpenDAL's OneDrive writer takes only 201 as the end and
-        // runs off its loop on a 200 (a debug assertion, or a file without metadata): both are told as 201.
-        let fragment = self.kind == Kind::Onedrive
-            && req.method() == http::Method::PUT
-            && req.headers().contains_key(http::header::CONTENT_RANGE);
-        let mut resp = self.signed(req).await?;
-        if fragment && resp.status() == http::StatusCode::OK {
-            *resp.status_mut() = http::StatusCode::CREATED;
-        }
+        // (Upload sessions are onedrive.rs's, which takes both 200 and 201 as a session's end.)
+        let resp = self.signed(req).await?;
         if listing && resp.status() == http::StatusCode::OK { decoded_parents(resp).await } else { Ok(resp) }
     }
 }

@@ -204,8 +204,6 @@ impl SessionWriter {
         }
     }
 
-    /// A small file, in one request through OpenDAL (what was held stays held: a close tried again sends it
-    /// again).
     /// Where the session expects the next fragment (Graph's status of an upload session).
     async fn expects(&self) -> Result<Option<u64>> {
         let Some(url) = self.upload_url.clone() else { return Ok(None) };
@@ -216,6 +214,8 @@ impl SessionWriter {
         Ok(if status.is_success() { next_expected(&answer) } else { None })
     }
 
+    /// A small file, in one request through OpenDAL (what was held stays held: a close tried again sends it
+    /// again).
     async fn write_held(&mut self) -> Result<Metadata> {
         let mut w = self.inner.write(&self.ctx, &self.path, OpWrite::default())?;
         w.write(Buffer::from(self.held.clone())).await?;
@@ -250,17 +250,18 @@ impl oio::Write for SessionWriter {
         for piece in bs {
             all.extend_from_slice(&piece);
         }
+        // Fragments are slices of one buffer, not copies.
+        let all = all.freeze();
         let mut at = 0;
         while all.len() - at > FRAGMENT {
             let offset = self.confirmed + at as u64;
             if offset + FRAGMENT as u64 >= total {
                 break;
             }
-            let bytes = Bytes::copy_from_slice(&all[at..at + FRAGMENT]);
-            self.fragment(offset, bytes, total).await?;
+            self.fragment(offset, all.slice(at..at + FRAGMENT), total).await?;
             at += FRAGMENT;
         }
-        self.carry = all.split_off(at);
+        self.carry = BytesMut::from(&all[at..]);
         self.confirmed += at as u64;
         Ok(())
     }

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 pub(crate) const RESUME_MIN: u64 = 4 << 20;
 /// Start of the partial names this module makes (see [`crate::transfer`] for the common prefix and suffix).
 const PREFIX: &str = ".cloudsync-r";
-const SUFFIX: &str = ".partial";
+use crate::transfer::PARTIAL_SUFFIX as SUFFIX;
 
 /// What makes a source file the same one as when an earlier copy of it was cut off.
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ pub(crate) fn open(parent: &Path, final_name: &str, id: &Identity) -> std::io::R
     let meta = file.metadata()?;
     // Still the file at that name (not one another copy finished and renamed away meanwhile)?
     let here = std::fs::symlink_metadata(&path).ok().is_some_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());
-    let ours = meta.is_file() && meta.nlink() == 1 && meta.uid() == rustix::process::geteuid().as_raw();
+    let ours = ours(&meta);
     if !here || !ours {
         return Ok(None);
     }
@@ -134,6 +134,11 @@ pub(crate) fn open(parent: &Path, final_name: &str, id: &Identity) -> std::io::R
 
 /// The mode a finished file gets: what a new file gets under this process's umask.
 pub(crate) fn finish_mode() -> u32 {
+    static MODE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MODE.get_or_init(read_finish_mode)
+}
+
+fn read_finish_mode() -> u32 {
     // Linux shows the umask in /proc (reading it with umask(2) would change it for every thread meanwhile).
     let umask = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -141,6 +146,11 @@ pub(crate) fn finish_mode() -> u32 {
         .and_then(|v| u32::from_str_radix(&v, 8).ok())
         .unwrap_or(0o022);
     0o666 & !umask
+}
+
+/// Whether a file is one this user made here: a regular file of this user with one link.
+fn ours(meta: &std::fs::Metadata) -> bool {
+    meta.is_file() && meta.nlink() == 1 && meta.uid() == rustix::process::geteuid().as_raw()
 }
 
 /// Starts a slot's file over, empty.
@@ -167,9 +177,7 @@ pub(crate) fn sweep(parent: &Path, final_name: &str, kept: &Path) {
         let Ok(file) = OpenOptions::new().read(true).custom_flags(flags()).open(&path) else {
             continue;
         };
-        let ours = file
-            .metadata()
-            .is_ok_and(|m| m.is_file() && m.nlink() == 1 && m.uid() == rustix::process::geteuid().as_raw());
+        let ours = file.metadata().is_ok_and(|m| ours(&m));
         if ours && file.try_lock().is_ok() {
             let _ = std::fs::remove_file(&path);
         }

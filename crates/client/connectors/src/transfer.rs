@@ -33,7 +33,7 @@ const ONE_SHOT_BUDGET_MIB: u32 = 1 << 10;
 static ONE_SHOT_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ONE_SHOT_BUDGET_MIB as usize);
 /// Name prefix and suffix of a file being written (kept short: the final name may be near the limit).
 const PARTIAL_PREFIX: &str = ".cloudsync-";
-const PARTIAL_SUFFIX: &str = ".partial";
+pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
 
 /// A fresh temporary name, not guessable by another local user.
 pub(crate) fn partial_name() -> String {
@@ -1235,7 +1235,7 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                 // A WebDAV upload is one streamed request, a OneDrive one a session of fragments: both are told
                 // the length to send (webdav.rs, onedrive.rs).
                 if matches!(op.info().scheme(), "webdav" | "onedrive") {
-                    writer = writer.user_metadata([(crate::webdav::LENGTH_KEY.to_owned(), size.to_string())]);
+                    writer = writer.user_metadata([(crate::LENGTH_KEY.to_owned(), size.to_string())]);
                 }
                 let mut writer = writer.await.map_err(|e| Error::backend(format!("cannot write {label}"), e))?;
                 let written = async {
@@ -1293,18 +1293,20 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                 result
             };
             drop(stream);
-            // What arrived is checked before the file gets its final name. Without a rename (S3, where an
-            // unfinished upload never replaces the object, and the other services that commit whole uploads) a failure
-            // leaves the previous file alone: only a short file found after the upload is removed.
+            // What arrived is checked before the file gets its final name. Without a rename (S3 and the other
+            // services that commit whole uploads, where an unfinished upload never replaces the file) a failure
+            // leaves the previous file alone; a file found short at its final name there may be someone else's
+            // newer one, so it is reported, not deleted.
+            let removed = rename || !commits_whole_uploads(op);
             let mut short = false;
             let checked = match written {
                 Ok(()) => match op.stat(&target).await {
                     Ok(m) if m.content_length() == size => Ok(()),
                     Ok(m) => {
                         short = true;
+                        let fate = if removed { "the short copy was removed" } else { "it was left as it is" };
                         Err(Error::Invalid(format!(
-                            "{label} held {} bytes after the upload instead of {size}; the short copy was removed, \
-                             run the copy again",
+                            "{label} held {} bytes after the upload instead of {size}; {fate}, run the copy again",
                             m.content_length()
                         )))
                     }
@@ -1318,9 +1320,7 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                 }
                 other => other,
             };
-            // A file found short at its final name on a service that commits whole uploads may be someone
-            // else's newer one: it is reported, not deleted.
-            if result.is_err() && (rename || (short && !commits_whole_uploads(op))) {
+            if result.is_err() && (rename || (short && removed)) {
                 let _ = op.delete(&target).await;
             }
             result.map(|()| 0)
@@ -1380,7 +1380,9 @@ async fn fill(
         Ok(s) => paced(s, opts),
         Err(e) => return Err(Cut::Source(e, 0)),
     };
-    if offset > 0 {
+    // The bytes already there count once the source has confirmed them (the tail read again matched).
+    let mut confirmed = again.is_empty();
+    if confirmed && offset > 0 {
         tick(offset);
     }
     while let Some(chunk) = stream.next().await {
@@ -1398,6 +1400,10 @@ async fn fill(
                 return Err(Cut::Stale);
             }
             again = &again[n..];
+            if again.is_empty() && !confirmed {
+                confirmed = true;
+                tick(offset);
+            }
             chunk = chunk.slice(n..);
             if chunk.is_empty() {
                 continue;

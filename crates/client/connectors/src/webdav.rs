@@ -25,8 +25,6 @@ use crate::pace::Pace;
 
 type Result<T> = opendal::Result<T>;
 
-/// The write metadata key the copy gives the file's size in.
-pub(crate) const LENGTH_KEY: &str = "cloudsync-length";
 /// Pieces queued for the request body.
 const QUEUED: usize = 2;
 

@@ -33,8 +33,8 @@ use tokio::sync::mpsc;
 use crate::chunking::{Digest, chunk_stream, hash_reader};
 use crate::e2ee_cache::VerifiedManifests;
 use crate::fetch::{
-    CREATE_AHEAD, DrainAhead, FEED_REQUESTS, FETCH_IN_FLIGHT, Fetched, GROUP_BYTES, GROUP_FILES, Made, create_ahead,
-    feed_writer, fetch_all, flush_to_disk, place, requests, system_time,
+    FEED_REQUESTS, FETCH_IN_FLIGHT, Fetched, GROUP_BYTES, GROUP_FILES, Made, feed_writer, fetch_all, flush_to_disk,
+    place, requests, system_time, take_made, with_created_ahead,
 };
 use crate::index::Stat;
 use crate::keys::{ChunkKeys, hash_hex, hash_matches};
@@ -975,7 +975,9 @@ impl Sealer<'_> {
         }
         let sealed = on_every_core(window, |&tag| {
             let (file, base) = &files[tag];
-            self.seal_small(tag, file, base.as_ref())
+            let handle = open_scanned(file)?;
+            let meta = handle.metadata()?;
+            self.seal_small(tag, file, &handle, &meta, base.as_ref())
         });
         for (tag, sealed) in window.drain(..).zip(sealed) {
             let (file, base) = &files[tag];
@@ -1007,16 +1009,22 @@ impl Sealer<'_> {
         true
     }
 
-    /// A small file's sealed manifest (its content inside) and commit, without sending them; `None` when it is
-    /// not small (any more).
-    fn seal_small(&self, tag: usize, file: &LocalFile, remote: Option<&Base>) -> io::Result<Option<(Event, Event)>> {
-        let handle = open_scanned(file)?;
-        let meta = handle.metadata()?;
+    /// A small file's sealed manifest (its content inside) and commit, without sending them, read from
+    /// `handle` (the file opened and checked, `meta` its metadata); `None` when it is not small (any more), and
+    /// then `handle` may have been read from.
+    fn seal_small(
+        &self,
+        tag: usize,
+        file: &LocalFile,
+        handle: &fs::File,
+        meta: &fs::Metadata,
+        remote: Option<&Base>,
+    ) -> io::Result<Option<(Event, Event)>> {
         if meta.len() == 0 || meta.len() > MAX_INLINE_BYTES as u64 {
             return Ok(None);
         }
         let mut content = Vec::with_capacity(meta.len() as usize);
-        (&handle).take(MAX_INLINE_BYTES as u64 + 1).read_to_end(&mut content)?;
+        handle.take(MAX_INLINE_BYTES as u64 + 1).read_to_end(&mut content)?;
         if content.is_empty() || content.len() > MAX_INLINE_BYTES {
             return Ok(None);
         }
@@ -1034,7 +1042,7 @@ impl Sealer<'_> {
         };
         let (sealed, mut commit) =
             seal_commit(self.e2ee, self.server_keys, &m, remote.map(|r| r.version)).map_err(io::Error::other)?;
-        (commit.tag, commit.stat) = (tag, Stat::of(&meta));
+        (commit.tag, commit.stat) = (tag, Stat::of(meta));
         Ok(Some((Event::Blob { id: commit.manifest_id, data: sealed }, Event::Commit(Box::new(commit)))))
     }
 
@@ -1050,22 +1058,12 @@ impl Sealer<'_> {
         let base_version = remote.map(|r| r.version);
         // A small file travels inside its manifest: one stored object per version instead of two.
         if meta.len() > 0 && meta.len() <= MAX_INLINE_BYTES as u64 {
-            let mut content = Vec::with_capacity(meta.len() as usize);
-            (&handle).take(MAX_INLINE_BYTES as u64 + 1).read_to_end(&mut content)?;
-            if !content.is_empty() && content.len() <= MAX_INLINE_BYTES {
-                self.bar.inc(content.len() as u64);
-                let m = FileManifest {
-                    path: file.ws.to_string(),
-                    size: content.len() as u64,
-                    content_hash: self.content.chunk_id(&content).0,
-                    mtime_ms,
-                    epoch: keys.current_epoch(),
-                    counter: self.counter,
-                    author: self.e2ee.me,
-                    chunks: Vec::new(),
-                    inline: Some(content),
-                };
-                return self.send_commit(tag, stat, &m, base_version);
+            if let Some((blob, commit)) = self.seal_small(tag, file, &handle, &meta, remote)? {
+                self.bar.inc(meta.len());
+                if self.tx.blocking_send(blob).is_err() {
+                    return Ok(None);
+                }
+                return Ok(Some(commit));
             }
             // It grew or emptied meanwhile: read again, as chunks.
             (&handle).seek(SeekFrom::Start(0))?;
@@ -1508,7 +1506,13 @@ pub(crate) async fn download_all(
     let (ahead_tx, ahead_rx) = mpsc::channel(FETCH_IN_FLIGHT);
     let fetch_ahead = async move {
         let mut fetched = std::pin::pin!(fetched);
-        while let Some(item) = fetched.next().await {
+        loop {
+            // Once the feeding has stopped (the writer failed), fetches in flight are given up, not waited for.
+            let item = tokio::select! {
+                item = fetched.next() => item,
+                () = ahead_tx.closed() => None,
+            };
+            let Some(item) = item else { break };
             let failed = item.is_err();
             if ahead_tx.send(item).await.is_err() || failed {
                 break;
@@ -1606,20 +1610,9 @@ fn write_all(
     rx: mpsc::Receiver<Vec<Opened>>,
     tools: &Tools,
 ) -> Result<Vec<(usize, Fetched)>, SyncError> {
-    // Creating a file is most of the cost of writing a small one: a second thread creates the temporary files
-    // (one per job, in job order, as the writer takes them) a little ahead of the writer.
+    // One temporary file per job, in job order, as the writer takes them.
     let targets: Vec<PathBuf> = jobs.iter().map(|d| d.target.clone()).collect();
-    let (made_tx, made_rx) = std::sync::mpsc::sync_channel(CREATE_AHEAD);
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let (targets, stop) = (&targets, &stop);
-        // The sender lives in the thread: once it returns, the draining below ends.
-        scope.spawn(move || create_ahead(targets, &made_tx, stop));
-        // Whichever way the writer ends, files created ahead and not yet taken are removed, and the creating
-        // thread is released so the scope can end.
-        let _drain = DrainAhead { stop, made: &made_rx };
-        write_in_order(jobs, rx, tools, &made_rx)
-    })
+    with_created_ahead(&targets, |made| write_in_order(jobs, rx, tools, made))
 }
 
 fn write_in_order(
@@ -1686,8 +1679,7 @@ impl Group {
 
 /// The next job's temporary file, as created ahead (every job takes exactly one, in job order).
 fn open_temp(made: &Made, content: &ChunkKeys, cleanup: &mut TempFiles) -> Result<Writing, SyncError> {
-    let next = made.recv().map_err(|_| SyncError::Internal("the file-creating thread stopped".into()));
-    let (tmp, file) = next??;
+    let (tmp, file) = take_made(made)?;
     cleanup.0.insert(tmp.clone());
     Ok(Writing { tmp, file, hasher: content.content_hasher(), written: 0 })
 }

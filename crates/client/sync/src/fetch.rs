@@ -399,19 +399,29 @@ fn write_all(
 ) -> Result<Vec<(usize, Fetched)>, SyncError> {
     let mut rx = Feed { rx, ready: VecDeque::new() };
     let targets: Vec<PathBuf> = work.iter().map(|w| w.job.target.clone()).collect();
-    // Creating a file is most of the cost of writing a small one (the file system allocates an inode and
-    // updates the folder), so a second thread creates the temporary files a little ahead of the writer.
+    with_created_ahead(&targets, |made| write_in_order(work, made, &mut rx, keys, device, bar))
+}
+
+/// Runs `write` with the temporary files of `targets` created, in order, a little ahead of it on a second
+/// thread: creating a file is most of the cost of writing a small one (the file system allocates an inode and
+/// updates the folder). Whichever way `write` ends (done, failed or panicked), files created ahead and not
+/// taken are removed.
+pub(crate) fn with_created_ahead<R>(targets: &[PathBuf], write: impl FnOnce(&Made) -> R) -> R {
     let (made_tx, made_rx) = std::sync::mpsc::sync_channel(CREATE_AHEAD);
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let (targets, stop) = (&targets, &stop);
+        let stop = &stop;
         // The sender lives in the thread: once it returns, the draining below ends.
         scope.spawn(move || create_ahead(targets, &made_tx, stop));
-        // Whichever way the writer ends (done, failed or panicked), files created ahead and not yet taken
-        // are removed, and the creating thread is released so the scope can end.
+        // The creating thread is released (and what it made but was not taken removed) so the scope can end.
         let _drain = DrainAhead { stop, made: &made_rx };
-        write_in_order(work, &made_rx, &mut rx, keys, device, bar)
+        write(&made_rx)
     })
+}
+
+/// The next temporary file created ahead (see [`with_created_ahead`]).
+pub(crate) fn take_made(made: &Made) -> Result<(PathBuf, File), SyncError> {
+    made.recv().map_err(|_| SyncError::Internal("the file-creating thread stopped".into()))?
 }
 
 /// Writes every file in `work` order into the temporary files `made` hands over, installing them a group at
@@ -429,8 +439,7 @@ fn write_in_order(
     let mut cleanup = Cleanup(HashSet::new());
     let mut group_bytes = 0u64;
     for w in work {
-        let next = made.recv().map_err(|_| SyncError::Internal("the file-creating thread stopped".into()));
-        let (tmp, file) = next??;
+        let (tmp, file) = take_made(made)?;
         cleanup.0.insert(tmp.clone());
         let stat = write_one(&w, &tmp, file, rx, keys, bar)?;
         group_bytes += w.job.entry.size;
@@ -448,9 +457,9 @@ fn write_in_order(
 pub(crate) type Made = std::sync::mpsc::Receiver<Result<(PathBuf, File), SyncError>>;
 
 /// Stops [`create_ahead`] and removes what it created but the writer did not take.
-pub(crate) struct DrainAhead<'a> {
-    pub(crate) stop: &'a AtomicBool,
-    pub(crate) made: &'a Made,
+struct DrainAhead<'a> {
+    stop: &'a AtomicBool,
+    made: &'a Made,
 }
 
 impl Drop for DrainAhead<'_> {
@@ -465,10 +474,10 @@ impl Drop for DrainAhead<'_> {
 }
 
 /// Temporary files created ahead of the writer.
-pub(crate) const CREATE_AHEAD: usize = 64;
+const CREATE_AHEAD: usize = 64;
 
 /// Creates the temporary file of each target in order, until done, told to stop, or creation fails.
-pub(crate) fn create_ahead(
+fn create_ahead(
     targets: &[PathBuf],
     made: &std::sync::mpsc::SyncSender<Result<(PathBuf, File), SyncError>>,
     stop: &AtomicBool,

@@ -34,7 +34,7 @@ pub fn config_dir() -> PathBuf {
 /// The state directory (sync indexes): `$CLOUDSYNC_STATE_DIR`, else `state` in `$CLOUDSYNC_CONFIG_DIR` when
 /// that is set, else the platform's local data directory (`~/.local/share/cloudsync`).
 pub fn state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CLOUDSYNC_STATE_DIR") {
+    if let Some(dir) = std::env::var_os("CLOUDSYNC_STATE_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
     if let Some(dir) = std::env::var_os("CLOUDSYNC_CONFIG_DIR").filter(|d| !d.is_empty()) {

@@ -239,7 +239,7 @@ async fn add(a: ConnectionAddArgs) -> Result<()> {
         anyhow::ensure!(conn.kind == Kind::Synology, "--otp-code is for synology connections");
         anyhow::ensure!(
             (6..=8).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit()),
-            "--otp-code takes the 6-digit code the authenticator app shows"
+            "--otp-code takes the 6-digit code the authenticator app shows (some apps show 8 digits)"
         );
     }
     if let Some(key) = &conn.key_file {
@@ -535,17 +535,21 @@ pub async fn ls(spec: &str, recursive: bool, json: bool) -> Result<()> {
     let saved = Connections::load()?;
     let loc = Target::parse(spec, &saved).location(&saved, &Limits::default())?;
     let spinner = progress::spinner(!json, &format!("listing {}…", loc.label()));
-    let listing = transfer::list(&loc, recursive).await;
-    spinner.finish_and_clear();
-    let mut listing = listing?;
-    // Nothing listed: a folder that is empty, a file, or nothing at all (a mistyped path is an error).
-    if listing.entries.is_empty() && listing.refused.is_empty() {
-        match transfer::stat(&loc).await? {
-            None => bail!("{} does not exist", loc.label()),
-            Some(file) if !file.is_dir => listing.entries.push(file),
-            Some(_) => {}
+    let listing = async {
+        let mut listing = transfer::list(&loc, recursive).await?;
+        // Nothing listed: a folder that is empty, a file, or nothing at all (a mistyped path is an error).
+        if listing.entries.is_empty() && listing.refused.is_empty() {
+            match transfer::stat(&loc).await? {
+                None => bail!("{} does not exist; check the path (`cloudsync ls NAME:` lists the top)", loc.label()),
+                Some(file) if !file.is_dir => listing.entries.push(file),
+                Some(_) => {}
+            }
         }
+        Ok(listing)
     }
+    .await;
+    spinner.finish_and_clear();
+    let listing = listing?;
     for r in &listing.refused {
         eprintln!("warning: skipped the name {:?} that {} listed: {}", r.name, loc.label(), r.reason);
     }

@@ -112,15 +112,23 @@ impl CredentialStore {
     }
 }
 
-/// The short tag of this profile, when it is not the default one: a hash of its configuration folder.
+/// The short tag of this profile, when it is not the default one: a hash of its configuration folder (worked
+/// out once per run).
 fn profile() -> Option<String> {
-    tag_of(&super::config::config_dir())
+    static TAG: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| tag_of(&super::config::config_dir())).clone()
 }
 
-/// A folder named the same way however it was written (a trailing slash, `..`, a link on the way).
+/// A folder named the same way however it was written (a trailing slash, `..`, a link on the way), whether it
+/// exists yet or not: the deepest part that exists is resolved, the rest joined to it. (A secret may be saved
+/// before the folder is made.)
 fn normal(dir: &std::path::Path) -> PathBuf {
-    let dir = std::fs::canonicalize(dir).or_else(|_| std::path::absolute(dir)).unwrap_or_else(|_| dir.to_path_buf());
-    dir.components().collect()
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let resolved = abs
+        .ancestors()
+        .find_map(|a| Some(std::fs::canonicalize(a).ok()?.join(abs.strip_prefix(a).ok()?)))
+        .unwrap_or(abs);
+    resolved.components().collect()
 }
 
 fn tag_of(config_dir: &std::path::Path) -> Option<String> {
