@@ -241,7 +241,37 @@ impl Client {
     }
 
     fn spawn(&self, args: &[&str]) -> Child {
-        let mut cmd = Command::new(BIN);
+        self.command(Command::new(BIN), args).spawn().expect("spawn cloudsync")
+    }
+
+    /// Runs the client under a Python wrapper that reports its peak memory (the maximum resident set of that
+    /// one child, in KiB); fails the test if the client failed.
+    fn ok_peak_kib(&self, args: &[&str]) -> (String, u64) {
+        let mut wrapper = Command::new("python3");
+        wrapper.args([
+            "-c",
+            "import resource, subprocess, sys\n\
+             r = subprocess.run(sys.argv[1:])\n\
+             sys.stderr.write('peak-kib %d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+             sys.exit(r.returncode)",
+            BIN,
+        ]);
+        // A backtrace asked for by the environment would be resolved when an error is logged, which costs far
+        // more memory than the copy (debug information is read).
+        let mut cmd = self.command(wrapper, args);
+        cmd.env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
+        let out = cmd.output().expect("run cloudsync under python3");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "cloudsync {args:?} failed: {stderr}");
+        let peak = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("peak-kib "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("the wrapper reports the peak");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), peak)
+    }
+
+    fn command(&self, mut cmd: Command, args: &[&str]) -> Command {
         cmd.args(args)
             .env("CLOUDSYNC_CONFIG_DIR", self.path("config"))
             .env("CLOUDSYNC_STATE_DIR", self.path("state"))
@@ -254,7 +284,7 @@ impl Client {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.spawn().expect("spawn cloudsync")
+        cmd
     }
 
     fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
@@ -1889,6 +1919,51 @@ fn pcloud_connector_against_a_fake_of_its_api() {
     let err = c.fails(&["ls", "pc-revoked:"], None);
     assert!(err.contains("refused the saved sign-in") && err.contains("sign in again"), "{err}");
     assert!(fake.count("rate_limited") > 0, "{}", fake.stats());
+}
+
+/// Uploads to pCloud and to File Station stream (streamed.rs): the client's peak memory sending a 128 MiB file
+/// stays far below the file's size (such uploads used to be held whole in memory), the file arrives whole, and a
+/// big upload pCloud refused with an internal error (a result code 5000, once, on demand) is sent again whole.
+#[test]
+fn uploads_to_pcloud_and_file_station_stream_in_bounded_memory() {
+    dbus();
+    let mut c = Client::new();
+    let big = c.path("big/big.bin");
+    let data = noise(128 << 20, 5);
+    write(&big, &data);
+    let big_s = big.to_str().expect("utf8");
+    // A copy streaming the file holds a few 8 MiB pieces (about 45 MiB at the peak); one holding the file
+    // would pass 128 MiB.
+    let bound = 96 << 10;
+
+    let fake = cloud(&mut c, "pcloud", &["--fail-uploads", "1"]);
+    let secret = fake.peer.info["client_secret"].as_str().expect("client_secret").to_owned();
+    let mut add = fake.add_args("pc", "pcloud");
+    add.push("--client-secret-stdin".into());
+    c.ok(&strs(&add), Some(&secret));
+    let (out, peak) = c.ok_peak_kib(&["copy", big_s, "pc:up/big.bin", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).expect("json")["copied"], serde_json::json!(["big.bin"]), "{out}");
+    assert!(std::fs::read(fake.served.join("up/big.bin")).expect("stored") == data, "pCloud got the file whole");
+    eprintln!("peak memory uploading 128 MiB to pCloud: {peak} KiB");
+    assert_eq!(fake.count("uploads_failed_on_demand"), 1, "{}", fake.stats());
+    assert!(fake.count("uploads") >= 2, "the refused upload was sent again: {}", fake.stats());
+    assert_eq!(fake.count("uploads_without_length"), 0, "uploads carry their length: {}", fake.stats());
+
+    let (ca, cert, key) = test_ca(c.root.path());
+    let served = c.path("nas-root");
+    std::fs::create_dir_all(served.join("home")).expect("a shared folder");
+    let peer = python_script(SYNOLOGY_PY, "synology", &[&served, &cert, &key]);
+    let password = peer.info["password"].as_str().expect("password").to_owned();
+    let endpoint = format!("https://127.0.0.1:{}", peer.port);
+    let add = ["connection", "add", "nas", "--type", "synology", "--endpoint", &endpoint, "--ca-cert"];
+    let add: Vec<&str> =
+        add.into_iter().chain([ca.to_str().expect("utf8"), "--user", "alice", "--secret-stdin"]).collect();
+    c.ok(&add, Some(&password));
+    let (out, peak) = c.ok_peak_kib(&["copy", big_s, "nas:home/up/big.bin", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).expect("json")["copied"], serde_json::json!(["big.bin"]), "{out}");
+    assert!(std::fs::read(served.join("home/up/big.bin")).expect("stored") == data, "the NAS got the file whole");
+    eprintln!("peak memory uploading 128 MiB to File Station: {peak} KiB");
+    assert!(peak < bound, "peak memory uploading 128 MiB to File Station: {peak} KiB");
 }
 
 /// Synology File Station (`tests/peers/synology.py`, a fake of the calls used, from Synology's API guide): the

@@ -12,8 +12,10 @@ pub mod oauth;
 mod onedrive;
 pub mod pace;
 mod partial;
+mod pcloud;
 mod sftp;
 mod spec;
+mod streamed;
 mod synology;
 pub mod transfer;
 mod webdav;
@@ -142,6 +144,18 @@ impl std::error::Error for SendAgain {}
 /// `e` (an error of our own making, without a source), marked to be sent again.
 pub(crate) fn send_again(e: opendal::Error) -> opendal::Error {
     e.set_temporary().set_source(SendAgain)
+}
+
+/// Whether `e` was marked to be sent again ([`send_again`]).
+pub(crate) fn is_send_again(e: &opendal::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<SendAgain>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The operator for a service of our own (File Station, SFTP over russh, FTP): the service with OpenDAL's own

@@ -35,6 +35,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// A request with a body gets longer, as if sent at this many bytes per second at the slowest (a whole file
 /// in one request: WebDAV, Dropbox, pCloud).
 const SLOWEST_UPLOAD: u64 = 64 << 10;
+/// The length a streamed body of unknown length is given time for: six hours at the slowest, as long as a
+/// paced copy's own limit.
+const UNKNOWN_LENGTH: u64 = 6 * 3600 * SLOWEST_UPLOAD;
 
 /// The caps of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -248,7 +251,14 @@ impl<T: HttpTransport> HttpTransport for PacedTransport<T> {
             let epoch = self.pace.request().await;
             // The body is reference-counted: the copy kept for sending again costs no memory. The wait for a
             // slot is not timed; the request is.
-            let limit = FETCH_TIMEOUT + Duration::from_secs(req.body().len() as u64 / SLOWEST_UPLOAD);
+            // A streamed body (streamed.rs) is not in the buffer: its length is in the request's extensions.
+            let streamed = req.extensions().get::<crate::streamed::StreamedBody>().map(|b| b.length());
+            let length = match streamed {
+                Some(Some(n)) => n,
+                Some(None) => UNKNOWN_LENGTH,
+                None => req.body().len() as u64,
+            };
+            let limit = FETCH_TIMEOUT + Duration::from_secs(length / SLOWEST_UPLOAD);
             let result = match tokio::time::timeout(limit, self.inner.fetch(req.clone())).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -265,7 +275,9 @@ impl<T: HttpTransport> HttpTransport for PacedTransport<T> {
                     let status = resp.status().as_u16();
                     if matches!(status, 429 | 502 | 503 | 504) {
                         self.pace.pushed_back(epoch, retry_after(resp.headers()));
-                        let again = status == 429 || (status == 503 && idempotent(req.method()));
+                        // A streamed body cannot be sent again from here: the copy sends the file again.
+                        let again =
+                            streamed.is_none() && (status == 429 || (status == 503 && idempotent(req.method())));
                         if again && resent < PUSHBACK_RETRIES {
                             resent += 1;
                             continue;

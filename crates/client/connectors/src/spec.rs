@@ -471,11 +471,9 @@ impl Connection {
                 }
                 // Uploads stream in one request (webdav.rs) instead of being held whole in memory.
                 Operator::new(b)?.layer(crate::webdav::StreamedPut::new(crate::webdav::Settings {
-                    client: self.http_client_with(None)?,
                     endpoint: self.endpoint.clone().unwrap_or_default(),
                     root: root.clone(),
                     user,
-                    pace: limits.pace.clone(),
                 }))
             }
             // FTP through a service of our own (ftp.rs): OpenDAL's loses the end of uploads over TLS.
@@ -548,13 +546,15 @@ impl Connection {
                 Operator::new(opendal::services::Onedrive::default().root(&root).access_token(PLACEHOLDER))?
                     .layer(crate::onedrive::UploadSessions::new(&root))
             }
+            // Uploads stream in one request (pcloud.rs) instead of being held whole in memory.
             Kind::Pcloud => Operator::new(
                 opendal::services::Pcloud::default()
                     .root(&root)
                     .endpoint(&self.api_base()?)
                     .username(PLACEHOLDER)
                     .password(PLACEHOLDER),
-            )?,
+            )?
+            .layer(crate::pcloud::StreamedUpload::new(&self.api_base()?, &root)),
             // A connection enrolled with 2-step verification keeps the NAS's device token after the password, on a
             // second line of its secret.
             Kind::Synology => {
@@ -575,7 +575,8 @@ impl Connection {
         };
         let op = match http {
             Some(client) => {
-                let transport = opendal_http_transport_reqwest::ReqwestTransport::new(client);
+                // Streamed uploads (streamed.rs) go through a client without a read timeout.
+                let transport = crate::streamed::StreamingTransport::new(client, self.http_client_with(None)?);
                 let transporter = if crate::oauth::is_oauth(self.kind) {
                     // OpenDAL's OneDrive and pCloud services take a 429 as final: these always go through a pace
                     // (uncapped unless the run has caps), which waits as told, sends again and slows down.

@@ -115,7 +115,7 @@ impl Debug for FileStation {
     }
 }
 
-struct Core {
+pub(crate) struct Core {
     base: String,
     /// `/share/folder/`: where paths start, as OpenDAL normalises roots.
     root: String,
@@ -606,10 +606,33 @@ impl Core {
             wait = (wait * 2).min(Duration::from_secs(1));
         }
     }
+}
 
-    async fn upload(&self, ctx: &OperationContext, abs: &str, body: Buffer) -> Result<Metadata> {
-        let size = body.len() as u64;
-        let (parent, name) = abs.rsplit_once('/').unwrap_or(("", abs));
+/// An upload under way: where it is staged, and how.
+pub(crate) struct Staged {
+    abs: String,
+    stage: String,
+    parent: String,
+    name: String,
+    /// The name it goes up under (the real one, unless the multipart header cannot carry it).
+    sent_as: String,
+    size: Option<u64>,
+    session: Arc<Session>,
+}
+
+impl crate::streamed::Target for Core {
+    type State = Staged;
+
+    /// An upload goes to a staging folder in one multipart POST whose file part (the last one, as File Station
+    /// requires) is fed as the copy reads the file.
+    async fn open(
+        &self,
+        ctx: &OperationContext,
+        path: &str,
+        size: Option<u64>,
+    ) -> Result<crate::streamed::Opened<Staged>> {
+        let abs = self.abs(path);
+        let (parent, name) = abs.rsplit_once('/').unwrap_or(("", &abs));
         if parent.is_empty() {
             return Err(err(
                 ErrorKind::PermissionDenied,
@@ -624,24 +647,99 @@ impl Core {
         // raw value's separator).
         let share = abs[1..].split('/').next().unwrap_or_default();
         let stage = format!("/{share}/{}", crate::transfer::partial_name());
-        let staged = format!("{stage}/{name}");
         self.ensure_folder(ctx, parent).await?;
         self.sweep(ctx, share).await;
-        if let Err(e) = self.upload_staged(ctx, &stage, parent, name, body).await {
+        // A name goes in the upload's multipart header as is; one that header cannot carry safely goes up under
+        // a plain name and is renamed in the staging folder (Rename takes the name as a JSON value).
+        let plain = !name.chars().any(|c| c.is_control() || c == '"' || c == '\\');
+        let sent_as = if plain { name } else { "upload" };
+        let session = self.session(ctx).await?;
+        let (api_path, version) = session.api("SYNO.FileStation.Upload")?;
+        let boundary = format!("cloudsync-{}", crate::transfer::partial_name().replace('.', ""));
+        let mut head = String::new();
+        for (field, value) in [
+            ("api", "SYNO.FileStation.Upload"),
+            ("version", &version.to_string()),
+            ("method", "upload"),
+            ("path", &stage),
+            ("create_parents", "true"),
+            ("overwrite", "true"),
+        ] {
+            head.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{value}\r\n"
+            ));
+        }
+        head.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{sent_as}\"\r\nContent-Type: \
+             application/octet-stream\r\n\r\n"
+        ));
+        let tail = format!("\r\n--{boundary}--\r\n");
+        let request = session
+            .authorize(Request::post(format!("{}/webapi/{api_path}", self.base)))
+            .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
+            .body(Buffer::new())
+            .map_err(build_error)?;
+        let state = Staged {
+            stage,
+            parent: parent.to_owned(),
+            name: name.to_owned(),
+            sent_as: sent_as.to_owned(),
+            size,
+            session: session.clone(),
+            abs: abs.clone(),
+        };
+        Ok(crate::streamed::Opened { request, head: Bytes::from(head), tail: Bytes::from(tail), state })
+    }
+
+    async fn finish(
+        &self,
+        ctx: &OperationContext,
+        _: &str,
+        staged: Staged,
+        answer: http::Response<Buffer>,
+    ) -> Result<Metadata> {
+        let Staged { abs, stage, parent, name, sent_as, size, session } = staged;
+        let placed = async {
+            match envelope(answer) {
+                Ok(_) => {}
+                // The body cannot be sent again from here: the copy sends the file again, in a new session.
+                Err(Failure::Session(code)) => {
+                    let _ = self.renew(ctx, &session).await;
+                    return Err(crate::send_again(file_station_error(code, "uploading")));
+                }
+                Err(Failure::Other(e)) if e.is_temporary() => {
+                    return Err(crate::send_again(err(e.kind(), e.message())));
+                }
+                Err(Failure::Other(e)) => return Err(e),
+            }
+            if sent_as != name {
+                self.call(
+                    ctx,
+                    "SYNO.FileStation.Rename",
+                    "rename",
+                    &[("path", &json_list(&[&format!("{stage}/{sent_as}")])), ("name", &json_list(&[&name]))],
+                )
+                .await?;
+            }
+            self.move_into(ctx, &format!("{stage}/{name}"), &parent).await
+        }
+        .await;
+        if let Err(e) = placed {
             // Nothing reached its place: what was staged is a copy of the source, and goes.
             let _ = self.delete(ctx, &stage).await;
             return Err(e);
         }
         // The NAS said the move is done: it is checked before anything is deleted, and the staging folder is then
         // removed only if empty, so a file that did not move is never deleted with it.
-        let [moved_away, arrived] = <[_; 2]>::try_from(self.infos(ctx, &[&staged, abs]).await?)
+        let staged = format!("{stage}/{name}");
+        let [moved_away, arrived] = <[_; 2]>::try_from(self.infos(ctx, &[&staged, &abs]).await?)
             .map_err(|_| err(ErrorKind::Unexpected, "getinfo answered the wrong number of entries"))?;
         match (moved_away, arrived) {
-            (None, Some(md)) if md.mode() == EntryMode::FILE && md.content_length() == size => {
+            (None, Some(md)) if md.mode() == EntryMode::FILE && size.is_none_or(|n| md.content_length() == n) => {
                 // The file is in place: an empty staging folder that cannot be removed now goes with the
                 // next sweep.
                 let _ = self.remove(ctx, &stage, false).await;
-                Ok(MetadataBuilder::file(size).build())
+                Ok(MetadataBuilder::file(md.content_length()).build())
             }
             (Some(_), _) => Err(err(
                 ErrorKind::Unexpected,
@@ -657,67 +755,13 @@ impl Core {
         }
     }
 
-    async fn upload_staged(
-        &self,
-        ctx: &OperationContext,
-        stage: &str,
-        parent: &str,
-        name: &str,
-        body: Buffer,
-    ) -> Result<()> {
-        // A name goes in the upload's multipart header as is; one that header cannot carry safely goes up under
-        // a plain name and is renamed in the staging folder (Rename takes the name as a JSON value).
-        let plain = !name.chars().any(|c| c.is_control() || c == '"' || c == '\\');
-        let sent_as = if plain { name } else { "upload" };
-        let mut session = self.session(ctx).await?;
-        let mut tries = Tries::default();
-        loop {
-            let (path, version) = session.api("SYNO.FileStation.Upload")?;
-            let boundary = format!("cloudsync-{}", crate::transfer::partial_name().replace('.', ""));
-            let mut head = String::new();
-            for (field, value) in [
-                ("api", "SYNO.FileStation.Upload"),
-                ("version", &version.to_string()),
-                ("method", "upload"),
-                ("path", stage),
-                ("create_parents", "true"),
-                ("overwrite", "true"),
-            ] {
-                head.push_str(&format!(
-                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{value}\r\n"
-                ));
-            }
-            // The file is the last part, as File Station requires.
-            head.push_str(&format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{sent_as}\"\r\nContent-Type: \
-                 application/octet-stream\r\n\r\n"
-            ));
-            let tail = format!("\r\n--{boundary}--\r\n");
-            let mut parts: Vec<Bytes> = vec![Bytes::from(head)];
-            parts.extend(body.clone());
-            parts.push(Bytes::from(tail));
-            let req = session
-                .authorize(Request::post(format!("{}/webapi/{path}", self.base)))
-                .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
-                .body(Buffer::from(parts))
-                .map_err(build_error)?;
-            match envelope(exchange(ctx, req).await?) {
-                Ok(_) => break,
-                Err(failure) => tries.again(self, ctx, &mut session, failure).await?,
-            }
-        }
-        if !plain {
-            self.call(
-                ctx,
-                "SYNO.FileStation.Rename",
-                "rename",
-                &[("path", &json_list(&[&format!("{stage}/{sent_as}")])), ("name", &json_list(&[name]))],
-            )
-            .await?;
-        }
-        self.move_into(ctx, &format!("{stage}/{name}"), parent).await
+    async fn abandon(&self, ctx: &OperationContext, staged: Staged) {
+        // What arrived in the staging folder goes with it.
+        let _ = self.delete(ctx, &staged.stage).await;
     }
+}
 
+impl Core {
     async fn download(
         &self,
         ctx: &OperationContext,
@@ -946,7 +990,7 @@ fn metadata(file: &Value) -> Result<Metadata> {
 
 impl Service for FileStation {
     type Reader = oio::StreamReader<Reader>;
-    type Writer = oio::OneShotWriter<Writer>;
+    type Writer = crate::streamed::StreamWriter<Core>;
     type Lister = oio::PageLister<Lister>;
     type Deleter = oio::OneShotDeleter<Deleter>;
     type Copier = ();
@@ -962,6 +1006,10 @@ impl Service for FileStation {
             read: true,
             write: true,
             write_can_empty: true,
+            // Written in pieces, one after another, into one request (streamed.rs), told its length (as write
+            // metadata).
+            write_can_multi: true,
+            write_with_user_metadata: true,
             create_dir: true,
             delete: true,
             list: true,
@@ -992,8 +1040,8 @@ impl Service for FileStation {
         Ok(oio::StreamReader::new(Reader { core: self.core.clone(), ctx: ctx.clone(), abs: self.core.abs(path) }))
     }
 
-    fn write(&self, ctx: &OperationContext, path: &str, _: OpWrite) -> Result<Self::Writer> {
-        Ok(oio::OneShotWriter::new(Writer { core: self.core.clone(), ctx: ctx.clone(), abs: self.core.abs(path) }))
+    fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
+        Ok(crate::streamed::StreamWriter::new(self.core.clone(), ctx, path, crate::length_of(&args)?))
     }
 
     fn delete(&self, ctx: &OperationContext) -> Result<Self::Deleter> {
@@ -1063,18 +1111,6 @@ impl oio::ReadStream for Ranged {
             }
             return Ok(piece);
         }
-    }
-}
-
-pub(crate) struct Writer {
-    core: Arc<Core>,
-    ctx: OperationContext,
-    abs: String,
-}
-
-impl oio::OneShotWrite for Writer {
-    async fn write_once(&self, bs: Buffer) -> Result<Metadata> {
-        self.core.upload(&self.ctx, &self.abs, bs).await
     }
 }
 

@@ -1,7 +1,6 @@
 //! Listing, copying, mirroring and deleting between any two locations (a local folder or a connection).
 //!
-//! A transfer streams: at most a few chunks of a file are in memory at once, whatever its size (except
-//! uploads to pCloud and File Station, sent from one buffer: those share a capped memory budget). A file is
+//! A transfer streams: at most a few chunks of a file are in memory at once, whatever its size. A file is
 //! never visible half-written under its final name: local files and remotes that can rename (SFTP, FTP,
 //! WebDAV) are written under a temporary name and renamed when complete; S3 makes an object (multipart upload
 //! included) visible only when it is complete. Every upload's size is checked before the file gets its name.
@@ -26,11 +25,6 @@ use crate::partial;
 pub const MAX_ENTRIES: usize = 1_000_000;
 /// Size of the pieces a file is read and written in.
 const CHUNK: usize = 8 << 20;
-/// Largest file sent to a remote that takes a whole file from one buffer (pCloud, File Station).
-const ONE_SHOT_MAX: u64 = 1 << 30;
-/// Memory, in MiB, that such uploads may hold at once, all files together.
-const ONE_SHOT_BUDGET_MIB: u32 = 1 << 10;
-static ONE_SHOT_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ONE_SHOT_BUDGET_MIB as usize);
 /// Name prefix and suffix of a file being written (kept short: the final name may be near the limit).
 const PARTIAL_PREFIX: &str = ".cloudsync-";
 pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
@@ -1227,14 +1221,14 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                     .await
                     .map(drop)
                     .map_err(|e| Error::backend(format!("cannot write {label}"), e))
-            } else if cap.write_can_multi {
-                // Parts in parallel only where they are separate requests (S3 multipart); elsewhere (FTP, SFTP,
-                // Dropbox's upload sessions) writes go one after another.
+            } else {
+                // Every remote takes a file in pieces. Parts in parallel only where they are separate requests (S3
+                // multipart); elsewhere (FTP, SFTP, upload sessions, streamed requests) one after another.
                 let parallel = if op.info().scheme() == "s3" { 2 } else { 1 };
                 let mut writer = op.writer_with(&target).chunk(CHUNK).concurrent(parallel);
-                // A WebDAV upload is one streamed request, a OneDrive one a session of fragments: both are told
-                // the length to send (webdav.rs, onedrive.rs).
-                if matches!(op.info().scheme(), "webdav" | "onedrive") {
+                // A WebDAV, pCloud or File Station upload is one streamed request, a OneDrive one a session of
+                // fragments: all are told the length to send (streamed.rs, onedrive.rs).
+                if matches!(op.info().scheme(), "webdav" | "onedrive" | "pcloud" | "synology") {
                     writer = writer.user_metadata([(crate::LENGTH_KEY.to_owned(), size.to_string())]);
                 }
                 let mut writer = writer.await.map_err(|e| Error::backend(format!("cannot write {label}"), e))?;
@@ -1256,41 +1250,6 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                 }
                 // The writer holds an operation permit: let it go before the rename asks for one.
                 written
-            } else {
-                // One request per file (pCloud, File Station) through OpenDAL: the
-                // body is held in memory, so it is capped.
-                let max = ONE_SHOT_MAX;
-                if size > max {
-                    return Err(Error::Unsupported(format!(
-                        "{} is {size} bytes; uploads to this kind of remote ({}) are sent as one piece held in \
-                         memory, which this version caps at {max} bytes",
-                        from.label(),
-                        op.info().scheme()
-                    )));
-                }
-                // All such uploads in flight together hold at most ONE_SHOT_MAX bytes.
-                let mib = u32::try_from(size.div_ceil(1 << 20)).unwrap_or(u32::MAX).min(ONE_SHOT_BUDGET_MIB);
-                let _budget = ONE_SHOT_BUDGET
-                    .acquire_many(mib)
-                    .await
-                    .map_err(|e| Error::io("waiting for memory", std::io::Error::other(e)))?;
-                let mut parts = Vec::new();
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk?;
-                    sent += chunk.len() as u64;
-                    if sent > size {
-                        check_size(sent, size, from)?;
-                    }
-                    parts.push(chunk);
-                }
-                check_size(sent, size, from)?;
-                let result = op
-                    .write(&target, opendal::Buffer::from(parts))
-                    .await
-                    .map(drop)
-                    .map_err(|e| Error::backend(format!("cannot write {label}"), e));
-                tick(usize::try_from(sent).unwrap_or(usize::MAX));
-                result
             };
             drop(stream);
             // What arrived is checked before the file gets its final name. Without a rename (S3 and the other

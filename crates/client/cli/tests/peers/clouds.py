@@ -3,7 +3,7 @@
 
     clouds.py PROVIDER DIR ROOT CERT KEY [--token-ttl SECONDS] [--rate-limit N] [--max-upload BYTES]
                                          [--single-use-refresh] [--drop-session-answers N]
-                                         [--drop-finish-answers N]
+                                         [--drop-finish-answers N] [--fail-uploads N]
 
 PROVIDER is dropbox, onedrive or pcloud. One port answers every host of that provider (API, content, sign-in,
 download and upload addresses) at the paths the real services use; the client rewrites the hosts. Files live on
@@ -147,7 +147,8 @@ class Cloud:
                                     "bad_requests", "max_in_flight", "password_in_url",
                                     "client_secret_refused", "uploads_keeping_partial",
                                     "session_answers_dropped", "finish_answers_dropped",
-                                    "largest_fragment", "content_hashes_checked"], 0)
+                                    "largest_fragment", "content_hashes_checked", "uploads",
+                                    "uploads_failed_on_demand", "uploads_without_length"], 0)
         # The first secrets handed out, for tests that check they are kept out of files.
         self.stats.update(refresh_tokens=[], access_tokens=[])
         self.single_use_refresh = False
@@ -158,6 +159,7 @@ class Cloud:
         self.links, self.sessions, self.monitors, self.cursors = {}, {}, {}, {}
         self.dbx_sessions, self.drop_session_answers = {}, 0  # Dropbox upload sessions; answers to lose
         self.drop_finish_answers = 0
+        self.fail_uploads = 0  # pCloud: uploads to refuse with result 5000 once their body has arrived
 
     # ---- bookkeeping ----------------------------------------------------------------------------------------
 
@@ -1175,6 +1177,13 @@ class Cloud:
         if p.get("nopartial") != "1":
             # Without nopartial, pCloud keeps what arrived of a broken-off upload under the final name.
             self.stats["uploads_keeping_partial"] += 1
+        self.stats["uploads"] += 1
+        if "Content-Length" not in req.headers:
+            self.stats["uploads_without_length"] += 1
+        if self.fail_uploads > 0:
+            self.fail_uploads -= 1
+            self.stats["uploads_failed_on_demand"] += 1
+            return fail(5000, "Internal error. Try again later.", "upload refused on demand")
         self.write(dst, req.body)  # an existing file is replaced (a new revision on pCloud)
         if p.get("mtime", "").isdigit():
             os.utime(self.local(dst), (int(p["mtime"]), int(p["mtime"])))
@@ -1281,6 +1290,8 @@ def main():
     ap.add_argument("--drop-finish-answers", type=int, default=0,
                     help="dropbox, onedrive: lose the answers to this many upload_session/finish calls or last "
                          "fragments (the file is made)")
+    ap.add_argument("--fail-uploads", type=int, default=0,
+                    help="pcloud: refuse this many uploadfile calls with result 5000 once their body has arrived")
     ap.add_argument("--single-use-refresh", action="store_true",
                     help="onedrive: a refresh token is refused once it has been used (the client keeps the new one)")
     a = ap.parse_args()
@@ -1289,6 +1300,7 @@ def main():
     cloud.single_use_refresh = a.single_use_refresh
     cloud.drop_session_answers = a.drop_session_answers
     cloud.drop_finish_answers = a.drop_finish_answers
+    cloud.fail_uploads = a.fail_uploads
     with cloud.lock:
         cloud.write_stats()
 
