@@ -13,6 +13,7 @@ mod onedrive;
 pub mod pace;
 mod partial;
 mod pcloud;
+mod s3resume;
 mod sftp;
 mod spec;
 mod streamed;
@@ -113,7 +114,8 @@ macro_rules! pass_through {
 }
 pub(crate) use pass_through;
 
-/// The write metadata key a copy gives a file's length in, for the upload layers that stream (WebDAV, OneDrive).
+/// The write metadata key a copy gives a file's length in, for the upload layers that stream (WebDAV, pCloud,
+/// File Station, OneDrive) and S3's resumable uploads.
 pub(crate) const LENGTH_KEY: &str = "cloudsync-length";
 
 /// The file length a copy hands an upload layer as write metadata (`cloudsync-length`), if any.
@@ -148,7 +150,12 @@ pub(crate) fn send_again(e: opendal::Error) -> opendal::Error {
 
 /// Whether `e` was marked to be sent again ([`send_again`]).
 pub(crate) fn is_send_again(e: &opendal::Error) -> bool {
-    let mut cause = std::error::Error::source(e);
+    marked_send_again(e)
+}
+
+/// Whether `e` or an error under it is the [`SendAgain`] marker.
+pub(crate) fn marked_send_again(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
     while let Some(c) = cause {
         if c.is::<SendAgain>() {
             return true;

@@ -32,12 +32,9 @@ const PUSHBACK_RETRIES: u32 = 4;
 /// Longest one HTTP request may take, from sending to the response's headers (the wait for a slot is not
 /// counted); past it the request fails as temporary and the pace slows down.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
-/// A request with a body gets longer, as if sent at this many bytes per second at the slowest (a whole file
-/// in one request: WebDAV, Dropbox, pCloud).
+/// A request with a body gets longer, as if sent at this many bytes per second at the slowest (a piece of an
+/// upload session, Dropbox's one-request uploads).
 const SLOWEST_UPLOAD: u64 = 64 << 10;
-/// The length a streamed body of unknown length is given time for: six hours at the slowest, as long as a
-/// paced copy's own limit.
-const UNKNOWN_LENGTH: u64 = 6 * 3600 * SLOWEST_UPLOAD;
 
 /// The caps of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -251,15 +248,16 @@ impl<T: HttpTransport> HttpTransport for PacedTransport<T> {
             let epoch = self.pace.request().await;
             // The body is reference-counted: the copy kept for sending again costs no memory. The wait for a
             // slot is not timed; the request is.
-            // A streamed body (streamed.rs) is not in the buffer: its length is in the request's extensions.
-            let streamed = req.extensions().get::<crate::streamed::StreamedBody>().map(|b| b.length());
-            let length = match streamed {
-                Some(Some(n)) => n,
-                Some(None) => UNKNOWN_LENGTH,
-                None => req.body().len() as u64,
+            // A streamed body (streamed.rs) is fed as the copy reads its source, at the source's pace: such a
+            // request is timed by the copy's own steps, not here.
+            let streamed = req.extensions().get::<crate::streamed::StreamedBody>().is_some();
+            let limit = FETCH_TIMEOUT + Duration::from_secs(req.body().len() as u64 / SLOWEST_UPLOAD);
+            let fetched = if streamed {
+                Ok(self.inner.fetch(req.clone()).await)
+            } else {
+                tokio::time::timeout(limit, self.inner.fetch(req.clone())).await
             };
-            let limit = FETCH_TIMEOUT + Duration::from_secs(length / SLOWEST_UPLOAD);
-            let result = match tokio::time::timeout(limit, self.inner.fetch(req.clone())).await {
+            let result = match fetched {
                 Ok(result) => result,
                 Err(_) => {
                     self.pace.pushed_back(epoch, None);
@@ -276,8 +274,7 @@ impl<T: HttpTransport> HttpTransport for PacedTransport<T> {
                     if matches!(status, 429 | 502 | 503 | 504) {
                         self.pace.pushed_back(epoch, retry_after(resp.headers()));
                         // A streamed body cannot be sent again from here: the copy sends the file again.
-                        let again =
-                            streamed.is_none() && (status == 429 || (status == 503 && idempotent(req.method())));
+                        let again = !streamed && (status == 429 || (status == 503 && idempotent(req.method())));
                         if again && resent < PUSHBACK_RETRIES {
                             resent += 1;
                             continue;

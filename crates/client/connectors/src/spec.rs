@@ -442,22 +442,29 @@ impl Connection {
         let http = self.kind.is_http().then(|| self.http_client()).transpose()?;
         let op = match self.kind {
             Kind::S3 | Kind::R2 => {
+                let secret = zeroize::Zeroizing::new(secret_for("secret access key")?);
                 let mut b = opendal::services::S3::default()
                     .root(&root)
                     .bucket(self.bucket.as_deref().unwrap_or_default())
                     .access_key_id(self.access_key_id.as_deref().unwrap_or_default())
-                    .secret_access_key(&secret_for("secret access key")?)
+                    .secret_access_key(&secret)
                     .disable_config_load();
-                b = if self.kind == Kind::R2 {
-                    b.region("auto").endpoint(&self.endpoint_url().unwrap_or_default())
-                } else {
-                    let b = b.region(self.region.as_deref().unwrap_or("us-east-1"));
-                    match &self.endpoint {
-                        Some(e) => b.endpoint(e),
-                        None => b,
-                    }
-                };
-                Operator::new(b)?
+                let region = if self.kind == Kind::R2 { "auto" } else { self.region.as_deref().unwrap_or("us-east-1") };
+                b = b.region(region);
+                // OpenDAL's default address for a region when none is given.
+                let endpoint = self.endpoint_url().unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+                if self.kind == Kind::R2 || self.endpoint.is_some() {
+                    b = b.endpoint(&endpoint);
+                }
+                // Multipart uploads that a later run takes up where this one stopped (s3resume.rs).
+                Operator::new(b)?.layer(crate::s3resume::ResumableUploads::new(crate::s3resume::Settings {
+                    endpoint,
+                    region: region.to_owned(),
+                    bucket: self.bucket.clone().unwrap_or_default(),
+                    root: root.clone(),
+                    access_key_id: self.access_key_id.clone().unwrap_or_default(),
+                    secret_access_key: secret,
+                }))
             }
             Kind::Webdav => {
                 let mut b = opendal::services::Webdav::default()
@@ -575,8 +582,11 @@ impl Connection {
         };
         let op = match http {
             Some(client) => {
-                // Streamed uploads (streamed.rs) go through a client without a read timeout.
-                let transport = crate::streamed::StreamingTransport::new(client, self.http_client_with(None)?);
+                // Streamed uploads (streamed.rs: WebDAV, pCloud, File Station) go through a client without a read
+                // timeout.
+                let streams = matches!(self.kind, Kind::Webdav | Kind::Pcloud | Kind::Synology);
+                let unhurried = streams.then(|| self.http_client_with(None)).transpose()?;
+                let transport = crate::streamed::StreamingTransport::new(client, unhurried);
                 let transporter = if crate::oauth::is_oauth(self.kind) {
                     // OpenDAL's OneDrive and pCloud services take a 429 as final: these always go through a pace
                     // (uncapped unless the run has caps), which waits as told, sends again and slows down.
@@ -593,9 +603,9 @@ impl Connection {
             }
             None => op,
         };
-        // Where an upload goes as one piece (WebDAV, Dropbox, OneDrive, pCloud), its whole transfer is a single
-        // I/O step, so it gets room for a large file on a slow line; a stalled connection is still caught by the
-        // HTTP client's read timeout.
+        // Where an upload goes in one request (WebDAV, pCloud and File Station, streamed; Dropbox's and
+        // OneDrive's small files) or in big pieces, a step may take long, so it gets room for a large file on a
+        // slow line.
         let one_piece =
             matches!(self.kind, Kind::Webdav | Kind::Synology | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud);
         let (op_timeout, io_timeout) = match limits.pace {
@@ -632,7 +642,8 @@ impl Connection {
         let tls = Arc::unwrap_or_clone(self.tls_config()?);
         // The File Station sign-in sends the password in a POST body, which a 307 or 308 redirect would send on
         // (to wherever it points): DSM is not followed anywhere.
-        let redirects = if self.kind == Kind::Synology {
+        // A streamed body (no read timeout) cannot be sent again to a redirect's target: not followed either.
+        let redirects = if self.kind == Kind::Synology || read_timeout.is_none() {
             reqwest::redirect::Policy::none()
         } else {
             reqwest::redirect::Policy::default()

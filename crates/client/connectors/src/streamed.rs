@@ -50,23 +50,17 @@ pub(crate) struct StreamedBody {
     length: Option<u64>,
 }
 
-impl StreamedBody {
-    /// The body's length, if known.
-    pub(crate) fn length(&self) -> Option<u64> {
-        self.length
-    }
-}
-
 /// The innermost HTTP transport of a connection: requests go through reqwest as OpenDAL sends them, except
 /// those with a [`StreamedBody`], whose body is fed as it comes, through a client without a read timeout.
 pub(crate) struct StreamingTransport {
     inner: opendal_http_transport_reqwest::ReqwestTransport,
-    unhurried: reqwest::Client,
+    unhurried: Option<reqwest::Client>,
 }
 
 impl StreamingTransport {
-    /// `client` for everything, `unhurried` (the same settings without a read timeout) for streamed bodies.
-    pub(crate) fn new(client: reqwest::Client, unhurried: reqwest::Client) -> Self {
+    /// `client` for everything, `unhurried` (the same settings without a read timeout nor redirects) for streamed
+    /// bodies, on the connections that send them.
+    pub(crate) fn new(client: reqwest::Client, unhurried: Option<reqwest::Client>) -> Self {
         Self { inner: opendal_http_transport_reqwest::ReqwestTransport::new(client), unhurried }
     }
 }
@@ -80,10 +74,12 @@ impl HttpTransport for StreamingTransport {
         let Some(mut feed) = feed else {
             return Err(crate::send_again(err(ErrorKind::Unexpected, "a streamed upload cannot be sent twice")));
         };
+        let Some(client) = &self.unhurried else {
+            return Err(err(ErrorKind::Unexpected, "this connection does not stream uploads"));
+        };
         let (parts, _) = req.into_parts();
         let stream = futures_util::stream::poll_fn(move |cx| feed.poll_recv(cx));
-        let mut builder = self
-            .unhurried
+        let mut builder = client
             .request(parts.method, parts.uri.to_string())
             .headers(parts.headers)
             .body(reqwest::Body::wrap_stream(stream.boxed()));
@@ -159,7 +155,14 @@ pub(crate) trait Target: Send + Sync + 'static {
     fn abandon(&self, ctx: &OperationContext, state: Self::State) -> impl Future<Output = ()> + Send;
 }
 
-type Sent = tokio::task::JoinHandle<Result<http::Response<Buffer>>>;
+/// The request under way, given up when let go (a writer dropped or a step cut off mid-answer).
+struct Sent(tokio::task::JoinHandle<Result<http::Response<Buffer>>>);
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 struct Open<S> {
     tx: mpsc::Sender<std::io::Result<Bytes>>,
@@ -173,13 +176,29 @@ struct Open<S> {
 struct Failure {
     kind: ErrorKind,
     message: String,
-    temporary: bool,
+    again: bool,
 }
 
 impl Failure {
+    fn of(e: &opendal::Error) -> Self {
+        // A failure that may pass, once the upload has begun, is the copy's to send again whole.
+        Self { kind: e.kind(), message: e.message().to_owned(), again: crate::is_send_again(e) || e.is_temporary() }
+    }
+
     fn error(&self) -> opendal::Error {
-        let e = err(self.kind, self.message.clone());
-        if self.temporary { crate::send_again(e) } else { e }
+        finished(err(self.kind, self.message.clone()), self.again)
+    }
+}
+
+/// A failure as this writer returns it: marked for the copy to send the file again if `again`, and never
+/// retried as it is by OpenDAL's retry layer (it would only be told the same failure again).
+fn finished(e: opendal::Error, again: bool) -> opendal::Error {
+    if again {
+        crate::send_again(e).set_persistent()
+    } else if e.is_temporary() {
+        e.set_persistent()
+    } else {
+        e
     }
 }
 
@@ -190,14 +209,17 @@ pub(crate) struct StreamWriter<T: Target> {
     path: String,
     length: Option<u64>,
     open: Option<Open<T::State>>,
-    /// The file as sent so far, while it is small enough to be sent again from memory.
+    /// Bytes handed in so far.
+    written: u64,
+    /// The file as handed in so far, while it is small enough to be sent again from memory.
     kept: Option<Vec<Bytes>>,
-    kept_len: u64,
+    /// Times it was sent again from memory.
+    replays: u32,
     /// The request ended before the body did, and the file is kept: the answer is read at `close`.
     ended_early: bool,
-    /// Once the request has started: set before each step and cleared after it. Found set, a step failed or
-    /// was cut off, the body is incomplete, and every later step fails as that one did (a retry of the step
-    /// cannot mend it; the copy sends the whole file again).
+    /// Set before each step and cleared after it. Found set, a step failed or was cut off, the body is
+    /// incomplete, and every later step fails as that one did (a retry of the step cannot mend it; the copy
+    /// sends the whole file again).
     failed: Option<Failure>,
 }
 
@@ -207,26 +229,20 @@ impl<T: Target> Debug for StreamWriter<T> {
     }
 }
 
-impl<T: Target> Drop for StreamWriter<T> {
-    fn drop(&mut self) {
-        // A writer let go mid-upload (the copy failed or was cancelled) gives its request up.
-        if let Some(open) = self.open.take() {
-            open.sent.abort();
-        }
-    }
-}
-
 impl<T: Target> StreamWriter<T> {
     /// An upload of the file at `path`, of `length` bytes if known (`crate::length_of`).
     pub(crate) fn new(target: Arc<T>, ctx: &OperationContext, path: &str, length: Option<u64>) -> Self {
+        // A file known to be too big to keep is not kept at all.
+        let kept = (length.unwrap_or(0) <= REPLAY_MAX).then(Vec::new);
         Self {
             target,
             ctx: ctx.clone(),
             path: path.to_owned(),
             length,
             open: None,
-            kept: Some(Vec::new()),
-            kept_len: 0,
+            written: 0,
+            kept,
+            replays: 0,
             ended_early: false,
             failed: None,
         }
@@ -241,27 +257,37 @@ impl<T: Target> StreamWriter<T> {
         let length = self.length.map(|n| n + head.len() as u64 + tail.len() as u64);
         request.extensions_mut().insert(StreamedBody { feed: Arc::new(Mutex::new(Some(feed))), length });
         let transport = self.ctx.http_transport().clone();
-        let sent = tokio::spawn(async move { transport.send(request).await });
-        let mut open = Open { tx, sent, tail, state };
+        let sent = Sent(tokio::spawn(async move { transport.send(request).await }));
+        let open = Open { tx, sent, tail, state };
         if !head.is_empty() && open.tx.send(Ok(head)).await.is_err() {
-            // The request ended at once: its answer (in `write` or `close`) says why.
-            open.tx = mpsc::channel(1).0;
+            // The request ended at once: its answer says why.
+            self.ended_early = true;
         }
         self.open = Some(open);
         Ok(())
     }
 
-    /// Keeps `piece` while the file is small enough to be sent again from memory.
-    fn keep(&mut self, piece: &Bytes) {
-        self.kept_len += piece.len() as u64;
+    /// Counts `piece` in, and keeps it while the file is small enough to be sent again from memory.
+    fn keep(&mut self, piece: &Bytes) -> Result<()> {
+        self.written += piece.len() as u64;
+        if let Some(n) = self.length
+            && self.written > n
+        {
+            // The file grew while it was read: the request must not end as if whole.
+            if let Some(open) = self.open.take() {
+                let _ = open.tx.try_send(Err(std::io::Error::other("the file grew while it was sent")));
+            }
+            return Err(err(ErrorKind::Unexpected, format!("{} grew while it was sent", self.path)));
+        }
         match &mut self.kept {
-            Some(kept) if self.kept_len <= REPLAY_MAX => kept.push(piece.clone()),
+            Some(kept) if self.written <= REPLAY_MAX => kept.push(piece.clone()),
             _ => self.kept = None,
         }
+        Ok(())
     }
 
     fn early(&self) -> opendal::Error {
-        err(ErrorKind::Unexpected, format!("the server ended the upload of {} early", self.path))
+        crate::send_again(err(ErrorKind::Unexpected, format!("the server ended the upload of {} early", self.path)))
     }
 
     fn refuse_after_failure(&self) -> Result<()> {
@@ -271,16 +297,31 @@ impl<T: Target> StreamWriter<T> {
         }
     }
 
-    /// Runs one step of a started upload: a failure is kept and told again by later steps.
-    fn note(&mut self, result: Result<Metadata>) -> Result<Metadata> {
-        if let Err(e) = &result {
-            self.failed =
-                Some(Failure { kind: e.kind(), message: e.message().to_owned(), temporary: e.is_temporary() });
-        }
-        result
+    /// Marks a step as begun: until it is cleared, a step cut off leaves the upload failed.
+    fn begin(&mut self, doing: &str) {
+        self.failed = Some(Failure {
+            kind: ErrorKind::Unexpected,
+            message: format!("{doing} {} was cut off", self.path),
+            again: true,
+        });
     }
 
-    /// The request's outcome, once its body is complete (or the server stopped reading it).
+    /// Ends one step of a started upload: a failure is kept and told again by later steps.
+    fn note<R>(&mut self, result: Result<R>) -> Result<R> {
+        match result {
+            Ok(r) => {
+                self.failed = None;
+                Ok(r)
+            }
+            Err(e) => {
+                let failure = Failure::of(&e);
+                self.failed = Some(failure.clone());
+                Err(failure.error())
+            }
+        }
+    }
+
+    /// The request's outcome, once its body is complete (or the server stopped reading it early).
     async fn answer(&mut self, complete: bool) -> Result<Metadata> {
         let Some(Open { tx, sent, tail, state }) = self.open.take() else {
             return Err(err(ErrorKind::Unexpected, format!("the upload of {} was not started", self.path)));
@@ -290,12 +331,21 @@ impl<T: Target> StreamWriter<T> {
         }
         drop(tx);
         let doing = format!("cannot write {}", self.path);
-        match sent.await {
+        let joined = {
+            let mut sent = sent;
+            (&mut sent.0).await
+        };
+        match joined {
+            // An answer to a body that did not end as it should is not taken as a success, whatever it says.
+            Ok(Ok(resp)) if !complete && resp.status().is_success() => {
+                self.target.abandon(&self.ctx, state).await;
+                Err(self.early())
+            }
             Ok(Ok(resp)) => self.target.finish(&self.ctx, &self.path, state, resp).await,
             Ok(Err(e)) => {
                 self.target.abandon(&self.ctx, state).await;
                 // Sent again by the copy if it may pass (a lost connection, a pace that gave up).
-                let again = e.is_temporary();
+                let again = e.is_temporary() || crate::is_send_again(&e);
                 let e = err(e.kind(), format!("{doing}: {}", e.message()));
                 Err(if again { crate::send_again(e) } else { e })
             }
@@ -311,28 +361,25 @@ impl<T: Target> oio::Write for StreamWriter<T> {
     async fn write(&mut self, bs: Buffer) -> Result<()> {
         self.refuse_after_failure()?;
         // Starting may fail and be tried again (folders, a session); once started, a step cut off may not.
-        self.start().await?;
-        self.failed = Some(Failure {
-            kind: ErrorKind::Unexpected,
-            message: format!("an earlier write to {} was cut off", self.path),
-            temporary: true,
-        });
+        if self.open.is_none() && self.written == 0 {
+            self.start().await?;
+        }
+        self.begin("an earlier write to");
         for piece in bs {
-            self.keep(&piece);
-            if self.ended_early {
-                continue;
+            let kept = self.keep(&piece);
+            self.note(kept)?;
+            self.begin("an earlier write to");
+            if !self.ended_early
+                && let Some(open) = self.open.as_ref()
+                && open.tx.send(Ok(piece)).await.is_err()
+            {
+                self.ended_early = true;
             }
-            let Some(open) = self.open.as_ref() else { break };
-            if open.tx.send(Ok(piece)).await.is_err() {
-                if self.kept.is_some() {
-                    // The file may be sent again whole from memory: the answer is read at `close`.
-                    self.ended_early = true;
-                    continue;
-                }
-                // The request ended before its body did: its answer says why.
-                let answered = self.answer(false).await;
-                let ended = answered.and_then(|_| Err(self.early()));
-                return self.note(ended).map(drop);
+            if self.ended_early && self.kept.is_none() {
+                // The request ended before its body did, and the file cannot be sent again from memory: its
+                // answer says why, now.
+                let answered: Result<()> = self.answer(false).await.and_then(|_| Err(self.early()));
+                return self.note(answered).map(drop);
             }
         }
         self.failed = None;
@@ -341,20 +388,30 @@ impl<T: Target> oio::Write for StreamWriter<T> {
 
     async fn close(&mut self) -> Result<Metadata> {
         self.refuse_after_failure()?;
-        if self.open.is_none() {
+        if self.written == 0 && self.length.is_none() {
             // Nothing was written: an empty file, of a length known.
             self.length = Some(0);
         }
-        let mut replays = 0;
+        if let Some(n) = self.length
+            && self.written != n
+        {
+            self.open = None;
+            let short = err(ErrorKind::Unexpected, format!("{} was {} bytes, not {n}", self.path, self.written));
+            return self.note(Err(short));
+        }
         loop {
-            self.start().await?;
-            self.failed = Some(Failure {
-                kind: ErrorKind::Unexpected,
-                message: format!("finishing the upload of {} was cut off", self.path),
-                temporary: true,
-            });
-            if replays > 0 {
-                // The file again, from memory.
+            // Sent again from memory when the earlier request was answered with a failure that may pass.
+            let replay = self.open.is_none() && self.written > 0;
+            if replay {
+                self.begin("sending again");
+                let started = self.start().await;
+                self.note(started)?;
+            } else {
+                // Nothing is lost if this fails (an empty file not started yet): it may be tried again.
+                self.start().await?;
+            }
+            self.begin("finishing the upload of");
+            if replay {
                 for piece in self.kept.clone().unwrap_or_default() {
                     let Some(open) = self.open.as_ref() else { break };
                     if open.tx.send(Ok(piece)).await.is_err() {
@@ -365,19 +422,13 @@ impl<T: Target> oio::Write for StreamWriter<T> {
             }
             let complete = !std::mem::take(&mut self.ended_early);
             let answered = self.answer(complete).await;
-            let answered = if complete { answered } else { answered.and_then(|_| Err(self.early())) };
             match answered {
-                Err(e) if replays < REPLAYS && self.kept.is_some() && crate::is_send_again(&e) => {
-                    replays += 1;
+                Err(e) if self.replays < REPLAYS && self.kept.is_some() && crate::is_send_again(&e) => {
+                    self.replays += 1;
                     tracing::debug!(path = %self.path, error = %e, "sending a small upload again");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << replays)).await;
-                    self.failed = None;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << self.replays)).await;
                 }
-                answered => {
-                    let done = self.note(answered)?;
-                    self.failed = None;
-                    return Ok(done);
-                }
+                answered => return self.note(answered),
             }
         }
     }
@@ -387,14 +438,156 @@ impl<T: Target> oio::Write for StreamWriter<T> {
             // An error in the body makes the client give the request up.
             let _ = tx.try_send(Err(std::io::Error::other("the upload was abandoned")));
             drop(tx);
-            sent.abort();
+            drop(sent);
             self.target.abandon(&self.ctx, state).await;
         }
         self.failed = Some(Failure {
             kind: ErrorKind::Unexpected,
             message: format!("the upload of {} was abandoned", self.path),
-            temporary: false,
+            again: false,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use oio::Write as _;
+    use opendal::{HttpTransporter, MetadataBuilder};
+
+    use super::*;
+
+    /// What the fake server saw of one request: the body's bytes, and whether it ended whole.
+    type Seen = Arc<Mutex<Vec<(Vec<u8>, bool)>>>;
+
+    /// A server that reads each streamed body (unless told not to) and answers with the next status.
+    struct Server {
+        seen: Seen,
+        statuses: Arc<Mutex<VecDeque<u16>>>,
+        read: bool,
+    }
+
+    impl HttpTransport for Server {
+        async fn fetch(&self, req: http::Request<Buffer>) -> Result<http::Response<HttpBody>> {
+            let body = req.extensions().get::<StreamedBody>().cloned().expect("a streamed body");
+            let mut feed = body.feed.lock().expect("lock").take().expect("sent once");
+            let mut got = Vec::new();
+            let mut whole = true;
+            if self.read {
+                while let Some(piece) = feed.recv().await {
+                    match piece {
+                        Ok(b) => got.extend_from_slice(&b),
+                        Err(_) => {
+                            whole = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            self.seen.lock().expect("lock").push((got, whole));
+            let status = self.statuses.lock().expect("lock").pop_front().unwrap_or(200);
+            Ok(http::Response::builder()
+                .status(status)
+                .body(HttpBody::new(futures_util::stream::iter([Ok(Buffer::new())]), Some(0)))
+                .expect("answer"))
+        }
+    }
+
+    /// A remote whose 503 answers may pass, and whose `open` fails (for a moment) at the given call.
+    struct Remote {
+        opens: AtomicU32,
+        fail_open_at: Option<u32>,
+    }
+
+    impl Target for Remote {
+        type State = ();
+
+        async fn open(&self, _: &OperationContext, _: &str, _: Option<u64>) -> Result<Opened<()>> {
+            let n = self.opens.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.fail_open_at == Some(n) {
+                return Err(err(ErrorKind::Unexpected, "the remote is unreachable").set_temporary());
+            }
+            let request = http::Request::put("http://127.0.0.1:9/f").body(Buffer::new()).expect("request");
+            Ok(Opened { request, head: Bytes::from_static(b"<"), tail: Bytes::from_static(b">"), state: () })
+        }
+
+        async fn finish(
+            &self,
+            _: &OperationContext,
+            _: &str,
+            (): (),
+            answer: http::Response<Buffer>,
+        ) -> Result<Metadata> {
+            match answer.status().as_u16() {
+                200 => Ok(MetadataBuilder::file(0).build()),
+                503 => Err(crate::send_again(err(ErrorKind::Unexpected, "busy"))),
+                s => Err(err(ErrorKind::PermissionDenied, format!("refused with {s}"))),
+            }
+        }
+
+        async fn abandon(&self, _: &OperationContext, (): ()) {}
+    }
+
+    fn setup(statuses: &[u16], read: bool, fail_open_at: Option<u32>, length: u64) -> (StreamWriter<Remote>, Seen) {
+        let seen = Seen::default();
+        let server =
+            Server { seen: seen.clone(), statuses: Arc::new(Mutex::new(statuses.iter().copied().collect())), read };
+        let ctx = OperationContext::new().with_http_transport(HttpTransporter::new(server));
+        let remote = Arc::new(Remote { opens: AtomicU32::new(0), fail_open_at });
+        (StreamWriter::new(remote, &ctx, "f", Some(length)), seen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_small_file_refused_for_a_passing_reason_is_sent_again_from_memory() {
+        let (mut w, seen) = setup(&[503, 503, 200], true, None, 6);
+        w.write(Buffer::from(&b"abc"[..])).await.expect("write");
+        w.write(Buffer::from(&b"def"[..])).await.expect("write");
+        w.close().await.expect("sent at the third try");
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen, vec![(b"<abcdef>".to_vec(), true); 3], "each try carries the whole file");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_reopen_never_sends_an_empty_file() {
+        // The first answer may pass; sending again cannot even start: every later close fails as that one did.
+        let (mut w, seen) = setup(&[503], true, Some(2), 3);
+        w.write(Buffer::from(&b"abc"[..])).await.expect("write");
+        let e = w.close().await.expect_err("the reopen failed");
+        assert!(crate::is_send_again(&e) && !e.is_temporary(), "for the copy to send again, not a retry: {e:?}");
+        let again = w.close().await.expect_err("told again");
+        assert_eq!(again.message(), e.message());
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen, vec![(b"<abc>".to_vec(), true)], "no other request, and no empty one");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_that_grows_is_cut_off_not_sent_whole() {
+        let (mut w, seen) = setup(&[200], true, None, 4);
+        w.write(Buffer::from(&b"abc"[..])).await.expect("write");
+        let e = w.write(Buffer::from(&b"de"[..])).await.expect_err("grew");
+        assert!(e.message().contains("grew"), "{e:?}");
+        assert!(w.close().await.is_err(), "closing after that fails too");
+        tokio::task::yield_now().await;
+        let seen = seen.lock().expect("lock").clone();
+        assert!(seen.iter().all(|(_, whole)| !whole), "the body ended in an error: {seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_big_file_the_server_stopped_reading_fails_at_once() {
+        // Past what is kept in memory: the answer is read as soon as the body cannot go on.
+        let (mut w, _) = setup(&[403], false, None, REPLAY_MAX + 10);
+        let piece = Buffer::from(vec![0u8; 1 << 20]);
+        let mut failed = None;
+        for _ in 0..9 {
+            if let Err(e) = w.write(piece.clone()).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("a write fails before the whole file is read");
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e:?}");
     }
 }

@@ -702,10 +702,12 @@ impl crate::streamed::Target for Core {
         let placed = async {
             match envelope(answer) {
                 Ok(_) => {}
-                // The body cannot be sent again from here: the copy sends the file again, in a new session.
+                // The body cannot be sent again from here: it is sent again (from memory, or by the copy) in a
+                // new session. 105 is also DSM's plain "no permission": that is not sent again.
                 Err(Failure::Session(code)) => {
                     let _ = self.renew(ctx, &session).await;
-                    return Err(crate::send_again(file_station_error(code, "uploading")));
+                    let e = file_station_error(code, "uploading");
+                    return Err(if code == 105 { e } else { crate::send_again(e) });
                 }
                 Err(Failure::Other(e)) if e.is_temporary() => {
                     return Err(crate::send_again(err(e.kind(), e.message())));

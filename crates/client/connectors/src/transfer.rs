@@ -443,6 +443,9 @@ pub struct Options {
     /// Copy the source as it was at this time: each object's version current then (a versioned S3 or R2
     /// bucket), leaving out what did not exist or was deleted then.
     pub as_of: Option<SystemTime>,
+    /// Where uploads that may be taken up by a later run keep their state (S3 multipart uploads; see
+    /// `s3resume.rs`); none: such uploads start afresh each run.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Options {
@@ -874,14 +877,8 @@ const FILE_RETRIES: u32 = 2;
 /// Whether a failed transfer may succeed if tried again: the remote was busy, slow or unreachable, even after
 /// the retries of single requests.
 fn worth_again(e: &Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if c.is::<crate::SendAgain>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    matches!(e, Error::Backend { source, .. } if source.kind() == opendal::ErrorKind::RateLimited)
+    crate::marked_send_again(e)
+        || matches!(e, Error::Backend { source, .. } if source.kind() == opendal::ErrorKind::RateLimited)
 }
 
 /// Whether a location's requests are paced per file (FTP, SFTP) rather than per HTTP request.
@@ -1205,13 +1202,13 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                 path.clone()
             };
             let cap = op.info().capability();
-            let written: Result<(), Error> = if size == 0 {
+            let written: Result<u64, Error> = if size == 0 {
                 if stream.next().await.transpose()?.is_some_and(|c| !c.is_empty()) {
                     check_size(1, 0, from)?;
                 }
-                // The one-request uploads of Dropbox, OneDrive and pCloud take an empty body, though OpenDAL
-                // does not claim it.
-                if !cap.write_can_empty && !matches!(op.info().scheme(), "dropbox" | "onedrive" | "pcloud") {
+                // The one-request uploads of Dropbox and OneDrive take an empty body, though OpenDAL does not
+                // claim it.
+                if !cap.write_can_empty && !matches!(op.info().scheme(), "dropbox" | "onedrive") {
                     return Err(Error::Unsupported(format!(
                         "{label}: this kind of remote ({}) cannot be given an empty file by this version; it was skipped",
                         op.info().scheme()
@@ -1219,7 +1216,7 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                 }
                 op.write(&target, Vec::<u8>::new())
                     .await
-                    .map(drop)
+                    .map(|_| 0)
                     .map_err(|e| Error::backend(format!("cannot write {label}"), e))
             } else {
                 // Every remote takes a file in pieces. Parts in parallel only where they are separate requests (S3
@@ -1227,9 +1224,16 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                 let parallel = if op.info().scheme() == "s3" { 2 } else { 1 };
                 let mut writer = op.writer_with(&target).chunk(CHUNK).concurrent(parallel);
                 // A WebDAV, pCloud or File Station upload is one streamed request, a OneDrive one a session of
-                // fragments: all are told the length to send (streamed.rs, onedrive.rs).
+                // fragments: all are told the length to send (streamed.rs, onedrive.rs). An S3 upload of more than
+                // a piece is one a later run may take up, told where to keep its state (s3resume.rs).
+                let length = (crate::LENGTH_KEY.to_owned(), size.to_string());
                 if matches!(op.info().scheme(), "webdav" | "onedrive" | "pcloud" | "synology") {
-                    writer = writer.user_metadata([(crate::LENGTH_KEY.to_owned(), size.to_string())]);
+                    writer = writer.user_metadata([length]);
+                } else if op.info().scheme() == "s3"
+                    && size > crate::s3resume::PART as u64
+                    && let Some(dir) = opts.state_dir.as_ref().and_then(|d| d.to_str())
+                {
+                    writer = writer.user_metadata([length, (crate::s3resume::STATE_KEY.to_owned(), dir.to_owned())]);
                 }
                 let mut writer = writer.await.map_err(|e| Error::backend(format!("cannot write {label}"), e))?;
                 let written = async {
@@ -1237,12 +1241,21 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                         let chunk = chunk?;
                         let n = chunk.len();
                         sent += n as u64;
+                        // A file that grew while read fails before a byte past its size is sent.
+                        if sent > size {
+                            check_size(sent, size, from)?;
+                        }
                         writer.write(chunk).await.map_err(|e| Error::backend(format!("cannot write {label}"), e))?;
                         tick(n);
                     }
                     check_size(sent, size, from)?;
-                    writer.close().await.map_err(|e| Error::backend(format!("cannot write {label}"), e))?;
-                    Ok(())
+                    let done = writer.close().await.map_err(|e| Error::backend(format!("cannot write {label}"), e))?;
+                    // Bytes an earlier run had already sent (s3resume.rs).
+                    Ok(done
+                        .user_metadata()
+                        .and_then(|m| m.get(crate::s3resume::REUSED_KEY))
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0))
                 }
                 .await;
                 if written.is_err() {
@@ -1258,9 +1271,13 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
             // newer one, so it is reported, not deleted.
             let removed = rename || !commits_whole_uploads(op);
             let mut short = false;
+            let mut reused = 0;
             let checked = match written {
-                Ok(()) => match op.stat(&target).await {
-                    Ok(m) if m.content_length() == size => Ok(()),
+                Ok(n) => match op.stat(&target).await {
+                    Ok(m) if m.content_length() == size => {
+                        reused = n;
+                        Ok(())
+                    }
                     Ok(m) => {
                         short = true;
                         let fate = if removed { "the short copy was removed" } else { "it was left as it is" };
@@ -1282,7 +1299,7 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
             if result.is_err() && (rename || (short && removed)) {
                 let _ = op.delete(&target).await;
             }
-            result.map(|()| 0)
+            result.map(|()| reused)
         }
     }
 }

@@ -112,7 +112,8 @@ impl Target for Put {
         if let Some((user, password)) = &self.settings.user {
             let pair = Zeroizing::new(format!("{user}:{}", password.as_str()));
             let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
-            let mut value = http::HeaderValue::from_str(&format!("Basic {}", encoded.as_str()))
+            let header = Zeroizing::new(format!("Basic {}", encoded.as_str()));
+            let mut value = http::HeaderValue::from_str(&header)
                 .map_err(|_| err(ErrorKind::ConfigInvalid, "the user name or password cannot go in a header"))?;
             value.set_sensitive(true);
             req = req.header(header::AUTHORIZATION, value);

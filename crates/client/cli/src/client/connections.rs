@@ -782,6 +782,7 @@ pub async fn execute(from: &Location, to: &Location, labels: [&str; 2], run: &Ru
             .map(|t| super::output::parse_when(t, time::OffsetDateTime::now_utc(), false).context("--as-of"))
             .transpose()?
             .map(std::time::SystemTime::from),
+        state_dir: (!run.dry_run).then(super::config::state_dir),
     };
     let command = match (&run.pair, run.verb) {
         (Some(_), _) => "pair",
