@@ -165,6 +165,32 @@ pub(crate) fn marked_send_again(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Sends `req` through the context's transport and reads its answer whole, refusing one of more than `max`
+/// bytes with `too_big` as the error's message.
+pub(crate) async fn exchange(
+    ctx: &opendal::OperationContext,
+    req: http::Request<opendal::Buffer>,
+    max: usize,
+    too_big: &str,
+) -> opendal::Result<http::Response<opendal::Buffer>> {
+    use opendal::raw::oio::ReadStream as _;
+    let (parts, mut body) = ctx.http_transport().fetch(req).await?.into_parts();
+    let mut pieces = Vec::new();
+    let mut held = 0;
+    loop {
+        let piece = body.read().await?;
+        if piece.is_empty() {
+            break;
+        }
+        held += piece.len();
+        if held > max {
+            return Err(opendal::Error::new(opendal::ErrorKind::Unexpected, too_big));
+        }
+        pieces.extend(piece);
+    }
+    Ok(http::Response::from_parts(parts, opendal::Buffer::from(pieces)))
+}
+
 /// The operator for a service of our own (File Station, SFTP over russh, FTP): the service with OpenDAL's own
 /// correctness layers, as `Operator::new` builds for its services.
 pub(crate) fn own_operator<S: opendal::raw::Service>(service: S) -> opendal::Operator {

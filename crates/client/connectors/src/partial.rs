@@ -48,7 +48,7 @@ pub(crate) struct Slot {
 pub(crate) const OVERLAP: u64 = 64 << 10;
 
 /// Flags every open here takes: no link is followed, and a FIFO placed under the name does not block.
-fn flags() -> i32 {
+pub(crate) fn flags() -> i32 {
     (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits().cast_signed()
 }
 
@@ -149,7 +149,7 @@ fn read_finish_mode() -> u32 {
 }
 
 /// Whether a file is one this user made here: a regular file of this user with one link.
-fn ours(meta: &std::fs::Metadata) -> bool {
+pub(crate) fn ours(meta: &std::fs::Metadata) -> bool {
     meta.is_file() && meta.nlink() == 1 && meta.uid() == rustix::process::geteuid().as_raw()
 }
 

@@ -7,75 +7,31 @@
 //! file (keeping the old one as a revision) only once the new one has arrived whole. Folders above the file are
 //! made first, through OpenDAL's service.
 
-use std::fmt::{self, Debug};
 use std::sync::Arc;
 
 use http::{Request, StatusCode};
-use opendal::raw::{Layer, OpCreateDir, OpWrite, Service, Servicer};
+use opendal::raw::Servicer;
 use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
 
 use crate::oauth::PLACEHOLDER;
-use crate::streamed::{Opened, StreamWriter, Target, err};
+use crate::streamed::{Opened, Streaming, Target, err};
 
 type Result<T> = opendal::Result<T>;
 
-/// The layer: pCloud's service with streamed uploads.
-#[derive(Debug, Clone)]
-pub(crate) struct StreamedUpload {
-    upload: Arc<Settings>,
+/// The layer: pCloud's service with streamed uploads, to the API at `api` (`https://api.pcloud.com`) under the
+/// connection's `root`.
+pub(crate) fn layer(api: &str, root: &str) -> Streaming<Upload> {
+    let settings =
+        Arc::new(Settings { api: api.trim_end_matches('/').to_owned(), root: opendal::raw::normalize_root(root) });
+    Streaming::new("PcloudStreamedUpload", move |inner| Upload { inner, settings: settings.clone() })
 }
 
 #[derive(Debug)]
 struct Settings {
-    /// The API's address (`https://api.pcloud.com`).
+    /// The API's address.
     api: String,
     /// The connection's root, as OpenDAL's service normalizes it.
     root: String,
-}
-
-impl StreamedUpload {
-    pub(crate) fn new(api: &str, root: &str) -> Self {
-        let settings = Settings { api: api.trim_end_matches('/').to_owned(), root: opendal::raw::normalize_root(root) };
-        Self { upload: Arc::new(settings) }
-    }
-}
-
-impl Layer for StreamedUpload {
-    fn apply_service(&self, inner: Servicer) -> Servicer {
-        Arc::new(Streamed { upload: Arc::new(Upload { inner: inner.clone(), settings: self.upload.clone() }), inner })
-    }
-}
-
-struct Streamed {
-    inner: Servicer,
-    upload: Arc<Upload>,
-}
-
-impl Debug for Streamed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PcloudStreamedUpload").field("inner", &self.inner).finish()
-    }
-}
-
-impl Service for Streamed {
-    type Writer = StreamWriter<Upload>;
-
-    crate::pass_through!();
-
-    fn capability(&self) -> opendal::Capability {
-        // Written in pieces, one after another, into one request, told its length (as write metadata); an
-        // empty file is an empty body.
-        opendal::Capability {
-            write_can_multi: true,
-            write_can_empty: true,
-            write_with_user_metadata: true,
-            ..self.inner.capability()
-        }
-    }
-
-    fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
-        Ok(StreamWriter::new(self.upload.clone(), ctx, path, crate::length_of(&args)?))
-    }
 }
 
 /// One streamed `uploadfile`.
@@ -96,12 +52,7 @@ impl Target for Upload {
         if name.is_empty() {
             return Err(err(ErrorKind::IsADirectory, format!("{path} names a folder, not a file")));
         }
-        // The folders above the file, up to the connection's root, which may not exist yet either.
-        let parent = match path.trim_end_matches('/').rsplit_once('/') {
-            Some((parent, _)) => format!("{parent}/"),
-            None => "/".to_owned(),
-        };
-        self.inner.create_dir(ctx, &parent, OpCreateDir::default()).await?;
+        crate::streamed::folders_above(&self.inner, ctx, path).await?;
         // The login parameters are placeholders the transport takes out, signing the request with the token.
         let url = format!(
             "{}/uploadfile?path=/{}&filename={}&username={PLACEHOLDER}&password={PLACEHOLDER}",
@@ -109,10 +60,7 @@ impl Target for Upload {
             opendal::raw::percent_encode_path(&folder),
             opendal::raw::percent_encode_path(&name),
         );
-        let request = Request::put(url)
-            .body(Buffer::new())
-            .map_err(|e| err(ErrorKind::Unexpected, format!("cannot make the upload's request: {e}")))?;
-        Ok(Opened { request, head: bytes::Bytes::new(), tail: bytes::Bytes::new(), state: () })
+        Opened::bare(Request::put(url))
     }
 
     async fn finish(

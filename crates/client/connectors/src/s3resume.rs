@@ -24,7 +24,6 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use opendal::raw::oio;
-use opendal::raw::oio::ReadStream as _;
 use opendal::raw::{Layer, OpWrite, Service, Servicer};
 use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
 use ring::{digest, hmac};
@@ -111,6 +110,7 @@ impl oio::Write for Writer {
         match self {
             Self::Inner(w) => oio::Write::write(w, bs).await,
             Self::Resumable(w) => {
+                w.begin()?;
                 let written = w.write(bs).await;
                 w.settle(written)
             }
@@ -121,6 +121,7 @@ impl oio::Write for Writer {
         match self {
             Self::Inner(w) => oio::Write::close(w).await,
             Self::Resumable(w) => {
+                w.begin()?;
                 let closed = w.close().await;
                 w.settle(closed)
             }
@@ -160,6 +161,26 @@ impl Service for Resumable {
     }
 }
 
+/// A part of the object: its number, the server's ETag, its MD5 and its size.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Part {
+    number: u32,
+    etag: String,
+    md5: String,
+    size: u64,
+}
+
+/// What the state file keeps of an upload.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    bucket: String,
+    key: String,
+    upload_id: String,
+    part_size: u64,
+    /// The parts sent so far, with the ETag the server gave each (R2's and encrypted buckets' are not MD5s).
+    parts: Vec<Part>,
+}
+
 /// One resumable multipart upload.
 pub(crate) struct Upload {
     s3: Arc<Settings>,
@@ -167,26 +188,31 @@ pub(crate) struct Upload {
     key: String,
     length: u64,
     part_size: u64,
-    /// The file holding the upload's id, and its lock (held while this upload runs).
+    /// The file keeping the upload's id and parts, and the lock (on a file of its own) held while this upload
+    /// runs.
     state_file: PathBuf,
     lock: Option<std::fs::File>,
-    /// The upload's id once started, and the parts already on the server (number: ETag without quotes, size).
+    /// The upload's id once started.
     upload_id: Option<String>,
-    known: BTreeMap<u32, (String, u64)>,
-    /// Parts of the object, in order (number, ETag, MD5).
-    parts: Vec<(u32, String, [u8; 16])>,
+    /// Parts the server holds for it (by number: ETag, size), and what an earlier run recorded of them.
+    listed: BTreeMap<u32, (String, u64)>,
+    recorded: BTreeMap<u32, Part>,
+    /// Parts of the object, in order.
+    parts: Vec<Part>,
     /// Bytes waiting to fill a part.
     pending: Vec<Bytes>,
     pending_len: u64,
     /// Bytes found already on the server and not sent again.
     reused: u64,
+    /// A step is under way: found set when a step begins, the last one was cut off (a timeout) midway.
+    busy: bool,
     /// Set once a step failed: bytes handed in may be lost, so every later step fails as that one did.
     broken: Option<(ErrorKind, String, bool)>,
 }
 
 impl Upload {
     fn new(s3: Arc<Settings>, ctx: &OperationContext, key: String, length: u64, state_dir: &std::path::Path) -> Self {
-        // S3 allows 10,000 parts: a file past 10,000 pieces goes in bigger parts.
+        // S3 allows 10,000 parts: a file past 10,000 pieces (78 GiB) goes in bigger parts.
         let part_size = (PART as u64).max(length.div_ceil(MAX_PARTS).next_multiple_of(1 << 20));
         let name =
             hex::encode(digest::digest(&digest::SHA256, format!("{}\n{}\n{key}", s3.endpoint, s3.bucket).as_bytes()))
@@ -201,11 +227,13 @@ impl Upload {
             state_file: state_dir.join("uploads").join(format!("{name}.json")),
             lock: None,
             upload_id: None,
-            known: BTreeMap::new(),
+            listed: BTreeMap::new(),
+            recorded: BTreeMap::new(),
             parts: Vec::new(),
             pending: Vec::new(),
             pending_len: 0,
             reused: 0,
+            busy: false,
             broken: None,
         }
     }
@@ -217,21 +245,31 @@ impl Upload {
         format!("{}{}{q}", self.s3.endpoint, uri_encode(&path, false))
     }
 
-    /// Sends one signed request, again after a pause (1 s, 2 s, 4 s) when it failed for a reason that may pass;
-    /// its answer, whole.
-    async fn send(&self, method: Method, query: &str, body: Buffer) -> Result<(StatusCode, http::HeaderMap, Bytes)> {
+    /// Sends one signed request, again after a pause (1 s, 2 s, 4 s) when it failed for a reason that may pass
+    /// (except the one that starts an upload: sent twice, it would start two); its answer, whole. `payload` is
+    /// the body's SHA-256 in hex, if already known.
+    async fn send(
+        &self,
+        method: Method,
+        query: &str,
+        body: Buffer,
+        payload: Option<String>,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes)> {
+        let payload = payload.unwrap_or_else(|| {
+            let mut h = digest::Context::new(&digest::SHA256);
+            for piece in body.clone() {
+                h.update(&piece);
+            }
+            hex::encode(h.finish())
+        });
         let mut tries = 0;
         loop {
-            let answer = self.send_once(method.clone(), query, body.clone()).await;
+            let answer = self.send_once(method.clone(), query, body.clone(), &payload).await;
             let passing = match &answer {
-                Ok((status, _, body)) => {
-                    status.is_server_error()
-                        || *status == StatusCode::TOO_MANY_REQUESTS
-                        || String::from_utf8_lossy(body).contains("<Code>SlowDown</Code>")
-                }
+                Ok((status, _, body)) => passing(*status, body),
                 Err(e) => e.is_temporary(),
             };
-            if !passing || tries == 3 {
+            if !passing || tries == 3 || query == "uploads=" {
                 return answer;
             }
             tokio::time::sleep(std::time::Duration::from_secs(1 << tries)).await;
@@ -244,17 +282,11 @@ impl Upload {
         method: Method,
         query: &str,
         body: Buffer,
+        payload: &str,
     ) -> Result<(StatusCode, http::HeaderMap, Bytes)> {
         let url = self.url(query);
         let uri: http::Uri = url.parse().map_err(|e| err(ErrorKind::ConfigInvalid, format!("bad S3 address: {e}")))?;
         let host = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
-        let payload = {
-            let mut h = digest::Context::new(&digest::SHA256);
-            for piece in body.clone() {
-                h.update(&piece);
-            }
-            hex::encode(h.finish())
-        };
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
         let (date, stamp) = amz_date(now);
         let canonical_query = canonical_query(query);
@@ -282,31 +314,21 @@ impl Upload {
         ))
         .map_err(|_| err(ErrorKind::ConfigInvalid, "the access key id cannot go in a header"))?;
         auth.set_sensitive(true);
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(uri)
             .header(header::HOST, host)
             .header("x-amz-content-sha256", payload)
             .header("x-amz-date", stamp)
             .header(header::AUTHORIZATION, auth)
-            .header(header::CONTENT_LENGTH, body.len())
-            .body(body)
-            .map_err(|e| err(ErrorKind::Unexpected, format!("cannot make an S3 request: {e}")))?;
-        let (parts, mut answer) = self.ctx.http_transport().fetch(req).await?.into_parts();
-        let mut read = Vec::new();
-        let mut held = 0;
-        loop {
-            let piece = answer.read().await?;
-            if piece.is_empty() {
-                break;
-            }
-            held += piece.len();
-            if held > MAX_ANSWER {
-                return Err(err(ErrorKind::Unexpected, "S3 answered with more than 4 MiB"));
-            }
-            read.extend(piece);
+            .header(header::CONTENT_LENGTH, body.len());
+        if query.starts_with("uploadId=") {
+            req = req.header(header::CONTENT_TYPE, "application/xml");
         }
-        Ok((parts.status, parts.headers, Buffer::from(read).to_bytes()))
+        let req = req.body(body).map_err(|e| err(ErrorKind::Unexpected, format!("cannot make an S3 request: {e}")))?;
+        let (parts, answer) =
+            crate::exchange(&self.ctx, req, MAX_ANSWER, "S3 answered with more than 4 MiB").await?.into_parts();
+        Ok((parts.status, parts.headers, answer.to_bytes()))
     }
 
     /// An S3 error answer as an OpenDAL error.
@@ -321,11 +343,13 @@ impl Upload {
             _ => ErrorKind::Unexpected,
         };
         let e = err(kind, format!("{doing}: S3 answered {status} {code} {message}").trim_end().to_owned());
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || code == "SlowDown" {
-            e.set_temporary()
-        } else {
-            e
-        }
+        if passing(status, body) { e.set_temporary() } else { e }
+    }
+
+    /// Best effort: ends an upload that will not be completed, so its parts stop being billed.
+    async fn abort_upload(&self, id: &str) {
+        let query = format!("uploadId={}", uri_encode(id, true));
+        let _ = self.send_once(Method::DELETE, &query, Buffer::new(), EMPTY_SHA256).await;
     }
 
     /// Takes up the upload an earlier run left, if there is one and it is still on the server; else starts one.
@@ -333,74 +357,111 @@ impl Upload {
         if self.upload_id.is_some() {
             return Ok(());
         }
-        if let Some(id) = self.take_up_state() {
-            match self.list_parts(&id).await {
-                Ok(known) => {
-                    tracing::debug!(key = %self.key, parts = known.len(), "taking up an earlier upload");
-                    self.known = known;
-                    self.upload_id = Some(id);
-                    return Ok(());
+        if let Some(saved) = self.take_up_state() {
+            if saved.part_size != self.part_size {
+                // Made for parts of another size (the file's size changed a lot): of no use.
+                self.abort_upload(&saved.upload_id).await;
+            } else {
+                match self.list_parts(&saved.upload_id).await {
+                    Ok(listed) => {
+                        tracing::debug!(key = %self.key, parts = listed.len(), "taking up an earlier upload");
+                        self.listed = listed;
+                        self.recorded = saved.parts.into_iter().map(|p| (p.number, p)).collect();
+                        self.upload_id = Some(saved.upload_id);
+                        return Ok(());
+                    }
+                    Err(e) if e.is_temporary() => return Err(e),
+                    // Gone (aborted, expired), or not to be listed: a new upload.
+                    Err(e) => {
+                        tracing::debug!(key = %self.key, error = %e, "not taking up the earlier upload");
+                        if e.kind() != ErrorKind::NotFound {
+                            self.abort_upload(&saved.upload_id).await;
+                        }
+                    }
                 }
-                Err(e) if e.is_temporary() => return Err(e),
-                // Gone (aborted, expired), or not to be listed: a new upload.
-                Err(e) => tracing::debug!(key = %self.key, error = %e, "not taking up the earlier upload"),
             }
         }
-        let (status, _, body) = self.send(Method::POST, "uploads=", Buffer::new()).await?;
+        let (status, _, body) = self.send(Method::POST, "uploads=", Buffer::new(), None).await?;
         if status != StatusCode::OK {
             return Err(Self::failure("cannot start a multipart upload", status, &body));
         }
         let id = tag(&String::from_utf8_lossy(&body), "UploadId")
+            .map(|t| unescape(&t))
             .ok_or_else(|| err(ErrorKind::Unexpected, "S3 started an upload but named no UploadId"))?;
-        self.save_state(&id);
         self.upload_id = Some(id);
+        self.save_state();
         Ok(())
     }
 
-    /// The upload id an earlier run kept, locking its file for this upload; none if another copy holds it.
-    fn take_up_state(&mut self) -> Option<String> {
+    /// What an earlier run kept of its upload, locking the state for this upload; nothing when another copy
+    /// holds the lock (this one then neither takes up nor keeps its upload).
+    fn take_up_state(&mut self) -> Option<Saved> {
         let dir = self.state_file.parent()?;
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).ok()?;
-        let file = std::fs::OpenOptions::new()
+        let lock = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(&self.state_file)
+            .custom_flags(crate::partial::flags())
+            .open(self.state_file.with_extension("lock"))
             .ok()?;
-        if file.try_lock().is_err() {
-            // Another copy is sending this file there now: this one neither takes up nor keeps its upload.
+        lock.try_lock().ok()?;
+        self.lock = Some(lock);
+        let file =
+            std::fs::OpenOptions::new().read(true).custom_flags(crate::partial::flags()).open(&self.state_file).ok()?;
+        let meta = file.metadata().ok()?;
+        if !crate::partial::ours(&meta) || meta.len() > 4 << 20 {
             return None;
         }
-        let text = std::fs::read_to_string(&self.state_file).ok();
-        self.lock = Some(file);
-        let saved: serde_json::Value = serde_json::from_str(text.as_deref()?).ok()?;
-        (saved["bucket"] == self.s3.bucket.as_str()
-            && saved["key"] == self.key.as_str()
-            && saved["part_size"].as_u64() == Some(self.part_size))
-        .then(|| saved["upload_id"].as_str().map(str::to_owned))
-        .flatten()
+        let saved: Saved = serde_json::from_reader(std::io::BufReader::new(file)).ok()?;
+        (saved.bucket == self.s3.bucket && saved.key == self.key).then_some(saved)
     }
 
-    /// Keeps the upload's id for a later run (when the state file is this upload's).
-    fn save_state(&mut self, id: &str) {
-        let Some(file) = self.lock.as_mut() else { return };
-        let saved = serde_json::json!({"bucket": self.s3.bucket, "key": self.key, "upload_id": id,
-            "part_size": self.part_size, "parts_sent": self.parts.len()});
-        let _ = file.set_len(0).and_then(|()| {
-            use std::io::Seek as _;
-            file.seek(std::io::SeekFrom::Start(0))?;
-            file.write_all(saved.to_string().as_bytes())
-        });
+    /// Keeps the upload's id and the parts sent for a later run (written aside and renamed into place, so a
+    /// cut never leaves half a file), when this upload holds the lock.
+    fn save_state(&self) {
+        let (Some(_), Some(id)) = (&self.lock, &self.upload_id) else { return };
+        let saved = Saved {
+            bucket: self.s3.bucket.clone(),
+            key: self.key.clone(),
+            upload_id: id.clone(),
+            part_size: self.part_size,
+            parts: self.parts.clone(),
+        };
+        let aside = self.state_file.with_extension("json.new");
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(crate::partial::flags())
+            .open(&aside)
+            .and_then(|mut f| f.write_all(&serde_json::to_vec(&saved).unwrap_or_default()))
+            .and_then(|()| std::fs::rename(&aside, &self.state_file));
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "cannot keep the upload's state");
+        }
+    }
+
+    /// Forgets the upload (done, or given up).
+    fn drop_state(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            // The lock file goes too, while still held: a copy that opened it meanwhile cannot lock it, and
+            // uploads without taking up anything.
+            let _ = std::fs::remove_file(&self.state_file);
+            let _ = std::fs::remove_file(self.state_file.with_extension("lock"));
+            drop(lock);
+        }
     }
 
     async fn list_parts(&self, id: &str) -> Result<BTreeMap<u32, (String, u64)>> {
-        let mut known = BTreeMap::new();
+        let mut listed = BTreeMap::new();
         let mut marker = 0u32;
         loop {
             let query = format!("part-number-marker={marker}&uploadId={}", uri_encode(id, true));
-            let (status, _, body) = self.send(Method::GET, &query, Buffer::new()).await?;
+            let (status, _, body) = self.send(Method::GET, &query, Buffer::new(), None).await?;
             if status != StatusCode::OK {
                 return Err(Self::failure("cannot list the parts of an earlier upload", status, &body));
             }
@@ -408,57 +469,59 @@ impl Upload {
             for part in text.split("<Part>").skip(1) {
                 let number = tag(part, "PartNumber").and_then(|n| n.parse().ok());
                 let size = tag(part, "Size").and_then(|n| n.parse().ok());
-                let etag = tag(part, "ETag").map(|e| e.replace("&quot;", "").replace('"', ""));
+                let etag = tag(part, "ETag").map(|e| etag_of(&e));
                 if let (Some(n), Some(s), Some(e)) = (number, size, etag) {
-                    known.insert(n, (e, s));
+                    listed.insert(n, (e, s));
                 }
             }
             match tag(&text, "NextPartNumberMarker").and_then(|n| n.parse().ok()) {
                 Some(next) if tag(&text, "IsTruncated").as_deref() == Some("true") && next > marker => marker = next,
-                _ => return Ok(known),
+                _ => return Ok(listed),
             }
         }
     }
 
-    /// Sends one part, unless the server already has it with the same bytes.
+    /// Sends one part, unless the server already has it with the same bytes: its ETag is the part's MD5, or
+    /// the one an earlier run recorded for a part of that MD5.
     async fn put_part(&mut self, data: Buffer) -> Result<()> {
         self.start().await?;
         let number = u32::try_from(self.parts.len() + 1).unwrap_or(u32::MAX);
-        let md5: [u8; 16] = {
+        let hashed = data.clone();
+        let (md5, sha256) = tokio::task::spawn_blocking(move || {
             use md5::Digest as _;
-            let mut h = md5::Md5::new();
-            for piece in data.clone() {
-                h.update(&piece);
+            let mut m = md5::Md5::new();
+            let mut s = digest::Context::new(&digest::SHA256);
+            for piece in hashed {
+                m.update(&piece);
+                s.update(&piece);
             }
-            h.finalize().into()
-        };
-        let len = data.len() as u64;
-        if let Some((etag, size)) = self.known.get(&number)
-            && *size == len
-            && etag.eq_ignore_ascii_case(&hex::encode(md5))
+            (hex::encode(m.finalize()), hex::encode(s.finish()))
+        })
+        .await
+        .map_err(|e| err(ErrorKind::Unexpected, format!("hashing a part failed: {e}")))?;
+        let size = data.len() as u64;
+        if let Some((etag, listed_size)) = self.listed.get(&number)
+            && *listed_size == size
+            && (etag.eq_ignore_ascii_case(&md5)
+                || self.recorded.get(&number).is_some_and(|r| r.etag == *etag && r.md5 == md5 && r.size == size))
         {
-            self.reused += len;
-            self.parts.push((number, etag.clone(), md5));
+            self.reused += size;
+            self.parts.push(Part { number, etag: etag.clone(), md5, size });
             return Ok(());
         }
         let id = self.upload_id.clone().unwrap_or_default();
         let query = format!("partNumber={number}&uploadId={}", uri_encode(&id, true));
-        let (status, headers, body) = self.send(Method::PUT, &query, data).await?;
+        let (status, headers, body) = self.send(Method::PUT, &query, data, Some(sha256)).await?;
         if status != StatusCode::OK {
             return Err(Self::failure(&format!("cannot send part {number} of {}", self.key), status, &body));
         }
-        // The part's ETag (its MD5 on S3 and the services like it, else something else) is what completing the
-        // upload names it by.
-        let etag = headers
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(|e| e.trim_matches('"').to_owned())
-            .ok_or_else(|| {
-                err(ErrorKind::Unexpected, format!("S3 took part {number} of {} without an ETag", self.key))
-            })?;
-        self.parts.push((number, etag, md5));
-        let id = id.clone();
-        self.save_state(&id);
+        // The part's ETag (its MD5 on S3 and the services like it, something else on R2 and for encrypted
+        // buckets) is what completing the upload names it by.
+        let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(etag_of).ok_or_else(|| {
+            err(ErrorKind::Unexpected, format!("S3 took part {number} of {} without an ETag", self.key))
+        })?;
+        self.parts.push(Part { number, etag, md5, size });
+        self.save_state();
         Ok(())
     }
 
@@ -466,6 +529,7 @@ impl Upload {
     /// hand in the same bytes again, which may be partly taken already. One that may pass is marked for the
     /// copy to send the file again, which takes the upload up from the parts the server has.
     fn settle<R>(&mut self, result: Result<R>) -> Result<R> {
+        self.busy = false;
         let e = match result {
             Ok(r) => return Ok(r),
             Err(e) => e,
@@ -478,7 +542,12 @@ impl Upload {
         Err(if again { crate::send_again(e).set_persistent() } else { e })
     }
 
-    fn refuse_after_failure(&self) -> Result<()> {
+    /// Begins a step; a step found still under way was cut off midway (a timeout), which leaves this writer
+    /// unusable: the copy sends the file again.
+    fn begin(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.busy, true) && self.broken.is_none() {
+            self.broken = Some((ErrorKind::Unexpected, format!("sending {} was cut off", self.key), true));
+        }
         match &self.broken {
             Some((kind, message, _)) => Err(err(*kind, message.clone())),
             None => Ok(()),
@@ -486,7 +555,6 @@ impl Upload {
     }
 
     async fn write(&mut self, bs: Buffer) -> Result<()> {
-        self.refuse_after_failure()?;
         for piece in bs {
             self.pending_len += piece.len() as u64;
             self.pending.push(piece);
@@ -518,37 +586,50 @@ impl Upload {
     }
 
     async fn close(&mut self) -> Result<Metadata> {
-        self.refuse_after_failure()?;
         if self.pending_len > 0 || self.parts.is_empty() {
             let rest = self.take(self.pending_len);
             self.put_part(rest).await?;
         }
-        let sent: u64 = self.length;
+        let sent: u64 = self.parts.iter().map(|p| p.size).sum();
+        if sent != self.length {
+            return Err(err(
+                ErrorKind::Unexpected,
+                format!("{} bytes of {} were handed in instead of {}", sent, self.key, self.length),
+            ));
+        }
         let id = self.upload_id.clone().unwrap_or_default();
         let mut xml = String::from("<CompleteMultipartUpload>");
-        for (n, etag, _) in &self.parts {
-            let _ = write!(xml, "<Part><PartNumber>{n}</PartNumber><ETag>\"{etag}\"</ETag></Part>");
+        for p in &self.parts {
+            let _ =
+                write!(xml, "<Part><PartNumber>{}</PartNumber><ETag>\"{}\"</ETag></Part>", p.number, escape(&p.etag));
         }
         xml.push_str("</CompleteMultipartUpload>");
         let query = format!("uploadId={}", uri_encode(&id, true));
-        let (status, _, body) = self.send(Method::POST, &query, Buffer::from(xml.into_bytes())).await?;
+        let (status, _, body) = self.send(Method::POST, &query, Buffer::from(xml.into_bytes()), None).await?;
         let text = String::from_utf8_lossy(&body);
-        // S3 may answer 200 with an error in the body, once it has started completing.
-        if status != StatusCode::OK || text.contains("<Error>") {
-            let status = if status == StatusCode::OK { StatusCode::INTERNAL_SERVER_ERROR } else { status };
-            return Err(Self::failure(&format!("cannot complete the upload of {}", self.key), status, &body));
-        }
-        // The object's ETag is the MD5 of its parts' MD5s, with their count.
-        let mut all = Vec::with_capacity(self.parts.len() * 16);
-        for (_, _, md5) in &self.parts {
-            all.extend_from_slice(md5);
-        }
+        // The object's ETag is the MD5 of its parts' MD5s, with their count (where the parts' ETags are MD5s).
+        let md5_parts = self.parts.iter().all(|p| p.etag.eq_ignore_ascii_case(&p.md5));
         let expected = {
             use md5::Digest as _;
+            let mut all = Vec::with_capacity(self.parts.len() * 16);
+            for p in &self.parts {
+                all.extend(hex::decode(&p.md5).unwrap_or_default());
+            }
             format!("{}-{}", hex::encode(md5::Md5::digest(&all)), self.parts.len())
         };
-        let etag = tag(&text, "ETag").map(|e| e.replace("&quot;", "").replace('"', ""));
-        let md5_parts = self.parts.iter().all(|(_, e, md5)| e.eq_ignore_ascii_case(&hex::encode(md5)));
+        let etag = if status == StatusCode::NOT_FOUND && tag(&text, "Code").as_deref() == Some("NoSuchUpload") {
+            // Completed already, its answer lost (a retry of this request, or of the copy): the object there
+            // is checked instead.
+            self.completed_already(md5_parts.then_some(expected.as_str())).await?
+        } else if status != StatusCode::OK || text.contains("<Error>") {
+            // S3 may answer 200 with an error in the body, once it has started completing.
+            let status = if status == StatusCode::OK { StatusCode::INTERNAL_SERVER_ERROR } else { status };
+            return Err(Self::failure(&format!("cannot complete the upload of {}", self.key), status, &body));
+        } else {
+            tag(&text, "ETag").map(|e| etag_of(&e))
+        };
+        // Done: the upload is no longer to be taken up.
+        self.drop_state();
         if let Some(etag) = &etag
             && md5_parts
             && etag.contains('-')
@@ -562,13 +643,112 @@ impl Upload {
                 ),
             ));
         }
-        // Done: the upload is no longer to be taken up.
-        if self.lock.take().is_some() {
-            let _ = std::fs::remove_file(&self.state_file);
-        }
         let mut md = MetadataBuilder::file(sent);
         md.user_metadata([(REUSED_KEY.to_owned(), self.reused.to_string())]);
         Ok(md.build())
+    }
+
+    /// After a NoSuchUpload to completing: the object, if it is there with this upload's size (and ETag, when
+    /// known); its ETag.
+    async fn completed_already(&self, expected: Option<&str>) -> Result<Option<String>> {
+        let (status, headers, _) = self.send(Method::HEAD, "", Buffer::new(), None).await?;
+        let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(etag_of);
+        let size = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let matches = expected.is_none_or(|x| etag.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(x)));
+        if status == StatusCode::OK && size == Some(self.length) && matches {
+            return Ok(etag);
+        }
+        Err(err(
+            ErrorKind::NotFound,
+            format!(
+                "the upload of {} is no longer on the server and the object is not the file; copy it again",
+                self.key
+            ),
+        ))
+    }
+}
+
+/// SHA-256 of nothing.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Whether an answer says to try again later: the server's trouble, a push-back, or a request it timed out.
+fn passing(status: StatusCode, body: &[u8]) -> bool {
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return true;
+    }
+    let text = String::from_utf8_lossy(body);
+    matches!(
+        tag(&text, "Code").as_deref(),
+        Some("RequestTimeout" | "SlowDown" | "InternalError" | "ServiceUnavailable")
+    )
+}
+
+/// An ETag as written in an answer or a header, without its quotes and XML escapes.
+fn etag_of(raw: &str) -> String {
+    unescape(raw).trim().trim_matches('"').to_owned()
+}
+
+/// XML text with its five named escapes and numeric ones undone.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let Some(end) = tail.find(';') else {
+            out.push_str(tail);
+            return out;
+        };
+        let entity = &tail[1..end];
+        let ch = match entity {
+            "quot" => Some('"'),
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "apos" => Some('\''),
+            _ => entity
+                .strip_prefix("#x")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match ch {
+            Some(c) => {
+                out.push(c);
+                rest = &tail[end + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Text made safe to put in an XML element.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// The endpoint as OpenDAL's S3 service makes it of the configured one (so both address the same objects):
+/// `https://` when no scheme is given, the bucket taken out of the host, default ports left out, and AWS's
+/// global endpoint (also the default) made the region's.
+pub(crate) fn endpoint_for(configured: Option<&str>, bucket: &str, region: &str) -> String {
+    let mut endpoint = match configured {
+        Some(e) if e.starts_with("http") => e.to_owned(),
+        Some(e) => format!("https://{e}"),
+        None => "https://s3.amazonaws.com".to_owned(),
+    };
+    endpoint = endpoint.trim_end_matches('/').replace(&format!("//{bucket}."), "//");
+    if let Ok(url) = reqwest::Url::parse(&endpoint) {
+        endpoint = url.to_string().trim_end_matches('/').to_owned();
+    }
+    match endpoint.as_str() {
+        "https://s3.amazonaws.com" => format!("https://s3.{region}.amazonaws.com"),
+        "https://s3.amazonaws.com.cn" => format!("https://s3.{region}.amazonaws.com.cn"),
+        _ => endpoint,
     }
 }
 
@@ -661,6 +841,31 @@ mod tests {
             hex::encode(sign(k.as_ref(), &to_sign)),
             "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
         );
+    }
+
+    #[test]
+    fn endpoints_are_made_as_opendal_makes_them() {
+        assert_eq!(endpoint_for(None, "b", "eu-west-1"), "https://s3.eu-west-1.amazonaws.com");
+        assert_eq!(
+            endpoint_for(Some("https://s3.amazonaws.com/"), "b", "us-east-2"),
+            "https://s3.us-east-2.amazonaws.com"
+        );
+        assert_eq!(
+            endpoint_for(Some("https://b.s3.eu-west-1.amazonaws.com"), "b", "x"),
+            "https://s3.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(endpoint_for(Some("https://Host.Example:443/"), "b", "x"), "https://host.example");
+        assert_eq!(endpoint_for(Some("minio.local:9000"), "b", "x"), "https://minio.local:9000");
+        assert_eq!(endpoint_for(Some("http://127.0.0.1:9000"), "b", "x"), "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn etags_lose_their_quotes_and_escapes() {
+        assert_eq!(etag_of("&quot;abc&quot;"), "abc");
+        assert_eq!(etag_of("&#34;abc-2&#34;"), "abc-2");
+        assert_eq!(etag_of("\"ABwc/3T+x=\""), "ABwc/3T+x=");
+        assert_eq!(unescape("a &amp; b &lt;&#x41;&gt; &bogus; &"), "a & b <A> &bogus; &");
+        assert_eq!(escape("a&<b>"), "a&amp;&lt;b&gt;");
     }
 
     #[test]

@@ -451,11 +451,12 @@ impl Connection {
                     .disable_config_load();
                 let region = if self.kind == Kind::R2 { "auto" } else { self.region.as_deref().unwrap_or("us-east-1") };
                 b = b.region(region);
-                // OpenDAL's default address for a region when none is given.
-                let endpoint = self.endpoint_url().unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-                if self.kind == Kind::R2 || self.endpoint.is_some() {
-                    b = b.endpoint(&endpoint);
+                let configured = self.endpoint_url();
+                if let Some(e) = &configured {
+                    b = b.endpoint(e);
                 }
+                let bucket = self.bucket.as_deref().unwrap_or_default();
+                let endpoint = crate::s3resume::endpoint_for(configured.as_deref(), bucket, region);
                 // Multipart uploads that a later run takes up where this one stopped (s3resume.rs).
                 Operator::new(b)?.layer(crate::s3resume::ResumableUploads::new(crate::s3resume::Settings {
                     endpoint,
@@ -477,7 +478,7 @@ impl Connection {
                     user = Some((name.clone(), password));
                 }
                 // Uploads stream in one request (webdav.rs) instead of being held whole in memory.
-                Operator::new(b)?.layer(crate::webdav::StreamedPut::new(crate::webdav::Settings {
+                Operator::new(b)?.layer(crate::webdav::layer(crate::webdav::Settings {
                     endpoint: self.endpoint.clone().unwrap_or_default(),
                     root: root.clone(),
                     user,
@@ -561,7 +562,7 @@ impl Connection {
                     .username(PLACEHOLDER)
                     .password(PLACEHOLDER),
             )?
-            .layer(crate::pcloud::StreamedUpload::new(&self.api_base()?, &root)),
+            .layer(crate::pcloud::layer(&self.api_base()?, &root)),
             // A connection enrolled with 2-step verification keeps the NAS's device token after the password, on a
             // second line of its secret.
             Kind::Synology => {
@@ -604,10 +605,12 @@ impl Connection {
             None => op,
         };
         // Where an upload goes in one request (WebDAV, pCloud and File Station, streamed; Dropbox's and
-        // OneDrive's small files) or in big pieces, a step may take long, so it gets room for a large file on a
-        // slow line.
-        let one_piece =
-            matches!(self.kind, Kind::Webdav | Kind::Synology | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud);
+        // OneDrive's small files) or in big pieces (S3's parts), a step may take long, so it gets room for a
+        // large file or piece on a slow line.
+        let one_piece = matches!(
+            self.kind,
+            Kind::Webdav | Kind::Synology | Kind::Dropbox | Kind::Onedrive | Kind::Pcloud | Kind::S3 | Kind::R2
+        );
         let (op_timeout, io_timeout) = match limits.pace {
             Some(_) => (Duration::from_secs(6 * 3600), Duration::from_secs(1800)),
             None if one_piece => (Duration::from_secs(1800), Duration::from_secs(1800)),

@@ -128,6 +128,27 @@ pub(crate) struct Opened<S> {
     pub state: S,
 }
 
+impl Opened<()> {
+    /// A request with nothing around the file and nothing to carry.
+    pub(crate) fn bare(request: http::request::Builder) -> Result<Self> {
+        let request = request
+            .body(Buffer::new())
+            .map_err(|e| err(ErrorKind::Unexpected, format!("cannot make the upload's request: {e}")))?;
+        Ok(Self { request, head: Bytes::new(), tail: Bytes::new(), state: () })
+    }
+}
+
+/// Makes the folders above `path` through the service `inner` (up to the connection's root, which may not
+/// exist yet either).
+pub(crate) async fn folders_above(inner: &opendal::raw::Servicer, ctx: &OperationContext, path: &str) -> Result<()> {
+    use opendal::raw::Service as _;
+    let parent = match path.trim_end_matches('/').rsplit_once('/') {
+        Some((parent, _)) => format!("{parent}/"),
+        None => "/".to_owned(),
+    };
+    inner.create_dir(ctx, &parent, opendal::raw::OpCreateDir::default()).await.map(drop)
+}
+
 /// One kind of remote's streamed upload.
 pub(crate) trait Target: Send + Sync + 'static {
     /// What an upload carries from its start to its end (a staging folder, ...).
@@ -153,6 +174,64 @@ pub(crate) trait Target: Send + Sync + 'static {
 
     /// Removes what an upload that failed before its answer left behind.
     fn abandon(&self, ctx: &OperationContext, state: Self::State) -> impl Future<Output = ()> + Send;
+}
+
+/// An OpenDAL layer giving a service streamed uploads: its writer is a [`StreamWriter`] over the [`Target`] made
+/// from the service (which the target may call, for folders); everything else goes to the service.
+pub(crate) struct Streaming<T> {
+    make: Arc<dyn Fn(opendal::raw::Servicer) -> T + Send + Sync>,
+    name: &'static str,
+}
+
+impl<T> Streaming<T> {
+    pub(crate) fn new(name: &'static str, make: impl Fn(opendal::raw::Servicer) -> T + Send + Sync + 'static) -> Self {
+        Self { make: Arc::new(make), name }
+    }
+}
+
+impl<T> Debug for Streaming<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(self.name).finish_non_exhaustive()
+    }
+}
+
+impl<T: Target> opendal::raw::Layer for Streaming<T> {
+    fn apply_service(&self, inner: opendal::raw::Servicer) -> opendal::raw::Servicer {
+        Arc::new(StreamingService { target: Arc::new((self.make)(inner.clone())), inner, name: self.name })
+    }
+}
+
+struct StreamingService<T> {
+    inner: opendal::raw::Servicer,
+    target: Arc<T>,
+    name: &'static str,
+}
+
+impl<T> Debug for StreamingService<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(self.name).field("inner", &self.inner).finish()
+    }
+}
+
+impl<T: Target> opendal::raw::Service for StreamingService<T> {
+    type Writer = StreamWriter<T>;
+
+    crate::pass_through!();
+
+    fn capability(&self) -> opendal::Capability {
+        // Written in pieces, one after another, into one request, told its length (as write metadata); an
+        // empty file is an empty body.
+        opendal::Capability {
+            write_can_multi: true,
+            write_can_empty: true,
+            write_with_user_metadata: true,
+            ..self.inner.capability()
+        }
+    }
+
+    fn write(&self, ctx: &OperationContext, path: &str, args: opendal::raw::OpWrite) -> Result<Self::Writer> {
+        Ok(StreamWriter::new(self.target.clone(), ctx, path, crate::length_of(&args)?))
+    }
 }
 
 /// The request under way, given up when let go (a writer dropped or a step cut off mid-answer).

@@ -169,24 +169,7 @@ pub async fn sign_out() {
 
 /// Sends `req` and reads its answer, at most [`MAX_ANSWER`] bytes of it.
 async fn exchange(ctx: &OperationContext, req: Request<Buffer>) -> Result<http::Response<Buffer>> {
-    let (parts, mut body) = ctx.http_transport().fetch(req).await?.into_parts();
-    let mut pieces = Vec::new();
-    let mut held = 0;
-    loop {
-        let piece = body.read().await?;
-        if piece.is_empty() {
-            break;
-        }
-        held += piece.len();
-        if held > MAX_ANSWER {
-            return Err(err(
-                ErrorKind::Unexpected,
-                "the NAS answered with more than 8 MiB; is the endpoint DSM's address?",
-            ));
-        }
-        pieces.extend(piece);
-    }
-    Ok(http::Response::from_parts(parts, Buffer::from(pieces)))
+    crate::exchange(ctx, req, MAX_ANSWER, "the NAS answered with more than 8 MiB; is the endpoint DSM's address?").await
 }
 
 /// How often a call has been sent again, and why.

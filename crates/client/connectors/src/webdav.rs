@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use http::{Request, StatusCode, header};
-use opendal::raw::{Layer, OpCreateDir, OpWrite, Service, Servicer};
+use opendal::raw::Servicer;
 use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
 use zeroize::Zeroizing;
 
-use crate::streamed::{Opened, StreamWriter, Target, err};
+use crate::streamed::{Opened, Streaming, Target, err};
 
 type Result<T> = opendal::Result<T>;
 
@@ -40,48 +40,10 @@ impl Debug for Settings {
 }
 
 /// The layer: WebDAV's service with streamed uploads.
-#[derive(Debug, Clone)]
-pub(crate) struct StreamedPut {
-    settings: Arc<Settings>,
-}
-
-impl StreamedPut {
-    pub(crate) fn new(mut settings: Settings) -> Self {
-        settings.root = opendal::raw::normalize_root(&settings.root);
-        Self { settings: Arc::new(settings) }
-    }
-}
-
-impl Layer for StreamedPut {
-    fn apply_service(&self, inner: Servicer) -> Servicer {
-        Arc::new(Streamed { put: Arc::new(Put { inner: inner.clone(), settings: self.settings.clone() }), inner })
-    }
-}
-
-struct Streamed {
-    inner: Servicer,
-    put: Arc<Put>,
-}
-
-impl Debug for Streamed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebdavStreamedPut").field("inner", &self.inner).finish()
-    }
-}
-
-impl Service for Streamed {
-    type Writer = StreamWriter<Put>;
-
-    crate::pass_through!();
-
-    fn capability(&self) -> opendal::Capability {
-        // Written in pieces, one after another, into one request.
-        opendal::Capability { write_can_multi: true, ..self.inner.capability() }
-    }
-
-    fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
-        Ok(StreamWriter::new(self.put.clone(), ctx, path, crate::length_of(&args)?))
-    }
+pub(crate) fn layer(mut settings: Settings) -> Streaming<Put> {
+    settings.root = opendal::raw::normalize_root(&settings.root);
+    let settings = Arc::new(settings);
+    Streaming::new("WebdavStreamedPut", move |inner| Put { inner, settings: settings.clone() })
 }
 
 /// One streamed `PUT`.
@@ -102,12 +64,7 @@ impl Target for Put {
     type State = ();
 
     async fn open(&self, ctx: &OperationContext, path: &str, _: Option<u64>) -> Result<Opened<()>> {
-        // The folders above the file, up to the connection's root, which may not exist yet either.
-        let parent = match path.trim_end_matches('/').rsplit_once('/') {
-            Some((parent, _)) => format!("{parent}/"),
-            None => "/".to_owned(),
-        };
-        self.inner.create_dir(ctx, &parent, OpCreateDir::default()).await?;
+        crate::streamed::folders_above(&self.inner, ctx, path).await?;
         let mut req = Request::put(self.url(path));
         if let Some((user, password)) = &self.settings.user {
             let pair = Zeroizing::new(format!("{user}:{}", password.as_str()));
@@ -118,10 +75,7 @@ impl Target for Put {
             value.set_sensitive(true);
             req = req.header(header::AUTHORIZATION, value);
         }
-        let request = req
-            .body(Buffer::new())
-            .map_err(|e| err(ErrorKind::Unexpected, format!("cannot make the upload's request: {e}")))?;
-        Ok(Opened { request, head: bytes::Bytes::new(), tail: bytes::Bytes::new(), state: () })
+        Opened::bare(req)
     }
 
     async fn finish(
