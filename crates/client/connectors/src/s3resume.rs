@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fmt::{self, Debug, Write as _};
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -150,7 +150,8 @@ impl Service for Resumable {
         let state = args.user_metadata().and_then(|m| m.get(STATE_KEY)).map(PathBuf::from);
         let length = crate::length_of(&args)?;
         match (state, length) {
-            (Some(dir), Some(length)) if length > PART as u64 => {
+            // (S3 Express directory buckets sign in sessions of their own: OpenDAL's writer.)
+            (Some(dir), Some(length)) if length > PART as u64 && !self.settings.bucket.ends_with("--x-s3") => {
                 let key = opendal::raw::build_abs_path(&self.settings.root, path);
                 Ok(Writer::Resumable(Box::new(Upload::new(self.settings.clone(), ctx, key, length, &dir))))
             }
@@ -398,6 +399,11 @@ impl Upload {
     fn take_up_state(&mut self) -> Option<Saved> {
         let dir = self.state_file.parent()?;
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).ok()?;
+        // The folder must be the user's and closed to others: what is in it decides which parts are reused.
+        let folder = std::fs::symlink_metadata(dir).ok()?;
+        if !folder.is_dir() || folder.uid() != rustix::process::geteuid().as_raw() || folder.mode() & 0o077 != 0 {
+            return None;
+        }
         let lock = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -408,11 +414,17 @@ impl Upload {
             .open(self.state_file.with_extension("lock"))
             .ok()?;
         lock.try_lock().ok()?;
+        // Still the lock file at that name (not one a finished upload removed meanwhile), the user's own.
+        let (held, named) =
+            (lock.metadata().ok()?, std::fs::symlink_metadata(self.state_file.with_extension("lock")).ok()?);
+        if held.dev() != named.dev() || held.ino() != named.ino() || !crate::partial::ours(&held) {
+            return None;
+        }
         self.lock = Some(lock);
         let file =
             std::fs::OpenOptions::new().read(true).custom_flags(crate::partial::flags()).open(&self.state_file).ok()?;
         let meta = file.metadata().ok()?;
-        if !crate::partial::ours(&meta) || meta.len() > 4 << 20 {
+        if !crate::partial::ours(&meta) || meta.mode() & 0o077 != 0 || meta.len() > 4 << 20 {
             return None;
         }
         let saved: Saved = serde_json::from_reader(std::io::BufReader::new(file)).ok()?;
@@ -428,7 +440,13 @@ impl Upload {
             key: self.key.clone(),
             upload_id: id.clone(),
             part_size: self.part_size,
-            parts: self.parts.clone(),
+            // What an earlier run recorded of parts this one has not reached yet stays recorded.
+            parts: self
+                .parts
+                .iter()
+                .cloned()
+                .chain(self.recorded.range(self.parts.len() as u32 + 1..).map(|(_, p)| p.clone()))
+                .collect(),
         };
         let aside = self.state_file.with_extension("json.new");
         let written = std::fs::OpenOptions::new()
@@ -448,8 +466,8 @@ impl Upload {
     /// Forgets the upload (done, or given up).
     fn drop_state(&mut self) {
         if let Some(lock) = self.lock.take() {
-            // The lock file goes too, while still held: a copy that opened it meanwhile cannot lock it, and
-            // uploads without taking up anything.
+            // The lock file goes too, while still held: a copy that opened it meanwhile and locks it after finds
+            // it no longer at its name, and uploads without taking up anything.
             let _ = std::fs::remove_file(&self.state_file);
             let _ = std::fs::remove_file(self.state_file.with_extension("lock"));
             drop(lock);
@@ -534,12 +552,10 @@ impl Upload {
             Ok(r) => return Ok(r),
             Err(e) => e,
         };
-        let (kind, message, again) = self
+        let broken = self
             .broken
-            .get_or_insert_with(|| (e.kind(), e.message().to_owned(), e.is_temporary() || crate::is_send_again(&e)))
-            .clone();
-        let e = err(kind, message);
-        Err(if again { crate::send_again(e).set_persistent() } else { e })
+            .get_or_insert_with(|| (e.kind(), e.message().to_owned(), e.is_temporary() || crate::is_send_again(&e)));
+        Err(refusal(broken))
     }
 
     /// Begins a step; a step found still under way was cut off midway (a timeout), which leaves this writer
@@ -549,7 +565,7 @@ impl Upload {
             self.broken = Some((ErrorKind::Unexpected, format!("sending {} was cut off", self.key), true));
         }
         match &self.broken {
-            Some((kind, message, _)) => Err(err(*kind, message.clone())),
+            Some(broken) => Err(refusal(broken)),
             None => Ok(()),
         }
     }
@@ -605,7 +621,25 @@ impl Upload {
         }
         xml.push_str("</CompleteMultipartUpload>");
         let query = format!("uploadId={}", uri_encode(&id, true));
-        let (status, _, body) = self.send(Method::POST, &query, Buffer::from(xml.into_bytes()), None).await?;
+        // Sent again here after an answer that may pass; completing is then "uncertain": it may have been done.
+        let payload = hex::encode(digest::digest(&digest::SHA256, xml.as_bytes()));
+        let xml = Buffer::from(xml.into_bytes());
+        let mut uncertain = false;
+        let mut tries = 0;
+        let (status, body) = loop {
+            let answer = self.send_once(Method::POST, &query, xml.clone(), &payload).await;
+            let again = match &answer {
+                Ok((status, _, body)) => passing(*status, body) || (*status == StatusCode::OK && body_has_error(body)),
+                Err(e) => e.is_temporary(),
+            };
+            if !again || tries == 3 {
+                let (status, _, body) = answer?;
+                break (status, body);
+            }
+            uncertain = true;
+            tokio::time::sleep(std::time::Duration::from_secs(1 << tries)).await;
+            tries += 1;
+        };
         let text = String::from_utf8_lossy(&body);
         // The object's ETag is the MD5 of its parts' MD5s, with their count (where the parts' ETags are MD5s).
         let md5_parts = self.parts.iter().all(|p| p.etag.eq_ignore_ascii_case(&p.md5));
@@ -617,11 +651,16 @@ impl Upload {
             }
             format!("{}-{}", hex::encode(md5::Md5::digest(&all)), self.parts.len())
         };
-        let etag = if status == StatusCode::NOT_FOUND && tag(&text, "Code").as_deref() == Some("NoSuchUpload") {
-            // Completed already, its answer lost (a retry of this request, or of the copy): the object there
-            // is checked instead.
+        let gone = status == StatusCode::NOT_FOUND && tag(&text, "Code").as_deref() == Some("NoSuchUpload");
+        let etag = if gone && uncertain {
+            // Completed by an earlier try whose answer was lost: the object there is checked instead.
             self.completed_already(md5_parts.then_some(expected.as_str())).await?
-        } else if status != StatusCode::OK || text.contains("<Error>") {
+        } else if gone {
+            // Aborted or expired meanwhile: the copy sends the file again, in a new upload.
+            self.drop_state();
+            let e = err(ErrorKind::Unexpected, format!("the upload of {} was ended on the server", self.key));
+            return Err(crate::send_again(e).set_persistent());
+        } else if status != StatusCode::OK || body_has_error(&body) {
             // S3 may answer 200 with an error in the body, once it has started completing.
             let status = if status == StatusCode::OK { StatusCode::INTERNAL_SERVER_ERROR } else { status };
             return Err(Self::failure(&format!("cannot complete the upload of {}", self.key), status, &body));
@@ -668,6 +707,13 @@ impl Upload {
     }
 }
 
+/// The error a broken writer answers with: for the copy to send the file again when the failure may pass, and
+/// never to be retried as it is by OpenDAL's retry layer.
+fn refusal((kind, message, again): &(ErrorKind, String, bool)) -> opendal::Error {
+    let e = err(*kind, message.clone());
+    if *again { crate::send_again(e).set_persistent() } else { e }
+}
+
 /// SHA-256 of nothing.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
@@ -681,6 +727,11 @@ fn passing(status: StatusCode, body: &[u8]) -> bool {
         tag(&text, "Code").as_deref(),
         Some("RequestTimeout" | "SlowDown" | "InternalError" | "ServiceUnavailable")
     )
+}
+
+/// Whether a 200 answer holds an error (S3 may answer so, once it has started completing).
+fn body_has_error(body: &[u8]) -> bool {
+    String::from_utf8_lossy(body).contains("<Error>")
 }
 
 /// An ETag as written in an answer or a header, without its quotes and XML escapes.
@@ -747,7 +798,6 @@ pub(crate) fn endpoint_for(configured: Option<&str>, bucket: &str, region: &str)
     }
     match endpoint.as_str() {
         "https://s3.amazonaws.com" => format!("https://s3.{region}.amazonaws.com"),
-        "https://s3.amazonaws.com.cn" => format!("https://s3.{region}.amazonaws.com.cn"),
         _ => endpoint,
     }
 }

@@ -1231,6 +1231,8 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                     writer = writer.user_metadata([length]);
                 } else if op.info().scheme() == "s3"
                     && size > crate::s3resume::PART as u64
+                    // (Not S3 Express directory buckets, whose sessions OpenDAL's writer signs in.)
+                    && !op.info().name().ends_with("--x-s3")
                     && let Some(dir) = opts.state_dir.as_ref().and_then(|d| d.to_str())
                 {
                     writer = writer.user_metadata([length, (crate::s3resume::STATE_KEY.to_owned(), dir.to_owned())]);
