@@ -1487,15 +1487,26 @@ pub(crate) async fn download_all(
                     .collect();
                 let blobs = if fetch.is_empty() { Vec::new() } else { retry(|| fetch_all(files, &fetch)).await? };
                 let bytes = blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-                // The request's chunks are opened a slice at a time, all slices at once on blocking threads, so
-                // the writer can start on the first slice while the others are opened.
+                // The request's chunks are opened a slice at a time (at most OPEN_SLICE chunks or about
+                // OPEN_SLICE_BYTES), all slices at once on blocking threads, so the writer can start on the first
+                // slice while the others are opened, and a request of a few big chunks is opened on every core.
                 let mut blobs = blobs.into_iter();
                 let mut slices = Vec::new();
-                for slice in places.chunks(OPEN_SLICE) {
-                    let held = slice.iter().filter(|(j, _)| jobs[*j].entry.manifest.inline.is_none()).count();
-                    let part: Vec<(ChunkId, Bytes)> = blobs.by_ref().take(held).collect();
-                    let (jobs, tools, slice) = (Arc::clone(&jobs), Arc::clone(&tools), slice.to_vec());
-                    slices.push(tokio::task::spawn_blocking(move || open_batch(&jobs, &tools, part, &slice)));
+                let (mut start, mut part, mut held) = (0, Vec::<(ChunkId, Bytes)>::new(), 0);
+                for (i, (j, _)) in places.iter().enumerate() {
+                    if jobs[*j].entry.manifest.inline.is_none()
+                        && let Some(blob) = blobs.next()
+                    {
+                        held += blob.1.len();
+                        part.push(blob);
+                    }
+                    let end = i + 1;
+                    if end - start >= OPEN_SLICE || held >= OPEN_SLICE_BYTES || end == places.len() {
+                        let (jobs, tools) = (Arc::clone(&jobs), Arc::clone(&tools));
+                        let (slice, part) = (places[start..end].to_vec(), std::mem::take(&mut part));
+                        slices.push(tokio::task::spawn_blocking(move || open_batch(&jobs, &tools, part, &slice)));
+                        (start, held) = (end, 0);
+                    }
                 }
                 Ok::<_, SyncError>((bytes, slices))
             }
@@ -1543,8 +1554,10 @@ pub(crate) async fn download_all(
     written
 }
 
-/// Chunks of one fetch request opened together on one blocking thread.
+/// Chunks of one fetch request opened together on one blocking thread: at most this many, or about this many
+/// bytes.
 const OPEN_SLICE: usize = 64;
+const OPEN_SLICE_BYTES: usize = 4 << 20;
 
 /// One opened chunk: which job it belongs to, and its plaintext.
 struct Opened {
