@@ -209,11 +209,21 @@ pub(crate) async fn listing(
     check_chunk_lists: bool,
     hold: u64,
 ) -> Result<Listing, SyncError> {
+    let rows = listed_rows(client, ws, check_chunk_lists).await?;
+    listing_of(client, ws, e2ee, server_keys, rows, hold).await
+}
+
+/// The workspace's files as the server lists them, each with the server's chunk list when `check_chunk_lists`
+/// (the first half of [`listing`], which needs no key).
+pub(crate) async fn listed_rows(
+    client: &Client,
+    ws: WorkspaceId,
+    check_chunk_lists: bool,
+) -> Result<Vec<(cloudsync_types::api::FileEntry, Option<Manifest>)>, SyncError> {
     let files = client.files(ws);
     let root = WsPath::root();
     let entries = retry(|| files.list_all(&root)).await?;
-    // Each file, with the server's chunk list when asked for.
-    let rows: Vec<(cloudsync_types::api::FileEntry, Option<Manifest>)> = if check_chunk_lists {
+    Ok(if check_chunk_lists {
         let refs: Vec<ManifestRef> =
             entries.iter().map(|e| ManifestRef { path: e.path.clone(), version: Some(e.version) }).collect();
         // A file deleted since it was listed has no manifest any more: it is simply gone.
@@ -221,7 +231,19 @@ pub(crate) async fn listing(
         got.into_iter().flatten().map(|vm| (vm.file, Some(vm.manifest))).collect()
     } else {
         entries.into_iter().map(|e| (e, None)).collect()
-    };
+    })
+}
+
+/// The second half of [`listing`]: the listed rows' manifests fetched, verified and opened.
+pub(crate) async fn listing_of(
+    client: &Client,
+    ws: WorkspaceId,
+    e2ee: &E2eeFiles,
+    server_keys: &ChunkKeys,
+    rows: Vec<(cloudsync_types::api::FileEntry, Option<Manifest>)>,
+    hold: u64,
+) -> Result<Listing, SyncError> {
+    let files = client.files(ws);
     let mut metas: Vec<(ChunkId, u32)> = Vec::with_capacity(rows.len());
     for (file, manifest) in &rows {
         metas.push(match manifest {
@@ -1337,9 +1359,10 @@ pub async fn e2ee_pull(
     opts: &TransferOptions,
 ) -> Result<TransferSummary, SyncError> {
     let started = Instant::now();
-    let server_keys = server_keys(client, ws).await?;
+    // The server's chunk keys are asked for while the files are listed.
+    let (server_keys, rows) = tokio::try_join!(server_keys(client, ws), listed_rows(client, ws, true))?;
     let content = server_keys.end_to_end(e2ee.keys.content_key(), e2ee.keys.chunking_secret());
-    let listed = listing(client, ws, &e2ee, &server_keys, true, HELD_INLINE_BYTES).await?;
+    let listed = listing_of(client, ws, &e2ee, &server_keys, rows, HELD_INLINE_BYTES).await?;
     let wanted: Vec<E2eeEntry> = listed.files.into_iter().filter(|f| under(remote, &f.path)).collect();
     if wanted.is_empty() && !remote.is_root() {
         return Err(SyncError::RemoteNotFound(format!(
