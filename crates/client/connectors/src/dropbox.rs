@@ -13,13 +13,10 @@
 //! `finish` made must carry it: a `finish` whose answer was lost, sent again and told the session is gone,
 //! looks the file up and accepts it only with that hash and size.
 
-use std::fmt::{self, Debug};
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
-use opendal::raw::oio::{self, ReadStream as _};
-use opendal::raw::{Layer, OpWrite, Service, Servicer};
+use opendal::raw::oio;
+use opendal::raw::{OpWrite, Service, Servicer};
 use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
 use serde_json::{Value, json};
 
@@ -40,52 +37,18 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> opendal::Error {
     opendal::Error::new(kind, message.into())
 }
 
-/// The layer: Dropbox's service with writes in upload sessions.
-#[derive(Debug, Clone)]
-pub(crate) struct UploadSessions {
-    /// The connection's root, as OpenDAL's Dropbox service takes it (`/` or `/a/b/`).
-    root: String,
-}
-
-impl UploadSessions {
-    pub(crate) fn new(root: &str) -> Self {
-        Self { root: opendal::raw::normalize_root(root) }
-    }
-}
-
-impl Layer for UploadSessions {
-    fn apply_service(&self, inner: Servicer) -> Servicer {
-        Arc::new(Sessions { inner, root: self.root.clone() })
-    }
-}
-
-struct Sessions {
-    inner: Servicer,
-    root: String,
-}
-
-impl Debug for Sessions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DropboxUploadSessions").field("inner", &self.inner).finish()
-    }
-}
-
-impl Service for Sessions {
-    type Writer = SessionWriter;
-
-    crate::pass_through!();
-
-    fn capability(&self) -> opendal::Capability {
-        // Written in pieces, one after another.
-        opendal::Capability { write_can_multi: true, ..self.inner.capability() }
-    }
-
-    fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
+/// The layer: Dropbox's service with writes in upload sessions, under the connection's `root`.
+pub(crate) fn layer(root: &str) -> crate::WriteLayer<SessionWriter> {
+    // The root as OpenDAL's Dropbox service takes it (`/` or `/a/b/`).
+    let root = opendal::raw::normalize_root(root);
+    // Written in pieces, one after another.
+    let capability = |c| opendal::Capability { write_can_multi: true, ..c };
+    crate::WriteLayer::new("DropboxUploadSessions", capability, move |inner, ctx, path, args| {
         Ok(SessionWriter {
-            inner: self.inner.clone(),
+            inner: inner.clone(),
             ctx: ctx.clone(),
             path: path.to_owned(),
-            abs: opendal::raw::build_rooted_abs_path(&self.root, path),
+            abs: opendal::raw::build_rooted_abs_path(&root, path),
             args,
             first: None,
             session: None,
@@ -93,7 +56,7 @@ impl Service for Sessions {
             hash: ContentHash::default(),
             finishing: false,
         })
-    }
+    })
 }
 
 /// Writes one file: held until a second piece shows it needs a session, then streamed through one.
@@ -183,18 +146,9 @@ impl SessionWriter {
     }
 
     async fn exchange(&self, endpoint: &str, req: Request<Buffer>) -> Result<std::result::Result<Value, Value>> {
-        let (parts, mut answer) = self.ctx.http_transport().fetch(req).await?.into_parts();
-        let mut bytes = Vec::new();
-        loop {
-            let piece = answer.read().await?;
-            if piece.is_empty() {
-                break;
-            }
-            bytes.extend(piece.to_bytes());
-            if bytes.len() > MAX_ANSWER {
-                return Err(err(ErrorKind::Unexpected, format!("Dropbox's answer to {endpoint} was too large")));
-            }
-        }
+        let too_big = format!("Dropbox's answer to {endpoint} was too large");
+        let (parts, answer) = crate::exchange(&self.ctx, req, MAX_ANSWER, &too_big).await?.into_parts();
+        let bytes = answer.to_bytes();
         let text = String::from_utf8_lossy(&bytes);
         let json = || serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
         match parts.status {

@@ -28,91 +28,163 @@ pub use spec::{Connection, Kind, Limits, MAX_NAME_LEN, check_name};
 pub use synology::sign_out;
 pub use transfer::{Entry, Listing, Location, Options, Summary};
 
-/// The methods of a layer's service that go to the inner service (`self.inner`, a `Servicer`) unchanged: all but
-/// `capability` and `write`, which the upload layers (dropbox.rs, onedrive.rs, webdav.rs) make their own.
-macro_rules! pass_through {
-    () => {
-        type Reader = opendal::raw::oio::Reader;
-        type Lister = opendal::raw::oio::Lister;
-        type Deleter = opendal::raw::oio::Deleter;
-        type Copier = opendal::raw::oio::Copier;
-        type Composer = opendal::raw::oio::Composer;
+/// How an upload layer makes its writer: from the service below (for folders, or for its own writer), the
+/// operation's context, the path and the write's arguments.
+type MakeWriter<W> = dyn Fn(&opendal::raw::Servicer, &opendal::OperationContext, &str, opendal::raw::OpWrite) -> opendal::Result<W>
+    + Send
+    + Sync;
 
-        fn info(&self) -> opendal::raw::ServiceInfo {
-            self.inner.info()
-        }
-
-        async fn create_dir(
-            &self,
-            ctx: &opendal::OperationContext,
-            path: &str,
-            args: opendal::raw::OpCreateDir,
-        ) -> opendal::Result<opendal::raw::RpCreateDir> {
-            self.inner.create_dir(ctx, path, args).await
-        }
-
-        async fn stat(
-            &self,
-            ctx: &opendal::OperationContext,
-            path: &str,
-            args: opendal::raw::OpStat,
-        ) -> opendal::Result<opendal::raw::RpStat> {
-            self.inner.stat(ctx, path, args).await
-        }
-
-        fn read(
-            &self,
-            ctx: &opendal::OperationContext,
-            path: &str,
-            args: opendal::raw::OpRead,
-        ) -> opendal::Result<Self::Reader> {
-            self.inner.read(ctx, path, args)
-        }
-
-        fn delete(&self, ctx: &opendal::OperationContext) -> opendal::Result<Self::Deleter> {
-            self.inner.delete(ctx)
-        }
-
-        fn list(
-            &self,
-            ctx: &opendal::OperationContext,
-            path: &str,
-            args: opendal::raw::OpList,
-        ) -> opendal::Result<Self::Lister> {
-            self.inner.list(ctx, path, args)
-        }
-
-        fn copy(
-            &self,
-            ctx: &opendal::OperationContext,
-            from: &str,
-            to: &str,
-            args: opendal::raw::OpCopy,
-        ) -> opendal::Result<Self::Copier> {
-            self.inner.copy(ctx, from, to, args)
-        }
-
-        async fn rename(
-            &self,
-            ctx: &opendal::OperationContext,
-            from: &str,
-            to: &str,
-            args: opendal::raw::OpRename,
-        ) -> opendal::Result<opendal::raw::RpRename> {
-            self.inner.rename(ctx, from, to, args).await
-        }
-
-        async fn presign(
-            &self,
-            ctx: &opendal::OperationContext,
-            path: &str,
-            args: opendal::raw::OpPresign,
-        ) -> opendal::Result<opendal::raw::RpPresign> {
-            self.inner.presign(ctx, path, args).await
-        }
-    };
+/// An OpenDAL layer that gives a service a writer of our own (the upload layers: dropbox.rs, onedrive.rs,
+/// streamed.rs for WebDAV and pCloud, s3resume.rs); every other operation goes to the service unchanged.
+pub(crate) struct WriteLayer<W> {
+    name: &'static str,
+    capability: fn(opendal::Capability) -> opendal::Capability,
+    make: std::sync::Arc<MakeWriter<W>>,
 }
-pub(crate) use pass_through;
+
+impl<W> WriteLayer<W> {
+    /// `name` for debugging output; `capability` adjusts the service's (what the writer adds); `make` makes
+    /// each writer.
+    pub(crate) fn new(
+        name: &'static str,
+        capability: fn(opendal::Capability) -> opendal::Capability,
+        make: impl Fn(
+            &opendal::raw::Servicer,
+            &opendal::OperationContext,
+            &str,
+            opendal::raw::OpWrite,
+        ) -> opendal::Result<W>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Self { name, capability, make: std::sync::Arc::new(make) }
+    }
+}
+
+impl<W> Clone for WriteLayer<W> {
+    fn clone(&self) -> Self {
+        Self { name: self.name, capability: self.capability, make: self.make.clone() }
+    }
+}
+
+impl<W> std::fmt::Debug for WriteLayer<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(self.name).finish_non_exhaustive()
+    }
+}
+
+impl<W: opendal::raw::oio::Write + 'static> opendal::raw::Layer for WriteLayer<W> {
+    fn apply_service(&self, inner: opendal::raw::Servicer) -> opendal::raw::Servicer {
+        std::sync::Arc::new(WriteService { inner, layer: self.clone() })
+    }
+}
+
+struct WriteService<W> {
+    inner: opendal::raw::Servicer,
+    layer: WriteLayer<W>,
+}
+
+impl<W> std::fmt::Debug for WriteService<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(self.layer.name).field("inner", &self.inner).finish()
+    }
+}
+
+impl<W: opendal::raw::oio::Write + 'static> opendal::raw::Service for WriteService<W> {
+    type Reader = opendal::raw::oio::Reader;
+    type Writer = W;
+    type Lister = opendal::raw::oio::Lister;
+    type Deleter = opendal::raw::oio::Deleter;
+    type Copier = opendal::raw::oio::Copier;
+    type Composer = opendal::raw::oio::Composer;
+
+    fn info(&self) -> opendal::raw::ServiceInfo {
+        self.inner.info()
+    }
+
+    fn capability(&self) -> opendal::Capability {
+        (self.layer.capability)(self.inner.capability())
+    }
+
+    fn write(
+        &self,
+        ctx: &opendal::OperationContext,
+        path: &str,
+        args: opendal::raw::OpWrite,
+    ) -> opendal::Result<Self::Writer> {
+        (self.layer.make)(&self.inner, ctx, path, args)
+    }
+
+    async fn create_dir(
+        &self,
+        ctx: &opendal::OperationContext,
+        path: &str,
+        args: opendal::raw::OpCreateDir,
+    ) -> opendal::Result<opendal::raw::RpCreateDir> {
+        self.inner.create_dir(ctx, path, args).await
+    }
+
+    async fn stat(
+        &self,
+        ctx: &opendal::OperationContext,
+        path: &str,
+        args: opendal::raw::OpStat,
+    ) -> opendal::Result<opendal::raw::RpStat> {
+        self.inner.stat(ctx, path, args).await
+    }
+
+    fn read(
+        &self,
+        ctx: &opendal::OperationContext,
+        path: &str,
+        args: opendal::raw::OpRead,
+    ) -> opendal::Result<Self::Reader> {
+        self.inner.read(ctx, path, args)
+    }
+
+    fn delete(&self, ctx: &opendal::OperationContext) -> opendal::Result<Self::Deleter> {
+        self.inner.delete(ctx)
+    }
+
+    fn list(
+        &self,
+        ctx: &opendal::OperationContext,
+        path: &str,
+        args: opendal::raw::OpList,
+    ) -> opendal::Result<Self::Lister> {
+        self.inner.list(ctx, path, args)
+    }
+
+    fn copy(
+        &self,
+        ctx: &opendal::OperationContext,
+        from: &str,
+        to: &str,
+        args: opendal::raw::OpCopy,
+    ) -> opendal::Result<Self::Copier> {
+        self.inner.copy(ctx, from, to, args)
+    }
+
+    async fn rename(
+        &self,
+        ctx: &opendal::OperationContext,
+        from: &str,
+        to: &str,
+        args: opendal::raw::OpRename,
+    ) -> opendal::Result<opendal::raw::RpRename> {
+        self.inner.rename(ctx, from, to, args).await
+    }
+
+    async fn presign(
+        &self,
+        ctx: &opendal::OperationContext,
+        path: &str,
+        args: opendal::raw::OpPresign,
+    ) -> opendal::Result<opendal::raw::RpPresign> {
+        self.inner.presign(ctx, path, args).await
+    }
+}
 
 /// The write metadata key a copy gives a file's length in, for the upload layers that stream (WebDAV, pCloud,
 /// File Station, OneDrive) and S3's resumable uploads.
@@ -121,10 +193,12 @@ pub(crate) const LENGTH_KEY: &str = "cloudsync-length";
 /// The file length a copy hands an upload layer as write metadata (`cloudsync-length`), if any.
 pub(crate) fn length_of(args: &opendal::raw::OpWrite) -> opendal::Result<Option<u64>> {
     match args.user_metadata().and_then(|m| m.get(LENGTH_KEY)) {
-        Some(v) => v
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| opendal::Error::new(opendal::ErrorKind::Unexpected, "a bad length was given")),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+            opendal::Error::new(
+                opendal::ErrorKind::Unexpected,
+                format!("the {LENGTH_KEY} write metadata {v:?} is not a byte count"),
+            )
+        }),
         None => Ok(None),
     }
 }
@@ -148,13 +222,9 @@ pub(crate) fn send_again(e: opendal::Error) -> opendal::Error {
     e.set_temporary().set_source(SendAgain)
 }
 
-/// Whether `e` was marked to be sent again ([`send_again`]).
-pub(crate) fn is_send_again(e: &opendal::Error) -> bool {
-    marked_send_again(e)
-}
-
-/// Whether `e` or an error under it is the [`SendAgain`] marker.
-pub(crate) fn marked_send_again(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `e` was marked to be sent again ([`send_again`]): it or an error under it is the [`SendAgain`]
+/// marker.
+pub(crate) fn is_send_again(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
     while let Some(c) = cause {
         if c.is::<SendAgain>() {

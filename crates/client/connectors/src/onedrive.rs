@@ -11,13 +11,10 @@
 //! its address) then shows Graph has it; a last fragment whose answer was lost, sent again to a session that
 //! ended with it, is taken as done when the file is there with the right size.
 
-use std::fmt::{self, Debug};
-use std::sync::Arc;
-
 use bytes::{Bytes, BytesMut};
 use http::{Request, StatusCode, header};
-use opendal::raw::oio::{self, ReadStream as _, Write as _};
-use opendal::raw::{Layer, OpCreateDir, OpStat, OpWrite, Service, Servicer};
+use opendal::raw::oio::{self, Write as _};
+use opendal::raw::{OpCreateDir, OpStat, OpWrite, Service, Servicer};
 use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
 use serde_json::{Value, json};
 
@@ -38,60 +35,25 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> opendal::Error {
     opendal::Error::new(kind, message.into())
 }
 
-/// The layer: OneDrive's service with large writes in upload sessions.
-#[derive(Debug, Clone)]
-pub(crate) struct UploadSessions {
-    /// The connection's root, as OpenDAL's OneDrive service takes it (`/a/b/`).
-    root: String,
-}
-
-impl UploadSessions {
-    pub(crate) fn new(root: &str) -> Self {
-        Self { root: opendal::raw::normalize_root(root) }
-    }
-}
-
-impl Layer for UploadSessions {
-    fn apply_service(&self, inner: Servicer) -> Servicer {
-        Arc::new(Sessions { inner, root: self.root.clone() })
-    }
-}
-
-struct Sessions {
-    inner: Servicer,
-    root: String,
-}
-
-impl Debug for Sessions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OnedriveUploadSessions").field("inner", &self.inner).finish()
-    }
-}
-
-impl Service for Sessions {
-    type Writer = SessionWriter;
-
-    crate::pass_through!();
-
-    fn capability(&self) -> opendal::Capability {
-        // Written in pieces, one after another; told the length as write metadata.
-        opendal::Capability { write_can_multi: true, write_with_user_metadata: true, ..self.inner.capability() }
-    }
-
-    fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
-        let length = crate::length_of(&args)?;
+/// The layer: OneDrive's service with large writes in upload sessions, under the connection's `root`.
+pub(crate) fn layer(root: &str) -> crate::WriteLayer<SessionWriter> {
+    // The root as OpenDAL's OneDrive service takes it (`/a/b/`).
+    let root = opendal::raw::normalize_root(root);
+    // Written in pieces, one after another; told the length as write metadata.
+    let capability = |c| opendal::Capability { write_can_multi: true, write_with_user_metadata: true, ..c };
+    crate::WriteLayer::new("OnedriveUploadSessions", capability, move |inner, ctx, path, args| {
         Ok(SessionWriter {
-            inner: self.inner.clone(),
+            inner: inner.clone(),
             ctx: ctx.clone(),
             path: path.to_owned(),
-            abs: opendal::raw::build_rooted_abs_path(&self.root, path),
-            length,
+            abs: opendal::raw::build_rooted_abs_path(&root, path),
+            length: crate::length_of(&args)?,
             held: Vec::new(),
             upload_url: None,
-            carry: BytesMut::new(),
+            carry: Bytes::new(),
             confirmed: 0,
         })
-    }
+    })
 }
 
 /// Writes one file: small ones held and sent in one request, larger ones streamed through a session.
@@ -108,7 +70,7 @@ pub(crate) struct SessionWriter {
     /// The session's upload address, once made.
     upload_url: Option<String>,
     /// Bytes handed in but not sent yet (less than a fragment, or a fragment and what follows it).
-    carry: BytesMut,
+    carry: Bytes,
     /// Bytes of the file Graph has confirmed (the offset `carry` starts at).
     confirmed: u64,
 }
@@ -123,18 +85,9 @@ impl SessionWriter {
         let again = |e: opendal::Error| {
             if e.is_temporary() { crate::send_again(err(e.kind(), e.to_string())) } else { e }
         };
-        let (parts, mut body) = self.ctx.http_transport().fetch(req).await.map_err(again)?.into_parts();
-        let mut bytes = Vec::new();
-        loop {
-            let piece = body.read().await.map_err(again)?;
-            if piece.is_empty() {
-                break;
-            }
-            bytes.extend(piece.to_bytes());
-            if bytes.len() > MAX_ANSWER {
-                return Err(err(ErrorKind::Unexpected, format!("Graph's answer to {what} was too large")));
-            }
-        }
+        let too_big = format!("Graph's answer to {what} was too large");
+        let (parts, body) = crate::exchange(&self.ctx, req, MAX_ANSWER, &too_big).await.map_err(again)?.into_parts();
+        let bytes = body.to_bytes();
         let json = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
         Ok((parts.status, json))
     }
@@ -182,8 +135,8 @@ impl SessionWriter {
         Ok(url)
     }
 
-    /// Sends the fragment of `bytes` at `at` of `total`; whether it was the last (the file is in place).
-    async fn fragment(&mut self, at: u64, bytes: Bytes, total: u64) -> Result<bool> {
+    /// Sends the fragment of `bytes` at `at` of `total` (the last one puts the file in place).
+    async fn fragment(&mut self, at: u64, bytes: Bytes, total: u64) -> Result<()> {
         let url = self.session().await?;
         let len = bytes.len() as u64;
         let last = at + len == total;
@@ -195,11 +148,11 @@ impl SessionWriter {
             .map_err(|e| err(ErrorKind::Unexpected, format!("cannot build a Graph request: {e}")))?;
         let (status, answer) = self.answer(req, "an upload fragment").await?;
         match status {
-            StatusCode::ACCEPTED if !last => Ok(false),
-            StatusCode::OK | StatusCode::CREATED if last => Ok(true),
+            StatusCode::ACCEPTED if !last => Ok(()),
+            StatusCode::OK | StatusCode::CREATED if last => Ok(()),
             // A fragment sent again after its answer was lost: the session's status says Graph expects the
             // range after it.
-            StatusCode::RANGE_NOT_SATISFIABLE if !last && self.expects().await? == Some(at + len) => Ok(false),
+            StatusCode::RANGE_NOT_SATISFIABLE if !last && self.expects().await? == Some(at + len) => Ok(()),
             _ => Err(self.refused("an upload fragment", status, &answer)),
         }
     }
@@ -246,11 +199,11 @@ impl oio::Write for SessionWriter {
         // What is carried and what comes now; fragments go while more than one fragment's worth is there, so
         // that the last fragment (which ends the session) goes at close. A failure leaves the carry as it was: a
         // write tried again sends the same fragments, and Graph's 416 tells those it has.
-        let mut all = self.carry.clone();
+        let mut all = BytesMut::from(&self.carry[..]);
         for piece in bs {
             all.extend_from_slice(&piece);
         }
-        // Fragments are slices of one buffer, not copies.
+        // Fragments, and the carry, are slices of one buffer, not copies.
         let all = all.freeze();
         let mut at = 0;
         while all.len() - at > FRAGMENT {
@@ -261,7 +214,7 @@ impl oio::Write for SessionWriter {
             self.fragment(offset, all.slice(at..at + FRAGMENT), total).await?;
             at += FRAGMENT;
         }
-        self.carry = BytesMut::from(&all[at..]);
+        self.carry = all.slice(at..);
         self.confirmed += at as u64;
         Ok(())
     }
@@ -275,18 +228,14 @@ impl oio::Write for SessionWriter {
                 format!("{}: {sent} bytes were handed in for a file of {total}", self.abs),
             ));
         }
-        let rest = self.carry.clone().freeze();
-        match self.fragment(self.confirmed, rest, total).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(err(ErrorKind::Unexpected, format!("OneDrive did not finish the upload of {}", self.abs)));
-            }
+        match self.fragment(self.confirmed, self.carry.clone(), total).await {
+            Ok(()) => {}
             // Sent again after its answer was lost, to a session that ended with it.
             Err(e) if self.finished_before(total).await => drop(e),
             Err(e) => return Err(e),
         }
         self.confirmed = total;
-        self.carry.clear();
+        self.carry = Bytes::new();
         Ok(MetadataBuilder::file(total).build())
     }
 
@@ -298,7 +247,7 @@ impl oio::Write for SessionWriter {
             let _ = self.ctx.http_transport().fetch(req).await;
         }
         self.held.clear();
-        self.carry.clear();
+        self.carry = Bytes::new();
         Ok(())
     }
 }

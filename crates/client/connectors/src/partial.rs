@@ -52,10 +52,6 @@ pub(crate) fn flags() -> i32 {
     (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits().cast_signed()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn sha256(parts: &[&[u8]]) -> ring::digest::Digest {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for p in parts {
@@ -68,7 +64,7 @@ fn sha256(parts: &[&[u8]]) -> ring::digest::Digest {
 
 /// The start shared by the partial names of one final name (for sweeping stale ones).
 fn stem(final_name: &str) -> String {
-    format!("{PREFIX}{}", hex(&sha256(&[b"cloudsync partial name", final_name.as_bytes()]).as_ref()[..6]))
+    format!("{PREFIX}{}", hex::encode(&sha256(&[b"cloudsync partial name", final_name.as_bytes()]).as_ref()[..6]))
 }
 
 /// The partial name for `final_name` copied from the source `id`.
@@ -83,7 +79,7 @@ pub(crate) fn name(final_name: &str, id: &Identity) -> String {
         id.tag.as_deref().unwrap_or("").as_bytes(),
         id.version.as_deref().unwrap_or("").as_bytes(),
     ]);
-    format!("{}{}{SUFFIX}", stem(final_name), hex(&digest.as_ref()[..4]))
+    format!("{}{}{SUFFIX}", stem(final_name), hex::encode(&digest.as_ref()[..4]))
 }
 
 /// Opens (or creates) the partial file of `final_name` in `parent` for the source `id`, locked. `None` when it

@@ -14,16 +14,16 @@ use opendal::raw::Servicer;
 use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
 
 use crate::oauth::PLACEHOLDER;
-use crate::streamed::{Opened, Streaming, Target, err};
+use crate::streamed::{Opened, Target, err};
 
 type Result<T> = opendal::Result<T>;
 
 /// The layer: pCloud's service with streamed uploads, to the API at `api` (`https://api.pcloud.com`) under the
 /// connection's `root`.
-pub(crate) fn layer(api: &str, root: &str) -> Streaming<Upload> {
+pub(crate) fn layer(api: &str, root: &str) -> crate::WriteLayer<crate::streamed::StreamWriter<Upload>> {
     let settings =
         Arc::new(Settings { api: api.trim_end_matches('/').to_owned(), root: opendal::raw::normalize_root(root) });
-    Streaming::new("PcloudStreamedUpload", move |inner| Upload { inner, settings: settings.clone() })
+    crate::streamed::layer("PcloudStreamedUpload", move |inner| Upload { inner, settings: settings.clone() })
 }
 
 #[derive(Debug)]

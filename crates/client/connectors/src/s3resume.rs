@@ -23,8 +23,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
+use opendal::raw::Service as _;
 use opendal::raw::oio;
-use opendal::raw::{Layer, OpWrite, Service, Servicer};
 use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
 use ring::{digest, hmac};
 use zeroize::Zeroizing;
@@ -36,7 +36,7 @@ pub(crate) const STATE_KEY: &str = "cloudsync-state-dir";
 /// The metadata key the finished upload reports the bytes it did not send again in.
 pub(crate) const REUSED_KEY: &str = "cloudsync-reused";
 /// The size of a part (the copy's piece).
-pub(crate) const PART: usize = 8 << 20;
+pub(crate) const PART: usize = crate::transfer::CHUNK;
 /// Most parts one upload may have (S3's limit): a part grows past this many pieces' worth.
 const MAX_PARTS: u64 = 10_000;
 /// Longest answer read.
@@ -69,34 +69,25 @@ impl Debug for Settings {
 }
 
 /// The layer: S3's service with uploads that resume.
-#[derive(Debug, Clone)]
-pub(crate) struct ResumableUploads {
-    settings: Arc<Settings>,
-}
-
-impl ResumableUploads {
-    pub(crate) fn new(mut settings: Settings) -> Self {
-        settings.root = opendal::raw::normalize_root(&settings.root);
-        settings.endpoint = settings.endpoint.trim_end_matches('/').to_owned();
-        Self { settings: Arc::new(settings) }
-    }
-}
-
-impl Layer for ResumableUploads {
-    fn apply_service(&self, inner: Servicer) -> Servicer {
-        Arc::new(Resumable { inner, settings: self.settings.clone() })
-    }
-}
-
-struct Resumable {
-    inner: Servicer,
-    settings: Arc<Settings>,
-}
-
-impl Debug for Resumable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3ResumableUploads").field("inner", &self.inner).finish()
-    }
+pub(crate) fn layer(mut settings: Settings) -> crate::WriteLayer<Writer> {
+    settings.root = opendal::raw::normalize_root(&settings.root);
+    settings.endpoint = settings.endpoint.trim_end_matches('/').to_owned();
+    let settings = Arc::new(settings);
+    let capability = |c| opendal::Capability { write_with_user_metadata: true, ..c };
+    crate::WriteLayer::new("S3ResumableUploads", capability, move |inner, ctx, path, args| {
+        let state = args.user_metadata().and_then(|m| m.get(STATE_KEY)).map(PathBuf::from);
+        let length = crate::length_of(&args)?;
+        match (state, length) {
+            // (S3 Express directory buckets sign in sessions of their own: OpenDAL's writer.)
+            (Some(dir), Some(length)) if length > PART as u64 && !settings.bucket.ends_with("--x-s3") => {
+                let key = opendal::raw::build_abs_path(&settings.root, path);
+                Ok(Writer::Resumable(Box::new(Upload::new(settings.clone(), ctx, key, length, &dir))))
+            }
+            // Our keys must never become the object's metadata (the state folder is a local path).
+            (Some(_), _) => Err(err(ErrorKind::Unexpected, "a resumable upload was asked for a file of one piece")),
+            (None, _) => inner.write(ctx, path, args).map(Writer::Inner),
+        }
+    })
 }
 
 /// OpenDAL's writer, or ours.
@@ -133,31 +124,6 @@ impl oio::Write for Writer {
             Self::Inner(w) => oio::Write::abort(w).await,
             // The parts stay on the server for the next run to take up.
             Self::Resumable(_) => Ok(()),
-        }
-    }
-}
-
-impl Service for Resumable {
-    type Writer = Writer;
-
-    crate::pass_through!();
-
-    fn capability(&self) -> opendal::Capability {
-        opendal::Capability { write_with_user_metadata: true, ..self.inner.capability() }
-    }
-
-    fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
-        let state = args.user_metadata().and_then(|m| m.get(STATE_KEY)).map(PathBuf::from);
-        let length = crate::length_of(&args)?;
-        match (state, length) {
-            // (S3 Express directory buckets sign in sessions of their own: OpenDAL's writer.)
-            (Some(dir), Some(length)) if length > PART as u64 && !self.settings.bucket.ends_with("--x-s3") => {
-                let key = opendal::raw::build_abs_path(&self.settings.root, path);
-                Ok(Writer::Resumable(Box::new(Upload::new(self.settings.clone(), ctx, key, length, &dir))))
-            }
-            // Our keys must never become the object's metadata (the state folder is a local path).
-            (Some(_), _) => Err(err(ErrorKind::Unexpected, "a resumable upload was asked for a file of one piece")),
-            (None, _) => self.inner.write(ctx, path, args).map(Writer::Inner),
         }
     }
 }
@@ -248,24 +214,17 @@ impl Upload {
 
     /// Sends one signed request, again after a pause (1 s, 2 s, 4 s) when it failed for a reason that may pass
     /// (except the one that starts an upload: sent twice, it would start two); its answer, whole. `payload` is
-    /// the body's SHA-256 in hex, if already known.
+    /// the body's SHA-256 in hex ([`EMPTY_SHA256`] for no body).
     async fn send(
         &self,
         method: Method,
         query: &str,
         body: Buffer,
-        payload: Option<String>,
+        payload: &str,
     ) -> Result<(StatusCode, http::HeaderMap, Bytes)> {
-        let payload = payload.unwrap_or_else(|| {
-            let mut h = digest::Context::new(&digest::SHA256);
-            for piece in body.clone() {
-                h.update(&piece);
-            }
-            hex::encode(h.finish())
-        });
         let mut tries = 0;
         loop {
-            let answer = self.send_once(method.clone(), query, body.clone(), &payload).await;
+            let answer = self.send_once(method.clone(), query, body.clone(), payload).await;
             let passing = match &answer {
                 Ok((status, _, body)) => passing(*status, body),
                 Err(e) => e.is_temporary(),
@@ -286,7 +245,12 @@ impl Upload {
         payload: &str,
     ) -> Result<(StatusCode, http::HeaderMap, Bytes)> {
         let url = self.url(query);
-        let uri: http::Uri = url.parse().map_err(|e| err(ErrorKind::ConfigInvalid, format!("bad S3 address: {e}")))?;
+        let uri: http::Uri = url.parse().map_err(|e| {
+            err(
+                ErrorKind::ConfigInvalid,
+                format!("the S3 address {url} is not valid ({e}); check the connection's --endpoint"),
+            )
+        })?;
         let host = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
         let (date, stamp) = amz_date(now);
@@ -382,7 +346,7 @@ impl Upload {
                 }
             }
         }
-        let (status, _, body) = self.send(Method::POST, "uploads=", Buffer::new(), None).await?;
+        let (status, _, body) = self.send(Method::POST, "uploads=", Buffer::new(), EMPTY_SHA256).await?;
         if status != StatusCode::OK {
             return Err(Self::failure("cannot start a multipart upload", status, &body));
         }
@@ -479,7 +443,7 @@ impl Upload {
         let mut marker = 0u32;
         loop {
             let query = format!("part-number-marker={marker}&uploadId={}", uri_encode(id, true));
-            let (status, _, body) = self.send(Method::GET, &query, Buffer::new(), None).await?;
+            let (status, _, body) = self.send(Method::GET, &query, Buffer::new(), EMPTY_SHA256).await?;
             if status != StatusCode::OK {
                 return Err(Self::failure("cannot list the parts of an earlier upload", status, &body));
             }
@@ -529,7 +493,10 @@ impl Upload {
         }
         let id = self.upload_id.clone().unwrap_or_default();
         let query = format!("partNumber={number}&uploadId={}", uri_encode(&id, true));
-        let (status, headers, body) = self.send(Method::PUT, &query, data, Some(sha256)).await?;
+        let (status, headers, body) = self.send(Method::PUT, &query, data, &sha256).await?;
+        if no_such_upload(status, &body) {
+            return Err(self.ended());
+        }
         if status != StatusCode::OK {
             return Err(Self::failure(&format!("cannot send part {number} of {}", self.key), status, &body));
         }
@@ -651,15 +618,18 @@ impl Upload {
             }
             format!("{}-{}", hex::encode(md5::Md5::digest(&all)), self.parts.len())
         };
-        let gone = status == StatusCode::NOT_FOUND && tag(&text, "Code").as_deref() == Some("NoSuchUpload");
+        let gone = no_such_upload(status, &body);
         let etag = if gone && uncertain {
             // Completed by an earlier try whose answer was lost: the object there is checked instead.
-            self.completed_already(md5_parts.then_some(expected.as_str())).await?
+            match self.completed_already(md5_parts.then_some(expected.as_str())).await {
+                Ok(etag) => etag,
+                Err(e) => {
+                    self.drop_state();
+                    return Err(e);
+                }
+            }
         } else if gone {
-            // Aborted or expired meanwhile: the copy sends the file again, in a new upload.
-            self.drop_state();
-            let e = err(ErrorKind::Unexpected, format!("the upload of {} was ended on the server", self.key));
-            return Err(crate::send_again(e).set_persistent());
+            return Err(self.ended());
         } else if status != StatusCode::OK || body_has_error(&body) {
             // S3 may answer 200 with an error in the body, once it has started completing.
             let status = if status == StatusCode::OK { StatusCode::INTERNAL_SERVER_ERROR } else { status };
@@ -690,21 +660,32 @@ impl Upload {
     /// After a NoSuchUpload to completing: the object, if it is there with this upload's size (and ETag, when
     /// known); its ETag.
     async fn completed_already(&self, expected: Option<&str>) -> Result<Option<String>> {
-        let (status, headers, _) = self.send(Method::HEAD, "", Buffer::new(), None).await?;
+        let (status, headers, _) = self.send(Method::HEAD, "", Buffer::new(), EMPTY_SHA256).await?;
         let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(etag_of);
         let size = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let matches = expected.is_none_or(|x| etag.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(x)));
         if status == StatusCode::OK && size == Some(self.length) && matches {
             return Ok(etag);
         }
-        Err(err(
-            ErrorKind::NotFound,
-            format!(
-                "the upload of {} is no longer on the server and the object is not the file; copy it again",
-                self.key
-            ),
-        ))
+        let e = err(
+            ErrorKind::Unexpected,
+            format!("the upload of {} is no longer on the server and the object there is not the file", self.key),
+        );
+        Err(crate::send_again(e).set_persistent())
     }
+
+    /// After the server answered that the upload is gone (aborted, expired by a lifecycle rule): it is forgotten,
+    /// and the copy sends the file again, in a new upload.
+    fn ended(&mut self) -> opendal::Error {
+        self.drop_state();
+        let e = err(ErrorKind::Unexpected, format!("the upload of {} was ended on the server", self.key));
+        crate::send_again(e).set_persistent()
+    }
+}
+
+/// Whether S3 answered that the upload is gone.
+fn no_such_upload(status: StatusCode, body: &[u8]) -> bool {
+    status == StatusCode::NOT_FOUND && tag(&String::from_utf8_lossy(body), "Code").as_deref() == Some("NoSuchUpload")
 }
 
 /// The error a broken writer answers with: for the copy to send the file again when the failure may pass, and

@@ -458,7 +458,7 @@ impl Connection {
                 let bucket = self.bucket.as_deref().unwrap_or_default();
                 let endpoint = crate::s3resume::endpoint_for(configured.as_deref(), bucket, region);
                 // Multipart uploads that a later run takes up where this one stopped (s3resume.rs).
-                Operator::new(b)?.layer(crate::s3resume::ResumableUploads::new(crate::s3resume::Settings {
+                Operator::new(b)?.layer(crate::s3resume::layer(crate::s3resume::Settings {
                     endpoint,
                     region: region.to_owned(),
                     bucket: self.bucket.clone().unwrap_or_default(),
@@ -547,12 +547,12 @@ impl Connection {
             // Files past one piece go in upload sessions (dropbox.rs), not one request held in memory.
             Kind::Dropbox => {
                 Operator::new(opendal::services::Dropbox::default().root(&root).access_token(PLACEHOLDER))?
-                    .layer(crate::dropbox::UploadSessions::new(&root))
+                    .layer(crate::dropbox::layer(&root))
             }
             // Files over 4 MiB go in upload sessions fed as they are read (onedrive.rs), not from one buffer.
             Kind::Onedrive => {
                 Operator::new(opendal::services::Onedrive::default().root(&root).access_token(PLACEHOLDER))?
-                    .layer(crate::onedrive::UploadSessions::new(&root))
+                    .layer(crate::onedrive::layer(&root))
             }
             // Uploads stream in one request (pcloud.rs) instead of being held whole in memory.
             Kind::Pcloud => Operator::new(

@@ -177,61 +177,18 @@ pub(crate) trait Target: Send + Sync + 'static {
 }
 
 /// An OpenDAL layer giving a service streamed uploads: its writer is a [`StreamWriter`] over the [`Target`] made
-/// from the service (which the target may call, for folders); everything else goes to the service.
-pub(crate) struct Streaming<T> {
-    make: Arc<dyn Fn(opendal::raw::Servicer) -> T + Send + Sync>,
+/// from the service (which the target may call, for folders); `name` for debugging output.
+pub(crate) fn layer<T: Target>(
     name: &'static str,
-}
-
-impl<T> Streaming<T> {
-    pub(crate) fn new(name: &'static str, make: impl Fn(opendal::raw::Servicer) -> T + Send + Sync + 'static) -> Self {
-        Self { make: Arc::new(make), name }
-    }
-}
-
-impl<T> Debug for Streaming<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct(self.name).finish_non_exhaustive()
-    }
-}
-
-impl<T: Target> opendal::raw::Layer for Streaming<T> {
-    fn apply_service(&self, inner: opendal::raw::Servicer) -> opendal::raw::Servicer {
-        Arc::new(StreamingService { target: Arc::new((self.make)(inner.clone())), inner, name: self.name })
-    }
-}
-
-struct StreamingService<T> {
-    inner: opendal::raw::Servicer,
-    target: Arc<T>,
-    name: &'static str,
-}
-
-impl<T> Debug for StreamingService<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct(self.name).field("inner", &self.inner).finish()
-    }
-}
-
-impl<T: Target> opendal::raw::Service for StreamingService<T> {
-    type Writer = StreamWriter<T>;
-
-    crate::pass_through!();
-
-    fn capability(&self) -> opendal::Capability {
-        // Written in pieces, one after another, into one request, told its length (as write metadata); an
-        // empty file is an empty body.
-        opendal::Capability {
-            write_can_multi: true,
-            write_can_empty: true,
-            write_with_user_metadata: true,
-            ..self.inner.capability()
-        }
-    }
-
-    fn write(&self, ctx: &OperationContext, path: &str, args: opendal::raw::OpWrite) -> Result<Self::Writer> {
-        Ok(StreamWriter::new(self.target.clone(), ctx, path, crate::length_of(&args)?))
-    }
+    make: impl Fn(opendal::raw::Servicer) -> T + Send + Sync + 'static,
+) -> crate::WriteLayer<StreamWriter<T>> {
+    // Written in pieces, one after another, into one request, told its length (as write metadata); an empty
+    // file is an empty body.
+    let capability =
+        |c| opendal::Capability { write_can_multi: true, write_can_empty: true, write_with_user_metadata: true, ..c };
+    crate::WriteLayer::new(name, capability, move |inner, ctx, path, args| {
+        Ok(StreamWriter::new(Arc::new(make(inner.clone())), ctx, path, crate::length_of(&args)?))
+    })
 }
 
 /// The request under way, given up when let go (a writer dropped or a step cut off mid-answer).

@@ -24,7 +24,7 @@ use crate::partial;
 /// Most entries one listing may hold.
 pub const MAX_ENTRIES: usize = 1_000_000;
 /// Size of the pieces a file is read and written in.
-const CHUNK: usize = 8 << 20;
+pub(crate) const CHUNK: usize = 8 << 20;
 /// Name prefix and suffix of a file being written (kept short: the final name may be near the limit).
 const PARTIAL_PREFIX: &str = ".cloudsync-";
 pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
@@ -619,14 +619,13 @@ async fn local_digest(path: &Path, size: u64, like: Option<&str>) -> Result<Opti
             out.copy_from_slice(sha.finish().as_ref());
             return Ok(Some(Digest::Sha256(out)));
         }
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         Ok(Some(Digest::S3Etag(match parts {
-            None => hex(&whole.finalize()),
+            None => hex::encode(whole.finalize()),
             Some(n) => {
                 if part_len > 0 {
                     part_sums.extend_from_slice(&part.finalize());
                 }
-                format!("{}-{n}", hex(&md5::Md5::digest(&part_sums)))
+                format!("{}-{n}", hex::encode(md5::Md5::digest(&part_sums)))
             }
         })))
     })
@@ -877,7 +876,7 @@ const FILE_RETRIES: u32 = 2;
 /// Whether a failed transfer may succeed if tried again: the remote was busy, slow or unreachable, even after
 /// the retries of single requests.
 fn worth_again(e: &Error) -> bool {
-    crate::marked_send_again(e)
+    crate::is_send_again(e)
         || matches!(e, Error::Backend { source, .. } if source.kind() == opendal::ErrorKind::RateLimited)
 }
 
@@ -1592,8 +1591,7 @@ mod tests {
             use md5::Digest as _;
             md5::Md5::digest(b).to_vec()
         };
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-        let want = format!("{}-2", hex(&sum(&[sum(&body[..CHUNK]), sum(&body[CHUNK..])].concat())));
+        let want = format!("{}-2", hex::encode(sum(&[sum(&body[..CHUNK]), sum(&body[CHUNK..])].concat())));
         let size = body.len() as u64;
         assert_eq!(local_digest(&f, size, Some(&want)).await.expect("md5"), Some(Digest::S3Etag(want.clone())));
         // Another part count than this client's split: no hash to compare, not a difference.

@@ -15,7 +15,7 @@ use opendal::raw::Servicer;
 use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
 use zeroize::Zeroizing;
 
-use crate::streamed::{Opened, Streaming, Target, err};
+use crate::streamed::{Opened, Target, err};
 
 type Result<T> = opendal::Result<T>;
 
@@ -40,16 +40,29 @@ impl Debug for Settings {
 }
 
 /// The layer: WebDAV's service with streamed uploads.
-pub(crate) fn layer(mut settings: Settings) -> Streaming<Put> {
+pub(crate) fn layer(mut settings: Settings) -> crate::WriteLayer<crate::streamed::StreamWriter<Put>> {
     settings.root = opendal::raw::normalize_root(&settings.root);
+    // The basic authentication header, made once (base64 is always a valid header value).
+    let auth = settings.user.as_ref().and_then(|(user, password)| {
+        let pair = Zeroizing::new(format!("{user}:{}", password.as_str()));
+        let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
+        let mut value = http::HeaderValue::from_str(&Zeroizing::new(format!("Basic {}", encoded.as_str()))).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    });
     let settings = Arc::new(settings);
-    Streaming::new("WebdavStreamedPut", move |inner| Put { inner, settings: settings.clone() })
+    crate::streamed::layer("WebdavStreamedPut", move |inner| Put {
+        inner,
+        settings: settings.clone(),
+        auth: auth.clone(),
+    })
 }
 
 /// One streamed `PUT`.
 pub(crate) struct Put {
     inner: Servicer,
     settings: Arc<Settings>,
+    auth: Option<http::HeaderValue>,
 }
 
 impl Put {
@@ -66,14 +79,8 @@ impl Target for Put {
     async fn open(&self, ctx: &OperationContext, path: &str, _: Option<u64>) -> Result<Opened<()>> {
         crate::streamed::folders_above(&self.inner, ctx, path).await?;
         let mut req = Request::put(self.url(path));
-        if let Some((user, password)) = &self.settings.user {
-            let pair = Zeroizing::new(format!("{user}:{}", password.as_str()));
-            let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
-            let header = Zeroizing::new(format!("Basic {}", encoded.as_str()));
-            let mut value = http::HeaderValue::from_str(&header)
-                .map_err(|_| err(ErrorKind::ConfigInvalid, "the user name or password cannot go in a header"))?;
-            value.set_sensitive(true);
-            req = req.header(header::AUTHORIZATION, value);
+        if let Some(auth) = &self.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
         }
         Opened::bare(req)
     }

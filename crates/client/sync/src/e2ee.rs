@@ -34,7 +34,7 @@ use crate::chunking::{Digest, chunk_stream, hash_reader};
 use crate::e2ee_cache::VerifiedManifests;
 use crate::fetch::{
     FEED_REQUESTS, FETCH_IN_FLIGHT, Fetched, GROUP_BYTES, GROUP_FILES, Made, feed_writer, fetch_all, flush_to_disk,
-    place, requests, system_time, take_made, with_created_ahead,
+    groups, place, requests, system_time, take_made, with_created_ahead,
 };
 use crate::index::Stat;
 use crate::keys::{ChunkKeys, hash_hex, hash_matches};
@@ -1474,23 +1474,29 @@ pub(crate) async fn download_all(
     let pieces = |d: &Download| if d.entry.manifest.is_inline() { 1 } else { d.entry.manifest.chunks.len() };
     let order: Vec<(usize, usize)> =
         jobs.iter().enumerate().flat_map(|(j, d)| (0..pieces(d)).map(move |c| (j, c))).collect();
-    let wanted = order.iter().map(|&(j, c)| {
-        let entry = &jobs[j].entry;
-        match (entry.manifest.is_inline(), &entry.manifest.inline) {
-            (true, Some(_)) => (entry.manifest_chunk.0, 0),
-            (true, None) => entry.manifest_chunk,
-            (false, _) => {
-                let chunk = &entry.manifest.chunks[c];
-                (ChunkId(chunk.stored_id), chunk.stored_len() as u32)
+    // Each piece's chunk and stored size (none for content the listing held).
+    let wanted: Vec<(ChunkId, u32)> = order
+        .iter()
+        .map(|&(j, c)| {
+            let entry = &jobs[j].entry;
+            match (entry.manifest.is_inline(), &entry.manifest.inline) {
+                (true, Some(_)) => (entry.manifest_chunk.0, 0),
+                (true, None) => entry.manifest_chunk,
+                (false, _) => {
+                    let chunk = &entry.manifest.chunks[c];
+                    (ChunkId(chunk.stored_id), chunk.stored_len() as u32)
+                }
             }
-        }
-    });
+        })
+        .collect();
+    // Each fetch request: its chunk ids, and its pieces with their stored sizes.
     let mut batches = Vec::new();
-    let mut rest = order.as_slice();
-    for ids in requests(wanted) {
-        let (here, after) = rest.split_at(ids.len());
-        batches.push((ids, here.to_vec()));
-        rest = after;
+    let mut at = 0;
+    for ids in requests(wanted.iter().copied()) {
+        let range = at..at + ids.len();
+        let sizes: Vec<u64> = wanted[range.clone()].iter().map(|w| u64::from(w.1)).collect();
+        batches.push((ids, order[range.clone()].to_vec(), sizes));
+        at = range.end;
     }
     let (tx, rx) = mpsc::channel::<Vec<Opened>>(FEED_REQUESTS);
     let writer = {
@@ -1498,7 +1504,7 @@ pub(crate) async fn download_all(
         tokio::task::spawn_blocking(move || write_all(&jobs, rx, &tools))
     };
     let fetched = futures_util::stream::iter(batches)
-        .map(|(ids, places)| {
+        .map(|(ids, places, sizes)| {
             let (jobs, tools) = (Arc::clone(&jobs), Arc::clone(&tools));
             async move {
                 // Content the listing held is not fetched again.
@@ -1510,26 +1516,17 @@ pub(crate) async fn download_all(
                     .collect();
                 let blobs = if fetch.is_empty() { Vec::new() } else { retry(|| fetch_all(files, &fetch)).await? };
                 let bytes = blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-                // The request's chunks are opened a slice at a time (at most OPEN_SLICE chunks or about
+                // The request's chunks are opened a slice at a time (at most OPEN_SLICE chunks and
                 // OPEN_SLICE_BYTES), all slices at once on blocking threads, so the writer can start on the first
                 // slice while the others are opened, and a request of a few big chunks is opened on every core.
                 let mut blobs = blobs.into_iter();
                 let mut slices = Vec::new();
-                let (mut start, mut part, mut held) = (0, Vec::<(ChunkId, Bytes)>::new(), 0);
-                for (i, (j, _)) in places.iter().enumerate() {
-                    if jobs[*j].entry.manifest.inline.is_none()
-                        && let Some(blob) = blobs.next()
-                    {
-                        held += blob.1.len();
-                        part.push(blob);
-                    }
-                    let end = i + 1;
-                    if end - start >= OPEN_SLICE || held >= OPEN_SLICE_BYTES || end == places.len() {
-                        let (jobs, tools) = (Arc::clone(&jobs), Arc::clone(&tools));
-                        let (slice, part) = (places[start..end].to_vec(), std::mem::take(&mut part));
-                        slices.push(tokio::task::spawn_blocking(move || open_batch(&jobs, &tools, part, &slice)));
-                        (start, held) = (end, 0);
-                    }
+                for range in groups(sizes, OPEN_SLICE, OPEN_SLICE_BYTES) {
+                    let slice = places[range].to_vec();
+                    let held = slice.iter().filter(|(j, _)| jobs[*j].entry.manifest.inline.is_none()).count();
+                    let part: Vec<(ChunkId, Bytes)> = blobs.by_ref().take(held).collect();
+                    let (jobs, tools) = (Arc::clone(&jobs), Arc::clone(&tools));
+                    slices.push(tokio::task::spawn_blocking(move || open_batch(&jobs, &tools, part, &slice)));
                 }
                 Ok::<_, SyncError>((bytes, slices))
             }
@@ -1577,10 +1574,10 @@ pub(crate) async fn download_all(
     written
 }
 
-/// Chunks of one fetch request opened together on one blocking thread: at most this many, or about this many
-/// bytes.
+/// Chunks of one fetch request opened together on one blocking thread, at most.
 const OPEN_SLICE: usize = 64;
-const OPEN_SLICE_BYTES: usize = 4 << 20;
+/// Bytes of one fetch request opened together on one blocking thread, at most (a bigger chunk alone).
+const OPEN_SLICE_BYTES: u64 = 4 << 20;
 
 /// One opened chunk: which job it belongs to, and its plaintext.
 struct Opened {

@@ -50,7 +50,8 @@ const FETCH_CHUNKS: usize = 2048;
 /// Chunk requests in flight.
 pub(crate) const FETCH_IN_FLIGHT: usize = 3;
 /// Fetched requests waiting for the writer (memory: about this many times [`FETCH_BYTES`], besides those
-/// in flight).
+/// in flight; an E2EE pull also keeps up to [`FETCH_IN_FLIGHT`] fetched requests ahead while they are opened,
+/// so it may hold about eight requests' bytes at once).
 pub(crate) const FEED_REQUESTS: usize = 2;
 /// Files written before their group is flushed and renamed into place.
 pub(crate) const GROUP_FILES: usize = 1000;
@@ -259,20 +260,35 @@ pub(crate) async fn feed_writer<S, T, R>(
 /// Splits the chunks wanted (id, stored size), in order, into fetch requests of at most [`FETCH_CHUNKS`]
 /// chunks and [`FETCH_BYTES`] bytes (a larger chunk goes alone).
 pub(crate) fn requests(wanted: impl IntoIterator<Item = (ChunkId, u32)>) -> Vec<Vec<ChunkId>> {
-    let mut requests = Vec::new();
-    let (mut ids, mut bytes) = (Vec::new(), 0u64);
-    for (id, size) in wanted {
-        if !ids.is_empty() && (bytes + u64::from(size) > FETCH_BYTES || ids.len() >= FETCH_CHUNKS) {
-            requests.push(std::mem::take(&mut ids));
-            bytes = 0;
+    let wanted: Vec<(ChunkId, u32)> = wanted.into_iter().collect();
+    groups(wanted.iter().map(|w| u64::from(w.1)), FETCH_CHUNKS, FETCH_BYTES)
+        .into_iter()
+        .map(|r| wanted[r].iter().map(|w| w.0).collect())
+        .collect()
+}
+
+/// Splits items of the given sizes, in order, into runs of at most `max_items` items and `max_bytes` bytes (a
+/// larger item goes alone), as index ranges.
+pub(crate) fn groups(
+    sizes: impl IntoIterator<Item = u64>,
+    max_items: usize,
+    max_bytes: u64,
+) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    let mut end = 0;
+    for size in sizes {
+        if end > start && (bytes + size > max_bytes || end - start >= max_items) {
+            groups.push(start..end);
+            (start, bytes) = (end, 0);
         }
-        ids.push(id);
-        bytes += u64::from(size);
+        bytes += size;
+        end += 1;
     }
-    if !ids.is_empty() {
-        requests.push(ids);
+    if end > start {
+        groups.push(start..end);
     }
-    requests
+    groups
 }
 
 /// Fetches one request's chunks into memory (so a retry restarts it cleanly).

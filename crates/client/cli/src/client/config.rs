@@ -23,22 +23,29 @@ pub struct ClientConfig {
     pub email: Option<String>,
 }
 
+/// A folder named by the environment variable `name`; an empty one counts as unset.
+fn env_dir(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).filter(|d| !d.is_empty()).map(PathBuf::from)
+}
+
+/// The configuration directory used when `CLOUDSYNC_CONFIG_DIR` is not set (the default profile's).
+pub fn default_config_dir() -> PathBuf {
+    dirs::config_dir().unwrap_or_else(|| PathBuf::from(".")).join("cloudsync")
+}
+
 /// The configuration directory.
 pub fn config_dir() -> PathBuf {
-    std::env::var_os("CLOUDSYNC_CONFIG_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dirs::config_dir().unwrap_or_else(|| PathBuf::from(".")).join("cloudsync"))
+    env_dir("CLOUDSYNC_CONFIG_DIR").unwrap_or_else(default_config_dir)
 }
 
 /// The state directory (sync indexes): `$CLOUDSYNC_STATE_DIR`, else `state` in `$CLOUDSYNC_CONFIG_DIR` when
 /// that is set, else the platform's local data directory (`~/.local/share/cloudsync`).
 pub fn state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CLOUDSYNC_STATE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
+    if let Some(dir) = env_dir("CLOUDSYNC_STATE_DIR") {
+        return dir;
     }
-    if let Some(dir) = std::env::var_os("CLOUDSYNC_CONFIG_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("state");
+    if let Some(dir) = env_dir("CLOUDSYNC_CONFIG_DIR") {
+        return dir.join("state");
     }
     dirs::data_local_dir().unwrap_or_else(|| PathBuf::from(".")).join("cloudsync")
 }

@@ -47,10 +47,7 @@ impl CredentialStore {
 
     /// The OS credential store's account for `account` in this profile.
     fn scoped(account: &str) -> String {
-        match profile() {
-            Some(tag) => format!("{account}@{tag}"),
-            None => account.to_owned(),
-        }
+        tagged(account, profile())
     }
 
     /// Stores `secret` under `account`.
@@ -114,9 +111,17 @@ impl CredentialStore {
 
 /// The short tag of this profile, when it is not the default one: a hash of its configuration folder (worked
 /// out once per run).
-fn profile() -> Option<String> {
+fn profile() -> Option<&'static str> {
     static TAG: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    TAG.get_or_init(|| tag_of(&super::config::config_dir())).clone()
+    TAG.get_or_init(|| tag_of(&super::config::config_dir())).as_deref()
+}
+
+/// `account` as the credential store names it in the profile tagged `tag` (the default profile: untagged).
+fn tagged(account: &str, tag: Option<&str>) -> String {
+    match tag {
+        Some(tag) => format!("{account}@{tag}"),
+        None => account.to_owned(),
+    }
 }
 
 /// A folder named the same way however it was written (a trailing slash, `..`, a link on the way), whether it
@@ -133,8 +138,7 @@ fn normal(dir: &std::path::Path) -> PathBuf {
 
 fn tag_of(config_dir: &std::path::Path) -> Option<String> {
     let dir = normal(config_dir);
-    let default = dirs::config_dir().map(|d| normal(&d.join("cloudsync")));
-    if default.as_deref() == Some(dir.as_path()) {
+    if normal(&super::config::default_config_dir()) == dir {
         return None;
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
@@ -144,10 +148,7 @@ fn tag_of(config_dir: &std::path::Path) -> Option<String> {
 /// The OS credential store's account for `account` in the profile whose configuration folder is `config_dir`
 /// (for tools and tests that look at the store from outside).
 pub fn account_in(account: &str, config_dir: &std::path::Path) -> String {
-    match tag_of(config_dir) {
-        Some(tag) => format!("{account}@{tag}"),
-        None => account.to_owned(),
-    }
+    tagged(account, tag_of(config_dir).as_deref())
 }
 
 fn keyring_error(e: keyring::Error) -> anyhow::Error {
