@@ -561,6 +561,46 @@ fn moto_connection(name: &str) -> (Peer, Vec<String>, String) {
     (peer, add.map(str::to_owned).collect(), secret)
 }
 
+/// Writes `file` anew: each new content gets a time clearly after the copy it replaces (copies compare size and
+/// time), a minute apart.
+fn rewriter(file: &Path) -> impl Fn(&[u8]) + '_ {
+    let rewrites = std::cell::Cell::new(0u64);
+    move |data: &[u8]| {
+        write(file, data);
+        rewrites.set(rewrites.get() + 1);
+        let later = std::time::SystemTime::now() + Duration::from_secs(60 * rewrites.get());
+        std::fs::File::options().write(true).open(file).expect("open").set_modified(later).expect("touch");
+    }
+}
+
+/// A slow upload of `file` to `dst`, killed once the state the client keeps of it (in `uploads`) records two
+/// pieces sent (8 MiB each), under `key`.
+fn cut_off_upload(c: &Client, file: &str, dst: &str, uploads: &Path, key: &str) {
+    let mut running = c.spawn(&["copy", file, dst, "--bwlimit", "4M", "--json"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent = std::fs::read_dir(uploads).into_iter().flatten().flatten().find_map(|e| {
+            let v: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            v[key].as_array().map(Vec::len)
+        });
+        if sent.is_some_and(|n| n >= 2) {
+            break;
+        }
+        if running.try_wait().expect("wait").is_some() {
+            let out = running.wait_with_output().expect("output");
+            panic!(
+                "the upload ended before it was cut off: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(Instant::now() < deadline, "two pieces were not sent within a minute");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    running.kill().expect("kill");
+    running.wait().expect("wait");
+}
+
 /// An upload to S3 cut off (the process killed) carries on from the parts already on the server at the next
 /// run (moto, with SigV4 enforced, so the requests this client signs itself are checked): only the parts whose
 /// bytes differ are sent, so a file changed meanwhile is never patched with stale parts; the object appears
@@ -574,46 +614,14 @@ fn an_interrupted_upload_to_s3_resumes_where_it_stopped() {
     let file = c.path("up/big.bin");
     let file_s = file.to_str().expect("utf8");
     let uploads = c.path("state/uploads");
-    // Each new content gets a time clearly after the object's (copies compare size and time), a minute apart.
-    let rewrites = std::cell::Cell::new(0u64);
-    let rewrite = |data: &[u8]| {
-        write(&file, data);
-        rewrites.set(rewrites.get() + 1);
-        let later = std::time::SystemTime::now() + Duration::from_secs(60 * rewrites.get());
-        std::fs::File::options().write(true).open(&file).expect("open").set_modified(later).expect("touch");
-    };
+    let rewrite = rewriter(&file);
     let back = c.path("back.bin");
     let stored = || {
         let _ = std::fs::remove_file(&back);
         c.json(&["copy", "s3u:big.bin", back.to_str().expect("utf8")]);
         std::fs::read(&back).expect("read back")
     };
-    // A slow upload killed once the client has recorded two parts sent (8 MiB each).
-    let cut_off = || {
-        let mut running = c.spawn(&["copy", file_s, "s3u:big.bin", "--bwlimit", "4M", "--json"]);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let sent = std::fs::read_dir(&uploads).into_iter().flatten().flatten().find_map(|e| {
-                let v: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
-                v["parts"].as_array().map(Vec::len)
-            });
-            if sent.is_some_and(|n| n >= 2) {
-                break;
-            }
-            if running.try_wait().expect("wait").is_some() {
-                let out = running.wait_with_output().expect("output");
-                panic!(
-                    "the upload ended before it was cut off: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            assert!(Instant::now() < deadline, "two parts were not sent within a minute");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        running.kill().expect("kill");
-        running.wait().expect("wait");
-    };
+    let cut_off = || cut_off_upload(&c, file_s, "s3u:big.bin", &uploads, "parts");
 
     // 1. Killed midway: nothing at the key; the next run sends only what is missing.
     let big = noise(40 << 20, 21);
@@ -1879,8 +1887,9 @@ fn dropbox_connector_against_a_fake_of_its_api() {
     assert_eq!(fake.count("session_answers_dropped"), 1, "{}", fake.stats());
     // The lost answer to a finish: sent again, told the session is gone, the file found with this upload's hash.
     assert_eq!(fake.count("finish_answers_dropped"), 1, "{}", fake.stats());
-    // Each finish named the file's content hash, which the fake checked against what the session held.
-    assert!(fake.count("content_hashes_checked") >= 1, "{}", fake.stats());
+    // Each piece named its content hash, which the fake checked against the bytes of that request.
+    assert!(fake.count("content_hashes_checked") >= 2, "{}", fake.stats());
+    assert_eq!(fake.count("content_hash_mismatches"), 0, "{}", fake.stats());
     // Several appends, each at its offset.
     let multi = c.path("dbx-multi");
     write(&multi.join("m.bin"), &noise(20 << 20, 9));
@@ -1917,6 +1926,70 @@ fn dropbox_connector_against_a_fake_of_its_api() {
     c.ok(&strs(&revoked), Some("not-a-refresh-token"));
     let err = c.fails(&["ls", "dbx-revoked:"], None);
     assert!(err.contains("invalid_grant") && err.contains("sign in again"), "{err}");
+}
+
+/// An upload to Dropbox cut off (the process killed) carries on in the same upload session at the next run:
+/// the pieces Dropbox took whose bytes are still the file's are not sent again, every request names the content
+/// hash of the bytes it carries (checked by the fake as Dropbox checks it), and the file appears only at the
+/// session's end. A file changed meanwhile is never finished with stale pieces: a changed first piece starts a
+/// new session at once, a later one sends the file again in a new session.
+#[test]
+fn an_interrupted_upload_to_dropbox_resumes_where_it_stopped() {
+    dbus();
+    let mut c = Client::new();
+    let fake = cloud(&mut c, "dropbox", &[]);
+    c.ok(&strs(&fake.add_args("dbu", "dropbox")), None);
+    let file = c.path("up/big.bin");
+    let file_s = file.to_str().expect("utf8");
+    let uploads = c.path("state/uploads");
+    let rewrite = rewriter(&file);
+    let stored = || std::fs::read(fake.served.join("big.bin")).expect("uploaded");
+    let cut_off = || cut_off_upload(&c, file_s, "dbu:big.bin", &uploads, "pieces");
+    let (whole, piece) = (40u64 << 20, 8u64 << 20);
+
+    // 1. Killed midway: nothing at the name; the next run sends only what follows the pieces Dropbox took.
+    let big = noise(40 << 20, 41);
+    rewrite(&big);
+    cut_off();
+    assert!(!fake.served.join("big.bin").exists(), "the file does not appear half-sent");
+    let (received, sessions) = (fake.count("session_bytes_received"), fake.count("upload_sessions"));
+    let run = c.json(&["copy", file_s, "dbu:big.bin"]);
+    assert_eq!(run["resumed"], 1, "{run}");
+    let reused = run["resumed_bytes"].as_u64().expect("n");
+    assert!((2 * piece..whole).contains(&reused), "{run}");
+    let sent = fake.count("session_bytes_received") - received;
+    assert!(sent + reused <= whole, "only what Dropbox lacked was sent: {sent} + {reused}");
+    assert_eq!(fake.count("upload_sessions"), sessions, "the session was taken up, not started anew");
+    assert!(stored() == big, "the file is whole");
+    assert_eq!(std::fs::read_dir(&uploads).expect("uploads").count(), 0, "the finished upload's state is gone");
+    assert_eq!(fake.count("content_hash_mismatches"), 0, "{}", fake.stats());
+    assert!(fake.count("content_hashes_checked") >= 5, "each piece named its hash: {}", fake.stats());
+
+    // 2. The first piece changes after the cut: a new session from the start, the old one left to lapse.
+    rewrite(&noise(40 << 20, 42));
+    cut_off();
+    assert!(stored() == big, "a cut-off upload leaves the file as it was");
+    let mut edited = noise(40 << 20, 42);
+    edited[100] ^= 0xff;
+    rewrite(&edited);
+    let sessions = fake.count("upload_sessions");
+    let run = c.json(&["copy", file_s, "dbu:big.bin"]);
+    assert_eq!(run["resumed"], 0, "{run}");
+    assert_eq!(fake.count("upload_sessions"), sessions + 1, "one new session");
+    assert!(stored() == edited, "the file is the edited one");
+
+    // 3. The second piece changes after the cut: found only after the first was passed over, so the file is
+    // sent again whole, in a new session.
+    rewrite(&noise(40 << 20, 43));
+    cut_off();
+    let mut edited = noise(40 << 20, 43);
+    edited[(piece + 100) as usize] ^= 0xff;
+    rewrite(&edited);
+    let run = c.json(&["copy", file_s, "dbu:big.bin"]);
+    assert_eq!(run["resumed"], 0, "{run}");
+    assert!(stored() == edited, "the file is the edited one");
+    assert_eq!(std::fs::read_dir(&uploads).expect("uploads").count(), 0, "no state is left");
+    assert_eq!(fake.count("content_hash_mismatches"), 0, "{}", fake.stats());
 }
 
 /// OneDrive (Microsoft Graph): sign-in with a device code, and through the browser; the fake accepts each

@@ -5,13 +5,20 @@
 //! Anything larger streams: `files/upload_session/start` with the first piece, `append_v2` with each next piece
 //! at its offset, and `finish` with the commit (overwrite, mute), which makes the file appear whole at once, so
 //! no partial file is ever visible under its name. Pieces but the last are multiples of 4 MiB, as Dropbox asks.
+//! Each request names the Dropbox content hash of the bytes it carries, which Dropbox checks; the file `finish`
+//! made must have the whole file's.
 //!
 //! Every request goes through the connection's HTTP transport: the OAuth token, its refresh, the ASCII escaping
 //! of `Dropbox-API-Arg` and the pace (waiting out 429s) apply as for OpenDAL's own requests. A piece whose
 //! answer was lost and that is sent again is recognised by Dropbox's `incorrect_offset` answer naming the offset
-//! after it, and not sent twice. The file's Dropbox content hash is computed as the pieces go, and the file
-//! `finish` made must carry it: a `finish` whose answer was lost, sent again and told the session is gone,
-//! looks the file up and accepts it only with that hash and size.
+//! after it, and not sent twice. A `finish` whose answer was lost, sent again and told the session is gone,
+//! looks the file up and accepts it only with the upload's hash and size.
+//!
+//! A session outlives the run that began it (Dropbox keeps one for a week): when a copy asks for it (the
+//! `cloudsync-state-dir` write metadata), the session's id and the size and content hash of each piece Dropbox
+//! took are kept in the state folder (upstate.rs), and the next copy of the file to the same path sends only
+//! what follows the pieces whose bytes are still the file's. A file changed meanwhile is never finished with
+//! stale pieces: its session is dropped and the file sent again in a new one.
 
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
@@ -21,6 +28,7 @@ use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
 use serde_json::{Value, json};
 
 use crate::oauth::PLACEHOLDER;
+use crate::upstate::{Kept, REUSED_KEY, STATE_KEY};
 
 type Result<T> = opendal::Result<T>;
 
@@ -37,24 +45,44 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> opendal::Error {
     opendal::Error::new(kind, message.into())
 }
 
-/// The layer: Dropbox's service with writes in upload sessions, under the connection's `root`.
-pub(crate) fn layer(root: &str) -> crate::WriteLayer<SessionWriter> {
+/// The layer: Dropbox's service with writes in upload sessions, under the connection's `root`; `account` tells
+/// apart the sessions of two connections' kept uploads.
+pub(crate) fn layer(root: &str, account: &str) -> crate::WriteLayer<SessionWriter> {
     // The root as OpenDAL's Dropbox service takes it (`/` or `/a/b/`).
     let root = opendal::raw::normalize_root(root);
-    // Written in pieces, one after another.
-    let capability = |c| opendal::Capability { write_can_multi: true, ..c };
+    let account = account.to_owned();
+    // Written in pieces, one after another; told the length and the state folder as write metadata.
+    let capability = |c| opendal::Capability { write_can_multi: true, write_with_user_metadata: true, ..c };
     crate::WriteLayer::new("DropboxUploadSessions", capability, move |inner, ctx, path, args| {
+        let abs = opendal::raw::build_rooted_abs_path(&root, path);
+        let length = crate::length_of(&args)?;
+        let kept = match (args.user_metadata().and_then(|m| m.get(STATE_KEY)), length) {
+            (Some(dir), Some(_)) => {
+                Some(Kept::new(std::path::Path::new(dir), &format!("dropbox\n{account}\n{}", abs.to_lowercase())))
+            }
+            (Some(_), None) => {
+                return Err(err(ErrorKind::Unexpected, "a resumable upload was asked for without the file's length"));
+            }
+            (None, _) => None,
+        };
         Ok(SessionWriter {
             inner: inner.clone(),
             ctx: ctx.clone(),
             path: path.to_owned(),
-            abs: opendal::raw::build_rooted_abs_path(&root, path),
-            args,
+            abs,
+            length,
             first: None,
             session: None,
             offset: 0,
             hash: ContentHash::default(),
             finishing: false,
+            kept,
+            taken_up: false,
+            earlier: false,
+            pieces: Vec::new(),
+            recorded: Vec::new(),
+            sending: None,
+            reused: 0,
         })
     })
 }
@@ -66,10 +94,11 @@ pub(crate) struct SessionWriter {
     path: String,
     /// The path as Dropbox names it.
     abs: String,
-    args: OpWrite,
+    /// The file's size, as the copy gave it.
+    length: Option<u64>,
     /// The first piece, until the file turns out larger than it.
     first: Option<Buffer>,
-    /// The session, once started.
+    /// The session, once started (or taken up).
     session: Option<String>,
     /// Bytes Dropbox has of the session.
     offset: u64,
@@ -77,9 +106,42 @@ pub(crate) struct SessionWriter {
     hash: ContentHash,
     /// `finish` was sent (its answer may have been lost).
     finishing: bool,
+    /// Where the session is kept for a later run, when the copy asked for that.
+    kept: Option<Kept>,
+    /// What an earlier run kept was looked for.
+    taken_up: bool,
+    /// The pieces Dropbox has of the session, in order.
+    pieces: Vec<Piece>,
+    /// The session is one an earlier run began, and Dropbox has not taken a piece of this run yet.
+    earlier: bool,
+    /// The pieces an earlier run recorded of the session taken up.
+    recorded: Vec<Piece>,
+    /// The piece last sent at an offset whose answer did not come (Dropbox may have it).
+    sending: Option<(u64, Piece)>,
+    /// Bytes an earlier run sent and that were not sent again.
+    reused: u64,
+}
+
+/// A piece of a session: its size and Dropbox content hash.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Piece {
+    size: u64,
+    hash: String,
+}
+
+/// What the state file keeps of a session.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    path: String,
+    length: u64,
+    session_id: String,
+    pieces: Vec<Piece>,
+    /// The piece sent after them whose answer had not come.
+    sending: Option<Piece>,
 }
 
 /// Dropbox's content hash: SHA-256 over the SHA-256 of each 4 MiB block.
+#[derive(Clone)]
 struct ContentHash {
     blocks: ring::digest::Context,
     block: ring::digest::Context,
@@ -171,27 +233,106 @@ impl SessionWriter {
         err(kind, format!("Dropbox refused {endpoint} for {}: {summary}", self.abs))
     }
 
-    /// Sends one piece: the session's first, or the next at its offset.
+    /// Takes up the session an earlier run kept for this file, once (when the copy asked for one).
+    fn take_up(&mut self) {
+        if std::mem::replace(&mut self.taken_up, true) {
+            return;
+        }
+        let Some(saved) = self.kept.as_mut().and_then(Kept::take_up::<Saved>) else { return };
+        if saved.path != self.abs || Some(saved.length) != self.length || saved.session_id.is_empty() {
+            return;
+        }
+        tracing::debug!(path = %self.abs, pieces = saved.pieces.len(), "taking up an earlier upload session");
+        let at = saved.pieces.iter().map(|p| p.size).sum();
+        self.session = Some(saved.session_id);
+        self.earlier = true;
+        self.sending = saved.sending.map(|p| (at, p));
+        self.recorded = saved.pieces;
+    }
+
+    /// Keeps the session for a later run, with the piece about to be sent, if any.
+    fn save(&self, sending: Option<&Piece>) {
+        let (Some(kept), Some(id), Some(length)) = (&self.kept, &self.session, self.length) else { return };
+        kept.save(&Saved {
+            path: self.abs.clone(),
+            length,
+            session_id: id.clone(),
+            pieces: self.pieces.clone(),
+            sending: sending.cloned(),
+        });
+    }
+
+    /// Gives up the session an earlier run began (the file is no longer what it sent, or Dropbox no longer has
+    /// the session). Before anything was skipped, a new session starts with this piece; after, the copy sends
+    /// the file again, whole.
+    fn give_up_earlier(&mut self, why: &str) -> Result<()> {
+        tracing::debug!(path = %self.abs, why, "not taking up the earlier upload session");
+        self.recorded.clear();
+        self.sending = None;
+        self.session = None;
+        self.earlier = false;
+        if self.pieces.is_empty() {
+            return Ok(());
+        }
+        self.forget();
+        let e = err(ErrorKind::Unexpected, format!("the upload of {} that an earlier run began {why}", self.abs));
+        Err(crate::send_again(e).set_persistent())
+    }
+
+    /// Sends one piece: the session's first, or the next at its offset; or skips it when an earlier run sent it
+    /// with the same bytes.
     async fn send(&mut self, piece: Buffer) -> Result<()> {
+        self.take_up();
         let len = piece.len() as u64;
-        let counted = piece.clone();
-        match self.session.clone() {
-            None => {
-                let answer = self.call("upload_session/start", &json!({ "close": false }), piece).await?;
-                let answer = answer.map_err(|a| self.refused("upload_session/start", &a))?;
-                let id = answer["session_id"]
-                    .as_str()
-                    .filter(|id| !id.is_empty() && id.len() <= 1024)
-                    .ok_or_else(|| err(ErrorKind::Unexpected, "Dropbox started an upload session without its id"))?;
-                self.session = Some(id.to_owned());
+        // The piece's content hash, and the file's with it: hashed off the async threads, once.
+        let (this, hash) = {
+            let (mut whole, bytes) = (self.hash.clone(), piece.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut one = ContentHash::default();
+                for part in bytes {
+                    one.update(&part);
+                    whole.update(&part);
+                }
+                (Piece { size: len, hash: one.hex() }, whole)
+            })
+            .await
+            .map_err(|e| err(ErrorKind::Unexpected, format!("hashing a piece failed: {e}")))?
+        };
+        if let Some(earlier) = self.recorded.get(self.pieces.len()) {
+            if *earlier == this {
+                self.reused += len;
+                self.took(this, hash);
+                return Ok(());
             }
-            Some(id) => {
-                let arg = json!({ "cursor": { "session_id": id, "offset": self.offset }, "close": false });
-                if let Err(answer) = self.call("upload_session/append_v2", &arg, piece).await? {
-                    // A piece sent again after its answer was lost: Dropbox has it already.
+            self.give_up_earlier("holds other bytes than the file now has")?;
+        }
+        if let Some(id) = self.session.clone() {
+            // Recorded before it goes: if its answer is lost, Dropbox may have it when a later run comes.
+            let before = self.sending.replace((self.offset, this.clone()));
+            self.save(Some(&this));
+            let arg = json!({
+                "cursor": { "session_id": id, "offset": self.offset }, "close": false, "content_hash": this.hash,
+            });
+            let answered = self.call("upload_session/append_v2", &arg, piece.clone()).await?;
+            let taken_up = std::mem::take(&mut self.earlier);
+            match answered {
+                Ok(_) => self.sending = None,
+                Err(answer) => {
                     let correct = answer["error"]["correct_offset"].as_u64();
                     let summary = answer["error_summary"].as_str().unwrap_or_default();
-                    if !(summary.starts_with("incorrect_offset") && correct == Some(self.offset + len)) {
+                    if summary.starts_with("incorrect_offset")
+                        && correct == Some(self.offset + len)
+                        && before == Some((self.offset, this.clone()))
+                    {
+                        // This piece, sent before (by this run or an earlier one) and its answer lost: Dropbox has
+                        // it.
+                        self.sending = None;
+                    } else if taken_up && (summary.starts_with("not_found") || summary.starts_with("incorrect_offset"))
+                    {
+                        // A session taken up that Dropbox no longer has as it was left (it lapsed, or took a
+                        // piece whose answer was lost and whose bytes are not these).
+                        self.give_up_earlier("is no longer on Dropbox as it was left")?;
+                    } else {
                         let e = self.refused("upload_session/append_v2", &answer);
                         return Err(match correct {
                             Some(c) => err(
@@ -204,11 +345,35 @@ impl SessionWriter {
                 }
             }
         }
-        for part in counted.clone() {
-            self.hash.update(&part);
+        if self.session.is_none() {
+            let arg = json!({ "close": false, "content_hash": this.hash });
+            let answer = self.call("upload_session/start", &arg, piece).await?;
+            let answer = answer.map_err(|a| self.refused("upload_session/start", &a))?;
+            let id = answer["session_id"]
+                .as_str()
+                .filter(|id| !id.is_empty() && id.len() <= 1024)
+                .ok_or_else(|| err(ErrorKind::Unexpected, "Dropbox started an upload session without its id"))?;
+            self.session = Some(id.to_owned());
+            self.took(this, hash);
+            self.save(None);
+            return Ok(());
         }
-        self.offset += len;
+        self.took(this, hash);
         Ok(())
+    }
+
+    /// Forgets the kept session (finished, or of no more use).
+    fn forget(&mut self) {
+        if let Some(kept) = &mut self.kept {
+            kept.forget();
+        }
+    }
+
+    /// Counts a piece Dropbox has.
+    fn took(&mut self, piece: Piece, hash: ContentHash) {
+        self.offset += piece.size;
+        self.pieces.push(piece);
+        self.hash = hash;
     }
 
     /// After a `finish` whose answer was lost: the file it made, if it is this upload's (same size and hash).
@@ -259,17 +424,17 @@ impl oio::Write for SessionWriter {
 
     async fn close(&mut self) -> Result<Metadata> {
         let Some(id) = self.session.clone() else {
-            // One piece: one request, through OpenDAL's own writer.
-            let mut one = self.inner.write(&self.ctx, &self.path, self.args.clone())?;
+            // One piece: one request, through OpenDAL's own writer (Dropbox's writer takes no metadata).
+            let mut one = self.inner.write(&self.ctx, &self.path, OpWrite::default())?;
             one.write(self.first.clone().unwrap_or_default()).await?;
             return one.close().await;
         };
-        // Dropbox checks the file against its content hash before committing it.
+        // The body is empty, and so is the content it names (a content hash is of the bytes of one request); the
+        // file Dropbox makes is checked against the whole file's below.
         let arg = json!({
             "cursor": { "session_id": id, "offset": self.offset },
             "commit": { "path": self.abs, "mode": "overwrite", "autorename": false, "mute": true,
                         "strict_conflict": false },
-            "content_hash": self.hash.hex(),
         });
         let again = self.finishing;
         self.finishing = true;
@@ -277,20 +442,29 @@ impl oio::Write for SessionWriter {
             Ok(a) => a,
             // Sent before and done then: the session is gone, the file is there.
             Err(a) if again && a["error_summary"].as_str().is_some_and(|s| s.starts_with("lookup_failed/")) => {
-                return match self.finished_before().await? {
-                    Some(md) => Ok(md),
-                    None => Err(self.refused("upload_session/finish", &a)),
-                };
+                let found = self.finished_before().await?;
+                self.forget();
+                return found.ok_or_else(|| self.refused("upload_session/finish", &a));
             }
-            Err(a) => return Err(self.refused("upload_session/finish", &a)),
+            Err(a) => {
+                let summary = a["error_summary"].as_str().unwrap_or_default();
+                if self.earlier && summary.starts_with("lookup_failed/") {
+                    // A session taken up with nothing left to send, that lapsed meanwhile.
+                    self.give_up_earlier("is no longer on Dropbox")?;
+                }
+                self.forget();
+                return Err(self.refused("upload_session/finish", &a));
+            }
         };
+        self.forget();
         let (size, hash) = (answer["size"].as_u64(), answer["content_hash"].as_str());
         let ours = self.hash.hex();
         if size != Some(self.offset) || hash.is_some_and(|h| h != ours) {
             return Err(err(
                 ErrorKind::Unexpected,
                 format!(
-                    "Dropbox holds {} bytes of {} with content hash {} after the upload, not {} bytes with {ours}",
+                    "Dropbox holds {} bytes of {} with content hash {} after the upload, not {} bytes with {ours}; \
+                     copy it again",
                     size.map_or("?".into(), |s| s.to_string()),
                     self.abs,
                     hash.unwrap_or("?"),
@@ -298,11 +472,14 @@ impl oio::Write for SessionWriter {
                 ),
             ));
         }
-        Ok(MetadataBuilder::file(self.offset).build())
+        let mut md = MetadataBuilder::file(self.offset);
+        md.user_metadata([(REUSED_KEY.to_owned(), self.reused.to_string())]);
+        Ok(md.build())
     }
 
     async fn abort(&mut self) -> Result<()> {
-        // An unfinished session holds nothing visible, and Dropbox lets it lapse (after a week).
+        // An unfinished session holds nothing visible, and Dropbox lets it lapse (after a week); a kept one stays
+        // for the next run to take up.
         self.session = None;
         self.first = None;
         Ok(())

@@ -19,6 +19,7 @@ mod spec;
 mod streamed;
 mod synology;
 pub mod transfer;
+mod upstate;
 mod webdav;
 
 pub use error::Error;

@@ -15,8 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Debug, Write as _};
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -29,12 +27,10 @@ use opendal::{Buffer, ErrorKind, Metadata, MetadataBuilder, OperationContext};
 use ring::{digest, hmac};
 use zeroize::Zeroizing;
 
+use crate::upstate::{REUSED_KEY, STATE_KEY};
+
 type Result<T> = opendal::Result<T>;
 
-/// The write metadata key a copy gives the state folder in, asking for a resumable upload.
-pub(crate) const STATE_KEY: &str = "cloudsync-state-dir";
-/// The metadata key the finished upload reports the bytes it did not send again in.
-pub(crate) const REUSED_KEY: &str = "cloudsync-reused";
 /// The size of a part (the copy's piece).
 pub(crate) const PART: usize = crate::transfer::CHUNK;
 /// Most parts one upload may have (S3's limit): a part grows past this many pieces' worth.
@@ -155,10 +151,8 @@ pub(crate) struct Upload {
     key: String,
     length: u64,
     part_size: u64,
-    /// The file keeping the upload's id and parts, and the lock (on a file of its own) held while this upload
-    /// runs.
-    state_file: PathBuf,
-    lock: Option<std::fs::File>,
+    /// What is kept of the upload's id and parts for a later run (upstate.rs).
+    kept: crate::upstate::Kept,
     /// The upload's id once started.
     upload_id: Option<String>,
     /// Parts the server holds for it (by number: ETag, size), and what an earlier run recorded of them.
@@ -181,18 +175,14 @@ impl Upload {
     fn new(s3: Arc<Settings>, ctx: &OperationContext, key: String, length: u64, state_dir: &std::path::Path) -> Self {
         // S3 allows 10,000 parts: a file past 10,000 pieces (78 GiB) goes in bigger parts.
         let part_size = (PART as u64).max(length.div_ceil(MAX_PARTS).next_multiple_of(1 << 20));
-        let name =
-            hex::encode(digest::digest(&digest::SHA256, format!("{}\n{}\n{key}", s3.endpoint, s3.bucket).as_bytes()))
-                [..32]
-                .to_owned();
+        let kept = crate::upstate::Kept::new(state_dir, &format!("{}\n{}\n{key}", s3.endpoint, s3.bucket));
         Self {
             s3,
             ctx: ctx.clone(),
             key,
             length,
             part_size,
-            state_file: state_dir.join("uploads").join(format!("{name}.json")),
-            lock: None,
+            kept,
             upload_id: None,
             listed: BTreeMap::new(),
             recorded: BTreeMap::new(),
@@ -358,48 +348,16 @@ impl Upload {
         Ok(())
     }
 
-    /// What an earlier run kept of its upload, locking the state for this upload; nothing when another copy
-    /// holds the lock (this one then neither takes up nor keeps its upload).
+    /// What an earlier run kept of this upload (locking its state for this run).
     fn take_up_state(&mut self) -> Option<Saved> {
-        let dir = self.state_file.parent()?;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).ok()?;
-        // The folder must be the user's and closed to others: what is in it decides which parts are reused.
-        let folder = std::fs::symlink_metadata(dir).ok()?;
-        if !folder.is_dir() || folder.uid() != rustix::process::geteuid().as_raw() || folder.mode() & 0o077 != 0 {
-            return None;
-        }
-        let lock = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(crate::partial::flags())
-            .open(self.state_file.with_extension("lock"))
-            .ok()?;
-        lock.try_lock().ok()?;
-        // Still the lock file at that name (not one a finished upload removed meanwhile), the user's own.
-        let (held, named) =
-            (lock.metadata().ok()?, std::fs::symlink_metadata(self.state_file.with_extension("lock")).ok()?);
-        if held.dev() != named.dev() || held.ino() != named.ino() || !crate::partial::ours(&held) {
-            return None;
-        }
-        self.lock = Some(lock);
-        let file =
-            std::fs::OpenOptions::new().read(true).custom_flags(crate::partial::flags()).open(&self.state_file).ok()?;
-        let meta = file.metadata().ok()?;
-        if !crate::partial::ours(&meta) || meta.mode() & 0o077 != 0 || meta.len() > 4 << 20 {
-            return None;
-        }
-        let saved: Saved = serde_json::from_reader(std::io::BufReader::new(file)).ok()?;
+        let saved: Saved = self.kept.take_up()?;
         (saved.bucket == self.s3.bucket && saved.key == self.key).then_some(saved)
     }
 
-    /// Keeps the upload's id and the parts sent for a later run (written aside and renamed into place, so a
-    /// cut never leaves half a file), when this upload holds the lock.
+    /// Keeps the upload's id and the parts sent for a later run.
     fn save_state(&self) {
-        let (Some(_), Some(id)) = (&self.lock, &self.upload_id) else { return };
-        let saved = Saved {
+        let Some(id) = &self.upload_id else { return };
+        self.kept.save(&Saved {
             bucket: self.s3.bucket.clone(),
             key: self.key.clone(),
             upload_id: id.clone(),
@@ -411,31 +369,12 @@ impl Upload {
                 .cloned()
                 .chain(self.recorded.range(self.parts.len() as u32 + 1..).map(|(_, p)| p.clone()))
                 .collect(),
-        };
-        let aside = self.state_file.with_extension("json.new");
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(crate::partial::flags())
-            .open(&aside)
-            .and_then(|mut f| f.write_all(&serde_json::to_vec(&saved).unwrap_or_default()))
-            .and_then(|()| std::fs::rename(&aside, &self.state_file));
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "cannot keep the upload's state");
-        }
+        });
     }
 
     /// Forgets the upload (done, or given up).
     fn drop_state(&mut self) {
-        if let Some(lock) = self.lock.take() {
-            // The lock file goes too, while still held: a copy that opened it meanwhile and locks it after finds
-            // it no longer at its name, and uploads without taking up anything.
-            let _ = std::fs::remove_file(&self.state_file);
-            let _ = std::fs::remove_file(self.state_file.with_extension("lock"));
-            drop(lock);
-        }
+        self.kept.forget();
     }
 
     async fn list_parts(&self, id: &str) -> Result<BTreeMap<u32, (String, u64)>> {

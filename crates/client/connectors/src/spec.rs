@@ -547,7 +547,7 @@ impl Connection {
             // Files past one piece go in upload sessions (dropbox.rs), not one request held in memory.
             Kind::Dropbox => {
                 Operator::new(opendal::services::Dropbox::default().root(&root).access_token(PLACEHOLDER))?
-                    .layer(crate::dropbox::layer(&root))
+                    .layer(crate::dropbox::layer(&root, self.account.as_deref().unwrap_or_default()))
             }
             // Files over 4 MiB go in upload sessions fed as they are read (onedrive.rs), not from one buffer.
             Kind::Onedrive => {

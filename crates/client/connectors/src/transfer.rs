@@ -1223,18 +1223,20 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                 let parallel = if op.info().scheme() == "s3" { 2 } else { 1 };
                 let mut writer = op.writer_with(&target).chunk(CHUNK).concurrent(parallel);
                 // A WebDAV, pCloud or File Station upload is one streamed request, a OneDrive one a session of
-                // fragments: all are told the length to send (streamed.rs, onedrive.rs). An S3 upload of more than
-                // a piece is one a later run may take up, told where to keep its state (s3resume.rs).
+                // fragments: all are told the length to send (streamed.rs, onedrive.rs). An S3 or Dropbox upload
+                // of more than a piece is one a later run may take up, told where to keep its state (s3resume.rs,
+                // dropbox.rs).
                 let length = (crate::LENGTH_KEY.to_owned(), size.to_string());
-                if matches!(op.info().scheme(), "webdav" | "onedrive" | "pcloud" | "synology") {
+                let scheme = op.info().scheme();
+                if matches!(scheme, "webdav" | "onedrive" | "pcloud" | "synology") {
                     writer = writer.user_metadata([length]);
-                } else if op.info().scheme() == "s3"
-                    && size > crate::s3resume::PART as u64
+                } else if matches!(scheme, "s3" | "dropbox")
+                    && size > CHUNK as u64
                     // (Not S3 Express directory buckets, whose sessions OpenDAL's writer signs in.)
-                    && !op.info().name().ends_with("--x-s3")
+                    && !(scheme == "s3" && op.info().name().ends_with("--x-s3"))
                     && let Some(dir) = opts.state_dir.as_ref().and_then(|d| d.to_str())
                 {
-                    writer = writer.user_metadata([length, (crate::s3resume::STATE_KEY.to_owned(), dir.to_owned())]);
+                    writer = writer.user_metadata([length, (crate::upstate::STATE_KEY.to_owned(), dir.to_owned())]);
                 }
                 let mut writer = writer.await.map_err(|e| Error::backend(format!("cannot write {label}"), e))?;
                 let written = async {
@@ -1254,7 +1256,7 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                     // Bytes an earlier run had already sent (s3resume.rs).
                     Ok(done
                         .user_metadata()
-                        .and_then(|m| m.get(crate::s3resume::REUSED_KEY))
+                        .and_then(|m| m.get(crate::upstate::REUSED_KEY))
                         .and_then(|n| n.parse::<u64>().ok())
                         .unwrap_or(0))
                 }

@@ -19,7 +19,8 @@ dropbox   OAuth 2 code flow with PKCE (a public client: no client_secret), acces
           long-lived refresh token; the RPC endpoints get_metadata, list_folder[/continue] (cursor paging),
           create_folder_v2, delete_v2, copy_v2, move_v2 and the content endpoints upload, download (Range) and the
           upload sessions (upload_session/start, append_v2 at the cursor's offset, finish with a commit; an
-          offset that is not the session's length is answered incorrect_offset with the correct one; with
+          offset that is not the session's length is answered incorrect_offset with the correct one; a
+          content_hash, of the bytes of that one request, is checked (content_hash_mismatch); with
           --drop-session-answers N the first N appends keep their piece but answer 503, as a lost answer; with
           --drop-finish-answers N the first N finishes make the file but answer 503).
           Errors: 409 with error_summary and .tag unions; 400 plain text for malformed calls.
@@ -148,7 +149,8 @@ class Cloud:
                                     "client_secret_refused", "uploads_keeping_partial",
                                     "session_answers_dropped", "finish_answers_dropped",
                                     "largest_fragment", "content_hashes_checked", "uploads",
-                                    "uploads_failed_on_demand", "uploads_without_length"], 0)
+                                    "uploads_failed_on_demand", "uploads_without_length",
+                                    "content_hash_mismatches", "session_bytes_received"], 0)
         # The first secrets handed out, for tests that check they are kept out of files.
         self.stats.update(refresh_tokens=[], access_tokens=[])
         self.single_use_refresh = False
@@ -690,10 +692,22 @@ class Cloud:
 
     # Upload sessions: start with the first piece, append_v2 each next one at its offset, finish with the commit.
     # Each request takes at most --max-upload bytes (150 MiB at Dropbox); the file appears only at finish.
-    def dbx_piece(self, req, bad):
+    def dbx_piece(self, req, args, bad):
+        """Checks one request's piece: its size, and the content_hash it names, which is of the bytes of this
+        request only (Dropbox answers content_hash_mismatch otherwise, keeping nothing of it)."""
         if len(req.body) > self.max_upload:
             raise bad(f"the body has {len(req.body)} bytes, more than {self.max_upload}")
+        if "content_hash" in args:
+            h = args["content_hash"]
+            if not isinstance(h, str) or len(h) != 64:
+                raise bad(f"request body: content_hash: {h!r} is not 64 characters")
+            self.stats["content_hashes_checked"] += 1
+            if h != dropbox_hash(req.body):
+                self.stats["content_hash_mismatches"] += 1
+                return self.dbx_conflict("content_hash_mismatch")
         self.stats["upload_fragments"] += 1
+        self.stats["session_bytes_received"] += len(req.body)
+        return None
 
     def dbx_cursor(self, args, bad, nested):
         """The session a cursor names at its offset, or the 409 Dropbox answers (lookup errors are nested under
@@ -715,15 +729,17 @@ class Cloud:
         return sess, None
 
     def dbx_upload_session_start(self, req, args, p, paths, bad):
-        self.dbx_piece(req, bad)
+        refused = self.dbx_piece(req, args, bad)
+        if refused:
+            return refused
         sid = "pid_upload_session:" + secrets.token_urlsafe(24)
         self.dbx_sessions[sid] = {"data": bytearray(req.body), "closed": bool(args.get("close"))}
         self.stats["upload_sessions"] += 1
         return js(200, {"session_id": sid})
 
     def dbx_upload_session_append_v2(self, req, args, p, paths, bad):
-        self.dbx_piece(req, bad)
         sess, refused = self.dbx_cursor(args, bad, nested=False)
+        refused = refused or self.dbx_piece(req, args, bad)
         if refused:
             return refused
         sess["data"] += req.body
@@ -736,7 +752,6 @@ class Cloud:
         return js(200, None)
 
     def dbx_upload_session_finish(self, req, args, p, paths, bad):
-        self.dbx_piece(req, bad)
         commit = args["commit"]
         if not isinstance(commit, dict):
             raise bad("request body: commit: not a CommitInfo")
@@ -751,13 +766,10 @@ class Cloud:
         except ValueError as e:
             raise bad(str(e))
         sess, refused = self.dbx_cursor(args, bad, nested=True)
+        refused = refused or self.dbx_piece(req, args, bad)
         if refused:
             return refused
         data = bytes(sess["data"]) + req.body
-        if "content_hash" in args:
-            self.stats["content_hashes_checked"] += 1
-            if args["content_hash"] != dropbox_hash(data):
-                return self.dbx_conflict("content_hash_mismatch")
         mode = commit.get("mode", "add")
         tag = mode.get(".tag") if isinstance(mode, dict) else mode
         if self.kind(p) == "folder" or self.blocked(p):

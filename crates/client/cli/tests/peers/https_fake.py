@@ -34,21 +34,33 @@ class Handler(BaseHTTPRequestHandler):
         except (ssl.SSLError, ConnectionError):
             pass
 
+    def read_exactly(self, n):
+        data = self.rfile.read(n)
+        if len(data) < n:
+            raise ConnectionError(f"the body broke off after {len(data)} of {n} bytes")
+        return data
+
     def read_body(self):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             out = bytearray()
             while n := int(self.rfile.readline().split(b";")[0], 16):
-                out += self.rfile.read(n)
+                out += self.read_exactly(n)
                 self.rfile.readline()
             while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                 pass
             return bytes(out)
         n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
+        return self.read_exactly(n) if n else b""
 
     def dispatch(self):
         try:
-            ans = self.answer(self.read_body())
+            body = self.read_body()
+        except (OSError, ValueError):
+            # The client went away before the body was whole: as a server does, nothing of it is taken.
+            self.close_connection = True
+            return
+        try:
+            ans = self.answer(body)
         except Exception:
             print(f"{self.tag}: {self.command} {self.path}: internal error\n{traceback.format_exc()}",
                   file=sys.stderr, flush=True)
