@@ -1234,7 +1234,7 @@ fn webdav_connector_against_rclone_serve_webdav() {
     wrong[2] = "rcbad";
     c.ok(&[&wrong[..], &["--secret-stdin", "--allow-insecure"]].concat(), Some("not the password"));
     let err = c.fails(&["connection", "test", "rcbad"], None);
-    assert!(err.contains("denied") || err.contains("401"), "{err}");
+    assert!(err.contains("refused the sign-in (401 Unauthorized)") && err.contains("--replace"), "{err}");
 }
 
 fn passwd_home() -> PathBuf {

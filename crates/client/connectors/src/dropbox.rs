@@ -405,19 +405,13 @@ impl oio::Write for SessionWriter {
             return Ok(());
         }
         check_piece(&bs)?;
-        if self.session.is_none() {
-            match self.first.take() {
-                None => {
-                    self.first = Some(bs);
-                    return Ok(());
-                }
-                Some(first) => {
-                    // Kept until it is sent, so a retry of this call finds it again.
-                    self.first = Some(first.clone());
-                    self.send(first).await?;
-                    self.first = None;
-                }
-            }
+        if let Some(first) = self.first.clone() {
+            // Kept until it is sent, so a retry of this call finds it again.
+            self.send(first).await?;
+            self.first = None;
+        } else if self.pieces.is_empty() {
+            self.first = Some(bs);
+            return Ok(());
         }
         self.send(bs).await
     }
@@ -440,18 +434,18 @@ impl oio::Write for SessionWriter {
         self.finishing = true;
         let answer = match self.call("upload_session/finish", &arg, Buffer::from(Bytes::new())).await? {
             Ok(a) => a,
-            // Sent before and done then: the session is gone, the file is there.
-            Err(a) if again && a["error_summary"].as_str().is_some_and(|s| s.starts_with("lookup_failed/")) => {
-                let found = self.finished_before().await?;
+            Err(a) if a["error_summary"].as_str().is_some_and(|s| s.starts_with("lookup_failed/")) => {
+                // Sent before and done then: the session is gone, the file is there.
+                let found = if again { self.finished_before().await? } else { None };
                 self.forget();
-                return found.ok_or_else(|| self.refused("upload_session/finish", &a));
+                if let Some(md) = found {
+                    return Ok(md);
+                }
+                // Else the session lapsed (or was left otherwise than kept): the file goes again, in a new one.
+                let e = self.refused("upload_session/finish", &a);
+                return Err(crate::send_again(err(e.kind(), e.to_string())).set_persistent());
             }
             Err(a) => {
-                let summary = a["error_summary"].as_str().unwrap_or_default();
-                if self.earlier && summary.starts_with("lookup_failed/") {
-                    // A session taken up with nothing left to send, that lapsed meanwhile.
-                    self.give_up_earlier("is no longer on Dropbox")?;
-                }
                 self.forget();
                 return Err(self.refused("upload_session/finish", &a));
             }

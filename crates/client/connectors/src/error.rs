@@ -54,9 +54,11 @@ impl Error {
     pub fn backend(what: impl Into<String>, source: opendal::Error) -> Self {
         let message = match source.kind() {
             opendal::ErrorKind::NotFound => "not found".to_owned(),
-            opendal::ErrorKind::PermissionDenied => {
-                format!("permission denied (check the user, key and the account's rights): {}", short(&source))
-            }
+            opendal::ErrorKind::PermissionDenied => format!(
+                "permission denied (check the user, key and the account's rights; `cloudsync connection add NAME \
+                 ... --replace` changes what the connection signs in with): {}",
+                short(&source)
+            ),
             opendal::ErrorKind::RateLimited => "the remote asked us to slow down (rate limited)".to_owned(),
             opendal::ErrorKind::AlreadyExists => "it already exists".to_owned(),
             _ if host_key_changed(&source) => "the server's SSH host key is not the one pinned when this connection \
@@ -64,6 +66,12 @@ impl Error {
                 was reinstalled, check its new key with its administrator, then forget the old one with \
                 `ssh-keygen -R '[HOST]:PORT'`"
                 .to_owned(),
+            // (Services whose errors OpenDAL does not map from a 401, such as WebDAV.)
+            _ if status_of(&source) == Some(401) => format!(
+                "the server refused the sign-in (401 Unauthorized): check the user name and password (or token); \
+                 `cloudsync connection add NAME ... --replace` changes them: {}",
+                short(&source)
+            ),
             _ => short(&source),
         };
         Self::Backend { what: what.into(), message, source: Box::new(source) }
@@ -73,6 +81,13 @@ impl Error {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io { what: what.into(), source }
     }
+}
+
+/// The HTTP status of the answer an OpenDAL error was made of, if it names one (in its `response` context).
+fn status_of(source: &opendal::Error) -> Option<u16> {
+    let text = format!("{source:?}");
+    let (_, rest) = text.split_once("status: ")?;
+    rest.get(..3)?.parse().ok().filter(|_| rest.as_bytes().get(3).is_none_or(|b| !b.is_ascii_digit()))
 }
 
 fn host_key_changed(source: &opendal::Error) -> bool {
@@ -96,5 +111,23 @@ fn short(source: &opendal::Error) -> String {
 impl From<opendal::Error> for Error {
     fn from(source: opendal::Error) -> Self {
         Self::backend("setting up the connection", source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_sign_in_says_what_to_check() {
+        let answer = "Parts { status: 401, version: HTTP/1.1, headers: {\"www-authenticate\": \"Basic\"} }";
+        let e = opendal::Error::new(opendal::ErrorKind::Unexpected, "").with_context("response", answer);
+        let said = Error::backend("cannot list dav:", e).to_string();
+        assert!(said.contains("401 Unauthorized") && said.contains("password") && said.contains("--replace"), "{said}");
+        let e = opendal::Error::new(opendal::ErrorKind::Unexpected, "gone")
+            .with_context("response", "Parts { status: 4010 }");
+        assert_eq!(Error::backend("x", e).to_string(), "x: gone");
+        let e = opendal::Error::new(opendal::ErrorKind::PermissionDenied, "SignatureDoesNotMatch");
+        assert!(Error::backend("x", e).to_string().contains("--replace"));
     }
 }

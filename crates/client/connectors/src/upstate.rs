@@ -16,8 +16,8 @@ pub(crate) const STATE_KEY: &str = "cloudsync-state-dir";
 /// The metadata key a finished upload reports the bytes in that it did not send again.
 pub(crate) const REUSED_KEY: &str = "cloudsync-reused";
 
-/// Largest state file read.
-const MAX_STATE: u64 = 4 << 20;
+/// Largest state file read (a Dropbox upload of 350 GiB, its largest, keeps about 4 MiB).
+const MAX_STATE: u64 = 16 << 20;
 
 /// The state of one upload, and its lock while held.
 pub(crate) struct Kept {
@@ -102,6 +102,7 @@ impl Kept {
             // The lock file goes too, while still held: a copy that opened it meanwhile and locks it after finds
             // it no longer at its name, and uploads without taking up anything.
             let _ = std::fs::remove_file(&self.file);
+            let _ = std::fs::remove_file(self.file.with_extension("json.new"));
             let _ = std::fs::remove_file(self.file.with_extension("lock"));
             drop(lock);
         }
