@@ -948,7 +948,7 @@ pub struct PairCreateArgs {
 #[derive(Debug, Subcommand)]
 pub enum LocalCmd {
     /// Erase the transfer history, the saved connections (with their secrets in the OS credential store), the
-    /// sync pairs, or all of them.
+    /// sync pairs, what is kept of cut-off uploads, or all of them.
     Clear {
         /// The transfer history.
         #[arg(long)]
@@ -959,6 +959,10 @@ pub enum LocalCmd {
         /// Saved sync pairs and when they last ran.
         #[arg(long)]
         pairs: bool,
+        /// What is kept of uploads cut off (S3 multipart uploads, Dropbox upload sessions) for a later copy to
+        /// take up: the next copy of such a file sends it whole.
+        #[arg(long)]
+        uploads: bool,
         /// All of these.
         #[arg(long)]
         all: bool,

@@ -128,8 +128,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Delete { remote, recursive, json } => client::connections::delete(&remote, recursive, json.json).await,
         Command::History { limit, json } => client::history::show(limit, json.json),
-        Command::Local(LocalCmd::Clear { history, connections, pairs, all }) => {
-            client::history::clear(history, connections, pairs, all)
+        Command::Local(LocalCmd::Clear { history, connections, pairs, uploads, all }) => {
+            client::history::clear(client::history::Clear { history, connections, pairs, uploads, all })
         }
         Command::Pair(cmd) => client::pairs::run(cmd).await,
         // A `cloudsync` connection names a workspace wherever a workspace path is taken.

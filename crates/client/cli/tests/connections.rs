@@ -1990,6 +1990,18 @@ fn an_interrupted_upload_to_dropbox_resumes_where_it_stopped() {
     assert!(stored() == edited, "the file is the edited one");
     assert_eq!(std::fs::read_dir(&uploads).expect("uploads").count(), 0, "no state is left");
     assert_eq!(fake.count("content_hash_mismatches"), 0, "{}", fake.stats());
+
+    // 4. `local clear --uploads` forgets a cut-off upload: the next copy sends the file whole.
+    let newest = noise(40 << 20, 44);
+    rewrite(&newest);
+    cut_off();
+    let out = c.run(&["local", "clear", "--uploads"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Forgot 1 cut-off upload"), "{out:?}");
+    assert_eq!(std::fs::read_dir(&uploads).expect("uploads").count(), 0, "nothing kept");
+    let run = c.json(&["copy", file_s, "dbu:big.bin"]);
+    assert_eq!(run["resumed"], 0, "{run}");
+    assert!(stored() == newest, "the file is the newest one");
 }
 
 /// OneDrive (Microsoft Graph): sign-in with a device code, and through the browser; the fake accepts each

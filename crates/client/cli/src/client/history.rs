@@ -190,15 +190,28 @@ pub fn show(limit: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `local clear [--history] [--connections] [--pairs] [--all]`.
+/// What `local clear` erases.
+#[derive(Debug, Clone, Copy)]
+#[expect(clippy::struct_excessive_bools, reason = "one flag a command-line option")]
+pub struct Clear {
+    pub history: bool,
+    pub connections: bool,
+    pub pairs: bool,
+    pub uploads: bool,
+    pub all: bool,
+}
+
+/// `local clear [--history] [--connections] [--pairs] [--uploads] [--all]`.
 ///
 /// # Errors
 /// Nothing chosen, or files or secrets that cannot be removed.
-pub fn clear(history: bool, connections: bool, pairs: bool, all: bool) -> Result<()> {
-    if !(history || connections || pairs || all) {
+pub fn clear(what: Clear) -> Result<()> {
+    let Clear { history, connections, pairs, uploads, all } = what;
+    if !(history || connections || pairs || uploads || all) {
         bail!(
             "say what to clear: --history (the transfer history), --connections (saved connections and their \
-             secrets in the OS credential store), --pairs (saved sync pairs) or --all (all of them)"
+             secrets in the OS credential store), --pairs (saved sync pairs), --uploads (what is kept of cut-off \
+             uploads) or --all (all of them)"
         );
     }
     if pairs || all {
@@ -209,6 +222,14 @@ pub fn clear(history: bool, connections: bool, pairs: bool, all: bool) -> Result
         let n = super::connections::forget_all()?;
         eprintln!("Removed {n} saved connection(s) and their secrets.");
     }
+    if uploads || all {
+        let n = forget_uploads()?;
+        eprintln!(
+            "Forgot {n} cut-off upload(s); S3 keeps the parts of such an upload (and bills them) until it is \
+             aborted, by a lifecycle rule (AbortIncompleteMultipartUpload) or `aws s3api list-multipart-uploads` \
+             and `abort-multipart-upload`; Dropbox lets a session lapse after a week."
+        );
+    }
     if history || all {
         match std::fs::remove_file(file()) {
             Ok(()) => eprintln!("Cleared the transfer history."),
@@ -217,4 +238,30 @@ pub fn clear(history: bool, connections: bool, pairs: bool, all: bool) -> Result
         }
     }
     Ok(())
+}
+
+/// Removes what is kept of cut-off uploads (`uploads/` in the state folder: a JSON file an upload, its lock and
+/// a file written aside); the count of uploads.
+fn forget_uploads() -> Result<usize> {
+    let dir = state_dir().join("uploads");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let mut n = 0;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = [".json", ".lock", ".json.new"].iter().any(|x| {
+            name.strip_suffix(x).is_some_and(|stem| stem.len() == 32 && stem.bytes().all(|b| b.is_ascii_hexdigit()))
+        });
+        if !ours {
+            continue;
+        }
+        std::fs::remove_file(entry.path()).with_context(|| format!("cannot delete {}", entry.path().display()))?;
+        n += usize::from(name.ends_with(".json"));
+    }
+    Ok(n)
 }
