@@ -573,16 +573,36 @@ fn rewriter(file: &Path) -> impl Fn(&[u8]) + '_ {
     }
 }
 
+/// The parts an S3 upload's state records.
+fn s3_parts(state: &[u8]) -> Option<usize> {
+    serde_json::from_slice::<Value>(state).ok()?["parts"].as_array().map(Vec::len)
+}
+
+/// The pieces a Dropbox upload's state (a log: a head line, then a line a step) records as taken.
+fn dropbox_pieces(state: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(state).ok()?;
+    text.lines().next()?.contains("session_id").then(|| text.lines().filter(|l| *l == "\"took\"").count())
+}
+
 /// A slow upload of `file` to `dst`, killed once the state the client keeps of it (in `uploads`) records two
-/// pieces sent (8 MiB each), under `key`.
-fn cut_off_upload(c: &Client, file: &str, dst: &str, uploads: &Path, key: &str) {
+/// pieces sent (8 MiB each), as `sent` reads it.
+fn cut_off_upload(c: &Client, file: &str, dst: &str, uploads: &Path, sent: fn(&[u8]) -> Option<usize>) {
+    let mut running = slow_upload(c, file, dst, uploads, sent);
+    running.kill().expect("kill");
+    running.wait().expect("wait");
+}
+
+/// A slow upload of `file` to `dst`, still running once its state records two pieces sent.
+fn slow_upload(c: &Client, file: &str, dst: &str, uploads: &Path, sent: fn(&[u8]) -> Option<usize>) -> Child {
     let mut running = c.spawn(&["copy", file, dst, "--bwlimit", "4M", "--json"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let sent = std::fs::read_dir(uploads).into_iter().flatten().flatten().find_map(|e| {
-            let v: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
-            v[key].as_array().map(Vec::len)
-        });
+        let sent = std::fs::read_dir(uploads)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .find_map(|e| sent(&std::fs::read(e.path()).ok()?));
         if sent.is_some_and(|n| n >= 2) {
             break;
         }
@@ -597,8 +617,7 @@ fn cut_off_upload(c: &Client, file: &str, dst: &str, uploads: &Path, key: &str) 
         assert!(Instant::now() < deadline, "two pieces were not sent within a minute");
         std::thread::sleep(Duration::from_millis(50));
     }
-    running.kill().expect("kill");
-    running.wait().expect("wait");
+    running
 }
 
 /// An upload to S3 cut off (the process killed) carries on from the parts already on the server at the next
@@ -621,7 +640,7 @@ fn an_interrupted_upload_to_s3_resumes_where_it_stopped() {
         c.json(&["copy", "s3u:big.bin", back.to_str().expect("utf8")]);
         std::fs::read(&back).expect("read back")
     };
-    let cut_off = || cut_off_upload(&c, file_s, "s3u:big.bin", &uploads, "parts");
+    let cut_off = || cut_off_upload(&c, file_s, "s3u:big.bin", &uploads, s3_parts);
 
     // 1. Killed midway: nothing at the key; the next run sends only what is missing.
     let big = noise(40 << 20, 21);
@@ -1944,7 +1963,7 @@ fn an_interrupted_upload_to_dropbox_resumes_where_it_stopped() {
     let uploads = c.path("state/uploads");
     let rewrite = rewriter(&file);
     let stored = || std::fs::read(fake.served.join("big.bin")).expect("uploaded");
-    let cut_off = || cut_off_upload(&c, file_s, "dbu:big.bin", &uploads, "pieces");
+    let cut_off = || cut_off_upload(&c, file_s, "dbu:big.bin", &uploads, dropbox_pieces);
     let (whole, piece) = (40u64 << 20, 8u64 << 20);
 
     // 1. Killed midway: nothing at the name; the next run sends only what follows the pieces Dropbox took.
@@ -1991,10 +2010,17 @@ fn an_interrupted_upload_to_dropbox_resumes_where_it_stopped() {
     assert_eq!(std::fs::read_dir(&uploads).expect("uploads").count(), 0, "no state is left");
     assert_eq!(fake.count("content_hash_mismatches"), 0, "{}", fake.stats());
 
-    // 4. `local clear --uploads` forgets a cut-off upload: the next copy sends the file whole.
+    // 4. `local clear --uploads` leaves alone an upload under way, and forgets a cut-off one: the next copy
+    // sends the file whole.
     let newest = noise(40 << 20, 44);
     rewrite(&newest);
-    cut_off();
+    let mut running = slow_upload(&c, file_s, "dbu:big.bin", &uploads, dropbox_pieces);
+    let out = c.run(&["local", "clear", "--uploads"], None);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("1 upload(s) in progress were left alone"), "{said}");
+    running.kill().expect("kill");
+    running.wait().expect("wait");
+    assert_eq!(std::fs::read_dir(&uploads).expect("uploads").count(), 2, "the state and its lock stay");
     let out = c.run(&["local", "clear", "--uploads"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Forgot 1 cut-off upload"), "{out:?}");

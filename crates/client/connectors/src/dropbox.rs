@@ -16,7 +16,8 @@
 //!
 //! A session outlives the run that began it (Dropbox keeps one for a week): when a copy asks for it (the
 //! `cloudsync-state-dir` write metadata), the session's id and the size and content hash of each piece Dropbox
-//! took are kept in the state folder (upstate.rs), and the next copy of the file to the same path sends only
+//! took are kept in the state folder (upstate.rs; a line a step, so that keeping a step costs the same however
+//! long the file), and the next copy of the file to the same path sends only
 //! what follows the pieces whose bytes are still the file's. A file changed meanwhile is never finished with
 //! stale pieces: its session is dropped and the file sent again in a new one.
 
@@ -129,15 +130,22 @@ struct Piece {
     hash: String,
 }
 
-/// What the state file keeps of a session.
+/// What the state file keeps of a session: this head, then a line a step ([`Step`]).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Saved {
     path: String,
     length: u64,
     session_id: String,
-    pieces: Vec<Piece>,
-    /// The piece sent after them whose answer had not come.
-    sending: Option<Piece>,
+}
+
+/// A step of a session, as its log keeps it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Step {
+    /// The piece after those taken is being sent (Dropbox may have it).
+    Sending(Piece),
+    /// Dropbox took it.
+    Took,
 }
 
 /// Dropbox's content hash: SHA-256 over the SHA-256 of each 4 MiB block.
@@ -238,28 +246,31 @@ impl SessionWriter {
         if std::mem::replace(&mut self.taken_up, true) {
             return;
         }
-        let Some(saved) = self.kept.as_mut().and_then(Kept::take_up::<Saved>) else { return };
+        let Some((saved, steps)) = self.kept.as_mut().and_then(Kept::take_up_log::<Saved, Step>) else { return };
         if saved.path != self.abs || Some(saved.length) != self.length || saved.session_id.is_empty() {
             return;
         }
-        tracing::debug!(path = %self.abs, pieces = saved.pieces.len(), "taking up an earlier upload session");
-        let at = saved.pieces.iter().map(|p| p.size).sum();
+        // Each piece is taken once the next one is sent, or once marked so.
+        let (mut taken, mut sending) = (Vec::new(), None);
+        for step in steps {
+            match step {
+                Step::Sending(piece) => taken.extend(sending.replace(piece)),
+                Step::Took => taken.extend(sending.take()),
+            }
+        }
+        tracing::debug!(path = %self.abs, pieces = taken.len(), "taking up an earlier upload session");
+        let at = taken.iter().map(|p: &Piece| p.size).sum();
         self.session = Some(saved.session_id);
         self.earlier = true;
-        self.sending = saved.sending.map(|p| (at, p));
-        self.recorded = saved.pieces;
+        self.sending = sending.map(|p| (at, p));
+        self.recorded = taken;
     }
 
-    /// Keeps the session for a later run, with the piece about to be sent, if any.
-    fn save(&self, sending: Option<&Piece>) {
-        let (Some(kept), Some(id), Some(length)) = (&self.kept, &self.session, self.length) else { return };
-        kept.save(&Saved {
-            path: self.abs.clone(),
-            length,
-            session_id: id.clone(),
-            pieces: self.pieces.clone(),
-            sending: sending.cloned(),
-        });
+    /// Keeps a step of the session for a later run.
+    fn log(&self, step: &Step) {
+        if let Some(kept) = &self.kept {
+            kept.append(step);
+        }
     }
 
     /// Gives up the session an earlier run began (the file is no longer what it sent, or Dropbox no longer has
@@ -309,14 +320,20 @@ impl SessionWriter {
         if let Some(id) = self.session.clone() {
             // Recorded before it goes: if its answer is lost, Dropbox may have it when a later run comes.
             let before = self.sending.replace((self.offset, this.clone()));
-            self.save(Some(&this));
+            // (Once: a piece sent again, by this run or after an earlier one, is the log's last.)
+            if before.as_ref() != Some(&(self.offset, this.clone())) {
+                self.log(&Step::Sending(this.clone()));
+            }
             let arg = json!({
                 "cursor": { "session_id": id, "offset": self.offset }, "close": false, "content_hash": this.hash,
             });
             let answered = self.call("upload_session/append_v2", &arg, piece.clone()).await?;
             let taken_up = std::mem::take(&mut self.earlier);
             match answered {
-                Ok(_) => self.sending = None,
+                Ok(_) => {
+                    self.sending = None;
+                    self.log(&Step::Took);
+                }
                 Err(answer) => {
                     let correct = answer["error"]["correct_offset"].as_u64();
                     let summary = answer["error_summary"].as_str().unwrap_or_default();
@@ -327,6 +344,7 @@ impl SessionWriter {
                         // This piece, sent before (by this run or an earlier one) and its answer lost: Dropbox has
                         // it.
                         self.sending = None;
+                        self.log(&Step::Took);
                     } else if taken_up && (summary.starts_with("not_found") || summary.starts_with("incorrect_offset"))
                     {
                         // A session taken up that Dropbox no longer has as it was left (it lapsed, or took a
@@ -354,8 +372,11 @@ impl SessionWriter {
                 .filter(|id| !id.is_empty() && id.len() <= 1024)
                 .ok_or_else(|| err(ErrorKind::Unexpected, "Dropbox started an upload session without its id"))?;
             self.session = Some(id.to_owned());
+            if let (Some(kept), Some(length)) = (&self.kept, self.length) {
+                let head = Saved { path: self.abs.clone(), length, session_id: id.to_owned() };
+                kept.start_log(&head, &[Step::Sending(this.clone()), Step::Took]);
+            }
             self.took(this, hash);
-            self.save(None);
             return Ok(());
         }
         self.took(this, hash);
@@ -434,14 +455,18 @@ impl oio::Write for SessionWriter {
         self.finishing = true;
         let answer = match self.call("upload_session/finish", &arg, Buffer::from(Bytes::new())).await? {
             Ok(a) => a,
-            Err(a) if a["error_summary"].as_str().is_some_and(|s| s.starts_with("lookup_failed/")) => {
+            Err(a)
+                if a["error_summary"].as_str().is_some_and(|s| {
+                    s.starts_with("lookup_failed/not_found") || s.starts_with("lookup_failed/incorrect_offset")
+                }) =>
+            {
                 // Sent before and done then: the session is gone, the file is there.
                 let found = if again { self.finished_before().await? } else { None };
                 self.forget();
                 if let Some(md) = found {
                     return Ok(md);
                 }
-                // Else the session lapsed (or was left otherwise than kept): the file goes again, in a new one.
+                // Else the session lapsed, or holds other than was kept: the file goes again, in a new one.
                 let e = self.refused("upload_session/finish", &a);
                 return Err(crate::send_again(err(e.kind(), e.to_string())).set_persistent());
             }

@@ -67,11 +67,15 @@ impl Error {
                 `ssh-keygen -R '[HOST]:PORT'`"
                 .to_owned(),
             // (Services whose errors OpenDAL does not map from a 401, such as WebDAV.)
-            _ if status_of(&source) == Some(401) => format!(
-                "the server refused the sign-in (401 Unauthorized): check the user name and password (or token); \
-                 `cloudsync connection add NAME ... --replace` changes them: {}",
-                short(&source)
-            ),
+            _ if status_of(&source) == Some(401) => {
+                let said = short(&source);
+                format!(
+                    "the server refused the sign-in (401 Unauthorized): check the user name and password (a \
+                     Dropbox, OneDrive or pCloud connection: sign in again); `cloudsync connection add NAME ... \
+                     --replace` changes them{}{said}",
+                    if said.trim().is_empty() { "" } else { ": " }
+                )
+            }
             _ => short(&source),
         };
         Self::Backend { what: what.into(), message, source: Box::new(source) }
@@ -83,10 +87,14 @@ impl Error {
     }
 }
 
-/// The HTTP status of the answer an OpenDAL error was made of, if it names one (in its `response` context).
+/// The HTTP status of the answer an OpenDAL error was made of, if it names one (in its `response` context, the
+/// answer's head; the message before it may be the answer's body, which says anything).
 fn status_of(source: &opendal::Error) -> Option<u16> {
     let text = format!("{source:?}");
-    let (_, rest) = text.split_once("status: ")?;
+    // Its context is listed after the message, and before any source error.
+    let context = &text[text.find("\nContext:\n")?..];
+    let context = context.find("\nSource:\n").map_or(context, |end| &context[..end]);
+    let (_, rest) = context.rsplit_once("   response: Parts { status: ")?;
     rest.get(..3)?.parse().ok().filter(|_| rest.as_bytes().get(3).is_none_or(|b| !b.is_ascii_digit()))
 }
 
@@ -121,9 +129,15 @@ mod tests {
     #[test]
     fn a_refused_sign_in_says_what_to_check() {
         let answer = "Parts { status: 401, version: HTTP/1.1, headers: {\"www-authenticate\": \"Basic\"} }";
-        let e = opendal::Error::new(opendal::ErrorKind::Unexpected, "").with_context("response", answer);
+        // The body (the message) may say anything, a status too.
+        let e = opendal::Error::new(opendal::ErrorKind::Unexpected, "status: 500").with_context("response", answer);
         let said = Error::backend("cannot list dav:", e).to_string();
         assert!(said.contains("401 Unauthorized") && said.contains("password") && said.contains("--replace"), "{said}");
+        let e = opendal::Error::new(opendal::ErrorKind::Unexpected, "").with_context("response", answer);
+        assert!(Error::backend("x", e).to_string().ends_with("changes them"));
+        let e = opendal::Error::new(opendal::ErrorKind::Unexpected, "response: Parts { status: 401 }")
+            .with_context("response", "Parts { status: 403, version: HTTP/1.1 }");
+        assert!(!Error::backend("x", e).to_string().contains("sign-in"));
         let e = opendal::Error::new(opendal::ErrorKind::Unexpected, "gone")
             .with_context("response", "Parts { status: 4010 }");
         assert_eq!(Error::backend("x", e).to_string(), "x: gone");

@@ -36,16 +36,45 @@ impl Kept {
     /// Locks the state for this upload and reads what an earlier run kept, if anything. Nothing, and no lock,
     /// when the folder or the files are not as they must be, or another copy holds the lock.
     pub(crate) fn take_up<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+        serde_json::from_slice(&self.read()?).ok()
+    }
+
+    /// [`Kept::take_up`] for state kept as a log ([`Kept::start_log`], [`Kept::append`]): its head and entries.
+    /// A last line cut off midway (a crash while it was written) is left out.
+    pub(crate) fn take_up_log<H, E>(&mut self) -> Option<(H, Vec<E>)>
+    where
+        H: serde::de::DeserializeOwned,
+        E: serde::de::DeserializeOwned,
+    {
+        let bytes = self.read()?;
+        let mut lines = bytes.split(|&b| b == b'\n');
+        let head = serde_json::from_slice(lines.next()?).ok()?;
+        let lines: Vec<&[u8]> = lines.collect();
+        let mut entries = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_slice(line) {
+                Ok(entry) => entries.push(entry),
+                Err(_) if i + 1 == lines.len() => break,
+                Err(_) => return None,
+            }
+        }
+        Some((head, entries))
+    }
+
+    /// Locks the state and reads the state file's bytes.
+    fn read(&mut self) -> Option<Vec<u8>> {
         if self.lock.is_none() {
             self.lock = Some(self.lock_file()?);
         }
-        let file =
+        let mut file =
             std::fs::OpenOptions::new().read(true).custom_flags(crate::partial::flags()).open(&self.file).ok()?;
         let meta = file.metadata().ok()?;
         if !crate::partial::ours(&meta) || meta.mode() & 0o077 != 0 || meta.len() > MAX_STATE {
             return None;
         }
-        serde_json::from_reader(std::io::BufReader::new(file)).ok()
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
+        Some(bytes)
     }
 
     fn lock_file(&self) -> Option<std::fs::File> {
@@ -76,11 +105,43 @@ impl Kept {
 
     /// Keeps `state` for a later run, when this upload holds the lock.
     pub(crate) fn save<T: serde::Serialize>(&self, state: &T) {
+        self.write_whole(serde_json::to_vec(state).map_err(std::io::Error::other));
+    }
+
+    /// Starts the state anew as a log of `head` and `entries`, one JSON line each; [`Kept::append`] adds to it a
+    /// line at a time, so keeping each step of a long upload costs the same however many came before.
+    pub(crate) fn start_log<H: serde::Serialize, E: serde::Serialize>(&self, head: &H, entries: &[E]) {
+        let lines = std::iter::once(serde_json::to_vec(head))
+            .chain(entries.iter().map(serde_json::to_vec))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|lines| lines.join(&b'\n'))
+            .map_err(std::io::Error::other);
+        self.write_whole(lines);
+    }
+
+    /// Adds `entry` to the log [`Kept::start_log`] began, when this upload holds the lock.
+    pub(crate) fn append<E: serde::Serialize>(&self, entry: &E) {
+        if self.lock.is_none() {
+            return;
+        }
+        let written = serde_json::to_vec(entry).map_err(std::io::Error::other).and_then(|line| {
+            let mut f =
+                std::fs::OpenOptions::new().append(true).custom_flags(crate::partial::flags()).open(&self.file)?;
+            // One write: a line that goes is whole unless the machine stops midway.
+            f.write_all(&[b"\n", &line[..]].concat())
+        });
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "cannot keep the upload's state");
+        }
+    }
+
+    /// Writes the state file whole: aside, then renamed into place.
+    fn write_whole(&self, bytes: std::io::Result<Vec<u8>>) {
         if self.lock.is_none() {
             return;
         }
         let aside = self.file.with_extension("json.new");
-        let written = serde_json::to_vec(state).map_err(std::io::Error::other).and_then(|bytes| {
+        let written = bytes.and_then(|bytes| {
             std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -135,6 +196,29 @@ mod tests {
         assert!(!b.file.exists() && !b.file.with_extension("lock").exists());
         let mut c = Kept::new(dir.path(), "s3\nhttps://e\nb\nk");
         assert_eq!(c.take_up::<S>(), None, "forgotten");
+    }
+
+    #[test]
+    fn a_log_is_read_back_without_a_line_cut_off() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut a = Kept::new(dir.path(), "log");
+        assert_eq!(a.take_up_log::<S, u32>(), None);
+        a.start_log(&S { n: 1 }, &[10u32]);
+        a.append(&11u32);
+        a.append(&12u32);
+        drop(a);
+        let mut b = Kept::new(dir.path(), "log");
+        assert_eq!(b.take_up_log::<S, u32>(), Some((S { n: 1 }, vec![10, 11, 12])));
+        // A crash while the last line was written: that line is left out.
+        std::fs::OpenOptions::new().append(true).open(&b.file).expect("open").write_all(b"\n1").expect("write");
+        std::fs::OpenOptions::new().append(true).open(&b.file).expect("open").write_all(b"3x").expect("write");
+        assert_eq!(b.take_up_log::<S, u32>(), Some((S { n: 1 }, vec![10, 11, 12])));
+        // A broken line before others: not to be trusted.
+        b.append(&14u32);
+        assert_eq!(b.take_up_log::<S, u32>(), None);
+        // Started anew.
+        b.start_log::<_, u32>(&S { n: 2 }, &[]);
+        assert_eq!(b.take_up_log::<S, u32>(), Some((S { n: 2 }, vec![])));
     }
 
     #[test]

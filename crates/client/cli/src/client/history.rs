@@ -1,5 +1,6 @@
 //! The local record of transfers between connections and local folders (`cloudsync history`), and
-//! `cloudsync local clear`, which erases it together with the saved connections and their secrets.
+//! `cloudsync local clear`, which erases it, the saved connections and their secrets, the sync pairs, or what
+//! is kept of cut-off uploads.
 //!
 //! One JSON line per run in `history.jsonl` in the state directory (mode 0600). It holds what the user typed
 //! as source and destination (`NAME:PATH` or a local path, never a secret), counts and the first errors. The
@@ -223,12 +224,19 @@ pub fn clear(what: Clear) -> Result<()> {
         eprintln!("Removed {n} saved connection(s) and their secrets.");
     }
     if uploads || all {
-        let n = forget_uploads()?;
-        eprintln!(
-            "Forgot {n} cut-off upload(s); S3 keeps the parts of such an upload (and bills them) until it is \
-             aborted, by a lifecycle rule (AbortIncompleteMultipartUpload) or `aws s3api list-multipart-uploads` \
-             and `abort-multipart-upload`; Dropbox lets a session lapse after a week."
-        );
+        let (n, busy) = forget_uploads()?;
+        if n == 0 {
+            eprintln!("No cut-off upload was kept.");
+        } else {
+            eprintln!(
+                "Forgot {n} cut-off upload(s); S3 keeps the parts of such an upload (and bills them) until it is \
+                 aborted, by a lifecycle rule (AbortIncompleteMultipartUpload) or `aws s3api \
+                 list-multipart-uploads` and `abort-multipart-upload`; Dropbox lets a session lapse after a week."
+            );
+        }
+        if busy > 0 {
+            eprintln!("{busy} upload(s) in progress were left alone; run this again once their copies end.");
+        }
     }
     if history || all {
         match std::fs::remove_file(file()) {
@@ -241,27 +249,59 @@ pub fn clear(what: Clear) -> Result<()> {
 }
 
 /// Removes what is kept of cut-off uploads (`uploads/` in the state folder: a JSON file an upload, its lock and
-/// a file written aside); the count of uploads.
-fn forget_uploads() -> Result<usize> {
+/// a file written aside), except those a running copy holds (their lock taken); how many were forgotten, and
+/// how many were in use.
+fn forget_uploads() -> Result<(usize, usize)> {
     let dir = state_dir().join("uploads");
     let entries = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
     };
-    let mut n = 0;
+    let mut stems = std::collections::BTreeSet::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let ours = [".json", ".lock", ".json.new"].iter().any(|x| {
-            name.strip_suffix(x).is_some_and(|stem| stem.len() == 32 && stem.bytes().all(|b| b.is_ascii_hexdigit()))
-        });
-        if !ours {
-            continue;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stem = [".json.new", ".json", ".lock"].iter().find_map(|x| name.strip_suffix(x));
+        if let Some(stem) = stem.filter(|s| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())) {
+            stems.insert(stem.to_owned());
         }
-        std::fs::remove_file(entry.path()).with_context(|| format!("cannot delete {}", entry.path().display()))?;
-        n += usize::from(name.ends_with(".json"));
     }
-    Ok(n)
+    let remove = |path: PathBuf| match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot delete {}", path.display()))
+        }
+        _ => Ok(()),
+    };
+    let (mut forgot, mut busy) = (0, 0);
+    for stem in stems {
+        // Held while removed, as a finished upload removes its own: a copy that opens the lock meanwhile finds it
+        // no longer at its name and keeps nothing.
+        let lock = dir.join(format!("{stem}.lock"));
+        // (Only a plain file is opened: a link in its place is removed, never followed.)
+        let plain = std::fs::symlink_metadata(&lock).is_ok_and(|m| m.is_file());
+        let opened = if plain { std::fs::File::open(&lock) } else { Err(std::io::ErrorKind::NotFound.into()) };
+        let held = match opened {
+            Ok(f) => match f.try_lock() {
+                Ok(()) => Some(f),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    busy += 1;
+                    continue;
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("cannot lock {}", lock.display()));
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", lock.display())),
+        };
+        if dir.join(format!("{stem}.json")).exists() {
+            forgot += 1;
+        }
+        remove(dir.join(format!("{stem}.json")))?;
+        remove(dir.join(format!("{stem}.json.new")))?;
+        remove(lock)?;
+        drop(held);
+    }
+    Ok((forgot, busy))
 }
