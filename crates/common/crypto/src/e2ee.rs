@@ -151,6 +151,27 @@ impl UserKeys {
     }
 }
 
+/// The Ed25519 key of `bytes`, decompressed once a thread (a pull checks a signature a file, by the few members
+/// who wrote them; decompressing a point costs about a third of checking one).
+fn verifying_key(bytes: &[u8; 32]) -> Result<ed25519_dalek::VerifyingKey, CryptoError> {
+    thread_local! {
+        static KEYS: std::cell::RefCell<Vec<([u8; 32], ed25519_dalek::VerifyingKey)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    KEYS.with_borrow_mut(|keys| {
+        if let Some((_, vk)) = keys.iter().find(|(b, _)| b == bytes) {
+            return Ok(*vk);
+        }
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::Signature)?;
+        // A workspace has a few writers: the cache stays small.
+        if keys.len() >= 16 {
+            keys.remove(0);
+        }
+        keys.push((*bytes, vk));
+        Ok(vk)
+    })
+}
+
 impl PublicIdentity {
     /// The wire form.
     pub fn to_bytes(&self) -> [u8; IDENTITY_LEN] {
@@ -182,7 +203,7 @@ impl PublicIdentity {
     /// # Errors
     /// [`CryptoError::Signature`] when it does not verify.
     pub fn verify_message(&self, message: &[u8], signature: &[u8; 64]) -> Result<(), CryptoError> {
-        let vk = ed25519_dalek::VerifyingKey::from_bytes(&self.signing).map_err(|_| CryptoError::Signature)?;
+        let vk = verifying_key(&self.signing)?;
         vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature)).map_err(|_| CryptoError::Signature)
     }
 
@@ -408,6 +429,24 @@ mod tests {
 
     const CHEAP: KdfParams = KdfParams { m_kib: 8 * 1024, t: 1, p: 1 };
     const ALICE: [u8; 16] = [1; 16];
+
+    #[test]
+    fn signatures_are_checked_by_their_own_key_with_keys_kept_decompressed() {
+        // More signers than the per-thread cache holds, each checked twice, in turn.
+        let signers: Vec<UserKeys> = (0..20).map(|_| UserKeys::generate()).collect();
+        let ids: Vec<PublicIdentity> = signers.iter().map(|k| k.identity(&ALICE, "alice@example.org")).collect();
+        for _ in 0..2 {
+            for (i, (k, id)) in signers.iter().zip(&ids).enumerate() {
+                let signature = k.sign(b"message");
+                id.verify_message(b"message", &signature).expect("its own signature");
+                assert!(id.verify_message(b"other", &signature).is_err(), "another message");
+                let other = &ids[(i + 1) % ids.len()];
+                assert!(other.verify_message(b"message", &signature).is_err(), "another signer's key");
+            }
+        }
+        let bad = PublicIdentity { signing: [0xff; 32], ..ids[0].clone() };
+        assert!(bad.verify_message(b"message", &signers[0].sign(b"message")).is_err(), "not a point");
+    }
 
     #[test]
     fn identities_are_bound_to_their_account() {
