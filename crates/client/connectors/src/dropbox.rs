@@ -267,8 +267,8 @@ impl SessionWriter {
     }
 
     /// Keeps a step of the session for a later run.
-    fn log(&self, step: &Step) {
-        if let Some(kept) = &self.kept {
+    fn log(&mut self, step: &Step) {
+        if let Some(kept) = &mut self.kept {
             kept.append(step);
         }
     }
@@ -317,11 +317,16 @@ impl SessionWriter {
             }
             self.give_up_earlier("holds other bytes than the file now has")?;
         }
+        if self.sending.as_ref().is_some_and(|b| *b != (self.offset, this.clone())) {
+            // Other bytes than an earlier run was sending here, which Dropbox may have taken: not to be told
+            // apart, so the file goes again (whole, unless nothing was passed over yet).
+            self.give_up_earlier("was sending other bytes than the file now has")?;
+        }
         if let Some(id) = self.session.clone() {
-            // Recorded before it goes: if its answer is lost, Dropbox may have it when a later run comes.
+            // Recorded before it goes: if its answer is lost, Dropbox may have it when a later run comes. A
+            // piece sent again (by this run, or after an earlier one) is the log's last step already.
             let before = self.sending.replace((self.offset, this.clone()));
-            // (Once: a piece sent again, by this run or after an earlier one, is the log's last.)
-            if before.as_ref() != Some(&(self.offset, this.clone())) {
+            if before.is_none() {
                 self.log(&Step::Sending(this.clone()));
             }
             let arg = json!({
@@ -372,7 +377,7 @@ impl SessionWriter {
                 .filter(|id| !id.is_empty() && id.len() <= 1024)
                 .ok_or_else(|| err(ErrorKind::Unexpected, "Dropbox started an upload session without its id"))?;
             self.session = Some(id.to_owned());
-            if let (Some(kept), Some(length)) = (&self.kept, self.length) {
+            if let (Some(kept), Some(length)) = (&mut self.kept, self.length) {
                 let head = Saved { path: self.abs.clone(), length, session_id: id.to_owned() };
                 kept.start_log(&head, &[Step::Sending(this.clone()), Step::Took]);
             }

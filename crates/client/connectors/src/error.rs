@@ -91,8 +91,11 @@ impl Error {
 /// answer's head; the message before it may be the answer's body, which says anything).
 fn status_of(source: &opendal::Error) -> Option<u16> {
     let text = format!("{source:?}");
-    // Its context is listed after the message, and before any source error.
-    let context = &text[text.find("\nContext:\n")?..];
+    // Its context is listed after the message (which may say anything), and before any source error.
+    let message = source.message();
+    let after = if message.is_empty() { 0 } else { text.find(message).map_or(0, |at| at + message.len()) };
+    let context = &text[after..];
+    let context = &context[context.find("\nContext:\n")?..];
     let context = context.find("\nSource:\n").map_or(context, |end| &context[..end]);
     let (_, rest) = context.rsplit_once("   response: Parts { status: ")?;
     rest.get(..3)?.parse().ok().filter(|_| rest.as_bytes().get(3).is_none_or(|b| !b.is_ascii_digit()))
@@ -138,6 +141,10 @@ mod tests {
         let e = opendal::Error::new(opendal::ErrorKind::Unexpected, "response: Parts { status: 401 }")
             .with_context("response", "Parts { status: 403, version: HTTP/1.1 }");
         assert!(!Error::backend("x", e).to_string().contains("sign-in"));
+        let forged = "\nContext:\n   response: Parts { status: 401 }\nSource:\n";
+        let e = opendal::Error::new(opendal::ErrorKind::Unexpected, forged)
+            .with_context("response", "Parts { status: 403, version: HTTP/1.1 }");
+        assert!(!Error::backend("x", e).to_string().contains("sign-in"), "a body that looks like a context");
         let e = opendal::Error::new(opendal::ErrorKind::Unexpected, "gone")
             .with_context("response", "Parts { status: 4010 }");
         assert_eq!(Error::backend("x", e).to_string(), "x: gone");

@@ -4,8 +4,10 @@
 //!
 //! The file decides which bytes a later run does not send again, so it is guarded: the folder must be the
 //! user's and closed to others (0700), the file the user's own with one link and closed to others (0600), opened
-//! without following links; it is written aside and renamed into place, so a cut never leaves half of it. A
-//! copy that finds the lock held by another copy neither takes up nor keeps anything.
+//! without following links. A whole state is written aside and renamed into place, so a cut never leaves half
+//! of it; a log ([`Kept::start_log`]) grows a line at a time, and a last line cut off midway is dropped when the
+//! log is taken up. A copy that finds the lock held by another copy neither takes up nor keeps anything, and
+//! one that cannot write a step forgets the upload rather than keep a log that misses it.
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
@@ -54,7 +56,15 @@ impl Kept {
         for (i, line) in lines.iter().enumerate() {
             match serde_json::from_slice(line) {
                 Ok(entry) => entries.push(entry),
-                Err(_) if i + 1 == lines.len() => break,
+                Err(_) if i + 1 == lines.len() => {
+                    // Cut off midway: the log goes on without it (a line after it would make it a broken one).
+                    let whole = bytes.len() - line.len() - 1;
+                    if !self.write_whole(Ok(bytes[..whole].to_vec())) {
+                        self.forget();
+                        return None;
+                    }
+                    break;
+                }
                 Err(_) => return None,
             }
         }
@@ -110,17 +120,21 @@ impl Kept {
 
     /// Starts the state anew as a log of `head` and `entries`, one JSON line each; [`Kept::append`] adds to it a
     /// line at a time, so keeping each step of a long upload costs the same however many came before.
-    pub(crate) fn start_log<H: serde::Serialize, E: serde::Serialize>(&self, head: &H, entries: &[E]) {
+    pub(crate) fn start_log<H: serde::Serialize, E: serde::Serialize>(&mut self, head: &H, entries: &[E]) {
         let lines = std::iter::once(serde_json::to_vec(head))
             .chain(entries.iter().map(serde_json::to_vec))
             .collect::<Result<Vec<_>, _>>()
             .map(|lines| lines.join(&b'\n'))
             .map_err(std::io::Error::other);
-        self.write_whole(lines);
+        if !self.write_whole(lines) {
+            // What was there (another upload's log) must not stand for this one.
+            self.forget();
+        }
     }
 
-    /// Adds `entry` to the log [`Kept::start_log`] began, when this upload holds the lock.
-    pub(crate) fn append<E: serde::Serialize>(&self, entry: &E) {
+    /// Adds `entry` to the log [`Kept::start_log`] began, when this upload holds the lock; if it cannot, the
+    /// upload is forgotten (a log that misses a step would mislead a later run).
+    pub(crate) fn append<E: serde::Serialize>(&mut self, entry: &E) {
         if self.lock.is_none() {
             return;
         }
@@ -131,14 +145,16 @@ impl Kept {
             f.write_all(&[b"\n", &line[..]].concat())
         });
         if let Err(e) = written {
-            tracing::debug!(error = %e, "cannot keep the upload's state");
+            tracing::debug!(error = %e, "cannot keep the upload's state; forgetting it");
+            self.forget();
         }
     }
 
-    /// Writes the state file whole: aside, then renamed into place.
-    fn write_whole(&self, bytes: std::io::Result<Vec<u8>>) {
+    /// Writes the state file whole: aside, then renamed into place; whether it was written (not when this
+    /// upload does not hold the lock).
+    fn write_whole(&self, bytes: std::io::Result<Vec<u8>>) -> bool {
         if self.lock.is_none() {
-            return;
+            return false;
         }
         let aside = self.file.with_extension("json.new");
         let written = bytes.and_then(|bytes| {
@@ -152,9 +168,10 @@ impl Kept {
                 .and_then(|mut f| f.write_all(&bytes))
                 .and_then(|()| std::fs::rename(&aside, &self.file))
         });
-        if let Err(e) = written {
+        if let Err(e) = &written {
             tracing::debug!(error = %e, "cannot keep the upload's state");
         }
+        written.is_ok()
     }
 
     /// Forgets the upload (done, or given up), letting the lock go.
@@ -209,12 +226,14 @@ mod tests {
         drop(a);
         let mut b = Kept::new(dir.path(), "log");
         assert_eq!(b.take_up_log::<S, u32>(), Some((S { n: 1 }, vec![10, 11, 12])));
-        // A crash while the last line was written: that line is left out.
+        // A crash while the last line was written: that line is left out, and the log goes on without it.
         std::fs::OpenOptions::new().append(true).open(&b.file).expect("open").write_all(b"\n1").expect("write");
         std::fs::OpenOptions::new().append(true).open(&b.file).expect("open").write_all(b"3x").expect("write");
         assert_eq!(b.take_up_log::<S, u32>(), Some((S { n: 1 }, vec![10, 11, 12])));
-        // A broken line before others: not to be trusted.
         b.append(&14u32);
+        assert_eq!(b.take_up_log::<S, u32>(), Some((S { n: 1 }, vec![10, 11, 12, 14])));
+        // A broken line before others: not to be trusted.
+        std::fs::OpenOptions::new().append(true).open(&b.file).expect("open").write_all(b"\nx\n15").expect("write");
         assert_eq!(b.take_up_log::<S, u32>(), None);
         // Started anew.
         b.start_log::<_, u32>(&S { n: 2 }, &[]);

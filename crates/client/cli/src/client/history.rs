@@ -225,9 +225,9 @@ pub fn clear(what: Clear) -> Result<()> {
     }
     if uploads || all {
         let (n, busy) = forget_uploads()?;
-        if n == 0 {
+        if n == 0 && busy == 0 {
             eprintln!("No cut-off upload was kept.");
-        } else {
+        } else if n > 0 {
             eprintln!(
                 "Forgot {n} cut-off upload(s); S3 keeps the parts of such an upload (and bills them) until it is \
                  aborted, by a lifecycle rule (AbortIncompleteMultipartUpload) or `aws s3api \
@@ -283,6 +283,12 @@ fn forget_uploads() -> Result<(usize, usize)> {
         let opened = if plain { std::fs::File::open(&lock) } else { Err(std::io::ErrorKind::NotFound.into()) };
         let held = match opened {
             Ok(f) => match f.try_lock() {
+                // Still the lock file at that name (not one a finishing copy removed meanwhile, whose name a
+                // new copy may hold now).
+                Ok(()) if !same_file(&f, &lock) => {
+                    busy += 1;
+                    continue;
+                }
                 Ok(()) => Some(f),
                 Err(std::fs::TryLockError::WouldBlock) => {
                     busy += 1;
@@ -304,4 +310,13 @@ fn forget_uploads() -> Result<(usize, usize)> {
         drop(held);
     }
     Ok((forgot, busy))
+}
+
+/// Whether `file` is the file at `path` now.
+fn same_file(file: &std::fs::File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
