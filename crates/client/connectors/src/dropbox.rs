@@ -130,9 +130,9 @@ struct Piece {
     hash: String,
 }
 
-/// What the state file keeps of a session: this head, then a line a step ([`Step`]).
+/// The head of a session's log in the state file; a line a step ([`Step`]) follows it.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Saved {
+struct Head {
     path: String,
     length: u64,
     session_id: String,
@@ -246,7 +246,7 @@ impl SessionWriter {
         if std::mem::replace(&mut self.taken_up, true) {
             return;
         }
-        let Some((saved, steps)) = self.kept.as_mut().and_then(Kept::take_up_log::<Saved, Step>) else { return };
+        let Some((saved, steps)) = self.kept.as_mut().and_then(Kept::take_up_log::<Head, Step>) else { return };
         if saved.path != self.abs || Some(saved.length) != self.length || saved.session_id.is_empty() {
             return;
         }
@@ -378,7 +378,7 @@ impl SessionWriter {
                 .ok_or_else(|| err(ErrorKind::Unexpected, "Dropbox started an upload session without its id"))?;
             self.session = Some(id.to_owned());
             if let (Some(kept), Some(length)) = (&mut self.kept, self.length) {
-                let head = Saved { path: self.abs.clone(), length, session_id: id.to_owned() };
+                let head = Head { path: self.abs.clone(), length, session_id: id.to_owned() };
                 kept.start_log(&head, &[Step::Sending(this.clone()), Step::Took]);
             }
             self.took(this, hash);

@@ -28,6 +28,7 @@ pub use sftp::{check_passphrase, key_needs_passphrase};
 pub use spec::{Connection, Kind, Limits, MAX_NAME_LEN, check_name};
 pub use synology::sign_out;
 pub use transfer::{Entry, Listing, Location, Options, Summary};
+pub use upstate::forget_all as forget_kept_uploads;
 
 /// How an upload layer makes its writer: from the service below (for folders, or for its own writer), the
 /// operation's context, the path and the write's arguments.

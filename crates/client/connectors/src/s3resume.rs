@@ -74,16 +74,24 @@ pub(crate) fn layer(mut settings: Settings) -> crate::WriteLayer<Writer> {
         let state = args.user_metadata().and_then(|m| m.get(STATE_KEY)).map(PathBuf::from);
         let length = crate::length_of(&args)?;
         match (state, length) {
-            // (S3 Express directory buckets sign in sessions of their own: OpenDAL's writer.)
-            (Some(dir), Some(length)) if length > PART as u64 && !settings.bucket.ends_with("--x-s3") => {
+            (Some(dir), Some(length)) if resumable(&settings.bucket, length) => {
                 let key = opendal::raw::build_abs_path(&settings.root, path);
                 Ok(Writer::Resumable(Box::new(Upload::new(settings.clone(), ctx, key, length, &dir))))
             }
             // Our keys must never become the object's metadata (the state folder is a local path).
-            (Some(_), _) => Err(err(ErrorKind::Unexpected, "a resumable upload was asked for a file of one piece")),
+            (Some(_), _) => Err(err(
+                ErrorKind::Unexpected,
+                format!("{path}: upload state was given for a write that cannot resume (this is a bug)"),
+            )),
             (None, _) => inner.write(ctx, path, args).map(Writer::Inner),
         }
     })
+}
+
+/// Whether an upload of `length` bytes to `bucket` goes as a resumable upload: more than one part, and not to
+/// an S3 Express directory bucket (whose requests are signed in sessions of their own: OpenDAL's writer).
+pub(crate) fn resumable(bucket: &str, length: u64) -> bool {
+    length > PART as u64 && !bucket.ends_with("--x-s3")
 }
 
 /// OpenDAL's writer, or ours.
@@ -133,15 +141,15 @@ struct Part {
     size: u64,
 }
 
-/// What the state file keeps of an upload.
+/// The head of an upload's log in the state file; a line a part sent follows it, with the ETag the server gave
+/// it (R2's and encrypted buckets' are not MD5s). A part sent again is logged again: the last line of a number
+/// stands.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Saved {
+struct Head {
     bucket: String,
     key: String,
     upload_id: String,
     part_size: u64,
-    /// The parts sent so far, with the ETag the server gave each (R2's and encrypted buckets' are not MD5s).
-    parts: Vec<Part>,
 }
 
 /// One resumable multipart upload.
@@ -202,38 +210,35 @@ impl Upload {
         format!("{}{}{q}", self.s3.endpoint, uri_encode(&path, false))
     }
 
-    /// Sends one signed request, again after a pause (1 s, 2 s, 4 s) when it failed for a reason that may pass
-    /// (except the one that starts an upload: sent twice, it would start two); its answer, whole. `payload` is
+    /// Sends one signed request, again after a pause (1 s, 2 s, 4 s) when it failed for a reason that may pass;
+    /// its answer, whole. `payload` is
     /// the body's SHA-256 in hex ([`EMPTY_SHA256`] for no body).
-    async fn send(
+    async fn send(&self, method: Method, query: &str, body: Buffer, payload: &str) -> Answer {
+        self.send_while(method, query, body, payload, may_pass).await.0
+    }
+
+    /// Sends one signed request, again after a pause (1 s, 2 s, 4 s) while `again` says of its answer; the last
+    /// answer, and whether the request was sent more than once.
+    async fn send_while(
         &self,
         method: Method,
         query: &str,
         body: Buffer,
         payload: &str,
-    ) -> Result<(StatusCode, http::HeaderMap, Bytes)> {
+        again: impl Fn(&Answer) -> bool,
+    ) -> (Answer, bool) {
         let mut tries = 0;
         loop {
             let answer = self.send_once(method.clone(), query, body.clone(), payload).await;
-            let passing = match &answer {
-                Ok((status, _, body)) => passing(*status, body),
-                Err(e) => e.is_temporary(),
-            };
-            if !passing || tries == 3 || query == "uploads=" {
-                return answer;
+            if tries == 3 || !again(&answer) {
+                return (answer, tries > 0);
             }
             tokio::time::sleep(std::time::Duration::from_secs(1 << tries)).await;
             tries += 1;
         }
     }
 
-    async fn send_once(
-        &self,
-        method: Method,
-        query: &str,
-        body: Buffer,
-        payload: &str,
-    ) -> Result<(StatusCode, http::HeaderMap, Bytes)> {
+    async fn send_once(&self, method: Method, query: &str, body: Buffer, payload: &str) -> Answer {
         let url = self.url(query);
         let uri: http::Uri = url.parse().map_err(|e| {
             err(
@@ -312,7 +317,7 @@ impl Upload {
         if self.upload_id.is_some() {
             return Ok(());
         }
-        if let Some(saved) = self.take_up_state() {
+        if let Some((saved, parts)) = self.take_up_state() {
             if saved.part_size != self.part_size {
                 // Made for parts of another size (the file's size changed a lot): of no use.
                 self.abort_upload(&saved.upload_id).await;
@@ -321,7 +326,7 @@ impl Upload {
                     Ok(listed) => {
                         tracing::debug!(key = %self.key, parts = listed.len(), "taking up an earlier upload");
                         self.listed = listed;
-                        self.recorded = saved.parts.into_iter().map(|p| (p.number, p)).collect();
+                        self.recorded = parts.into_iter().map(|p| (p.number, p)).collect();
                         self.upload_id = Some(saved.upload_id);
                         return Ok(());
                     }
@@ -336,40 +341,31 @@ impl Upload {
                 }
             }
         }
-        let (status, _, body) = self.send(Method::POST, "uploads=", Buffer::new(), EMPTY_SHA256).await?;
+        // Sent once: sent twice, it would start two uploads.
+        let (status, _, body) = self.send_once(Method::POST, "uploads=", Buffer::new(), EMPTY_SHA256).await?;
         if status != StatusCode::OK {
             return Err(Self::failure("cannot start a multipart upload", status, &body));
         }
         let id = tag(&String::from_utf8_lossy(&body), "UploadId")
             .map(|t| unescape(&t))
             .ok_or_else(|| err(ErrorKind::Unexpected, "S3 started an upload but named no UploadId"))?;
+        self.kept.start_log::<_, Part>(
+            &Head {
+                bucket: self.s3.bucket.clone(),
+                key: self.key.clone(),
+                upload_id: id.clone(),
+                part_size: self.part_size,
+            },
+            &[],
+        );
         self.upload_id = Some(id);
-        self.save_state();
         Ok(())
     }
 
-    /// What an earlier run kept of this upload (locking its state for this run).
-    fn take_up_state(&mut self) -> Option<Saved> {
-        let saved: Saved = self.kept.take_up()?;
-        (saved.bucket == self.s3.bucket && saved.key == self.key).then_some(saved)
-    }
-
-    /// Keeps the upload's id and the parts sent for a later run.
-    fn save_state(&self) {
-        let Some(id) = &self.upload_id else { return };
-        self.kept.save(&Saved {
-            bucket: self.s3.bucket.clone(),
-            key: self.key.clone(),
-            upload_id: id.clone(),
-            part_size: self.part_size,
-            // What an earlier run recorded of parts this one has not reached yet stays recorded.
-            parts: self
-                .parts
-                .iter()
-                .cloned()
-                .chain(self.recorded.range(self.parts.len() as u32 + 1..).map(|(_, p)| p.clone()))
-                .collect(),
-        });
+    /// What an earlier run kept of this upload (locking its state for this run): its head and the parts sent.
+    fn take_up_state(&mut self) -> Option<(Head, Vec<Part>)> {
+        let (head, parts) = self.kept.take_up_log::<Head, Part>()?;
+        (head.bucket == self.s3.bucket && head.key == self.key).then_some((head, parts))
     }
 
     /// Forgets the upload (done, or given up).
@@ -444,8 +440,9 @@ impl Upload {
         let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(etag_of).ok_or_else(|| {
             err(ErrorKind::Unexpected, format!("S3 took part {number} of {} without an ETag", self.key))
         })?;
-        self.parts.push(Part { number, etag, md5, size });
-        self.save_state();
+        let part = Part { number, etag, md5, size };
+        self.kept.append(&part);
+        self.parts.push(part);
         Ok(())
     }
 
@@ -508,16 +505,17 @@ impl Upload {
     }
 
     async fn close(&mut self) -> Result<Metadata> {
-        if self.pending_len > 0 || self.parts.is_empty() {
-            let rest = self.take(self.pending_len);
-            self.put_part(rest).await?;
-        }
-        let sent: u64 = self.parts.iter().map(|p| p.size).sum();
+        // Checked before the last part goes: a short file never starts, or adds to, an upload.
+        let sent = self.parts.iter().map(|p| p.size).sum::<u64>() + self.pending_len;
         if sent != self.length {
             return Err(err(
                 ErrorKind::Unexpected,
                 format!("{} bytes of {} were handed in instead of {}", sent, self.key, self.length),
             ));
+        }
+        if self.pending_len > 0 {
+            let rest = self.take(self.pending_len);
+            self.put_part(rest).await?;
         }
         let id = self.upload_id.clone().unwrap_or_default();
         let mut xml = String::from("<CompleteMultipartUpload>");
@@ -530,22 +528,12 @@ impl Upload {
         // Sent again here after an answer that may pass; completing is then "uncertain": it may have been done.
         let payload = hex::encode(digest::digest(&digest::SHA256, xml.as_bytes()));
         let xml = Buffer::from(xml.into_bytes());
-        let mut uncertain = false;
-        let mut tries = 0;
-        let (status, body) = loop {
-            let answer = self.send_once(Method::POST, &query, xml.clone(), &payload).await;
-            let again = match &answer {
-                Ok((status, _, body)) => passing(*status, body) || (*status == StatusCode::OK && body_has_error(body)),
-                Err(e) => e.is_temporary(),
-            };
-            if !again || tries == 3 {
-                let (status, _, body) = answer?;
-                break (status, body);
-            }
-            uncertain = true;
-            tokio::time::sleep(std::time::Duration::from_secs(1 << tries)).await;
-            tries += 1;
+        // S3 may answer 200 with an error in the body, once it has started completing.
+        let again = |answer: &Answer| {
+            may_pass(answer) || matches!(answer, Ok((StatusCode::OK, _, body)) if body_has_error(body))
         };
+        let (answer, uncertain) = self.send_while(Method::POST, &query, xml, &payload, again).await;
+        let (status, _, body) = answer?;
         let text = String::from_utf8_lossy(&body);
         // The object's ETag is the MD5 of its parts' MD5s, with their count (where the parts' ETags are MD5s).
         let md5_parts = self.parts.iter().all(|p| p.etag.eq_ignore_ascii_case(&p.md5));
@@ -619,6 +607,17 @@ impl Upload {
         self.drop_state();
         let e = err(ErrorKind::Unexpected, format!("the upload of {} was ended on the server", self.key));
         crate::send_again(e).set_persistent()
+    }
+}
+
+/// An S3 answer read whole (status, headers, body), or the failure to get one.
+type Answer = Result<(StatusCode, http::HeaderMap, Bytes)>;
+
+/// Whether an answer, or the failure to get one, may pass if the request is sent again.
+fn may_pass(answer: &Answer) -> bool {
+    match answer {
+        Ok((status, _, body)) => passing(*status, body),
+        Err(e) => e.is_temporary(),
     }
 }
 

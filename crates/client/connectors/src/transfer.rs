@@ -1219,7 +1219,8 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                     .map_err(|e| Error::backend(format!("cannot write {label}"), e))
             } else {
                 // Every remote takes a file in pieces. Parts in parallel only where they are separate requests (S3
-                // multipart); elsewhere (FTP, SFTP, upload sessions, streamed requests) one after another.
+                // multipart through OpenDAL's writer; a resumable upload sends its parts one after another);
+                // elsewhere (FTP, SFTP, upload sessions, streamed requests) one after another.
                 let parallel = if op.info().scheme() == "s3" { 2 } else { 1 };
                 let mut writer = op.writer_with(&target).chunk(CHUNK).concurrent(parallel);
                 // A WebDAV, pCloud or File Station upload is one streamed request, a OneDrive one a session of
@@ -1230,10 +1231,8 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                 let scheme = op.info().scheme();
                 if matches!(scheme, "webdav" | "onedrive" | "pcloud" | "synology") {
                     writer = writer.user_metadata([length]);
-                } else if matches!(scheme, "s3" | "dropbox")
-                    && size > CHUNK as u64
-                    // (Not S3 Express directory buckets, whose sessions OpenDAL's writer signs in.)
-                    && !(scheme == "s3" && op.info().name().ends_with("--x-s3"))
+                } else if (scheme == "dropbox" && size > CHUNK as u64
+                    || scheme == "s3" && crate::s3resume::resumable(&op.info().name(), size))
                     && let Some(dir) = opts.state_dir.as_ref().and_then(|d| d.to_str())
                 {
                     writer = writer.user_metadata([length, (crate::upstate::STATE_KEY.to_owned(), dir.to_owned())]);

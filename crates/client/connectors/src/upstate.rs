@@ -4,9 +4,9 @@
 //!
 //! The file decides which bytes a later run does not send again, so it is guarded: the folder must be the
 //! user's and closed to others (0700), the file the user's own with one link and closed to others (0600), opened
-//! without following links. A whole state is written aside and renamed into place, so a cut never leaves half
-//! of it; a log ([`Kept::start_log`]) grows a line at a time, and a last line cut off midway is dropped when the
-//! log is taken up. A copy that finds the lock held by another copy neither takes up nor keeps anything, and
+//! without following links. The state is a log: started aside and renamed into place ([`Kept::start_log`]), then
+//! grown a line a step ([`Kept::append`]), so keeping a step costs the same however many came before; a last line
+//! cut off midway is dropped when the log is taken up. A copy that finds the lock held by another copy neither takes up nor keeps anything, and
 //! one that cannot write a step forgets the upload rather than keep a log that misses it.
 
 use std::io::Write as _;
@@ -35,13 +35,7 @@ impl Kept {
         Self { file: state_dir.join("uploads").join(format!("{name}.json")), lock: None }
     }
 
-    /// Locks the state for this upload and reads what an earlier run kept, if anything. Nothing, and no lock,
-    /// when the folder or the files are not as they must be, or another copy holds the lock.
-    pub(crate) fn take_up<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
-        serde_json::from_slice(&self.read()?).ok()
-    }
-
-    /// [`Kept::take_up`] for state kept as a log ([`Kept::start_log`], [`Kept::append`]): its head and entries.
+    /// [`Kept::take_up_log`] for state kept as a log ([`Kept::start_log`], [`Kept::append`]): its head and entries.
     /// A last line cut off midway (a crash while it was written) is left out.
     pub(crate) fn take_up_log<H, E>(&mut self) -> Option<(H, Vec<E>)>
     where
@@ -113,11 +107,6 @@ impl Kept {
         Some(lock)
     }
 
-    /// Keeps `state` for a later run, when this upload holds the lock.
-    pub(crate) fn save<T: serde::Serialize>(&self, state: &T) {
-        self.write_whole(serde_json::to_vec(state).map_err(std::io::Error::other));
-    }
-
     /// Starts the state anew as a log of `head` and `entries`, one JSON line each; [`Kept::append`] adds to it a
     /// line at a time, so keeping each step of a long upload costs the same however many came before.
     pub(crate) fn start_log<H: serde::Serialize, E: serde::Serialize>(&mut self, head: &H, entries: &[E]) {
@@ -187,6 +176,43 @@ impl Kept {
     }
 }
 
+/// Forgets every upload kept in `state_dir`, but those a running copy holds (their lock taken, as
+/// [`Kept::take_up_log`] takes it, and removed while held, as [`Kept::forget`] removes it): how many were forgotten,
+/// and how many were left alone.
+///
+/// # Errors
+/// The folder cannot be read.
+pub fn forget_all(state_dir: &Path) -> std::io::Result<(usize, usize)> {
+    let dir = state_dir.join("uploads");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(e),
+    };
+    // An upload's files: its state (`NAME.json`), written aside (`NAME.json.new`), its lock (`NAME.lock`).
+    let mut names = std::collections::BTreeSet::new();
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let stem = [".json.new", ".json", ".lock"].iter().find_map(|x| name.strip_suffix(x));
+        if let Some(stem) = stem.filter(|s| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())) {
+            names.insert(stem.to_owned());
+        }
+    }
+    let (mut forgot, mut left) = (0, 0);
+    for name in names {
+        let mut kept = Kept { file: dir.join(format!("{name}.json")), lock: None };
+        match kept.lock_file() {
+            Some(lock) => {
+                forgot += usize::from(kept.file.exists());
+                kept.lock = Some(lock);
+                kept.forget();
+            }
+            None => left += 1,
+        }
+    }
+    Ok((forgot, left))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,19 +226,23 @@ mod tests {
     fn state_is_kept_locked_and_forgotten() {
         let dir = tempfile::tempdir().expect("dir");
         let mut a = Kept::new(dir.path(), "s3\nhttps://e\nb\nk");
-        assert_eq!(a.take_up::<S>(), None, "nothing kept yet");
-        a.save(&S { n: 3 });
+        assert_eq!(a.take_up_log::<S, u32>(), None, "nothing kept yet");
+        a.start_log::<_, u32>(&S { n: 3 }, &[]);
         let mut b = Kept::new(dir.path(), "s3\nhttps://e\nb\nk");
-        assert_eq!(b.take_up::<S>(), None, "held by the first");
-        b.save(&S { n: 9 });
+        assert_eq!(b.take_up_log::<S, u32>(), None, "held by the first");
+        b.start_log::<_, u32>(&S { n: 9 }, &[]);
         drop(a);
-        assert_eq!(b.take_up::<S>(), Some(S { n: 3 }), "what the first kept, not what the second could not");
+        assert_eq!(
+            b.take_up_log::<S, u32>(),
+            Some((S { n: 3 }, vec![])),
+            "what the first kept, not what the second could not"
+        );
         let meta = std::fs::metadata(&b.file).expect("kept");
         assert_eq!(meta.mode() & 0o777, 0o600);
         b.forget();
         assert!(!b.file.exists() && !b.file.with_extension("lock").exists());
         let mut c = Kept::new(dir.path(), "s3\nhttps://e\nb\nk");
-        assert_eq!(c.take_up::<S>(), None, "forgotten");
+        assert_eq!(c.take_up_log::<S, u32>(), None, "forgotten");
     }
 
     #[test]
@@ -241,17 +271,38 @@ mod tests {
     }
 
     #[test]
+    fn forgetting_all_leaves_a_held_upload_alone() {
+        let dir = tempfile::tempdir().expect("dir");
+        assert_eq!(forget_all(dir.path()).expect("forget"), (0, 0), "no folder yet");
+        let mut held = Kept::new(dir.path(), "held");
+        let _ = held.take_up_log::<S, u32>();
+        held.start_log::<_, u32>(&S { n: 1 }, &[]);
+        let mut cut = Kept::new(dir.path(), "cut");
+        let _ = cut.take_up_log::<S, u32>();
+        cut.start_log::<_, u32>(&S { n: 2 }, &[]);
+        cut.lock = None;
+        std::fs::write(dir.path().join("uploads/notes.txt"), b"not ours").expect("write");
+        assert_eq!(forget_all(dir.path()).expect("forget"), (1, 1));
+        assert!(held.file.exists() && !cut.file.exists() && !cut.file.with_extension("lock").exists());
+        assert!(dir.path().join("uploads/notes.txt").exists(), "other files stay");
+    }
+
+    #[test]
     fn a_state_others_may_write_is_not_read() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("dir");
         let mut a = Kept::new(dir.path(), "x");
-        let _ = a.take_up::<S>();
-        a.save(&S { n: 1 });
+        let _ = a.take_up_log::<S, u32>();
+        a.start_log::<_, u32>(&S { n: 1 }, &[]);
         a.lock = None;
         std::fs::set_permissions(&a.file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert_eq!(Kept::new(dir.path(), "x").take_up::<S>(), None, "a file others may read is not trusted");
+        assert_eq!(Kept::new(dir.path(), "x").take_up_log::<S, u32>(), None, "a file others may read is not trusted");
         std::fs::set_permissions(&a.file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         std::fs::set_permissions(dir.path().join("uploads"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        assert_eq!(Kept::new(dir.path(), "x").take_up::<S>(), None, "a folder others may enter is not trusted");
+        assert_eq!(
+            Kept::new(dir.path(), "x").take_up_log::<S, u32>(),
+            None,
+            "a folder others may enter is not trusted"
+        );
     }
 }

@@ -482,8 +482,9 @@ pub async fn e2ee_list(
     prefix: &WsPath,
     e2ee: &E2eeFiles,
 ) -> Result<Vec<E2eeEntry>, SyncError> {
-    let server_keys = server_keys(client, ws).await?;
-    let all = listing(client, ws, e2ee, &server_keys, true, 0).await?.files;
+    // The server's chunk keys are asked for while the files are listed, as for a pull.
+    let (server_keys, rows) = tokio::try_join!(server_keys(client, ws), listed_rows(client, ws, true))?;
+    let all = listing_of(client, ws, e2ee, &server_keys, rows, 0).await?.files;
     Ok(all.into_iter().filter(|f| under(prefix, &f.path)).collect())
 }
 

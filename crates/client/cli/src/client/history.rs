@@ -224,7 +224,9 @@ pub fn clear(what: Clear) -> Result<()> {
         eprintln!("Removed {n} saved connection(s) and their secrets.");
     }
     if uploads || all {
-        let (n, busy) = forget_uploads()?;
+        let folder = state_dir();
+        let (n, busy) = cloudsync_connectors::forget_kept_uploads(&folder)
+            .with_context(|| format!("cannot read the kept uploads in {}", folder.join("uploads").display()))?;
         if n == 0 && busy == 0 {
             eprintln!("No cut-off upload was kept.");
         } else if n > 0 {
@@ -246,77 +248,4 @@ pub fn clear(what: Clear) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Removes what is kept of cut-off uploads (`uploads/` in the state folder: a JSON file an upload, its lock and
-/// a file written aside), except those a running copy holds (their lock taken); how many were forgotten, and
-/// how many were in use.
-fn forget_uploads() -> Result<(usize, usize)> {
-    let dir = state_dir().join("uploads");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
-    };
-    let mut stems = std::collections::BTreeSet::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let stem = [".json.new", ".json", ".lock"].iter().find_map(|x| name.strip_suffix(x));
-        if let Some(stem) = stem.filter(|s| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())) {
-            stems.insert(stem.to_owned());
-        }
-    }
-    let remove = |path: PathBuf| match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("cannot delete {}", path.display()))
-        }
-        _ => Ok(()),
-    };
-    let (mut forgot, mut busy) = (0, 0);
-    for stem in stems {
-        // Held while removed, as a finished upload removes its own: a copy that opens the lock meanwhile finds it
-        // no longer at its name and keeps nothing.
-        let lock = dir.join(format!("{stem}.lock"));
-        // (Only a plain file is opened: a link in its place is removed, never followed.)
-        let plain = std::fs::symlink_metadata(&lock).is_ok_and(|m| m.is_file());
-        let opened = if plain { std::fs::File::open(&lock) } else { Err(std::io::ErrorKind::NotFound.into()) };
-        let held = match opened {
-            Ok(f) => match f.try_lock() {
-                // Still the lock file at that name (not one a finishing copy removed meanwhile, whose name a
-                // new copy may hold now).
-                Ok(()) if !same_file(&f, &lock) => {
-                    busy += 1;
-                    continue;
-                }
-                Ok(()) => Some(f),
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    busy += 1;
-                    continue;
-                }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(e).with_context(|| format!("cannot lock {}", lock.display()));
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("cannot open {}", lock.display())),
-        };
-        if dir.join(format!("{stem}.json")).exists() {
-            forgot += 1;
-        }
-        remove(dir.join(format!("{stem}.json")))?;
-        remove(dir.join(format!("{stem}.json.new")))?;
-        remove(lock)?;
-        drop(held);
-    }
-    Ok((forgot, busy))
-}
-
-/// Whether `file` is the file at `path` now.
-fn same_file(file: &std::fs::File, path: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    match (file.metadata(), std::fs::symlink_metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
 }
