@@ -3,12 +3,12 @@
 //!
 //! A file of more than one piece is sent as a multipart upload of our own: the upload's id is kept in a small
 //! file in the local state folder (`uploads/`, named by a hash of the endpoint, bucket and key), the parts go up
-//! one after another, and the upload is completed at the end, when the object appears whole. When a run is cut
-//! off (Ctrl-C, a lost network, a crash), the upload stays on the server, and the next copy of the file to the
-//! same place lists the parts already there and sends only the ones whose MD5 (S3's part ETag) and size differ
-//! from the file's own bytes, so a changed file is never patched with stale parts. The completed object's
-//! ETag is checked against the parts sent. An upload the server no longer knows (aborted, expired by a
-//! lifecycle rule) starts afresh.
+//! as many at once as the writer was given (`concurrent`), each logged once the server took it, and the upload
+//! is completed at the end, when the object appears whole. When a run is cut off (Ctrl-C, a lost network, a
+//! crash), the upload stays on the server, and the next copy of the file to the same place lists the parts
+//! already there and sends only the ones whose MD5 (S3's part ETag) and size differ from the file's own bytes,
+//! so a changed file is never patched with stale parts. The completed object's ETag is checked against the
+//! parts sent. An upload the server no longer knows (aborted, expired by a lifecycle rule) starts afresh.
 //!
 //! Requests are signed here with AWS Signature Version 4 (the payload hashed), and go through the connection's
 //! transport, so its TLS settings and pace apply. Files of one piece or less go through OpenDAL's writer.
@@ -76,7 +76,9 @@ pub(crate) fn layer(mut settings: Settings) -> crate::WriteLayer<Writer> {
         match (state, length) {
             (Some(dir), Some(length)) if resumable(&settings.bucket, length) => {
                 let key = opendal::raw::build_abs_path(&settings.root, path);
-                Ok(Writer::Resumable(Box::new(Upload::new(settings.clone(), ctx, key, length, &dir))))
+                let in_flight = args.concurrent().max(1);
+                let target = Arc::new(Target { s3: settings.clone(), ctx: ctx.clone(), key });
+                Ok(Writer::Resumable(Box::new(Upload::new(target, length, &dir, in_flight))))
             }
             // Our keys must never become the object's metadata (the state folder is a local path).
             (Some(_), _) => Err(err(
@@ -152,13 +154,30 @@ struct Head {
     part_size: u64,
 }
 
-/// One resumable multipart upload.
-pub(crate) struct Upload {
+/// Where an upload's requests go: shared by the upload and its parts being sent.
+struct Target {
     s3: Arc<Settings>,
     ctx: OperationContext,
     key: String,
+}
+
+/// What became of a part handed to be sent.
+enum Outcome {
+    /// The server took it.
+    Took(Part),
+    /// The server had it already, with the same bytes.
+    Had(Part),
+    /// The server no longer knows the upload.
+    Ended,
+}
+
+/// One resumable multipart upload.
+pub(crate) struct Upload {
+    target: Arc<Target>,
     length: u64,
     part_size: u64,
+    /// Most parts hashed and sent at once.
+    in_flight: usize,
     /// What is kept of the upload's id and parts for a later run (upstate.rs).
     kept: crate::upstate::Kept,
     /// The upload's id once started.
@@ -166,8 +185,13 @@ pub(crate) struct Upload {
     /// Parts the server holds for it (by number: ETag, size), and what an earlier run recorded of them.
     listed: BTreeMap<u32, (String, u64)>,
     recorded: BTreeMap<u32, Part>,
-    /// Parts of the object, in order.
-    parts: Vec<Part>,
+    /// Parts of the object the server has, by number.
+    parts: BTreeMap<u32, Part>,
+    /// Parts being hashed and sent, each to its outcome. Dropped with the writer, which ends them.
+    sending: tokio::task::JoinSet<Result<Outcome>>,
+    /// Parts handed to be sent so far, and their bytes.
+    numbered: u32,
+    handed: u64,
     /// Bytes waiting to fill a part.
     pending: Vec<Bytes>,
     pending_len: u64,
@@ -180,21 +204,26 @@ pub(crate) struct Upload {
 }
 
 impl Upload {
-    fn new(s3: Arc<Settings>, ctx: &OperationContext, key: String, length: u64, state_dir: &std::path::Path) -> Self {
+    fn new(target: Arc<Target>, length: u64, state_dir: &std::path::Path, in_flight: usize) -> Self {
         // S3 allows 10,000 parts: a file past 10,000 pieces (78 GiB) goes in bigger parts.
         let part_size = (PART as u64).max(length.div_ceil(MAX_PARTS).next_multiple_of(1 << 20));
-        let kept = crate::upstate::Kept::new(state_dir, &format!("{}\n{}\n{key}", s3.endpoint, s3.bucket));
+        let kept = crate::upstate::Kept::new(
+            state_dir,
+            &format!("{}\n{}\n{}", target.s3.endpoint, target.s3.bucket, target.key),
+        );
         Self {
-            s3,
-            ctx: ctx.clone(),
-            key,
+            target,
             length,
             part_size,
+            in_flight,
             kept,
             upload_id: None,
             listed: BTreeMap::new(),
             recorded: BTreeMap::new(),
-            parts: Vec::new(),
+            parts: BTreeMap::new(),
+            sending: tokio::task::JoinSet::new(),
+            numbered: 0,
+            handed: 0,
             pending: Vec::new(),
             pending_len: 0,
             reused: 0,
@@ -202,7 +231,9 @@ impl Upload {
             broken: None,
         }
     }
+}
 
+impl Target {
     /// The object's address (path style), as OpenDAL's service forms it.
     fn url(&self, query: &str) -> String {
         let path = format!("/{}/{}", self.s3.bucket, self.key);
@@ -311,7 +342,9 @@ impl Upload {
         let query = format!("uploadId={}", uri_encode(id, true));
         let _ = self.send_once(Method::DELETE, &query, Buffer::new(), EMPTY_SHA256).await;
     }
+}
 
+impl Upload {
     /// Takes up the upload an earlier run left, if there is one and it is still on the server; else starts one.
     async fn start(&mut self) -> Result<()> {
         if self.upload_id.is_some() {
@@ -320,11 +353,11 @@ impl Upload {
         if let Some((saved, parts)) = self.take_up_state() {
             if saved.part_size != self.part_size {
                 // Made for parts of another size (the file's size changed a lot): of no use.
-                self.abort_upload(&saved.upload_id).await;
+                self.target.abort_upload(&saved.upload_id).await;
             } else {
                 match self.list_parts(&saved.upload_id).await {
                     Ok(listed) => {
-                        tracing::debug!(key = %self.key, parts = listed.len(), "taking up an earlier upload");
+                        tracing::debug!(key = %self.target.key, parts = listed.len(), "taking up an earlier upload");
                         self.listed = listed;
                         self.recorded = parts.into_iter().map(|p| (p.number, p)).collect();
                         self.upload_id = Some(saved.upload_id);
@@ -333,26 +366,26 @@ impl Upload {
                     Err(e) if e.is_temporary() => return Err(e),
                     // Gone (aborted, expired), or not to be listed: a new upload.
                     Err(e) => {
-                        tracing::debug!(key = %self.key, error = %e, "not taking up the earlier upload");
+                        tracing::debug!(key = %self.target.key, error = %e, "not taking up the earlier upload");
                         if e.kind() != ErrorKind::NotFound {
-                            self.abort_upload(&saved.upload_id).await;
+                            self.target.abort_upload(&saved.upload_id).await;
                         }
                     }
                 }
             }
         }
         // Sent once: sent twice, it would start two uploads.
-        let (status, _, body) = self.send_once(Method::POST, "uploads=", Buffer::new(), EMPTY_SHA256).await?;
+        let (status, _, body) = self.target.send_once(Method::POST, "uploads=", Buffer::new(), EMPTY_SHA256).await?;
         if status != StatusCode::OK {
-            return Err(Self::failure("cannot start a multipart upload", status, &body));
+            return Err(Target::failure("cannot start a multipart upload", status, &body));
         }
         let id = tag(&String::from_utf8_lossy(&body), "UploadId")
             .map(|t| unescape(&t))
             .ok_or_else(|| err(ErrorKind::Unexpected, "S3 started an upload but named no UploadId"))?;
         self.kept.start_log::<_, Part>(
             &Head {
-                bucket: self.s3.bucket.clone(),
-                key: self.key.clone(),
+                bucket: self.target.s3.bucket.clone(),
+                key: self.target.key.clone(),
                 upload_id: id.clone(),
                 part_size: self.part_size,
             },
@@ -365,7 +398,7 @@ impl Upload {
     /// What an earlier run kept of this upload (locking its state for this run): its head and the parts sent.
     fn take_up_state(&mut self) -> Option<(Head, Vec<Part>)> {
         let (head, parts) = self.kept.take_up_log::<Head, Part>()?;
-        (head.bucket == self.s3.bucket && head.key == self.key).then_some((head, parts))
+        (head.bucket == self.target.s3.bucket && head.key == self.target.key).then_some((head, parts))
     }
 
     /// Forgets the upload (done, or given up).
@@ -378,9 +411,9 @@ impl Upload {
         let mut marker = 0u32;
         loop {
             let query = format!("part-number-marker={marker}&uploadId={}", uri_encode(id, true));
-            let (status, _, body) = self.send(Method::GET, &query, Buffer::new(), EMPTY_SHA256).await?;
+            let (status, _, body) = self.target.send(Method::GET, &query, Buffer::new(), EMPTY_SHA256).await?;
             if status != StatusCode::OK {
-                return Err(Self::failure("cannot list the parts of an earlier upload", status, &body));
+                return Err(Target::failure("cannot list the parts of an earlier upload", status, &body));
             }
             let text = String::from_utf8_lossy(&body);
             for part in text.split("<Part>").skip(1) {
@@ -398,51 +431,40 @@ impl Upload {
         }
     }
 
-    /// Sends one part, unless the server already has it with the same bytes: its ETag is the part's MD5, or
-    /// the one an earlier run recorded for a part of that MD5.
+    /// Hands a part to be sent beside the ones under way, once fewer than `in_flight` are.
     async fn put_part(&mut self, data: Buffer) -> Result<()> {
         self.start().await?;
-        let number = u32::try_from(self.parts.len() + 1).unwrap_or(u32::MAX);
-        let hashed = data.clone();
-        let (md5, sha256) = tokio::task::spawn_blocking(move || {
-            use md5::Digest as _;
-            let mut m = md5::Md5::new();
-            let mut s = digest::Context::new(&digest::SHA256);
-            for piece in hashed {
-                m.update(&piece);
-                s.update(&piece);
-            }
-            (hex::encode(m.finalize()), hex::encode(s.finish()))
-        })
-        .await
-        .map_err(|e| err(ErrorKind::Unexpected, format!("hashing a part failed: {e}")))?;
-        let size = data.len() as u64;
-        if let Some((etag, listed_size)) = self.listed.get(&number)
-            && *listed_size == size
-            && (etag.eq_ignore_ascii_case(&md5)
-                || self.recorded.get(&number).is_some_and(|r| r.etag == *etag && r.md5 == md5 && r.size == size))
-        {
-            self.reused += size;
-            self.parts.push(Part { number, etag: etag.clone(), md5, size });
-            return Ok(());
+        while self.sending.len() >= self.in_flight {
+            self.reap().await?;
         }
+        self.numbered += 1;
+        self.handed += data.len() as u64;
+        let number = self.numbered;
+        let listed = self.listed.get(&number).cloned();
+        let recorded = self.recorded.get(&number).cloned();
         let id = self.upload_id.clone().unwrap_or_default();
-        let query = format!("partNumber={number}&uploadId={}", uri_encode(&id, true));
-        let (status, headers, body) = self.send(Method::PUT, &query, data, &sha256).await?;
-        if no_such_upload(status, &body) {
-            return Err(self.ended());
+        self.sending.spawn(send_part(self.target.clone(), id, number, data, listed, recorded));
+        Ok(())
+    }
+
+    /// Waits for the next part under way to be sent, and keeps it.
+    async fn reap(&mut self) -> Result<()> {
+        let Some(joined) = self.sending.join_next().await else {
+            return Ok(());
+        };
+        let outcome = joined
+            .map_err(|e| err(ErrorKind::Unexpected, format!("sending a part of {} stopped: {e}", self.target.key)))??;
+        match outcome {
+            Outcome::Took(part) => {
+                self.kept.append(&part);
+                self.parts.insert(part.number, part);
+            }
+            Outcome::Had(part) => {
+                self.reused += part.size;
+                self.parts.insert(part.number, part);
+            }
+            Outcome::Ended => return Err(self.ended()),
         }
-        if status != StatusCode::OK {
-            return Err(Self::failure(&format!("cannot send part {number} of {}", self.key), status, &body));
-        }
-        // The part's ETag (its MD5 on S3 and the services like it, something else on R2 and for encrypted
-        // buckets) is what completing the upload names it by.
-        let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(etag_of).ok_or_else(|| {
-            err(ErrorKind::Unexpected, format!("S3 took part {number} of {} without an ETag", self.key))
-        })?;
-        let part = Part { number, etag, md5, size };
-        self.kept.append(&part);
-        self.parts.push(part);
         Ok(())
     }
 
@@ -465,7 +487,7 @@ impl Upload {
     /// unusable: the copy sends the file again.
     fn begin(&mut self) -> Result<()> {
         if std::mem::replace(&mut self.busy, true) && self.broken.is_none() {
-            self.broken = Some((ErrorKind::Unexpected, format!("sending {} was cut off", self.key), true));
+            self.broken = Some((ErrorKind::Unexpected, format!("sending {} was cut off", self.target.key), true));
         }
         match &self.broken {
             Some(broken) => Err(refusal(broken)),
@@ -506,20 +528,23 @@ impl Upload {
 
     async fn close(&mut self) -> Result<Metadata> {
         // Checked before the last part goes: a short file never starts, or adds to, an upload.
-        let sent = self.parts.iter().map(|p| p.size).sum::<u64>() + self.pending_len;
+        let sent = self.handed + self.pending_len;
         if sent != self.length {
             return Err(err(
                 ErrorKind::Unexpected,
-                format!("{} bytes of {} were handed in instead of {}", sent, self.key, self.length),
+                format!("{} bytes of {} were handed in instead of {}", sent, self.target.key, self.length),
             ));
         }
         if self.pending_len > 0 {
             let rest = self.take(self.pending_len);
             self.put_part(rest).await?;
         }
+        while !self.sending.is_empty() {
+            self.reap().await?;
+        }
         let id = self.upload_id.clone().unwrap_or_default();
         let mut xml = String::from("<CompleteMultipartUpload>");
-        for p in &self.parts {
+        for p in self.parts.values() {
             let _ =
                 write!(xml, "<Part><PartNumber>{}</PartNumber><ETag>\"{}\"</ETag></Part>", p.number, escape(&p.etag));
         }
@@ -532,15 +557,15 @@ impl Upload {
         let again = |answer: &Answer| {
             may_pass(answer) || matches!(answer, Ok((StatusCode::OK, _, body)) if body_has_error(body))
         };
-        let (answer, uncertain) = self.send_while(Method::POST, &query, xml, &payload, again).await;
+        let (answer, uncertain) = self.target.send_while(Method::POST, &query, xml, &payload, again).await;
         let (status, _, body) = answer?;
         let text = String::from_utf8_lossy(&body);
         // The object's ETag is the MD5 of its parts' MD5s, with their count (where the parts' ETags are MD5s).
-        let md5_parts = self.parts.iter().all(|p| p.etag.eq_ignore_ascii_case(&p.md5));
+        let md5_parts = self.parts.values().all(|p| p.etag.eq_ignore_ascii_case(&p.md5));
         let expected = {
             use md5::Digest as _;
             let mut all = Vec::with_capacity(self.parts.len() * 16);
-            for p in &self.parts {
+            for p in self.parts.values() {
                 all.extend(hex::decode(&p.md5).unwrap_or_default());
             }
             format!("{}-{}", hex::encode(md5::Md5::digest(&all)), self.parts.len())
@@ -560,7 +585,7 @@ impl Upload {
         } else if status != StatusCode::OK || body_has_error(&body) {
             // S3 may answer 200 with an error in the body, once it has started completing.
             let status = if status == StatusCode::OK { StatusCode::INTERNAL_SERVER_ERROR } else { status };
-            return Err(Self::failure(&format!("cannot complete the upload of {}", self.key), status, &body));
+            return Err(Target::failure(&format!("cannot complete the upload of {}", self.target.key), status, &body));
         } else {
             tag(&text, "ETag").map(|e| etag_of(&e))
         };
@@ -575,7 +600,7 @@ impl Upload {
                 ErrorKind::Unexpected,
                 format!(
                     "{} was completed with ETag {etag}, not the {expected} of the parts sent; copy it again",
-                    self.key
+                    self.target.key
                 ),
             ));
         }
@@ -587,7 +612,7 @@ impl Upload {
     /// After a NoSuchUpload to completing: the object, if it is there with this upload's size (and ETag, when
     /// known); its ETag.
     async fn completed_already(&self, expected: Option<&str>) -> Result<Option<String>> {
-        let (status, headers, _) = self.send(Method::HEAD, "", Buffer::new(), EMPTY_SHA256).await?;
+        let (status, headers, _) = self.target.send(Method::HEAD, "", Buffer::new(), EMPTY_SHA256).await?;
         let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(etag_of);
         let size = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let matches = expected.is_none_or(|x| etag.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(x)));
@@ -596,7 +621,10 @@ impl Upload {
         }
         let e = err(
             ErrorKind::Unexpected,
-            format!("the upload of {} is no longer on the server and the object there is not the file", self.key),
+            format!(
+                "the upload of {} is no longer on the server and the object there is not the file",
+                self.target.key
+            ),
         );
         Err(crate::send_again(e).set_persistent())
     }
@@ -605,9 +633,56 @@ impl Upload {
     /// and the copy sends the file again, in a new upload.
     fn ended(&mut self) -> opendal::Error {
         self.drop_state();
-        let e = err(ErrorKind::Unexpected, format!("the upload of {} was ended on the server", self.key));
+        let e = err(ErrorKind::Unexpected, format!("the upload of {} was ended on the server", self.target.key));
         crate::send_again(e).set_persistent()
     }
+}
+
+/// Sends part `number` of an upload, unless the server has it already with the same bytes: its ETag is the
+/// part's MD5, or the one an earlier run recorded for a part of that MD5.
+async fn send_part(
+    target: Arc<Target>,
+    id: String,
+    number: u32,
+    data: Buffer,
+    listed: Option<(String, u64)>,
+    recorded: Option<Part>,
+) -> Result<Outcome> {
+    let hashed = data.clone();
+    let (md5, sha256) = tokio::task::spawn_blocking(move || {
+        use md5::Digest as _;
+        let mut m = md5::Md5::new();
+        let mut s = digest::Context::new(&digest::SHA256);
+        for piece in hashed {
+            m.update(&piece);
+            s.update(&piece);
+        }
+        (hex::encode(m.finalize()), hex::encode(s.finish()))
+    })
+    .await
+    .map_err(|e| err(ErrorKind::Unexpected, format!("hashing a part failed: {e}")))?;
+    let size = data.len() as u64;
+    if let Some((etag, listed_size)) = listed
+        && listed_size == size
+        && (etag.eq_ignore_ascii_case(&md5)
+            || recorded.is_some_and(|r| r.etag == etag && r.md5 == md5 && r.size == size))
+    {
+        return Ok(Outcome::Had(Part { number, etag, md5, size }));
+    }
+    let query = format!("partNumber={number}&uploadId={}", uri_encode(&id, true));
+    let (status, headers, body) = target.send(Method::PUT, &query, data, &sha256).await?;
+    if no_such_upload(status, &body) {
+        return Ok(Outcome::Ended);
+    }
+    if status != StatusCode::OK {
+        return Err(Target::failure(&format!("cannot send part {number} of {}", target.key), status, &body));
+    }
+    // The part's ETag (its MD5 on S3 and the services like it, something else on R2 and for encrypted
+    // buckets) is what completing the upload names it by.
+    let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(etag_of).ok_or_else(|| {
+        err(ErrorKind::Unexpected, format!("S3 took part {number} of {} without an ETag", target.key))
+    })?;
+    Ok(Outcome::Took(Part { number, etag, md5, size }))
 }
 
 /// An S3 answer read whole (status, headers, body), or the failure to get one.

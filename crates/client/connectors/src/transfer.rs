@@ -1219,8 +1219,8 @@ async fn transfer(from: &Location, entry: &Entry, to: &Location, opts: &Options)
                     .map_err(|e| Error::backend(format!("cannot write {label}"), e))
             } else {
                 // Every remote takes a file in pieces. Parts in parallel only where they are separate requests (S3
-                // multipart through OpenDAL's writer; a resumable upload sends its parts one after another);
-                // elsewhere (FTP, SFTP, upload sessions, streamed requests) one after another.
+                // multipart, through OpenDAL's writer or a resumable upload's); elsewhere (FTP, SFTP, upload
+                // sessions, streamed requests) one after another.
                 let parallel = if op.info().scheme() == "s3" { 2 } else { 1 };
                 let mut writer = op.writer_with(&target).chunk(CHUNK).concurrent(parallel);
                 // A WebDAV, pCloud or File Station upload is one streamed request, a OneDrive one a session of
