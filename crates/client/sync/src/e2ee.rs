@@ -335,31 +335,65 @@ fn open_checked(e2ee: &E2eeFiles, server_path: &WsPath, read: Read<'_>) -> Resul
             e2ee.keys.parse_manifest_record(record).and_then(|m| e2ee.keys.check_filed(&path_id, &m, writer).map(|_| m))
         }
     };
-    opened.map_err(|e| {
-        SyncError::Integrity(format!(
-            "the manifest the server keeps as {shown} does not check out ({e}): the server altered, moved or \
-             injected it; nothing was written"
-        ))
-    })
+    opened.map_err(|e| not_checked_out(server_path, &e))
 }
 
-/// Opens and checks many sealed manifests (server path, blob), signatures included, on every core when there
-/// are many.
+/// The error for a manifest the server keeps as `server_path` that does not check out.
+fn not_checked_out(server_path: &WsPath, e: &cloudsync_crypto::CryptoError) -> SyncError {
+    SyncError::Integrity(format!(
+        "the manifest the server keeps as {} does not check out ({e}): the server altered, moved or injected \
+         it; nothing was written",
+        server_path.as_str()
+    ))
+}
+
+/// Opens and checks many sealed manifests (server path, blob), signatures included (checked together), on
+/// every core when there are many.
 fn open_many(e2ee: &E2eeFiles, items: &[(&WsPath, &[u8])]) -> Vec<Result<FileManifest, SyncError>> {
-    on_every_core(items, |(path, blob)| open_verified(e2ee, path, blob))
+    on_every_core_in_parts(items, |part| {
+        let mut out: Vec<Option<Result<FileManifest, SyncError>>> = Vec::with_capacity(part.len());
+        let mut sealed = Vec::with_capacity(part.len());
+        let mut ids = Vec::with_capacity(part.len());
+        for (path, blob) in part {
+            match parse_path_id(path.as_str()) {
+                Some(id) => {
+                    ids.push(id);
+                    sealed.push((path, *blob));
+                    out.push(None);
+                }
+                None => out.push(Some(open_verified(e2ee, path, blob))),
+            }
+        }
+        let writer = |who: &[u8; 16], epoch: u32| e2ee.writer(who, epoch);
+        let list: Vec<(&[u8; 32], &[u8])> = ids.iter().zip(&sealed).map(|(id, (_, blob))| (id, *blob)).collect();
+        let mut opened = e2ee.keys.open_manifests(&list, writer).into_iter().zip(&sealed);
+        out.into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| match opened.next() {
+                    Some((r, (path, _))) => r.map_err(|e| not_checked_out(path, &e)),
+                    None => Err(SyncError::Internal("a manifest was not opened".into())),
+                })
+            })
+            .collect()
+    })
 }
 
 /// `f` of each item, in order; split over every core (up to 8) when there are many.
 fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    on_every_core_in_parts(items, |part| part.iter().map(&f).collect())
+}
+
+/// `f` of the items, in order, in parts split over every core (up to 8) when there are many; `f` answers one
+/// result an item of its part.
+fn on_every_core_in_parts<T: Sync, R: Send>(items: &[T], f: impl Fn(&[T]) -> Vec<R> + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     if threads < 2 || items.len() < 64 {
-        return items.iter().map(f).collect();
+        return f(items);
     }
     let per = items.len().div_ceil(threads);
     let f = &f;
     std::thread::scope(|s| {
-        let handles: Vec<_> =
-            items.chunks(per).map(|part| s.spawn(move || part.iter().map(f).collect::<Vec<_>>())).collect();
+        let handles: Vec<_> = items.chunks(per).map(|part| s.spawn(move || f(part))).collect();
         handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
     })
 }
@@ -1061,7 +1095,7 @@ impl Sealer<'_> {
             counter: self.counter,
             author: self.e2ee.me,
             chunks: Vec::new(),
-            inline: Some(content),
+            inline: Some(Bytes::from(content)),
         };
         let (sealed, mut commit) =
             seal_commit(self.e2ee, self.server_keys, &m, remote.map(|r| r.version)).map_err(io::Error::other)?;
@@ -1583,7 +1617,7 @@ const OPEN_SLICE_BYTES: u64 = 4 << 20;
 /// One opened chunk: which job it belongs to, and its plaintext.
 struct Opened {
     job: usize,
-    plain: Vec<u8>,
+    plain: Bytes,
 }
 
 /// Opens each fetched chunk with its file's key epoch (which checks it against the signed manifest); a small
@@ -1618,14 +1652,14 @@ fn open_batch(
                     job.entry.path
                 ))
             })?;
-            Ok(Opened { job: j, plain })
+            Ok(Opened { job: j, plain: Bytes::from(plain) })
         })
         .collect()
 }
 
 /// A small file's content, from its sealed manifest fetched again: the blob matches the id the listing
 /// verified (the caller checked), so the signature is not checked again; what it says must be what was listed.
-fn open_inline(job: &Download, tools: &Tools, blob: &[u8]) -> Result<Vec<u8>, SyncError> {
+fn open_inline(job: &Download, tools: &Tools, blob: &[u8]) -> Result<Bytes, SyncError> {
     let server_path = tools.e2ee.server_path(&job.entry.path)?;
     let mut m = open_checked(&tools.e2ee, &server_path, Read::Sealed { blob, verified_before: true })?;
     match m.inline.take() {

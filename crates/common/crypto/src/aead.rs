@@ -63,23 +63,39 @@ pub fn seal(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
 ///
 /// Same conditions as [`seal`].
 pub fn seal_into(key: &SecretKey, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+    seal_written(key, aad, plaintext.len(), out, |o| o.extend_from_slice(plaintext));
+}
+
+/// Like [`seal_into`], for a plaintext of `len` bytes that `write` appends to `out`, where it is encrypted in
+/// place: the caller need not build it anywhere else first (and wipe it there).
+///
+/// # Panics
+///
+/// Same conditions as [`seal`], and when `write` appends other than `len` bytes (what it appended is wiped
+/// first).
+pub fn seal_written(key: &SecretKey, aad: &[u8], len: usize, out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
     let nonce = random_bytes::<NONCE_LEN>();
     let sealing_key = aes_key(key);
     let start = out.len();
-    // Reserve before copying the plaintext so no reallocation can leave an
+    // Reserve before the plaintext is written so no reallocation can leave an
     // unwiped plaintext copy behind in freed memory.
-    out.reserve(OVERHEAD + plaintext.len());
+    out.reserve(OVERHEAD + len);
     out.push(VERSION);
     out.extend_from_slice(&nonce);
     let body = out.len();
-    out.extend_from_slice(plaintext);
-    let sealed =
-        sealing_key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[body..]);
+    write(out);
+    let sealed = if out.len() - body == len {
+        sealing_key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[body..])
+    } else {
+        Err(ring::error::Unspecified)
+    };
     match sealed {
         Ok(tag) => out.extend_from_slice(tag.as_ref()),
         Err(_) => {
+            let wrote = out.len() - body;
             out[start..].zeroize();
             out.truncate(start);
+            assert_eq!(wrote, len, "the plaintext written is not the length announced");
             panic!("plaintext exceeds the AES-GCM message size limit");
         }
     }
@@ -128,6 +144,23 @@ mod tests {
         assert_eq!(env.len(), 5 + OVERHEAD);
         assert_eq!(env[0], VERSION);
         assert_eq!(open(&key, b"ctx", &env).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn a_plaintext_written_in_place_opens_as_one_sealed_from_a_slice() {
+        let key = SecretKey::generate();
+        let mut out = b"head".to_vec();
+        seal_written(&key, b"ctx", 9, &mut out, |o| {
+            o.extend_from_slice(b"abc");
+            o.extend_from_slice(b"defghi");
+        });
+        assert_eq!(&out[..4], b"head");
+        assert_eq!(open(&key, b"ctx", &out[4..]).unwrap(), b"abcdefghi");
+        let short = std::panic::catch_unwind(|| {
+            let mut out = Vec::new();
+            seal_written(&key, b"ctx", 9, &mut out, |o| o.extend_from_slice(b"abc"));
+        });
+        assert!(short.is_err(), "a plaintext of another length than announced is refused");
     }
 
     #[test]

@@ -172,6 +172,48 @@ fn verifying_key(bytes: &[u8; 32]) -> Result<ed25519_dalek::VerifyingKey, Crypto
     })
 }
 
+/// Checks many signatures at once (signer, message, signature), each as [`PublicIdentity::verify_message`]
+/// would; the result for each, in order.
+///
+/// A linear combination of their verification equations, with 128-bit coefficients drawn from a hash of every
+/// signature and message, is checked in one multiscalar multiplication (ed25519-dalek's `verify_batch`), for
+/// about a third of the cost of checking them one by one; when it fails,
+/// each is checked alone, so the results say which failed. Each signature's R and its signer's key are first
+/// checked as `verify_strict` checks them (a canonical encoding of a point not of small order; the batch checks
+/// that s is canonical). One difference remains: a signature whose signer crafted its R or key with a
+/// small-order component may pass in a batch where it fails alone. Only the holder of the signing key can make
+/// one, and it carries nothing that key could not sign outright.
+pub fn verify_messages(items: &[(&PublicIdentity, &[u8], &[u8; 64])]) -> Vec<Result<(), CryptoError>> {
+    let one_by_one = || items.iter().map(|(id, message, signature)| id.verify_message(message, signature)).collect();
+    if items.len() < 2 {
+        return one_by_one();
+    }
+    let mut keys = Vec::with_capacity(items.len());
+    let mut signatures = Vec::with_capacity(items.len());
+    let mut messages = Vec::with_capacity(items.len());
+    for (id, message, signature) in items {
+        match verifying_key(&id.signing) {
+            Ok(vk) if !vk.is_weak() && strict_r(signature) => keys.push(vk),
+            _ => return one_by_one(),
+        }
+        signatures.push(ed25519_dalek::Signature::from_bytes(signature));
+        messages.push(*message);
+    }
+    match ed25519_dalek::verify_batch(&messages, &signatures, &keys) {
+        Ok(()) => items.iter().map(|_| Ok(())).collect(),
+        Err(_) => one_by_one(),
+    }
+}
+
+/// Whether a signature's R is what `verify_strict` takes: the canonical encoding (y below 2^255 - 19) of a
+/// point on the curve not of small order.
+fn strict_r(signature: &[u8; 64]) -> bool {
+    let mut r = [0u8; 32];
+    r.copy_from_slice(&signature[..32]);
+    let y_past_p = r[31] & 0x7f == 0x7f && r[1..31].iter().all(|&b| b == 0xff) && r[0] >= 0xed;
+    !y_past_p && ed25519_dalek::VerifyingKey::from_bytes(&r).is_ok_and(|point| !point.is_weak())
+}
+
 impl PublicIdentity {
     /// The wire form.
     pub fn to_bytes(&self) -> [u8; IDENTITY_LEN] {
@@ -446,6 +488,56 @@ mod tests {
         }
         let bad = PublicIdentity { signing: [0xff; 32], ..ids[0].clone() };
         assert!(bad.verify_message(b"message", &signers[0].sign(b"message")).is_err(), "not a point");
+    }
+
+    #[test]
+    fn signatures_checked_together_answer_as_each_checked_alone() {
+        let signers: Vec<UserKeys> = (0..3).map(|_| UserKeys::generate()).collect();
+        let ids: Vec<PublicIdentity> = signers.iter().map(|k| k.identity(&ALICE, "alice@example.org")).collect();
+        let messages: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; usize::from(i) * 7]).collect();
+        let signed: Vec<(usize, [u8; 64])> =
+            messages.iter().enumerate().map(|(i, m)| (i % 3, signers[i % 3].sign(m))).collect();
+        let check = |items: &[(usize, &[u8], [u8; 64])]| {
+            let list: Vec<(&PublicIdentity, &[u8], &[u8; 64])> =
+                items.iter().map(|(k, m, s)| (&ids[*k], *m, s)).collect();
+            let together: Vec<bool> = verify_messages(&list).iter().map(Result::is_ok).collect();
+            let alone: Vec<bool> = list.iter().map(|(id, m, s)| id.verify_message(m, s).is_ok()).collect();
+            assert_eq!(together, alone);
+            together
+        };
+        let good: Vec<(usize, &[u8], [u8; 64])> =
+            signed.iter().zip(&messages).map(|((k, s), m)| (*k, &m[..], *s)).collect();
+        assert!(check(&good).iter().all(|ok| *ok), "every signature is good");
+        assert!(check(&good[..1]).iter().all(|ok| *ok) && check(&[]).is_empty());
+
+        // One bad item among good ones fails alone, whatever is wrong with it.
+        let identity_r = {
+            let mut r = [0u8; 32];
+            r[0] = 1;
+            r
+        };
+        type Item<'a> = (usize, &'a [u8], [u8; 64]);
+        let tamperings: [&dyn Fn(&mut Item<'_>); 6] = [
+            &|item| item.1 = b"another message",
+            &|item| item.0 = (item.0 + 1) % 3,
+            &|item| item.2[40] ^= 1,
+            // s not below the group order.
+            &|item| item.2[63] |= 0xf0,
+            // R the neutral point (of small order), or not canonically encoded.
+            &|item| item.2[..32].copy_from_slice(&identity_r),
+            &|item| {
+                item.2[..32].fill(0xff);
+                item.2[31] = 0x7f;
+            },
+        ];
+        for (t, tamper) in tamperings.iter().enumerate() {
+            let mut items = good.clone();
+            let at = 7 + t * 5;
+            tamper(&mut items[at]);
+            let results = check(&items);
+            assert!(!results[at], "tampering {t} is caught");
+            assert_eq!(results.iter().filter(|ok| !**ok).count(), 1, "only the tampered item fails ({t})");
+        }
     }
 
     #[test]

@@ -20,8 +20,10 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::e2ee::{PublicIdentity, UserKeys};
 use crate::e2ee_workspace::{Purpose, WorkspaceKey, padme};
@@ -89,7 +91,7 @@ pub struct FileManifest {
     /// The whole content, for a small file whose manifest carries it (then `chunks` is empty). `None` for
     /// a file stored as chunks, and for a manifest whose inline content was not kept (a manifest with a
     /// non-zero size and no chunks: see [`FileManifest::is_inline`]).
-    pub inline: Option<Vec<u8>>,
+    pub inline: Option<Bytes>,
 }
 
 impl std::fmt::Debug for FileManifest {
@@ -101,7 +103,7 @@ impl std::fmt::Debug for FileManifest {
             .field("epoch", &self.epoch)
             .field("counter", &self.counter)
             .field("chunks", &self.chunks.len())
-            .field("inline", &self.inline.as_ref().map(Vec::len))
+            .field("inline", &self.inline.as_ref().map(Bytes::len))
             .finish_non_exhaustive()
     }
 }
@@ -271,17 +273,20 @@ impl FileKeys {
         let signature = signer.sign(&signed);
         let inner = signed.len() + SIGNATURE_LEN;
         let inline = m.inline.as_deref().unwrap_or_default();
-        let mut body = Vec::with_capacity(padme((4 + inner + inline.len()) as u64) as usize);
-        body.extend_from_slice(&(inner as u32).to_be_bytes());
-        body.extend_from_slice(&signed);
-        body.extend_from_slice(&signature);
-        // Inline content follows the signature; the signed content hash binds it.
-        body.extend_from_slice(inline);
-        body.resize(padme(body.len() as u64) as usize, 0);
-        let mut out = vec![MANIFEST_VERSION];
+        let len = padme((4 + inner + inline.len()) as u64) as usize;
+        let mut out = Vec::with_capacity(5 + aead::OVERHEAD + len);
+        out.push(MANIFEST_VERSION);
         out.extend_from_slice(&m.epoch.to_be_bytes());
-        aead::seal_into(&keys.manifest, &manifest_aad(&self.ws, &path_id, m.epoch), &body, &mut out);
-        body.zeroize();
+        // The body is written where it is encrypted: no plaintext copy is left to wipe.
+        aead::seal_written(&keys.manifest, &manifest_aad(&self.ws, &path_id, m.epoch), len, &mut out, |body| {
+            let at = body.len();
+            body.extend_from_slice(&(inner as u32).to_be_bytes());
+            body.extend_from_slice(&signed);
+            body.extend_from_slice(&signature);
+            // Inline content follows the signature; the signed content hash binds it.
+            body.extend_from_slice(inline);
+            body.resize(at + len, 0);
+        });
         Ok(out)
     }
 
@@ -361,6 +366,28 @@ impl FileKeys {
         parse_manifest(&self.ws, &path_id, epoch, b)
     }
 
+    /// Opens many manifests (path id, sealed blob) as [`Self::open_manifest`] opens one, checking their
+    /// signatures together ([`crate::e2ee::verify_messages`]); the result for each, in order.
+    pub fn open_manifests(
+        &self,
+        items: &[(&[u8; 32], &[u8])],
+        writer: impl Fn(&[u8; 16], u32) -> Option<PublicIdentity>,
+    ) -> Vec<Result<FileManifest, CryptoError>> {
+        let mut opened: Vec<_> =
+            items.iter().map(|(path_id, blob)| self.open_unverified(path_id, blob, &writer)).collect();
+        let signed: Vec<(&PublicIdentity, &[u8], &[u8; 64])> =
+            opened.iter().filter_map(|o| o.as_ref().ok()).map(|o| (&o.signer, &o.signed[..], &o.signature)).collect();
+        let mut checks = crate::e2ee::verify_messages(&signed).into_iter();
+        opened
+            .drain(..)
+            .map(|o| {
+                let o = o?;
+                checks.next().unwrap_or(Err(CryptoError::Signature))?;
+                Ok(o.manifest)
+            })
+            .collect()
+    }
+
     fn open_manifest_inner(
         &self,
         path_id: &[u8; 32],
@@ -368,6 +395,21 @@ impl FileKeys {
         writer: impl Fn(&[u8; 16], u32) -> Option<PublicIdentity>,
         check_signature: bool,
     ) -> Result<FileManifest, CryptoError> {
+        let o = self.open_unverified(path_id, blob, writer)?;
+        if check_signature {
+            o.signer.verify_message(&o.signed, &o.signature)?;
+        }
+        Ok(o.manifest)
+    }
+
+    /// A sealed manifest opened and checked, but for its signature: what [`Self::open_manifest`] checks the
+    /// signature with.
+    fn open_unverified(
+        &self,
+        path_id: &[u8; 32],
+        blob: &[u8],
+        writer: impl Fn(&[u8; 16], u32) -> Option<PublicIdentity>,
+    ) -> Result<Unverified, CryptoError> {
         if blob.len() < 5 || blob[0] != MANIFEST_VERSION {
             return Err(CryptoError::InvalidKey("not a sealed manifest"));
         }
@@ -375,28 +417,43 @@ impl FileKeys {
         let keys =
             self.epochs.get(&epoch).ok_or(CryptoError::InvalidKey("a manifest of a key epoch you do not hold"))?;
         let mut body = aead::open(&keys.manifest, &manifest_aad(&self.ws, path_id, epoch), &blob[5..])?;
-        let result = parse_sealed_body(&body).and_then(|(signed, signature, rest)| {
-            let mut m = parse_manifest(&self.ws, path_id, epoch, signed)?;
+        let parsed = parse_sealed_body(&body).and_then(|(signed, signature, rest)| {
+            let m = parse_manifest(&self.ws, path_id, epoch, signed)?;
             let inline_len = if signed.starts_with(INLINE_MAGIC) { m.size as usize } else { 0 };
             if rest.len() < inline_len || rest[inline_len..].iter().any(|&b| b != 0) {
                 return Err(CryptoError::InvalidKey("a malformed manifest"));
             }
-            if inline_len > 0 {
-                let content = &rest[..inline_len];
-                if !crate::ct_eq(&self.content_id(content), &m.content_hash) {
-                    return Err(CryptoError::InvalidKey("a manifest whose inline content is not what it signed"));
-                }
-                m.inline = Some(content.to_vec());
+            let at = body.len() - rest.len();
+            if inline_len > 0 && !crate::ct_eq(&self.content_id(&rest[..inline_len]), &m.content_hash) {
+                return Err(CryptoError::InvalidKey("a manifest whose inline content is not what it signed"));
             }
-            let identity = self.check_filed(path_id, &m, writer)?;
-            if check_signature {
-                identity.verify_message(signed, signature)?;
-            }
-            Ok(m)
+            let signer = self.check_filed(path_id, &m, writer)?;
+            let signed = Zeroizing::new(signed.to_vec());
+            Ok((Unverified { manifest: m, signer, signed, signature: *signature }, at..at + inline_len))
         });
-        body.zeroize();
-        result
+        match parsed {
+            Ok((mut opened, inline)) if !inline.is_empty() => {
+                // The body becomes the manifest's copy of the content (not copied again); what is around it
+                // (the signed part, the padding) is wiped.
+                body[..inline.start].zeroize();
+                body[inline.end..].zeroize();
+                opened.manifest.inline = Some(Bytes::from(body).slice(inline));
+                Ok(opened)
+            }
+            other => {
+                body.zeroize();
+                other.map(|(opened, _)| opened)
+            }
+        }
     }
+}
+
+/// A manifest opened, its signature not yet checked: the signer, the signed bytes and the signature.
+struct Unverified {
+    manifest: FileManifest,
+    signer: PublicIdentity,
+    signed: Zeroizing<Vec<u8>>,
+    signature: [u8; 64],
 }
 
 fn chunk_cipher(chunk_key: &SecretKey, content_id: &[u8; 32]) -> LessSafeKey {
@@ -691,6 +748,37 @@ mod tests {
     }
 
     #[test]
+    fn manifests_opened_together_answer_as_each_opened_alone() {
+        let (_, fk) = keys(1);
+        let alice = UserKeys::generate();
+        let alice_id = alice.identity(&ALICE, "alice@example.com");
+        let writer = |who: &[u8; 16], _e: u32| (who == &ALICE).then(|| alice_id.clone());
+        let paths: Vec<String> = (0..12).map(|i| format!("docs/{i}.txt")).collect();
+        let manifests: Vec<FileManifest> = paths.iter().map(|p| manifest(&fk, p, &[p.as_bytes()]).0).collect();
+        let mut sealed: Vec<Vec<u8>> = manifests.iter().map(|m| fk.seal_manifest(m, &alice).expect("seal")).collect();
+        let mut pids: Vec<[u8; 32]> = paths.iter().map(|p| fk.path_id(p)).collect();
+        let open = |pids: &[[u8; 32]], sealed: &[Vec<u8>]| {
+            let items: Vec<(&[u8; 32], &[u8])> = pids.iter().zip(sealed).map(|(p, b)| (p, &b[..])).collect();
+            let together = fk.open_manifests(&items, writer);
+            for ((p, b), t) in items.iter().zip(&together) {
+                assert_eq!(fk.open_manifest(p, b, writer).ok(), t.as_ref().ok().cloned());
+            }
+            together
+        };
+        let all = open(&pids, &sealed);
+        assert_eq!(all.into_iter().map(|r| r.expect("open")).collect::<Vec<_>>(), manifests);
+
+        // A forged signature, a manifest filed under another path and a flipped bit fail, each alone.
+        sealed[2] = fk.seal_manifest(&manifests[2], &UserKeys::generate()).expect("seal");
+        pids[5] = fk.path_id("elsewhere.txt");
+        sealed[9][20] ^= 1;
+        let results = open(&pids, &sealed);
+        assert!(matches!(results[2], Err(CryptoError::Signature)));
+        let failed: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_err()).collect();
+        assert_eq!(failed, [2, 5, 9]);
+    }
+
+    #[test]
     fn a_manifest_verified_before_is_still_bound_to_its_path_writer_and_keys() {
         let (_, fk) = keys(1);
         let alice = UserKeys::generate();
@@ -724,21 +812,24 @@ mod tests {
         let content = b"a small secret file, kept inline".repeat(20);
         let (mut m, _) = manifest(&fk, "notes/todo.txt", &[&content]);
         m.chunks.clear();
-        m.inline = Some(content.clone());
+        m.inline = Some(Bytes::from(content.clone()));
         assert!(m.is_inline());
         let sealed = fk.seal_manifest(&m, &alice).expect("seal");
         assert!(!sealed.windows(8).any(|w| w == b"a small "), "the content does not show");
         let pid = fk.path_id("notes/todo.txt");
         let opened = fk.open_manifest(&pid, &sealed, writer).expect("open");
         assert_eq!(opened, m);
-        assert!(fk.open_manifest_verified_before(&pid, &sealed, writer).expect("open").inline == Some(content.clone()));
+        assert!(
+            fk.open_manifest_verified_before(&pid, &sealed, writer).expect("open").inline
+                == Some(Bytes::from(content.clone()))
+        );
         // A manifest without its content (as a device keeps it) still says where the content is.
         assert!(FileManifest { inline: None, ..m.clone() }.is_inline());
         let record = fk.manifest_record(&m).expect("record");
         assert!(!record.windows(8).any(|w| w == b"a small "), "a kept record holds no content");
         let back = fk.parse_manifest_record(&record).expect("parse");
         assert!(back.inline.is_none() && back.is_inline());
-        assert_eq!(FileManifest { inline: Some(content.clone()), ..back.clone() }, m);
+        assert_eq!(FileManifest { inline: Some(Bytes::from(content.clone())), ..back.clone() }, m);
         assert!(fk.seal_manifest(&back, &alice).is_err(), "a copy without its content is never sealed");
         let (chunked, _) = manifest(&fk, "docs/plan.txt", &[b"one", b"two two"]);
         let record = fk.manifest_record(&chunked).expect("record");
@@ -754,18 +845,25 @@ mod tests {
         assert!(fk.open_manifest(&pid, &sealed_wrong, writer).is_err());
         // Inline content with chunks, of the wrong size, empty or too large: never sealed.
         let (with_chunks, _) = manifest(&fk, "x", &[&content]);
-        assert!(fk.seal_manifest(&FileManifest { inline: Some(content.clone()), ..with_chunks }, &alice).is_err());
+        assert!(
+            fk.seal_manifest(&FileManifest { inline: Some(Bytes::from(content.clone())), ..with_chunks }, &alice)
+                .is_err()
+        );
         assert!(fk.seal_manifest(&FileManifest { size: 3, ..m.clone() }, &alice).is_err());
         assert!(
             fk.seal_manifest(
-                &FileManifest { size: 0, inline: Some(Vec::new()), content_hash: fk.content_id(b""), ..m.clone() },
+                &FileManifest { size: 0, inline: Some(Bytes::new()), content_hash: fk.content_id(b""), ..m.clone() },
                 &alice
             )
             .is_err()
         );
         let big = vec![1u8; MAX_INLINE_BYTES + 1];
-        let too_big =
-            FileManifest { size: big.len() as u64, content_hash: fk.content_id(&big), inline: Some(big), ..m };
+        let too_big = FileManifest {
+            size: big.len() as u64,
+            content_hash: fk.content_id(&big),
+            inline: Some(Bytes::from(big)),
+            ..m
+        };
         assert!(fk.seal_manifest(&too_big, &alice).is_err());
     }
 
