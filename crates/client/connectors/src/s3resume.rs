@@ -178,6 +178,9 @@ pub(crate) struct Upload {
     part_size: u64,
     /// Most parts hashed and sent at once.
     in_flight: usize,
+    /// Parts being hashed and sent, each to its outcome. Dropped with the writer, which ends them (first: before
+    /// the state's lock goes).
+    sending: tokio::task::JoinSet<Result<Outcome>>,
     /// What is kept of the upload's id and parts for a later run (upstate.rs).
     kept: crate::upstate::Kept,
     /// The upload's id once started.
@@ -187,8 +190,6 @@ pub(crate) struct Upload {
     recorded: BTreeMap<u32, Part>,
     /// Parts of the object the server has, by number.
     parts: BTreeMap<u32, Part>,
-    /// Parts being hashed and sent, each to its outcome. Dropped with the writer, which ends them.
-    sending: tokio::task::JoinSet<Result<Outcome>>,
     /// Parts handed to be sent so far, and their bytes.
     numbered: u32,
     handed: u64,
@@ -216,12 +217,12 @@ impl Upload {
             length,
             part_size,
             in_flight,
+            sending: tokio::task::JoinSet::new(),
             kept,
             upload_id: None,
             listed: BTreeMap::new(),
             recorded: BTreeMap::new(),
             parts: BTreeMap::new(),
-            sending: tokio::task::JoinSet::new(),
             numbered: 0,
             handed: 0,
             pending: Vec::new(),
@@ -434,6 +435,10 @@ impl Upload {
     /// Hands a part to be sent beside the ones under way, once fewer than `in_flight` are.
     async fn put_part(&mut self, data: Buffer) -> Result<()> {
         self.start().await?;
+        // Parts sent meanwhile are logged at once, not when their place is needed.
+        while let Some(joined) = self.sending.try_join_next() {
+            self.keep(joined)?;
+        }
         while self.sending.len() >= self.in_flight {
             self.reap().await?;
         }
@@ -449,23 +454,39 @@ impl Upload {
 
     /// Waits for the next part under way to be sent, and keeps it.
     async fn reap(&mut self) -> Result<()> {
-        let Some(joined) = self.sending.join_next().await else {
-            return Ok(());
-        };
+        match self.sending.join_next().await {
+            Some(joined) => self.keep(joined),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps what became of a part; on a failure, first logs the other parts the server took meanwhile, for
+    /// the next run to take up.
+    fn keep(&mut self, joined: std::result::Result<Result<Outcome>, tokio::task::JoinError>) -> Result<()> {
         let outcome = joined
-            .map_err(|e| err(ErrorKind::Unexpected, format!("sending a part of {} stopped: {e}", self.target.key)))??;
+            .map_err(|e| err(ErrorKind::Unexpected, format!("sending a part of {} stopped: {e}", self.target.key)))
+            .and_then(|o| o);
         match outcome {
-            Outcome::Took(part) => {
+            Ok(Outcome::Took(part)) => {
                 self.kept.append(&part);
                 self.parts.insert(part.number, part);
+                Ok(())
             }
-            Outcome::Had(part) => {
+            Ok(Outcome::Had(part)) => {
                 self.reused += part.size;
                 self.parts.insert(part.number, part);
+                Ok(())
             }
-            Outcome::Ended => return Err(self.ended()),
+            Ok(Outcome::Ended) => Err(self.ended()),
+            Err(e) => {
+                while let Some(joined) = self.sending.try_join_next() {
+                    if let Ok(Ok(Outcome::Took(part))) = joined {
+                        self.kept.append(&part);
+                    }
+                }
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     /// A step's outcome as the writer returns it. A failure is final for this writer: OpenDAL's retries would

@@ -71,8 +71,8 @@ pub fn seal_into(key: &SecretKey, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8
 ///
 /// # Panics
 ///
-/// Same conditions as [`seal`], and when `write` appends other than `len` bytes (what it appended is wiped
-/// first).
+/// Same conditions as [`seal`], and when `write` appends other than `len` bytes: what it appended is wiped
+/// first, but a `write` past `len` may have moved the buffer and left a copy behind (a caller's bug).
 pub fn seal_written(key: &SecretKey, aad: &[u8], len: usize, out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
     let nonce = random_bytes::<NONCE_LEN>();
     let sealing_key = aes_key(key);

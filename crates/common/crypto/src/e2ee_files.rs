@@ -269,7 +269,7 @@ impl FileKeys {
         let keys =
             self.epochs.get(&m.epoch).ok_or(CryptoError::InvalidKey("a manifest of a key epoch you do not hold"))?;
         let path_id = self.path_id(&m.path);
-        let signed = manifest_bytes(&self.ws, &path_id, m)?;
+        let signed = Zeroizing::new(manifest_bytes(&self.ws, &path_id, m)?);
         let signature = signer.sign(&signed);
         let inner = signed.len() + SIGNATURE_LEN;
         let inline = m.inline.as_deref().unwrap_or_default();
@@ -432,12 +432,18 @@ impl FileKeys {
             Ok((Unverified { manifest: m, signer, signed, signature: *signature }, at..at + inline_len))
         });
         match parsed {
-            Ok((mut opened, inline)) if !inline.is_empty() => {
+            Ok((mut opened, inline)) if inline.len() >= body.len() / 2 => {
                 // The body becomes the manifest's copy of the content (not copied again); what is around it
                 // (the signed part, the padding) is wiped.
                 body[..inline.start].zeroize();
                 body[inline.end..].zeroize();
                 opened.manifest.inline = Some(Bytes::from(body).slice(inline));
+                Ok(opened)
+            }
+            Ok((mut opened, inline)) if !inline.is_empty() => {
+                // Content much smaller than its body is copied out, so what it holds on to is its own size.
+                opened.manifest.inline = Some(Bytes::copy_from_slice(&body[inline]));
+                body.zeroize();
                 Ok(opened)
             }
             other => {
