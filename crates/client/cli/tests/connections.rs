@@ -2029,6 +2029,60 @@ fn an_interrupted_upload_to_dropbox_resumes_where_it_stopped() {
     let run = c.json(&["copy", file_s, "dbu:big.bin"]);
     assert_eq!(run["resumed"], 0, "{run}");
     assert!(stored() == newest, "the file is the newest one");
+
+    // 5. Dropbox took a third piece whose answer was lost (the log ends with that piece being sent): the next
+    // run, finding the file unchanged, takes Dropbox's `incorrect_offset` for it as the piece taken, and goes on.
+    let lost = |content: &[u8]| {
+        rewrite(content);
+        cut_off_upload(&c, file_s, "dbu:big.bin", &uploads, |s| dropbox_pieces(s).map(|n| n.saturating_sub(1)));
+        lose_last_answer(&uploads, 3);
+    };
+    let fifth = noise(40 << 20, 45);
+    lost(&fifth);
+    let (received, sessions) = (fake.count("session_bytes_received"), fake.count("upload_sessions"));
+    let run = c.json(&["copy", file_s, "dbu:big.bin"]);
+    assert_eq!(run["resumed"], 1, "{run}");
+    assert_eq!(fake.count("upload_sessions"), sessions, "the session was taken up");
+    assert_eq!(fake.count("session_bytes_received") - received, whole - 3 * piece, "the last two pieces were sent");
+    assert!(stored() == fifth, "the file is whole");
+
+    // 6. The same, but the third piece changed meanwhile: Dropbox may hold either, so the file is sent again,
+    // whole, in a new session.
+    let mut sixth = noise(40 << 20, 46);
+    lost(&sixth);
+    sixth[(2 * piece + 100) as usize] ^= 0xff;
+    rewrite(&sixth);
+    let sessions = fake.count("upload_sessions");
+    let run = c.json(&["copy", file_s, "dbu:big.bin"]);
+    assert_eq!(run["resumed"], 0, "{run}");
+    assert_eq!(fake.count("upload_sessions"), sessions + 1, "one new session");
+    assert!(stored() == sixth, "the file is the edited one");
+    assert_eq!(fake.count("content_hash_mismatches"), 0, "{}", fake.stats());
+}
+
+/// Cuts the Dropbox upload log in `uploads` back to just after the step that began sending piece `n`: as if
+/// Dropbox took that piece and its answer never came (what is logged after it, dropped).
+fn lose_last_answer(uploads: &Path, n: usize) {
+    let log = std::fs::read_dir(uploads)
+        .expect("uploads")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("an upload log");
+    let text = std::fs::read_to_string(&log).expect("log");
+    let mut kept = Vec::new();
+    let mut took = 0;
+    for line in text.lines() {
+        if line == "\"took\"" {
+            took += 1;
+            if took == n {
+                break;
+            }
+        }
+        kept.push(line);
+    }
+    assert_eq!(took, n, "the log records {n} pieces taken: {text}");
+    std::fs::write(&log, format!("{}\n", kept.join("\n"))).expect("cut the log");
 }
 
 /// OneDrive (Microsoft Graph): sign-in with a device code, and through the browser; the fake accepts each
