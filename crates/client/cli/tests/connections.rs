@@ -2082,7 +2082,8 @@ fn lose_last_answer(uploads: &Path, n: usize) {
         kept.push(line);
     }
     assert_eq!(took, n, "the log records {n} pieces taken: {text}");
-    std::fs::write(&log, format!("{}\n", kept.join("\n"))).expect("cut the log");
+    // As the client writes it: a line after the head begins with its newline, and the last ends the file.
+    std::fs::write(&log, kept.join("\n")).expect("cut the log");
 }
 
 /// OneDrive (Microsoft Graph): sign-in with a device code, and through the browser; the fake accepts each

@@ -128,8 +128,13 @@ impl oio::Write for Writer {
     async fn abort(&mut self) -> Result<()> {
         match self {
             Self::Inner(w) => oio::Write::abort(w).await,
-            // The parts stay on the server for the next run to take up.
-            Self::Resumable(_) => Ok(()),
+            // The parts stay on the server for the next run to take up: those sent are logged, the others
+            // stopped.
+            Self::Resumable(w) => {
+                let _ = w.log_finished();
+                w.sending.abort_all();
+                Ok(())
+            }
         }
     }
 }
@@ -190,9 +195,8 @@ pub(crate) struct Upload {
     recorded: BTreeMap<u32, Part>,
     /// Parts of the object the server has, by number.
     parts: BTreeMap<u32, Part>,
-    /// Parts handed to be sent so far, and their bytes.
+    /// Parts handed to be sent so far (each of `part_size` bytes: only the last part, at close, is shorter).
     numbered: u32,
-    handed: u64,
     /// Bytes waiting to fill a part.
     pending: Vec<Bytes>,
     pending_len: u64,
@@ -224,7 +228,6 @@ impl Upload {
             recorded: BTreeMap::new(),
             parts: BTreeMap::new(),
             numbered: 0,
-            handed: 0,
             pending: Vec::new(),
             pending_len: 0,
             reused: 0,
@@ -436,14 +439,11 @@ impl Upload {
     async fn put_part(&mut self, data: Buffer) -> Result<()> {
         self.start().await?;
         // Parts sent meanwhile are logged at once, not when their place is needed.
-        while let Some(joined) = self.sending.try_join_next() {
-            self.keep(joined)?;
-        }
+        self.log_finished()?;
         while self.sending.len() >= self.in_flight {
             self.reap().await?;
         }
         self.numbered += 1;
-        self.handed += data.len() as u64;
         let number = self.numbered;
         let listed = self.listed.get(&number).cloned();
         let recorded = self.recorded.get(&number).cloned();
@@ -479,14 +479,22 @@ impl Upload {
             }
             Ok(Outcome::Ended) => Err(self.ended()),
             Err(e) => {
-                while let Some(joined) = self.sending.try_join_next() {
-                    if let Ok(Ok(Outcome::Took(part))) = joined {
-                        self.kept.append(&part);
-                    }
-                }
+                let _ = self.log_finished();
                 Err(e)
             }
         }
+    }
+
+    /// Keeps the parts whose sending has ended, without waiting for the others.
+    fn log_finished(&mut self) -> Result<()> {
+        let mut first = Ok(());
+        while let Some(joined) = self.sending.try_join_next() {
+            let kept = self.keep(joined);
+            if first.is_ok() {
+                first = kept;
+            }
+        }
+        first
     }
 
     /// A step's outcome as the writer returns it. A failure is final for this writer: OpenDAL's retries would
@@ -549,7 +557,7 @@ impl Upload {
 
     async fn close(&mut self) -> Result<Metadata> {
         // Checked before the last part goes: a short file never starts, or adds to, an upload.
-        let sent = self.handed + self.pending_len;
+        let sent = u64::from(self.numbered) * self.part_size + self.pending_len;
         if sent != self.length {
             return Err(err(
                 ErrorKind::Unexpected,

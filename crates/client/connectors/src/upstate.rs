@@ -35,8 +35,8 @@ impl Kept {
         Self { file: state_dir.join("uploads").join(format!("{name}.json")), lock: None }
     }
 
-    /// [`Kept::take_up_log`] for state kept as a log ([`Kept::start_log`], [`Kept::append`]): its head and entries.
-    /// A last line cut off midway (a crash while it was written) is left out.
+    /// Locks the state of an earlier run and reads it back as the log [`Kept::start_log`] and [`Kept::append`]
+    /// wrote: its head and entries. A last line cut off midway (a crash while it was written) is left out.
     pub(crate) fn take_up_log<H, E>(&mut self) -> Option<(H, Vec<E>)>
     where
         H: serde::de::DeserializeOwned,

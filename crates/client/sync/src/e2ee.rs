@@ -323,10 +323,7 @@ enum Read<'a> {
 
 /// Reads the manifest the server keeps as `server_path`, as `read` says.
 fn open_checked(e2ee: &E2eeFiles, server_path: &WsPath, read: Read<'_>) -> Result<FileManifest, SyncError> {
-    let shown = server_path.as_str();
-    let path_id = parse_path_id(shown).ok_or_else(|| {
-        SyncError::Integrity(format!("the server lists a file ({shown}) that no member wrote: its name is no path id"))
-    })?;
+    let path_id = path_id_of(server_path)?;
     let writer = |who: &[u8; 16], epoch: u32| e2ee.writer(who, epoch);
     let opened = match read {
         Read::Sealed { blob, verified_before: false } => e2ee.keys.open_manifest(&path_id, blob, writer),
@@ -347,32 +344,29 @@ fn not_checked_out(server_path: &WsPath, e: &cloudsync_crypto::CryptoError) -> S
     ))
 }
 
+/// The path id a file the server lists is filed under: its name.
+fn path_id_of(server_path: &WsPath) -> Result<[u8; 32], SyncError> {
+    let shown = server_path.as_str();
+    parse_path_id(shown).ok_or_else(|| {
+        SyncError::Integrity(format!("the server lists a file ({shown}) that no member wrote: its name is no path id"))
+    })
+}
+
 /// Opens and checks many sealed manifests (server path, blob), signatures included (checked together), on
 /// every core when there are many.
 fn open_many(e2ee: &E2eeFiles, items: &[(&WsPath, &[u8])]) -> Vec<Result<FileManifest, SyncError>> {
     on_every_core_in_parts(items, |part| {
-        let mut out: Vec<Option<Result<FileManifest, SyncError>>> = Vec::with_capacity(part.len());
-        let mut sealed = Vec::with_capacity(part.len());
-        let mut ids = Vec::with_capacity(part.len());
-        for (path, blob) in part {
-            match parse_path_id(path.as_str()) {
-                Some(id) => {
-                    ids.push(id);
-                    sealed.push((path, *blob));
-                    out.push(None);
-                }
-                None => out.push(Some(open_verified(e2ee, path, blob))),
-            }
-        }
+        let ids: Vec<Result<[u8; 32], SyncError>> = part.iter().map(|(path, _)| path_id_of(path)).collect();
+        let list: Vec<(&[u8; 32], &[u8])> =
+            ids.iter().zip(part).filter_map(|(id, (_, blob))| Some((id.as_ref().ok()?, *blob))).collect();
         let writer = |who: &[u8; 16], epoch: u32| e2ee.writer(who, epoch);
-        let list: Vec<(&[u8; 32], &[u8])> = ids.iter().zip(&sealed).map(|(id, (_, blob))| (id, *blob)).collect();
-        let mut opened = e2ee.keys.open_manifests(&list, writer).into_iter().zip(&sealed);
-        out.into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| match opened.next() {
-                    Some((r, (path, _))) => r.map_err(|e| not_checked_out(path, &e)),
-                    None => Err(SyncError::Internal("a manifest was not opened".into())),
-                })
+        let mut opened = e2ee.keys.open_manifests(&list, writer).into_iter();
+        ids.into_iter()
+            .zip(part)
+            .map(|(id, (path, _))| {
+                id?;
+                let m = opened.next().ok_or_else(|| SyncError::Internal("a manifest was not opened".into()))?;
+                m.map_err(|e| not_checked_out(path, &e))
             })
             .collect()
     })

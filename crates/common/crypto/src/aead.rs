@@ -84,18 +84,19 @@ pub fn seal_written(key: &SecretKey, aad: &[u8], len: usize, out: &mut Vec<u8>, 
     out.extend_from_slice(&nonce);
     let body = out.len();
     write(out);
-    let sealed = if out.len() - body == len {
-        sealing_key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[body..])
-    } else {
-        Err(ring::error::Unspecified)
+    let wipe = |out: &mut Vec<u8>| {
+        out[start..].zeroize();
+        out.truncate(start);
     };
-    match sealed {
+    if out.len() - body != len {
+        wipe(out);
+        panic!("the plaintext written is not the length announced");
+    }
+    match sealing_key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[body..])
+    {
         Ok(tag) => out.extend_from_slice(tag.as_ref()),
         Err(_) => {
-            let wrote = out.len() - body;
-            out[start..].zeroize();
-            out.truncate(start);
-            assert_eq!(wrote, len, "the plaintext written is not the length announced");
+            wipe(out);
             panic!("plaintext exceeds the AES-GCM message size limit");
         }
     }

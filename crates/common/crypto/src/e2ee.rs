@@ -184,25 +184,22 @@ fn verifying_key(bytes: &[u8; 32]) -> Result<ed25519_dalek::VerifyingKey, Crypto
 /// key with a small-order component may pass in a batch where it fails alone. Only the holder of the signing
 /// key can make one, and it carries nothing that key could not sign outright.
 pub fn verify_messages(items: &[(&PublicIdentity, &[u8], &[u8; 64])]) -> Vec<Result<(), CryptoError>> {
-    let one_by_one = || items.iter().map(|(id, message, signature)| id.verify_message(message, signature)).collect();
-    if items.len() < 2 {
-        return one_by_one();
-    }
-    let mut keys = Vec::with_capacity(items.len());
-    let mut signatures = Vec::with_capacity(items.len());
-    let mut messages = Vec::with_capacity(items.len());
-    for (id, message, signature) in items {
-        match verifying_key(&id.signing) {
-            Ok(vk) if !vk.is_weak() && strict_r(signature) => keys.push(vk),
-            _ => return one_by_one(),
+    let alone = |(id, message, signature): &(&PublicIdentity, &[u8], &[u8; 64])| id.verify_message(message, signature);
+    // Those the checks before a batch refuse are checked alone (and fail); the others go in the batch.
+    let batched: Vec<Option<ed25519_dalek::VerifyingKey>> = items
+        .iter()
+        .map(|(id, _, signature)| verifying_key(&id.signing).ok().filter(|vk| !vk.is_weak() && strict_r(signature)))
+        .collect();
+    let (mut keys, mut signatures, mut messages) = (Vec::new(), Vec::new(), Vec::new());
+    for ((_, message, signature), vk) in items.iter().zip(&batched) {
+        if let Some(vk) = vk {
+            keys.push(*vk);
+            signatures.push(ed25519_dalek::Signature::from_bytes(signature));
+            messages.push(*message);
         }
-        signatures.push(ed25519_dalek::Signature::from_bytes(signature));
-        messages.push(*message);
     }
-    match ed25519_dalek::verify_batch(&messages, &signatures, &keys) {
-        Ok(()) => items.iter().map(|_| Ok(())).collect(),
-        Err(_) => one_by_one(),
-    }
+    let all_good = keys.len() >= 2 && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+    items.iter().zip(&batched).map(|(item, vk)| if all_good && vk.is_some() { Ok(()) } else { alone(item) }).collect()
 }
 
 /// Whether a signature's R is what `verify_strict` takes: the canonical encoding (y below 2^255 - 19) of a

@@ -274,8 +274,7 @@ impl FileKeys {
         let inner = signed.len() + SIGNATURE_LEN;
         let inline = m.inline.as_deref().unwrap_or_default();
         let len = padme((4 + inner + inline.len()) as u64) as usize;
-        let mut out = Vec::with_capacity(5 + aead::OVERHEAD + len);
-        out.push(MANIFEST_VERSION);
+        let mut out = vec![MANIFEST_VERSION];
         out.extend_from_slice(&m.epoch.to_be_bytes());
         // The body is written where it is encrypted: no plaintext copy is left to wipe.
         aead::seal_written(&keys.manifest, &manifest_aad(&self.ws, &path_id, m.epoch), len, &mut out, |body| {
@@ -373,13 +372,12 @@ impl FileKeys {
         items: &[(&[u8; 32], &[u8])],
         writer: impl Fn(&[u8; 16], u32) -> Option<PublicIdentity>,
     ) -> Vec<Result<FileManifest, CryptoError>> {
-        let mut opened: Vec<_> =
-            items.iter().map(|(path_id, blob)| self.open_unverified(path_id, blob, &writer)).collect();
+        let opened: Vec<_> = items.iter().map(|(path_id, blob)| self.open_unverified(path_id, blob, &writer)).collect();
         let signed: Vec<(&PublicIdentity, &[u8], &[u8; 64])> =
             opened.iter().filter_map(|o| o.as_ref().ok()).map(|o| (&o.signer, &o.signed[..], &o.signature)).collect();
         let mut checks = crate::e2ee::verify_messages(&signed).into_iter();
         opened
-            .drain(..)
+            .into_iter()
             .map(|o| {
                 let o = o?;
                 checks.next().unwrap_or(Err(CryptoError::Signature))?;
